@@ -1,0 +1,47 @@
+"""hubckpt: publish every training checkpoint as a documented, loadable Hugging Face Hub revision.
+
+`import hubckpt` stays light: heavy parts (the server, torch, transformers) load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+from .errors import (
+    AuthError,
+    HubckptError,
+    HubConfigError,
+    HubUnavailableError,
+    InvalidNameError,
+    StorageError,
+)
+
+_LAZY = {
+    "LocalHubServer": ("hubckpt.server", "LocalHubServer"),
+    "resolve_hub": ("hubckpt.hubs", "resolve_hub"),
+    "ensure_local_hub": ("hubckpt.hubs", "ensure_local_hub"),
+    "hub_api": ("hubckpt.hubs", "hub_api"),
+    "Hub": ("hubckpt.hubs", "Hub"),
+    "point_hf_clients_at": ("hubckpt.hubs", "point_hf_clients_at"),
+}
+
+if TYPE_CHECKING:
+    from .hubs import Hub, ensure_local_hub, hub_api, point_hf_clients_at, resolve_hub
+    from .server import LocalHubServer
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'hubckpt' has no attribute {name!r}")
+
+
+__all__ = [
+    "__version__", "HubckptError", "InvalidNameError", "HubConfigError", "HubUnavailableError", "AuthError",
+    "StorageError", *_LAZY,
+]

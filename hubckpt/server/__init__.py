@@ -1,0 +1,112 @@
+"""The local hub: a server speaking the Hugging Face Hub HTTP API over a data folder.
+
+Data folder layout (default `~/.cache/hubckpt/hub`, see `hubckpt.hubs`)::
+
+    hub.sqlite3         metadata (SQLite, WAL): accounts, hashed tokens, repos, commits, file lists, refs
+    hub.sqlite3-wal     SQLite's write-ahead log (part of the database)
+    objects/ab/cd/<sha256>   file contents, content-addressed, stored once across repos and branches
+    tmp/                uploads in flight (swept at start-up)
+    server.json         {pid, url, root} of the server currently serving this folder, if any
+
+Use `LocalHubServer` to run one in a background thread (tests, embedding), or `hubckpt serve`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+from pathlib import Path
+
+from ..errors import HubConfigError, HubUnavailableError
+from .app import create_app
+from .context import DEFAULT_LOCAL_USER, HubContext
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["LocalHubServer", "HubContext", "create_app", "is_loopback", "bind_socket"]
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and 'localhost'."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind a listening socket (port 0 = any free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise HubUnavailableError(f"Cannot listen on {host}:{port}: {e.strerror or e}. "
+                                  "Pick another port with --port (0 picks a free one).") from e
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def check_exposure(ctx: HubContext, host: str) -> None:
+    """Refuse to serve a non-loopback address without tokens: a single-user hub has no authentication."""
+    if not is_loopback(host) and ctx.single_user:
+        raise HubConfigError(
+            f"Refusing to listen on {host}: this hub has no tokens, so anyone who can reach it could write to it. "
+            f"Create one first (hubckpt token create --user {ctx.local_user} --role write --root {ctx.root}) "
+            "or listen on 127.0.0.1.")
+
+
+class LocalHubServer:
+    """A local hub running in a background thread of this process.
+
+    Example:
+        >>> with LocalHubServer(tmp_path) as hub:
+        ...     HfApi(endpoint=hub.url).create_repo("local/demo")
+    """
+
+    def __init__(self, root: str | Path, *, host: str = "127.0.0.1", port: int = 0,
+                 local_user: str = DEFAULT_LOCAL_USER, **settings) -> None:
+        import uvicorn
+
+        self.ctx = HubContext.open(Path(root), local_user=local_user, **settings)
+        check_exposure(self.ctx, host)
+        self._sock = bind_socket(host, port)
+        bound_host, bound_port = self._sock.getsockname()[:2]
+        shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+        self.url = f"http://{shown_host}:{bound_port}"
+        config = uvicorn.Config(create_app(self.ctx), log_level="warning", http="httptools", lifespan="off",
+                                access_log=False, timeout_keep_alive=30)
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "LocalHubServer":
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
+                                        name="hubckpt-local-hub", daemon=True)
+        self._thread.start()
+        for _ in range(500):
+            if self._server.started:
+                return self
+            if not self._thread.is_alive():
+                break
+            threading.Event().wait(0.01)
+        raise HubUnavailableError("The local hub did not start; see the log above.")
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._sock.close()
+        self.ctx.store.close()
+
+    def __enter__(self) -> "LocalHubServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

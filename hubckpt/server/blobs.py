@@ -1,0 +1,138 @@
+"""Content-addressed file store of the local hub.
+
+Layout under the data folder::
+
+    objects/
+      ab/cd/abcd…(64 hex)    one file per distinct content, named by its sha256
+    tmp/
+      <uuid>.part            uploads in flight; removed on failure, swept at start-up
+
+A file is written to `tmp/`, fsync'd, renamed into `objects/` and the directory fsync'd, so an
+object path either holds the complete, verified content or does not exist. Identical content is
+stored once, whatever repo or branch refers to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import uuid
+from pathlib import Path
+
+from ..errors import HubHTTPError
+
+logger = logging.getLogger(__name__)
+
+_SHA256_HEX = frozenset("0123456789abcdef")
+
+
+def is_sha256(value: str) -> bool:
+    """True if `value` is a 64-char lowercase hex string."""
+    return len(value) == 64 and set(value) <= _SHA256_HEX
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """The git blob id of `data`, as the Hub and huggingface_hub compute it for regular files."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def lfs_pointer(sha256: str, size: int) -> bytes:
+    """The git-lfs pointer file of an object; its git blob id is the tree `oid` of an LFS file."""
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobStore:
+    """Content-addressed, fsync'd object files under `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.objects = root / "objects"
+        self.tmp = root / "tmp"
+        self.objects.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        # Anything left in tmp/ is an upload that a killed server never finished.
+        for stale in self.tmp.glob("*.part"):
+            stale.unlink(missing_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        """Where the object `sha256` lives (whether or not it exists)."""
+        return self.objects / sha256[:2] / sha256[2:4] / sha256
+
+    def has(self, sha256: str, size: int | None = None) -> bool:
+        """True if the object is stored (and has `size` bytes, when given)."""
+        if not is_sha256(sha256):
+            return False
+        try:
+            stat = self.path(sha256).stat()
+        except FileNotFoundError:
+            return False
+        return size is None or stat.st_size == size
+
+    def new_writer(self, expected_sha256: str | None = None, expected_size: int | None = None) -> "BlobWriter":
+        """Start writing an object; call `write()` with chunks and `finish()` at the end."""
+        return BlobWriter(self, expected_sha256, expected_size)
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store `data` and return its sha256."""
+        writer = self.new_writer()
+        try:
+            writer.write(data)
+            return writer.finish()
+        except BaseException:
+            writer.abort()
+            raise
+
+
+class BlobWriter:
+    """Streams one object to a temp file while hashing it; verified and renamed on `finish()`."""
+
+    def __init__(self, store: BlobStore, expected_sha256: str | None, expected_size: int | None) -> None:
+        self.store = store
+        self.expected_sha256 = expected_sha256
+        self.expected_size = expected_size
+        self.hasher = hashlib.sha256()
+        self.size = 0
+        self.tmp_path = store.tmp / f"{uuid.uuid4().hex}.part"
+        self.file = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in finish()/abort()
+
+    def write(self, chunk: bytes) -> None:
+        self.hasher.update(chunk)
+        self.file.write(chunk)
+        self.size += len(chunk)
+        if self.expected_size is not None and self.size > self.expected_size:
+            raise HubHTTPError(400, f"Upload is larger than the announced size {self.expected_size}")
+
+    def finish(self) -> str:
+        """Verify, fsync and move into place; return the sha256. Raises HubHTTPError on mismatch."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        sha256 = self.hasher.hexdigest()
+        if self.expected_size is not None and self.size != self.expected_size:
+            self.abort()
+            raise HubHTTPError(400, f"Size mismatch: expected {self.expected_size} bytes, received {self.size}")
+        if self.expected_sha256 is not None and sha256 != self.expected_sha256:
+            self.abort()
+            raise HubHTTPError(400, f"sha256 mismatch: expected {self.expected_sha256}, received content hashes to {sha256}")
+        final = self.store.path(sha256)
+        if final.exists():
+            self.tmp_path.unlink(missing_ok=True)  # already stored: identical content kept once
+            return sha256
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.tmp_path, final)
+        _fsync_dir(final.parent)
+        return sha256
+
+    def abort(self) -> None:
+        """Drop the partial upload."""
+        if not self.file.closed:
+            self.file.close()
+        self.tmp_path.unlink(missing_ok=True)

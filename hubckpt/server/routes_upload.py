@@ -1,0 +1,283 @@
+"""Writing files: preupload, the LFS batch / PUT / verify flow, and NDJSON commits."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import queue
+import threading
+import time
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import HubHTTPError, InvalidNameError
+from ..names import normalize_path_in_repo
+from .blobs import git_blob_sha1, is_sha256, lfs_pointer
+from .context import HubContext, base_url, json_response
+from .gitattributes import is_ignored, is_lfs
+from .routing import Router
+from .storage import Operation
+
+router = Router()
+
+UPLOAD_URL_TTL_S = 24 * 3600
+
+
+def _path_or_422(path: object) -> str:
+    if not isinstance(path, str):
+        raise HubHTTPError(400, "Each file needs a string 'path'")
+    try:
+        return normalize_path_in_repo(path)
+    except InvalidNameError as e:
+        raise HubHTTPError(422, str(e)) from e
+
+
+def _branch_head(ctx: HubContext, repo, rev: str) -> str:
+    head = ctx.store.ref(repo, "branch", rev)
+    if head is None:
+        # Commits only go to branches; a tag or a sha is "not a revision you can commit to".
+        raise HubHTTPError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+    return head
+
+
+def _text_at(ctx: HubContext, files: dict, path: str) -> str:
+    entry = files.get(path)
+    if entry is None or entry.size > 1_000_000:
+        return ""
+    try:
+        return ctx.blobs.path(entry.sha256).read_text("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+@router.route("POST", "/api/models/{ns}/{name}/preupload/{rev}")
+async def preupload(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
+    caller = ctx.caller(request)
+    repo = ctx.repo_for(ns, name, caller, write=True)
+    body = await request.json()
+    items = body.get("files") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        raise HubHTTPError(400, "Expected a JSON body with a 'files' list")
+    head = ctx.store.ref(repo, "branch", rev) or ctx.resolve(repo, rev)
+    files = ctx.store.files(repo, head)
+    gitattributes = _text_at(ctx, files, ".gitattributes")
+    gitignore = body.get("gitIgnore")
+    if not isinstance(gitignore, str):
+        gitignore = _text_at(ctx, files, ".gitignore")
+    out = []
+    for item in items:
+        path = _path_or_422(item.get("path") if isinstance(item, dict) else None)
+        try:
+            sample = base64.b64decode(item.get("sample") or "")
+        except (binascii.Error, ValueError):
+            sample = b""
+        size = int(item.get("size") or 0)
+        lfs = is_lfs(path, size, sample, gitattributes)
+        existing = files.get(path)
+        oid = None
+        if existing is not None:
+            oid = existing.sha256 if existing.lfs else existing.git_oid
+        out.append({"path": item["path"], "uploadMode": "lfs" if lfs else "regular",
+                    "shouldIgnore": is_ignored(path, gitignore), "oid": oid})
+    return json_response({"files": out, "commitOid": head})
+
+
+# -- LFS ------------------------------------------------------------------------------------------
+
+def _object_known(ctx: HubContext, repo, caller, oid: str, size: int | None) -> bool:
+    """True when the hub stores `oid` and the caller may use it: it is in this repo or in one they can read."""
+    if not ctx.blobs.has(oid, size):
+        return False
+    if ctx.store.has_repo_object(repo, oid):
+        return True
+    return any(ctx.can_read(other, caller) for other in ctx.store.object_repos(oid))
+
+
+@router.route("POST", "/{ns}/{name}.git/info/lfs/objects/batch")
+async def lfs_batch(ctx: HubContext, request: Request, ns: str, name: str) -> Response:
+    caller = ctx.caller(request)
+    repo = ctx.repo_for(ns, name, caller, write=True)
+    try:
+        body = json.loads(await request.body())
+    except ValueError as e:
+        raise HubHTTPError(400, f"Invalid LFS batch request: {e}") from e
+    if body.get("operation") != "upload":
+        raise HubHTTPError(400, "The hubckpt local hub only supports the LFS 'upload' operation; download via /resolve/")
+    base = base_url(request)
+    objects = []
+    for obj in body.get("objects") or []:
+        oid, size = obj.get("oid"), obj.get("size")
+        if not isinstance(oid, str) or not is_sha256(oid) or not isinstance(size, int) or size < 0:
+            objects.append({"oid": str(oid), "size": size if isinstance(size, int) else 0,
+                            "error": {"code": 422, "message": "oid must be a sha256 hex string and size an integer >= 0"}})
+            continue
+        if _object_known(ctx, repo, caller, oid, size):
+            ctx.store.add_repo_object(repo, oid)
+            objects.append({"oid": oid, "size": size})  # no actions: the client skips the upload
+            continue
+        expires = int(time.time()) + UPLOAD_URL_TTL_S
+        sig = ctx.sign(repo.id, oid, size, expires)
+        objects.append({"oid": oid, "size": size, "authenticated": True, "actions": {
+            "upload": {"href": f"{base}/api/hubckpt/lfs/{repo.id}/{oid}/{size}?expires={expires}&sig={sig}",
+                       "expires_in": UPLOAD_URL_TTL_S},
+            "verify": {"href": f"{base}/api/hubckpt/lfs-verify/{repo.id}"},
+        }})
+    return json_response({"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
+                         headers={"Content-Type": "application/vnd.git-lfs+json"})
+
+
+class _PipelinedWriter:
+    """Hash and write upload chunks in a worker thread while the event loop keeps receiving.
+
+    hashlib and file writes release the GIL on large buffers, so receiving, hashing and writing
+    overlap; a bounded queue keeps memory flat.
+    """
+
+    BATCH = 8 * 1024 * 1024
+
+    def __init__(self, writer) -> None:
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="hubckpt-lfs-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            chunk = self.queue.get()
+            if chunk is None:
+                return
+            if self.error is None:
+                try:
+                    self.writer.write(chunk)
+                except BaseException as e:  # reported by finish()
+                    self.error = e
+
+    async def put(self, chunk: bytes) -> None:
+        try:
+            self.queue.put_nowait(chunk)
+        except queue.Full:
+            await run_in_threadpool(self.queue.put, chunk)
+
+    async def finish(self) -> None:
+        await run_in_threadpool(self.queue.put, None)
+        await run_in_threadpool(self.thread.join)
+        if self.error is not None:
+            raise self.error
+
+
+@router.route("PUT", "/api/hubckpt/lfs/{ns}/{name}/{path}")
+async def lfs_upload(ctx: HubContext, request: Request, ns: str, name: str, path: str) -> Response:
+    # Routed as /lfs/<repo db id>/<oid>/<size>; the URL signature is the authorization.
+    try:
+        repo_id, oid, size = int(ns), name, int(path)
+        expires = int(request.query_params.get("expires", "0"))
+    except ValueError as e:
+        raise HubHTTPError(400, "Malformed upload URL") from e
+    ctx.check_signature(request.query_params.get("sig", ""), expires, repo_id, oid, size)
+    writer = ctx.blobs.new_writer(expected_sha256=oid, expected_size=size)
+    pipeline = _PipelinedWriter(writer)
+    buffer = bytearray()
+    try:
+        async for chunk in request.stream():
+            buffer += chunk
+            if len(buffer) >= _PipelinedWriter.BATCH:
+                await pipeline.put(bytes(buffer))
+                buffer.clear()
+        if buffer:
+            await pipeline.put(bytes(buffer))
+        await pipeline.finish()
+        await run_in_threadpool(writer.finish)
+    except BaseException:
+        writer.abort()
+        raise
+    repo = next((r for r in ctx.store.list_repos() if r.id == repo_id), None)
+    if repo is not None:
+        ctx.store.add_repo_object(repo, oid)
+    return Response(status_code=200)
+
+
+@router.route("POST", "/api/hubckpt/lfs-verify/{ns}")
+async def lfs_verify(ctx: HubContext, request: Request, ns: str) -> Response:
+    body = await request.json()
+    oid, size = body.get("oid"), body.get("size")
+    repo = next((r for r in ctx.store.list_repos() if str(r.id) == ns), None)
+    if repo is None or not isinstance(oid, str) or not ctx.blobs.has(oid, size) or not ctx.store.has_repo_object(repo, oid):
+        raise HubHTTPError(404, f"Object {oid} was not uploaded (or its size differs)")
+    return json_response({})
+
+
+# -- commit ---------------------------------------------------------------------------------------
+
+def _parse_commit(ctx: HubContext, repo, caller, raw: bytes) -> tuple[dict, list[Operation]]:
+    """Parse and stage the NDJSON commit payload: regular contents are stored, LFS objects checked."""
+    header: dict | None = None
+    operations: list[Operation] = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            key, value = item["key"], item["value"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise HubHTTPError(400, f"Bad request for commit endpoint: line {number} is not a commit operation") from e
+        if key == "header":
+            header = value
+        elif key == "file":
+            path = _path_or_422(value.get("path"))
+            if value.get("encoding", "base64") != "base64":
+                raise HubHTTPError(400, f"Bad request for commit endpoint: unsupported encoding for {path}")
+            try:
+                content = base64.b64decode(value.get("content") or "", validate=True)
+            except (binascii.Error, ValueError) as e:
+                raise HubHTTPError(400, f"Bad request for commit endpoint: invalid base64 for {path}") from e
+            sha256 = ctx.blobs.put_bytes(content)
+            operations.append(Operation("add", path, sha256, len(content), False, git_blob_sha1(content)))
+        elif key == "lfsFile":
+            path = _path_or_422(value.get("path"))
+            oid = value.get("oid")
+            size = value.get("size")
+            if not isinstance(oid, str) or not is_sha256(oid):
+                raise HubHTTPError(400, f"Bad request for commit endpoint: invalid LFS oid for {path}")
+            if not _object_known(ctx, repo, caller, oid, size):
+                raise HubHTTPError(422, f"LFS object {oid} for {path} was never uploaded (or its size differs); "
+                                        "upload it through the LFS batch API first")
+            size = ctx.blobs.path(oid).stat().st_size
+            operations.append(Operation("add", path, oid, size, True, git_blob_sha1(lfs_pointer(oid, size))))
+        elif key in ("deletedFile", "deletedFolder"):
+            path = _path_or_422(str(value.get("path", "")).rstrip("/"))
+            operations.append(Operation("delete_file" if key == "deletedFile" else "delete_folder", path))
+        else:
+            raise HubHTTPError(400, f"Bad request for commit endpoint: unknown operation {key!r}")
+    if header is None:
+        raise HubHTTPError(400, "Bad request for commit endpoint: missing header line")
+    return header, operations
+
+
+@router.route("POST", "/api/models/{ns}/{name}/commit/{rev}")
+async def commit(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
+    caller = ctx.caller(request)
+    repo = ctx.repo_for(ns, name, caller, write=True)
+    if request.query_params.get("create_pr") in ("1", "true"):
+        raise HubHTTPError(400, "Pull requests are not supported by the hubckpt local hub; commit to a branch instead")
+    _branch_head(ctx, repo, rev)
+    raw = await request.body()
+    header, operations = await run_in_threadpool(_parse_commit, ctx, repo, caller, raw)
+    parent = header.get("parentCommit")
+    if parent is not None and (not isinstance(parent, str) or not 5 <= len(parent) <= 40):
+        raise HubHTTPError(400, "Bad request for commit endpoint: parentCommit must be 5 to 40 hex characters")
+    for op in operations:
+        if op.kind == "add":
+            ctx.store.add_repo_object(repo, op.sha256)
+    sha = await run_in_threadpool(
+        lambda: ctx.store.create_commit(
+            repo, rev, operations, title=str(header.get("summary") or "Upload files"),
+            message=str(header.get("description") or ""), author=caller.name or ctx.local_user,
+            parent_commit=parent, fault_hook=ctx.fault))
+    return json_response({"success": True, "commitOid": sha, "commitUrl": f"{base_url(request)}/{repo.repo_id}/commit/{sha}",
+                          "pullRequestUrl": None, "hookOutput": ""})
+
+

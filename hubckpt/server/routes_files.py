@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -78,9 +78,10 @@ async def paths_info(ctx: HubContext, request: Request, ns: str, name: str, rev:
         paths = body.get("paths", []) if isinstance(body, dict) else []
         expand = bool(body.get("expand")) if isinstance(body, dict) else False
     else:
-        form = await request.form()
-        paths = [str(p) for p in form.getlist("paths")]
-        expand = str(form.get("expand", "false")).lower() == "true"
+        # application/x-www-form-urlencoded: parsed here, no multipart dependency needed.
+        form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+        paths = form.get("paths", [])
+        expand = form.get("expand", ["false"])[0].lower() == "true"
     files = ctx.store.files(repo, sha)
     out = []
     for raw in paths:

@@ -1,0 +1,68 @@
+"""The `hubckpt` command line: the one place that prints, and the error boundary.
+
+Known errors (hubckpt's own and huggingface_hub's) become one line on stderr and exit code 1;
+`--debug` or `HUBCKPT_DEBUG=1` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from . import accounts, demo, serve
+
+app = typer.Typer(
+    name="hubckpt", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Publish training checkpoints as Hugging Face Hub revisions; run the offline local hub.")
+app.command("serve")(serve.serve)
+app.command("stop")(serve.stop)
+app.command("demo")(demo.demo)
+app.add_typer(accounts.user_app, name="user")
+app.add_typer(accounts.org_app, name="org")
+app.add_typer(accounts.token_app, name="token")
+
+_DEBUG_HINT = "(run with --debug or HUBCKPT_DEBUG=1 for the full traceback)"
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+          verbose: bool = typer.Option(False, "--verbose", "-v", help="Show info logs.")) -> None:
+    if debug:
+        os.environ["HUBCKPT_DEBUG"] = "1"
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    from ..errors import HubckptError
+    return (HubckptError, HfHubHTTPError, HFValidationError, ConnectionError)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `hubckpt` console script."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - this is the CLI's error boundary
+        import click
+
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if os.environ.get("HUBCKPT_DEBUG") == "1" or not isinstance(e, _known_errors()):
+            raise
+        message = str(e).strip().replace("\n\n", "\n")
+        print(f"Error: {message}\n{_DEBUG_HINT}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(0)

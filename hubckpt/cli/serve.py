@@ -1,0 +1,74 @@
+"""`hubckpt serve` and `hubckpt stop`: run the local hub in the foreground, stop a background one."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..hubs import SERVER_FILE, default_local_root, stop_local_hub
+
+RootOpt = typer.Option(None, "--root", help="Data folder of the local hub [default: $HUBCKPT_HUB_ROOT or ~/.cache/hubckpt/hub].")
+
+
+def serve(
+    root: Optional[Path] = RootOpt,
+    host: str = typer.Option("127.0.0.1", help="Address to listen on. Non-loopback addresses need tokens."),
+    port: int = typer.Option(8900, help="Port to listen on (0 picks a free one)."),
+    port_fallback: bool = typer.Option(False, "--port-fallback", help="If the port is taken, pick a free one."),
+    user: str = typer.Option("local", help="Name of the local user (single-user mode, and owner of new repos)."),
+    quiet: bool = typer.Option(False, "--quiet", help="Print only the URL."),
+) -> None:
+    """Serve the Hugging Face Hub HTTP API over a data folder, offline."""
+    import uvicorn
+
+    from ..errors import HubUnavailableError
+    from ..server import HubContext, bind_socket, create_app
+    from ..server import check_exposure
+
+    data = (root or default_local_root()).expanduser().resolve()
+    ctx = HubContext.open(data, local_user=user)
+    check_exposure(ctx, host)
+    try:
+        sock = bind_socket(host, port)
+    except HubUnavailableError:
+        if not port_fallback:
+            raise
+        sock = bind_socket(host, 0)
+    bound = sock.getsockname()
+    shown_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    url = f"http://{shown_host}:{bound[1]}"
+    info_path = data / SERVER_FILE
+    tmp = info_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "url": url, "root": str(data)}, indent=2, sort_keys=True))
+    os.replace(tmp, info_path)
+    if quiet:
+        typer.echo(url)
+    else:
+        mode = "single-user (no tokens; loopback only)" if ctx.single_user else "token authentication"
+        typer.echo(f"hubckpt local hub serving {data}\n  URL:  {url}\n  mode: {mode}\n"
+                   f"Use it with huggingface_hub / the hf CLI / transformers:\n"
+                   f"  export HF_ENDPOINT={url} HF_HUB_DISABLE_XET=1\nPress Ctrl-C to stop.")
+    config = uvicorn.Config(create_app(ctx), log_level="warning", http="httptools", lifespan="off",
+                            access_log=False, timeout_keep_alive=30)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        try:
+            if json.loads(info_path.read_text()).get("pid") == os.getpid():
+                info_path.unlink()
+        except (OSError, ValueError):
+            pass
+        ctx.store.close()
+
+
+def stop(root: Optional[Path] = RootOpt) -> None:
+    """Stop the local hub serving a data folder (started by `serve` or in the background)."""
+    data = (root or default_local_root()).expanduser().resolve()
+    if stop_local_hub(data):
+        typer.echo(f"Stopped the local hub serving {data}.")
+    else:
+        typer.echo(f"No local hub is serving {data}.")

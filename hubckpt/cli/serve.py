@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -54,8 +55,14 @@ def serve(
                    f"  export HF_ENDPOINT={url} HF_HUB_DISABLE_XET=1\nPress Ctrl-C to stop.")
     config = uvicorn.Config(create_app(ctx), log_level="warning", http="httptools", lifespan="off",
                             access_log=False, timeout_keep_alive=30)
+    # uvicorn re-raises the stop signal after its graceful shutdown; a no-op handler lets this
+    # function finish normally instead (clean exit, server.json removed).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     try:
         uvicorn.Server(config).run(sockets=[sock])
+        if not quiet:
+            typer.echo("Local hub stopped.")
     finally:
         try:
             if json.loads(info_path.read_text()).get("pid") == os.getpid():

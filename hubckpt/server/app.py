@@ -10,7 +10,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..errors import HubHTTPError, StorageError
 from . import routes_files, routes_repos, routes_upload
-from .context import HubContext, error_response, json_response
+from .context import HubContext, error_response, json_response, repo_not_found
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ class HubApp:
                     return await handler(self.ctx, request, **params)
             if method in ("GET", "HEAD") and "/resolve/" in raw_path:
                 return await routes_files.resolve(self.ctx, request, raw_path)
+            if raw_path.startswith("/api/models/"):
+                # e.g. canonical single-segment ids (`/api/models/gpt2`): no such repo here.
+                raise repo_not_found(self.ctx.caller(request))
             raise HubHTTPError(404, f"{method} {raw_path} is not an endpoint of the hubckpt local hub")
         except HubHTTPError as e:
             if e.status >= 500:

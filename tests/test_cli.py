@@ -1,0 +1,121 @@
+"""The `hubckpt` and `hf` command lines against real local hubs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi
+
+from .conftest import free_port
+from .helpers import run_cli, start_server
+
+HF = shutil.which("hf", path=os.path.dirname(sys.executable))
+
+
+def test_hf_cli_uploads_lists_and_downloads(api, repo_id, tmp_path):
+    env = {**os.environ, "HF_ENDPOINT": api.endpoint, "HF_TOKEN": "unused"}
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text('{"x": 1}')
+    (src / "weights.bin").write_bytes(os.urandom(5000))
+    up = subprocess.run([HF, "upload", repo_id, str(src), ".", "--revision", "main"], capture_output=True, text=True,
+                        env=env, timeout=120)
+    assert up.returncode == 0, up.stderr
+    api.create_branch(repo_id, branch="feat/cli")
+    out = tmp_path / "out"
+    down = subprocess.run([HF, "download", repo_id, "--revision", "feat/cli", "--local-dir", str(out)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert (out / "weights.bin").read_bytes() == (src / "weights.bin").read_bytes()
+    who = subprocess.run([HF, "auth", "whoami"], capture_output=True, text=True, env=env, timeout=60)
+    assert "local" in who.stdout
+
+
+def test_token_commands_create_register_list_revoke(tmp_path):
+    root = str(tmp_path / "hub")
+    assert run_cli("user", "add", "carol", "--org", "lab", "--root", root).returncode == 0
+    created = run_cli("token", "create", "--user", "carol", "--role", "read", "--root", root)
+    assert created.returncode == 0, created.stderr
+    value = created.stdout.strip()
+    assert value.startswith("hf_") and "shown once" in created.stderr
+    registered = run_cli("token", "create", "--user", "carol", "--name", "ci", "--value-env", "CI_SECRET",
+                         "--root", root, env={"CI_SECRET": "ci-secret-value-123"})
+    assert registered.returncode == 0 and "Registered token" in registered.stdout
+    listing = run_cli("token", "list", "--root", root).stdout
+    assert "carol" in listing and "ci" in listing and value not in listing and "ci-secret-value-123" not in listing
+    assert run_cli("token", "revoke", "1", "--root", root).returncode == 0
+    assert "read-1" not in run_cli("token", "list", "--root", root).stdout
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path):
+    root = str(tmp_path / "hub")
+    bad = run_cli("token", "create", "--user", "nobody", "--root", root)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("Error: Unknown user 'nobody'") and "Traceback" not in bad.stderr
+    assert "--debug" in bad.stderr
+    debug = run_cli("--debug", "token", "create", "--user", "nobody", "--root", root)
+    assert "Traceback" in debug.stderr
+    exposed = run_cli("serve", "--root", root, "--host", "0.0.0.0", "--port", "0")
+    assert exposed.returncode == 1 and "Refusing to listen on 0.0.0.0" in exposed.stderr
+    bad_user = run_cli("user", "add", "not/valid", "--root", root)
+    assert bad_user.returncode == 1 and "Invalid user name" in bad_user.stderr
+
+
+def test_serve_prints_its_url_and_stops_cleanly(tmp_path):
+    port = free_port()
+    proc, url = start_server(tmp_path / "hub", port)
+    try:
+        assert HfApi(endpoint=url, token="x").whoami()["name"] == "local"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    assert url in out and "HF_HUB_DISABLE_XET=1" in out and "stopped" in out
+
+
+@pytest.mark.slow
+def test_local_hub_starts_in_the_background_and_is_reused(tmp_path):
+    from hubckpt.hubs import ensure_local_hub, resolve_hub, stop_local_hub
+
+    root = tmp_path / "auto"
+    try:
+        url = ensure_local_hub(root)
+        assert ensure_local_hub(root) == url  # reused, not restarted
+        hub = resolve_hub("local", root=root)
+        assert hub.endpoint == url and "local hub" in hub.describe()
+        HfApi(endpoint=url, token="x").create_repo("local/auto")
+        assert (root / "server.json").exists()
+    finally:
+        assert stop_local_hub(root)
+    assert not stop_local_hub(root)
+
+
+def test_hub_selection(monkeypatch):
+    from hubckpt.errors import HubConfigError
+    from hubckpt.hubs import resolve_hub
+
+    assert resolve_hub("hf").endpoint == "https://huggingface.co"
+    assert resolve_hub("http://example.invalid:8900/").endpoint == "http://example.invalid:8900"
+    monkeypatch.setenv("HUBCKPT_HUB", "http://127.0.0.1:1")
+    assert resolve_hub().endpoint == "http://127.0.0.1:1"
+    with pytest.raises(HubConfigError, match="Unknown hub"):
+        resolve_hub("ftp://nope")
+
+
+@pytest.mark.slow
+def test_demo_runs_offline_end_to_end(tmp_path):
+    root = tmp_path / "demo-hub"
+    try:
+        result = run_cli("demo", "--root", str(root), "--steps", "6", timeout=300,
+                         env={"HUBCKPT_HUB": "local", "HF_ENDPOINT": ""})
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "step-0000003" in result.stdout and "step-0000006" in result.stdout
+        assert "weights identical to the trained model" in result.stdout
+    finally:
+        run_cli("stop", "--root", str(root))

@@ -162,19 +162,50 @@ def test_error_bodies_are_json_with_request_id(api: HfApi):
 def test_resolve_headers_and_ranges(api: HfApi, repo_id):
     data = bytes(range(256)) * 10
     api.upload_file(path_or_fileobj=io.BytesIO(data), path_in_repo="w.bin", repo_id=repo_id)
+    api.upload_file(path_or_fileobj=b"0123456789", path_in_repo="small.txt", repo_id=repo_id)
     head_sha = api.model_info(repo_id).sha
+    # LFS files: a cross-origin 302 to the signed data-plane URL, carrying every metadata header.
     url = f"{api.endpoint}/{repo_id}/resolve/main/w.bin"
     r = httpx2.head(url)
-    assert r.status_code == 200
+    assert r.status_code == 302 and r.headers["location"].startswith("http://127.0.0.1:")
     assert r.headers["x-repo-commit"] == head_sha
     assert r.headers["x-linked-etag"].strip('"') == hashlib.sha256(data).hexdigest()
-    assert r.headers["x-linked-size"] == r.headers["content-length"] == str(len(data))
+    assert r.headers["x-linked-size"] == str(len(data))
     assert "x-xet-hash" not in r.headers and "xet" not in r.headers.get("link", "")
-    r = httpx2.get(url, headers={"range": "bytes=10-19"})
+    r = httpx2.get(url, headers={"range": "bytes=10-19"}, follow_redirects=True)
     assert r.status_code == 206 and r.content == data[10:20]
     assert r.headers["content-range"] == f"bytes 10-19/{len(data)}"
-    r = httpx2.get(url, headers={"range": f"bytes={len(data)}-"})
+    r = httpx2.get(url, headers={"range": "bytes=-5"}, follow_redirects=True)
+    assert r.status_code == 206 and r.content == data[-5:]
+    r = httpx2.get(url, headers={"range": f"bytes={len(data)}-"}, follow_redirects=True)
     assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{len(data)}"
+    assert httpx2.get(url, follow_redirects=True).content == data
+    location = httpx2.head(url).headers["location"]
+    assert httpx2.get(location.replace("sig=", "sig=0")).status_code == 403
+    # Regular files: served inline with the same headers.
+    small = f"{api.endpoint}/{repo_id}/resolve/main/small.txt"
+    r = httpx2.head(small)
+    assert r.status_code == 200 and r.headers["content-length"] == "10" and r.headers["x-repo-commit"] == head_sha
+    r = httpx2.get(small, headers={"range": "bytes=2-4"})
+    assert r.status_code == 206 and r.content == b"234"
+    r = httpx2.get(small, headers={"range": "bytes=10-"})
+    assert r.status_code == 416 and r.headers["content-range"] == "bytes */10"
+
+
+def test_api_only_hub_serves_lfs_inline(tmp_path, cache_dir):
+    from hubckpt.server import LocalHubServer
+
+    with LocalHubServer(tmp_path / "hub", data_plane=False) as hub:
+        api = HfApi(endpoint=hub.url, token="x")
+        api.create_repo("alice/inline")
+        blob = os.urandom(3000)
+        api.upload_file(path_or_fileobj=io.BytesIO(blob), path_in_repo="w.bin", repo_id="alice/inline")
+        r = httpx2.head(f"{hub.url}/alice/inline/resolve/main/w.bin")
+        assert r.status_code == 200 and r.headers["x-linked-size"] == r.headers["content-length"] == "3000"
+        path = hf_hub_download("alice/inline", "w.bin", cache_dir=cache_dir, endpoint=hub.url)
+        assert open(path, "rb").read() == blob
+        r = httpx2.get(f"{hub.url}/alice/inline/resolve/main/w.bin", headers={"range": "bytes=0-9"})
+        assert r.status_code == 206 and r.content == blob[:10]
 
 
 def test_concurrent_commits_lose_nothing_and_refuse_stale_parents(api: HfApi, repo_id):

@@ -45,6 +45,7 @@ def demo(
     from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
     transformers.logging.set_verbosity_error()  # the demo's own lines are the story; keep library chatter out
+    transformers.logging.disable_progress_bar()
 
     torch.manual_seed(0)
     config = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=128, n_positions=32, bos_token_id=0, eos_token_id=0)

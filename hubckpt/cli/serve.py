@@ -29,6 +29,7 @@ def serve(
     from ..errors import HubUnavailableError
     from ..server import HubContext, bind_socket, create_app
     from ..server import check_exposure
+    from ..server.dataplane import DataPlane
 
     data = (root or default_local_root()).expanduser().resolve()
     ctx = HubContext.open(data, local_user=user)
@@ -55,6 +56,7 @@ def serve(
                    f"  export HF_ENDPOINT={url} HF_HUB_DISABLE_XET=1\nPress Ctrl-C to stop.")
     config = uvicorn.Config(create_app(ctx), log_level="warning", http="httptools", lifespan="off",
                             access_log=False, timeout_keep_alive=30)
+    data_plane = DataPlane(ctx, host).start()
     # uvicorn re-raises the stop signal after its graceful shutdown; a no-op handler lets this
     # function finish normally instead (clean exit, server.json removed).
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -69,6 +71,7 @@ def serve(
                 info_path.unlink()
         except (OSError, ValueError):
             pass
+        data_plane.stop()
         ctx.store.close()
 
 

@@ -8,6 +8,9 @@ Data folder layout (default `~/.cache/hubckpt/hub`, see `hubckpt.hubs`)::
     tmp/                uploads in flight (swept at start-up)
     server.json         {pid, url, root} of the server currently serving this folder, if any
 
+Two ports: the API (uvicorn + Starlette, `app.py`) and the data plane (`dataplane.py`), which moves
+large object bytes with `sendfile` behind signed URLs, as huggingface.co does with its CDN.
+
 Use `LocalHubServer` to run one in a background thread (tests, embedding), or `hubckpt serve`.
 """
 
@@ -22,6 +25,7 @@ from pathlib import Path
 from ..errors import HubConfigError, HubUnavailableError
 from .app import create_app
 from .context import DEFAULT_LOCAL_USER, HubContext
+from .dataplane import DataPlane
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +76,7 @@ class LocalHubServer:
     """
 
     def __init__(self, root: str | Path, *, host: str = "127.0.0.1", port: int = 0,
-                 local_user: str = DEFAULT_LOCAL_USER, **settings) -> None:
+                 local_user: str = DEFAULT_LOCAL_USER, data_plane: bool = True, **settings) -> None:
         import uvicorn
 
         self.ctx = HubContext.open(Path(root), local_user=local_user, **settings)
@@ -85,8 +89,11 @@ class LocalHubServer:
                                 access_log=False, timeout_keep_alive=30)
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
+        self.data_plane = DataPlane(self.ctx, host) if data_plane else None
 
     def start(self) -> "LocalHubServer":
+        if self.data_plane is not None:
+            self.data_plane.start()
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name="hubckpt-local-hub", daemon=True)
         self._thread.start()
@@ -102,6 +109,8 @@ class LocalHubServer:
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
+        if self.data_plane is not None:
+            self.data_plane.stop()
         self._sock.close()
         self.ctx.store.close()
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
+import threading
 import uuid
 from pathlib import Path
 
@@ -136,3 +138,51 @@ class BlobWriter:
         if not self.file.closed:
             self.file.close()
         self.tmp_path.unlink(missing_ok=True)
+
+
+class PipelinedWriter:
+    """Feeds a `BlobWriter` from another thread, so receiving overlaps hashing and writing.
+
+    hashlib and file writes release the GIL on large buffers; a bounded queue keeps memory flat
+    (at most `depth` chunks in flight).
+    """
+
+    def __init__(self, writer: BlobWriter, depth: int = 4) -> None:
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="hubckpt-blob-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            chunk = self.queue.get()
+            if chunk is None:
+                return
+            if self.error is None:
+                try:
+                    self.writer.write(chunk)
+                except BaseException as e:  # re-raised by finish()
+                    self.error = e
+
+    def put(self, chunk: bytes, block: bool = True) -> bool:
+        """Queue a chunk; with block=False, return False instead of waiting when the queue is full."""
+        try:
+            self.queue.put(chunk, block=block)
+            return True
+        except queue.Full:
+            return False
+
+    def finish(self) -> str:
+        """Wait for the queued chunks, then verify and store the object (see `BlobWriter.finish`)."""
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            self.writer.abort()
+            raise self.error
+        return self.writer.finish()
+
+    def abort(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        self.writer.abort()

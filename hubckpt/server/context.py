@@ -54,6 +54,7 @@ class HubContext:
     tree_page_size: int = 1000
     commits_page_size: int = 50
     lfs_secret: bytes = field(default=b"", repr=False)
+    data_plane_port: int | None = None  # set while a DataPlane serves object bytes on its own port
 
     @classmethod
     def open(cls, root: Path, local_user: str = DEFAULT_LOCAL_USER, **settings: Any) -> "HubContext":

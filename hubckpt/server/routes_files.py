@@ -9,6 +9,7 @@ from starlette.responses import FileResponse, Response
 
 from ..errors import HubHTTPError
 from .context import HubContext, json_response, repo_not_found
+from .dataplane import signed_blob_url
 from .routing import Router, query_bool
 from .trees import file_json, folder_json, list_tree
 
@@ -122,9 +123,14 @@ async def resolve(ctx: HubContext, request: Request, raw_path: str) -> Response:
     if not blob.exists():
         raise HubHTTPError(500, f"Object {entry.sha256} of {path} is missing from the data folder")
     etag = entry.sha256 if entry.lfs else entry.git_oid
-    headers = {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Content-Length": str(entry.size),
-               "Cache-Control": "private, max-age=0"}
+    headers = {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Cache-Control": "private, max-age=0"}
     if entry.lfs:
         headers["X-Linked-Etag"] = f'"{entry.sha256}"'
         headers["X-Linked-Size"] = str(entry.size)
+        if ctx.data_plane_port:
+            # As huggingface.co does with its CDN: a cross-origin 302 carrying the metadata headers;
+            # the client reads them from the redirect and fetches the pre-signed URL without auth.
+            headers["Location"] = signed_blob_url(ctx, request.url.hostname or "127.0.0.1", entry.sha256)
+            return Response(status_code=302, headers=headers)
+    headers["Content-Length"] = str(entry.size)
     return BlobResponse(blob, headers=headers, media_type="application/octet-stream")

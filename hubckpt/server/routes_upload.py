@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import queue
-import threading
 import time
 
 from starlette.concurrency import run_in_threadpool
@@ -15,8 +13,9 @@ from starlette.responses import Response
 
 from ..errors import HubHTTPError, InvalidNameError
 from ..names import normalize_path_in_repo
-from .blobs import git_blob_sha1, is_sha256, lfs_pointer
+from .blobs import PipelinedWriter, git_blob_sha1, is_sha256, lfs_pointer
 from .context import HubContext, base_url, json_response
+from .dataplane import data_plane_base
 from .gitattributes import is_ignored, is_lfs
 from .routing import Router
 from .storage import Operation
@@ -24,6 +23,7 @@ from .storage import Operation
 router = Router()
 
 UPLOAD_URL_TTL_S = 24 * 3600
+UPLOAD_BATCH = 8 * 1024 * 1024  # bytes handed to the writer thread at once
 
 
 def _path_or_422(path: object) -> str:
@@ -120,53 +120,16 @@ async def lfs_batch(ctx: HubContext, request: Request, ns: str, name: str) -> Re
             continue
         expires = int(time.time()) + UPLOAD_URL_TTL_S
         sig = ctx.sign(repo.id, oid, size, expires)
+        # Bytes go to the data plane when it runs (fast path), else to this ASGI app.
+        upload_base = (data_plane_base(ctx, request.url.hostname or "127.0.0.1") if ctx.data_plane_port
+                       else f"{base}/api/hubckpt")
         objects.append({"oid": oid, "size": size, "authenticated": True, "actions": {
-            "upload": {"href": f"{base}/api/hubckpt/lfs/{repo.id}/{oid}/{size}?expires={expires}&sig={sig}",
+            "upload": {"href": f"{upload_base}/lfs/{repo.id}/{oid}/{size}?expires={expires}&sig={sig}",
                        "expires_in": UPLOAD_URL_TTL_S},
             "verify": {"href": f"{base}/api/hubckpt/lfs-verify/{repo.id}"},
         }})
     return json_response({"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
                          headers={"Content-Type": "application/vnd.git-lfs+json"})
-
-
-class _PipelinedWriter:
-    """Hash and write upload chunks in a worker thread while the event loop keeps receiving.
-
-    hashlib and file writes release the GIL on large buffers, so receiving, hashing and writing
-    overlap; a bounded queue keeps memory flat.
-    """
-
-    BATCH = 8 * 1024 * 1024
-
-    def __init__(self, writer) -> None:
-        self.writer = writer
-        self.queue: queue.Queue = queue.Queue(maxsize=4)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="hubckpt-lfs-writer", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            chunk = self.queue.get()
-            if chunk is None:
-                return
-            if self.error is None:
-                try:
-                    self.writer.write(chunk)
-                except BaseException as e:  # reported by finish()
-                    self.error = e
-
-    async def put(self, chunk: bytes) -> None:
-        try:
-            self.queue.put_nowait(chunk)
-        except queue.Full:
-            await run_in_threadpool(self.queue.put, chunk)
-
-    async def finish(self) -> None:
-        await run_in_threadpool(self.queue.put, None)
-        await run_in_threadpool(self.thread.join)
-        if self.error is not None:
-            raise self.error
 
 
 @router.route("PUT", "/api/hubckpt/lfs/{ns}/{name}/{path}")
@@ -178,25 +141,23 @@ async def lfs_upload(ctx: HubContext, request: Request, ns: str, name: str, path
     except ValueError as e:
         raise HubHTTPError(400, "Malformed upload URL") from e
     ctx.check_signature(request.query_params.get("sig", ""), expires, repo_id, oid, size)
-    writer = ctx.blobs.new_writer(expected_sha256=oid, expected_size=size)
-    pipeline = _PipelinedWriter(writer)
+    pipeline = PipelinedWriter(ctx.blobs.new_writer(expected_sha256=oid, expected_size=size))
     buffer = bytearray()
     try:
         async for chunk in request.stream():
             buffer += chunk
-            if len(buffer) >= _PipelinedWriter.BATCH:
-                await pipeline.put(bytes(buffer))
+            if len(buffer) >= UPLOAD_BATCH:
+                data = bytes(buffer)
                 buffer.clear()
+                if not pipeline.put(data, block=False):
+                    await run_in_threadpool(pipeline.put, data)
         if buffer:
-            await pipeline.put(bytes(buffer))
-        await pipeline.finish()
-        await run_in_threadpool(writer.finish)
+            await run_in_threadpool(pipeline.put, bytes(buffer))
     except BaseException:
-        writer.abort()
+        await run_in_threadpool(pipeline.abort)
         raise
-    repo = next((r for r in ctx.store.list_repos() if r.id == repo_id), None)
-    if repo is not None:
-        ctx.store.add_repo_object(repo, oid)
+    await run_in_threadpool(pipeline.finish)
+    ctx.store.add_repo_object_by_id(repo_id, oid)
     return Response(status_code=200)
 
 

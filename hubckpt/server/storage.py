@@ -380,8 +380,13 @@ class MetadataStore:
             "SELECT r.* FROM repo_objects o JOIN repos r ON r.id = o.repo_id WHERE o.sha256=?", (sha256,))]
 
     def add_repo_object(self, repo: Repo, sha256: str) -> None:
+        self.add_repo_object_by_id(repo.id, sha256)
+
+    def add_repo_object_by_id(self, repo_db_id: int, sha256: str) -> None:
+        """Record that a repo may reference an object (ignored if the repo was deleted meanwhile)."""
         with self._transaction() as db:
-            db.execute("INSERT OR IGNORE INTO repo_objects VALUES (?, ?)", (repo.id, sha256))
+            if db.execute("SELECT 1 FROM repos WHERE id=?", (repo_db_id,)).fetchone():
+                db.execute("INSERT OR IGNORE INTO repo_objects VALUES (?, ?)", (repo_db_id, sha256))
 
     def create_commit(self, repo: Repo, branch: str, operations: list[Operation], *, title: str, message: str,
                       author: str, parent_commit: str | None = None, fault_hook=None) -> str:

@@ -128,6 +128,19 @@ def main() -> None:
             hf_hub_download("local/bench-dl", "blob.bin", cache_dir=cache, endpoint=url)
 
         t_down = best_of(args.repeat, download)
+
+        # Reference, not a floor: how fast the client's own HTTP stack (httpx2) can pull the bytes
+        # from the data plane (sendfile) when it only discards them.
+        import httpx2
+
+        location = httpx2.head(f"{url}/local/bench-dl/resolve/main/blob.bin").headers["location"]
+
+        def raw_get() -> None:
+            with httpx2.stream("GET", location) as r:
+                for _ in r.iter_raw(10 * 1024 * 1024):
+                    pass
+
+        t_client = best_of(args.repeat, raw_get)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
@@ -138,6 +151,9 @@ def main() -> None:
     print(f"  floor sha256            {gb / t_sha:6.2f}")
     print(f"  floor fsync'd write     {gb / t_write:6.2f}")
     print(f"  floor loopback socket   {gb / t_loop:6.2f}")
+    print(f"  serial floor of the upload protocol (client sha256, then transfer + fsync'd write): "
+          f"{gb / (t_sha + max(t_write, t_loop)):.2f}")
+    print(f"  client ceiling: httpx2 streaming GET from the data plane, discarded: {gb / t_client:.2f}")
     print(f"  HfApi.upload_file       {gb / t_up:6.2f}   ratio to upload floor   {floor_up / t_up:5.2f}x  (aim >= 0.5x)")
     print(f"  hf_hub_download         {gb / t_down:6.2f}   ratio to download floor {t_loop / t_down:5.2f}x  (aim >= 0.5x)")
 

@@ -199,3 +199,22 @@ def test_readme_metadata_is_validated(api: HfApi, repo_id):
     assert info.library_name == "transformers" and info.tags == ["hubckpt"]
     with pytest.raises(ValueError, match="model-index"):
         api.upload_file(path_or_fileobj=b"---\nmodel-index: foo\n---\n", path_in_repo="README.md", repo_id=repo_id)
+
+
+def test_gitignore_and_size_decide_preupload(api: HfApi, repo_id):
+    api.upload_file(path_or_fileobj=b"nested/*\n", path_in_repo=".gitignore", repo_id=repo_id)
+    api.create_commit(repo_id, [CommitOperationAdd("nested/file.bin", b"\0ignored"),
+                                CommitOperationAdd("kept.txt", b"kept")], commit_message="with ignores")
+    files = api.list_repo_files(repo_id)
+    assert "kept.txt" in files and "nested/file.bin" not in files
+    import httpx2
+
+    r = httpx2.post(f"{api.endpoint}/api/models/{repo_id}/preupload/main", json={"files": [
+        {"path": "big.txt", "sample": "", "size": 11 * 1024 * 1024},
+        {"path": "small.txt", "sample": "aGVsbG8=", "size": 5},
+        {"path": "bin.dat", "sample": "AAEC", "size": 3},
+        {"path": "kept.txt", "sample": "", "size": 4}]})
+    answer = {f["path"]: f for f in r.json()["files"]}
+    assert answer["big.txt"]["uploadMode"] == "lfs" and answer["bin.dat"]["uploadMode"] == "lfs"
+    assert answer["small.txt"]["uploadMode"] == "regular" and answer["small.txt"]["shouldIgnore"] is False
+    assert answer["kept.txt"]["oid"] is not None

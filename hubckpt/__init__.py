@@ -11,6 +11,13 @@ __version__ = "0.1.0"
 
 from .errors import (
     AuthError,
+    CheckpointError,
+    CorruptCheckpointError,
+    DestinationExistsError,
+    DiskFullError,
+    UnsafeCheckpointError,
+    UnsupportedCheckpointError,
+    VerificationError,
     HubckptError,
     HubConfigError,
     HubUnavailableError,
@@ -25,10 +32,24 @@ _LAZY = {
     "hub_api": ("hubckpt.hubs", "hub_api"),
     "Hub": ("hubckpt.hubs", "Hub"),
     "point_hf_clients_at": ("hubckpt.hubs", "point_hf_clients_at"),
+    "convert": ("hubckpt.conversion", "convert"),
+    "ConvertResult": ("hubckpt.conversion", "ConvertResult"),
+    "read_checkpoint": ("hubckpt.readers", "read_checkpoint"),
+    "discover": ("hubckpt.readers", "discover"),
+    "Checkpoint": ("hubckpt.checkpoint", "Checkpoint"),
+    "load_training_state": ("hubckpt.conversion.training_state", "load_training_state"),
+    "capture_rng": ("hubckpt.conversion.training_state", "capture_rng"),
+    "restore_rng": ("hubckpt.conversion.training_state", "restore_rng"),
+    "commit_folder": ("hubckpt.commits", "commit_folder"),
 }
 
 if TYPE_CHECKING:
+    from .checkpoint import Checkpoint
+    from .commits import commit_folder
+    from .conversion import ConvertResult, convert
+    from .conversion.training_state import capture_rng, load_training_state, restore_rng
     from .hubs import Hub, ensure_local_hub, hub_api, point_hf_clients_at, resolve_hub
+    from .readers import discover, read_checkpoint
     from .server import LocalHubServer
 
 
@@ -43,5 +64,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "__version__", "HubckptError", "InvalidNameError", "HubConfigError", "HubUnavailableError", "AuthError",
-    "StorageError", *_LAZY,
+    "StorageError", "CheckpointError", "CorruptCheckpointError", "UnsupportedCheckpointError", "UnsafeCheckpointError",
+    "VerificationError", "DestinationExistsError", "DiskFullError", *_LAZY,
 ]

@@ -7,7 +7,14 @@ Hierarchy::
     ├── HubConfigError (ValueError)           a `hub=` / `--hub` value or server setting that cannot work
     ├── HubUnavailableError (ConnectionError) the hub could not be reached or the local hub did not start
     ├── AuthError (PermissionError)           user/org/token management errors (unknown user, duplicate token...)
-    └── StorageError (RuntimeError)           the local hub's data folder is unusable (corrupt DB, missing object)
+    ├── StorageError (RuntimeError)           the local hub's data folder is unusable (corrupt DB, missing object)
+    ├── CheckpointError                       a checkpoint on disk (attribute `path`)
+    │   ├── UnsupportedCheckpointError (ValueError)  not a format hubckpt reads (or one it refuses, e.g. legacy tar)
+    │   ├── CorruptCheckpointError (ValueError)      truncated, malformed or inconsistent
+    │   ├── UnsafeCheckpointError (ValueError)       a pickle needing globals outside the allowlist (`globals`)
+    │   └── VerificationError (RuntimeError)         written output does not read back bit-identical
+    ├── DestinationExistsError (FileExistsError)  output exists and overwriting was not asked for
+    └── DiskFullError (OSError)               no space (or file size limit) while writing; nothing left behind
 
 Errors raised by `huggingface_hub` itself (RepositoryNotFoundError, RevisionNotFoundError, ...) are
 propagated unchanged: the local hub sends the same `X-Error-Code` headers as huggingface.co, so users
@@ -73,3 +80,45 @@ class HubHTTPError(HubckptError):
         self.headers = dict(headers or {})
         self.extra = dict(extra or {})
         super().__init__(f"{status} {code or ''} {message}".strip())
+
+
+# -- checkpoints and conversion -------------------------------------------------------------------
+
+class CheckpointError(HubckptError):
+    """Base of the errors about a checkpoint on disk. `path` names the offending file or folder."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class UnsupportedCheckpointError(CheckpointError, ValueError):
+    """The input is not a checkpoint format hubckpt recognises (e.g. a legacy tar torch file)."""
+
+
+class CorruptCheckpointError(CheckpointError, ValueError):
+    """The input looks like a known format but is truncated, malformed or inconsistent."""
+
+
+class UnsafeCheckpointError(CheckpointError, ValueError):
+    """A pickle needs globals outside the weights-only allowlist; nothing from it was run.
+
+    Attributes:
+        globals: the offending `module.Name` strings.
+    """
+
+    def __init__(self, message: str, path: str | None = None, globals: list[str] | None = None) -> None:
+        self.globals = list(globals or [])
+        super().__init__(message, path)
+
+
+class VerificationError(CheckpointError, RuntimeError):
+    """What was written does not read back bit-identical to the input."""
+
+
+class DestinationExistsError(HubckptError, FileExistsError):
+    """The output path already exists and overwriting was not asked for."""
+
+
+class DiskFullError(HubckptError, OSError):
+    """The disk filled up (or a file size limit was hit) while writing; nothing partial was left behind."""

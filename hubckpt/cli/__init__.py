@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from . import accounts, demo, serve
+from . import accounts, convert, demo, serve
 
 app = typer.Typer(
     name="hubckpt", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -20,6 +20,7 @@ app = typer.Typer(
 app.command("serve")(serve.serve)
 app.command("stop")(serve.stop)
 app.command("demo")(demo.demo)
+app.command("convert")(convert.convert)
 app.add_typer(accounts.user_app, name="user")
 app.add_typer(accounts.org_app, name="org")
 app.add_typer(accounts.token_app, name="token")

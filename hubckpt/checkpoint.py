@@ -1,0 +1,45 @@
+"""What a reader hands to the converter: one training checkpoint, format-independent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+# File names the converter writes, and that the rest of hubckpt relies on.
+MANIFEST_FILE = "checkpoint.json"
+TRAINING_STATE_DIR = "training_state"
+MANIFEST_FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint as read from disk (or from live objects).
+
+    Attributes:
+        source: the file or folder it was read from.
+        source_format: "trainer", "safetensors", "torch", "nanogpt", "lightning" or "dcp".
+        weights: model tensors by name (may share storage; the converter handles it).
+        training_state: optimizer / scheduler / scaler / rng / loop state, any nesting of dicts, lists,
+            tensors, numpy arrays and JSON scalars.
+        step, epoch, tokens: training position, when known.
+        metrics: latest logged metrics (name → float).
+        best: {"metric", "value", "checkpoint"} when the source records a best model.
+        companions: safe files to copy next to the weights (config, tokenizer, generation config...).
+        skipped: (file, reason) for every file not carried over.
+    """
+
+    source: Path
+    source_format: str
+    weights: dict[str, "torch.Tensor"]
+    training_state: dict[str, Any] = field(default_factory=dict)
+    step: int | None = None
+    epoch: float | None = None
+    tokens: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    best: dict[str, Any] | None = None
+    companions: list[Path] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)

@@ -1,0 +1,180 @@
+"""Training state (optimizer, scheduler, scaler, RNG, loop) as safetensors + JSON — never pickle.
+
+Any nesting of dicts (any scalar keys), lists, tuples, tensors, numpy arrays and JSON scalars is
+split into `<name>.safetensors` (every tensor and array, keyed by its position) and `<name>.json`
+(the structure, with typed placeholders), and rebuilt exactly by `load_state`:
+
+    {"state": {"__dict__": [[0, {"exp_avg": {"__tensor__": "state.0.exp_avg"}, "step": {"__tensor__": ...}}]]},
+     "param_groups": [{"lr": 0.001, "betas": {"__tuple__": [0.9, 0.999]}, "params": [0, 1]}]}
+
+Placeholders: `__tensor__` (torch tensor), `__ndarray__` (numpy array, stored as a tensor + numpy dtype),
+`__tuple__`, `__dict__` (a dict whose keys are not all strings: [[key, value], ...]), `__float__`
+("nan", "inf", "-inf"), `__bytes__` (hex). Files are written in sorted key order, so the same state
+gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from ..errors import CorruptCheckpointError, UnsupportedCheckpointError
+
+FORMAT_VERSION = 1
+
+
+class _Encoder:
+    def __init__(self) -> None:
+        self.tensors: dict[str, Any] = {}
+
+    def encode(self, value: Any, path: str) -> Any:
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            key = path or "value"
+            self.tensors[key] = value.detach().cpu().contiguous()
+            return {"__tensor__": key}
+        if type(value).__module__ == "numpy" and hasattr(value, "dtype") and hasattr(value, "shape"):
+            import numpy as np
+
+            array = np.ascontiguousarray(value)
+            key = path or "value"
+            self.tensors[key] = torch.from_numpy(array.copy()) if array.dtype != object else None
+            if self.tensors[key] is None:
+                raise UnsupportedCheckpointError(f"training state entry {path!r} is a numpy object array")
+            return {"__ndarray__": key, "dtype": str(array.dtype), "scalar": array.ndim == 0 and not isinstance(value, np.ndarray)}
+        if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+            return value
+        if isinstance(value, float):
+            return value if math.isfinite(value) else {"__float__": repr(value)}
+        if isinstance(value, bytes):
+            return {"__bytes__": value.hex()}
+        if isinstance(value, tuple):
+            return {"__tuple__": [self.encode(v, f"{path}.{i}") for i, v in enumerate(value)]}
+        if isinstance(value, list):
+            return [self.encode(v, f"{path}.{i}") for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            if all(isinstance(k, str) and not k.startswith("__") for k in value):
+                return {k: self.encode(value[k], f"{path}.{k}" if path else k) for k in value}
+            items = []
+            for i, (k, v) in enumerate(value.items()):
+                if not isinstance(k, (str, int, float, bool)) and k is not None:
+                    raise UnsupportedCheckpointError(f"training state entry {path!r} has a {type(k).__name__} key")
+                items.append([k, self.encode(v, f"{path}.{k}" if path else str(k))])
+            return {"__dict__": items}
+        raise UnsupportedCheckpointError(
+            f"training state entry {path or '(root)'!r} is a {type(value).__module__}.{type(value).__name__}, which "
+            "cannot be stored without pickle")
+
+
+def _decode(value: Any, tensors: dict) -> Any:
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__tensor__" in value:
+        return tensors[value["__tensor__"]]
+    if "__ndarray__" in value:
+        import numpy as np
+
+        array = tensors[value["__ndarray__"]].numpy().astype(np.dtype(value["dtype"]), copy=True)
+        return array[()] if value.get("scalar") else array
+    if "__tuple__" in value:
+        return tuple(_decode(v, tensors) for v in value["__tuple__"])
+    if "__dict__" in value:
+        return {k: _decode(v, tensors) for k, v in value["__dict__"]}
+    if "__float__" in value:
+        return float(value["__float__"])
+    if "__bytes__" in value:
+        return bytes.fromhex(value["__bytes__"])
+    return {k: _decode(v, tensors) for k, v in value.items()}
+
+
+def save_state(state: Any, folder: Path, name: str) -> list[Path]:
+    """Write `state` as `<name>.json` (+ `<name>.safetensors` when it holds tensors); return the files."""
+    from safetensors.torch import save_file
+
+    encoder = _Encoder()
+    structure = encoder.encode(state, "")
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    if encoder.tensors:
+        tensors = {k: v.clone() if _shares_storage(v, encoder.tensors) else v for k, v in sorted(encoder.tensors.items())}
+        save_file(tensors, folder / f"{name}.safetensors")
+        files.append(folder / f"{name}.safetensors")
+    doc = {"format_version": FORMAT_VERSION, "tensors_file": f"{name}.safetensors" if encoder.tensors else None,
+           "state": structure}
+    (folder / f"{name}.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    files.append(folder / f"{name}.json")
+    return files
+
+
+def _shares_storage(t, all_tensors: dict) -> bool:
+    # safetensors refuses tensors that share memory; small state (rng, steps) is cheap to copy.
+    ptr = t.untyped_storage().data_ptr() if t.numel() else None
+    return ptr is not None and sum(1 for o in all_tensors.values()
+                                   if o.numel() and o.untyped_storage().data_ptr() == ptr) > 1
+
+
+def load_state(folder: Path, name: str) -> Any:
+    """Rebuild what `save_state` wrote."""
+    from safetensors.torch import load_file
+
+    doc_path = folder / f"{name}.json"
+    try:
+        doc = json.loads(doc_path.read_text("utf-8"))
+    except (OSError, ValueError) as e:
+        raise CorruptCheckpointError(f"{doc_path} is missing or not valid JSON: {e}", str(doc_path)) from e
+    if doc.get("format_version", 0) > FORMAT_VERSION:
+        raise UnsupportedCheckpointError(f"{doc_path} was written by a newer hubckpt; upgrade hubckpt", str(doc_path))
+    tensors = load_file(folder / doc["tensors_file"]) if doc.get("tensors_file") else {}
+    return _decode(doc["state"], tensors)
+
+
+def save_training_state(training_state: dict[str, Any], folder: Path) -> list[Path]:
+    """One `<part>.json` (+ `.safetensors`) per part: optimizer, scheduler, scaler, rng, loop..."""
+    files: list[Path] = []
+    for part in sorted(training_state):
+        files += save_state(training_state[part], folder, part)
+    return files
+
+
+def load_training_state(folder: str | Path) -> dict[str, Any]:
+    """Every part of a `training_state/` folder, rebuilt: pass them to `optimizer.load_state_dict(...)` etc."""
+    folder = Path(folder)
+    return {p.stem: load_state(folder, p.stem) for p in sorted(folder.glob("*.json"))}
+
+
+def restore_rng(rng: dict[str, Any]) -> None:
+    """Restore python / numpy / torch (and CUDA, when present and available) RNG states saved by `capture_rng`
+    or by the transformers Trainer (`rng_state.pth`)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    if "python" in rng:
+        version, internal, gauss = rng["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in rng:
+        np.random.set_state(tuple(rng["numpy"]))
+    if "cpu" in rng:
+        torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        states = rng["cuda"] if isinstance(rng["cuda"], list) else [rng["cuda"]]
+        torch.cuda.set_rng_state_all(states) if len(states) > 1 else torch.cuda.set_rng_state(states[0])
+
+
+def capture_rng() -> dict[str, Any]:
+    """The current python / numpy / torch (and CUDA) RNG states, in the Trainer's layout."""
+    import random
+
+    import numpy as np
+    import torch
+
+    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state

@@ -1,0 +1,74 @@
+"""Recognise what a path holds by its content (magic bytes and structure), never by its extension."""
+
+from __future__ import annotations
+
+import json
+import struct
+import tarfile
+import zipfile
+from pathlib import Path
+
+from ..errors import CorruptCheckpointError, UnsupportedCheckpointError
+
+# safetensors caps the JSON header at 100 MB (reliability reference A4).
+MAX_SAFETENSORS_HEADER = 100_000_000
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def sniff_file(path: Path) -> str:
+    """'safetensors', 'torch-zip', 'torch-legacy' (a bare pickle stream) or 'legacy-tar'. Raises otherwise."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            size = f.seek(0, 2)
+    except OSError as e:
+        raise UnsupportedCheckpointError(f"Cannot read {path}: {e.strerror or e}", str(path)) from e
+    if head.startswith(b"PK\x03\x04"):
+        return "torch-zip"
+    if len(head) >= 9:
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if head[8:9] == b"{" and 0 < header_len <= min(MAX_SAFETENSORS_HEADER, size - 8):
+            return "safetensors"
+        if head[8:9] == b"{":
+            raise CorruptCheckpointError(
+                f"{path} looks like safetensors but its header length ({header_len} bytes) is larger than the file "
+                f"or than the {MAX_SAFETENSORS_HEADER}-byte limit", str(path))
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "torch-legacy"
+    try:
+        if tarfile.is_tarfile(path):
+            return "legacy-tar"
+    except OSError:
+        pass
+    if zipfile.is_zipfile(path):
+        return "torch-zip"
+    raise UnsupportedCheckpointError(
+        f"{path} is not a checkpoint hubckpt recognises (not safetensors, not a torch.save file)", str(path))
+
+
+def sniff_folder(path: Path) -> str:
+    """'dcp', 'weights-folder' (Trainer checkpoint or safetensors/bin folder) or 'run' (many checkpoints)."""
+    if (path / ".metadata").is_file():
+        return "dcp"
+    if any((path / name).is_file() for name in WEIGHT_FILES) or any(path.glob("*.safetensors")):
+        return "weights-folder"
+    from .run import discover
+
+    if discover(path):
+        return "run"
+    raise UnsupportedCheckpointError(
+        f"{path} holds no checkpoint hubckpt recognises: no model weights (model.safetensors, pytorch_model.bin, "
+        "shards + index), no torch.distributed.checkpoint '.metadata', and no checkpoint-N / step-N entries", str(path))
+
+
+def read_json(path: Path, max_bytes: int = 50_000_000) -> dict:
+    """A JSON object from a companion file, with a clear error when it is not one."""
+    try:
+        if path.stat().st_size > max_bytes:
+            raise CorruptCheckpointError(f"{path} is larger than {max_bytes} bytes; refusing to parse it", str(path))
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as e:
+        raise CorruptCheckpointError(f"{path} is not valid JSON: {e}", str(path)) from e
+    if not isinstance(data, dict):
+        raise CorruptCheckpointError(f"{path} must hold a JSON object", str(path))
+    return data

@@ -1,0 +1,102 @@
+"""transformers Trainer `checkpoint-N/` folders, and any folder of model weights (safetensors or .bin)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from .. import safe_pickle
+from ..checkpoint import Checkpoint
+from ..errors import CorruptCheckpointError
+from .detect import read_json
+from .tensors import read_safetensors, read_sharded, read_tensor_dict, strip_compile_prefix
+
+# Files copied next to the weights: configs, tokenizers, templates. Everything else is reported as skipped.
+SAFE_SUFFIXES = (".json", ".txt", ".jinja", ".model", ".md", ".yaml", ".yml", ".tiktoken")
+WEIGHT_NAMES = {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"}
+TRAINING_FILES = {"optimizer.pt": "optimizer", "optimizer.bin": "optimizer", "scheduler.pt": "scheduler",
+                  "scaler.pt": "scaler"}
+_SHARD = re.compile(r"^(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)$")
+_RNG = re.compile(r"^rng_state(_\d+)?\.pth$")
+_STEP_DIR = re.compile(r"(?:^|[-_=])(\d+)$")
+
+
+def _load_weights(folder: Path, allow_globals: Iterable[str]) -> dict:
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index).is_file():
+            return read_sharded(folder / index, allow_globals)
+    if (folder / "model.safetensors").is_file():
+        return read_safetensors(folder / "model.safetensors")
+    if (folder / "pytorch_model.bin").is_file():
+        return read_tensor_dict(folder / "pytorch_model.bin", allow_globals)
+    files = sorted(folder.glob("*.safetensors"))
+    if len(files) == 1:
+        return read_safetensors(files[0])
+    raise CorruptCheckpointError(
+        f"{folder} has no model weights hubckpt can pick unambiguously (model.safetensors, pytorch_model.bin, "
+        f"or shards with an index); found {[f.name for f in files] or 'none'}", str(folder))
+
+
+def _metrics_from_log(state: dict) -> dict[str, float]:
+    """The latest value of every numeric metric in `log_history` (up to the checkpoint's step)."""
+    step = state.get("global_step")
+    metrics: dict[str, float] = {}
+    for entry in state.get("log_history") or []:
+        if not isinstance(entry, dict):
+            continue
+        if isinstance(step, int) and isinstance(entry.get("step"), int) and entry["step"] > step:
+            continue
+        for key, value in entry.items():
+            if key not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                metrics[key] = float(value)
+    return dict(sorted(metrics.items()))
+
+
+def step_from_name(name: str) -> int | None:
+    """The trailing number of `checkpoint-1200`, `step_1200`, `global_step=1200`..."""
+    m = _STEP_DIR.search(Path(name).stem if "." in name else name)
+    return int(m.group(1)) if m else None
+
+
+def read_weights_folder(folder: Path, *, allow_globals: Iterable[str] = ()) -> Checkpoint:
+    """Read a Trainer checkpoint folder (or a plain folder of weights + companions)."""
+    weights = strip_compile_prefix(_load_weights(folder, allow_globals))
+    ckpt = Checkpoint(source=folder, source_format="safetensors", weights=weights)
+    training: dict[str, Any] = {}
+    state_path = folder / "trainer_state.json"
+    if state_path.is_file():
+        ckpt.source_format = "trainer"
+        state = read_json(state_path)
+        ckpt.step = state.get("global_step") if isinstance(state.get("global_step"), int) else None
+        ckpt.epoch = float(state["epoch"]) if isinstance(state.get("epoch"), (int, float)) else None
+        tokens = state.get("num_input_tokens_seen")
+        ckpt.tokens = int(tokens) if isinstance(tokens, (int, float)) and tokens > 0 else None
+        ckpt.metrics = _metrics_from_log(state)
+        if state.get("best_metric") is not None:
+            ckpt.best = {"value": state.get("best_metric"), "checkpoint": state.get("best_model_checkpoint"),
+                         "step": state.get("best_global_step")}
+        training["loop"] = {k: state[k] for k in sorted(state) if k != "log_history"}
+    if ckpt.step is None:
+        ckpt.step = step_from_name(folder.name)
+    uses_bin = (folder / "pytorch_model.bin").exists() or (folder / "pytorch_model.bin.index.json").exists()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        name = path.name
+        if name in WEIGHT_NAMES or _SHARD.match(name) or (name.endswith(".safetensors") and not uses_bin):
+            continue
+        if name == "trainer_state.json":
+            continue
+        if name in TRAINING_FILES:
+            training[TRAINING_FILES[name]] = safe_pickle.load(path, allow_globals=allow_globals)
+        elif _RNG.match(name):
+            training.setdefault("rng", {})[name.removesuffix(".pth")] = safe_pickle.load(path, allow_globals=allow_globals)
+        elif name == "training_args.bin":
+            ckpt.skipped.append((name, "pickled TrainingArguments: never unpickled (it could run code)"))
+        elif name.endswith(SAFE_SUFFIXES) and not name.startswith("."):
+            ckpt.companions.append(path)
+        else:
+            ckpt.skipped.append((name, "not a known safe file type"))
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        ckpt.skipped.append((sub.name + "/", "sub-folders are not carried over"))
+    ckpt.training_state = training
+    return ckpt

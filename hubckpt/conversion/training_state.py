@@ -94,7 +94,7 @@ def _decode(value: Any, tensors: dict) -> Any:
 
 def save_state(state: Any, folder: Path, name: str) -> list[Path]:
     """Write `state` as `<name>.json` (+ `<name>.safetensors` when it holds tensors); return the files."""
-    from safetensors.torch import save_file
+    from .st_writer import write_safetensors
 
     encoder = _Encoder()
     structure = encoder.encode(state, "")
@@ -102,7 +102,7 @@ def save_state(state: Any, folder: Path, name: str) -> list[Path]:
     files = []
     if encoder.tensors:
         tensors = {k: v.clone() if _shares_storage(v, encoder.tensors) else v for k, v in sorted(encoder.tensors.items())}
-        save_file(tensors, folder / f"{name}.safetensors")
+        write_safetensors(folder / f"{name}.safetensors", tensors)
         files.append(folder / f"{name}.safetensors")
     doc = {"format_version": FORMAT_VERSION, "tensors_file": f"{name}.safetensors" if encoder.tensors else None,
            "state": structure}

@@ -7,8 +7,9 @@
   safetensors knows are kept as they are (optionally casting floating tensors to bf16/fp16).
 - Above `max_shard_size`, shards `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`
   (sorted keys), planned by `huggingface_hub.split_torch_state_dict_into_shards`.
-- Each shard is serialized in memory, hashed (sha256 for the manifest), written and fsync'd, then
-  read back from disk and compared bit for bit with the input.
+- Each shard is streamed to disk from the tensors' own memory (`st_writer.py`: no shard-sized copy),
+  hashed on the way (sha256 for the manifest), fsync'd, then read back from disk through the
+  safetensors parser and compared bit for bit with the input.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ import hashlib
 import json
 import logging
 import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import DiskFullError, UnsupportedCheckpointError, VerificationError
+from .st_writer import write_safetensors
 
 if TYPE_CHECKING:
     import torch
@@ -96,14 +100,48 @@ def prepare(weights: dict[str, "torch.Tensor"], dtype: str = "keep") -> tuple[di
     return out, tied
 
 
-def _bitwise_equal(a: "torch.Tensor", b: "torch.Tensor") -> bool:
-    import torch
+def verify_file(path: Path, expected: dict[str, "torch.Tensor"]) -> None:
+    """Re-read `path` from disk and compare it bit for bit with `expected`.
 
-    if a.dtype != b.dtype or a.shape != b.shape:
-        return False
-    if a.numel() == 0:
-        return True
-    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
+    The safetensors parser validates the header (names, dtypes, shapes, offsets); the bytes are then
+    compared straight from a read-only memory map of the file, without copying tensors.
+    """
+    import mmap
+
+    import torch
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            if sorted(f.keys()) != sorted(expected):
+                raise VerificationError(f"{path.name} does not hold the tensors it was written with", str(path))
+            for name in expected:
+                if list(f.get_slice(name).get_shape()) != list(expected[name].shape):
+                    raise VerificationError(f"{path.name}: tensor {name!r} has the wrong shape on disk", str(path))
+    except SafetensorError as e:
+        raise VerificationError(f"{path.name} does not parse back as safetensors: {e}", str(path)) from e
+    with open(path, "rb") as fh:
+        header_len = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(header_len))
+        if path.stat().st_size == 8 + header_len:
+            return  # only zero-size tensors
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            view = memoryview(mm)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # read-only buffer: we never write through it
+                disk = torch.frombuffer(view, dtype=torch.uint8)
+            base = 8 + header_len
+            try:
+                for name, tensor in expected.items():
+                    begin, end = header[name]["data_offsets"]
+                    if tensor.numel() == 0:
+                        continue
+                    if not torch.equal(disk[base + begin:base + end], tensor.reshape(-1).view(torch.uint8)):
+                        raise VerificationError(f"{path.name}: tensor {name!r} does not read back bit-identical",
+                                                str(path))
+            finally:
+                del disk
+                view.release()
 
 
 def _write_durable(path: Path, data: bytes) -> None:
@@ -123,8 +161,6 @@ def write_weights(weights: dict[str, "torch.Tensor"], out: Path, *, max_shard_si
                   progress: Callable[[int], None] | None = None) -> WeightsReport:
     """Write `weights` into folder `out` (which must exist) and verify them; see the module docstring."""
     from huggingface_hub import split_torch_state_dict_into_shards
-    from safetensors import safe_open
-    from safetensors.torch import save
 
     prepared, tied = prepare(weights, dtype)
     if not prepared:
@@ -133,29 +169,26 @@ def write_weights(weights: dict[str, "torch.Tensor"], out: Path, *, max_shard_si
                                               max_shard_size=max_shard_size)
     report = WeightsReport(tied=dict(sorted(tied.items())), shards=len(plan.filename_to_tensors))
     file_metadata = {"format": "pt", **(metadata or {})}
-    for filename in sorted(plan.filename_to_tensors):
-        names = sorted(plan.filename_to_tensors[filename])
-        shard = {n: prepared[n] for n in names}
-        data = save(shard, metadata=file_metadata)
-        path = out / filename
-        _write_durable(path, data)
-        report.files.append(WrittenFile(filename, hashlib.sha256(data).hexdigest(), len(data)))
-        del data
-        # Read back from disk and compare bit for bit with what we were given.
-        with safe_open(path, framework="pt") as f:
-            if sorted(f.keys()) != names:
-                raise VerificationError(f"{filename} does not hold the tensors it was written with", str(path))
-            for n in names:
-                if not _bitwise_equal(f.get_tensor(n), shard[n]):
-                    raise VerificationError(f"{filename}: tensor {n!r} does not read back bit-identical", str(path))
-        for n in names:
-            t = shard[n]
-            report.tensors += 1
-            report.parameters += t.numel()
-            report.bytes += t.numel() * t.element_size()
-            report.dtypes[str(t.dtype).removeprefix("torch.")] = report.dtypes.get(str(t.dtype).removeprefix("torch."), 0) + 1
-        if progress is not None:
-            progress(sum(t.numel() * t.element_size() for t in shard.values()))
+    # Verification of shard k runs in a worker thread while shard k+1 is written (both mostly release the GIL).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubckpt-verify") as verifier:
+        pending = []
+        for filename in sorted(plan.filename_to_tensors):
+            names = sorted(plan.filename_to_tensors[filename])
+            shard = {n: prepared[n] for n in names}
+            path = out / filename
+            sha256, size = write_safetensors(path, shard, file_metadata)
+            report.files.append(WrittenFile(filename, sha256, size))
+            pending.append(verifier.submit(verify_file, path, shard))
+            for t in shard.values():
+                report.tensors += 1
+                report.parameters += t.numel()
+                report.bytes += t.numel() * t.element_size()
+                name = str(t.dtype).removeprefix("torch.")
+                report.dtypes[name] = report.dtypes.get(name, 0) + 1
+            if progress is not None:
+                progress(sum(t.numel() * t.element_size() for t in shard.values()))
+        for future in pending:
+            future.result()  # re-raises a VerificationError
     if plan.is_sharded:
         index = {"metadata": {**plan.metadata, **(metadata or {})}, "weight_map": plan.tensor_to_filename}
         data = (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()

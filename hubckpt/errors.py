@@ -14,7 +14,9 @@ Hierarchy::
     │   ├── UnsafeCheckpointError (ValueError)       a pickle needing globals outside the allowlist (`globals`)
     │   └── VerificationError (RuntimeError)         written output does not read back bit-identical
     ├── DestinationExistsError (FileExistsError)  output exists and overwriting was not asked for
-    └── DiskFullError (OSError)               no space (or file size limit) while writing; nothing left behind
+    ├── DiskFullError (OSError)               no space (or file size limit) while writing; nothing left behind
+    ├── RevisionCollisionError (FileExistsError)  a revision name already published with other content
+    └── PublishError (RuntimeError)           a background publish job could not complete
 
 Errors raised by `huggingface_hub` itself (RepositoryNotFoundError, RevisionNotFoundError, ...) are
 propagated unchanged: the local hub sends the same `X-Error-Code` headers as huggingface.co, so users
@@ -122,3 +124,13 @@ class DestinationExistsError(HubckptError, FileExistsError):
 
 class DiskFullError(HubckptError, OSError):
     """The disk filled up (or a file size limit was hit) while writing; nothing partial was left behind."""
+
+
+# -- publishing -----------------------------------------------------------------------------------
+
+class RevisionCollisionError(HubckptError, FileExistsError):
+    """A revision of that name already exists on the hub with different content."""
+
+
+class PublishError(HubckptError, RuntimeError):
+    """A background publish job could not complete (the message says which revision and why)."""

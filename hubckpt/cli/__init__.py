@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from . import accounts, convert, demo, serve
+from . import accounts, convert, demo, publish, revisions, serve
 
 app = typer.Typer(
     name="hubckpt", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -21,6 +21,14 @@ app.command("serve")(serve.serve)
 app.command("stop")(serve.stop)
 app.command("demo")(demo.demo)
 app.command("convert")(convert.convert)
+app.command("publish")(publish.publish)
+app.command("watch")(publish.watch)
+app.command("resume")(publish.resume)
+app.command("ls")(revisions.ls)
+app.command("show")(revisions.show)
+app.command("tag")(revisions.tag)
+app.command("prune")(revisions.prune)
+app.command("reindex")(revisions.reindex)
 app.add_typer(accounts.user_app, name="user")
 app.add_typer(accounts.org_app, name="org")
 app.add_typer(accounts.token_app, name="token")

@@ -1,13 +1,14 @@
 """`hubckpt demo`: the whole product in one offline command.
 
-For now: start the local hub, create a repo, train a tiny GPT-2 (built from config, no download)
-for a few steps, publish two checkpoints as branches, list them, and load one back with plain
-transformers.
+Trains a tiny GPT-2 (built from config, no download) on CPU for a few hundred steps, publishes a
+checkpoint every N steps to the local hub as its own revision (branch, card, index, best/final tags)
+without blocking training, prints the `ls` table, and loads one revision back with plain transformers.
 """
 
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -18,72 +19,91 @@ def demo(
     repo_id: str = typer.Option("local/hubckpt-demo", "--repo", help="Repo to (re)create for the demo."),
     hub: Optional[str] = typer.Option(None, "--hub", help="local (default), hf, or a URL."),
     root: Optional[Path] = typer.Option(None, "--root", help="Data folder of the local hub."),
-    steps: int = typer.Option(40, "--steps", help="Training steps; a checkpoint is published at the middle and the end."),
+    steps: int = typer.Option(400, "--steps", help="Training steps."),
+    every: int = typer.Option(50, "--every", help="Publish a checkpoint every N steps."),
+    keep_last: Optional[int] = typer.Option(None, "--keep-last", help="Retention: keep only the last K revisions."),
 ) -> None:
-    """Train a tiny model, publish two checkpoints as Hub branches, list and load them."""
+    """Train a tiny model, publish its checkpoints as Hub revisions while it trains, list them, load one."""
     import torch
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    from ..commits import commit_folder
     from ..hubs import hub_api, point_hf_clients_at, resolve_hub
+    from ..publishing import Publisher
+    from .revisions import ls
 
-    if steps < 2:
-        raise typer.BadParameter("needs at least 2 steps", param_hint="--steps")
+    if steps < 2 or every < 1 or every > steps:
+        raise typer.BadParameter("need steps >= 2 and 1 <= every <= steps")
     resolved = resolve_hub(hub, root=root)
     typer.echo(f"Using {resolved.describe()}")
     api = hub_api(resolved)
     point_hf_clients_at(resolved.endpoint)  # so plain transformers.from_pretrained talks to this hub too
-
     try:
         api.delete_repo(repo_id)
     except RepositoryNotFoundError:
         pass
-    api.create_repo(repo_id)
-    typer.echo(f"Created repo {repo_id}")
 
     import transformers
     from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-    transformers.logging.set_verbosity_error()  # the demo's own lines are the story; keep library chatter out
+    transformers.logging.set_verbosity_error()  # the demo's own lines are the story
     transformers.logging.disable_progress_bar()
-
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=128, n_positions=32, bos_token_id=0, eos_token_id=0)
+    config = GPT2Config(n_layer=2, n_head=2, n_embd=64, vocab_size=256, n_positions=64, bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    data = torch.randint(0, config.vocab_size, (64, 16), generator=torch.Generator().manual_seed(0))
-    publish_at = {steps // 2, steps}
-    published: list[str] = []
-    previous = "main"
-    for step in range(1, steps + 1):
-        batch = data[(step * 8) % 64:(step * 8) % 64 + 8]
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        if step in publish_at:
-            branch = f"step-{step:07d}"
-            with tempfile.TemporaryDirectory() as tmp:
-                model.save_pretrained(tmp)
-                api.create_branch(repo_id, branch=branch, revision=previous)
-                info = commit_folder(api, repo_id, tmp, revision=branch,
-                                     commit_message=f"Checkpoint at step {step} (loss {loss.item():.4f})")
-            typer.echo(f"Published step {step:>4}  loss {loss.item():.4f}  -> branch {branch} ({info.oid[:8]})")
-            published.append(branch)
-            previous = branch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    # A learnable toy language: each token is the previous one plus 1 (mod the vocabulary).
+    starts = torch.randint(0, config.vocab_size, (512, 1), generator=torch.Generator().manual_seed(0))
+    data = (starts + torch.arange(32)) % config.vocab_size
+    held_out = (torch.randint(0, config.vocab_size, (32, 1), generator=torch.Generator().manual_seed(1))
+                + torch.arange(32)) % config.vocab_size
 
-    refs = api.list_repo_refs(repo_id)
-    typer.echo(f"\nBranches of {repo_id}:")
-    for ref in sorted(refs.branches, key=lambda r: r.name):
-        title = api.list_repo_commits(repo_id, revision=ref.name)[0].title
-        typer.echo(f"  {ref.name:<16} {ref.target_commit[:8]}  {title}")
+    companions = Path(tempfile.mkdtemp(prefix="hubckpt-demo-"))
+    model.config.save_pretrained(companions)
+    model.generation_config.save_pretrained(companions)
+    spool = companions / "spool"
+    typer.echo(f"Training a {sum(p.numel() for p in model.parameters()):,}-parameter GPT-2 for {steps} steps; "
+               f"publishing every {every} steps to {repo_id}")
+    blocked = 0.0
+    started = time.perf_counter()
+    with Publisher(repo_id, hub=resolved, spool_dir=spool, monitor="eval_loss", mode="min", keep_last=keep_last,
+                   max_pending=2) as publisher:
+        for step in range(1, steps + 1):
+            batch = data[(step * 16) % 512:(step * 16) % 512 + 16]
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            if step % every == 0 or step == steps:
+                model.eval()  # no dropout while measuring
+                with torch.no_grad():
+                    eval_loss = model(input_ids=held_out, labels=held_out).loss.item()
+                model.train()
+                t0 = time.perf_counter()
+                publisher.publish(
+                    state_dict=model.state_dict(), step=step, final=step == steps,
+                    metrics={"loss": loss.item(), "eval_loss": eval_loss},
+                    training_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                    "loop": {"step": step}},
+                    companions=[companions / "config.json", companions / "generation_config.json"])
+                blocked += time.perf_counter() - t0
+                typer.echo(f"  step {step:>4}  loss {loss.item():.4f}  eval_loss {eval_loss:.4f}  -> queued for publishing")
+        train_time = time.perf_counter() - started
+        typer.echo(f"Training done in {train_time:.1f}s (publishing blocked it for {blocked:.2f}s in total); "
+                   "waiting for the last uploads...")
+    typer.echo("")
+    ls(repo_id, hub=resolved.endpoint, root=None, token=None, as_json=False, all_=False)
 
-    loaded = AutoModelForCausalLM.from_pretrained(repo_id, revision=published[-1])
-    expected = model.state_dict()
-    same = all(torch.equal(t, expected[k]) for k, t in loaded.state_dict().items())
-    typer.echo(f"\nLoaded {repo_id}@{published[-1]} with transformers.AutoModelForCausalLM: "
-               f"{'weights identical to the trained model' if same else 'WEIGHTS DIFFER'}")
-    typer.echo(f"Try it yourself:\n  HF_ENDPOINT={resolved.endpoint} python -c \"from transformers import AutoModelForCausalLM; "
-               f"AutoModelForCausalLM.from_pretrained('{repo_id}', revision='{published[0]}')\"")
-    if not same:
+    index, _ = publisher.targets[0].read_index()
+    pick = index.best or index.live()[-1].name
+    loaded = AutoModelForCausalLM.from_pretrained(repo_id, revision=pick)
+    with torch.no_grad():
+        reloaded_loss = loaded(input_ids=held_out, labels=held_out).loss.item()
+    expected = index.get(pick).metrics["eval_loss"]
+    verdict = "same as at publish time" if abs(reloaded_loss - expected) < 1e-5 else f"EXPECTED {expected:.4f}"
+    typer.echo(f"\nLoaded {repo_id}@{pick} (tag `best`) with plain transformers.AutoModelForCausalLM: "
+               f"eval_loss {reloaded_loss:.4f}, {verdict}")
+    if verdict != "same as at publish time":
         raise typer.Exit(1)
+    typer.echo(f"Browse it: hubckpt ls {repo_id}   |   HF_ENDPOINT={resolved.endpoint} hf download {repo_id} --revision {pick}")

@@ -53,6 +53,23 @@ def _metrics_from_log(state: dict) -> dict[str, float]:
     return dict(sorted(metrics.items()))
 
 
+def _best_metric_name(state: dict) -> dict[str, str]:
+    """trainer_state.json records the best value but not the metric's name: find which logged metric had it.
+
+    Returns {"metric": name, "mode": "min"|"max"} (the Trainer's metric_for_best_model and its direction), or {}.
+    """
+    best = state.get("best_metric")
+    history = [e for e in state.get("log_history") or [] if isinstance(e, dict)]
+    candidates = sorted({k for e in history for k, v in e.items() if v == best and k not in ("step", "epoch")},
+                        key=lambda k: (not k.startswith("eval_"), k))
+    if not candidates:
+        return {}
+    metric = candidates[0]
+    values = [e[metric] for e in history if isinstance(e.get(metric), (int, float))]
+    mode = "max" if values and best == max(values) and best != min(values) else "min"
+    return {"metric": metric, "mode": mode}
+
+
 def step_from_name(name: str) -> int | None:
     """The trailing number of `checkpoint-1200`, `step_1200`, `global_step=1200`..."""
     m = _STEP_DIR.search(Path(name).stem if "." in name else name)
@@ -75,7 +92,7 @@ def read_weights_folder(folder: Path, *, allow_globals: Iterable[str] = ()) -> C
         ckpt.metrics = _metrics_from_log(state)
         if state.get("best_metric") is not None:
             ckpt.best = {"value": state.get("best_metric"), "checkpoint": state.get("best_model_checkpoint"),
-                         "step": state.get("best_global_step")}
+                         "step": state.get("best_global_step"), **_best_metric_name(state)}
         training["loop"] = {k: state[k] for k in sorted(state) if k != "log_history"}
     if ckpt.step is None:
         ckpt.step = step_from_name(folder.name)

@@ -34,6 +34,7 @@ class HubApp:
                     return
         if scope["type"] != "http":
             return
+        self.ctx.stats["requests"] += 1
         request = Request(scope, receive)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         response = await self._dispatch(request, scope)

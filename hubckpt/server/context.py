@@ -7,9 +7,7 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +24,6 @@ from .storage import MetadataStore, Repo, TokenInfo, open_data_folder
 logger = logging.getLogger(__name__)
 
 DEFAULT_LOCAL_USER = "local"
-FAULT_ENV = "HUBCKPT_FAULT"
 
 
 @dataclass(frozen=True)
@@ -55,6 +52,8 @@ class HubContext:
     commits_page_size: int = 50
     lfs_secret: bytes = field(default=b"", repr=False)
     data_plane_port: int | None = None  # set while a DataPlane serves object bytes on its own port
+    # Counters for tests and benchmarks: API requests served, LFS bytes received.
+    stats: dict[str, int] = field(default_factory=lambda: {"requests": 0, "lfs_bytes_received": 0})
 
     @classmethod
     def open(cls, root: Path, local_user: str = DEFAULT_LOCAL_USER, **settings: Any) -> "HubContext":
@@ -126,11 +125,10 @@ class HubContext:
 
     @staticmethod
     def fault(point: str) -> None:
-        """Kill the process at a named point when HUBCKPT_FAULT=<point>:kill (crash-safety tests)."""
-        spec = os.environ.get(FAULT_ENV, "")
-        if spec == f"server.{point}:kill":
-            logger.warning("fault injection: killing the server at %s", point)
-            os.kill(os.getpid(), signal.SIGKILL)
+        """Kill the process at a named point when HUBCKPT_FAULT=server.<point>:kill (crash-safety tests)."""
+        from ..faults import fault
+
+        fault(f"server.{point}")
 
 
 def repo_not_found(caller: Caller) -> HubHTTPError:

@@ -142,6 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise
         pipeline.finish()
+        ctx.stats["lfs_bytes_received"] += size
         ctx.store.add_repo_object_by_id(repo_db_id, oid)
         self.send_response(200)
         self.send_header("Content-Length", "0")

@@ -157,6 +157,7 @@ async def lfs_upload(ctx: HubContext, request: Request, ns: str, name: str, path
         await run_in_threadpool(pipeline.abort)
         raise
     await run_in_threadpool(pipeline.finish)
+    ctx.stats["lfs_bytes_received"] += size
     ctx.store.add_repo_object_by_id(repo_id, oid)
     return Response(status_code=200)
 

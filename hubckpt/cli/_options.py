@@ -1,0 +1,33 @@
+"""Options shared by the commands that talk to a hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+HubOpt = typer.Option(None, "--hub", help="local (default), hf, or a hub URL [env: HUBCKPT_HUB, HF_ENDPOINT].")
+RootOpt = typer.Option(None, "--root", help="Data folder of the local hub [default: $HUBCKPT_HUB_ROOT or ~/.cache/hubckpt/hub].")
+TokenOpt = typer.Option(None, "--token", envvar="HF_TOKEN", help="Access token [env: HF_TOKEN].", show_envvar=False)
+
+
+def target(repo_id: str, hub: Optional[str], root: Optional[Path], token: Optional[str] = None, private: bool = False):
+    """The HubTarget for a command, announcing which hub and repo it uses."""
+    from ..hub_client import HubTarget
+    from ..hubs import resolve_hub
+    from ..names import split_repo_id
+
+    split_repo_id(repo_id)
+    resolved = resolve_hub(hub, root=root)
+    t = HubTarget(resolved, repo_id, token=token, private=private)
+    typer.echo(f"Using {t.describe()}", err=True)
+    return t
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

@@ -1,0 +1,167 @@
+"""`hubckpt publish`, `hubckpt watch`, `hubckpt resume`: turn checkpoints on disk into Hub revisions."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ._options import HubOpt, RootOpt, TokenOpt
+
+TemplateOpt = typer.Option("step-{step:07d}", "--template", help="Revision name template (fields: step, epoch, tokens, tokens_b, tokens_m).")
+MonitorOpt = typer.Option(None, "--monitor", help="Metric deciding the `best` tag [default: the Trainer's best metric].")
+ModeOpt = typer.Option("min", "--mode", help="min or max, for --monitor.")
+SpoolOpt = typer.Option(None, "--spool", help="Spool folder (staged files + journal) [default: ~/.cache/hubckpt/spool/<repo>].")
+
+
+def _publisher(repo: str, hub, root, token, private=False, template="step-{step:07d}", monitor=None, mode="min",
+               keep_last=None, keep_every=None, keep_best=None, spool=None, max_shard_size="5GB", allow_global=()):
+    from ..publishing import Publisher
+
+    pub = Publisher(repo, hub=hub, root=root, token=token, private=private, revision_template=template,
+                    monitor=monitor, mode=mode, keep_last=keep_last, keep_every=keep_every, keep_best=keep_best,
+                    spool_dir=spool, max_shard_size=max_shard_size, allow_globals=allow_global)
+    for t in pub.targets:
+        typer.echo(f"Publishing to {t.describe()}", err=True)
+    return pub
+
+
+def _already_published(pub, candidates: list[tuple[int, Path]]) -> set[int]:
+    from ..revisions import render_revision_name
+
+    index, _ = pub.targets[0].read_index()
+    names = {r.name for r in index.revisions}
+    done = set()
+    for step, _path in candidates:
+        try:
+            if render_revision_name(pub.revision_template, step=step) in names:
+                done.add(step)
+        except Exception:  # noqa: BLE001 - templates needing tokens are checked per checkpoint later
+            continue
+    return done
+
+
+def _report(futures) -> int:
+    failures = 0
+    for future in futures:
+        try:
+            result = future.result()
+            note = " (already published)" if result.skipped else ""
+            typer.echo(f"  {result.revision:<20} step {result.step}{note}")
+        except Exception as e:  # noqa: BLE001 - reported below by close()
+            failures += 1
+            typer.echo(f"  failed: {e}", err=True)
+    return failures
+
+
+def publish(
+    src: Path = typer.Argument(..., help="One checkpoint (file or folder), or a run folder holding many."),
+    repo: str = typer.Option(..., "--repo", help="Target repo, namespace/name (created if missing)."),
+    hub: Optional[str] = HubOpt, root: Optional[Path] = RootOpt, token: Optional[str] = TokenOpt,
+    step: Optional[int] = typer.Option(None, "--step", help="Step of a single checkpoint whose step is not recorded."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Revision name for a single checkpoint."),
+    final: bool = typer.Option(False, "--final", help="This (or the run's last) checkpoint is the final one."),
+    private: bool = typer.Option(False, "--private", help="Create the repo private."),
+    template: str = TemplateOpt, monitor: Optional[str] = MonitorOpt, mode: str = ModeOpt,
+    keep_last: Optional[int] = typer.Option(None, "--keep-last"), keep_every: Optional[int] = typer.Option(None, "--keep-every"),
+    keep_best: Optional[int] = typer.Option(None, "--keep-best"), spool: Optional[Path] = SpoolOpt,
+    max_shard_size: str = typer.Option("5GB", "--max-shard-size"),
+    allow_global: List[str] = typer.Option([], "--allow-global", help="Trust this pickle global (module.Name)."),
+) -> None:
+    """Publish a checkpoint, or every not-yet-published checkpoint of a run folder in step order."""
+    from ..readers import discover, kind_of
+
+    pub = _publisher(repo, hub, root, token, private, template, monitor, mode, keep_last, keep_every, keep_best,
+                     spool, max_shard_size, allow_global)
+    with pub:
+        if kind_of(src) == "run":
+            if step is not None or revision is not None:
+                raise typer.BadParameter("--step/--revision apply to a single checkpoint, not a run folder")
+            candidates = discover(src)
+            done = _already_published(pub, candidates)
+            todo = [(s, p) for s, p in candidates if s not in done]
+            typer.echo(f"{src}: {len(candidates)} checkpoints, {len(done)} already published, {len(todo)} to publish")
+            futures = [pub.publish(p, step=s, final=final and (s, p) == candidates[-1]) for s, p in todo]
+        else:
+            futures = [pub.publish(src, step=step, revision=revision, final=final)]
+        pub.wait()
+    if _report(futures):
+        raise typer.Exit(1)
+
+
+def resume(repo: str = typer.Option(..., "--repo"), hub: Optional[str] = HubOpt, root: Optional[Path] = RootOpt,
+           token: Optional[str] = TokenOpt, spool: Optional[Path] = SpoolOpt) -> None:
+    """Finish what an interrupted publisher left in its journal."""
+    pub = _publisher(repo, hub, root, token, spool=spool)
+    pending = pub.pending()
+    typer.echo(f"Resuming {len(pending)} unfinished job(s): {', '.join(pending) or '-'}")
+    pub.close()
+    typer.echo("Done.")
+
+
+def _settled(path: Path, seen: dict[Path, tuple], settle_s: float) -> bool:
+    """A checkpoint is complete once nothing in it changed for `settle_s` (and a Trainer folder has its state)."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    if path.is_dir() and path.name.startswith("checkpoint-") and not (path / "trainer_state.json").exists():
+        return False  # the Trainer writes trainer_state.json last
+    if any(p.name.endswith((".tmp", ".incomplete", ".partial")) for p in files):
+        return False
+    signature = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    now = time.monotonic()
+    previous = seen.get(path)
+    if previous is None or previous[0] != signature:
+        seen[path] = (signature, now)
+        return False
+    return now - previous[1] >= settle_s
+
+
+def watch(
+    run_dir: Path = typer.Argument(..., help="The training run's output folder."),
+    repo: str = typer.Option(..., "--repo"), hub: Optional[str] = HubOpt, root: Optional[Path] = RootOpt,
+    token: Optional[str] = TokenOpt, private: bool = typer.Option(False, "--private"),
+    template: str = TemplateOpt, monitor: Optional[str] = MonitorOpt, mode: str = ModeOpt,
+    keep_last: Optional[int] = typer.Option(None, "--keep-last"), keep_every: Optional[int] = typer.Option(None, "--keep-every"),
+    keep_best: Optional[int] = typer.Option(None, "--keep-best"), spool: Optional[Path] = SpoolOpt,
+    interval: float = typer.Option(5.0, "--interval", help="Seconds between scans."),
+    settle: float = typer.Option(3.0, "--settle", help="Seconds a checkpoint must stay unchanged before it is published."),
+    once: bool = typer.Option(False, "--once", help="Publish what is complete now, then exit."),
+) -> None:
+    """Sidecar: publish each new checkpoint of RUN_DIR once completely written. Ctrl-C stops cleanly."""
+    import signal
+
+    from ..readers import discover
+
+    if not run_dir.is_dir():
+        raise typer.BadParameter(f"{run_dir} is not a folder", param_hint="RUN_DIR")
+    pub = _publisher(repo, hub, root, token, private, template, monitor, mode, keep_last, keep_every, keep_best, spool)
+    stop = {"now": False}
+
+    def request_stop(*_):
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    submitted = _already_published(pub, discover(run_dir))
+    seen: dict[Path, tuple] = {}
+    typer.echo(f"Watching {run_dir} ({len(submitted)} checkpoint(s) already published); Ctrl-C to stop.")
+    scans = 0
+    try:
+        while not stop["now"]:
+            scans += 1
+            for step, path in discover(run_dir):
+                if step in submitted or not _settled(path, seen, 0 if once else settle):
+                    continue
+                pub.publish(path, step=step).add_done_callback(
+                    lambda f: typer.echo(f"  published {f.result().revision}") if not f.exception() else None)
+                submitted.add(step)
+            if once and scans >= 2:  # the first scan only records what each checkpoint looks like
+                break
+            deadline = time.monotonic() + (0 if once else interval)
+            while time.monotonic() < deadline and not stop["now"]:
+                time.sleep(0.1)
+    finally:
+        typer.echo("Stopping: finishing queued checkpoints...")
+        pub.close()
+    typer.echo("Stopped.")

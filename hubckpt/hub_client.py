@@ -1,0 +1,288 @@
+"""The one place that talks to a hub for publishing: repos, revision branches, the index on `main`, tags.
+
+Every change is a single `create_commit` (all-or-nothing). Writes to `main` are compare-and-swap
+(`parent_commit`), re-read and retried on conflict. Transient failures (429, 5xx, timeouts, dropped
+connections) are retried with backoff; a commit whose outcome is ambiguous (the request may have
+landed) is settled by re-reading the branch before trying again, so a revision is never committed twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+from .commits import _DropXetFallbackNotice
+from .errors import HubUnavailableError
+from .hubs import Hub, hub_api
+from .revisions import INDEX_FILE, RevisionIndex
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
+MAIN = "main"
+
+
+def _status(error: BaseException) -> int | None:
+    response = getattr(error, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Worth retrying: rate limits, server errors, timeouts, refused or dropped connections."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(error, HfHubHTTPError):
+        return _status(error) in TRANSIENT_STATUS
+    name = type(error).__name__
+    return isinstance(error, (ConnectionError, TimeoutError, OSError)) or name in (
+        "ConnectError", "ReadTimeout", "WriteTimeout", "ConnectTimeout", "RemoteProtocolError", "ReadError",
+        "WriteError", "PoolTimeout", "NetworkError", "TimeoutException")
+
+
+def with_retries(action: Callable[[], T], *, what: str, attempts: int = 5, base_delay: float = 0.5) -> T:
+    """Run `action`, retrying transient failures with exponential backoff."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as e:  # noqa: BLE001 - filtered by is_transient
+            if not is_transient(e) or attempt == attempts:
+                if is_transient(e):
+                    raise HubUnavailableError(f"{what} failed {attempts} times; last error: {e}") from e
+                raise
+            delay = base_delay * 2 ** (attempt - 1)
+            logger.warning("%s failed (%s); retrying in %.1fs", what, e, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+class HubTarget:
+    """One repo on one hub, as the publisher sees it."""
+
+    def __init__(self, hub: Hub, repo_id: str, *, token: str | bool | None = None, private: bool = False) -> None:
+        self.hub = hub
+        self.repo_id = repo_id
+        self.private = private
+        self.api = hub_api(hub, token=token)
+        self.token = token
+
+    @property
+    def key(self) -> str:
+        """Stable id of this target in the journal."""
+        return f"{self.hub.endpoint}/{self.repo_id}"
+
+    @property
+    def repo_url(self) -> str:
+        return f"{self.hub.endpoint}/{self.repo_id}"
+
+    def describe(self) -> str:
+        return f"{self.repo_id} on {self.hub.describe()}"
+
+    # -- reads --------------------------------------------------------------------------------------
+
+    def ensure_repo(self) -> None:
+        with_retries(lambda: self.api.create_repo(self.repo_id, private=self.private, exist_ok=True),
+                     what=f"creating {self.repo_id}")
+
+    def read_index(self, revision: str = MAIN) -> tuple[RevisionIndex, str | None]:
+        """(index, commit it was read at) with one request; an empty index if there is none yet."""
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+        url = hf_hub_url(self.repo_id, INDEX_FILE, revision=revision, endpoint=self.hub.endpoint)
+        headers = build_hf_headers(token=self.token, library_name="hubckpt")
+
+        def fetch():
+            response = get_session().get(url, headers=headers, follow_redirects=True)
+            if response.status_code == 404 and response.headers.get("x-error-code") == "EntryNotFound":
+                return RevisionIndex(), response.headers.get("x-repo-commit")
+            hf_raise_for_status(response)
+            return RevisionIndex.from_json(response.content), response.headers.get("x-repo-commit")
+
+        return with_retries(fetch, what=f"reading {INDEX_FILE} of {self.repo_id}")
+
+    def branches(self) -> dict[str, str]:
+        refs = with_retries(lambda: self.api.list_repo_refs(self.repo_id), what=f"listing refs of {self.repo_id}")
+        return {b.name: b.target_commit for b in refs.branches}
+
+    def tags(self) -> dict[str, str]:
+        refs = with_retries(lambda: self.api.list_repo_refs(self.repo_id), what=f"listing refs of {self.repo_id}")
+        return {t.name: t.target_commit for t in refs.tags}
+
+    def read_json(self, path: str, revision: str) -> dict | None:
+        """A small JSON file at a revision (None if absent)."""
+        from huggingface_hub import hf_hub_url
+        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+        url = hf_hub_url(self.repo_id, path, revision=revision, endpoint=self.hub.endpoint)
+
+        def fetch():
+            response = get_session().get(url, headers=build_hf_headers(token=self.token), follow_redirects=True)
+            if response.status_code == 404:
+                return None
+            hf_raise_for_status(response)
+            return json.loads(response.content)
+
+        return with_retries(fetch, what=f"reading {path}@{revision}")
+
+    # -- writes -------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _quiet_lfs_notice(self) -> Iterator[None]:
+        commit_logger = logging.getLogger("huggingface_hub._commit_api")
+        notice = _DropXetFallbackNotice()
+        commit_logger.addFilter(notice)
+        try:
+            yield
+        finally:
+            commit_logger.removeFilter(notice)
+
+    def _operations(self, folder: Path, stack: contextlib.ExitStack, *, skip: Callable[[str], bool] = lambda p: False,
+                    rename: Callable[[str], str] = lambda p: p) -> list:
+        from huggingface_hub import CommitOperationAdd
+
+        ops = []
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            rel = path.relative_to(folder).as_posix()
+            if skip(rel):
+                continue
+            # Open file objects make huggingface_hub use LFS (not Xet) for this call: LFS-only hubs need it,
+            # while uploads to huggingface.co keep Xet.
+            source = str(path) if self.hub.is_huggingface_co else stack.enter_context(open(path, "rb"))
+            ops.append(CommitOperationAdd(path_in_repo=rename(rel), path_or_fileobj=source))
+        return ops
+
+    def commit_revision(self, name: str, folder: Path, *, start_from: str, message: str,
+                        manifest_sha256: str) -> str:
+        """Create branch `name` at `start_from` and commit `folder` onto it as one commit; return the commit.
+
+        Files inherited from the starting revision that this one does not have are deleted in the
+        same commit, so the branch holds exactly `folder`.
+        """
+        from huggingface_hub import CommitOperationDelete
+        from huggingface_hub.errors import HfHubHTTPError
+
+        branches = self.branches()
+        if name not in branches:
+            start = branches.get(start_from) or branches[MAIN]
+            try:
+                with_retries(lambda: self.api.create_branch(self.repo_id, branch=name, revision=start),
+                             what=f"creating branch {name}")
+            except HfHubHTTPError as e:
+                if _status(e) != 409:
+                    raise
+            head = self.branches()[name]
+        else:
+            head = branches[name]
+        landed = self.landed_commit(name, manifest_sha256)
+        if landed:
+            return landed
+        existing = with_retries(lambda: self.api.list_repo_files(self.repo_id, revision=head),
+                                what=f"listing {name}")
+        ours = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+        stale = [p for p in existing if p not in ours and p != ".gitattributes"]
+        with contextlib.ExitStack() as stack, self._quiet_lfs_notice():
+            ops = self._operations(folder, stack) + [CommitOperationDelete(p) for p in stale]
+
+            def send() -> str:
+                for op in ops:  # a retry must upload from the start of each file
+                    if hasattr(op.path_or_fileobj, "seek"):
+                        op.path_or_fileobj.seek(0)
+                return self.api.create_commit(self.repo_id, ops, commit_message=message, revision=name,
+                                              parent_commit=head).oid
+
+            return self._commit_once(send, name, manifest_sha256)
+
+    def landed_commit(self, branch: str, manifest_sha256: str) -> str | None:
+        """The branch head if it already holds the revision with this manifest (a previous attempt landed)."""
+        branches = self.branches()
+        if branch not in branches:
+            return None
+        manifest = self.read_json("checkpoint.json", branches[branch])
+        if manifest is not None and _manifest_digest(manifest) == manifest_sha256:
+            return branches[branch]
+        return None
+
+    def _commit_once(self, send: Callable[[], str], branch: str, manifest_sha256: str, attempts: int = 5) -> str:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        for attempt in range(1, attempts + 1):
+            try:
+                return send()
+            except Exception as e:  # noqa: BLE001 - ambiguous failures are settled below
+                if isinstance(e, HfHubHTTPError) and _status(e) == 412:
+                    landed = self.landed_commit(branch, manifest_sha256)
+                    if landed:
+                        return landed
+                    raise
+                if not is_transient(e) or attempt == attempts:
+                    raise
+                # The request may have been applied: look before sending it again.
+                landed = self.landed_commit(branch, manifest_sha256)
+                if landed:
+                    logger.info("commit to %s had landed despite %s", branch, e)
+                    return landed
+                time.sleep(0.5 * 2 ** (attempt - 1))
+        raise AssertionError("unreachable")
+
+    def update_main(self, mutate: Callable[[RevisionIndex], tuple[dict[str, bytes], Path | None, list[str], str]],
+                    attempts: int = 8) -> tuple[str, RevisionIndex]:
+        """Read the index at main's head, let `mutate` change it, commit with `parent_commit`; retry on conflict.
+
+        `mutate(index)` returns (files to write on main: path → bytes, a folder whose files also go to main
+        or None, paths to delete from main, commit message).
+        """
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+        from huggingface_hub.errors import HfHubHTTPError
+
+        for attempt in range(1, attempts + 1):
+            index, head = self.read_index()
+            files, folder, deletes, message = mutate(index)
+            with contextlib.ExitStack() as stack, self._quiet_lfs_notice():
+                ops = []
+                if folder is not None:
+                    ops += self._operations(folder, stack, skip=lambda p: p == "README.md" or p in files
+                                            or p.startswith("training_state/"))
+                ops += [CommitOperationAdd(path, data) for path, data in sorted(files.items())]
+                existing = set(with_retries(lambda: self.api.list_repo_files(self.repo_id, revision=head or MAIN),
+                                            what="listing main"))
+                ops += [CommitOperationDelete(p) for p in deletes if p in existing]
+                try:
+                    commit = with_retries(lambda: self.api.create_commit(
+                        self.repo_id, ops, commit_message=message, revision=MAIN, parent_commit=head).oid,
+                        what=f"updating main of {self.repo_id}")
+                    return commit, index
+                except HfHubHTTPError as e:
+                    if _status(e) != 412 or attempt == attempts:
+                        raise
+                    logger.info("main of %s moved meanwhile; re-reading the index (attempt %d)", self.repo_id, attempt)
+        raise AssertionError("unreachable")
+
+    def move_tag(self, tag: str, revision: str) -> None:
+        """Point `tag` at the head of `revision` (delete + create; tags cannot be updated in place)."""
+        from huggingface_hub.errors import RevisionNotFoundError
+
+        with contextlib.suppress(RevisionNotFoundError):
+            self.api.delete_tag(self.repo_id, tag=tag)
+        with_retries(lambda: self.api.create_tag(self.repo_id, tag=tag, revision=revision, exist_ok=True),
+                     what=f"tagging {revision} as {tag}")
+
+    def delete_branch(self, name: str) -> None:
+        from huggingface_hub.errors import RevisionNotFoundError
+
+        with contextlib.suppress(RevisionNotFoundError):
+            with_retries(lambda: self.api.delete_branch(self.repo_id, branch=name), what=f"deleting branch {name}")
+
+
+def _manifest_digest(manifest: dict) -> str:
+    """Identity of a revision's content: sha256 of its canonical manifest."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+manifest_digest = _manifest_digest

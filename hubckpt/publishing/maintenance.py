@@ -1,0 +1,112 @@
+"""After-the-fact operations on a published repo: list, show, tag, prune, reindex."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ..cards import CardOptions
+from ..errors import HubConfigError
+from ..hub_client import HubTarget, manifest_digest
+from ..revisions import RESERVED, RevisionIndex, RevisionInfo, best_revision
+from .policies import Retention
+from .publisher import main_files
+
+logger = logging.getLogger(__name__)
+
+
+def list_revisions(target: HubTarget) -> RevisionIndex:
+    """The index of a repo, in one request."""
+    index, _ = target.read_index()
+    return index
+
+
+def _has_config(target: HubTarget, index: RevisionIndex) -> bool:
+    live = index.live()
+    return bool(live) and target.read_json("config.json", live[-1].commit or live[-1].name) is not None
+
+
+@dataclass
+class PruneResult:
+    pruned: list[str]
+    kept: list[str]
+
+
+def prune(target: HubTarget, retention: Retention, *, monitor: str | None = None, mode: str | None = None,
+          dry_run: bool = False, card: CardOptions | None = None) -> PruneResult:
+    """Apply a retention policy to a published repo: delete the branches it no longer keeps (never best/final)."""
+    if not retention.active:
+        raise HubConfigError("Nothing to prune by: pass --keep-last, --keep-every and/or --keep-best.")
+    index = list_revisions(target)
+    if monitor:
+        index.monitor, index.mode = monitor, mode or index.mode
+    plan = retention.to_prune(index)
+    kept = [r.name for r in index.live() if r.name not in plan]
+    if dry_run or not plan:
+        return PruneResult(plan, kept)
+    has_config = _has_config(target, index)
+
+    def mutate(current: RevisionIndex):
+        if monitor:
+            current.monitor, current.mode = monitor, mode or current.mode
+        names = set(retention.to_prune(current)) & set(plan)
+        for r in current.revisions:
+            if r.name in names:
+                r.pruned = True
+        return main_files(target, current, card or CardOptions(), has_config=has_config), None, [], \
+            f"Prune {len(names)} revision(s)"
+
+    target.update_main(mutate)
+    for name in plan:
+        target.delete_branch(name)
+    return PruneResult(plan, kept)
+
+
+def reindex(target: HubTarget, *, card: CardOptions | None = None) -> RevisionIndex:
+    """Rebuild revisions.json (and the repo card) from the branches' own checkpoint.json files."""
+    old = list_revisions(target)
+    branches = target.branches()
+    rebuilt = RevisionIndex(monitor=old.monitor, mode=old.mode)
+    for name, commit in sorted(branches.items()):
+        if name == "main":
+            continue
+        manifest = target.read_json("checkpoint.json", commit)
+        if manifest is None:
+            logger.info("reindex: branch %s has no checkpoint.json; not a revision", name)
+            continue
+        previous = old.get(name)
+        # A branch started from the previous revision inherits its checkpoint.json until its own commit lands.
+        if previous is None and any(r.commit == commit for r in rebuilt.revisions):
+            continue
+        rebuilt.upsert(RevisionInfo(
+            name=name, step=manifest.get("step"), commit=commit, epoch=manifest.get("epoch"),
+            tokens=manifest.get("tokens"),
+            metrics={k: v for k, v in (manifest.get("metrics") or {}).items() if isinstance(v, (int, float))},
+            size=sum(f["size"] for f in manifest.get("files", []) if not f["path"].startswith("training_state/")),
+            date=previous.date if previous else None, source_format=(manifest.get("source") or {}).get("format"),
+            manifest_sha256=manifest_digest(manifest), final=name == old.final))
+    for r in old.revisions:  # pruned revisions stay listed as pruned
+        if r.pruned and rebuilt.get(r.name) is None:
+            rebuilt.upsert(r)
+    rebuilt.final = old.final if old.final and rebuilt.get(old.final) else None
+    rebuilt.best = best_revision(rebuilt)
+    has_config = _has_config(target, rebuilt)
+
+    def mutate(_current: RevisionIndex):
+        return main_files(target, rebuilt, card or CardOptions(), has_config=has_config), None, [], "Rebuild the index"
+
+    target.update_main(mutate)
+    return rebuilt
+
+
+def tag(target: HubTarget, revision: str, name: str, *, delete: bool = False) -> None:
+    """Create or move a user tag (`best` and `final` are managed by the publisher)."""
+    from ..names import validate_ref_name
+
+    validate_ref_name(name, "tag name")
+    if name in RESERVED:
+        raise HubConfigError(f"The tag {name!r} is managed by hubckpt; choose another name.")
+    if delete:
+        target.api.delete_tag(target.repo_id, tag=name)
+    else:
+        target.move_tag(name, revision)

@@ -1,0 +1,52 @@
+"""Retention: which published revisions to keep. `best` and `final` are always kept."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import HubConfigError
+from ..revisions import RevisionIndex, better
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Keep the last K revisions, every N-th step, and the best M by the monitored metric (union of all set).
+
+    With nothing set, every revision is kept.
+    """
+    keep_last: int | None = None
+    keep_every: int | None = None
+    keep_best: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("keep_last", "keep_every", "keep_best"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise HubConfigError(f"{name} must be at least 1, got {value}")
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.keep_last, self.keep_every, self.keep_best))
+
+    def kept(self, index: RevisionIndex) -> set[str]:
+        """Names of the live revisions this policy keeps."""
+        live = index.live()
+        if not self.active:
+            return {r.name for r in live}
+        keep = {n for n in (index.best, index.final) if n}
+        if self.keep_last:
+            keep |= {r.name for r in live[-self.keep_last:]}
+        if self.keep_every:
+            keep |= {r.name for r in live if r.step is not None and r.step % self.keep_every == 0}
+        if self.keep_best and index.monitor:
+            scored = [r for r in live if index.monitor in r.metrics]
+            ranked = sorted(scored, key=lambda r: r.metrics[index.monitor], reverse=index.mode == "max")
+            keep |= {r.name for r in ranked[: self.keep_best]}
+        return keep
+
+    def to_prune(self, index: RevisionIndex) -> list[str]:
+        keep = self.kept(index)
+        return [r.name for r in index.live() if r.name not in keep]
+
+
+__all__ = ["Retention", "better"]

@@ -1,0 +1,135 @@
+"""Revision names (branch per checkpoint) and the index of revisions (`revisions.json` on `main`)."""
+
+from __future__ import annotations
+
+import json
+import string
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import HubConfigError, InvalidNameError
+from .names import validate_ref_name
+
+DEFAULT_TEMPLATE = "step-{step:07d}"
+INDEX_FILE = "revisions.json"
+INDEX_FORMAT_VERSION = 1
+RESERVED = {"main", "best", "final", "latest"}
+
+
+def render_revision_name(template: str, *, step: int, tokens: int | None = None, epoch: float | None = None) -> str:
+    """Fill a revision template; fields: step, tokens, tokens_b / tokens_m (billions / millions, rounded), epoch.
+
+    `step-{step:07d}` → `step-0001200`; OLMo-style `step{step}-tokens{tokens_b}B` → `step1000-tokens4B`.
+    """
+    fields: dict[str, Any] = {"step": step, "epoch": epoch if epoch is not None else 0}
+    if tokens is not None:
+        fields.update(tokens=tokens, tokens_b=round(tokens / 1e9), tokens_m=round(tokens / 1e6))
+    used = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    missing = sorted(used - fields.keys())
+    if missing:
+        raise HubConfigError(f"Revision template {template!r} needs {', '.join(missing)}, which this checkpoint does not "
+                             "record (e.g. tokens); pass it explicitly or choose another template")
+    unknown = sorted(used - {"step", "epoch", "tokens", "tokens_b", "tokens_m"})
+    if unknown:
+        raise HubConfigError(f"Revision template {template!r} uses unknown field(s) {', '.join(unknown)}; "
+                             "available: step, epoch, tokens, tokens_b, tokens_m")
+    try:
+        name = template.format(**fields)
+    except (ValueError, KeyError, IndexError) as e:
+        raise HubConfigError(f"Revision template {template!r} cannot be filled: {e}") from e
+    return validate_revision_name(name)
+
+
+def validate_revision_name(name: str) -> str:
+    if name in RESERVED:
+        raise InvalidNameError("revision name", name, f"'{name}' is reserved (main, best, final, latest)")
+    return validate_ref_name(name, "revision name")
+
+
+def check_template(template: str) -> str:
+    """Fail early (at Publisher creation) on a template that can never give a valid name."""
+    render_revision_name(template, step=1, tokens=10**9, epoch=1.0) if "tokens" in template else \
+        render_revision_name(template, step=1, epoch=1.0)
+    if "{step" not in template and "{tokens" not in template:
+        raise HubConfigError(f"Revision template {template!r} has no {{step}}: every checkpoint would get the same name")
+    return template
+
+
+@dataclass
+class RevisionInfo:
+    """One published checkpoint, as listed in the index."""
+    name: str
+    step: int | None
+    commit: str | None = None
+    epoch: float | None = None
+    tokens: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    size: int = 0
+    date: str | None = None
+    source_format: str | None = None
+    manifest_sha256: str | None = None
+    tags: list[str] = field(default_factory=list)
+    final: bool = False
+    pruned: bool = False
+
+    @classmethod
+    def from_json(cls, data: dict) -> "RevisionInfo":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class RevisionIndex:
+    """The machine-readable list of every revision (a rebuildable cache of their checkpoint.json)."""
+    revisions: list[RevisionInfo] = field(default_factory=list)
+    monitor: str | None = None
+    mode: str = "min"
+    best: str | None = None
+    final: str | None = None
+
+    def get(self, name: str) -> RevisionInfo | None:
+        return next((r for r in self.revisions if r.name == name), None)
+
+    def upsert(self, info: RevisionInfo) -> None:
+        self.revisions = [r for r in self.revisions if r.name != info.name] + [info]
+        self.revisions.sort(key=lambda r: (r.step if r.step is not None else -1, r.name))
+
+    def live(self) -> list[RevisionInfo]:
+        return [r for r in self.revisions if not r.pruned]
+
+    def recompute_tags(self) -> None:
+        for r in self.revisions:
+            r.tags = sorted(t for t, name in (("best", self.best), ("final", self.final)) if name == r.name)
+
+    def to_json(self) -> bytes:
+        self.recompute_tags()
+        doc = {"format_version": INDEX_FORMAT_VERSION, "monitor": self.monitor, "mode": self.mode, "best": self.best,
+               "final": self.final, "revisions": [asdict(r) for r in self.revisions]}
+        return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "RevisionIndex":
+        doc = json.loads(raw)
+        if doc.get("format_version", 0) > INDEX_FORMAT_VERSION:
+            raise HubConfigError("revisions.json was written by a newer hubckpt; upgrade hubckpt")
+        return cls(revisions=[RevisionInfo.from_json(r) for r in doc.get("revisions", [])], monitor=doc.get("monitor"),
+                   mode=doc.get("mode") or "min", best=doc.get("best"), final=doc.get("final"))
+
+
+def better(value: float, than: float | None, mode: str) -> bool:
+    """Is `value` an improvement over `than` for a metric monitored in `mode` ('min' or 'max')?"""
+    if than is None:
+        return True
+    return value < than if mode == "min" else value > than
+
+
+def best_revision(index: RevisionIndex) -> str | None:
+    """Name of the best live revision by the index's monitored metric (ties: the earliest)."""
+    if not index.monitor:
+        return None
+    best: RevisionInfo | None = None
+    for r in index.live():
+        value = r.metrics.get(index.monitor)
+        if value is not None and (best is None or better(value, best.metrics[index.monitor], index.mode)):
+            best = r
+    return best.name if best else None

@@ -25,14 +25,15 @@ def render_revision_name(template: str, *, step: int, tokens: int | None = None,
     if tokens is not None:
         fields.update(tokens=tokens, tokens_b=round(tokens / 1e9), tokens_m=round(tokens / 1e6))
     used = {name for _, name, _, _ in string.Formatter().parse(template) if name}
-    missing = sorted(used - fields.keys())
-    if missing:
-        raise HubConfigError(f"Revision template {template!r} needs {', '.join(missing)}, which this checkpoint does not "
-                             "record (e.g. tokens); pass it explicitly or choose another template")
     unknown = sorted(used - {"step", "epoch", "tokens", "tokens_b", "tokens_m"})
     if unknown:
         raise HubConfigError(f"Revision template {template!r} uses unknown field(s) {', '.join(unknown)}; "
                              "available: step, epoch, tokens, tokens_b, tokens_m")
+    missing = sorted(used - fields.keys())
+    if missing:
+        raise HubConfigError(f"Revision template {template!r} needs {', '.join(missing)}, which this checkpoint does not "
+                             "record; pass tokens=... (CLI: a Trainer run records num_input_tokens_seen) or choose "
+                             "another template")
     try:
         name = template.format(**fields)
     except (ValueError, KeyError, IndexError) as e:

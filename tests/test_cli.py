@@ -112,10 +112,12 @@ def test_hub_selection(monkeypatch):
 def test_demo_runs_offline_end_to_end(tmp_path):
     root = tmp_path / "demo-hub"
     try:
-        result = run_cli("demo", "--root", str(root), "--steps", "6", timeout=300,
+        result = run_cli("demo", "--root", str(root), "--steps", "40", "--every", "20", timeout=300,
                          env={"HUBCKPT_HUB": "local", "HF_ENDPOINT": ""})
         assert result.returncode == 0, result.stdout + result.stderr
-        assert "step-0000003" in result.stdout and "step-0000006" in result.stdout
-        assert "weights identical to the trained model" in result.stdout
+        assert "step-0000020" in result.stdout and "step-0000040" in result.stdout
+        assert "best,final" in result.stdout and "same as at publish time" in result.stdout
+        bad = run_cli("demo", "--root", str(root), "--steps", "1")
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr and "steps" in bad.stderr
     finally:
         run_cli("stop", "--root", str(root))

@@ -62,12 +62,14 @@ def main(argv: list[str] | None = None) -> None:
         print("Interrupted.", file=sys.stderr)
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - this is the CLI's error boundary
-        import click
-
-        if isinstance(e, click.exceptions.Abort):
+        # typer ships its own copy of click: take its exception classes from typer's public ones.
+        click_exception = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+        if isinstance(e, typer.Abort):
             sys.exit(130)
-        if isinstance(e, click.ClickException):
+        if isinstance(e, click_exception):
             e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, typer.Exit):
             sys.exit(e.exit_code)
         if os.environ.get("HUBCKPT_DEBUG") == "1" or not isinstance(e, _known_errors()):
             raise

@@ -29,9 +29,14 @@ def _publisher(repo: str, hub, root, token, private=False, template="step-{step:
 
 
 def _already_published(pub, candidates: list[tuple[int, Path]]) -> set[int]:
+    from huggingface_hub.errors import RepositoryNotFoundError
+
     from ..revisions import render_revision_name
 
-    index, _ = pub.targets[0].read_index()
+    try:
+        index, _ = pub.targets[0].read_index()
+    except RepositoryNotFoundError:
+        return set()  # the repo is created on the first publish
     names = {r.name for r in index.revisions}
     done = set()
     for step, _path in candidates:

@@ -1,0 +1,234 @@
+"""Publishing to the local hub: revisions, cards, index, tags, retention, backpressure, errors, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import HfApi
+
+import hubckpt
+from hubckpt.errors import CorruptCheckpointError, HubConfigError, InvalidNameError, RevisionCollisionError
+from hubckpt.publishing import Publisher
+from hubckpt.revisions import RevisionIndex, render_revision_name
+
+from .factories import make_trainer_run
+from .helpers import run_cli
+
+
+@pytest.fixture(scope="module")
+def trainer_run(tmp_path_factory) -> Path:
+    return make_trainer_run(tmp_path_factory.mktemp("pub") / "run", max_steps=6, save_steps=2)
+
+
+def _index(api: HfApi, repo_id: str) -> RevisionIndex:
+    return RevisionIndex.from_json(open(api.hf_hub_download(repo_id, "revisions.json"), "rb").read())
+
+
+def _titles(api: HfApi, repo_id: str, revision: str) -> list[str]:
+    return [c.title for c in api.list_repo_commits(repo_id, revision=revision)]
+
+
+def test_revision_templates():
+    assert render_revision_name("step-{step:07d}", step=1200) == "step-0001200"
+    assert render_revision_name("step{step}-tokens{tokens_b}B", step=1000, tokens=4_000_000_000) == "step1000-tokens4B"
+    with pytest.raises(HubConfigError, match="tokens"):
+        render_revision_name("step{step}-tokens{tokens_b}B", step=1)
+    with pytest.raises(HubConfigError, match="unknown field"):
+        render_revision_name("run-{nope}", step=1)
+    with pytest.raises(InvalidNameError):
+        render_revision_name("step {step}", step=1)
+    with pytest.raises(HubConfigError, match="no {step}"):
+        Publisher("a/b", hub="http://127.0.0.1:1", revision_template="fixed", spool_dir="/tmp/x")
+
+
+def test_publish_trainer_run(api, local_hub, trainer_run, tmp_path, cache_dir):
+    from transformers import AutoModelForCausalLM
+
+    repo_id = "alice/trainer-run"
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
+        futures = [pub.publish(path, final=step == 6) for step, path in hubckpt.discover(trainer_run)]
+    results = [f.result() for f in futures]
+    assert [r.revision for r in results] == ["step-0000002", "step-0000004", "step-0000006"]
+
+    refs = api.list_repo_refs(repo_id)
+    assert {b.name for b in refs.branches} == {"main", "step-0000002", "step-0000004", "step-0000006"}
+    tags = {t.name: t.target_commit for t in refs.tags}
+    heads = {b.name: b.target_commit for b in refs.branches}
+    assert tags["final"] == heads["step-0000006"]
+    index = _index(api, repo_id)
+    assert [r.name for r in index.revisions] == ["step-0000002", "step-0000004", "step-0000006"]
+    assert index.monitor == "eval_loss" and index.mode == "min"  # from trainer_state.json's best metric
+    assert tags["best"] == heads[index.best]
+    assert all(r.commit == heads[r.name] and "eval_loss" in r.metrics for r in index.revisions)
+
+    # The branch history is the training trajectory; each revision is one commit.
+    assert _titles(api, repo_id, "step-0000006")[:3] == [
+        "Checkpoint step-0000006 (step 6)", "Checkpoint step-0000004 (step 4)", "Checkpoint step-0000002 (step 2)"]
+    files = set(api.list_repo_files(repo_id, revision="step-0000004"))
+    assert {"model.safetensors", "config.json", "checkpoint.json", "README.md", "training_state/optimizer.json"} <= files
+    assert not any(f.endswith((".pt", ".bin", ".pth")) for f in files)
+    card = open(api.hf_hub_download(repo_id, "README.md", revision="step-0000004", cache_dir=cache_dir)).read()
+    assert "revision `step-0000004`" in card and "step **4**" in card and "previous: [`step-0000002`]" in card
+    assert 'revision="step-0000004"' in card and "library_name: transformers" in card and "model-index" in card
+
+    main_files = set(api.list_repo_files(repo_id))
+    assert {"README.md", "revisions.json", "metrics.svg", "model.safetensors", "config.json"} <= main_files
+    repo_card = open(api.hf_hub_download(repo_id, "README.md", cache_dir=cache_dir)).read()
+    assert "| [`step-0000002`]" in repo_card and "final" in repo_card
+
+    source = AutoModelForCausalLM.from_pretrained(trainer_run / "checkpoint-4")
+    loaded = AutoModelForCausalLM.from_pretrained(repo_id, revision="step-0000004", cache_dir=cache_dir)
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), loaded.state_dict().values()))
+
+    # Publishing the same run again publishes nothing new.
+    commits_before = len(api.list_repo_commits(repo_id))
+    again = run_cli("publish", str(trainer_run), "--repo", repo_id, "--hub", local_hub.url,
+                    "--spool", str(tmp_path / "spool2"))
+    assert again.returncode == 0, again.stderr
+    assert "3 already published, 0 to publish" in again.stdout
+    assert len(api.list_repo_commits(repo_id)) == commits_before
+
+
+def test_live_state_dicts_backpressure_and_unchanged_bytes(api, local_hub, tmp_path):
+    repo_id = "alice/live"
+    model = torch.nn.Sequential(torch.nn.Embedding(64, 32), torch.nn.Linear(32, 32))
+    model[0].weight.requires_grad_(False)  # frozen: its shard never changes
+    received = []
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool", max_pending=1,
+                   max_shard_size="9KB") as pub:
+        futures = []
+        for step in range(1, 6):
+            with torch.no_grad():
+                model[1].weight.add_(0.01)
+            before = local_hub.ctx.stats["lfs_bytes_received"]
+            futures.append(pub.publish(state_dict=model.state_dict(), step=step * 10, metrics={"loss": 1.0 / step}))
+            pub.wait()
+            received.append(local_hub.ctx.stats["lfs_bytes_received"] - before)
+    assert [f.result().revision for f in futures] == [f"step-{s * 10:07d}" for s in range(1, 6)]
+    index = _index(api, repo_id)
+    assert [r.step for r in index.revisions] == [10, 20, 30, 40, 50] and index.best is None
+    # Only the changed shard travels after the first revision: the frozen embedding is already on the hub.
+    shard_files = [f for f in api.list_repo_files(repo_id, revision="step-0000050") if f.startswith("model-")]
+    assert len(shard_files) == 2
+    assert all(r < received[0] for r in received[1:])
+
+
+def test_worker_errors_are_reraised_and_nothing_half_published(api, local_hub, tmp_path):
+    bad = tmp_path / "checkpoint-7"
+    bad.mkdir()
+    (bad / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    pub = Publisher("alice/errors", hub=local_hub.url, spool_dir=tmp_path / "spool")
+    future = pub.publish(bad)
+    with pytest.raises(CorruptCheckpointError):
+        pub.wait()
+    assert isinstance(future.exception(), CorruptCheckpointError)
+    good = tmp_path / "w.pt"
+    torch.save({"w": torch.ones(3)}, good)
+    pub.publish(good, step=8).result()
+    pub.close()
+    refs = api.list_repo_refs("alice/errors")
+    assert {b.name for b in refs.branches} == {"main", "step-0000008"}
+
+
+def test_retention_keeps_last_best_and_final(api, local_hub, tmp_path):
+    repo_id = "alice/retention"
+    weights = {"w": torch.zeros(4)}
+    losses = [5.0, 1.0, 4.0, 3.0, 2.0]  # best is step 20
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool", monitor="eval_loss", keep_last=2) as pub:
+        for i, loss in enumerate(losses, start=1):
+            weights["w"] += 1
+            pub.publish(state_dict=weights, step=i * 10, metrics={"eval_loss": loss}, final=i == len(losses))
+    index = _index(api, repo_id)
+    assert index.best == "step-0000020" and index.final == "step-0000050"
+    assert [r.name for r in index.live()] == ["step-0000020", "step-0000040", "step-0000050"]
+    assert {r.name for r in index.revisions if r.pruned} == {"step-0000010", "step-0000030"}
+    branches = {b.name for b in api.list_repo_refs(repo_id).branches}
+    assert branches == {"main", "step-0000020", "step-0000040", "step-0000050"}
+    listing = run_cli("ls", repo_id, "--hub", local_hub.url)
+    assert "step-0000020" in listing.stdout and "best" in listing.stdout and "step-0000010" not in listing.stdout
+    dry = run_cli("prune", repo_id, "--hub", local_hub.url, "--keep-last", "1", "--dry-run")
+    assert "Would prune 1: step-0000040" in dry.stdout
+    assert run_cli("prune", repo_id, "--hub", local_hub.url, "--keep-last", "1").returncode == 0
+    assert {b.name for b in api.list_repo_refs(repo_id).branches} == {"main", "step-0000020", "step-0000050"}
+
+
+def test_name_collision_is_refused(api, local_hub, tmp_path):
+    repo_id = "alice/collide"
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "a") as pub:
+        pub.publish(state_dict={"w": torch.ones(2)}, step=1)
+    with pytest.raises(RevisionCollisionError, match="step-0000001"):
+        with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "b") as pub:
+            pub.publish(state_dict={"w": torch.zeros(2)}, step=1)
+    assert len(_index(api, repo_id).revisions) == 1
+
+
+def test_several_hubs_from_one_spool(tmp_path):
+    from hubckpt.server import LocalHubServer
+
+    with LocalHubServer(tmp_path / "h1") as h1, LocalHubServer(tmp_path / "h2") as h2:
+        with Publisher("alice/mirror", hub=[h1.url, h2.url], spool_dir=tmp_path / "spool") as pub:
+            result = pub.publish(state_dict={"w": torch.arange(4.0)}, step=5).result()
+        assert set(result.commits) == {f"{h1.url}/alice/mirror", f"{h2.url}/alice/mirror"}
+        for hub in (h1, h2):
+            assert "step-0000005" in {b.name for b in HfApi(endpoint=hub.url, token="x").list_repo_refs("alice/mirror").branches}
+
+
+def test_ls_is_one_request_and_show_tag_reindex(api, local_hub, tmp_path):
+    repo_id = "alice/browse"
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
+        for step in (1, 2, 3):
+            pub.publish(state_dict={"w": torch.full((2,), float(step))}, step=step, metrics={"loss": 1.0 / step})
+    from hubckpt.hub_client import HubTarget
+    from hubckpt.hubs import resolve_hub
+
+    target = HubTarget(resolve_hub(local_hub.url), repo_id)
+    before = local_hub.ctx.stats["requests"]
+    index, _ = target.read_index()
+    assert local_hub.ctx.stats["requests"] - before == 1 and len(index.revisions) == 3
+
+    as_json = json.loads(run_cli("ls", repo_id, "--hub", local_hub.url, "--json").stdout)
+    assert [r["step"] for r in as_json["revisions"]] == [1, 2, 3]
+    shown = run_cli("show", f"{repo_id}@step-0000002", "--hub", local_hub.url)
+    assert shown.returncode == 0 and '"step": 2' in shown.stdout
+    missing = run_cli("show", f"{repo_id}@nope", "--hub", local_hub.url)
+    assert missing.returncode == 1 and "has no revision 'nope'" in missing.stderr
+    assert run_cli("tag", repo_id, "step-0000002", "paper", "--hub", local_hub.url).returncode == 0
+    assert "paper" in {t.name for t in api.list_repo_refs(repo_id).tags}
+    reserved = run_cli("tag", repo_id, "step-0000002", "best", "--hub", local_hub.url)
+    assert reserved.returncode == 1 and "managed by hubckpt" in reserved.stderr
+
+    # Reindex rebuilds the same index from the branches (e.g. after revisions.json was damaged).
+    api.upload_file(path_or_fileobj=b'{"format_version": 1, "revisions": []}', path_in_repo="revisions.json",
+                    repo_id=repo_id)
+    assert run_cli("reindex", repo_id, "--hub", local_hub.url).returncode == 0
+    assert [r.step for r in _index(api, repo_id).revisions] == [1, 2, 3]
+
+
+def test_watch_once_publishes_complete_checkpoints(api, local_hub, trainer_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trainer_run, run)
+    (run / "checkpoint-8").mkdir()  # still being written: no trainer_state.json yet
+    shutil.copy(trainer_run / "checkpoint-2" / "model.safetensors", run / "checkpoint-8")
+    out = run_cli("watch", str(run), "--repo", "alice/watched", "--hub", local_hub.url, "--once",
+                  "--spool", str(tmp_path / "spool"))
+    assert out.returncode == 0, out.stderr
+    branches = {b.name for b in api.list_repo_refs("alice/watched").branches}
+    assert branches == {"main", "step-0000002", "step-0000004", "step-0000006"}
+
+
+def test_unreachable_hub_fails_clearly_and_keeps_the_spool(tmp_path):
+    from hubckpt.errors import HubUnavailableError
+
+    torch.save({"w": torch.ones(2)}, tmp_path / "w.pt")
+    pub = Publisher("alice/offline", hub="http://127.0.0.1:9", spool_dir=tmp_path / "spool")
+    pub.publish(tmp_path / "w.pt", step=3)
+    with pytest.raises((HubUnavailableError, ConnectionError)):
+        pub.close()
+    assert list((tmp_path / "spool" / "jobs").glob("*/revision/model.safetensors"))
+    assert Publisher("alice/offline", hub="http://127.0.0.1:9", spool_dir=tmp_path / "spool", resume=False).pending() \
+        == ["step-0000003"]

@@ -24,6 +24,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/transfer.py
+	$(PY) bench/convert.py
+	$(PY) bench/publish.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -15,14 +15,16 @@ from .errors import (
     CorruptCheckpointError,
     DestinationExistsError,
     DiskFullError,
-    UnsafeCheckpointError,
-    UnsupportedCheckpointError,
-    VerificationError,
     HubckptError,
     HubConfigError,
     HubUnavailableError,
     InvalidNameError,
+    PublishError,
+    RevisionCollisionError,
     StorageError,
+    UnsafeCheckpointError,
+    UnsupportedCheckpointError,
+    VerificationError,
 )
 
 _LAZY = {
@@ -41,10 +43,20 @@ _LAZY = {
     "capture_rng": ("hubckpt.conversion.training_state", "capture_rng"),
     "restore_rng": ("hubckpt.conversion.training_state", "restore_rng"),
     "commit_folder": ("hubckpt.commits", "commit_folder"),
+    "Publisher": ("hubckpt.publishing", "Publisher"),
+    "PublishedRevision": ("hubckpt.publishing", "PublishedRevision"),
+    "Retention": ("hubckpt.publishing", "Retention"),
+    "CardOptions": ("hubckpt.cards", "CardOptions"),
+    "RevisionIndex": ("hubckpt.revisions", "RevisionIndex"),
+    "RevisionInfo": ("hubckpt.revisions", "RevisionInfo"),
+    "render_revision_name": ("hubckpt.revisions", "render_revision_name"),
 }
 
 if TYPE_CHECKING:
+    from .cards import CardOptions
     from .checkpoint import Checkpoint
+    from .publishing import PublishedRevision, Publisher, Retention
+    from .revisions import RevisionIndex, RevisionInfo, render_revision_name
     from .commits import commit_folder
     from .conversion import ConvertResult, convert
     from .conversion.training_state import capture_rng, load_training_state, restore_rng
@@ -65,5 +77,5 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "__version__", "HubckptError", "InvalidNameError", "HubConfigError", "HubUnavailableError", "AuthError",
     "StorageError", "CheckpointError", "CorruptCheckpointError", "UnsupportedCheckpointError", "UnsafeCheckpointError",
-    "VerificationError", "DestinationExistsError", "DiskFullError", *_LAZY,
+    "VerificationError", "DestinationExistsError", "DiskFullError", "RevisionCollisionError", "PublishError", *_LAZY,
 ]

@@ -106,7 +106,14 @@ class BlobWriter:
         self.file = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in finish()/abort()
 
     def write(self, chunk: bytes) -> None:
+        self.hash_chunk(chunk)
+        self.write_chunk(chunk)
+
+    def hash_chunk(self, chunk: bytes) -> None:
         self.hasher.update(chunk)
+
+    def write_chunk(self, chunk: bytes) -> None:
+        """Append to the temp file (the size check lives here: hashing may run in another thread)."""
         self.file.write(chunk)
         self.size += len(chunk)
         if self.expected_size is not None and self.size > self.expected_size:
@@ -141,48 +148,59 @@ class BlobWriter:
 
 
 class PipelinedWriter:
-    """Feeds a `BlobWriter` from another thread, so receiving overlaps hashing and writing.
+    """Feeds a `BlobWriter` from other threads: receiving, hashing and writing all overlap.
 
-    hashlib and file writes release the GIL on large buffers; a bounded queue keeps memory flat
-    (at most `depth` chunks in flight).
+    One thread hashes and another writes the same chunks (hashlib and file writes release the GIL on
+    large buffers), so an upload costs max(hash, write) rather than their sum. Bounded queues keep
+    memory flat (at most `depth` chunks in flight per stage).
     """
 
     def __init__(self, writer: BlobWriter, depth: int = 4) -> None:
         self.writer = writer
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="hubckpt-blob-writer", daemon=True)
-        self.thread.start()
+        self._queues = [queue.Queue(maxsize=depth), queue.Queue(maxsize=depth)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(self._queues[0], writer.hash_chunk), name="hubckpt-blob-hash",
+                             daemon=True),
+            threading.Thread(target=self._run, args=(self._queues[1], writer.write_chunk), name="hubckpt-blob-write",
+                             daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    def _run(self) -> None:
+    def _run(self, chunks: queue.Queue, consume) -> None:
         while True:
-            chunk = self.queue.get()
+            chunk = chunks.get()
             if chunk is None:
                 return
             if self.error is None:
                 try:
-                    self.writer.write(chunk)
+                    consume(chunk)
                 except BaseException as e:  # re-raised by finish()
                     self.error = e
 
     def put(self, chunk: bytes, block: bool = True) -> bool:
-        """Queue a chunk; with block=False, return False instead of waiting when the queue is full."""
-        try:
-            self.queue.put(chunk, block=block)
-            return True
-        except queue.Full:
+        """Queue a chunk; with block=False, return False instead of waiting when a queue is full."""
+        if not block and any(q.full() for q in self._queues):
             return False
+        for q in self._queues:
+            q.put(chunk)
+        return True
+
+    def _drain(self) -> None:
+        for q in self._queues:
+            q.put(None)
+        for thread in self._threads:
+            thread.join()
 
     def finish(self) -> str:
         """Wait for the queued chunks, then verify and store the object (see `BlobWriter.finish`)."""
-        self.queue.put(None)
-        self.thread.join()
+        self._drain()
         if self.error is not None:
             self.writer.abort()
             raise self.error
         return self.writer.finish()
 
     def abort(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
+        self._drain()
         self.writer.abort()

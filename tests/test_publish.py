@@ -232,3 +232,41 @@ def test_unreachable_hub_fails_clearly_and_keeps_the_spool(tmp_path):
     assert list((tmp_path / "spool" / "jobs").glob("*/revision/model.safetensors"))
     assert Publisher("alice/offline", hub="http://127.0.0.1:9", spool_dir=tmp_path / "spool", resume=False).pending() \
         == ["step-0000003"]
+
+
+def test_ambiguous_commit_failure_is_settled_by_rereading(api, local_hub, tmp_path, monkeypatch):
+    """A timeout after the commit landed must not produce a second commit (mocked: a timeout cannot be caused)."""
+    import httpx2
+
+    real = HfApi.create_commit
+    calls = {"n": 0}
+
+    def commit_then_time_out(self, repo_id, operations, **kwargs):
+        result = real(self, repo_id, operations, **kwargs)
+        if kwargs.get("revision", "").startswith("step-") and calls["n"] == 0:
+            calls["n"] += 1
+            raise httpx2.ReadTimeout("timed out after sending the commit")
+        return result
+
+    monkeypatch.setattr(HfApi, "create_commit", commit_then_time_out)
+    with Publisher("alice/ambiguous", hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
+        pub.publish(state_dict={"w": torch.ones(3)}, step=1).result()
+    titles = _titles(api, "alice/ambiguous", "step-0000001")
+    assert calls["n"] == 1 and titles.count("Checkpoint step-0000001 (step 1)") == 1
+
+
+def test_no_write_access_is_a_clear_error(tmp_path):
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from hubckpt.server import LocalHubServer
+
+    with LocalHubServer(tmp_path / "hub") as hub:
+        hub.ctx.store.add_account("bob", "user")
+        _, read_token = hub.ctx.store.create_token("bob", "read", "ro")
+        _, write_token = hub.ctx.store.create_token("bob", "write", "rw")
+        HfApi(endpoint=hub.url, token=write_token).create_repo("bob/ro")
+        pub = Publisher("bob/ro", hub=hub.url, token=read_token, spool_dir=tmp_path / "spool")
+        pub.publish(state_dict={"w": torch.ones(2)}, step=1)
+        with pytest.raises(HfHubHTTPError) as info:
+            pub.close()
+        assert info.value.response.status_code == 403 and "rights" in str(info.value)

@@ -270,3 +270,29 @@ def test_no_write_access_is_a_clear_error(tmp_path):
         with pytest.raises(HfHubHTTPError) as info:
             pub.close()
         assert info.value.response.status_code == 403 and "rights" in str(info.value)
+
+
+def test_trainer_callback_publishes_while_training(api, local_hub, tmp_path):
+    import transformers
+    from transformers import GPT2LMHeadModel, Trainer, TrainingArguments
+
+    from hubckpt.integrations.transformers import HubckptCallback
+
+    from .factories import tiny_gpt2_config
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    data = [{"input_ids": torch.randint(0, 32, (8,), generator=gen), "labels": torch.randint(0, 32, (8,), generator=gen)}
+            for _ in range(16)]
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=6, save_steps=2, save_total_limit=1,
+                             per_device_train_batch_size=4, report_to=[], use_cpu=True, disable_tqdm=True)
+    callback = HubckptCallback("alice/callback", hub=local_hub.url, spool_dir=tmp_path / "spool")
+    Trainer(model=GPT2LMHeadModel(tiny_gpt2_config()), args=args, train_dataset=data, callbacks=[callback]).train()
+    index = _index(api, "alice/callback")
+    # save_total_limit=1 deleted the older folders right away; the hard-linked snapshots were published anyway.
+    assert [r.name for r in index.revisions] == ["step-0000002", "step-0000004", "step-0000006"]
+    assert index.final == "step-0000006"
+    import pickle
+
+    assert pickle.loads(pickle.dumps(callback)).repo_id == "alice/callback"

@@ -154,12 +154,14 @@ class Publisher:
     def publish(self, source: str | Path | None = None, *, step: int | None = None,
                 state_dict: dict | None = None, training_state: dict[str, Any] | None = None,
                 metrics: dict[str, float] | None = None, epoch: float | None = None, tokens: int | None = None,
-                final: bool = False, revision: str | None = None,
-                companions: Iterable[str | Path] = ()) -> "Future[PublishedRevision]":
+                final: bool = False, revision: str | None = None, companions: Iterable[str | Path] = (),
+                snapshot: bool = False) -> "Future[PublishedRevision]":
         """Queue one checkpoint: a file or folder (`source`), or live tensors (`state_dict`, copied now).
 
         Returns once the checkpoint is captured; blocks only while `max_pending` jobs wait. The Future
         resolves to a `PublishedRevision` when the revision is committed and indexed everywhere.
+        With `snapshot=True` a `source` is first hard-linked (or copied) into the spool, so the training
+        framework may delete it (e.g. the Trainer's `save_total_limit`) before it is converted.
         """
         self.raise_if_failed()
         if self._closed:
@@ -187,6 +189,8 @@ class Publisher:
             future: Future = Future()
             future.set_result(PublishedRevision(self.repo_id, name, step, dict(existing.committed), skipped=True))
             return future
+        if source is not None and snapshot:
+            source = _snapshot(source, self.spool / "jobs" / job_id / "source")
         payload: dict[str, Any] = {}
         if state_dict is not None:
             payload["weights"] = self._staging.capture(state_dict)
@@ -319,7 +323,7 @@ class Publisher:
                 self.journal.append("indexed", job_id, target=target.key)
         record.done = True
         self.journal.append("done", job_id)
-        shutil.rmtree(folder.parent, ignore_errors=True)
+        shutil.rmtree(folder.parent, ignore_errors=True)  # the converted revision and any source snapshot
         logger.info("published %s to %s", name, ", ".join(t.describe() for t in self.targets))
         return PublishedRevision(self.repo_id, name, step, dict(record.committed))
 
@@ -455,6 +459,29 @@ def _revision_info(captured: dict, manifest: dict, *, commit: str | None, digest
                                                                 if isinstance(v, (int, float))},
                         size=size, date=captured.get("captured_at"), source_format=manifest["source"]["format"],
                         manifest_sha256=digest, final=bool(captured.get("final")))
+
+
+def _snapshot(source: Path, dest: Path) -> Path:
+    """Hard-link `source` (a file or folder) into `dest`; copy where links are impossible."""
+    import errno
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            shutil.copy2(src, dst)
+
+    target = dest / source.name
+    if target.exists():
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    dest.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, target, copy_function=link)
+    else:
+        link(str(source), str(target))
+    return target
 
 
 def _clone_tree(value: Any) -> Any:

@@ -1,0 +1,65 @@
+"""`HubckptCallback`: publish every checkpoint a transformers `Trainer` saves, without blocking training.
+
+    from hubckpt.integrations.transformers import HubckptCallback
+    trainer = Trainer(..., callbacks=[HubckptCallback("me/exp1", keep_last=5)])
+    trainer.train()   # each checkpoint-N/ becomes revision step-000000N; the last one is `final`
+
+On every save the checkpoint folder is hard-linked into the publisher's spool (so
+`save_total_limit` may delete it right away) and queued; conversion, upload and indexing happen in
+the background. At the end of training the last checkpoint is marked final (saved first if the
+Trainer did not save at the last step) and the callback waits for every upload. Only the main
+process (rank 0) publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from ..publishing import Publisher
+
+logger = logging.getLogger(__name__)
+
+
+class HubckptCallback(TrainerCallback):
+    """Publish Trainer checkpoints as Hub revisions. Keyword arguments go to `hubckpt.Publisher`."""
+
+    def __init__(self, repo_id: str, **publisher_kwargs: Any) -> None:
+        self.repo_id = repo_id
+        self.publisher_kwargs = publisher_kwargs
+        self._publisher: Publisher | None = None
+        self._published_steps: set[int] = set()
+
+    def _pub(self) -> Publisher:
+        if self._publisher is None:
+            self._publisher = Publisher(self.repo_id, **self.publisher_kwargs)
+        return self._publisher
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return control
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir() and state.global_step not in self._published_steps:
+            self._pub().publish(folder, step=state.global_step, final=state.global_step >= state.max_steps > 0,
+                                snapshot=True)
+            self._published_steps.add(state.global_step)
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or self._publisher is None:
+            return control
+        if state.global_step not in self._published_steps:
+            logger.warning("the Trainer did not save at the last step (%d); the final model is not published as "
+                           "a revision. Set save_strategy so that the last step is saved.", state.global_step)
+        self._publisher.close()
+        self._publisher = None
+        return control
+
+    def __getstate__(self) -> dict:
+        # Trainer state may be pickled (e.g. by hyperparameter search); the live publisher is not.
+        state = dict(self.__dict__)
+        state["_publisher"] = None
+        return state

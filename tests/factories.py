@@ -87,9 +87,9 @@ def make_lightning_ckpt(path: Path) -> Path:
     torch.manual_seed(3)
     net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1)
     net(torch.randn(2, 4)).sum().backward()
     opt.step()
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1)
     sched.step()
     torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}, "optimizer_states": [opt.state_dict()],
                 "lr_schedulers": [sched.state_dict()], "epoch": 3, "global_step": 120,

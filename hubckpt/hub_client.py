@@ -143,17 +143,34 @@ class HubTarget:
 
     def _operations(self, folder: Path, stack: contextlib.ExitStack, *, skip: Callable[[str], bool] = lambda p: False,
                     rename: Callable[[str], str] = lambda p: p) -> list:
+        """One add operation per file of `folder`.
+
+        huggingface_hub picks the upload protocol per commit: Xet unless an operation is an in-memory or
+        open binary stream. For huggingface.co every file goes by path (Xet). For LFS-only hubs one small
+        file (the card or the manifest) goes as a stream, which puts the whole commit on the LFS path,
+        and the big files go by path with the sha256 already recorded in checkpoint.json, so the client
+        does not read them an extra time just to hash them.
+        """
+        import io
+
         from huggingface_hub import CommitOperationAdd
 
+        known = _known_hashes(folder)
+        paths = [p for p in sorted(folder.rglob("*")) if p.is_file() and not skip(p.relative_to(folder).as_posix())]
+        rels = [p.relative_to(folder).as_posix() for p in paths]
+        stream = None
+        if not self.hub.is_huggingface_co and rels:
+            stream = next((r for r in ("README.md", "checkpoint.json") if r in rels), rels[0])
         ops = []
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            rel = path.relative_to(folder).as_posix()
-            if skip(rel):
-                continue
-            # Open file objects make huggingface_hub use LFS (not Xet) for this call: LFS-only hubs need it,
-            # while uploads to huggingface.co keep Xet.
-            source = str(path) if self.hub.is_huggingface_co else stack.enter_context(open(path, "rb"))
-            ops.append(CommitOperationAdd(path_in_repo=rename(rel), path_or_fileobj=source))
+        for path, rel in zip(paths, rels):
+            if rel == stream:
+                op = CommitOperationAdd(path_in_repo=rename(rel), path_or_fileobj=io.BytesIO(path.read_bytes()))
+            else:
+                op = CommitOperationAdd(path_in_repo=rename(rel), path_or_fileobj=str(path))
+                sha, size = known.get(rel, (None, None))
+                if sha and size == path.stat().st_size:
+                    op.upload_info.sha256 = bytes.fromhex(sha)
+            ops.append(op)
         return ops
 
     def commit_revision(self, name: str, folder: Path, *, start_from: str, message: str,
@@ -189,7 +206,7 @@ class HubTarget:
             ops = self._operations(folder, stack) + [CommitOperationDelete(p) for p in stale]
 
             def send() -> str:
-                for op in ops:  # a retry must upload from the start of each file
+                for op in ops:  # a retry must upload from the start of each stream
                     if hasattr(op.path_or_fileobj, "seek"):
                         op.path_or_fileobj.seek(0)
                 return self.api.create_commit(self.repo_id, ops, commit_message=message, revision=name,
@@ -276,6 +293,15 @@ class HubTarget:
 
         with contextlib.suppress(RevisionNotFoundError):
             with_retries(lambda: self.api.delete_branch(self.repo_id, branch=name), what=f"deleting branch {name}")
+
+
+def _known_hashes(folder: Path) -> dict[str, tuple[str, int]]:
+    """path → (sha256, size) from the folder's checkpoint.json, written when the files were."""
+    try:
+        manifest = json.loads((folder / "checkpoint.json").read_text())
+        return {f["path"]: (f["sha256"], f["size"]) for f in manifest.get("files", [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def _manifest_digest(manifest: dict) -> str:

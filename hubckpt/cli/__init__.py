@@ -52,6 +52,24 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return (HubckptError, HfHubHTTPError, HFValidationError, ConnectionError)
 
 
+def _one_line(e: BaseException) -> str:
+    """A short message: huggingface_hub's errors carry several lines of generic advice."""
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    response = getattr(e, "response", None)
+    url = str(getattr(response, "url", "")) if response is not None else ""
+    if isinstance(e, RepositoryNotFoundError):
+        return (f"Repository not found ({url}). Check the repo id and --hub; for a private repo pass a token "
+                "with access (--token or HF_TOKEN).")
+    if isinstance(e, RevisionNotFoundError):
+        return f"Revision not found ({url}). See the repo's revisions with `hubckpt ls REPO`."
+    if isinstance(e, HfHubHTTPError):
+        server = getattr(e, "server_message", None) or ""
+        status = getattr(response, "status_code", "")
+        return f"{status} from the hub for {url}: {server or str(e).splitlines()[0]}".strip()
+    return str(e).strip().replace("\n\n", "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `hubckpt` console script."""
     try:
@@ -73,7 +91,6 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(e.exit_code)
         if os.environ.get("HUBCKPT_DEBUG") == "1" or not isinstance(e, _known_errors()):
             raise
-        message = str(e).strip().replace("\n\n", "\n")
-        print(f"Error: {message}\n{_DEBUG_HINT}", file=sys.stderr)
+        print(f"Error: {_one_line(e)}\n{_DEBUG_HINT}", file=sys.stderr)
         sys.exit(1)
     sys.exit(0)

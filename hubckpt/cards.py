@@ -77,7 +77,8 @@ def _yaml(options: CardOptions, *, has_config: bool, repo_id: str, eval_metrics:
     return data.to_yaml()
 
 
-def _human(size: int) -> str:
+def human_size(size: float) -> str:
+    """1234567 → '1.2 MB' (decimal units, as the Hub shows sizes)."""
     value = float(size)
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if value < 1000 or unit == "TB":
@@ -104,7 +105,7 @@ def render_repo_card(*, repo_id: str, repo_url: str, index: RevisionIndex, optio
     """The README.md on `main`: the run and a table of every live revision."""
     live = index.live()
     metric_names = sorted({m for r in live for m in r.metrics if m in _table_metrics(live)})
-    rows: list[dict[str, Any]] = [dict(name=r.name, step=r.step, tokens=r.tokens, metrics=r.metrics, size_h=_human(r.size),
+    rows: list[dict[str, Any]] = [dict(name=r.name, step=r.step, tokens=r.tokens, metrics=r.metrics, size_h=human_size(r.size),
                                        tags=r.tags) for r in live]
     best = index.get(index.best) if index.best else None
     eval_metrics = _eval_metrics(best.metrics if best else {})

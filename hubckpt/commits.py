@@ -1,34 +1,80 @@
-"""Commit a local folder to a hub branch as exactly one commit.
+"""Commit a local folder to a hub branch as exactly one commit, over the protocol the hub speaks.
 
 `upload_folder` may split large uploads into several commits and, with hf_xet installed, uses the
-Xet protocol, which the local hub (and other LFS-only hubs) cannot speak. `create_commit` with
-operations opened as binary file objects always takes the LFS path, per call, without touching
-the process-wide `HF_HUB_DISABLE_XET` switch, so uploads to huggingface.co in the same process
-keep Xet.
+Xet protocol, which the local hub (and other LFS-only hubs) cannot speak. huggingface_hub picks the
+protocol per `create_commit` call: Xet unless one operation is an in-memory or open binary stream.
+So for LFS-only hubs one small file goes as a stream, which puts the whole commit on the LFS path
+without touching the process-wide `HF_HUB_DISABLE_XET` switch (uploads to huggingface.co in the same
+process keep Xet), and the other files go by path — with their sha256 when it is already known
+(e.g. from `checkpoint.json`), so the client does not read them once more just to hash them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Iterator
 
 if TYPE_CHECKING:
-    from huggingface_hub import CommitInfo, HfApi
+    from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
 
 logger = logging.getLogger(__name__)
 
+HF_ENDPOINTS = ("https://huggingface.co", "https://hf.co")
+
 
 class _DropXetFallbackNotice(logging.Filter):
-    """Passing file objects to pick LFS is deliberate here; the client's notice about it is noise."""
+    """Streaming one file to pick LFS is deliberate here; the client's notice about it is noise."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "not supported by Xet Storage" not in record.getMessage()
 
 
-def _files_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and ".git" not in p.relative_to(folder).parts)
+@contextlib.contextmanager
+def quiet_xet_notice() -> Iterator[None]:
+    commit_logger = logging.getLogger("huggingface_hub._commit_api")
+    notice = _DropXetFallbackNotice()
+    commit_logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        commit_logger.removeFilter(notice)
+
+
+def known_hashes(folder: Path) -> dict[str, tuple[str, int]]:
+    """path → (sha256, size) from the folder's checkpoint.json, written when the files were."""
+    try:
+        manifest = json.loads((folder / "checkpoint.json").read_text())
+        return {f["path"]: (f["sha256"], f["size"]) for f in manifest.get("files", [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def folder_operations(folder: Path, *, use_xet: bool, skip: Callable[[str], bool] = lambda p: False,
+                      rename: Callable[[str], str] = lambda p: p) -> list["CommitOperationAdd"]:
+    """One add operation per file of `folder` (see the module docstring for the protocol choice)."""
+    from huggingface_hub import CommitOperationAdd
+
+    known = known_hashes(folder)
+    paths = [p for p in sorted(folder.rglob("*"))
+             if p.is_file() and ".git" not in p.relative_to(folder).parts and not skip(p.relative_to(folder).as_posix())]
+    rels = [p.relative_to(folder).as_posix() for p in paths]
+    stream = None if use_xet or not rels else next((r for r in ("README.md", "checkpoint.json") if r in rels),
+                                                   min(rels, key=lambda r: (folder / r).stat().st_size))
+    ops = []
+    for path, rel in zip(paths, rels):
+        if rel == stream:
+            ops.append(CommitOperationAdd(path_in_repo=rename(rel), path_or_fileobj=io.BytesIO(path.read_bytes())))
+            continue
+        op = CommitOperationAdd(path_in_repo=rename(rel), path_or_fileobj=str(path))
+        sha, size = known.get(rel, (None, None))
+        if sha and size == path.stat().st_size:
+            op.upload_info.sha256 = bytes.fromhex(sha)  # public setter; skips a full read to hash
+        ops.append(op)
+    return ops
 
 
 def commit_folder(api: "HfApi", repo_id: str, folder: str | Path, *, revision: str = "main",
@@ -38,24 +84,12 @@ def commit_folder(api: "HfApi", repo_id: str, folder: str | Path, *, revision: s
     Args:
         use_xet: None = Xet only for huggingface.co endpoints; False forces the LFS protocol.
     """
-    from huggingface_hub import CommitOperationAdd
-
     folder = Path(folder)
     if use_xet is None:
-        use_xet = api.endpoint.rstrip("/") in ("https://huggingface.co", "https://hf.co")
-    files = _files_under(folder)
-    with contextlib.ExitStack() as stack:
-        commit_logger = logging.getLogger("huggingface_hub._commit_api")
-        notice_filter = _DropXetFallbackNotice()
-        commit_logger.addFilter(notice_filter)
-        stack.callback(commit_logger.removeFilter, notice_filter)
-        operations = []
-        for path in files:
-            rel = path.relative_to(folder).as_posix()
-            # An open binary file object makes huggingface_hub pick LFS for this commit (see module doc).
-            source = str(path) if use_xet else stack.enter_context(open(path, "rb"))
-            operations.append(CommitOperationAdd(path_in_repo=rel, path_or_fileobj=source))
+        use_xet = api.endpoint.rstrip("/") in HF_ENDPOINTS
+    operations = folder_operations(folder, use_xet=use_xet)
+    with quiet_xet_notice():
         info = api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision,
                                  parent_commit=parent_commit)
-    logger.info("committed %d files to %s@%s: %s", len(files), repo_id, revision, info.oid)
+    logger.info("committed %d files to %s@%s: %s", len(operations), repo_id, revision, info.oid)
     return info

@@ -13,9 +13,9 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
-from .commits import _DropXetFallbackNotice
+from .commits import folder_operations, quiet_xet_notice
 from .errors import HubUnavailableError
 from .hubs import Hub, hub_api
 from .revisions import INDEX_FILE, RevisionIndex
@@ -131,48 +131,6 @@ class HubTarget:
 
     # -- writes -------------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _quiet_lfs_notice(self) -> Iterator[None]:
-        commit_logger = logging.getLogger("huggingface_hub._commit_api")
-        notice = _DropXetFallbackNotice()
-        commit_logger.addFilter(notice)
-        try:
-            yield
-        finally:
-            commit_logger.removeFilter(notice)
-
-    def _operations(self, folder: Path, stack: contextlib.ExitStack, *, skip: Callable[[str], bool] = lambda p: False,
-                    rename: Callable[[str], str] = lambda p: p) -> list:
-        """One add operation per file of `folder`.
-
-        huggingface_hub picks the upload protocol per commit: Xet unless an operation is an in-memory or
-        open binary stream. For huggingface.co every file goes by path (Xet). For LFS-only hubs one small
-        file (the card or the manifest) goes as a stream, which puts the whole commit on the LFS path,
-        and the big files go by path with the sha256 already recorded in checkpoint.json, so the client
-        does not read them an extra time just to hash them.
-        """
-        import io
-
-        from huggingface_hub import CommitOperationAdd
-
-        known = _known_hashes(folder)
-        paths = [p for p in sorted(folder.rglob("*")) if p.is_file() and not skip(p.relative_to(folder).as_posix())]
-        rels = [p.relative_to(folder).as_posix() for p in paths]
-        stream = None
-        if not self.hub.is_huggingface_co and rels:
-            stream = next((r for r in ("README.md", "checkpoint.json") if r in rels), rels[0])
-        ops = []
-        for path, rel in zip(paths, rels):
-            if rel == stream:
-                op = CommitOperationAdd(path_in_repo=rename(rel), path_or_fileobj=io.BytesIO(path.read_bytes()))
-            else:
-                op = CommitOperationAdd(path_in_repo=rename(rel), path_or_fileobj=str(path))
-                sha, size = known.get(rel, (None, None))
-                if sha and size == path.stat().st_size:
-                    op.upload_info.sha256 = bytes.fromhex(sha)
-            ops.append(op)
-        return ops
-
     def commit_revision(self, name: str, folder: Path, *, start_from: str, message: str,
                         manifest_sha256: str) -> str:
         """Create branch `name` at `start_from` and commit `folder` onto it as one commit; return the commit.
@@ -202,8 +160,8 @@ class HubTarget:
                                 what=f"listing {name}")
         ours = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
         stale = [p for p in existing if p not in ours and p != ".gitattributes"]
-        with contextlib.ExitStack() as stack, self._quiet_lfs_notice():
-            ops = self._operations(folder, stack) + [CommitOperationDelete(p) for p in stale]
+        with quiet_xet_notice():
+            ops = folder_operations(folder, use_xet=self.hub.is_huggingface_co) + [CommitOperationDelete(p) for p in stale]
 
             def send() -> str:
                 for op in ops:  # a retry must upload from the start of each stream
@@ -259,11 +217,12 @@ class HubTarget:
         for attempt in range(1, attempts + 1):
             index, head = self.read_index()
             files, folder, deletes, message = mutate(index)
-            with contextlib.ExitStack() as stack, self._quiet_lfs_notice():
+            with quiet_xet_notice():
                 ops = []
                 if folder is not None:
-                    ops += self._operations(folder, stack, skip=lambda p: p == "README.md" or p in files
-                                            or p.startswith("training_state/"))
+                    ops += folder_operations(folder, use_xet=self.hub.is_huggingface_co,
+                                             skip=lambda p: p == "README.md" or p in files
+                                             or p.startswith("training_state/"))
                 ops += [CommitOperationAdd(path, data) for path, data in sorted(files.items())]
                 existing = set(with_retries(lambda: self.api.list_repo_files(self.repo_id, revision=head or MAIN),
                                             what="listing main"))
@@ -293,15 +252,6 @@ class HubTarget:
 
         with contextlib.suppress(RevisionNotFoundError):
             with_retries(lambda: self.api.delete_branch(self.repo_id, branch=name), what=f"deleting branch {name}")
-
-
-def _known_hashes(folder: Path) -> dict[str, tuple[str, int]]:
-    """path → (sha256, size) from the folder's checkpoint.json, written when the files were."""
-    try:
-        manifest = json.loads((folder / "checkpoint.json").read_text())
-        return {f["path"]: (f["sha256"], f["size"]) for f in manifest.get("files", [])}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
 
 
 def _manifest_digest(manifest: dict) -> str:

@@ -11,14 +11,13 @@ import subprocess
 import sys
 import tarfile
 import textwrap
-import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
 import hubckpt
-from hubckpt.errors import CorruptCheckpointError, DiskFullError, UnsafeCheckpointError, UnsupportedCheckpointError
+from hubckpt.errors import CorruptCheckpointError, UnsafeCheckpointError, UnsupportedCheckpointError
 
 from .helpers import run_cli
 

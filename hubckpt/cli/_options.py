@@ -23,11 +23,3 @@ def target(repo_id: str, hub: Optional[str], root: Optional[Path], token: Option
     t = HubTarget(resolved, repo_id, token=token, private=private)
     typer.echo(f"Using {t.describe()}", err=True)
     return t
-
-
-def human_size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"

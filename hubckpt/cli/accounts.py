@@ -20,7 +20,6 @@ RootOpt = typer.Option(None, "--root", help="Data folder of the local hub [defau
 
 
 def _store(root: Optional[Path]):
-    from ..names import validate_repo_part  # noqa: F401 - keeps import errors early
     from ..server.storage import open_data_folder
 
     return open_data_folder((root or default_local_root()).expanduser().resolve())

@@ -7,13 +7,7 @@ from typing import List
 
 import typer
 
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} TB"
+from ..cards import human_size
 
 
 def convert(
@@ -49,7 +43,7 @@ def convert(
         shards = f"{w.shards} shard{'s' if w.shards != 1 else ''}"
         typer.echo(f"{ckpt.source} ({ckpt.source_format}) -> {result.dest}")
         typer.echo(f"  step {ckpt.step if ckpt.step is not None else '?'}; {w.tensors} tensors, {w.parameters:,} parameters, "
-                   f"{_human(w.bytes)} in {shards}; dtypes {', '.join(f'{k}×{v}' for k, v in w.dtypes.items())}")
+                   f"{human_size(w.bytes)} in {shards}; dtypes {', '.join(f'{k}×{v}' for k, v in w.dtypes.items())}")
         if w.tied:
             typer.echo(f"  tied weights written once: {', '.join(f'{a} = {k}' for a, k in w.tied.items())}")
         if ckpt.training_state:

@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from ._options import HubOpt, RootOpt, TokenOpt, human_size, target
+from ..cards import human_size
+from ._options import HubOpt, RootOpt, TokenOpt, target
 
 
 def ls(repo: str = typer.Argument(..., help="namespace/name"), hub: Optional[str] = HubOpt,

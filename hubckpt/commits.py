@@ -2,11 +2,11 @@
 
 `upload_folder` may split large uploads into several commits and, with hf_xet installed, uses the
 Xet protocol, which the local hub (and other LFS-only hubs) cannot speak. huggingface_hub picks the
-protocol per `create_commit` call: Xet unless one operation is an in-memory or open binary stream.
-So for LFS-only hubs one small file goes as a stream, which puts the whole commit on the LFS path
-without touching the process-wide `HF_HUB_DISABLE_XET` switch (uploads to huggingface.co in the same
-process keep Xet), and the other files go by path — with their sha256 when it is already known
-(e.g. from `checkpoint.json`), so the client does not read them once more just to hash them.
+protocol per `create_commit` call: Xet unless one of the files it uploads through LFS is an open
+binary stream. So for LFS-only hubs the files go as open streams, which puts the commit on the LFS
+path without touching the process-wide `HF_HUB_DISABLE_XET` switch (uploads to huggingface.co in the
+same process keep Xet). Where the sha256 of a file is already known (from `checkpoint.json`), its
+upload info is filled in directly, so the client does not read the file once more just to hash it.
 """
 
 from __future__ import annotations
@@ -53,26 +53,32 @@ def known_hashes(folder: Path) -> dict[str, tuple[str, int]]:
         return {}
 
 
-def folder_operations(folder: Path, *, use_xet: bool, skip: Callable[[str], bool] = lambda p: False,
+def folder_operations(folder: Path, stack: contextlib.ExitStack, *, use_xet: bool,
+                      skip: Callable[[str], bool] = lambda p: False,
                       rename: Callable[[str], str] = lambda p: p) -> list["CommitOperationAdd"]:
-    """One add operation per file of `folder` (see the module docstring for the protocol choice)."""
+    """One add operation per file of `folder` (see the module docstring); `stack` closes the streams."""
     from huggingface_hub import CommitOperationAdd
+    from huggingface_hub.lfs import UploadInfo
 
     known = known_hashes(folder)
-    paths = [p for p in sorted(folder.rglob("*"))
-             if p.is_file() and ".git" not in p.relative_to(folder).parts and not skip(p.relative_to(folder).as_posix())]
-    rels = [p.relative_to(folder).as_posix() for p in paths]
-    stream = None if use_xet or not rels else next((r for r in ("README.md", "checkpoint.json") if r in rels),
-                                                   min(rels, key=lambda r: (folder / r).stat().st_size))
     ops = []
-    for path, rel in zip(paths, rels):
-        if rel == stream:
-            ops.append(CommitOperationAdd(path_in_repo=rename(rel), path_or_fileobj=io.BytesIO(path.read_bytes())))
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if not path.is_file() or ".git" in path.relative_to(folder).parts or skip(rel):
             continue
-        op = CommitOperationAdd(path_in_repo=rename(rel), path_or_fileobj=str(path))
+        if use_xet:
+            ops.append(CommitOperationAdd(path_in_repo=rename(rel), path_or_fileobj=str(path)))
+            continue
+        stream = stack.enter_context(open(path, "rb"))
         sha, size = known.get(rel, (None, None))
         if sha and size == path.stat().st_size:
-            op.upload_info.sha256 = bytes.fromhex(sha)  # public setter; skips a full read to hash
+            # Built around an empty stream so the constructor hashes nothing; then pointed at the real file
+            # with the upload info recorded when the file was written.
+            op = CommitOperationAdd(path_in_repo=rename(rel), path_or_fileobj=io.BytesIO(b""))
+            op.path_or_fileobj = stream
+            op.upload_info = UploadInfo(size=size, sample=stream.peek(512)[:512], sha256=bytes.fromhex(sha))
+        else:
+            op = CommitOperationAdd(path_in_repo=rename(rel), path_or_fileobj=stream)
         ops.append(op)
     return ops
 
@@ -87,8 +93,8 @@ def commit_folder(api: "HfApi", repo_id: str, folder: str | Path, *, revision: s
     folder = Path(folder)
     if use_xet is None:
         use_xet = api.endpoint.rstrip("/") in HF_ENDPOINTS
-    operations = folder_operations(folder, use_xet=use_xet)
-    with quiet_xet_notice():
+    with contextlib.ExitStack() as stack, quiet_xet_notice():
+        operations = folder_operations(folder, stack, use_xet=use_xet)
         info = api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision,
                                  parent_commit=parent_commit)
     logger.info("committed %d files to %s@%s: %s", len(operations), repo_id, revision, info.oid)

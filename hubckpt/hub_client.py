@@ -160,8 +160,9 @@ class HubTarget:
                                 what=f"listing {name}")
         ours = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
         stale = [p for p in existing if p not in ours and p != ".gitattributes"]
-        with quiet_xet_notice():
-            ops = folder_operations(folder, use_xet=self.hub.is_huggingface_co) + [CommitOperationDelete(p) for p in stale]
+        with contextlib.ExitStack() as stack, quiet_xet_notice():
+            ops = folder_operations(folder, stack, use_xet=self.hub.is_huggingface_co)
+            ops += [CommitOperationDelete(p) for p in stale]
 
             def send() -> str:
                 for op in ops:  # a retry must upload from the start of each stream
@@ -217,10 +218,10 @@ class HubTarget:
         for attempt in range(1, attempts + 1):
             index, head = self.read_index()
             files, folder, deletes, message = mutate(index)
-            with quiet_xet_notice():
+            with contextlib.ExitStack() as stack, quiet_xet_notice():
                 ops = []
                 if folder is not None:
-                    ops += folder_operations(folder, use_xet=self.hub.is_huggingface_co,
+                    ops += folder_operations(folder, stack, use_xet=self.hub.is_huggingface_co,
                                              skip=lambda p: p == "README.md" or p in files
                                              or p.startswith("training_state/"))
                 ops += [CommitOperationAdd(path, data) for path, data in sorted(files.items())]

@@ -111,8 +111,11 @@ def test_hub_selection(monkeypatch):
 def test_demo_runs_offline_end_to_end(tmp_path):
     root = tmp_path / "demo-hub"
     try:
-        result = run_cli("demo", "--root", str(root), "--steps", "40", "--every", "20", timeout=300,
-                         env={"HUBCKPT_HUB": "local", "HF_ENDPOINT": ""})
+        # As a user runs it: hf_xet installed and Xet *not* disabled; hubckpt must pick LFS by itself.
+        env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_XET"}
+        env.update({"HUBCKPT_HUB": "local", "HF_ENDPOINT": ""})
+        result = subprocess.run([sys.executable, "-m", "hubckpt", "demo", "--root", str(root), "--steps", "40",
+                                 "--every", "20"], capture_output=True, text=True, env=env, timeout=300)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "step-0000020" in result.stdout and "step-0000040" in result.stdout
         assert "best,final" in result.stdout and "same as at publish time" in result.stdout

@@ -296,3 +296,21 @@ def test_trainer_callback_publishes_while_training(api, local_hub, tmp_path):
     import pickle
 
     assert pickle.loads(pickle.dumps(callback)).repo_id == "alice/callback"
+
+
+def test_uploads_pick_lfs_even_with_xet_enabled(api, local_hub, tmp_path, monkeypatch):
+    """Users have hf_xet installed and Xet enabled; the local hub speaks LFS only."""
+    from huggingface_hub import constants
+
+    from hubckpt.commits import commit_folder
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
+    with Publisher("alice/xet-on", hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
+        pub.publish(state_dict={"w": torch.randn(64, 64)}, step=1).result()
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    (folder / "weights.safetensors").write_bytes(b"\0" * 2048)
+    (folder / "notes.txt").write_text("hi")
+    api.create_repo("alice/xet-on-folder")
+    commit_folder(api, "alice/xet-on-folder", folder, commit_message="files")
+    assert set(api.list_repo_files("alice/xet-on-folder")) >= {"weights.safetensors", "notes.txt"}

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from .commits import folder_operations, quiet_xet_notice
-from .errors import HubUnavailableError
+from .errors import HubckptError, HubUnavailableError
 from .hubs import Hub, hub_api
 from .revisions import INDEX_FILE, RevisionIndex
 
@@ -38,10 +38,12 @@ def is_transient(error: BaseException) -> bool:
 
     if isinstance(error, HfHubHTTPError):
         return _status(error) in TRANSIENT_STATUS
-    name = type(error).__name__
-    return isinstance(error, (ConnectionError, TimeoutError, OSError)) or name in (
-        "ConnectError", "ReadTimeout", "WriteTimeout", "ConnectTimeout", "RemoteProtocolError", "ReadError",
-        "WriteError", "PoolTimeout", "NetworkError", "TimeoutException")
+    if isinstance(error, HubckptError):  # our own errors (disk full, bad checkpoint...) never heal by retrying
+        return False
+    # httpx2's transport errors (timeouts, refused or dropped connections), matched by class name along
+    # the MRO so we need not import the client's transport library; plus the builtin network errors.
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return isinstance(error, (ConnectionError, TimeoutError)) or bool(names & {"TransportError", "TimeoutException"})
 
 
 def with_retries(action: Callable[[], T], *, what: str, attempts: int = 5, base_delay: float = 0.5) -> T:
@@ -88,46 +90,44 @@ class HubTarget:
         with_retries(lambda: self.api.create_repo(self.repo_id, private=self.private, exist_ok=True),
                      what=f"creating {self.repo_id}")
 
-    def read_index(self, revision: str = MAIN) -> tuple[RevisionIndex, str | None]:
-        """(index, commit it was read at) with one request; an empty index if there is none yet."""
-        from huggingface_hub import hf_hub_url
-        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+    def _get(self, path: str, revision: str) -> tuple[bytes | None, str | None]:
+        """(content or None if the file is absent, commit it was read at) with one request.
 
-        url = hf_hub_url(self.repo_id, INDEX_FILE, revision=revision, endpoint=self.hub.endpoint)
-        headers = build_hf_headers(token=self.token, library_name="hubckpt")
-
-        def fetch():
-            response = get_session().get(url, headers=headers, follow_redirects=True)
-            if response.status_code == 404 and response.headers.get("x-error-code") == "EntryNotFound":
-                return RevisionIndex(), response.headers.get("x-repo-commit")
-            hf_raise_for_status(response)
-            return RevisionIndex.from_json(response.content), response.headers.get("x-repo-commit")
-
-        return with_retries(fetch, what=f"reading {INDEX_FILE} of {self.repo_id}")
-
-    def branches(self) -> dict[str, str]:
-        refs = with_retries(lambda: self.api.list_repo_refs(self.repo_id), what=f"listing refs of {self.repo_id}")
-        return {b.name: b.target_commit for b in refs.branches}
-
-    def tags(self) -> dict[str, str]:
-        refs = with_retries(lambda: self.api.list_repo_refs(self.repo_id), what=f"listing refs of {self.repo_id}")
-        return {t.name: t.target_commit for t in refs.tags}
-
-    def read_json(self, path: str, revision: str) -> dict | None:
-        """A small JSON file at a revision (None if absent)."""
+        A missing repo or revision is an error, not an absent file.
+        """
         from huggingface_hub import hf_hub_url
         from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
         url = hf_hub_url(self.repo_id, path, revision=revision, endpoint=self.hub.endpoint)
+        headers = build_hf_headers(token=self.token, library_name="hubckpt")
 
         def fetch():
-            response = get_session().get(url, headers=build_hf_headers(token=self.token), follow_redirects=True)
-            if response.status_code == 404:
-                return None
+            response = get_session().get(url, headers=headers, follow_redirects=True)
+            commit = response.headers.get("x-repo-commit")
+            if response.status_code == 404 and response.headers.get("x-error-code") == "EntryNotFound":
+                return None, commit
             hf_raise_for_status(response)
-            return json.loads(response.content)
+            return response.content, commit
 
-        return with_retries(fetch, what=f"reading {path}@{revision}")
+        return with_retries(fetch, what=f"reading {path}@{revision} of {self.repo_id}")
+
+    def read_index(self, revision: str = MAIN) -> tuple[RevisionIndex, str | None]:
+        """(index, commit it was read at) with one request; an empty index if there is none yet."""
+        content, commit = self._get(INDEX_FILE, revision)
+        return (RevisionIndex.from_json(content) if content is not None else RevisionIndex()), commit
+
+    def read_json(self, path: str, revision: str) -> dict | None:
+        """A small JSON file at a revision (None if absent)."""
+        content, _ = self._get(path, revision)
+        return json.loads(content) if content is not None else None
+
+    def refs(self) -> tuple[dict[str, str], dict[str, str]]:
+        """(branches, tags) as name → commit, with one request."""
+        refs = with_retries(lambda: self.api.list_repo_refs(self.repo_id), what=f"listing refs of {self.repo_id}")
+        return {b.name: b.target_commit for b in refs.branches}, {t.name: t.target_commit for t in refs.tags}
+
+    def branches(self) -> dict[str, str]:
+        return self.refs()[0]
 
     # -- writes -------------------------------------------------------------------------------------
 
@@ -153,9 +153,8 @@ class HubTarget:
             head = self.branches()[name]
         else:
             head = branches[name]
-        landed = self.landed_commit(name, manifest_sha256)
-        if landed:
-            return landed
+        if self._holds(head, manifest_sha256):  # a previous attempt already landed
+            return head
         existing = with_retries(lambda: self.api.list_repo_files(self.repo_id, revision=head),
                                 what=f"listing {name}")
         ours = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
@@ -173,15 +172,14 @@ class HubTarget:
 
             return self._commit_once(send, name, manifest_sha256)
 
+    def _holds(self, commit: str, manifest_sha256: str) -> bool:
+        manifest = self.read_json("checkpoint.json", commit)
+        return manifest is not None and _manifest_digest(manifest) == manifest_sha256
+
     def landed_commit(self, branch: str, manifest_sha256: str) -> str | None:
         """The branch head if it already holds the revision with this manifest (a previous attempt landed)."""
-        branches = self.branches()
-        if branch not in branches:
-            return None
-        manifest = self.read_json("checkpoint.json", branches[branch])
-        if manifest is not None and _manifest_digest(manifest) == manifest_sha256:
-            return branches[branch]
-        return None
+        head = self.branches().get(branch)
+        return head if head is not None and self._holds(head, manifest_sha256) else None
 
     def _commit_once(self, send: Callable[[], str], branch: str, manifest_sha256: str, attempts: int = 5) -> str:
         from huggingface_hub.errors import HfHubHTTPError

@@ -132,7 +132,6 @@ def test_delete_operations_and_noop_commit(api: HfApi, repo_id):
     api.delete_folder("a", repo_id)
     api.create_commit(repo_id, [CommitOperationDelete("b")], commit_message="deletedFile on a folder")
     assert api.list_repo_files(repo_id) == [".gitattributes"]
-    head = api.model_info(repo_id).sha
     # Re-uploading identical content is a no-op: no commit is created.
     api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=repo_id)
     head = api.model_info(repo_id).sha

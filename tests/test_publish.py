@@ -314,3 +314,23 @@ def test_uploads_pick_lfs_even_with_xet_enabled(api, local_hub, tmp_path, monkey
     api.create_repo("alice/xet-on-folder")
     commit_folder(api, "alice/xet-on-folder", folder, commit_message="files")
     assert set(api.list_repo_files("alice/xet-on-folder")) >= {"weights.safetensors", "notes.txt"}
+
+
+def test_only_network_failures_are_retried():
+    import errno
+
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from hubckpt.errors import DiskFullError
+    from hubckpt.hub_client import is_transient
+
+    def http_error(status: int) -> HfHubHTTPError:
+        request = httpx2.Request("GET", "http://127.0.0.1/x")
+        return HfHubHTTPError("boom", response=httpx2.Response(status, request=request))
+
+    assert is_transient(httpx2.ReadTimeout("slow")) and is_transient(httpx2.ConnectError("refused"))
+    assert is_transient(ConnectionResetError()) and is_transient(http_error(503)) and is_transient(http_error(429))
+    assert not is_transient(http_error(403)) and not is_transient(http_error(412))
+    assert not is_transient(FileNotFoundError("spool file gone"))
+    assert not is_transient(DiskFullError(errno.ENOSPC, "full"))

@@ -48,10 +48,15 @@ def show(ref: str = typer.Argument(..., help="namespace/name@revision"), hub: Op
     if "@" not in ref:
         raise HubConfigError(f"Expected REPO@REVISION (e.g. me/exp1@step-0001200), got {ref!r}")
     repo, revision = ref.split("@", 1)
+    from huggingface_hub.errors import RevisionNotFoundError
+
     t = target(repo, hub, root, token)
     index, _ = t.read_index()
     entry = index.get(revision)
-    manifest = t.read_json("checkpoint.json", revision)
+    try:
+        manifest = t.read_json("checkpoint.json", revision)
+    except RevisionNotFoundError:
+        manifest = None  # e.g. a pruned revision: its branch is gone, its index entry stays
     if entry is None and manifest is None:
         raise HubConfigError(f"{repo} has no revision {revision!r}; see `hubckpt ls {repo}`")
     if entry is not None:

@@ -308,8 +308,7 @@ class Publisher:
         for target in self.targets:
             self._prepare(target)
             if target.key not in record.committed:
-                self._check_collision(target, name, record.manifest_sha256)
-                previous = self._previous_revision(target, step)
+                previous = self._previous_revision(target, name, step, record.manifest_sha256)
                 commit = target.commit_revision(name, folder, start_from=previous or "main",
                                                 message=f"Checkpoint {name} (step {step})",
                                                 manifest_sha256=record.manifest_sha256)
@@ -333,20 +332,13 @@ class Publisher:
         target.ensure_repo()
         self._ready_targets.add(target.key)
 
-    def _check_collision(self, target: HubTarget, name: str, digest: str) -> None:
+    def _previous_revision(self, target: HubTarget, name: str, step: int, digest: str) -> str | None:
+        """The latest published revision before `step` (where the new branch starts), after a collision check."""
         index, _ = target.read_index()
-        existing = index.get(name)
-        if existing is not None and not existing.pruned and existing.manifest_sha256 not in (None, digest):
-            raise RevisionCollisionError(
-                f"{target.repo_id} already has a revision {name!r} with different content. Choose another revision "
-                "template or name (revision=... / --revision), or delete that branch first.")
-
-    def _previous_revision(self, target: HubTarget, step: int) -> str | None:
-        """The latest published revision before `step` (its commit is where the new branch starts)."""
-        index, _ = target.read_index()
-        earlier = [r for r in index.revisions if r.step is not None and r.step < step and not r.pruned]
+        _refuse_collision(index, target, name, digest)
         branches = target.branches()
-        earlier = [r for r in earlier if r.name in branches]
+        earlier = [r for r in index.revisions
+                   if r.step is not None and r.step < step and not r.pruned and r.name in branches]
         return earlier[-1].name if earlier else None
 
     def _convert(self, job_id: str, captured: dict[str, Any], folder: Path) -> None:
@@ -394,11 +386,7 @@ class Publisher:
         outcome: dict[str, Any] = {}
 
         def mutate(index: RevisionIndex):
-            existing = index.get(name)
-            if existing is not None and existing.manifest_sha256 not in (None, digest) and not existing.pruned:
-                raise RevisionCollisionError(
-                    f"{target.repo_id} already has a revision {name!r} with different content. Choose another "
-                    "revision template or name (revision=...), or delete that branch first.")
+            _refuse_collision(index, target, name, digest)  # again: another writer may have raced us
             info = _revision_info(captured, manifest, commit=commit, digest=digest)
             index.upsert(info)
             if index.monitor is None and self.monitor:
@@ -420,8 +408,7 @@ class Publisher:
             return files, (folder if final else None), deletes, f"Index {name} (step {captured['step']})"
 
         target.update_main(mutate)
-        tags = target.tags()
-        branches = target.branches()
+        branches, tags = target.refs()
         if outcome.get("best") and outcome["best"] in branches and tags.get("best") != branches[outcome["best"]]:
             target.move_tag("best", outcome["best"])
         if final:
@@ -429,6 +416,14 @@ class Publisher:
         for pruned in outcome.get("pruned", []):
             logger.info("retention: deleting branch %s of %s", pruned, target.repo_id)
             target.delete_branch(pruned)
+
+
+def _refuse_collision(index: RevisionIndex, target: HubTarget, name: str, digest: str) -> None:
+    existing = index.get(name)
+    if existing is not None and not existing.pruned and existing.manifest_sha256 not in (None, digest):
+        raise RevisionCollisionError(
+            f"{target.repo_id} already has a revision {name!r} with different content. Choose another revision "
+            "template or name (revision=... / --revision), or delete that branch first.")
 
 
 def main_files(target: HubTarget, index: RevisionIndex, card: CardOptions, *, has_config: bool) -> dict[str, bytes]:

@@ -78,6 +78,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Error-Message", error.message.encode("ascii", "replace").decode())
         for key, value in error.headers.items():
             self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")  # so a keep-alive client does not reuse this socket
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)

@@ -139,10 +139,11 @@ class Stats:
     range_mismatches: int = 0
     private_mismatches: int = 0
     requests_since_mark: int = 0
+    finished: int = 0  # clients whose loop ended
 
 
-def _install_counting_client(stats: Stats) -> None:
-    """Count every HTTP response the stock client gets, with its latency to headers."""
+def _install_counting_client(stats: Stats):
+    """Count every HTTP response the stock client gets, with its latency to headers; returns the factory."""
     import httpx2
     from huggingface_hub import set_client_factory
     from huggingface_hub.utils._http import hf_request_event_hook
@@ -159,14 +160,24 @@ def _install_counting_client(stats: Stats) -> None:
             if t0 is not None:
                 stats.request_latency.append(time.perf_counter() - t0)
 
-    set_client_factory(lambda: httpx2.Client(event_hooks={"request": [on_request], "response": [on_response]},
-                                             follow_redirects=True, timeout=httpx2.Timeout(60.0)))
+    def factory():
+        return httpx2.Client(event_hooks={"request": [on_request], "response": [on_response]},
+                             follow_redirects=True, timeout=httpx2.Timeout(60.0))
+
+    set_client_factory(factory)
+    return factory
 
 
 def _error_kind(error: BaseException) -> str:
     response = getattr(error, "response", None)
     if response is not None:
         return f"HTTP {response.status_code}"
+    text = str(error)
+    # huggingface_hub closes its shared client on a ConnectError while other threads still use it
+    # (utils/_http.py: close_session() in the retry loop): a client-side race, seen only while the
+    # server is down.
+    if (isinstance(error, AttributeError) and "NoneType" in text) or "client has been closed" in text:
+        return "client session closed by another thread (huggingface_hub)"
     return type(error).__name__
 
 
@@ -200,11 +211,17 @@ def create_repos(url: str, tokens: dict[str, str], clients: int) -> bytes:
 
 
 def worker(i: int, url: str, tokens: dict[str, str], secret: bytes, stats: Stats, deadline: float,
-           max_ops: int, seed: int) -> None:
+           max_ops: int, seed: int, client_factory) -> None:
+    with client_factory() as raw:  # this client's own connections for raw GETs (the stock client has its own)
+        _work(i, url, tokens, secret, stats, deadline, max_ops, seed, raw)
+    with stats.lock:
+        stats.finished += 1
+
+
+def _work(i, url, tokens, secret, stats, deadline, max_ops, seed, raw) -> None:
     import httpx2
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
-    from huggingface_hub.utils import get_session
 
     rng = random.Random(seed * 1000 + i)
     alice = HfApi(endpoint=url, token=tokens["alice"])
@@ -254,7 +271,7 @@ def worker(i: int, url: str, tokens: dict[str, str], secret: bytes, stats: Stats
                 path, content = rng.choice(mine)
                 start = rng.randrange(len(content))
                 end = min(len(content) - 1, start + rng.randint(0, 65536))
-                r = get_session().get(f"{url}/{LFS}/resolve/client-{i}/{path}",
+                r = raw.get(f"{url}/{LFS}/resolve/client-{i}/{path}",
                                       headers={"authorization": f"Bearer {tokens['alice']}",
                                                "range": f"bytes={start}-{end}"})
                 if r.status_code != 206:
@@ -265,18 +282,18 @@ def worker(i: int, url: str, tokens: dict[str, str], secret: bytes, stats: Stats
             elif op == "read":
                 alice.list_repo_refs(SHARED)
                 alice.model_info(BRANCHES, revision=f"client-{i}")
-                r = get_session().get(f"{url}/{SHARED}/resolve/main/.gitattributes",
+                r = raw.get(f"{url}/{SHARED}/resolve/main/.gitattributes",
                                       headers={"authorization": f"Bearer {tokens['alice']}"})
                 if r.status_code != 200:
                     raise HfHubHTTPError(f"read answered {r.status_code}", response=r)
             elif op == "private":
-                r = get_session().get(f"{url}/{PRIVATE}/resolve/main/secret.txt",
+                r = raw.get(f"{url}/{PRIVATE}/resolve/main/secret.txt",
                                       headers={"authorization": f"Bearer {tokens['alice_read']}"})
                 if r.status_code != 200 or r.content != secret:
                     with stats.lock:
                         stats.private_mismatches += 1
                 for headers in ({"authorization": f"Bearer {tokens['eve']}"}, {}):
-                    r = get_session().get(f"{url}/{PRIVATE}/resolve/main/secret.txt", headers=headers)
+                    r = raw.get(f"{url}/{PRIVATE}/resolve/main/secret.txt", headers=headers)
                     if r.status_code < 400 or secret in r.content:
                         with stats.lock:
                             stats.wrong_token_reads += 1
@@ -284,7 +301,7 @@ def worker(i: int, url: str, tokens: dict[str, str], secret: bytes, stats: Stats
             with stats.lock:
                 stats.ops[op] += 1
                 stats.op_latency[op].append(time.perf_counter() - t0)
-        except (HfHubHTTPError, httpx2.HTTPError, OSError, RuntimeError) as e:
+        except Exception as e:  # every failure is counted by kind; the audit decides what matters
             kind = f"{op}: {_error_kind(e)}"
             with stats.lock:
                 stats.errors[kind] += 1
@@ -341,9 +358,11 @@ def audit(url: str, tokens: dict[str, str], stats: Stats, full_downloads: int) -
 
     from huggingface_hub.utils import get_session
 
+    raw = get_session()
+
     sample = _random.Random(0).sample(stats.lfs_files, min(full_downloads, len(stats.lfs_files)))
     for branch, path, content in sample:
-        r = get_session().get(f"{url}/{LFS}/resolve/{branch}/{path}",
+        r = raw.get(f"{url}/{LFS}/resolve/{branch}/{path}",
                               headers={"authorization": f"Bearer {tokens['alice']}"})
         if r.status_code != 200 or hashlib.sha256(r.content).digest() != hashlib.sha256(content).digest():
             mismatched += 1
@@ -361,7 +380,7 @@ def run_soak(duration: float = 120, clients: int = 16, kill_at: float = 0.4, max
     from huggingface_hub import close_session
 
     stats = Stats()
-    _install_counting_client(stats)
+    client_factory = _install_counting_client(stats)
     own_root = root is None
     root = Path(tempfile.mkdtemp(prefix="hubckpt-soak-")) if own_root else root
     tokens = setup(root / "hub")
@@ -372,7 +391,8 @@ def run_soak(duration: float = 120, clients: int = 16, kill_at: float = 0.4, max
         secret = create_repos(server.url, tokens, clients)
         start = stats.t0 = time.monotonic()
         deadline = start + duration
-        threads = [threading.Thread(target=worker, args=(i, server.url, tokens, secret, stats, deadline, max_ops, seed),
+        threads = [threading.Thread(target=worker, args=(i, server.url, tokens, secret, stats, deadline, max_ops, seed,
+                                                              client_factory),
                                     daemon=True) for i in range(clients)]
         for t in threads:
             t.start()
@@ -397,6 +417,7 @@ def run_soak(duration: float = 120, clients: int = 16, kill_at: float = 0.4, max
         report.update(audit(server.url, tokens, stats, full_downloads))
         elapsed = time.monotonic() - start
         report.update({
+            "clients_finished": stats.finished,
             "requests_served": sum(stats.statuses.values()),
             "requests_per_s": round(sum(stats.statuses.values()) / elapsed, 1),
             "responses_by_status": dict(sorted(stats.statuses.items())),

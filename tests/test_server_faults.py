@@ -170,3 +170,11 @@ def test_failed_fsync_leaks_neither_descriptor_nor_temp_file(tmp_path, monkeypat
         # And the hub stores the next upload normally.
         api.upload_file(path_or_fileobj=b"fine", path_in_repo="a.txt", repo_id="alice/fsync")
         assert api.list_repo_files("alice/fsync") == [".gitattributes", "a.txt"]
+
+
+def test_data_plane_keeps_its_port_across_restarts(tmp_path):
+    # URLs signed before a restart (an upload the client is retrying) must still reach the data plane.
+    with LocalHubServer(tmp_path / "hub") as hub:
+        port = hub.data_plane.port
+    with LocalHubServer(tmp_path / "hub") as hub:
+        assert hub.data_plane.port == port

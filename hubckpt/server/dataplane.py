@@ -237,7 +237,15 @@ class DataPlane:
     def __init__(self, ctx, host: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.ctx = ctx
-        self.httpd = _DataPlaneHTTPServer((host, 0), ctx, max_connections, timeout_s)
+        # The same port as last time when free: URLs signed before a restart (uploads and downloads in
+        # flight, retried by the client) then still reach the data plane.
+        preferred = int(ctx.store.meta_get("data_plane_port") or 0)
+        try:
+            self.httpd = _DataPlaneHTTPServer((host, preferred), ctx, max_connections, timeout_s)
+        except OSError:
+            self.httpd = _DataPlaneHTTPServer((host, 0), ctx, max_connections, timeout_s)
+        if self.httpd.server_address[1] != preferred:
+            ctx.store.meta_set("data_plane_port", str(self.httpd.server_address[1]))
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="hubckpt-data-plane", daemon=True)

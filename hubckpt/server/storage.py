@@ -275,6 +275,10 @@ class MetadataStore:
         rows = self._query("SELECT value FROM meta WHERE key=?", (key,))
         return rows[0]["value"] if rows else None
 
+    def meta_set(self, key: str, value: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
     def meta_setdefault(self, key: str, value: str) -> str:
         with self._transaction() as db:
             db.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))

@@ -178,3 +178,19 @@ def test_data_plane_keeps_its_port_across_restarts(tmp_path):
         port = hub.data_plane.port
     with LocalHubServer(tmp_path / "hub") as hub:
         assert hub.data_plane.port == port
+
+
+def test_read_connections_end_with_their_threads(tmp_path):
+    from hubckpt.server.storage import open_data_folder
+
+    store = open_data_folder(tmp_path / "hub")
+    before = _fd_count()
+    for _ in range(30):  # worker threads come and go (anyio retires idle ones)
+        t = threading.Thread(target=store.list_repos)
+        t.start()
+        t.join()
+    import gc
+
+    gc.collect()
+    assert len(store._reader_list) <= 1 and _fd_count() <= before + 3  # one connection, reused
+    store.close()

@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import secrets
 import sqlite3
+import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from .blobs import git_blob_sha1
 # 2: repos.gated ('' | 'manual' | 'auto'); meta 'auth' ('on' once a token was ever created).
 SCHEMA_VERSION = 2
 DEFAULT_BUSY_TIMEOUT_S = 30.0
+MAX_READERS = 8  # read connections (WAL: readers never wait for the writer)
 GATED_VALUES = ("", "manual", "auto")
 
 _SCHEMA = """
@@ -165,7 +167,10 @@ class MetadataStore:
     def __init__(self, path: Path, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
         self.path = path
         self.busy_timeout_s = busy_timeout_s
-        self._readers = threading.local()
+        # A bounded pool of read connections, lent to one thread at a time. (Per-thread connections
+        # would pile up: worker threads come and go, and SQLite keeps the descriptors of closed
+        # connections open while another connection of the process holds a lock on the file.)
+        self._readers: queue.LifoQueue = queue.LifoQueue()
         self._reader_list: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
@@ -215,22 +220,29 @@ class MetadataStore:
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _reader(self) -> sqlite3.Connection:
-        db = getattr(self._readers, "db", None)
-        if db is None:
+    def _borrow_reader(self) -> sqlite3.Connection:
+        try:
+            return self._readers.get_nowait()
+        except queue.Empty:
+            pass
+        with self._readers_lock:
             if self._closed:
                 raise StorageError("The local hub database is closed.")
-            db = self._connect()
-            with self._readers_lock:
+            if len(self._reader_list) < MAX_READERS:
+                db = self._connect()
                 self._reader_list.append(db)
-            self._readers.db = db
-        return db
+                return db
+        return self._readers.get()
 
     def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
         try:
             if self._lock._is_owned():  # type: ignore[attr-defined]  # inside a write: see its own changes
                 return self._db.execute(sql, args).fetchall()
-            return self._reader().execute(sql, args).fetchall()
+            db = self._borrow_reader()
+            try:
+                return db.execute(sql, args).fetchall()
+            finally:
+                self._readers.put(db)
         except sqlite3.OperationalError as e:
             if _is_busy(e):
                 raise _busy(e) from e

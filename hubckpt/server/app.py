@@ -1,8 +1,9 @@
 """The local hub as an ASGI application: raw-path routing, Hub-shaped errors, request ids.
 
 Routing: `system_router` (health), then `ROUTERS` in order, then `fallback_router` (answers for
-`/api/models/...` paths that name nothing here); the first match wins. Add a router (e.g. web pages) by inserting
-it into `ROUTERS` before a catch-all of your own; the fallbacks only catch `/api/...` paths.
+`/api/models/...` paths that name nothing here); the first match wins. To add pages (e.g. the web
+UI at `/{repo}`, `/{repo}/tree/...`), append a router to `ROUTERS` after the API routers: a catch-all
+there sees only what no API route took (the fallbacks only catch `/api/models/...`).
 
 Plain handlers run in a worker thread (see `routing.py`), so a slow SQLite transaction never stalls
 the event loop; errors of every kind are mapped to HTTP once, by `http_errors.to_http`.

@@ -234,6 +234,10 @@ class HubTarget:
         content, commit = self._get(INDEX_FILE, revision)
         return (RevisionIndex.from_json(content) if content is not None else RevisionIndex()), commit
 
+    def read_bytes(self, path: str, revision: str) -> bytes | None:
+        """A small file at a revision (None if absent)."""
+        return self._get(path, revision)[0]
+
     def read_json(self, path: str, revision: str) -> dict | None:
         """A small JSON file at a revision (None if absent)."""
         content, _ = self._get(path, revision)
@@ -255,7 +259,7 @@ class HubTarget:
     # -- writes -------------------------------------------------------------------------------------
 
     def commit_revision(self, name: str, folder: Path, *, start_from: str, message: str,
-                        manifest_sha256: str, replace: bool = False) -> str:
+                        manifest_sha256: str, replace: bool = False, extra_files: dict[str, bytes] | None = None) -> str:
         """Make branch `name` hold exactly `folder`, as one commit on top of `start_from`; return the commit.
 
         Files inherited from the starting revision that this one does not have are deleted in the same
@@ -263,7 +267,8 @@ class HubTarget:
         so `name` never exists without this revision's files. An existing `name` that does not hold this
         revision is either half-made (no checkpoint.json, or another step's: left by an interrupted publish
         of an older hubckpt) and is repaired, or a different checkpoint of the same step, which is a
-        `RevisionCollisionError` unless `replace=True`.
+        `RevisionCollisionError` unless `replace=True`. `extra_files` (path → bytes, e.g. this target's
+        card as README.md) are committed too, in place of the folder's files of the same path.
         """
         step = _folder_step(folder)
         branches = self.branches()
@@ -285,7 +290,7 @@ class HubTarget:
                 self.delete_branch(staging)  # a different or half-finished attempt: start it again
             start = branches.get(start_from) or branches[MAIN]
             self._create_branch(staging, start)
-            commit = self._commit_folder(staging, start, folder, message, manifest_sha256)
+            commit = self._commit_folder(staging, start, folder, message, manifest_sha256, extra_files or {})
         if head is not None:
             logger.warning("branch %s of %s did not hold its revision (an interrupted publish); repairing it",
                            name, self.repo_id)
@@ -306,15 +311,18 @@ class HubTarget:
             if _status(e) != 409 or self.branches().get(name) != revision:
                 raise
 
-    def _commit_folder(self, branch: str, head: str, folder: Path, message: str, manifest_sha256: str) -> str:
-        """One commit on `branch` (at `head`) that makes it hold exactly the files of `folder`."""
-        from huggingface_hub import CommitOperationDelete
+    def _commit_folder(self, branch: str, head: str, folder: Path, message: str, manifest_sha256: str,
+                       extra_files: dict[str, bytes]) -> str:
+        """One commit on `branch` (at `head`) that makes it hold exactly the files of `folder` (+ `extra_files`)."""
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
         existing = self.list_files(head)
-        ours = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+        ours = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} | set(extra_files)
         stale = [p for p in existing if p not in ours and p != ".gitattributes"]
         with contextlib.ExitStack() as stack, quiet_xet_notice():
-            ops = folder_operations(folder, stack, use_xet=self.hub.is_huggingface_co)
+            ops = folder_operations(folder, stack, use_xet=self.hub.is_huggingface_co,
+                                    skip=lambda p: p in extra_files)
+            ops += [CommitOperationAdd(path, data) for path, data in sorted(extra_files.items())]
             ops += [CommitOperationDelete(p) for p in stale]
 
             def send() -> str:

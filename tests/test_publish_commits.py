@@ -187,3 +187,169 @@ def test_commit_that_landed_before_the_connection_dropped_is_not_repeated(tmp_pa
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+class _FakeHub:
+    """A loopback HTTP server scripted per test: records each request's headers, answers from `replies`."""
+
+    def __init__(self, replies):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[dict] = []
+        self.replies = list(replies)
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                fake.requests.append({"path": self.path, "time": time.monotonic(), **dict(self.headers)})
+                reply = fake.replies.pop(0) if len(fake.replies) > 1 else fake.replies[0]
+                if reply == "stall":
+                    time.sleep(5)
+                    return
+                status, headers, body = reply
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+REFS = (200, {"Content-Type": "application/json"}, json.dumps({"branches": [], "tags": [], "converts": []}).encode())
+
+
+def test_a_stalled_hub_times_out(monkeypatch):
+    import huggingface_hub.utils._http as hf_http
+
+    from hubckpt.errors import HubUnavailableError
+
+    monkeypatch.setenv("HUBCKPT_HTTP_TIMEOUT", "0.5")
+    monkeypatch.setattr(hf_http.time, "sleep", lambda s: None)  # only the stalls count, not the backoff waits
+    fake = _FakeHub(["stall"])
+    try:
+        target = HubTarget(Hub(fake.url, "remote"), "alice/stalled")
+        started = time.monotonic()
+        with pytest.raises(HubUnavailableError):
+            target.read_index()
+        assert time.monotonic() - started < 20
+        assert len(fake.requests) >= 2  # retried after each timeout
+    finally:
+        fake.close()
+
+
+def test_retries_wait_as_long_as_retry_after_says():
+    fake = _FakeHub([(429, {"Retry-After": "2"}, b"slow down"), REFS])
+    try:
+        branches, _ = HubTarget(Hub(fake.url, "remote"), "alice/limited").refs()
+        assert branches == {}
+        assert fake.requests[1]["time"] - fake.requests[0]["time"] >= 1.9
+    finally:
+        fake.close()
+
+
+def test_tokens_are_per_hub_and_the_hf_token_stays_home(monkeypatch):
+    from hubckpt.errors import HubConfigError
+    from hubckpt.hubs import token_for
+
+    monkeypatch.setenv("HF_TOKEN", "hf_the_users_huggingface_token")
+    monkeypatch.delenv("HUBCKPT_TOKEN", raising=False)
+    fake = _FakeHub([REFS])
+    try:
+        HubTarget(Hub(fake.url, "remote"), "alice/x").refs()
+        assert "hf_the_users" not in json.dumps(fake.requests)
+        monkeypatch.setenv("HUBCKPT_TOKEN", "team-hub-token")
+        HubTarget(Hub(fake.url, "remote"), "alice/x").refs()
+        assert fake.requests[-1].get("authorization") == "Bearer team-hub-token"
+    finally:
+        fake.close()
+    a, b = Hub("http://127.0.0.1:1", "remote"), Hub("http://127.0.0.1:2", "remote")
+    tokens = {"http://127.0.0.1:1": "ta", b.endpoint: "tb"}
+    assert token_for(a, "http://127.0.0.1:1", tokens) == "ta" and token_for(b, b.endpoint, tokens) == "tb"
+    assert token_for(Hub("https://huggingface.co", "remote"), "hf", {"hf": "th"}) == "th"
+    with pytest.raises(HubConfigError, match="belongs to one hub"):
+        Publisher("alice/x", hub=[a.endpoint, b.endpoint], token="one-for-all", spool_dir="/tmp/unused-spool")
+
+
+# -- cards and the index ---------------------------------------------------------------------------
+
+def _read(api: HfApi, repo_id: str, path: str, revision: str, tmp_path: Path) -> str:
+    return Path(api.hf_hub_download(repo_id, path, revision=revision, cache_dir=tmp_path / "dl")).read_text()
+
+
+def test_cards_link_to_the_hub_they_are_committed_to(tmp_path):
+    from hubckpt.server import LocalHubServer
+
+    with LocalHubServer(tmp_path / "h1") as h1, LocalHubServer(tmp_path / "h2") as h2:
+        with Publisher("alice/mirror-cards", hub=[h1.url, h2.url], spool_dir=tmp_path / "spool") as pub:
+            pub.publish(state_dict={"w": torch.arange(4.0)}, step=5).result()
+        for hub, other in ((h1, h2), (h2, h1)):
+            api = HfApi(endpoint=hub.url, token="x")
+            for path, rev in (("README.md", "step-0000005"), ("README.md", "main")):
+                card = _read(api, "alice/mirror-cards", path, rev, tmp_path / hub.url[-5:])
+                assert f"{hub.url}/alice/mirror-cards" in card and other.url not in card
+            assert torch.equal(_weights(api, "alice/mirror-cards", "step-0000005", tmp_path / "w")["w"], torch.arange(4.0))
+
+
+def test_nan_metrics_hostile_names_tags_and_main_metrics(api, local_hub, tmp_path):
+    repo_id = "alice/hostile-metrics"
+    evil = '<script>alert(1)</script>|x'
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "s", monitor="eval_loss") as pub:
+        pub.publish(state_dict={"w": torch.ones(2)}, step=1, metrics={"eval_loss": 1.0, evil: 0.5, "eval_acc": 0.1})
+        pub.publish(state_dict={"w": torch.ones(2)}, step=2, metrics={"eval_loss": 0.5, evil: 0.7, "eval_acc": 0.2})
+        pub.publish(state_dict={"w": torch.ones(2)}, step=3, metrics={"eval_loss": float("nan"), evil: 1.0,
+                                                                      "eval_acc": 0.3}, final=True).result()
+    raw = _read(api, repo_id, "revisions.json", "main", tmp_path)
+    doc = json.loads(raw, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert doc["revisions"][2]["metrics"]["eval_loss"] == "NaN"
+    from hubckpt.revisions import RevisionIndex
+
+    index = RevisionIndex.from_json(raw)
+    import math
+
+    assert math.isnan(index.get("step-0000003").metrics["eval_loss"]) and index.best == "step-0000002"
+    card = _read(api, repo_id, "README.md", "main", tmp_path)
+    assert "<script>" not in card and "NaN" in card
+    svg = _read(api, repo_id, "metrics.svg", "main", tmp_path)
+    assert "<script>" not in svg and "&lt;script&gt;" in svg
+    import xml.dom.minidom
+
+    xml.dom.minidom.parseString(svg)  # well-formed
+    assert svg.count("<polyline") >= 2  # one panel (own y-axis) per metric
+    # main holds the final weights: its model-index reports the final revision's metrics, not the best's
+    head = card.split("---")[1]
+    assert "0.3" in head and "0.2" not in head
+    # no transformers config: no AutoModel advice
+    assert "AutoModel" not in card and "AutoModel" not in _read(api, repo_id, "README.md", "step-0000001", tmp_path)
+
+    from hubckpt.cli._options import target as cli_target
+    from hubckpt.publishing.maintenance import tag
+
+    tag(cli_target(repo_id, local_hub.url, None), "step-0000001", "paper-v1")
+    index = RevisionIndex.from_json(_read(api, repo_id, "revisions.json", "main", tmp_path / "2"))
+    assert index.tags == {"paper-v1": "step-0000001"} and "paper-v1" in index.get("step-0000001").tags
+    assert "paper-v1" in _read(api, repo_id, "README.md", "main", tmp_path / "2")
+
+
+def test_reindex_keeps_a_hand_written_readme(api, local_hub, tmp_path):
+    from hubckpt.cli._options import target as cli_target
+    from hubckpt.publishing.maintenance import reindex
+
+    repo_id = "alice/hand-written"
+    api.create_repo(repo_id)
+    api.upload_file(path_or_fileobj=b"# My model\n\nWritten by hand.\n", path_in_repo="README.md", repo_id=repo_id)
+    api.create_branch(repo_id, branch="step-0000001")
+    reindex(cli_target(repo_id, local_hub.url, None))
+    assert _read(api, repo_id, "README.md", "main", tmp_path) == "# My model\n\nWritten by hand.\n"
+    assert "revisions.json" in _files(api, repo_id, "main")

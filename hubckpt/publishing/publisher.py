@@ -39,7 +39,7 @@ from ..faults import fault
 from ..hub_client import HubTarget, manifest_digest
 from ..hubs import Hub, resolve_hub, token_for
 from ..revisions import (DEFAULT_TEMPLATE, INDEX_FILE, RevisionIndex, RevisionInfo, best_revision, check_template,
-                         render_revision_name)
+                         manifest_metrics, render_revision_name)
 from .journal import Journal, JobRecord
 from .policies import Retention
 from .staging import StagingPool
@@ -316,7 +316,8 @@ class Publisher:
                 previous = self._previous_revision(target, name, step, record.manifest_sha256)
                 commit = target.commit_revision(name, folder, start_from=previous or "main",
                                                 message=f"Checkpoint {name} (step {step})",
-                                                manifest_sha256=record.manifest_sha256)
+                                                manifest_sha256=record.manifest_sha256,
+                                                extra_files={"README.md": self._revision_card(target, captured, folder)})
                 fault("publish.after_commit")
                 record.committed[target.key] = commit
                 self.journal.append("committed", job_id, target=target.key, commit=commit)
@@ -371,13 +372,15 @@ class Publisher:
         convert_checkpoint(ckpt, folder, max_shard_size=self.max_shard_size, overwrite=True)
         if "weights" in payload:  # written to the spool: the staging buffers can be reused now
             self._staging.release(payload.pop("weights"))
+
+    def _revision_card(self, target: HubTarget, captured: dict[str, Any], folder: Path) -> bytes:
+        """This revision's README.md, linking to `target`'s hub (rendered per target)."""
         info = _revision_info(captured, json.loads((folder / MANIFEST_FILE).read_text()), commit=None)
         previous = self._previous_job_revision(captured["step"])
-        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-        card = render_revision_card(repo_id=self.repo_id, repo_url=self.targets[0].repo_url, info=info,
-                                    previous=previous, monitor=self.monitor, mode=self.mode, files=files,
-                                    options=self.card)
-        (folder / "README.md").write_text(card)
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
+                       and p.name != "README.md")
+        return render_revision_card(repo_id=self.repo_id, repo_url=target.repo_url, info=info, previous=previous,
+                                    monitor=self.monitor, mode=self.mode, files=files, options=self.card).encode()
 
     def _previous_job_revision(self, step: int) -> str | None:
         earlier = sorted((j.captured["step"], j.captured["revision"]) for j in self._jobs.values()
@@ -455,8 +458,7 @@ def _folder_digest(folder: Path) -> str:
 def _revision_info(captured: dict, manifest: dict, *, commit: str | None, digest: str | None = None) -> RevisionInfo:
     size = sum(f["size"] for f in manifest.get("files", []) if not f["path"].startswith("training_state/"))
     return RevisionInfo(name=captured["revision"], step=captured["step"], commit=commit, epoch=manifest.get("epoch"),
-                        tokens=manifest.get("tokens"), metrics={k: v for k, v in manifest.get("metrics", {}).items()
-                                                                if isinstance(v, (int, float))},
+                        tokens=manifest.get("tokens"), metrics=manifest_metrics(manifest),
                         size=size, date=captured.get("captured_at"), source_format=manifest["source"]["format"],
                         manifest_sha256=digest, final=bool(captured.get("final")))
 

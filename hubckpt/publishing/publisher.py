@@ -369,7 +369,7 @@ class Publisher:
             ckpt.training_state = {}
         if ckpt.best and ckpt.best.get("metric") and self.monitor is None:
             self.monitor, self.mode = ckpt.best["metric"], ckpt.best.get("mode", "min")
-        convert_checkpoint(ckpt, folder, max_shard_size=self.max_shard_size, overwrite=True)
+        convert_checkpoint(ckpt, folder, max_shard_size=self.max_shard_size, overwrite=True, link=True)
         if "weights" in payload:  # written to the spool: the staging buffers can be reused now
             self._staging.release(payload.pop("weights"))
 

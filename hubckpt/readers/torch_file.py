@@ -9,7 +9,7 @@ from .. import safe_pickle
 from ..checkpoint import Checkpoint
 from ..errors import UnsupportedCheckpointError
 from .detect import sniff_file
-from .tensors import read_safetensors, strip_compile_prefix
+from .tensors import COMPILE_PREFIX, LazyWeights, read_safetensors, safetensors_keys, strip_compile_prefix
 from .weights_folder import step_from_name
 
 _STEP_KEYS = ("global_step", "iter_num", "step", "steps", "iteration", "num_updates")
@@ -51,8 +51,12 @@ def read_torch_file(path: Path, *, allow_globals: Iterable[str] = ()) -> Checkpo
 
     kind = sniff_file(path)
     if kind == "safetensors":
-        return Checkpoint(source=path, source_format="safetensors", weights=read_safetensors(path),
-                          step=step_from_name(path.name))
+        keys = safetensors_keys(path)
+        if any(COMPILE_PREFIX in k for k in keys):
+            return Checkpoint(source=path, source_format="safetensors", weights=strip_compile_prefix(read_safetensors(path)),
+                              step=step_from_name(path.name))
+        return Checkpoint(source=path, source_format="safetensors", weights=LazyWeights(lambda: read_safetensors(path)),
+                          step=step_from_name(path.name), weight_files=[path])
     if kind == "legacy-tar":
         safe_pickle.load(path)  # raises the refusal with its explanation
     data = safe_pickle.load(path, allow_globals=allow_globals)

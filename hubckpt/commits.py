@@ -3,7 +3,7 @@
 `upload_folder` may split large uploads into several commits and, with hf_xet installed, uses the
 Xet protocol, which the local hub (and other LFS-only hubs) cannot speak. huggingface_hub picks the
 protocol per `create_commit` call: Xet unless one of the files it uploads through LFS is an open
-binary stream. So for LFS-only hubs the smallest binary file (NUL bytes in its first 512 bytes: the
+binary stream. So for LFS-only hubs (when hf_xet is installed and enabled) the smallest binary file (NUL bytes in its first 512 bytes: the
 Hub and the local hub store such files with LFS whatever `.gitattributes` says; every safetensors
 file qualifies) goes as an open stream, which puts the commit on the LFS path without touching the
 process-wide `HF_HUB_DISABLE_XET` switch (uploads to huggingface.co in the same process keep Xet).
@@ -57,6 +57,15 @@ def known_hashes(folder: Path) -> dict[str, tuple[str, int]]:
         return {}
 
 
+def _xet_would_be_used() -> bool:
+    """huggingface_hub picks Xet only when hf_xet is installed and not disabled (HF_HUB_DISABLE_XET); otherwise
+    every file can go by path (no stream needed to stay on LFS)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import is_package_available
+
+    return not constants.HF_HUB_DISABLE_XET and is_package_available("hf_xet")
+
+
 def _is_binary(path: Path) -> bool:
     with open(path, "rb") as f:
         return b"\x00" in f.read(512)
@@ -74,7 +83,7 @@ def folder_operations(folder: Path, stack: contextlib.ExitStack, *, use_xet: boo
              if p.is_file() and ".git" not in p.relative_to(folder).parts]
     files = [(p, rel) for p, rel in files if not skip(rel)]
     streams: set[str] = set()
-    if not use_xet:
+    if not use_xet and _xet_would_be_used():
         binary = [(p.stat().st_size, rel) for p, rel in files if _is_binary(p)]
         streams = {min(binary)[1]} if binary else {rel for _, rel in files}
     ops = []

@@ -353,3 +353,91 @@ def test_reindex_keeps_a_hand_written_readme(api, local_hub, tmp_path):
     reindex(cli_target(repo_id, local_hub.url, None))
     assert _read(api, repo_id, "README.md", "main", tmp_path) == "# My model\n\nWritten by hand.\n"
     assert "revisions.json" in _files(api, repo_id, "main")
+
+
+# -- what is read from disk: steps, paths, snapshots ------------------------------------------------
+
+def test_one_step_parser_for_checkpoint_names():
+    from hubckpt.readers import step_from_name
+
+    for name, step in [("checkpoint-1200", 1200), ("global_step1200", 1200), ("step1200", 1200), ("step_1200", 1200),
+                       ("step-1200", 1200), ("global_step=1200", 1200), ("epoch=3-step=1200.ckpt", 1200),
+                       ("ckpt_1200.pt", 1200), ("iter-1200.bin", 1200), ("1200", 1200), ("ckpt.pt", None),
+                       ("last.ckpt", None), ("model", None)]:
+        assert step_from_name(name) == step, name
+
+
+def test_weights_folder_named_global_step_gets_its_step(tmp_path):
+    from hubckpt.readers import read_checkpoint
+
+    for name in ("global_step1200", "step1200"):
+        folder = tmp_path / name
+        folder.mkdir()
+        save_file({"w": torch.ones(2)}, folder / "model.safetensors")
+        assert read_checkpoint(folder).step == 1200
+
+
+def test_cli_publishes_a_nanogpt_file_at_its_iter_num(api, local_hub, tmp_path):
+    from .factories import make_nanogpt_file
+
+    path, _, _ = make_nanogpt_file(tmp_path / "ckpt.pt")
+    env = {"HUBCKPT_HUB": local_hub.url, "HUBCKPT_SPOOL": str(tmp_path / "spool")}
+    out = run_cli("publish", str(path), "--repo", "alice/nano-cli", env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "step-0001500" in _branches(api, "alice/nano-cli")
+    bare = tmp_path / "weights.pt"
+    torch.save({"model": {"w": torch.ones(2)}}, bare)
+    out = run_cli("publish", str(bare), "--repo", "alice/nano-cli", env=env)
+    assert out.returncode != 0 and "--step" in out.stderr and "step=..." not in out.stderr
+
+
+def test_no_absolute_paths_are_published(api, local_hub, tmp_path):
+    run = tmp_path / "home" / "alice" / "runs" / "exp1"
+    ckpt = run / "checkpoint-4"
+    ckpt.mkdir(parents=True)
+    save_file({"w": torch.ones(2)}, ckpt / "model.safetensors")
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "trainer_state.json").write_text(json.dumps({
+        "global_step": 4, "epoch": 1.0, "best_metric": 0.5, "best_model_checkpoint": str(ckpt),
+        "log_history": [{"step": 4, "eval_loss": 0.5}], "output_dir": "C:\\Users\\alice\\runs"}))
+    with Publisher("alice/no-paths", hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
+        pub.publish(ckpt).result()
+    files = api.list_repo_files("alice/no-paths", revision="step-0000004")
+    texts = {f: _read(api, "alice/no-paths", f, "step-0000004", tmp_path) for f in files
+             if f.endswith((".json", ".md"))}
+    assert "training_state/loop.json" in texts
+    for name, text in texts.items():
+        assert str(tmp_path) not in text and "alice\\\\runs" not in text and "C:" not in text, name
+    manifest = json.loads(texts["checkpoint.json"])
+    assert manifest["best"]["checkpoint"] == "checkpoint-4"
+
+
+def test_snapshot_of_a_file_overwritten_in_place(tmp_path):
+    from hubckpt.snapshots import SnapshotChangedError, check_snapshot, take_snapshot
+
+    # nanoGPT: one name, rewritten in place by torch.save -> the snapshot is a copy and keeps its bytes
+    ckpt = tmp_path / "out" / "ckpt.pt"
+    ckpt.parent.mkdir()
+    torch.save({"model": {"w": torch.ones(2)}, "iter_num": 1}, ckpt)
+    snap = take_snapshot(ckpt, tmp_path / "spool" / "a")
+    inode = ckpt.stat().st_ino
+    torch.save({"model": {"w": torch.zeros(2)}, "iter_num": 2}, ckpt)
+    assert ckpt.stat().st_ino == inode  # in place, as nanoGPT does it
+    check_snapshot(snap)
+    assert torch.equal(torch.load(snap, weights_only=True)["model"]["w"], torch.ones(2))
+
+    # a per-step folder is linked; if it is rewritten in place anyway, the snapshot refuses clearly
+    folder = tmp_path / "run" / "checkpoint-5"
+    folder.mkdir(parents=True)
+    save_file({"w": torch.ones(2)}, folder / "model.safetensors")
+    snap = take_snapshot(folder, tmp_path / "spool" / "b")
+    assert (snap / "model.safetensors").stat().st_ino == (folder / "model.safetensors").stat().st_ino
+    time.sleep(0.01)
+    with open(folder / "model.safetensors", "r+b") as f:  # overwrite in place, same inode
+        f.seek(-4, os.SEEK_END)
+        f.write(b"\x00\x00\x80\x7f")
+    with pytest.raises(SnapshotChangedError, match="overwrote the file in place"):
+        check_snapshot(snap)
+    # ... and a later snapshot of the same, reused file is a copy
+    again = take_snapshot(folder, tmp_path / "spool" / "c")
+    assert (again / "model.safetensors").stat().st_ino != (folder / "model.safetensors").stat().st_ino

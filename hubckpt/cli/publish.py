@@ -90,6 +90,11 @@ def publish(
             typer.echo(f"{src}: {len(candidates)} checkpoints, {len(done)} already published, {len(todo)} to publish")
             futures = [pub.publish(p, step=s, final=final and (s, p) == candidates[-1]) for s, p in todo]
         else:
+            from ..readers import peek_step
+
+            if step is None and peek_step(src)[0] is None:
+                raise typer.BadParameter(f"cannot tell the training step of {src}: it records none and its name "
+                                         "carries none; pass --step N", param_hint="--step")
             futures = [pub.publish(src, step=step, revision=revision, final=final)]
         pub.wait()
     if _report(futures):

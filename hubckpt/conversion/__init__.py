@@ -29,6 +29,7 @@ from ..checkpoint import MANIFEST_FILE, TRAINING_STATE_DIR, Checkpoint
 from ..errors import DestinationExistsError, DiskFullError
 from ..readers import discover, kind_of, read_checkpoint
 from .manifest import build_manifest, dumps
+from .paths import scrub_paths
 from .training_state import load_training_state, save_training_state
 from .reuse import reusable, reuse_weights
 from .weights import WeightsReport, WrittenFile, write_weights
@@ -97,6 +98,10 @@ def convert_checkpoint(ckpt: Checkpoint, dest: str | Path, *, max_shard_size: in
     dest.parent.mkdir(parents=True, exist_ok=True)
     for stale in dest.parent.glob(f".{dest.name}.tmp-*"):  # our own leftovers from a killed run, nothing else
         shutil.rmtree(stale, ignore_errors=True)
+    # Nothing from the user's machine is published: absolute paths in metadata become names (paths.py).
+    run_dir = Path(ckpt.source).resolve().parent if ckpt.source_format != "live" else None
+    ckpt.best = scrub_paths(ckpt.best, run_dir)
+    ckpt.training_state = scrub_paths(ckpt.training_state, run_dir)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     try:

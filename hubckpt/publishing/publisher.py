@@ -40,6 +40,7 @@ from ..hub_client import HubTarget, manifest_digest
 from ..hubs import Hub, resolve_hub, token_for
 from ..revisions import (DEFAULT_TEMPLATE, INDEX_FILE, RevisionIndex, RevisionInfo, best_revision, check_template,
                          manifest_metrics, render_revision_name)
+from ..snapshots import check_snapshot, take_snapshot
 from .journal import Journal, JobRecord
 from .policies import Retention
 from .staging import StagingPool
@@ -71,18 +72,10 @@ def _now() -> str:
 
 
 def peek_step(path: Path) -> tuple[int | None, int | None]:
-    """(step, tokens) of a checkpoint without reading its weights: trainer_state.json, else the name."""
-    from ..readers.weights_folder import step_from_name
+    """(step, tokens) of a checkpoint without reading its weights (see `readers.peek_step`)."""
+    from ..readers import peek_step as peek
 
-    state = path / "trainer_state.json"
-    if state.is_file():
-        try:
-            data = json.loads(state.read_text())
-            tokens = data.get("num_input_tokens_seen") or None
-            return data.get("global_step"), tokens
-        except (OSError, ValueError):
-            pass
-    return step_from_name(path.name), None
+    return peek(path)
 
 
 class Publisher:
@@ -182,7 +175,8 @@ class Publisher:
             step = step if step is not None else peeked_step
             tokens = tokens if tokens is not None else peeked_tokens
         if step is None:
-            raise HubConfigError(f"Cannot tell the training step of {source or 'this checkpoint'}; pass step=...")
+            raise HubConfigError(f"Cannot tell the training step of {source or 'this checkpoint'}: it records none "
+                                 "and its name carries none; pass step=N (CLI: --step N)")
         name = revision or render_revision_name(self.revision_template, step=step, tokens=tokens, epoch=epoch)
         if revision:
             from ..revisions import validate_revision_name
@@ -195,7 +189,7 @@ class Publisher:
             future.set_result(PublishedRevision(self.repo_id, name, step, dict(existing.committed), skipped=True))
             return future
         if source is not None and snapshot:
-            source = _snapshot(source, self.spool / "jobs" / job_id / "source")
+            source = take_snapshot(source, self.spool / "jobs" / job_id / "source")
         payload: dict[str, Any] = {}
         if state_dict is not None:
             payload["weights"] = self._staging.capture(state_dict)
@@ -353,6 +347,7 @@ class Publisher:
 
         payload = self._payloads.get(job_id, {})
         if captured.get("source"):
+            check_snapshot(Path(captured["source"]))
             ckpt = read_checkpoint(captured["source"], allow_globals=self.allow_globals)
         elif "weights" in payload:
             ckpt = Checkpoint(source=Path(captured["revision"]), source_format="live", weights=payload["weights"],
@@ -370,6 +365,8 @@ class Publisher:
         if ckpt.best and ckpt.best.get("metric") and self.monitor is None:
             self.monitor, self.mode = ckpt.best["metric"], ckpt.best.get("mode", "min")
         convert_checkpoint(ckpt, folder, max_shard_size=self.max_shard_size, overwrite=True, link=True)
+        if captured.get("source"):
+            check_snapshot(Path(captured["source"]))  # not overwritten while it was being read
         if "weights" in payload:  # written to the spool: the staging buffers can be reused now
             self._staging.release(payload.pop("weights"))
 
@@ -461,29 +458,6 @@ def _revision_info(captured: dict, manifest: dict, *, commit: str | None, digest
                         tokens=manifest.get("tokens"), metrics=manifest_metrics(manifest),
                         size=size, date=captured.get("captured_at"), source_format=manifest["source"]["format"],
                         manifest_sha256=digest, final=bool(captured.get("final")))
-
-
-def _snapshot(source: Path, dest: Path) -> Path:
-    """Hard-link `source` (a file or folder) into `dest`; copy where links are impossible."""
-    import errno
-
-    def link(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                raise
-            shutil.copy2(src, dst)
-
-    target = dest / source.name
-    if target.exists():
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    dest.mkdir(parents=True, exist_ok=True)
-    if source.is_dir():
-        shutil.copytree(source, target, copy_function=link)
-    else:
-        link(str(source), str(target))
-    return target
 
 
 def _clone_tree(value: Any) -> Any:

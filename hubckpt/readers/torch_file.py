@@ -10,12 +10,20 @@ from ..checkpoint import Checkpoint
 from ..errors import UnsupportedCheckpointError
 from .detect import sniff_file
 from .tensors import COMPILE_PREFIX, LazyWeights, read_safetensors, safetensors_keys, strip_compile_prefix
-from .weights_folder import step_from_name
+from .steps import step_from_name
 
 _STEP_KEYS = ("global_step", "iter_num", "step", "steps", "iteration", "num_updates")
 _MODEL_KEYS = ("model", "model_state_dict", "state_dict", "module", "net", "weights")
 _OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optim", "opt")
 _SCHEDULER_KEYS = ("scheduler", "lr_scheduler", "scheduler_state_dict")
+
+
+def step_of(data: dict) -> tuple[int | None, int | None]:
+    """(step, tokens) recorded in a loaded torch.save dict (nanoGPT `iter_num`, Lightning `global_step`...)."""
+    step = next((int(data[k]) for k in _STEP_KEYS if isinstance(data.get(k), int) and not isinstance(data[k], bool)),
+                None)
+    tokens = data.get("tokens") if isinstance(data.get("tokens"), int) else None
+    return step, tokens
 
 
 def _is_tensor_dict(value: Any) -> bool:

@@ -10,6 +10,7 @@ from .. import safe_pickle
 from ..checkpoint import Checkpoint
 from ..errors import CorruptCheckpointError
 from .detect import read_json
+from .steps import step_from_name
 from .tensors import (COMPILE_PREFIX, LazyWeights, read_safetensors, read_sharded, read_tensor_dict,
                       safetensors_keys, strip_compile_prefix)
 
@@ -20,7 +21,6 @@ TRAINING_FILES = {"optimizer.pt": "optimizer", "optimizer.bin": "optimizer", "sc
                   "scaler.pt": "scaler"}
 _SHARD = re.compile(r"^(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)$")
 _RNG = re.compile(r"^rng_state(_\d+)?\.pth$")
-_STEP_DIR = re.compile(r"(?:^|[-_=])(\d+)$")
 
 
 def _load_weights(folder: Path, allow_globals: Iterable[str]) -> dict:
@@ -69,12 +69,6 @@ def _best_metric_name(state: dict) -> dict[str, str]:
     values = [e[metric] for e in history if isinstance(e.get(metric), (int, float))]
     mode = "max" if values and best == max(values) and best != min(values) else "min"
     return {"metric": metric, "mode": mode}
-
-
-def step_from_name(name: str) -> int | None:
-    """The trailing number of `checkpoint-1200`, `step_1200`, `global_step=1200`..."""
-    m = _STEP_DIR.search(Path(name).stem if "." in name else name)
-    return int(m.group(1)) if m else None
 
 
 def _safetensors_files(folder: Path) -> list[Path]:

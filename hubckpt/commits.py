@@ -19,6 +19,8 @@ import contextlib
 import io
 import json
 import logging
+import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -37,15 +39,40 @@ class _DropXetFallbackNotice(logging.Filter):
         return "not supported by Xet Storage" not in record.getMessage()
 
 
+_quiet = {"depth": 0, "disabled_by_us": False}
+_quiet_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def quiet_xet_notice() -> Iterator[None]:
+    """Around our commits: no Xet-fallback notice, and no huggingface_hub upload progress bars.
+
+    The bars would land in the Trainer's logs and in piped CLI output (publishing runs in the background;
+    the CLI reports per revision). `HUBCKPT_PROGRESS_BARS=1` keeps them.
+    """
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
     commit_logger = logging.getLogger("huggingface_hub._commit_api")
     notice = _DropXetFallbackNotice()
     commit_logger.addFilter(notice)
+    silence = os.environ.get("HUBCKPT_PROGRESS_BARS") != "1"
+    if silence:
+        with _quiet_lock:
+            if _quiet["depth"] == 0:
+                _quiet["disabled_by_us"] = not are_progress_bars_disabled()
+                if _quiet["disabled_by_us"]:
+                    disable_progress_bars()
+            _quiet["depth"] += 1
     try:
         yield
     finally:
         commit_logger.removeFilter(notice)
+        if silence:
+            with _quiet_lock:
+                _quiet["depth"] -= 1
+                if _quiet["depth"] == 0 and _quiet["disabled_by_us"]:
+                    enable_progress_bars()
+                    _quiet["disabled_by_us"] = False
 
 
 def known_hashes(folder: Path) -> dict[str, tuple[str, int]]:

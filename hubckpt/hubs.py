@@ -177,29 +177,38 @@ def ensure_local_hub(root: str | Path | None = None) -> str:
     url = running_local_hub(root)
     if url:
         return url
-    with _start_lock(root):
-        url = running_local_hub(root)  # another process may have started it while we waited
+    try:
+        with _start_lock(root):
+            return _start_local_hub(root)
+    except OSError as e:
+        raise HubConfigError(f"The local hub's data folder {root} cannot be used ({e.strerror or e}): it must be a "
+                             "writable folder. Choose another with --root or HUBCKPT_HUB_ROOT.") from e
+
+
+def _start_local_hub(root: Path) -> str:
+    """Start a server over `root` (the caller holds the start lock) and return its URL."""
+    url = running_local_hub(root)  # another process may have started it while we waited
+    if url:
+        return url
+    log_path = root / "server.log"
+    logger.info("starting the local hub over %s (log: %s)", root, log_path)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hubckpt", "serve", "--root", str(root), "--port", str(DEFAULT_LOCAL_PORT),
+             "--port-fallback", "--quiet"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        url = running_local_hub(root)
         if url:
             return url
-        log_path = root / "server.log"
-        logger.info("starting the local hub over %s (log: %s)", root, log_path)
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "hubckpt", "serve", "--root", str(root), "--port", str(DEFAULT_LOCAL_PORT),
-                 "--port-fallback", "--quiet"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            url = running_local_hub(root)
-            if url:
-                return url
-            if process.poll() is not None:
-                tail = log_path.read_text(errors="replace")[-2000:]
-                raise HubUnavailableError(f"The local hub exited at start-up (code {process.returncode}). "
-                                          f"Log {log_path}:\n{tail}")
-            time.sleep(0.1)
-        process.kill()
-        raise HubUnavailableError(f"The local hub did not answer within {_START_TIMEOUT_S:.0f}s; see {log_path}.")
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise HubUnavailableError(f"The local hub exited at start-up (code {process.returncode}). "
+                                      f"Log {log_path}:\n{tail}")
+        time.sleep(0.1)
+    process.kill()
+    raise HubUnavailableError(f"The local hub did not answer within {_START_TIMEOUT_S:.0f}s; see {log_path}.")
 
 
 def stop_local_hub(root: str | Path | None = None) -> bool:

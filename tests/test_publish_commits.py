@@ -441,3 +441,70 @@ def test_snapshot_of_a_file_overwritten_in_place(tmp_path):
     # ... and a later snapshot of the same, reused file is a copy
     again = take_snapshot(folder, tmp_path / "spool" / "c")
     assert (again / "model.safetensors").stat().st_ino != (folder / "model.safetensors").stat().st_ino
+
+
+# -- the CLI and package surface -------------------------------------------------------------------
+
+def test_cli_publish_metrics_companion_one_error_line_no_bars(api, local_hub, tmp_path):
+    ckpt = _weights_folder(tmp_path / "c" / "checkpoint-7", 7.0, extra=False)
+    extra = tmp_path / "tokenizer.json"
+    extra.write_text('{"v": 1}')
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if "PROGRESS_BARS" not in k}  # bars on, as for a user
+    env.update(HUBCKPT_HUB=local_hub.url, HUBCKPT_SPOOL=str(tmp_path / "spool"))
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "hubckpt", *args], capture_output=True, text=True, env=env,
+                              timeout=120)
+
+    out = cli("publish", str(ckpt), "--repo", "alice/cli-extras", "--metrics", '{"eval_loss": NaN, "eval_acc": 0.5}',
+              "--companion", str(extra))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "%|" not in out.stderr and "it/s" not in out.stderr  # no upload progress bars in piped output
+    assert "tokenizer.json" in _files(api, "alice/cli-extras", "step-0000007")
+    from hubckpt.revisions import RevisionIndex
+
+    index = RevisionIndex.from_json(_read(api, "alice/cli-extras", "revisions.json", "main", tmp_path))
+    metrics = index.get("step-0000007").metrics
+    assert metrics["eval_acc"] == 0.5 and metrics["eval_loss"] != metrics["eval_loss"]  # NaN kept
+    # a failing publish is reported once
+    bad = tmp_path / "bad" / "checkpoint-9"
+    bad.mkdir(parents=True)
+    (bad / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}" + b" " * 14)
+    out = cli("publish", str(bad), "--repo", "alice/cli-extras")
+    assert out.returncode == 1
+    assert out.stderr.count("holds no model weights") == 1, out.stderr
+
+
+@pytest.mark.parametrize("kind", ["file", "read-only"])
+def test_unusable_hub_root_is_one_line(tmp_path, kind):
+    root = tmp_path / "root"
+    if kind == "file":
+        root.write_text("not a folder")
+    else:
+        root.mkdir()
+        root.chmod(0o500)
+        if os.access(root, os.W_OK):
+            pytest.skip("running as a user who can write anywhere")
+    ckpt = _weights_folder(tmp_path / "checkpoint-1", 1.0, extra=False)
+    out = run_cli("publish", str(ckpt), "--repo", "alice/x", "--hub", "local", "--root", str(root),
+                  env={"HUBCKPT_SPOOL": str(tmp_path / "spool")})
+    root.chmod(0o700) if kind != "file" else None
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "cannot be used" in out.stderr, out.stderr
+
+
+def test_dir_shows_lazy_names_and_restore_rng_takes_both_layouts():
+    import random
+
+    import hubckpt
+    from hubckpt.conversion.training_state import capture_rng, restore_rng
+
+    assert {"Publisher", "convert", "restore_rng", "LocalHubServer"} <= set(dir(hubckpt))
+    state = capture_rng()
+    first = random.random()
+    restore_rng(state)
+    assert random.random() == first
+    restore_rng({"rng_state": state})  # a Trainer checkpoint's layout
+    assert random.random() == first

@@ -43,6 +43,8 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and
         os.environ["HUBCKPT_DEBUG"] = "1"
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # an error the command reports itself is printed once, as `Error:`
+        handler.addFilter(lambda record: debug or not getattr(record, "hubckpt_reported", False))
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from ..errors import CorruptCheckpointError
+from ..errors import CorruptCheckpointError, UnsupportedCheckpointError
 from ..readers.detect import MAX_SAFETENSORS_HEADER
 from .weights import INDEX_FILE, WeightsReport, WrittenFile
 
@@ -177,6 +177,8 @@ def reuse_weights(files: list[Path], out: Path, *, link: bool = False,
             weight_map[tensor] = name
         if progress is not None:
             progress(size)
+    if report.tensors == 0:
+        raise UnsupportedCheckpointError("the checkpoint holds no model weights")
     if len(files) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         data = (json.dumps(index, indent=2, sort_keys=True) + "\n").encode()

@@ -281,7 +281,7 @@ class Publisher:
                 result = self._process(job_id)
                 self._futures[job_id].set_result(result)
             except BaseException as e:  # recorded, re-raised to the caller, never swallowed
-                logger.error("publishing %s failed: %s", job_id, e)
+                logger.error("publishing %s failed: %s", job_id, e, extra={"hubckpt_reported": True})
                 self.journal.append("failed", job_id, error=f"{type(e).__name__}: {e}")
                 self._jobs[job_id].failed = str(e)
                 if self._error is None:

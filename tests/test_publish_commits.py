@@ -96,11 +96,13 @@ def test_half_made_branch_from_an_interrupted_publish_is_repaired(api, local_hub
     """A branch left at its starting commit (what older versions left after a failed commit) is repaired."""
     repo_id = "alice/half-made"
     with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "a") as pub:
-        pub.publish(state_dict={"w": torch.full((2,), 60.0)}, step=60).result()
+        pub.publish(state_dict={"w": torch.full((2,), 60.0)}, step=60,
+                    training_state={"opt": {"m": torch.ones(2)}}).result()
     api.create_branch(repo_id, branch="step-0000040", revision="step-0000060")  # the half-made branch
     with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "b") as pub:
         pub.publish(state_dict={"w": torch.full((2,), 40.0)}, step=40).result()
     assert torch.equal(_weights(api, repo_id, "step-0000040", tmp_path)["w"], torch.full((2,), 40.0))
+    assert not any(f.startswith("training_state/") for f in _files(api, repo_id, "step-0000040"))
 
 
 def test_a_failed_commit_leaves_no_revision_branch(api, local_hub, tmp_path, monkeypatch):
@@ -204,7 +206,7 @@ class _FakeHub:
                 fake.requests.append({"path": self.path, "time": time.monotonic(), **dict(self.headers)})
                 reply = fake.replies.pop(0) if len(fake.replies) > 1 else fake.replies[0]
                 if reply == "stall":
-                    time.sleep(5)
+                    threading.Event().wait(30)  # longer than the test allows: only a client timeout ends it
                     return
                 status, headers, body = reply
                 self.send_response(status)

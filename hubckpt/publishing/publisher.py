@@ -444,7 +444,7 @@ def main_files(target: HubTarget, index: RevisionIndex, card: CardOptions, *, ha
 
 def _main_model_files(target: HubTarget) -> list[str]:
     pattern = re.compile(r"^(model.*\.safetensors(\.index\.json)?|checkpoint\.json)$")
-    files = target.api.list_repo_files(target.repo_id, revision="main")
+    files = target.list_files("main")
     return [f for f in files if pattern.match(f)]
 
 

@@ -158,9 +158,15 @@ def reuse_weights(files: list[Path], out: Path, *, link: bool = False,
     report = WeightsReport(shards=len(files))
     weight_map: dict[str, str] = {}
     total = 0
-    for src in sorted(files):
-        name = "model.safetensors" if len(files) == 1 else src.name
-        sha256, size, header = _hash_and_place(src, out / name, link)
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = {src: "model.safetensors" if len(files) == 1 else src.name for src in sorted(files)}
+    # Shards are read and hashed in parallel (file reads and sha256 release the GIL).
+    with ThreadPoolExecutor(max_workers=max(1, min(len(files), os.cpu_count() or 1, 4)),
+                            thread_name_prefix="hubckpt-reuse") as pool:
+        placed = list(pool.map(lambda src: _hash_and_place(src, out / names[src], link), sorted(files)))
+    for src, (sha256, size, header) in zip(sorted(files), placed):
+        name = names[src]
         report.files.append(WrittenFile(name, sha256, size))
         for tensor, entry in header.items():
             report.tensors += 1

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..cards import CardOptions, is_hubckpt_card
 from ..errors import HubConfigError
-from ..hub_client import HubTarget, manifest_digest
+from ..hub_client import HubTarget, is_staging_branch, manifest_digest
 from ..revisions import RESERVED, RevisionIndex, RevisionInfo, best_revision, manifest_metrics
 from .policies import Retention
 from .publisher import main_files
@@ -68,8 +68,8 @@ def reindex(target: HubTarget, *, card: CardOptions | None = None) -> RevisionIn
     branches = target.branches()
     rebuilt = RevisionIndex(monitor=old.monitor, mode=old.mode)
     for name, commit in sorted(branches.items()):
-        if name == "main":
-            continue
+        if name == "main" or is_staging_branch(name):
+            continue  # a staging branch is not (yet) a revision
         manifest = target.read_json("checkpoint.json", commit)
         if manifest is None:
             logger.info("reindex: branch %s has no checkpoint.json; not a revision", name)

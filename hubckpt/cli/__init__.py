@@ -62,7 +62,7 @@ def _one_line(e: BaseException) -> str:
     url = str(getattr(response, "url", "")) if response is not None else ""
     if isinstance(e, RepositoryNotFoundError):
         return (f"Repository not found ({url}). Check the repo id and --hub; for a private repo pass a token "
-                "with access (--token or HF_TOKEN).")
+                "with access (--token; or HF_TOKEN for huggingface.co, HUBCKPT_TOKEN for other hubs).")
     if isinstance(e, RevisionNotFoundError):
         return f"Revision not found ({url}). See the repo's revisions with `hubckpt ls REPO`."
     if isinstance(e, HfHubHTTPError):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from huggingface_hub import HfApi
 from safetensors.torch import load_file, save_file
 
 from hubckpt.hub_client import STAGING_PREFIX, HubTarget
-from hubckpt.hubs import Hub, resolve_hub
+from hubckpt.hubs import Hub
 from hubckpt.publishing import Publisher
 
 from .conftest import free_port

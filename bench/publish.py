@@ -1,9 +1,10 @@
 """Publishing figures: throughput of a ~1 GiB checkpoint, bytes re-uploaded, and `ls` on 1,000 revisions.
 
-1. Publisher end-to-end (convert + verify + commit + index) of a ~1 GiB safetensors checkpoint folder to
-   the local hub, vs `HfApi.upload_folder` of the already-converted folder (same run, alternating), and
-   vs the upload floor of bench/transfer.py (sha256 / fsync'd write / loopback, the slowest).
-   The journal's timestamps split the publisher's time into convert and commit + index.
+1. Publisher end-to-end (validate + hash + link the safetensors, commit, index) of a ~1 GiB
+   already-safetensors checkpoint folder (as every Trainer checkpoint is) to the local hub, vs
+   `HfApi.upload_folder` of the same folder (same run, alternating, best of N each), and vs the upload
+   floor of bench/transfer.py (sha256 / fsync'd write / loopback, the slowest). The journal's
+   timestamps split the publisher's time into preparing the revision and commit + index.
 2. Republishing a checkpoint where only the weights changed: LFS bytes the server received for the
    files that did not change (aim 0).
 3. `hubckpt ls` on a repo with 1,000 revisions: HTTP requests made (aim 1) and time.
@@ -88,8 +89,8 @@ def main() -> None:
             print(f"1. {size / 2**20:.0f} MiB checkpoint, best of {args.repeat} (GB/s = 10^9 B/s)")
             print(f"   upload floor (slowest of sha256 / fsync'd write / loopback) {gb / floor:5.2f} GB/s")
             print(f"   HfApi.upload_folder of the converted folder                 {gb / best_up:5.2f} GB/s  {best_up:.2f} s")
-            print(f"   Publisher end to end (convert+verify, commit, index)        {gb / best_pub:5.2f} GB/s  {best_pub:.2f} s")
-            print(f"     of which convert+verify {convert_s:.2f} s, commit + index + tags {commit_s:.2f} s")
+            print(f"   Publisher end to end (validate+hash+link, commit, index)    {gb / best_pub:5.2f} GB/s  {best_pub:.2f} s")
+            print(f"     of which preparing the revision {convert_s:.2f} s, commit + index + tags {commit_s:.2f} s")
             print(f"   ratio to upload_folder: end to end {best_up / best_pub:.2f}x, commit+index phase "
                   f"{best_up / commit_s:.2f}x (aim >= 0.9x); to the floor {floor / best_pub:.2f}x")
 

@@ -74,6 +74,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'hubckpt' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    """The public names, lazily loaded ones included (tab completion, `dir(hubckpt)`)."""
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     "__version__", "HubckptError", "InvalidNameError", "HubConfigError", "HubUnavailableError", "AuthError",
     "StorageError", "CheckpointError", "CorruptCheckpointError", "UnsupportedCheckpointError", "UnsafeCheckpointError",

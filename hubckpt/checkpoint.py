@@ -30,6 +30,8 @@ class Checkpoint:
         best: {"metric", "value", "checkpoint"} when the source records a best model.
         companions: safe files to copy next to the weights (config, tokenizer, generation config...).
         skipped: (file, reason) for every file not carried over.
+        weight_files: safetensors files that hold exactly `weights`, unchanged (names included), which the
+            converter may validate and reuse instead of rewriting; empty when the weights need rewriting.
     """
 
     source: Path
@@ -43,3 +45,4 @@ class Checkpoint:
     best: dict[str, Any] | None = None
     companions: list[Path] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    weight_files: list[Path] = field(default_factory=list)

@@ -3,7 +3,7 @@
 `upload_folder` may split large uploads into several commits and, with hf_xet installed, uses the
 Xet protocol, which the local hub (and other LFS-only hubs) cannot speak. huggingface_hub picks the
 protocol per `create_commit` call: Xet unless one of the files it uploads through LFS is an open
-binary stream. So for LFS-only hubs the smallest binary file (NUL bytes in its first 512 bytes: the
+binary stream. So for LFS-only hubs (when hf_xet is installed and enabled) the smallest binary file (NUL bytes in its first 512 bytes: the
 Hub and the local hub store such files with LFS whatever `.gitattributes` says; every safetensors
 file qualifies) goes as an open stream, which puts the commit on the LFS path without touching the
 process-wide `HF_HUB_DISABLE_XET` switch (uploads to huggingface.co in the same process keep Xet).
@@ -19,6 +19,8 @@ import contextlib
 import io
 import json
 import logging
+import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -37,15 +39,40 @@ class _DropXetFallbackNotice(logging.Filter):
         return "not supported by Xet Storage" not in record.getMessage()
 
 
+_quiet = {"depth": 0, "disabled_by_us": False}
+_quiet_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def quiet_xet_notice() -> Iterator[None]:
+    """Around our commits: no Xet-fallback notice, and no huggingface_hub upload progress bars.
+
+    The bars would land in the Trainer's logs and in piped CLI output (publishing runs in the background;
+    the CLI reports per revision). `HUBCKPT_PROGRESS_BARS=1` keeps them.
+    """
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
     commit_logger = logging.getLogger("huggingface_hub._commit_api")
     notice = _DropXetFallbackNotice()
     commit_logger.addFilter(notice)
+    silence = os.environ.get("HUBCKPT_PROGRESS_BARS") != "1"
+    if silence:
+        with _quiet_lock:
+            if _quiet["depth"] == 0:
+                _quiet["disabled_by_us"] = not are_progress_bars_disabled()
+                if _quiet["disabled_by_us"]:
+                    disable_progress_bars()
+            _quiet["depth"] += 1
     try:
         yield
     finally:
         commit_logger.removeFilter(notice)
+        if silence:
+            with _quiet_lock:
+                _quiet["depth"] -= 1
+                if _quiet["depth"] == 0 and _quiet["disabled_by_us"]:
+                    enable_progress_bars()
+                    _quiet["disabled_by_us"] = False
 
 
 def known_hashes(folder: Path) -> dict[str, tuple[str, int]]:
@@ -55,6 +82,15 @@ def known_hashes(folder: Path) -> dict[str, tuple[str, int]]:
         return {f["path"]: (f["sha256"], f["size"]) for f in manifest.get("files", [])}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
+
+
+def _xet_would_be_used() -> bool:
+    """huggingface_hub picks Xet only when hf_xet is installed and not disabled (HF_HUB_DISABLE_XET); otherwise
+    every file can go by path (no stream needed to stay on LFS)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import is_package_available
+
+    return not constants.HF_HUB_DISABLE_XET and is_package_available("hf_xet")
 
 
 def _is_binary(path: Path) -> bool:
@@ -74,7 +110,7 @@ def folder_operations(folder: Path, stack: contextlib.ExitStack, *, use_xet: boo
              if p.is_file() and ".git" not in p.relative_to(folder).parts]
     files = [(p, rel) for p, rel in files if not skip(rel)]
     streams: set[str] = set()
-    if not use_xet:
+    if not use_xet and _xet_would_be_used():
         binary = [(p.stat().st_size, rel) for p, rel in files if _is_binary(p)]
         streams = {min(binary)[1]} if binary else {rel for _, rel in files}
     ops = []

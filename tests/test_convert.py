@@ -140,9 +140,14 @@ def test_sharded_pytorch_model_bin_loads_with_transformers(tmp_path):
     assert set(index["weight_map"].values()) == {f.path for f in result.files if f.path.startswith("model-")}
     loaded = GPT2LMHeadModel.from_pretrained(result.dest)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
-    # Sharded input (the output above) converts too, to one file.
+    # Sharded safetensors input (the output above) within the shard limit is reused as it is: same shards,
+    # same bytes; above the limit (or with a dtype cast) it is rewritten.
     [again] = hubckpt.convert(result.dest, tmp_path / "again")
-    assert [f.path for f in again.files if f.path.endswith(".safetensors")] == ["model.safetensors"]
+    assert {(f.path, f.sha256) for f in again.files if f.path.endswith(".safetensors")} == \
+        {(f.path, f.sha256) for f in result.files if f.path.endswith(".safetensors")}
+    assert GPT2LMHeadModel.from_pretrained(again.dest).state_dict().keys() == loaded.state_dict().keys()
+    [fp16] = hubckpt.convert(result.dest, tmp_path / "fp16", dtype="fp16")
+    assert [f.path for f in fp16.files if f.path.endswith(".safetensors")] == ["model.safetensors"]
 
 
 def test_lightning_and_dcp_and_bf16(tmp_path):

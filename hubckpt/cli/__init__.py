@@ -43,6 +43,8 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and
         os.environ["HUBCKPT_DEBUG"] = "1"
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # an error the command reports itself is printed once, as `Error:`
+        handler.addFilter(lambda record: debug or not getattr(record, "hubckpt_reported", False))
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
@@ -60,7 +62,7 @@ def _one_line(e: BaseException) -> str:
     url = str(getattr(response, "url", "")) if response is not None else ""
     if isinstance(e, RepositoryNotFoundError):
         return (f"Repository not found ({url}). Check the repo id and --hub; for a private repo pass a token "
-                "with access (--token or HF_TOKEN).")
+                "with access (--token; or HF_TOKEN for huggingface.co, HUBCKPT_TOKEN for other hubs).")
     if isinstance(e, RevisionNotFoundError):
         return f"Revision not found ({url}). See the repo's revisions with `hubckpt ls REPO`."
     if isinstance(e, HfHubHTTPError):

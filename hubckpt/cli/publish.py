@@ -48,6 +48,23 @@ def _already_published(pub, candidates: list[tuple[int, Path]]) -> set[int]:
     return done
 
 
+def _parse_metrics(value: str | None) -> dict[str, float]:
+    """`--metrics`: a JSON object of name → number, inline or in a file (NaN / Infinity allowed, as Python writes them)."""
+    import json
+
+    if not value:
+        return {}
+    text = Path(value).read_text() if not value.lstrip().startswith("{") and Path(value).is_file() else value
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise typer.BadParameter(f"not a JSON object: {e}", param_hint="--metrics") from e
+    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                             for v in data.values()):
+        raise typer.BadParameter("give a JSON object of metric name → number", param_hint="--metrics")
+    return {str(k): v for k, v in data.items()}
+
+
 def _report(futures) -> int:
     failures = 0
     for future in futures:
@@ -74,23 +91,39 @@ def publish(
     keep_best: Optional[int] = typer.Option(None, "--keep-best"), spool: Optional[Path] = SpoolOpt,
     max_shard_size: str = typer.Option("5GB", "--max-shard-size"),
     allow_global: List[str] = typer.Option([], "--allow-global", help="Trust this pickle global (module.Name)."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Metrics of a single checkpoint: a JSON object "
+                                          "('{\"eval_loss\": 0.41}') or a JSON file holding one."),
+    companion: List[Path] = typer.Option([], "--companion", help="A file to publish next to the weights of every "
+                                         "checkpoint (config, tokenizer...); repeatable."),
 ) -> None:
     """Publish a checkpoint, or every not-yet-published checkpoint of a run folder in step order."""
     from ..readers import discover, kind_of
+
+    parsed_metrics = _parse_metrics(metrics)
+    for c in companion:
+        if not c.is_file():
+            raise typer.BadParameter(f"{c} is not a file", param_hint="--companion")
 
     pub = _publisher(repo, hub, root, token, private, template, monitor, mode, keep_last, keep_every, keep_best,
                      spool, max_shard_size, allow_global)
     with pub:
         if kind_of(src) == "run":
-            if step is not None or revision is not None:
-                raise typer.BadParameter("--step/--revision apply to a single checkpoint, not a run folder")
+            if step is not None or revision is not None or parsed_metrics:
+                raise typer.BadParameter("--step/--revision/--metrics apply to a single checkpoint, not a run folder")
             candidates = discover(src)
             done = _already_published(pub, candidates)
             todo = [(s, p) for s, p in candidates if s not in done]
             typer.echo(f"{src}: {len(candidates)} checkpoints, {len(done)} already published, {len(todo)} to publish")
-            futures = [pub.publish(p, step=s, final=final and (s, p) == candidates[-1]) for s, p in todo]
+            futures = [pub.publish(p, step=s, final=final and (s, p) == candidates[-1], companions=companion)
+                       for s, p in todo]
         else:
-            futures = [pub.publish(src, step=step, revision=revision, final=final)]
+            from ..readers import peek_step
+
+            if step is None and peek_step(src)[0] is None:
+                raise typer.BadParameter(f"cannot tell the training step of {src}: it records none and its name "
+                                         "carries none; pass --step N", param_hint="--step")
+            futures = [pub.publish(src, step=step, revision=revision, final=final, metrics=parsed_metrics,
+                                   companions=companion)]
         pub.wait()
     if _report(futures):
         raise typer.Exit(1)

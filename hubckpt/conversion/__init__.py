@@ -29,7 +29,9 @@ from ..checkpoint import MANIFEST_FILE, TRAINING_STATE_DIR, Checkpoint
 from ..errors import DestinationExistsError, DiskFullError
 from ..readers import discover, kind_of, read_checkpoint
 from .manifest import build_manifest, dumps
+from .paths import scrub_paths
 from .training_state import load_training_state, save_training_state
+from .reuse import reusable, reuse_weights
 from .weights import WeightsReport, WrittenFile, write_weights
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,12 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _size(value: int | str) -> int:
+    from huggingface_hub.serialization._base import parse_size_to_int
+
+    return value if isinstance(value, int) else parse_size_to_int(value)
+
+
 def _fsync_tree(folder: Path) -> None:
     for path in sorted(folder.rglob("*")):
         if path.is_file():
@@ -79,17 +87,30 @@ def _check_dest(dest: Path, overwrite: bool) -> None:
 
 def convert_checkpoint(ckpt: Checkpoint, dest: str | Path, *, max_shard_size: int | str = "5GB",
                        dtype: str = "keep", overwrite: bool = False,
-                       progress: Callable[[int], None] | None = None) -> ConvertResult:
-    """Write an already-read `Checkpoint` into `dest` (see the module docstring)."""
+                       progress: Callable[[int], None] | None = None, link: bool = False) -> ConvertResult:
+    """Write an already-read `Checkpoint` into `dest` (see the module docstring).
+
+    Weights that already are valid safetensors in the transformers layout are validated and copied in one
+    read (`reuse.py`), or hard-linked with `link=True`, instead of being rewritten and verified.
+    """
     dest = Path(dest)
     _check_dest(dest, overwrite)
     dest.parent.mkdir(parents=True, exist_ok=True)
     for stale in dest.parent.glob(f".{dest.name}.tmp-*"):  # our own leftovers from a killed run, nothing else
         shutil.rmtree(stale, ignore_errors=True)
+    # Nothing from the user's machine is published: absolute paths in metadata become names (paths.py).
+    run_dir = Path(ckpt.source).resolve().parent if ckpt.source_format != "live" else None
+    ckpt.best = scrub_paths(ckpt.best, run_dir)
+    ckpt.training_state = scrub_paths(ckpt.training_state, run_dir)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     try:
-        report = write_weights(ckpt.weights, tmp, max_shard_size=max_shard_size, dtype=dtype, progress=progress)
+        if reusable(ckpt.weight_files, dtype=dtype, max_shard_size=_size(max_shard_size)):
+            # Already safetensors: validated, hashed and linked in one read instead of rewritten.
+            report = reuse_weights(ckpt.weight_files, tmp, link=link, progress=progress)
+        else:
+            report = write_weights(dict(ckpt.weights.items()) if not isinstance(ckpt.weights, dict) else ckpt.weights,
+                                   tmp, max_shard_size=max_shard_size, dtype=dtype, progress=progress)
         files = list(report.files)
         for companion in sorted(ckpt.companions):
             shutil.copyfile(companion, tmp / companion.name)

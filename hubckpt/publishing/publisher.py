@@ -37,9 +37,10 @@ from ..checkpoint import MANIFEST_FILE, Checkpoint
 from ..errors import HubConfigError, PublishError, RevisionCollisionError, UnsupportedCheckpointError
 from ..faults import fault
 from ..hub_client import HubTarget, manifest_digest
-from ..hubs import Hub, resolve_hub
+from ..hubs import Hub, resolve_hub, token_for
 from ..revisions import (DEFAULT_TEMPLATE, INDEX_FILE, RevisionIndex, RevisionInfo, best_revision, check_template,
-                         render_revision_name)
+                         manifest_metrics, render_revision_name)
+from ..snapshots import check_snapshot, take_snapshot
 from .journal import Journal, JobRecord
 from .policies import Retention
 from .staging import StagingPool
@@ -71,18 +72,10 @@ def _now() -> str:
 
 
 def peek_step(path: Path) -> tuple[int | None, int | None]:
-    """(step, tokens) of a checkpoint without reading its weights: trainer_state.json, else the name."""
-    from ..readers.weights_folder import step_from_name
+    """(step, tokens) of a checkpoint without reading its weights (see `readers.peek_step`)."""
+    from ..readers import peek_step as peek
 
-    state = path / "trainer_state.json"
-    if state.is_file():
-        try:
-            data = json.loads(state.read_text())
-            tokens = data.get("num_input_tokens_seen") or None
-            return data.get("global_step"), tokens
-        except (OSError, ValueError):
-            pass
-    return step_from_name(path.name), None
+    return peek(path)
 
 
 class Publisher:
@@ -91,6 +84,8 @@ class Publisher:
     Args:
         repo_id: `namespace/name` of the model repo (created if missing).
         hub: `local` (default), `hf`, a URL, or a list of them to publish to several hubs from one spool.
+        token: a token for the one hub, or {hub: token} for several; None: each hub's own default (the
+            stored huggingface.co token is only ever sent to huggingface.co; other hubs get HUBCKPT_TOKEN).
         revision_template: branch name of a revision; fields step, epoch, tokens, tokens_b, tokens_m.
         monitor, mode: metric that decides the `best` tag ("min" or "max"); defaults to what a Trainer
             checkpoint records as its best metric.
@@ -105,7 +100,7 @@ class Publisher:
         ...         pub.publish(state_dict=model.state_dict(), step=step, metrics={"loss": loss})
     """
 
-    def __init__(self, repo_id: str, *, hub: str | Hub | list[str | Hub] | None = None, token: str | None = None,
+    def __init__(self, repo_id: str, *, hub: str | Hub | list[str | Hub] | None = None, token: str | dict | None = None,
                  root: str | Path | None = None, revision_template: str = DEFAULT_TEMPLATE,
                  monitor: str | None = None, mode: str = "min", keep_last: int | None = None,
                  keep_every: int | None = None, keep_best: int | None = None, max_pending: int = 2,
@@ -128,8 +123,11 @@ class Publisher:
         self.allow_globals = list(allow_globals)
         self.include_training_state = include_training_state
         hubs = hub if isinstance(hub, list) else [hub]
-        self.targets = [HubTarget(h if isinstance(h, Hub) else resolve_hub(h, root=root), repo_id, token=token,
-                                  private=private) for h in hubs]
+        if isinstance(token, str) and len(hubs) > 1:
+            raise HubConfigError("A token belongs to one hub: with several hubs pass token={hub: token, ...} "
+                                 "(keys as in hub=..., or endpoints); hubs left out use their own default")
+        resolved = [(h, h if isinstance(h, Hub) else resolve_hub(h, root=root)) for h in hubs]
+        self.targets = [HubTarget(r, repo_id, token=token_for(r, h, token), private=private) for h, r in resolved]
         self.spool = Path(spool_dir) if spool_dir else default_spool(repo_id)
         (self.spool / "jobs").mkdir(parents=True, exist_ok=True)
         self.journal = Journal(self.spool / "journal.jsonl")
@@ -177,7 +175,8 @@ class Publisher:
             step = step if step is not None else peeked_step
             tokens = tokens if tokens is not None else peeked_tokens
         if step is None:
-            raise HubConfigError(f"Cannot tell the training step of {source or 'this checkpoint'}; pass step=...")
+            raise HubConfigError(f"Cannot tell the training step of {source or 'this checkpoint'}: it records none "
+                                 "and its name carries none; pass step=N (CLI: --step N)")
         name = revision or render_revision_name(self.revision_template, step=step, tokens=tokens, epoch=epoch)
         if revision:
             from ..revisions import validate_revision_name
@@ -190,7 +189,7 @@ class Publisher:
             future.set_result(PublishedRevision(self.repo_id, name, step, dict(existing.committed), skipped=True))
             return future
         if source is not None and snapshot:
-            source = _snapshot(source, self.spool / "jobs" / job_id / "source")
+            source = take_snapshot(source, self.spool / "jobs" / job_id / "source")
         payload: dict[str, Any] = {}
         if state_dict is not None:
             payload["weights"] = self._staging.capture(state_dict)
@@ -282,7 +281,7 @@ class Publisher:
                 result = self._process(job_id)
                 self._futures[job_id].set_result(result)
             except BaseException as e:  # recorded, re-raised to the caller, never swallowed
-                logger.error("publishing %s failed: %s", job_id, e)
+                logger.error("publishing %s failed: %s", job_id, e, extra={"hubckpt_reported": True})
                 self.journal.append("failed", job_id, error=f"{type(e).__name__}: {e}")
                 self._jobs[job_id].failed = str(e)
                 if self._error is None:
@@ -311,7 +310,8 @@ class Publisher:
                 previous = self._previous_revision(target, name, step, record.manifest_sha256)
                 commit = target.commit_revision(name, folder, start_from=previous or "main",
                                                 message=f"Checkpoint {name} (step {step})",
-                                                manifest_sha256=record.manifest_sha256)
+                                                manifest_sha256=record.manifest_sha256,
+                                                extra_files={"README.md": self._revision_card(target, captured, folder)})
                 fault("publish.after_commit")
                 record.committed[target.key] = commit
                 self.journal.append("committed", job_id, target=target.key, commit=commit)
@@ -347,6 +347,7 @@ class Publisher:
 
         payload = self._payloads.get(job_id, {})
         if captured.get("source"):
+            check_snapshot(Path(captured["source"]))
             ckpt = read_checkpoint(captured["source"], allow_globals=self.allow_globals)
         elif "weights" in payload:
             ckpt = Checkpoint(source=Path(captured["revision"]), source_format="live", weights=payload["weights"],
@@ -363,16 +364,20 @@ class Publisher:
             ckpt.training_state = {}
         if ckpt.best and ckpt.best.get("metric") and self.monitor is None:
             self.monitor, self.mode = ckpt.best["metric"], ckpt.best.get("mode", "min")
-        convert_checkpoint(ckpt, folder, max_shard_size=self.max_shard_size, overwrite=True)
+        convert_checkpoint(ckpt, folder, max_shard_size=self.max_shard_size, overwrite=True, link=True)
+        if captured.get("source"):
+            check_snapshot(Path(captured["source"]))  # not overwritten while it was being read
         if "weights" in payload:  # written to the spool: the staging buffers can be reused now
             self._staging.release(payload.pop("weights"))
+
+    def _revision_card(self, target: HubTarget, captured: dict[str, Any], folder: Path) -> bytes:
+        """This revision's README.md, linking to `target`'s hub (rendered per target)."""
         info = _revision_info(captured, json.loads((folder / MANIFEST_FILE).read_text()), commit=None)
         previous = self._previous_job_revision(captured["step"])
-        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-        card = render_revision_card(repo_id=self.repo_id, repo_url=self.targets[0].repo_url, info=info,
-                                    previous=previous, monitor=self.monitor, mode=self.mode, files=files,
-                                    options=self.card)
-        (folder / "README.md").write_text(card)
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
+                       and p.name != "README.md")
+        return render_revision_card(repo_id=self.repo_id, repo_url=target.repo_url, info=info, previous=previous,
+                                    monitor=self.monitor, mode=self.mode, files=files, options=self.card).encode()
 
     def _previous_job_revision(self, step: int) -> str | None:
         earlier = sorted((j.captured["step"], j.captured["revision"]) for j in self._jobs.values()
@@ -439,7 +444,7 @@ def main_files(target: HubTarget, index: RevisionIndex, card: CardOptions, *, ha
 
 def _main_model_files(target: HubTarget) -> list[str]:
     pattern = re.compile(r"^(model.*\.safetensors(\.index\.json)?|checkpoint\.json)$")
-    files = target.api.list_repo_files(target.repo_id, revision="main")
+    files = target.list_files("main")
     return [f for f in files if pattern.match(f)]
 
 
@@ -450,33 +455,9 @@ def _folder_digest(folder: Path) -> str:
 def _revision_info(captured: dict, manifest: dict, *, commit: str | None, digest: str | None = None) -> RevisionInfo:
     size = sum(f["size"] for f in manifest.get("files", []) if not f["path"].startswith("training_state/"))
     return RevisionInfo(name=captured["revision"], step=captured["step"], commit=commit, epoch=manifest.get("epoch"),
-                        tokens=manifest.get("tokens"), metrics={k: v for k, v in manifest.get("metrics", {}).items()
-                                                                if isinstance(v, (int, float))},
+                        tokens=manifest.get("tokens"), metrics=manifest_metrics(manifest),
                         size=size, date=captured.get("captured_at"), source_format=manifest["source"]["format"],
                         manifest_sha256=digest, final=bool(captured.get("final")))
-
-
-def _snapshot(source: Path, dest: Path) -> Path:
-    """Hard-link `source` (a file or folder) into `dest`; copy where links are impossible."""
-    import errno
-
-    def link(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                raise
-            shutil.copy2(src, dst)
-
-    target = dest / source.name
-    if target.exists():
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    dest.mkdir(parents=True, exist_ok=True)
-    if source.is_dir():
-        shutil.copytree(source, target, copy_function=link)
-    else:
-        link(str(source), str(target))
-    return target
 
 
 def _clone_tree(value: Any) -> Any:

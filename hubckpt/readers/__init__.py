@@ -16,7 +16,9 @@ from ..errors import UnsupportedCheckpointError
 from .detect import sniff_file, sniff_folder
 from .run import discover
 
-__all__ = ["read_checkpoint", "discover", "kind_of"]
+from .steps import step_from_name
+
+__all__ = ["read_checkpoint", "discover", "kind_of", "peek_step", "step_from_name"]
 
 
 def kind_of(path: str | Path) -> str:
@@ -48,3 +50,42 @@ def read_checkpoint(path: str | Path, *, allow_globals: Iterable[str] = ()) -> C
     from .torch_file import read_torch_file
 
     return read_torch_file(path, allow_globals=allow_globals)
+
+
+def peek_step(path: str | Path, *, allow_globals: Iterable[str] = ()) -> tuple[int | None, int | None]:
+    """(step, tokens) of a checkpoint without reading its weights, as `read_checkpoint` would find them.
+
+    Folders: `trainer_state.json` (global_step, num_input_tokens_seen), else the name. torch.save files
+    (nanoGPT's `iter_num`, Lightning's `global_step`...): the pickle's scalars, loaded weights-only and
+    memory-mapped so no tensor data is read; else the name.
+    """
+    import json
+
+    path = Path(path)
+    if path.is_dir():
+        state = path / "trainer_state.json"
+        if state.is_file():
+            try:
+                data = json.loads(state.read_text())
+                tokens = data.get("num_input_tokens_seen") or None
+                if isinstance(data.get("global_step"), int):
+                    return data["global_step"], tokens if isinstance(tokens, int) else None
+            except (OSError, ValueError):
+                pass
+        return step_from_name(path.name), None
+    try:
+        kind = sniff_file(path)
+    except Exception:  # noqa: BLE001 - read_checkpoint reports it properly later
+        return step_from_name(path.name), None
+    if kind == "torch-zip":
+        from .. import safe_pickle
+        from .torch_file import step_of
+
+        try:
+            data = safe_pickle.load(path, allow_globals=allow_globals, mmap=True)
+        except Exception:  # noqa: BLE001 - unsafe or corrupt: read_checkpoint refuses it with the reason
+            data = None
+        step, tokens = step_of(data) if isinstance(data, dict) else (None, None)
+        if step is not None:
+            return step, tokens
+    return step_from_name(path.name), None

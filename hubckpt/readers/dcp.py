@@ -15,7 +15,7 @@ from typing import Any
 
 from ..checkpoint import Checkpoint
 from ..errors import CorruptCheckpointError, UnsafeCheckpointError
-from .weights_folder import step_from_name
+from .steps import step_from_name
 
 _BUILTINS = {("builtins", n) for n in ("set", "frozenset", "slice", "tuple", "list", "dict", "int", "float", "str",
                                        "bytes", "bool", "complex")}

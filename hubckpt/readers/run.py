@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-# checkpoint-1200/, step-1200/, step_1200/, global_step1200/, epoch=3-step=1200.ckpt, ckpt_1200.pt, iter-1200.bin ...
-_NAMED_STEP = re.compile(r"^(?:.*?[-_=]|global_step|step|iter)(\d+)(?:\.(?:pt|pth|bin|ckpt|safetensors))?$")
+from .steps import step_from_name
 
 
 def discover(run_dir: Path) -> list[tuple[int, Path]]:
@@ -15,8 +13,8 @@ def discover(run_dir: Path) -> list[tuple[int, Path]]:
 
     found: list[tuple[int, Path]] = []
     for entry in sorted(run_dir.iterdir()):
-        m = _NAMED_STEP.match(entry.name)
-        if m is None or entry.name.startswith("."):
+        step = step_from_name(entry.name)
+        if step is None or entry.name.startswith("."):
             continue
         if entry.is_dir():
             holds_weights = (entry / ".metadata").is_file() or any((entry / n).is_file() for n in WEIGHT_FILES) \
@@ -25,6 +23,6 @@ def discover(run_dir: Path) -> list[tuple[int, Path]]:
                 continue
         elif not entry.is_file():
             continue
-        found.append((int(m.group(1)), entry))
+        found.append((step, entry))
     found.sort(key=lambda item: (item[0], item[1].name))
     return found

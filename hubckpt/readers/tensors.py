@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from .. import safe_pickle
 from ..errors import CorruptCheckpointError
@@ -71,3 +72,44 @@ def strip_compile_prefix(weights: dict[str, "torch.Tensor"]) -> dict[str, "torch
     if not any(COMPILE_PREFIX in k for k in weights):
         return weights
     return {k.replace(COMPILE_PREFIX, ""): v for k, v in weights.items()}
+
+
+def safetensors_keys(path: Path) -> list[str]:
+    """Tensor names of a safetensors file, from its header alone (no tensor data is read)."""
+    import json
+
+    sniff_file(path)
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise CorruptCheckpointError(f"{path} is not a valid safetensors file: {e}", str(path)) from e
+    if not isinstance(header, dict):
+        raise CorruptCheckpointError(f"{path} is not a valid safetensors file: header is not an object", str(path))
+    return [k for k in header if k != "__metadata__"]
+
+
+class LazyWeights(Mapping):
+    """Weights read on first use: a converter that reuses the files as they are never reads the tensors."""
+
+    def __init__(self, load: Callable[[], dict]) -> None:
+        self._load = load
+        self._data: dict | None = None
+
+    def _loaded(self) -> dict:
+        if self._data is None:
+            self._data = self._load()
+        return self._data
+
+    def __getitem__(self, key: str):
+        return self._loaded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaded())
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+    def items(self):
+        return self._loaded().items()

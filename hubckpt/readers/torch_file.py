@@ -9,13 +9,21 @@ from .. import safe_pickle
 from ..checkpoint import Checkpoint
 from ..errors import UnsupportedCheckpointError
 from .detect import sniff_file
-from .tensors import read_safetensors, strip_compile_prefix
-from .weights_folder import step_from_name
+from .tensors import COMPILE_PREFIX, LazyWeights, read_safetensors, safetensors_keys, strip_compile_prefix
+from .steps import step_from_name
 
 _STEP_KEYS = ("global_step", "iter_num", "step", "steps", "iteration", "num_updates")
 _MODEL_KEYS = ("model", "model_state_dict", "state_dict", "module", "net", "weights")
 _OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optim", "opt")
 _SCHEDULER_KEYS = ("scheduler", "lr_scheduler", "scheduler_state_dict")
+
+
+def step_of(data: dict) -> tuple[int | None, int | None]:
+    """(step, tokens) recorded in a loaded torch.save dict (nanoGPT `iter_num`, Lightning `global_step`...)."""
+    step = next((int(data[k]) for k in _STEP_KEYS if isinstance(data.get(k), int) and not isinstance(data[k], bool)),
+                None)
+    tokens = data.get("tokens") if isinstance(data.get("tokens"), int) else None
+    return step, tokens
 
 
 def _is_tensor_dict(value: Any) -> bool:
@@ -51,8 +59,12 @@ def read_torch_file(path: Path, *, allow_globals: Iterable[str] = ()) -> Checkpo
 
     kind = sniff_file(path)
     if kind == "safetensors":
-        return Checkpoint(source=path, source_format="safetensors", weights=read_safetensors(path),
-                          step=step_from_name(path.name))
+        keys = safetensors_keys(path)
+        if any(COMPILE_PREFIX in k for k in keys):
+            return Checkpoint(source=path, source_format="safetensors", weights=strip_compile_prefix(read_safetensors(path)),
+                              step=step_from_name(path.name))
+        return Checkpoint(source=path, source_format="safetensors", weights=LazyWeights(lambda: read_safetensors(path)),
+                          step=step_from_name(path.name), weight_files=[path])
     if kind == "legacy-tar":
         safe_pickle.load(path)  # raises the refusal with its explanation
     data = safe_pickle.load(path, allow_globals=allow_globals)

@@ -10,7 +10,9 @@ from .. import safe_pickle
 from ..checkpoint import Checkpoint
 from ..errors import CorruptCheckpointError
 from .detect import read_json
-from .tensors import read_safetensors, read_sharded, read_tensor_dict, strip_compile_prefix
+from .steps import step_from_name
+from .tensors import (COMPILE_PREFIX, LazyWeights, read_safetensors, read_sharded, read_tensor_dict,
+                      safetensors_keys, strip_compile_prefix)
 
 # Files copied next to the weights: configs, tokenizers, templates. Everything else is reported as skipped.
 SAFE_SUFFIXES = (".json", ".txt", ".jinja", ".model", ".md", ".yaml", ".yml", ".tiktoken")
@@ -19,7 +21,6 @@ TRAINING_FILES = {"optimizer.pt": "optimizer", "optimizer.bin": "optimizer", "sc
                   "scaler.pt": "scaler"}
 _SHARD = re.compile(r"^(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)$")
 _RNG = re.compile(r"^rng_state(_\d+)?\.pth$")
-_STEP_DIR = re.compile(r"(?:^|[-_=])(\d+)$")
 
 
 def _load_weights(folder: Path, allow_globals: Iterable[str]) -> dict:
@@ -70,16 +71,48 @@ def _best_metric_name(state: dict) -> dict[str, str]:
     return {"metric": metric, "mode": mode}
 
 
-def step_from_name(name: str) -> int | None:
-    """The trailing number of `checkpoint-1200`, `step_1200`, `global_step=1200`..."""
-    m = _STEP_DIR.search(Path(name).stem if "." in name else name)
-    return int(m.group(1)) if m else None
+def _safetensors_files(folder: Path) -> list[Path]:
+    """The safetensors files the weights come from, when they can be reused as they are (else [])."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            return []
+        shards = sorted(set(weight_map.values()))
+        if not all(isinstance(s, str) and s.endswith(".safetensors") and "/" not in s and "\\" not in s
+                   and (folder / s).is_file() for s in shards):
+            return []
+        files = [folder / s for s in shards]
+    elif (folder / "pytorch_model.bin.index.json").is_file():
+        return []  # what _load_weights reads first
+    elif (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    elif (folder / "pytorch_model.bin").is_file():
+        return []
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+        if len(files) != 1:
+            return []
+    keys = [k for f in files for k in safetensors_keys(f)]
+    if any(COMPILE_PREFIX in k for k in keys):
+        return []  # names must be rewritten
+    if index.is_file() and sorted(keys) != sorted(read_json(index)["weight_map"]):
+        return []  # the index and the shards disagree: let the full reader report it
+    return files
 
 
 def read_weights_folder(folder: Path, *, allow_globals: Iterable[str] = ()) -> Checkpoint:
-    """Read a Trainer checkpoint folder (or a plain folder of weights + companions)."""
-    weights = strip_compile_prefix(_load_weights(folder, allow_globals))
-    ckpt = Checkpoint(source=folder, source_format="safetensors", weights=weights)
+    """Read a Trainer checkpoint folder (or a plain folder of weights + companions).
+
+    Weights stored as safetensors are not read here (`LazyWeights`): the converter reuses the files as
+    they are (`Checkpoint.weight_files`) and reads the tensors only if it must rewrite them.
+    """
+    reusable = _safetensors_files(folder)
+    if reusable:
+        weights = LazyWeights(lambda: strip_compile_prefix(_load_weights(folder, allow_globals)))
+    else:
+        weights = strip_compile_prefix(_load_weights(folder, allow_globals))
+    ckpt = Checkpoint(source=folder, source_format="safetensors", weights=weights, weight_files=reusable)
     training: dict[str, Any] = {}
     state_path = folder / "trainer_state.json"
     if state_path.is_file():

@@ -129,6 +129,11 @@ class HubTarget:
     def branches(self) -> dict[str, str]:
         return self.refs()[0]
 
+    def list_files(self, revision: str = MAIN) -> list[str]:
+        """Paths of every file at `revision`."""
+        return with_retries(lambda: self.api.list_repo_files(self.repo_id, revision=revision),
+                            what=f"listing {self.repo_id}@{revision}")
+
     # -- writes -------------------------------------------------------------------------------------
 
     def commit_revision(self, name: str, folder: Path, *, start_from: str, message: str,
@@ -245,6 +250,13 @@ class HubTarget:
             self.api.delete_tag(self.repo_id, tag=tag)
         with_retries(lambda: self.api.create_tag(self.repo_id, tag=tag, revision=revision, exist_ok=True),
                      what=f"tagging {revision} as {tag}")
+
+    def delete_tag(self, tag: str) -> None:
+        """Delete `tag` (no error if it is already gone)."""
+        from huggingface_hub.errors import RevisionNotFoundError
+
+        with contextlib.suppress(RevisionNotFoundError):
+            with_retries(lambda: self.api.delete_tag(self.repo_id, tag=tag), what=f"deleting tag {tag}")
 
     def delete_branch(self, name: str) -> None:
         from huggingface_hub.errors import RevisionNotFoundError

@@ -83,13 +83,20 @@ def test_publish_trainer_run(api, local_hub, trainer_run, tmp_path, cache_dir):
     loaded = AutoModelForCausalLM.from_pretrained(repo_id, revision="step-0000004", cache_dir=cache_dir)
     assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), loaded.state_dict().values()))
 
-    # Publishing the same run again publishes nothing new.
+    # Publishing the same run again publishes nothing new: from the same spool the journal and the hub
+    # prove it without converting; from a fresh spool each checkpoint is converted and found identical.
     commits_before = len(api.list_repo_commits(repo_id))
     again = run_cli("publish", str(trainer_run), "--repo", repo_id, "--hub", local_hub.url,
-                    "--spool", str(tmp_path / "spool2"))
+                    "--spool", str(tmp_path / "spool"))
     assert again.returncode == 0, again.stderr
     assert "3 already published, 0 to publish" in again.stdout
+    fresh = run_cli("publish", str(trainer_run), "--repo", repo_id, "--hub", local_hub.url,
+                    "--spool", str(tmp_path / "spool2"))
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout.count("(already published)") == 3
     assert len(api.list_repo_commits(repo_id)) == commits_before
+    assert {b.name for b in api.list_repo_refs(repo_id).branches} == {"main", "step-0000002", "step-0000004",
+                                                                      "step-0000006"}
 
 
 def test_live_state_dicts_backpressure_and_unchanged_bytes(api, local_hub, tmp_path):

@@ -29,23 +29,8 @@ def _publisher(repo: str, hub, root, token, private=False, template="step-{step:
 
 
 def _already_published(pub, candidates: list[tuple[int, Path]]) -> set[int]:
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    from ..revisions import render_revision_name
-
-    try:
-        index, _ = pub.targets[0].read_index()
-    except RepositoryNotFoundError:
-        return set()  # the repo is created on the first publish
-    names = {r.name for r in index.revisions}
-    done = set()
-    for step, _path in candidates:
-        try:
-            if render_revision_name(pub.revision_template, step=step) in names:
-                done.add(step)
-        except Exception:  # noqa: BLE001 - templates needing tokens are checked per checkpoint later
-            continue
-    return done
+    """Steps every hub already holds (checked on the hubs, not only in the journal)."""
+    return pub.already_published(candidates)
 
 
 def _report(futures) -> int:

@@ -88,6 +88,10 @@ def resume(repo: str = typer.Option(..., "--repo"), hub: Optional[str] = HubOpt,
     pending = pub.pending()
     typer.echo(f"Resuming {len(pending)} unfinished job(s): {', '.join(pending) or '-'}")
     pub.close()
+    failed = [j.revision for j in pub.jobs() if j.failed is not None and not j.retryable and not j.dropped]
+    if failed:
+        typer.echo(f"{len(failed)} failed job(s) kept ({', '.join(failed)}): `hubckpt jobs {repo}` to retry or drop "
+                   "them", err=True)
     typer.echo("Done.")
 
 
@@ -144,7 +148,8 @@ def watch(
                 if step in submitted or not _settled(path, seen, 0 if once else settle):
                     continue
                 pub.publish(path, step=step).add_done_callback(
-                    lambda f: typer.echo(f"  published {f.result().revision}") if not f.exception() else None)
+                    lambda f: typer.echo(f"  published {f.result().revision}") if not f.exception()
+                    else typer.echo(f"  failed: {f.exception()}", err=True))
                 submitted.add(step)
             if once and scans >= 2:  # the first scan only records what each checkpoint looks like
                 break

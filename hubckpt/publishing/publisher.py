@@ -226,11 +226,15 @@ class Publisher:
                     "metrics": dict(metrics or {}), "epoch": epoch, "tokens": tokens,
                     "companions": [str(Path(c).resolve()) for c in companions], "captured_at": _now(),
                     "signature": signature, "targets": self._keys}
+        elsewhere: set[str] = set()
         if record is not None and signature and record.captured.get("signature") == signature \
                 and record.manifest_sha256:
             captured["expect_sha256"] = record.manifest_sha256  # unchanged on disk: maybe no need to convert
+            elsewhere = record.published - set(self._keys)  # still true of the other hubs it went to
         self._payloads[job_id] = payload
         self._store.capture(job_id, captured)
+        for key in sorted(elsewhere):
+            self._store.published(job_id, key)
         fault("publish.after_capture")
         blocked = time.perf_counter() - started
         future, _ = self._worker.submit(job_id, block=True)  # backpressure, never a dropped checkpoint
@@ -352,7 +356,8 @@ class Publisher:
     def _failed(self, job_id: str, error: BaseException) -> None:
         retryable = is_transient(error) or isinstance(error, ConnectionError) or not isinstance(error, Exception)
         record = self._store.get(job_id)
-        logger.error("publishing %s failed: %s", record.revision if record else job_id, error)
+        # Raised to the caller (its Future, then the next publish/wait/close): logged at info, not printed twice.
+        logger.info("publishing %s failed: %s", record.revision if record else job_id, error)
         self._store.failed(job_id, f"{type(error).__name__}: {error}", retryable=retryable)
         if self._error is None:
             self._error = error
@@ -389,6 +394,7 @@ class Publisher:
                     break
                 commits[target.key] = held
             else:  # every hub has it, and the files on disk did not change: nothing to convert
+                self._store.converted(job_id, expected)
                 for key in self._keys:
                     self._store.published(job_id, key)
                 self._store.remove_files(job_id)
@@ -408,6 +414,8 @@ class Publisher:
             held = view.holds(name, record.manifest_sha256)
             if held is None and not replace:
                 stages.refuse_collision(view.index, target, name, record.manifest_sha256)
+            elif held is None and view.index.get(name) is not None:
+                logger.warning("replacing revision %s of %s (replace=True)", name, target.describe())
             if held is not None:
                 commit, index = held, view.index
                 if key not in record.indexed:

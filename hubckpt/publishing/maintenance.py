@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ..cards import CardOptions
+from ..cards import CardOptions, is_hubckpt_card
 from ..errors import HubConfigError
 from ..hub_client import HubTarget, manifest_digest
-from ..revisions import RESERVED, RevisionIndex, RevisionInfo, best_revision
+from ..revisions import RESERVED, RevisionIndex, RevisionInfo, best_revision, manifest_metrics
 from .layout import main_files
 from .policies import Retention
 from .stages import retire
@@ -76,7 +76,7 @@ def reindex(target: HubTarget, *, card: CardOptions | None = None) -> RevisionIn
         rebuilt.upsert(RevisionInfo(
             name=name, step=manifest.get("step"), commit=commit, epoch=manifest.get("epoch"),
             tokens=manifest.get("tokens"),
-            metrics={k: v for k, v in (manifest.get("metrics") or {}).items() if isinstance(v, (int, float))},
+            metrics=manifest_metrics(manifest),
             size=sum(f["size"] for f in manifest.get("files", []) if not f["path"].startswith("training_state/")),
             date=previous.date if previous else None, source_format=(manifest.get("source") or {}).get("format"),
             manifest_sha256=manifest_digest(manifest), final=name == old.final))
@@ -87,8 +87,17 @@ def reindex(target: HubTarget, *, card: CardOptions | None = None) -> RevisionIn
     rebuilt.best = best_revision(rebuilt)
     has_config = _has_config(target, rebuilt)
 
+    readme = target.read_bytes("README.md", "main")
+    keep_readme = readme is not None and not is_hubckpt_card(readme.decode("utf-8", "replace"))
+    if keep_readme:
+        logger.info("reindex: main's README.md was not written by hubckpt; leaving it as it is")
+    rebuilt.tags = {t: n for t, n in old.tags.items() if rebuilt.get(n) is not None}
+
     def mutate(_current: RevisionIndex):
-        return main_files(target, rebuilt, card or CardOptions(), has_config=has_config), None, [], "Rebuild the index"
+        files = main_files(target, rebuilt, card or CardOptions(), has_config=has_config)
+        if keep_readme:
+            files.pop("README.md")
+        return files, None, [], "Rebuild the index"
 
     target.update_main(mutate)
     return rebuilt
@@ -105,3 +114,15 @@ def tag(target: HubTarget, revision: str, name: str, *, delete: bool = False) ->
         target.delete_tag(name)
     else:
         target.move_tag(name, revision)
+    # The index (and so `ls` and the card) lists user tags too.
+    index = list_revisions(target)
+    if index.get(revision) is None and not delete:
+        return  # not a revision of the index (a branch of the user's own): the hub tag is all there is
+    has_config = _has_config(target, index)
+
+    def mutate(current: RevisionIndex):
+        current.set_tag(name, None if delete else revision)
+        verb = "Untag" if delete else f"Tag {revision} as"
+        return main_files(target, current, CardOptions(), has_config=has_config), None, [], f"{verb} {name}"
+
+    target.update_main(mutate)

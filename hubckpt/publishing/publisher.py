@@ -42,7 +42,7 @@ from ..checkpoint import MANIFEST_FILE
 from ..errors import HubConfigError, PublishError, RevisionCollisionError, UnsupportedCheckpointError
 from ..faults import fault
 from ..hub_client import HubTarget, is_transient
-from ..hubs import Hub, resolve_hub
+from ..hubs import Hub, resolve_hub, token_for
 from ..revisions import DEFAULT_TEMPLATE, check_template, render_revision_name, validate_revision_name
 from . import stages
 from .jobs import JobStore, default_spool, target_key
@@ -90,6 +90,8 @@ class Publisher:
     Args:
         repo_id: `namespace/name` of the model repo (created if missing).
         hub: `local` (default), `hf`, a URL, or a list of them to publish to several hubs from one spool.
+        token: a token for the one hub, or {hub: token} for several; None: each hub's own default (the
+            stored huggingface.co token is only ever sent to huggingface.co; other hubs get HUBCKPT_TOKEN).
         revision_template: branch name of a revision; fields step, epoch, tokens, tokens_b, tokens_m.
         monitor, mode: metric that decides the `best` tag ("min" or "max"); defaults to what a Trainer
             checkpoint records as its best metric.
@@ -105,7 +107,7 @@ class Publisher:
         ...         pub.publish(state_dict=model.state_dict(), step=step, metrics={"loss": loss})
     """
 
-    def __init__(self, repo_id: str, *, hub: str | Hub | list[str | Hub] | None = None, token: str | None = None,
+    def __init__(self, repo_id: str, *, hub: str | Hub | list[str | Hub] | None = None, token: str | dict | None = None,
                  root: str | Path | None = None, revision_template: str = DEFAULT_TEMPLATE,
                  monitor: str | None = None, mode: str = "min", keep_last: int | None = None,
                  keep_every: int | None = None, keep_best: int | None = None, max_pending: int = 2,
@@ -126,8 +128,11 @@ class Publisher:
                                         max_shard_size=max_shard_size, allow_globals=list(allow_globals),
                                         include_training_state=include_training_state)
         hubs = hub if isinstance(hub, list) else [hub]
-        self.targets = [HubTarget(h if isinstance(h, Hub) else resolve_hub(h, root=root), repo_id, token=token,
-                                  private=private) for h in hubs]
+        if isinstance(token, str) and len(hubs) > 1:
+            raise HubConfigError("A token belongs to one hub: with several hubs pass token={hub: token, ...} "
+                                 "(keys as in hub=..., or endpoints); hubs left out use their own default")
+        resolved = [(h, h if isinstance(h, Hub) else resolve_hub(h, root=root)) for h in hubs]
+        self.targets = [HubTarget(r, repo_id, token=token_for(r, h, token), private=private) for h, r in resolved]
         self._keys = [target_key(t) for t in self.targets]
         self.spool = Path(spool_dir) if spool_dir else default_spool(repo_id)
         self._store = JobStore(self.spool)
@@ -423,8 +428,9 @@ class Publisher:
                     self._store.indexed(job_id, key)
             else:
                 new_work = True
-                stages.write_card(self.settings, target, record, manifest, folder, self._previous_revision(step))
-                commit = stages.commit(target, view, record, key, folder)
+                card = stages.revision_card(self.settings, target, record, manifest, folder,
+                                            self._previous_revision(step))
+                commit = stages.commit(target, view, record, folder, card=card, replace=replace)
                 fault("publish.after_commit")
                 self._store.committed(job_id, key, commit)
                 index = stages.index(self.settings, target, record, manifest, commit, folder, replace=replace)

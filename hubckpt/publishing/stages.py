@@ -26,7 +26,7 @@ from ..checkpoint import MANIFEST_FILE, Checkpoint
 from ..errors import PublishError, RevisionCollisionError
 from ..faults import fault
 from ..hub_client import HubTarget, manifest_digest
-from ..revisions import RevisionIndex, RevisionInfo, best_revision
+from ..revisions import RevisionIndex, RevisionInfo, best_revision, manifest_metrics
 from .jobs import JobStore
 from .journal import JobRecord
 from .layout import CARD_FILE, final_files_to_replace, main_files
@@ -136,20 +136,19 @@ def folder_digest(folder: Path) -> str:
 def revision_info(captured: dict, manifest: dict, *, commit: str | None, digest: str | None = None) -> RevisionInfo:
     size = sum(f["size"] for f in manifest.get("files", []) if not f["path"].startswith("training_state/"))
     return RevisionInfo(name=captured["revision"], step=captured["step"], commit=commit, epoch=manifest.get("epoch"),
-                        tokens=manifest.get("tokens"), metrics={k: v for k, v in manifest.get("metrics", {}).items()
-                                                                if isinstance(v, (int, float))},
+                        tokens=manifest.get("tokens"), metrics=manifest_metrics(manifest),
                         size=size, date=captured.get("captured_at"), source_format=manifest["source"]["format"],
                         manifest_sha256=digest, final=bool(captured.get("final")))
 
 
-def write_card(settings: Settings, target: HubTarget, record: JobRecord, manifest: dict, folder: Path,
-               previous: str | None) -> None:
+def revision_card(settings: Settings, target: HubTarget, record: JobRecord, manifest: dict, folder: Path,
+                  previous: str | None) -> bytes:
     """This revision's README.md, rendered for `target` (its links point at that hub)."""
     info = revision_info(record.captured, manifest, commit=None)
-    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    card = render_revision_card(repo_id=settings.repo_id, repo_url=target.repo_url, info=info, previous=previous,
-                                monitor=settings.monitor, mode=settings.mode, files=files, options=settings.card)
-    (folder / CARD_FILE).write_text(card)
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != CARD_FILE)
+    return render_revision_card(repo_id=settings.repo_id, repo_url=target.repo_url, info=info, previous=previous,
+                                monitor=settings.monitor, mode=settings.mode, files=files,
+                                options=settings.card).encode()
 
 
 # -- commit -----------------------------------------------------------------------------------------
@@ -164,7 +163,8 @@ def refuse_collision(index: RevisionIndex, target: HubTarget, name: str, digest:
             "it, or delete that branch first.")
 
 
-def commit(target: HubTarget, view: HubView, record: JobRecord, key: str, folder: Path) -> str:
+def commit(target: HubTarget, view: HubView, record: JobRecord, folder: Path, *, card: bytes,
+           replace: bool) -> str:
     """The revision's one commit on its branch (started from the latest earlier live revision)."""
     name, step = record.revision, record.step
     earlier = [r for r in view.index.revisions
@@ -172,7 +172,8 @@ def commit(target: HubTarget, view: HubView, record: JobRecord, key: str, folder
                and r.name in view.branches and r.name != name]
     start = earlier[-1].name if earlier else "main"
     return target.commit_revision(name, folder, start_from=start, message=f"Checkpoint {name} (step {step})",
-                                  manifest_sha256=record.manifest_sha256)
+                                  manifest_sha256=record.manifest_sha256, replace=replace,
+                                  extra_files={CARD_FILE: card})
 
 
 # -- index ------------------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ def index(settings: Settings, target: HubTarget, record: JobRecord, manifest: di
         deletes: list[str] = []
         if final:  # old model files from an earlier final must not mix with the new ones
             ours = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-            deletes = final_files_to_replace(target.list_files(), ours)
+            deletes = final_files_to_replace(target.list_files("main"), ours)
         return files, (folder if final else None), deletes, f"Index {name} (step {record.step})"
 
     _, updated = target.update_main(mutate)
@@ -266,4 +267,4 @@ def reconcile_tags(target: HubTarget, index: RevisionIndex | None = None) -> Non
 
 
 __all__ = ["Settings", "HubView", "read_view", "source_signature", "convert", "folder_digest", "revision_info",
-           "write_card", "refuse_collision", "commit", "index", "retire", "retain", "reconcile_tags"]
+           "revision_card", "refuse_collision", "commit", "index", "retire", "retain", "reconcile_tags"]

@@ -325,7 +325,7 @@ class Publisher:
                 view = stages.read_view(target)
             except RepositoryNotFoundError:
                 return set()
-            known = {s: (n, d) for s, (n, d) in known.items() if view.holds(n, d)}
+            known = {s: (n, d) for s, (n, d) in known.items() if view.holds(n, d) or view.pruned(n, d)}
         return set(known)
 
     # -- resume ---------------------------------------------------------------------------------------
@@ -395,9 +395,9 @@ class Publisher:
                 self._prepare(target, key)
                 views[key] = stages.read_view(target)
                 held = views[key].holds(name, expected)
-                if held is None:
+                if held is None and not views[key].pruned(name, expected):
                     break
-                commits[target.key] = held
+                commits[target.key] = held or ""
             else:  # every hub has it, and the files on disk did not change: nothing to convert
                 self._store.converted(job_id, expected)
                 for key in self._keys:
@@ -416,6 +416,14 @@ class Publisher:
                 continue
             self._prepare(target, key)
             view = views.get(key) or stages.read_view(target)
+            if view.pruned(name, record.manifest_sha256) and not replace:
+                logger.info("%s was published to %s and pruned since; not publishing it again", name,
+                            target.describe())
+                if not view.index.get(name).pruned:  # finish the interrupted pruning
+                    stages.retire(target, [], self.settings.card, has_config=has_config)
+                self._store.published(job_id, key)
+                commits[target.key] = ""
+                continue
             held = view.holds(name, record.manifest_sha256)
             if held is None and not replace:
                 stages.refuse_collision(view.index, target, name, record.manifest_sha256)

@@ -62,6 +62,15 @@ class HubView:
             return None
         return info.commit if digest is None or info.manifest_sha256 == digest else None
 
+    def pruned(self, name: str, digest: str | None) -> bool:
+        """This hub had revision `name` with content `digest`, and retention pruned it: nothing to publish again."""
+        info = self.index.get(name)
+        if info is None or digest is None or info.manifest_sha256 != digest:
+            return False
+        # Listed live but its branch is gone: a retention pass (or `hubckpt prune`) died between deleting
+        # the branch and marking it; the next pass marks it.
+        return info.pruned or (info.commit is not None and name not in self.branches)
+
 
 def read_view(target: HubTarget) -> HubView:
     index, _ = target.read_index()

@@ -281,3 +281,44 @@ def _timed(action) -> float:
     started = time.perf_counter()
     action()
     return time.perf_counter() - started
+
+
+@pytest.mark.slow
+def test_trainer_callback_after_resume_from_checkpoint(api, local_hub, tmp_path, caplog):
+    """The resumed Trainer saves step 4 again (and 6): each revision listed once, holding the resumed run's files."""
+    import logging
+
+    import transformers
+    from transformers import GPT2LMHeadModel, Trainer, TrainingArguments
+
+    from hubckpt.integrations.transformers import HubckptCallback
+
+    from .factories import tiny_gpt2_config
+
+    transformers.logging.set_verbosity_error()
+    gen = torch.Generator().manual_seed(0)
+    data = [{"input_ids": torch.randint(0, 32, (8,), generator=gen), "labels": torch.randint(0, 32, (8,), generator=gen)}
+            for _ in range(16)]
+    out, repo_id = tmp_path / "out", "alice/resumed"
+
+    def train(max_steps: int, resume: str | None = None) -> None:
+        torch.manual_seed(0)
+        args = TrainingArguments(output_dir=str(out), max_steps=max_steps, save_steps=2, per_device_train_batch_size=4,
+                                 report_to=[], use_cpu=True, disable_tqdm=True, seed=0, logging_steps=1)
+        callback = HubckptCallback(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool")
+        Trainer(model=GPT2LMHeadModel(tiny_gpt2_config()), args=args, train_dataset=data,
+                callbacks=[callback]).train(resume_from_checkpoint=resume)
+
+    train(4)
+    with caplog.at_level(logging.ERROR, logger="hubckpt"):
+        train(6, resume=str(out / "checkpoint-2"))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    index = _index(api, repo_id, tmp_path / "c")
+    assert [r.name for r in index.revisions] == ["step-0000002", "step-0000004", "step-0000006"]
+    assert index.final == "step-0000006"
+    heads = {b.name: b.target_commit for b in api.list_repo_refs(repo_id).branches}
+    assert all(heads[r.name] == r.commit for r in index.revisions)
+    for step in (4, 6):
+        on_disk = load_file(out / f"checkpoint-{step}" / "model.safetensors")
+        published = _weights(api, repo_id, f"step-{step:07d}", tmp_path / "c")
+        assert all(torch.equal(on_disk[k], published[k]) for k in on_disk)

@@ -261,7 +261,12 @@ def test_journal_compaction_keeps_every_jobs_state(tmp_path):
     lines = (spool / "journal.jsonl").read_bytes().splitlines()
     assert len(lines) == 150
     after = Journal(spool / "journal.jsonl").replay()
-    assert {k: v.to_state() for k, v in after.items()} == {k: v.to_state() for k, v in before.items()}
+
+    def essentials(jobs):
+        return {k: (v.revision, v.step, v.manifest_sha256, v.published, v.failed, v.finished_for(["t"]))
+                for k, v in jobs.items()}
+
+    assert essentials(after) == essentials(before)
     assert after[f"{7:012d}-step-{7:07d}"].failed == "boom"
 
 
@@ -322,3 +327,43 @@ def test_trainer_callback_after_resume_from_checkpoint(api, local_hub, tmp_path,
         on_disk = load_file(out / f"checkpoint-{step}" / "model.safetensors")
         published = _weights(api, repo_id, f"step-{step:07d}", tmp_path / "c")
         assert all(torch.equal(on_disk[k], published[k]) for k in on_disk)
+
+
+def test_worker_runs_each_job_once_survives_failures_and_never_waits_on_a_dead_thread():
+    import threading
+
+    from hubckpt.errors import PublishError
+    from hubckpt.publishing.worker import Worker
+
+    gate, runs = threading.Event(), []
+
+    def process(job: str) -> str:
+        gate.wait(10)
+        runs.append(job)
+        if job == "bad":
+            raise ZeroDivisionError("boom")
+        return job.upper()
+
+    def on_error(job: str, error: BaseException) -> None:
+        raise RuntimeError("recording the failure failed too")  # must not kill the worker
+
+    worker = Worker(process, on_error=on_error, max_pending=4)
+    first, queued = worker.submit("a")
+    again, queued_again = worker.submit("a")  # queued or running: the same Future, not a second entry
+    bad, _ = worker.submit("bad")
+    last, _ = worker.submit("b")
+    assert queued and not queued_again and again is first
+    assert worker.wait(timeout=0.05) is False  # a timeout, not a hang
+    gate.set()
+    assert first.result(timeout=10) == "A" and last.result(timeout=10) == "B"
+    assert isinstance(bad.exception(timeout=10), ZeroDivisionError)
+    assert worker.wait(timeout=10) and runs == ["a", "bad", "b"]
+    assert worker.stop(timeout=10)
+
+    dead = Worker(process, on_error=lambda j, e: None, max_pending=1)
+    dead.stop(timeout=10)
+    with pytest.raises(PublishError, match="stopped"):
+        dead.submit("x")
+    dead._queue.append("x")  # a job left queued when the thread is gone
+    with pytest.raises(PublishError, match="died"):
+        dead.wait(timeout=10)

@@ -151,6 +151,10 @@ class JobStore:
     def published(self, job_id: str, target: str) -> None:
         self.update(job_id, lambda r: r.published.add(target), "published", target=target)
 
+    def done(self, job_id: str) -> None:
+        """Every target of this publisher has the job (a marker for readers of the journal; state is per target)."""
+        self.journal.append("done", job_id)
+
     def mark_final(self, job_id: str) -> None:
         self.update(job_id, lambda r: r.captured.__setitem__("final", True), "final")
 

@@ -448,6 +448,7 @@ class Publisher:
             fault("publish.after_retain")
             self._store.published(job_id, key)
             commits[target.key] = commit
+        self._store.done(job_id)
         self._store.remove_files(job_id)  # the converted revision and any source snapshot
         self._replace.discard(job_id)
         logger.info("%s %s on %s", "published" if new_work else "already had", name,

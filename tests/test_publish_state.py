@@ -367,3 +367,27 @@ def test_worker_runs_each_job_once_survives_failures_and_never_waits_on_a_dead_t
     dead._queue.append("x")  # a job left queued when the thread is gone
     with pytest.raises(PublishError, match="died"):
         dead.wait(timeout=10)
+
+
+def test_prune_on_a_stale_index_never_deletes_what_the_current_index_keeps(api, local_hub, tmp_path, monkeypatch):
+    """`hubckpt prune` racing a publisher: what it read first is stale; it re-reads before deleting."""
+    import copy
+
+    from hubckpt.hub_client import HubTarget
+    from hubckpt.hubs import resolve_hub
+    from hubckpt.publishing import Retention, maintenance
+
+    repo_id = "alice/prune-race"
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool", monitor="eval_loss") as pub:
+        for step, loss in ((1, 1.0), (2, 2.0), (3, 3.0)):  # step 1 is best
+            pub.publish(state_dict={"w": torch.full((2,), float(step))}, step=step, metrics={"eval_loss": loss})
+    target = HubTarget(resolve_hub(local_hub.url), repo_id)
+    stale = copy.deepcopy(maintenance.list_revisions(target))
+    stale.best = None  # as read before the publisher recorded step 1 as best
+    stale.monitor = None
+    monkeypatch.setattr(maintenance, "list_revisions", lambda t: copy.deepcopy(stale))
+    result = maintenance.prune(target, Retention(keep_last=1))
+    assert result.pruned == ["step-0000002"]
+    assert {b.name for b in api.list_repo_refs(repo_id).branches} == {"main", "step-0000001", "step-0000003"}
+    index = _index(api, repo_id, tmp_path / "c")
+    assert [r.name for r in index.live()] == ["step-0000001", "step-0000003"] and index.best == "step-0000001"

@@ -167,6 +167,11 @@ class Publisher:
     def mode(self) -> str:
         return self.settings.mode
 
+    @property
+    def journal(self):
+        """The spool's journal (see `hubckpt.publishing.journal`)."""
+        return self._store.journal
+
     # -- public API -------------------------------------------------------------------------------------
 
     def publish(self, source: str | Path | None = None, *, step: int | None = None,

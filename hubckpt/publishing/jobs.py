@@ -95,10 +95,12 @@ class JobStore:
         except Timeout:
             owner = read_owner(self.spool)
             who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}" if owner else "another process"
-            raise SpoolBusyError(
-                f"The spool {self.spool} is in use by {who} (a running publisher, `hubckpt watch` or `resume`). "
-                "Wait for it to finish or stop it; two processes on one spool would publish the same jobs.",
-                pid=owner.get("pid")) from None
+            if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+                hint = "another Publisher of this process holds it: close() that one first"
+            else:
+                hint = ("a running publisher, `hubckpt watch` or `resume`: wait for it to finish or stop it; two "
+                        "processes on one spool would publish the same jobs")
+            raise SpoolBusyError(f"The spool {self.spool} is in use by {who} ({hint}).", pid=owner.get("pid")) from None
         self._file_lock = lock
         (self.spool / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
 

@@ -142,12 +142,16 @@ class Publisher:
         self._error: BaseException | None = None
         self._ready_targets: set[str] = set()
         self._closed = False
-        self._worker = Worker(self._process, on_error=self._failed, max_pending=max_pending,
-                              on_exit=self._store.release)
-        for target in self.targets:
-            logger.info("publishing to %s", target.describe())
-        if resume:
-            self._resume()
+        try:
+            self._worker = Worker(self._process, on_error=self._failed, max_pending=max_pending,
+                                  on_exit=self._store.release)
+            for target in self.targets:
+                logger.info("publishing to %s", target.describe())
+            if resume:
+                self._resume()
+        except BaseException:
+            self._store.release()
+            raise
         failures = self._store.failures()
         if failures:
             logger.warning("%d failed job(s) in %s (%s); list, retry or drop them with `hubckpt jobs %s`",

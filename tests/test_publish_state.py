@@ -116,9 +116,12 @@ def test_the_same_step_twice_in_one_process(api, local_hub, tmp_path):
         changed = pub.publish(state_dict={"w": torch.zeros(6)}, step=5)
         with pytest.raises(RevisionCollisionError, match="step-0000005"):
             changed.result(timeout=60)
+        pub.wait()  # reported once: the caller saw it through the Future
+        unseen = pub.publish(state_dict={"w": torch.full((6,), 2.0)}, step=5)
         with pytest.raises(RevisionCollisionError):
-            pub.wait()  # reported once...
+            pub.wait()  # not seen yet: raised here...
         pub.wait()  # ...and only once
+        assert isinstance(unseen.exception(), RevisionCollisionError)
     index = _index(api, repo_id, cache)
     assert [r.name for r in index.revisions] == ["step-0000005"] and index.final == "step-0000005"
     assert _titles(api, repo_id, "step-0000005").count("Checkpoint step-0000005 (step 5)") == 1
@@ -169,9 +172,9 @@ def test_a_failed_job_is_reported_once_stays_visible_and_can_be_retried_or_dropp
     failed = pub.publish(bad)
     good = pub.publish(tmp_path / "w.pt", step=8)  # not blocked by the failure before it
     assert good.result(timeout=60).revision == "step-0000008"
-    assert isinstance(failed.exception(), CorruptCheckpointError)
     with pytest.raises(CorruptCheckpointError):
-        pub.close()
+        pub.close()  # not looked at through its Future: close() reports it, once
+    assert isinstance(failed.exception(), CorruptCheckpointError)
 
     # A later process is not poisoned by it...
     with Publisher(repo_id, hub=local_hub.url, spool_dir=spool) as later:

@@ -80,7 +80,7 @@ class JobStore:
             self._acquire()
         self.journal = Journal(spool / "journal.jsonl")
         self._lock = threading.RLock()
-        self._jobs: dict[str, JobRecord] = self.journal.replay()
+        self._jobs: dict[str, JobRecord] = self.journal.replay(repair=lock)
         if lock and self.journal.lines >= COMPACT_MIN_LINES and self.journal.lines > 2 * len(self._jobs):
             self.journal.compact(self._jobs)
 

@@ -179,8 +179,12 @@ class Journal:
                 os.close(fd)
             self.lines += 1
 
-    def replay(self) -> dict[str, JobRecord]:
-        """Every job's folded state, in the order jobs were first recorded; repairs a torn last line."""
+    def replay(self, *, repair: bool = True) -> dict[str, JobRecord]:
+        """Every job's folded state, in the order jobs were first recorded.
+
+        With `repair` (only for the spool's owner: a reader must not cut a line being written), a torn last
+        line is cut off the file.
+        """
         jobs: dict[str, JobRecord] = {}
         try:
             data = self.path.read_bytes()
@@ -189,12 +193,13 @@ class Journal:
             return jobs
         if data and not data.endswith(b"\n"):
             cut = data.rfind(b"\n") + 1
-            logger.warning("%s: dropping a torn last record (%d bytes) left by a killed process",
-                           self.path, len(data) - cut)
-            with self._lock, open(self.path, "r+b") as f:
-                f.truncate(cut)
-                f.flush()
-                os.fsync(f.fileno())
+            if repair:
+                logger.warning("%s: dropping a torn last record (%d bytes) left by a killed process",
+                               self.path, len(data) - cut)
+                with self._lock, open(self.path, "r+b") as f:
+                    f.truncate(cut)
+                    f.flush()
+                    os.fsync(f.fileno())
             data = data[:cut]
         lines = [line for line in data.splitlines() if line.strip()]
         try:  # one parse for the whole file: the common case, and several times faster than line by line

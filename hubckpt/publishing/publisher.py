@@ -139,7 +139,7 @@ class Publisher:
         self._payloads: dict[str, dict[str, Any]] = {}
         self._replace: set[str] = set()
         self._staging = StagingPool(max_pending + 1)
-        self._error: BaseException | None = None
+        self._unreported: list[tuple[str, BaseException]] = []  # failed jobs, in order, not raised yet
         self._ready_targets: set[str] = set()
         self._closed = False
         try:
@@ -266,10 +266,16 @@ class Publisher:
         self.raise_if_failed()
 
     def raise_if_failed(self) -> None:
-        """Raise the first failure of a job not reported yet (each failure is raised once)."""
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        """Raise the first failure of a job not reported yet.
+
+        Each failure is reported once: by its Future (if the caller looked at it) or by this call.
+        """
+        while self._unreported:
+            job_id, error = self._unreported.pop(0)
+            future = self._worker.last_future(job_id)
+            if not getattr(future, "observed", False):
+                self._unreported.clear()  # one failure per call; the rest were logged and stay in `hubckpt jobs`
+                raise error
 
     def close(self, timeout: float | None = None) -> None:
         """Finish queued jobs, stop the worker, give the spool up; re-raise a failure not reported yet.
@@ -373,8 +379,7 @@ class Publisher:
         # Raised to the caller (its Future, then the next publish/wait/close): logged at info, not printed twice.
         logger.info("publishing %s failed: %s", record.revision if record else job_id, error)
         self._store.failed(job_id, f"{type(error).__name__}: {error}", retryable=retryable)
-        if self._error is None:
-            self._error = error
+        self._unreported.append((job_id, error))
 
     def _prepare(self, target: HubTarget, key: str) -> None:
         if key not in self._ready_targets:

@@ -394,3 +394,18 @@ def test_prune_on_a_stale_index_never_deletes_what_the_current_index_keeps(api, 
     assert {b.name for b in api.list_repo_refs(repo_id).branches} == {"main", "step-0000001", "step-0000003"}
     index = _index(api, repo_id, tmp_path / "c")
     assert [r.name for r in index.live()] == ["step-0000001", "step-0000003"] and index.best == "step-0000001"
+
+
+def test_a_published_step_published_again_as_final_becomes_final(api, local_hub, tmp_path):
+    repo_id = "alice/late-final"
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
+        weights = {"w": torch.arange(3.0)}
+        pub.publish(state_dict=weights, step=1).result(timeout=60)
+        pub.publish(state_dict={"w": torch.ones(3)}, step=2).result(timeout=60)
+        again = pub.publish(state_dict={"w": torch.ones(3)}, step=2, final=True).result(timeout=60)
+    assert not again.skipped
+    index = _index(api, repo_id, tmp_path / "c")
+    assert index.final == "step-0000002"
+    assert _titles(api, repo_id, "step-0000002").count("Checkpoint step-0000002 (step 2)") == 1
+    on_main = load_file(api.hf_hub_download(repo_id, "model.safetensors", cache_dir=tmp_path / "c"))
+    assert torch.equal(on_main["w"], torch.ones(3))

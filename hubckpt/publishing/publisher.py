@@ -445,6 +445,9 @@ class Publisher:
                 logger.warning("replacing revision %s of %s (replace=True)", name, target.describe())
             if held is not None:
                 commit, index = held, view.index
+                if record.captured.get("final") and index.final != name:  # published before, now the final one
+                    index = stages.index(self.settings, target, record, manifest, commit, folder, replace=replace)
+                    new_work = True
                 if key not in record.indexed:
                     self._store.committed(job_id, key, commit)
                     self._store.indexed(job_id, key)

@@ -409,3 +409,35 @@ def test_a_published_step_published_again_as_final_becomes_final(api, local_hub,
     assert _titles(api, repo_id, "step-0000002").count("Checkpoint step-0000002 (step 2)") == 1
     on_main = load_file(api.hf_hub_download(repo_id, "model.safetensors", cache_dir=tmp_path / "c"))
     assert torch.equal(on_main["w"], torch.ones(3))
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_reconverts_lost_files_and_names_lost_live_tensors(api, local_hub, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    spool = tmp_path / "spool"
+
+    def killed_at(fault: str, code: str) -> None:
+        script = f"import sys, torch\nfrom hubckpt.publishing import Publisher\n" \
+                 f"pub = Publisher('alice/lost', hub=sys.argv[1], spool_dir=sys.argv[2])\n{code}\n"
+        proc = subprocess.run([sys.executable, "-c", script, local_hub.url, str(spool)], capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "HUBCKPT_FAULT": f"{fault}:kill"})
+        assert proc.returncode == -9, proc.stderr
+
+    killed_at("publish.after_capture", "pub.publish(state_dict={'w': torch.ones(4)}, step=4)")  # live tensors
+    torch.save({"w": torch.full((4,), 5.0)}, tmp_path / "ckpt-5.pt")
+    killed_at("publish.after_convert", f"pub.publish({str(tmp_path / 'ckpt-5.pt')!r}, step=5).result()")
+    staged = list(spool.glob("jobs/*/revision"))
+    assert staged
+    for folder in staged:  # the converted files are lost too (a cleaned cache, another disk)
+        shutil.rmtree(folder)
+
+    resumed = run_cli("resume", "--repo", "alice/lost", "--hub", local_hub.url, "--spool", str(spool))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "1 failed job(s) kept (step-0000004)" in resumed.stderr
+    listing = run_cli("jobs", "alice/lost", "--spool", str(spool)).stdout
+    assert "captured from live tensors" in next(l for l in listing.splitlines() if "step-0000004" in l)
+    assert torch.equal(_weights(api, "alice/lost", "step-0000005", tmp_path / "c")["w"], torch.full((4,), 5.0))
+    assert [r.name for r in _index(api, "alice/lost", tmp_path / "c").revisions] == ["step-0000005"]

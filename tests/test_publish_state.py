@@ -161,6 +161,7 @@ def test_two_processes_on_one_spool(local_hub, tmp_path):
     Publisher("alice/owned", hub=local_hub.url, spool_dir=spool, resume=False).close()
 
 
+@pytest.mark.slow
 def test_a_failed_job_is_reported_once_stays_visible_and_can_be_retried_or_dropped(api, local_hub, tmp_path):
     repo_id = "alice/failing"
     spool = tmp_path / "spool"

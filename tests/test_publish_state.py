@@ -442,3 +442,22 @@ def test_resume_after_a_kill_reconverts_lost_files_and_names_lost_live_tensors(a
     assert "captured from live tensors" in next(l for l in listing.splitlines() if "step-0000004" in l)
     assert torch.equal(_weights(api, "alice/lost", "step-0000005", tmp_path / "c")["w"], torch.full((4,), 5.0))
     assert [r.name for r in _index(api, "alice/lost", tmp_path / "c").revisions] == ["step-0000005"]
+
+
+def test_a_kill_while_journaling_a_conversion_keeps_the_staged_files(api, local_hub, tmp_path):
+    """Found by the random crash test: files staged, the `converted` record torn; the resume took the job
+    for live tensors lost in memory (before the fix)."""
+    import subprocess
+    import sys
+
+    spool = tmp_path / "spool"
+    script = ("import sys, torch\nfrom hubckpt.publishing import Publisher\n"
+              "pub = Publisher('alice/torn', hub=sys.argv[1], spool_dir=sys.argv[2])\n"
+              "pub.publish(state_dict={'w': torch.full((4,), 2.0)}, step=2).result()\n")
+    proc = subprocess.run([sys.executable, "-c", script, local_hub.url, str(spool)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "HUBCKPT_FAULT": "journal.append:torn:2"})
+    assert proc.returncode == -9, proc.stderr
+    assert list(spool.glob("jobs/*/revision/checkpoint.json"))
+    with Publisher("alice/torn", hub=local_hub.url, spool_dir=spool) as pub:
+        assert pub.pending() == ["step-0000002"]
+    assert torch.equal(_weights(api, "alice/torn", "step-0000002", tmp_path / "c")["w"], torch.full((4,), 2.0))

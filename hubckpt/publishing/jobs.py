@@ -131,7 +131,11 @@ class JobStore:
             return record
 
     def capture(self, job_id: str, captured: dict[str, Any]) -> JobRecord:
-        """A new job (or a finished/failed one opened again): previous progress is forgotten."""
+        """A new job (or a finished/failed one opened again): previous progress is forgotten.
+
+        Files an earlier capture of the job left staged go first, so what is staged is always this capture's.
+        """
+        shutil.rmtree(self.revision_folder(job_id), ignore_errors=True)
         self.journal.append("captured", job_id, **captured)
         with self._lock:
             record = JobRecord(job_id, captured=dict(captured))

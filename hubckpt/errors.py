@@ -23,7 +23,8 @@ Hierarchy::
     ├── DestinationExistsError (FileExistsError)  output exists and overwriting was not asked for
     ├── DiskFullError (OSError)               no space (or file size limit) while writing; nothing left behind
     ├── RevisionCollisionError (FileExistsError)  a revision name already published with other content
-    └── PublishError (RuntimeError)           a background publish job could not complete
+    ├── PublishError (RuntimeError)           a background publish job could not complete
+    └── SpoolBusyError (RuntimeError)         another process owns the publisher's spool (attribute `pid`)
 
 Errors raised by `huggingface_hub` itself (RepositoryNotFoundError, RevisionNotFoundError, ...) are
 propagated unchanged: the local hub sends the same `X-Error-Code` headers as huggingface.co, so users
@@ -144,6 +145,14 @@ class RevisionCollisionError(HubckptError, FileExistsError):
 
 class PublishError(HubckptError, RuntimeError):
     """A background publish job could not complete (the message says which revision and why)."""
+
+
+class SpoolBusyError(HubckptError, RuntimeError):
+    """Another process owns the publisher's spool (its journal and staged files). `pid`: the owner, if known."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        self.pid = pid
+        super().__init__(message)
 
 
 # -- local hub storage (server side; mapped to HTTP by hubckpt.server.http_errors) ------------------

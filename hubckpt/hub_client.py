@@ -410,6 +410,13 @@ class HubTarget:
         with_retries(lambda: self.api.create_tag(self.repo_id, tag=tag, revision=revision, exist_ok=True),
                      what=f"tagging {revision} as {tag}")
 
+    def delete_tag(self, tag: str) -> None:
+        """Delete `tag` (no error if it is already gone)."""
+        from huggingface_hub.errors import RevisionNotFoundError
+
+        with contextlib.suppress(RevisionNotFoundError):
+            with_retries(lambda: self.api.delete_tag(self.repo_id, tag=tag), what=f"deleting tag {tag}")
+
     def delete_branch(self, name: str) -> None:
         from huggingface_hub.errors import RevisionNotFoundError
 

@@ -9,8 +9,9 @@ from ..cards import CardOptions, is_hubckpt_card
 from ..errors import HubConfigError
 from ..hub_client import HubTarget, is_staging_branch, manifest_digest
 from ..revisions import RESERVED, RevisionIndex, RevisionInfo, best_revision, manifest_metrics
+from .layout import main_files
 from .policies import Retention
-from .publisher import main_files
+from .stages import retire
 
 logger = logging.getLogger(__name__)
 
@@ -46,20 +47,14 @@ def prune(target: HubTarget, retention: Retention, *, monitor: str | None = None
         return PruneResult(plan, kept)
     has_config = _has_config(target, index)
 
-    def mutate(current: RevisionIndex):
+    def still_to_prune(current: RevisionIndex) -> set[str]:
+        # Re-read just before deleting: a publisher running meanwhile may have changed what is kept.
         if monitor:
             current.monitor, current.mode = monitor, mode or current.mode
-        names = set(retention.to_prune(current)) & set(plan)
-        for r in current.revisions:
-            if r.name in names:
-                r.pruned = True
-        return main_files(target, current, card or CardOptions(), has_config=has_config), None, [], \
-            f"Prune {len(names)} revision(s)"
+        return set(retention.to_prune(current))
 
-    target.update_main(mutate)
-    for name in plan:
-        target.delete_branch(name)
-    return PruneResult(plan, kept)
+    deleted = retire(target, plan, card or CardOptions(), has_config=has_config, confirm=still_to_prune)
+    return PruneResult(deleted, [r.name for r in index.live() if r.name not in deleted])
 
 
 def reindex(target: HubTarget, *, card: CardOptions | None = None) -> RevisionIndex:
@@ -116,7 +111,7 @@ def tag(target: HubTarget, revision: str, name: str, *, delete: bool = False) ->
     if name in RESERVED:
         raise HubConfigError(f"The tag {name!r} is managed by hubckpt; choose another name.")
     if delete:
-        target.api.delete_tag(target.repo_id, tag=name)
+        target.delete_tag(name)
     else:
         target.move_tag(name, revision)
     # The index (and so `ls` and the card) lists user tags too.

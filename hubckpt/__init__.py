@@ -55,6 +55,7 @@ _LAZY = {
     "load_state_dict": ("hubckpt.load", "load_state_dict"),
     "load_model": ("hubckpt.load", "load_model"),
     "open_revision": ("hubckpt.load", "open_revision"),
+    "iter_revisions": ("hubckpt.load", "iter_revisions"),
     "pull_revision": ("hubckpt.load", "pull_revision"),
     "LazyRevision": ("hubckpt.load", "LazyRevision"),
     "HubReader": ("hubckpt.hub_reader", "HubReader"),
@@ -79,7 +80,7 @@ if TYPE_CHECKING:
     from .errors import (AmbiguousRevisionError, IntegrityError, NoSafetensorsError, RevisionLookupError,
                          UnknownRevisionError)
     from .hub_reader import HubReader
-    from .load import (LazyRevision, list_revisions, load_model, load_state_dict, open_revision, pull_revision,
+    from .load import (LazyRevision, iter_revisions, list_revisions, load_model, load_state_dict, open_revision, pull_revision,
                        resolve_revision)
 
 

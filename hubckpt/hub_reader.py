@@ -128,9 +128,21 @@ class HubReader:
 
     def refs(self) -> tuple[dict[str, str], dict[str, str]]:
         """(branches, tags) as name → commit, with one request."""
-        refs = _retry(lambda: self.api.list_repo_refs(self.repo_id), f"listing refs of {self.repo_id}")
-        self.counter.add(0)
-        return {b.name: b.target_commit for b in refs.branches}, {t.name: t.target_commit for t in refs.tags}
+        from urllib.parse import quote
+
+        from huggingface_hub.utils import get_session, hf_raise_for_status
+
+        url = f"{self.hub.endpoint}/api/models/{quote(self.repo_id, safe='/')}/refs"
+
+        def fetch():
+            response = get_session().get(url, headers=self.auth_headers())
+            self.counter.add(len(response.content))
+            hf_raise_for_status(response)
+            return response.json()
+
+        doc = _retry(fetch, f"listing refs of {self.repo_id}")
+        return ({b["name"]: b["targetCommit"] for b in doc.get("branches", [])},
+                {t["name"]: t["targetCommit"] for t in doc.get("tags", [])})
 
     def list_files(self, revision: str) -> dict[str, int]:
         """path → size of every file at `revision` (one listing, paginated by the hub)."""

@@ -287,3 +287,56 @@ def test_index_verbs():
     assert index.at_step(4, match="nearest").name == "s5" and index.at_step(3, match="nearest").name == "s1"
     assert index.at_step(8, match="at_or_before").name == "s5" and index.at_step(0, match="at_or_before") is None
     assert index.at_tokens(900).name == "s9"
+
+
+def _repo_cache_bytes(hf_cache: Path, repo_id: str) -> int:
+    folder = hf_cache / f"models--{repo_id.replace('/', '--')}" / "blobs"
+    return sum(p.stat().st_size for p in folder.iterdir()) if folder.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def many(local_hub, tmp_path_factory):
+    """Eight revisions of ~40 KB each, all different."""
+    repo_id = "alice/many"
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path_factory.mktemp("many") / "spool") as pub:
+        for step in range(1, 9):
+            pub.publish(state_dict={"w": torch.full((10_000,), float(step))}, step=step * 100,
+                        metrics={"loss": 1.0 / step})
+    return repo_id
+
+
+def test_iter_revisions_bounded_cache_stays_under_the_bound(many, local_hub, hf_cache):
+    bound = 100_000  # two revisions' weights fit, three do not
+    seen, peak = [], 0
+    for rev in hubckpt.iter_revisions(many, hub=local_hub.url, cache="bounded", max_cache_bytes=bound):
+        w = rev.state_dict()["w"]
+        assert torch.all(w == rev.info.step / 100)
+        seen.append(rev.info.step)
+        peak = max(peak, _repo_cache_bytes(hf_cache, many))
+    assert seen == [100 * s for s in range(1, 9)]
+    assert 80_000 < peak <= bound  # measured on disk: it did hold two, never three
+
+
+def test_iter_revisions_policies_and_selection(many, local_hub, hf_cache):
+    from huggingface_hub import scan_cache_dir
+
+    def cached_commits():
+        repos = [r for r in scan_cache_dir(hf_cache).repos if r.repo_id == many]
+        return {r.commit_hash for r in repos[0].revisions} if repos else set()
+
+    items = []
+    for rev in hubckpt.iter_revisions(many, every=200, hub=local_hub.url, cache="previous"):
+        rev.state_dict()
+        items.append(rev)
+        assert cached_commits() == {rev.commit}  # the previous one is gone once the next is asked for
+    assert [r.info.step for r in items] == [200, 400, 600, 800]
+    kept = [rev.info.step for rev in hubckpt.iter_revisions(many, steps=[300, 450], match="nearest",
+                                                            hub=local_hub.url)]
+    assert kept == [300, 400]  # 450 is equally near 400 and 500: the earlier wins
+    with pytest.raises(RevisionLookupError, match="step 250"):
+        hubckpt.iter_revisions(many, steps=[250], hub=local_hub.url)
+    with pytest.raises(hubckpt.HubConfigError, match="max_cache_bytes"):
+        hubckpt.iter_revisions(many, cache="bounded", hub=local_hub.url)
+    # lazy reads of an iterated revision use the cached copy when there is one
+    with items[-1].open() as lazy:
+        assert torch.all(lazy.get_tensor("w") == 8.0) and lazy.bytes_received == 0

@@ -77,8 +77,12 @@ def _header_cache_dir() -> Path:
 class LazyRevision:
     """A revision opened for lazy reads (see `open_revision`)."""
 
-    def __init__(self, rev: "Revision") -> None:
+    def __init__(self, rev: "Revision", *, count_from_now: bool = False) -> None:
         self.rev = rev
+        counter = rev.reader.counter
+        # open_revision counts from the start (resolving the revision included); a revision opened from
+        # an iteration counts from here, its reader having served the iteration's earlier reads.
+        self._base = (counter.bytes, counter.requests) if count_from_now else (0, 0)
         self._headers: dict[str, tuple[dict, int]] = {}  # file → (header, data start)
         self._weight_map: dict[str, str] | None = None
         self._weights: list[str] | None = None
@@ -105,12 +109,13 @@ class LazyRevision:
 
     @property
     def bytes_received(self) -> int:
-        """Response bytes this revision's reader has received (index, manifest, headers, tensors)."""
-        return self.rev.reader.counter.bytes
+        """Response bytes received for this revision (index, manifest, headers, tensors), bodies only."""
+        return self.rev.reader.counter.bytes - self._base[0]
 
     @property
     def requests(self) -> int:
-        return self.rev.reader.counter.requests
+        """HTTP requests made for this revision."""
+        return self.rev.reader.counter.requests - self._base[1]
 
     def _layout(self) -> tuple[list[str], dict[str, str]]:
         if self._weights is None:

@@ -340,3 +340,108 @@ def test_iter_revisions_policies_and_selection(many, local_hub, hf_cache):
     # lazy reads of an iterated revision use the cached copy when there is one
     with items[-1].open() as lazy:
         assert torch.all(lazy.get_tensor("w") == 8.0) and lazy.bytes_received == 0
+
+
+# -- the command line (in-process: a subprocess per call would cost seconds of imports) ---------------------
+
+@pytest.fixture
+def cli(capsys):
+    """Run `hubckpt ARGS` in this process; (exit code, stdout, stderr)."""
+    from types import SimpleNamespace
+
+    from hubckpt.cli import main
+
+    def run(*args: str, env: dict | None = None):
+        capsys.readouterr()
+        try:
+            main(list(args))
+        except SystemExit as e:
+            code = e.code or 0
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return run
+
+
+def test_cli_ls_show(published, local_hub, cli):
+    run_cli = cli
+
+    repo_id, states = published
+    listing = run_cli("ls", repo_id, "--hub", local_hub.url)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert lines[0].split()[:3] == ["revision", "step", "tokens"] and "eval_loss" in lines[0]
+    assert [line.split()[0] for line in lines[1:]] == [f"step-{s:07d}" for s in STEPS]
+    assert lines[2].rstrip().endswith("best") and lines[4].rstrip().endswith("final")
+    as_json = json.loads(run_cli("ls", repo_id, "--hub", local_hub.url, "--json").stdout)
+    assert [r["step"] for r in as_json["revisions"]] == list(STEPS) and as_json["best"] == "step-0000020"
+
+    shown = run_cli("show", f"{repo_id}@best", "--hub", local_hub.url)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert f"{repo_id}@step-0000020  (step 20)" in out and "tags: best" in out
+    assert "This is revision step-0000020" in out  # the card's summary, markdown stripped
+    assert "eval_loss  2" in out and "checkpoint.json" not in out.split("Files")[0]
+    assert "transformer.h.0.attn.c_attn.weight  F32    64x192" in out
+    detail = json.loads(run_cli("show", f"{repo_id}@step-0000010", "--hub", local_hub.url, "--json").stdout)
+    assert detail["revision"]["step"] == 10 and detail["manifest"]["step"] == 10
+    assert detail["tensors"]["transformer.wte.weight"]["shape"] == [32, 64]
+
+
+def test_cli_pull_loads_with_from_pretrained(published, local_hub, tmp_path, hf_cache, cli):
+    from transformers import AutoModelForCausalLM
+
+    run_cli = cli
+
+    repo_id, states = published
+    dest = tmp_path / "pulled"
+    done = run_cli("pull", repo_id, str(dest), "--step", "30", "--hub", local_hub.url)
+    assert done.returncode == 0, done.stderr
+    assert "Pulled step-0000030 (step 30" in done.stdout
+    manifest = json.loads((dest / "checkpoint.json").read_text())
+    assert manifest["step"] == 30 and not (dest / "training_state").exists()
+    model = AutoModelForCausalLM.from_pretrained(dest)
+    assert torch.equal(model.state_dict()["transformer.h.0.mlp.c_fc.weight"],
+                       states[30]["transformer.h.0.mlp.c_fc.weight"])
+    again = run_cli("pull", f"{repo_id}@best", str(dest), "--hub", local_hub.url)
+    assert again.returncode == 1 and "exists and is not empty" in again.stderr
+
+
+def test_cli_diff_reports_changed_tensors(published, local_hub, cli):
+    run_cli = cli
+
+    repo_id, states = published
+    out = run_cli("diff", f"{repo_id}@step-0000010", f"@step-0000020", "--hub", local_hub.url, "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    rows = {t["name"]: t for t in doc["tensors"]}
+    a, b = states[10], states[20]
+    name = "transformer.h.0.mlp.c_fc.weight"
+    assert rows[name]["diff_norm"] == pytest.approx(float((b[name].double() - a[name].double()).norm()), rel=1e-9)
+    assert rows[name]["relative"] == pytest.approx(float((b[name] - a[name]).norm() / a[name].norm()), rel=1e-5)
+    assert rows["transformer.wpe.weight"]["diff_norm"] == 0  # frozen
+    table = run_cli("diff", f"{repo_id}@step-0000010", f"{repo_id}@step-0000020", "--hub", local_hub.url)
+    assert "shared tensors changed" in table.stdout and "transformer.wpe.weight" not in table.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("ls", "alice/nope-nope"), "Repository not found"),
+    (("show", "alice/load-run@nope"), "has no revision 'nope'"),
+    (("pull", "alice/load-run", "{tmp}/x", "--step", "25"), "no revision at step 25; nearest: step-0000020"),
+    (("show", "alice/load-run"), "Expected REPO@REVISION"),
+    (("diff", "alice/load-run@step-0000010", "@missing"), "has no revision 'missing'"),
+])
+def test_cli_bad_input_is_one_line(published, local_hub, tmp_path, args, message, cli):
+    done = cli(*[a.replace("{tmp}", str(tmp_path)) for a in args], "--hub", local_hub.url)
+    assert done.returncode == 1 and message in done.stderr, done.stderr
+    assert "Traceback (most recent call last)" not in done.stderr
+    assert len([line for line in done.stderr.splitlines() if not line.startswith(("Using ", "(run with"))]) == 1
+
+
+@pytest.mark.slow
+def test_console_script_error_has_no_traceback(published, local_hub):
+    from .helpers import run_cli
+
+    done = run_cli("pull", "alice/load-run@step-0000010", "/nonexistent-parent/x", "--step", "10", "--hub", local_hub.url)
+    assert done.returncode == 1 and "Pass one of revision, step and tokens" in done.stderr
+    assert "Traceback (most recent call last)" not in done.stderr

@@ -196,6 +196,13 @@ class RepoRevisions:
             if entry is None and commit is not None:
                 entry = next((r for r in index.live() if r.commit == commit), None)
         if commit is None:
+            pruned = index.get(name) if index is not None else None
+            if pruned is not None and pruned.pruned:
+                raise RevisionLookupError(
+                    f"{self.repo_id}@{name} was pruned: a retention policy deleted its branch; "
+                    f"`hubckpt ls {self.repo_id} --all` lists it, the live revisions are the others",
+                    repo_id=self.repo_id, wanted=name, nearest=[r.name for r in nearest_to(
+                        index.live(), pruned.step, lambda r: r.step)] if pruned.step is not None else [])
             entry, commit = self._by_commit(name)
         if entry is not None and entry.commit == commit:
             info = dataclasses.replace(entry, tags=list(entry.tags), metrics=dict(entry.metrics))

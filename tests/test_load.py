@@ -445,3 +445,51 @@ def test_console_script_error_has_no_traceback(published, local_hub):
     done = run_cli("pull", "alice/load-run@step-0000010", "/nonexistent-parent/x", "--step", "10", "--hub", local_hub.url)
     assert done.returncode == 1 and "Pass one of revision, step and tokens" in done.stderr
     assert "Traceback (most recent call last)" not in done.stderr
+
+
+def test_reads_stay_pinned_when_the_branch_moves(local_hub, api, tmp_path, hf_cache):
+    from safetensors.torch import save_file
+
+    repo_id = "alice/moving"
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
+        pub.publish(state_dict={"w": torch.zeros(64), "v": torch.ones(4)}, step=1)
+    with hubckpt.open_revision(repo_id, step=1, hub=local_hub.url) as rev:
+        assert rev.shape("w") == (64,)
+        pinned = rev.commit
+        # someone pushes other weights onto the branch meanwhile
+        save_file({"w": torch.full((64,), 7.0), "v": torch.ones(4)}, tmp_path / "model.safetensors")
+        api.upload_file(path_or_fileobj=tmp_path / "model.safetensors", path_in_repo="model.safetensors",
+                        repo_id=repo_id, revision="step-0000001")
+        assert torch.equal(rev.get_tensor("w"), torch.zeros(64))
+    assert torch.equal(hubckpt.load_state_dict(repo_id, pinned, hub=local_hub.url)["w"], torch.zeros(64))
+    moved = hubckpt.resolve_revision(repo_id, "step-0000001", hub=local_hub.url)
+    assert moved.commit != pinned  # by name: the branch head, described from its checkpoint.json
+
+
+def test_bad_safetensors_header_is_an_error_not_a_wrong_tensor(local_hub, api, tmp_path, hf_cache):
+    import struct
+
+    repo_id = "alice/bad-header"
+    api.create_repo(repo_id, exist_ok=True)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]}}).encode()
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 400)
+    api.upload_file(path_or_fileobj=tmp_path / "model.safetensors", path_in_repo="model.safetensors", repo_id=repo_id)
+    with hubckpt.open_revision(repo_id, hub=local_hub.url) as rev:
+        with pytest.raises(IntegrityError, match="past the file's 400 data bytes"):
+            rev.get_tensor("w")
+
+
+def test_header_parser_checks_offsets_against_shape():
+    from hubckpt.hub_reader import header_length, parse_header
+
+    good = {"a": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, 12]}, "__metadata__": {"format": "pt"}}
+    assert parse_header(json.dumps(good).encode(), "f", data_size=12)["a"]["shape"] == [2, 3]
+    for bad, why in [({"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 12]}}, "offsets"),
+                     ({"a": {"dtype": "Q4", "shape": [1], "data_offsets": [0, 1]}}, "unknown dtype"),
+                     ({"a": {"shape": [1]}}, "malformed")]:
+        with pytest.raises(IntegrityError, match=why):
+            parse_header(json.dumps(bad).encode(), "f")
+    with pytest.raises(IntegrityError, match="not JSON"):
+        parse_header(b"{nope", "f")
+    with pytest.raises(IntegrityError, match="header length"):
+        header_length((2**40).to_bytes(8, "little"), "f")

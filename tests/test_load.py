@@ -118,9 +118,10 @@ def test_unknown_repo_revision_and_ambiguous_name(published, local_hub, api):
 def test_load_state_dict_values_and_only_needed_shards(published, local_hub, hf_cache):
     repo_id, states = published
     full = hubckpt.load_state_dict(repo_id, step=30, hub=local_hub.url)
-    expected = {k: v for k, v in states[30].items() if k != "lm_head.weight"}  # tied to wte: stored once
-    assert set(full) == set(expected)
+    expected = states[30]
+    assert set(full) == set(expected)  # lm_head.weight, tied to wte and stored once, comes back as an alias
     assert all(torch.equal(full[k], expected[k]) for k in expected)
+    assert full["lm_head.weight"].data_ptr() == full["transformer.wte.weight"].data_ptr()
     # one key from a fresh cache: only its shard is downloaded
     import shutil
 
@@ -136,7 +137,9 @@ def test_load_state_dict_values_and_only_needed_shards(published, local_hub, hf_
     with pytest.raises(KeyError, match="no tensor"):
         hubckpt.load_state_dict(repo_id, "best", keys=["nope"], hub=local_hub.url)
     prefixed = hubckpt.load_state_dict(repo_id, "best", prefix="transformer.h.0.attn.", hub=local_hub.url)
-    assert prefixed and all(k.startswith("transformer.h.0.attn.") for k in prefixed)
+    assert set(prefixed) == {k for k in states[20] if k.startswith("transformer.h.0.attn.")}
+    head = hubckpt.load_state_dict(repo_id, "best", keys=["lm_head.weight"], hub=local_hub.url)
+    assert torch.equal(head["lm_head.weight"], states[20]["lm_head.weight"])
 
 
 def test_load_model_pins_commit_and_picks_architecture(published, local_hub, hf_cache, api):
@@ -160,7 +163,9 @@ def test_open_revision_reads_one_tensor_by_range(published, local_hub, hf_cache)
         before = rev.bytes_received
         tensor = rev.get_tensor(key)
         moved = rev.bytes_received - before
+        assert "lm_head.weight" in rev and "lm_head.weight" not in rev.keys()
         assert torch.equal(tensor, states[40][key])
+        assert torch.equal(rev.get_tensor("lm_head.weight"), states[40]["lm_head.weight"])  # tied alias
         assert moved == states[40][key].numel() * 4  # exactly the tensor's bytes
         assert rev.bytes_received < sum(t.numel() * 4 for t in states[40].values())
     assert not list(hf_cache.glob("**/*.safetensors"))  # nothing downloaded

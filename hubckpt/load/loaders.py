@@ -56,27 +56,41 @@ class Revision:
             self._files = self.downloader.revision_files(self.info, via_cache=not self.lazy)
         return self._files
 
-    def shards_for(self, keys: Iterable[str] | None, prefix: str | None) -> dict[str, list[str] | None]:
-        """shard file → the keys wanted from it (None: all of them); only shards holding wanted keys."""
+    @property
+    def tied(self) -> dict[str, str]:
+        """Tied tensors the converter stored once: alias → the name it is stored under."""
+        manifest = self.files.manifest or {}
+        return dict((manifest.get("weights") or {}).get("tied") or {})
+
+    def plan(self, keys: Iterable[str] | None, prefix: str | None) -> tuple[dict[str, list[str] | None], list[str]]:
+        """(weight file → stored names to read from it, None meaning all; the names asked for, aliases included).
+
+        Only files holding wanted tensors appear. Tied aliases (e.g. lm_head.weight stored as
+        transformer.wte.weight) are served from the stored tensor.
+        """
         weights = require_weights(self.files, self.repo_id)
-        weight_map = self.downloader.weight_map(self.files)
-        if not weight_map:
-            if keys is None and prefix is None:
-                return {w: None for w in weights}
-            weight_map = self._keys_from_headers(weights)
-        wanted = list(weight_map) if keys is None else list(dict.fromkeys(keys))
-        missing = [k for k in wanted if k not in weight_map]
+        tied = self.tied
+        if keys is None and prefix is None:
+            return {w: None for w in weights}, []
+        # names → files: the sharded index, else the headers (one file, or shards without an index)
+        weight_map = self.downloader.weight_map(self.files) or self._keys_from_headers(weights)
+        if keys is None:
+            wanted = [k for k in [*weight_map, *tied] if k.startswith(prefix or "")]
+        else:
+            wanted = list(dict.fromkeys(keys))
+            if prefix is not None:
+                wanted = [k for k in wanted if k.startswith(prefix)]
+        missing = [k for k in wanted if tied.get(k, k) not in weight_map]
         if missing:
             raise KeyError(f"{self.repo_id}@{self.info.name} has no tensor(s) {', '.join(missing[:5])}"
                            + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
-        if prefix is not None:
-            wanted = [k for k in wanted if k.startswith(prefix)]
-        plan: dict[str, list[str] | None] = {}
+        plan: dict[str, list[str]] = {}
         for k in wanted:
-            plan.setdefault(weight_map[k], []).append(k)  # type: ignore[union-attr]
-        if keys is None and prefix is None:
-            plan = {shard: None for shard in plan}
-        return dict(sorted(plan.items()))
+            stored = tied.get(k, k)
+            names = plan.setdefault(weight_map[stored], [])
+            if stored not in names:
+                names.append(stored)
+        return dict(sorted(plan.items())), wanted  # type: ignore[return-value]
 
     def _keys_from_headers(self, weights: list[str]) -> dict[str, str]:
         """Unsharded (or shards without an index): tensor names from each file's header, read lazily."""
@@ -123,21 +137,21 @@ def rev_state_dict(rev: Revision, *, keys=None, prefix=None, dtype=None, device=
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    plan = rev.shards_for(keys, prefix)
+    plan, wanted = rev.plan(keys, prefix)
     local = rev.download(plan)
-    out: dict[str, torch.Tensor] = {}
-    for shard, wanted in plan.items():
-        if wanted is None:
+    stored: dict[str, torch.Tensor] = {}
+    for shard, names in plan.items():
+        if names is None:
             tensors = load_file(local[shard], device="cpu")
         else:
             with safe_open(local[shard], framework="pt", device="cpu") as f:
-                tensors = {k: f.get_tensor(k) for k in wanted}
+                tensors = {k: f.get_tensor(k) for k in names}
         for k, t in tensors.items():
-            out[k] = _convert(t, dtype, device)
-    if keys is not None:
-        order = [k for k in dict.fromkeys(keys) if k in out]
-        out = {k: out[k] for k in order}
-    return out
+            stored[k] = _convert(t, dtype, device)
+    if not wanted:  # everything: the stored tensors plus their tied aliases, as model.state_dict() has them
+        return {**stored, **{alias: stored[name] for alias, name in sorted(rev.tied.items()) if name in stored}}
+    tied = rev.tied
+    return {k: stored[tied.get(k, k)] for k in wanted}
 
 
 def _model_class(folder: Path, model_class: Any):

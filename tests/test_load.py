@@ -498,3 +498,20 @@ def test_header_parser_checks_offsets_against_shape():
         parse_header(b"{nope", "f")
     with pytest.raises(IntegrityError, match="header length"):
         header_length((2**40).to_bytes(8, "little"), "f")
+
+
+def test_download_folder_gets_training_state(local_hub, tmp_path, hf_cache):
+    from hubckpt.load import Revision
+
+    repo_id = "alice/with-state"
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(3))], lr=0.1, momentum=0.9)
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
+        pub.publish(state_dict={"w": torch.ones(3)}, step=5, training_state={"optimizer": optimizer.state_dict(),
+                                                                           "loop": {"step": 5}})
+    rev = Revision(repo_id, step=5, hub=local_hub.url)
+    folder = rev.download_folder("training_state")
+    assert folder is not None and folder.name == "training_state" and (folder / "optimizer.json").exists()
+    assert folder.parent.name == rev.commit
+    assert rev.download_folder("nothing-here") is None
+    state = hubckpt.load_training_state(folder)
+    assert state["loop"]["step"] == 5

@@ -103,6 +103,19 @@ class Revision:
         files = self.files
         return self.downloader.fetch_many(files, [p for p in paths if p in files.files or p == MANIFEST_FILE])
 
+    def download_folder(self, prefix: str) -> Path | None:
+        """Download every file under `prefix` (e.g. "training_state/"), verified; the local folder, or None
+        if the revision has no such files. The folder lies in this commit's cached snapshot."""
+        prefix = prefix.rstrip("/") + "/"
+        paths = sorted(p for p in self.files.files if p.startswith(prefix))
+        if not paths:
+            return None
+        local = self.download(paths)
+        root = local[paths[0]]
+        for _ in range(paths[0].count("/") + 1):  # up from the file to the snapshot folder
+            root = root.parent
+        return root / prefix.rstrip("/")
+
     def snapshot_dir(self, extra: Iterable[str] = ()) -> Path:
         """The cached snapshot folder of this commit holding config, generation config and all weights."""
         weights = require_weights(self.files, self.repo_id)

@@ -222,7 +222,7 @@ def test_corrupt_download_is_refused_and_removed(published, local_hub, hf_cache)
     assert torch.equal(loaded[key], states[10][key])
 
 
-def test_repo_without_index_falls_back_to_refs(local_hub, api, tmp_path, caplog):
+def test_repo_without_index_falls_back_to_refs(local_hub, api, tmp_path, caplog, cli):
     from safetensors.torch import save_file
 
     repo_id = "alice/plain-repo"
@@ -245,6 +245,11 @@ def test_repo_without_index_falls_back_to_refs(local_hub, api, tmp_path, caplog)
         hubckpt.resolve_revision(repo_id, step=1, hub=local_hub.url)
     with pytest.raises(RevisionLookupError, match="no best"):
         hubckpt.resolve_revision(repo_id, "best", hub=local_hub.url)
+    listing = cli("ls", repo_id, "--hub", local_hub.url)
+    assert listing.returncode == 0 and "listed from its branches and tags" in listing.stdout
+    assert [line.split()[0] for line in listing.stdout.splitlines()[1:3]] == ["main", "v1"]
+    shown = cli("show", f"{repo_id}@paper", "--hub", local_hub.url)
+    assert shown.returncode == 0 and "w     F32    6      model.safetensors" in shown.stdout and "tags: paper" in shown.stdout
 
 
 def test_repo_without_safetensors(local_hub, api, tmp_path):

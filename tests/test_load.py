@@ -410,6 +410,7 @@ def test_cli_pull_loads_with_from_pretrained(published, local_hub, tmp_path, hf_
     assert "Pulled step-0000030 (step 30" in done.stdout
     manifest = json.loads((dest / "checkpoint.json").read_text())
     assert manifest["step"] == 30 and not (dest / "training_state").exists()
+    assert "revision `step-0000030`" in (dest / "README.md").read_text()
     model = AutoModelForCausalLM.from_pretrained(dest)
     assert torch.equal(model.state_dict()["transformer.h.0.mlp.c_fc.weight"],
                        states[30]["transformer.h.0.mlp.c_fc.weight"])

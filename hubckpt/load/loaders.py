@@ -217,12 +217,13 @@ class PullResult:
 
 
 def pull_files(rev: Revision, *, training_state: bool = False) -> list[str]:
-    """The files of a revision a pull copies: everything but training_state/ (unless asked for)."""
-    files = rev.files
-    paths = [p for p in files.files if training_state or not p.startswith(TRAINING_STATE_DIR)]
-    if files.manifest is not None:
-        paths.append(MANIFEST_FILE)
-    return sorted(dict.fromkeys(paths))
+    """The files of a revision a pull copies: all of the commit's (the card and checkpoint.json included,
+    which checkpoint.json's own list does not name) but .gitattributes and, unless asked for, training_state/."""
+    listed = rev.reader.list_files(rev.commit)
+    for path, size in listed.items():
+        rev.files.files.setdefault(path, {"sha256": None, "size": size})
+    paths = [p for p in listed if p != ".gitattributes" and (training_state or not p.startswith(TRAINING_STATE_DIR))]
+    return sorted(paths)
 
 
 def pull_revision(repo_id: str, dest: str | Path, revision: str | None = None, *, step: int | None = None,

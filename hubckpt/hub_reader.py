@@ -14,6 +14,7 @@ import struct
 import threading
 from typing import Callable
 
+from .checkpoint import MANIFEST_FILE
 from .errors import HubckptError
 from .hubs import Hub, hub_api, resolve_hub
 from .revisions import INDEX_FILE, RevisionIndex
@@ -21,7 +22,6 @@ from .revisions import INDEX_FILE, RevisionIndex
 logger = logging.getLogger(__name__)
 
 MAIN = "main"
-MANIFEST_FILE = "checkpoint.json"
 # First read of a safetensors file: enough for the header of a model with a few hundred tensors; a
 # larger header costs a second request for exactly the missing bytes. huggingface_hub reads 100 kB.
 HEADER_PROBE_BYTES = 16 * 1024

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ..errors import DestinationExistsError, HubConfigError
-from ..hub_reader import MANIFEST_FILE, HubReader
+from ..checkpoint import MANIFEST_FILE, TRAINING_STATE_DIR
+from ..hub_reader import HubReader
 from ..hubs import Hub
 from ..revisions import RevisionInfo
-from .download import INDEX_JSON, TRAINING_STATE_DIR, Downloader, RevisionFiles, require_weights
+from .download import INDEX_JSON, Downloader, RevisionFiles, require_weights
 from .resolve import RepoRevisions
 
 if TYPE_CHECKING:
@@ -222,7 +223,8 @@ def pull_files(rev: Revision, *, training_state: bool = False) -> list[str]:
     listed = rev.reader.list_files(rev.commit)
     for path, size in listed.items():
         rev.files.files.setdefault(path, {"sha256": None, "size": size})
-    paths = [p for p in listed if p != ".gitattributes" and (training_state or not p.startswith(TRAINING_STATE_DIR))]
+    skip = () if training_state else (TRAINING_STATE_DIR + "/",)
+    paths = [p for p in listed if p != ".gitattributes" and not (skip and p.startswith(skip))]
     return sorted(paths)
 
 

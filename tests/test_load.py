@@ -473,6 +473,10 @@ def test_reads_stay_pinned_when_the_branch_moves(local_hub, api, tmp_path, hf_ca
                         repo_id=repo_id, revision="step-0000001")
         assert torch.equal(rev.get_tensor("w"), torch.zeros(64))
     assert torch.equal(hubckpt.load_state_dict(repo_id, pinned, hub=local_hub.url)["w"], torch.zeros(64))
+    # once cached, a commit loads with no request at all (commits never change)
+    before = local_hub.ctx.stats["requests"]
+    assert torch.equal(hubckpt.load_state_dict(repo_id, pinned, hub=local_hub.url)["w"], torch.zeros(64))
+    assert local_hub.ctx.stats["requests"] == before
     moved = hubckpt.resolve_revision(repo_id, "step-0000001", hub=local_hub.url)
     assert moved.commit != pinned  # by name: the branch head, described from its checkpoint.json
 

@@ -37,10 +37,25 @@ class Revision:
                  lazy: bool = False) -> None:
         self.revisions = revisions or RepoRevisions(HubReader(hub, repo_id, token=token))
         self.reader = self.revisions.reader
-        self.info = info or self.revisions.resolve(revision, step=step, tokens=tokens, match=match)
         self.downloader = Downloader(self.reader, cache_dir=cache_dir)
+        self.info = info or self._cached_commit(revision) or self.revisions.resolve(
+            revision, step=step, tokens=tokens, match=match)
         self._files: RevisionFiles | None = None
         self.lazy = lazy  # reading ranges only: fetch checkpoint.json with one GET, not into the cache
+
+    def _cached_commit(self, revision: str | None) -> RevisionInfo | None:
+        """A full commit sha whose checkpoint.json is cached: described from it, with no request at all.
+
+        (Commits never change, so nothing can be stale; the record is named by the sha, as asked.)
+        """
+        import json
+
+        from .resolve import _FULL_SHA, info_from_manifest
+
+        if revision is None or not _FULL_SHA.match(revision):
+            return None
+        local = self.downloader.cached(RevisionInfo(name=revision, step=None, commit=revision), MANIFEST_FILE)
+        return info_from_manifest(revision, revision, json.loads(local.read_text())) if local else None
 
     @property
     def repo_id(self) -> str:

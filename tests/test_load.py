@@ -98,7 +98,7 @@ def test_missing_step_names_the_nearest(published, local_hub):
         hubckpt.resolve_revision(repo_id, step=5, match="at_or_before", hub=local_hub.url)
 
 
-def test_unknown_repo_revision_and_ambiguous_name(published, local_hub, api):
+def test_unknown_repo_revision_and_ambiguous_name(published, local_hub, api, cli):
     repo_id, _ = published
     with pytest.raises(RepositoryNotFoundError):
         hubckpt.list_revisions("alice/does-not-exist", hub=local_hub.url)
@@ -109,6 +109,8 @@ def test_unknown_repo_revision_and_ambiguous_name(published, local_hub, api):
     try:
         with pytest.raises(AmbiguousRevisionError, match="both a branch"):
             hubckpt.resolve_revision(repo_id, "step-0000030", hub=local_hub.url)
+        shown = cli("show", f"{repo_id}@step-0000030", "--hub", local_hub.url)
+        assert shown.returncode == 1 and "is both a branch" in shown.stderr
         # a step still resolves: it names the published revision, not a ref
         assert hubckpt.resolve_revision(repo_id, step=30, hub=local_hub.url).name == "step-0000030"
     finally:
@@ -196,7 +198,7 @@ def _server_blob(local_hub, sha256: str) -> Path:
     return local_hub.ctx.blobs.path(sha256)
 
 
-def test_corrupt_download_is_refused_and_removed(published, local_hub, hf_cache):
+def test_corrupt_download_is_refused_and_removed(published, local_hub, hf_cache, cli, tmp_path):
     repo_id, states = published
     rev = hubckpt.resolve_revision(repo_id, step=10, hub=local_hub.url)
     from hubckpt.hub_reader import HubReader
@@ -216,6 +218,9 @@ def test_corrupt_download_is_refused_and_removed(published, local_hub, hf_cache)
         with pytest.raises(IntegrityError, match=shard):
             hubckpt.load_state_dict(repo_id, step=10, keys=[key], hub=local_hub.url)
         assert not list(hf_cache.glob(f"**/{shard}")) and not list(hf_cache.glob(f"**/blobs/{sha}"))
+        pulled = cli("pull", f"{repo_id}@step-0000010", str(tmp_path / "out"), "--hub", local_hub.url)
+        assert pulled.returncode == 1 and f"{shard} is corrupt" in pulled.stderr
+        assert not (tmp_path / "out").exists()
     finally:
         blob.write_bytes(original)
     loaded = hubckpt.load_state_dict(repo_id, step=10, keys=[key], hub=local_hub.url)
@@ -525,3 +530,25 @@ def test_download_folder_gets_training_state(local_hub, tmp_path, hf_cache):
     assert rev.download_folder("nothing-here") is None
     state = hubckpt.load_training_state(folder)
     assert state["loop"]["step"] == 5
+
+
+def test_sharded_index_naming_a_missing_tensor_is_refused(local_hub, api, tmp_path, hf_cache):
+    from safetensors.torch import save_file
+
+    repo_id = "alice/bad-index"
+    api.create_repo(repo_id, exist_ok=True)
+    save_file({"a": torch.ones(2)}, tmp_path / "model-00001-of-00001.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {"a": "model-00001-of-00001.safetensors",
+                                        "b": "model-00001-of-00001.safetensors"}}))
+    api.upload_folder(folder_path=tmp_path, repo_id=repo_id)
+    with hubckpt.open_revision(repo_id, hub=local_hub.url) as rev:
+        assert rev.keys() == ["a", "b"] and torch.equal(rev.get_tensor("a"), torch.ones(2))
+        with pytest.raises(IntegrityError, match="whose header has no such tensor"):
+            rev.get_tensor("b")
+    with pytest.raises(KeyError):
+        hubckpt.load_state_dict(repo_id, keys=["c"], hub=local_hub.url)
+    with pytest.raises(IntegrityError, match="lacks b"):
+        hubckpt.load_state_dict(repo_id, keys=["b"], hub=local_hub.url)
+    with pytest.raises(IntegrityError, match="which no shard holds"):
+        hubckpt.load_state_dict(repo_id, hub=local_hub.url)

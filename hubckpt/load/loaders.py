@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from ..errors import DestinationExistsError, HubConfigError
+from ..errors import DestinationExistsError, HubConfigError, IntegrityError
 from ..checkpoint import MANIFEST_FILE, TRAINING_STATE_DIR
 from ..hub_reader import HubReader
 from ..hubs import Hub
@@ -174,10 +174,21 @@ def rev_state_dict(rev: Revision, *, keys=None, prefix=None, dtype=None, device=
             tensors = load_file(local[shard], device="cpu")
         else:
             with safe_open(local[shard], framework="pt", device="cpu") as f:
+                absent = sorted(set(names) - set(f.keys()))
+                if absent:  # the sharded index names tensors its shard lacks (huggingface_hub#4725)
+                    where = f"{rev.repo_id}@{rev.info.name}/{shard}"
+                    raise IntegrityError(f"{where} lacks {', '.join(absent[:5])}, which the sharded index puts "
+                                         "there", path=where)
                 tensors = {k: f.get_tensor(k) for k in names}
         for k, t in tensors.items():
             stored[k] = _convert(t, dtype, device)
     if not wanted:  # everything: the stored tensors plus their tied aliases, as model.state_dict() has them
+        listed = set(rev.downloader.weight_map(rev.files))
+        if listed - set(stored):
+            absent = sorted(listed - set(stored))
+            where = f"{rev.repo_id}@{rev.info.name}"
+            raise IntegrityError(f"{where}: the sharded index lists {', '.join(absent[:5])}, which no shard holds",
+                                 path=where)
         return {**stored, **{alias: stored[name] for alias, name in sorted(rev.tied.items()) if name in stored}}
     tied = rev.tied
     return {k: stored[tied.get(k, k)] for k in wanted}

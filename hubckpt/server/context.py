@@ -16,7 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import HubHTTPError, InvalidNameError, UnknownRevisionError
+from ..errors import HubHTTPError, InvalidNameError, NoSuchRevisionError
 from ..names import validate_repo_part
 from .blobs import BlobStore
 from .storage import MetadataStore, Repo, TokenInfo, open_data_folder
@@ -120,7 +120,7 @@ class HubContext:
     def resolve(self, repo: Repo, revision: str) -> str:
         sha = self.store.resolve(repo, revision)
         if sha is None:
-            raise UnknownRevisionError(revision)
+            raise NoSuchRevisionError(revision)
         return sha
 
     # -- signed LFS upload URLs (the client PUTs without credentials) ------------------------------

@@ -15,8 +15,8 @@ from ..errors import (
     StaleParentError,
     StorageBusyError,
     StorageError,
-    UnknownEntryError,
-    UnknownRevisionError,
+    NoSuchEntryError,
+    NoSuchRevisionError,
 )
 
 # Seconds a client is told to wait before retrying a busy hub.
@@ -29,9 +29,9 @@ def to_http(error: BaseException) -> HubHTTPError | None:
         return error
     if isinstance(error, StaleParentError):
         return HubHTTPError(412, str(error))
-    if isinstance(error, UnknownRevisionError):
+    if isinstance(error, NoSuchRevisionError):
         return HubHTTPError(404, str(error), "RevisionNotFound")
-    if isinstance(error, UnknownEntryError):
+    if isinstance(error, NoSuchEntryError):
         return HubHTTPError(404, str(error), "EntryNotFound")
     if isinstance(error, RepoExistsError):
         return HubHTTPError(409, str(error))

@@ -34,8 +34,8 @@ from ..errors import (
     StaleParentError,
     StorageBusyError,
     StorageError,
-    UnknownEntryError,
-    UnknownRevisionError,
+    NoSuchEntryError,
+    NoSuchRevisionError,
 )
 from .blobs import git_blob_sha1
 
@@ -529,14 +529,14 @@ class MetadataStore:
                       author: str, parent_commit: str | None = None, fault_hook=None) -> str:
         """Apply `operations` on top of `branch` in one transaction; return the new commit sha.
 
-        Raises UnknownRevisionError (unknown branch), UnknownEntryError (deleting a missing file),
+        Raises NoSuchRevisionError (unknown branch), NoSuchEntryError (deleting a missing file),
         StaleParentError (`parent_commit` is not the head of `branch`).
         """
         with self._transaction() as db:
             row = db.execute("SELECT target FROM refs WHERE repo_id=? AND kind='branch' AND name=?",
                              (repo.id, branch)).fetchone()
             if row is None:
-                raise UnknownRevisionError(branch)
+                raise NoSuchRevisionError(branch)
             head = row["target"]
             if parent_commit is not None and not head.startswith(parent_commit.lower()):
                 raise StaleParentError("The branch was updated since you opened this page. Please refresh and try again.")
@@ -555,7 +555,7 @@ class MetadataStore:
                     for p in in_folder:
                         del files[p]
                 else:
-                    raise UnknownEntryError(op.path)
+                    raise NoSuchEntryError(op.path)
             now = utc_now()
             sha = _commit_sha(_tree_sha(files.values()), head, author, now, title, message)
             db.execute("INSERT OR IGNORE INTO commits VALUES (?,?,?,?,?,?,?)", (repo.id, sha, head, title, message, author, now))
@@ -582,7 +582,7 @@ class MetadataStore:
             row = db.execute("SELECT target FROM refs WHERE repo_id=? AND kind='branch' AND name=?",
                              (repo.id, branch)).fetchone()
             if row is None:
-                raise UnknownRevisionError(branch)
+                raise NoSuchRevisionError(branch)
             rows = db.execute("SELECT * FROM commit_files WHERE repo_id=? AND commit_sha=?", (repo.id, row["target"])).fetchall()
             entries = [FileEntry(r["path"], r["git_oid"], r["sha256"], r["size"], bool(r["lfs"]), "") for r in rows]
             now = utc_now()

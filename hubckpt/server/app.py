@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from ..errors import HubHTTPError, StorageError
-from . import routes_files, routes_repos, routes_upload
+from . import routes_files, routes_repos, routes_upload, web
 from .context import HubContext, error_response, json_response, repo_not_found
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,9 @@ class HubApp:
             if raw_path.startswith("/api/models/"):
                 # e.g. canonical single-segment ids (`/api/models/gpt2`): no such repo here.
                 raise repo_not_found(self.ctx.caller(request))
+            page = await web.dispatch(self.ctx, request, method, raw_path)  # HTML pages: only where no API path is
+            if page is not None:
+                return page
             raise HubHTTPError(404, f"{method} {raw_path} is not an endpoint of the hubckpt local hub")
         except HubHTTPError as e:
             if e.status >= 500:

@@ -53,7 +53,7 @@ def _run(ctx: HubContext, request: Request, handler, params: dict) -> Response:
     try:
         response = handler(ctx, request, caller, **params)
     except HubHTTPError as e:
-        response = _error(ctx, caller, e)
+        response = _error(ctx, caller, e, request.url.path)
     except Exception as e:  # a page must answer HTML, whatever went wrong
         logger.exception("unexpected error rendering %s", request.url.path)
         response = _error(ctx, caller, HubHTTPError(500, f"Internal error of the hubckpt local hub: {type(e).__name__}: {e}"))
@@ -66,7 +66,7 @@ def _base(ctx: HubContext, request: Request, caller: Caller) -> dict:
     return {"viewer": caller, "single_user": ctx.single_user, "here": request.url.path}
 
 
-def _error(ctx: HubContext, caller: Caller, error: HubHTTPError) -> Response:
+def _error(ctx: HubContext, caller: Caller, error: HubHTTPError, here: str = "/") -> Response:
     status = error.status
     message = error.message
     if error.code == "RepoNotFound":
@@ -75,7 +75,7 @@ def _error(ctx: HubContext, caller: Caller, error: HubHTTPError) -> Response:
     elif error.code == "RevisionNotFound":
         status = 404
     return page("error.html", status=status, status_code=status, message=message, viewer=caller,
-                single_user=ctx.single_user, here="/")
+                single_user=ctx.single_user, here=here)
 
 
 def _repo(ctx: HubContext, caller: Caller, ns: str, name: str):

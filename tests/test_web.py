@@ -358,3 +358,14 @@ def test_login_sets_a_strict_httponly_cookie_and_logout_clears_it(token_hub):
 def test_page_links(local_hub):
     assert page_url("http://127.0.0.1:8900/", "me/exp") == "http://127.0.0.1:8900/me/exp"
     assert page_url("http://h", "me/exp", "feat/x") == "http://h/me/exp/tree/feat%2Fx"
+
+
+@pytest.mark.slow
+def test_cli_prints_the_page_links(client, run, local_hub):
+    repo_id, _ = run
+    listing = run_cli("ls", repo_id, "--hub", local_hub.url)
+    assert listing.returncode == 0 and listing.stdout.splitlines()[-1] == f"page: {local_hub.url}/{repo_id}"
+    shown = run_cli("show", f"{repo_id}@step-0000020", "--hub", local_hub.url)
+    link = shown.stdout.splitlines()[-1]
+    assert link == f"page: {local_hub.url}/{repo_id}/tree/step-0000020"
+    assert client.get(link.split(local_hub.url, 1)[1]).status_code == 200

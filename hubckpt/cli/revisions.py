@@ -20,7 +20,8 @@ def ls(repo: str = typer.Argument(..., help="namespace/name"), hub: Optional[str
     from ..cards import _table_metrics
     from ..publishing.maintenance import list_revisions
 
-    index = list_revisions(target(repo, hub, root, token))
+    t = target(repo, hub, root, token)
+    index = list_revisions(t)
     revisions = index.revisions if all_ else index.live()
     if as_json:
         typer.echo(index.to_json().decode())
@@ -38,6 +39,7 @@ def ls(repo: str = typer.Argument(..., help="namespace/name"), hub: Optional[str
     typer.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
     for row in rows:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    typer.echo(f"page: {t.repo_url}")
 
 
 def show(ref: str = typer.Argument(..., help="namespace/name@revision"), hub: Optional[str] = HubOpt,
@@ -64,6 +66,9 @@ def show(ref: str = typer.Argument(..., help="namespace/name@revision"), hub: Op
                    + ("  (pruned)" if entry.pruned else ""))
     if manifest is not None:
         typer.echo(json.dumps(manifest, indent=2, sort_keys=True))
+        from urllib.parse import quote
+
+        typer.echo(f"page: {t.repo_url}/tree/{quote(revision, safe='')}")
 
 
 def tag(repo: str = typer.Argument(...), revision: str = typer.Argument(..., help="Revision to tag."),

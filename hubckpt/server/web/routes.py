@@ -6,6 +6,7 @@ Pages are chosen by path only: nothing here answers under `/api/`, and API paths
 
 from __future__ import annotations
 
+import gzip
 import logging
 import mimetypes
 from importlib import resources
@@ -59,6 +60,20 @@ def _run(ctx: HubContext, request: Request, handler, params: dict) -> Response:
         response = _error(ctx, caller, HubHTTPError(500, f"Internal error of the hubckpt local hub: {type(e).__name__}: {e}"))
     if stale_cookie:
         access.clear_cookie(response)
+    return _compressed(request, response)
+
+
+def _compressed(request: Request, response: Response) -> Response:
+    """Large HTML gzipped for clients that accept it (a 1,000-revision model page: ~1 MB → ~80 kB)."""
+    body = getattr(response, "body", None)
+    if (not body or len(body) < 16 * 1024 or not response.media_type or not response.media_type.startswith("text/html")
+            or "gzip" not in request.headers.get("accept-encoding", "")):
+        return response
+    packed = gzip.compress(body, compresslevel=5)
+    response.body = packed
+    response.headers["Content-Length"] = str(len(packed))
+    response.headers["Content-Encoding"] = "gzip"
+    response.headers["Vary"] = "Accept-Encoding"
     return response
 
 

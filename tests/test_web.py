@@ -268,13 +268,34 @@ def test_hostile_card_is_sanitised_and_pages_carry_a_strict_csp(client, api, loc
         for name, value in attrs:
             assert not name.startswith("on") and name != "style", (tag, name)
             assert "javascript" not in (value or "").lower() and "__pwned" not in (value or ""), (tag, name, value)
-    assert 'id="js-link" rel="noopener noreferrer nofollow">a javascript: link</a>' in card  # the link lost its href
+    assert '<a rel="noopener noreferrer nofollow">a javascript: link</a>' in card  # the link lost its href (and id)
     assert "<script" not in page.text  # the pages themselves have no inline script either
     csp = page.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "default-src 'none'" in csp
     raw = client.get(f"/{repo_id}/raw/main/evil.svg")
     assert raw.headers["content-type"] == "image/svg+xml" and "sandbox" in raw.headers["content-security-policy"]
     assert "script-src" not in raw.headers["content-security-policy"]  # default-src 'none' forbids scripts
+
+
+def test_hostile_index_is_escaped(client, api):
+    repo_id = "alice/web-hostile-index"
+    evil = "<img src=x onerror=alert(1)>"
+    index = {"format_version": 1, "monitor": evil, "mode": "min", "best": evil, "final": None, "revisions": [
+        {"name": evil, "step": 1, "metrics": {evil: 1.0, "text": evil}, "tags": [evil], "date": evil, "size": evil},
+        {"name": "step-2", "step": "two", "metrics": {"loss": "NaN"}, "tags": [], "size": 12}]}
+    api.create_repo(repo_id, exist_ok=True)
+    api.upload_file(path_or_fileobj=json.dumps(index).encode(), path_in_repo="revisions.json", repo_id=repo_id)
+    page = client.get(f"/{repo_id}")
+    assert page.status_code == 200 and evil not in page.text and "&lt;img src=x onerror=alert(1)&gt;" in page.text
+    assert all(tag != "img" or dict(attrs).get("src") != "x" for tag, attrs in Elements(page.text).found)
+
+
+def test_login_destination_stays_on_this_hub():
+    from hubckpt.server.web.access import safe_next
+
+    for bad in ("//evil.example", "/\\evil.example", "/\t/evil.example", "https://evil.example", "", None, "/\n/x"):
+        assert safe_next(bad) == "/", bad
+    assert safe_next("/alice/secret/tree/step-1?x=1") == "/alice/secret/tree/step-1?x=1"
 
 
 def test_markdown_sanitiser_units():

@@ -50,7 +50,9 @@ def same_origin(request: Request) -> bool:
 
 def safe_next(value: str | None) -> str:
     """Only local paths as a post-login destination (no open redirect)."""
-    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+    # Browsers drop tabs and newlines from URLs ("/\t/evil" is "//evil"), so no control characters either.
+    if (not value or not value.startswith("/") or value.startswith("//") or "\\" in value
+            or any(c < " " or c == "\x7f" for c in value)):
         return "/"
     return value
 

@@ -29,7 +29,6 @@ _ATTRIBUTES = {
     "ol": {"start"},
     "code": {"class"},
     "details": {"open"},
-    "*": {"id"},
 }
 _SCHEMES = {"http", "https", "mailto"}
 

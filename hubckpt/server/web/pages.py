@@ -11,7 +11,6 @@ from pathlib import Path
 
 from markupsafe import Markup, escape
 
-from ...cards import human_size
 from ...errors import HubConfigError, HubHTTPError
 from ...revisions import INDEX_FILE, RevisionIndex, RevisionInfo
 from ..context import HubContext
@@ -20,7 +19,7 @@ from ..trees import list_tree
 from . import tensors as tensor_mod
 from .charts import Point, metric_chart
 from .markdown import render_card
-from .render import number, seg, short_date
+from .render import number, seg, short_date, size
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +99,13 @@ class RefMap:
         return sorted(b for b, t in self.branches.items() if t == sha) + self.tags_at(sha)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def metric_names(revisions: list[RevisionInfo], monitor: str | None) -> list[str]:
     """Every metric any revision records; the monitored one first, then alphabetical."""
-    names = sorted({m for r in revisions for m in r.metrics})
+    names = sorted({str(m) for r in revisions if isinstance(r.metrics, dict) for m in r.metrics})
     if monitor in names:
         names.remove(monitor)
         names.insert(0, monitor)
@@ -141,10 +144,9 @@ def model(ctx: HubContext, repo: Repo) -> dict:
         marks[index.best] = "best"
     if index.final:
         marks[index.final] = "best · final" if index.final == index.best else "final"
-    live = [r for r in revisions if not r.pruned and r.step is not None]
+    live = [r for r in revisions if not r.pruned and _is_number(r.step)]
     for m in metrics:
-        points = [Point(float(r.step), float(r.metrics[m]), r.name) for r in live
-                  if isinstance(r.metrics.get(m), (int, float))]
+        points = [Point(float(r.step), float(r.metrics[m]), str(r.name)) for r in live if _is_number(r.metrics.get(m))]
         chart = metric_chart(m, points, marks)
         if chart:
             out["charts"].append({"metric": m, "svg": chart, "monitored": m == index.monitor})
@@ -167,12 +169,12 @@ def revisions_table_rows(rows: list[dict], repo_id: str, metrics: list[str], ind
         else:
             first = name + (' <span class="muted">(pruned)</span>' if r.pruned else "")
         cells = [f'<tr class="{"pruned" if r.pruned else ""}" data-revision="{name}"><td class="mono">{first}</td>',
-                 f'<td class="num">{number(r.step)}</td><td class="num">{number(r.tokens)}</td>']
+                 f'<td class="num">{escape(number(r.step))}</td><td class="num">{escape(number(r.tokens))}</td>']
         for m in metrics:
             best = " best-cell" if r.name == index.best and m == index.monitor else ""
-            cells.append(f'<td class="num{best}" data-metric="{escape(m)}">{number(r.metrics.get(m))}</td>')
-        cells.append(f'<td class="num">{human_size(r.size) if r.size else "—"}</td>'
-                     f'<td title="{escape(r.date or "")}">{short_date(r.date)}</td><td>')
+            cells.append(f'<td class="num{best}" data-metric="{escape(m)}">{escape(number(r.metrics.get(m)))}</td>')
+        cells.append(f'<td class="num">{size(r.size) if r.size else "—"}</td>'
+                     f'<td title="{escape(r.date or "")}">{escape(short_date(r.date))}</td><td>')
         cells.extend(f'<span class="badge badge-{escape(t)}">{escape(t)}</span> ' for t in row["tags"])
         cells.append("</td><td>")
         if row["linked"] and previous is not None:

@@ -38,15 +38,24 @@ def short_date(value: str | None) -> str:
     """'2026-12-02T01:02:03.456Z' → '2026-12-02 01:02' (UTC)."""
     if not value:
         return "—"
-    return value[:16].replace("T", " ")
+    return str(value)[:16].replace("T", " ")
 
 
 def number(value) -> str:
+    """Numbers as the tables show them; anything else (a hand-edited index) as text, to be escaped."""
     if value is None:
         return "—"
+    if isinstance(value, bool):
+        return str(value)
     if isinstance(value, float):
         return f"{value:.4g}"
-    return f"{value:,}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def size(value) -> str:
+    return human_size(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
 
 
 def ago(value: str | None) -> str:
@@ -69,7 +78,7 @@ def ago(value: str | None) -> str:
 def environment() -> Environment:
     env = Environment(loader=PackageLoader("hubckpt.server.web", "templates"), autoescape=select_autoescape(default=True),
                       trim_blocks=True, lstrip_blocks=True, auto_reload=False)
-    env.filters.update(seg=seg, path_url=path_url, size=human_size, date=short_date, number=number, ago=ago)
+    env.filters.update(seg=seg, path_url=path_url, size=size, date=short_date, number=number, ago=ago)
     env.globals["static"] = STATIC_PREFIX
     return env
 

@@ -8,6 +8,13 @@ Hierarchy::
     ├── HubUnavailableError (ConnectionError) the hub could not be reached or the local hub did not start
     ├── AuthError (PermissionError)           user/org/token management errors (unknown user, duplicate token...)
     ├── StorageError (RuntimeError)           the local hub's data folder is unusable (corrupt DB, missing object)
+    │   └── StorageBusyError                      the local hub's database stayed locked past the busy timeout; retry
+    ├── HubStateError                         a local hub storage call refused by the repo's state (server side)
+    │   ├── StaleParentError                      `parent_commit` is no longer the branch head
+    │   ├── UnknownRevisionError (LookupError)    no such branch / tag / commit
+    │   ├── UnknownEntryError (LookupError)       no such file or folder at that revision
+    │   ├── RepoExistsError (FileExistsError)     a repo of that name exists already
+    │   └── ObjectMismatchError (ValueError)      uploaded bytes do not match the announced sha256 / size
     ├── CheckpointError                       a checkpoint on disk (attribute `path`)
     │   ├── UnsupportedCheckpointError (ValueError)  not a format hubckpt reads (or one it refuses, e.g. legacy tar)
     │   ├── CorruptCheckpointError (ValueError)      truncated, malformed or inconsistent
@@ -21,6 +28,9 @@ Hierarchy::
 Errors raised by `huggingface_hub` itself (RepositoryNotFoundError, RevisionNotFoundError, ...) are
 propagated unchanged: the local hub sends the same `X-Error-Code` headers as huggingface.co, so users
 get exactly the exceptions they already know.
+
+The `HubStateError` family and `StorageBusyError` are raised by the local hub's storage layer and
+mapped to HTTP statuses in one place (`hubckpt.server.http_errors`).
 
 `HubHTTPError` is the server side's way to answer a request with a Hub-shaped error
 (status, `X-Error-Code`, `X-Error-Message`, JSON body); it never escapes the server.
@@ -134,3 +144,45 @@ class RevisionCollisionError(HubckptError, FileExistsError):
 
 class PublishError(HubckptError, RuntimeError):
     """A background publish job could not complete (the message says which revision and why)."""
+
+
+# -- local hub storage (server side; mapped to HTTP by hubckpt.server.http_errors) ------------------
+
+class StorageBusyError(StorageError):
+    """The local hub's database stayed locked (another process writing?) past the busy timeout; retry later."""
+
+
+class HubStateError(HubckptError):
+    """A local hub storage operation was refused because of the current state of a repo."""
+
+
+class StaleParentError(HubStateError):
+    """A commit named a `parent_commit` that is no longer the head of its branch; nothing was written."""
+
+
+class UnknownRevisionError(HubStateError, LookupError):
+    """No branch, tag or commit of that name (attribute `revision`)."""
+
+    def __init__(self, revision: str) -> None:
+        self.revision = revision
+        super().__init__(f"Invalid rev id: {revision}")
+
+
+class UnknownEntryError(HubStateError, LookupError):
+    """No file or folder at that path in the revision (attribute `path`)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        super().__init__(f"A file with this name doesn't exist: {path}")
+
+
+class RepoExistsError(HubStateError, FileExistsError):
+    """A repo of that name exists already (attribute `repo_id`)."""
+
+    def __init__(self, repo_id: str) -> None:
+        self.repo_id = repo_id
+        super().__init__(f"A model repository called {repo_id} already exists")
+
+
+class ObjectMismatchError(HubStateError, ValueError):
+    """Uploaded bytes do not match the sha256 or size they were announced with; nothing was stored."""

@@ -43,9 +43,11 @@ def split_repo_id(repo_id: str) -> tuple[str, str]:
 
 
 def validate_ref_name(name: str, kind: str = "branch name") -> str:
-    """Validate a branch or tag name with the rules of `git check-ref-format --allow-onelevel`.
+    """Validate a branch or tag name with the rules of `git check-ref-format --branch`.
 
-    `refs/...` names are refused too: on the Hub they are reserved (pull requests, conversions).
+    That is git's check of `refs/heads/<name>` plus its branch-only rules (no leading '-', not
+    `HEAD`). Stricter than git on two points: `@` alone is refused (git reads it as HEAD) and so are
+    `refs/...` names, which the Hub reserves (pull requests, conversions).
     """
     def bad(reason: str) -> InvalidNameError:
         return InvalidNameError(kind, name, reason)
@@ -54,6 +56,10 @@ def validate_ref_name(name: str, kind: str = "branch name") -> str:
         raise bad("it is empty")
     if name == "@":
         raise bad("'@' alone is not a valid ref name")
+    if name.startswith("-"):
+        raise bad("it cannot start with '-' (git would read it as an option)")
+    if name == "HEAD":
+        raise bad("'HEAD' is reserved by git")
     if name.startswith("refs/"):
         raise bad("names under 'refs/' are reserved by the Hub")
     if name.startswith("/") or name.endswith("/") or "//" in name:

@@ -56,7 +56,7 @@ def test_missing_repo_revision_and_file(api: HfApi, repo_id, cache_dir):
         api.create_commit(repo_id, [CommitOperationDelete("missing.txt")], commit_message="rm")
 
 
-@pytest.mark.parametrize("branch", ["a b", "a..b", "refs/pr/1", "x.lock", "-/", "a~1"])
+@pytest.mark.parametrize("branch", ["a b", "a..b", "refs/pr/1", "x.lock", "-/", "a~1", "-x", "HEAD"])
 def test_invalid_ref_names_are_refused(api: HfApi, repo_id, branch):
     with pytest.raises((BadRequestError, HfHubHTTPError)) as info:
         api.create_branch(repo_id, branch=branch)

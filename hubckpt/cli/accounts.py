@@ -57,10 +57,12 @@ def user_list(root: Optional[Path] = RootOpt) -> None:
 
 @org_app.command("add")
 def org_add(name: str, member: List[str] = typer.Option([], "--member", help="User to add (repeatable)."),
+            fullname: Optional[str] = typer.Option(None, "--fullname", help="Display name (whoami shows it); "
+                                                   "also updates an existing organisation."),
             root: Optional[Path] = RootOpt) -> None:
     """Create an organisation (and add members)."""
     store = _store(root)
-    store.add_account(_validated(name, "organisation name"), "org")
+    store.add_account(_validated(name, "organisation name"), "org", fullname)
     for user in member:
         store.add_member(name, user)
     typer.echo(f"Organisation {name} ready" + (f" with {', '.join(member)}" if member else "") + ".")
@@ -98,9 +100,14 @@ def token_create(
 @token_app.command("list")
 def token_list(user: Optional[str] = typer.Option(None, "--user"), root: Optional[Path] = RootOpt) -> None:
     """List tokens (never their values)."""
-    tokens = _store(root).list_tokens(user)
-    if not tokens:
+    store = _store(root)
+    tokens = store.list_tokens(user)
+    if not tokens and not store.auth_required():
         typer.echo("No tokens: the hub runs single-user, on loopback only.")
+    elif not tokens:
+        typer.echo("No tokens" + (f" for {user}" if user else "") + ": authentication is on, so nobody can "
+                   "use this hub without one. Create one (hubckpt token create) or turn authentication off "
+                   "(hubckpt token auth-off).")
     for t in tokens:
         typer.echo(f"{t.id:>4}  {t.user:<16} {t.role:<5} {t.display_name:<20} ...{t.hint}  created {t.created_at}")
 
@@ -110,3 +117,26 @@ def token_revoke(token_id: int, root: Optional[Path] = RootOpt) -> None:
     """Revoke a token by id (see `hubckpt token list`)."""
     info = _store(root).revoke_token(token_id)
     typer.echo(f"Revoked token {info.id} ({info.display_name}) of {info.user}.")
+
+
+@token_app.command("auth-off")
+def token_auth_off(root: Optional[Path] = RootOpt) -> None:
+    """Turn authentication off (single-user mode) once every token is revoked.
+
+    Refused while a server of this data folder listens beyond loopback: it would serve everyone as
+    the local user, with write access.
+    """
+    from ..hubs import running_local_hub
+    from ..server import is_loopback
+
+    data = (root or default_local_root()).expanduser().resolve()
+    url = running_local_hub(data)
+    if url is not None:
+        from urllib.parse import urlsplit
+
+        host = urlsplit(url).hostname or ""
+        if not is_loopback(host):
+            raise AuthError(f"Refusing to turn authentication off: the hub serving {data} listens on {url}, beyond "
+                            "loopback. Stop it (hubckpt stop) or restart it on 127.0.0.1 first.")
+    _store(data).disable_auth()
+    typer.echo(f"Authentication is off: the hub over {data} serves its local user only, on loopback only.")

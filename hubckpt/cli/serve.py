@@ -28,7 +28,7 @@ def serve(
 
     from ..errors import HubUnavailableError
     from ..server import HubContext, bind_socket, create_app
-    from ..server import check_exposure
+    from ..server import check_exposure, uvicorn_config
     from ..server.dataplane import DataPlane
 
     data = (root or default_local_root()).expanduser().resolve()
@@ -55,8 +55,7 @@ def serve(
                    f"  mode: {mode}\n"
                    f"Use it with huggingface_hub / the hf CLI / transformers:\n"
                    f"  export HF_ENDPOINT={url} HF_HUB_DISABLE_XET=1\nPress Ctrl-C to stop.")
-    config = uvicorn.Config(create_app(ctx), log_level="warning", http="httptools", lifespan="off",
-                            access_log=False, timeout_keep_alive=30)
+    config = uvicorn_config(create_app(ctx))
     data_plane = DataPlane(ctx, host).start()
     # uvicorn re-raises the stop signal after its graceful shutdown; a no-op handler lets this
     # function finish normally instead (clean exit, server.json removed).

@@ -25,11 +25,14 @@ from pathlib import Path
 from ..errors import HubConfigError, HubUnavailableError
 from .app import create_app
 from .context import DEFAULT_LOCAL_USER, HubContext
+from .dataplane import DEFAULT_MAX_CONNECTIONS as DATA_PLANE_MAX_CONNECTIONS
+from .dataplane import DEFAULT_TIMEOUT_S as DATA_PLANE_TIMEOUT_S
 from .dataplane import DataPlane
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LocalHubServer", "HubContext", "create_app", "is_loopback", "bind_socket"]
+__all__ = ["LocalHubServer", "HubContext", "create_app", "is_loopback", "bind_socket", "check_exposure",
+           "uvicorn_config"]
 
 
 def is_loopback(host: str) -> bool:
@@ -59,12 +62,34 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def check_exposure(ctx: HubContext, host: str) -> None:
-    """Refuse to serve a non-loopback address without tokens: a single-user hub has no authentication."""
-    if not is_loopback(host) and ctx.single_user:
+    """Refuse to serve a non-loopback address without tokens: a single-user hub has no authentication.
+
+    A hub that does listen beyond loopback is marked `exposed`, which also refuses single-user mode per
+    request (should authentication be turned off behind its back).
+    """
+    if is_loopback(host):
+        return
+    if ctx.single_user:
         raise HubConfigError(
             f"Refusing to listen on {host}: this hub has no tokens, so anyone who can reach it could write to it. "
             f"Create one first (hubckpt token create --user {ctx.local_user} --role write --root {ctx.root}) "
             "or listen on 127.0.0.1.")
+    ctx.exposed = True
+
+
+# The API's own concurrency cap (uvicorn answers 503 beyond it) and keep-alive timeout.
+API_MAX_CONNECTIONS = 1024
+API_KEEP_ALIVE_S = 30
+
+
+def uvicorn_config(app, **overrides):
+    """The uvicorn settings every local hub runs with (background thread or `hubckpt serve`)."""
+    import uvicorn
+
+    settings = dict(log_level="warning", http="httptools", lifespan="off", access_log=False,
+                    timeout_keep_alive=API_KEEP_ALIVE_S, limit_concurrency=API_MAX_CONNECTIONS)
+    settings.update(overrides)
+    return uvicorn.Config(app, **settings)
 
 
 class LocalHubServer:
@@ -76,7 +101,9 @@ class LocalHubServer:
     """
 
     def __init__(self, root: str | Path, *, host: str = "127.0.0.1", port: int = 0,
-                 local_user: str = DEFAULT_LOCAL_USER, data_plane: bool = True, **settings) -> None:
+                 local_user: str = DEFAULT_LOCAL_USER, data_plane: bool = True,
+                 data_plane_max_connections: int = DATA_PLANE_MAX_CONNECTIONS,
+                 data_plane_timeout_s: float = DATA_PLANE_TIMEOUT_S, **settings) -> None:
         import uvicorn
 
         self.ctx = HubContext.open(Path(root), local_user=local_user, **settings)
@@ -85,11 +112,10 @@ class LocalHubServer:
         bound_host, bound_port = self._sock.getsockname()[:2]
         shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
         self.url = f"http://{shown_host}:{bound_port}"
-        config = uvicorn.Config(create_app(self.ctx), log_level="warning", http="httptools", lifespan="off",
-                                access_log=False, timeout_keep_alive=30)
-        self._server = uvicorn.Server(config)
+        self._server = uvicorn.Server(uvicorn_config(create_app(self.ctx)))
         self._thread: threading.Thread | None = None
-        self.data_plane = DataPlane(self.ctx, host) if data_plane else None
+        self.data_plane = DataPlane(self.ctx, host, max_connections=data_plane_max_connections,
+                                    timeout_s=data_plane_timeout_s) if data_plane else None
 
     def start(self) -> "LocalHubServer":
         if self.data_plane is not None:

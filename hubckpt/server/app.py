@@ -1,27 +1,55 @@
-"""The local hub as an ASGI application: raw-path routing, Hub-shaped errors, request ids."""
+"""The local hub as an ASGI application: raw-path routing, Hub-shaped errors, request ids.
+
+Routing: `system_router` (health), then `ROUTERS` in order, then `fallback_router` (answers for
+`/api/models/...` paths that name nothing here); the first match wins. What none of them takes goes
+to the web pages (`web.dispatch`, never under `/api/`), then is a JSON 404.
+
+Plain handlers run in a worker thread (see `routing.py`), so a slow SQLite transaction never stalls
+the event loop; errors of every kind are mapped to HTTP once, by `http_errors.to_http`.
+"""
 
 from __future__ import annotations
 
 import logging
 import uuid
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ..errors import HubHTTPError, StorageError
-from . import routes_files, routes_repos, routes_upload, web
+from ..errors import HubHTTPError
+from . import routes_files, routes_listing, routes_repos, routes_upload, web
 from .context import HubContext, error_response, json_response, repo_not_found
+from .http_errors import to_http
+from .routing import Router
 
 logger = logging.getLogger(__name__)
 
-_ROUTERS = (routes_repos.router, routes_upload.router, routes_files.router)
+system_router = Router()
+fallback_router = Router()
+
+
+@fallback_router.route("GET HEAD", "/api/models/{any}")
+def _unknown_model_path(ctx: HubContext, request: Request, any: str) -> Response:
+    # e.g. canonical single-segment ids (`/api/models/gpt2`): no such repo here.
+    raise repo_not_found(ctx.caller(request))
+
+
+@system_router.route("GET HEAD", "/api/hubckpt/health")
+def _health(ctx: HubContext, request: Request) -> Response:
+    return json_response({"status": "ok", "root": str(ctx.root), "service": "hubckpt-local-hub"})
+
+
+ROUTERS: list[Router] = [routes_repos.router, routes_upload.router, routes_listing.router, routes_files.router]
 
 
 class HubApp:
     """ASGI app serving the Hub HTTP API over one data folder (see `HubContext`)."""
 
-    def __init__(self, ctx: HubContext) -> None:
+    def __init__(self, ctx: HubContext, routers: list[Router] | None = None) -> None:
         self.ctx = ctx
+        self.routers = [system_router, *(ROUTERS if routers is None else routers), fallback_router]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -41,39 +69,39 @@ class HubApp:
         response.headers["X-Request-Id"] = request_id
         await response(scope, receive, send)
 
-    async def _dispatch(self, request: Request, scope: Scope):
+    def _match(self, method: str, raw_path: str):
+        for router in self.routers:
+            found = router.match(method, raw_path)
+            if isinstance(found, tuple):
+                return found
+        return None
+
+    async def _dispatch(self, request: Request, scope: Scope) -> Response:
         method = scope["method"]
         raw_path = scope.get("raw_path", scope["path"].encode()).decode("latin-1").split("?", 1)[0]
         root_path = scope.get("root_path", "")
         if root_path and raw_path.startswith(root_path):
             raw_path = raw_path[len(root_path):]
         try:
-            if raw_path == "/api/hubckpt/health":
-                return json_response({"status": "ok", "root": str(self.ctx.root), "service": "hubckpt-local-hub"})
-            for router in _ROUTERS:
-                found = router.match(method, raw_path)
-                if isinstance(found, tuple):
-                    handler, params = found
-                    return await handler(self.ctx, request, **params)
-            if method in ("GET", "HEAD") and "/resolve/" in raw_path:
-                return await routes_files.resolve(self.ctx, request, raw_path)
-            if raw_path.startswith("/api/models/"):
-                # e.g. canonical single-segment ids (`/api/models/gpt2`): no such repo here.
-                raise repo_not_found(self.ctx.caller(request))
-            page = await web.dispatch(self.ctx, request, method, raw_path)  # HTML pages: only where no API path is
-            if page is not None:
-                return page
-            raise HubHTTPError(404, f"{method} {raw_path} is not an endpoint of the hubckpt local hub")
-        except HubHTTPError as e:
-            if e.status >= 500:
-                logger.error("%s %s -> %s", method, raw_path, e)
-            return error_response(e)
-        except StorageError as e:
-            logger.exception("storage failure on %s %s", method, raw_path)
-            return error_response(HubHTTPError(500, str(e)))
+            found = self._match(method, raw_path)
+            if found is None:
+                page = await web.dispatch(self.ctx, request, method, raw_path)  # HTML pages: where no API path is
+                if page is not None:
+                    return page
+                raise HubHTTPError(404, f"{method} {raw_path} is not an endpoint of the hubckpt local hub")
+            route, params = found
+            if route.is_async:
+                return await route.handler(self.ctx, request, **params)
+            request.state.body = await request.body()
+            return await run_in_threadpool(route.handler, self.ctx, request, **params)
         except Exception as e:  # the server must answer JSON, whatever went wrong
-            logger.exception("unexpected error on %s %s", method, raw_path)
-            return error_response(HubHTTPError(500, f"Internal error of the hubckpt local hub: {type(e).__name__}: {e}"))
+            error = to_http(e)
+            if error is None:
+                logger.exception("unexpected error on %s %s", method, raw_path)
+                error = HubHTTPError(500, f"Internal error of the hubckpt local hub: {type(e).__name__}: {e}")
+            elif error.status >= 500:
+                logger.error("%s %s -> %s", method, raw_path, error)
+            return error_response(error)
 
 
 def create_app(ctx: HubContext) -> HubApp:

@@ -14,6 +14,7 @@ stored once, whatever repo or branch refers to it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -22,7 +23,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from ..errors import HubHTTPError
+from ..errors import DiskFullError, ObjectMismatchError, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,13 @@ def git_blob_sha1(data: bytes) -> str:
 def lfs_pointer(sha256: str, size: int) -> bytes:
     """The git-lfs pointer file of an object; its git blob id is the tree `oid` of an LFS file."""
     return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+
+
+def _os_error(error: OSError, what: str) -> Exception:
+    """The domain error for a failed write: disk full (ENOSPC / EDQUOT / EFBIG) or another storage failure."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return DiskFullError(f"The local hub's disk is full while {what}; nothing was stored. Free space and retry.")
+    return StorageError(f"Writing to the local hub's data folder failed while {what}: {error}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -114,37 +122,60 @@ class BlobWriter:
 
     def write_chunk(self, chunk: bytes) -> None:
         """Append to the temp file (the size check lives here: hashing may run in another thread)."""
-        self.file.write(chunk)
+        if self.expected_size is not None and self.size + len(chunk) > self.expected_size:
+            raise ObjectMismatchError(f"Upload is larger than the announced size {self.expected_size}")
+        try:
+            self.file.write(chunk)
+        except OSError as e:
+            raise _os_error(e, "receiving an upload") from e
         self.size += len(chunk)
-        if self.expected_size is not None and self.size > self.expected_size:
-            raise HubHTTPError(400, f"Upload is larger than the announced size {self.expected_size}")
 
     def finish(self) -> str:
-        """Verify, fsync and move into place; return the sha256. Raises HubHTTPError on mismatch."""
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        """Verify, fsync and move into place; return the sha256.
+
+        Raises ObjectMismatchError (wrong size or sha256), DiskFullError or StorageError; in every
+        failure the temp file is closed and removed.
+        """
+        try:
+            return self._finish()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _finish(self) -> str:
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        except OSError as e:
+            raise _os_error(e, "saving an upload") from e
         self.file.close()
         sha256 = self.hasher.hexdigest()
         if self.expected_size is not None and self.size != self.expected_size:
-            self.abort()
-            raise HubHTTPError(400, f"Size mismatch: expected {self.expected_size} bytes, received {self.size}")
+            raise ObjectMismatchError(f"Size mismatch: expected {self.expected_size} bytes, received {self.size}")
         if self.expected_sha256 is not None and sha256 != self.expected_sha256:
-            self.abort()
-            raise HubHTTPError(400, f"sha256 mismatch: expected {self.expected_sha256}, received content hashes to {sha256}")
+            raise ObjectMismatchError(f"sha256 mismatch: expected {self.expected_sha256}, "
+                                      f"received content hashes to {sha256}")
         final = self.store.path(sha256)
         if final.exists():
             self.tmp_path.unlink(missing_ok=True)  # already stored: identical content kept once
             return sha256
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.tmp_path, final)
-        _fsync_dir(final.parent)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.tmp_path, final)
+            _fsync_dir(final.parent)
+        except OSError as e:
+            raise _os_error(e, "storing an upload") from e
         return sha256
 
     def abort(self) -> None:
-        """Drop the partial upload."""
-        if not self.file.closed:
-            self.file.close()
-        self.tmp_path.unlink(missing_ok=True)
+        """Drop the partial upload: close the temp file (even if closing fails) and remove it."""
+        try:
+            if not self.file.closed:
+                self.file.close()
+        except OSError:
+            pass  # the data is dropped anyway; the descriptor is released by close() even when it raises
+        finally:
+            self.tmp_path.unlink(missing_ok=True)
 
 
 class PipelinedWriter:

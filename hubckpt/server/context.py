@@ -16,7 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import HubHTTPError, InvalidNameError
+from ..errors import HubHTTPError, InvalidNameError, UnknownRevisionError
 from ..names import validate_repo_part
 from .blobs import BlobStore
 from .storage import MetadataStore, Repo, TokenInfo, open_data_folder
@@ -50,15 +50,19 @@ class HubContext:
     local_user: str = DEFAULT_LOCAL_USER
     tree_page_size: int = 1000
     commits_page_size: int = 50
+    list_page_size: int = 1000  # repo listings (`list_models`, `hf repos ls`), as on the Hub
     lfs_secret: bytes = field(default=b"", repr=False)
     data_plane_port: int | None = None  # set while a DataPlane serves object bytes on its own port
+    # Set by whoever binds a non-loopback address: single-user mode is then refused per request too.
+    exposed: bool = False
     # Counters for tests and benchmarks: API requests served, LFS bytes received.
     stats: dict[str, int] = field(default_factory=lambda: {"requests": 0, "lfs_bytes_received": 0})
 
     @classmethod
     def open(cls, root: Path, local_user: str = DEFAULT_LOCAL_USER, **settings: Any) -> "HubContext":
         root = Path(root).expanduser().resolve()
-        store = open_data_folder(root)
+        store = open_data_folder(root, **({"busy_timeout_s": settings.pop("busy_timeout_s")}
+                                          if "busy_timeout_s" in settings else {}))
         blobs = BlobStore(root)
         store.add_account(local_user, "user")
         secret = store.meta_setdefault("lfs_secret", secrets.token_hex(32))
@@ -68,13 +72,21 @@ class HubContext:
 
     @property
     def single_user(self) -> bool:
-        """With no token registered, the hub serves its local user only (and only on loopback)."""
-        return not self.store.has_tokens()
+        """Until a token is first created, the hub serves its local user only (and only on loopback).
+
+        Once on, authentication stays on even when every token is revoked (`hubckpt token auth-off`
+        turns it off explicitly), so revoking the last token never opens an exposed hub to everyone.
+        """
+        return not self.store.auth_required()
 
     def caller(self, request: Request) -> Caller:
         auth = request.headers.get("authorization", "")
         token_value = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
         if self.single_user:
+            if self.exposed:
+                # Authentication was turned off behind the back of a server listening beyond loopback.
+                raise HubHTTPError(401, "This hub listens beyond loopback and has no authentication; it serves "
+                                        "nobody until tokens exist (hubckpt token create).")
             return Caller(self.local_user, "write", None, tuple(self.store.orgs_of(self.local_user)))
         if not token_value:
             return Caller(None, "none")
@@ -108,7 +120,7 @@ class HubContext:
     def resolve(self, repo: Repo, revision: str) -> str:
         sha = self.store.resolve(repo, revision)
         if sha is None:
-            raise HubHTTPError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
+            raise UnknownRevisionError(revision)
         return sha
 
     # -- signed LFS upload URLs (the client PUTs without credentials) ------------------------------

@@ -9,6 +9,10 @@ the data plane needs no credentials and sees no repo names.
 
     GET|HEAD /blob/<sha256>?expires=T&sig=S                       object bytes, Range → 206 / 416
     PUT      /lfs/<repo db id>/<sha256>/<size>?expires=T&sig=S    upload, re-hashed, stored if it matches
+
+Bounded: each connection holds one thread, so the number of connections is capped (`max_connections`;
+one more is answered 503 + Retry-After at once and closed) and every socket read or write times
+out (`timeout_s`), so idle keep-alive or stalled clients give their thread back.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,10 +28,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..errors import HubHTTPError
 from .blobs import PipelinedWriter, is_sha256
+from .http_errors import to_http
 
 logger = logging.getLogger(__name__)
 
 DOWNLOAD_URL_TTL_S = 6 * 3600
+DEFAULT_MAX_CONNECTIONS = 64
+DEFAULT_TIMEOUT_S = 60.0
 _CHUNK = 8 * 1024 * 1024
 _BLOB = re.compile(r"^/blob/([0-9a-f]{64})$")
 _LFS = re.compile(r"^/lfs/(\d+)/([0-9a-f]{64})/(\d+)$")
@@ -70,6 +78,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Error-Message", error.message.encode("ascii", "replace").decode())
         for key, value in error.headers.items():
             self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")  # so a keep-alive client does not reuse this socket
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -81,7 +91,7 @@ class _Handler(BaseHTTPRequestHandler):
         if m is None:
             raise HubHTTPError(404, "Not found")
         sha256 = m.group(1)
-        ctx.check_signature(params.get("sig", ""), int(params.get("expires", "0") or 0), "blob", sha256)
+        ctx.check_signature(params.get("sig", ""), _expires(params), "blob", sha256)
         blob = ctx.blobs.path(sha256)
         try:
             f = open(blob, "rb")  # noqa: SIM115 - closed below
@@ -124,7 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
         if m is None:
             raise HubHTTPError(404, "Not found")
         repo_db_id, oid, size = int(m.group(1)), m.group(2), int(m.group(3))
-        ctx.check_signature(params.get("sig", ""), int(params.get("expires", "0") or 0), repo_db_id, oid, size)
+        ctx.check_signature(params.get("sig", ""), _expires(params), repo_db_id, oid, size)
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
             raise HubHTTPError(411, "Content-Length is required")
@@ -151,34 +161,91 @@ class _Handler(BaseHTTPRequestHandler):
     def _guard(self, action) -> None:
         try:
             action()
-        except HubHTTPError as e:
-            if e.status >= 400 and self.command == "PUT":
-                self.close_connection = True  # the unread body must not be parsed as a next request
-            self._error(e)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            self.close_connection = True  # the client went away or stalled past the timeout
         except Exception as e:  # answer, never hang the client
-            logger.exception("data plane error on %s %s", self.command, self.path)
-            self.close_connection = True
-            self._error(HubHTTPError(500, f"Internal error of the hubckpt data plane: {type(e).__name__}: {e}"))
+            error = to_http(e)
+            if error is None:
+                logger.exception("data plane error on %s %s", self.command, self.path)
+                error = HubHTTPError(500, f"Internal error of the hubckpt data plane: {type(e).__name__}: {e}")
+            if error.status >= 400 and self.command == "PUT" or error.status >= 500:
+                self.close_connection = True  # the unread body must not be parsed as a next request
+            try:
+                self._error(error)
+            except OSError:
+                self.close_connection = True
+
+
+def _expires(params: dict[str, str]) -> int:
+    try:
+        return int(params.get("expires", "0") or 0)
+    except ValueError:
+        return 0  # refused as expired by check_signature
+
+
+_BUSY_BODY = json.dumps({"error": "The hubckpt data plane is at its connection limit; retry shortly."}).encode()
+_BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+                  b"X-Error-Message: The hubckpt data plane is at its connection limit; retry shortly.\r\n"
+                  b"Connection: close\r\nContent-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
 
 
 class _DataPlaneHTTPServer(ThreadingHTTPServer):
+    """One thread per connection, at most `max_connections` of them; sockets time out after `timeout_s`."""
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 256
+    block_on_close = False
 
-    def __init__(self, address, ctx) -> None:
+    def __init__(self, address, ctx, max_connections: int, timeout_s: float) -> None:
         self.ctx = ctx
+        self.timeout_s = timeout_s
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.active = 0  # connections being served (tests and benchmarks)
+        self.refused = 0  # connections answered 503 because every slot was taken
         super().__init__(address, _Handler)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            try:
+                request.settimeout(1.0)
+                request.sendall(_BUSY_RESPONSE)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        request.settimeout(self.timeout_s)
+        self.active += 1
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.active -= 1
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.active -= 1
+            self._slots.release()
 
 
 class DataPlane:
     """The data-plane server of one hub, on its own port, in a background thread."""
 
-    def __init__(self, ctx, host: str) -> None:
+    def __init__(self, ctx, host: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.ctx = ctx
-        self.httpd = _DataPlaneHTTPServer((host, 0), ctx)
+        # The same port as last time when free: URLs signed before a restart (uploads and downloads in
+        # flight, retried by the client) then still reach the data plane.
+        preferred = int(ctx.store.meta_get("data_plane_port") or 0)
+        try:
+            self.httpd = _DataPlaneHTTPServer((host, preferred), ctx, max_connections, timeout_s)
+        except OSError:
+            self.httpd = _DataPlaneHTTPServer((host, 0), ctx, max_connections, timeout_s)
+        if self.httpd.server_address[1] != preferred:
+            ctx.store.meta_set("data_plane_port", str(self.httpd.server_address[1]))
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="hubckpt-data-plane", daemon=True)

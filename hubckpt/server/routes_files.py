@@ -10,7 +10,7 @@ from starlette.responses import FileResponse, Response
 from ..errors import HubHTTPError
 from .context import HubContext, json_response, repo_not_found
 from .dataplane import signed_blob_url
-from .routing import Router, query_bool
+from .routing import Router, body_bytes, json_body, query_bool
 from .trees import file_json, folder_json, list_tree
 
 router = Router()
@@ -42,7 +42,7 @@ def _last_commits(ctx: HubContext, repo, files: dict, paths: list[tuple[str, str
 
 
 @router.route("GET", "/api/models/{ns}/{name}/tree/{rev}{opt_path}")
-async def tree(ctx: HubContext, request: Request, ns: str, name: str, rev: str, path: str = "") -> Response:
+def tree(ctx: HubContext, request: Request, ns: str, name: str, rev: str, path: str = "") -> Response:
     caller = ctx.caller(request)
     repo = ctx.repo_for(ns, name, caller)
     sha = ctx.resolve(repo, rev)
@@ -69,18 +69,18 @@ async def tree(ctx: HubContext, request: Request, ns: str, name: str, rev: str, 
 
 
 @router.route("POST", "/api/models/{ns}/{name}/paths-info/{rev}")
-async def paths_info(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
+def paths_info(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
     caller = ctx.caller(request)
     repo = ctx.repo_for(ns, name, caller)
     sha = ctx.resolve(repo, rev)
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
-        body = await request.json()
+        body = json_body(request)
         paths = body.get("paths", []) if isinstance(body, dict) else []
         expand = bool(body.get("expand")) if isinstance(body, dict) else False
     else:
         # application/x-www-form-urlencoded: parsed here, no multipart dependency needed.
-        form = parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
+        form = parse_qs(body_bytes(request).decode("utf-8", "replace"), keep_blank_values=True)
         paths = form.get("paths", [])
         expand = form.get("expand", ["false"])[0].lower() == "true"
     files = ctx.store.files(repo, sha)
@@ -96,24 +96,10 @@ async def paths_info(ctx: HubContext, request: Request, ns: str, name: str, rev:
     return json_response(out)
 
 
-def _split_resolve(any_path: str) -> tuple[str, str, str, str] | None:
-    """ns, name, rev, file path from the raw `/{ns}/{name}/resolve/{rev}/{path}`, still encoded."""
-    segments = any_path.split("/")
-    if len(segments) >= 5 and segments[2] == "resolve":
-        return segments[0], segments[1], segments[3], "/".join(segments[4:])
-    return None
-
-
-async def resolve(ctx: HubContext, request: Request, raw_path: str) -> Response:
+@router.route("GET HEAD", "/{ns}/{name}/resolve/{rev}/{path}")
+def resolve(ctx: HubContext, request: Request, ns: str, name: str, rev: str, path: str) -> Response:
     """HEAD/GET `/{repo}/resolve/{rev}/{path}`: serve the file inline with the Hub's metadata headers."""
-    from urllib.parse import unquote
-
     caller = ctx.caller(request)
-    parts = _split_resolve(raw_path.lstrip("/"))
-    if parts is None:
-        # Canonical single-segment ids (`/gpt2/resolve/main/config.json`) do not exist here.
-        raise repo_not_found(caller)
-    ns, name, rev, path = (unquote(p) for p in parts)
     repo = ctx.repo_for(ns, name, caller)
     sha = ctx.resolve(repo, rev)
     entry = ctx.store.files(repo, sha).get(path)
@@ -134,3 +120,9 @@ async def resolve(ctx: HubContext, request: Request, raw_path: str) -> Response:
             return Response(status_code=302, headers=headers)
     headers["Content-Length"] = str(entry.size)
     return BlobResponse(blob, headers=headers, media_type="application/octet-stream")
+
+
+@router.route("GET HEAD", "/{ns}/resolve/{rev}/{path}")
+def resolve_canonical(ctx: HubContext, request: Request, ns: str, rev: str, path: str) -> Response:
+    # Canonical single-segment ids (`/gpt2/resolve/main/config.json`) do not exist here.
+    raise repo_not_found(ctx.caller(request))

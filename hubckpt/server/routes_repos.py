@@ -12,18 +12,15 @@ from ..errors import HubHTTPError, InvalidNameError
 from ..names import validate_ref_name
 from .context import HubContext, base_url, json_response, repo_not_found, split_namespace_name
 from .gitattributes import DEFAULT_GITATTRIBUTES
-from .routing import Router, query_bool
+from .routing import Router, body_bytes, json_body, query_bool
 from .storage import Commit, Repo
 from .trees import sibling_entries
 
 router = Router()
 
 
-async def _json_body(request: Request) -> dict:
-    try:
-        body = await request.json()
-    except ValueError as e:
-        raise HubHTTPError(400, f"Request body is not valid JSON: {e}") from e
+def _json_body(request: Request) -> dict:
+    body = json_body(request)
     if not isinstance(body, dict):
         raise HubHTTPError(400, "Request body must be a JSON object")
     return body
@@ -32,7 +29,7 @@ async def _json_body(request: Request) -> dict:
 # -- identity -------------------------------------------------------------------------------------
 
 @router.route("GET", "/api/whoami-v2")
-async def whoami(ctx: HubContext, request: Request) -> Response:
+def whoami(ctx: HubContext, request: Request) -> Response:
     caller = ctx.caller(request)
     if caller.name is None:
         raise HubHTTPError(401, "Invalid credentials in Authorization header")
@@ -51,7 +48,7 @@ async def whoami(ctx: HubContext, request: Request) -> Response:
 
 
 @router.route("GET", "/api/agent-harnesses")
-async def agent_harnesses(ctx: HubContext, request: Request) -> Response:
+def agent_harnesses(ctx: HubContext, request: Request) -> Response:
     return json_response({"standardEnvVars": [], "harnesses": {}})
 
 
@@ -71,18 +68,22 @@ def _namespace_and_name(ctx: HubContext, caller, body: dict) -> tuple[str, str]:
 
 
 @router.route("POST", "/api/repos/create")
-async def create_repo(ctx: HubContext, request: Request) -> Response:
+def create_repo(ctx: HubContext, request: Request) -> Response:
     caller = ctx.caller(request)
-    body = await _json_body(request)
+    body = _json_body(request)
     namespace, name = _namespace_and_name(ctx, caller, body)
     visibility = body.get("visibility")
     private = visibility == "private" if visibility is not None else bool(body.get("private", False))
-    existing = ctx.store.get_repo(namespace, name)
     url = f"{base_url(request)}/{namespace}/{name}"
+    # Permission before existence: a 409 to a caller who may not write here would tell them that a
+    # (possibly private) repo of that name exists.
+    if not ctx.can_write_namespace(namespace, caller):
+        if caller.name is None:
+            raise HubHTTPError(401, "You must be authenticated (pass a write token) to create a repo.")
+        raise HubHTTPError(403, f"You don't have the rights to create a model under the namespace {namespace!r}")
+    existing = ctx.store.get_repo(namespace, name)
     if existing is not None:
         raise HubHTTPError(409, "You already created this model repo", extra={"url": f"{base_url(request)}/{existing.repo_id}"})
-    if not ctx.can_write_namespace(namespace, caller):
-        raise HubHTTPError(403, f"You don't have the rights to create a model under the namespace {namespace!r}")
     if ctx.single_user and ctx.store.account(namespace) is None:
         # Single-user hub: any namespace is the local user's own organisation.
         ctx.store.add_member(namespace, ctx.local_user)
@@ -94,9 +95,9 @@ async def create_repo(ctx: HubContext, request: Request) -> Response:
 
 
 @router.route("DELETE", "/api/repos/delete")
-async def delete_repo(ctx: HubContext, request: Request) -> Response:
+def delete_repo(ctx: HubContext, request: Request) -> Response:
     caller = ctx.caller(request)
-    body = await _json_body(request)
+    body = _json_body(request)
     namespace, name = _namespace_and_name(ctx, caller, body)
     repo = ctx.repo_for(namespace, name, caller, write=True)
     ctx.store.delete_repo(repo)
@@ -104,9 +105,9 @@ async def delete_repo(ctx: HubContext, request: Request) -> Response:
 
 
 @router.route("POST", "/api/repos/move")
-async def move_repo(ctx: HubContext, request: Request) -> Response:
+def move_repo(ctx: HubContext, request: Request) -> Response:
     caller = ctx.caller(request)
-    body = await _json_body(request)
+    body = _json_body(request)
     try:
         src_ns, src_name = str(body["fromRepo"]).split("/")
         dst_ns, dst_name = str(body["toRepo"]).split("/")
@@ -121,11 +122,18 @@ async def move_repo(ctx: HubContext, request: Request) -> Response:
 
 
 @router.route("PUT", "/api/models/{ns}/{name}/settings")
-async def repo_settings(ctx: HubContext, request: Request, ns: str, name: str) -> Response:
+def repo_settings(ctx: HubContext, request: Request, ns: str, name: str) -> Response:
     caller = ctx.caller(request)
     repo = ctx.repo_for(ns, name, caller, write=True)
-    body = await _json_body(request)
+    body = _json_body(request)
+    if "gated" in body:
+        gated = body["gated"]
+        if gated not in ("manual", "auto", False):
+            raise HubHTTPError(400, f"Invalid gated status {gated!r}: use 'manual', 'auto' or false")
+        ctx.store.set_gated(repo, gated or "")
     if "visibility" in body:
+        if body["visibility"] not in ("private", "public"):
+            raise HubHTTPError(400, f"Unsupported visibility {body['visibility']!r}: use 'private' or 'public'")
         ctx.store.set_private(repo, body["visibility"] == "private")
     elif "private" in body:
         ctx.store.set_private(repo, bool(body["private"]))
@@ -137,7 +145,7 @@ async def repo_settings(ctx: HubContext, request: Request, ns: str, name: str) -
 _YAML_BLOCK = re.compile(r"^(\s*---[\r\n]+)([\S\s]*?)([\r\n]+---(\r\n|\n|$))")
 
 
-def _card_data(ctx: HubContext, repo: Repo, files: dict) -> dict | None:
+def card_data(ctx: HubContext, repo: Repo, files: dict) -> dict | None:
     entry = files.get("README.md")
     if entry is None or entry.size > 1_000_000:
         return None
@@ -153,12 +161,12 @@ def _card_data(ctx: HubContext, repo: Repo, files: dict) -> dict | None:
 def _model_info(ctx: HubContext, request: Request, repo: Repo, sha: str) -> Response:
     files = ctx.store.files(repo, sha)
     commit = ctx.store.commit(repo, sha)
-    card = _card_data(ctx, repo, files)
+    card = card_data(ctx, repo, files)
     blobs = query_bool(request, "blobs")
     info = {
         "_id": f"{repo.id:024x}", "id": repo.repo_id, "modelId": repo.repo_id, "author": repo.namespace,
         "sha": sha, "lastModified": commit.date if commit else repo.last_modified, "createdAt": repo.created_at,
-        "private": repo.private, "gated": False, "disabled": False, "downloads": 0, "likes": 0,
+        "private": repo.private, "gated": repo.gated or False, "disabled": False, "downloads": 0, "likes": 0,
         "tags": list(card.get("tags") or []) if card else [],
         "library_name": card.get("library_name") if card else None,
         "pipeline_tag": card.get("pipeline_tag") if card else None,
@@ -170,14 +178,14 @@ def _model_info(ctx: HubContext, request: Request, repo: Repo, sha: str) -> Resp
 
 
 @router.route("GET", "/api/models/{ns}/{name}")
-async def model_info(ctx: HubContext, request: Request, ns: str, name: str) -> Response:
+def model_info(ctx: HubContext, request: Request, ns: str, name: str) -> Response:
     caller = ctx.caller(request)
     repo = ctx.repo_for(ns, name, caller)
     return _model_info(ctx, request, repo, ctx.resolve(repo, "main"))
 
 
 @router.route("GET", "/api/models/{ns}/{name}/revision/{rev}")
-async def model_info_revision(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
+def model_info_revision(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
     caller = ctx.caller(request)
     repo = ctx.repo_for(ns, name, caller)
     return _model_info(ctx, request, repo, ctx.resolve(repo, rev))
@@ -186,7 +194,7 @@ async def model_info_revision(ctx: HubContext, request: Request, ns: str, name: 
 # -- refs -----------------------------------------------------------------------------------------
 
 @router.route("GET", "/api/models/{ns}/{name}/refs")
-async def list_refs(ctx: HubContext, request: Request, ns: str, name: str) -> Response:
+def list_refs(ctx: HubContext, request: Request, ns: str, name: str) -> Response:
     caller = ctx.caller(request)
     repo = ctx.repo_for(ns, name, caller)
     out: dict[str, list] = {"branches": [], "tags": [], "converts": []}
@@ -209,7 +217,7 @@ def _commit_json(commit: Commit, formatted: bool) -> dict:
 
 
 @router.route("GET", "/api/models/{ns}/{name}/commits/{rev}")
-async def list_commits(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
+def list_commits(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
     caller = ctx.caller(request)
     repo = ctx.repo_for(ns, name, caller)
     head = ctx.resolve(repo, rev)
@@ -231,10 +239,10 @@ async def list_commits(ctx: HubContext, request: Request, ns: str, name: str, re
 
 
 @router.route("POST", "/api/models/{ns}/{name}/branch/{rev}")
-async def create_branch(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
+def create_branch(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
     caller = ctx.caller(request)
     repo = ctx.repo_for(ns, name, caller, write=True)
-    body = await _json_body(request) if (await request.body()) else {}
+    body = _json_body(request) if body_bytes(request) else {}
     starting_point = body.get("startingPoint")
     try:
         validate_ref_name(rev, "branch name")
@@ -247,7 +255,7 @@ async def create_branch(ctx: HubContext, request: Request, ns: str, name: str, r
 
 
 @router.route("DELETE", "/api/models/{ns}/{name}/branch/{rev}")
-async def delete_branch(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
+def delete_branch(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
     caller = ctx.caller(request)
     repo = ctx.repo_for(ns, name, caller, write=True)
     if rev == "main":
@@ -258,10 +266,10 @@ async def delete_branch(ctx: HubContext, request: Request, ns: str, name: str, r
 
 
 @router.route("POST", "/api/models/{ns}/{name}/tag/{rev}")
-async def create_tag(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
+def create_tag(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
     caller = ctx.caller(request)
     repo = ctx.repo_for(ns, name, caller, write=True)
-    body = await _json_body(request)
+    body = _json_body(request)
     target = ctx.resolve(repo, rev)  # the Hub checks the revision before the tag name
     tag = body.get("tag")
     if not isinstance(tag, str):
@@ -276,7 +284,7 @@ async def create_tag(ctx: HubContext, request: Request, ns: str, name: str, rev:
 
 
 @router.route("DELETE", "/api/models/{ns}/{name}/tag/{rev}")
-async def delete_tag(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
+def delete_tag(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
     caller = ctx.caller(request)
     repo = ctx.repo_for(ns, name, caller, write=True)
     if not ctx.store.delete_ref(repo, "tag", rev):
@@ -285,10 +293,10 @@ async def delete_tag(ctx: HubContext, request: Request, ns: str, name: str, rev:
 
 
 @router.route("POST", "/api/models/{ns}/{name}/super-squash/{rev}")
-async def super_squash(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
+def super_squash(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
     caller = ctx.caller(request)
     repo = ctx.repo_for(ns, name, caller, write=True)
-    body = await _json_body(request) if (await request.body()) else {}
+    body = _json_body(request) if body_bytes(request) else {}
     if ctx.store.ref(repo, "branch", rev) is None:
         if ctx.store.resolve(repo, rev) is None:
             raise HubHTTPError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
@@ -299,7 +307,7 @@ async def super_squash(ctx: HubContext, request: Request, ns: str, name: str, re
 
 
 @router.route("GET", "/api/models/{ns}/{name}/discussions")
-async def discussions(ctx: HubContext, request: Request, ns: str, name: str) -> Response:
+def discussions(ctx: HubContext, request: Request, ns: str, name: str) -> Response:
     ctx.repo_for(ns, name, ctx.caller(request))
     raise HubHTTPError(404, "Discussions are not supported by the hubckpt local hub")
 
@@ -307,9 +315,9 @@ async def discussions(ctx: HubContext, request: Request, ns: str, name: str) -> 
 # -- model card metadata --------------------------------------------------------------------------
 
 @router.route("POST", "/api/validate-yaml")
-async def validate_yaml(ctx: HubContext, request: Request) -> Response:
+def validate_yaml(ctx: HubContext, request: Request) -> Response:
     try:
-        body = await request.json()
+        body = json_body(request)
         content = body.get("content", "") if isinstance(body, dict) else ""
     except ValueError:
         return json_response({"errors": [{"message": "Request body is not valid JSON"}]}, 400)
@@ -334,5 +342,5 @@ async def validate_yaml(ctx: HubContext, request: Request) -> Response:
 
 @router.route("GET HEAD POST PUT DELETE", "/api/datasets/{any}")
 @router.route("GET HEAD POST PUT DELETE", "/api/spaces/{any}")
-async def other_repo_types(ctx: HubContext, request: Request, any: str) -> Response:
+def other_repo_types(ctx: HubContext, request: Request, any: str) -> Response:
     raise repo_not_found(ctx.caller(request))

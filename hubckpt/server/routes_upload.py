@@ -17,7 +17,7 @@ from .blobs import PipelinedWriter, git_blob_sha1, is_sha256, lfs_pointer
 from .context import HubContext, base_url, json_response
 from .dataplane import data_plane_base
 from .gitattributes import is_ignored, is_lfs
-from .routing import Router
+from .routing import Router, body_bytes, json_body
 from .storage import Operation
 
 router = Router()
@@ -54,10 +54,10 @@ def _text_at(ctx: HubContext, files: dict, path: str) -> str:
 
 
 @router.route("POST", "/api/models/{ns}/{name}/preupload/{rev}")
-async def preupload(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
+def preupload(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
     caller = ctx.caller(request)
     repo = ctx.repo_for(ns, name, caller, write=True)
-    body = await request.json()
+    body = json_body(request)
     items = body.get("files") if isinstance(body, dict) else None
     if not isinstance(items, list):
         raise HubHTTPError(400, "Expected a JSON body with a 'files' list")
@@ -97,11 +97,11 @@ def _object_known(ctx: HubContext, repo, caller, oid: str, size: int | None) -> 
 
 
 @router.route("POST", "/{ns}/{name}.git/info/lfs/objects/batch")
-async def lfs_batch(ctx: HubContext, request: Request, ns: str, name: str) -> Response:
+def lfs_batch(ctx: HubContext, request: Request, ns: str, name: str) -> Response:
     caller = ctx.caller(request)
     repo = ctx.repo_for(ns, name, caller, write=True)
     try:
-        body = json.loads(await request.body())
+        body = json.loads(body_bytes(request))
     except ValueError as e:
         raise HubHTTPError(400, f"Invalid LFS batch request: {e}") from e
     if body.get("operation") != "upload":
@@ -126,7 +126,7 @@ async def lfs_batch(ctx: HubContext, request: Request, ns: str, name: str) -> Re
         objects.append({"oid": oid, "size": size, "authenticated": True, "actions": {
             "upload": {"href": f"{upload_base}/lfs/{repo.id}/{oid}/{size}?expires={expires}&sig={sig}",
                        "expires_in": UPLOAD_URL_TTL_S},
-            "verify": {"href": f"{base}/api/hubckpt/lfs-verify/{repo.id}"},
+            "verify": {"href": f"{base}/api/hubckpt/lfs-verify/{repo.repo_id}"},
         }})
     return json_response({"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
                          headers={"Content-Type": "application/vnd.git-lfs+json"})
@@ -135,6 +135,7 @@ async def lfs_batch(ctx: HubContext, request: Request, ns: str, name: str) -> Re
 @router.route("PUT", "/api/hubckpt/lfs/{ns}/{name}/{path}")
 async def lfs_upload(ctx: HubContext, request: Request, ns: str, name: str, path: str) -> Response:
     # Routed as /lfs/<repo db id>/<oid>/<size>; the URL signature is the authorization.
+    # A coroutine (not a threaded handler): it streams the body; blocking calls are offloaded.
     try:
         repo_id, oid, size = int(ns), name, int(path)
         expires = int(request.query_params.get("expires", "0"))
@@ -158,16 +159,20 @@ async def lfs_upload(ctx: HubContext, request: Request, ns: str, name: str, path
         raise
     await run_in_threadpool(pipeline.finish)
     ctx.stats["lfs_bytes_received"] += size
-    ctx.store.add_repo_object_by_id(repo_id, oid)
+    await run_in_threadpool(ctx.store.add_repo_object_by_id, repo_id, oid)
     return Response(status_code=200)
 
 
-@router.route("POST", "/api/hubckpt/lfs-verify/{ns}")
-async def lfs_verify(ctx: HubContext, request: Request, ns: str) -> Response:
-    body = await request.json()
+@router.route("POST", "/api/hubckpt/lfs-verify/{ns}/{name}")
+def lfs_verify(ctx: HubContext, request: Request, ns: str, name: str) -> Response:
+    # The client sends its token here; without write access to the repo the answer would tell
+    # anyone whether a private repo holds a given (oid, size).
+    repo = ctx.repo_for(ns, name, ctx.caller(request), write=True)
+    body = json_body(request)
+    if not isinstance(body, dict):
+        raise HubHTTPError(400, "Expected a JSON object {oid, size}")
     oid, size = body.get("oid"), body.get("size")
-    repo = next((r for r in ctx.store.list_repos() if str(r.id) == ns), None)
-    if repo is None or not isinstance(oid, str) or not ctx.blobs.has(oid, size) or not ctx.store.has_repo_object(repo, oid):
+    if not isinstance(oid, str) or not ctx.blobs.has(oid, size) or not ctx.store.has_repo_object(repo, oid):
         raise HubHTTPError(404, f"Object {oid} was not uploaded (or its size differs)")
     return json_response({})
 
@@ -220,25 +225,24 @@ def _parse_commit(ctx: HubContext, repo, caller, raw: bytes) -> tuple[dict, list
 
 
 @router.route("POST", "/api/models/{ns}/{name}/commit/{rev}")
-async def commit(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
+def commit(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
     caller = ctx.caller(request)
     repo = ctx.repo_for(ns, name, caller, write=True)
     if request.query_params.get("create_pr") in ("1", "true"):
         raise HubHTTPError(400, "Pull requests are not supported by the hubckpt local hub; commit to a branch instead")
     _branch_head(ctx, repo, rev)
-    raw = await request.body()
-    header, operations = await run_in_threadpool(_parse_commit, ctx, repo, caller, raw)
+    raw = body_bytes(request)
+    header, operations = _parse_commit(ctx, repo, caller, raw)
     parent = header.get("parentCommit")
     if parent is not None and (not isinstance(parent, str) or not 5 <= len(parent) <= 40):
         raise HubHTTPError(400, "Bad request for commit endpoint: parentCommit must be 5 to 40 hex characters")
     for op in operations:
         if op.kind == "add":
             ctx.store.add_repo_object(repo, op.sha256)
-    sha = await run_in_threadpool(
-        lambda: ctx.store.create_commit(
-            repo, rev, operations, title=str(header.get("summary") or "Upload files"),
-            message=str(header.get("description") or ""), author=caller.name or ctx.local_user,
-            parent_commit=parent, fault_hook=ctx.fault))
+    sha = ctx.store.create_commit(
+        repo, rev, operations, title=str(header.get("summary") or "Upload files"),
+        message=str(header.get("description") or ""), author=caller.name or ctx.local_user,
+        parent_commit=parent, fault_hook=ctx.fault)
     return json_response({"success": True, "commitOid": sha, "commitUrl": f"{base_url(request)}/{repo.repo_id}/commit/{sha}",
                           "pullRequestUrl": None, "hookOutput": ""})
 

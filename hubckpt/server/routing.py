@@ -3,10 +3,20 @@
 The Hub puts revisions such as `feat/x` in one `%2F`-encoded path segment, and most frameworks
 (Starlette included) decode `%2F` before routing, which would split it. We match on
 `scope["raw_path"]` and percent-decode each captured piece ourselves.
+
+Handlers come in two kinds:
+
+- plain functions `def handler(ctx, request, **params) -> Response` (the usual kind): the app reads
+  the request body first, then runs the handler in a worker thread, so storage calls (SQLite,
+  files) never block the event loop. Read the body with `body_bytes(request)` / `json_body(request)`.
+- coroutines `async def handler(...)`: run on the event loop, for handlers that stream the request
+  body; they must offload any blocking call themselves (`run_in_threadpool`).
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import re
 from dataclasses import dataclass
 from typing import Awaitable, Callable
@@ -15,7 +25,7 @@ from urllib.parse import unquote
 from starlette.requests import Request
 from starlette.responses import Response
 
-Handler = Callable[..., Awaitable[Response]]
+Handler = Callable[..., "Awaitable[Response] | Response"]
 
 # Placeholders usable in route patterns.
 _PLACEHOLDERS = {
@@ -33,6 +43,7 @@ class Route:
     methods: frozenset[str]
     regex: re.Pattern[str]
     handler: Handler
+    is_async: bool
 
 
 class Router:
@@ -45,7 +56,8 @@ class Router:
         regex = re.escape(pattern).replace(r"\{", "{").replace(r"\}", "}")
         for placeholder, group in _PLACEHOLDERS.items():
             regex = regex.replace(placeholder, group)
-        self.routes.append(Route(frozenset(methods.split()), re.compile(f"^{regex}$"), handler))
+        self.routes.append(Route(frozenset(methods.split()), re.compile(f"^{regex}$"), handler,
+                                 inspect.iscoroutinefunction(handler)))
 
     def route(self, methods: str, pattern: str) -> Callable[[Handler], Handler]:
         def decorator(handler: Handler) -> Handler:
@@ -53,8 +65,8 @@ class Router:
             return handler
         return decorator
 
-    def match(self, method: str, raw_path: str) -> tuple[Handler, dict[str, str]] | None | str:
-        """(handler, decoded params); 'method' if the path matched with another method; None otherwise."""
+    def match(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]] | None | str:
+        """(route, decoded params); 'method' if the path matched with another method; None otherwise."""
         path_matched = False
         for route in self.routes:
             m = route.regex.match(raw_path)
@@ -64,7 +76,7 @@ class Router:
                 path_matched = True
                 continue
             params = {k: unquote(v) for k, v in m.groupdict().items() if v is not None}
-            return route.handler, params
+            return route, params
         return "method" if path_matched else None
 
 
@@ -73,3 +85,18 @@ def query_bool(request: Request, key: str, default: bool = False) -> bool:
     if value is None:
         return default
     return value.lower() in ("1", "true", "yes")
+
+
+def body_bytes(request: Request) -> bytes:
+    """The request body, read by the app before a plain (threaded) handler runs."""
+    return getattr(request.state, "body", b"")
+
+
+def json_body(request: Request) -> object:
+    """The request body parsed as JSON (any JSON value); HubHTTPError 400 if it is not JSON."""
+    from ..errors import HubHTTPError
+
+    try:
+        return json.loads(body_bytes(request) or b"null")
+    except ValueError as e:
+        raise HubHTTPError(400, f"Request body is not valid JSON: {e}") from e

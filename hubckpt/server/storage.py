@@ -3,7 +3,13 @@
 The database is `hub.sqlite3` in the data folder, in WAL mode. Every operation that changes a
 repo is one transaction, so a server killed at any point shows either the old state or the new
 one, never half a commit. Branch updates are compare-and-swap: a commit whose `parent_commit` is
-no longer the branch head is refused (HTTP 412) and nothing is written.
+no longer the branch head is refused (`StaleParentError`) and nothing is written.
+
+This layer knows nothing of HTTP: it raises the domain errors of `hubckpt.errors` (`HubStateError`
+and its subclasses, `StorageBusyError`), which `http_errors.py` maps to statuses in one place.
+
+Concurrency: writes go through one connection, one lock and `BEGIN IMMEDIATE`; reads use one
+connection per thread, so (in WAL mode) they never wait for a writer.
 
 Each commit stores the full list of its files (path → object), which keeps reads trivial and is
 cheap for checkpoint repos (a handful of files per revision). File contents live in the
@@ -16,15 +22,28 @@ import datetime as dt
 import hashlib
 import secrets
 import sqlite3
+import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from ..errors import AuthError, HubHTTPError, StorageError
+from ..errors import (
+    AuthError,
+    RepoExistsError,
+    StaleParentError,
+    StorageBusyError,
+    StorageError,
+    UnknownEntryError,
+    UnknownRevisionError,
+)
 from .blobs import git_blob_sha1
 
-SCHEMA_VERSION = 1
+# 2: repos.gated ('' | 'manual' | 'auto'); meta 'auth' ('on' once a token was ever created).
+SCHEMA_VERSION = 2
+DEFAULT_BUSY_TIMEOUT_S = 30.0
+MAX_READERS = 8  # read connections (WAL: readers never wait for the writer)
+GATED_VALUES = ("", "manual", "auto")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -38,7 +57,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     display_name TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE, hint TEXT NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS repos (
     id INTEGER PRIMARY KEY, namespace TEXT NOT NULL COLLATE NOCASE, name TEXT NOT NULL COLLATE NOCASE,
-    private INTEGER NOT NULL, created_at TEXT NOT NULL, last_modified TEXT NOT NULL, UNIQUE (namespace, name));
+    private INTEGER NOT NULL, created_at TEXT NOT NULL, last_modified TEXT NOT NULL, gated TEXT NOT NULL DEFAULT '',
+    UNIQUE (namespace, name));
 CREATE TABLE IF NOT EXISTS commits (
     repo_id INTEGER NOT NULL, sha TEXT NOT NULL, parent TEXT, title TEXT NOT NULL, message TEXT NOT NULL,
     author TEXT NOT NULL, date TEXT NOT NULL, PRIMARY KEY (repo_id, sha));
@@ -71,6 +91,7 @@ class Repo:
     private: bool
     created_at: str
     last_modified: str
+    gated: str = ""  # '' (not gated), 'manual' or 'auto', as `update_repo_settings(gated=...)` sets it
 
     @property
     def repo_id(self) -> str:
@@ -130,35 +151,102 @@ def _commit_sha(tree: str, parent: str | None, author: str, date: str, title: st
     return hashlib.sha1(f"commit {len(body.encode())}\0{body}".encode()).hexdigest()
 
 
-class MetadataStore:
-    """SQLite-backed metadata; thread-safe (one connection, one lock, one transaction per change)."""
+def _is_busy(error: sqlite3.OperationalError) -> bool:
+    text = str(error).lower()
+    return "locked" in text or "busy" in text
 
-    def __init__(self, path: Path) -> None:
+
+def _busy(error: sqlite3.OperationalError) -> StorageBusyError:
+    return StorageBusyError(f"The local hub database is busy ({error}); another process may be writing to it. "
+                            "Retry in a moment.")
+
+
+class MetadataStore:
+    """SQLite-backed metadata; thread-safe (one write connection and lock, one read connection per thread)."""
+
+    def __init__(self, path: Path, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
         self.path = path
+        self.busy_timeout_s = busy_timeout_s
+        # A bounded pool of read connections, lent to one thread at a time. (Per-thread connections
+        # would pile up: worker threads come and go, and SQLite keeps the descriptors of closed
+        # connections open while another connection of the process holds a lock on the file.)
+        self._readers: queue.LifoQueue = queue.LifoQueue()
+        self._reader_list: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-            self._db.row_factory = sqlite3.Row
+            self._db = self._connect()
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
             row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.OperationalError as e:
+            if _is_busy(e):
+                raise _busy(e) from e
+            raise StorageError(f"Cannot open the local hub database {path}: {e}. Is it a hubckpt data folder?") from e
         except sqlite3.DatabaseError as e:
             raise StorageError(f"Cannot open the local hub database {path}: {e}. Is it a hubckpt data folder?") from e
         if row is None:
             self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         elif int(row["value"]) > SCHEMA_VERSION:
             raise StorageError(f"{path} was written by a newer hubckpt (schema {row['value']}); upgrade hubckpt.")
+        elif int(row["value"]) < SCHEMA_VERSION:
+            self._db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
         self._lock = threading.RLock()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=self.busy_timeout_s)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    def _migrate(self) -> None:
+        """Bring a data folder written by an older hubckpt up to this schema (idempotent)."""
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(repos)")}
+        if "gated" not in columns:
+            self._db.execute("ALTER TABLE repos ADD COLUMN gated TEXT NOT NULL DEFAULT ''")
+        # Folders from before the 'auth' flag: a folder that has tokens requires them.
+        if self._db.execute("SELECT 1 FROM tokens LIMIT 1").fetchone():
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('auth', 'on')")
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._db.close()
+        with self._readers_lock:
+            for db in self._reader_list:
+                db.close()
+            self._reader_list.clear()
 
     # -- helpers ---------------------------------------------------------------------------------
 
+    def _borrow_reader(self) -> sqlite3.Connection:
+        try:
+            return self._readers.get_nowait()
+        except queue.Empty:
+            pass
+        with self._readers_lock:
+            if self._closed:
+                raise StorageError("The local hub database is closed.")
+            if len(self._reader_list) < MAX_READERS:
+                db = self._connect()
+                self._reader_list.append(db)
+                return db
+        return self._readers.get()
+
     def _query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        try:
+            if self._lock._is_owned():  # type: ignore[attr-defined]  # inside a write: see its own changes
+                return self._db.execute(sql, args).fetchall()
+            db = self._borrow_reader()
+            try:
+                return db.execute(sql, args).fetchall()
+            finally:
+                self._readers.put(db)
+        except sqlite3.OperationalError as e:
+            if _is_busy(e):
+                raise _busy(e) from e
+            raise
 
     def _transaction(self):
         store = self
@@ -166,13 +254,27 @@ class MetadataStore:
         class _Tx:
             def __enter__(self_inner):
                 store._lock.acquire()
-                store._db.execute("BEGIN IMMEDIATE")
+                try:
+                    store._db.execute("BEGIN IMMEDIATE")
+                except BaseException as e:
+                    # Without this, a failed BEGIN (database locked by another process past the busy
+                    # timeout) kept the lock forever and every later write blocked.
+                    store._lock.release()
+                    if isinstance(e, sqlite3.OperationalError) and _is_busy(e):
+                        raise _busy(e) from e
+                    raise
                 return store._db
 
             def __exit__(self_inner, exc_type, exc, tb):
                 try:
                     if exc_type is None:
-                        store._db.execute("COMMIT")
+                        try:
+                            store._db.execute("COMMIT")
+                        except sqlite3.OperationalError as e:
+                            store._db.execute("ROLLBACK")
+                            if _is_busy(e):
+                                raise _busy(e) from e
+                            raise
                     else:
                         store._db.execute("ROLLBACK")
                 finally:
@@ -184,6 +286,10 @@ class MetadataStore:
     def meta_get(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE key=?", (key,))
         return rows[0]["value"] if rows else None
+
+    def meta_set(self, key: str, value: str) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
 
     def meta_setdefault(self, key: str, value: str) -> str:
         with self._transaction() as db:
@@ -200,6 +306,8 @@ class MetadataStore:
                     raise AuthError(f"{name!r} already exists as an {row['kind']}, not a {kind}.")
                 if not exist_ok:
                     raise AuthError(f"The {kind} {name!r} already exists.")
+                if fullname:
+                    db.execute("UPDATE accounts SET fullname=? WHERE name=?", (fullname, name))
                 return
             db.execute("INSERT INTO accounts VALUES (?, ?, ?, ?)", (name, fullname or name, kind, utc_now()))
 
@@ -242,6 +350,8 @@ class MetadataStore:
                 "INSERT INTO tokens (user, role, display_name, token_hash, hint, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                 (row["name"], role, display_name, hash_token(value), value[-4:], utc_now()))
             token_id = cur.lastrowid
+            # Authentication, once on, stays on: revoking every token must not open the hub to everyone.
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('auth', 'on')")
         return self.token(token_id), value
 
     def token(self, token_id: int) -> TokenInfo:
@@ -270,6 +380,17 @@ class MetadataStore:
     def has_tokens(self) -> bool:
         return bool(self._query("SELECT 1 FROM tokens LIMIT 1"))
 
+    def auth_required(self) -> bool:
+        """True once a token was ever created, until `disable_auth()`: then every caller needs a token."""
+        return self.meta_get("auth") == "on"
+
+    def disable_auth(self) -> None:
+        """Back to single-user mode (the caller checks that no server listens beyond loopback)."""
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM tokens LIMIT 1").fetchone():
+                raise AuthError("Tokens still exist; revoke them first (hubckpt token list / token revoke).")
+            db.execute("DELETE FROM meta WHERE key='auth'")
+
     # -- repos -----------------------------------------------------------------------------------
 
     def get_repo(self, namespace: str, name: str) -> Repo | None:
@@ -278,6 +399,16 @@ class MetadataStore:
 
     def list_repos(self) -> list[Repo]:
         return [_repo(r) for r in self._query("SELECT * FROM repos ORDER BY namespace, name")]
+
+    def repo_by_id(self, repo_db_id: int) -> Repo | None:
+        rows = self._query("SELECT * FROM repos WHERE id=?", (repo_db_id,))
+        return _repo(rows[0]) if rows else None
+
+    def repo_storage(self, repo: Repo) -> int:
+        """Bytes of the distinct objects the repo's commits reference (each object counted once)."""
+        rows = self._query("SELECT COALESCE(SUM(size), 0) AS total FROM (SELECT DISTINCT sha256, size FROM commit_files "
+                           "WHERE repo_id=?)", (repo.id,))
+        return int(rows[0]["total"])
 
     def create_repo(self, namespace: str, name: str, private: bool, author: str, gitattributes: str,
                     gitattributes_sha256: str) -> Repo | None:
@@ -309,10 +440,17 @@ class MetadataStore:
         with self._transaction() as db:
             db.execute("UPDATE repos SET private=? WHERE id=?", (int(private), repo.id))
 
+    def set_gated(self, repo: Repo, gated: str) -> None:
+        """'' (not gated), 'manual' or 'auto'."""
+        if gated not in GATED_VALUES:
+            raise ValueError(f"gated must be one of {GATED_VALUES}, not {gated!r}")
+        with self._transaction() as db:
+            db.execute("UPDATE repos SET gated=? WHERE id=?", (gated, repo.id))
+
     def move_repo(self, repo: Repo, namespace: str, name: str) -> None:
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM repos WHERE namespace=? AND name=?", (namespace, name)).fetchone():
-                raise HubHTTPError(409, f"A model repository called {namespace}/{name} already exists")
+                raise RepoExistsError(f"{namespace}/{name}")
             db.execute("UPDATE repos SET namespace=?, name=? WHERE id=?", (namespace, name, repo.id))
 
     # -- refs and revisions ----------------------------------------------------------------------
@@ -391,16 +529,17 @@ class MetadataStore:
                       author: str, parent_commit: str | None = None, fault_hook=None) -> str:
         """Apply `operations` on top of `branch` in one transaction; return the new commit sha.
 
-        Raises HubHTTPError 404 (unknown branch / missing file), 412 (stale `parent_commit`).
+        Raises UnknownRevisionError (unknown branch), UnknownEntryError (deleting a missing file),
+        StaleParentError (`parent_commit` is not the head of `branch`).
         """
         with self._transaction() as db:
             row = db.execute("SELECT target FROM refs WHERE repo_id=? AND kind='branch' AND name=?",
                              (repo.id, branch)).fetchone()
             if row is None:
-                raise HubHTTPError(404, f"Invalid rev id: {branch}", "RevisionNotFound")
+                raise UnknownRevisionError(branch)
             head = row["target"]
             if parent_commit is not None and not head.startswith(parent_commit.lower()):
-                raise HubHTTPError(412, "The branch was updated since you opened this page. Please refresh and try again.")
+                raise StaleParentError("The branch was updated since you opened this page. Please refresh and try again.")
             files = {r["path"]: FileEntry(r["path"], r["git_oid"], r["sha256"], r["size"], bool(r["lfs"]), r["last_commit"])
                      for r in db.execute("SELECT * FROM commit_files WHERE repo_id=? AND commit_sha=?", (repo.id, head))}
             changed: dict[str, FileEntry] = {}
@@ -416,7 +555,7 @@ class MetadataStore:
                     for p in in_folder:
                         del files[p]
                 else:
-                    raise HubHTTPError(404, f"A file with this name doesn't exist: {op.path}", "EntryNotFound")
+                    raise UnknownEntryError(op.path)
             now = utc_now()
             sha = _commit_sha(_tree_sha(files.values()), head, author, now, title, message)
             db.execute("INSERT OR IGNORE INTO commits VALUES (?,?,?,?,?,?,?)", (repo.id, sha, head, title, message, author, now))
@@ -443,7 +582,7 @@ class MetadataStore:
             row = db.execute("SELECT target FROM refs WHERE repo_id=? AND kind='branch' AND name=?",
                              (repo.id, branch)).fetchone()
             if row is None:
-                raise HubHTTPError(404, f"Invalid rev id: {branch}", "RevisionNotFound")
+                raise UnknownRevisionError(branch)
             rows = db.execute("SELECT * FROM commit_files WHERE repo_id=? AND commit_sha=?", (repo.id, row["target"])).fetchall()
             entries = [FileEntry(r["path"], r["git_oid"], r["sha256"], r["size"], bool(r["lfs"]), "") for r in rows]
             now = utc_now()
@@ -458,7 +597,8 @@ class MetadataStore:
 
 
 def _repo(row: sqlite3.Row) -> Repo:
-    return Repo(row["id"], row["namespace"], row["name"], bool(row["private"]), row["created_at"], row["last_modified"])
+    return Repo(row["id"], row["namespace"], row["name"], bool(row["private"]), row["created_at"], row["last_modified"],
+                row["gated"] or "")
 
 
 def _commit(row: sqlite3.Row) -> Commit:
@@ -469,10 +609,10 @@ def _token_info(row: sqlite3.Row) -> TokenInfo:
     return TokenInfo(row["id"], row["user"], row["role"], row["display_name"], row["hint"], row["created_at"])
 
 
-def open_data_folder(root: Path) -> MetadataStore:
+def open_data_folder(root: Path, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> MetadataStore:
     """Open (creating if needed) the metadata database of a data folder."""
     root.mkdir(parents=True, exist_ok=True)
-    return MetadataStore(root / "hub.sqlite3")
+    return MetadataStore(root / "hub.sqlite3", busy_timeout_s=busy_timeout_s)
 
 
 __all__ = ["MetadataStore", "Repo", "FileEntry", "Commit", "Operation", "TokenInfo", "open_data_folder", "utc_now",

@@ -18,6 +18,7 @@ from starlette.responses import FileResponse, Response
 
 from ...errors import HubHTTPError
 from ..context import Caller, HubContext
+from ..http_errors import to_http
 from ..routing import Router
 from . import access, pages
 from .render import page, path_url, seg
@@ -41,7 +42,8 @@ async def dispatch(ctx: HubContext, request: Request, method: str, raw_path: str
     found = router.match(method, raw_path)
     if not isinstance(found, tuple):
         return None
-    handler, params = found
+    route, params = found
+    handler = route.handler
     if method == "POST":
         if not access.same_origin(request):
             return _error(ctx, access.ANONYMOUS, HubHTTPError(403, "This form must be sent from the hub's own pages."))
@@ -50,14 +52,16 @@ async def dispatch(ctx: HubContext, request: Request, method: str, raw_path: str
 
 
 def _run(ctx: HubContext, request: Request, handler, params: dict) -> Response:
-    caller, stale_cookie = access.viewer(ctx, request)
+    caller, stale_cookie = access.ANONYMOUS, False
     try:
+        caller, stale_cookie = access.viewer(ctx, request)
         response = handler(ctx, request, caller, **params)
-    except HubHTTPError as e:
-        response = _error(ctx, caller, e, request.url.path)
     except Exception as e:  # a page must answer HTML, whatever went wrong
-        logger.exception("unexpected error rendering %s", request.url.path)
-        response = _error(ctx, caller, HubHTTPError(500, f"Internal error of the hubckpt local hub: {type(e).__name__}: {e}"))
+        error = to_http(e)  # the API's mapping of domain errors (unknown revision, storage busy, ...)
+        if error is None:
+            logger.exception("unexpected error rendering %s", request.url.path)
+            error = HubHTTPError(500, f"Internal error of the hubckpt local hub: {type(e).__name__}: {e}")
+        response = _error(ctx, caller, error, request.url.path)
     if stale_cookie:
         access.clear_cookie(response)
     return _compressed(request, response)
@@ -89,8 +93,10 @@ def _error(ctx: HubContext, caller: Caller, error: HubHTTPError, here: str = "/"
         status, message = 404, "Repository not found."
     elif error.code == "RevisionNotFound":
         status = 404
-    return page("error.html", status=status, status_code=status, message=message, viewer=caller,
-                single_user=ctx.single_user, here=here)
+    response = page("error.html", status=status, status_code=status, message=message, viewer=caller,
+                    single_user=ctx.single_user, here=here)
+    response.headers.update(error.headers)  # e.g. Retry-After of a busy hub
+    return response
 
 
 def _repo(ctx: HubContext, caller: Caller, ns: str, name: str):

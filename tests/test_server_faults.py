@@ -1,0 +1,196 @@
+"""Faults the local hub must survive: a locked database, slow transactions, stalled clients, failing fsync."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import socket
+import sqlite3
+import threading
+import time
+
+import httpx2
+import pytest
+from huggingface_hub import HfApi
+
+from hubckpt.server import LocalHubServer
+
+
+def _commit_body(path: str, content: bytes) -> bytes:
+    import base64
+    import json
+
+    return (json.dumps({"key": "header", "value": {"summary": "c", "description": ""}}) + "\n"
+            + json.dumps({"key": "file", "value": {"path": path, "content": base64.b64encode(content).decode(),
+                                                    "encoding": "base64"}}) + "\n").encode()
+
+
+def _in_thread(fn, timeout: float):
+    """Run fn in a thread; (finished, result or exception) after at most `timeout` seconds."""
+    out: list = []
+
+    def run():
+        try:
+            out.append(fn())
+        except BaseException as e:  # reported to the caller
+            out.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    return (not t.is_alive()), (out[0] if out else None)
+
+
+@pytest.mark.timeout(60)
+def test_a_locked_database_answers_503_and_never_deadlocks(tmp_path):
+    with LocalHubServer(tmp_path / "hub", busy_timeout_s=0.3) as hub:
+        api = HfApi(endpoint=hub.url, token="x")
+        api.create_repo("alice/locked")
+        # Another process writing the same database: a second connection holding the write lock.
+        other = sqlite3.connect(hub.ctx.root / "hub.sqlite3", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            r = httpx2.post(f"{hub.url}/api/models/alice/locked/commit/main", content=_commit_body("a.txt", b"1"),
+                            headers={"content-type": "application/x-ndjson"}, timeout=30)
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            assert "busy" in r.json()["error"]
+            r = httpx2.post(f"{hub.url}/api/models/alice/locked/branch/b2", json={}, timeout=30)
+            assert r.status_code == 503
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        # The failed BEGINs released the hub's own lock: writes go through again, promptly.
+        done, result = _in_thread(lambda: api.upload_file(path_or_fileobj=b"2", path_in_repo="a.txt",
+                                                          repo_id="alice/locked"), timeout=20)
+        assert done and not isinstance(result, BaseException), result
+        assert api.list_repo_files("alice/locked") == [".gitattributes", "a.txt"]
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_transaction_does_not_stall_other_requests(tmp_path):
+    with LocalHubServer(tmp_path / "hub", busy_timeout_s=4) as hub:
+        api = HfApi(endpoint=hub.url, token="x")
+        api.create_repo("alice/slow")
+        other = sqlite3.connect(hub.ctx.root / "hub.sqlite3", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            # A write that waits up to the busy timeout for the database...
+            writer = threading.Thread(target=lambda: httpx2.post(f"{hub.url}/api/models/alice/slow/branch/b", json={},
+                                                                 timeout=30), daemon=True)
+            writer.start()
+            time.sleep(0.3)
+            # ... while reads of every kind still answer at once.
+            start = time.monotonic()
+            assert api.model_info("alice/slow").id == "alice/slow"
+            assert api.list_repo_files("alice/slow") == [".gitattributes"]
+            assert httpx2.get(f"{hub.url}/api/hubckpt/health").status_code == 200
+            assert time.monotonic() - start < 2.0
+            assert writer.is_alive()  # the write is still waiting: the reads did not wait for it
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        writer.join(10)
+
+
+def _blob_url(api: HfApi, repo_id: str) -> tuple[str, bytes]:
+    data = os.urandom(1000)
+    api.upload_file(path_or_fileobj=io.BytesIO(data), path_in_repo="w.bin", repo_id=repo_id)
+    return httpx2.head(f"{api.endpoint}/{repo_id}/resolve/main/w.bin").headers["location"], data
+
+
+@pytest.mark.timeout(60)
+def test_stalled_clients_cannot_exhaust_the_data_plane(tmp_path):
+    with LocalHubServer(tmp_path / "hub", data_plane_max_connections=3, data_plane_timeout_s=1.0) as hub:
+        api = HfApi(endpoint=hub.url, token="x")
+        api.create_repo("alice/stall")
+        url, data = _blob_url(api, "alice/stall")
+        port = hub.data_plane.port
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+        half = idle[0]
+        half.sendall(b"GET /blob/")  # a request that never finishes (slowloris)
+        time.sleep(0.2)
+        try:
+            start = time.monotonic()
+            r = httpx2.get(url, timeout=5)
+            assert r.status_code == 503 and r.headers["retry-after"] == "1", r.status_code
+            assert "connection limit" in r.json()["error"]
+            assert time.monotonic() - start < 1.0  # answered at once, not queued
+            # The idle and stalled sockets time out and give their threads back.
+            for s in idle:
+                s.settimeout(5)
+                assert s.recv(1024) in (b"",) or s.recv(1024) == b""
+            time.sleep(0.1)
+            r = httpx2.get(url, timeout=5)
+            assert r.status_code == 200 and r.content == data
+            assert hub.data_plane.httpd.refused >= 1
+        finally:
+            for s in idle:
+                s.close()
+
+
+def _fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("code,status", [(errno.EIO, 500), (errno.ENOSPC, 507)])
+def test_failed_fsync_leaks_neither_descriptor_nor_temp_file(tmp_path, monkeypatch, code, status):
+    import hubckpt.server.blobs as blobs
+
+    with LocalHubServer(tmp_path / "hub") as hub:
+        api = HfApi(endpoint=hub.url, token="x")
+        api.create_repo("alice/fsync")
+        payloads = [os.urandom(4096) for _ in range(10)]
+        hrefs = []
+        for p in payloads:
+            r = httpx2.post(f"{hub.url}/alice/fsync.git/info/lfs/objects/batch",
+                            json={"operation": "upload", "objects": [{"oid": hashlib.sha256(p).hexdigest(),
+                                                                      "size": len(p)}]})
+            hrefs.append(r.json()["objects"][0]["actions"]["upload"]["href"])
+        real_fsync = os.fsync
+
+        def failing_fsync(fd):
+            raise OSError(code, os.strerror(code))
+
+        before = _fd_count()
+        monkeypatch.setattr(blobs.os, "fsync", failing_fsync)
+        with httpx2.Client() as client:
+            for href, p in zip(hrefs, payloads):
+                r = client.put(href, content=p)
+                assert r.status_code == status, r.text
+            r = client.post(f"{hub.url}/api/models/alice/fsync/commit/main", content=_commit_body("a.txt", b"x"),
+                            headers={"content-type": "application/x-ndjson"})
+            assert r.status_code == status
+        monkeypatch.setattr(blobs.os, "fsync", real_fsync)
+        assert list((hub.ctx.root / "tmp").iterdir()) == []
+        assert not any(hub.ctx.blobs.has(hashlib.sha256(p).hexdigest()) for p in payloads)
+        assert _fd_count() <= before + 2  # client sockets aside, nothing per failed upload
+        # And the hub stores the next upload normally.
+        api.upload_file(path_or_fileobj=b"fine", path_in_repo="a.txt", repo_id="alice/fsync")
+        assert api.list_repo_files("alice/fsync") == [".gitattributes", "a.txt"]
+
+
+def test_data_plane_keeps_its_port_across_restarts(tmp_path):
+    # URLs signed before a restart (an upload the client is retrying) must still reach the data plane.
+    with LocalHubServer(tmp_path / "hub") as hub:
+        port = hub.data_plane.port
+    with LocalHubServer(tmp_path / "hub") as hub:
+        assert hub.data_plane.port == port
+
+
+def test_read_connections_end_with_their_threads(tmp_path):
+    from hubckpt.server.storage import open_data_folder
+
+    store = open_data_folder(tmp_path / "hub")
+    before = _fd_count()
+    for _ in range(30):  # worker threads come and go (anyio retires idle ones)
+        t = threading.Thread(target=store.list_repos)
+        t.start()
+        t.join()
+    import gc
+
+    gc.collect()
+    assert len(store._reader_list) <= 1 and _fd_count() <= before + 3  # one connection, reused
+    store.close()

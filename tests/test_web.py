@@ -390,3 +390,21 @@ def test_cli_prints_the_page_links(client, run, local_hub):
     link = shown.stdout.splitlines()[-1]
     assert link == f"page: {local_hub.url}/{repo_id}/tree/step-0000020"
     assert client.get(link.split(local_hub.url, 1)[1]).status_code == 200
+
+
+def test_tensor_comparison_edge_cases(tmp_path):
+    from safetensors.torch import save_file
+
+    from hubckpt.server.web import tensors
+
+    save_file({"same": torch.arange(4.0), "bf16": torch.ones(2, dtype=torch.bfloat16), "zero": torch.zeros(3),
+               "gone": torch.ones(1), "shape": torch.ones(2, 2)}, tmp_path / "a.safetensors")
+    save_file({"same": torch.arange(4.0), "bf16": torch.full((2,), 1.5, dtype=torch.bfloat16), "zero": torch.ones(3),
+               "new": torch.ones(1), "shape": torch.ones(4)}, tmp_path / "b.safetensors")
+    sides = [{t.name: (t, tmp_path / f) for t in tensors.read_header(tmp_path / f, f)[0]} for f in ("a.safetensors", "b.safetensors")]
+    got = {c.name: (c.status, c.rel_change, c.max_abs) for c in tensors.compare(*sides)}
+    assert got == {"same": ("unchanged", 0.0, 0.0), "bf16": ("changed", 0.5, 0.5), "zero": ("changed", math.inf, 1.0),
+                   "gone": ("removed", None, None), "new": ("added", None, None), "shape": ("reshaped", None, None)}
+    (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 16)
+    with pytest.raises(tensors.HeaderError):
+        tensors.read_header(tmp_path / "bad.safetensors", "bad.safetensors")

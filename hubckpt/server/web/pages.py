@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -318,7 +319,7 @@ def compare(ctx: HubContext, repo: Repo, a: str, b: str) -> dict:
         counts[c.status] = counts.get(c.status, 0) + 1
     refs = RefMap.of(ctx, repo)
     choices = sorted(refs.branches) + sorted(refs.tags)
-    largest = max((c.rel_change for c in changes if c.rel_change is not None and c.rel_change == c.rel_change
-                   and c.rel_change != float("inf")), default=0.0)
+    largest = max((c.rel_change for c in changes if c.rel_change is not None and math.isfinite(c.rel_change)),
+                  default=0.0)
     return {"repo": repo, "a": a, "b": b, "sha_a": sha_a, "sha_b": sha_b, "changes": changes, "counts": counts,
             "files": file_changes, "problems": problems_a + problems_b, "choices": choices, "largest": largest or 1.0}

@@ -15,7 +15,7 @@ from pathlib import Path
 # Headers larger than this are not a checkpoint we should parse in a web request.
 MAX_HEADER = 100 * 1024 * 1024
 # Comparing loads both tensors; past this many bytes a pair is reported as changed without magnitudes.
-MAX_COMPARE_BYTES = 512 * 1024 * 1024
+MAX_COMPARE_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)

@@ -208,6 +208,11 @@ def test_blob_pages_show_text_pretty_json_and_offer_binaries(client, run, api, t
     assert client.get(f"/{repo_id}/tree/main/data/blob.bin", follow_redirects=False).headers["location"] == \
         f"/{repo_id}/blob/main/data/blob.bin"
     assert client.get(f"/{repo_id}/blob/main/nope.txt").status_code == 404
+    api.create_branch(repo_id, branch="feat/x")
+    for path in ("/tree/feat%2Fx/data", "/tree/feat/x/data"):  # the `/` of a branch encoded or not
+        listing = client.get(f"/{repo_id}{path}")
+        assert listing.status_code == 200 and "<strong class=\"mono\">feat/x</strong>" in listing.text, path
+    assert "binary file" in client.get(f"/{repo_id}/blob/feat/x/data/blob.bin").text
 
 
 def test_commits_page_is_the_branch_history(client, run, api):

@@ -103,6 +103,19 @@ def _repo(ctx: HubContext, caller: Caller, ns: str, name: str):
     return ctx.repo_for(ns, name, caller)
 
 
+def _split_revision(ctx: HubContext, repo, rev: str, path: str) -> tuple[str, str]:
+    """Revision and path from `/tree/feat/x/dir`: links written by hand (or by a card template) often leave the
+    `/` of a branch name unencoded. The shortest prefix that names a ref wins, as unencoded links are read on GitHub."""
+    if not path or ctx.store.resolve(repo, rev) is not None:
+        return rev, path
+    parts = path.split("/")
+    for i in range(1, len(parts) + 1):
+        candidate = "/".join([rev, *parts[:i]])
+        if ctx.store.resolve(repo, candidate) is not None:
+            return candidate, "/".join(parts[i:])
+    return rev, path
+
+
 # -- pages ------------------------------------------------------------------------------------------
 
 @router.route("GET HEAD", "/")
@@ -119,7 +132,7 @@ def model(ctx: HubContext, request: Request, caller: Caller, ns: str, name: str)
 @router.route("GET HEAD", "/{ns}/{name}/tree/{rev}{opt_path}")
 def tree(ctx: HubContext, request: Request, caller: Caller, ns: str, name: str, rev: str, path: str = "") -> Response:
     repo = _repo(ctx, caller, ns, name)
-    path = path.strip("/")
+    rev, path = _split_revision(ctx, repo, rev, path.strip("/"))
     data = pages.tree(ctx, repo, rev, path)
     if len(data["listing"]) == 1 and data["listing"][0]["kind"] == "file" and data["listing"][0]["path"] == path:
         return access.redirect(f"/{repo.repo_id}/blob/{seg(rev)}/{path_url(path)}")
@@ -129,6 +142,7 @@ def tree(ctx: HubContext, request: Request, caller: Caller, ns: str, name: str, 
 @router.route("GET HEAD", "/{ns}/{name}/blob/{rev}/{path}")
 def blob(ctx: HubContext, request: Request, caller: Caller, ns: str, name: str, rev: str, path: str) -> Response:
     repo = _repo(ctx, caller, ns, name)
+    rev, path = _split_revision(ctx, repo, rev, path)
     return page("blob.html", **_base(ctx, request, caller), **pages.blob(ctx, repo, rev, path), tab="files")
 
 

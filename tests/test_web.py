@@ -27,7 +27,10 @@ from .factories import tiny_gpt2_config
 from .helpers import run_cli
 
 EVAL_LOSS = [3.0, 2.0, 1.5, 1.7, 1.8]  # best at step 30, final at step 50
-HOSTILE_CARD = """# Hostile card
+HOSTILE_CARD = """---
+license: mit
+---
+# Hostile card
 
 <script>window.__pwned = "script"; document.title = "PWNED";</script>
 
@@ -339,7 +342,7 @@ def token_hub(tmp_path_factory):
         bob = store.create_token("bob", "read", "bob")[1]
         api = HfApi(endpoint=hub.url, token=alice)
         api.create_repo("alice/secret", private=True)
-        api.upload_file(path_or_fileobj=b"# secret card\n", path_in_repo="README.md", repo_id="alice/secret")
+        api.upload_file(path_or_fileobj=b"---\nlicense: mit\n---\n# secret card\n", path_in_repo="README.md", repo_id="alice/secret")
         api.create_repo("alice/open")
         yield hub, alice, bob
 

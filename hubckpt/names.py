@@ -120,3 +120,11 @@ def normalize_path_in_repo(path: str) -> str:
     if len(path.encode()) > 4096:
         raise bad("it is longer than 4096 bytes")
     return path
+
+
+def page_url(endpoint: str, repo_id: str, revision: str | None = None) -> str:
+    """Browser link of a repo (or of one revision's files) on a hub at `endpoint`."""
+    from urllib.parse import quote
+
+    base = f"{endpoint.rstrip('/')}/{repo_id}"
+    return base if revision is None else f"{base}/tree/{quote(revision, safe='')}"

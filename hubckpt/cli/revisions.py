@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from ..cards import human_size
+from ..names import page_url
 from ._options import HubOpt, RootOpt, TokenOpt, target
 
 
@@ -79,6 +80,7 @@ def ls(repo: str = typer.Argument(..., help="namespace/name"), hub: Optional[str
     _table(header, rows)
     if revs.source == "refs":
         typer.echo(f"({repo} has no revisions.json: listed from its branches and tags)")
+    typer.echo(f"page: {page_url(revs.reader.endpoint, repo)}")
 
 
 def card_summary(card: str) -> tuple[str | None, str | None]:
@@ -158,6 +160,7 @@ def show(ref: str = typer.Argument(..., help="namespace/name@revision (a branch,
                                         for p, f in sorted(files.items())])
     if not tensors:
         typer.echo("\nNo safetensors weights in this revision.")
+        typer.echo(f"page: {page_url(rev.reader.endpoint, repo, info.name)}")
         return
     params = sum(m.numel for m in tensors.values())
     typer.echo(f"\nTensors ({len(tensors)}, {params:,} parameters; from the safetensors headers)")
@@ -166,6 +169,7 @@ def show(ref: str = typer.Argument(..., help="namespace/name@revision (a branch,
                                                for m in shown])
     if len(shown) < len(tensors):
         typer.echo(f"... {len(tensors) - len(shown)} more (--max-tensors 0 lists all, --json too)")
+    typer.echo(f"page: {page_url(rev.reader.endpoint, repo, info.name)}")
 
 
 def tag(repo: str = typer.Argument(...), revision: str = typer.Argument(..., help="Revision to tag."),

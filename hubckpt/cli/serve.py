@@ -51,7 +51,8 @@ def serve(
         typer.echo(url)
     else:
         mode = "single-user (no tokens; loopback only)" if ctx.single_user else "token authentication"
-        typer.echo(f"hubckpt local hub serving {data}\n  URL:  {url}\n  mode: {mode}\n"
+        typer.echo(f"hubckpt local hub serving {data}\n  URL:  {url}\n  web:  {url}/  (browse repos, revisions, cards)\n"
+                   f"  mode: {mode}\n"
                    f"Use it with huggingface_hub / the hf CLI / transformers:\n"
                    f"  export HF_ENDPOINT={url} HF_HUB_DISABLE_XET=1\nPress Ctrl-C to stop.")
     config = uvicorn_config(create_app(ctx))

@@ -1,9 +1,8 @@
 """The local hub as an ASGI application: raw-path routing, Hub-shaped errors, request ids.
 
 Routing: `system_router` (health), then `ROUTERS` in order, then `fallback_router` (answers for
-`/api/models/...` paths that name nothing here); the first match wins. To add pages (e.g. the web
-UI at `/{repo}`, `/{repo}/tree/...`), append a router to `ROUTERS` after the API routers: a catch-all
-there sees only what no API route took (the fallbacks only catch `/api/models/...`).
+`/api/models/...` paths that name nothing here); the first match wins. What none of them takes goes
+to the web pages (`web.dispatch`, never under `/api/`), then is a JSON 404.
 
 Plain handlers run in a worker thread (see `routing.py`), so a slow SQLite transaction never stalls
 the event loop; errors of every kind are mapped to HTTP once, by `http_errors.to_http`.
@@ -20,7 +19,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..errors import HubHTTPError
-from . import routes_files, routes_listing, routes_repos, routes_upload
+from . import routes_files, routes_listing, routes_repos, routes_upload, web
 from .context import HubContext, error_response, json_response, repo_not_found
 from .http_errors import to_http
 from .routing import Router
@@ -86,6 +85,9 @@ class HubApp:
         try:
             found = self._match(method, raw_path)
             if found is None:
+                page = await web.dispatch(self.ctx, request, method, raw_path)  # HTML pages: where no API path is
+                if page is not None:
+                    return page
                 raise HubHTTPError(404, f"{method} {raw_path} is not an endpoint of the hubckpt local hub")
             route, params = found
             if route.is_async:

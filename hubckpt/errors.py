@@ -16,7 +16,10 @@ Hierarchy::
     ├── DestinationExistsError (FileExistsError)  output exists and overwriting was not asked for
     ├── DiskFullError (OSError)               no space (or file size limit) while writing; nothing left behind
     ├── RevisionCollisionError (FileExistsError)  a revision name already published with other content
-    └── PublishError (RuntimeError)           a background publish job could not complete
+    ├── PublishError (RuntimeError)           a background publish job could not complete
+    └── RestoreError (ValueError)             a revision's training state cannot go into these objects; nothing changed
+        ├── StateMismatchError                names / shapes / dtypes / param groups differ (`mismatches`)
+        └── TrainingStateMissingError (LookupError)  the revision was published without training_state/
 
 Errors raised by `huggingface_hub` itself (RepositoryNotFoundError, RevisionNotFoundError, ...) are
 propagated unchanged: the local hub sends the same `X-Error-Code` headers as huggingface.co, so users
@@ -134,3 +137,25 @@ class RevisionCollisionError(HubckptError, FileExistsError):
 
 class PublishError(HubckptError, RuntimeError):
     """A background publish job could not complete (the message says which revision and why)."""
+
+
+# -- restoring ------------------------------------------------------------------------------------
+
+class RestoreError(HubckptError, ValueError):
+    """A revision's training state cannot be restored into the given objects; nothing was changed."""
+
+
+class StateMismatchError(RestoreError):
+    """What the revision holds does not fit the model / optimizer given.
+
+    Attributes:
+        mismatches: one line per difference ("missing in the revision: ...", "shape ...").
+    """
+
+    def __init__(self, message: str, mismatches: list[str] | None = None) -> None:
+        self.mismatches = list(mismatches or [])
+        super().__init__(message)
+
+
+class TrainingStateMissingError(RestoreError, LookupError):
+    """The revision has no `training_state/` (it was published from weights alone)."""

@@ -1,0 +1,1 @@
+"""Loading published revisions back: exact resume of a training run (`restore`)."""

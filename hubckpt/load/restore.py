@@ -57,7 +57,7 @@ class Restored:
     folder: Path | None = None  # the downloaded (cached) revision files
 
 
-def _api(hub: Any, token: Any) -> "HfApi":
+def api_for(hub: Any, token: Any) -> "HfApi":
     from ..hubs import Hub, hub_api, resolve_hub
 
     return hub_api(hub if isinstance(hub, Hub) else resolve_hub(hub), token=token)
@@ -70,7 +70,7 @@ def read_index(repo_id: str, *, hub: Any = None, token: Any = None,
 
     from ..revisions import INDEX_FILE, RevisionIndex
 
-    api = api or _api(hub, token)
+    api = api or api_for(hub, token)
     try:
         path = api.hf_hub_download(repo_id, INDEX_FILE, revision="main")
     except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError):
@@ -199,10 +199,12 @@ def check_optimizer(optimizer: "torch.optim.Optimizer", saved: dict, recorded_cl
         if len(g["params"]) != len(s.get("params", [])):
             problems.append(f"optimizer param group {i}: revision {len(s.get('params', []))} parameters, "
                             f"given {len(g['params'])}")
-        ours, theirs = set(g) - {"params"}, set(s) - {"params"}
-        if ours != theirs:  # another optimizer type (Trainer checkpoints do not record the class)
-            problems.append(f"optimizer param group {i} options differ (another optimizer type?): only in the "
-                            f"revision {sorted(theirs - ours)}, only here {sorted(ours - theirs)}")
+        # Another optimizer type lacks some of this one's options (Trainer checkpoints do not record the
+        # class). Extra keys are normal: schedulers add initial_lr, max_lr, ... to the groups.
+        lacking = sorted(set(optimizer.defaults) - set(s))
+        if lacking:
+            problems.append(f"optimizer param group {i}: the revision's optimizer has no {', '.join(lacking)} "
+                            "(another optimizer type?)")
     if problems:
         return problems
     params = {pid: p for g, s in zip(groups, saved_groups) for pid, p in zip(s["params"], g["params"])}
@@ -246,7 +248,7 @@ def restore(repo_id: str, revision: str | None = None, *, step: int | None = Non
 
     from ..conversion.training_state import load_state, restore_rng
 
-    api = _api(hub, token)
+    api = api_for(hub, token)
     name, commit = resolve(api, repo_id, revision, step)
     manifest, parts = _training_state_parts(api, repo_id, name, commit)
     folder = download_revision(api, repo_id, commit)

@@ -82,6 +82,8 @@ class Checkpointer:
         self._pool.prefault(spec_of(model.state_dict(), "model"))
         self._optimizer_prefaulted = False
         self._hook = optimizer.register_step_post_hook(self._after_step) if optimizer is not None else None
+        if optimizer is not None and optimizer.state:  # created mid-run: the optimizer has its state already
+            self._after_step(optimizer, (), {})
         self._takes_staged = "release" in inspect.signature(Publisher.publish).parameters
         self._published = self._published_steps()
         self._error: BaseException | None = None

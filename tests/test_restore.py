@@ -121,3 +121,18 @@ def test_restored_optimizer_state_is_fresh_memory_not_a_memory_map(local_hub, pu
     assert [p.data_ptr() for p in model.parameters()] == weights_before  # read into the model's own tensors
     state = optimizer.state[model["body"].weight]
     assert state["exp_avg"].untyped_storage().filename is None  # not file-backed (no copy-on-write faults)
+
+
+def test_optimizer_type_is_recognised_without_a_recorded_class():
+    """Trainer checkpoints record no class: another optimizer type shows in the param groups' options."""
+    from hubckpt.load.restore import check_optimizer
+
+    model = _model()
+    adamw = torch.optim.AdamW(model.parameters(), lr=0.1)
+    _step(model, adamw)
+    saved = adamw.state_dict()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    assert any("another optimizer type" in p and "momentum" in p for p in check_optimizer(sgd, saved, None))
+    assert check_optimizer(torch.optim.AdamW(model.parameters(), lr=0.5), saved, None) == []
+    half = torch.optim.AdamW(model["body"].parameters(), lr=0.1)
+    assert check_optimizer(half, saved, None) == ["optimizer param group 0: revision 4 parameters, given 2"]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import hubckpt
-from hubckpt.errors import RestoreError, StateMismatchError, TrainingStateMissingError
+from hubckpt.errors import RevisionLookupError, StateMismatchError, TrainingStateMissingError
 
 
 def _model(seed: int = 0, hidden: int = 6, name: str = "head") -> nn.Module:
@@ -51,7 +51,7 @@ def test_by_step_and_by_name(local_hub, published):
     latest = hubckpt.restore(repo_id, model=model, hub=local_hub.url)
     assert latest.step == 20 and _unchanged(model, final)
     assert hubckpt.restore(repo_id, "best", model=_model(2), hub=local_hub.url).revision == "step-0000020"
-    with pytest.raises(RestoreError, match=r"no revision at step 15; nearest steps: 10, 20"):
+    with pytest.raises(RevisionLookupError, match=r"no revision at step 15; nearest: step-0000010 \(step 10\), step-0000020"):
         hubckpt.restore(repo_id, step=15, model=model, hub=local_hub.url)
 
 
@@ -136,3 +136,17 @@ def test_optimizer_type_is_recognised_without_a_recorded_class():
     assert check_optimizer(torch.optim.AdamW(model.parameters(), lr=0.5), saved, None) == []
     half = torch.optim.AdamW(model["body"].parameters(), lr=0.1)
     assert check_optimizer(half, saved, None) == ["optimizer param group 0: revision 4 parameters, given 2"]
+
+
+def test_a_checkpointer_revision_pulled_as_trainer_checkpoint_has_plain_files(local_hub, published, tmp_path):
+    import json
+
+    from hubckpt.integrations.trainer_resume import pull_trainer_checkpoint
+
+    folder = pull_trainer_checkpoint(published[0], None, tmp_path / "ckpt", hub=local_hub.url)
+    optimizer = torch.load(folder / "optimizer.pt", weights_only=True)  # no allowlist: plain tensors and numbers
+    assert set(optimizer) == {"state", "param_groups"} and len(optimizer["state"]) == 4
+    rng = torch.load(folder / "rng_state.pth", weights_only=True)
+    assert set(rng) >= {"python", "numpy", "cpu"} and isinstance(rng["numpy"][1], list)
+    assert json.loads((folder / "trainer_state.json").read_text())["global_step"] == 20
+    assert (folder / "model.safetensors").is_file() and not (folder / "training_state").exists()

@@ -35,12 +35,10 @@ def _trainer(output_dir: Path, init_seed: int, callbacks=(), save: bool = False)
     return Trainer(model=model, args=args, train_dataset=data, callbacks=list(callbacks))
 
 
-def resume_in_fresh_process(repo_id: str, endpoint: str, work: str) -> None:
-    """Subprocess: pull the revision as a Trainer checkpoint, resume from it with another init, save weights."""
-    from hubckpt.integrations.trainer_resume import pull_trainer_checkpoint
-
+def resume_in_fresh_process(work: str) -> None:
+    """Subprocess: resume from the pulled Trainer checkpoint with another init, save the final weights."""
     torch.set_num_threads(1)
-    folder = pull_trainer_checkpoint(repo_id, f"step-{STOP_AT:07d}", Path(work) / "pulled", hub=endpoint)
+    folder = Path(work) / "pulled"
     for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):  # plain files: no allowlist needed
         torch.load(folder / name, weights_only=True)
     trainer = _trainer(Path(work) / "out", init_seed=1)
@@ -80,8 +78,12 @@ def test_trainer_resumed_from_the_hub_is_bit_exact(local_hub, api, tmp_path):
     assert {"log_history.json", "training_state/optimizer.safetensors", "training_state/rng.json"} <= set(files)
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    code = ("from tests.test_restore_trainer import resume_in_fresh_process as r; "
-            f"r({repo_id!r}, {local_hub.url!r}, {str(tmp_path)!r})")
+    pull = subprocess.run([sys.executable, "-m", "hubckpt", "pull", f"{repo_id}@step-{STOP_AT:07d}",
+                           str(tmp_path / "pulled"), "--trainer-checkpoint", "--hub", local_hub.url],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert pull.returncode == 0, pull.stderr[-3000:]
+    assert "resume_from_checkpoint=" in pull.stdout
+    code = f"from tests.test_restore_trainer import resume_in_fresh_process as r; r({str(tmp_path)!r})"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     final = torch.load(tmp_path / "final.pt", weights_only=True)

@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from . import accounts, convert, demo, publish, revisions, serve
+from . import accounts, convert, demo, diff, publish, pull, revisions, serve
 
 app = typer.Typer(
     name="hubckpt", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -26,6 +26,8 @@ app.command("watch")(publish.watch)
 app.command("resume")(publish.resume)
 app.command("ls")(revisions.ls)
 app.command("show")(revisions.show)
+app.command("pull")(pull.pull)
+app.command("diff")(diff.diff)
 app.command("tag")(revisions.tag)
 app.command("prune")(revisions.prune)
 app.command("reindex")(revisions.reindex)
@@ -56,8 +58,12 @@ def _one_line(e: BaseException) -> str:
     """A short message: huggingface_hub's errors carry several lines of generic advice."""
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
+    from ..errors import HubckptError
+
     response = getattr(e, "response", None)
     url = str(getattr(response, "url", "")) if response is not None else ""
+    if isinstance(e, HubckptError):  # ours say what was wrong and what to do, even those that are also the client's
+        return str(e).strip().replace("\n\n", "\n")
     if isinstance(e, RepositoryNotFoundError):
         return (f"Repository not found ({url}). Check the repo id and --hub; for a private repo pass a token "
                 "with access (--token or HF_TOKEN).")

@@ -32,6 +32,15 @@ LOG_HISTORY_FILE = "log_history.json"
 _NOT_COPIED = {"README.md", LOG_HISTORY_FILE, ".gitattributes"}
 
 
+def require_training_state(paths, where: str) -> None:
+    """TrainingStateMissingError unless `paths` (of a revision) include training_state/ parts."""
+    if not any(str(p).startswith(f"{TRAINING_STATE_DIR}/") and str(p).endswith(".json") for p in paths):
+        raise TrainingStateMissingError(
+            f"{where} has no {TRAINING_STATE_DIR}/, so a Trainer cannot resume from it. Publish Trainer checkpoints "
+            "with HubckptCallback (or `hubckpt publish` of checkpoint-N/ folders with optimizer.pt, scheduler.pt, "
+            "rng_state.pth), or plain loops with hubckpt.Checkpointer.")
+
+
 def _plain(value: Any) -> Any:
     """The same state with numpy arrays and scalars as lists and Python numbers (weights_only-loadable)."""
     if type(value).__module__ == "numpy":
@@ -73,10 +82,7 @@ def write_trainer_checkpoint(revision_folder: str | Path, dest: str | Path, *, o
                                      "overwrite=True (CLI: --overwrite)")
     state_dir = src / TRAINING_STATE_DIR
     parts = sorted(p.stem for p in state_dir.glob("*.json")) if state_dir.is_dir() else []
-    if not parts:
-        raise TrainingStateMissingError(f"{src.name} has no {TRAINING_STATE_DIR}/: a Trainer cannot resume from it "
-                                        "(publish Trainer checkpoints with HubckptCallback, which keeps optimizer, "
-                                        "scheduler and RNG state)")
+    require_training_state([f"{TRAINING_STATE_DIR}/{p}.json" for p in parts], src.name)
     fresh = reader_into_fresh_memory()
     state = {part: load_state(state_dir, part, read_tensors=fresh) for part in parts}
     manifest = json.loads((src / MANIFEST_FILE).read_text()) if (src / MANIFEST_FILE).is_file() else {}
@@ -112,13 +118,12 @@ def write_trainer_checkpoint(revision_folder: str | Path, dest: str | Path, *, o
 def pull_trainer_checkpoint(repo_id: str, revision: str | None, dest: str | Path, *, step: int | None = None,
                             hub: Any = None, token: Any = None, overwrite: bool = False) -> Path:
     """Download a revision (pinned to its commit) and write it to `dest` as a Trainer checkpoint folder."""
-    from ..load.restore import api_for, resolve
+    from ..load.restore import fetch_revision
 
-    api = api_for(hub, token)
-    name, commit = resolve(api, repo_id, revision, step)
-    folder = Path(api.snapshot_download(repo_id, revision=commit))
-    logger.info("pulled %s@%s (commit %s)", repo_id, name, commit[:10])
-    return write_trainer_checkpoint(folder, dest, overwrite=overwrite)
+    info, _, local = fetch_revision(repo_id, revision, step=step, hub=hub, token=token, everything=True)
+    top = [path for name, path in local.items() if "/" not in name]
+    logger.info("pulled %s@%s (commit %s)", repo_id, info.name, info.commit[:10])
+    return write_trainer_checkpoint(top[0].parent, dest, overwrite=overwrite)
 
 
 def log_history_file(checkpoint_folder: Path) -> Path | None:

@@ -20,20 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..checkpoint import MANIFEST_FILE, TRAINING_STATE_DIR
+from ..checkpoint import TRAINING_STATE_DIR
 from ..errors import RestoreError, StateMismatchError, TrainingStateMissingError
 from .read_into import TensorEntry, read_header, read_tensor, reader_into_fresh_memory
 
 if TYPE_CHECKING:
     import torch
-    from huggingface_hub import HfApi
 
     from ..revisions import RevisionIndex
 
 logger = logging.getLogger(__name__)
 
-_SHA = re.compile(r"^[0-9a-f]{40}$")
-WEIGHT_PATTERNS = ["model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json"]
+WEIGHT_FILES = {"model.safetensors", "model.safetensors.index.json"}
+_SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 _HOW_TO_PUBLISH = ("Publish revisions with their training state: hubckpt.Checkpointer(repo, model=..., "
                    "optimizer=..., scheduler=...).save(step), Publisher.publish(state_dict=..., "
                    "training_state={...}), or a Trainer checkpoint folder (optimizer.pt, scheduler.pt, rng_state.pth) "
@@ -57,95 +56,63 @@ class Restored:
     folder: Path | None = None  # the downloaded (cached) revision files
 
 
-def api_for(hub: Any, token: Any) -> "HfApi":
-    from ..hubs import Hub, hub_api, resolve_hub
+def _revisions(repo_id: str, hub: Any, token: Any):
+    from ..hub_reader import HubReader
+    from .resolve import RepoRevisions
 
-    return hub_api(hub if isinstance(hub, Hub) else resolve_hub(hub), token=token)
+    return RepoRevisions(HubReader(hub, repo_id, token=token))
 
 
-def read_index(repo_id: str, *, hub: Any = None, token: Any = None,
-               api: "HfApi | None" = None) -> "RevisionIndex | None":
+def read_index(repo_id: str, *, hub: Any = None, token: Any = None) -> "RevisionIndex | None":
     """The repo's `revisions.json` on `main`, or None when the repo or the index does not exist yet."""
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-    from ..revisions import INDEX_FILE, RevisionIndex
-
-    api = api or api_for(hub, token)
     try:
-        path = api.hf_hub_download(repo_id, INDEX_FILE, revision="main")
-    except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError):
+        return _revisions(repo_id, hub, token).index()
+    except (RepositoryNotFoundError, RevisionNotFoundError):
         return None
-    return RevisionIndex.from_json(Path(path).read_bytes())
 
 
-def resolve(api: "HfApi", repo_id: str, revision: str | None, step: int | None) -> tuple[str, str]:
-    """(revision name, commit sha): `revision` (branch, tag, sha, or latest / best / final) or `step`."""
-    if revision is not None and step is not None:
-        raise RestoreError("Pass either revision= or step=, not both.")
-    if revision is not None and _SHA.match(revision):
-        return revision, revision
-    name = revision
-    if revision in (None, "latest", "best", "final") or step is not None:
-        index = read_index(repo_id, api=api)
-        live = index.live() if index else []
-        if step is not None:
-            match = [r for r in live if r.step == step]
-            if not match:
-                steps = sorted(r.step for r in live if r.step is not None)
-                near = sorted(steps, key=lambda s: abs(s - step))[:3]
-                raise RestoreError(f"{repo_id} has no revision at step {step}" +
-                                   (f"; nearest steps: {', '.join(map(str, sorted(near)))}" if near else
-                                    " (no revisions are published)"))
-            name = match[-1].name
-        elif revision in (None, "latest"):
-            stepped = [r for r in live if r.step is not None]
-            if not stepped:
-                raise RestoreError(f"{repo_id} has no published revision to restore from (no revisions.json "
-                                   "entries on main). " + _HOW_TO_PUBLISH)
-            name = max(stepped, key=lambda r: (r.step, r.name)).name
-        elif index is not None and getattr(index, revision):
-            name = getattr(index, revision)
-    return name, api.model_info(repo_id, revision=name).sha
+def fetch_revision(repo_id: str, revision: str | None = None, *, step: int | None = None, hub: Any = None,
+                   token: Any = None, weights: bool = True, everything: bool = False) -> tuple[Any, dict, dict]:
+    """(RevisionInfo pinned to its commit, checkpoint.json or {}, {path in repo: verified local path}).
 
+    Fetches `training_state/` and `checkpoint.json` (+ the safetensors weights, or every file with
+    `everything=True`) into the shared cache, each checked against its sha256. Raises
+    `TrainingStateMissingError`, before downloading any weights, for a revision without training state.
+    """
+    from .download import Downloader
 
-def _training_state_parts(api: "HfApi", repo_id: str, name: str, commit: str) -> tuple[dict, list[str]]:
-    """(checkpoint.json or {}, training-state parts) without downloading the weights."""
-    from huggingface_hub.errors import EntryNotFoundError
-
-    try:
-        manifest = json.loads(Path(api.hf_hub_download(repo_id, MANIFEST_FILE, revision=commit)).read_text())
-        parts = list(manifest.get("training_state") or [])
-    except EntryNotFoundError:
-        manifest = {}
-        files = api.list_repo_files(repo_id, revision=commit)
-        parts = sorted(Path(f).stem for f in files if f.startswith(f"{TRAINING_STATE_DIR}/") and f.endswith(".json"))
-    if not parts:
+    revisions = _revisions(repo_id, hub, token)
+    info = revisions.resolve(revision, step=step)
+    downloader = Downloader(revisions.reader)
+    files = downloader.revision_files(info)
+    state_files = sorted(p for p in files.files if p.startswith(f"{TRAINING_STATE_DIR}/"))
+    if not any(p.endswith(".json") for p in state_files):
         raise TrainingStateMissingError(
-            f"{repo_id}@{name} has no {TRAINING_STATE_DIR}/ (it was published from weights alone), so training cannot "
-            f"resume from it; its weights load with hubckpt / from_pretrained. {_HOW_TO_PUBLISH}")
-    return manifest, parts
-
-
-def download_revision(api: "HfApi", repo_id: str, commit: str, *, weights: bool = True) -> Path:
-    """The revision's weights (optional), checkpoint.json and training_state/, pinned to `commit`."""
-    patterns = [MANIFEST_FILE, f"{TRAINING_STATE_DIR}/*"] + (WEIGHT_PATTERNS if weights else [])
-    return Path(api.snapshot_download(repo_id, revision=commit, allow_patterns=patterns))
+            f"{repo_id}@{info.name} has no {TRAINING_STATE_DIR}/ (it was published from weights alone), so training "
+            f"cannot resume from it; its weights load with hubckpt.load_state_dict / from_pretrained. {_HOW_TO_PUBLISH}")
+    if everything:
+        wanted = sorted(files.files)
+    else:
+        wanted = state_files + ([p for p in files.files if p in WEIGHT_FILES or _SHARD.match(p)] if weights else [])
+    local = downloader.fetch_many(files, wanted)
+    return info, dict(files.manifest or {}), local
 
 
 # -- the plan: everything checked before anything changes --------------------------------------------
 
-def weight_entries(folder: Path) -> dict[str, TensorEntry]:
-    """Every weight tensor of a revision folder (single file or shards with an index)."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
+def weight_entries(local: dict[str, Path]) -> dict[str, TensorEntry]:
+    """Every weight tensor of a revision (single file, or shards listed by their index), from the headers."""
+    if "model.safetensors.index.json" in local:
+        weight_map = json.loads(local["model.safetensors.index.json"].read_text()).get("weight_map", {})
         entries: dict[str, TensorEntry] = {}
         for shard in sorted(set(weight_map.values())):
-            entries.update(read_header(folder / shard))
+            entries.update(read_header(local[shard]))
         return entries
-    if (folder / "model.safetensors").is_file():
-        return read_header(folder / "model.safetensors")
-    raise RestoreError(f"{folder.name}: the revision has no model.safetensors (or shards with an index)")
+    if "model.safetensors" in local:
+        return read_header(local["model.safetensors"])
+    raise RestoreError("the revision has no model.safetensors (or shards with an index)")
 
 
 def _listed(lines: list[str]) -> str:
@@ -248,17 +215,16 @@ def restore(repo_id: str, revision: str | None = None, *, step: int | None = Non
 
     from ..conversion.training_state import load_state, restore_rng
 
-    api = api_for(hub, token)
-    name, commit = resolve(api, repo_id, revision, step)
-    manifest, parts = _training_state_parts(api, repo_id, name, commit)
-    folder = download_revision(api, repo_id, commit)
-    state_dir = folder / TRAINING_STATE_DIR
+    info, manifest, local = fetch_revision(repo_id, revision, step=step, hub=hub, token=token)
+    name, commit = info.name, info.commit
+    state_dir = local[next(p for p in sorted(local) if p.startswith(f"{TRAINING_STATE_DIR}/"))].parent
+    parts = sorted(Path(p).stem for p in local if p.startswith(f"{TRAINING_STATE_DIR}/") and p.endswith(".json"))
     fresh = reader_into_fresh_memory()
     state = {part: load_state(state_dir, part, read_tensors=fresh) for part in parts}
     loop = state.get("loop") if isinstance(state.get("loop"), dict) else {}
     classes = loop.get("classes") or {}
 
-    reads, weight_problems = plan_weights(model, weight_entries(folder))
+    reads, weight_problems = plan_weights(model, weight_entries(local))
     problems = list(weight_problems) if strict else []
     skipped = [] if strict else list(weight_problems)
     for kind, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
@@ -303,7 +269,7 @@ def restore(repo_id: str, revision: str | None = None, *, step: int | None = Non
     tokens = manifest.get("tokens", loop.get("tokens"))
     result = Restored(repo_id=repo_id, revision=name, commit=commit, step=step_value, epoch=epoch, tokens=tokens,
                       metrics=dict(manifest.get("metrics") or {}), extra=loop.get("extra"), parts=restored,
-                      mismatches=skipped, folder=folder)
+                      mismatches=skipped, folder=state_dir.parent)
     logger.info("restored %s@%s (commit %s, step %s): weights%s", repo_id, name, commit[:10], step_value,
                 "".join(f", {p}" for p in restored))
     return result

@@ -5,10 +5,17 @@ nothing. The YAML metadata is built with `huggingface_hub.ModelCardData`, so it 
 validates (`library_name`, `license`, `base_model`, `datasets`, `tags`, `model-index` with this
 revision's eval results). Users can point `CardOptions.template_dir` at their own templates
 (`revision.md.j2`, `repo.md.j2`; the same variables are available).
+
+Everything that comes from a run (revision and metric names, values, repo ids) is escaped for where it
+lands: the `md`, `code` and `url` filters for Markdown text, code spans and link targets, XML escaping in
+the SVG chart. Links point at the hub the card is committed to: callers pass that target's `repo_url`
+(render per target). Non-finite metrics are shown as NaN / inf, never dropped.
 """
 
 from __future__ import annotations
 
+import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,8 +57,56 @@ def _environment(template_dir: Path | None):
     if template_dir is not None:
         loaders.append(jinja2.FileSystemLoader(str(template_dir)))
     loaders.append(jinja2.FileSystemLoader(str(builtin_template_dir())))
-    return jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), undefined=jinja2.StrictUndefined,
-                              keep_trailing_newline=True, autoescape=False)
+    env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, autoescape=False)
+    env.filters.update(md=md_text, code=md_code, url=url_part, num=format_number, shell=shlex.quote)
+    return env
+
+
+CARD_MARKER = "<!-- hubckpt card -->"
+
+
+def is_hubckpt_card(text: str) -> bool:
+    """Was this README written by hubckpt (so it may be rewritten)? Older cards lack the marker but credit hubckpt."""
+    return CARD_MARKER in text or "by [hubckpt](" in text or "Published with [hubckpt](" in text
+
+
+_MD_SPECIAL = {c: f"\\{c}" for c in "\\`*_{}[]()#+!|~>"}
+
+
+def md_text(value: object) -> str:
+    """Plain text for Markdown (also inside table cells): HTML and Markdown syntax characters escaped."""
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = "".join(_MD_SPECIAL.get(c, c) for c in text if c not in "\r\n")
+    return text
+
+
+def md_code(value: object) -> str:
+    """A Markdown code span that holds `value` whatever it contains (backticks, pipes in tables)."""
+    text = str(value).replace("\r", " ").replace("\n", " ").replace("|", "\\|")
+    fence = "`"
+    while fence in text:
+        fence += "`"
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def url_part(value: object) -> str:
+    """A revision or repo name inside a link target."""
+    from urllib.parse import quote
+
+    return quote(str(value), safe="/")
+
+
+def format_number(value: object, spec: str = ".4g") -> str:
+    """A metric value for a card: NaN / inf / -inf spelled out; "—" only when there is no value."""
+    if value is None:
+        return "—"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (int, float)):
+        return format(value, spec)
+    return md_text(value)
 
 
 def is_quality_metric(name: str) -> bool:
@@ -68,7 +123,7 @@ def _yaml(options: CardOptions, *, has_config: bool, repo_id: str, eval_metrics:
 
     results = [EvalResult(task_type=options.task, dataset_type="custom", dataset_name=options.dataset_name,
                           metric_type=name, metric_value=value, metric_name=name)
-               for name, value in sorted(eval_metrics.items())]
+               for name, value in sorted(eval_metrics.items()) if math.isfinite(value)]
     data = ModelCardData(
         library_name=options.library_name or ("transformers" if has_config else None),
         license=options.license, base_model=options.base_model, datasets=options.datasets or None,
@@ -96,8 +151,12 @@ def render_revision_card(*, repo_id: str, repo_url: str, info: RevisionInfo, pre
         card_yaml=_yaml(options, has_config="config.json" in files, repo_id=repo_id, eval_metrics=eval_metrics).strip(),
         repo_id=repo_id, repo_url=repo_url, revision=info.name, step=info.step, epoch=info.epoch, tokens=info.tokens,
         metrics=info.metrics, final=info.final, source_format=info.source_format or "unknown", date=info.date or "",
-        previous=previous, monitor=monitor, mode=mode,
-        has_training_state=any(f.startswith("training_state/") for f in files))
+        previous=previous, monitor=monitor, mode=mode, has_config="config.json" in files, marker=CARD_MARKER,
+        weights_file=_weights_file(files), has_training_state=any(f.startswith("training_state/") for f in files))
+
+
+def _weights_file(files: list[str]) -> str:
+    return "model.safetensors.index.json" if "model.safetensors.index.json" in files else "model.safetensors"
 
 
 def render_repo_card(*, repo_id: str, repo_url: str, index: RevisionIndex, options: CardOptions,
@@ -107,14 +166,16 @@ def render_repo_card(*, repo_id: str, repo_url: str, index: RevisionIndex, optio
     metric_names = sorted({m for r in live for m in r.metrics if m in _table_metrics(live)})
     rows: list[dict[str, Any]] = [dict(name=r.name, step=r.step, tokens=r.tokens, metrics=r.metrics, size_h=human_size(r.size),
                                        tags=r.tags) for r in live]
-    best = index.get(index.best) if index.best else None
-    eval_metrics = _eval_metrics(best.metrics if best else {})
+    # The model-index describes what `main` holds: the final checkpoint's weights (none before there is one).
+    final = index.get(index.final) if index.final else None
+    eval_metrics = _eval_metrics(final.metrics if final else {})
     env = _environment(options.template_dir)
     return env.get_template(REPO_TEMPLATE).render(
         card_yaml=_yaml(options, has_config=has_config, repo_id=repo_id, eval_metrics=eval_metrics).strip(),
         repo_id=repo_id, repo_url=repo_url, revisions=rows, pruned=len(index.revisions) - len(live),
         final=index.final, best=index.best, monitor=index.monitor, mode=index.mode, chart=chart,
-        metric_names=metric_names, example=(index.best or (live[-1].name if live else "main")))
+        metric_names=metric_names, example=(index.best or (live[-1].name if live else "main")),
+        has_config=has_config, marker=CARD_MARKER, user_tags=dict(sorted(index.tags.items())))
 
 
 def _table_metrics(revisions: list[RevisionInfo], limit: int = 4) -> list[str]:
@@ -128,40 +189,54 @@ def _table_metrics(revisions: list[RevisionInfo], limit: int = 4) -> list[str]:
     return ranked[:limit]
 
 
-def metrics_chart_svg(index: RevisionIndex, width: int = 640, height: int = 320) -> str | None:
-    """A small SVG line chart of the table's metrics over steps (no plotting dependency)."""
+def metrics_chart_svg(index: RevisionIndex, width: int = 640, panel_height: int = 150) -> str | None:
+    """Small multiples: one panel (own y-axis) per table metric over steps, no plotting dependency.
+
+    Metrics on different scales (accuracy under perplexity) each keep their shape; non-finite values are
+    left out of the line and counted in the panel's title. Every name is XML-escaped.
+    """
+    from xml.sax.saxutils import escape, quoteattr
+
     live = [r for r in index.live() if r.step is not None]
-    names = _table_metrics(live, limit=3)
-    series = {n: [(r.step, r.metrics[n]) for r in live if n in r.metrics] for n in names}
-    series = {n: pts for n, pts in series.items() if len(pts) >= 2}
-    if not series:
+    names = _table_metrics(live, limit=4)
+    panels = []
+    for name in names:
+        values = [(r.step, r.metrics[name]) for r in live if isinstance(r.metrics.get(name), (int, float))]
+        finite = [(s, v) for s, v in values if math.isfinite(v)]
+        if len(finite) >= 2:
+            panels.append((name, finite, len(values) - len(finite)))
+    if not panels:
         return None
-    steps = [s for pts in series.values() for s, _ in pts]
-    values = [v for pts in series.values() for _, v in pts]
-    x0, x1 = min(steps), max(steps) or 1
-    y0, y1 = min(values), max(values)
-    if y1 == y0:
-        y1 = y0 + 1
-    pad = 40
+    steps = [s for _, pts, _ in panels for s, _ in pts]
+    x0, x1 = min(steps), max(steps)
+    pad_l, pad_r, pad_t, pad_b = 64, 16, 22, 24
+    height = panel_height * len(panels)
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
 
     def x(step: float) -> float:
-        return pad + (step - x0) / ((x1 - x0) or 1) * (width - 2 * pad)
+        return pad_l + (step - x0) / ((x1 - x0) or 1) * (width - pad_l - pad_r)
 
-    def y(value: float) -> float:
-        return height - pad - (value - y0) / (y1 - y0) * (height - 2 * pad)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'font-family="sans-serif" font-size="12">', f'<rect width="{width}" height="{height}" fill="white"/>']
+    for i, (name, pts, skipped) in enumerate(panels):
+        top = i * panel_height
+        y_lo, y_hi = min(v for _, v in pts), max(v for _, v in pts)
+        if y_hi == y_lo:
+            y_hi = y_lo + (abs(y_lo) or 1) * 0.01
 
-    colors = ["#1f77b4", "#d62728", "#2ca02c"]
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
-             f'<rect width="{width}" height="{height}" fill="white"/>',
-             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#888"/>',
-             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#888"/>',
-             f'<text x="{pad}" y="{height - 12}">step {x0}</text>',
-             f'<text x="{width - pad}" y="{height - 12}" text-anchor="end">step {x1}</text>',
-             f'<text x="4" y="{pad}">{y1:.4g}</text><text x="4" y="{height - pad}">{y0:.4g}</text>']
-    for i, (name, pts) in enumerate(sorted(series.items())):
+        def y(value: float, top: int = top, lo: float = y_lo, hi: float = y_hi) -> float:
+            return top + panel_height - pad_b - (value - lo) / (hi - lo) * (panel_height - pad_t - pad_b)
+
         color = colors[i % len(colors)]
+        bottom = top + panel_height - pad_b
+        title = name + (f" ({skipped} non-finite value{'s' if skipped != 1 else ''} not drawn)" if skipped else "")
+        parts += [f'<text x="{pad_l}" y="{top + 15}" fill={quoteattr(color)}>{escape(title)}</text>',
+                  f'<line x1="{pad_l}" y1="{bottom}" x2="{width - pad_r}" y2="{bottom}" stroke="#888"/>',
+                  f'<line x1="{pad_l}" y1="{top + pad_t}" x2="{pad_l}" y2="{bottom}" stroke="#888"/>',
+                  f'<text x="{pad_l - 4}" y="{top + pad_t + 4}" text-anchor="end">{escape(format(y_hi, ".4g"))}</text>',
+                  f'<text x="{pad_l - 4}" y="{bottom}" text-anchor="end">{escape(format(y_lo, ".4g"))}</text>']
         path = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in pts)
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
-        parts.append(f'<text x="{width - pad}" y="{pad + 16 * i}" text-anchor="end" fill="{color}">{name}</text>')
-    parts.append("</svg>")
+        parts.append(f'<polyline fill="none" stroke={quoteattr(color)} stroke-width="2" points="{path}"/>')
+    parts += [f'<text x="{pad_l}" y="{height - 6}">step {x0}</text>',
+              f'<text x="{width - pad_r}" y="{height - 6}" text-anchor="end">step {x1}</text>', "</svg>"]
     return "\n".join(parts) + "\n"

@@ -17,6 +17,7 @@ Hierarchy::
     ├── DiskFullError (OSError)               no space (or file size limit) while writing; nothing left behind
     ├── RevisionCollisionError (FileExistsError)  a revision name already published with other content
     ├── PublishError (RuntimeError)           a background publish job could not complete
+    ├── SpoolBusyError (RuntimeError)         another process owns the publisher's spool (attribute `pid`)
     ├── RevisionLookupError (LookupError)     no revision at that step / tokens / `best`...; names the nearest
     ├── AmbiguousRevisionError (ValueError)   a name that is both a branch and a tag (at different commits)
     ├── IntegrityError (OSError)              a downloaded file does not match its sha256 (removed from the cache)
@@ -237,3 +238,9 @@ class StateMismatchError(RestoreError):
 
 class TrainingStateMissingError(RestoreError, LookupError):
     """The revision has no `training_state/` (it was published from weights alone)."""
+class SpoolBusyError(HubckptError, RuntimeError):
+    """Another process owns the publisher's spool (its journal and staged files). `pid`: the owner, if known."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        self.pid = pid
+        super().__init__(message)

@@ -2,8 +2,16 @@
 
 Every change is a single `create_commit` (all-or-nothing). Writes to `main` are compare-and-swap
 (`parent_commit`), re-read and retried on conflict. Transient failures (429, 5xx, timeouts, dropped
-connections) are retried with backoff; a commit whose outcome is ambiguous (the request may have
-landed) is settled by re-reading the branch before trying again, so a revision is never committed twice.
+connections) are retried with backoff, honouring `Retry-After` / `RateLimit` headers (read with
+huggingface_hub's own parser; small-file reads go through its `http_backoff`); a commit whose outcome
+is ambiguous (the request may have landed) is settled by re-reading the branch before trying again,
+so a revision is never committed twice. Every request has a timeout (`hub_timeouts`).
+
+A revision branch never exists without its commit. The Hub API has no "create a branch holding this
+commit" call (`create_branch` then `create_commit` are two requests), so a revision is committed on a
+staging branch `hubckpt-staging-<name>` started from the previous revision, and the revision branch
+is then created *at that commit*. Readers ignore staging branches (`is_staging_branch`); a crash
+leaves at most a staging branch, which the next attempt reuses or replaces and then deletes.
 """
 
 from __future__ import annotations
@@ -11,13 +19,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from .commits import folder_operations, quiet_xet_notice
-from .errors import HubckptError, HubUnavailableError
-from .hubs import Hub, hub_api
+from .errors import HubckptError, HubUnavailableError, RevisionCollisionError
+from .hubs import Hub, hub_api, resolve_token
 from .revisions import INDEX_FILE, RevisionIndex
 
 logger = logging.getLogger(__name__)
@@ -25,7 +35,69 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 MAIN = "main"
+STAGING_PREFIX = "hubckpt-staging-"
+MAX_RETRY_AFTER_S = 300.0
 
+
+def staging_branch(name: str) -> str:
+    """Where revision `name` is committed before its branch is created at that commit."""
+    return STAGING_PREFIX + name
+
+
+def is_staging_branch(name: str) -> bool:
+    """A branch that is not (yet) a revision: readers skip it."""
+    return name.startswith(STAGING_PREFIX)
+
+
+# -- timeouts --------------------------------------------------------------------------------------
+
+def hub_timeouts() -> dict[str, float]:
+    """Per-request timeouts in seconds: connect 10 (`HUBCKPT_CONNECT_TIMEOUT`), read/write/pool 120
+    (`HUBCKPT_HTTP_TIMEOUT`): the time one request may stall, not the time a large upload may take."""
+    def env(name: str, default: float) -> float:
+        try:
+            return float(os.environ.get(name, "")) or default
+        except ValueError:
+            return default
+
+    read = env("HUBCKPT_HTTP_TIMEOUT", 120.0)
+    return {"connect": env("HUBCKPT_CONNECT_TIMEOUT", 10.0), "read": read, "write": read, "pool": read}
+
+
+def _default_timeout_hook(request) -> None:
+    """huggingface_hub's client has no timeout (timeout=None): fill one in where the caller set none."""
+    timeout = request.extensions.get("timeout")
+    if not timeout or all(v is None for v in timeout.values()):
+        request.extensions["timeout"] = hub_timeouts()
+
+
+_hook_lock = threading.Lock()
+
+
+def install_timeouts() -> None:
+    """Give every huggingface_hub request without an explicit timeout the `hub_timeouts()` (idempotent).
+
+    The hook is added to the shared client and to the clients the factory makes later (the client is
+    re-created after connection errors); requests that pass their own timeout keep it.
+    """
+    from huggingface_hub.utils import _http
+
+    with _hook_lock:
+        factory = _http._GLOBAL_CLIENT_FACTORY
+        if not getattr(factory, "_hubckpt_timeouts", False):
+            def with_timeouts():
+                client = factory()
+                client.event_hooks["request"].append(_default_timeout_hook)
+                return client
+
+            with_timeouts._hubckpt_timeouts = True  # type: ignore[attr-defined]
+            _http._GLOBAL_CLIENT_FACTORY = with_timeouts
+        client = _http._GLOBAL_CLIENT
+        if client is not None and _default_timeout_hook not in client.event_hooks["request"]:
+            client.event_hooks["request"].append(_default_timeout_hook)
+
+
+# -- retries ---------------------------------------------------------------------------------------
 
 def _status(error: BaseException) -> int | None:
     response = getattr(error, "response", None)
@@ -46,8 +118,32 @@ def is_transient(error: BaseException) -> bool:
     return isinstance(error, (ConnectionError, TimeoutError)) or bool(names & {"TransportError", "TimeoutException"})
 
 
+def retry_after(error: BaseException) -> float | None:
+    """Seconds the server asked us to wait (`RateLimit` on a 429, else `Retry-After`), capped; None if it did not say."""
+    from huggingface_hub.utils import parse_ratelimit_headers
+
+    headers = getattr(getattr(error, "response", None), "headers", None)
+    if not headers:
+        return None
+    if _status(error) == 429:
+        info = parse_ratelimit_headers(headers)
+        if info is not None and info.remaining == 0:
+            return min(float(info.reset_in_seconds), MAX_RETRY_AFTER_S)
+    value = headers.get("retry-after")
+    if value is not None and value.strip().isdigit():
+        return min(float(value.strip()), MAX_RETRY_AFTER_S)
+    return None
+
+
+def _backoff(error: BaseException, attempt: int, base_delay: float) -> float:
+    delay = base_delay * 2 ** (attempt - 1)
+    asked = retry_after(error)
+    return max(delay, asked) if asked is not None else delay
+
+
 def with_retries(action: Callable[[], T], *, what: str, attempts: int = 5, base_delay: float = 0.5) -> T:
-    """Run `action`, retrying transient failures with exponential backoff."""
+    """Run `action`, retrying transient failures with exponential backoff (or as long as the server asks)."""
+    install_timeouts()
     for attempt in range(1, attempts + 1):
         try:
             return action()
@@ -56,21 +152,34 @@ def with_retries(action: Callable[[], T], *, what: str, attempts: int = 5, base_
                 if is_transient(e):
                     raise HubUnavailableError(f"{what} failed {attempts} times; last error: {e}") from e
                 raise
-            delay = base_delay * 2 ** (attempt - 1)
+            delay = _backoff(e, attempt, base_delay)
             logger.warning("%s failed (%s); retrying in %.1fs", what, e, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
 
+def _rewind(ops) -> None:
+    """A retried commit must upload each stream from its start (delete operations have no stream)."""
+    for op in ops:
+        stream = getattr(op, "path_or_fileobj", None)
+        if hasattr(stream, "seek"):
+            stream.seek(0)
+
+
 class HubTarget:
-    """One repo on one hub, as the publisher sees it."""
+    """One repo on one hub, as the publisher sees it.
+
+    `token`: an explicit token for this hub; None picks the hub's own (see `hubs.resolve_token`: the
+    stored huggingface.co token only ever goes to huggingface.co).
+    """
 
     def __init__(self, hub: Hub, repo_id: str, *, token: str | bool | None = None, private: bool = False) -> None:
         self.hub = hub
         self.repo_id = repo_id
         self.private = private
-        self.api = hub_api(hub, token=token)
-        self.token = token
+        self.token = resolve_token(hub, token)
+        self.api = hub_api(hub, token=self.token)
+        install_timeouts()
 
     @property
     def key(self) -> str:
@@ -93,28 +202,41 @@ class HubTarget:
     def _get(self, path: str, revision: str) -> tuple[bytes | None, str | None]:
         """(content or None if the file is absent, commit it was read at) with one request.
 
-        A missing repo or revision is an error, not an absent file.
+        A missing repo or revision is an error, not an absent file. Retries (with `Retry-After`) are
+        huggingface_hub's `http_backoff`; the request has a timeout.
         """
         from huggingface_hub import hf_hub_url
-        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+        from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_backoff
 
         url = hf_hub_url(self.repo_id, path, revision=revision, endpoint=self.hub.endpoint)
         headers = build_hf_headers(token=self.token, library_name="hubckpt")
-
-        def fetch():
-            response = get_session().get(url, headers=headers, follow_redirects=True)
-            commit = response.headers.get("x-repo-commit")
-            if response.status_code == 404 and response.headers.get("x-error-code") == "EntryNotFound":
-                return None, commit
+        install_timeouts()
+        try:
+            response = http_backoff("GET", url, headers=headers, follow_redirects=True,
+                                    max_retries=4, base_wait_time=0.5)
+        except Exception as e:  # noqa: BLE001 - transport errors after http_backoff's retries
+            if is_transient(e):
+                raise HubUnavailableError(f"reading {path}@{revision} of {self.repo_id} failed: {e}") from e
+            raise
+        commit = response.headers.get("x-repo-commit")
+        if response.status_code == 404 and response.headers.get("x-error-code") == "EntryNotFound":
+            return None, commit
+        try:
             hf_raise_for_status(response)
-            return response.content, commit
-
-        return with_retries(fetch, what=f"reading {path}@{revision} of {self.repo_id}")
+        except Exception as e:  # noqa: BLE001
+            if is_transient(e):
+                raise HubUnavailableError(f"reading {path}@{revision} of {self.repo_id} failed: {e}") from e
+            raise
+        return response.content, commit
 
     def read_index(self, revision: str = MAIN) -> tuple[RevisionIndex, str | None]:
         """(index, commit it was read at) with one request; an empty index if there is none yet."""
         content, commit = self._get(INDEX_FILE, revision)
         return (RevisionIndex.from_json(content) if content is not None else RevisionIndex()), commit
+
+    def read_bytes(self, path: str, revision: str) -> bytes | None:
+        """A small file at a revision (None if absent)."""
+        return self._get(path, revision)[0]
 
     def read_json(self, path: str, revision: str) -> dict | None:
         """A small JSON file at a revision (None if absent)."""
@@ -129,48 +251,86 @@ class HubTarget:
     def branches(self) -> dict[str, str]:
         return self.refs()[0]
 
+    def list_files(self, revision: str) -> list[str]:
+        """Every file path at `revision`."""
+        return with_retries(lambda: self.api.list_repo_files(self.repo_id, revision=revision),
+                            what=f"listing {revision} of {self.repo_id}")
+
     # -- writes -------------------------------------------------------------------------------------
 
     def commit_revision(self, name: str, folder: Path, *, start_from: str, message: str,
-                        manifest_sha256: str) -> str:
-        """Create branch `name` at `start_from` and commit `folder` onto it as one commit; return the commit.
+                        manifest_sha256: str, replace: bool = False, extra_files: dict[str, bytes] | None = None) -> str:
+        """Make branch `name` hold exactly `folder`, as one commit on top of `start_from`; return the commit.
 
-        Files inherited from the starting revision that this one does not have are deleted in the
-        same commit, so the branch holds exactly `folder`.
+        Files inherited from the starting revision that this one does not have are deleted in the same
+        commit. The commit is made on the staging branch and `name` is created at it (module docstring),
+        so `name` never exists without this revision's files. An existing `name` that does not hold this
+        revision is either half-made (no checkpoint.json, or another step's: left by an interrupted publish
+        of an older hubckpt) and is repaired, or a different checkpoint of the same step, which is a
+        `RevisionCollisionError` unless `replace=True`. `extra_files` (path → bytes, e.g. this target's
+        card as README.md) are committed too, in place of the folder's files of the same path.
         """
-        from huggingface_hub import CommitOperationDelete
+        step = _folder_step(folder)
+        branches = self.branches()
+        staging = staging_branch(name)
+        head = branches.get(name)
+        if head is not None:
+            manifest = self.read_json("checkpoint.json", head)
+            if manifest is not None and _manifest_digest(manifest) == manifest_sha256:
+                if staging in branches:  # a previous attempt stopped after creating the branch
+                    self.delete_branch(staging)
+                return head
+            if manifest is not None and manifest.get("step") == step and not replace:
+                raise RevisionCollisionError(
+                    f"{self.repo_id} already has a branch {name!r} holding a different checkpoint of step {step}. "
+                    "Choose another revision name (revision=... / --revision), or delete that branch first.")
+        commit = branches.get(staging)
+        if commit is None or not self._holds(commit, manifest_sha256):
+            if commit is not None:
+                self.delete_branch(staging)  # a different or half-finished attempt: start it again
+            start = branches.get(start_from) or branches[MAIN]
+            self._create_branch(staging, start)
+            commit = self._commit_folder(staging, start, folder, message, manifest_sha256, extra_files or {})
+        if head is not None:
+            logger.warning("branch %s of %s did not hold its revision (an interrupted publish); repairing it",
+                           name, self.repo_id)
+            self.delete_branch(name)
+        self._create_branch(name, commit)
+        self.delete_branch(staging)
+        return commit
+
+    def _create_branch(self, name: str, revision: str) -> None:
         from huggingface_hub.errors import HfHubHTTPError
 
-        branches = self.branches()
-        if name not in branches:
-            start = branches.get(start_from) or branches[MAIN]
-            try:
-                with_retries(lambda: self.api.create_branch(self.repo_id, branch=name, revision=start),
-                             what=f"creating branch {name}")
-            except HfHubHTTPError as e:
-                if _status(e) != 409:
-                    raise
-            head = self.branches()[name]
-        else:
-            head = branches[name]
-        if self._holds(head, manifest_sha256):  # a previous attempt already landed
-            return head
-        existing = with_retries(lambda: self.api.list_repo_files(self.repo_id, revision=head),
-                                what=f"listing {name}")
-        ours = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+        try:
+            with_retries(lambda: self.api.create_branch(self.repo_id, branch=name, revision=revision),
+                         what=f"creating branch {name}")
+        except HfHubHTTPError as e:
+            # 409: it exists; a retried request whose first attempt had landed ends here too. Only the
+            # right commit will do.
+            if _status(e) != 409 or self.branches().get(name) != revision:
+                raise
+
+    def _commit_folder(self, branch: str, head: str, folder: Path, message: str, manifest_sha256: str,
+                       extra_files: dict[str, bytes]) -> str:
+        """One commit on `branch` (at `head`) that makes it hold exactly the files of `folder` (+ `extra_files`)."""
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+        existing = self.list_files(head)
+        ours = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} | set(extra_files)
         stale = [p for p in existing if p not in ours and p != ".gitattributes"]
         with contextlib.ExitStack() as stack, quiet_xet_notice():
-            ops = folder_operations(folder, stack, use_xet=self.hub.is_huggingface_co)
+            ops = folder_operations(folder, stack, use_xet=self.hub.is_huggingface_co,
+                                    skip=lambda p: p in extra_files)
+            ops += [CommitOperationAdd(path, data) for path, data in sorted(extra_files.items())]
             ops += [CommitOperationDelete(p) for p in stale]
 
             def send() -> str:
-                for op in ops:  # a retry must upload from the start of each stream
-                    if hasattr(op.path_or_fileobj, "seek"):
-                        op.path_or_fileobj.seek(0)
-                return self.api.create_commit(self.repo_id, ops, commit_message=message, revision=name,
+                _rewind(ops)
+                return self.api.create_commit(self.repo_id, ops, commit_message=message, revision=branch,
                                               parent_commit=head).oid
 
-            return self._commit_once(send, name, manifest_sha256)
+            return self._commit_once(send, branch, manifest_sha256)
 
     def _holds(self, commit: str, manifest_sha256: str) -> bool:
         manifest = self.read_json("checkpoint.json", commit)
@@ -184,6 +344,7 @@ class HubTarget:
     def _commit_once(self, send: Callable[[], str], branch: str, manifest_sha256: str, attempts: int = 5) -> str:
         from huggingface_hub.errors import HfHubHTTPError
 
+        install_timeouts()
         for attempt in range(1, attempts + 1):
             try:
                 return send()
@@ -200,7 +361,7 @@ class HubTarget:
                 if landed:
                     logger.info("commit to %s had landed despite %s", branch, e)
                     return landed
-                time.sleep(0.5 * 2 ** (attempt - 1))
+                time.sleep(_backoff(e, attempt, 0.5))
         raise AssertionError("unreachable")
 
     def update_main(self, mutate: Callable[[RevisionIndex], tuple[dict[str, bytes], Path | None, list[str], str]],
@@ -223,13 +384,16 @@ class HubTarget:
                                              skip=lambda p: p == "README.md" or p in files
                                              or p.startswith("training_state/"))
                 ops += [CommitOperationAdd(path, data) for path, data in sorted(files.items())]
-                existing = set(with_retries(lambda: self.api.list_repo_files(self.repo_id, revision=head or MAIN),
-                                            what="listing main"))
+                existing = set(self.list_files(head or MAIN)) if deletes else set()
                 ops += [CommitOperationDelete(p) for p in deletes if p in existing]
+
+                def send() -> str:
+                    _rewind(ops)
+                    return self.api.create_commit(self.repo_id, ops, commit_message=message, revision=MAIN,
+                                                  parent_commit=head).oid
+
                 try:
-                    commit = with_retries(lambda: self.api.create_commit(
-                        self.repo_id, ops, commit_message=message, revision=MAIN, parent_commit=head).oid,
-                        what=f"updating main of {self.repo_id}")
+                    commit = with_retries(send, what=f"updating main of {self.repo_id}")
                     return commit, index
                 except HfHubHTTPError as e:
                     if _status(e) != 412 or attempt == attempts:
@@ -242,15 +406,29 @@ class HubTarget:
         from huggingface_hub.errors import RevisionNotFoundError
 
         with contextlib.suppress(RevisionNotFoundError):
-            self.api.delete_tag(self.repo_id, tag=tag)
+            with_retries(lambda: self.api.delete_tag(self.repo_id, tag=tag), what=f"deleting tag {tag}")
         with_retries(lambda: self.api.create_tag(self.repo_id, tag=tag, revision=revision, exist_ok=True),
                      what=f"tagging {revision} as {tag}")
+
+    def delete_tag(self, tag: str) -> None:
+        """Delete `tag` (no error if it is already gone)."""
+        from huggingface_hub.errors import RevisionNotFoundError
+
+        with contextlib.suppress(RevisionNotFoundError):
+            with_retries(lambda: self.api.delete_tag(self.repo_id, tag=tag), what=f"deleting tag {tag}")
 
     def delete_branch(self, name: str) -> None:
         from huggingface_hub.errors import RevisionNotFoundError
 
         with contextlib.suppress(RevisionNotFoundError):
             with_retries(lambda: self.api.delete_branch(self.repo_id, branch=name), what=f"deleting branch {name}")
+
+
+def _folder_step(folder: Path) -> int | None:
+    try:
+        return json.loads((folder / "checkpoint.json").read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _manifest_digest(manifest: dict) -> str:

@@ -76,14 +76,50 @@ def resolve_hub(hub: str | None = None, *, root: str | Path | None = None, start
     raise HubConfigError(f"Unknown hub {value!r}: use 'local', 'hf', or a URL such as http://127.0.0.1:8900.")
 
 
+TOKEN_ENV = "HUBCKPT_TOKEN"
+
+
+def resolve_token(hub: Hub, token: str | bool | None = None) -> str | bool | None:
+    """The token to send to `hub`: the explicit one, else the hub's own default — never another hub's.
+
+    - an explicit token (or False for none) is used as given;
+    - None for huggingface.co: huggingface_hub's usual lookup (`HF_TOKEN`, then the token saved by `hf auth login`);
+    - None for any other hub: `HUBCKPT_TOKEN` if set, else no token at all (False), so the stored
+      huggingface.co token never travels to another URL.
+    """
+    if token is not None:
+        return token
+    if hub.is_huggingface_co:
+        return None
+    return os.environ.get(TOKEN_ENV) or False
+
+
+def token_for(hub: Hub, spec: object, tokens: "str | dict | None") -> str | bool | None:
+    """Pick the token of one hub of a multi-hub publisher.
+
+    `tokens` is None (each hub's default), one token (only allowed with one hub: the caller checks), or a
+    dict keyed by the hub as the user named it (`spec`, e.g. "hf" or a URL) or by its endpoint.
+    """
+    if isinstance(tokens, dict):
+        for key in (spec, hub.endpoint, hub.endpoint.rstrip("/"), "hf" if hub.is_huggingface_co else None):
+            if key is not None and key in tokens:
+                return resolve_token(hub, tokens[key])
+        return resolve_token(hub, None)
+    return resolve_token(hub, tokens)
+
+
 def hub_api(hub: Hub | str | None = None, *, token: str | bool | None = None) -> "HfApi":
-    """An `HfApi` bound to `hub` with an explicit endpoint (never the import-time HF_ENDPOINT)."""
+    """An `HfApi` bound to `hub` with an explicit endpoint (never the import-time HF_ENDPOINT).
+
+    `token=None` resolves per hub (`resolve_token`): the stored huggingface.co token is only sent to huggingface.co.
+    """
     from huggingface_hub import HfApi
 
     from . import __version__
 
     resolved = hub if isinstance(hub, Hub) else resolve_hub(hub)
-    return HfApi(endpoint=resolved.endpoint, token=token, library_name="hubckpt", library_version=__version__)
+    return HfApi(endpoint=resolved.endpoint, token=resolve_token(resolved, token), library_name="hubckpt",
+                 library_version=__version__)
 
 
 def point_hf_clients_at(endpoint: str) -> None:

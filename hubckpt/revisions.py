@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import string
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -56,6 +57,31 @@ def check_template(template: str) -> str:
     return template
 
 
+NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def encode_number(value: Any) -> Any:
+    """A float JSON parsers accept: NaN / ±inf become the strings "NaN", "Infinity", "-Infinity"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+def decode_number(value: Any) -> Any:
+    """Inverse of `encode_number`."""
+    return NON_FINITE.get(value, value) if isinstance(value, str) else value
+
+
+def manifest_metrics(manifest: dict) -> dict[str, float]:
+    """The numeric metrics of a checkpoint.json (NaN / ±inf included, decoded from their string form)."""
+    out = {}
+    for key, value in (manifest.get("metrics") or {}).items():
+        value = decode_number(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = value
+    return out
+
+
 @dataclass
 class RevisionInfo:
     """One published checkpoint, as listed in the index."""
@@ -76,7 +102,16 @@ class RevisionInfo:
     @classmethod
     def from_json(cls, data: dict) -> "RevisionInfo":
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        info = cls(**{k: v for k, v in data.items() if k in known})
+        info.metrics = {k: decode_number(v) for k, v in (info.metrics or {}).items()}
+        info.epoch = decode_number(info.epoch)
+        return info
+
+    def to_json(self) -> dict:
+        doc = asdict(self)
+        doc["metrics"] = {k: encode_number(v) for k, v in self.metrics.items()}
+        doc["epoch"] = encode_number(self.epoch)
+        return doc
 
 
 @dataclass
@@ -87,6 +122,7 @@ class RevisionIndex:
     mode: str = "min"
     best: str | None = None
     final: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)  # user tags (`hubckpt tag`): tag → revision name
 
     def get(self, name: str) -> RevisionInfo | None:
         return next((r for r in self.revisions if r.name == name), None)
@@ -99,22 +135,35 @@ class RevisionIndex:
         return [r for r in self.revisions if not r.pruned]
 
     def recompute_tags(self) -> None:
+        managed = (("best", self.best), ("final", self.final))
         for r in self.revisions:
-            r.tags = sorted(t for t, name in (("best", self.best), ("final", self.final)) if name == r.name)
+            r.tags = sorted({t for t, name in (*managed, *self.tags.items()) if name == r.name})
+
+    def set_tag(self, tag: str, revision: str | None) -> None:
+        """Record a user tag on `revision` (None removes it)."""
+        if revision is None:
+            self.tags.pop(tag, None)
+        else:
+            self.tags[tag] = revision
+        self.recompute_tags()
 
     def to_json(self) -> bytes:
+        """The index as JSON that every parser accepts: NaN / ±inf metrics as strings (see `encode_number`)."""
         self.recompute_tags()
         doc = {"format_version": INDEX_FORMAT_VERSION, "monitor": self.monitor, "mode": self.mode, "best": self.best,
-               "final": self.final, "revisions": [asdict(r) for r in self.revisions]}
-        return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+               "final": self.final, "tags": dict(sorted(self.tags.items())),
+               "revisions": [r.to_json() for r in self.revisions]}
+        return (json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> "RevisionIndex":
         doc = json.loads(raw)
         if doc.get("format_version", 0) > INDEX_FORMAT_VERSION:
             raise HubConfigError("revisions.json was written by a newer hubckpt; upgrade hubckpt")
+        tags = doc.get("tags") if isinstance(doc.get("tags"), dict) else {}
         return cls(revisions=[RevisionInfo.from_json(r) for r in doc.get("revisions", [])], monitor=doc.get("monitor"),
-                   mode=doc.get("mode") or "min", best=doc.get("best"), final=doc.get("final"))
+                   mode=doc.get("mode") or "min", best=doc.get("best"), final=doc.get("final"),
+                   tags={str(k): str(v) for k, v in tags.items()})
 
     # -- verbs for the consumer side (`best` is the field naming the best revision, hence best_info) --
 
@@ -154,6 +203,8 @@ def best_revision(index: RevisionIndex) -> str | None:
     best: RevisionInfo | None = None
     for r in index.live():
         value = r.metrics.get(index.monitor)
+        if isinstance(value, float) and math.isnan(value):
+            continue  # a diverged evaluation is never the best
         if value is not None and (best is None or better(value, best.metrics[index.monitor], index.mode)):
             best = r
     return best.name if best else None

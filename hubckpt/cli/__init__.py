@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from . import accounts, convert, demo, diff, publish, pull, revisions, serve
+from . import accounts, convert, demo, diff, jobs, publish, pull, revisions, serve
 
 app = typer.Typer(
     name="hubckpt", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -24,6 +24,7 @@ app.command("convert")(convert.convert)
 app.command("publish")(publish.publish)
 app.command("watch")(publish.watch)
 app.command("resume")(publish.resume)
+app.command("jobs")(jobs.jobs)
 app.command("ls")(revisions.ls)
 app.command("show")(revisions.show)
 app.command("pull")(pull.pull)

@@ -9,7 +9,8 @@ import typer
 
 HubOpt = typer.Option(None, "--hub", help="local (default), hf, or a hub URL [env: HUBCKPT_HUB, HF_ENDPOINT].")
 RootOpt = typer.Option(None, "--root", help="Data folder of the local hub [default: $HUBCKPT_HUB_ROOT or ~/.cache/hubckpt/hub].")
-TokenOpt = typer.Option(None, "--token", envvar="HF_TOKEN", help="Access token [env: HF_TOKEN].", show_envvar=False)
+TokenOpt = typer.Option(None, "--token", help="Access token [default: for huggingface.co HF_TOKEN or the saved login; "
+                        "for any other hub HUBCKPT_TOKEN, never the huggingface.co token].")
 
 
 def target(repo_id: str, hub: Optional[str], root: Optional[Path], token: Optional[str] = None, private: bool = False):

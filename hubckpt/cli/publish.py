@@ -29,23 +29,8 @@ def _publisher(repo: str, hub, root, token, private=False, template="step-{step:
 
 
 def _already_published(pub, candidates: list[tuple[int, Path]]) -> set[int]:
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    from ..revisions import render_revision_name
-
-    try:
-        index, _ = pub.targets[0].read_index()
-    except RepositoryNotFoundError:
-        return set()  # the repo is created on the first publish
-    names = {r.name for r in index.revisions}
-    done = set()
-    for step, _path in candidates:
-        try:
-            if render_revision_name(pub.revision_template, step=step) in names:
-                done.add(step)
-        except Exception:  # noqa: BLE001 - templates needing tokens are checked per checkpoint later
-            continue
-    return done
+    """Steps every hub already holds (checked on the hubs, not only in the journal)."""
+    return pub.already_published(candidates)
 
 
 def _report(futures) -> int:
@@ -103,6 +88,10 @@ def resume(repo: str = typer.Option(..., "--repo"), hub: Optional[str] = HubOpt,
     pending = pub.pending()
     typer.echo(f"Resuming {len(pending)} unfinished job(s): {', '.join(pending) or '-'}")
     pub.close()
+    failed = [j.revision for j in pub.jobs() if j.failed is not None and not j.retryable and not j.dropped]
+    if failed:
+        typer.echo(f"{len(failed)} failed job(s) kept ({', '.join(failed)}): `hubckpt jobs {repo}` to retry or drop "
+                   "them", err=True)
     typer.echo("Done.")
 
 
@@ -159,7 +148,8 @@ def watch(
                 if step in submitted or not _settled(path, seen, 0 if once else settle):
                     continue
                 pub.publish(path, step=step).add_done_callback(
-                    lambda f: typer.echo(f"  published {f.result().revision}") if not f.exception() else None)
+                    lambda f: typer.echo(f"  published {f.result().revision}") if not f.exception()
+                    else typer.echo(f"  failed: {f.exception()}", err=True))
                 submitted.add(step)
             if once and scans >= 2:  # the first scan only records what each checkpoint looks like
                 break

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from importlib import metadata
 from typing import Any
 
@@ -22,7 +21,10 @@ def _versions() -> dict[str, str]:
 
 
 def _finite(value: Any) -> Any:
-    return value if not isinstance(value, float) or math.isfinite(value) else None
+    """NaN / ±inf as the strings "NaN" / "Infinity" / "-Infinity" (valid JSON; `revisions.decode_number` reads them)."""
+    from ..revisions import encode_number
+
+    return encode_number(value)
 
 
 def build_manifest(ckpt: Checkpoint, weights: WeightsReport, files: list[WrittenFile], dtype: str) -> dict[str, Any]:

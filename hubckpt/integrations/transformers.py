@@ -10,6 +10,11 @@ the background. At the end of training the last checkpoint is marked final (save
 Trainer did not save at the last step) and the callback waits for every upload. Only the main
 process (rank 0) publishes. The Trainer's `log_history` is written beside each checkpoint as
 `log_history.json`, so a pulled revision gives `resume_from_checkpoint` all it reads (`trainer_resume`).
+
+A publish failure never stops training: it is logged, and the job stays in the spool's journal
+(`hubckpt jobs REPO` lists it, `--retry` / `--drop` settle it). After `resume_from_checkpoint`, the
+Trainer saves again the steps after the one it resumed from; those revisions are replaced by the
+resumed run's checkpoints (`replace_on_resume=False` raises `RevisionCollisionError` instead, logged).
 """
 
 from __future__ import annotations
@@ -29,16 +34,22 @@ logger = logging.getLogger(__name__)
 class HubckptCallback(TrainerCallback):
     """Publish Trainer checkpoints as Hub revisions. Keyword arguments go to `hubckpt.Publisher`."""
 
-    def __init__(self, repo_id: str, **publisher_kwargs: Any) -> None:
+    def __init__(self, repo_id: str, *, replace_on_resume: bool = True, **publisher_kwargs: Any) -> None:
         self.repo_id = repo_id
+        self.replace_on_resume = replace_on_resume
         self.publisher_kwargs = publisher_kwargs
         self._publisher: Publisher | None = None
         self._published_steps: set[int] = set()
+        self._resumed = False
 
     def _pub(self) -> Publisher:
         if self._publisher is None:
             self._publisher = Publisher(self.repo_id, **self.publisher_kwargs)
         return self._publisher
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._resumed = state.global_step > 0  # resume_from_checkpoint: the Trainer starts past step 0
+        return control
 
     def on_save(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -46,9 +57,15 @@ class HubckptCallback(TrainerCallback):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir() and state.global_step not in self._published_steps:
             log_history_file(folder)  # so that `hubckpt pull --trainer-checkpoint` gives the Trainer all it reads
-            self._pub().publish(folder, step=state.global_step, final=state.global_step >= state.max_steps > 0,
-                                snapshot=True)
-            self._published_steps.add(state.global_step)
+            publisher = self._pub()  # a Publisher that cannot start (bad hub, spool in use) stops here
+            try:
+                publisher.publish(folder, step=state.global_step, final=state.global_step >= state.max_steps > 0,
+                                  snapshot=True, replace=self._resumed and self.replace_on_resume)
+            except Exception as e:  # noqa: BLE001 - an earlier job's failure: logged, kept in the journal; training goes on
+                logger.error("hubckpt: could not publish checkpoint-%d: %s (see `hubckpt jobs %s`)",
+                             state.global_step, e, self.repo_id)
+            else:
+                self._published_steps.add(state.global_step)
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -57,8 +74,11 @@ class HubckptCallback(TrainerCallback):
         if state.global_step not in self._published_steps:
             logger.warning("the Trainer did not save at the last step (%d); the final model is not published as "
                            "a revision. Set save_strategy so that the last step is saved.", state.global_step)
-        self._publisher.close()
-        self._publisher = None
+        publisher, self._publisher = self._publisher, None
+        try:
+            publisher.close()
+        except Exception as e:  # noqa: BLE001 - training is done; what failed stays in the journal, listed by `hubckpt jobs`
+            logger.error("hubckpt: publishing failed: %s (see `hubckpt jobs %s`)", e, self.repo_id)
         return control
 
     def __getstate__(self) -> dict:

@@ -1,6 +1,7 @@
-"""Publishing: checkpoints → Hub revisions (journal, spool, ordered background worker, retention)."""
+"""Publishing: checkpoints → Hub revisions (job store, ordered background worker, stages, retention)."""
 
+from .jobs import default_spool
 from .policies import Retention
-from .publisher import PublishedRevision, Publisher, PublishError, RevisionCollisionError, default_spool
+from .publisher import PublishedRevision, Publisher, PublishError, RevisionCollisionError
 
 __all__ = ["Publisher", "PublishedRevision", "PublishError", "RevisionCollisionError", "Retention", "default_spool"]

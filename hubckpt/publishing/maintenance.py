@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ..cards import CardOptions
+from ..cards import CardOptions, is_hubckpt_card
 from ..errors import HubConfigError
 from ..hub_client import HubTarget, manifest_digest
-from ..revisions import RESERVED, RevisionIndex, RevisionInfo, best_revision
+from ..revisions import RESERVED, RevisionIndex, RevisionInfo, best_revision, manifest_metrics
+from .layout import main_files
 from .policies import Retention
-from .publisher import main_files
+from .stages import retire
 
 logger = logging.getLogger(__name__)
 
@@ -46,20 +47,14 @@ def prune(target: HubTarget, retention: Retention, *, monitor: str | None = None
         return PruneResult(plan, kept)
     has_config = _has_config(target, index)
 
-    def mutate(current: RevisionIndex):
+    def still_to_prune(current: RevisionIndex) -> set[str]:
+        # Re-read just before deleting: a publisher running meanwhile may have changed what is kept.
         if monitor:
             current.monitor, current.mode = monitor, mode or current.mode
-        names = set(retention.to_prune(current)) & set(plan)
-        for r in current.revisions:
-            if r.name in names:
-                r.pruned = True
-        return main_files(target, current, card or CardOptions(), has_config=has_config), None, [], \
-            f"Prune {len(names)} revision(s)"
+        return set(retention.to_prune(current))
 
-    target.update_main(mutate)
-    for name in plan:
-        target.delete_branch(name)
-    return PruneResult(plan, kept)
+    deleted = retire(target, plan, card or CardOptions(), has_config=has_config, confirm=still_to_prune)
+    return PruneResult(deleted, [r.name for r in index.live() if r.name not in deleted])
 
 
 def reindex(target: HubTarget, *, card: CardOptions | None = None) -> RevisionIndex:
@@ -81,7 +76,7 @@ def reindex(target: HubTarget, *, card: CardOptions | None = None) -> RevisionIn
         rebuilt.upsert(RevisionInfo(
             name=name, step=manifest.get("step"), commit=commit, epoch=manifest.get("epoch"),
             tokens=manifest.get("tokens"),
-            metrics={k: v for k, v in (manifest.get("metrics") or {}).items() if isinstance(v, (int, float))},
+            metrics=manifest_metrics(manifest),
             size=sum(f["size"] for f in manifest.get("files", []) if not f["path"].startswith("training_state/")),
             date=previous.date if previous else None, source_format=(manifest.get("source") or {}).get("format"),
             manifest_sha256=manifest_digest(manifest), final=name == old.final))
@@ -92,8 +87,17 @@ def reindex(target: HubTarget, *, card: CardOptions | None = None) -> RevisionIn
     rebuilt.best = best_revision(rebuilt)
     has_config = _has_config(target, rebuilt)
 
+    readme = target.read_bytes("README.md", "main")
+    keep_readme = readme is not None and not is_hubckpt_card(readme.decode("utf-8", "replace"))
+    if keep_readme:
+        logger.info("reindex: main's README.md was not written by hubckpt; leaving it as it is")
+    rebuilt.tags = {t: n for t, n in old.tags.items() if rebuilt.get(n) is not None}
+
     def mutate(_current: RevisionIndex):
-        return main_files(target, rebuilt, card or CardOptions(), has_config=has_config), None, [], "Rebuild the index"
+        files = main_files(target, rebuilt, card or CardOptions(), has_config=has_config)
+        if keep_readme:
+            files.pop("README.md")
+        return files, None, [], "Rebuild the index"
 
     target.update_main(mutate)
     return rebuilt
@@ -107,6 +111,18 @@ def tag(target: HubTarget, revision: str, name: str, *, delete: bool = False) ->
     if name in RESERVED:
         raise HubConfigError(f"The tag {name!r} is managed by hubckpt; choose another name.")
     if delete:
-        target.api.delete_tag(target.repo_id, tag=name)
+        target.delete_tag(name)
     else:
         target.move_tag(name, revision)
+    # The index (and so `ls` and the card) lists user tags too.
+    index = list_revisions(target)
+    if index.get(revision) is None and not delete:
+        return  # not a revision of the index (a branch of the user's own): the hub tag is all there is
+    has_config = _has_config(target, index)
+
+    def mutate(current: RevisionIndex):
+        current.set_tag(name, None if delete else revision)
+        verb = "Untag" if delete else f"Tag {revision} as"
+        return main_files(target, current, CardOptions(), has_config=has_config), None, [], f"{verb} {name}"
+
+    target.update_main(mutate)

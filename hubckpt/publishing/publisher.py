@@ -1,19 +1,27 @@
 """The Publisher: every checkpoint becomes a documented Hub revision, in order, in the background.
 
-Pipeline per checkpoint (DESIGN §6), each step recorded in the journal and idempotent:
+Pipeline per checkpoint (DESIGN §6), each stage recorded in the journal and idempotent:
 
 1. capture  — `publish()` records the checkpoint (a path, or live tensors copied into reused staging
               buffers) and returns a Future; the training loop carries on.
-2. convert  — verified safetensors + checkpoint.json + training_state/ into the spool, with the card.
-3. commit   — one commit on a new branch started from the previous revision (per target).
+2. convert  — verified safetensors + checkpoint.json + training_state/ into the spool.
+3. commit   — per target: the card rendered for that hub, one commit on a new branch started from the
+              previous revision.
 4. index    — revisions.json, the repo card and the chart on `main` (compare-and-swap, retried);
-              the final checkpoint's files land on `main` too; tags `best` / `final` move.
-5. retain   — branches the retention policy no longer keeps are deleted and marked pruned.
+              the final checkpoint's files land on `main` too.
+5. retain   — branches the retention policy no longer keeps are deleted, then marked pruned; tags
+              `best` / `final` follow the index.
 
-One ordered worker thread runs steps 2–5. `publish()` blocks while `max_pending` jobs wait
-(backpressure): a checkpoint is never dropped. A failure is re-raised by the next `publish()`,
-`wait()` or `close()`. A process killed at any point resumes from the journal and the spool on the
-next `Publisher` start (or `hubckpt resume`), publishing each revision exactly once.
+This module is the thin facade; the parts are `jobs` (journal + spool + lock + per-hub job state),
+`worker` (queue, Futures, liveness), `stages` (the stage functions) and `layout` (what `main` holds).
+
+A job is published on a hub only when that hub has it (its index and refs are checked, not only the
+journal), so a second hub or a re-created repo gets everything. One ordered worker thread runs stages
+2–5; a job is queued at most once, and publishing a step that is already queued joins its Future.
+`publish()` blocks while `max_pending` jobs wait (backpressure): a checkpoint is never dropped. A failed
+job fails its Future, is raised once by the next `publish()`, `wait()` or `close()`, stays listed in
+`hubckpt jobs`, and blocks nothing else. A process killed at any point resumes from the journal and
+the spool on the next `Publisher` start (or `hubckpt resume`), publishing each revision exactly once.
 """
 
 from __future__ import annotations
@@ -22,32 +30,29 @@ import datetime as dt
 import json
 import logging
 import os
-import queue
-import re
 import shutil
-import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..cards import CardOptions, metrics_chart_svg, render_repo_card, render_revision_card
-from ..checkpoint import MANIFEST_FILE, Checkpoint
+from ..cards import CardOptions
+from ..checkpoint import MANIFEST_FILE
 from ..errors import HubConfigError, PublishError, RevisionCollisionError, UnsupportedCheckpointError
 from ..faults import fault
-from ..hub_client import HubTarget, manifest_digest
-from ..hubs import Hub, resolve_hub
-from ..revisions import (DEFAULT_TEMPLATE, INDEX_FILE, RevisionIndex, RevisionInfo, best_revision, check_template,
-                         render_revision_name)
-from .journal import Journal, JobRecord
+from ..hub_client import HubTarget, is_transient
+from ..hubs import Hub, resolve_hub, token_for
+from ..revisions import DEFAULT_TEMPLATE, check_template, render_revision_name, validate_revision_name
+from . import stages
+from .jobs import JobStore, default_spool, target_key
+from .journal import JobRecord
+from .layout import main_files
 from .policies import Retention
 from .staging import StagingPool
+from .worker import Worker
 
 logger = logging.getLogger(__name__)
-
-CHART_FILE = "metrics.svg"
-LOST = "lost:"
 
 
 @dataclass
@@ -57,13 +62,7 @@ class PublishedRevision:
     revision: str
     step: int | None
     commits: dict[str, str] = field(default_factory=dict)  # target → commit sha
-    skipped: bool = False  # already published earlier: nothing new was done
-
-
-def default_spool(repo_id: str) -> Path:
-    base = os.environ.get("HUBCKPT_SPOOL")
-    root = Path(base).expanduser() if base else Path.home() / ".cache" / "hubckpt" / "spool"
-    return root / repo_id.replace("/", "--")
+    skipped: bool = False  # every hub already had it: nothing new was done
 
 
 def _now() -> str:
@@ -91,12 +90,15 @@ class Publisher:
     Args:
         repo_id: `namespace/name` of the model repo (created if missing).
         hub: `local` (default), `hf`, a URL, or a list of them to publish to several hubs from one spool.
+        token: a token for the one hub, or {hub: token} for several; None: each hub's own default (the
+            stored huggingface.co token is only ever sent to huggingface.co; other hubs get HUBCKPT_TOKEN).
         revision_template: branch name of a revision; fields step, epoch, tokens, tokens_b, tokens_m.
         monitor, mode: metric that decides the `best` tag ("min" or "max"); defaults to what a Trainer
             checkpoint records as its best metric.
         keep_last, keep_every, keep_best: retention (see `Retention`); nothing set keeps every revision.
         max_pending: jobs that may wait for the worker before `publish()` blocks.
         spool_dir: where converted checkpoints and the journal live (default ~/.cache/hubckpt/spool/<repo>).
+            One process owns a spool at a time; a second gets `SpoolBusyError`.
         resume: finish what a previous process left in the journal before anything new.
 
     Example:
@@ -105,7 +107,7 @@ class Publisher:
         ...         pub.publish(state_dict=model.state_dict(), step=step, metrics={"loss": loss})
     """
 
-    def __init__(self, repo_id: str, *, hub: str | Hub | list[str | Hub] | None = None, token: str | None = None,
+    def __init__(self, repo_id: str, *, hub: str | Hub | list[str | Hub] | None = None, token: str | dict | None = None,
                  root: str | Path | None = None, revision_template: str = DEFAULT_TEMPLATE,
                  monitor: str | None = None, mode: str = "min", keep_last: int | None = None,
                  keep_every: int | None = None, keep_best: int | None = None, max_pending: int = 2,
@@ -121,33 +123,49 @@ class Publisher:
             raise HubConfigError("max_pending must be at least 1")
         self.repo_id = repo_id
         self.revision_template = check_template(revision_template)
-        self.monitor, self.mode = monitor, mode
-        self.retention = Retention(keep_last, keep_every, keep_best)
-        self.card = card or CardOptions()
-        self.max_shard_size = max_shard_size
-        self.allow_globals = list(allow_globals)
-        self.include_training_state = include_training_state
+        self.settings = stages.Settings(repo_id=repo_id, retention=Retention(keep_last, keep_every, keep_best),
+                                        card=card or CardOptions(), monitor=monitor, mode=mode,
+                                        max_shard_size=max_shard_size, allow_globals=list(allow_globals),
+                                        include_training_state=include_training_state)
         hubs = hub if isinstance(hub, list) else [hub]
-        self.targets = [HubTarget(h if isinstance(h, Hub) else resolve_hub(h, root=root), repo_id, token=token,
-                                  private=private) for h in hubs]
+        if isinstance(token, str) and len(hubs) > 1:
+            raise HubConfigError("A token belongs to one hub: with several hubs pass token={hub: token, ...} "
+                                 "(keys as in hub=..., or endpoints); hubs left out use their own default")
+        resolved = [(h, h if isinstance(h, Hub) else resolve_hub(h, root=root)) for h in hubs]
+        self.targets = [HubTarget(r, repo_id, token=token_for(r, h, token), private=private) for h, r in resolved]
+        self._keys = [target_key(t) for t in self.targets]
         self.spool = Path(spool_dir) if spool_dir else default_spool(repo_id)
-        (self.spool / "jobs").mkdir(parents=True, exist_ok=True)
-        self.journal = Journal(self.spool / "journal.jsonl")
-        self._jobs: dict[str, JobRecord] = self.journal.replay()
-        self._futures: dict[str, Future] = {}
+        self._store = JobStore(self.spool)
         self._payloads: dict[str, dict[str, Any]] = {}
-        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._replace: set[str] = set()
         self._staging = StagingPool(max_pending + 1)
         self._error: BaseException | None = None
         self._ready_targets: set[str] = set()
         self._closed = False
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="hubckpt-publisher", daemon=True)
-        self._thread.start()
+        self._worker = Worker(self._process, on_error=self._failed, max_pending=max_pending,
+                              on_exit=self._store.release)
         for target in self.targets:
             logger.info("publishing to %s", target.describe())
         if resume:
             self._resume()
+        failures = self._store.failures()
+        if failures:
+            logger.warning("%d failed job(s) in %s (%s); list, retry or drop them with `hubckpt jobs %s`",
+                           len(failures), self.spool, ", ".join(r.revision for r in failures), repo_id)
+
+    # -- options, as attributes -------------------------------------------------------------------------
+
+    @property
+    def retention(self) -> Retention:
+        return self.settings.retention
+
+    @property
+    def monitor(self) -> str | None:
+        return self.settings.monitor
+
+    @property
+    def mode(self) -> str:
+        return self.settings.mode
 
     # -- public API -------------------------------------------------------------------------------------
 
@@ -155,13 +173,16 @@ class Publisher:
                 state_dict: dict | None = None, training_state: dict[str, Any] | None = None,
                 metrics: dict[str, float] | None = None, epoch: float | None = None, tokens: int | None = None,
                 final: bool = False, revision: str | None = None, companions: Iterable[str | Path] = (),
-                snapshot: bool = False, release: Callable[[], None] | None = None) -> "Future[PublishedRevision]":
+                snapshot: bool = False, replace: bool = False,
+                release: Callable[[], None] | None = None) -> "Future[PublishedRevision]":
         """Queue one checkpoint: a file or folder (`source`), or live tensors (`state_dict`, copied now).
 
         Returns once the checkpoint is captured; blocks only while `max_pending` jobs wait. The Future
         resolves to a `PublishedRevision` when the revision is committed and indexed everywhere.
         With `snapshot=True` a `source` is first hard-linked (or copied) into the spool, so the training
         framework may delete it (e.g. the Trainer's `save_total_limit`) before it is converted.
+        A revision name already published with other content raises `RevisionCollisionError` (from the
+        Future) unless `replace=True`. Publishing a step that is queued or running returns its Future.
         With `release`, `state_dict` and `training_state` are the caller's own staged copy (e.g.
         `hubckpt.Checkpointer`'s reused buffers): taken as they are, without a second copy, and
         `release()` is called once they are written to the spool (or the job ended), so the caller may
@@ -181,22 +202,23 @@ class Publisher:
             step = step if step is not None else peeked_step
             tokens = tokens if tokens is not None else peeked_tokens
         if step is None:
-            raise HubConfigError(f"Cannot tell the training step of {source or 'this checkpoint'}; pass step=...")
-        name = revision or render_revision_name(self.revision_template, step=step, tokens=tokens, epoch=epoch)
+            raise HubConfigError(f"Cannot tell the training step of {source or 'this checkpoint'}; pass step=... "
+                                 "(CLI: --step)")
         if revision:
-            from ..revisions import validate_revision_name
-
             validate_revision_name(revision)
+        name = revision or render_revision_name(self.revision_template, step=step, tokens=tokens, epoch=epoch)
         job_id = f"{step:012d}-{name}"
-        existing = self._jobs.get(job_id)
-        if existing is not None and existing.done:
-            future: Future = Future()
-            future.set_result(PublishedRevision(self.repo_id, name, step, dict(existing.committed), skipped=True))
+        if replace:
+            self._replace.add(job_id)
+
+        running = self._worker.future(job_id)
+        if running is not None:  # the same step again (a final save after a periodic one): one job
+            self._join_final(job_id, final)
             if release is not None:
                 release()
-            return future
-        if source is not None and snapshot:
-            source = _snapshot(source, self.spool / "jobs" / job_id / "source")
+            return running
+        record = self._store.get(job_id)
+        signature = stages.source_signature(source)
         payload: dict[str, Any] = {}
         if state_dict is not None and release is not None:  # already staged by the caller: no second copy
             payload.update(weights=dict(state_dict), release=release)
@@ -206,42 +228,68 @@ class Publisher:
             payload["weights"] = self._staging.capture(state_dict)
             if training_state:
                 payload["training_state"] = _clone_tree(training_state)
+        if record is not None and self._open(record):  # left unfinished by a process that stopped: carry on
+            if payload and not (self._store.revision_folder(job_id) / MANIFEST_FILE).is_file():
+                self._payloads[job_id] = payload
+            elif payload:
+                self._give_back(payload)
+            self._join_final(job_id, final)
+            future, _ = self._worker.submit(job_id, block=True)
+            return future
+        if source is not None and snapshot:
+            source = _snapshot(source, self._store.folder(job_id) / "source")
         captured = {"revision": name, "step": step, "source": str(source) if source else None, "final": final,
                     "metrics": dict(metrics or {}), "epoch": epoch, "tokens": tokens,
-                    "companions": [str(Path(c).resolve()) for c in companions], "captured_at": _now()}
-        with self._lock:
-            record = JobRecord(job_id, captured={"event": "captured", "job": job_id, **captured})
-            self._jobs[job_id] = record
-            self._payloads[job_id] = payload
-            future = self._futures.setdefault(job_id, Future())
-        self.journal.append("captured", job_id, **captured)
+                    "companions": [str(Path(c).resolve()) for c in companions], "captured_at": _now(),
+                    "signature": signature, "targets": self._keys}
+        elsewhere: set[str] = set()
+        if record is not None and signature and record.captured.get("signature") == signature \
+                and record.manifest_sha256:
+            captured["expect_sha256"] = record.manifest_sha256  # unchanged on disk: maybe no need to convert
+            elsewhere = record.published - set(self._keys)  # still true of the other hubs it went to
+        self._payloads[job_id] = payload
+        self._store.capture(job_id, captured)
+        for key in sorted(elsewhere):
+            self._store.published(job_id, key)
         fault("publish.after_capture")
         blocked = time.perf_counter() - started
-        self._queue.put(job_id)  # blocks while max_pending jobs wait: backpressure, never a dropped checkpoint
+        future, _ = self._worker.submit(job_id, block=True)  # backpressure, never a dropped checkpoint
         logger.info("captured %s (training blocked %.3fs, %.3fs with backpressure)", name, blocked,
                     time.perf_counter() - started)
         return future
 
-    def wait(self) -> None:
-        """Block until every queued job is finished; re-raise the first failure."""
-        self._queue.join()
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until every queued job is finished; re-raise the first failure not reported yet.
+
+        Raises `PublishError` if `timeout` seconds pass first (the jobs go on) or the worker died.
+        """
+        if not self._worker.wait(timeout):
+            raise PublishError(f"{self._worker.busy()} publish job(s) still running after {timeout}s")
         self.raise_if_failed()
 
     def raise_if_failed(self) -> None:
+        """Raise the first failure of a job not reported yet (each failure is raised once)."""
         if self._error is not None:
             error, self._error = self._error, None
             raise error
 
-    def close(self) -> None:
-        """Finish queued jobs, stop the worker, re-raise a failure."""
+    def close(self, timeout: float | None = None) -> None:
+        """Finish queued jobs, stop the worker, give the spool up; re-raise a failure not reported yet.
+
+        With `timeout`, stop waiting after that many seconds: what is unfinished stays in the journal
+        for the next start, and `PublishError` says so.
+        """
         if self._closed:
             return
+        self._closed = True
+        finished = False
         try:
-            self._queue.join()
-        finally:
-            self._closed = True
-            self._queue.put(None)
-            self._thread.join(timeout=60)
+            finished = self._worker.wait(timeout)
+        finally:  # the worker gives the spool up when its thread ends (at once, or after the job it runs)
+            self._worker.stop(None if finished else 0, drain=False)
+        if not finished:
+            raise PublishError(f"Publishing did not finish within {timeout}s; the unfinished jobs stay in "
+                               f"{self.spool} and resume at the next start (`hubckpt resume --repo {self.repo_id}`).")
         self.raise_if_failed()
 
     def __enter__(self) -> "Publisher":
@@ -252,222 +300,183 @@ class Publisher:
             self.close()
         else:  # don't mask the caller's error; what is queued stays in the journal for the next start
             self._closed = True
-            self._queue.put(None)
+            self._worker.stop(0, drain=False)
 
     def pending(self) -> list[str]:
-        """Revisions captured but not yet published (from the journal)."""
-        return [j.captured.get("revision", j.job) for j in self._jobs.values() if not j.done]
+        """Revisions captured but not yet published to every target (from the journal)."""
+        return [r.revision for r in self._store.unfinished(self._keys) if self._open(r)]
+
+    def jobs(self) -> list[JobRecord]:
+        """Every job the spool's journal knows, in step order."""
+        return self._store.records()
+
+    def already_published(self, candidates: Iterable[tuple[int, Path]]) -> set[int]:
+        """Steps of `candidates` (step, path) that every hub already holds, unchanged since published from here.
+
+        Proven by the journal (same files on disk as when published, the same content digest) and by each
+        hub's index and refs (the revision listed live, its branch at the listed commit). Anything else
+        is published (or found identical after converting) by `publish()`.
+        """
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        known: dict[int, tuple[str, str]] = {}
+        for step, path in candidates:
+            try:
+                name = render_revision_name(self.revision_template, step=step)
+            except HubConfigError:
+                continue  # templates needing tokens are resolved per checkpoint by publish()
+            record = self._store.get(f"{step:012d}-{name}")
+            if record is not None and record.manifest_sha256 and record.finished_for(self._keys) \
+                    and record.captured.get("signature") == stages.source_signature(path):
+                known[step] = (name, record.manifest_sha256)
+        for target in self.targets:
+            if not known:
+                break
+            try:
+                view = stages.read_view(target)
+            except RepositoryNotFoundError:
+                return set()
+            known = {s: (n, d) for s, (n, d) in known.items() if view.holds(n, d) or view.pruned(n, d)}
+        return set(known)
 
     # -- resume ---------------------------------------------------------------------------------------
 
+    def _open(self, record: JobRecord) -> bool:
+        """Started and not finished: not published to the targets it was captured for, not failed for good."""
+        if not record.captured or record.dropped or (record.failed is not None and not record.retryable):
+            return False
+        return not record.finished_for(record.captured.get("targets") or self._keys)
+
     def _resume(self) -> None:
-        for job_id, record in sorted(self._jobs.items(), key=lambda kv: kv[0]):
-            if record.done or (record.failed or "").startswith(LOST):
+        for record in self._store.records():
+            if not self._open(record):
                 continue
-            folder = self._job_folder(job_id)
-            source = record.captured.get("source")
-            if not (folder / MANIFEST_FILE).is_file() and not source:
-                reason = f"{LOST} live tensors captured in memory; the process stopped before they were staged"
-                self.journal.append("failed", job_id, error=reason)
-                logger.warning("cannot resume %s: %s", job_id, reason)
+            staged = (self._store.revision_folder(record.job) / MANIFEST_FILE).is_file()
+            if not staged and not record.captured.get("source"):
+                reason = (f"{record.revision} was captured from live tensors in memory, and the process stopped "
+                          "before they were written to the spool: publish that step again, or drop the job "
+                          f"(hubckpt jobs {self.repo_id} --drop {record.revision})")
+                self._store.failed(record.job, reason, retryable=False)
+                logger.warning("cannot resume: %s", reason)
                 continue
-            logger.info("resuming %s from the journal", record.captured.get("revision", job_id))
-            with self._lock:
-                self._futures.setdefault(job_id, Future())
-                self._payloads.setdefault(job_id, {})
-            self._queue.put(job_id)
+            logger.info("resuming %s from the journal", record.revision)
+            self._worker.submit(record.job)
 
-    # -- the worker -----------------------------------------------------------------------------------
+    def _join_final(self, job_id: str, final: bool) -> None:
+        record = self._store.get(job_id)
+        if final and record is not None and not record.captured.get("final"):
+            self._store.mark_final(job_id)
 
-    def _job_folder(self, job_id: str) -> Path:
-        return self.spool / "jobs" / job_id / "revision"
+    # -- the worker's job -----------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        while True:
-            job_id = self._queue.get()
-            if job_id is None:
-                self._queue.task_done()
-                return
-            try:
-                result = self._process(job_id)
-                self._futures[job_id].set_result(result)
-            except BaseException as e:  # recorded, re-raised to the caller, never swallowed
-                logger.error("publishing %s failed: %s", job_id, e)
-                self.journal.append("failed", job_id, error=f"{type(e).__name__}: {e}")
-                self._jobs[job_id].failed = str(e)
-                if self._error is None:
-                    self._error = e
-                self._futures[job_id].set_exception(e)
-            finally:
-                payload = self._payloads.pop(job_id, {})
-                if "weights" in payload:
-                    self._staging.release(payload["weights"])
-                if "release" in payload:
-                    payload["release"]()
-                self._queue.task_done()
+    def _failed(self, job_id: str, error: BaseException) -> None:
+        retryable = is_transient(error) or isinstance(error, ConnectionError) or not isinstance(error, Exception)
+        record = self._store.get(job_id)
+        # Raised to the caller (its Future, then the next publish/wait/close): logged at info, not printed twice.
+        logger.info("publishing %s failed: %s", record.revision if record else job_id, error)
+        self._store.failed(job_id, f"{type(error).__name__}: {error}", retryable=retryable)
+        if self._error is None:
+            self._error = error
 
-    def _process(self, job_id: str) -> PublishedRevision:
-        record = self._jobs[job_id]
-        captured = record.captured
-        name, step = captured["revision"], captured["step"]
-        folder = self._job_folder(job_id)
-        if record.manifest_sha256 is None or not (folder / MANIFEST_FILE).is_file():
-            self._convert(job_id, captured, folder)
-            record.manifest_sha256 = _folder_digest(folder)
-            self.journal.append("converted", job_id, manifest_sha256=record.manifest_sha256)
-            fault("publish.after_convert")
-        manifest = json.loads((folder / MANIFEST_FILE).read_text())
-        for target in self.targets:
-            self._prepare(target)
-            if target.key not in record.committed:
-                previous = self._previous_revision(target, name, step, record.manifest_sha256)
-                commit = target.commit_revision(name, folder, start_from=previous or "main",
-                                                message=f"Checkpoint {name} (step {step})",
-                                                manifest_sha256=record.manifest_sha256)
-                fault("publish.after_commit")
-                record.committed[target.key] = commit
-                self.journal.append("committed", job_id, target=target.key, commit=commit)
-            if target.key not in record.indexed:
-                self._index(target, captured, manifest, record.committed[target.key], folder, record.manifest_sha256)
-                fault("publish.after_index")
-                record.indexed.add(target.key)
-                self.journal.append("indexed", job_id, target=target.key)
-        record.done = True
-        self.journal.append("done", job_id)
-        shutil.rmtree(folder.parent, ignore_errors=True)  # the converted revision and any source snapshot
-        logger.info("published %s to %s", name, ", ".join(t.describe() for t in self.targets))
-        return PublishedRevision(self.repo_id, name, step, dict(record.committed))
+    def _prepare(self, target: HubTarget, key: str) -> None:
+        if key not in self._ready_targets:
+            target.ensure_repo()
+            self._ready_targets.add(key)
 
-    def _prepare(self, target: HubTarget) -> None:
-        if target.key in self._ready_targets:
-            return
-        target.ensure_repo()
-        self._ready_targets.add(target.key)
-
-    def _previous_revision(self, target: HubTarget, name: str, step: int, digest: str) -> str | None:
-        """The latest published revision before `step` (where the new branch starts), after a collision check."""
-        index, _ = target.read_index()
-        _refuse_collision(index, target, name, digest)
-        branches = target.branches()
-        earlier = [r for r in index.revisions
-                   if r.step is not None and r.step < step and not r.pruned and r.name in branches]
-        return earlier[-1].name if earlier else None
-
-    def _convert(self, job_id: str, captured: dict[str, Any], folder: Path) -> None:
-        from ..conversion import convert_checkpoint
-        from ..readers import read_checkpoint
-
-        payload = self._payloads.get(job_id, {})
-        if captured.get("source"):
-            ckpt = read_checkpoint(captured["source"], allow_globals=self.allow_globals)
-        elif "weights" in payload:
-            ckpt = Checkpoint(source=Path(captured["revision"]), source_format="live", weights=payload["weights"],
-                              training_state=payload.get("training_state") or {})
-        else:
-            raise PublishError(f"{LOST} live tensors of {captured['revision']} are gone (the process restarted)")
-        ckpt.step = captured["step"]
-        for key in ("epoch", "tokens"):
-            if captured.get(key) is not None:
-                setattr(ckpt, key, captured[key])
-        ckpt.metrics = {**ckpt.metrics, **captured.get("metrics", {})}
-        ckpt.companions += [Path(c) for c in captured.get("companions", [])]
-        if not self.include_training_state:
-            ckpt.training_state = {}
-        if ckpt.best and ckpt.best.get("metric") and self.monitor is None:
-            self.monitor, self.mode = ckpt.best["metric"], ckpt.best.get("mode", "min")
-        convert_checkpoint(ckpt, folder, max_shard_size=self.max_shard_size, overwrite=True)
-        if "weights" in payload:  # written to the spool: the staging buffers can be reused now
+    def _give_back(self, payload: dict[str, Any]) -> None:
+        """Staging buffers of a payload (ours, or the caller's via `release`) may be reused."""
+        if "weights" in payload:
             self._staging.release(payload.pop("weights"))
         if "release" in payload:
             payload.pop("release")()
-        info = _revision_info(captured, json.loads((folder / MANIFEST_FILE).read_text()), commit=None)
-        previous = self._previous_job_revision(captured["step"])
-        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-        card = render_revision_card(repo_id=self.repo_id, repo_url=self.targets[0].repo_url, info=info,
-                                    previous=previous, monitor=self.monitor, mode=self.mode, files=files,
-                                    options=self.card)
-        (folder / "README.md").write_text(card)
 
-    def _previous_job_revision(self, step: int) -> str | None:
-        earlier = sorted((j.captured["step"], j.captured["revision"]) for j in self._jobs.values()
-                         if j.captured and j.captured.get("step") is not None and j.captured["step"] < step)
+    def _process(self, job_id: str) -> PublishedRevision:
+        payload = self._payloads.get(job_id, {})
+        try:
+            return self._publish_job(job_id, payload)
+        finally:
+            self._payloads.pop(job_id, None)
+            self._give_back(payload)
+
+    def _publish_job(self, job_id: str, payload: dict[str, Any]) -> PublishedRevision:
+        record = self._store.get(job_id)
+        if record is None or not record.captured:
+            raise PublishError(f"job {job_id} is not in the journal")
+        name, step = record.revision, record.step
+        replace = job_id in self._replace
+        commits: dict[str, str] = {}
+        views: dict[str, stages.HubView] = {}
+        expected = record.captured.get("expect_sha256")
+        if expected and record.manifest_sha256 is None and not replace:
+            for target, key in zip(self.targets, self._keys):
+                self._prepare(target, key)
+                views[key] = stages.read_view(target)
+                held = views[key].holds(name, expected)
+                if held is None and not views[key].pruned(name, expected):
+                    break
+                commits[target.key] = held or ""
+            else:  # every hub has it, and the files on disk did not change: nothing to convert
+                self._store.converted(job_id, expected)
+                for key in self._keys:
+                    self._store.published(job_id, key)
+                self._store.remove_files(job_id)
+                return PublishedRevision(self.repo_id, name, step, commits, skipped=True)
+        manifest = stages.convert(self.settings, self._store, record, payload)
+        self._give_back(payload)  # written to the spool: the staging buffers can be reused now
+        folder = self._store.revision_folder(job_id)
+        has_config = (folder / "config.json").is_file()
+        new_work = False
+        for target, key in zip(self.targets, self._keys):
+            if key in record.published:
+                commits[target.key] = record.committed.get(key, "")
+                continue
+            self._prepare(target, key)
+            view = views.get(key) or stages.read_view(target)
+            if view.pruned(name, record.manifest_sha256) and not replace:
+                logger.info("%s was published to %s and pruned since; not publishing it again", name,
+                            target.describe())
+                if not view.index.get(name).pruned:  # finish the interrupted pruning
+                    stages.retire(target, [], self.settings.card, has_config=has_config)
+                self._store.published(job_id, key)
+                commits[target.key] = ""
+                continue
+            held = view.holds(name, record.manifest_sha256)
+            if held is None and not replace:
+                stages.refuse_collision(view.index, target, name, record.manifest_sha256)
+            elif held is None and view.index.get(name) is not None:
+                logger.warning("replacing revision %s of %s (replace=True)", name, target.describe())
+            if held is not None:
+                commit, index = held, view.index
+                if key not in record.indexed:
+                    self._store.committed(job_id, key, commit)
+                    self._store.indexed(job_id, key)
+            else:
+                new_work = True
+                card = stages.revision_card(self.settings, target, record, manifest, folder,
+                                            self._previous_revision(step))
+                commit = stages.commit(target, view, record, folder, card=card, replace=replace)
+                fault("publish.after_commit")
+                self._store.committed(job_id, key, commit)
+                index = stages.index(self.settings, target, record, manifest, commit, folder, replace=replace)
+                fault("publish.after_index")
+                self._store.indexed(job_id, key)
+            stages.retain(self.settings, target, index, has_config=has_config)
+            fault("publish.after_retain")
+            self._store.published(job_id, key)
+            commits[target.key] = commit
+        self._store.remove_files(job_id)  # the converted revision and any source snapshot
+        self._replace.discard(job_id)
+        logger.info("%s %s on %s", "published" if new_work else "already had", name,
+                    ", ".join(t.describe() for t in self.targets))
+        return PublishedRevision(self.repo_id, name, step, commits, skipped=not new_work)
+
+    def _previous_revision(self, step: int | None) -> str | None:
+        """The revision captured before `step` (the card's "previous" link)."""
+        if step is None:
+            return None
+        earlier = sorted((r.step, r.revision) for r in self._store.records()
+                         if r.captured and r.step is not None and r.step < step and not r.dropped)
         return earlier[-1][1] if earlier else None
-
-    def _index(self, target: HubTarget, captured: dict, manifest: dict, commit: str, folder: Path,
-               digest: str) -> None:
-        name = captured["revision"]
-        final = bool(captured.get("final"))
-        outcome: dict[str, Any] = {}
-
-        def mutate(index: RevisionIndex):
-            _refuse_collision(index, target, name, digest)  # again: another writer may have raced us
-            info = _revision_info(captured, manifest, commit=commit, digest=digest)
-            index.upsert(info)
-            if index.monitor is None and self.monitor:
-                index.monitor, index.mode = self.monitor, self.mode
-            index.best = best_revision(index) or index.best
-            if final:
-                index.final = name
-            pruned = self.retention.to_prune(index)
-            for r in index.revisions:
-                if r.name in pruned:
-                    r.pruned = True
-            outcome["pruned"] = pruned
-            outcome["best"] = index.best
-            files = main_files(target, index, self.card, has_config=(folder / "config.json").is_file())
-            deletes: list[str] = []
-            if final:  # old model files from an earlier final must not mix with the new ones
-                ours = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
-                deletes = [p for p in _main_model_files(target) if p not in ours]
-            return files, (folder if final else None), deletes, f"Index {name} (step {captured['step']})"
-
-        target.update_main(mutate)
-        branches, tags = target.refs()
-        if outcome.get("best") and outcome["best"] in branches and tags.get("best") != branches[outcome["best"]]:
-            target.move_tag("best", outcome["best"])
-        if final:
-            target.move_tag("final", name)
-        for pruned in outcome.get("pruned", []):
-            logger.info("retention: deleting branch %s of %s", pruned, target.repo_id)
-            target.delete_branch(pruned)
-
-
-def _refuse_collision(index: RevisionIndex, target: HubTarget, name: str, digest: str) -> None:
-    existing = index.get(name)
-    if existing is not None and not existing.pruned and existing.manifest_sha256 not in (None, digest):
-        raise RevisionCollisionError(
-            f"{target.repo_id} already has a revision {name!r} with different content. Choose another revision "
-            "template or name (revision=... / --revision), or delete that branch first.")
-
-
-def main_files(target: HubTarget, index: RevisionIndex, card: CardOptions, *, has_config: bool) -> dict[str, bytes]:
-    """What `main` carries for an index: revisions.json, the repo card and the metrics chart."""
-    files = {INDEX_FILE: index.to_json()}
-    chart = metrics_chart_svg(index)
-    if chart:
-        files[CHART_FILE] = chart.encode()
-    files["README.md"] = render_repo_card(repo_id=target.repo_id, repo_url=target.repo_url, index=index, options=card,
-                                          chart=CHART_FILE if chart else None, has_config=has_config).encode()
-    return files
-
-
-def _main_model_files(target: HubTarget) -> list[str]:
-    pattern = re.compile(r"^(model.*\.safetensors(\.index\.json)?|checkpoint\.json)$")
-    files = target.api.list_repo_files(target.repo_id, revision="main")
-    return [f for f in files if pattern.match(f)]
-
-
-def _folder_digest(folder: Path) -> str:
-    return manifest_digest(json.loads((folder / MANIFEST_FILE).read_text()))
-
-
-def _revision_info(captured: dict, manifest: dict, *, commit: str | None, digest: str | None = None) -> RevisionInfo:
-    size = sum(f["size"] for f in manifest.get("files", []) if not f["path"].startswith("training_state/"))
-    return RevisionInfo(name=captured["revision"], step=captured["step"], commit=commit, epoch=manifest.get("epoch"),
-                        tokens=manifest.get("tokens"), metrics={k: v for k, v in manifest.get("metrics", {}).items()
-                                                                if isinstance(v, (int, float))},
-                        size=size, date=captured.get("captured_at"), source_format=manifest["source"]["format"],
-                        manifest_sha256=digest, final=bool(captured.get("final")))
 
 
 def _snapshot(source: Path, dest: Path) -> Path:

@@ -197,6 +197,7 @@ def _parse_commit(ctx: HubContext, repo, caller, raw: bytes) -> tuple[dict, list
             except (binascii.Error, ValueError) as e:
                 raise HubHTTPError(400, f"Bad request for commit endpoint: invalid base64 for {path}") from e
             sha256 = ctx.blobs.put_bytes(content)
+            ctx.stats["regular_bytes_received"] = ctx.stats.get("regular_bytes_received", 0) + len(content)
             operations.append(Operation("add", path, sha256, len(content), False, git_blob_sha1(content)))
         elif key == "lfsFile":
             path = _path_or_422(value.get("path"))
@@ -239,6 +240,7 @@ async def commit(ctx: HubContext, request: Request, ns: str, name: str, rev: str
             repo, rev, operations, title=str(header.get("summary") or "Upload files"),
             message=str(header.get("description") or ""), author=caller.name or ctx.local_user,
             parent_commit=parent, fault_hook=ctx.fault))
+    ctx.fault("commit.after_ref_update")  # crash tests: the commit landed, the client never hears of it
     return json_response({"success": True, "commitOid": sha, "commitUrl": f"{base_url(request)}/{repo.repo_id}/commit/{sha}",
                           "pullRequestUrl": None, "hookOutput": ""})
 

@@ -1,0 +1,195 @@
+"""The job store: one spool folder owned by one process — its journal, its staged files, per-hub job state.
+
+    <spool>/journal.jsonl         every job's progress (see `journal`)
+    <spool>/jobs/<job>/revision/  the converted revision, until every target has it
+    <spool>/jobs/<job>/source/    a snapshot of the checkpoint (`snapshot=True`), same lifetime
+    <spool>/spool.lock, owner.json   the lock held by the one process using this spool, and who it is
+
+Two processes working on one spool would process the same jobs and delete each other's folders, so
+opening a store takes an exclusive lock (`filelock`, released when the process ends however it ends);
+a second process gets `SpoolBusyError` naming the owner's pid. All access to the job records goes
+through the store's lock, so the worker thread and `publish()` never see a dict half-changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from ..errors import SpoolBusyError
+from ..hub_client import HubTarget
+from .journal import JobRecord, Journal
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE = "spool.lock"
+OWNER_FILE = "owner.json"
+COMPACT_MIN_LINES = 200  # below this the journal is left as it is
+
+
+def default_spool(repo_id: str) -> Path:
+    """`HUBCKPT_SPOOL/<ns>--<name>`, else `~/.cache/hubckpt/spool/<ns>--<name>`."""
+    base = os.environ.get("HUBCKPT_SPOOL")
+    root = Path(base).expanduser() if base else Path.home() / ".cache" / "hubckpt" / "spool"
+    return root / repo_id.replace("/", "--")
+
+
+def _local_root(endpoint: str) -> str | None:
+    """The data folder of a hubckpt local hub at `endpoint` (None for other hubs or when it does not answer)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{endpoint}/api/hubckpt/health", timeout=2) as r:  # noqa: S310 - user's hub URL
+            root = json.loads(r.read()).get("root")
+            return str(root) if isinstance(root, str) and root else None
+    except (urllib.error.URLError, OSError, ValueError, AttributeError):
+        return None
+
+
+def target_key(target: HubTarget) -> str:
+    """Identity of a target in the journal: a local hub by its data folder (its port can change), else its URL."""
+    hub = target.hub
+    root = hub.root if hub.kind == "local" else (None if hub.is_huggingface_co else _local_root(hub.endpoint))
+    if root:
+        return f"local:{Path(root).resolve()}/{target.repo_id}"
+    return f"{hub.endpoint.rstrip('/')}/{target.repo_id}"
+
+
+def read_owner(spool: Path) -> dict[str, Any]:
+    try:
+        return json.loads((spool / OWNER_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class JobStore:
+    """Journal + spool folders + the spool lock + every job's per-target state."""
+
+    def __init__(self, spool: Path, *, lock: bool = True) -> None:
+        self.spool = spool
+        (spool / "jobs").mkdir(parents=True, exist_ok=True)
+        self._file_lock = None
+        if lock:
+            self._acquire()
+        self.journal = Journal(spool / "journal.jsonl")
+        self._lock = threading.RLock()
+        self._jobs: dict[str, JobRecord] = self.journal.replay()
+        if lock and self.journal.lines >= COMPACT_MIN_LINES and self.journal.lines > 2 * len(self._jobs):
+            self.journal.compact(self._jobs)
+
+    # -- the lock -----------------------------------------------------------------------------------
+
+    def _acquire(self) -> None:
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.spool / LOCK_FILE), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            owner = read_owner(self.spool)
+            who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}" if owner else "another process"
+            raise SpoolBusyError(
+                f"The spool {self.spool} is in use by {who} (a running publisher, `hubckpt watch` or `resume`). "
+                "Wait for it to finish or stop it; two processes on one spool would publish the same jobs.",
+                pid=owner.get("pid")) from None
+        self._file_lock = lock
+        (self.spool / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+
+    def release(self) -> None:
+        """Give the spool up (idempotent)."""
+        if self._file_lock is not None:
+            (self.spool / OWNER_FILE).unlink(missing_ok=True)
+            self._file_lock.release()
+            self._file_lock = None
+
+    # -- records ------------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def records(self) -> list[JobRecord]:
+        """Every job, in job-id (step) order."""
+        with self._lock:
+            return [self._jobs[k] for k in sorted(self._jobs)]
+
+    def update(self, job_id: str, change: Callable[[JobRecord], None], event: str, **fields: Any) -> JobRecord:
+        """Record `event` in the journal (durable first), then apply `change` to the job in memory."""
+        self.journal.append(event, job_id, **fields)
+        with self._lock:
+            record = self._jobs.setdefault(job_id, JobRecord(job_id))
+            change(record)
+            return record
+
+    def capture(self, job_id: str, captured: dict[str, Any]) -> JobRecord:
+        """A new job (or a finished/failed one opened again): previous progress is forgotten."""
+        self.journal.append("captured", job_id, **captured)
+        with self._lock:
+            record = JobRecord(job_id, captured=dict(captured))
+            self._jobs[job_id] = record
+            return record
+
+    def converted(self, job_id: str, digest: str) -> None:
+        self.update(job_id, lambda r: setattr(r, "manifest_sha256", digest), "converted", manifest_sha256=digest)
+
+    def unstaged(self, job_id: str) -> None:
+        self.update(job_id, lambda r: setattr(r, "manifest_sha256", None), "unstaged")
+
+    def committed(self, job_id: str, target: str, commit: str) -> None:
+        self.update(job_id, lambda r: r.committed.__setitem__(target, commit), "committed", target=target, commit=commit)
+
+    def indexed(self, job_id: str, target: str) -> None:
+        self.update(job_id, lambda r: r.indexed.add(target), "indexed", target=target)
+
+    def published(self, job_id: str, target: str) -> None:
+        self.update(job_id, lambda r: r.published.add(target), "published", target=target)
+
+    def mark_final(self, job_id: str) -> None:
+        self.update(job_id, lambda r: r.captured.__setitem__("final", True), "final")
+
+    def failed(self, job_id: str, error: str, *, retryable: bool) -> None:
+        def change(r: JobRecord) -> None:
+            r.failed, r.retryable = error, retryable
+        self.update(job_id, change, "failed", error=error, retryable=retryable)
+
+    def retry(self, job_id: str) -> None:
+        def change(r: JobRecord) -> None:
+            r.failed, r.retryable, r.dropped = None, False, False
+        self.update(job_id, change, "retry")
+
+    def drop(self, job_id: str) -> None:
+        self.update(job_id, lambda r: setattr(r, "dropped", True), "dropped")
+        self.remove_files(job_id)
+
+    # -- what is left to do --------------------------------------------------------------------------
+
+    def unfinished(self, targets: Iterable[str]) -> list[JobRecord]:
+        """Jobs to resume for these targets: not finished everywhere, not dropped, not failed for good."""
+        keys = list(targets)
+        return [r for r in self.records() if r.captured and not r.dropped and not r.finished_for(keys)
+                and (r.failed is None or r.retryable)]
+
+    def failures(self) -> list[JobRecord]:
+        """Jobs that failed for a reason of their own; they wait for `hubckpt jobs --retry/--drop`."""
+        return [r for r in self.records() if r.failed is not None and not r.retryable and not r.dropped]
+
+    # -- spool folders ------------------------------------------------------------------------------
+
+    def folder(self, job_id: str) -> Path:
+        return self.spool / "jobs" / job_id
+
+    def revision_folder(self, job_id: str) -> Path:
+        return self.folder(job_id) / "revision"
+
+    def remove_files(self, job_id: str) -> None:
+        shutil.rmtree(self.folder(job_id), ignore_errors=True)
+
+
+__all__ = ["JobStore", "default_spool", "target_key", "read_owner"]

@@ -1,0 +1,279 @@
+"""The stages of a publish job — convert, commit, index, retain — each taking a job and (but convert) a target.
+
+Every stage is idempotent and asks the hub, not only the journal, what is already there: a revision
+is published on a hub when that hub's index lists it (live, same content digest) and its branch points
+at the commit the index records. So a second hub, or a repo deleted and created again, is published in
+full, and a stage interrupted by a kill is finished (or found finished) by the next attempt.
+
+Retention deletes a branch *before* the index marks it pruned (a crash in between leaves a live entry
+whose branch is gone, which the next retention pass marks); entries an older version marked pruned
+while their branch survived are deleted then too. Tags `best` and `final` are reconciled with the index
+after every index change. The Hub has no atomic tag move: moving a tag is a delete followed at once by
+a create, and a kill between the two is repaired by the next pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..cards import CardOptions, render_revision_card
+from ..checkpoint import MANIFEST_FILE, Checkpoint
+from ..errors import PublishError, RevisionCollisionError
+from ..faults import fault
+from ..hub_client import HubTarget, manifest_digest
+from ..revisions import RevisionIndex, RevisionInfo, best_revision, manifest_metrics
+from .jobs import JobStore
+from .journal import JobRecord
+from .layout import CARD_FILE, final_files_to_replace, main_files
+from .policies import Retention
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Settings:
+    """What every stage needs to know about the run (the Publisher's options)."""
+    repo_id: str
+    retention: Retention
+    card: CardOptions
+    monitor: str | None = None
+    mode: str = "min"
+    max_shard_size: int | str = "5GB"
+    allow_globals: list[str] = field(default_factory=list)
+    include_training_state: bool = True
+
+
+@dataclass
+class HubView:
+    """One hub's state of the repo, read with two requests."""
+    index: RevisionIndex
+    branches: dict[str, str]
+    tags: dict[str, str]
+
+    def holds(self, name: str, digest: str | None) -> str | None:
+        """The commit of revision `name` if this hub has it complete with content `digest`."""
+        info = self.index.get(name)
+        if info is None or info.pruned or info.commit is None or self.branches.get(name) != info.commit:
+            return None
+        return info.commit if digest is None or info.manifest_sha256 == digest else None
+
+    def pruned(self, name: str, digest: str | None) -> bool:
+        """This hub had revision `name` with content `digest`, and retention pruned it: nothing to publish again."""
+        info = self.index.get(name)
+        if info is None or digest is None or info.manifest_sha256 != digest:
+            return False
+        # Listed live but its branch is gone: a retention pass (or `hubckpt prune`) died between deleting
+        # the branch and marking it; the next pass marks it.
+        return info.pruned or (info.commit is not None and name not in self.branches)
+
+
+def read_view(target: HubTarget) -> HubView:
+    index, _ = target.read_index()
+    branches, tags = target.refs()
+    return HubView(index, branches, tags)
+
+
+def source_signature(path: str | Path | None) -> str | None:
+    """Cheap identity of a checkpoint on disk (names, sizes, mtimes): unchanged files → same signature."""
+    if not path:
+        return None
+    path = Path(path)
+    try:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        parts = [(p.relative_to(path).as_posix() if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                 for p in files]
+    except OSError:
+        return None
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+
+
+# -- convert ----------------------------------------------------------------------------------------
+
+def convert(settings: Settings, store: JobStore, record: JobRecord, payload: dict[str, Any]) -> dict:
+    """The job's verified safetensors + checkpoint.json in the spool (reused if already staged); its manifest."""
+    from ..conversion import convert_checkpoint
+    from ..readers import read_checkpoint
+
+    folder = store.revision_folder(record.job)
+    if record.manifest_sha256 is not None:
+        if (folder / MANIFEST_FILE).is_file() and folder_digest(folder) == record.manifest_sha256:
+            return json.loads((folder / MANIFEST_FILE).read_text())
+        logger.info("%s: the spool no longer holds its converted files; converting again", record.revision)
+        store.unstaged(record.job)
+    captured = record.captured
+    source = captured.get("source")
+    if source and Path(source).exists():
+        ckpt = read_checkpoint(source, allow_globals=settings.allow_globals)
+    elif "weights" in payload:
+        ckpt = Checkpoint(source=Path(captured["revision"]), source_format="live", weights=payload["weights"],
+                          training_state=payload.get("training_state") or {})
+    elif source:
+        raise PublishError(f"Cannot publish {record.revision}: its checkpoint {source} no longer exists and the spool "
+                           "does not hold its converted files any more. Publish it again from a copy "
+                           f"(or drop the job: hubckpt jobs {settings.repo_id} --drop {record.revision}).")
+    else:
+        raise PublishError(f"Cannot publish {record.revision}: it was captured from live tensors in memory, and the "
+                           "process stopped before they were written to the spool. Publish that step again "
+                           f"from the training loop, or drop the job: hubckpt jobs {settings.repo_id} --drop "
+                           f"{record.revision}.")
+    ckpt.step = captured["step"]
+    for key in ("epoch", "tokens"):
+        if captured.get(key) is not None:
+            setattr(ckpt, key, captured[key])
+    ckpt.metrics = {**ckpt.metrics, **captured.get("metrics", {})}
+    ckpt.companions += [Path(c) for c in captured.get("companions", [])]
+    if not settings.include_training_state:
+        ckpt.training_state = {}
+    if ckpt.best and ckpt.best.get("metric") and settings.monitor is None:
+        settings.monitor, settings.mode = ckpt.best["metric"], ckpt.best.get("mode", "min")
+    convert_checkpoint(ckpt, folder, max_shard_size=settings.max_shard_size, overwrite=True)
+    digest = folder_digest(folder)
+    store.converted(record.job, digest)
+    fault("publish.after_convert")
+    return json.loads((folder / MANIFEST_FILE).read_text())
+
+
+def folder_digest(folder: Path) -> str:
+    return manifest_digest(json.loads((folder / MANIFEST_FILE).read_text()))
+
+
+def revision_info(captured: dict, manifest: dict, *, commit: str | None, digest: str | None = None) -> RevisionInfo:
+    size = sum(f["size"] for f in manifest.get("files", []) if not f["path"].startswith("training_state/"))
+    return RevisionInfo(name=captured["revision"], step=captured["step"], commit=commit, epoch=manifest.get("epoch"),
+                        tokens=manifest.get("tokens"), metrics=manifest_metrics(manifest),
+                        size=size, date=captured.get("captured_at"), source_format=manifest["source"]["format"],
+                        manifest_sha256=digest, final=bool(captured.get("final")))
+
+
+def revision_card(settings: Settings, target: HubTarget, record: JobRecord, manifest: dict, folder: Path,
+                  previous: str | None) -> bytes:
+    """This revision's README.md, rendered for `target` (its links point at that hub)."""
+    info = revision_info(record.captured, manifest, commit=None)
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != CARD_FILE)
+    return render_revision_card(repo_id=settings.repo_id, repo_url=target.repo_url, info=info, previous=previous,
+                                monitor=settings.monitor, mode=settings.mode, files=files,
+                                options=settings.card).encode()
+
+
+# -- commit -----------------------------------------------------------------------------------------
+
+def refuse_collision(index: RevisionIndex, target: HubTarget, name: str, digest: str | None) -> None:
+    existing = index.get(name)
+    if existing is not None and not existing.pruned and digest is not None \
+            and existing.manifest_sha256 not in (None, digest):
+        raise RevisionCollisionError(
+            f"{target.repo_id} on {target.hub.endpoint} already has a revision {name!r} with different content. "
+            "Choose another revision template or name (revision=... / --revision), pass replace=True to replace "
+            "it, or delete that branch first.")
+
+
+def commit(target: HubTarget, view: HubView, record: JobRecord, folder: Path, *, card: bytes,
+           replace: bool) -> str:
+    """The revision's one commit on its branch (started from the latest earlier live revision)."""
+    name, step = record.revision, record.step
+    earlier = [r for r in view.index.revisions
+               if r.step is not None and step is not None and r.step < step and not r.pruned
+               and r.name in view.branches and r.name != name]
+    start = earlier[-1].name if earlier else "main"
+    return target.commit_revision(name, folder, start_from=start, message=f"Checkpoint {name} (step {step})",
+                                  manifest_sha256=record.manifest_sha256, replace=replace,
+                                  extra_files={CARD_FILE: card})
+
+
+# -- index ------------------------------------------------------------------------------------------
+
+def index(settings: Settings, target: HubTarget, record: JobRecord, manifest: dict, commit_sha: str, folder: Path,
+          *, replace: bool) -> RevisionIndex:
+    """List the revision in revisions.json on `main` (and the final revision's files there); return the index."""
+    name = record.revision
+    final = bool(record.captured.get("final"))
+    digest = record.manifest_sha256
+
+    def mutate(current: RevisionIndex):
+        if not replace:
+            refuse_collision(current, target, name, digest)  # again: another writer may have raced us
+        current.upsert(revision_info(record.captured, manifest, commit=commit_sha, digest=digest))
+        if current.monitor is None and settings.monitor:
+            current.monitor, current.mode = settings.monitor, settings.mode
+        current.best = best_revision(current) or current.best
+        if final:
+            current.final = name
+        files = main_files(target, current, settings.card, has_config=(folder / "config.json").is_file())
+        deletes: list[str] = []
+        if final:  # old model files from an earlier final must not mix with the new ones
+            ours = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+            deletes = final_files_to_replace(target.list_files("main"), ours)
+        return files, (folder if final else None), deletes, f"Index {name} (step {record.step})"
+
+    _, updated = target.update_main(mutate)
+    return updated
+
+
+# -- retain and tags --------------------------------------------------------------------------------
+
+def retire(target: HubTarget, names: list[str], card: CardOptions, *, has_config: bool,
+           confirm: Callable[[RevisionIndex], set[str]] | None = None) -> list[str]:
+    """Delete the branches of `names`, then mark them pruned in the index; return what was deleted.
+
+    `confirm(index)` (re-read just before deleting) narrows `names` to what is still to prune, so a
+    branch that became kept meanwhile (another writer moved `best`, changed the index) is left alone.
+    Live entries whose branch is already gone (a previous pass killed after deleting) are marked too.
+    """
+    view = read_view(target)
+    wanted = [n for n in names if n in view.branches and (confirm is None or n in confirm(view.index))]
+    protected = {view.index.best, view.index.final}
+    wanted = [n for n in wanted if n not in protected]
+    for name in wanted:
+        logger.info("retention: deleting branch %s of %s", name, target.repo_id)
+        target.delete_branch(name)
+        fault("publish.retain.after_delete")
+    branches = target.branches() if wanted else view.branches
+    gone = {r.name for r in view.index.live() if r.name not in branches}
+    leftovers = [r.name for r in view.index.revisions if r.pruned and r.name in branches]
+    for name in leftovers:  # marked pruned by an older version that died before deleting
+        target.delete_branch(name)
+    if gone:
+        def mutate(current: RevisionIndex):
+            marked = [r for r in current.revisions if r.name in gone and not r.pruned]
+            for r in marked:
+                r.pruned = True
+            current.best = best_revision(current)
+            return main_files(target, current, card, has_config=has_config), None, [], \
+                f"Prune {len(marked)} revision(s)"
+
+        target.update_main(mutate)
+    return wanted
+
+
+def retain(settings: Settings, target: HubTarget, current: RevisionIndex, *, has_config: bool) -> RevisionIndex:
+    """Apply the retention policy to `current` (the index just written), then put the tags right."""
+    if settings.retention.active:
+        plan = settings.retention.to_prune(current)
+        if plan or any(r.pruned for r in current.revisions):
+            retire(target, plan, settings.card, has_config=has_config,
+                   confirm=lambda idx: set(settings.retention.to_prune(idx)))
+            reconcile_tags(target)
+            return current
+    reconcile_tags(target, current)
+    return current
+
+
+def reconcile_tags(target: HubTarget, index: RevisionIndex | None = None) -> None:
+    """`best` and `final` point at the heads of the revisions the index names (read from the hub if not given)."""
+    if index is None:
+        view = read_view(target)
+    else:
+        branches, tags = target.refs()
+        view = HubView(index, branches, tags)
+    for tag, name in (("best", view.index.best), ("final", view.index.final)):
+        if name and name in view.branches and view.tags.get(tag) != view.branches[name]:
+            target.move_tag(tag, name)
+
+
+__all__ = ["Settings", "HubView", "read_view", "source_signature", "convert", "folder_digest", "revision_info",
+           "revision_card", "refuse_collision", "commit", "index", "retire", "retain", "reconcile_tags"]

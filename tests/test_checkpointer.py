@@ -189,3 +189,45 @@ def test_restore_before_anything_is_published_returns_none(local_hub, tmp_path):
         assert ckpt.restore() is None
         with pytest.raises(hubckpt.HubConfigError, match="JSON"):
             ckpt.save(1, extra={"bad": object()})
+
+
+def crashing_run(repo_id: str, endpoint: str, spool: str) -> None:
+    """Subprocess: saves steps 2 and 4; HUBCKPT_FAULT kills it after step 2's commit, before its index."""
+    import hubckpt
+
+    seed_everything(0)
+    model, optimizer, scheduler = make(seed=0)
+    ckpt = hubckpt.Checkpointer(repo_id, model=model, optimizer=optimizer, scheduler=scheduler, hub=endpoint,
+                                spool_dir=spool)
+    train(model, optimizer, scheduler, 0, 2)
+    ckpt.save(2)
+    train(model, optimizer, scheduler, 2, 4)
+    ckpt.save(4)
+    ckpt.wait()
+    raise SystemExit("the fault point was not reached")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_run_killed_while_publishing_resumes_and_publishes_each_step_once(local_hub, api, tmp_path, one_thread):
+    import hubckpt
+
+    repo_id, spool = "alice/checkpointer-crash", tmp_path / "spool"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HUBCKPT_FAULT": "publish.after_commit:kill"}
+    code = f"from tests.test_checkpointer import crashing_run as r; r({repo_id!r}, {local_hub.url!r}, {str(spool)!r})"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=150)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+
+    seed_everything(1)
+    model, optimizer, scheduler = make(seed=1)
+    with hubckpt.Checkpointer(repo_id, model=model, optimizer=optimizer, scheduler=scheduler, hub=local_hub.url,
+                              spool_dir=spool) as ckpt:
+        resumed = ckpt.restore()  # finishes step 2 from the journal first; step 4 was only in memory
+        assert resumed.step == 2
+        assert ckpt.save(2).result().skipped
+        train(model, optimizer, scheduler, 2, 4)
+        ckpt.save(4)
+    index = json.loads(Path(api.hf_hub_download(repo_id, "revisions.json")).read_text())
+    assert [r["step"] for r in index["revisions"]] == [2, 4]
+    commits = api.list_repo_commits(repo_id, revision="step-0000002")
+    assert sum(1 for c in commits if "step-0000002" in c.title) == 1

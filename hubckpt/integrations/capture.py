@@ -92,7 +92,7 @@ class StagingSet:
 class StagingPool:
     """`sets` staging sets, pre-faulted by one background thread."""
 
-    def __init__(self, sets: int = 1) -> None:
+    def __init__(self, sets: int = 1, on_start=None) -> None:
         if sets < 1:
             raise ValueError("staging sets must be at least 1")
         self._sets = [StagingSet(i) for i in range(sets)]
@@ -101,6 +101,7 @@ class StagingPool:
         self._cond = threading.Condition()
         self._todo: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
+        self._on_start = on_start  # run first on the background thread (e.g. to lower its priority)
 
     # -- ahead of need (background) ---------------------------------------------------------------
 
@@ -114,6 +115,8 @@ class StagingPool:
         self._todo.put(spec)
 
     def _run(self) -> None:
+        if self._on_start is not None:
+            self._on_start()
         while True:
             spec = self._todo.get()
             try:

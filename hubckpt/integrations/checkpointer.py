@@ -25,12 +25,14 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 import queue
 import threading
 import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
+from ..conversion.training_state import capture_rng
 from ..errors import HubConfigError
 from .capture import StagingPool, StagingSet, capture, spec_of, synchronize
 
@@ -61,12 +63,16 @@ class Checkpointer:
         monitor, mode: the metric deciding the `best` tag, "min" or "max".
         staging_sets: buffer sets for captures in flight (each the size of the whole state). With 1, a
             save waits while the previous one is still being written to the spool.
+        nice: how much lower the CPU priority of the background threads (staging, hand-off, the
+            publisher's worker and every thread it starts) is than the training loop's (Linux nice
+            increment; 0 = the same). Where cores are scarce, training keeps them and publishing uses
+            what is left.
         **publisher_options: passed to `hubckpt.Publisher` (keep_last, revision_template, token, ...).
     """
 
     def __init__(self, repo_id: str, *, model: "torch.nn.Module", optimizer: "torch.optim.Optimizer | None" = None,
                  scheduler: Any = None, scaler: Any = None, hub: Any = None, every: int | None = None,
-                 monitor: str | None = None, mode: str = "min", staging_sets: int = 1,
+                 monitor: str | None = None, mode: str = "min", staging_sets: int = 1, nice: int = 10,
                  **publisher_options: Any) -> None:
         from ..publishing import Publisher
 
@@ -77,8 +83,11 @@ class Checkpointer:
         self.every = every
         self._hub = hub[0] if isinstance(hub, list) else hub
         self._token = publisher_options.get("token")
-        self.publisher: Publisher = Publisher(repo_id, hub=hub, monitor=monitor, mode=mode, **publisher_options)
-        self._pool = StagingPool(staging_sets)
+        self.nice = nice
+        # Created on a lowered-priority thread: the publisher's worker (and the threads it starts) inherit it.
+        self.publisher: Publisher = in_background_priority(
+            lambda: Publisher(repo_id, hub=hub, monitor=monitor, mode=mode, **publisher_options), nice)
+        self._pool = StagingPool(staging_sets, on_start=lambda: lower_priority(nice))
         self._pool.prefault(spec_of(model.state_dict(), "model"))
         self._optimizer_prefaulted = False
         self._hook = optimizer.register_step_post_hook(self._after_step) if optimizer is not None else None
@@ -152,8 +161,6 @@ class Checkpointer:
 
     def _capture(self, staging_set: StagingSet, step: int, tokens: int | None, epoch: float | None,
                  extra: Any) -> tuple[dict, dict]:
-        from ..conversion.training_state import capture_rng
-
         weights = capture(self.model.state_dict(), staging_set, "model")
         state: dict[str, Any] = {}
         if self.optimizer is not None:
@@ -170,6 +177,7 @@ class Checkpointer:
         return weights, state
 
     def _run(self) -> None:
+        lower_priority(self.nice)
         while True:
             item = self._handoff.get()
             if item is None:
@@ -278,6 +286,36 @@ class Checkpointer:
         self._published.update(self._published_steps())
         return restore(self.repo_id, revision, step=step, model=self.model, optimizer=self.optimizer,
                        scheduler=self.scheduler, scaler=self.scaler, hub=self._hub, token=self._token, strict=strict)
+
+
+def lower_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by `nice` (Linux: per thread; threads it starts inherit it)."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError as e:  # not permitted / not supported: publishing still works, at normal priority
+        logger.debug("could not lower the background threads' priority: %s", e)
+
+
+def in_background_priority(make, nice: int):
+    """`make()` run on a short-lived thread of lowered priority, so the threads it starts inherit that."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        lower_priority(nice)
+        try:
+            box["value"] = make()
+        except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=run, name="hubckpt-start")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _chain(inner: Future, outer: Future) -> None:

@@ -211,14 +211,19 @@ class Checkpointer:
 
     # -- lifecycle --------------------------------------------------------------------------------
 
-    def wait(self) -> None:
-        """Block until everything saved so far is published; re-raise the first failure."""
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until everything saved so far is published; re-raise the first failure.
+
+        With `timeout`, `PublishError` after that many seconds (the jobs go on)."""
         self._handoff.join()
         self._raise_if_failed()
-        self.publisher.wait()
+        self.publisher.wait(timeout)
 
-    def close(self) -> None:
-        """Publish everything saved, stop the background threads, re-raise a failure."""
+    def close(self, timeout: float | None = None) -> None:
+        """Publish everything saved, stop the background threads, re-raise a failure.
+
+        With `timeout`, stop waiting after that many seconds: what is unfinished stays in the journal
+        for the next start (`PublishError` says so)."""
         if self._closed:
             return
         self._closed = True
@@ -230,7 +235,7 @@ class Checkpointer:
             if self._hook is not None:
                 self._hook.remove()
         self._raise_if_failed()
-        self.publisher.close()
+        self.publisher.close(timeout)
 
     def __enter__(self) -> "Checkpointer":
         return self

@@ -16,6 +16,7 @@ and the time from `save()` until the revision is visible (committed and indexed)
 The local hub runs as its own process (as `hub="local"` starts it), on the same two cores.
 
 Usage:  .venv/bin/python bench/checkpointer.py [--n-embd 1024] [--layers 8] [--saves 5] [--skip-trainer]
+        [--nice 10] [--server-nice 0] [--threads 0] [--only-checkpointer]
 """
 
 from __future__ import annotations
@@ -203,13 +204,20 @@ def main() -> None:
     parser.add_argument("--saves", type=int, default=5)
     parser.add_argument("--skip-trainer", action="store_true")
     parser.add_argument("--nice", type=int, default=10, help="Checkpointer(nice=...) for its background threads")
+    parser.add_argument("--server-nice", type=int, default=0, help="start the local hub at this nice value")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for training (0: torch's default)")
+    parser.add_argument("--only-checkpointer", action="store_true", help="skip the (b), (c), (d) comparisons")
     args = parser.parse_args()
 
     import torch
 
     from hubckpt.hubs import ensure_local_hub
 
-    hub = ensure_local_hub(WORK / "hub")
+    from hubckpt.integrations.checkpointer import in_background_priority
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    hub = in_background_priority(lambda: ensure_local_hub(WORK / "hub"), args.server_nice)
     try:
         import hubckpt
 
@@ -225,9 +233,10 @@ def main() -> None:
         measured = bench_checkpointer(run, args.saves, hub, args.nice)
         floor, ckpt_stalls, visible = measured["floor"], measured["stall"], measured["visible"]
         rates, idle_rates = measured["during"], measured["idle"]
-        dcp_stalls = bench_dcp(run, args.saves)
-        sync = bench_sync(run, args.saves, hub)
-        trainer = [] if args.skip_trainer else bench_trainer(run, args.saves, hub)
+        skip = args.only_checkpointer
+        dcp_stalls = [] if skip else bench_dcp(run, args.saves)
+        sync = [] if skip else bench_sync(run, args.saves, hub)
+        trainer = [] if args.skip_trainer or skip else bench_trainer(run, args.saves, hub)
         f = statistics.median(floor)
 
         def row(name: str, xs: list[float]) -> None:
@@ -243,10 +252,12 @@ def main() -> None:
         row("(d) DCP async_save, reusing DefaultStager", dcp_stalls)
         row("(b) save_pretrained + torch.save + upload_folder", sync)
         row("(c) Trainer push_to_hub every_save", trainer)
-        print(f"\nCheckpointer vs (b) synchronous: {statistics.median(sync) / statistics.median(ckpt_stalls):.0f}x less stall"
-              f"; first save {ckpt_stalls[0] / f:.2f}x floor, worst {max(ckpt_stalls) / f:.2f}x floor")
+        if sync:
+            print(f"\nCheckpointer vs (b) synchronous: {statistics.median(sync) / statistics.median(ckpt_stalls):.0f}x "
+                  "less stall")
+        print(f"first save {ckpt_stalls[0] / f:.2f}x floor, worst {max(ckpt_stalls) / f:.2f}x floor")
         ratios = [r / i for r, i in zip(rates, idle_rates) if r == r]
-        print(f"training steps/s (Checkpointer nice={args.nice}) while a publish runs in the background: {fmt(rates)}; "
+        print(f"training steps/s (Checkpointer nice={args.nice}, local hub nice={args.server_nice}) while a publish runs in the background: {fmt(rates)}; "
               f"right after, with none: "
               f"{fmt(idle_rates)}; ratio median {statistics.median(ratios or [float('nan')]):.2f}x "
               f"(per save: {' '.join(f'{x:.2f}' for x in ratios)})")

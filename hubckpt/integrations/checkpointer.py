@@ -81,12 +81,12 @@ class Checkpointer:
         self.repo_id = repo_id
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.every = every
-        self._hub = hub[0] if isinstance(hub, list) else hub
-        self._token = publisher_options.get("token")
         self.nice = nice
         # Created on a lowered-priority thread: the publisher's worker (and the threads it starts) inherit it.
         self.publisher: Publisher = in_background_priority(
             lambda: Publisher(repo_id, hub=hub, monitor=monitor, mode=mode, **publisher_options), nice)
+        first = self.publisher.targets[0]  # reads (what is published, restore) go to the first hub
+        self._hub, self._token = first.hub, first.token
         self._pool = StagingPool(staging_sets, on_start=lambda: lower_priority(nice))
         self._pool.prefault(spec_of(model.state_dict(), "model"))
         self._optimizer_prefaulted = False

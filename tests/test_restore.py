@@ -150,3 +150,23 @@ def test_a_checkpointer_revision_pulled_as_trainer_checkpoint_has_plain_files(lo
     assert set(rng) >= {"python", "numpy", "cpu"} and isinstance(rng["numpy"][1], list)
     assert json.loads((folder / "trainer_state.json").read_text())["global_step"] == 20
     assert (folder / "model.safetensors").is_file() and not (folder / "training_state").exists()
+
+
+def test_grad_scaler_and_loop_state_round_trip(local_hub, tmp_path):
+    repo_id = "alice/restore-scaler"
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
+    scaler.scale(torch.tensor(1.0))
+    scaler.update(512.0)  # a scale the default constructor would not have
+    with hubckpt.Checkpointer(repo_id, model=model, optimizer=optimizer, scaler=scaler, hub=local_hub.url,
+                              spool_dir=tmp_path / "spool") as ckpt:
+        _step(model, optimizer)
+        ckpt.save(3, tokens=3000, epoch=0.5, extra={"sampler": [1, 2, 3]}, metrics={"loss": 2.0})
+    fresh = torch.amp.GradScaler("cpu")
+    result = hubckpt.restore(repo_id, model=_model(9), optimizer=torch.optim.SGD(_model(9).parameters(), lr=0.1,
+                                                                                  momentum=0.9), scaler=fresh,
+                             hub=local_hub.url, strict=False)
+    assert fresh.state_dict() == scaler.state_dict() and fresh.get_scale() == 512.0
+    assert (result.step, result.tokens, result.epoch, result.extra) == (3, 3000, 0.5, {"sampler": [1, 2, 3]})
+    assert "scaler" in result.parts and result.metrics == {"loss": 2.0}

@@ -203,7 +203,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--saves", type=int, default=5)
     parser.add_argument("--skip-trainer", action="store_true")
-    parser.add_argument("--nice", type=int, default=10, help="Checkpointer(nice=...) for its background threads")
+    parser.add_argument("--nice", type=int, default=10, help="Checkpointer(nice=...) for its background threads "
+                        "(the figures in bench/README.md; the library's default is 0)")
     parser.add_argument("--server-nice", type=int, default=0, help="start the local hub at this nice value")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for training (0: torch's default)")
     parser.add_argument("--only-checkpointer", action="store_true", help="skip the (b), (c), (d) comparisons")

@@ -65,14 +65,15 @@ class Checkpointer:
             save waits while the previous one is still being written to the spool.
         nice: how much lower the CPU priority of the background threads (staging, hand-off, the
             publisher's worker and every thread it starts) is than the training loop's (Linux nice
-            increment; 0 = the same). Where cores are scarce, training keeps them and publishing uses
-            what is left.
+            increment; 0 = the same, the default). Where cores are scarce this leaves them to training,
+            but a low-priority thread holding the GIL can also make the training thread wait for it:
+            measure before relying on it (bench/checkpointer.py --nice).
         **publisher_options: passed to `hubckpt.Publisher` (keep_last, revision_template, token, ...).
     """
 
     def __init__(self, repo_id: str, *, model: "torch.nn.Module", optimizer: "torch.optim.Optimizer | None" = None,
                  scheduler: Any = None, scaler: Any = None, hub: Any = None, every: int | None = None,
-                 monitor: str | None = None, mode: str = "min", staging_sets: int = 1, nice: int = 10,
+                 monitor: str | None = None, mode: str = "min", staging_sets: int = 1, nice: int = 0,
                  **publisher_options: Any) -> None:
         from ..publishing import Publisher
 

@@ -184,3 +184,27 @@ def test_random_kills_then_a_clean_run_publish_everything_exactly_once(local_hub
     assert clean.returncode == 0, f"seed {seed}: {clean.stderr}\n{log}"
     _assert_published(api, live_repo, LIVE_STEPS, {2, 4, 5}, _live_weights, tmp_path / "c2", best=2, final=5)
     print("\n".join(log))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_kill_during_retention_then_resume_deletes_what_it_pruned(local_hub, tmp_path):
+    """Bug: the index marked revisions pruned before deleting their branches; a kill left the branches forever."""
+    run = _make_run(tmp_path / "run")
+    repo_id = "alice/crash-retention"
+    args = ["publish", str(run), "--repo", repo_id, "--hub", local_hub.url, "--spool", str(tmp_path / "spool"),
+            "--keep-last", "1"]
+    killed = subprocess.run([sys.executable, "-m", "hubckpt", *args], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "HUBCKPT_FAULT": "publish.retain.after_delete:kill"})
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    api = HfApi(endpoint=local_hub.url, token="x")
+    index = _index(api, repo_id, tmp_path / "c0")
+    branches = {b.name for b in api.list_repo_refs(repo_id).branches}
+    assert all(r.name in branches for r in index.revisions if r.pruned)  # never marked before it is deleted
+
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    index = _index(api, repo_id, tmp_path / "c1")
+    assert [(r.name, r.pruned) for r in index.revisions] == [
+        ("step-0000001", True), ("step-0000002", True), ("step-0000003", False)]
+    assert {b.name for b in api.list_repo_refs(repo_id).branches} == {"main", "step-0000003"}

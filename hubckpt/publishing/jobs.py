@@ -80,7 +80,7 @@ class JobStore:
             self._acquire()
         self.journal = Journal(spool / "journal.jsonl")
         self._lock = threading.RLock()
-        self._jobs: dict[str, JobRecord] = self.journal.replay()
+        self._jobs: dict[str, JobRecord] = self.journal.replay(repair=lock)
         if lock and self.journal.lines >= COMPACT_MIN_LINES and self.journal.lines > 2 * len(self._jobs):
             self.journal.compact(self._jobs)
 
@@ -95,10 +95,12 @@ class JobStore:
         except Timeout:
             owner = read_owner(self.spool)
             who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}" if owner else "another process"
-            raise SpoolBusyError(
-                f"The spool {self.spool} is in use by {who} (a running publisher, `hubckpt watch` or `resume`). "
-                "Wait for it to finish or stop it; two processes on one spool would publish the same jobs.",
-                pid=owner.get("pid")) from None
+            if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+                hint = "another Publisher of this process holds it: close() that one first"
+            else:
+                hint = ("a running publisher, `hubckpt watch` or `resume`: wait for it to finish or stop it; two "
+                        "processes on one spool would publish the same jobs")
+            raise SpoolBusyError(f"The spool {self.spool} is in use by {who} ({hint}).", pid=owner.get("pid")) from None
         self._file_lock = lock
         (self.spool / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
 
@@ -129,7 +131,11 @@ class JobStore:
             return record
 
     def capture(self, job_id: str, captured: dict[str, Any]) -> JobRecord:
-        """A new job (or a finished/failed one opened again): previous progress is forgotten."""
+        """A new job (or a finished/failed one opened again): previous progress is forgotten.
+
+        Files an earlier capture of the job left staged go first, so what is staged is always this capture's.
+        """
+        shutil.rmtree(self.revision_folder(job_id), ignore_errors=True)
         self.journal.append("captured", job_id, **captured)
         with self._lock:
             record = JobRecord(job_id, captured=dict(captured))
@@ -150,6 +156,10 @@ class JobStore:
 
     def published(self, job_id: str, target: str) -> None:
         self.update(job_id, lambda r: r.published.add(target), "published", target=target)
+
+    def done(self, job_id: str) -> None:
+        """Every target of this publisher has the job (a marker for readers of the journal; state is per target)."""
+        self.journal.append("done", job_id)
 
     def mark_final(self, job_id: str) -> None:
         self.update(job_id, lambda r: r.captured.__setitem__("final", True), "final")

@@ -13,7 +13,8 @@ Pipeline per checkpoint (DESIGN §6), each stage recorded in the journal and ide
               `best` / `final` follow the index.
 
 This module is the thin facade; the parts are `jobs` (journal + spool + lock + per-hub job state),
-`worker` (queue, Futures, liveness), `stages` (the stage functions) and `layout` (what `main` holds).
+`worker` (queue, Futures, liveness), `pipeline` (one job through the stages for every target),
+`stages` (the stage functions), `layout` (what `main` holds) and `capture` / `staging`.
 
 A job is published on a hub only when that hub has it (its index and refs are checked, not only the
 journal), so a second hub or a re-created repo gets everything. One ordered worker thread runs stages
@@ -27,13 +28,9 @@ the spool on the next `Publisher` start (or `hubckpt resume`), publishing each r
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import os
-import shutil
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -45,9 +42,11 @@ from ..hub_client import HubTarget, is_transient
 from ..hubs import Hub, resolve_hub, token_for
 from ..revisions import DEFAULT_TEMPLATE, check_template, render_revision_name, validate_revision_name
 from . import stages
+from .capture import clone_tree, peek_step, snapshot_into
 from .jobs import JobStore, default_spool, target_key
 from .journal import JobRecord
 from .layout import main_files
+from .pipeline import Pipeline, PublishedRevision
 from .policies import Retention
 from .staging import StagingPool
 from .worker import Worker
@@ -55,33 +54,8 @@ from .worker import Worker
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class PublishedRevision:
-    """What a finished publish job produced."""
-    repo_id: str
-    revision: str
-    step: int | None
-    commits: dict[str, str] = field(default_factory=dict)  # target → commit sha
-    skipped: bool = False  # every hub already had it: nothing new was done
-
-
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def peek_step(path: Path) -> tuple[int | None, int | None]:
-    """(step, tokens) of a checkpoint without reading its weights: trainer_state.json, else the name."""
-    from ..readers.weights_folder import step_from_name
-
-    state = path / "trainer_state.json"
-    if state.is_file():
-        try:
-            data = json.loads(state.read_text())
-            tokens = data.get("num_input_tokens_seen") or None
-            return data.get("global_step"), tokens
-        except (OSError, ValueError):
-            pass
-    return step_from_name(path.name), None
 
 
 class Publisher:
@@ -137,17 +111,20 @@ class Publisher:
         self.spool = Path(spool_dir) if spool_dir else default_spool(repo_id)
         self._store = JobStore(self.spool)
         self._payloads: dict[str, dict[str, Any]] = {}
-        self._replace: set[str] = set()
         self._staging = StagingPool(max_pending + 1)
-        self._error: BaseException | None = None
-        self._ready_targets: set[str] = set()
+        self._pipeline = Pipeline(self.settings, self._store, self.targets, self._keys, release=self._release_weights)
+        self._unreported: list[tuple[str, BaseException]] = []  # failed jobs, in order, not raised yet
         self._closed = False
-        self._worker = Worker(self._process, on_error=self._failed, max_pending=max_pending,
-                              on_exit=self._store.release)
-        for target in self.targets:
-            logger.info("publishing to %s", target.describe())
-        if resume:
-            self._resume()
+        try:
+            self._worker = Worker(self._process, on_error=self._failed, max_pending=max_pending,
+                                  on_exit=self._store.release)
+            for target in self.targets:
+                logger.info("publishing to %s", target.describe())
+            if resume:
+                self._resume()
+        except BaseException:
+            self._store.release()
+            raise
         failures = self._store.failures()
         if failures:
             logger.warning("%d failed job(s) in %s (%s); list, retry or drop them with `hubckpt jobs %s`",
@@ -166,6 +143,11 @@ class Publisher:
     @property
     def mode(self) -> str:
         return self.settings.mode
+
+    @property
+    def journal(self):
+        """The spool's journal (see `hubckpt.publishing.journal`)."""
+        return self._store.journal
 
     # -- public API -------------------------------------------------------------------------------------
 
@@ -209,7 +191,7 @@ class Publisher:
         name = revision or render_revision_name(self.revision_template, step=step, tokens=tokens, epoch=epoch)
         job_id = f"{step:012d}-{name}"
         if replace:
-            self._replace.add(job_id)
+            self._pipeline.replace.add(job_id)
 
         running = self._worker.future(job_id)
         if running is not None:  # the same step again (a final save after a periodic one): one job
@@ -221,13 +203,13 @@ class Publisher:
         signature = stages.source_signature(source)
         payload: dict[str, Any] = {}
         if state_dict is not None and release is not None:  # already staged by the caller: no second copy
-            payload.update(weights=dict(state_dict), release=release)
+            payload["weights"] = _CallerStaged(state_dict, release)
             if training_state:
                 payload["training_state"] = training_state
         elif state_dict is not None:
             payload["weights"] = self._staging.capture(state_dict)
             if training_state:
-                payload["training_state"] = _clone_tree(training_state)
+                payload["training_state"] = clone_tree(training_state)
         if record is not None and self._open(record):  # left unfinished by a process that stopped: carry on
             if payload and not (self._store.revision_folder(job_id) / MANIFEST_FILE).is_file():
                 self._payloads[job_id] = payload
@@ -237,7 +219,7 @@ class Publisher:
             future, _ = self._worker.submit(job_id, block=True)
             return future
         if source is not None and snapshot:
-            source = _snapshot(source, self._store.folder(job_id) / "source")
+            source = snapshot_into(source, self._store.folder(job_id) / "source")
         captured = {"revision": name, "step": step, "source": str(source) if source else None, "final": final,
                     "metrics": dict(metrics or {}), "epoch": epoch, "tokens": tokens,
                     "companions": [str(Path(c).resolve()) for c in companions], "captured_at": _now(),
@@ -268,10 +250,16 @@ class Publisher:
         self.raise_if_failed()
 
     def raise_if_failed(self) -> None:
-        """Raise the first failure of a job not reported yet (each failure is raised once)."""
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        """Raise the first failure of a job not reported yet.
+
+        Each failure is reported once: by its Future (if the caller looked at it) or by this call.
+        """
+        while self._unreported:
+            job_id, error = self._unreported.pop(0)
+            future = self._worker.last_future(job_id)
+            if not getattr(future, "observed", False):
+                self._unreported.clear()  # one failure per call; the rest were logged and stay in `hubckpt jobs`
+                raise error
 
     def close(self, timeout: float | None = None) -> None:
         """Finish queued jobs, stop the worker, give the spool up; re-raise a failure not reported yet.
@@ -375,144 +363,42 @@ class Publisher:
         # Raised to the caller (its Future, then the next publish/wait/close): logged at info, not printed twice.
         logger.info("publishing %s failed: %s", record.revision if record else job_id, error)
         self._store.failed(job_id, f"{type(error).__name__}: {error}", retryable=retryable)
-        if self._error is None:
-            self._error = error
-
-    def _prepare(self, target: HubTarget, key: str) -> None:
-        if key not in self._ready_targets:
-            target.ensure_repo()
-            self._ready_targets.add(key)
+        self._unreported.append((job_id, error))
 
     def _give_back(self, payload: dict[str, Any]) -> None:
-        """Staging buffers of a payload (ours, or the caller's via `release`) may be reused."""
+        """Staging buffers of a payload may be reused."""
         if "weights" in payload:
-            self._staging.release(payload.pop("weights"))
-        if "release" in payload:
-            payload.pop("release")()
+            self._release_weights(payload.pop("weights"))
+
+    def _release_weights(self, weights: dict) -> None:
+        """Our staging buffers back to the pool, or the caller's back to the caller (`publish(release=)`)."""
+        if isinstance(weights, _CallerStaged):
+            weights.release()
+        else:
+            self._staging.release(weights)
 
     def _process(self, job_id: str) -> PublishedRevision:
         payload = self._payloads.get(job_id, {})
         try:
-            return self._publish_job(job_id, payload)
+            return self._pipeline.run(job_id, payload)
         finally:
             self._payloads.pop(job_id, None)
             self._give_back(payload)
 
-    def _publish_job(self, job_id: str, payload: dict[str, Any]) -> PublishedRevision:
-        record = self._store.get(job_id)
-        if record is None or not record.captured:
-            raise PublishError(f"job {job_id} is not in the journal")
-        name, step = record.revision, record.step
-        replace = job_id in self._replace
-        commits: dict[str, str] = {}
-        views: dict[str, stages.HubView] = {}
-        expected = record.captured.get("expect_sha256")
-        if expected and record.manifest_sha256 is None and not replace:
-            for target, key in zip(self.targets, self._keys):
-                self._prepare(target, key)
-                views[key] = stages.read_view(target)
-                held = views[key].holds(name, expected)
-                if held is None and not views[key].pruned(name, expected):
-                    break
-                commits[target.key] = held or ""
-            else:  # every hub has it, and the files on disk did not change: nothing to convert
-                self._store.converted(job_id, expected)
-                for key in self._keys:
-                    self._store.published(job_id, key)
-                self._store.remove_files(job_id)
-                return PublishedRevision(self.repo_id, name, step, commits, skipped=True)
-        manifest = stages.convert(self.settings, self._store, record, payload)
-        self._give_back(payload)  # written to the spool: the staging buffers can be reused now
-        folder = self._store.revision_folder(job_id)
-        has_config = (folder / "config.json").is_file()
-        new_work = False
-        for target, key in zip(self.targets, self._keys):
-            if key in record.published:
-                commits[target.key] = record.committed.get(key, "")
-                continue
-            self._prepare(target, key)
-            view = views.get(key) or stages.read_view(target)
-            if view.pruned(name, record.manifest_sha256) and not replace:
-                logger.info("%s was published to %s and pruned since; not publishing it again", name,
-                            target.describe())
-                if not view.index.get(name).pruned:  # finish the interrupted pruning
-                    stages.retire(target, [], self.settings.card, has_config=has_config)
-                self._store.published(job_id, key)
-                commits[target.key] = ""
-                continue
-            held = view.holds(name, record.manifest_sha256)
-            if held is None and not replace:
-                stages.refuse_collision(view.index, target, name, record.manifest_sha256)
-            elif held is None and view.index.get(name) is not None:
-                logger.warning("replacing revision %s of %s (replace=True)", name, target.describe())
-            if held is not None:
-                commit, index = held, view.index
-                if key not in record.indexed:
-                    self._store.committed(job_id, key, commit)
-                    self._store.indexed(job_id, key)
-            else:
-                new_work = True
-                card = stages.revision_card(self.settings, target, record, manifest, folder,
-                                            self._previous_revision(step))
-                commit = stages.commit(target, view, record, folder, card=card, replace=replace)
-                fault("publish.after_commit")
-                self._store.committed(job_id, key, commit)
-                index = stages.index(self.settings, target, record, manifest, commit, folder, replace=replace)
-                fault("publish.after_index")
-                self._store.indexed(job_id, key)
-            stages.retain(self.settings, target, index, has_config=has_config)
-            fault("publish.after_retain")
-            self._store.published(job_id, key)
-            commits[target.key] = commit
-        self._store.remove_files(job_id)  # the converted revision and any source snapshot
-        self._replace.discard(job_id)
-        logger.info("%s %s on %s", "published" if new_work else "already had", name,
-                    ", ".join(t.describe() for t in self.targets))
-        return PublishedRevision(self.repo_id, name, step, commits, skipped=not new_work)
-
-    def _previous_revision(self, step: int | None) -> str | None:
-        """The revision captured before `step` (the card's "previous" link)."""
-        if step is None:
-            return None
-        earlier = sorted((r.step, r.revision) for r in self._store.records()
-                         if r.captured and r.step is not None and r.step < step and not r.dropped)
-        return earlier[-1][1] if earlier else None
 
 
-def _snapshot(source: Path, dest: Path) -> Path:
-    """Hard-link `source` (a file or folder) into `dest`; copy where links are impossible."""
-    import errno
+class _CallerStaged(dict):
+    """Tensors the caller staged itself (`publish(release=...)`): taken as they are; `release()` once, when
+    they are in the spool or the job ended."""
 
-    def link(src: str, dst: str) -> None:
-        try:
-            os.link(src, dst)
-        except OSError as e:
-            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-                raise
-            shutil.copy2(src, dst)
+    def __init__(self, tensors: dict, release: Callable[[], None]) -> None:
+        super().__init__(tensors)
+        self._release: Callable[[], None] | None = release
 
-    target = dest / source.name
-    if target.exists():
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    dest.mkdir(parents=True, exist_ok=True)
-    if source.is_dir():
-        shutil.copytree(source, target, copy_function=link)
-    else:
-        link(str(source), str(target))
-    return target
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
-
-def _clone_tree(value: Any) -> Any:
-    """A deep copy of a training-state tree with every tensor cloned (the live ones keep changing)."""
-    import torch
-
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return {k: _clone_tree(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_clone_tree(v) for v in value)
-    return value
-
-
-__all__ = ["Publisher", "PublishedRevision", "RevisionCollisionError", "PublishError", "default_spool", "main_files"]
+__all__ = ["Publisher", "PublishedRevision", "RevisionCollisionError", "PublishError", "default_spool", "main_files",
+           "peek_step"]

@@ -100,6 +100,12 @@ def convert(settings: Settings, store: JobStore, record: JobRecord, payload: dic
     from ..readers import read_checkpoint
 
     folder = store.revision_folder(record.job)
+    if record.manifest_sha256 is None and (folder / MANIFEST_FILE).is_file():
+        # Converted (the converter renames a complete, verified folder into place) but the process died
+        # before the journal said so. A new capture clears the folder first, so it is this capture's.
+        digest = folder_digest(folder)
+        store.converted(record.job, digest)
+        return json.loads((folder / MANIFEST_FILE).read_text())
     if record.manifest_sha256 is not None:
         if (folder / MANIFEST_FILE).is_file() and folder_digest(folder) == record.manifest_sha256:
             return json.loads((folder / MANIFEST_FILE).read_text())

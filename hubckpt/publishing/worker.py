@@ -2,6 +2,7 @@
 
 - A job is queued at most once: submitting a job that is queued or running returns its Future.
 - Any exception in a job fails that job's Future (and goes to `on_error`); the thread carries on.
+  A `JobFuture` remembers whether its failure was seen (`result()` / `exception()`).
 - `wait()` / `close()` return when the queue is empty and no job runs, raise `PublishError` if the
   thread is gone (they never wait on a dead worker), and take an optional timeout.
 - Backpressure: `submit(..., block=True)` waits while `max_pending` jobs wait to start.
@@ -19,6 +20,26 @@ from typing import Any, Callable
 from ..errors import PublishError
 
 logger = logging.getLogger(__name__)
+
+
+class JobFuture(Future):
+    """A job's Future that remembers whether the caller has seen its failure (so it is reported only once)."""
+
+    observed = False
+
+    def result(self, timeout: float | None = None) -> Any:
+        try:
+            return super().result(timeout)
+        except BaseException:
+            if self.done():
+                self.observed = True
+            raise
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        error = super().exception(timeout)
+        if error is not None:
+            self.observed = True
+        return error
 
 
 class Worker:
@@ -40,6 +61,11 @@ class Worker:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def last_future(self, job_id: str) -> Future | None:
+        """The Future of the latest run of a job, finished or not."""
+        with self._cond:
+            return self._futures.get(job_id)
+
     def future(self, job_id: str) -> Future | None:
         """The Future of a job queued or running now (None otherwise)."""
         with self._cond:
@@ -59,7 +85,7 @@ class Worker:
                 existing = self._futures.get(job_id)
                 if existing is not None and not existing.done():
                     return existing, False
-            future: Future = Future()
+            future = JobFuture()
             self._futures[job_id] = future
             self._queue.append(job_id)
             self._cond.notify_all()
@@ -130,4 +156,4 @@ class Worker:
                 self._on_exit()
 
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "JobFuture"]

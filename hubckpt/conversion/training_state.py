@@ -154,15 +154,15 @@ def load_training_state(folder: str | Path) -> dict[str, Any]:
 
 def restore_rng(rng: dict[str, Any]) -> None:
     """Restore python / numpy / torch (and CUDA, when present and available) RNG states saved by `capture_rng`
-    or by the transformers Trainer (`rng_state.pth`; also as published: {"rng_state": {...}})."""
+    or by the transformers Trainer (`rng_state.pth`). Pass `state["rng"]` as loaded by `load_training_state`:
+    both layouts (`capture_rng()`'s and the Trainer's `{"rng_state": ...}`) are recognised."""
     import random
 
     import numpy as np
     import torch
 
-    if "python" not in rng and isinstance(rng.get("rng_state"), dict):  # a Trainer checkpoint's rng part
-        rng = rng["rng_state"]
-
+    if "python" not in rng and isinstance(rng.get("rng_state"), dict):
+        rng = rng["rng_state"]  # a Trainer checkpoint: {"rng_state": {...}} (rank 0's file rng_state.pth)
     if "python" in rng:
         version, internal, gauss = rng["python"]
         random.setstate((version, tuple(internal), gauss))

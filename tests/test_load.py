@@ -98,7 +98,7 @@ def test_missing_step_names_the_nearest(published, local_hub):
         hubckpt.resolve_revision(repo_id, step=5, match="at_or_before", hub=local_hub.url)
 
 
-def test_unknown_repo_revision_and_ambiguous_name(published, local_hub, api):
+def test_unknown_repo_revision_and_ambiguous_name(published, local_hub, api, cli):
     repo_id, _ = published
     with pytest.raises(RepositoryNotFoundError):
         hubckpt.list_revisions("alice/does-not-exist", hub=local_hub.url)
@@ -109,6 +109,8 @@ def test_unknown_repo_revision_and_ambiguous_name(published, local_hub, api):
     try:
         with pytest.raises(AmbiguousRevisionError, match="both a branch"):
             hubckpt.resolve_revision(repo_id, "step-0000030", hub=local_hub.url)
+        shown = cli("show", f"{repo_id}@step-0000030", "--hub", local_hub.url)
+        assert shown.returncode == 1 and "is both a branch" in shown.stderr
         # a step still resolves: it names the published revision, not a ref
         assert hubckpt.resolve_revision(repo_id, step=30, hub=local_hub.url).name == "step-0000030"
     finally:
@@ -118,9 +120,10 @@ def test_unknown_repo_revision_and_ambiguous_name(published, local_hub, api):
 def test_load_state_dict_values_and_only_needed_shards(published, local_hub, hf_cache):
     repo_id, states = published
     full = hubckpt.load_state_dict(repo_id, step=30, hub=local_hub.url)
-    expected = {k: v for k, v in states[30].items() if k != "lm_head.weight"}  # tied to wte: stored once
-    assert set(full) == set(expected)
+    expected = states[30]
+    assert set(full) == set(expected)  # lm_head.weight, tied to wte and stored once, comes back as an alias
     assert all(torch.equal(full[k], expected[k]) for k in expected)
+    assert full["lm_head.weight"].data_ptr() == full["transformer.wte.weight"].data_ptr()
     # one key from a fresh cache: only its shard is downloaded
     import shutil
 
@@ -136,7 +139,9 @@ def test_load_state_dict_values_and_only_needed_shards(published, local_hub, hf_
     with pytest.raises(KeyError, match="no tensor"):
         hubckpt.load_state_dict(repo_id, "best", keys=["nope"], hub=local_hub.url)
     prefixed = hubckpt.load_state_dict(repo_id, "best", prefix="transformer.h.0.attn.", hub=local_hub.url)
-    assert prefixed and all(k.startswith("transformer.h.0.attn.") for k in prefixed)
+    assert set(prefixed) == {k for k in states[20] if k.startswith("transformer.h.0.attn.")}
+    head = hubckpt.load_state_dict(repo_id, "best", keys=["lm_head.weight"], hub=local_hub.url)
+    assert torch.equal(head["lm_head.weight"], states[20]["lm_head.weight"])
 
 
 def test_load_model_pins_commit_and_picks_architecture(published, local_hub, hf_cache, api):
@@ -160,7 +165,9 @@ def test_open_revision_reads_one_tensor_by_range(published, local_hub, hf_cache)
         before = rev.bytes_received
         tensor = rev.get_tensor(key)
         moved = rev.bytes_received - before
+        assert "lm_head.weight" in rev and "lm_head.weight" not in rev.keys()
         assert torch.equal(tensor, states[40][key])
+        assert torch.equal(rev.get_tensor("lm_head.weight"), states[40]["lm_head.weight"])  # tied alias
         assert moved == states[40][key].numel() * 4  # exactly the tensor's bytes
         assert rev.bytes_received < sum(t.numel() * 4 for t in states[40].values())
     assert not list(hf_cache.glob("**/*.safetensors"))  # nothing downloaded
@@ -191,7 +198,7 @@ def _server_blob(local_hub, sha256: str) -> Path:
     return local_hub.ctx.blobs.path(sha256)
 
 
-def test_corrupt_download_is_refused_and_removed(published, local_hub, hf_cache):
+def test_corrupt_download_is_refused_and_removed(published, local_hub, hf_cache, cli, tmp_path):
     repo_id, states = published
     rev = hubckpt.resolve_revision(repo_id, step=10, hub=local_hub.url)
     from hubckpt.hub_reader import HubReader
@@ -211,13 +218,16 @@ def test_corrupt_download_is_refused_and_removed(published, local_hub, hf_cache)
         with pytest.raises(IntegrityError, match=shard):
             hubckpt.load_state_dict(repo_id, step=10, keys=[key], hub=local_hub.url)
         assert not list(hf_cache.glob(f"**/{shard}")) and not list(hf_cache.glob(f"**/blobs/{sha}"))
+        pulled = cli("pull", f"{repo_id}@step-0000010", str(tmp_path / "out"), "--hub", local_hub.url)
+        assert pulled.returncode == 1 and f"{shard} is corrupt" in pulled.stderr
+        assert not (tmp_path / "out").exists()
     finally:
         blob.write_bytes(original)
     loaded = hubckpt.load_state_dict(repo_id, step=10, keys=[key], hub=local_hub.url)
     assert torch.equal(loaded[key], states[10][key])
 
 
-def test_repo_without_index_falls_back_to_refs(local_hub, api, tmp_path, caplog):
+def test_repo_without_index_falls_back_to_refs(local_hub, api, tmp_path, caplog, cli):
     from safetensors.torch import save_file
 
     repo_id = "alice/plain-repo"
@@ -240,6 +250,11 @@ def test_repo_without_index_falls_back_to_refs(local_hub, api, tmp_path, caplog)
         hubckpt.resolve_revision(repo_id, step=1, hub=local_hub.url)
     with pytest.raises(RevisionLookupError, match="no best"):
         hubckpt.resolve_revision(repo_id, "best", hub=local_hub.url)
+    listing = cli("ls", repo_id, "--hub", local_hub.url)
+    assert listing.returncode == 0 and "listed from its branches and tags" in listing.stdout
+    assert [line.split()[0] for line in listing.stdout.splitlines()[1:3]] == ["main", "v1"]
+    shown = cli("show", f"{repo_id}@paper", "--hub", local_hub.url)
+    assert shown.returncode == 0 and "w     F32    6      model.safetensors" in shown.stdout and "tags: paper" in shown.stdout
 
 
 def test_repo_without_safetensors(local_hub, api, tmp_path):
@@ -400,6 +415,7 @@ def test_cli_pull_loads_with_from_pretrained(published, local_hub, tmp_path, hf_
     assert "Pulled step-0000030 (step 30" in done.stdout
     manifest = json.loads((dest / "checkpoint.json").read_text())
     assert manifest["step"] == 30 and not (dest / "training_state").exists()
+    assert "revision `step-0000030`" in (dest / "README.md").read_text()
     model = AutoModelForCausalLM.from_pretrained(dest)
     assert torch.equal(model.state_dict()["transformer.h.0.mlp.c_fc.weight"],
                        states[30]["transformer.h.0.mlp.c_fc.weight"])
@@ -445,3 +461,94 @@ def test_console_script_error_has_no_traceback(published, local_hub):
     done = run_cli("pull", "alice/load-run@step-0000010", "/nonexistent-parent/x", "--step", "10", "--hub", local_hub.url)
     assert done.returncode == 1 and "Pass one of revision, step and tokens" in done.stderr
     assert "Traceback (most recent call last)" not in done.stderr
+
+
+def test_reads_stay_pinned_when_the_branch_moves(local_hub, api, tmp_path, hf_cache):
+    from safetensors.torch import save_file
+
+    repo_id = "alice/moving"
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
+        pub.publish(state_dict={"w": torch.zeros(64), "v": torch.ones(4)}, step=1)
+    with hubckpt.open_revision(repo_id, step=1, hub=local_hub.url) as rev:
+        assert rev.shape("w") == (64,)
+        pinned = rev.commit
+        # someone pushes other weights onto the branch meanwhile
+        save_file({"w": torch.full((64,), 7.0), "v": torch.ones(4)}, tmp_path / "model.safetensors")
+        api.upload_file(path_or_fileobj=tmp_path / "model.safetensors", path_in_repo="model.safetensors",
+                        repo_id=repo_id, revision="step-0000001")
+        assert torch.equal(rev.get_tensor("w"), torch.zeros(64))
+    assert torch.equal(hubckpt.load_state_dict(repo_id, pinned, hub=local_hub.url)["w"], torch.zeros(64))
+    # once cached, a commit loads with no request at all (commits never change)
+    before = local_hub.ctx.stats["requests"]
+    assert torch.equal(hubckpt.load_state_dict(repo_id, pinned, hub=local_hub.url)["w"], torch.zeros(64))
+    assert local_hub.ctx.stats["requests"] == before
+    moved = hubckpt.resolve_revision(repo_id, "step-0000001", hub=local_hub.url)
+    assert moved.commit != pinned  # by name: the branch head, described from its checkpoint.json
+
+
+def test_bad_safetensors_header_is_an_error_not_a_wrong_tensor(local_hub, api, tmp_path, hf_cache):
+    import struct
+
+    repo_id = "alice/bad-header"
+    api.create_repo(repo_id, exist_ok=True)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]}}).encode()
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 400)
+    api.upload_file(path_or_fileobj=tmp_path / "model.safetensors", path_in_repo="model.safetensors", repo_id=repo_id)
+    with hubckpt.open_revision(repo_id, hub=local_hub.url) as rev:
+        with pytest.raises(IntegrityError, match="past the file's 400 data bytes"):
+            rev.get_tensor("w")
+
+
+def test_header_parser_checks_offsets_against_shape():
+    from hubckpt.hub_reader import header_length, parse_header
+
+    good = {"a": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, 12]}, "__metadata__": {"format": "pt"}}
+    assert parse_header(json.dumps(good).encode(), "f", data_size=12)["a"]["shape"] == [2, 3]
+    for bad, why in [({"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 12]}}, "offsets"),
+                     ({"a": {"dtype": "Q4", "shape": [1], "data_offsets": [0, 1]}}, "unknown dtype"),
+                     ({"a": {"shape": [1]}}, "malformed")]:
+        with pytest.raises(IntegrityError, match=why):
+            parse_header(json.dumps(bad).encode(), "f")
+    with pytest.raises(IntegrityError, match="not JSON"):
+        parse_header(b"{nope", "f")
+    with pytest.raises(IntegrityError, match="header length"):
+        header_length((2**40).to_bytes(8, "little"), "f")
+
+
+def test_download_folder_gets_training_state(local_hub, tmp_path, hf_cache):
+    from hubckpt.load import Revision
+
+    repo_id = "alice/with-state"
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(3))], lr=0.1, momentum=0.9)
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
+        pub.publish(state_dict={"w": torch.ones(3)}, step=5, training_state={"optimizer": optimizer.state_dict(),
+                                                                           "loop": {"step": 5}})
+    rev = Revision(repo_id, step=5, hub=local_hub.url)
+    folder = rev.download_folder("training_state")
+    assert folder is not None and folder.name == "training_state" and (folder / "optimizer.json").exists()
+    assert folder.parent.name == rev.commit
+    assert rev.download_folder("nothing-here") is None
+    state = hubckpt.load_training_state(folder)
+    assert state["loop"]["step"] == 5
+
+
+def test_sharded_index_naming_a_missing_tensor_is_refused(local_hub, api, tmp_path, hf_cache):
+    from safetensors.torch import save_file
+
+    repo_id = "alice/bad-index"
+    api.create_repo(repo_id, exist_ok=True)
+    save_file({"a": torch.ones(2)}, tmp_path / "model-00001-of-00001.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {"a": "model-00001-of-00001.safetensors",
+                                        "b": "model-00001-of-00001.safetensors"}}))
+    api.upload_folder(folder_path=tmp_path, repo_id=repo_id)
+    with hubckpt.open_revision(repo_id, hub=local_hub.url) as rev:
+        assert rev.keys() == ["a", "b"] and torch.equal(rev.get_tensor("a"), torch.ones(2))
+        with pytest.raises(IntegrityError, match="whose header has no such tensor"):
+            rev.get_tensor("b")
+    with pytest.raises(KeyError):
+        hubckpt.load_state_dict(repo_id, keys=["c"], hub=local_hub.url)
+    with pytest.raises(IntegrityError, match="lacks b"):
+        hubckpt.load_state_dict(repo_id, keys=["b"], hub=local_hub.url)
+    with pytest.raises(IntegrityError, match="which no shard holds"):
+        hubckpt.load_state_dict(repo_id, hub=local_hub.url)

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 WORDS = ("best", "latest", "final")
 _HEX = re.compile(r"^[0-9a-f]{7,40}$")
+_FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
 def info_from_manifest(name: str, commit: str | None, manifest: dict | None) -> RevisionInfo:
@@ -138,6 +139,10 @@ class RepoRevisions:
             return self._by_number(int(tokens), "tokens", lambda r: r.tokens, match)
         if revision is None or revision in WORDS:
             return self._by_word(revision or "latest")
+        if _FULL_SHA.match(revision):  # a full commit sha: found in the index, or asked of the hub; no refs needed
+            entry, commit = self._by_commit(revision)
+            return (dataclasses.replace(entry, tags=list(entry.tags), metrics=dict(entry.metrics)) if entry
+                    else info_from_manifest(revision[:12], commit, self.reader.manifest(commit)))
         return self._by_name(revision)
 
     def _lookup_error(self, wanted: str, nearest: list[RevisionInfo], hint: str = "") -> RevisionLookupError:

@@ -35,13 +35,26 @@ def pull(ref: str = typer.Argument(..., help="namespace/name@revision, or namesp
          dest: Path = typer.Argument(..., help="Folder to create (must be empty or absent; see --force)."),
          step: Optional[int] = StepOpt, tokens: Optional[int] = TokensOpt, match: str = MatchOpt,
          training_state: bool = typer.Option(False, "--training-state", help="Also copy training_state/."),
+         trainer_checkpoint: bool = typer.Option(
+             False, "--trainer-checkpoint", help="Write DEST as a Trainer checkpoint folder (optimizer.pt, scheduler.pt, "
+             "rng_state.pth, trainer_state.json) for trainer.train(resume_from_checkpoint=DEST)."),
          force: bool = typer.Option(False, "--force", help="Replace DEST if it is not empty."),
          hub: Optional[str] = HubOpt, root: Optional[Path] = RootOpt, token: Optional[str] = TokenOpt) -> None:
     """Copy a revision (weights, config, tokenizer, card, checkpoint.json) into DEST, verified, pinned to its commit."""
     from ..load.loaders import pull_revision
 
     rev = resolve_pull_revision(ref, step, tokens, match, hub, root, token)
-    result = pull_revision(rev.repo_id, dest, rev=rev, training_state=training_state, overwrite=force)
+    if trainer_checkpoint:
+        from ..integrations.trainer_resume import require_training_state
+
+        require_training_state(rev.files.files, f"{rev.repo_id}@{rev.info.name}")
+    result = pull_revision(rev.repo_id, dest, rev=rev, training_state=training_state or trainer_checkpoint,
+                           overwrite=force)
+    if trainer_checkpoint:
+        from ..integrations.trainer_resume import write_trainer_checkpoint
+
+        write_trainer_checkpoint(result.folder, result.folder, overwrite=True)
+        typer.echo(f"Wrote a Trainer checkpoint: trainer.train(resume_from_checkpoint={str(result.folder)!r})")
     # Extension point: options that turn the pulled folder into something else (e.g. a Trainer
     # checkpoint-N/ folder) act on `result` here, after the verified copy.
     report_pull(result)

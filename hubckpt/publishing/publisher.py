@@ -32,7 +32,7 @@ import logging
 import time
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ..cards import CardOptions
 from ..checkpoint import MANIFEST_FILE
@@ -112,7 +112,7 @@ class Publisher:
         self._store = JobStore(self.spool)
         self._payloads: dict[str, dict[str, Any]] = {}
         self._staging = StagingPool(max_pending + 1)
-        self._pipeline = Pipeline(self.settings, self._store, self.targets, self._keys, release=self._staging.release)
+        self._pipeline = Pipeline(self.settings, self._store, self.targets, self._keys, release=self._release_weights)
         self._unreported: list[tuple[str, BaseException]] = []  # failed jobs, in order, not raised yet
         self._closed = False
         try:
@@ -155,7 +155,8 @@ class Publisher:
                 state_dict: dict | None = None, training_state: dict[str, Any] | None = None,
                 metrics: dict[str, float] | None = None, epoch: float | None = None, tokens: int | None = None,
                 final: bool = False, revision: str | None = None, companions: Iterable[str | Path] = (),
-                snapshot: bool = False, replace: bool = False) -> "Future[PublishedRevision]":
+                snapshot: bool = False, replace: bool = False,
+                release: Callable[[], None] | None = None) -> "Future[PublishedRevision]":
         """Queue one checkpoint: a file or folder (`source`), or live tensors (`state_dict`, copied now).
 
         Returns once the checkpoint is captured; blocks only while `max_pending` jobs wait. The Future
@@ -164,6 +165,10 @@ class Publisher:
         framework may delete it (e.g. the Trainer's `save_total_limit`) before it is converted.
         A revision name already published with other content raises `RevisionCollisionError` (from the
         Future) unless `replace=True`. Publishing a step that is queued or running returns its Future.
+        With `release`, `state_dict` and `training_state` are the caller's own staged copy (e.g.
+        `hubckpt.Checkpointer`'s reused buffers): taken as they are, without a second copy, and
+        `release()` is called once they are written to the spool (or the job ended), so the caller may
+        reuse them.
         """
         self.raise_if_failed()
         if self._closed:
@@ -191,11 +196,17 @@ class Publisher:
         running = self._worker.future(job_id)
         if running is not None:  # the same step again (a final save after a periodic one): one job
             self._join_final(job_id, final)
+            if release is not None:
+                release()
             return running
         record = self._store.get(job_id)
         signature = stages.source_signature(source)
         payload: dict[str, Any] = {}
-        if state_dict is not None:
+        if state_dict is not None and release is not None:  # already staged by the caller: no second copy
+            payload["weights"] = _CallerStaged(state_dict, release)
+            if training_state:
+                payload["training_state"] = training_state
+        elif state_dict is not None:
             payload["weights"] = self._staging.capture(state_dict)
             if training_state:
                 payload["training_state"] = clone_tree(training_state)
@@ -203,7 +214,7 @@ class Publisher:
             if payload and not (self._store.revision_folder(job_id) / MANIFEST_FILE).is_file():
                 self._payloads[job_id] = payload
             elif payload:
-                self._staging.release(payload["weights"])
+                self._give_back(payload)
             self._join_final(job_id, final)
             future, _ = self._worker.submit(job_id, block=True)
             return future
@@ -354,15 +365,40 @@ class Publisher:
         self._store.failed(job_id, f"{type(error).__name__}: {error}", retryable=retryable)
         self._unreported.append((job_id, error))
 
+    def _give_back(self, payload: dict[str, Any]) -> None:
+        """Staging buffers of a payload may be reused."""
+        if "weights" in payload:
+            self._release_weights(payload.pop("weights"))
+
+    def _release_weights(self, weights: dict) -> None:
+        """Our staging buffers back to the pool, or the caller's back to the caller (`publish(release=)`)."""
+        if isinstance(weights, _CallerStaged):
+            weights.release()
+        else:
+            self._staging.release(weights)
+
     def _process(self, job_id: str) -> PublishedRevision:
         payload = self._payloads.get(job_id, {})
         try:
             return self._pipeline.run(job_id, payload)
         finally:
             self._payloads.pop(job_id, None)
-            if "weights" in payload:
-                self._staging.release(payload["weights"])
+            self._give_back(payload)
 
+
+
+class _CallerStaged(dict):
+    """Tensors the caller staged itself (`publish(release=...)`): taken as they are; `release()` once, when
+    they are in the spool or the job ended."""
+
+    def __init__(self, tensors: dict, release: Callable[[], None]) -> None:
+        super().__init__(tensors)
+        self._release: Callable[[], None] | None = release
+
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 __all__ = ["Publisher", "PublishedRevision", "RevisionCollisionError", "PublishError", "default_spool", "main_files",
            "peek_step"]

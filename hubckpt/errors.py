@@ -16,7 +16,8 @@ Hierarchy::
     ├── DestinationExistsError (FileExistsError)  output exists and overwriting was not asked for
     ├── DiskFullError (OSError)               no space (or file size limit) while writing; nothing left behind
     ├── RevisionCollisionError (FileExistsError)  a revision name already published with other content
-    └── PublishError (RuntimeError)           a background publish job could not complete
+    ├── PublishError (RuntimeError)           a background publish job could not complete
+    └── AnalysisError (ValueError)            analysis inputs that cannot work (probe file, layers, revisions)
 
 Errors raised by `huggingface_hub` itself (RepositoryNotFoundError, RevisionNotFoundError, ...) are
 propagated unchanged: the local hub sends the same `X-Error-Code` headers as huggingface.co, so users
@@ -134,3 +135,8 @@ class RevisionCollisionError(HubckptError, FileExistsError):
 
 class PublishError(HubckptError, RuntimeError):
     """A background publish job could not complete (the message says which revision and why)."""
+
+
+class AnalysisError(HubckptError, ValueError):
+    """Analysis inputs that cannot work: an unreadable probe, a text probe without a tokenizer, unknown
+    layers, too few revisions."""

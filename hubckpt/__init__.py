@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 from .errors import (
+    AnalysisError,
     AuthError,
     CheckpointError,
     CorruptCheckpointError,
@@ -77,5 +78,5 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "__version__", "HubckptError", "InvalidNameError", "HubConfigError", "HubUnavailableError", "AuthError",
     "StorageError", "CheckpointError", "CorruptCheckpointError", "UnsupportedCheckpointError", "UnsafeCheckpointError",
-    "VerificationError", "DestinationExistsError", "DiskFullError", "RevisionCollisionError", "PublishError", *_LAZY,
+    "VerificationError", "AnalysisError", "DestinationExistsError", "DiskFullError", "RevisionCollisionError", "PublishError", *_LAZY,
 ]

@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from . import accounts, convert, demo, publish, revisions, serve
+from . import accounts, analyze, convert, demo, publish, revisions, serve
 
 app = typer.Typer(
     name="hubckpt", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -29,6 +29,7 @@ app.command("show")(revisions.show)
 app.command("tag")(revisions.tag)
 app.command("prune")(revisions.prune)
 app.command("reindex")(revisions.reindex)
+app.command("analyze")(analyze.analyze)
 app.add_typer(accounts.user_app, name="user")
 app.add_typer(accounts.org_app, name="org")
 app.add_typer(accounts.token_app, name="token")

@@ -51,6 +51,7 @@ _LAZY = {
     "RevisionIndex": ("hubckpt.revisions", "RevisionIndex"),
     "RevisionInfo": ("hubckpt.revisions", "RevisionInfo"),
     "render_revision_name": ("hubckpt.revisions", "render_revision_name"),
+    "analyze": ("hubckpt.analysis.pipeline", "analyze"),
 }
 
 if TYPE_CHECKING:

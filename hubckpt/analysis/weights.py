@@ -51,6 +51,13 @@ def _dtype_of(source: Any, name: str) -> torch.dtype | None:
     if isinstance(source, Mapping):
         t = source[name]
         return t.dtype if isinstance(t, torch.Tensor) else None
+    dtype = getattr(source, "dtype", None)  # hubckpt.open_revision: from the safetensors header
+    if callable(dtype):
+        try:
+            value = dtype(name)
+        except (KeyError, ValueError, TypeError):
+            return None
+        return value if isinstance(value, torch.dtype) else None
     return None
 
 
@@ -90,13 +97,15 @@ class DriftResult:
     layers: dict[str, list[float]] = field(default_factory=dict)       # pooled relative drift per layer
     norms: dict[str, list[float]] = field(default_factory=dict)        # Frobenius norm per tensor
     layer_norms: dict[str, list[float]] = field(default_factory=dict)  # Frobenius norm per layer
+    bytes_received: int = 0  # over the network, when read through open_revision (headers included)
 
     def to_json(self) -> dict[str, Any]:
         def clean(d: dict[str, list[float]]) -> dict[str, list[float | None]]:
             return {k: [None if math.isnan(v) else v for v in vs] for k, vs in d.items()}
         return {"reference": self.reference, "revisions": self.revisions, "steps": self.steps,
                 "parameters": clean(self.parameters), "layers": clean(self.layers),
-                "norms": clean(self.norms), "layer_norms": clean(self.layer_norms)}
+                "norms": clean(self.norms), "layer_norms": clean(self.layer_norms),
+                "bytes_received": self.bytes_received}
 
 
 class DriftTracker:
@@ -193,8 +202,14 @@ def weight_drift(repo_id: str, revisions: Sequence[Any] | None = None, *, refere
         reference if hasattr(reference, "commit") else resolve_revision(repo_id, reference, hub=hub, token=token))
     with open_revision(repo_id, ref_info.commit, hub=hub, token=token) as ref:
         tracker = DriftTracker(ref, name=ref_info.name, keys=keys, prefix=prefix)
+        received = int(getattr(ref, "bytes_received", 0))
     for info in infos:
+        if info.commit == ref_info.commit:  # the reference itself: its tensors are in memory already
+            tracker.add(info.name, tracker.ref, info.step)
+            continue
         with open_revision(repo_id, info.commit, hub=hub, token=token) as handle:
             tracker.add(info.name, handle, info.step)
+            received += int(getattr(handle, "bytes_received", 0))
         logger.info("drift of %s computed (%d tensors)", info.name, len(tracker.keys))
+    tracker.result.bytes_received = received
     return tracker.result

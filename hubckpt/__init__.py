@@ -51,6 +51,20 @@ _LAZY = {
     "RevisionIndex": ("hubckpt.revisions", "RevisionIndex"),
     "RevisionInfo": ("hubckpt.revisions", "RevisionInfo"),
     "render_revision_name": ("hubckpt.revisions", "render_revision_name"),
+    "list_revisions": ("hubckpt.load", "list_revisions"),
+    "resolve_revision": ("hubckpt.load", "resolve_revision"),
+    "load_state_dict": ("hubckpt.load", "load_state_dict"),
+    "load_model": ("hubckpt.load", "load_model"),
+    "open_revision": ("hubckpt.load", "open_revision"),
+    "iter_revisions": ("hubckpt.load", "iter_revisions"),
+    "pull_revision": ("hubckpt.load", "pull_revision"),
+    "LazyRevision": ("hubckpt.load", "LazyRevision"),
+    "HubReader": ("hubckpt.hub_reader", "HubReader"),
+    "RevisionLookupError": ("hubckpt.errors", "RevisionLookupError"),
+    "AmbiguousRevisionError": ("hubckpt.errors", "AmbiguousRevisionError"),
+    "IntegrityError": ("hubckpt.errors", "IntegrityError"),
+    "UnknownRevisionError": ("hubckpt.errors", "UnknownRevisionError"),
+    "NoSafetensorsError": ("hubckpt.errors", "NoSafetensorsError"),
     "analyze": ("hubckpt.analysis.pipeline", "analyze"),
 }
 
@@ -65,6 +79,11 @@ if TYPE_CHECKING:
     from .hubs import Hub, ensure_local_hub, hub_api, point_hf_clients_at, resolve_hub
     from .readers import discover, read_checkpoint
     from .server import LocalHubServer
+    from .errors import (AmbiguousRevisionError, IntegrityError, NoSafetensorsError, RevisionLookupError,
+                         UnknownRevisionError)
+    from .hub_reader import HubReader
+    from .load import (LazyRevision, iter_revisions, list_revisions, load_model, load_state_dict, open_revision, pull_revision,
+                       resolve_revision)
 
 
 def __getattr__(name: str) -> Any:

@@ -17,6 +17,11 @@ Hierarchy::
     ├── DiskFullError (OSError)               no space (or file size limit) while writing; nothing left behind
     ├── RevisionCollisionError (FileExistsError)  a revision name already published with other content
     ├── PublishError (RuntimeError)           a background publish job could not complete
+    ├── RevisionLookupError (LookupError)     no revision at that step / tokens / `best`...; names the nearest
+    ├── AmbiguousRevisionError (ValueError)   a name that is both a branch and a tag (at different commits)
+    ├── IntegrityError (OSError)              a downloaded file does not match its sha256 (removed from the cache)
+    ├── UnknownRevisionError (huggingface_hub RevisionNotFoundError)   no branch, tag or commit of that name
+    ├── NoSafetensorsError (huggingface_hub NotASafetensorsRepoError)  a revision without safetensors weights
     └── AnalysisError (ValueError)            analysis inputs that cannot work (probe file, layers, revisions)
 
 Errors raised by `huggingface_hub` itself (RepositoryNotFoundError, RevisionNotFoundError, ...) are
@@ -140,3 +145,76 @@ class PublishError(HubckptError, RuntimeError):
 class AnalysisError(HubckptError, ValueError):
     """Analysis inputs that cannot work: an unreadable probe, a text probe without a tokenizer, unknown
     layers, too few revisions."""
+
+
+# -- loading --------------------------------------------------------------------------------------
+
+class RevisionLookupError(HubckptError, LookupError):
+    """No revision matches what was asked (a step, a token count, `best` in a repo without one...).
+
+    Attributes:
+        repo_id: the repo searched.
+        wanted: what was asked, e.g. "step 1234".
+        nearest: names of the nearest revisions that do exist (may be empty).
+    """
+
+    def __init__(self, message: str, *, repo_id: str, wanted: str, nearest: list[str] | None = None) -> None:
+        self.repo_id = repo_id
+        self.wanted = wanted
+        self.nearest = list(nearest or [])
+        super().__init__(message)
+
+
+class AmbiguousRevisionError(HubckptError, ValueError):
+    """A revision name is both a branch and a tag of the repo: pass the commit instead."""
+
+
+class IntegrityError(HubckptError, OSError):
+    """A downloaded or remotely read file does not match what its revision records (sha256, size, header).
+
+    The bad copy has been removed from the cache. Attributes: `path` (repo@revision/file).
+    """
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        self.path = path
+        super().__init__(message)
+
+
+# Two errors are also huggingface_hub's own, so code that catches the client's errors catches ours. They
+# are built on first use (PEP 562), because importing huggingface_hub here would make `import hubckpt` heavy:
+#
+#   UnknownRevisionError(HubckptError, RevisionNotFoundError)  no branch, tag or commit of that name
+#   NoSafetensorsError(HubckptError, NotASafetensorsRepoError)  a revision without safetensors weights
+
+_BUILT: dict[str, type] = {}
+
+
+def _build(name: str) -> type:
+    import huggingface_hub.errors as hf_errors
+
+    if name == "UnknownRevisionError":
+        class UnknownRevisionError(HubckptError, hf_errors.RevisionNotFoundError):
+            """The repo has no branch, tag or commit of that name (also huggingface_hub's RevisionNotFoundError).
+
+            Raised with the hub's own 404 response (`response`), and a message that says what to do.
+            """
+
+            def __str__(self) -> str:
+                return str(self.args[0]) if self.args else super().__str__()
+
+        return UnknownRevisionError
+
+    class NoSafetensorsError(HubckptError, hf_errors.NotASafetensorsRepoError):
+        """The revision has no safetensors weights (also huggingface_hub's NotASafetensorsRepoError)."""
+
+    return NoSafetensorsError
+
+
+def __getattr__(name: str) -> type:
+    if name in ("UnknownRevisionError", "NoSafetensorsError"):
+        if name not in _BUILT:
+            cls = _build(name)
+            cls.__module__, cls.__qualname__ = __name__, name
+            _BUILT[name] = cls
+        return _BUILT[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -116,6 +116,29 @@ class RevisionIndex:
         return cls(revisions=[RevisionInfo.from_json(r) for r in doc.get("revisions", [])], monitor=doc.get("monitor"),
                    mode=doc.get("mode") or "min", best=doc.get("best"), final=doc.get("final"))
 
+    # -- verbs for the consumer side (`best` is the field naming the best revision, hence best_info) --
+
+    def latest(self) -> RevisionInfo | None:
+        """The live revision with the highest step (None in an empty index)."""
+        live = [r for r in self.live() if r.step is not None]
+        return max(live, key=lambda r: r.step) if live else None
+
+    def best_info(self) -> RevisionInfo | None:
+        """The revision tagged `best` (by the monitored metric), if any."""
+        return self.get(self.best) if self.best else None
+
+    def final_info(self) -> RevisionInfo | None:
+        """The revision tagged `final`, if any."""
+        return self.get(self.final) if self.final else None
+
+    def at_step(self, step: int, match: str = "exact") -> RevisionInfo | None:
+        """The live revision at `step`: `exact`, the `nearest` one, or the last one `at_or_before` it."""
+        return pick_revision(self.live(), step, lambda r: r.step, match)
+
+    def at_tokens(self, tokens: int, match: str = "exact") -> RevisionInfo | None:
+        """As `at_step`, by tokens seen."""
+        return pick_revision(self.live(), tokens, lambda r: r.tokens, match)
+
 
 def better(value: float, than: float | None, mode: str) -> bool:
     """Is `value` an improvement over `than` for a metric monitored in `mode` ('min' or 'max')?"""
@@ -134,3 +157,29 @@ def best_revision(index: RevisionIndex) -> str | None:
         if value is not None and (best is None or better(value, best.metrics[index.monitor], index.mode)):
             best = r
     return best.name if best else None
+
+
+# -- verbs of the index, for the consumer side ------------------------------------------------------------
+
+MATCHES = ("exact", "nearest", "at_or_before")
+
+
+def pick_revision(revisions: list[RevisionInfo], value: int, key, match: str) -> RevisionInfo | None:
+    """The revision whose `key` matches `value` under `match` (ties: the earlier revision)."""
+    if match not in MATCHES:
+        raise HubConfigError(f"match must be one of {', '.join(MATCHES)}, got {match!r}")
+    candidates = [r for r in revisions if key(r) is not None]
+    if match == "exact":
+        return next((r for r in candidates if key(r) == value), None)
+    if match == "at_or_before":
+        before = [r for r in candidates if key(r) <= value]
+        return max(before, key=key) if before else None
+    return min(candidates, key=lambda r: (abs(key(r) - value), key(r))) if candidates else None
+
+
+def nearest_to(revisions: list[RevisionInfo], value: int, key, n: int = 2) -> list[RevisionInfo]:
+    """The closest revision below and above `value` (by `key`), for error messages."""
+    candidates = sorted((r for r in revisions if key(r) is not None), key=key)
+    below = [r for r in candidates if key(r) < value][-1:]
+    above = [r for r in candidates if key(r) > value][:1]
+    return (below + above)[:n]

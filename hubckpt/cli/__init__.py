@@ -57,8 +57,12 @@ def _one_line(e: BaseException) -> str:
     """A short message: huggingface_hub's errors carry several lines of generic advice."""
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
+    from ..errors import HubckptError
+
     response = getattr(e, "response", None)
     url = str(getattr(response, "url", "")) if response is not None else ""
+    if isinstance(e, HubckptError):  # ours say what was wrong and what to do, even those that are also the client's
+        return str(e).strip().replace("\n\n", "\n")
     if isinstance(e, RepositoryNotFoundError):
         return (f"Repository not found ({url}). Check the repo id and --hub; for a private repo pass a token "
                 "with access (--token or HF_TOKEN).")

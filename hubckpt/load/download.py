@@ -1,0 +1,211 @@
+"""Downloading a revision's files into the one huggingface_hub cache, pinned to its commit, verified.
+
+Files go through `hf_hub_download` into the shared cache (never a cache folder per revision), so a file
+identical across revisions is one blob. Each downloaded file is checked once against the sha256 its
+revision's `checkpoint.json` records (for repos without one: against the LFS sha256 the hub gave as
+ETag); a mismatch removes the bad copy from the cache and raises `IntegrityError` naming the file. A
+verified blob is remembered by (inode, size, mtime), so warm loads do not re-hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import IntegrityError
+from ..hub_reader import MANIFEST_FILE, HubReader
+from ..revisions import RevisionInfo
+
+logger = logging.getLogger(__name__)
+
+INDEX_JSON = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+TRAINING_STATE_DIR = "training_state/"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_HASH_CHUNK = 8 * 1024 * 1024
+
+
+def _verified_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME) / "hubckpt" / "verified"
+
+
+def _fingerprint(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _remove_cached(snapshot_path: Path) -> None:
+    """Remove a cached file: its blob and the snapshot entry pointing at it."""
+    blob = snapshot_path.resolve()
+    for p in (blob, snapshot_path):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def is_verified(path: Path, sha256: str) -> bool:
+    """Was this cached file hashed to `sha256` since it last changed?"""
+    marker = _verified_dir() / sha256
+    try:
+        return marker.read_text() == _fingerprint(path.resolve())
+    except OSError:
+        return False
+
+
+def verify_cached(path: Path, expected: str | None, where: str) -> None:
+    """Check a cached file against `expected` (its sha256); on mismatch remove it and raise IntegrityError."""
+    blob = path.resolve()
+    if expected is None and _SHA256.match(blob.name):
+        expected = blob.name  # an LFS file: the hub's ETag is its sha256
+    if expected is None:
+        logger.debug("%s: no sha256 recorded; not verified", where)
+        return
+    if is_verified(path, expected):
+        return
+    actual = sha256_file(blob)
+    if actual != expected:
+        _remove_cached(path)
+        raise IntegrityError(f"{where} is corrupt: sha256 {actual[:16]}… instead of {expected[:16]}… recorded in "
+                             f"{MANIFEST_FILE}; the bad copy was removed from the cache, nothing was loaded "
+                             "(retry to download it again; if it fails again the hub holds a bad copy)", path=where)
+    marker = _verified_dir() / expected
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    tmp = marker.with_name(f".{expected}.{os.getpid()}")
+    tmp.write_text(_fingerprint(blob))
+    os.replace(tmp, marker)
+
+
+@dataclass
+class RevisionFiles:
+    """What a revision holds, from its `checkpoint.json` (or a listing for repos without one)."""
+    info: RevisionInfo
+    manifest: dict | None
+    files: dict[str, dict] = field(default_factory=dict)  # path → {"sha256", "size"} (sha256 may be None)
+
+    @property
+    def weight_files(self) -> list[str]:
+        """The safetensors weights at the top level (shards in order), excluding training state."""
+        return sorted(p for p in self.files if p.endswith(".safetensors") and "/" not in p)
+
+    @property
+    def sharded(self) -> bool:
+        return INDEX_JSON in self.files
+
+    def sha256(self, path: str) -> str | None:
+        return (self.files.get(path) or {}).get("sha256")
+
+
+class Downloader:
+    """Downloads files of pinned revisions of one repo into the huggingface_hub cache, verified."""
+
+    def __init__(self, reader: HubReader, *, cache_dir: str | Path | None = None) -> None:
+        self.reader = reader
+        self.cache_dir = cache_dir
+
+    def where(self, info: RevisionInfo, path: str) -> str:
+        return f"{self.reader.repo_id}@{info.name}/{path}"
+
+    def cached(self, info: RevisionInfo, path: str) -> Path | None:
+        """The cached copy of `path` at the revision's commit, if there is one (no request)."""
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(self.reader.repo_id, path, cache_dir=self.cache_dir, revision=info.commit)
+        return Path(found) if isinstance(found, str) else None
+
+    def fetch(self, info: RevisionInfo, path: str, sha256: str | None = None) -> Path:
+        """`path` at the revision's commit, in the cache, verified against `sha256`."""
+        from huggingface_hub import hf_hub_download
+
+        assert info.commit, "resolve the revision first: downloads are pinned to commits"
+        local = self.cached(info, path)
+        if local is None:
+            local = Path(hf_hub_download(self.reader.repo_id, path, revision=info.commit, cache_dir=self.cache_dir,
+                                         endpoint=self.reader.endpoint, token=self.reader.token,
+                                         library_name="hubckpt"))
+        verify_cached(local, sha256, self.where(info, path))
+        return local
+
+    def fetch_many(self, files: RevisionFiles, paths: list[str]) -> dict[str, Path]:
+        """Several files of one revision (in parallel when there are several to download)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if len(paths) <= 1:
+            return {p: self.fetch(files.info, p, files.sha256(p)) for p in paths}
+        with ThreadPoolExecutor(max_workers=min(4, len(paths))) as pool:
+            out = dict(zip(paths, pool.map(lambda p: self.fetch(files.info, p, files.sha256(p)), paths)))
+        return out
+
+    def manifest(self, info: RevisionInfo, *, via_cache: bool = True) -> dict | None:
+        """The revision's checkpoint.json (None if it has none).
+
+        `via_cache`: download it into the cache (later loads need no request); else read it with one
+        GET unless it is cached already (what lazy reads do, to move as little as possible).
+        """
+        import json
+
+        from huggingface_hub.errors import EntryNotFoundError
+
+        local = self.cached(info, MANIFEST_FILE)
+        if local is not None:
+            return json.loads(local.read_text())
+        if not via_cache:
+            return self.reader.manifest(info.commit)  # type: ignore[arg-type]
+        try:
+            return json.loads(self.fetch(info, MANIFEST_FILE).read_text())
+        except EntryNotFoundError:
+            return None
+
+    def revision_files(self, info: RevisionInfo, *, via_cache: bool = True) -> RevisionFiles:
+        """What the revision holds: checkpoint.json's file list, else a listing of the commit."""
+        manifest = self.manifest(info, via_cache=via_cache)
+        if manifest is not None and manifest.get("files"):
+            files = {f["path"]: {"sha256": f.get("sha256"), "size": f.get("size")} for f in manifest["files"]}
+        else:
+            files = {p: {"sha256": None, "size": size} for p, size in self.reader.list_files(info.commit).items()}
+        return RevisionFiles(info, manifest, files)
+
+    def weight_map(self, files: RevisionFiles, *, via_cache: bool = True) -> dict[str, str]:
+        """tensor name → shard file, from the sharded index (empty for a single file)."""
+        import json
+
+        if not files.sharded:
+            return {}
+        local = self.cached(files.info, INDEX_JSON)
+        if local is None and not via_cache:
+            index = self.reader.read_json(INDEX_JSON, files.info.commit) or {}  # type: ignore[arg-type]
+        else:
+            index = json.loads(self.fetch(files.info, INDEX_JSON, files.sha256(INDEX_JSON)).read_text())
+        weight_map = index.get("weight_map") or {}
+        unknown = sorted(set(weight_map.values()) - set(files.files))
+        if unknown:
+            raise IntegrityError(f"{self.where(files.info, INDEX_JSON)} maps tensors to {', '.join(unknown)}, which "
+                                 "the revision does not have", path=self.where(files.info, INDEX_JSON))
+        return weight_map
+
+
+def require_weights(files: RevisionFiles, repo_id: str) -> list[str]:
+    """The revision's safetensors weight files; NoSafetensorsError if it has none."""
+    from .. import errors
+
+    weights = files.weight_files
+    if not weights:
+        others = sorted(p for p in files.files if p.endswith((".bin", ".pt", ".pth", ".ckpt")))
+        hint = (f" (it has {', '.join(others[:3])}: hubckpt loads safetensors only; `hubckpt convert` converts)"
+                if others else "")
+        raise errors.NoSafetensorsError(f"{repo_id}@{files.info.name} has no safetensors weights{hint}")
+    return weights

@@ -1,0 +1,268 @@
+"""Lazy reads of a revision: tensor names, shapes and dtypes from safetensors headers; one tensor by HTTP Range.
+
+A header costs one Range request (two if larger than 16 KiB); `get_tensor` then moves exactly that
+tensor's bytes. Plain Range GETs through huggingface_hub's session are used rather than `HfFileSystem`,
+whose fsspec buffering reads ahead 5 MB by default. Headers are cached in memory and on disk (keyed by
+the file's sha256, so identical files across revisions share one entry). Files already in the local
+cache (and verified) are read from disk instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from ..errors import IntegrityError
+from ..hubs import Hub
+from .download import is_verified, require_weights
+
+if TYPE_CHECKING:
+    import torch
+
+    from .loaders import Revision
+
+logger = logging.getLogger(__name__)
+
+_TORCH_DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "I32": "int32",
+                 "U32": "uint32", "I64": "int64", "U64": "uint64", "F16": "float16", "BF16": "bfloat16",
+                 "F32": "float32", "F64": "float64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
+                 "C64": "complex64"}
+
+
+def torch_dtype(name: str) -> "torch.dtype":
+    import torch
+
+    try:
+        return getattr(torch, _TORCH_DTYPES[name])
+    except (KeyError, AttributeError):
+        raise IntegrityError(f"safetensors dtype {name} has no torch equivalent here") from None
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    """Where one tensor lives: its file, dtype, shape and absolute byte range [start, end) in the file."""
+    name: str
+    file: str
+    dtype: str  # safetensors name: F32, BF16, ...
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    @property
+    def torch_dtype(self) -> "torch.dtype":
+        return torch_dtype(self.dtype)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def _header_cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME) / "hubckpt" / "headers"
+
+
+class LazyRevision:
+    """A revision opened for lazy reads (see `open_revision`)."""
+
+    def __init__(self, rev: "Revision", *, count_from_now: bool = False) -> None:
+        self.rev = rev
+        counter = rev.reader.counter
+        # open_revision counts from the start (resolving the revision included); a revision opened from
+        # an iteration counts from here, its reader having served the iteration's earlier reads.
+        self._base = (counter.bytes, counter.requests) if count_from_now else (0, 0)
+        self._headers: dict[str, tuple[dict, int]] = {}  # file → (header, data start)
+        self._weight_map: dict[str, str] | None = None
+        self._weights: list[str] | None = None
+
+    # -- context manager --------------------------------------------------------------------------
+    def __enter__(self) -> "LazyRevision":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._headers.clear()
+
+    # -- what is there ----------------------------------------------------------------------------
+    @property
+    def info(self):
+        """The resolved RevisionInfo (name, step, commit, metrics...)."""
+        return self.rev.info
+
+    @property
+    def commit(self) -> str:
+        return self.rev.commit
+
+    @property
+    def bytes_received(self) -> int:
+        """Response bytes received for this revision (index, manifest, headers, tensors), bodies only."""
+        return self.rev.reader.counter.bytes - self._base[0]
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests made for this revision."""
+        return self.rev.reader.counter.requests - self._base[1]
+
+    def _layout(self) -> tuple[list[str], dict[str, str]]:
+        if self._weights is None:
+            self._weights = require_weights(self.rev.files, self.rev.repo_id)
+            self._weight_map = self.rev.downloader.weight_map(self.rev.files, via_cache=not self.rev.lazy)
+        return self._weights, self._weight_map  # type: ignore[return-value]
+
+    @property
+    def files(self) -> list[str]:
+        """The safetensors files holding the weights."""
+        return list(self._layout()[0])
+
+    def keys(self) -> list[str]:
+        """Tensor names, sorted (from the sharded index, else from the header)."""
+        weights, weight_map = self._layout()
+        if weight_map:
+            return sorted(weight_map)
+        return sorted(k for w in weights for k in self._header(w)[0] if k != "__metadata__")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in set(self.keys())
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def meta(self, name: str) -> TensorMeta:
+        """dtype, shape and byte range of a tensor, from its file's header."""
+        weights, weight_map = self._layout()
+        candidates = [weight_map[name]] if name in weight_map else [] if weight_map else weights
+        for file in candidates:
+            header, data_start = self._header(file)
+            entry = header.get(name)
+            if entry is not None and name != "__metadata__":
+                start, end = entry["data_offsets"]
+                return TensorMeta(name, file, entry["dtype"], tuple(entry["shape"]), data_start + start,
+                                  data_start + end)
+            if weight_map:  # the index names a tensor its shard lacks (huggingface_hub#4725)
+                raise IntegrityError(f"{self.rev.repo_id}@{self.info.name}: the sharded index puts {name!r} in {file}, "
+                                     "whose header has no such tensor", path=f"{self.rev.repo_id}@{self.info.name}/{file}")
+        raise KeyError(f"{self.rev.repo_id}@{self.info.name} has no tensor {name!r}")
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.meta(name).shape
+
+    def dtype(self, name: str) -> "torch.dtype":
+        return self.meta(name).torch_dtype
+
+    def tensors(self) -> dict[str, TensorMeta]:
+        """Every tensor's TensorMeta (reads each weight file's header once)."""
+        weights, _ = self._layout()
+        if len(weights) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(8, len(weights))) as pool:
+                list(pool.map(self._header, weights))
+        return {k: self.meta(k) for k in self.keys()}
+
+    def metadata(self) -> dict[str, str]:
+        """The `__metadata__` of the (first) weight file's header."""
+        return dict(self._header(self._layout()[0][0])[0].get("__metadata__") or {})
+
+    # -- reading ------------------------------------------------------------------------------------
+    def get_tensor(self, name: str) -> "torch.Tensor":
+        """One tensor, reading just its bytes (a Range request, or the verified local copy when cached)."""
+        import torch
+
+        meta = self.meta(name)
+        dtype = meta.torch_dtype
+        if meta.nbytes == 0:
+            return torch.empty(meta.shape, dtype=dtype)
+        local = self._local(meta.file)
+        if local is not None:
+            with open(local, "rb") as f:
+                f.seek(meta.start)
+                data = bytearray(f.read(meta.nbytes))
+        else:
+            raw, _ = self.rev.reader.read_range(meta.file, self.commit, meta.start, meta.end)
+            data = bytearray(raw)
+        if len(data) != meta.nbytes:
+            raise IntegrityError(f"{self.rev.repo_id}@{self.info.name}/{meta.file}: {name} should be {meta.nbytes} "
+                                 f"bytes, read {len(data)}", path=f"{self.rev.repo_id}@{self.info.name}/{meta.file}")
+        return torch.frombuffer(data, dtype=dtype).reshape(meta.shape)
+
+    def _local(self, file: str) -> Path | None:
+        local = self.rev.downloader.cached(self.info, file)
+        sha256 = self.rev.files.sha256(file) or (local.resolve().name if local is not None else None)
+        if local is not None and sha256 and is_verified(local, sha256):
+            return local
+        return None
+
+    def _header(self, file: str) -> tuple[dict, int]:
+        if file in self._headers:
+            return self._headers[file]
+        sha256 = self.rev.files.sha256(file)
+        cache_path = _header_cache_dir() / f"{sha256}.json" if sha256 else None
+        found = None
+        if cache_path is not None:
+            try:
+                doc = json.loads(cache_path.read_text())
+                found = (doc["header"], int(doc["data_start"]))
+            except (OSError, ValueError, KeyError):
+                found = None
+        if found is None:
+            local = self._local(file)
+            if local is not None:
+                found = _local_header(local, f"{self.rev.repo_id}@{self.info.name}/{file}")
+            else:
+                header, data_start, total = self.rev.reader.safetensors_header(file, self.commit)
+                expected = (self.rev.files.files.get(file) or {}).get("size")
+                if expected is not None and total is not None and int(expected) != total:
+                    raise IntegrityError(f"{self.rev.repo_id}@{self.info.name}/{file} is {total} bytes on the hub, "
+                                         f"{expected} in checkpoint.json", path=file)
+                found = (header, data_start)
+            if cache_path is not None:
+                cache_path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache_path.with_name(f".{cache_path.name}.{os.getpid()}")
+                tmp.write_text(json.dumps({"header": found[0], "data_start": found[1]}))
+                os.replace(tmp, cache_path)
+        self._headers[file] = found
+        return found
+
+
+def _local_header(path: Path, where: str) -> tuple[dict, int]:
+    from ..hub_reader import header_length, parse_header
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        length = header_length(f.read(8), where)
+        raw = f.read(length)
+    return parse_header(raw, where, data_size=size - 8 - length), 8 + length
+
+
+def open_revision(repo_id: str, revision: str | None = None, *, step: int | None = None, match: str = "exact",
+                  hub: Hub | str | None = None, token: str | bool | None = None) -> LazyRevision:
+    """Open a revision for lazy reads; use as a context manager.
+
+    `keys()`, `meta(name)` / `shape(name)` / `dtype(name)` come from the safetensors headers only;
+    `get_tensor(name)` reads just that tensor's bytes with HTTP Range requests. Sharded revisions are
+    read through their index. `bytes_received` says how much the reads moved.
+
+    Example:
+        >>> with hubckpt.open_revision("me/run", step=1200) as rev:
+        ...     w = rev.get_tensor("transformer.h.0.attn.c_attn.weight")
+    """
+    from .loaders import Revision
+
+    return LazyRevision(Revision(repo_id, revision, step=step, match=match, hub=hub, token=token, lazy=True))

@@ -1,0 +1,234 @@
+"""Load a revision: a state dict (only the shards holding the requested keys), a transformers model, a folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
+
+from ..errors import DestinationExistsError, HubConfigError
+from ..hub_reader import MANIFEST_FILE, HubReader
+from ..hubs import Hub
+from ..revisions import RevisionInfo
+from .download import INDEX_JSON, TRAINING_STATE_DIR, Downloader, RevisionFiles, require_weights
+from .resolve import RepoRevisions
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+# Besides the weights, what a model folder needs for `from_pretrained` (tokenizer files are pulled too).
+MODEL_FILES = ("config.json", "generation_config.json")
+
+
+class Revision:
+    """One resolved revision of a repo, with the reader and downloader that serve it (shared by the loaders)."""
+
+    def __init__(self, repo_id: str, revision: str | None = None, *, step: int | None = None,
+                 tokens: int | None = None, match: str = "exact", hub: Hub | str | None = None,
+                 token: str | bool | None = None, cache_dir: str | Path | None = None,
+                 info: RevisionInfo | None = None, revisions: RepoRevisions | None = None,
+                 lazy: bool = False) -> None:
+        self.revisions = revisions or RepoRevisions(HubReader(hub, repo_id, token=token))
+        self.reader = self.revisions.reader
+        self.info = info or self.revisions.resolve(revision, step=step, tokens=tokens, match=match)
+        self.downloader = Downloader(self.reader, cache_dir=cache_dir)
+        self._files: RevisionFiles | None = None
+        self.lazy = lazy  # reading ranges only: fetch checkpoint.json with one GET, not into the cache
+
+    @property
+    def repo_id(self) -> str:
+        return self.reader.repo_id
+
+    @property
+    def commit(self) -> str:
+        assert self.info.commit
+        return self.info.commit
+
+    @property
+    def files(self) -> RevisionFiles:
+        if self._files is None:
+            self._files = self.downloader.revision_files(self.info, via_cache=not self.lazy)
+        return self._files
+
+    def shards_for(self, keys: Iterable[str] | None, prefix: str | None) -> dict[str, list[str] | None]:
+        """shard file → the keys wanted from it (None: all of them); only shards holding wanted keys."""
+        weights = require_weights(self.files, self.repo_id)
+        weight_map = self.downloader.weight_map(self.files)
+        if not weight_map:
+            if keys is None and prefix is None:
+                return {w: None for w in weights}
+            weight_map = self._keys_from_headers(weights)
+        wanted = list(weight_map) if keys is None else list(dict.fromkeys(keys))
+        missing = [k for k in wanted if k not in weight_map]
+        if missing:
+            raise KeyError(f"{self.repo_id}@{self.info.name} has no tensor(s) {', '.join(missing[:5])}"
+                           + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
+        if prefix is not None:
+            wanted = [k for k in wanted if k.startswith(prefix)]
+        plan: dict[str, list[str] | None] = {}
+        for k in wanted:
+            plan.setdefault(weight_map[k], []).append(k)  # type: ignore[union-attr]
+        if keys is None and prefix is None:
+            plan = {shard: None for shard in plan}
+        return dict(sorted(plan.items()))
+
+    def _keys_from_headers(self, weights: list[str]) -> dict[str, str]:
+        """Unsharded (or shards without an index): tensor names from each file's header, read lazily."""
+        from .lazy import LazyRevision
+
+        with LazyRevision(self) as lazy:
+            return {name: lazy.meta(name).file for name in lazy.keys()}
+
+    def download(self, paths: Iterable[str]) -> dict[str, Path]:
+        files = self.files
+        return self.downloader.fetch_many(files, [p for p in paths if p in files.files or p == MANIFEST_FILE])
+
+    def snapshot_dir(self, extra: Iterable[str] = ()) -> Path:
+        """The cached snapshot folder of this commit holding config, generation config and all weights."""
+        weights = require_weights(self.files, self.repo_id)
+        paths = [*weights, *([INDEX_JSON] if self.files.sharded else []), *MODEL_FILES, *extra]
+        local = self.download(dict.fromkeys(paths))
+        if "config.json" not in local:
+            raise HubConfigError(f"{self.repo_id}@{self.info.name} has no config.json, so transformers cannot build "
+                                 "a model from it; use hubckpt.load_state_dict instead")
+        return local[weights[0]].parent
+
+
+def _convert(tensor: "torch.Tensor", dtype, device) -> "torch.Tensor":
+    if dtype is not None and tensor.is_floating_point():
+        tensor = tensor.to(dtype)
+    return tensor.to(device) if str(device) != "cpu" else tensor
+
+
+def load_state_dict(repo_id: str, revision: str | None = None, *, step: int | None = None,
+                    keys: Iterable[str] | None = None, prefix: str | None = None, dtype: "torch.dtype | None" = None,
+                    device: "str | torch.device" = "cpu", hub: Hub | str | None = None, token: str | bool | None = None,
+                    match: str = "exact", cache_dir: str | Path | None = None) -> dict[str, "torch.Tensor"]:
+    """The revision's tensors (all, `keys`, or those under `prefix`); only the shards holding them are fetched.
+
+    Files are downloaded into the huggingface_hub cache at the resolved commit and verified against
+    `checkpoint.json`. `dtype` converts floating-point tensors; `device` places them.
+    """
+    rev = Revision(repo_id, revision, step=step, match=match, hub=hub, token=token, cache_dir=cache_dir)
+    return rev_state_dict(rev, keys=keys, prefix=prefix, dtype=dtype, device=device)
+
+
+def rev_state_dict(rev: Revision, *, keys=None, prefix=None, dtype=None, device="cpu") -> dict[str, "torch.Tensor"]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    plan = rev.shards_for(keys, prefix)
+    local = rev.download(plan)
+    out: dict[str, torch.Tensor] = {}
+    for shard, wanted in plan.items():
+        if wanted is None:
+            tensors = load_file(local[shard], device="cpu")
+        else:
+            with safe_open(local[shard], framework="pt", device="cpu") as f:
+                tensors = {k: f.get_tensor(k) for k in wanted}
+        for k, t in tensors.items():
+            out[k] = _convert(t, dtype, device)
+    if keys is not None:
+        order = [k for k in dict.fromkeys(keys) if k in out]
+        out = {k: out[k] for k in order}
+    return out
+
+
+def _model_class(folder: Path, model_class: Any):
+    import transformers
+
+    if model_class is not None:
+        return model_class
+    config = transformers.AutoConfig.from_pretrained(folder)
+    for name in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, name, None)
+        if cls is not None:
+            return cls
+        logger.info("config names architecture %s, which this transformers does not have; using AutoModel", name)
+    return transformers.AutoModel
+
+
+def load_model(repo_id: str, revision: str | None = None, *, step: int | None = None, model_class: Any = None,
+               hub: Hub | str | None = None, token: str | bool | None = None, match: str = "exact",
+               cache_dir: str | Path | None = None, **from_pretrained_kwargs):
+    """A transformers model of the revision, through `from_pretrained`, pinned to the resolved commit.
+
+    The class is `model_class`, else the config's `architectures` (e.g. GPT2LMHeadModel), else AutoModel.
+    Weights are downloaded into the huggingface_hub cache and verified first; transformers then loads
+    that commit's snapshot folder, so nothing else is fetched behind the pin.
+    """
+    rev = Revision(repo_id, revision, step=step, match=match, hub=hub, token=token, cache_dir=cache_dir)
+    return rev_model(rev, model_class=model_class, **from_pretrained_kwargs)
+
+
+def rev_model(rev: Revision, *, model_class: Any = None, **from_pretrained_kwargs):
+    folder = rev.snapshot_dir()
+    cls = _model_class(folder, model_class)
+    model = cls.from_pretrained(folder, **from_pretrained_kwargs)
+    # Where it came from, as from_pretrained(repo_id, revision=commit) would record it.
+    model.config._name_or_path = rev.repo_id
+    model.config._commit_hash = rev.commit
+    model.hubckpt_revision = rev.info
+    return model
+
+
+# -- pull: a folder that from_pretrained(DIR) loads -------------------------------------------------------
+
+@dataclass
+class PullResult:
+    """What `pull_revision` wrote."""
+    info: RevisionInfo
+    folder: Path
+    files: list[str] = field(default_factory=list)
+    bytes: int = 0
+
+
+def pull_files(rev: Revision, *, training_state: bool = False) -> list[str]:
+    """The files of a revision a pull copies: everything but training_state/ (unless asked for)."""
+    files = rev.files
+    paths = [p for p in files.files if training_state or not p.startswith(TRAINING_STATE_DIR)]
+    if files.manifest is not None:
+        paths.append(MANIFEST_FILE)
+    return sorted(dict.fromkeys(paths))
+
+
+def pull_revision(repo_id: str, dest: str | Path, revision: str | None = None, *, step: int | None = None,
+                  match: str = "exact", hub: Hub | str | None = None, token: str | bool | None = None,
+                  training_state: bool = False, overwrite: bool = False,
+                  cache_dir: str | Path | None = None, rev: Revision | None = None) -> PullResult:
+    """Copy a revision into `dest`: weights, config, tokenizer, card and checkpoint.json, verified.
+
+    The folder loads with `from_pretrained(dest)`. Files come through the shared cache (so pulling many
+    revisions stores identical files once there); `dest` is filled in a temporary sibling folder and
+    renamed into place, so it is never half-written. `training_state=True` includes training_state/.
+    """
+    rev = rev or Revision(repo_id, revision, step=step, match=match, hub=hub, token=token, cache_dir=cache_dir)
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        if not overwrite:
+            raise DestinationExistsError(f"{dest} exists and is not empty; choose another folder or overwrite")
+    require_weights(rev.files, rev.repo_id)
+    paths = pull_files(rev, training_state=training_state)
+    local = rev.download(paths)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        total = 0
+        for path in paths:
+            target = staging / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(local[path], target)  # a copy, not a link: edits in dest must not touch the cache
+            total += target.stat().st_size
+        if dest.exists():
+            shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+        os.replace(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return PullResult(rev.info, dest, paths, total)

@@ -49,6 +49,7 @@ def published(local_hub, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("analysis-hub")
     config, states = _models()
+    config.architectures = ["GPT2LMHeadModel"]   # what model.save_pretrained records: load_model picks the class
     files = tmp / "files"
     config.save_pretrained(files)
     word_tokenizer(WORDS).save_pretrained(files)
@@ -138,7 +139,8 @@ def test_analyze_safetensors_probe_chosen_revisions_and_layers_and_resume(publis
 
 
 @pytest.mark.slow
-def test_drift_is_zero_for_identical_revisions_and_text_probe_without_tokenizer_is_a_clear_error(published, tmp_path):
+def test_drift_is_zero_for_identical_revisions_and_text_probe_without_tokenizer_is_a_clear_error(published, tmp_path,
+                                                                                              capsys):
     from hubckpt.analysis import analyze
 
     ids = torch.randint(2, 10, (6, 4), generator=torch.Generator().manual_seed(4))
@@ -150,27 +152,44 @@ def test_drift_is_zero_for_identical_revisions_and_text_probe_without_tokenizer_
     probe_file.write_text("the cat sat\n")
     with pytest.raises(AnalysisError, match="no tokenizer"):
         analyze(published["bare"], probe=probe_file, out=tmp_path / "x", hub=published["hub"])
-    r = run_cli("analyze", published["bare"], "--probe", str(probe_file), "--out", str(tmp_path / "y"),
-                "--hub", published["hub"])
-    assert r.returncode == 1 and "no tokenizer files" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli("analyze", published["bare"], "--probe", str(probe_file), "--out", str(tmp_path / "y"),
-                "--hub", published["hub"], "--every", "2", "--revisions", "a")
-    assert r.returncode == 1 and "not both" in r.stderr
+    assert _cli(capsys, "analyze", published["bare"], "--probe", str(probe_file), "--out", str(tmp_path / "y"),
+                "--hub", published["hub"]) == 1
+    err = capsys.readouterr().err
+    assert "no tokenizer files" in err and "Traceback" not in err
+    assert _cli(capsys, "analyze", published["bare"], "--probe", str(probe_file), "--out", str(tmp_path / "y"),
+                "--hub", published["hub"], "--every", "2", "--revisions", "a") == 1
+    assert "not both" in capsys.readouterr().err
+
+
+def _cli(capsys, *argv: str) -> int:
+    """The CLI in this process (its error boundary included): exit code."""
+    from hubckpt.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    return exit_.value.code
 
 
 @pytest.mark.slow
-def test_weight_drift_reads_only_the_selected_tensors(published):
-    from hubckpt import list_revisions
+def test_weight_drift_reads_only_the_selected_tensors(published, local_hub):
+    from hubckpt import Publisher, list_revisions
     from hubckpt.analysis import weight_drift
 
-    res = weight_drift(published["repo"], keys=["transformer.h.0.attn.c_attn.weight"], hub=published["hub"])
+    # a repo of its own, so that no earlier test has its files in the download cache already
+    repo = f"alice/analysis-lazy-{uuid.uuid4().hex[:6]}"
+    with Publisher(repo, hub=local_hub.url, spool_dir=published["tmp"] / "spool-lazy") as pub:
+        for step in STEPS:
+            pub.publish(state_dict=published["states"][step], step=step)
+    name = "transformer.h.0.attn.c_attn.weight"
+    res = weight_drift(repo, keys=[name], hub=local_hub.url)
     assert res.revisions == [f"step-{s:07d}" for s in STEPS] and res.reference == "step-0000000"
-    first = published["states"][0]["transformer.h.0.attn.c_attn.weight"]
-    expected = [float((published["states"][s]["transformer.h.0.attn.c_attn.weight"] - first).norm() / first.norm())
-                for s in STEPS]
-    assert res.parameters["transformer.h.0.attn.c_attn.weight"] == pytest.approx(expected, rel=1e-5)
-    assert res.parameters["transformer.h.0.attn.c_attn.weight"][0] == 0.0
+    first = published["states"][0][name]
+    expected = [float((published["states"][s][name] - first).norm() / first.norm()) for s in STEPS]
+    assert res.parameters[name] == pytest.approx(expected, rel=1e-5)
+    assert res.parameters[name][0] == 0.0
     tensor_bytes = first.numel() * first.element_size()
-    whole = sum(r.size for r in list_revisions(published["repo"], hub=published["hub"]))
-    # 4 reads of one tensor (the reference is not read twice), plus headers: a fraction of the checkpoints
-    assert 4 * tensor_bytes <= res.bytes_received < whole / 4
+    whole = sum(r.size for r in list_revisions(repo, hub=local_hub.url))
+    # 4 reads of one tensor (the reference is not read twice) plus each revision's header and manifest:
+    # within 64 KiB of the tensor per revision, and well under the whole checkpoints
+    assert 4 * tensor_bytes <= res.bytes_received <= 4 * (tensor_bytes + 64 * 1024)
+    assert res.bytes_received < whole / 3

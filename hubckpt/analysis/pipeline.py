@@ -209,11 +209,14 @@ def analyze(repo_id: str, *, probe: Probe | str | Path | torch.Tensor, out: str 
         from . import plots as p
 
         labels = [str(i.step) if i.step is not None else i.name for i in infos]
-        title = f"{'Linear CKA' if measure == 'linear_cka' else measure} between revisions of {repo_id}"
-        files.append(p.plot_cka_heatmaps(cka, labels, out / "cka.png", title=title))
+        shown = {"linear_cka": "Linear CKA", "procrustes": "Procrustes distance"}.get(measure, measure)
+        title = f"{shown} between revisions of {repo_id}"
+        axis = "step" if all(i.step is not None for i in infos) else "revision"
+        vmax = 2.0 if measure == "procrustes" else 1.0  # a distance in [0, 2], the rest similarities in [0, 1]
+        files.append(p.plot_cka_heatmaps(cka, labels, out / "cka.png", title=title, axis_label=axis, vmax=vmax))
         files.append(p.plot_similarity_matrix(layer_similarity(store, names[-1], layer_names, measure=measure),
-                                              layer_names, out / "layers.png",
-                                              title=f"Between layers of {names[-1]}"))
+                                              layer_names, out / "layers.png", vmax=vmax,
+                                              title=f"{measure} between layers of {names[-1]}"))
         files.append(p.plot_drift(results["steps"], tracker.result.layers, out / "drift.png", reference=names[0]))
         if any(i.metrics for i in infos):
             files.append(p.plot_metrics(infos, out / "metrics.png"))

@@ -42,19 +42,25 @@ def _ticks(labels: Sequence[str]) -> tuple[list[int], list[str]]:
     return idx, [str(labels[i]) for i in idx]
 
 
-def _heatmap(ax: Any, matrix: np.ndarray, labels: Sequence[str], vmin: float, vmax: float, title: str) -> Any:
+def _heatmap(ax: Any, matrix: np.ndarray, labels: Sequence[str], vmin: float, vmax: float, title: str,
+             axis_label: str | None = None) -> Any:
     image = ax.imshow(np.asarray(matrix, dtype=float), vmin=vmin, vmax=vmax, cmap="magma", origin="upper",
                       interpolation="nearest")
     idx, text = _ticks(labels)
     ax.set_xticks(idx, text, rotation=90, fontsize=7)
     ax.set_yticks(idx, text, fontsize=7)
     ax.set_title(title, fontsize=9)
+    if axis_label:
+        ax.set_xlabel(axis_label, fontsize=8)
+        ax.set_ylabel(axis_label, fontsize=8)
     return image
 
 
 def plot_cka_heatmaps(cka: Mapping[str, np.ndarray], labels: Sequence[str], path: str | Path, *,
-                      title: str = "Linear CKA between revisions", vmin: float = 0.0, vmax: float = 1.0) -> Path:
-    """One heatmap per layer (revision x revision), on a grid with one shared color scale."""
+                      title: str = "Linear CKA between revisions", vmin: float = 0.0, vmax: float = 1.0,
+                      axis_label: str | None = None) -> Path:
+    """One heatmap per layer (revision x revision), on a grid with one shared color scale; `labels` name
+    the revisions (e.g. their steps, with `axis_label="step"`)."""
     if not cka:
         raise AnalysisError("No similarity matrices to plot.")
     for layer, m in cka.items():
@@ -67,7 +73,7 @@ def plot_cka_heatmaps(cka: Mapping[str, np.ndarray], labels: Sequence[str], path
     axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
     image = None
     for ax, (layer, m) in zip(axes, cka.items()):
-        image = _heatmap(ax, m, labels, vmin, vmax, layer)
+        image = _heatmap(ax, m, labels, vmin, vmax, layer, axis_label)
     for ax in axes[n:]:
         ax.set_visible(False)
     fig.colorbar(image, ax=list(axes[:n]), shrink=0.8)

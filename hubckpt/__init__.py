@@ -21,8 +21,11 @@ from .errors import (
     HubUnavailableError,
     InvalidNameError,
     PublishError,
+    RestoreError,
     RevisionCollisionError,
+    StateMismatchError,
     StorageError,
+    TrainingStateMissingError,
     UnsafeCheckpointError,
     UnsupportedCheckpointError,
     VerificationError,
@@ -48,6 +51,9 @@ _LAZY = {
     "PublishedRevision": ("hubckpt.publishing", "PublishedRevision"),
     "Retention": ("hubckpt.publishing", "Retention"),
     "CardOptions": ("hubckpt.cards", "CardOptions"),
+    "Checkpointer": ("hubckpt.integrations.checkpointer", "Checkpointer"),
+    "restore": ("hubckpt.load.restore", "restore"),
+    "Restored": ("hubckpt.load.restore", "Restored"),
     "RevisionIndex": ("hubckpt.revisions", "RevisionIndex"),
     "RevisionInfo": ("hubckpt.revisions", "RevisionInfo"),
     "render_revision_name": ("hubckpt.revisions", "render_revision_name"),
@@ -76,6 +82,8 @@ if TYPE_CHECKING:
     from .commits import commit_folder
     from .conversion import ConvertResult, convert
     from .conversion.training_state import capture_rng, load_training_state, restore_rng
+    from .integrations.checkpointer import Checkpointer
+    from .load.restore import Restored, restore
     from .hubs import Hub, ensure_local_hub, hub_api, point_hf_clients_at, resolve_hub
     from .readers import discover, read_checkpoint
     from .server import LocalHubServer
@@ -98,5 +106,6 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "__version__", "HubckptError", "InvalidNameError", "HubConfigError", "HubUnavailableError", "AuthError",
     "StorageError", "CheckpointError", "CorruptCheckpointError", "UnsupportedCheckpointError", "UnsafeCheckpointError",
-    "VerificationError", "AnalysisError", "DestinationExistsError", "DiskFullError", "RevisionCollisionError", "PublishError", *_LAZY,
+    "VerificationError", "AnalysisError", "DestinationExistsError", "DiskFullError", "RevisionCollisionError", "PublishError", "RestoreError", "StateMismatchError", "TrainingStateMissingError",
+    *_LAZY,
 ]

@@ -22,7 +22,10 @@ Hierarchy::
     ├── IntegrityError (OSError)              a downloaded file does not match its sha256 (removed from the cache)
     ├── UnknownRevisionError (huggingface_hub RevisionNotFoundError)   no branch, tag or commit of that name
     ├── NoSafetensorsError (huggingface_hub NotASafetensorsRepoError)  a revision without safetensors weights
-    └── AnalysisError (ValueError)            analysis inputs that cannot work (probe file, layers, revisions)
+    ├── AnalysisError (ValueError)            analysis inputs that cannot work (probe file, layers, revisions)
+    └── RestoreError (ValueError)             a revision's training state cannot go into these objects; nothing changed
+        ├── StateMismatchError                names / shapes / dtypes / param groups differ (`mismatches`)
+        └── TrainingStateMissingError (LookupError)  the revision was published without training_state/
 
 Errors raised by `huggingface_hub` itself (RepositoryNotFoundError, RevisionNotFoundError, ...) are
 propagated unchanged: the local hub sends the same `X-Error-Code` headers as huggingface.co, so users
@@ -218,3 +221,25 @@ def __getattr__(name: str) -> type:
             _BUILT[name] = cls
         return _BUILT[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# -- restoring ------------------------------------------------------------------------------------
+
+class RestoreError(HubckptError, ValueError):
+    """A revision's training state cannot be restored into the given objects; nothing was changed."""
+
+
+class StateMismatchError(RestoreError):
+    """What the revision holds does not fit the model / optimizer given.
+
+    Attributes:
+        mismatches: one line per difference ("missing in the revision: ...", "shape ...").
+    """
+
+    def __init__(self, message: str, mismatches: list[str] | None = None) -> None:
+        self.mismatches = list(mismatches or [])
+        super().__init__(message)
+
+
+class TrainingStateMissingError(RestoreError, LookupError):
+    """The revision has no `training_state/` (it was published from weights alone)."""

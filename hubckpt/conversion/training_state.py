@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import CorruptCheckpointError, UnsupportedCheckpointError
 
@@ -118,8 +118,13 @@ def _shares_storage(t, all_tensors: dict) -> bool:
                                    if o.numel() and o.untyped_storage().data_ptr() == ptr) > 1
 
 
-def load_state(folder: Path, name: str) -> Any:
-    """Rebuild what `save_state` wrote."""
+def load_state(folder: Path, name: str, *, read_tensors: Callable[[Path], dict] | None = None) -> Any:
+    """Rebuild what `save_state` wrote.
+
+    `read_tensors(path)` reads the `.safetensors` file (default: `safetensors.torch.load_file`, whose
+    tensors are copy-on-write views of a memory map; pass a reader into fresh memory for state that
+    training will write into).
+    """
     from safetensors.torch import load_file
 
     doc_path = folder / f"{name}.json"
@@ -129,7 +134,7 @@ def load_state(folder: Path, name: str) -> Any:
         raise CorruptCheckpointError(f"{doc_path} is missing or not valid JSON: {e}", str(doc_path)) from e
     if doc.get("format_version", 0) > FORMAT_VERSION:
         raise UnsupportedCheckpointError(f"{doc_path} was written by a newer hubckpt; upgrade hubckpt", str(doc_path))
-    tensors = load_file(folder / doc["tensors_file"]) if doc.get("tensors_file") else {}
+    tensors = (read_tensors or load_file)(folder / doc["tensors_file"]) if doc.get("tensors_file") else {}
     return _decode(doc["state"], tensors)
 
 
@@ -149,11 +154,14 @@ def load_training_state(folder: str | Path) -> dict[str, Any]:
 
 def restore_rng(rng: dict[str, Any]) -> None:
     """Restore python / numpy / torch (and CUDA, when present and available) RNG states saved by `capture_rng`
-    or by the transformers Trainer (`rng_state.pth`)."""
+    or by the transformers Trainer (`rng_state.pth`; also as published: {"rng_state": {...}})."""
     import random
 
     import numpy as np
     import torch
+
+    if "python" not in rng and isinstance(rng.get("rng_state"), dict):  # a Trainer checkpoint's rng part
+        rng = rng["rng_state"]
 
     if "python" in rng:
         version, internal, gauss = rng["python"]

@@ -8,7 +8,8 @@ On every save the checkpoint folder is hard-linked into the publisher's spool (s
 `save_total_limit` may delete it right away) and queued; conversion, upload and indexing happen in
 the background. At the end of training the last checkpoint is marked final (saved first if the
 Trainer did not save at the last step) and the callback waits for every upload. Only the main
-process (rank 0) publishes.
+process (rank 0) publishes. The Trainer's `log_history` is written beside each checkpoint as
+`log_history.json`, so a pulled revision gives `resume_from_checkpoint` all it reads (`trainer_resume`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ..publishing import Publisher
+from .trainer_resume import log_history_file
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class HubckptCallback(TrainerCallback):
             return control
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir() and state.global_step not in self._published_steps:
+            log_history_file(folder)  # so that `hubckpt pull --trainer-checkpoint` gives the Trainer all it reads
             self._pub().publish(folder, step=state.global_step, final=state.global_step >= state.max_steps > 0,
                                 snapshot=True)
             self._published_steps.add(state.global_step)

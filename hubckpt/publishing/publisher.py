@@ -30,7 +30,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from ..cards import CardOptions, metrics_chart_svg, render_repo_card, render_revision_card
 from ..checkpoint import MANIFEST_FILE, Checkpoint
@@ -155,13 +155,17 @@ class Publisher:
                 state_dict: dict | None = None, training_state: dict[str, Any] | None = None,
                 metrics: dict[str, float] | None = None, epoch: float | None = None, tokens: int | None = None,
                 final: bool = False, revision: str | None = None, companions: Iterable[str | Path] = (),
-                snapshot: bool = False) -> "Future[PublishedRevision]":
+                snapshot: bool = False, release: Callable[[], None] | None = None) -> "Future[PublishedRevision]":
         """Queue one checkpoint: a file or folder (`source`), or live tensors (`state_dict`, copied now).
 
         Returns once the checkpoint is captured; blocks only while `max_pending` jobs wait. The Future
         resolves to a `PublishedRevision` when the revision is committed and indexed everywhere.
         With `snapshot=True` a `source` is first hard-linked (or copied) into the spool, so the training
         framework may delete it (e.g. the Trainer's `save_total_limit`) before it is converted.
+        With `release`, `state_dict` and `training_state` are the caller's own staged copy (e.g.
+        `hubckpt.Checkpointer`'s reused buffers): taken as they are, without a second copy, and
+        `release()` is called once they are written to the spool (or the job ended), so the caller may
+        reuse them.
         """
         self.raise_if_failed()
         if self._closed:
@@ -188,11 +192,17 @@ class Publisher:
         if existing is not None and existing.done:
             future: Future = Future()
             future.set_result(PublishedRevision(self.repo_id, name, step, dict(existing.committed), skipped=True))
+            if release is not None:
+                release()
             return future
         if source is not None and snapshot:
             source = _snapshot(source, self.spool / "jobs" / job_id / "source")
         payload: dict[str, Any] = {}
-        if state_dict is not None:
+        if state_dict is not None and release is not None:  # already staged by the caller: no second copy
+            payload.update(weights=dict(state_dict), release=release)
+            if training_state:
+                payload["training_state"] = training_state
+        elif state_dict is not None:
             payload["weights"] = self._staging.capture(state_dict)
             if training_state:
                 payload["training_state"] = _clone_tree(training_state)
@@ -292,6 +302,8 @@ class Publisher:
                 payload = self._payloads.pop(job_id, {})
                 if "weights" in payload:
                     self._staging.release(payload["weights"])
+                if "release" in payload:
+                    payload["release"]()
                 self._queue.task_done()
 
     def _process(self, job_id: str) -> PublishedRevision:
@@ -366,6 +378,8 @@ class Publisher:
         convert_checkpoint(ckpt, folder, max_shard_size=self.max_shard_size, overwrite=True)
         if "weights" in payload:  # written to the spool: the staging buffers can be reused now
             self._staging.release(payload.pop("weights"))
+        if "release" in payload:
+            payload.pop("release")()
         info = _revision_info(captured, json.loads((folder / MANIFEST_FILE).read_text()), commit=None)
         previous = self._previous_job_revision(captured["step"])
         files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())

@@ -1,0 +1,290 @@
+"""`Checkpointer`: publish a plain PyTorch training loop's checkpoints at the cost of one memory copy.
+
+    ckpt = hubckpt.Checkpointer("me/exp1", model=model, optimizer=opt, scheduler=sched, every=500)
+    resumed = ckpt.restore()                     # None on a fresh start; else the latest revision is loaded
+    for step in range((resumed.step if resumed else 0) + 1, steps + 1):
+        ...
+        ckpt.save(step, metrics={"loss": loss.item()})   # publishes every 500th step
+    ckpt.close()
+
+What `save` does on the training thread: copy weights, optimizer, scheduler and grad-scaler state
+into reused staging buffers (`capture.StagingPool`), take the RNG states (python, numpy, torch,
+CUDA) and the loop state, and hand the lot to a background hand-off thread. That thread gives it to
+the `Publisher`, which converts, uploads and indexes it; the buffers come back once written to the
+spool. The buffers are allocated and touched ahead of need on a background thread: the weights'
+right at construction, the optimizer's right after its first `step()` (a step hook), so the first
+save costs what the later ones do.
+
+A restarted run finds what is already published: steps the hub's index lists are not captured or
+published again, and `restore()` loads the latest revision (after the publisher has finished what a
+killed process left in its journal).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from ..errors import HubConfigError
+from .capture import StagingPool, StagingSet, capture, spec_of, synchronize
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..load.restore import Restored
+    from ..publishing import PublishedRevision, Publisher
+
+logger = logging.getLogger(__name__)
+
+LOOP_FORMAT = "hubckpt.Checkpointer/1"
+
+
+def class_name(obj: Any) -> str | None:
+    return None if obj is None else f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+class Checkpointer:
+    """Capture a training loop's whole state at copy speed; publish it as a Hub revision in the background.
+
+    Args:
+        repo_id: `namespace/name` of the model repo.
+        model, optimizer, scheduler, scaler: what `save` captures and `restore` fills (`scaler`: a
+            `torch.amp.GradScaler`).
+        hub: where to publish (`local`, `hf`, a URL, or a list; see `hubckpt.Publisher`).
+        every: publish only steps that are multiples of `every` (and `final=True` saves); None: every call.
+        monitor, mode: the metric deciding the `best` tag, "min" or "max".
+        staging_sets: buffer sets for captures in flight (each the size of the whole state). With 1, a
+            save waits while the previous one is still being written to the spool.
+        **publisher_options: passed to `hubckpt.Publisher` (keep_last, revision_template, token, ...).
+    """
+
+    def __init__(self, repo_id: str, *, model: "torch.nn.Module", optimizer: "torch.optim.Optimizer | None" = None,
+                 scheduler: Any = None, scaler: Any = None, hub: Any = None, every: int | None = None,
+                 monitor: str | None = None, mode: str = "min", staging_sets: int = 1,
+                 **publisher_options: Any) -> None:
+        from ..publishing import Publisher
+
+        if every is not None and every < 1:
+            raise HubConfigError(f"every must be a positive number of steps, got {every}")
+        self.repo_id = repo_id
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.every = every
+        self._hub = hub[0] if isinstance(hub, list) else hub
+        self._token = publisher_options.get("token")
+        self.publisher: Publisher = Publisher(repo_id, hub=hub, monitor=monitor, mode=mode, **publisher_options)
+        self._pool = StagingPool(staging_sets)
+        self._pool.prefault(spec_of(model.state_dict(), "model"))
+        self._optimizer_prefaulted = False
+        self._hook = optimizer.register_step_post_hook(self._after_step) if optimizer is not None else None
+        if optimizer is not None and optimizer.state:  # created mid-run: the optimizer has its state already
+            self._after_step(optimizer, (), {})
+        self._takes_staged = "release" in inspect.signature(Publisher.publish).parameters
+        self._published = self._published_steps()
+        self._error: BaseException | None = None
+        self._handoff: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="hubckpt-checkpointer", daemon=True)
+        self._thread.start()
+        self._closed = False
+        self.stalls: list[float] = []  # seconds each save blocked the training loop
+
+    # -- ahead of need ----------------------------------------------------------------------------
+
+    def _after_step(self, optimizer, args, kwargs) -> None:
+        # After the first step the optimizer has its state: stage buffers for it in the background.
+        # (Removing the hook from inside the hook would change the dict torch is iterating over.)
+        if not self._optimizer_prefaulted and optimizer.state:
+            self._optimizer_prefaulted = True
+            self._pool.prefault(spec_of(optimizer.state_dict(), "optimizer"))
+
+    def wait_staged(self) -> None:
+        """Block until the staging buffers are allocated (normally nobody needs to wait)."""
+        self._pool.wait_prefault()
+
+    # -- saving -----------------------------------------------------------------------------------
+
+    def save(self, step: int, *, metrics: dict[str, float] | None = None, tokens: int | None = None,
+             epoch: float | None = None, final: bool = False, extra: Any = None,
+             ) -> "Future[PublishedRevision] | None":
+        """Capture everything now and publish it in the background as the revision of `step`.
+
+        Returns a Future of the `PublishedRevision`, or None when `every` says this step is not
+        published. A step the hub already has is not captured again (the Future says `skipped`).
+        `extra`: any JSON-serialisable value restored as `Restored.extra` (e.g. a data loader position).
+        """
+        self._raise_if_failed()
+        if self._closed:
+            raise HubConfigError("This Checkpointer is closed; create a new one.")
+        if self.every and step % self.every and not final:
+            return None
+        if step in self._published:
+            from ..publishing import PublishedRevision
+
+            logger.info("step %d of %s is already published; not saved again", step, self.repo_id)
+            future: Future = Future()
+            future.set_result(PublishedRevision(self.repo_id, self._published[step], step, skipped=True))
+            return future
+        try:
+            json.dumps(extra)
+        except (TypeError, ValueError) as e:
+            raise HubConfigError(f"extra= must be JSON-serialisable: {e}") from e
+        started = time.perf_counter()
+        staging_set = self._pool.acquire()  # waits while every set is still being written (backpressure)
+        try:
+            weights, training_state = self._capture(staging_set, step, tokens, epoch, extra)
+        except BaseException:
+            self._pool.release(staging_set)
+            raise
+        future = Future()
+        self._published[step] = f"step {step}"  # its real name is the publisher's to render
+        self._handoff.put((staging_set, weights, training_state,
+                           dict(step=step, metrics=dict(metrics or {}), tokens=tokens, epoch=epoch, final=final),
+                           future))
+        stall = time.perf_counter() - started
+        self.stalls.append(stall)
+        logger.info("captured step %d for %s (training blocked %.3fs)", step, self.repo_id, stall)
+        return future
+
+    def _capture(self, staging_set: StagingSet, step: int, tokens: int | None, epoch: float | None,
+                 extra: Any) -> tuple[dict, dict]:
+        from ..conversion.training_state import capture_rng
+
+        weights = capture(self.model.state_dict(), staging_set, "model")
+        state: dict[str, Any] = {}
+        if self.optimizer is not None:
+            state["optimizer"] = capture(self.optimizer.state_dict(), staging_set, "optimizer")
+        if self.scheduler is not None:
+            state["scheduler"] = capture(self.scheduler.state_dict(), staging_set, "scheduler")
+        if self.scaler is not None:
+            state["scaler"] = capture(self.scaler.state_dict(), staging_set, "scaler")
+        state["rng"] = capture_rng()  # fresh small tensors and tuples, nothing to stage
+        state["loop"] = {"format": LOOP_FORMAT, "step": step, "epoch": epoch, "tokens": tokens, "extra": extra,
+                         "classes": {"model": class_name(self.model), "optimizer": class_name(self.optimizer),
+                                     "scheduler": class_name(self.scheduler), "scaler": class_name(self.scaler)}}
+        synchronize()
+        return weights, state
+
+    def _run(self) -> None:
+        while True:
+            item = self._handoff.get()
+            if item is None:
+                self._handoff.task_done()
+                return
+            staging_set, weights, training_state, options, future = item
+            released = threading.Event()
+
+            def release(staging_set=staging_set, released=released) -> None:
+                if not released.is_set():
+                    released.set()
+                    self._pool.release(staging_set)
+
+            try:
+                if self._takes_staged:
+                    inner = self.publisher.publish(state_dict=weights, training_state=training_state,
+                                                   release=release, **options)
+                else:  # a Publisher without the hook copies the tensors itself (here, off the training thread)
+                    inner = self.publisher.publish(state_dict=weights, training_state=training_state, **options)
+                    release()
+                _chain(inner, future)
+            except BaseException as e:  # re-raised by the next save / wait / close
+                release()
+                logger.error("could not queue step %s of %s for publishing: %s", options.get("step"), self.repo_id, e)
+                self._published.pop(options.get("step"), None)
+                if self._error is None:
+                    self._error = e
+                future.set_exception(e)
+            finally:
+                self._handoff.task_done()
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def wait(self) -> None:
+        """Block until everything saved so far is published; re-raise the first failure."""
+        self._handoff.join()
+        self._raise_if_failed()
+        self.publisher.wait()
+
+    def close(self) -> None:
+        """Publish everything saved, stop the background threads, re-raise a failure."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._handoff.join()
+        finally:
+            self._handoff.put(None)
+            self._thread.join(timeout=60)
+            if self._hook is not None:
+                self._hook.remove()
+        self._raise_if_failed()
+        self.publisher.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # The loop failed: what was captured still reaches the publisher's journal; don't mask the error.
+        self._closed = True
+        self._handoff.join()
+        self._handoff.put(None)
+        if self._hook is not None:
+            self._hook.remove()
+        self.publisher.__exit__(exc_type, exc, tb)
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    # -- resuming ---------------------------------------------------------------------------------
+
+    def _published_steps(self) -> dict[int, str]:
+        from ..load.restore import read_index
+
+        try:
+            index = read_index(self.repo_id, hub=self._hub, token=self._token)
+        except Exception as e:  # noqa: BLE001 - a hub we cannot read yet only means nothing is known as published
+            logger.warning("could not read the index of %s (%s); assuming nothing is published yet", self.repo_id, e)
+            return {}
+        steps = {r.step: r.name for r in index.revisions if r.step is not None} if index else {}
+        if steps:
+            logger.info("%s already has %d revisions (latest step %d); those steps are not saved again",
+                        self.repo_id, len(steps), max(steps))
+        return steps
+
+    def restore(self, revision: str | None = None, *, step: int | None = None,
+                strict: bool = True) -> "Restored | None":
+        """Load the latest published revision (or `revision` / `step`) into the model, optimizer, ...
+
+        Returns None when nothing is published yet (a fresh run). Jobs a killed process left in the
+        publisher's journal are finished first, so "latest" is really the latest.
+        """
+        from ..load.restore import read_index, restore
+
+        self.publisher.wait()
+        if revision is None and step is None:
+            index = read_index(self.repo_id, hub=self._hub, token=self._token)
+            if index is None or not index.live():
+                logger.info("%s has no revision yet: starting from scratch", self.repo_id)
+                return None
+        self._published.update(self._published_steps())
+        return restore(self.repo_id, revision, step=step, model=self.model, optimizer=self.optimizer,
+                       scheduler=self.scheduler, scaler=self.scaler, hub=self._hub, token=self._token, strict=strict)
+
+
+def _chain(inner: Future, outer: Future) -> None:
+    def done(f: Future) -> None:
+        if f.exception() is not None:
+            outer.set_exception(f.exception())
+        else:
+            outer.set_result(f.result())
+
+    inner.add_done_callback(done)

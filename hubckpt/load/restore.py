@@ -1,0 +1,309 @@
+"""`restore`: put a published revision's weights and training state back into live objects, bit for bit.
+
+    resumed = hubckpt.restore("me/exp1", model=model, optimizer=opt, scheduler=sched)   # latest revision
+    for step in range(resumed.step + 1, steps + 1): ...
+
+What it reads, all pinned to the revision's commit: `model*.safetensors` (into the model's own
+parameters and buffers, see `read_into`), `training_state/` (optimizer, scheduler, grad scaler, RNG,
+loop state; safetensors + JSON, no pickle crosses the wire) and `checkpoint.json` (step, epoch,
+tokens, metrics). Everything is checked before anything is changed — parameter names and shapes,
+the optimizer's type and param-group layout, the scheduler's type — so a mismatch leaves every
+object as it was, and the error lists what differs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..checkpoint import MANIFEST_FILE, TRAINING_STATE_DIR
+from ..errors import RestoreError, StateMismatchError, TrainingStateMissingError
+from .read_into import TensorEntry, read_header, read_tensor, reader_into_fresh_memory
+
+if TYPE_CHECKING:
+    import torch
+    from huggingface_hub import HfApi
+
+    from ..revisions import RevisionIndex
+
+logger = logging.getLogger(__name__)
+
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+WEIGHT_PATTERNS = ["model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json"]
+_HOW_TO_PUBLISH = ("Publish revisions with their training state: hubckpt.Checkpointer(repo, model=..., "
+                   "optimizer=..., scheduler=...).save(step), Publisher.publish(state_dict=..., "
+                   "training_state={...}), or a Trainer checkpoint folder (optimizer.pt, scheduler.pt, rng_state.pth) "
+                   "with HubckptCallback / `hubckpt publish`.")
+MAX_LISTED = 20
+
+
+@dataclass
+class Restored:
+    """What `restore` loaded: the training position to continue from."""
+    repo_id: str
+    revision: str
+    commit: str
+    step: int | None
+    epoch: float | None = None
+    tokens: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    extra: Any = None
+    parts: list[str] = field(default_factory=list)  # training-state parts restored (optimizer, scheduler, ...)
+    mismatches: list[str] = field(default_factory=list)  # with strict=False: what was left out
+    folder: Path | None = None  # the downloaded (cached) revision files
+
+
+def api_for(hub: Any, token: Any) -> "HfApi":
+    from ..hubs import Hub, hub_api, resolve_hub
+
+    return hub_api(hub if isinstance(hub, Hub) else resolve_hub(hub), token=token)
+
+
+def read_index(repo_id: str, *, hub: Any = None, token: Any = None,
+               api: "HfApi | None" = None) -> "RevisionIndex | None":
+    """The repo's `revisions.json` on `main`, or None when the repo or the index does not exist yet."""
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    from ..revisions import INDEX_FILE, RevisionIndex
+
+    api = api or api_for(hub, token)
+    try:
+        path = api.hf_hub_download(repo_id, INDEX_FILE, revision="main")
+    except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError):
+        return None
+    return RevisionIndex.from_json(Path(path).read_bytes())
+
+
+def resolve(api: "HfApi", repo_id: str, revision: str | None, step: int | None) -> tuple[str, str]:
+    """(revision name, commit sha): `revision` (branch, tag, sha, or latest / best / final) or `step`."""
+    if revision is not None and step is not None:
+        raise RestoreError("Pass either revision= or step=, not both.")
+    if revision is not None and _SHA.match(revision):
+        return revision, revision
+    name = revision
+    if revision in (None, "latest", "best", "final") or step is not None:
+        index = read_index(repo_id, api=api)
+        live = index.live() if index else []
+        if step is not None:
+            match = [r for r in live if r.step == step]
+            if not match:
+                steps = sorted(r.step for r in live if r.step is not None)
+                near = sorted(steps, key=lambda s: abs(s - step))[:3]
+                raise RestoreError(f"{repo_id} has no revision at step {step}" +
+                                   (f"; nearest steps: {', '.join(map(str, sorted(near)))}" if near else
+                                    " (no revisions are published)"))
+            name = match[-1].name
+        elif revision in (None, "latest"):
+            stepped = [r for r in live if r.step is not None]
+            if not stepped:
+                raise RestoreError(f"{repo_id} has no published revision to restore from (no revisions.json "
+                                   "entries on main). " + _HOW_TO_PUBLISH)
+            name = max(stepped, key=lambda r: (r.step, r.name)).name
+        elif index is not None and getattr(index, revision):
+            name = getattr(index, revision)
+    return name, api.model_info(repo_id, revision=name).sha
+
+
+def _training_state_parts(api: "HfApi", repo_id: str, name: str, commit: str) -> tuple[dict, list[str]]:
+    """(checkpoint.json or {}, training-state parts) without downloading the weights."""
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        manifest = json.loads(Path(api.hf_hub_download(repo_id, MANIFEST_FILE, revision=commit)).read_text())
+        parts = list(manifest.get("training_state") or [])
+    except EntryNotFoundError:
+        manifest = {}
+        files = api.list_repo_files(repo_id, revision=commit)
+        parts = sorted(Path(f).stem for f in files if f.startswith(f"{TRAINING_STATE_DIR}/") and f.endswith(".json"))
+    if not parts:
+        raise TrainingStateMissingError(
+            f"{repo_id}@{name} has no {TRAINING_STATE_DIR}/ (it was published from weights alone), so training cannot "
+            f"resume from it; its weights load with hubckpt / from_pretrained. {_HOW_TO_PUBLISH}")
+    return manifest, parts
+
+
+def download_revision(api: "HfApi", repo_id: str, commit: str, *, weights: bool = True) -> Path:
+    """The revision's weights (optional), checkpoint.json and training_state/, pinned to `commit`."""
+    patterns = [MANIFEST_FILE, f"{TRAINING_STATE_DIR}/*"] + (WEIGHT_PATTERNS if weights else [])
+    return Path(api.snapshot_download(repo_id, revision=commit, allow_patterns=patterns))
+
+
+# -- the plan: everything checked before anything changes --------------------------------------------
+
+def weight_entries(folder: Path) -> dict[str, TensorEntry]:
+    """Every weight tensor of a revision folder (single file or shards with an index)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        entries: dict[str, TensorEntry] = {}
+        for shard in sorted(set(weight_map.values())):
+            entries.update(read_header(folder / shard))
+        return entries
+    if (folder / "model.safetensors").is_file():
+        return read_header(folder / "model.safetensors")
+    raise RestoreError(f"{folder.name}: the revision has no model.safetensors (or shards with an index)")
+
+
+def _listed(lines: list[str]) -> str:
+    shown = lines[:MAX_LISTED]
+    more = f"\n  ... and {len(lines) - MAX_LISTED} more" if len(lines) > MAX_LISTED else ""
+    return "\n  " + "\n  ".join(shown) + more
+
+
+def plan_weights(model: "torch.nn.Module", entries: dict[str, TensorEntry]) -> tuple[list, list[str]]:
+    """([(entry, destination tensor)], mismatches) for reading the revision's weights into `model`."""
+    targets = model.state_dict()
+    tied: dict[tuple, list[str]] = {}
+    for name, t in targets.items():
+        if t.numel():
+            tied.setdefault((t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)), []).append(name)
+    reads, mismatches = [], []
+    for name, t in targets.items():
+        entry = entries.get(name)
+        if entry is None:
+            group = tied.get((t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)), []) \
+                if t.numel() else []
+            if any(other in entries for other in group if other != name):
+                continue  # a tied weight, published once under another of its names
+            mismatches.append(f"missing in the revision: {name} {tuple(t.shape)}")
+        elif entry.shape != tuple(t.shape):
+            mismatches.append(f"shape of {name}: revision {entry.shape}, model {tuple(t.shape)}")
+        elif entry.dtype != t.dtype:
+            mismatches.append(f"dtype of {name}: revision {entry.dtype}, model {t.dtype}")
+        else:
+            reads.append((entry, t))
+    for name in sorted(set(entries) - set(targets)):
+        mismatches.append(f"not in the model: {name} {entries[name].shape}")
+    return reads, mismatches
+
+
+def _class_of(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def check_optimizer(optimizer: "torch.optim.Optimizer", saved: dict, recorded_class: str | None) -> list[str]:
+    """Why `saved` (an optimizer state dict) cannot go into `optimizer`; [] when it can."""
+    import torch
+
+    if recorded_class and recorded_class != _class_of(optimizer):
+        return [f"optimizer type: revision {recorded_class}, given {_class_of(optimizer)}"]
+    problems = []
+    groups, saved_groups = optimizer.param_groups, saved.get("param_groups", [])
+    if len(groups) != len(saved_groups):
+        return [f"optimizer param groups: revision {len(saved_groups)}, given {len(groups)}"]
+    for i, (g, s) in enumerate(zip(groups, saved_groups)):
+        if len(g["params"]) != len(s.get("params", [])):
+            problems.append(f"optimizer param group {i}: revision {len(s.get('params', []))} parameters, "
+                            f"given {len(g['params'])}")
+        # Another optimizer type lacks some of this one's options (Trainer checkpoints do not record the
+        # class). Extra keys are normal: schedulers add initial_lr, max_lr, ... to the groups.
+        lacking = sorted(set(optimizer.defaults) - set(s))
+        if lacking:
+            problems.append(f"optimizer param group {i}: the revision's optimizer has no {', '.join(lacking)} "
+                            "(another optimizer type?)")
+    if problems:
+        return problems
+    params = {pid: p for g, s in zip(groups, saved_groups) for pid, p in zip(s["params"], g["params"])}
+    for pid, state in (saved.get("state") or {}).items():
+        param = params.get(pid)
+        if param is None:
+            problems.append(f"optimizer state for parameter {pid}, which no param group lists")
+            continue
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.dim() == param.dim() and value.dim() > 0 \
+                    and tuple(value.shape) != tuple(param.shape):
+                problems.append(f"optimizer state {key} of parameter {pid}: shape {tuple(value.shape)}, "
+                                f"parameter {tuple(param.shape)}")
+    return problems
+
+
+def _check_keys(kind: str, obj: Any, saved: dict, recorded_class: str | None) -> list[str]:
+    if recorded_class and recorded_class != _class_of(obj):
+        return [f"{kind} type: revision {recorded_class}, given {_class_of(obj)}"]
+    ours, theirs = set(obj.state_dict()), set(saved)
+    if kind == "scaler" and ours and not theirs:
+        return ["grad scaler: the revision's scaler state is empty (it was disabled), this one is enabled"]
+    if kind != "scaler" and ours != theirs:
+        return [f"{kind} state keys differ (another {kind} type?): only in the revision {sorted(theirs - ours)}, "
+                f"only here {sorted(ours - theirs)}"]
+    return []
+
+
+def restore(repo_id: str, revision: str | None = None, *, step: int | None = None, model: "torch.nn.Module",
+            optimizer: "torch.optim.Optimizer | None" = None, scheduler: Any = None, scaler: Any = None,
+            hub: Any = None, token: Any = None, strict: bool = True) -> Restored:
+    """Restore a published revision into `model` (and optimizer / scheduler / scaler / RNG) for exact resume.
+
+    `revision`: a branch, tag or commit, or `latest` (default), `best`, `final`; or `step=`.
+    With `strict=False`, weights whose names or shapes differ are left out and listed in
+    `Restored.mismatches` (and logged) instead of raising; type mismatches of the optimizer or
+    scheduler always raise. Raises `TrainingStateMissingError` when the revision has no training
+    state, `StateMismatchError` listing every difference; in both cases nothing was changed.
+    """
+    import torch
+
+    from ..conversion.training_state import load_state, restore_rng
+
+    api = api_for(hub, token)
+    name, commit = resolve(api, repo_id, revision, step)
+    manifest, parts = _training_state_parts(api, repo_id, name, commit)
+    folder = download_revision(api, repo_id, commit)
+    state_dir = folder / TRAINING_STATE_DIR
+    fresh = reader_into_fresh_memory()
+    state = {part: load_state(state_dir, part, read_tensors=fresh) for part in parts}
+    loop = state.get("loop") if isinstance(state.get("loop"), dict) else {}
+    classes = loop.get("classes") or {}
+
+    reads, weight_problems = plan_weights(model, weight_entries(folder))
+    problems = list(weight_problems) if strict else []
+    skipped = [] if strict else list(weight_problems)
+    for kind, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+        if obj is None:
+            continue
+        if kind not in state:
+            (problems if strict else skipped).append(f"{kind}: the revision has no {kind} state")
+        elif kind == "optimizer":
+            problems += check_optimizer(obj, state[kind], classes.get(kind))
+        else:
+            problems += _check_keys(kind, obj, state[kind], classes.get(kind))
+    if problems:
+        raise StateMismatchError(f"{repo_id}@{name} does not fit what was given ({len(problems)} difference(s); "
+                                 f"nothing was restored):{_listed(problems)}", problems)
+    if skipped:
+        logger.warning("restoring %s@%s without:%s", repo_id, name, _listed(skipped))
+
+    # Apply: the in-memory parts first (their checks mirror torch's own), then the weights, RNG last.
+    restored = []
+    if optimizer is not None and "optimizer" in state:
+        optimizer.load_state_dict(state["optimizer"])
+        restored.append("optimizer")
+    for kind, obj in (("scheduler", scheduler), ("scaler", scaler)):
+        if obj is not None and kind in state:
+            obj.load_state_dict(state[kind])
+            restored.append(kind)
+    with torch.no_grad():
+        handles: dict[Path, Any] = {}
+        try:
+            for entry, dest in reads:
+                handle = handles.get(entry.file) or handles.setdefault(entry.file, open(entry.file, "rb"))
+                read_tensor(entry, dest, handle=handle)
+        finally:
+            for handle in handles.values():
+                handle.close()
+    if "rng" in state:
+        restore_rng(state["rng"])
+        restored.append("rng")
+
+    step_value = manifest.get("step", loop.get("step", loop.get("global_step")))
+    epoch = manifest.get("epoch", loop.get("epoch"))
+    tokens = manifest.get("tokens", loop.get("tokens"))
+    result = Restored(repo_id=repo_id, revision=name, commit=commit, step=step_value, epoch=epoch, tokens=tokens,
+                      metrics=dict(manifest.get("metrics") or {}), extra=loop.get("extra"), parts=restored,
+                      mismatches=skipped, folder=folder)
+    logger.info("restored %s@%s (commit %s, step %s): weights%s", repo_id, name, commit[:10], step_value,
+                "".join(f", {p}" for p in restored))
+    return result

@@ -133,9 +133,11 @@ def test_analyze_safetensors_probe_chosen_revisions_and_layers_and_resume(publis
                     layers=["-1"], hub=published["hub"], plots=False)
     assert (out / "activations" / "step-0000000.safetensors").stat().st_mtime_ns == stored   # reused
     assert again.results == res
-    every = analyze(published["repo"], probe=probe, out=tmp_path / "every", every=2, layers=[0],
-                    hub=published["hub"], plots=False)
-    assert every.results["steps"] == [0, 10, 15]   # every 2nd, the last always included
+    every = analyze(published["repo"], probe=probe, out=tmp_path / "every", every=10, layers=[0],
+                    hub=published["hub"], plots=False, cache="previous")
+    assert every.results["steps"] == [0, 10]   # steps that are multiples of 10, as iter_revisions(every=10)
+    with pytest.raises(AnalysisError, match=r"multiple of 5 \(steps: 1, 2\)"):
+        analyze(published["bare"], probe=probe, out=tmp_path / "none", every=5, hub=published["hub"])
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -52,7 +52,7 @@ class AnalysisResult:
 def select_revisions(repo_id: str, revisions: Sequence[str] | None = None, every: int | None = None, *,
                      hub: Any = None, token: Any = None) -> list[Any]:
     """The revisions to analyse, in step order: `revisions` (names, tags, commits or best/latest/final),
-    else every `every`-th revision of the index (the first and the last always included), else all."""
+    else those whose step is a multiple of `every` (as `hubckpt.iter_revisions(every=)`), else all."""
     from ..load import list_revisions, resolve_revision
 
     if revisions and every:
@@ -65,16 +65,37 @@ def select_revisions(repo_id: str, revisions: Sequence[str] | None = None, every
         chosen = sorted(unique.values(), key=lambda r: (r.step is None, r.step or 0, r.name))
     else:
         chosen = list(list_revisions(repo_id, hub=hub, token=token))
-        if every:
+        if every is not None:
             if every < 1:
                 raise AnalysisError(f"every must be >= 1, got {every}.")
-            picked = chosen[::every]
-            if chosen and picked[-1] is not chosen[-1]:
-                picked.append(chosen[-1])
-            chosen = picked
+            steps = [r.step for r in chosen if r.step is not None]
+            chosen = [r for r in chosen if r.step is not None and r.step % every == 0]
+            if not chosen:
+                shown = ", ".join(map(str, steps[:8])) + (" ..." if len(steps) > 8 else "")
+                raise AnalysisError(f"No revision of {repo_id} has a step that is a multiple of {every} "
+                                    f"(steps: {shown or 'none'}).")
     if not chosen:
         raise AnalysisError(f"{repo_id} has no revisions to analyse.")
     return chosen
+
+
+def _models(repo_id: str, infos: list[Any], *, hub: Any, token: Any, cache: str, max_cache_bytes: int | None,
+            model_class: Any) -> Iterator[tuple[Any, Callable[[], Any]]]:
+    """(info, load) per revision, in order. Through `iter_revisions` (so its cache policy applies: the
+    files of a revision analysed already can be deleted) when every revision has its own step."""
+    from ..load import iter_revisions, load_model
+
+    kwargs = {"model_class": model_class} if model_class is not None else {}
+    steps = [i.step for i in infos]
+    if None not in steps and len(set(steps)) == len(steps):
+        for rev in iter_revisions(repo_id, steps=steps, hub=hub, token=token, cache=cache,
+                                  max_cache_bytes=max_cache_bytes):
+            yield rev.info, (lambda rev=rev: rev.load_model(**kwargs))
+        return
+    if cache != "keep":
+        logger.warning("cache=%r needs revisions with distinct steps; keeping every download", cache)
+    for info in infos:
+        yield info, (lambda info=info: load_model(repo_id, info.commit, hub=hub, token=token, **kwargs))
 
 
 def load_tokenizer(repo_id: str, info: Any, *, hub: Any, token: Any = None):
@@ -147,17 +168,19 @@ def analyze(repo_id: str, *, probe: Probe | str | Path | torch.Tensor, out: str 
             revisions: Sequence[str] | None = None, every: int | None = None,
             layers: Sequence[str | int] | None = None, hub: Any = None, token: Any = None,
             measure: str = "linear_cka", pool: str = "mean", batch_size: int = 32, max_length: int = 128,
-            device: str = "cpu", plots: bool = True, model_class: Any = None,
+            device: str = "cpu", plots: bool = True, model_class: Any = None, cache: str = "keep",
+            max_cache_bytes: int | None = None,
             on_revision: Callable[[Any, float], None] | None = None) -> AnalysisResult:
     """Analyse `repo_id`'s revisions over `probe` and write results.json, weights.json and PNGs to `out`.
 
     `probe`: a text file (one example a line; tokenised with the first chosen revision's tokenizer), a
     safetensors file with `input_ids` [n, seq], a `Probe`, or a tensor. `layers`: module names or
-    indices into the transformer blocks (default: every block). `on_revision(info, seconds)` is called
-    after each revision (the CLI prints progress with it).
+    indices into the transformer blocks (default: every block). `cache` (`keep`, `previous`, `bounded`
+    with `max_cache_bytes`) is `iter_revisions`' policy for the downloaded checkpoints, so analysing
+    hundreds of revisions cannot fill the disk. `on_revision(info, seconds)` is called after each
+    revision (the CLI prints progress with it).
     """
     from ..hubs import Hub, resolve_hub
-    from ..load import load_model
 
     started = time.perf_counter()
     hub_obj = hub if isinstance(hub, Hub) else resolve_hub(hub)
@@ -169,10 +192,12 @@ def analyze(repo_id: str, *, probe: Probe | str | Path | torch.Tensor, out: str 
     fingerprint = probe_fingerprint(the_probe)
     layer_names: list[str] | None = None
     tracker: DriftTracker | None = None
-    for info in infos:
+    analysed = []
+    for info, load in _models(repo_id, infos, hub=hub_obj, token=token, cache=cache,
+                              max_cache_bytes=max_cache_bytes, model_class=model_class):
         t0 = time.perf_counter()
-        kwargs = {"model_class": model_class} if model_class is not None else {}
-        model = load_model(repo_id, info.commit, hub=hub_obj, token=token, **kwargs).to(device)
+        model = load().to(device)
+        analysed.append(info)
         if layer_names is None:
             layer_names = resolve_layers(model, layers)
         wanted = {"probe_sha256": fingerprint, "pool": pool, "layers": layer_names, "commit": info.commit}
@@ -192,6 +217,7 @@ def analyze(repo_id: str, *, probe: Probe | str | Path | torch.Tensor, out: str 
         if on_revision is not None:
             on_revision(info, time.perf_counter() - t0)
     assert tracker is not None and layer_names is not None
+    infos = analysed
     names = [i.name for i in infos]
     cka = revision_similarity(store, names, layer_names, measure=measure)
     results = {

@@ -21,8 +21,7 @@ def analyze(
     out: Path = typer.Option(..., "--out", help="Output folder: results.json, weights.json, PNGs, activations/."),
     revisions: Optional[str] = typer.Option(None, "--revisions", help="Comma-separated revisions (names, tags, "
                                             "commits, best/latest/final) (default: all)."),
-    every: Optional[int] = typer.Option(None, "--every", help="Every N-th revision in step order (first and last "
-                                        "always included)."),
+    every: Optional[int] = typer.Option(None, "--every", help="The revisions whose step is a multiple of N."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Comma-separated module names or block indices "
                                          "(0, -1) (default: every transformer block)."),
     measure: str = typer.Option("linear_cka", "--measure", help="linear_cka, rbf_cka, minibatch_cka, svcca, pwcca "
@@ -32,6 +31,9 @@ def analyze(
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     max_length: int = typer.Option(128, "--max-length", min=1, help="Truncate text probe lines to this many tokens."),
     device: str = typer.Option("cpu", "--device", help="Where to run the models (cpu, cuda, ...)."),
+    cache: str = typer.Option("keep", "--cache", help="Downloaded checkpoints: keep, previous (delete each once "
+                              "analysed), or bounded (with --max-cache-mib)."),
+    max_cache_mib: Optional[int] = typer.Option(None, "--max-cache-mib", min=1, help="Bound for --cache bounded."),
     hub: Optional[str] = HubOpt, root: Optional[Path] = RootOpt, token: Optional[str] = TokenOpt,
 ) -> None:
     """Compare a repo's revisions: per-layer CKA between revisions and weight drift from the first one."""
@@ -52,7 +54,8 @@ def analyze(
 
     result = run(repo, probe=probe, out=out, revisions=_split(revisions), every=every, layers=_split(layers),
                  hub=resolved, token=token, measure=measure, pool=pool, batch_size=batch_size,
-                 max_length=max_length, device=device, on_revision=progress)
+                 max_length=max_length, device=device, cache=cache,
+                 max_cache_bytes=max_cache_mib * 2**20 if max_cache_mib else None, on_revision=progress)
     r = result.results
     typer.echo(f"Analysed {len(r['revisions'])} revisions x {len(r['layers'])} layers in {result.seconds:.1f}s.")
     last = len(r["revisions"]) - 1

@@ -215,6 +215,7 @@ def _png(path):
         return im.size, colors
 
 
+@pytest.mark.slow
 def test_plots_are_real_pngs(tmp_path):
     labels = [f"step-{i:07d}" for i in range(0, 30, 2)]
     n = len(labels)

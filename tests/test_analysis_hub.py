@@ -133,6 +133,15 @@ def test_analyze_safetensors_probe_chosen_revisions_and_layers_and_resume(publis
                     layers=["-1"], hub=published["hub"], plots=False)
     assert (out / "activations" / "step-0000000.safetensors").stat().st_mtime_ns == stored   # reused
     assert again.results == res
+    # the lower-level API stores the same activations (revisions named, resolved, loaded at their commits)
+    from hubckpt.analysis import ActivationStore, collect_across_revisions
+
+    store = ActivationStore(tmp_path / "api")
+    assert collect_across_revisions(published["repo"], names, probe, store, layers=[-1],
+                                    hub=published["hub"]) == names
+    assert store.metadata("step-0000015")["step"] == 15 and store.names() == ["step-0000000", "step-0000015"]
+    torch.testing.assert_close(store.load("step-0000015", "transformer.h.1"),
+                               ActivationStore(out / "activations").load("step-0000015", "transformer.h.1"))
     every = analyze(published["repo"], probe=probe, out=tmp_path / "every", every=10, layers=[0],
                     hub=published["hub"], plots=False, cache="previous")
     assert every.results["steps"] == [0, 10]   # steps that are multiples of 10, as iter_revisions(every=10)

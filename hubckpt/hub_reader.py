@@ -1,6 +1,7 @@
 """Read-only access to one repo on one hub: the index, refs, manifests, small files, byte ranges, headers.
 
-Shared by the publisher (through `HubTarget`) and the consumer side (`hubckpt.load`). Every read is one
+Shared by the publisher and the consumer side (`hubckpt.load`): `get`, `read_json`, `read_index`, `refs`
+and `branches` have the signatures of `HubTarget`'s reads, so `HubTarget` can delegate to a HubReader. Every read is one
 HTTP request through huggingface_hub's own session, with its auth headers, so the errors users see are
 huggingface_hub's (`RepositoryNotFoundError`, `RevisionNotFoundError`, ...). Transient failures are retried.
 """
@@ -13,6 +14,7 @@ import struct
 import threading
 from typing import Callable
 
+from .checkpoint import MANIFEST_FILE
 from .errors import HubckptError
 from .hubs import Hub, hub_api, resolve_hub
 from .revisions import INDEX_FILE, RevisionIndex
@@ -20,7 +22,6 @@ from .revisions import INDEX_FILE, RevisionIndex
 logger = logging.getLogger(__name__)
 
 MAIN = "main"
-MANIFEST_FILE = "checkpoint.json"
 # First read of a safetensors file: enough for the header of a model with a few hundred tensors; a
 # larger header costs a second request for exactly the missing bytes. huggingface_hub reads 100 kB.
 HEADER_PROBE_BYTES = 16 * 1024
@@ -122,6 +123,11 @@ class HubReader:
         content, commit = self.get(INDEX_FILE, revision)
         return (RevisionIndex.from_json(content) if content is not None else None), commit
 
+    def read_index(self, revision: str = MAIN) -> tuple[RevisionIndex, str | None]:
+        """As `index`, with an empty index when there is none (what the publisher builds on)."""
+        index, commit = self.index(revision)
+        return index if index is not None else RevisionIndex(), commit
+
     def manifest(self, revision: str) -> dict | None:
         """A revision's `checkpoint.json` (None if it has none: not published by hubckpt)."""
         return self.read_json(MANIFEST_FILE, revision)
@@ -143,6 +149,9 @@ class HubReader:
         doc = _retry(fetch, f"listing refs of {self.repo_id}")
         return ({b["name"]: b["targetCommit"] for b in doc.get("branches", [])},
                 {t["name"]: t["targetCommit"] for t in doc.get("tags", [])})
+
+    def branches(self) -> dict[str, str]:
+        return self.refs()[0]
 
     def list_files(self, revision: str) -> dict[str, int]:
         """path → size of every file at `revision` (one listing, paginated by the hub)."""

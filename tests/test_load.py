@@ -118,9 +118,10 @@ def test_unknown_repo_revision_and_ambiguous_name(published, local_hub, api):
 def test_load_state_dict_values_and_only_needed_shards(published, local_hub, hf_cache):
     repo_id, states = published
     full = hubckpt.load_state_dict(repo_id, step=30, hub=local_hub.url)
-    expected = {k: v for k, v in states[30].items() if k != "lm_head.weight"}  # tied to wte: stored once
-    assert set(full) == set(expected)
+    expected = states[30]
+    assert set(full) == set(expected)  # lm_head.weight, tied to wte and stored once, comes back as an alias
     assert all(torch.equal(full[k], expected[k]) for k in expected)
+    assert full["lm_head.weight"].data_ptr() == full["transformer.wte.weight"].data_ptr()
     # one key from a fresh cache: only its shard is downloaded
     import shutil
 
@@ -136,7 +137,9 @@ def test_load_state_dict_values_and_only_needed_shards(published, local_hub, hf_
     with pytest.raises(KeyError, match="no tensor"):
         hubckpt.load_state_dict(repo_id, "best", keys=["nope"], hub=local_hub.url)
     prefixed = hubckpt.load_state_dict(repo_id, "best", prefix="transformer.h.0.attn.", hub=local_hub.url)
-    assert prefixed and all(k.startswith("transformer.h.0.attn.") for k in prefixed)
+    assert set(prefixed) == {k for k in states[20] if k.startswith("transformer.h.0.attn.")}
+    head = hubckpt.load_state_dict(repo_id, "best", keys=["lm_head.weight"], hub=local_hub.url)
+    assert torch.equal(head["lm_head.weight"], states[20]["lm_head.weight"])
 
 
 def test_load_model_pins_commit_and_picks_architecture(published, local_hub, hf_cache, api):
@@ -160,7 +163,9 @@ def test_open_revision_reads_one_tensor_by_range(published, local_hub, hf_cache)
         before = rev.bytes_received
         tensor = rev.get_tensor(key)
         moved = rev.bytes_received - before
+        assert "lm_head.weight" in rev and "lm_head.weight" not in rev.keys()
         assert torch.equal(tensor, states[40][key])
+        assert torch.equal(rev.get_tensor("lm_head.weight"), states[40]["lm_head.weight"])  # tied alias
         assert moved == states[40][key].numel() * 4  # exactly the tensor's bytes
         assert rev.bytes_received < sum(t.numel() * 4 for t in states[40].values())
     assert not list(hf_cache.glob("**/*.safetensors"))  # nothing downloaded
@@ -217,7 +222,7 @@ def test_corrupt_download_is_refused_and_removed(published, local_hub, hf_cache)
     assert torch.equal(loaded[key], states[10][key])
 
 
-def test_repo_without_index_falls_back_to_refs(local_hub, api, tmp_path, caplog):
+def test_repo_without_index_falls_back_to_refs(local_hub, api, tmp_path, caplog, cli):
     from safetensors.torch import save_file
 
     repo_id = "alice/plain-repo"
@@ -240,6 +245,11 @@ def test_repo_without_index_falls_back_to_refs(local_hub, api, tmp_path, caplog)
         hubckpt.resolve_revision(repo_id, step=1, hub=local_hub.url)
     with pytest.raises(RevisionLookupError, match="no best"):
         hubckpt.resolve_revision(repo_id, "best", hub=local_hub.url)
+    listing = cli("ls", repo_id, "--hub", local_hub.url)
+    assert listing.returncode == 0 and "listed from its branches and tags" in listing.stdout
+    assert [line.split()[0] for line in listing.stdout.splitlines()[1:3]] == ["main", "v1"]
+    shown = cli("show", f"{repo_id}@paper", "--hub", local_hub.url)
+    assert shown.returncode == 0 and "w     F32    6      model.safetensors" in shown.stdout and "tags: paper" in shown.stdout
 
 
 def test_repo_without_safetensors(local_hub, api, tmp_path):
@@ -340,3 +350,174 @@ def test_iter_revisions_policies_and_selection(many, local_hub, hf_cache):
     # lazy reads of an iterated revision use the cached copy when there is one
     with items[-1].open() as lazy:
         assert torch.all(lazy.get_tensor("w") == 8.0) and lazy.bytes_received == 0
+
+
+# -- the command line (in-process: a subprocess per call would cost seconds of imports) ---------------------
+
+@pytest.fixture
+def cli(capsys):
+    """Run `hubckpt ARGS` in this process; (exit code, stdout, stderr)."""
+    from types import SimpleNamespace
+
+    from hubckpt.cli import main
+
+    def run(*args: str, env: dict | None = None):
+        capsys.readouterr()
+        try:
+            main(list(args))
+        except SystemExit as e:
+            code = e.code or 0
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return run
+
+
+def test_cli_ls_show(published, local_hub, cli):
+    run_cli = cli
+
+    repo_id, states = published
+    listing = run_cli("ls", repo_id, "--hub", local_hub.url)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert lines[0].split()[:3] == ["revision", "step", "tokens"] and "eval_loss" in lines[0]
+    assert [line.split()[0] for line in lines[1:]] == [f"step-{s:07d}" for s in STEPS]
+    assert lines[2].rstrip().endswith("best") and lines[4].rstrip().endswith("final")
+    as_json = json.loads(run_cli("ls", repo_id, "--hub", local_hub.url, "--json").stdout)
+    assert [r["step"] for r in as_json["revisions"]] == list(STEPS) and as_json["best"] == "step-0000020"
+
+    shown = run_cli("show", f"{repo_id}@best", "--hub", local_hub.url)
+    assert shown.returncode == 0, shown.stderr
+    out = shown.stdout
+    assert f"{repo_id}@step-0000020  (step 20)" in out and "tags: best" in out
+    assert "This is revision step-0000020" in out  # the card's summary, markdown stripped
+    assert "eval_loss  2" in out and "checkpoint.json" not in out.split("Files")[0]
+    assert "transformer.h.0.attn.c_attn.weight  F32    64x192" in out
+    detail = json.loads(run_cli("show", f"{repo_id}@step-0000010", "--hub", local_hub.url, "--json").stdout)
+    assert detail["revision"]["step"] == 10 and detail["manifest"]["step"] == 10
+    assert detail["tensors"]["transformer.wte.weight"]["shape"] == [32, 64]
+
+
+def test_cli_pull_loads_with_from_pretrained(published, local_hub, tmp_path, hf_cache, cli):
+    from transformers import AutoModelForCausalLM
+
+    run_cli = cli
+
+    repo_id, states = published
+    dest = tmp_path / "pulled"
+    done = run_cli("pull", repo_id, str(dest), "--step", "30", "--hub", local_hub.url)
+    assert done.returncode == 0, done.stderr
+    assert "Pulled step-0000030 (step 30" in done.stdout
+    manifest = json.loads((dest / "checkpoint.json").read_text())
+    assert manifest["step"] == 30 and not (dest / "training_state").exists()
+    assert "revision `step-0000030`" in (dest / "README.md").read_text()
+    model = AutoModelForCausalLM.from_pretrained(dest)
+    assert torch.equal(model.state_dict()["transformer.h.0.mlp.c_fc.weight"],
+                       states[30]["transformer.h.0.mlp.c_fc.weight"])
+    again = run_cli("pull", f"{repo_id}@best", str(dest), "--hub", local_hub.url)
+    assert again.returncode == 1 and "exists and is not empty" in again.stderr
+
+
+def test_cli_diff_reports_changed_tensors(published, local_hub, cli):
+    run_cli = cli
+
+    repo_id, states = published
+    out = run_cli("diff", f"{repo_id}@step-0000010", f"@step-0000020", "--hub", local_hub.url, "--json")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    rows = {t["name"]: t for t in doc["tensors"]}
+    a, b = states[10], states[20]
+    name = "transformer.h.0.mlp.c_fc.weight"
+    assert rows[name]["diff_norm"] == pytest.approx(float((b[name].double() - a[name].double()).norm()), rel=1e-9)
+    assert rows[name]["relative"] == pytest.approx(float((b[name] - a[name]).norm() / a[name].norm()), rel=1e-5)
+    assert rows["transformer.wpe.weight"]["diff_norm"] == 0  # frozen
+    table = run_cli("diff", f"{repo_id}@step-0000010", f"{repo_id}@step-0000020", "--hub", local_hub.url)
+    assert "shared tensors changed" in table.stdout and "transformer.wpe.weight" not in table.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("ls", "alice/nope-nope"), "Repository not found"),
+    (("show", "alice/load-run@nope"), "has no revision 'nope'"),
+    (("pull", "alice/load-run", "{tmp}/x", "--step", "25"), "no revision at step 25; nearest: step-0000020"),
+    (("show", "alice/load-run"), "Expected REPO@REVISION"),
+    (("diff", "alice/load-run@step-0000010", "@missing"), "has no revision 'missing'"),
+])
+def test_cli_bad_input_is_one_line(published, local_hub, tmp_path, args, message, cli):
+    done = cli(*[a.replace("{tmp}", str(tmp_path)) for a in args], "--hub", local_hub.url)
+    assert done.returncode == 1 and message in done.stderr, done.stderr
+    assert "Traceback (most recent call last)" not in done.stderr
+    assert len([line for line in done.stderr.splitlines() if not line.startswith(("Using ", "(run with"))]) == 1
+
+
+@pytest.mark.slow
+def test_console_script_error_has_no_traceback(published, local_hub):
+    from .helpers import run_cli
+
+    done = run_cli("pull", "alice/load-run@step-0000010", "/nonexistent-parent/x", "--step", "10", "--hub", local_hub.url)
+    assert done.returncode == 1 and "Pass one of revision, step and tokens" in done.stderr
+    assert "Traceback (most recent call last)" not in done.stderr
+
+
+def test_reads_stay_pinned_when_the_branch_moves(local_hub, api, tmp_path, hf_cache):
+    from safetensors.torch import save_file
+
+    repo_id = "alice/moving"
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
+        pub.publish(state_dict={"w": torch.zeros(64), "v": torch.ones(4)}, step=1)
+    with hubckpt.open_revision(repo_id, step=1, hub=local_hub.url) as rev:
+        assert rev.shape("w") == (64,)
+        pinned = rev.commit
+        # someone pushes other weights onto the branch meanwhile
+        save_file({"w": torch.full((64,), 7.0), "v": torch.ones(4)}, tmp_path / "model.safetensors")
+        api.upload_file(path_or_fileobj=tmp_path / "model.safetensors", path_in_repo="model.safetensors",
+                        repo_id=repo_id, revision="step-0000001")
+        assert torch.equal(rev.get_tensor("w"), torch.zeros(64))
+    assert torch.equal(hubckpt.load_state_dict(repo_id, pinned, hub=local_hub.url)["w"], torch.zeros(64))
+    moved = hubckpt.resolve_revision(repo_id, "step-0000001", hub=local_hub.url)
+    assert moved.commit != pinned  # by name: the branch head, described from its checkpoint.json
+
+
+def test_bad_safetensors_header_is_an_error_not_a_wrong_tensor(local_hub, api, tmp_path, hf_cache):
+    import struct
+
+    repo_id = "alice/bad-header"
+    api.create_repo(repo_id, exist_ok=True)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [1000], "data_offsets": [0, 4000]}}).encode()
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 400)
+    api.upload_file(path_or_fileobj=tmp_path / "model.safetensors", path_in_repo="model.safetensors", repo_id=repo_id)
+    with hubckpt.open_revision(repo_id, hub=local_hub.url) as rev:
+        with pytest.raises(IntegrityError, match="past the file's 400 data bytes"):
+            rev.get_tensor("w")
+
+
+def test_header_parser_checks_offsets_against_shape():
+    from hubckpt.hub_reader import header_length, parse_header
+
+    good = {"a": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, 12]}, "__metadata__": {"format": "pt"}}
+    assert parse_header(json.dumps(good).encode(), "f", data_size=12)["a"]["shape"] == [2, 3]
+    for bad, why in [({"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 12]}}, "offsets"),
+                     ({"a": {"dtype": "Q4", "shape": [1], "data_offsets": [0, 1]}}, "unknown dtype"),
+                     ({"a": {"shape": [1]}}, "malformed")]:
+        with pytest.raises(IntegrityError, match=why):
+            parse_header(json.dumps(bad).encode(), "f")
+    with pytest.raises(IntegrityError, match="not JSON"):
+        parse_header(b"{nope", "f")
+    with pytest.raises(IntegrityError, match="header length"):
+        header_length((2**40).to_bytes(8, "little"), "f")
+
+
+def test_download_folder_gets_training_state(local_hub, tmp_path, hf_cache):
+    from hubckpt.load import Revision
+
+    repo_id = "alice/with-state"
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(3))], lr=0.1, momentum=0.9)
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
+        pub.publish(state_dict={"w": torch.ones(3)}, step=5, training_state={"optimizer": optimizer.state_dict(),
+                                                                           "loop": {"step": 5}})
+    rev = Revision(repo_id, step=5, hub=local_hub.url)
+    folder = rev.download_folder("training_state")
+    assert folder is not None and folder.name == "training_state" and (folder / "optimizer.json").exists()
+    assert folder.parent.name == rev.commit
+    assert rev.download_folder("nothing-here") is None
+    state = hubckpt.load_training_state(folder)
+    assert state["loop"]["step"] == 5

@@ -192,7 +192,7 @@ def test_ls_is_one_request_and_show_tag_reindex(api, local_hub, tmp_path):
     as_json = json.loads(run_cli("ls", repo_id, "--hub", local_hub.url, "--json").stdout)
     assert [r["step"] for r in as_json["revisions"]] == [1, 2, 3]
     shown = run_cli("show", f"{repo_id}@step-0000002", "--hub", local_hub.url)
-    assert shown.returncode == 0 and '"step": 2' in shown.stdout
+    assert shown.returncode == 0 and "@step-0000002  (step 2" in shown.stdout
     missing = run_cli("show", f"{repo_id}@nope", "--hub", local_hub.url)
     assert missing.returncode == 1 and "has no revision 'nope'" in missing.stderr
     assert run_cli("tag", repo_id, "step-0000002", "paper", "--hub", local_hub.url).returncode == 0

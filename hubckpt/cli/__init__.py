@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from . import accounts, analyze, convert, demo, publish, revisions, serve
+from . import accounts, analyze, convert, demo, diff, publish, pull, revisions, serve
 
 app = typer.Typer(
     name="hubckpt", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -26,6 +26,8 @@ app.command("watch")(publish.watch)
 app.command("resume")(publish.resume)
 app.command("ls")(revisions.ls)
 app.command("show")(revisions.show)
+app.command("pull")(pull.pull)
+app.command("diff")(diff.diff)
 app.command("tag")(revisions.tag)
 app.command("prune")(revisions.prune)
 app.command("reindex")(revisions.reindex)

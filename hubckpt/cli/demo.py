@@ -2,7 +2,8 @@
 
 Trains a tiny GPT-2 (built from config, no download) on CPU for a few hundred steps, publishes a
 checkpoint every N steps to the local hub as its own revision (branch, card, index, best/final tags)
-without blocking training, prints the `ls` table, and loads one revision back with plain transformers.
+without blocking training, prints the `ls` table, loads one revision back with plain transformers, then
+shows the consumer side from Python: list the revisions, load `best` and an early step, read one tensor lazily.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def demo(
                 + torch.arange(32)) % config.vocab_size
 
     companions = Path(tempfile.mkdtemp(prefix="hubckpt-demo-"))
+    model.config.architectures = [type(model).__name__]  # as model.save_pretrained records it
     model.config.save_pretrained(companions)
     model.generation_config.save_pretrained(companions)
     spool = companions / "spool"
@@ -93,7 +95,7 @@ def demo(
         typer.echo(f"Training done in {train_time:.1f}s (publishing blocked it for {blocked:.2f}s in total); "
                    "waiting for the last uploads...")
     typer.echo("")
-    ls(repo_id, hub=resolved.endpoint, root=None, token=None, as_json=False, all_=False)
+    ls(repo_id, hub=resolved.endpoint, root=None, token=None, as_json=False, all_=False, refresh=False)
 
     index, _ = publisher.targets[0].read_index()
     pick = index.best or index.live()[-1].name
@@ -106,4 +108,37 @@ def demo(
                f"eval_loss {reloaded_loss:.4f}, {verdict}")
     if verdict != "same as at publish time":
         raise typer.Exit(1)
-    typer.echo(f"Browse it: hubckpt ls {repo_id}   |   HF_ENDPOINT={resolved.endpoint} hf download {repo_id} --revision {pick}")
+    _consume(repo_id, resolved, held_out)
+    typer.echo(f"Browse it: hubckpt ls {repo_id}   |   hubckpt show {repo_id}@best   |   "
+               f"hubckpt diff {repo_id}@{index.live()[0].name} {repo_id}@best")
+
+
+def _consume(repo_id: str, hub, held_out) -> None:
+    """The consumer side from Python: list, load by word and by step, read one tensor lazily."""
+    import torch
+
+    import hubckpt
+
+    from ..cards import human_size
+
+    revisions = hubckpt.list_revisions(repo_id, hub=hub)
+    typer.echo(f"\nFrom Python: hubckpt.list_revisions({repo_id!r}) -> {len(revisions)} revisions, steps "
+               f"{revisions[0].step}..{revisions[-1].step}, best = "
+               f"{next((r.name for r in revisions if 'best' in r.tags), '-')}")
+    for revision, step in (("best", None), (None, revisions[0].step)):
+        model = hubckpt.load_model(repo_id, revision, step=step, hub=hub)
+        info = model.hubckpt_revision
+        with torch.no_grad():
+            loss = model(input_ids=held_out, labels=held_out).loss.item()
+        how = f'"{revision}"' if revision else f"step={step}"
+        typer.echo(f"  hubckpt.load_model(..., {how}) -> {type(model).__name__} at {info.name} "
+                   f"(commit {info.commit[:12]}): eval_loss {loss:.4f} (published: {info.metrics['eval_loss']:.4f})")
+    # A revision not downloaded above, so the read goes over HTTP (a cached, verified copy is read from disk).
+    middle = revisions[len(revisions) // 2]
+    with hubckpt.open_revision(repo_id, step=middle.step, hub=hub) as rev:
+        name = "transformer.h.0.attn.c_attn.weight"
+        tensor = rev.get_tensor(name)
+        typer.echo(f"  hubckpt.open_revision(..., step={middle.step}).get_tensor({name!r}) -> {tuple(tensor.shape)} "
+                   f"{str(tensor.dtype).replace('torch.', '')} ({human_size(tensor.numel() * tensor.element_size())}): "
+                   f"{rev.bytes_received:,} bytes moved in {rev.requests} requests (index, checkpoint.json, header, "
+                   f"the tensor's byte range) of a {human_size(rev.info.size)} revision")

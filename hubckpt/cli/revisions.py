@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -12,18 +14,57 @@ from ..cards import human_size
 from ._options import HubOpt, RootOpt, TokenOpt, target
 
 
+def reader_for(repo: str, hub: Optional[str], root: Optional[Path], token: Optional[str]):
+    """The read-only HubReader of a browsing command, announcing which hub and repo it uses."""
+    from ..hub_reader import HubReader
+    from ..hubs import resolve_hub
+
+    reader = HubReader(resolve_hub(hub, root=root), repo, token=token)
+    typer.echo(f"Using {reader.describe()}", err=True)
+    return reader
+
+
+def split_ref(ref: str, *, need_revision: bool = True) -> tuple[str, str | None]:
+    """`namespace/name@revision` → (repo, revision)."""
+    from ..errors import HubConfigError
+
+    if "@" not in ref:
+        if need_revision:
+            raise HubConfigError(f"Expected REPO@REVISION (e.g. me/exp1@step-0001200 or me/exp1@best), got {ref!r}")
+        return ref, None
+    repo, revision = ref.split("@", 1)
+    if not revision:
+        raise HubConfigError(f"Empty revision in {ref!r}: use REPO@REVISION")
+    return repo, revision
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+    typer.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    for row in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
 def ls(repo: str = typer.Argument(..., help="namespace/name"), hub: Optional[str] = HubOpt,
        root: Optional[Path] = RootOpt, token: Optional[str] = TokenOpt,
-       as_json: bool = typer.Option(False, "--json", help="Print the index as JSON."),
-       all_: bool = typer.Option(False, "--all", help="Include pruned revisions.")) -> None:
+       as_json: bool = typer.Option(False, "--json", help="Print the revisions as JSON."),
+       all_: bool = typer.Option(False, "--all", help="Include pruned revisions."),
+       refresh: bool = typer.Option(False, "--refresh", help="Also read the refs: branches the index misses, user tags.")) -> None:
     """List revisions with step, tokens, key metrics, size, date and tags (one request, via the index)."""
     from ..cards import _table_metrics
-    from ..publishing.maintenance import list_revisions
+    from ..load.resolve import RepoRevisions
 
-    index = list_revisions(target(repo, hub, root, token))
-    revisions = index.revisions if all_ else index.live()
+    revs = RepoRevisions(reader_for(repo, hub, root, token))
+    revisions = list(revs.records(refresh=refresh))
+    index = revs.index()
+    if all_ and index is not None:
+        revisions = sorted(revisions + [r for r in index.revisions if r.pruned],
+                           key=lambda r: (r.step is None, r.step or 0, r.name))
     if as_json:
-        typer.echo(index.to_json().decode())
+        doc = {"repo_id": repo, "source": revs.source, "monitor": index.monitor if index else None,
+               "mode": index.mode if index else None, "best": index.best if index else None,
+               "final": index.final if index else None, "revisions": [asdict(r) for r in revisions]}
+        typer.echo(json.dumps(doc, indent=2, sort_keys=True))
         return
     if not revisions:
         typer.echo(f"{repo} has no published revisions yet.")
@@ -33,37 +74,98 @@ def ls(repo: str = typer.Argument(..., help="namespace/name"), hub: Optional[str
     rows = [[r.name + (" (pruned)" if r.pruned else ""), str(r.step if r.step is not None else "-"),
              f"{r.tokens:,}" if r.tokens is not None else "-",
              *[f"{r.metrics[m]:.4g}" if m in r.metrics else "-" for m in metrics],
-             human_size(r.size), (r.date or "-")[:16].replace("T", " "), ",".join(r.tags)] for r in revisions]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    typer.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
-    for row in rows:
-        typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+             human_size(r.size) if r.size else "-", (r.date or "-")[:16].replace("T", " "), ",".join(r.tags)]
+            for r in revisions]
+    _table(header, rows)
+    if revs.source == "refs":
+        typer.echo(f"({repo} has no revisions.json: listed from its branches and tags)")
 
 
-def show(ref: str = typer.Argument(..., help="namespace/name@revision"), hub: Optional[str] = HubOpt,
-         root: Optional[Path] = RootOpt, token: Optional[str] = TokenOpt) -> None:
-    """Show one revision: its index entry and its checkpoint.json."""
-    from ..errors import HubConfigError
+def card_summary(card: str) -> tuple[str | None, str | None]:
+    """(title, first paragraph as plain text) of a model card, front matter skipped."""
+    text = card
+    if text.startswith("---"):
+        end = text.find("\n---", 3)
+        text = text[end + 4:] if end != -1 else text
+    title, paragraph = None, []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            if title is None and not paragraph:
+                title = stripped.lstrip("#").strip()
+                continue
+            if paragraph:
+                break
+            continue
+        if not stripped:
+            if paragraph:
+                break
+            continue
+        if stripped.startswith(("|", "```", "<")):
+            if paragraph:
+                break
+            continue
+        paragraph.append(stripped)
+    plain = " ".join(paragraph)
+    plain = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", plain)  # links → their text
+    plain = plain.replace("**", "").replace("`", "")
+    return title, plain or None
 
-    if "@" not in ref:
-        raise HubConfigError(f"Expected REPO@REVISION (e.g. me/exp1@step-0001200), got {ref!r}")
-    repo, revision = ref.split("@", 1)
-    from huggingface_hub.errors import RevisionNotFoundError
 
-    t = target(repo, hub, root, token)
-    index, _ = t.read_index()
-    entry = index.get(revision)
+def show(ref: str = typer.Argument(..., help="namespace/name@revision (a branch, tag, commit, best, latest, final)"),
+         hub: Optional[str] = HubOpt, root: Optional[Path] = RootOpt, token: Optional[str] = TokenOpt,
+         as_json: bool = typer.Option(False, "--json", help="Print the revision, its checkpoint.json and tensors as JSON."),
+         max_tensors: int = typer.Option(40, "--max-tensors", help="Tensors to list in the table (0: all).")) -> None:
+    """Show one revision: card summary, metrics, files, and a tensor table read from the safetensors headers."""
+    from ..errors import NoSafetensorsError
+    from ..load.lazy import LazyRevision
+    from ..load.loaders import Revision
+    from ..load.resolve import RepoRevisions
+
+    repo, revision = split_ref(ref)
+    revs = RepoRevisions(reader_for(repo, hub, root, token))
+    rev = Revision(repo, info=revs.resolve(revision), revisions=revs, lazy=True)
+    info, manifest = rev.info, rev.files.manifest
+    lazy = LazyRevision(rev)
     try:
-        manifest = t.read_json("checkpoint.json", revision)
-    except RevisionNotFoundError:
-        manifest = None  # e.g. a pruned revision: its branch is gone, its index entry stays
-    if entry is None and manifest is None:
-        raise HubConfigError(f"{repo} has no revision {revision!r}; see `hubckpt ls {repo}`")
-    if entry is not None:
-        typer.echo(f"{repo}@{entry.name}  step {entry.step}  commit {entry.commit}  tags {','.join(entry.tags) or '-'}"
-                   + ("  (pruned)" if entry.pruned else ""))
-    if manifest is not None:
-        typer.echo(json.dumps(manifest, indent=2, sort_keys=True))
+        tensors = lazy.tensors()
+    except NoSafetensorsError:
+        tensors = {}
+    if as_json:
+        doc = {"repo_id": repo, "revision": asdict(info), "manifest": manifest,
+               "files": {p: f for p, f in sorted(rev.files.files.items())},
+               "tensors": {n: {"dtype": m.dtype, "shape": list(m.shape), "file": m.file} for n, m in tensors.items()}}
+        typer.echo(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    where = [f"step {info.step}" if info.step is not None else "no step recorded"]
+    if info.epoch is not None:
+        where.append(f"epoch {info.epoch:g}")
+    if info.tokens is not None:
+        where.append(f"{info.tokens:,} tokens")
+    typer.echo(f"{repo}@{info.name}  ({', '.join(where)})")
+    typer.echo(f"commit  {info.commit}" + (f"   tags: {', '.join(info.tags)}" if info.tags else ""))
+    card, _ = rev.reader.get("README.md", rev.commit)
+    if card is not None:
+        title, summary = card_summary(card.decode("utf-8", "replace"))
+        if summary:
+            typer.echo(f"\n{summary}")
+    if info.metrics:
+        typer.echo("\nMetrics")
+        _table(["name", "value"], [[k, f"{v:.6g}"] for k, v in sorted(info.metrics.items())])
+    files = rev.files.files
+    typer.echo(f"\nFiles ({len(files)}, {human_size(sum(int(f.get('size') or 0) for f in files.values()))})")
+    _table(["path", "size", "sha256"], [[p, human_size(int(f.get("size") or 0)), (f.get("sha256") or "-")[:12]]
+                                        for p, f in sorted(files.items())])
+    if not tensors:
+        typer.echo("\nNo safetensors weights in this revision.")
+        return
+    params = sum(m.numel for m in tensors.values())
+    typer.echo(f"\nTensors ({len(tensors)}, {params:,} parameters; from the safetensors headers)")
+    shown = list(tensors.values()) if max_tensors <= 0 else list(tensors.values())[:max_tensors]
+    _table(["name", "dtype", "shape", "file"], [[m.name, m.dtype, "x".join(map(str, m.shape)) or "scalar", m.file]
+                                               for m in shown])
+    if len(shown) < len(tensors):
+        typer.echo(f"... {len(tensors) - len(shown)} more (--max-tensors 0 lists all, --json too)")
 
 
 def tag(repo: str = typer.Argument(...), revision: str = typer.Argument(..., help="Revision to tag."),

@@ -16,15 +16,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..checkpoint import MANIFEST_FILE
 from ..errors import IntegrityError
-from ..hub_reader import MANIFEST_FILE, HubReader
+from ..hub_reader import HubReader
 from ..revisions import RevisionInfo
 
 logger = logging.getLogger(__name__)
 
 INDEX_JSON = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
-TRAINING_STATE_DIR = "training_state/"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _HASH_CHUNK = 8 * 1024 * 1024
 

@@ -129,7 +129,8 @@ class LazyRevision:
         return list(self._layout()[0])
 
     def keys(self) -> list[str]:
-        """Tensor names, sorted (from the sharded index, else from the header)."""
+        """Stored tensor names, sorted (from the sharded index, else the header); tied aliases are not listed
+        but `meta`/`get_tensor` accept them."""
         weights, weight_map = self._layout()
         if weight_map:
             return sorted(weight_map)
@@ -139,14 +140,20 @@ class LazyRevision:
         return iter(self.keys())
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in set(self.keys())
+        return isinstance(name, str) and (name in set(self.keys()) or name in self.rev.tied)
 
     def __len__(self) -> int:
         return len(self.keys())
 
     def meta(self, name: str) -> TensorMeta:
-        """dtype, shape and byte range of a tensor, from its file's header."""
+        """dtype, shape and byte range of a tensor, from its file's header.
+
+        A tied alias the converter stored once (e.g. lm_head.weight) gives the stored tensor's entry.
+        """
         weights, weight_map = self._layout()
+        tied = self.rev.tied
+        if name in tied and name not in weight_map:
+            name = tied[name]
         candidates = [weight_map[name]] if name in weight_map else [] if weight_map else weights
         for file in candidates:
             header, data_start = self._header(file)

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ..errors import DestinationExistsError, HubConfigError
-from ..hub_reader import MANIFEST_FILE, HubReader
+from ..checkpoint import MANIFEST_FILE, TRAINING_STATE_DIR
+from ..hub_reader import HubReader
 from ..hubs import Hub
 from ..revisions import RevisionInfo
-from .download import INDEX_JSON, TRAINING_STATE_DIR, Downloader, RevisionFiles, require_weights
+from .download import INDEX_JSON, Downloader, RevisionFiles, require_weights
 from .resolve import RepoRevisions
 
 if TYPE_CHECKING:
@@ -56,27 +57,41 @@ class Revision:
             self._files = self.downloader.revision_files(self.info, via_cache=not self.lazy)
         return self._files
 
-    def shards_for(self, keys: Iterable[str] | None, prefix: str | None) -> dict[str, list[str] | None]:
-        """shard file → the keys wanted from it (None: all of them); only shards holding wanted keys."""
+    @property
+    def tied(self) -> dict[str, str]:
+        """Tied tensors the converter stored once: alias → the name it is stored under."""
+        manifest = self.files.manifest or {}
+        return dict((manifest.get("weights") or {}).get("tied") or {})
+
+    def plan(self, keys: Iterable[str] | None, prefix: str | None) -> tuple[dict[str, list[str] | None], list[str]]:
+        """(weight file → stored names to read from it, None meaning all; the names asked for, aliases included).
+
+        Only files holding wanted tensors appear. Tied aliases (e.g. lm_head.weight stored as
+        transformer.wte.weight) are served from the stored tensor.
+        """
         weights = require_weights(self.files, self.repo_id)
-        weight_map = self.downloader.weight_map(self.files)
-        if not weight_map:
-            if keys is None and prefix is None:
-                return {w: None for w in weights}
-            weight_map = self._keys_from_headers(weights)
-        wanted = list(weight_map) if keys is None else list(dict.fromkeys(keys))
-        missing = [k for k in wanted if k not in weight_map]
+        tied = self.tied
+        if keys is None and prefix is None:
+            return {w: None for w in weights}, []
+        # names → files: the sharded index, else the headers (one file, or shards without an index)
+        weight_map = self.downloader.weight_map(self.files) or self._keys_from_headers(weights)
+        if keys is None:
+            wanted = [k for k in [*weight_map, *tied] if k.startswith(prefix or "")]
+        else:
+            wanted = list(dict.fromkeys(keys))
+            if prefix is not None:
+                wanted = [k for k in wanted if k.startswith(prefix)]
+        missing = [k for k in wanted if tied.get(k, k) not in weight_map]
         if missing:
             raise KeyError(f"{self.repo_id}@{self.info.name} has no tensor(s) {', '.join(missing[:5])}"
                            + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
-        if prefix is not None:
-            wanted = [k for k in wanted if k.startswith(prefix)]
-        plan: dict[str, list[str] | None] = {}
+        plan: dict[str, list[str]] = {}
         for k in wanted:
-            plan.setdefault(weight_map[k], []).append(k)  # type: ignore[union-attr]
-        if keys is None and prefix is None:
-            plan = {shard: None for shard in plan}
-        return dict(sorted(plan.items()))
+            stored = tied.get(k, k)
+            names = plan.setdefault(weight_map[stored], [])
+            if stored not in names:
+                names.append(stored)
+        return dict(sorted(plan.items())), wanted  # type: ignore[return-value]
 
     def _keys_from_headers(self, weights: list[str]) -> dict[str, str]:
         """Unsharded (or shards without an index): tensor names from each file's header, read lazily."""
@@ -88,6 +103,19 @@ class Revision:
     def download(self, paths: Iterable[str]) -> dict[str, Path]:
         files = self.files
         return self.downloader.fetch_many(files, [p for p in paths if p in files.files or p == MANIFEST_FILE])
+
+    def download_folder(self, prefix: str) -> Path | None:
+        """Download every file under `prefix` (e.g. "training_state/"), verified; the local folder, or None
+        if the revision has no such files. The folder lies in this commit's cached snapshot."""
+        prefix = prefix.rstrip("/") + "/"
+        paths = sorted(p for p in self.files.files if p.startswith(prefix))
+        if not paths:
+            return None
+        local = self.download(paths)
+        root = local[paths[0]]
+        for _ in range(paths[0].count("/") + 1):  # up from the file to the snapshot folder
+            root = root.parent
+        return root / prefix.rstrip("/")
 
     def snapshot_dir(self, extra: Iterable[str] = ()) -> Path:
         """The cached snapshot folder of this commit holding config, generation config and all weights."""
@@ -123,21 +151,21 @@ def rev_state_dict(rev: Revision, *, keys=None, prefix=None, dtype=None, device=
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    plan = rev.shards_for(keys, prefix)
+    plan, wanted = rev.plan(keys, prefix)
     local = rev.download(plan)
-    out: dict[str, torch.Tensor] = {}
-    for shard, wanted in plan.items():
-        if wanted is None:
+    stored: dict[str, torch.Tensor] = {}
+    for shard, names in plan.items():
+        if names is None:
             tensors = load_file(local[shard], device="cpu")
         else:
             with safe_open(local[shard], framework="pt", device="cpu") as f:
-                tensors = {k: f.get_tensor(k) for k in wanted}
+                tensors = {k: f.get_tensor(k) for k in names}
         for k, t in tensors.items():
-            out[k] = _convert(t, dtype, device)
-    if keys is not None:
-        order = [k for k in dict.fromkeys(keys) if k in out]
-        out = {k: out[k] for k in order}
-    return out
+            stored[k] = _convert(t, dtype, device)
+    if not wanted:  # everything: the stored tensors plus their tied aliases, as model.state_dict() has them
+        return {**stored, **{alias: stored[name] for alias, name in sorted(rev.tied.items()) if name in stored}}
+    tied = rev.tied
+    return {k: stored[tied.get(k, k)] for k in wanted}
 
 
 def _model_class(folder: Path, model_class: Any):
@@ -190,12 +218,14 @@ class PullResult:
 
 
 def pull_files(rev: Revision, *, training_state: bool = False) -> list[str]:
-    """The files of a revision a pull copies: everything but training_state/ (unless asked for)."""
-    files = rev.files
-    paths = [p for p in files.files if training_state or not p.startswith(TRAINING_STATE_DIR)]
-    if files.manifest is not None:
-        paths.append(MANIFEST_FILE)
-    return sorted(dict.fromkeys(paths))
+    """The files of a revision a pull copies: all of the commit's (the card and checkpoint.json included,
+    which checkpoint.json's own list does not name) but .gitattributes and, unless asked for, training_state/."""
+    listed = rev.reader.list_files(rev.commit)
+    for path, size in listed.items():
+        rev.files.files.setdefault(path, {"sha256": None, "size": size})
+    skip = () if training_state else (TRAINING_STATE_DIR + "/",)
+    paths = [p for p in listed if p != ".gitattributes" and not (skip and p.startswith(skip))]
+    return sorted(paths)
 
 
 def pull_revision(repo_id: str, dest: str | Path, revision: str | None = None, *, step: int | None = None,

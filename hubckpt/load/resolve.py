@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 WORDS = ("best", "latest", "final")
 _HEX = re.compile(r"^[0-9a-f]{7,40}$")
+_FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
 def info_from_manifest(name: str, commit: str | None, manifest: dict | None) -> RevisionInfo:
@@ -138,6 +139,10 @@ class RepoRevisions:
             return self._by_number(int(tokens), "tokens", lambda r: r.tokens, match)
         if revision is None or revision in WORDS:
             return self._by_word(revision or "latest")
+        if _FULL_SHA.match(revision):  # a full commit sha: found in the index, or asked of the hub; no refs needed
+            entry, commit = self._by_commit(revision)
+            return (dataclasses.replace(entry, tags=list(entry.tags), metrics=dict(entry.metrics)) if entry
+                    else info_from_manifest(revision[:12], commit, self.reader.manifest(commit)))
         return self._by_name(revision)
 
     def _lookup_error(self, wanted: str, nearest: list[RevisionInfo], hint: str = "") -> RevisionLookupError:
@@ -196,6 +201,13 @@ class RepoRevisions:
             if entry is None and commit is not None:
                 entry = next((r for r in index.live() if r.commit == commit), None)
         if commit is None:
+            pruned = index.get(name) if index is not None else None
+            if pruned is not None and pruned.pruned:
+                raise RevisionLookupError(
+                    f"{self.repo_id}@{name} was pruned: a retention policy deleted its branch; "
+                    f"`hubckpt ls {self.repo_id} --all` lists it, the live revisions are the others",
+                    repo_id=self.repo_id, wanted=name, nearest=[r.name for r in nearest_to(
+                        index.live(), pruned.step, lambda r: r.step)] if pruned.step is not None else [])
             entry, commit = self._by_commit(name)
         if entry is not None and entry.commit == commit:
             info = dataclasses.replace(entry, tags=list(entry.tags), metrics=dict(entry.metrics))

@@ -1,0 +1,56 @@
+"""`hubckpt pull REPO@REV DIR` / `hubckpt pull REPO DIR --step N`: a revision as a folder from_pretrained loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..cards import human_size
+from ._options import HubOpt, RootOpt, TokenOpt
+from .revisions import reader_for, split_ref
+
+StepOpt = typer.Option(None, "--step", help="Pull the revision at this step (see --match).")
+TokensOpt = typer.Option(None, "--tokens", help="Pull the revision at this many tokens seen (see --match).")
+MatchOpt = typer.Option("exact", "--match", help="For --step/--tokens: exact, nearest or at_or_before.")
+
+
+def resolve_pull_revision(ref: str, step: Optional[int], tokens: Optional[int], match: str, hub: Optional[str],
+                          root: Optional[Path], token: Optional[str]):
+    """The pinned `Revision` a pull-like command means: REPO@REV, or REPO with --step / --tokens."""
+    from ..errors import HubConfigError
+    from ..load.loaders import Revision
+    from ..load.resolve import RepoRevisions
+
+    repo, revision = split_ref(ref, need_revision=False)
+    if revision is None and step is None and tokens is None:
+        raise HubConfigError(f"Say which revision: {repo}@REVISION (a branch, tag, commit, best, latest, final) "
+                             "or --step N")
+    revs = RepoRevisions(reader_for(repo, hub, root, token))
+    return Revision(repo, info=revs.resolve(revision, step=step, tokens=tokens, match=match), revisions=revs)
+
+
+def pull(ref: str = typer.Argument(..., help="namespace/name@revision, or namespace/name with --step"),
+         dest: Path = typer.Argument(..., help="Folder to create (must be empty or absent; see --force)."),
+         step: Optional[int] = StepOpt, tokens: Optional[int] = TokensOpt, match: str = MatchOpt,
+         training_state: bool = typer.Option(False, "--training-state", help="Also copy training_state/."),
+         force: bool = typer.Option(False, "--force", help="Replace DEST if it is not empty."),
+         hub: Optional[str] = HubOpt, root: Optional[Path] = RootOpt, token: Optional[str] = TokenOpt) -> None:
+    """Copy a revision (weights, config, tokenizer, card, checkpoint.json) into DEST, verified, pinned to its commit."""
+    from ..load.loaders import pull_revision
+
+    rev = resolve_pull_revision(ref, step, tokens, match, hub, root, token)
+    result = pull_revision(rev.repo_id, dest, rev=rev, training_state=training_state, overwrite=force)
+    # Extension point: options that turn the pulled folder into something else (e.g. a Trainer
+    # checkpoint-N/ folder) act on `result` here, after the verified copy.
+    report_pull(result)
+
+
+def report_pull(result) -> None:
+    info = result.info
+    step = f"step {info.step}, " if info.step is not None else ""
+    typer.echo(f"Pulled {info.name} ({step}commit {info.commit[:12]}) into {result.folder}: "
+               f"{len(result.files)} files, {human_size(result.bytes)} (sha256 verified)")
+    if (result.folder / "config.json").exists():
+        typer.echo(f"Load it: AutoModel.from_pretrained({str(result.folder)!r})")

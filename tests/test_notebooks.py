@@ -60,6 +60,8 @@ def kernel_env(tmp_path, monkeypatch):
     monkeypatch.setenv("HUBCKPT_HUB_ROOT", str(tmp_path / "default-hub"))
     monkeypatch.setenv("HUBCKPT_SPOOL", str(tmp_path / "default-spool"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))   # the notebooks' mkdtemp() lands here, cleaned by pytest
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # tiny models: one thread each is fastest, and two spinning thread pools on a busy 2-core machine crawl
@@ -89,4 +91,5 @@ def test_notebook_runs_on_a_fresh_kernel(path, kernel_env):
     for needle in EXPECTED[path.name]:
         assert needle in printed, f"{path.name} did not print {needle!r}:\n{printed[-3000:]}"
     # the notebook's own hub lived under a temporary folder: nothing was written to the default root
-    assert not (kernel_env / "default-hub").exists()
+    assert not (kernel_env / "default-hub").exists() and not (kernel_env / "default-spool").exists()
+    assert [p.name[:11] for p in (kernel_env / "tmp").iterdir() if p.name.startswith("hubckpt-nb-")] == ["hubckpt-nb-"]

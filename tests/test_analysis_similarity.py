@@ -167,5 +167,11 @@ def test_similarity_matrix_matches_pairwise_measures(xy):
     assert cross.shape == (1, 2) and cross[0, 1] == pytest.approx(sim.procrustes_distance(x, z), abs=1e-12)
     p = sim.similarity_matrix([x, y], measure="pwcca")
     assert p[1, 0] == pytest.approx(sim.pwcca(y, x), abs=1e-12)
+    wide = [_rand(10, 40, 40), _rand(10, 30, 41), _rand(10, 40, 42)]   # fewer examples than features: Gram space
+    w = sim.similarity_matrix(wide)
+    assert w[0, 1] == pytest.approx(sim.linear_cka(wide[0], wide[1]), abs=1e-12)
+    assert w[2, 1] == pytest.approx(sim.linear_cka(wide[2], wide[1]), abs=1e-12)
+    with pytest.raises(ValueError, match="same number of examples"):
+        sim.similarity_matrix([x, y[:-1]])
     with pytest.raises(ValueError, match="unknown measure"):
         sim.similarity_matrix(reps, measure="nope")

@@ -268,18 +268,40 @@ MEASURES: dict[str, Callable[..., float]] = {
 }
 
 
+def _tall(reps: Sequence[Matrix]) -> bool:
+    return all(len(np.shape(r)) == 2 and np.shape(r)[0] > np.shape(r)[1] for r in reps)
+
+
 def similarity_matrix(reps: Sequence[Matrix], others: Sequence[Matrix] | None = None, *,
                       measure: str = "linear_cka", **kwargs: Any) -> np.ndarray:
     """Pairwise measure between every representation in `reps` (and `others`, else `reps` itself).
 
     Returns a float64 array `[len(reps), len(others)]`. For linear/RBF CKA each centered Gram matrix is
-    computed once (a revision x revision matrix over R revisions costs R Gram matrices, not R^2).
+    computed once (a revision x revision matrix over R revisions costs R Gram matrices, not R^2); biased
+    linear CKA of representations with more examples than features stays in feature space instead.
     """
     if measure not in MEASURES:
         raise ValueError(f"unknown measure {measure!r}; choose from {sorted(MEASURES)}")
     symmetric = others is None
     rows = list(reps)
     cols = rows if symmetric else list(others)
+    if measure == "linear_cka" and not kwargs.get("debiased") and _tall(rows) and _tall(cols):
+        # more examples than features (e.g. every token a row): feature space, O(d^2) per pair, no n x n
+        row_m = [_center_columns(as_matrix(r)) for r in rows]
+        col_m = row_m if symmetric else [_center_columns(as_matrix(c)) for c in cols]
+        if len({m.shape[0] for m in row_m + col_m}) > 1:
+            raise ValueError("every representation must have the same number of examples")
+        nr = [float(torch.linalg.matrix_norm(m.T @ m)) for m in row_m]
+        nc = nr if symmetric else [float(torch.linalg.matrix_norm(m.T @ m)) for m in col_m]
+        out = np.zeros((len(rows), len(cols)))
+        for i, a in enumerate(row_m):
+            for j, b in enumerate(col_m):
+                if symmetric and j < i:
+                    out[i, j] = out[j, i]
+                    continue
+                d = nr[i] * nc[j]
+                out[i, j] = float(torch.linalg.matrix_norm(b.T @ a) ** 2) / d if d > 0 else 0.0
+        return out
     if measure in ("linear_cka", "rbf_cka"):
         debiased = bool(kwargs.get("debiased", False))
 

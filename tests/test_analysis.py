@@ -48,6 +48,8 @@ def test_default_layers_are_the_transformer_blocks_or_the_children():
         act.resolve_layers(model, [5])
     with pytest.raises(AnalysisError, match="No module named"):
         act.resolve_layers(model, ["transformer.h.9"])
+    with pytest.raises(AnalysisError, match="Did you mean 'transformer.h.1'"):
+        act.resolve_layers(model, ["h.1"])   # the name under AutoModel, asked of a model with an LM head
 
 
 def test_block_outputs_match_the_models_own_hidden_states_and_hooks_are_removed():

@@ -172,7 +172,7 @@ def resolve_layers(model: nn.Module, layers: Sequence[str | int] | None) -> list
         elif text in modules:
             out.append(text)
         else:
-            near = [n for n in modules if n.endswith(text) or text.endswith(n) and n]
+            near = [n for n in modules if n and (n.endswith("." + text) or text.endswith("." + n))]
             hint = f" Did you mean {near[0]!r}?" if near else f" Blocks: {', '.join(blocks[:4])}..."
             raise AnalysisError(f"No module named {text!r} in {type(model).__name__}.{hint}")
     return list(dict.fromkeys(out))

@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/transfer.py
 	$(PY) bench/convert.py
 	$(PY) bench/publish.py
+	$(PY) bench/analysis.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 from .errors import (
+    AnalysisError,
     AuthError,
     CheckpointError,
     CorruptCheckpointError,
@@ -70,6 +71,7 @@ _LAZY = {
     "IntegrityError": ("hubckpt.errors", "IntegrityError"),
     "UnknownRevisionError": ("hubckpt.errors", "UnknownRevisionError"),
     "NoSafetensorsError": ("hubckpt.errors", "NoSafetensorsError"),
+    "analyze": ("hubckpt.analysis.pipeline", "analyze"),
 }
 
 if TYPE_CHECKING:
@@ -109,6 +111,6 @@ def __dir__() -> list[str]:
 __all__ = [
     "__version__", "HubckptError", "InvalidNameError", "HubConfigError", "HubUnavailableError", "AuthError",
     "StorageError", "CheckpointError", "CorruptCheckpointError", "UnsupportedCheckpointError", "UnsafeCheckpointError",
-    "VerificationError", "DestinationExistsError", "DiskFullError", "RevisionCollisionError", "PublishError", "RestoreError", "StateMismatchError", "TrainingStateMissingError",
+    "VerificationError", "AnalysisError", "DestinationExistsError", "DiskFullError", "RevisionCollisionError", "PublishError", "RestoreError", "StateMismatchError", "TrainingStateMissingError",
     *_LAZY,
 ]

@@ -30,6 +30,7 @@ Hierarchy::
     ├── IntegrityError (OSError)              a downloaded file does not match its sha256 (removed from the cache)
     ├── UnknownRevisionError (huggingface_hub RevisionNotFoundError)   no branch, tag or commit of that name
     ├── NoSafetensorsError (huggingface_hub NotASafetensorsRepoError)  a revision without safetensors weights
+    ├── AnalysisError (ValueError)            analysis inputs that cannot work (probe file, layers, revisions)
     └── RestoreError (ValueError)             a revision's training state cannot go into these objects; nothing changed
         ├── StateMismatchError                names / shapes / dtypes / param groups differ (`mismatches`)
         └── TrainingStateMissingError (LookupError)  the revision was published without training_state/
@@ -203,6 +204,11 @@ class RepoExistsError(HubStateError, FileExistsError):
 
 class ObjectMismatchError(HubStateError, ValueError):
     """Uploaded bytes do not match the sha256 or size they were announced with; nothing was stored."""
+class AnalysisError(HubckptError, ValueError):
+    """Analysis inputs that cannot work: an unreadable probe, a text probe without a tokenizer, unknown
+    layers, too few revisions."""
+
+
 # -- loading --------------------------------------------------------------------------------------
 
 class RevisionLookupError(HubckptError, LookupError):

@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from . import accounts, convert, demo, diff, jobs, publish, pull, revisions, serve
+from . import accounts, analyze, convert, demo, diff, jobs, publish, pull, revisions, serve
 
 app = typer.Typer(
     name="hubckpt", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -32,6 +32,7 @@ app.command("diff")(diff.diff)
 app.command("tag")(revisions.tag)
 app.command("prune")(revisions.prune)
 app.command("reindex")(revisions.reindex)
+app.command("analyze")(analyze.analyze)
 app.add_typer(accounts.user_app, name="user")
 app.add_typer(accounts.org_app, name="org")
 app.add_typer(accounts.token_app, name="token")

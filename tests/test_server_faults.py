@@ -194,3 +194,28 @@ def test_read_connections_end_with_their_threads(tmp_path):
     gc.collect()
     assert len(store._reader_list) <= 1 and _fd_count() <= before + 3  # one connection, reused
     store.close()
+
+
+@pytest.mark.timeout(60)
+def test_request_bodies_are_capped_before_anyone_is_authenticated(tmp_path):
+    # An anonymous caller must not make the hub buffer an unbounded body (whole bodies are read into
+    # memory before the handler, hence before authentication).
+    with LocalHubServer(tmp_path / "hub", max_body_bytes=4096) as hub:
+        HfApi(endpoint=hub.url, token="x").create_repo("alice/cap")
+        url = f"{hub.url}/api/models/alice/cap/commit/main"
+        r = httpx2.post(url, content=_commit_body("big.txt", b"x" * 8000),
+                        headers={"content-type": "application/x-ndjson"}, timeout=10)
+        assert r.status_code == 413 and "larger than this hub accepts (4096 bytes)" in r.json()["error"]
+        assert r.headers["connection"] == "close"
+
+        def chunks():  # no Content-Length: counted while it streams
+            for _ in range(20):
+                yield b"y" * 1000
+
+        r = httpx2.post(f"{hub.url}/api/validate-yaml", content=chunks(), timeout=10)
+        assert r.status_code == 413
+        # Under the cap, the same route works and the commit lands.
+        r = httpx2.post(url, content=_commit_body("small.txt", b"ok"), headers={"content-type": "application/x-ndjson"},
+                        timeout=10)
+        assert r.status_code == 200, r.text
+        assert HfApi(endpoint=hub.url, token="x").list_repo_files("alice/cap") == [".gitattributes", "small.txt"]

@@ -23,7 +23,7 @@ from ..errors import HubHTTPError
 from . import routes_files, routes_listing, routes_repos, routes_upload
 from .context import HubContext, error_response, json_response, repo_not_found
 from .http_errors import to_http
-from .routing import Router
+from .routing import Router, read_body
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class HubApp:
             route, params = found
             if route.is_async:
                 return await route.handler(self.ctx, request, **params)
-            request.state.body = await request.body()
+            request.state.body = await read_body(request, self.ctx.max_body_bytes)
             return await run_in_threadpool(route.handler, self.ctx, request, **params)
         except Exception as e:  # the server must answer JSON, whatever went wrong
             error = to_http(e)

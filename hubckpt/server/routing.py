@@ -87,6 +87,26 @@ def query_bool(request: Request, key: str, default: bool = False) -> bool:
     return value.lower() in ("1", "true", "yes")
 
 
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole request body, or HubHTTPError 413 as soon as it is known to exceed `limit` bytes."""
+    from ..errors import HubHTTPError
+
+    def too_large() -> HubHTTPError:
+        # Connection: close, since the rest of the body is left unread on the socket.
+        return HubHTTPError(413, f"Request body is larger than this hub accepts ({limit} bytes); "
+                                 "upload large files through LFS.", headers={"Connection": "close"})
+
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise too_large()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large()
+    return bytes(body)
+
+
 def body_bytes(request: Request) -> bytes:
     """The request body, read by the app before a plain (threaded) handler runs."""
     return getattr(request.state, "body", b"")

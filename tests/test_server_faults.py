@@ -219,3 +219,22 @@ def test_request_bodies_are_capped_before_anyone_is_authenticated(tmp_path):
                         timeout=10)
         assert r.status_code == 200, r.text
         assert HfApi(endpoint=hub.url, token="x").list_repo_files("alice/cap") == [".gitattributes", "small.txt"]
+
+
+@pytest.mark.timeout(60)
+def test_a_storage_failure_answers_500_without_the_data_folder_path(tmp_path):
+    # A real fault: the object's fan-out folder is a file, so storing the object fails with an OS error
+    # whose text names the absolute path of the data folder. Remote callers must not see it.
+    content = b"no room for me"
+    sha = hashlib.sha256(content).hexdigest()
+    with LocalHubServer(tmp_path / "hub") as hub:
+        HfApi(endpoint=hub.url, token="x").create_repo("alice/broken")
+        (hub.ctx.root / "objects" / sha[:2]).write_bytes(b"not a folder")
+        r = httpx2.post(f"{hub.url}/api/models/alice/broken/commit/main", content=_commit_body("a.txt", content),
+                        headers={"content-type": "application/x-ndjson", "x-request-id": "req-42"}, timeout=10)
+        assert r.status_code == 500
+        assert r.headers["x-request-id"] == "req-42"
+        message = r.json()["error"]
+        assert "request req-42" in message and "server log" in message
+        assert str(tmp_path) not in message and str(tmp_path) not in r.headers["x-error-message"]
+        assert os.listdir(hub.ctx.root / "tmp") == []  # and the temp file did not stay behind

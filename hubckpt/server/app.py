@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 from ..errors import HubHTTPError
 from . import routes_files, routes_listing, routes_repos, routes_upload
 from .context import HubContext, error_response, json_response, repo_not_found
-from .http_errors import to_http
+from .http_errors import internal_error, to_http
 from .routing import Router, read_body
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class HubApp:
         self.ctx.stats["requests"] += 1
         request = Request(scope, receive)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        response = await self._dispatch(request, scope)
+        response = await self._dispatch(request, scope, request_id)
         response.headers["X-Request-Id"] = request_id
         await response(scope, receive, send)
 
@@ -77,7 +77,7 @@ class HubApp:
                 return found
         return None
 
-    async def _dispatch(self, request: Request, scope: Scope) -> Response:
+    async def _dispatch(self, request: Request, scope: Scope, request_id: str) -> Response:
         method = scope["method"]
         raw_path = scope.get("raw_path", scope["path"].encode()).decode("latin-1").split("?", 1)[0]
         root_path = scope.get("root_path", "")
@@ -94,9 +94,11 @@ class HubApp:
             return await run_in_threadpool(route.handler, self.ctx, request, **params)
         except Exception as e:  # the server must answer JSON, whatever went wrong
             error = to_http(e)
-            if error is None:
-                logger.exception("unexpected error on %s %s", method, raw_path)
-                error = HubHTTPError(500, f"Internal error of the hubckpt local hub: {type(e).__name__}: {e}")
+            if error is None or (error.status == 500 and not isinstance(e, HubHTTPError)):
+                # A bug or a storage failure: its text (OS errors, absolute paths of the data folder) goes
+                # to the log, not to a caller who may be anyone on the network.
+                logger.error("%s %s failed (request %s)", method, raw_path, request_id, exc_info=e)
+                error = internal_error(request_id)
             elif error.status >= 500:
                 logger.error("%s %s -> %s", method, raw_path, error)
             return error_response(error)

@@ -74,7 +74,9 @@ def preupload(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -
             sample = base64.b64decode(item.get("sample") or "")
         except (binascii.Error, ValueError):
             sample = b""
-        size = int(item.get("size") or 0)
+        size = item.get("size") or 0
+        if not isinstance(size, int) or size < 0:
+            raise HubHTTPError(400, f"Each file needs an integer 'size' >= 0, not {size!r}")
         lfs = is_lfs(path, size, sample, gitattributes)
         existing = files.get(path)
         oid = None

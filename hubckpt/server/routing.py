@@ -20,7 +20,7 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Awaitable, Callable
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -78,6 +78,12 @@ class Router:
             params = {k: unquote(v) for k, v in m.groupdict().items() if v is not None}
             return route, params
         return "method" if path_matched else None
+
+
+def next_link(request: Request, key: str, value: int) -> str:
+    """The `Link` header to the next page: this URL with the query parameter `key` set to `value`."""
+    params = [(k, v) for k, v in request.query_params.multi_items() if k != key] + [(key, str(value))]
+    return f'<{str(request.url).split("?")[0]}?{urlencode(params)}>; rel="next"'
 
 
 def query_bool(request: Request, key: str, default: bool = False) -> bool:

@@ -203,7 +203,6 @@ class _DataPlaneHTTPServer(ThreadingHTTPServer):
         self.ctx = ctx
         self.timeout_s = timeout_s
         self._slots = threading.BoundedSemaphore(max_connections)
-        self.active = 0  # connections being served (tests and benchmarks)
         self.refused = 0  # connections answered 503 because every slot was taken
         super().__init__(address, _Handler)
 
@@ -218,11 +217,9 @@ class _DataPlaneHTTPServer(ThreadingHTTPServer):
             self.shutdown_request(request)
             return
         request.settimeout(self.timeout_s)
-        self.active += 1
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self.active -= 1
             self._slots.release()
             raise
 
@@ -230,7 +227,6 @@ class _DataPlaneHTTPServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.active -= 1
             self._slots.release()
 
 

@@ -238,3 +238,32 @@ def test_a_storage_failure_answers_500_without_the_data_folder_path(tmp_path):
         assert "request req-42" in message and "server log" in message
         assert str(tmp_path) not in message and str(tmp_path) not in r.headers["x-error-message"]
         assert os.listdir(hub.ctx.root / "tmp") == []  # and the temp file did not stay behind
+
+
+@pytest.mark.timeout(60)
+def test_writers_queued_behind_a_locked_database_all_give_up_within_the_busy_timeout(tmp_path):
+    # Each queued writer used to wait for the hub's lock without limit, then for the database: the n-th
+    # of n concurrent commits answered after n busy timeouts.
+    busy_s, writers = 1.0, 5
+    with LocalHubServer(tmp_path / "hub", busy_timeout_s=busy_s) as hub:
+        HfApi(endpoint=hub.url, token="x").create_repo("alice/queue")
+        other = sqlite3.connect(hub.ctx.root / "hub.sqlite3", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        answers: list[tuple[int, float]] = []
+
+        def write(i: int) -> None:
+            start = time.monotonic()
+            r = httpx2.post(f"{hub.url}/api/models/alice/queue/branch/b{i}", json={}, timeout=30)
+            answers.append((r.status_code, time.monotonic() - start))
+
+        threads = [threading.Thread(target=write, args=(i,), daemon=True) for i in range(writers)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert [status for status, _ in answers] == [503] * writers
+        assert max(elapsed for _, elapsed in answers) < 2 * busy_s, answers

@@ -134,7 +134,9 @@ class HubContext:
         return hmac.new(self.lfs_secret, message, hashlib.sha256).hexdigest()
 
     def check_signature(self, signature: str, expires: int, *parts: object) -> None:
-        if expires < time.time() or not hmac.compare_digest(signature, self.sign(*parts, expires)):
+        # Bytes: compare_digest raises TypeError (a 500) on a non-ASCII str, and the signature is the caller's.
+        given = signature.encode("utf-8", "surrogateescape")
+        if expires < time.time() or not hmac.compare_digest(given, self.sign(*parts, expires).encode()):
             raise HubHTTPError(403, "This upload URL is invalid or has expired; request a new one from the LFS batch API.")
 
     # -- fault injection (tests only) ---------------------------------------------------------------

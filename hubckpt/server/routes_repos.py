@@ -59,6 +59,8 @@ def _namespace_and_name(ctx: HubContext, caller, body: dict) -> tuple[str, str]:
     if not isinstance(name, str) or not name:
         raise HubHTTPError(400, "Missing repo 'name' in request body")
     namespace = body.get("organization") or caller.name
+    if namespace is not None and not isinstance(namespace, str):
+        raise HubHTTPError(400, "'organization' must be a string")
     if namespace is None:
         raise HubHTTPError(401, "You must be authenticated (pass a token) to create or delete a repo.")
     repo_type = body.get("type")

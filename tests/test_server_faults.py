@@ -267,3 +267,26 @@ def test_writers_queued_behind_a_locked_database_all_give_up_within_the_busy_tim
             other.close()
         assert [status for status, _ in answers] == [503] * writers
         assert max(elapsed for _, elapsed in answers) < 2 * busy_s, answers
+
+
+def test_health_names_the_data_folder_only_to_this_machine(tmp_path):
+    import asyncio
+
+    from hubckpt.server import HubContext, create_app
+
+    ctx = HubContext.open(tmp_path / "hub")
+
+    async def health(client: tuple[str, int], server_host: str) -> dict:
+        transport = httpx2.ASGITransport(app=create_app(ctx), client=client)
+        async with httpx2.AsyncClient(transport=transport, base_url=f"http://{server_host}:8900") as http:
+            r = await http.get("/api/hubckpt/health")
+            assert r.status_code == 200
+            return r.json()
+
+    try:
+        assert asyncio.run(health(("127.0.0.1", 5000), "127.0.0.1"))["root"] == str(ctx.root)
+        assert asyncio.run(health(("10.1.2.3", 5000), "10.1.2.3"))["root"] == str(ctx.root)  # itself, by its own IP
+        remote = asyncio.run(health(("10.9.9.9", 5000), "10.1.2.3"))
+        assert remote == {"status": "ok", "service": "hubckpt-local-hub"}
+    finally:
+        ctx.store.close()

@@ -11,6 +11,7 @@ the event loop; errors of every kind are mapped to HTTP once, by `http_errors.to
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import uuid
 
@@ -37,9 +38,27 @@ def _unknown_model_path(ctx: HubContext, request: Request, any: str) -> Response
     raise repo_not_found(ctx.caller(request))
 
 
+def _from_this_machine(request: Request) -> bool:
+    """True when the client connected over loopback or to this machine's own address from itself."""
+    client, server = request.client, request.scope.get("server")
+    if client is None:
+        return True  # a Unix socket or an in-process transport
+    try:
+        if ipaddress.ip_address(client.host).is_loopback:
+            return True
+    except ValueError:
+        return False
+    return bool(server) and client.host == server[0]
+
+
 @system_router.route("GET HEAD", "/api/hubckpt/health")
 def _health(ctx: HubContext, request: Request) -> Response:
-    return json_response({"status": "ok", "root": str(ctx.root), "service": "hubckpt-local-hub"})
+    body = {"status": "ok", "service": "hubckpt-local-hub"}
+    if _from_this_machine(request):
+        # `hubckpt` on this machine recognises its server by the data folder (hubs.running_local_hub);
+        # anyone else on the network has no use for the absolute path (it names the user, for a start).
+        body["root"] = str(ctx.root)
+    return json_response(body)
 
 
 ROUTERS: list[Router] = [routes_repos.router, routes_upload.router, routes_listing.router, routes_files.router]

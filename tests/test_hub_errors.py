@@ -258,6 +258,7 @@ def test_concurrent_commits_lose_nothing_and_refuse_stale_parents(api: HfApi, re
     ("commit file not an object", "api/models/{repo}/commit/main",
      b'{"key": "header", "value": {"summary": "x"}}\n{"key": "file", "value": 3}\n'),
     ("organization not a string", "api/repos/create", b'{"name": "x", "organization": 5}'),
+    ("paths-info paths a string", "api/models/{repo}/paths-info/main", b'{"paths": ".gitattributes"}'),
 ])
 def test_malformed_bodies_are_400_not_500(api: HfApi, repo_id, what, path, body):
     head = api.model_info(repo_id).sha

@@ -81,6 +81,8 @@ def paths_info(ctx: HubContext, request: Request, ns: str, name: str, rev: str) 
         form = parse_qs(body_bytes(request).decode("utf-8", "replace"), keep_blank_values=True)
         paths = form.get("paths", [])
         expand = form.get("expand", ["false"])[0].lower() == "true"
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise HubHTTPError(400, "'paths' must be a list of paths in the repo")
     files = ctx.store.files(repo, sha)
     out = []
     for raw in paths:

@@ -257,3 +257,25 @@ def test_a_transformers_model_is_published_with_its_config_so_load_model_builds_
     theirs = loaded.state_dict()
     for name, value in model.state_dict().items():
         assert torch.equal(theirs[name], value), name
+
+
+@pytest.mark.timeout(120)
+def test_a_step_whose_publishing_failed_is_not_reported_as_published_when_saved_again(local_hub, tmp_path):
+    """The background publish of step 2 fails (the name is taken): saving step 2 again must try again,
+    not answer `skipped` with a revision that does not exist."""
+    import hubckpt
+
+    repo_id = "alice/checkpointer-failed-step"
+    model_b, optimizer_b, _ = make(seed=1)
+    late = hubckpt.Checkpointer(repo_id, model=model_b, optimizer=optimizer_b, hub=local_hub.url,
+                                spool_dir=tmp_path / "late")  # read the index while it was still empty
+    model_a, optimizer_a, _ = make(seed=0)
+    with hubckpt.Checkpointer(repo_id, model=model_a, optimizer=optimizer_a, hub=local_hub.url,
+                              spool_dir=tmp_path / "first") as first:
+        first.save(2).result(timeout=60)
+    with pytest.raises(hubckpt.RevisionCollisionError):
+        late.save(2).result(timeout=60)
+    again = late.save(2)
+    with pytest.raises(hubckpt.RevisionCollisionError):  # tried again, failing the same way: not `skipped`
+        again.result(timeout=60)
+    late.close()

@@ -213,7 +213,7 @@ class Checkpointer:
                     inner = self.publisher.publish(state_dict=weights, training_state=training_state,
                                                    companions=self.companions, **options)
                     release()
-                _chain(inner, future)
+                _chain(inner, future, on_done=lambda f, step=options["step"]: self._settled(step, f))
             except BaseException as e:  # re-raised by the next save / wait / close
                 release()
                 logger.error("could not queue step %s of %s for publishing: %s", options.get("step"), self.repo_id, e)
@@ -223,6 +223,14 @@ class Checkpointer:
                 future.set_exception(e)
             finally:
                 self._handoff.task_done()
+
+    def _settled(self, step: int, published: Future) -> None:
+        """A publish finished: remember the revision's real name, or forget the step if it failed, so that
+        saving it again publishes it instead of answering `skipped` for a revision that does not exist."""
+        if published.exception() is not None:
+            self._published.pop(step, None)
+        elif published.result().revision:
+            self._published[step] = published.result().revision
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -362,8 +370,14 @@ def in_background_priority(make, nice: int):
     return box["value"]
 
 
-def _chain(inner: Future, outer: Future) -> None:
+def _chain(inner: Future, outer: Future, on_done=None) -> None:
+    """`outer` settles as `inner` does (after `on_done(inner)`, so its waiters see the bookkeeping done)."""
     def done(f: Future) -> None:
+        if on_done is not None:
+            try:
+                on_done(f)
+            except Exception:  # noqa: BLE001 - bookkeeping must never leave `outer` unsettled
+                logger.exception("after publishing")
         if f.exception() is not None:
             outer.set_exception(f.exception())
         else:

@@ -243,6 +243,9 @@ def test_repo_without_index_falls_back_to_refs(local_hub, api, tmp_path, caplog,
     assert {r.name for r in revisions} == {"main", "v1"}
     assert next(r for r in revisions if r.name == "v1").tags == ["paper"]
     assert all(r.metrics == {} and r.step is None for r in revisions)
+    for r in revisions:  # the commit's date, as the index would give it
+        commit_date = api.list_repo_commits(repo_id, revision=r.commit)[0].created_at
+        assert r.date == commit_date.strftime("%Y-%m-%dT%H:%M:%SZ"), r
     assert hubckpt.resolve_revision(repo_id, hub=local_hub.url).name == "main"
     sd = hubckpt.load_state_dict(repo_id, "paper", hub=local_hub.url)  # verified against the LFS sha256
     assert torch.equal(sd["w"], torch.arange(6.0))

@@ -1,0 +1,52 @@
+"""Seams of the publishing change found in review: what a crashed publish leaves behind stays invisible,
+and the advice the errors give works."""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import load_file, save_file
+from starlette.testclient import TestClient
+
+import hubckpt
+from hubckpt.publishing import Publisher
+
+from .helpers import run_cli
+
+
+def test_staging_branches_never_show_as_revisions(local_hub, api, tmp_path):
+    """A kill between the staging commit and the revision branch leaves `hubckpt-staging-<name>`:
+    listings, the refs fallback, `ls` and the web pages must not offer it as a revision."""
+    from hubckpt.server.app import create_app
+
+    # a hubckpt repo (with an index) ...
+    repo_id = "alice/review-staging"
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
+        pub.publish(state_dict={"w": torch.ones(3)}, step=1)
+    api.create_branch(repo_id, branch="hubckpt-staging-step-0000002", revision="step-0000001")
+    assert {r.name for r in hubckpt.list_revisions(repo_id, hub=local_hub.url, refresh=True)} == {"step-0000001"}
+    # ... and a repo without one (listed from its refs)
+    plain = "alice/review-staging-plain"
+    api.create_repo(plain, exist_ok=True)
+    save_file({"w": torch.arange(3.0)}, tmp_path / "model.safetensors")
+    api.upload_file(path_or_fileobj=tmp_path / "model.safetensors", path_in_repo="model.safetensors", repo_id=plain)
+    api.create_branch(plain, branch="hubckpt-staging-step-0000009")
+    assert {r.name for r in hubckpt.list_revisions(plain, hub=local_hub.url)} == {"main"}
+    listing = run_cli("ls", plain, "--hub", local_hub.url)
+    assert listing.returncode == 0 and "hubckpt-staging" not in listing.stdout, listing.stdout
+
+    with TestClient(create_app(local_hub.ctx)) as client:
+        page = client.get(f"/{repo_id}/compare/step-0000001...main").text
+        assert "hubckpt-staging" not in page
+        assert "hubckpt-staging" not in client.get(f"/{repo_id}").text
+
+
+def test_staging_prefix_is_one_prefix_and_not_a_revision_name():
+    import pytest
+
+    from hubckpt import hub_client, names
+    from hubckpt.errors import HubckptError
+    from hubckpt.revisions import validate_revision_name
+
+    assert hub_client.STAGING_PREFIX == names.STAGING_PREFIX
+    with pytest.raises(HubckptError, match="staging"):
+        validate_revision_name("hubckpt-staging-step-1")  # it would be hidden from every listing

@@ -50,3 +50,26 @@ def test_staging_prefix_is_one_prefix_and_not_a_revision_name():
     assert hub_client.STAGING_PREFIX == names.STAGING_PREFIX
     with pytest.raises(HubckptError, match="staging"):
         validate_revision_name("hubckpt-staging-step-1")  # it would be hidden from every listing
+
+
+def test_collision_advice_delete_that_branch_first_works(local_hub, api, tmp_path):
+    """RevisionCollisionError says "or delete that branch first": after deleting it, publishing the new
+    content succeeds, and the branch and the index hold it."""
+    import pytest
+
+    from hubckpt.errors import RevisionCollisionError
+
+    repo_id = "alice/review-collision"
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
+        pub.publish(state_dict={"w": torch.ones(4)}, step=5).result(timeout=60)
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool2") as pub:
+        with pytest.raises(RevisionCollisionError, match="delete that branch"):
+            pub.publish(state_dict={"w": torch.full((4,), 2.0)}, step=5).result(timeout=60)
+    api.delete_branch(repo_id, branch="step-0000005")
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool3") as pub:
+        pub.publish(state_dict={"w": torch.full((4,), 2.0)}, step=5).result(timeout=60)
+    weights = load_file(api.hf_hub_download(repo_id, "model.safetensors", revision="step-0000005",
+                                            cache_dir=tmp_path / "c"))
+    assert torch.equal(weights["w"], torch.full((4,), 2.0))
+    [info] = hubckpt.list_revisions(repo_id, hub=local_hub.url)
+    assert info.commit == {b.name: b.target_commit for b in api.list_repo_refs(repo_id).branches}["step-0000005"]

@@ -73,3 +73,30 @@ def test_collision_advice_delete_that_branch_first_works(local_hub, api, tmp_pat
     assert torch.equal(weights["w"], torch.full((4,), 2.0))
     [info] = hubckpt.list_revisions(repo_id, hub=local_hub.url)
     assert info.commit == {b.name: b.target_commit for b in api.list_repo_refs(repo_id).branches}["step-0000005"]
+
+
+def test_retention_never_deletes_a_branch_published_again_after_it_was_pruned(local_hub, api, tmp_path):
+    """The index lists step-1 as pruned (at its old commit) while its branch was published again at a new
+    commit and is not indexed yet (a publisher between its commit and index stages, `hubckpt prune`
+    running meanwhile): retention must not delete that branch as a leftover of an interrupted prune."""
+    from hubckpt.cards import CardOptions
+    from hubckpt.hub_client import HubTarget
+    from hubckpt.hubs import resolve_hub
+    from hubckpt.publishing import stages
+
+    repo_id = "alice/review-retain"
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
+        for step in (1, 2):
+            pub.publish(state_dict={"w": torch.full((3,), float(step))}, step=step)
+    target = HubTarget(resolve_hub(local_hub.url), repo_id)
+
+    def mark_pruned(index):
+        index.get("step-0000001").pruned = True
+        return {"revisions.json": index.to_json()}, None, [], "prune step 1"
+
+    target.update_main(mark_pruned)
+    heads = target.branches()
+    api.delete_branch(repo_id, branch="step-0000001")  # published again: the branch now at another commit
+    api.create_branch(repo_id, branch="step-0000001", revision=heads["step-0000002"])
+    stages.retire(target, [], CardOptions(), has_config=False)
+    assert target.branches().get("step-0000001") == heads["step-0000002"]

@@ -3,6 +3,7 @@ and the advice the errors give works."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from starlette.testclient import TestClient
@@ -100,3 +101,33 @@ def test_retention_never_deletes_a_branch_published_again_after_it_was_pruned(lo
     api.create_branch(repo_id, branch="step-0000001", revision=heads["step-0000002"])
     stages.retire(target, [], CardOptions(), has_config=False)
     assert target.branches().get("step-0000001") == heads["step-0000002"]
+
+
+@pytest.mark.timeout(120)
+def test_trainer_callback_still_publishes_the_checkpoint_after_a_failed_one(local_hub, api, tmp_path):
+    """The next on_save after a failed job used to raise the old failure from publish() before capturing:
+    the new checkpoint was never published (and `save_total_limit` may delete it)."""
+    from types import SimpleNamespace
+
+    from hubckpt.integrations.transformers import HubckptCallback
+
+    repo_id = "alice/review-callback"
+    out = tmp_path / "out"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "checkpoint-2" / "model.safetensors").write_bytes(b"not safetensors at all")  # this job fails
+    (out / "checkpoint-4").mkdir()
+    save_file({"w": torch.full((3,), 4.0)}, out / "checkpoint-4" / "model.safetensors")
+    callback = HubckptCallback(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool")
+    args = SimpleNamespace(output_dir=str(out))
+
+    def state(step):
+        return SimpleNamespace(global_step=step, max_steps=4, is_world_process_zero=True, log_history=[])
+
+    callback.on_train_begin(args, state(0), None)
+    callback.on_save(args, state(2), None)
+    assert callback._publisher._worker.wait(60)  # the failed job has run
+    callback.on_save(args, state(4), None)
+    callback.on_train_end(args, state(4), None)
+    weights = load_file(api.hf_hub_download(repo_id, "model.safetensors", revision="step-0000004",
+                                            cache_dir=tmp_path / "c"))
+    assert torch.equal(weights["w"], torch.full((3,), 4.0))

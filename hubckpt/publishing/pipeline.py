@@ -133,15 +133,6 @@ class Pipeline:
                     ", ".join(t.describe() for t in self.targets))
         return PublishedRevision(self.settings.repo_id, name, step, commits, skipped=not new_work)
 
-    def _previous_revision(self, step: int | None) -> str | None:
-        """The revision captured before `step` (the card's "previous" link)."""
-        if step is None:
-            return None
-        earlier = sorted((r.step, r.revision) for r in self.store.records()
-                         if r.captured and r.step is not None and r.step < step and not r.dropped)
-        return earlier[-1][1] if earlier else None
-
-
     def previous_revision(self, step: int | None) -> str | None:
         """The revision captured before `step` (the card's "previous" link)."""
         if step is None:

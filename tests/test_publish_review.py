@@ -131,3 +131,37 @@ def test_trainer_callback_still_publishes_the_checkpoint_after_a_failed_one(loca
     weights = load_file(api.hf_hub_download(repo_id, "model.safetensors", revision="step-0000004",
                                             cache_dir=tmp_path / "c"))
     assert torch.equal(weights["w"], torch.full((3,), 4.0))
+
+
+@pytest.mark.timeout(30)
+def test_a_submit_blocked_by_backpressure_is_refused_when_the_worker_stops():
+    """A submit waiting for room used to queue its job anyway once the worker stopped meanwhile: its
+    Future then never resolved (or the job ran after stop). It must be refused like any late submit."""
+    import threading
+
+    from hubckpt.errors import PublishError
+    from hubckpt.publishing.worker import Worker
+
+    gate = threading.Event()
+    worker = Worker(lambda job: gate.wait(10), on_error=lambda j, e: None, max_pending=1)
+    worker.submit("running")
+    while worker.busy() and worker._current is None:
+        pass
+    worker.submit("queued")
+    outcome = {}
+
+    def blocked():
+        try:
+            outcome["future"] = worker.submit("late", block=True)[0]
+        except PublishError as e:
+            outcome["error"] = e
+
+    thread = threading.Thread(target=blocked)
+    thread.start()
+    thread.join(0.3)
+    assert thread.is_alive()  # backpressure: it waits
+    worker.stop(0, drain=False)
+    thread.join(5)
+    gate.set()
+    assert worker.stop(5, drain=False)
+    assert "error" in outcome, f"the late job was queued after stop: {outcome}"

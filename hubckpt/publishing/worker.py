@@ -85,6 +85,8 @@ class Worker:
                 existing = self._futures.get(job_id)
                 if existing is not None and not existing.done():
                     return existing, False
+            if self._stopping or not self.alive:  # stopped (or died) while this waited for room
+                raise PublishError("The publisher's worker has stopped; create a new Publisher.")
             future = JobFuture()
             self._futures[job_id] = future
             self._queue.append(job_id)

@@ -165,3 +165,23 @@ def test_a_submit_blocked_by_backpressure_is_refused_when_the_worker_stops():
     gate.set()
     assert worker.stop(5, drain=False)
     assert "error" in outcome, f"the late job was queued after stop: {outcome}"
+
+
+@pytest.mark.timeout(120)
+def test_cli_run_with_one_corrupt_checkpoint_publishes_all_the_others(local_hub, api, tmp_path):
+    """A corrupt checkpoint early in a run fails its own job; every other checkpoint is still published."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "ckpt-1.pt").write_bytes(b"garbage")
+    for step in range(2, 7):
+        torch.save({"w": torch.full((4,), float(step))}, run / f"ckpt-{step}.pt")
+    repo_id = "alice/review-corrupt-run"
+    result = run_cli("publish", str(run), "--repo", repo_id, "--hub", local_hub.url, "--spool", str(tmp_path / "spool"))
+    assert result.returncode == 1
+    assert result.stderr.count("ckpt-1.pt") == 1, result.stderr  # reported once
+    branches = {b.name for b in api.list_repo_refs(repo_id).branches}
+    assert branches == {"main"} | {f"step-{s:07d}" for s in range(2, 7)}, (branches, result.stdout, result.stderr)
+    for step in range(2, 7):
+        weights = load_file(api.hf_hub_download(repo_id, "model.safetensors", revision=f"step-{step:07d}",
+                                                cache_dir=tmp_path / "c"))
+        assert torch.equal(weights["w"], torch.full((4,), float(step)))

@@ -58,7 +58,7 @@ class HubckptCallback(TrainerCallback):
         if folder.is_dir() and state.global_step not in self._published_steps:
             log_history_file(folder)  # so that `hubckpt pull --trainer-checkpoint` gives the Trainer all it reads
             publisher = self._pub()  # a Publisher that cannot start (bad hub, spool in use) stops here
-            try:  # an earlier job's failure first: publish() would raise it before capturing this checkpoint
+            try:  # an earlier job's failure, reported here once (publish() does not raise it)
                 publisher.raise_if_failed()
             except Exception as e:  # noqa: BLE001 - logged, kept in the journal; training goes on
                 logger.error("hubckpt: publishing an earlier checkpoint failed: %s (see `hubckpt jobs %s`)",

@@ -185,3 +185,34 @@ def test_cli_run_with_one_corrupt_checkpoint_publishes_all_the_others(local_hub,
         weights = load_file(api.hf_hub_download(repo_id, "model.safetensors", revision=f"step-{step:07d}",
                                                 cache_dir=tmp_path / "c"))
         assert torch.equal(weights["w"], torch.full((4,), float(step)))
+
+
+@pytest.mark.timeout(120)
+def test_replace_survives_a_kill_after_the_commit(local_hub, api, tmp_path):
+    """publish(replace=True) killed after its commit landed: the resumed job must still replace (the
+    flag was kept in memory only, so the resume failed for good with RevisionCollisionError while the
+    branch already held the new weights and the index the old ones)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    repo_id = "alice/review-replace"
+    spool = tmp_path / "spool"
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=spool) as pub:
+        pub.publish(state_dict={"w": torch.ones(4)}, step=3).result(timeout=60)
+    source = tmp_path / "new.pt"
+    torch.save({"w": torch.full((4,), 9.0)}, source)
+    script = (f"from hubckpt.publishing import Publisher\n"
+              f"with Publisher({repo_id!r}, hub={local_hub.url!r}, spool_dir={str(spool)!r}) as pub:\n"
+              f"    pub.publish({str(source)!r}, step=3, replace=True).result(timeout=60)\n")
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90,
+                            env={**os.environ, "HUBCKPT_FAULT": "publish.after_commit:kill"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=spool) as pub:  # resumes the job
+        pass
+    weights = load_file(api.hf_hub_download(repo_id, "model.safetensors", revision="step-0000003",
+                                            cache_dir=tmp_path / "c"))
+    assert torch.equal(weights["w"], torch.full((4,), 9.0))
+    [info] = hubckpt.list_revisions(repo_id, hub=local_hub.url)
+    assert info.commit == {b.name: b.target_commit for b in api.list_repo_refs(repo_id).branches}["step-0000003"]

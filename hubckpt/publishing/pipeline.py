@@ -56,7 +56,7 @@ class Pipeline:
         if record is None or not record.captured:
             raise PublishError(f"job {job_id} is not in the journal")
         name, step = record.revision, record.step
-        replace = job_id in self.replace
+        replace = job_id in self.replace or bool(record.captured.get("replace"))
         commits: dict[str, str] = {}
         views: dict[str, stages.HubView] = {}
         expected = record.captured.get("expect_sha256")

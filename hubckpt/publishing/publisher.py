@@ -226,6 +226,8 @@ class Publisher:
                     "metrics": dict(metrics or {}), "epoch": epoch, "tokens": tokens,
                     "companions": [str(Path(c).resolve()) for c in companions], "captured_at": _now(),
                     "signature": signature, "targets": self._keys}
+        if replace:  # in the journal too: a job resumed after a kill must still replace
+            captured["replace"] = True
         elsewhere: set[str] = set()
         if record is not None and signature and record.captured.get("signature") == signature \
                 and record.manifest_sha256:

@@ -216,3 +216,20 @@ def test_replace_survives_a_kill_after_the_commit(local_hub, api, tmp_path):
     assert torch.equal(weights["w"], torch.full((4,), 9.0))
     [info] = hubckpt.list_revisions(repo_id, hub=local_hub.url)
     assert info.commit == {b.name: b.target_commit for b in api.list_repo_refs(repo_id).branches}["step-0000003"]
+
+
+@pytest.mark.timeout(30)
+def test_stopping_an_idle_worker_gives_the_spool_up_before_returning():
+    """`with Publisher(...)` left by an exception stops the worker with timeout 0: the spool lock (given up
+    when the thread ends) was still held when __exit__ returned, so an immediate new Publisher on that
+    spool got SpoolBusyError (seen as a flaky test_the_same_step_twice_in_one_process)."""
+    import threading
+
+    from hubckpt.publishing.worker import Worker
+
+    for _ in range(20):
+        released = threading.Event()
+        worker = Worker(lambda job: job, on_error=lambda j, e: None, max_pending=1, on_exit=released.set)
+        worker.submit("a")[0].result(timeout=10)
+        assert worker.stop(0, drain=False)
+        assert released.is_set()

@@ -167,6 +167,7 @@ def test_a_submit_blocked_by_backpressure_is_refused_when_the_worker_stops():
     assert "error" in outcome, f"the late job was queued after stop: {outcome}"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_cli_run_with_one_corrupt_checkpoint_publishes_all_the_others(local_hub, api, tmp_path):
     """A corrupt checkpoint early in a run fails its own job; every other checkpoint is still published."""
@@ -187,6 +188,7 @@ def test_cli_run_with_one_corrupt_checkpoint_publishes_all_the_others(local_hub,
         assert torch.equal(weights["w"], torch.full((4,), float(step)))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_replace_survives_a_kill_after_the_commit(local_hub, api, tmp_path):
     """publish(replace=True) killed after its commit landed: the resumed job must still replace (the

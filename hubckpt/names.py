@@ -122,6 +122,17 @@ def normalize_path_in_repo(path: str) -> str:
     return path
 
 
+# The publisher commits a revision on `hubckpt-staging-<name>` first and then creates `<name>` at that
+# commit (hub_client), so a kill in between leaves a staging branch. It is never a revision: listings,
+# the refs fallback and the web pages skip it. (hub_client defines the same prefix; kept equal by a test.)
+STAGING_PREFIX = "hubckpt-staging-"
+
+
+def is_staging_branch(name: str) -> bool:
+    """A branch that is not (yet) a revision: readers skip it."""
+    return name.startswith(STAGING_PREFIX)
+
+
 def page_url(endpoint: str, repo_id: str, revision: str | None = None) -> str:
     """Browser link of a repo (or of one revision's files) on a hub at `endpoint`."""
     from urllib.parse import quote

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import HubConfigError, InvalidNameError
-from .names import validate_ref_name
+from .names import STAGING_PREFIX, is_staging_branch, validate_ref_name
 
 DEFAULT_TEMPLATE = "step-{step:07d}"
 INDEX_FILE = "revisions.json"
@@ -45,6 +45,9 @@ def render_revision_name(template: str, *, step: int, tokens: int | None = None,
 def validate_revision_name(name: str) -> str:
     if name in RESERVED:
         raise InvalidNameError("revision name", name, f"'{name}' is reserved (main, best, final, latest)")
+    if is_staging_branch(name):
+        raise InvalidNameError("revision name", name, f"names starting with {STAGING_PREFIX!r} are hubckpt's staging "
+                               "branches, hidden from every listing")
     return validate_ref_name(name, "revision name")
 
 

@@ -58,10 +58,15 @@ class HubckptCallback(TrainerCallback):
         if folder.is_dir() and state.global_step not in self._published_steps:
             log_history_file(folder)  # so that `hubckpt pull --trainer-checkpoint` gives the Trainer all it reads
             publisher = self._pub()  # a Publisher that cannot start (bad hub, spool in use) stops here
+            try:  # an earlier job's failure, reported here once (publish() does not raise it)
+                publisher.raise_if_failed()
+            except Exception as e:  # noqa: BLE001 - logged, kept in the journal; training goes on
+                logger.error("hubckpt: publishing an earlier checkpoint failed: %s (see `hubckpt jobs %s`)",
+                             e, self.repo_id)
             try:
                 publisher.publish(folder, step=state.global_step, final=state.global_step >= state.max_steps > 0,
                                   snapshot=True, replace=self._resumed and self.replace_on_resume)
-            except Exception as e:  # noqa: BLE001 - an earlier job's failure: logged, kept in the journal; training goes on
+            except Exception as e:  # noqa: BLE001 - logged, kept in the journal; training goes on
                 logger.error("hubckpt: could not publish checkpoint-%d: %s (see `hubckpt jobs %s`)",
                              state.global_step, e, self.repo_id)
             else:

@@ -17,6 +17,7 @@ from datetime import timezone
 from ..errors import AmbiguousRevisionError, HubConfigError, RevisionLookupError
 from ..hub_reader import MAIN, HubReader
 from ..hubs import Hub
+from ..names import is_staging_branch
 from ..revisions import MATCHES, RevisionIndex, RevisionInfo, nearest_to, pick_revision
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,9 @@ class RepoRevisions:
 
     def refs(self) -> tuple[dict[str, str], dict[str, str]]:
         if self._refs is None:
-            self._refs = self.reader.refs()
+            branches, tags = self.reader.refs()
+            # a staging branch (left by a publish killed mid-commit) is not a revision
+            self._refs = {n: c for n, c in branches.items() if not is_staging_branch(n)}, tags
         return self._refs
 
     def records(self, *, refresh: bool = False) -> list[RevisionInfo]:

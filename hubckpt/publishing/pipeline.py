@@ -56,7 +56,7 @@ class Pipeline:
         if record is None or not record.captured:
             raise PublishError(f"job {job_id} is not in the journal")
         name, step = record.revision, record.step
-        replace = job_id in self.replace
+        replace = job_id in self.replace or bool(record.captured.get("replace"))
         commits: dict[str, str] = {}
         views: dict[str, stages.HubView] = {}
         expected = record.captured.get("expect_sha256")
@@ -95,10 +95,14 @@ class Pipeline:
                 commits[target.key] = ""
                 continue
             held = view.holds(name, record.manifest_sha256)
-            if held is None and not replace:
+            # An index entry whose branch is gone (deleted by hand, as RevisionCollisionError advises) holds
+            # nothing any more: publishing other content under that name is no collision.
+            gone = view.index.get(name) is not None and name not in view.branches
+            if held is None and not replace and not gone:
                 stages.refuse_collision(view.index, target, name, record.manifest_sha256)
             elif held is None and view.index.get(name) is not None:
-                logger.warning("replacing revision %s of %s (replace=True)", name, target.describe())
+                logger.warning("replacing revision %s of %s (%s)", name, target.describe(),
+                               "replace=True" if replace else "its branch was deleted")
             if held is not None:
                 commit, index = held, view.index
                 if record.captured.get("final") and index.final != name:  # published before, now the final one
@@ -114,7 +118,8 @@ class Pipeline:
                 commit = stages.commit(target, view, record, folder, card=card, replace=replace)
                 fault("publish.after_commit")
                 self.store.committed(job_id, key, commit)
-                index = stages.index(self.settings, target, record, manifest, commit, folder, replace=replace)
+                index = stages.index(self.settings, target, record, manifest, commit, folder,
+                                     replace=replace or gone)
                 fault("publish.after_index")
                 self.store.indexed(job_id, key)
             stages.retain(self.settings, target, index, has_config=has_config)
@@ -127,15 +132,6 @@ class Pipeline:
         logger.info("%s %s on %s", "published" if new_work else "already had", name,
                     ", ".join(t.describe() for t in self.targets))
         return PublishedRevision(self.settings.repo_id, name, step, commits, skipped=not new_work)
-
-    def _previous_revision(self, step: int | None) -> str | None:
-        """The revision captured before `step` (the card's "previous" link)."""
-        if step is None:
-            return None
-        earlier = sorted((r.step, r.revision) for r in self.store.records()
-                         if r.captured and r.step is not None and r.step < step and not r.dropped)
-        return earlier[-1][1] if earlier else None
-
 
     def previous_revision(self, step: int | None) -> str | None:
         """The revision captured before `step` (the card's "previous" link)."""

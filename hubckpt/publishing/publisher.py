@@ -20,7 +20,8 @@ A job is published on a hub only when that hub has it (its index and refs are ch
 journal), so a second hub or a re-created repo gets everything. One ordered worker thread runs stages
 2–5; a job is queued at most once, and publishing a step that is already queued joins its Future.
 `publish()` blocks while `max_pending` jobs wait (backpressure): a checkpoint is never dropped. A failed
-job fails its Future, is raised once by the next `publish()`, `wait()` or `close()`, stays listed in
+job fails its Future, is raised once by the next `wait()` or `close()` (never by `publish()`, which
+captures the next checkpoint whatever failed before), stays listed in
 `hubckpt jobs`, and blocks nothing else. A process killed at any point resumes from the journal and
 the spool on the next `Publisher` start (or `hubckpt resume`), publishing each revision exactly once.
 """
@@ -170,7 +171,8 @@ class Publisher:
         `release()` is called once they are written to the spool (or the job ended), so the caller may
         reuse them.
         """
-        self.raise_if_failed()
+        # An earlier job's failure is not raised here: that would cost this checkpoint (never captured),
+        # and one failed job must never block the others. Its Future, `wait()` and `close()` report it.
         if self._closed:
             raise HubConfigError("This Publisher is closed; create a new one.")
         if (source is None) == (state_dict is None):
@@ -224,6 +226,8 @@ class Publisher:
                     "metrics": dict(metrics or {}), "epoch": epoch, "tokens": tokens,
                     "companions": [str(Path(c).resolve()) for c in companions], "captured_at": _now(),
                     "signature": signature, "targets": self._keys}
+        if replace:  # in the journal too: a job resumed after a kill must still replace
+            captured["replace"] = True
         elsewhere: set[str] = set()
         if record is not None and signature and record.captured.get("signature") == signature \
                 and record.manifest_sha256:
@@ -360,7 +364,7 @@ class Publisher:
     def _failed(self, job_id: str, error: BaseException) -> None:
         retryable = is_transient(error) or isinstance(error, ConnectionError) or not isinstance(error, Exception)
         record = self._store.get(job_id)
-        # Raised to the caller (its Future, then the next publish/wait/close): logged at info, not printed twice.
+        # Raised to the caller (its Future, then the next wait/close): logged at info, not printed twice.
         logger.info("publishing %s failed: %s", record.revision if record else job_id, error)
         self._store.failed(job_id, f"{type(error).__name__}: {error}", retryable=retryable)
         self._unreported.append((job_id, error))

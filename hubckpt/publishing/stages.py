@@ -243,13 +243,18 @@ def retire(target: HubTarget, names: list[str], card: CardOptions, *, has_config
         target.delete_branch(name)
         fault("publish.retain.after_delete")
     branches = target.branches() if wanted else view.branches
+    seen = {r.name: r.commit for r in view.index.revisions}
     gone = {r.name for r in view.index.live() if r.name not in branches}
-    leftovers = [r.name for r in view.index.revisions if r.pruned and r.name in branches]
-    for name in leftovers:  # marked pruned by an older version that died before deleting
+    # Marked pruned by an older version that died before deleting: only a branch still at the pruned
+    # commit. One at another commit was published again (a publisher between its commit and index
+    # stages) and is live.
+    leftovers = [r.name for r in view.index.revisions if r.pruned and branches.get(r.name) == r.commit]
+    for name in leftovers:
         target.delete_branch(name)
     if gone:
         def mutate(current: RevisionIndex):
-            marked = [r for r in current.revisions if r.name in gone and not r.pruned]
+            # ... and an entry re-indexed at a new commit meanwhile is not the one whose branch was gone
+            marked = [r for r in current.revisions if r.name in gone and not r.pruned and r.commit == seen[r.name]]
             for r in marked:
                 r.pruned = True
             current.best = best_revision(current)

@@ -85,6 +85,8 @@ class Worker:
                 existing = self._futures.get(job_id)
                 if existing is not None and not existing.done():
                     return existing, False
+            if self._stopping or not self.alive:  # stopped (or died) while this waited for room
+                raise PublishError("The publisher's worker has stopped; create a new Publisher.")
             future = JobFuture()
             self._futures[job_id] = future
             self._queue.append(job_id)
@@ -121,8 +123,11 @@ class Worker:
                 for job_id in self._queue:
                     self._futures[job_id].cancel()
                 self._queue.clear()
+            idle = self._current is None
             self._cond.notify_all()
-        self._thread.join(timeout)
+        # An idle thread ends at once (and gives the spool up on its way out): wait for that, so a new
+        # Publisher on the same spool right after is not refused. A running job is waited on `timeout`.
+        self._thread.join(max(timeout, 5.0) if idle and timeout is not None else timeout)
         return not self._thread.is_alive()
 
     def _run(self) -> None:

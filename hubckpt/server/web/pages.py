@@ -13,6 +13,7 @@ from pathlib import Path
 from markupsafe import Markup, escape
 
 from ...errors import HubConfigError, HubHTTPError
+from ...names import is_staging_branch
 from ...revisions import INDEX_FILE, RevisionIndex, RevisionInfo
 from ..context import HubContext
 from ..storage import FileEntry, Repo
@@ -90,6 +91,8 @@ class RefMap:
     def of(cls, ctx: HubContext, repo: Repo) -> "RefMap":
         refs = cls()
         for row in ctx.store.refs(repo):
+            if row["kind"] == "branch" and is_staging_branch(row["name"]):
+                continue  # a publish killed mid-commit left it; not a revision
             (refs.branches if row["kind"] == "branch" else refs.tags)[row["name"]] = row["target"]
         return refs
 

@@ -119,7 +119,8 @@ def resume(repo: str = typer.Option(..., "--repo"), hub: Optional[str] = HubOpt,
     """Finish what an interrupted publisher left in its journal."""
     pub = _publisher(repo, hub, root, token, spool=spool)
     pending = pub.pending()
-    typer.echo(f"Resuming {len(pending)} unfinished job(s): {', '.join(pending) or '-'}")
+    typer.echo(f"Resuming {len(pending)} unfinished job(s): {', '.join(pending)}" if pending
+               else "Nothing to resume: the journal has no unfinished job.")
     pub.close()
     failed = [j.revision for j in pub.jobs() if j.failed is not None and not j.retryable and not j.dropped]
     if failed:

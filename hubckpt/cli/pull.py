@@ -44,6 +44,15 @@ def pull(ref: str = typer.Argument(..., help="namespace/name@revision, or namesp
     from ..load.loaders import pull_revision
 
     rev = resolve_pull_revision(ref, step, tokens, match, hub, root, token)
+    if training_state and not trainer_checkpoint:
+        from ..errors import TrainingStateMissingError
+        from ..checkpoint import TRAINING_STATE_DIR
+
+        if not any(str(p).startswith(f"{TRAINING_STATE_DIR}/") for p in rev.files.files):
+            raise TrainingStateMissingError(
+                f"{rev.repo_id}@{rev.info.name} has no {TRAINING_STATE_DIR}/ to pull: it was published with weights "
+                "only. Pull without --training-state, or publish with training_state= (hubckpt.Checkpointer, "
+                "HubckptCallback, or checkpoint folders holding optimizer.pt).")
     if trainer_checkpoint:
         from ..integrations.trainer_resume import require_training_state
 

@@ -119,6 +119,15 @@ def test_demo_runs_offline_end_to_end(tmp_path):
         assert result.returncode == 0, result.stdout + result.stderr
         assert "step-0000020" in result.stdout and "step-0000040" in result.stdout
         assert "best,final" in result.stdout and "same as at publish time" in result.stdout
+        # The demo repo is what a new user tries `hubckpt analyze --probe probe.txt` on: it needs a tokenizer.
+        from transformers import AutoTokenizer
+
+        from hubckpt.hubs import resolve_hub
+        from hubckpt.load import pull_revision
+
+        hub = resolve_hub("local", root=root)
+        pulled = pull_revision("local/hubckpt-demo", tmp_path / "pulled", "best", hub=hub, cache_dir=tmp_path / "cache")
+        assert AutoTokenizer.from_pretrained(pulled.folder)("ab\n")["input_ids"] == [97, 98, 10]
         bad = run_cli("demo", "--root", str(root), "--steps", "1")
         assert bad.returncode == 2 and "Traceback" not in bad.stderr and "steps" in bad.stderr
     finally:

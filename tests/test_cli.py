@@ -78,6 +78,26 @@ def test_serve_prints_its_url_and_stops_cleanly(tmp_path):
     assert url in out and "HF_HUB_DISABLE_XET=1" in out and "stopped" in out
 
 
+def test_serve_on_all_interfaces_prints_an_address_others_can_use(tmp_path):
+    """`serve --host 0.0.0.0` told users to `export HF_ENDPOINT=http://0.0.0.0:PORT`, not an address to connect to."""
+    import socket
+
+    root = tmp_path / "hub"
+    assert run_cli("user", "add", "ci", "--root", str(root)).returncode == 0
+    assert run_cli("token", "create", "--user", "ci", "--root", str(root)).returncode == 0
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "hubckpt", "serve", "--root", str(root), "--host", "0.0.0.0",
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(7)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=15)
+    text = "".join(lines)
+    assert f"export HF_ENDPOINT=http://{socket.gethostname()}:{port} " in text, text
+    assert "HF_ENDPOINT=http://0.0.0.0" not in text
+
+
 @pytest.mark.slow
 def test_local_hub_starts_in_the_background_and_is_reused(tmp_path):
     from hubckpt.hubs import ensure_local_hub, resolve_hub, stop_local_hub

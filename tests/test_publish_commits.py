@@ -405,6 +405,7 @@ def test_cli_publishes_a_nanogpt_file_at_its_iter_num(api, local_hub, tmp_path):
     out = run_cli("publish", str(path), "--repo", "alice/nano-cli", env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "step-0001500" in _branches(api, "alice/nano-cli")
+    assert "published step-0001500" in out.stdout  # says what happened, not only the name
     bare = tmp_path / "weights.pt"
     torch.save({"model": {"w": torch.ones(2)}}, bare)
     out = run_cli("publish", str(bare), "--repo", "alice/nano-cli", env=env)

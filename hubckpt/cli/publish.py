@@ -55,8 +55,9 @@ def _report(futures) -> int:
     for future in futures:
         try:
             result = future.result()
+            verb = "unchanged" if result.skipped else "published"  # the run's plan above listed what would go
             note = " (already published)" if result.skipped else ""
-            typer.echo(f"  {result.revision:<20} step {result.step}{note}")
+            typer.echo(f"  {verb} {result.revision:<20} step {result.step}{note}")
         except Exception as e:  # noqa: BLE001 - reported below by close()
             failures += 1
             typer.echo(f"  failed: {e}", err=True)

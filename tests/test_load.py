@@ -442,6 +442,7 @@ def test_cli_diff_reports_changed_tensors(published, local_hub, cli):
 
 @pytest.mark.parametrize("args, message", [
     (("ls", "alice/nope-nope"), "Repository not found"),
+    (("ls", "alice/load-run@best"), "for one revision use `hubckpt show alice/load-run@best`"),
     (("show", "alice/load-run@nope"), "has no revision 'nope'"),
     (("pull", "alice/load-run", "{tmp}/x", "--step", "25"), "no revision at step 25; nearest: step-0000020"),
     (("show", "alice/load-run"), "Expected REPO@REVISION"),

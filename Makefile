@@ -36,7 +36,12 @@ bench: $(STAMP)
 	$(PY) bench/transfer.py
 	$(PY) bench/convert.py
 	$(PY) bench/publish.py
+	$(PY) bench/journal.py
+	$(PY) bench/load.py
+	$(PY) bench/checkpointer.py
 	$(PY) bench/analysis.py
+	$(PY) bench/web.py
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -91,9 +91,14 @@ class Server:
     def start(self, timeout: float = 60) -> None:
         import httpx2
 
-        self.proc = subprocess.Popen([sys.executable, "-m", "hubckpt", "serve", "--root", str(self.root),
-                                      "--host", "127.0.0.1", "--port", str(self.port), "--quiet"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # The server's log goes to a file: a pipe nobody reads fills up after 64 KiB of errors and then
+        # blocks the server on its next log line, which a soak would misreport as a hang.
+        self.log = self.root.parent / "soak-server.log"
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "hubckpt", "serve", "--root", str(self.root),
+                                          "--host", "127.0.0.1", "--port", str(self.port), "--quiet"],
+                                         stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -102,7 +107,7 @@ class Server:
             except httpx2.HTTPError:
                 pass
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read()}")
+                raise RuntimeError(f"server exited: {self.log.read_text()[-4000:]}")
             time.sleep(0.05)
         raise RuntimeError("server did not start")
 

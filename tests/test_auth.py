@@ -109,8 +109,18 @@ def test_tokens_are_stored_hashed_listed_and_revoked(token_hub):
 
 
 def test_non_loopback_without_tokens_is_refused(tmp_path):
+    import os
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
     with pytest.raises(HubConfigError, match="Refusing to listen on 0.0.0.0"):
         LocalHubServer(tmp_path, host="0.0.0.0")
+    before = open_fds()
+    for _ in range(3):  # and a refused start leaves no database connection (or socket) open behind it
+        with pytest.raises(HubConfigError):
+            LocalHubServer(tmp_path, host="0.0.0.0")
+    assert open_fds() == before
 
 
 def test_revoking_the_last_token_keeps_authentication_on(tmp_path):

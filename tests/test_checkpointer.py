@@ -231,3 +231,51 @@ def test_a_run_killed_while_publishing_resumes_and_publishes_each_step_once(loca
     assert [r["step"] for r in index["revisions"]] == [2, 4]
     commits = api.list_repo_commits(repo_id, revision="step-0000002")
     assert sum(1 for c in commits if "step-0000002" in c.title) == 1
+
+
+@pytest.mark.timeout(120)
+def test_a_transformers_model_is_published_with_its_config_so_load_model_builds_it(local_hub, tmp_path):
+    """A Checkpointer of a PreTrainedModel publishes config.json: load_model / analyze can build the revision."""
+    import hubckpt
+    from transformers import GPT2LMHeadModel
+
+    from tests.factories import tiny_gpt2_config
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(tiny_gpt2_config())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    extra = tmp_path / "notes.txt"
+    extra.write_text("run notes\n")
+    repo_id = "alice/checkpointer-config"
+    with hubckpt.Checkpointer(repo_id, model=model, optimizer=optimizer, hub=local_hub.url,
+                              companions=[extra], spool_dir=tmp_path / "spool") as ckpt:
+        ckpt.save(3, final=True).result(timeout=60)
+    files = hubckpt.hub_api(local_hub.url).list_repo_files(repo_id, revision="step-0000003")
+    assert "config.json" in files and "notes.txt" in files
+    loaded = hubckpt.load_model(repo_id, step=3, hub=local_hub.url)
+    assert type(loaded).__name__ == "GPT2LMHeadModel"
+    theirs = loaded.state_dict()
+    for name, value in model.state_dict().items():
+        assert torch.equal(theirs[name], value), name
+
+
+@pytest.mark.timeout(120)
+def test_a_step_whose_publishing_failed_is_not_reported_as_published_when_saved_again(local_hub, tmp_path):
+    """The background publish of step 2 fails (the name is taken): saving step 2 again must try again,
+    not answer `skipped` with a revision that does not exist."""
+    import hubckpt
+
+    repo_id = "alice/checkpointer-failed-step"
+    model_b, optimizer_b, _ = make(seed=1)
+    late = hubckpt.Checkpointer(repo_id, model=model_b, optimizer=optimizer_b, hub=local_hub.url,
+                                spool_dir=tmp_path / "late")  # read the index while it was still empty
+    model_a, optimizer_a, _ = make(seed=0)
+    with hubckpt.Checkpointer(repo_id, model=model_a, optimizer=optimizer_a, hub=local_hub.url,
+                              spool_dir=tmp_path / "first") as first:
+        first.save(2).result(timeout=60)
+    with pytest.raises(hubckpt.RevisionCollisionError):
+        late.save(2).result(timeout=60)
+    again = late.save(2)
+    with pytest.raises(hubckpt.RevisionCollisionError):  # tried again, failing the same way: not `skipped`
+        again.result(timeout=60)
+    late.close()

@@ -152,3 +152,15 @@ def test_demo_runs_offline_end_to_end(tmp_path):
         assert bad.returncode == 2 and "Traceback" not in bad.stderr and "steps" in bad.stderr
     finally:
         run_cli("stop", "--root", str(root))
+
+
+def test_demo_reads_lazily_from_a_revision_it_has_not_downloaded():
+    """The demo reports the bytes a remote lazy read moves: the revision must not be one it loaded (e.g.
+    a `best` in the middle of the run), whose cached copy would be read from disk instead."""
+    from hubckpt.cli.demo import not_downloaded
+    from hubckpt.revisions import RevisionInfo
+
+    revisions = [RevisionInfo(name=f"step-{s}", step=s, commit=f"{s:040d}") for s in (10, 20, 30, 40, 50)]
+    loaded = {revisions[0].commit, revisions[2].commit}  # step 10 and a best at step 30
+    picked = not_downloaded(revisions, loaded)
+    assert picked.commit not in loaded and picked.step == 40

@@ -217,3 +217,12 @@ def test_gitignore_and_size_decide_preupload(api: HfApi, repo_id):
     assert answer["big.txt"]["uploadMode"] == "lfs" and answer["bin.dat"]["uploadMode"] == "lfs"
     assert answer["small.txt"]["uploadMode"] == "regular" and answer["small.txt"]["shouldIgnore"] is False
     assert answer["kept.txt"]["oid"] is not None
+
+
+def test_preupload_refuses_a_malformed_size_with_400(api: HfApi, repo_id):
+    import httpx2
+
+    for size in ("abc", -1, 1.5):
+        r = httpx2.post(f"{api.endpoint}/api/models/{repo_id}/preupload/main",
+                        json={"files": [{"path": "a.txt", "sample": "", "size": size}]})
+        assert r.status_code == 400 and "integer 'size'" in r.json()["error"], (size, r.status_code, r.text)

@@ -248,3 +248,21 @@ def test_concurrent_commits_lose_nothing_and_refuse_stale_parents(api: HfApi, re
     for t in threads:
         t.join()
     assert sorted(outcomes) == [200] + [412] * (n - 1)
+
+
+@pytest.mark.parametrize("what, path, body", [
+    ("LFS batch body a list", "{repo}.git/info/lfs/objects/batch", b"[1]"),
+    ("LFS batch objects not a list", "{repo}.git/info/lfs/objects/batch", b'{"operation": "upload", "objects": 5}'),
+    ("LFS batch object not an object", "{repo}.git/info/lfs/objects/batch", b'{"operation": "upload", "objects": [1]}'),
+    ("commit header not an object", "api/models/{repo}/commit/main", b'{"key": "header", "value": 3}\n'),
+    ("commit file not an object", "api/models/{repo}/commit/main",
+     b'{"key": "header", "value": {"summary": "x"}}\n{"key": "file", "value": 3}\n'),
+    ("organization not a string", "api/repos/create", b'{"name": "x", "organization": 5}'),
+    ("paths-info paths a string", "api/models/{repo}/paths-info/main", b'{"paths": ".gitattributes"}'),
+])
+def test_malformed_bodies_are_400_not_500(api: HfApi, repo_id, what, path, body):
+    head = api.model_info(repo_id).sha
+    r = httpx2.post(f"{api.endpoint}/{path.format(repo=repo_id)}", content=body,
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 400, (what, r.status_code, r.text)
+    assert api.model_info(repo_id).sha == head  # and nothing was committed

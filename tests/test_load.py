@@ -386,7 +386,8 @@ def test_cli_ls_show(published, local_hub, cli):
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
     assert lines[0].split()[:3] == ["revision", "step", "tokens"] and "eval_loss" in lines[0]
-    assert [line.split()[0] for line in lines[1:]] == [f"step-{s:07d}" for s in STEPS]
+    assert [line.split()[0] for line in lines[1:-1]] == [f"step-{s:07d}" for s in STEPS]
+    assert lines[-1] == f"page: {local_hub.url}/{repo_id}"  # the model page on the local hub's web pages
     assert lines[2].rstrip().endswith("best") and lines[4].rstrip().endswith("final")
     as_json = json.loads(run_cli("ls", repo_id, "--hub", local_hub.url, "--json").stdout)
     assert [r["step"] for r in as_json["revisions"]] == list(STEPS) and as_json["best"] == "step-0000020"

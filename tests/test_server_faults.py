@@ -194,3 +194,99 @@ def test_read_connections_end_with_their_threads(tmp_path):
     gc.collect()
     assert len(store._reader_list) <= 1 and _fd_count() <= before + 3  # one connection, reused
     store.close()
+
+
+@pytest.mark.timeout(60)
+def test_request_bodies_are_capped_before_anyone_is_authenticated(tmp_path):
+    # An anonymous caller must not make the hub buffer an unbounded body (whole bodies are read into
+    # memory before the handler, hence before authentication).
+    with LocalHubServer(tmp_path / "hub", max_body_bytes=4096) as hub:
+        HfApi(endpoint=hub.url, token="x").create_repo("alice/cap")
+        url = f"{hub.url}/api/models/alice/cap/commit/main"
+        r = httpx2.post(url, content=_commit_body("big.txt", b"x" * 8000),
+                        headers={"content-type": "application/x-ndjson"}, timeout=10)
+        assert r.status_code == 413 and "larger than this hub accepts (4096 bytes)" in r.json()["error"]
+        assert r.headers["connection"] == "close"
+
+        def chunks():  # no Content-Length: counted while it streams
+            for _ in range(20):
+                yield b"y" * 1000
+
+        r = httpx2.post(f"{hub.url}/api/validate-yaml", content=chunks(), timeout=10)
+        assert r.status_code == 413
+        # Under the cap, the same route works and the commit lands.
+        r = httpx2.post(url, content=_commit_body("small.txt", b"ok"), headers={"content-type": "application/x-ndjson"},
+                        timeout=10)
+        assert r.status_code == 200, r.text
+        assert HfApi(endpoint=hub.url, token="x").list_repo_files("alice/cap") == [".gitattributes", "small.txt"]
+
+
+@pytest.mark.timeout(60)
+def test_a_storage_failure_answers_500_without_the_data_folder_path(tmp_path):
+    # A real fault: the object's fan-out folder is a file, so storing the object fails with an OS error
+    # whose text names the absolute path of the data folder. Remote callers must not see it.
+    content = b"no room for me"
+    sha = hashlib.sha256(content).hexdigest()
+    with LocalHubServer(tmp_path / "hub") as hub:
+        HfApi(endpoint=hub.url, token="x").create_repo("alice/broken")
+        (hub.ctx.root / "objects" / sha[:2]).write_bytes(b"not a folder")
+        r = httpx2.post(f"{hub.url}/api/models/alice/broken/commit/main", content=_commit_body("a.txt", content),
+                        headers={"content-type": "application/x-ndjson", "x-request-id": "req-42"}, timeout=10)
+        assert r.status_code == 500
+        assert r.headers["x-request-id"] == "req-42"
+        message = r.json()["error"]
+        assert "request req-42" in message and "server log" in message
+        assert str(tmp_path) not in message and str(tmp_path) not in r.headers["x-error-message"]
+        assert os.listdir(hub.ctx.root / "tmp") == []  # and the temp file did not stay behind
+
+
+@pytest.mark.timeout(60)
+def test_writers_queued_behind_a_locked_database_all_give_up_within_the_busy_timeout(tmp_path):
+    # Each queued writer used to wait for the hub's lock without limit, then for the database: the n-th
+    # of n concurrent commits answered after n busy timeouts.
+    busy_s, writers = 1.0, 5
+    with LocalHubServer(tmp_path / "hub", busy_timeout_s=busy_s) as hub:
+        HfApi(endpoint=hub.url, token="x").create_repo("alice/queue")
+        other = sqlite3.connect(hub.ctx.root / "hub.sqlite3", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        answers: list[tuple[int, float]] = []
+
+        def write(i: int) -> None:
+            start = time.monotonic()
+            r = httpx2.post(f"{hub.url}/api/models/alice/queue/branch/b{i}", json={}, timeout=30)
+            answers.append((r.status_code, time.monotonic() - start))
+
+        threads = [threading.Thread(target=write, args=(i,), daemon=True) for i in range(writers)]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert [status for status, _ in answers] == [503] * writers
+        assert max(elapsed for _, elapsed in answers) < 2 * busy_s, answers
+
+
+def test_health_names_the_data_folder_only_to_this_machine(tmp_path):
+    import asyncio
+
+    from hubckpt.server import HubContext, create_app
+
+    ctx = HubContext.open(tmp_path / "hub")
+
+    async def health(client: tuple[str, int], server_host: str) -> dict:
+        transport = httpx2.ASGITransport(app=create_app(ctx), client=client)
+        async with httpx2.AsyncClient(transport=transport, base_url=f"http://{server_host}:8900") as http:
+            r = await http.get("/api/hubckpt/health")
+            assert r.status_code == 200
+            return r.json()
+
+    try:
+        assert asyncio.run(health(("127.0.0.1", 5000), "127.0.0.1"))["root"] == str(ctx.root)
+        assert asyncio.run(health(("10.1.2.3", 5000), "10.1.2.3"))["root"] == str(ctx.root)  # itself, by its own IP
+        remote = asyncio.run(health(("10.9.9.9", 5000), "10.1.2.3"))
+        assert remote == {"status": "ok", "service": "hubckpt-local-hub"}
+    finally:
+        ctx.store.close()

@@ -52,6 +52,7 @@ def test_tampered_upload_urls_are_refused(api: HfApi, repo_id, other_repo, local
         "another oid": _build(base, [segments[0], segments[1], other_oid, segments[3]], query),
         "another size": _build(base, [*segments[:3], str(len(data) + 1)], query),
         "another repo": _build(base, [segments[0], other_id, *segments[2:]], query),
+        "signature not ASCII": _build(base, segments, {**query, "sig": "%C3%A9"}),
     }
     for what, url in forged.items():
         body = other_data if "oid" in what else data + b"x" if "size" in what else data
@@ -81,6 +82,7 @@ def test_tampered_and_expired_download_urls_are_refused(api: HfApi, repo_id, loc
         "expiry pushed later": _build(base, segments, {**query, "expires": str(int(query["expires"]) + 3600)}),
         "another object": _build(base, [segments[0], other], query),
         "expiry not a number": f"{base}/{'/'.join(segments)}?expires=soon&sig={query['sig']}",
+        "signature not ASCII": f"{base}/{'/'.join(segments)}?expires={query['expires']}&sig=%C3%A9",
     }.items():
         r = httpx2.get(url)
         assert r.status_code == 403 and r.content != secret, what

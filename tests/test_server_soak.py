@@ -30,7 +30,8 @@ def _soak_module():
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_soak_with_kill_and_restart_loses_nothing(tmp_path):
-    report = _soak_module().run_soak(duration=20, clients=6, kill_at=0.4, max_ops=2000, root=tmp_path,
+    # 10 s: ~6000 requests and ~200 refused stale commits on an idle 2-core machine, far above the bounds below.
+    report = _soak_module().run_soak(duration=10, clients=6, kill_at=0.4, max_ops=2000, root=tmp_path,
                                      full_downloads=30)
     summary = {k: report[k] for k in ("commits_lost", "stale_commits_accepted", "objects_not_matching_sha256",
                                       "private_data_read_by_wrong_token", "private_reads_by_owner_failed")}

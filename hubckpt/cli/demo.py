@@ -105,7 +105,8 @@ def demo(
         reloaded_loss = loaded(input_ids=held_out, labels=held_out).loss.item()
     expected = index.get(pick).metrics["eval_loss"]
     verdict = "same as at publish time" if abs(reloaded_loss - expected) < 1e-5 else f"EXPECTED {expected:.4f}"
-    typer.echo(f"\nLoaded {repo_id}@{pick} (tag `best`) with plain transformers.AutoModelForCausalLM: "
+    how_picked = "tag `best`" if index.best else "the latest; no revision is tagged `best`"
+    typer.echo(f"\nLoaded {repo_id}@{pick} ({how_picked}) with plain transformers.AutoModelForCausalLM: "
                f"eval_loss {reloaded_loss:.4f}, {verdict}")
     if verdict != "same as at publish time":
         raise typer.Exit(1)
@@ -145,16 +146,17 @@ def _consume(repo_id: str, hub, held_out) -> None:
     typer.echo(f"\nFrom Python: hubckpt.list_revisions({repo_id!r}) -> {len(revisions)} revisions, steps "
                f"{revisions[0].step}..{revisions[-1].step}, best = "
                f"{next((r.name for r in revisions if 'best' in r.tags), '-')}")
+    loaded = set()
     for revision, step in (("best", None), (None, revisions[0].step)):
         model = hubckpt.load_model(repo_id, revision, step=step, hub=hub)
         info = model.hubckpt_revision
+        loaded.add(info.commit)
         with torch.no_grad():
             loss = model(input_ids=held_out, labels=held_out).loss.item()
         how = f'"{revision}"' if revision else f"step={step}"
         typer.echo(f"  hubckpt.load_model(..., {how}) -> {type(model).__name__} at {info.name} "
                    f"(commit {info.commit[:12]}): eval_loss {loss:.4f} (published: {info.metrics['eval_loss']:.4f})")
-    # A revision not downloaded above, so the read goes over HTTP (a cached, verified copy is read from disk).
-    middle = revisions[len(revisions) // 2]
+    middle = not_downloaded(revisions, loaded)
     with hubckpt.open_revision(repo_id, step=middle.step, hub=hub) as rev:
         name = "transformer.h.0.attn.c_attn.weight"
         tensor = rev.get_tensor(name)
@@ -162,3 +164,10 @@ def _consume(repo_id: str, hub, held_out) -> None:
                    f"{str(tensor.dtype).replace('torch.', '')} ({human_size(tensor.numel() * tensor.element_size())}): "
                    f"{rev.bytes_received:,} bytes moved in {rev.requests} requests (index, checkpoint.json, header, "
                    f"the tensor's byte range) of a {human_size(rev.info.size)} revision")
+
+
+def not_downloaded(revisions: list, loaded: set[str]):
+    """The middle revision among those whose commit was not loaded above: its lazy read goes over HTTP, so
+    the bytes the demo reports are what a remote read moves (a cached, verified copy is read from disk)."""
+    remote = [r for r in revisions if r.commit not in loaded] or revisions
+    return remote[len(remote) // 2]

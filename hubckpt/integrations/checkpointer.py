@@ -15,6 +15,10 @@ spool. The buffers are allocated and touched ahead of need on a background threa
 right at construction, the optimizer's right after its first `step()` (a step hook), so the first
 save costs what the later ones do.
 
+A transformers `PreTrainedModel`'s `config.json` (and `generation_config.json`) is written once at
+construction and published with every revision, so `load_model` and `hubckpt analyze` can build it;
+`companions=` adds files of your own (a tokenizer's, say).
+
 A restarted run finds what is already published: steps the hub's index lists are not captured or
 published again, and `restore()` loads the latest revision (after the publisher has finished what a
 killed process left in its journal).
@@ -30,7 +34,8 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ..conversion.training_state import capture_rng
 from ..errors import HubConfigError
@@ -61,6 +66,8 @@ class Checkpointer:
         hub: where to publish (`local`, `hf`, a URL, or a list; see `hubckpt.Publisher`).
         every: publish only steps that are multiples of `every` (and `final=True` saves); None: every call.
         monitor, mode: the metric deciding the `best` tag, "min" or "max".
+        companions: files published beside the weights in every revision (config, tokenizer files...). A
+            transformers model's own config.json / generation_config.json are added automatically.
         staging_sets: buffer sets for captures in flight (each the size of the whole state). With 1, a
             save waits while the previous one is still being written to the spool.
         nice: how much lower the CPU priority of the background threads (staging, hand-off, the
@@ -73,8 +80,8 @@ class Checkpointer:
 
     def __init__(self, repo_id: str, *, model: "torch.nn.Module", optimizer: "torch.optim.Optimizer | None" = None,
                  scheduler: Any = None, scaler: Any = None, hub: Any = None, every: int | None = None,
-                 monitor: str | None = None, mode: str = "min", staging_sets: int = 1, nice: int = 0,
-                 **publisher_options: Any) -> None:
+                 monitor: str | None = None, mode: str = "min", companions: "Iterable[str | os.PathLike]" = (),
+                 staging_sets: int = 1, nice: int = 0, **publisher_options: Any) -> None:
         from ..publishing import Publisher
 
         if every is not None and every < 1:
@@ -86,6 +93,12 @@ class Checkpointer:
         # Created on a lowered-priority thread: the publisher's worker (and the threads it starts) inherit it.
         self.publisher: Publisher = in_background_priority(
             lambda: Publisher(repo_id, hub=hub, monitor=monitor, mode=mode, **publisher_options), nice)
+        self.companions = [*model_files(model, self.publisher.spool / "model-files"),
+                           *(Path(c).resolve() for c in companions)]
+        missing = [str(c) for c in self.companions if not c.is_file()]
+        if missing:
+            self.publisher.close()
+            raise HubConfigError(f"companions= names files that do not exist: {', '.join(missing)}")
         first = self.publisher.targets[0]  # reads (what is published, restore) go to the first hub
         self._hub, self._token = first.hub, first.token
         self._pool = StagingPool(staging_sets, on_start=lambda: lower_priority(nice))
@@ -195,11 +208,12 @@ class Checkpointer:
             try:
                 if self._takes_staged:
                     inner = self.publisher.publish(state_dict=weights, training_state=training_state,
-                                                   release=release, **options)
+                                                   companions=self.companions, release=release, **options)
                 else:  # a Publisher without the hook copies the tensors itself (here, off the training thread)
-                    inner = self.publisher.publish(state_dict=weights, training_state=training_state, **options)
+                    inner = self.publisher.publish(state_dict=weights, training_state=training_state,
+                                                   companions=self.companions, **options)
                     release()
-                _chain(inner, future)
+                _chain(inner, future, on_done=lambda f, step=options["step"]: self._settled(step, f))
             except BaseException as e:  # re-raised by the next save / wait / close
                 release()
                 logger.error("could not queue step %s of %s for publishing: %s", options.get("step"), self.repo_id, e)
@@ -209,6 +223,14 @@ class Checkpointer:
                 future.set_exception(e)
             finally:
                 self._handoff.task_done()
+
+    def _settled(self, step: int, published: Future) -> None:
+        """A publish finished: remember the revision's real name, or forget the step if it failed, so that
+        saving it again publishes it instead of answering `skipped` for a revision that does not exist."""
+        if published.exception() is not None:
+            self._published.pop(step, None)
+        elif published.result().revision:
+            self._published[step] = published.result().revision
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -294,6 +316,30 @@ class Checkpointer:
                        scheduler=self.scheduler, scaler=self.scaler, hub=self._hub, token=self._token, strict=strict)
 
 
+def model_files(model: Any, folder: Path) -> list[Path]:
+    """A transformers model's config.json (and generation_config.json) written into `folder`; [] otherwise.
+
+    Without them a revision holds bare tensors that `load_model` / `hubckpt analyze` cannot build.
+    (transformers leaves `_name_or_path`, possibly a local path, out of what it writes.)"""
+    config = getattr(model, "config", None)
+    if not callable(getattr(config, "to_json_file", None)) or not callable(getattr(model, "save_pretrained", None)):
+        return []
+    import copy
+
+    folder.mkdir(parents=True, exist_ok=True)
+    config = copy.deepcopy(config)
+    config.architectures = [type(model).__name__]  # as save_pretrained records it: load_model picks the class
+    config.to_json_file(folder / "config.json")
+    written = [folder / "config.json"]
+    generation = getattr(model, "generation_config", None)
+    can_generate = getattr(model, "can_generate", None)
+    if generation is not None and callable(getattr(generation, "to_json_file", None)) and \
+            (can_generate is None or can_generate()):
+        generation.to_json_file(folder / "generation_config.json")
+        written.append(folder / "generation_config.json")
+    return written
+
+
 def lower_priority(nice: int) -> None:
     """Raise the calling thread's nice value by `nice` (Linux: per thread; threads it starts inherit it)."""
     if nice <= 0 or not hasattr(os, "setpriority"):
@@ -324,8 +370,14 @@ def in_background_priority(make, nice: int):
     return box["value"]
 
 
-def _chain(inner: Future, outer: Future) -> None:
+def _chain(inner: Future, outer: Future, on_done=None) -> None:
+    """`outer` settles as `inner` does (after `on_done(inner)`, so its waiters see the bookkeeping done)."""
     def done(f: Future) -> None:
+        if on_done is not None:
+            try:
+                on_done(f)
+            except Exception:  # noqa: BLE001 - bookkeeping must never leave `outer` unsettled
+                logger.exception("after publishing")
         if f.exception() is not None:
             outer.set_exception(f.exception())
         else:

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timezone
 
 from ..errors import AmbiguousRevisionError, HubConfigError, RevisionLookupError
 from ..hub_reader import MAIN, HubReader
@@ -90,6 +91,24 @@ class RepoRevisions:
             found = pool.map(lambda commit: self.reader.manifest(commit), named.values())
             return dict(zip(named, found))
 
+    def _dates(self, commits: list[str]) -> dict[str, str | None]:
+        """Commit sha → its date (ISO 8601, UTC), for records built without the index (one request each)."""
+        def date(commit: str) -> str | None:
+            try:
+                when = self.reader.api.model_info(self.repo_id, revision=commit).last_modified
+            except Exception as e:  # noqa: BLE001 - a record without a date is still a record
+                logger.debug("no date for %s@%s: %s", self.repo_id, commit[:12], e)
+                return None
+            return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
+
+        unique = sorted(set(commits))
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            return dict(zip(unique, pool.map(date, unique)))
+
+    def _dated(self, records: list[RevisionInfo]) -> list[RevisionInfo]:
+        dates = self._dates([r.commit for r in records if r.commit and r.date is None])
+        return [dataclasses.replace(r, date=dates[r.commit]) if r.commit in dates else r for r in records]
+
     def _from_refs(self) -> list[RevisionInfo]:
         branches, tags = self.refs()
         manifests = self._manifests(branches)
@@ -105,7 +124,7 @@ class RepoRevisions:
             else:
                 records[tag] = dataclasses.replace(info_from_manifest(tag, commit, self.reader.manifest(commit)),
                                                    tags=[tag])
-        return sorted(records.values(), key=_order)
+        return sorted(self._dated(list(records.values())), key=_order)
 
     def _merge_refs(self, records: list[RevisionInfo]) -> list[RevisionInfo]:
         """Add branches the index does not list and user tags; log what the index missed."""
@@ -116,7 +135,7 @@ class RepoRevisions:
             logger.info("the index of %s does not list %s; read from their checkpoint.json", self.repo_id,
                         ", ".join(sorted(missing)))
             manifests = self._manifests(missing)
-            records += [info_from_manifest(name, sha, manifests[name]) for name, sha in missing.items()]
+            records += self._dated([info_from_manifest(name, sha, manifests[name]) for name, sha in missing.items()])
         by_commit = {branches.get(r.name, r.commit): r for r in records}
         for tag, commit in tags.items():
             r = by_commit.get(commit)

@@ -107,15 +107,23 @@ class LocalHubServer:
         import uvicorn
 
         self.ctx = HubContext.open(Path(root), local_user=local_user, **settings)
-        check_exposure(self.ctx, host)
-        self._sock = bind_socket(host, port)
-        bound_host, bound_port = self._sock.getsockname()[:2]
-        shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-        self.url = f"http://{shown_host}:{bound_port}"
-        self._server = uvicorn.Server(uvicorn_config(create_app(self.ctx)))
-        self._thread: threading.Thread | None = None
-        self.data_plane = DataPlane(self.ctx, host, max_connections=data_plane_max_connections,
-                                    timeout_s=data_plane_timeout_s) if data_plane else None
+        self._sock: socket.socket | None = None
+        try:
+            check_exposure(self.ctx, host)
+            self._sock = bind_socket(host, port)
+            bound_host, bound_port = self._sock.getsockname()[:2]
+            shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+            self.url = f"http://{shown_host}:{bound_port}"
+            self._server = uvicorn.Server(uvicorn_config(create_app(self.ctx)))
+            self._thread: threading.Thread | None = None
+            self.data_plane = DataPlane(self.ctx, host, max_connections=data_plane_max_connections,
+                                        timeout_s=data_plane_timeout_s) if data_plane else None
+        except BaseException:
+            # A refused or failed start must not keep the database (and its -wal/-shm) or the socket open.
+            if self._sock is not None:
+                self._sock.close()
+            self.ctx.store.close()
+            raise
 
     def start(self) -> "LocalHubServer":
         if self.data_plane is not None:

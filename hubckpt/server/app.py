@@ -10,6 +10,7 @@ the event loop; errors of every kind are mapped to HTTP once, by `http_errors.to
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import uuid
 
@@ -21,8 +22,8 @@ from starlette.types import Receive, Scope, Send
 from ..errors import HubHTTPError
 from . import routes_files, routes_listing, routes_repos, routes_upload, web
 from .context import HubContext, error_response, json_response, repo_not_found
-from .http_errors import to_http
-from .routing import Router
+from .http_errors import internal_error, to_http
+from .routing import Router, read_body
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +37,27 @@ def _unknown_model_path(ctx: HubContext, request: Request, any: str) -> Response
     raise repo_not_found(ctx.caller(request))
 
 
+def _from_this_machine(request: Request) -> bool:
+    """True when the client connected over loopback or to this machine's own address from itself."""
+    client, server = request.client, request.scope.get("server")
+    if client is None:
+        return True  # a Unix socket or an in-process transport
+    try:
+        if ipaddress.ip_address(client.host).is_loopback:
+            return True
+    except ValueError:
+        return False
+    return bool(server) and client.host == server[0]
+
+
 @system_router.route("GET HEAD", "/api/hubckpt/health")
 def _health(ctx: HubContext, request: Request) -> Response:
-    return json_response({"status": "ok", "root": str(ctx.root), "service": "hubckpt-local-hub"})
+    body = {"status": "ok", "service": "hubckpt-local-hub"}
+    if _from_this_machine(request):
+        # `hubckpt` on this machine recognises its server by the data folder (hubs.running_local_hub);
+        # anyone else on the network has no use for the absolute path (it names the user, for a start).
+        body["root"] = str(ctx.root)
+    return json_response(body)
 
 
 ROUTERS: list[Router] = [routes_repos.router, routes_upload.router, routes_listing.router, routes_files.router]
@@ -65,7 +84,7 @@ class HubApp:
         self.ctx.stats["requests"] += 1
         request = Request(scope, receive)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        response = await self._dispatch(request, scope)
+        response = await self._dispatch(request, scope, request_id)
         response.headers["X-Request-Id"] = request_id
         await response(scope, receive, send)
 
@@ -76,7 +95,7 @@ class HubApp:
                 return found
         return None
 
-    async def _dispatch(self, request: Request, scope: Scope) -> Response:
+    async def _dispatch(self, request: Request, scope: Scope, request_id: str) -> Response:
         method = scope["method"]
         raw_path = scope.get("raw_path", scope["path"].encode()).decode("latin-1").split("?", 1)[0]
         root_path = scope.get("root_path", "")
@@ -92,13 +111,15 @@ class HubApp:
             route, params = found
             if route.is_async:
                 return await route.handler(self.ctx, request, **params)
-            request.state.body = await request.body()
+            request.state.body = await read_body(request, self.ctx.max_body_bytes)
             return await run_in_threadpool(route.handler, self.ctx, request, **params)
         except Exception as e:  # the server must answer JSON, whatever went wrong
             error = to_http(e)
-            if error is None:
-                logger.exception("unexpected error on %s %s", method, raw_path)
-                error = HubHTTPError(500, f"Internal error of the hubckpt local hub: {type(e).__name__}: {e}")
+            if error is None or (error.status == 500 and not isinstance(e, HubHTTPError)):
+                # A bug or a storage failure: its text (OS errors, absolute paths of the data folder) goes
+                # to the log, not to a caller who may be anyone on the network.
+                logger.error("%s %s failed (request %s)", method, raw_path, request_id, exc_info=e)
+                error = internal_error(request_id)
             elif error.status >= 500:
                 logger.error("%s %s -> %s", method, raw_path, error)
             return error_response(error)

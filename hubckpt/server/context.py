@@ -51,6 +51,10 @@ class HubContext:
     tree_page_size: int = 1000
     commits_page_size: int = 50
     list_page_size: int = 1000  # repo listings (`list_models`, `hf repos ls`), as on the Hub
+    # Largest request body the API reads into memory (commits carry regular files inline; LFS bytes
+    # stream to the data plane instead). Checked before anyone is authenticated, so it bounds what an
+    # anonymous caller can make the hub buffer.
+    max_body_bytes: int = 1024 ** 3
     lfs_secret: bytes = field(default=b"", repr=False)
     data_plane_port: int | None = None  # set while a DataPlane serves object bytes on its own port
     # Set by whoever binds a non-loopback address: single-user mode is then refused per request too.
@@ -130,7 +134,9 @@ class HubContext:
         return hmac.new(self.lfs_secret, message, hashlib.sha256).hexdigest()
 
     def check_signature(self, signature: str, expires: int, *parts: object) -> None:
-        if expires < time.time() or not hmac.compare_digest(signature, self.sign(*parts, expires)):
+        # Bytes: compare_digest raises TypeError (a 500) on a non-ASCII str, and the signature is the caller's.
+        given = signature.encode("utf-8", "surrogateescape")
+        if expires < time.time() or not hmac.compare_digest(given, self.sign(*parts, expires).encode()):
             raise HubHTTPError(403, "This upload URL is invalid or has expired; request a new one from the LFS batch API.")
 
     # -- fault injection (tests only) ---------------------------------------------------------------

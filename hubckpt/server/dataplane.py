@@ -23,12 +23,13 @@ import re
 import socket
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import HubHTTPError
 from .blobs import PipelinedWriter, is_sha256
-from .http_errors import to_http
+from .http_errors import internal_error, to_http
 
 logger = logging.getLogger(__name__)
 
@@ -165,9 +166,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the client went away or stalled past the timeout
         except Exception as e:  # answer, never hang the client
             error = to_http(e)
-            if error is None:
-                logger.exception("data plane error on %s %s", self.command, self.path)
-                error = HubHTTPError(500, f"Internal error of the hubckpt data plane: {type(e).__name__}: {e}")
+            if error is None or (error.status == 500 and not isinstance(e, HubHTTPError)):
+                request_id = uuid.uuid4().hex
+                logger.error("data plane: %s %s failed (request %s)", self.command, urlsplit(self.path).path,
+                             request_id, exc_info=e)
+                error = internal_error(request_id)
             if error.status >= 400 and self.command == "PUT" or error.status >= 500:
                 self.close_connection = True  # the unread body must not be parsed as a next request
             try:
@@ -200,7 +203,6 @@ class _DataPlaneHTTPServer(ThreadingHTTPServer):
         self.ctx = ctx
         self.timeout_s = timeout_s
         self._slots = threading.BoundedSemaphore(max_connections)
-        self.active = 0  # connections being served (tests and benchmarks)
         self.refused = 0  # connections answered 503 because every slot was taken
         super().__init__(address, _Handler)
 
@@ -215,11 +217,9 @@ class _DataPlaneHTTPServer(ThreadingHTTPServer):
             self.shutdown_request(request)
             return
         request.settimeout(self.timeout_s)
-        self.active += 1
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self.active -= 1
             self._slots.release()
             raise
 
@@ -227,7 +227,6 @@ class _DataPlaneHTTPServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.active -= 1
             self._slots.release()
 
 

@@ -51,3 +51,9 @@ def to_http(error: BaseException) -> HubHTTPError | None:
 def server_busy(message: str) -> HubHTTPError:
     """503 with Retry-After: the hub is at its connection limit or its database is locked."""
     return HubHTTPError(503, message, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def internal_error(request_id: str) -> HubHTTPError:
+    """500 for an unexpected failure: the details are in the server log under `request_id`, not in the answer."""
+    return HubHTTPError(500, f"Internal error of the hubckpt local hub (request {request_id}); "
+                             "the server log has the details.")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -10,7 +10,7 @@ from starlette.responses import FileResponse, Response
 from ..errors import HubHTTPError
 from .context import HubContext, json_response, repo_not_found
 from .dataplane import signed_blob_url
-from .routing import Router, body_bytes, json_body, query_bool
+from .routing import Router, body_bytes, json_body, next_link, query_bool
 from .trees import file_json, folder_json, list_tree
 
 router = Router()
@@ -62,9 +62,7 @@ def tree(ctx: HubContext, request: Request, ns: str, name: str, rev: str, path: 
     body = [file_json(files[p], last.get(p)) if kind == "file" else folder_json(p, files, last.get(p)) for kind, p in page]
     headers = {"X-Repo-Commit": sha}
     if cursor + page_size < len(entries):
-        params = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor"]
-        params.append(("cursor", str(cursor + page_size)))
-        headers["Link"] = f'<{str(request.url).split("?")[0]}?{urlencode(params)}>; rel="next"'
+        headers["Link"] = next_link(request, "cursor", cursor + page_size)
     return json_response(body, headers=headers)
 
 
@@ -83,6 +81,8 @@ def paths_info(ctx: HubContext, request: Request, ns: str, name: str, rev: str) 
         form = parse_qs(body_bytes(request).decode("utf-8", "replace"), keep_blank_values=True)
         paths = form.get("paths", [])
         expand = form.get("expand", ["false"])[0].lower() == "true"
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise HubHTTPError(400, "'paths' must be a list of paths in the repo")
     files = ctx.store.files(repo, sha)
     out = []
     for raw in paths:

@@ -7,15 +7,13 @@ smaller, and chained with an absolute `Link: <...>; rel="next"` carrying an opaq
 
 from __future__ import annotations
 
-from urllib.parse import urlencode
-
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import HubHTTPError
 from .context import Caller, HubContext, json_response
 from .routes_repos import card_data
-from .routing import Router, query_bool
+from .routing import Router, next_link, query_bool
 from .storage import Repo
 from .trees import sibling_entries
 
@@ -54,9 +52,7 @@ def _page(request: Request, items: list, page_size: int) -> tuple[list, dict[str
     page = items[cursor:cursor + size]
     headers: dict[str, str] = {}
     if cursor + size < len(items):
-        params = [(k, v) for k, v in request.query_params.multi_items() if k != "cursor"]
-        params.append(("cursor", str(cursor + size)))
-        headers["Link"] = f'<{str(request.url).split("?")[0]}?{urlencode(params)}>; rel="next"'
+        headers["Link"] = next_link(request, "cursor", cursor + size)
     return page, headers
 
 

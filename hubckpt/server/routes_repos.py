@@ -12,7 +12,7 @@ from ..errors import HubHTTPError, InvalidNameError
 from ..names import validate_ref_name
 from .context import HubContext, base_url, json_response, repo_not_found, split_namespace_name
 from .gitattributes import DEFAULT_GITATTRIBUTES
-from .routing import Router, body_bytes, json_body, query_bool
+from .routing import Router, body_bytes, json_body, next_link, query_bool
 from .storage import Commit, Repo
 from .trees import sibling_entries
 
@@ -59,6 +59,8 @@ def _namespace_and_name(ctx: HubContext, caller, body: dict) -> tuple[str, str]:
     if not isinstance(name, str) or not name:
         raise HubHTTPError(400, "Missing repo 'name' in request body")
     namespace = body.get("organization") or caller.name
+    if namespace is not None and not isinstance(namespace, str):
+        raise HubHTTPError(400, "'organization' must be a string")
     if namespace is None:
         raise HubHTTPError(401, "You must be authenticated (pass a token) to create or delete a repo.")
     repo_type = body.get("type")
@@ -231,9 +233,7 @@ def list_commits(ctx: HubContext, request: Request, ns: str, name: str, rev: str
     chunk = history[page * size:(page + 1) * size]
     headers = {}
     if (page + 1) * size < len(history):
-        params = [(k, v) for k, v in request.query_params.multi_items() if k != "p"] + [("p", str(page + 1))]
-        from urllib.parse import urlencode
-        headers["Link"] = f'<{str(request.url).split("?")[0]}?{urlencode(params)}>; rel="next"'
+        headers["Link"] = next_link(request, "p", page + 1)
     headers["X-Total-Count"] = str(len(history))
     return json_response([_commit_json(c, formatted) for c in chunk], headers=headers)
 

@@ -74,7 +74,9 @@ def preupload(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -
             sample = base64.b64decode(item.get("sample") or "")
         except (binascii.Error, ValueError):
             sample = b""
-        size = int(item.get("size") or 0)
+        size = item.get("size") or 0
+        if not isinstance(size, int) or size < 0:
+            raise HubHTTPError(400, f"Each file needs an integer 'size' >= 0, not {size!r}")
         lfs = is_lfs(path, size, sample, gitattributes)
         existing = files.get(path)
         oid = None
@@ -104,11 +106,14 @@ def lfs_batch(ctx: HubContext, request: Request, ns: str, name: str) -> Response
         body = json.loads(body_bytes(request))
     except ValueError as e:
         raise HubHTTPError(400, f"Invalid LFS batch request: {e}") from e
+    objects_in = (body.get("objects") or []) if isinstance(body, dict) else None
+    if not isinstance(objects_in, list) or not all(isinstance(o, dict) for o in objects_in):
+        raise HubHTTPError(400, "Invalid LFS batch request: expected a JSON object with a list of 'objects'")
     if body.get("operation") != "upload":
         raise HubHTTPError(400, "The hubckpt local hub only supports the LFS 'upload' operation; download via /resolve/")
     base = base_url(request)
     objects = []
-    for obj in body.get("objects") or []:
+    for obj in objects_in:
         oid, size = obj.get("oid"), obj.get("size")
         if not isinstance(oid, str) or not is_sha256(oid) or not isinstance(size, int) or size < 0:
             objects.append({"oid": str(oid), "size": size if isinstance(size, int) else 0,
@@ -191,6 +196,8 @@ def _parse_commit(ctx: HubContext, repo, caller, raw: bytes) -> tuple[dict, list
             key, value = item["key"], item["value"]
         except (ValueError, KeyError, TypeError) as e:
             raise HubHTTPError(400, f"Bad request for commit endpoint: line {number} is not a commit operation") from e
+        if not isinstance(value, dict):
+            raise HubHTTPError(400, f"Bad request for commit endpoint: line {number} has no JSON object 'value'")
         if key == "header":
             header = value
         elif key == "file":

@@ -20,7 +20,7 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Awaitable, Callable
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -80,11 +80,37 @@ class Router:
         return "method" if path_matched else None
 
 
+def next_link(request: Request, key: str, value: int) -> str:
+    """The `Link` header to the next page: this URL with the query parameter `key` set to `value`."""
+    params = [(k, v) for k, v in request.query_params.multi_items() if k != key] + [(key, str(value))]
+    return f'<{str(request.url).split("?")[0]}?{urlencode(params)}>; rel="next"'
+
+
 def query_bool(request: Request, key: str, default: bool = False) -> bool:
     value = request.query_params.get(key)
     if value is None:
         return default
     return value.lower() in ("1", "true", "yes")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole request body, or HubHTTPError 413 as soon as it is known to exceed `limit` bytes."""
+    from ..errors import HubHTTPError
+
+    def too_large() -> HubHTTPError:
+        # Connection: close, since the rest of the body is left unread on the socket.
+        return HubHTTPError(413, f"Request body is larger than this hub accepts ({limit} bytes); "
+                                 "upload large files through LFS.", headers={"Connection": "close"})
+
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise too_large()
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large()
+    return bytes(body)
 
 
 def body_bytes(request: Request) -> bytes:

@@ -24,6 +24,7 @@ import secrets
 import sqlite3
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -253,8 +254,15 @@ class MetadataStore:
 
         class _Tx:
             def __enter__(self_inner):
-                store._lock.acquire()
+                # One busy timeout for the whole wait (this lock, then SQLite's): writers queued behind a
+                # locked database all give up after it, instead of taking turns at waiting it out.
+                deadline = time.monotonic() + store.busy_timeout_s
+                if not store._lock.acquire(timeout=store.busy_timeout_s):
+                    raise StorageBusyError(f"The local hub is busy: another write has held the database for over "
+                                           f"{store.busy_timeout_s:g} s. Retry in a moment.")
                 try:
+                    remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+                    store._db.execute(f"PRAGMA busy_timeout={remaining_ms}")
                     store._db.execute("BEGIN IMMEDIATE")
                 except BaseException as e:
                     # Without this, a failed BEGIN (database locked by another process past the busy

@@ -39,13 +39,21 @@ class _DropXetFallbackNotice(logging.Filter):
         return "not supported by Xet Storage" not in record.getMessage()
 
 
+class _DropEmptyCommitWarning(logging.Filter):
+    """A commit that changes nothing (reindex of an unchanged repo, a retried main update) is a no-op the
+    client handles; its warning read as a failure in CLI output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No files have been modified since last commit" not in record.getMessage()
+
+
 _quiet = {"depth": 0, "disabled_by_us": False}
 _quiet_lock = threading.Lock()
 
 
 @contextlib.contextmanager
 def quiet_xet_notice() -> Iterator[None]:
-    """Around our commits: no Xet-fallback notice, and no huggingface_hub upload progress bars.
+    """Around our commits: no Xet-fallback notice, no empty-commit warning, no huggingface_hub upload progress bars.
 
     The bars would land in the Trainer's logs and in piped CLI output (publishing runs in the background;
     the CLI reports per revision). `HUBCKPT_PROGRESS_BARS=1` keeps them.
@@ -55,6 +63,9 @@ def quiet_xet_notice() -> Iterator[None]:
     commit_logger = logging.getLogger("huggingface_hub._commit_api")
     notice = _DropXetFallbackNotice()
     commit_logger.addFilter(notice)
+    api_logger = logging.getLogger("huggingface_hub.hf_api")
+    no_op = _DropEmptyCommitWarning()
+    api_logger.addFilter(no_op)
     silence = os.environ.get("HUBCKPT_PROGRESS_BARS") != "1"
     if silence:
         with _quiet_lock:
@@ -67,6 +78,7 @@ def quiet_xet_notice() -> Iterator[None]:
         yield
     finally:
         commit_logger.removeFilter(notice)
+        api_logger.removeFilter(no_op)
         if silence:
             with _quiet_lock:
                 _quiet["depth"] -= 1

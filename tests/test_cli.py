@@ -78,6 +78,26 @@ def test_serve_prints_its_url_and_stops_cleanly(tmp_path):
     assert url in out and "HF_HUB_DISABLE_XET=1" in out and "stopped" in out
 
 
+def test_serve_on_all_interfaces_prints_an_address_others_can_use(tmp_path):
+    """`serve --host 0.0.0.0` told users to `export HF_ENDPOINT=http://0.0.0.0:PORT`, not an address to connect to."""
+    import socket
+
+    root = tmp_path / "hub"
+    assert run_cli("user", "add", "ci", "--root", str(root)).returncode == 0
+    assert run_cli("token", "create", "--user", "ci", "--root", str(root)).returncode == 0
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "hubckpt", "serve", "--root", str(root), "--host", "0.0.0.0",
+                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(7)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=15)
+    text = "".join(lines)
+    assert f"export HF_ENDPOINT=http://{socket.gethostname()}:{port} " in text, text
+    assert "HF_ENDPOINT=http://0.0.0.0" not in text
+
+
 @pytest.mark.slow
 def test_local_hub_starts_in_the_background_and_is_reused(tmp_path):
     from hubckpt.hubs import ensure_local_hub, resolve_hub, stop_local_hub
@@ -119,6 +139,15 @@ def test_demo_runs_offline_end_to_end(tmp_path):
         assert result.returncode == 0, result.stdout + result.stderr
         assert "step-0000020" in result.stdout and "step-0000040" in result.stdout
         assert "best,final" in result.stdout and "same as at publish time" in result.stdout
+        # The demo repo is what a new user tries `hubckpt analyze --probe probe.txt` on: it needs a tokenizer.
+        from transformers import AutoTokenizer
+
+        from hubckpt.hubs import resolve_hub
+        from hubckpt.load import pull_revision
+
+        hub = resolve_hub("local", root=root)
+        pulled = pull_revision("local/hubckpt-demo", tmp_path / "pulled", "best", hub=hub, cache_dir=tmp_path / "cache")
+        assert AutoTokenizer.from_pretrained(pulled.folder)("ab\n")["input_ids"] == [97, 98, 10]
         bad = run_cli("demo", "--root", str(root), "--steps", "1")
         assert bad.returncode == 2 and "Traceback" not in bad.stderr and "steps" in bad.stderr
     finally:

@@ -443,10 +443,13 @@ def test_cli_diff_reports_changed_tensors(published, local_hub, cli):
 
 @pytest.mark.parametrize("args, message", [
     (("ls", "alice/nope-nope"), "Repository not found"),
+    (("ls", "alice/load-run@best"), "for one revision use `hubckpt show alice/load-run@best`"),
     (("show", "alice/load-run@nope"), "has no revision 'nope'"),
     (("pull", "alice/load-run", "{tmp}/x", "--step", "25"), "no revision at step 25; nearest: step-0000020"),
     (("show", "alice/load-run"), "Expected REPO@REVISION"),
     (("diff", "alice/load-run@step-0000010", "@missing"), "has no revision 'missing'"),
+    # asked for explicitly, a training state the revision lacks was silently left out
+    (("pull", "alice/load-run@step-0000010", "{tmp}/x", "--training-state"), "has no training_state/"),
 ])
 def test_cli_bad_input_is_one_line(published, local_hub, tmp_path, args, message, cli):
     done = cli(*[a.replace("{tmp}", str(tmp_path)) for a in args], "--hub", local_hub.url)

@@ -90,10 +90,12 @@ def test_publish_trainer_run(api, local_hub, trainer_run, tmp_path, cache_dir):
                     "--spool", str(tmp_path / "spool"))
     assert again.returncode == 0, again.stderr
     assert "3 already published, 0 to publish" in again.stdout
+    assert "published step-0000002" not in again.stdout  # nothing was published this time
     fresh = run_cli("publish", str(trainer_run), "--repo", repo_id, "--hub", local_hub.url,
                     "--spool", str(tmp_path / "spool2"))
     assert fresh.returncode == 0, fresh.stderr
     assert fresh.stdout.count("(already published)") == 3
+    assert "unchanged step-0000002" in fresh.stdout and "published step-0000002" not in fresh.stdout
     assert len(api.list_repo_commits(repo_id)) == commits_before
     assert {b.name for b in api.list_repo_refs(repo_id).branches} == {"main", "step-0000002", "step-0000004",
                                                                       "step-0000006"}

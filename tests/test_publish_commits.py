@@ -356,6 +356,25 @@ def test_reindex_keeps_a_hand_written_readme(api, local_hub, tmp_path):
     assert "revisions.json" in _files(api, repo_id, "main")
 
 
+def test_reindex_of_an_unchanged_repo_logs_no_empty_commit_warning(api, local_hub, tmp_path, caplog):
+    """A second reindex changes nothing on main: huggingface_hub's 'No files have been modified' warning
+    reached the CLI's stderr twice, as if something had gone wrong."""
+    import logging
+
+    from hubckpt.cli._options import target as cli_target
+    from hubckpt.publishing.maintenance import reindex
+
+    repo_id = "alice/reindex-twice"
+    api.create_repo(repo_id)
+    api.create_branch(repo_id, branch="step-0000001")
+    reindex(cli_target(repo_id, local_hub.url, None))
+    head = api.list_repo_refs(repo_id).branches
+    with caplog.at_level(logging.INFO, logger="huggingface_hub"):
+        reindex(cli_target(repo_id, local_hub.url, None))
+    assert not [r for r in caplog.records if "No files have been modified" in r.getMessage()]
+    assert api.list_repo_refs(repo_id).branches == head  # and indeed nothing was committed
+
+
 # -- what is read from disk: steps, paths, snapshots ------------------------------------------------
 
 def test_one_step_parser_for_checkpoint_names():
@@ -386,6 +405,7 @@ def test_cli_publishes_a_nanogpt_file_at_its_iter_num(api, local_hub, tmp_path):
     out = run_cli("publish", str(path), "--repo", "alice/nano-cli", env=env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "step-0001500" in _branches(api, "alice/nano-cli")
+    assert "published step-0001500" in out.stdout  # says what happened, not only the name
     bare = tmp_path / "weights.pt"
     torch.save({"model": {"w": torch.ones(2)}}, bare)
     out = run_cli("publish", str(bare), "--repo", "alice/nano-cli", env=env)

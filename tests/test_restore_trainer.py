@@ -83,6 +83,7 @@ def test_trainer_resumed_from_the_hub_is_bit_exact(local_hub, api, tmp_path):
                           capture_output=True, text=True, env=env, timeout=120)
     assert pull.returncode == 0, pull.stderr[-3000:]
     assert "resume_from_checkpoint=" in pull.stdout
+    assert pull.stdout.index("Pulled ") < pull.stdout.index("Wrote a Trainer checkpoint")  # what, then what of it
     code = f"from tests.test_restore_trainer import resume_in_fresh_process as r; r({str(tmp_path)!r})"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=200)
     assert proc.returncode == 0, proc.stderr[-3000:]

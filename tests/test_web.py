@@ -227,6 +227,27 @@ def test_commits_page_is_the_branch_history(client, run, api):
     assert rows[0][1][0].split() == ["step-0000030", "best"]  # the refs at the revision's head commit
 
 
+def test_compare_lists_the_weights_before_the_training_state(client, local_hub, tmp_path):
+    """With training_state/ published, the optimizer's step counters (relative change 1 and more) sorted
+    above every weight: the page a new user opens showed a screenful of `state.N.step` rows first."""
+    import torch
+
+    from hubckpt.publishing import Publisher
+
+    repo_id = "alice/web-compare-state"
+    model = torch.nn.Linear(3, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.5)
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
+        for step in (1, 2):
+            model(torch.ones(3)).sum().backward()
+            opt.step()
+            pub.publish(state_dict=model.state_dict(), step=step, training_state={"optimizer": opt.state_dict()})
+    page = client.get(f"/{repo_id}/compare/step-0000001...step-0000002")
+    assert page.status_code == 200
+    names = [c.split('data-tensor="', 1)[1].split('"', 1)[0] for c in page.text.split('<tr class="status-')[1:]]
+    assert names[:2] == ["bias", "weight"] and any(n.startswith("training_state/") for n in names[2:])
+
+
 def test_compare_says_which_tensors_changed_and_by_how_much(client, run):
     repo_id, states = run
     page = client.get(f"/{repo_id}/compare/step-0000010...step-0000050")

@@ -47,6 +47,9 @@ def analyze(
         raise AnalysisError("Pass either --revisions or --every, not both.")
     resolved = resolve_hub(hub, root=root)
     typer.echo(f"Using {resolved.describe()}, repo {repo}", err=True)
+    import transformers
+
+    transformers.logging.disable_progress_bar()  # a bar per loaded revision buried the per-revision report
 
     def progress(info, seconds: float) -> None:
         step = f"step {info.step}" if info.step is not None else "no step"

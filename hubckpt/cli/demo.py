@@ -63,6 +63,7 @@ def demo(
     model.config.architectures = [type(model).__name__]  # as model.save_pretrained records it
     model.config.save_pretrained(companions)
     model.generation_config.save_pretrained(companions)
+    tokenizer_files = _save_byte_tokenizer(companions)  # so `hubckpt analyze --probe probe.txt` works on the demo
     spool = companions / "spool"
     typer.echo(f"Training a {sum(p.numel() for p in model.parameters()):,}-parameter GPT-2 for {steps} steps; "
                f"publishing every {every} steps to {repo_id}")
@@ -88,7 +89,7 @@ def demo(
                     metrics={"loss": loss.item(), "eval_loss": eval_loss},
                     training_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                     "loop": {"step": step}},
-                    companions=[companions / "config.json", companions / "generation_config.json"])
+                    companions=[companions / "config.json", companions / "generation_config.json", *tokenizer_files])
                 blocked += time.perf_counter() - t0
                 typer.echo(f"  step {step:>4}  loss {loss.item():.4f}  eval_loss {eval_loss:.4f}  -> queued for publishing")
         train_time = time.perf_counter() - started
@@ -112,6 +113,25 @@ def demo(
     _consume(repo_id, resolved, held_out)
     typer.echo(f"Browse it: hubckpt ls {repo_id}   |   hubckpt show {repo_id}@best   |   "
                f"hubckpt diff {repo_id}@{index.live()[0].name} {repo_id}@best")
+
+
+def _save_byte_tokenizer(folder: Path) -> list[Path]:
+    """A byte-level tokenizer (token id = byte value) for the demo's 256-token vocabulary, built offline.
+
+    Without one a published revision cannot tokenise a text probe, so `hubckpt analyze` refused the demo repo.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    # GPT-2's printable stand-in for each byte, which the ByteLevel pre-tokenizer emits.
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    char = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(others)}
+    tokenizer = Tokenizer(models.BPE(vocab={c: b for b, c in char.items()}, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=char[0], pad_token=char[0]).save_pretrained(folder)
+    return sorted(p for p in folder.iterdir() if p.name.startswith(("tokenizer", "special_tokens")))
 
 
 def _consume(repo_id: str, hub, held_out) -> None:

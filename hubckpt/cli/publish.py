@@ -55,8 +55,9 @@ def _report(futures) -> int:
     for future in futures:
         try:
             result = future.result()
+            verb = "unchanged" if result.skipped else "published"  # the run's plan above listed what would go
             note = " (already published)" if result.skipped else ""
-            typer.echo(f"  {result.revision:<20} step {result.step}{note}")
+            typer.echo(f"  {verb} {result.revision:<20} step {result.step}{note}")
         except Exception as e:  # noqa: BLE001 - reported below by close()
             failures += 1
             typer.echo(f"  failed: {e}", err=True)
@@ -119,7 +120,8 @@ def resume(repo: str = typer.Option(..., "--repo"), hub: Optional[str] = HubOpt,
     """Finish what an interrupted publisher left in its journal."""
     pub = _publisher(repo, hub, root, token, spool=spool)
     pending = pub.pending()
-    typer.echo(f"Resuming {len(pending)} unfinished job(s): {', '.join(pending) or '-'}")
+    typer.echo(f"Resuming {len(pending)} unfinished job(s): {', '.join(pending)}" if pending
+               else "Nothing to resume: the journal has no unfinished job.")
     pub.close()
     failed = [j.revision for j in pub.jobs() if j.failed is not None and not j.retryable and not j.dropped]
     if failed:

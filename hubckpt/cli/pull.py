@@ -44,20 +44,27 @@ def pull(ref: str = typer.Argument(..., help="namespace/name@revision, or namesp
     from ..load.loaders import pull_revision
 
     rev = resolve_pull_revision(ref, step, tokens, match, hub, root, token)
+    if training_state and not trainer_checkpoint:
+        from ..errors import TrainingStateMissingError
+        from ..checkpoint import TRAINING_STATE_DIR
+
+        if not any(str(p).startswith(f"{TRAINING_STATE_DIR}/") for p in rev.files.files):
+            raise TrainingStateMissingError(
+                f"{rev.repo_id}@{rev.info.name} has no {TRAINING_STATE_DIR}/ to pull: it was published with weights "
+                "only. Pull without --training-state, or publish with training_state= (hubckpt.Checkpointer, "
+                "HubckptCallback, or checkpoint folders holding optimizer.pt).")
     if trainer_checkpoint:
         from ..integrations.trainer_resume import require_training_state
 
         require_training_state(rev.files.files, f"{rev.repo_id}@{rev.info.name}")
     result = pull_revision(rev.repo_id, dest, rev=rev, training_state=training_state or trainer_checkpoint,
                            overwrite=force)
+    report_pull(result)  # first what was pulled, then what was made of it
     if trainer_checkpoint:
         from ..integrations.trainer_resume import write_trainer_checkpoint
 
         write_trainer_checkpoint(result.folder, result.folder, overwrite=True)
         typer.echo(f"Wrote a Trainer checkpoint: trainer.train(resume_from_checkpoint={str(result.folder)!r})")
-    # Extension point: options that turn the pulled folder into something else (e.g. a Trainer
-    # checkpoint-N/ folder) act on `result` here, after the verified copy.
-    report_pull(result)
 
 
 def report_pull(result) -> None:

@@ -55,6 +55,11 @@ def ls(repo: str = typer.Argument(..., help="namespace/name"), hub: Optional[str
     from ..cards import _table_metrics
     from ..load.resolve import RepoRevisions
 
+    if "@" in repo:  # `ls REPO@REV` said only "Invalid repo name 'name@rev'"
+        from ..errors import HubConfigError
+
+        raise HubConfigError(f"ls lists a whole repo: `hubckpt ls {repo.split('@', 1)[0]}`; for one revision "
+                             f"use `hubckpt show {repo}`")
     revs = RepoRevisions(reader_for(repo, hub, root, token))
     revisions = list(revs.records(refresh=refresh))
     index = revs.index()

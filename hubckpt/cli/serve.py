@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Optional
 
@@ -51,10 +52,13 @@ def serve(
         typer.echo(url)
     else:
         mode = "single-user (no tokens; loopback only)" if ctx.single_user else "token authentication"
-        typer.echo(f"hubckpt local hub serving {data}\n  URL:  {url}\n  web:  {url}/  (browse repos, revisions, cards)\n"
-                   f"  mode: {mode}\n"
+        # 0.0.0.0 / :: is where it listens, not an address another machine can use: show this host's name.
+        reach = f"http://{socket.gethostname()}:{bound[1]}" if bound[0] in ("0.0.0.0", "::") else url
+        where = f"{url} (all interfaces; from other machines: {reach})" if reach != url else url
+        typer.echo(f"hubckpt local hub serving {data}\n  URL:  {where}\n  web:  {reach}/  (browse repos, revisions, "
+                   f"cards)\n  mode: {mode}\n"
                    f"Use it with huggingface_hub / the hf CLI / transformers:\n"
-                   f"  export HF_ENDPOINT={url} HF_HUB_DISABLE_XET=1\nPress Ctrl-C to stop.")
+                   f"  export HF_ENDPOINT={reach} HF_HUB_DISABLE_XET=1\nPress Ctrl-C to stop.")
     config = uvicorn_config(create_app(ctx))
     data_plane = DataPlane(ctx, host).start()
     # uvicorn re-raises the stop signal after its graceful shutdown; a no-op handler lets this

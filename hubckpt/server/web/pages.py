@@ -309,7 +309,10 @@ def compare(ctx: HubContext, repo: Repo, a: str, b: str) -> dict:
     files_a, files_b = ctx.store.files(repo, sha_a), ctx.store.files(repo, sha_b)
     tensors_a, problems_a = _tensors_of(ctx, files_a)
     tensors_b, problems_b = _tensors_of(ctx, files_b)
-    changes = tensor_mod.compare(tensors_a, tensors_b)
+    # The weights first, and the bars scaled by them: the optimizer's step counters (relative change of
+    # several x) otherwise filled the top of the page and flattened every weight's bar.
+    changes = sorted(tensor_mod.compare(tensors_a, tensors_b), key=lambda c: c.name.startswith("training_state/"))
+    weights = [c for c in changes if not c.name.startswith("training_state/")] or changes
     file_changes = []
     for path in sorted(set(files_a) | set(files_b)):
         fa, fb = files_a.get(path), files_b.get(path)
@@ -322,7 +325,7 @@ def compare(ctx: HubContext, repo: Repo, a: str, b: str) -> dict:
         counts[c.status] = counts.get(c.status, 0) + 1
     refs = RefMap.of(ctx, repo)
     choices = sorted(refs.branches) + sorted(refs.tags)
-    largest = max((c.rel_change for c in changes if c.rel_change is not None and math.isfinite(c.rel_change)),
+    largest = max((c.rel_change for c in weights if c.rel_change is not None and math.isfinite(c.rel_change)),
                   default=0.0)
     return {"repo": repo, "a": a, "b": b, "sha_a": sha_a, "sha_b": sha_b, "changes": changes, "counts": counts,
             "files": file_changes, "problems": problems_a + problems_b, "choices": choices, "largest": largest or 1.0}

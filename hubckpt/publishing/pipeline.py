@@ -10,6 +10,7 @@ on disk skips the conversion when every hub already holds its recorded content.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -32,6 +33,30 @@ class PublishedRevision:
     skipped: bool = False  # every hub already had it: nothing new was done
 
 
+class _Background:
+    """`fn()` on its own thread; `result()` joins it and returns its value or raises its error."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._fn, self._value, self._error = fn, None, None
+        self._thread = threading.Thread(target=self._run, name="hubckpt-lookup", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._value = self._fn()
+        except BaseException as e:  # noqa: BLE001 - handed to result()
+            self._error = e
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class Pipeline:
     """The stages of the publisher's jobs, bound to its settings, job store and targets."""
 
@@ -49,6 +74,10 @@ class Pipeline:
         if key not in self._ready:
             target.ensure_repo()
             self._ready.add(key)
+
+    def _look(self, target: HubTarget, key: str) -> stages.HubView:
+        self._prepare(target, key)
+        return stages.read_view(target)
 
     def run(self, job_id: str, payload: dict[str, Any]) -> PublishedRevision:
         """Publish one job to every target (stages in order, each idempotent); what it produced."""
@@ -74,7 +103,18 @@ class Pipeline:
                     self.store.published(job_id, key)
                 self.store.remove_files(job_id)
                 return PublishedRevision(self.settings.repo_id, name, step, commits, skipped=True)
-        manifest = stages.convert(self.settings, self.store, record, payload)
+        # Look at the hubs while the checkpoint is validated and hashed (network vs disk + CPU): the same
+        # requests as after it, only overlapped; an error is raised where it was before, after the conversion.
+        pending = [(t, k) for t, k in zip(self.targets, self.keys) if k not in record.published and k not in views]
+        lookup = _Background(lambda: {k: self._look(t, k) for t, k in pending}) if pending else None
+        try:
+            manifest = stages.convert(self.settings, self.store, record, payload)
+        except BaseException:
+            if lookup is not None:
+                lookup.join()  # the conversion's error is the one to report
+            raise
+        if lookup is not None:
+            views.update(lookup.result())
         if "weights" in payload:  # written to the spool: the staging buffers can be reused now
             self.release(payload.pop("weights"))
         folder = self.store.revision_folder(job_id)

@@ -351,7 +351,7 @@ def test_only_network_failures_are_retried():
     from huggingface_hub.errors import HfHubHTTPError
 
     from hubckpt.errors import DiskFullError
-    from hubckpt.hub_client import is_transient
+    from hubckpt.retries import is_transient
 
     def http_error(status: int) -> HfHubHTTPError:
         request = httpx2.Request("GET", "http://127.0.0.1/x")

@@ -283,6 +283,24 @@ def test_tokens_are_per_hub_and_the_hf_token_stays_home(monkeypatch):
         Publisher("alice/x", hub=[a.endpoint, b.endpoint], token="one-for-all", spool_dir="/tmp/unused-spool")
 
 
+def test_the_shared_reader_keeps_the_hf_token_home_too(monkeypatch):
+    """The consumer's HubReader (also HubTarget.reader) resolves its token per hub, like the publisher."""
+    from hubckpt.hub_reader import HubReader
+
+    monkeypatch.setenv("HF_TOKEN", "hf_the_users_huggingface_token")
+    monkeypatch.delenv("HUBCKPT_TOKEN", raising=False)
+    fake = _FakeHub([REFS, REFS])
+    try:
+        assert HubReader(Hub(fake.url, "remote"), "alice/x").refs() == ({}, {})
+        assert "hf_the_users" not in json.dumps(fake.requests)
+        target = HubTarget(Hub(fake.url, "remote"), "alice/x", token="explicit")
+        assert target.reader.token == "explicit"
+        target.refs()
+        assert fake.requests[-1].get("authorization") == "Bearer explicit"
+    finally:
+        fake.close()
+
+
 # -- cards and the index ---------------------------------------------------------------------------
 
 def _read(api: HfApi, repo_id: str, path: str, revision: str, tmp_path: Path) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .revisions import RevisionIndex, RevisionInfo
+from .formats.index import RevisionIndex, RevisionInfo
 
 REVISION_TEMPLATE = "revision.md.j2"
 REPO_TEMPLATE = "repo.md.j2"

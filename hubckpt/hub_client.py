@@ -17,7 +17,6 @@ leaves at most a staging branch, which the next attempt reuses or replaces and t
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -25,10 +24,11 @@ from typing import Callable
 
 from .commits import folder_operations, quiet_xet_notice
 from .errors import RevisionCollisionError
+from .formats.index import RevisionIndex
+from .formats.manifest import MANIFEST_FILE, manifest_digest, read_manifest
 from .hub_reader import HubReader
 from .hubs import Hub, resolve_token
 from .retries import backoff_delay, install_timeouts, is_transient, status_of, with_retries
-from .revisions import RevisionIndex
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +130,8 @@ class HubTarget:
         staging = staging_branch(name)
         head = branches.get(name)
         if head is not None:
-            manifest = self.read_json("checkpoint.json", head)
-            if manifest is not None and _manifest_digest(manifest) == manifest_sha256:
+            manifest = self.read_json(MANIFEST_FILE, head)
+            if manifest is not None and manifest_digest(manifest) == manifest_sha256:
                 if staging in branches:  # a previous attempt stopped after creating the branch
                     self.delete_branch(staging)
                 return head
@@ -188,8 +188,8 @@ class HubTarget:
             return self._commit_once(send, branch, manifest_sha256)
 
     def _holds(self, commit: str, manifest_sha256: str) -> bool:
-        manifest = self.read_json("checkpoint.json", commit)
-        return manifest is not None and _manifest_digest(manifest) == manifest_sha256
+        manifest = self.read_json(MANIFEST_FILE, commit)
+        return manifest is not None and manifest_digest(manifest) == manifest_sha256
 
     def landed_commit(self, branch: str, manifest_sha256: str) -> str | None:
         """The branch head if it already holds the revision with this manifest (a previous attempt landed)."""
@@ -281,16 +281,6 @@ class HubTarget:
 
 def _folder_step(folder: Path) -> int | None:
     try:
-        return json.loads((folder / "checkpoint.json").read_text()).get("step")
+        return (read_manifest(folder) or {}).get("step")
     except (OSError, ValueError, AttributeError):
         return None
-
-
-def _manifest_digest(manifest: dict) -> str:
-    """Identity of a revision's content: sha256 of its canonical manifest."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-
-
-manifest_digest = _manifest_digest

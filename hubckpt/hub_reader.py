@@ -13,11 +13,11 @@ import logging
 import struct
 import threading
 
-from .checkpoint import MANIFEST_FILE
 from .errors import HubckptError
+from .formats.index import INDEX_FILE, RevisionIndex
+from .formats.manifest import MANIFEST_FILE
 from .hubs import Hub, hub_api, resolve_hub, resolve_token
 from .retries import with_retries
-from .revisions import INDEX_FILE, RevisionIndex
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,8 @@ from huggingface_hub import HfApi
 import hubckpt
 from hubckpt.errors import CorruptCheckpointError, HubConfigError, InvalidNameError, RevisionCollisionError
 from hubckpt.publishing import Publisher
-from hubckpt.revisions import RevisionIndex, render_revision_name
+from hubckpt.formats.index import RevisionIndex
+from hubckpt.revisions import render_revision_name
 
 from .factories import make_trainer_run
 from .helpers import run_cli

@@ -332,7 +332,7 @@ def test_nan_metrics_hostile_names_tags_and_main_metrics(api, local_hub, tmp_pat
     raw = _read(api, repo_id, "revisions.json", "main", tmp_path)
     doc = json.loads(raw, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert doc["revisions"][2]["metrics"]["eval_loss"] == "NaN"
-    from hubckpt.revisions import RevisionIndex
+    from hubckpt.formats.index import RevisionIndex
 
     index = RevisionIndex.from_json(raw)
     import math
@@ -483,7 +483,7 @@ def test_cli_publish_metrics_companion_one_error_line_no_bars(api, local_hub, tm
     assert out.returncode == 0, out.stdout + out.stderr
     assert "%|" not in out.stderr and "it/s" not in out.stderr  # no upload progress bars in piped output
     assert "tokenizer.json" in _files(api, "alice/cli-extras", "step-0000007")
-    from hubckpt.revisions import RevisionIndex
+    from hubckpt.formats.index import RevisionIndex
 
     index = RevisionIndex.from_json(_read(api, "alice/cli-extras", "revisions.json", "main", tmp_path))
     metrics = index.get("step-0000007").metrics

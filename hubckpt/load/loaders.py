@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ..errors import DestinationExistsError, HubConfigError, IntegrityError
-from ..checkpoint import MANIFEST_FILE, TRAINING_STATE_DIR
+from ..formats.index import RevisionInfo, info_from_manifest
+from ..formats.manifest import MANIFEST_FILE, TRAINING_STATE_DIR, loads
 from ..hub_reader import HubReader
 from ..hubs import Hub
-from ..revisions import RevisionInfo
 from .download import INDEX_JSON, Downloader, RevisionFiles, require_weights
 from .resolve import RepoRevisions
 
@@ -48,14 +48,12 @@ class Revision:
 
         (Commits never change, so nothing can be stale; the record is named by the sha, as asked.)
         """
-        import json
+        from .resolve import FULL_SHA
 
-        from .resolve import _FULL_SHA, info_from_manifest
-
-        if revision is None or not _FULL_SHA.match(revision):
+        if revision is None or not FULL_SHA.match(revision):
             return None
         local = self.downloader.cached(RevisionInfo(name=revision, step=None, commit=revision), MANIFEST_FILE)
-        return info_from_manifest(revision, revision, json.loads(local.read_text())) if local else None
+        return info_from_manifest(revision, revision, loads(local.read_bytes())) if local else None
 
     @property
     def repo_id(self) -> str:

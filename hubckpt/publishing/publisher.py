@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..cards import CardOptions
-from ..checkpoint import MANIFEST_FILE
 from ..errors import HubConfigError, PublishError, RevisionCollisionError, UnsupportedCheckpointError
 from ..faults import fault
+from ..formats.manifest import MANIFEST_FILE
 from ..hub_client import HubTarget
 from ..hubs import Hub, resolve_hub, token_for
 from ..retries import is_transient

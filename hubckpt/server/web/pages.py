@@ -13,7 +13,7 @@ from pathlib import Path
 from markupsafe import Markup, escape
 
 from ...errors import HubConfigError, HubHTTPError
-from ...revisions import INDEX_FILE, RevisionIndex, RevisionInfo
+from ...formats.index import INDEX_FILE, RevisionIndex, RevisionInfo
 from ..context import HubContext
 from ..storage import FileEntry, Repo
 from ..trees import list_tree

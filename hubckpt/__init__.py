@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 from .errors import (
     AnalysisError,
     AuthError,
@@ -30,6 +28,7 @@ from .errors import (
     UnsupportedCheckpointError,
     VerificationError,
 )
+from .version import __version__
 
 _LAZY = {
     "LocalHubServer": ("hubckpt.server", "LocalHubServer"),

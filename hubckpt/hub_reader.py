@@ -83,7 +83,7 @@ class HubReader:
     def auth_headers(self) -> dict[str, str]:
         from huggingface_hub.utils import build_hf_headers
 
-        from . import __version__
+        from .version import __version__
 
         return build_hf_headers(token=self.token, library_name="hubckpt", library_version=__version__)
 

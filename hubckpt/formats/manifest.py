@@ -15,7 +15,6 @@ from .numbers import decode_number, encode_number
 
 if TYPE_CHECKING:
     from ..checkpoint import Checkpoint
-    from ..conversion.weights import WeightsReport, WrittenFile
 
 # File names the converter writes, and that the rest of hubckpt relies on.
 MANIFEST_FILE = "checkpoint.json"
@@ -33,8 +32,12 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def build_manifest(ckpt: "Checkpoint", weights: "WeightsReport", files: "list[WrittenFile]", dtype: str) -> dict[str, Any]:
-    """The manifest dict; files sorted by path, no timestamps or absolute paths (deterministic)."""
+def build_manifest(ckpt: "Checkpoint", weights: Any, files: list[Any], dtype: str) -> dict[str, Any]:
+    """The manifest dict; files sorted by path, no timestamps or absolute paths (deterministic).
+
+    `weights` is the converter's `WeightsReport`, `files` its `WrittenFile`s (path, sha256, size); typed
+    loosely so that this format module does not depend on the converter that fills it.
+    """
     return {
         "format_version": MANIFEST_FORMAT_VERSION,
         "step": ckpt.step,

@@ -202,7 +202,7 @@ def warm_figure(hub, path: str, n: int, repeat: int) -> None:
 def list_figure(hub, api, wire: Wire, repeat: int) -> None:
     """3. list_revisions on 1,000 revisions (the index written directly: publishing 1,000 would take long)."""
     import hubckpt
-    from hubckpt.revisions import RevisionIndex, RevisionInfo
+    from hubckpt.formats.index import RevisionIndex, RevisionInfo
 
     index = RevisionIndex(monitor="eval_loss")
     for i in range(1, 1001):

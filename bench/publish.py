@@ -50,7 +50,7 @@ def main() -> None:
     from safetensors.torch import save_file
 
     from hubckpt.publishing import Publisher
-    from hubckpt.revisions import RevisionIndex, RevisionInfo
+    from hubckpt.formats.index import RevisionIndex, RevisionInfo
     from hubckpt.server import LocalHubServer
 
     work = Path(tempfile.mkdtemp(prefix="hubckpt-bench-publish-"))

@@ -47,7 +47,7 @@ def build_repo(hub, repo_id: str, count: int) -> None:
     from huggingface_hub import CommitOperationAdd, HfApi
 
     from hubckpt.cards import CardOptions, metrics_chart_svg, render_repo_card
-    from hubckpt.revisions import RevisionIndex, RevisionInfo
+    from hubckpt.formats.index import RevisionIndex, RevisionInfo
 
     api = HfApi(endpoint=hub.url, token="unused")
     api.create_repo(repo_id)
@@ -85,7 +85,7 @@ def main() -> None:
     import httpx2
     from starlette.testclient import TestClient
 
-    from hubckpt.revisions import RevisionIndex
+    from hubckpt.formats.index import RevisionIndex
     from hubckpt.server import LocalHubServer, create_app
 
     work = Path(tempfile.mkdtemp(prefix="hubckpt-bench-web-"))

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
 from .errors import (
     AnalysisError,
     AuthError,
@@ -30,6 +28,7 @@ from .errors import (
     UnsupportedCheckpointError,
     VerificationError,
 )
+from .version import __version__
 
 _LAZY = {
     "LocalHubServer": ("hubckpt.server", "LocalHubServer"),
@@ -54,8 +53,8 @@ _LAZY = {
     "Checkpointer": ("hubckpt.integrations.checkpointer", "Checkpointer"),
     "restore": ("hubckpt.load.restore", "restore"),
     "Restored": ("hubckpt.load.restore", "Restored"),
-    "RevisionIndex": ("hubckpt.revisions", "RevisionIndex"),
-    "RevisionInfo": ("hubckpt.revisions", "RevisionInfo"),
+    "RevisionIndex": ("hubckpt.formats.index", "RevisionIndex"),
+    "RevisionInfo": ("hubckpt.formats.index", "RevisionInfo"),
     "render_revision_name": ("hubckpt.revisions", "render_revision_name"),
     "list_revisions": ("hubckpt.load", "list_revisions"),
     "resolve_revision": ("hubckpt.load", "resolve_revision"),
@@ -77,15 +76,16 @@ _LAZY = {
 if TYPE_CHECKING:
     from .cards import CardOptions
     from .checkpoint import Checkpoint
-    from .publishing import PublishedRevision, Publisher, Retention
-    from .revisions import RevisionIndex, RevisionInfo, render_revision_name
     from .commits import commit_folder
     from .conversion import ConvertResult, convert
     from .conversion.training_state import capture_rng, load_training_state, restore_rng
+    from .formats.index import RevisionIndex, RevisionInfo
+    from .hubs import Hub, ensure_local_hub, hub_api, point_hf_clients_at, resolve_hub
     from .integrations.checkpointer import Checkpointer
     from .load.restore import Restored, restore
-    from .hubs import Hub, ensure_local_hub, hub_api, point_hf_clients_at, resolve_hub
+    from .publishing import PublishedRevision, Publisher, Retention
     from .readers import discover, read_checkpoint
+    from .revisions import render_revision_name
     from .server import LocalHubServer
     from .errors import (AmbiguousRevisionError, IntegrityError, NoSafetensorsError, RevisionLookupError,
                          UnknownRevisionError)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .revisions import RevisionIndex, RevisionInfo
+from .formats.index import RevisionIndex, RevisionInfo
 
 REVISION_TEMPLATE = "revision.md.j2"
 REPO_TEMPLATE = "repo.md.j2"
@@ -167,7 +167,7 @@ def render_repo_card(*, repo_id: str, repo_url: str, index: RevisionIndex, optio
                      chart: str | None, has_config: bool) -> str:
     """The README.md on `main`: the run and a table of every live revision."""
     live = index.live()
-    metric_names = sorted({m for r in live for m in r.metrics if m in _table_metrics(live)})
+    metric_names = sorted({m for r in live for m in r.metrics if m in table_metrics(live)})
     rows: list[dict[str, Any]] = [dict(name=r.name, step=r.step, tokens=r.tokens, metrics=r.metrics, size_h=human_size(r.size),
                                        tags=r.tags) for r in live]
     # The model-index describes what `main` holds: the final checkpoint's weights (none before there is one).
@@ -182,7 +182,7 @@ def render_repo_card(*, repo_id: str, repo_url: str, index: RevisionIndex, optio
         has_config=has_config, marker=CARD_MARKER, user_tags=dict(sorted(index.tags.items())))
 
 
-def _table_metrics(revisions: list[RevisionInfo], limit: int = 4) -> list[str]:
+def table_metrics(revisions: list[RevisionInfo], limit: int = 4) -> list[str]:
     """The few metrics worth a column: eval metrics first, then loss, by how many revisions have them."""
     counts: dict[str, int] = {}
     for r in revisions:
@@ -202,7 +202,7 @@ def metrics_chart_svg(index: RevisionIndex, width: int = 640, panel_height: int 
     from xml.sax.saxutils import escape, quoteattr
 
     live = [r for r in index.live() if r.step is not None]
-    names = _table_metrics(live, limit=4)
+    names = table_metrics(live, limit=4)
     panels = []
     for name in names:
         values = [(r.step, r.metrics[name]) for r in live if isinstance(r.metrics.get(name), (int, float))]

@@ -9,12 +9,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-# File names the converter writes, and that the rest of hubckpt relies on.
-MANIFEST_FILE = "checkpoint.json"
-TRAINING_STATE_DIR = "training_state"
-MANIFEST_FORMAT_VERSION = 1
-
-
 @dataclass
 class Checkpoint:
     """A checkpoint as read from disk (or from live objects).

@@ -1,11 +1,11 @@
-"""The one place that talks to a hub for publishing: repos, revision branches, the index on `main`, tags.
+"""The write side of a hub for publishing: repos, revision branches, the index on `main`, tags.
 
-Every change is a single `create_commit` (all-or-nothing). Writes to `main` are compare-and-swap
-(`parent_commit`), re-read and retried on conflict. Transient failures (429, 5xx, timeouts, dropped
-connections) are retried with backoff, honouring `Retry-After` / `RateLimit` headers (read with
-huggingface_hub's own parser; small-file reads go through its `http_backoff`); a commit whose outcome
-is ambiguous (the request may have landed) is settled by re-reading the branch before trying again,
-so a revision is never committed twice. Every request has a timeout (`hub_timeouts`).
+Reads (index, refs, manifests, listings) are delegated to a `HubReader` (`HubTarget.reader`), the one
+shared with the consumer side; this module keeps the writes. Every change is a single `create_commit`
+(all-or-nothing). Writes to `main` are compare-and-swap (`parent_commit`), re-read and retried on
+conflict. Transient failures are retried by `retries.with_retries` (backoff, `Retry-After`); a commit
+whose outcome is ambiguous (the request may have landed) is settled by re-reading the branch before
+trying again, so a revision is never committed twice. Every request has a timeout (`retries.hub_timeouts`).
 
 A revision branch never exists without its commit. The Hub API has no "create a branch holding this
 commit" call (`create_branch` then `create_commit` are two requests), so a revision is committed on a
@@ -17,26 +17,23 @@ leaves at most a staging branch, which the next attempt reuses or replaces and t
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
-import threading
 import time
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable
 
 from .commits import folder_operations, quiet_xet_notice
-from .errors import HubckptError, HubUnavailableError, RevisionCollisionError
-from .hubs import Hub, hub_api, resolve_token
-from .revisions import INDEX_FILE, RevisionIndex
+from .errors import RevisionCollisionError
+from .formats.index import RevisionIndex
+from .formats.manifest import MANIFEST_FILE, manifest_digest, read_manifest
+from .hub_reader import HubReader
+from .hubs import Hub, resolve_token
+from .retries import backoff_delay, install_timeouts, is_transient, status_of, with_retries
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 MAIN = "main"
 STAGING_PREFIX = "hubckpt-staging-"
-MAX_RETRY_AFTER_S = 300.0
 
 
 def staging_branch(name: str) -> str:
@@ -47,115 +44,6 @@ def staging_branch(name: str) -> str:
 def is_staging_branch(name: str) -> bool:
     """A branch that is not (yet) a revision: readers skip it."""
     return name.startswith(STAGING_PREFIX)
-
-
-# -- timeouts --------------------------------------------------------------------------------------
-
-def hub_timeouts() -> dict[str, float]:
-    """Per-request timeouts in seconds: connect 10 (`HUBCKPT_CONNECT_TIMEOUT`), read/write/pool 120
-    (`HUBCKPT_HTTP_TIMEOUT`): the time one request may stall, not the time a large upload may take."""
-    def env(name: str, default: float) -> float:
-        try:
-            return float(os.environ.get(name, "")) or default
-        except ValueError:
-            return default
-
-    read = env("HUBCKPT_HTTP_TIMEOUT", 120.0)
-    return {"connect": env("HUBCKPT_CONNECT_TIMEOUT", 10.0), "read": read, "write": read, "pool": read}
-
-
-def _default_timeout_hook(request) -> None:
-    """huggingface_hub's client has no timeout (timeout=None): fill one in where the caller set none."""
-    timeout = request.extensions.get("timeout")
-    if not timeout or all(v is None for v in timeout.values()):
-        request.extensions["timeout"] = hub_timeouts()
-
-
-_hook_lock = threading.Lock()
-
-
-def install_timeouts() -> None:
-    """Give every huggingface_hub request without an explicit timeout the `hub_timeouts()` (idempotent).
-
-    The hook is added to the shared client and to the clients the factory makes later (the client is
-    re-created after connection errors); requests that pass their own timeout keep it.
-    """
-    from huggingface_hub.utils import _http
-
-    with _hook_lock:
-        factory = _http._GLOBAL_CLIENT_FACTORY
-        if not getattr(factory, "_hubckpt_timeouts", False):
-            def with_timeouts():
-                client = factory()
-                client.event_hooks["request"].append(_default_timeout_hook)
-                return client
-
-            with_timeouts._hubckpt_timeouts = True  # type: ignore[attr-defined]
-            _http._GLOBAL_CLIENT_FACTORY = with_timeouts
-        client = _http._GLOBAL_CLIENT
-        if client is not None and _default_timeout_hook not in client.event_hooks["request"]:
-            client.event_hooks["request"].append(_default_timeout_hook)
-
-
-# -- retries ---------------------------------------------------------------------------------------
-
-def _status(error: BaseException) -> int | None:
-    response = getattr(error, "response", None)
-    return getattr(response, "status_code", None)
-
-
-def is_transient(error: BaseException) -> bool:
-    """Worth retrying: rate limits, server errors, timeouts, refused or dropped connections."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    if isinstance(error, HfHubHTTPError):
-        return _status(error) in TRANSIENT_STATUS
-    if isinstance(error, HubckptError):  # our own errors (disk full, bad checkpoint...) never heal by retrying
-        return False
-    # httpx2's transport errors (timeouts, refused or dropped connections), matched by class name along
-    # the MRO so we need not import the client's transport library; plus the builtin network errors.
-    names = {cls.__name__ for cls in type(error).__mro__}
-    return isinstance(error, (ConnectionError, TimeoutError)) or bool(names & {"TransportError", "TimeoutException"})
-
-
-def retry_after(error: BaseException) -> float | None:
-    """Seconds the server asked us to wait (`RateLimit` on a 429, else `Retry-After`), capped; None if it did not say."""
-    from huggingface_hub.utils import parse_ratelimit_headers
-
-    headers = getattr(getattr(error, "response", None), "headers", None)
-    if not headers:
-        return None
-    if _status(error) == 429:
-        info = parse_ratelimit_headers(headers)
-        if info is not None and info.remaining == 0:
-            return min(float(info.reset_in_seconds), MAX_RETRY_AFTER_S)
-    value = headers.get("retry-after")
-    if value is not None and value.strip().isdigit():
-        return min(float(value.strip()), MAX_RETRY_AFTER_S)
-    return None
-
-
-def _backoff(error: BaseException, attempt: int, base_delay: float) -> float:
-    delay = base_delay * 2 ** (attempt - 1)
-    asked = retry_after(error)
-    return max(delay, asked) if asked is not None else delay
-
-
-def with_retries(action: Callable[[], T], *, what: str, attempts: int = 5, base_delay: float = 0.5) -> T:
-    """Run `action`, retrying transient failures with exponential backoff (or as long as the server asks)."""
-    install_timeouts()
-    for attempt in range(1, attempts + 1):
-        try:
-            return action()
-        except Exception as e:  # noqa: BLE001 - filtered by is_transient
-            if not is_transient(e) or attempt == attempts:
-                if is_transient(e):
-                    raise HubUnavailableError(f"{what} failed {attempts} times; last error: {e}") from e
-                raise
-            delay = _backoff(e, attempt, base_delay)
-            logger.warning("%s failed (%s); retrying in %.1fs", what, e, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 def _rewind(ops) -> None:
@@ -178,7 +66,8 @@ class HubTarget:
         self.repo_id = repo_id
         self.private = private
         self.token = resolve_token(hub, token)
-        self.api = hub_api(hub, token=self.token)
+        self.reader = HubReader(hub, repo_id, token=self.token)  # every read goes through it
+        self.api = self.reader.api
         install_timeouts()
 
     @property
@@ -193,68 +82,34 @@ class HubTarget:
     def describe(self) -> str:
         return f"{self.repo_id} on {self.hub.describe()}"
 
-    # -- reads --------------------------------------------------------------------------------------
+    # -- reads (delegated to `self.reader`, shared with the consumer side) --------------------------------------------------------------------------------------
 
     def ensure_repo(self) -> None:
         with_retries(lambda: self.api.create_repo(self.repo_id, private=self.private, exist_ok=True),
                      what=f"creating {self.repo_id}")
 
-    def _get(self, path: str, revision: str) -> tuple[bytes | None, str | None]:
-        """(content or None if the file is absent, commit it was read at) with one request.
-
-        A missing repo or revision is an error, not an absent file. Retries (with `Retry-After`) are
-        huggingface_hub's `http_backoff`; the request has a timeout.
-        """
-        from huggingface_hub import hf_hub_url
-        from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_backoff
-
-        url = hf_hub_url(self.repo_id, path, revision=revision, endpoint=self.hub.endpoint)
-        headers = build_hf_headers(token=self.token, library_name="hubckpt")
-        install_timeouts()
-        try:
-            response = http_backoff("GET", url, headers=headers, follow_redirects=True,
-                                    max_retries=4, base_wait_time=0.5)
-        except Exception as e:  # noqa: BLE001 - transport errors after http_backoff's retries
-            if is_transient(e):
-                raise HubUnavailableError(f"reading {path}@{revision} of {self.repo_id} failed: {e}") from e
-            raise
-        commit = response.headers.get("x-repo-commit")
-        if response.status_code == 404 and response.headers.get("x-error-code") == "EntryNotFound":
-            return None, commit
-        try:
-            hf_raise_for_status(response)
-        except Exception as e:  # noqa: BLE001
-            if is_transient(e):
-                raise HubUnavailableError(f"reading {path}@{revision} of {self.repo_id} failed: {e}") from e
-            raise
-        return response.content, commit
-
     def read_index(self, revision: str = MAIN) -> tuple[RevisionIndex, str | None]:
         """(index, commit it was read at) with one request; an empty index if there is none yet."""
-        content, commit = self._get(INDEX_FILE, revision)
-        return (RevisionIndex.from_json(content) if content is not None else RevisionIndex()), commit
+        return self.reader.read_index(revision)
 
     def read_bytes(self, path: str, revision: str) -> bytes | None:
         """A small file at a revision (None if absent)."""
-        return self._get(path, revision)[0]
+        return self.reader.get(path, revision)[0]
 
     def read_json(self, path: str, revision: str) -> dict | None:
         """A small JSON file at a revision (None if absent)."""
-        content, _ = self._get(path, revision)
-        return json.loads(content) if content is not None else None
+        return self.reader.read_json(path, revision)
 
     def refs(self) -> tuple[dict[str, str], dict[str, str]]:
         """(branches, tags) as name → commit, with one request."""
-        refs = with_retries(lambda: self.api.list_repo_refs(self.repo_id), what=f"listing refs of {self.repo_id}")
-        return {b.name: b.target_commit for b in refs.branches}, {t.name: t.target_commit for t in refs.tags}
+        return self.reader.refs()
 
     def branches(self) -> dict[str, str]:
-        return self.refs()[0]
+        return self.reader.branches()
 
     def list_files(self, revision: str) -> list[str]:
         """Every file path at `revision`."""
-        return with_retries(lambda: self.api.list_repo_files(self.repo_id, revision=revision),
-                            what=f"listing {revision} of {self.repo_id}")
+        return list(self.reader.list_files(revision))
 
     # -- writes -------------------------------------------------------------------------------------
 
@@ -275,8 +130,8 @@ class HubTarget:
         staging = staging_branch(name)
         head = branches.get(name)
         if head is not None:
-            manifest = self.read_json("checkpoint.json", head)
-            if manifest is not None and _manifest_digest(manifest) == manifest_sha256:
+            manifest = self.read_json(MANIFEST_FILE, head)
+            if manifest is not None and manifest_digest(manifest) == manifest_sha256:
                 if staging in branches:  # a previous attempt stopped after creating the branch
                     self.delete_branch(staging)
                 return head
@@ -308,7 +163,7 @@ class HubTarget:
         except HfHubHTTPError as e:
             # 409: it exists; a retried request whose first attempt had landed ends here too. Only the
             # right commit will do.
-            if _status(e) != 409 or self.branches().get(name) != revision:
+            if status_of(e) != 409 or self.branches().get(name) != revision:
                 raise
 
     def _commit_folder(self, branch: str, head: str, folder: Path, message: str, manifest_sha256: str,
@@ -333,8 +188,8 @@ class HubTarget:
             return self._commit_once(send, branch, manifest_sha256)
 
     def _holds(self, commit: str, manifest_sha256: str) -> bool:
-        manifest = self.read_json("checkpoint.json", commit)
-        return manifest is not None and _manifest_digest(manifest) == manifest_sha256
+        manifest = self.read_json(MANIFEST_FILE, commit)
+        return manifest is not None and manifest_digest(manifest) == manifest_sha256
 
     def landed_commit(self, branch: str, manifest_sha256: str) -> str | None:
         """The branch head if it already holds the revision with this manifest (a previous attempt landed)."""
@@ -349,7 +204,7 @@ class HubTarget:
             try:
                 return send()
             except Exception as e:  # noqa: BLE001 - ambiguous failures are settled below
-                if isinstance(e, HfHubHTTPError) and _status(e) == 412:
+                if isinstance(e, HfHubHTTPError) and status_of(e) == 412:
                     landed = self.landed_commit(branch, manifest_sha256)
                     if landed:
                         return landed
@@ -361,7 +216,7 @@ class HubTarget:
                 if landed:
                     logger.info("commit to %s had landed despite %s", branch, e)
                     return landed
-                time.sleep(_backoff(e, attempt, 0.5))
+                time.sleep(backoff_delay(e, attempt, 0.5))
         raise AssertionError("unreachable")
 
     def update_main(self, mutate: Callable[[RevisionIndex], tuple[dict[str, bytes], Path | None, list[str], str]],
@@ -396,7 +251,7 @@ class HubTarget:
                     commit = with_retries(send, what=f"updating main of {self.repo_id}")
                     return commit, index
                 except HfHubHTTPError as e:
-                    if _status(e) != 412 or attempt == attempts:
+                    if status_of(e) != 412 or attempt == attempts:
                         raise
                     logger.info("main of %s moved meanwhile; re-reading the index (attempt %d)", self.repo_id, attempt)
         raise AssertionError("unreachable")
@@ -426,16 +281,6 @@ class HubTarget:
 
 def _folder_step(folder: Path) -> int | None:
     try:
-        return json.loads((folder / "checkpoint.json").read_text()).get("step")
+        return (read_manifest(folder) or {}).get("step")
     except (OSError, ValueError, AttributeError):
         return None
-
-
-def _manifest_digest(manifest: dict) -> str:
-    """Identity of a revision's content: sha256 of its canonical manifest."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-
-
-manifest_digest = _manifest_digest

@@ -1,9 +1,9 @@
 """Read-only access to one repo on one hub: the index, refs, manifests, small files, byte ranges, headers.
 
-Shared by the publisher and the consumer side (`hubckpt.load`): `get`, `read_json`, `read_index`, `refs`
-and `branches` have the signatures of `HubTarget`'s reads, so `HubTarget` can delegate to a HubReader. Every read is one
-HTTP request through huggingface_hub's own session, with its auth headers, so the errors users see are
-huggingface_hub's (`RepositoryNotFoundError`, `RevisionNotFoundError`, ...). Transient failures are retried.
+The one hub reader, shared by the publisher (`hub_client.HubTarget.reader`) and the consumer side
+(`hubckpt.load`). Every read is one HTTP request through huggingface_hub's own session, with its auth
+headers, so the errors users see are huggingface_hub's (`RepositoryNotFoundError`, `RevisionNotFoundError`,
+...). Transient failures are retried by `retries.with_retries`, with timeouts.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import json
 import logging
 import struct
 import threading
-from typing import Callable
 
-from .checkpoint import MANIFEST_FILE
 from .errors import HubckptError
-from .hubs import Hub, hub_api, resolve_hub
-from .revisions import INDEX_FILE, RevisionIndex
+from .formats.index import INDEX_FILE, RevisionIndex
+from .formats.manifest import MANIFEST_FILE
+from .hubs import Hub, hub_api, resolve_hub, resolve_token
+from .retries import with_retries
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +42,11 @@ class ByteCounter:
             self.bytes += nbytes
 
 
-def _retry(action: Callable, what: str):
-    # Imported here: hub_client builds on this module, so a module-level import would be circular.
-    from .hub_client import with_retries
-
-    return with_retries(action, what=what)
-
-
 class HubReader:
-    """Reads of one repo on one hub. `hub` is a `Hub`, a `hub=` string, or None (the environment)."""
+    """Reads of one repo on one hub. `hub` is a `Hub`, a `hub=` string, or None (the environment).
+
+    `token`: as `hubs.resolve_token` (None: the hub's own default).
+    """
 
     def __init__(self, hub: Hub | str | None, repo_id: str, *, token: str | bool | None = None) -> None:
         from .names import split_repo_id
@@ -58,7 +54,8 @@ class HubReader:
         split_repo_id(repo_id)
         self.hub = hub if isinstance(hub, Hub) else resolve_hub(hub)
         self.repo_id = repo_id
-        self.token = token
+        # Per hub: None becomes this hub's own token, so the stored huggingface.co token never goes elsewhere.
+        self.token = resolve_token(self.hub, token)
         self.counter = ByteCounter()
         self._api = None
         self._redirects: dict[str, str] = {}  # /resolve/ URL → the data URL it redirected to (LFS files)
@@ -86,7 +83,7 @@ class HubReader:
     def auth_headers(self) -> dict[str, str]:
         from huggingface_hub.utils import build_hf_headers
 
-        from . import __version__
+        from .version import __version__
 
         return build_hf_headers(token=self.token, library_name="hubckpt", library_version=__version__)
 
@@ -111,7 +108,7 @@ class HubReader:
             hf_raise_for_status(response)
             return response.content, commit
 
-        return _retry(fetch, f"reading {path}@{revision} of {self.repo_id}")
+        return with_retries(fetch, what=f"reading {path}@{revision} of {self.repo_id}")
 
     def read_json(self, path: str, revision: str = MAIN) -> dict | None:
         """A small JSON file at a revision (None if absent)."""
@@ -146,7 +143,7 @@ class HubReader:
             hf_raise_for_status(response)
             return response.json()
 
-        doc = _retry(fetch, f"listing refs of {self.repo_id}")
+        doc = with_retries(fetch, what=f"listing refs of {self.repo_id}")
         return ({b["name"]: b["targetCommit"] for b in doc.get("branches", [])},
                 {t["name"]: t["targetCommit"] for t in doc.get("tags", [])})
 
@@ -157,8 +154,8 @@ class HubReader:
         """path → size of every file at `revision` (one listing, paginated by the hub)."""
         from huggingface_hub.hf_api import RepoFile
 
-        entries = _retry(lambda: list(self.api.list_repo_tree(self.repo_id, revision=revision, recursive=True)),
-                         f"listing files of {self.repo_id}@{revision}")
+        entries = with_retries(lambda: list(self.api.list_repo_tree(self.repo_id, revision=revision, recursive=True)),
+                         what=f"listing files of {self.repo_id}@{revision}")
         self.counter.add(0)
         return {e.path: e.size for e in entries if isinstance(e, RepoFile)}
 
@@ -214,7 +211,7 @@ class HubReader:
                                    f"got {len(data)} bytes")
             return data, total
 
-        return _retry(fetch, f"reading bytes {start}-{end - 1} of {path}@{revision}")
+        return with_retries(fetch, what=f"reading bytes {start}-{end - 1} of {path}@{revision}")
 
     def safetensors_header(self, path: str, revision: str) -> tuple[dict, int, int | None]:
         """(parsed header, data start offset, file size) of a remote safetensors file, by Range reads.

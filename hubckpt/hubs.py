@@ -115,7 +115,7 @@ def hub_api(hub: Hub | str | None = None, *, token: str | bool | None = None) ->
     """
     from huggingface_hub import HfApi
 
-    from . import __version__
+    from .version import __version__
 
     resolved = hub if isinstance(hub, Hub) else resolve_hub(hub)
     return HfApi(endpoint=resolved.endpoint, token=resolve_token(resolved, token), library_name="hubckpt",

@@ -158,7 +158,7 @@ def test_demo_reads_lazily_from_a_revision_it_has_not_downloaded():
     """The demo reports the bytes a remote lazy read moves: the revision must not be one it loaded (e.g.
     a `best` in the middle of the run), whose cached copy would be read from disk instead."""
     from hubckpt.cli.demo import not_downloaded
-    from hubckpt.revisions import RevisionInfo
+    from hubckpt.formats.index import RevisionInfo
 
     revisions = [RevisionInfo(name=f"step-{s}", step=s, commit=f"{s:040d}") for s in (10, 20, 30, 40, 50)]
     loaded = {revisions[0].commit, revisions[2].commit}  # step 10 and a best at step 30

@@ -294,7 +294,7 @@ def test_private_repo_needs_a_token(tmp_path, hf_cache):
 
 
 def test_index_verbs():
-    from hubckpt.revisions import RevisionIndex, RevisionInfo
+    from hubckpt.formats.index import RevisionIndex, RevisionInfo
 
     index = RevisionIndex([RevisionInfo(f"s{s}", s, tokens=s * 100) for s in (1, 5, 9)], best="s5", final="s9")
     assert index.latest().name == "s9" and index.best_info().name == "s5" and index.final_info().name == "s9"

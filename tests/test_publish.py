@@ -12,7 +12,8 @@ from huggingface_hub import HfApi
 import hubckpt
 from hubckpt.errors import CorruptCheckpointError, HubConfigError, InvalidNameError, RevisionCollisionError
 from hubckpt.publishing import Publisher
-from hubckpt.revisions import RevisionIndex, render_revision_name
+from hubckpt.formats.index import RevisionIndex
+from hubckpt.revisions import render_revision_name
 
 from .factories import make_trainer_run
 from .helpers import run_cli
@@ -353,7 +354,7 @@ def test_only_network_failures_are_retried():
     from huggingface_hub.errors import HfHubHTTPError
 
     from hubckpt.errors import DiskFullError
-    from hubckpt.hub_client import is_transient
+    from hubckpt.retries import is_transient
 
     def http_error(status: int) -> HfHubHTTPError:
         request = httpx2.Request("GET", "http://127.0.0.1/x")

@@ -283,6 +283,24 @@ def test_tokens_are_per_hub_and_the_hf_token_stays_home(monkeypatch):
         Publisher("alice/x", hub=[a.endpoint, b.endpoint], token="one-for-all", spool_dir="/tmp/unused-spool")
 
 
+def test_the_shared_reader_keeps_the_hf_token_home_too(monkeypatch):
+    """The consumer's HubReader (also HubTarget.reader) resolves its token per hub, like the publisher."""
+    from hubckpt.hub_reader import HubReader
+
+    monkeypatch.setenv("HF_TOKEN", "hf_the_users_huggingface_token")
+    monkeypatch.delenv("HUBCKPT_TOKEN", raising=False)
+    fake = _FakeHub([REFS, REFS])
+    try:
+        assert HubReader(Hub(fake.url, "remote"), "alice/x").refs() == ({}, {})
+        assert "hf_the_users" not in json.dumps(fake.requests)
+        target = HubTarget(Hub(fake.url, "remote"), "alice/x", token="explicit")
+        assert target.reader.token == "explicit"
+        target.refs()
+        assert fake.requests[-1].get("authorization") == "Bearer explicit"
+    finally:
+        fake.close()
+
+
 # -- cards and the index ---------------------------------------------------------------------------
 
 def _read(api: HfApi, repo_id: str, path: str, revision: str, tmp_path: Path) -> str:
@@ -314,7 +332,7 @@ def test_nan_metrics_hostile_names_tags_and_main_metrics(api, local_hub, tmp_pat
     raw = _read(api, repo_id, "revisions.json", "main", tmp_path)
     doc = json.loads(raw, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert doc["revisions"][2]["metrics"]["eval_loss"] == "NaN"
-    from hubckpt.revisions import RevisionIndex
+    from hubckpt.formats.index import RevisionIndex
 
     index = RevisionIndex.from_json(raw)
     import math
@@ -485,7 +503,7 @@ def test_cli_publish_metrics_companion_one_error_line_no_bars(api, local_hub, tm
     assert out.returncode == 0, out.stdout + out.stderr
     assert "%|" not in out.stderr and "it/s" not in out.stderr  # no upload progress bars in piped output
     assert "tokenizer.json" in _files(api, "alice/cli-extras", "step-0000007")
-    from hubckpt.revisions import RevisionIndex
+    from hubckpt.formats.index import RevisionIndex
 
     index = RevisionIndex.from_json(_read(api, "alice/cli-extras", "revisions.json", "main", tmp_path))
     metrics = index.get("step-0000007").metrics

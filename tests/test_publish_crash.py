@@ -20,7 +20,7 @@ import torch
 from huggingface_hub import HfApi
 from safetensors.torch import load_file
 
-from hubckpt.revisions import RevisionIndex
+from hubckpt.formats.index import RevisionIndex
 
 from .helpers import run_cli
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from hubckpt.errors import CorruptCheckpointError, RevisionCollisionError, SpoolBusyError
 from hubckpt.publishing import Publisher
 from hubckpt.publishing.journal import Journal
-from hubckpt.revisions import RevisionIndex
+from hubckpt.formats.index import RevisionIndex
 
 from .helpers import run_cli
 

@@ -12,7 +12,7 @@ import typer
 
 from ..cards import human_size
 from ._options import HubOpt, RootOpt, TokenOpt
-from .revisions import _table, reader_for, split_ref
+from .revisions import print_table, reader_for, split_ref
 
 
 def _finite(row: dict) -> dict:
@@ -51,7 +51,7 @@ def diff(a: str = typer.Argument(..., help="namespace/name@revision"),
                + (f", {result.same_files} weight file(s) identical (not read)" if result.same_files else ""))
     shown = changed if top <= 0 else changed[:top]
     if shown:
-        _table(["tensor", "shape", "||B-A||", "relative", "max |B-A|", "||A||", "||B||"],
+        print_table(["tensor", "shape", "||B-A||", "relative", "max |B-A|", "||A||", "||B||"],
                [[t.name, "x".join(map(str, t.shape)) or "scalar", f"{t.diff_norm:.4g}",
                  f"{t.relative:.3%}" if math.isfinite(t.relative) else "inf", f"{t.max_abs:.4g}",
                  f"{t.norm_a:.4g}", f"{t.norm_b:.4g}"] for t in shown])

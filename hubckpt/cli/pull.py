@@ -46,7 +46,7 @@ def pull(ref: str = typer.Argument(..., help="namespace/name@revision, or namesp
     rev = resolve_pull_revision(ref, step, tokens, match, hub, root, token)
     if training_state and not trainer_checkpoint:
         from ..errors import TrainingStateMissingError
-        from ..checkpoint import TRAINING_STATE_DIR
+        from ..formats.manifest import TRAINING_STATE_DIR
 
         if not any(str(p).startswith(f"{TRAINING_STATE_DIR}/") for p in rev.files.files):
             raise TrainingStateMissingError(

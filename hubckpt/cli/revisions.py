@@ -39,7 +39,8 @@ def split_ref(ref: str, *, need_revision: bool = True) -> tuple[str, str | None]
     return repo, revision
 
 
-def _table(header: list[str], rows: list[list[str]]) -> None:
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    """Print rows as left-aligned columns under `header` (the CLI's tables)."""
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
     typer.echo("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
     for row in rows:
@@ -52,7 +53,7 @@ def ls(repo: str = typer.Argument(..., help="namespace/name"), hub: Optional[str
        all_: bool = typer.Option(False, "--all", help="Include pruned revisions."),
        refresh: bool = typer.Option(False, "--refresh", help="Also read the refs: branches the index misses, user tags.")) -> None:
     """List revisions with step, tokens, key metrics, size, date and tags (one request, via the index)."""
-    from ..cards import _table_metrics
+    from ..cards import table_metrics
     from ..load.resolve import RepoRevisions
 
     if "@" in repo:  # `ls REPO@REV` said only "Invalid repo name 'name@rev'"
@@ -75,14 +76,14 @@ def ls(repo: str = typer.Argument(..., help="namespace/name"), hub: Optional[str
     if not revisions:
         typer.echo(f"{repo} has no published revisions yet.")
         return
-    metrics = _table_metrics(revisions, limit=3)
+    metrics = table_metrics(revisions, limit=3)
     header = ["revision", "step", "tokens", *metrics, "size", "date", "tags"]
     rows = [[r.name + (" (pruned)" if r.pruned else ""), str(r.step if r.step is not None else "-"),
              f"{r.tokens:,}" if r.tokens is not None else "-",
              *[f"{r.metrics[m]:.4g}" if m in r.metrics else "-" for m in metrics],
              human_size(r.size) if r.size else "-", (r.date or "-")[:16].replace("T", " "), ",".join(r.tags)]
             for r in revisions]
-    _table(header, rows)
+    print_table(header, rows)
     if revs.source == "refs":
         typer.echo(f"({repo} has no revisions.json: listed from its branches and tags)")
     typer.echo(f"page: {page_url(revs.reader.endpoint, repo)}")
@@ -158,10 +159,10 @@ def show(ref: str = typer.Argument(..., help="namespace/name@revision (a branch,
             typer.echo(f"\n{summary}")
     if info.metrics:
         typer.echo("\nMetrics")
-        _table(["name", "value"], [[k, f"{v:.6g}"] for k, v in sorted(info.metrics.items())])
+        print_table(["name", "value"], [[k, f"{v:.6g}"] for k, v in sorted(info.metrics.items())])
     files = rev.files.files
     typer.echo(f"\nFiles ({len(files)}, {human_size(sum(int(f.get('size') or 0) for f in files.values()))})")
-    _table(["path", "size", "sha256"], [[p, human_size(int(f.get("size") or 0)), (f.get("sha256") or "-")[:12]]
+    print_table(["path", "size", "sha256"], [[p, human_size(int(f.get("size") or 0)), (f.get("sha256") or "-")[:12]]
                                         for p, f in sorted(files.items())])
     if not tensors:
         typer.echo("\nNo safetensors weights in this revision.")
@@ -170,7 +171,7 @@ def show(ref: str = typer.Argument(..., help="namespace/name@revision (a branch,
     params = sum(m.numel for m in tensors.values())
     typer.echo(f"\nTensors ({len(tensors)}, {params:,} parameters; from the safetensors headers)")
     shown = list(tensors.values()) if max_tensors <= 0 else list(tensors.values())[:max_tensors]
-    _table(["name", "dtype", "shape", "file"], [[m.name, m.dtype, "x".join(map(str, m.shape)) or "scalar", m.file]
+    print_table(["name", "dtype", "shape", "file"], [[m.name, m.dtype, "x".join(map(str, m.shape)) or "scalar", m.file]
                                                for m in shown])
     if len(shown) < len(tensors):
         typer.echo(f"... {len(tensors) - len(shown)} more (--max-tensors 0 lists all, --json too)")

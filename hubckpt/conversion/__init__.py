@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from ..checkpoint import MANIFEST_FILE, TRAINING_STATE_DIR, Checkpoint
+from ..checkpoint import Checkpoint
 from ..errors import DestinationExistsError, DiskFullError
+from ..formats.manifest import MANIFEST_FILE, TRAINING_STATE_DIR, build_manifest, dumps
 from ..readers import discover, kind_of, read_checkpoint
-from .manifest import build_manifest, dumps
 from .paths import scrub_paths
-from .training_state import load_training_state, save_training_state
 from .reuse import reusable, reuse_weights
+from .training_state import load_training_state, save_training_state
 from .weights import WeightsReport, WrittenFile, write_weights
 
 logger = logging.getLogger(__name__)

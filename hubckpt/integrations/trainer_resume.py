@@ -23,8 +23,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import MANIFEST_FILE, TRAINING_STATE_DIR
 from ..errors import DestinationExistsError, TrainingStateMissingError
+from ..formats.manifest import TRAINING_STATE_DIR, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def write_trainer_checkpoint(revision_folder: str | Path, dest: str | Path, *, o
     require_training_state([f"{TRAINING_STATE_DIR}/{p}.json" for p in parts], src.name)
     fresh = reader_into_fresh_memory()
     state = {part: load_state(state_dir, part, read_tensors=fresh) for part in parts}
-    manifest = json.loads((src / MANIFEST_FILE).read_text()) if (src / MANIFEST_FILE).is_file() else {}
+    manifest = read_manifest(src) or {}
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:12]}"

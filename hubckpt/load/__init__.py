@@ -6,8 +6,8 @@ never on `hubckpt.publishing`.
 
 from .download import Downloader, RevisionFiles, verify_cached
 from .iterate import IteratedRevision, iter_revisions
-from .lazy import LazyRevision, TensorMeta, open_revision
-from .loaders import PullResult, Revision, load_model, load_state_dict, pull_revision
+from .lazy import LazyRevision, TensorMeta
+from .loaders import PullResult, Revision, load_model, load_state_dict, open_revision, pull_revision
 from .resolve import RepoRevisions, list_revisions, resolve_revision
 
 __all__ = ["list_revisions", "resolve_revision", "load_state_dict", "load_model", "open_revision", "LazyRevision", "iter_revisions", "IteratedRevision",

@@ -6,7 +6,8 @@ import math
 from dataclasses import dataclass, field
 
 from ..hubs import Hub
-from .lazy import LazyRevision, open_revision
+from .lazy import LazyRevision
+from .loaders import open_revision
 
 
 @dataclass

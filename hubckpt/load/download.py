@@ -16,10 +16,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checkpoint import MANIFEST_FILE
 from ..errors import IntegrityError
+from ..formats.index import RevisionInfo
+from ..formats import manifest as manifest_format
+from ..formats.manifest import MANIFEST_FILE
 from ..hub_reader import HubReader
-from ..revisions import RevisionInfo
 
 logger = logging.getLogger(__name__)
 
@@ -156,17 +157,15 @@ class Downloader:
         `via_cache`: download it into the cache (later loads need no request); else read it with one
         GET unless it is cached already (what lazy reads do, to move as little as possible).
         """
-        import json
-
         from huggingface_hub.errors import EntryNotFoundError
 
         local = self.cached(info, MANIFEST_FILE)
         if local is not None:
-            return json.loads(local.read_text())
+            return manifest_format.loads(local.read_bytes())
         if not via_cache:
             return self.reader.manifest(info.commit)  # type: ignore[arg-type]
         try:
-            return json.loads(self.fetch(info, MANIFEST_FILE).read_text())
+            return manifest_format.loads(self.fetch(info, MANIFEST_FILE).read_bytes())
         except EntryNotFoundError:
             return None
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..errors import HubConfigError
+from ..formats.index import RevisionInfo
 from ..hub_reader import HubReader
 from ..hubs import Hub
-from ..revisions import RevisionInfo
 from .lazy import LazyRevision
 from .loaders import Revision, rev_model, rev_state_dict
 from .resolve import RepoRevisions

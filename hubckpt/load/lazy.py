@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from ..errors import IntegrityError
-from ..hubs import Hub
 from .download import is_verified, require_weights
 
 if TYPE_CHECKING:
@@ -256,20 +255,3 @@ def _local_header(path: Path, where: str) -> tuple[dict, int]:
         length = header_length(f.read(8), where)
         raw = f.read(length)
     return parse_header(raw, where, data_size=size - 8 - length), 8 + length
-
-
-def open_revision(repo_id: str, revision: str | None = None, *, step: int | None = None, match: str = "exact",
-                  hub: Hub | str | None = None, token: str | bool | None = None) -> LazyRevision:
-    """Open a revision for lazy reads; use as a context manager.
-
-    `keys()`, `meta(name)` / `shape(name)` / `dtype(name)` come from the safetensors headers only;
-    `get_tensor(name)` reads just that tensor's bytes with HTTP Range requests. Sharded revisions are
-    read through their index. `bytes_received` says how much the reads moved.
-
-    Example:
-        >>> with hubckpt.open_revision("me/run", step=1200) as rev:
-        ...     w = rev.get_tensor("transformer.h.0.attn.c_attn.weight")
-    """
-    from .loaders import Revision
-
-    return LazyRevision(Revision(repo_id, revision, step=step, match=match, hub=hub, token=token, lazy=True))

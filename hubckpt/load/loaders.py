@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ..errors import DestinationExistsError, HubConfigError, IntegrityError
-from ..checkpoint import MANIFEST_FILE, TRAINING_STATE_DIR
+from ..formats.index import RevisionInfo, info_from_manifest
+from ..formats.manifest import MANIFEST_FILE, TRAINING_STATE_DIR, loads
 from ..hub_reader import HubReader
 from ..hubs import Hub
-from ..revisions import RevisionInfo
 from .download import INDEX_JSON, Downloader, RevisionFiles, require_weights
+from .lazy import LazyRevision
 from .resolve import RepoRevisions
 
 if TYPE_CHECKING:
@@ -48,14 +49,12 @@ class Revision:
 
         (Commits never change, so nothing can be stale; the record is named by the sha, as asked.)
         """
-        import json
+        from .resolve import FULL_SHA
 
-        from .resolve import _FULL_SHA, info_from_manifest
-
-        if revision is None or not _FULL_SHA.match(revision):
+        if revision is None or not FULL_SHA.match(revision):
             return None
         local = self.downloader.cached(RevisionInfo(name=revision, step=None, commit=revision), MANIFEST_FILE)
-        return info_from_manifest(revision, revision, json.loads(local.read_text())) if local else None
+        return info_from_manifest(revision, revision, loads(local.read_bytes())) if local else None
 
     @property
     def repo_id(self) -> str:
@@ -110,8 +109,6 @@ class Revision:
 
     def _keys_from_headers(self, weights: list[str]) -> dict[str, str]:
         """Unsharded (or shards without an index): tensor names from each file's header, read lazily."""
-        from .lazy import LazyRevision
-
         with LazyRevision(self) as lazy:
             return {name: lazy.meta(name).file for name in lazy.keys()}
 
@@ -288,3 +285,18 @@ def pull_revision(repo_id: str, dest: str | Path, revision: str | None = None, *
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return PullResult(rev.info, dest, paths, total)
+
+
+def open_revision(repo_id: str, revision: str | None = None, *, step: int | None = None, match: str = "exact",
+                  hub: Hub | str | None = None, token: str | bool | None = None) -> LazyRevision:
+    """Open a revision for lazy reads; use as a context manager.
+
+    `keys()`, `meta(name)` / `shape(name)` / `dtype(name)` come from the safetensors headers only;
+    `get_tensor(name)` reads just that tensor's bytes with HTTP Range requests. Sharded revisions are
+    read through their index. `bytes_received` says how much the reads moved.
+
+    Example:
+        >>> with hubckpt.open_revision("me/run", step=1200) as rev:
+        ...     w = rev.get_tensor("transformer.h.0.attn.c_attn.weight")
+    """
+    return LazyRevision(Revision(repo_id, revision, step=step, match=match, hub=hub, token=token, lazy=True))

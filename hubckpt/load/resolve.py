@@ -15,27 +15,16 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timezone
 
 from ..errors import AmbiguousRevisionError, HubConfigError, RevisionLookupError
+from ..formats.index import MATCHES, RevisionIndex, RevisionInfo, info_from_manifest, nearest_to, pick_revision
 from ..hub_reader import MAIN, HubReader
 from ..hubs import Hub
 from ..names import is_staging_branch
-from ..revisions import MATCHES, RevisionIndex, RevisionInfo, nearest_to, pick_revision
 
 logger = logging.getLogger(__name__)
 
 WORDS = ("best", "latest", "final")
 _HEX = re.compile(r"^[0-9a-f]{7,40}$")
-_FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
-
-
-def info_from_manifest(name: str, commit: str | None, manifest: dict | None) -> RevisionInfo:
-    """A revision record from its `checkpoint.json` (or a bare record for a plain branch or tag)."""
-    if not manifest:
-        return RevisionInfo(name=name, step=None, commit=commit)
-    metrics = {k: v for k, v in (manifest.get("metrics") or {}).items() if isinstance(v, (int, float))}
-    return RevisionInfo(name=name, step=manifest.get("step"), commit=commit, epoch=manifest.get("epoch"),
-                        tokens=manifest.get("tokens"), metrics=metrics,
-                        size=sum(int(f.get("size") or 0) for f in manifest.get("files") or []),
-                        source_format=(manifest.get("source") or {}).get("format"))
+FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
 def _order(r: RevisionInfo):
@@ -161,7 +150,7 @@ class RepoRevisions:
             return self._by_number(int(tokens), "tokens", lambda r: r.tokens, match)
         if revision is None or revision in WORDS:
             return self._by_word(revision or "latest")
-        if _FULL_SHA.match(revision):  # a full commit sha: found in the index, or asked of the hub; no refs needed
+        if FULL_SHA.match(revision):  # a full commit sha: found in the index, or asked of the hub; no refs needed
             entry, commit = self._by_commit(revision)
             return (dataclasses.replace(entry, tags=list(entry.tags), metrics=dict(entry.metrics)) if entry
                     else info_from_manifest(revision[:12], commit, self.reader.manifest(commit)))

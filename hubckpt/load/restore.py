@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..checkpoint import TRAINING_STATE_DIR
 from ..errors import RestoreError, StateMismatchError, TrainingStateMissingError
+from ..formats.manifest import TRAINING_STATE_DIR
 from .read_into import TensorEntry, read_header, read_tensor, reader_into_fresh_memory
 
 if TYPE_CHECKING:
     import torch
 
-    from ..revisions import RevisionIndex
+    from ..formats.index import RevisionIndex
 
 logger = logging.getLogger(__name__)
 

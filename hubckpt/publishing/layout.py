@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 
 from ..cards import CardOptions, metrics_chart_svg, render_repo_card
+from ..formats.index import INDEX_FILE, RevisionIndex
 from ..hub_client import HubTarget
-from ..revisions import INDEX_FILE, RevisionIndex
 
 CHART_FILE = "metrics.svg"
 CARD_FILE = "README.md"

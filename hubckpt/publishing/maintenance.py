@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 from ..cards import CardOptions, is_hubckpt_card
 from ..errors import HubConfigError
-from ..hub_client import HubTarget, is_staging_branch, manifest_digest
-from ..revisions import RESERVED, RevisionIndex, RevisionInfo, best_revision, manifest_metrics
+from ..formats.index import RevisionIndex, RevisionInfo, best_revision
+from ..formats.manifest import manifest_digest, manifest_metrics
+from ..hub_client import HubTarget, is_staging_branch
+from ..revisions import RESERVED
 from .layout import main_files
 from .policies import Retention
 from .stages import retire

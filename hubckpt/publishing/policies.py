@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import HubConfigError
-from ..revisions import RevisionIndex, better
+from ..formats.index import RevisionIndex, better
 
 
 @dataclass(frozen=True)

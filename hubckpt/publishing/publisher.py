@@ -36,11 +36,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..cards import CardOptions
-from ..checkpoint import MANIFEST_FILE
 from ..errors import HubConfigError, PublishError, RevisionCollisionError, UnsupportedCheckpointError
 from ..faults import fault
-from ..hub_client import HubTarget, is_transient
+from ..formats.manifest import MANIFEST_FILE
+from ..hub_client import HubTarget
 from ..hubs import Hub, resolve_hub, token_for
+from ..retries import is_transient
 from ..revisions import DEFAULT_TEMPLATE, check_template, render_revision_name, validate_revision_name
 from . import stages
 from .capture import clone_tree, peek_step, snapshot_into

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..cards import CardOptions, render_revision_card
-from ..checkpoint import MANIFEST_FILE, Checkpoint
+from ..checkpoint import Checkpoint
 from ..errors import PublishError, RevisionCollisionError
 from ..faults import fault
-from ..hub_client import HubTarget, manifest_digest
-from ..revisions import RevisionIndex, RevisionInfo, best_revision, manifest_metrics
+from ..formats.index import RevisionIndex, RevisionInfo, best_revision
+from ..formats.manifest import MANIFEST_FILE, manifest_digest, manifest_metrics, read_manifest
+from ..hub_client import HubTarget
 from .jobs import JobStore
 from .journal import JobRecord
 from .layout import CARD_FILE, final_files_to_replace, main_files
@@ -106,10 +107,10 @@ def convert(settings: Settings, store: JobStore, record: JobRecord, payload: dic
         # before the journal said so. A new capture clears the folder first, so it is this capture's.
         digest = folder_digest(folder)
         store.converted(record.job, digest)
-        return json.loads((folder / MANIFEST_FILE).read_text())
+        return read_manifest(folder)
     if record.manifest_sha256 is not None:
         if (folder / MANIFEST_FILE).is_file() and folder_digest(folder) == record.manifest_sha256:
-            return json.loads((folder / MANIFEST_FILE).read_text())
+            return read_manifest(folder)
         logger.info("%s: the spool no longer holds its converted files; converting again", record.revision)
         store.unstaged(record.job)
     captured = record.captured
@@ -145,11 +146,11 @@ def convert(settings: Settings, store: JobStore, record: JobRecord, payload: dic
     digest = folder_digest(folder)
     store.converted(record.job, digest)
     fault("publish.after_convert")
-    return json.loads((folder / MANIFEST_FILE).read_text())
+    return read_manifest(folder)
 
 
 def folder_digest(folder: Path) -> str:
-    return manifest_digest(json.loads((folder / MANIFEST_FILE).read_text()))
+    return manifest_digest(read_manifest(folder))
 
 
 def revision_info(captured: dict, manifest: dict, *, commit: str | None, digest: str | None = None) -> RevisionInfo:

@@ -9,10 +9,10 @@ import zipfile
 from pathlib import Path
 
 from ..errors import CorruptCheckpointError, UnsupportedCheckpointError
+from .run import WEIGHT_FILES, discover
 
 # safetensors caps the JSON header at 100 MB (reliability reference A4).
 MAX_SAFETENSORS_HEADER = 100_000_000
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def sniff_file(path: Path) -> str:
@@ -52,8 +52,6 @@ def sniff_folder(path: Path) -> str:
         return "dcp"
     if any((path / name).is_file() for name in WEIGHT_FILES) or any(path.glob("*.safetensors")):
         return "weights-folder"
-    from .run import discover
-
     if discover(path):
         return "run"
     raise UnsupportedCheckpointError(

@@ -6,11 +6,12 @@ from pathlib import Path
 
 from .steps import step_from_name
 
+# The files that make a folder a checkpoint of weights (Trainer / transformers layout).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
 
 def discover(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, path) of every checkpoint in `run_dir`, sorted by step; names without a step are ignored."""
-    from .detect import WEIGHT_FILES
-
     found: list[tuple[int, Path]] = []
     for entry in sorted(run_dir.iterdir()):
         step = step_from_name(entry.name)

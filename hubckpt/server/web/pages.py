@@ -13,8 +13,8 @@ from pathlib import Path
 from markupsafe import Markup, escape
 
 from ...errors import HubConfigError, HubHTTPError
+from ...formats.index import INDEX_FILE, RevisionIndex, RevisionInfo
 from ...names import is_staging_branch
-from ...revisions import INDEX_FILE, RevisionIndex, RevisionInfo
 from ..context import HubContext
 from ..storage import FileEntry, Repo
 from ..trees import list_tree

@@ -1,0 +1,185 @@
+"""`revisions.json` on `main`: the index of every revision (a rebuildable cache of their checkpoint.json).
+
+The one place that reads and writes it (`RevisionIndex.from_json` / `to_json`), with the verbs both
+sides use: `latest()`, `best_info()`, `final_info()`, `at_step()`, `at_tokens()`, `best_revision()`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+from ..errors import HubConfigError
+from .manifest import manifest_metrics
+from .numbers import decode_number, encode_number
+
+INDEX_FILE = "revisions.json"
+INDEX_FORMAT_VERSION = 1
+
+
+@dataclass
+class RevisionInfo:
+    """One published checkpoint, as listed in the index."""
+    name: str
+    step: int | None
+    commit: str | None = None
+    epoch: float | None = None
+    tokens: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    size: int = 0
+    date: str | None = None
+    source_format: str | None = None
+    manifest_sha256: str | None = None
+    tags: list[str] = field(default_factory=list)
+    final: bool = False
+    pruned: bool = False
+
+    @classmethod
+    def from_json(cls, data: dict) -> "RevisionInfo":
+        known = {f for f in cls.__dataclass_fields__}
+        info = cls(**{k: v for k, v in data.items() if k in known})
+        info.metrics = {k: decode_number(v) for k, v in (info.metrics or {}).items()}
+        info.epoch = decode_number(info.epoch)
+        return info
+
+    def to_json(self) -> dict:
+        doc = asdict(self)
+        doc["metrics"] = {k: encode_number(v) for k, v in self.metrics.items()}
+        doc["epoch"] = encode_number(self.epoch)
+        return doc
+
+
+@dataclass
+class RevisionIndex:
+    """The machine-readable list of every revision (a rebuildable cache of their checkpoint.json)."""
+    revisions: list[RevisionInfo] = field(default_factory=list)
+    monitor: str | None = None
+    mode: str = "min"
+    best: str | None = None
+    final: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)  # user tags (`hubckpt tag`): tag → revision name
+
+    def get(self, name: str) -> RevisionInfo | None:
+        return next((r for r in self.revisions if r.name == name), None)
+
+    def upsert(self, info: RevisionInfo) -> None:
+        self.revisions = [r for r in self.revisions if r.name != info.name] + [info]
+        self.revisions.sort(key=lambda r: (r.step if r.step is not None else -1, r.name))
+
+    def live(self) -> list[RevisionInfo]:
+        return [r for r in self.revisions if not r.pruned]
+
+    def recompute_tags(self) -> None:
+        managed = (("best", self.best), ("final", self.final))
+        for r in self.revisions:
+            r.tags = sorted({t for t, name in (*managed, *self.tags.items()) if name == r.name})
+
+    def set_tag(self, tag: str, revision: str | None) -> None:
+        """Record a user tag on `revision` (None removes it)."""
+        if revision is None:
+            self.tags.pop(tag, None)
+        else:
+            self.tags[tag] = revision
+        self.recompute_tags()
+
+    def to_json(self) -> bytes:
+        """The index as JSON that every parser accepts: NaN / ±inf metrics as strings (see `encode_number`)."""
+        self.recompute_tags()
+        doc = {"format_version": INDEX_FORMAT_VERSION, "monitor": self.monitor, "mode": self.mode, "best": self.best,
+               "final": self.final, "tags": dict(sorted(self.tags.items())),
+               "revisions": [r.to_json() for r in self.revisions]}
+        return (json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> "RevisionIndex":
+        doc = json.loads(raw)
+        if doc.get("format_version", 0) > INDEX_FORMAT_VERSION:
+            raise HubConfigError("revisions.json was written by a newer hubckpt; upgrade hubckpt")
+        tags = doc.get("tags") if isinstance(doc.get("tags"), dict) else {}
+        return cls(revisions=[RevisionInfo.from_json(r) for r in doc.get("revisions", [])], monitor=doc.get("monitor"),
+                   mode=doc.get("mode") or "min", best=doc.get("best"), final=doc.get("final"),
+                   tags={str(k): str(v) for k, v in tags.items()})
+
+    # -- verbs for the consumer side (`best` is the field naming the best revision, hence best_info) --
+
+    def latest(self) -> RevisionInfo | None:
+        """The live revision with the highest step (None in an empty index)."""
+        live = [r for r in self.live() if r.step is not None]
+        return max(live, key=lambda r: r.step) if live else None
+
+    def best_info(self) -> RevisionInfo | None:
+        """The revision tagged `best` (by the monitored metric), if any."""
+        return self.get(self.best) if self.best else None
+
+    def final_info(self) -> RevisionInfo | None:
+        """The revision tagged `final`, if any."""
+        return self.get(self.final) if self.final else None
+
+    def at_step(self, step: int, match: str = "exact") -> RevisionInfo | None:
+        """The live revision at `step`: `exact`, the `nearest` one, or the last one `at_or_before` it."""
+        return pick_revision(self.live(), step, lambda r: r.step, match)
+
+    def at_tokens(self, tokens: int, match: str = "exact") -> RevisionInfo | None:
+        """As `at_step`, by tokens seen."""
+        return pick_revision(self.live(), tokens, lambda r: r.tokens, match)
+
+
+def info_from_manifest(name: str, commit: str | None, manifest: dict | None) -> RevisionInfo:
+    """A revision record from its `checkpoint.json` (or a bare record for a plain branch or tag).
+
+    For repos whose index lacks the revision: `size` counts every file the manifest lists.
+    """
+    if not manifest:
+        return RevisionInfo(name=name, step=None, commit=commit)
+    return RevisionInfo(name=name, step=manifest.get("step"), commit=commit, epoch=decode_number(manifest.get("epoch")),
+                        tokens=manifest.get("tokens"), metrics=manifest_metrics(manifest),
+                        size=sum(int(f.get("size") or 0) for f in manifest.get("files") or []),
+                        source_format=(manifest.get("source") or {}).get("format"))
+
+
+def better(value: float, than: float | None, mode: str) -> bool:
+    """Is `value` an improvement over `than` for a metric monitored in `mode` ('min' or 'max')?"""
+    if than is None:
+        return True
+    return value < than if mode == "min" else value > than
+
+
+def best_revision(index: RevisionIndex) -> str | None:
+    """Name of the best live revision by the index's monitored metric (ties: the earliest)."""
+    if not index.monitor:
+        return None
+    best: RevisionInfo | None = None
+    for r in index.live():
+        value = r.metrics.get(index.monitor)
+        if isinstance(value, float) and math.isnan(value):
+            continue  # a diverged evaluation is never the best
+        if value is not None and (best is None or better(value, best.metrics[index.monitor], index.mode)):
+            best = r
+    return best.name if best else None
+
+
+# -- verbs of the index, for the consumer side ------------------------------------------------------------
+
+MATCHES = ("exact", "nearest", "at_or_before")
+
+
+def pick_revision(revisions: list[RevisionInfo], value: int, key, match: str) -> RevisionInfo | None:
+    """The revision whose `key` matches `value` under `match` (ties: the earlier revision)."""
+    if match not in MATCHES:
+        raise HubConfigError(f"match must be one of {', '.join(MATCHES)}, got {match!r}")
+    candidates = [r for r in revisions if key(r) is not None]
+    if match == "exact":
+        return next((r for r in candidates if key(r) == value), None)
+    if match == "at_or_before":
+        before = [r for r in candidates if key(r) <= value]
+        return max(before, key=key) if before else None
+    return min(candidates, key=lambda r: (abs(key(r) - value), key(r))) if candidates else None
+
+
+def nearest_to(revisions: list[RevisionInfo], value: int, key, n: int = 2) -> list[RevisionInfo]:
+    """The closest revision below and above `value` (by `key`), for error messages."""
+    candidates = sorted((r for r in revisions if key(r) is not None), key=key)
+    below = [r for r in candidates if key(r) < value][-1:]
+    above = [r for r in candidates if key(r) > value][:1]
+    return (below + above)[:n]

@@ -272,6 +272,15 @@ def _tall(reps: Sequence[Matrix]) -> bool:
     return all(len(np.shape(r)) == 2 and np.shape(r)[0] > np.shape(r)[1] for r in reps)
 
 
+def _pairwise(n_rows: int, n_cols: int, symmetric: bool, pair) -> np.ndarray:
+    """An (n_rows, n_cols) matrix of `pair(i, j)`; a symmetric one computes each pair once."""
+    out = np.zeros((n_rows, n_cols))
+    for i in range(n_rows):
+        for j in range(n_cols):
+            out[i, j] = out[j, i] if symmetric and j < i else pair(i, j)
+    return out
+
+
 def similarity_matrix(reps: Sequence[Matrix], others: Sequence[Matrix] | None = None, *,
                       measure: str = "linear_cka", **kwargs: Any) -> np.ndarray:
     """Pairwise measure between every representation in `reps` (and `others`, else `reps` itself).
@@ -293,15 +302,11 @@ def similarity_matrix(reps: Sequence[Matrix], others: Sequence[Matrix] | None = 
             raise ValueError("every representation must have the same number of examples")
         nr = [float(torch.linalg.matrix_norm(m.T @ m)) for m in row_m]
         nc = nr if symmetric else [float(torch.linalg.matrix_norm(m.T @ m)) for m in col_m]
-        out = np.zeros((len(rows), len(cols)))
-        for i, a in enumerate(row_m):
-            for j, b in enumerate(col_m):
-                if symmetric and j < i:
-                    out[i, j] = out[j, i]
-                    continue
-                d = nr[i] * nc[j]
-                out[i, j] = float(torch.linalg.matrix_norm(b.T @ a) ** 2) / d if d > 0 else 0.0
-        return out
+        def feature_pair(i: int, j: int) -> float:
+            d = nr[i] * nc[j]
+            return float(torch.linalg.matrix_norm(col_m[j].T @ row_m[i]) ** 2) / d if d > 0 else 0.0
+
+        return _pairwise(len(rows), len(cols), symmetric, feature_pair)
     if measure in ("linear_cka", "rbf_cka"):
         debiased = bool(kwargs.get("debiased", False))
 
@@ -316,15 +321,11 @@ def similarity_matrix(reps: Sequence[Matrix], others: Sequence[Matrix] | None = 
             raise ValueError("every representation must have the same number of examples")
         norms_r = [math.sqrt(max(float((g * g).sum()), 0.0)) for g in row_grams]
         norms_c = norms_r if symmetric else [math.sqrt(max(float((g * g).sum()), 0.0)) for g in col_grams]
-        out = np.zeros((len(rows), len(cols)))
-        for i, gi in enumerate(row_grams):
-            for j, gj in enumerate(col_grams):
-                if symmetric and j < i:
-                    out[i, j] = out[j, i]
-                    continue
-                d = norms_r[i] * norms_c[j]
-                out[i, j] = float((gi * gj).sum()) / d if d > 0 else 0.0
-        return out
+        def gram_pair(i: int, j: int) -> float:
+            d = norms_r[i] * norms_c[j]
+            return float((row_grams[i] * col_grams[j]).sum()) / d if d > 0 else 0.0
+
+        return _pairwise(len(rows), len(cols), symmetric, gram_pair)
     fn = MEASURES[measure]
     out = np.zeros((len(rows), len(cols)))
     for i, r in enumerate(rows):

@@ -16,7 +16,7 @@ and the time from `save()` until the revision is visible (committed and indexed)
 The local hub runs as its own process (as `hub="local"` starts it), on the same two cores.
 
 Usage:  .venv/bin/python bench/checkpointer.py [--n-embd 1024] [--layers 8] [--saves 5] [--skip-trainer]
-        [--nice 10] [--server-nice 0] [--threads 0] [--only-checkpointer]
+        [--background process|thread] [--nice N] [--server-nice 0] [--threads 0] [--only-checkpointer]
 """
 
 from __future__ import annotations
@@ -95,7 +95,8 @@ def bench_floor(run: Run, saves: int) -> list[float]:
     return out
 
 
-def bench_checkpointer(run: Run, saves: int, hub: str, nice: int) -> dict[str, list[float]]:
+def bench_checkpointer(run: Run, saves: int, hub: str, nice: int | None, background: str | None
+                       ) -> dict[str, list[float]]:
     """Per save: floor copy right before it, the save's stall, time until visible, steps/s during the
     background publish and right after it with nothing in the background."""
     import hubckpt
@@ -104,7 +105,8 @@ def bench_checkpointer(run: Run, saves: int, hub: str, nice: int) -> dict[str, l
     out: dict[str, list[float]] = {"floor": [], "stall": [], "visible": [], "during": [], "idle": []}
     stalls, visible, rates, idle = out["stall"], out["visible"], out["during"], out["idle"]
     with hubckpt.Checkpointer("bench/checkpointer", model=run.model, optimizer=run.optimizer,
-                              scheduler=run.scheduler, hub=hub, nice=nice) as ckpt:
+                              scheduler=run.scheduler, hub=hub, nice=nice, background=background) as ckpt:
+        out["mode"] = [ckpt.background, ckpt.nice]
         ckpt.wait_staged()  # (the run object had stepped already; a fresh loop gets this within its first step)
         for i in range(saves):
             run.step()
@@ -203,8 +205,10 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--saves", type=int, default=5)
     parser.add_argument("--skip-trainer", action="store_true")
-    parser.add_argument("--nice", type=int, default=10, help="Checkpointer(nice=...) for its background threads "
-                        "(the figures in bench/README.md; the library's default is 0)")
+    parser.add_argument("--background", choices=["process", "thread"], default=None,
+                        help="Checkpointer(background=...) (default: the library's, process on Linux)")
+    parser.add_argument("--nice", type=int, default=None, help="Checkpointer(nice=...) (default: the library's, "
+                        "10 for a process, 0 for threads)")
     parser.add_argument("--server-nice", type=int, default=0, help="start the local hub at this nice value")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for training (0: torch's default)")
     parser.add_argument("--only-checkpointer", action="store_true", help="skip the (b), (c), (d) comparisons")
@@ -231,7 +235,8 @@ def main() -> None:
         print(f"GPT-2 {params / 1e6:.0f}M parameters fp32 + AdamW: {size / 2**30:.2f} GiB of state per save; "
               f"torch threads {torch.get_num_threads()}; hub {hub}")
         floor_sep = bench_floor(run, args.saves)
-        measured = bench_checkpointer(run, args.saves, hub, args.nice)
+        measured = bench_checkpointer(run, args.saves, hub, args.nice, args.background)
+        background, nice = measured["mode"]
         floor, ckpt_stalls, visible = measured["floor"], measured["stall"], measured["visible"]
         rates, idle_rates = measured["during"], measured["idle"]
         skip = args.only_checkpointer
@@ -258,7 +263,7 @@ def main() -> None:
                   "less stall")
         print(f"first save {ckpt_stalls[0] / f:.2f}x floor, worst {max(ckpt_stalls) / f:.2f}x floor")
         ratios = [r / i for r, i in zip(rates, idle_rates) if r == r]
-        print(f"training steps/s (Checkpointer nice={args.nice}, local hub nice={args.server_nice}) while a publish runs in the background: {fmt(rates)}; "
+        print(f"training steps/s (Checkpointer background={background} nice={nice}, local hub nice={args.server_nice}) while a publish runs in the background: {fmt(rates)}; "
               f"right after, with none: "
               f"{fmt(idle_rates)}; ratio median {statistics.median(ratios or [float('nan')]):.2f}x "
               f"(per save: {' '.join(f'{x:.2f}' for x in ratios)})")

@@ -21,6 +21,7 @@ from .errors import (
     PublishError,
     RestoreError,
     RevisionCollisionError,
+    SpoolBusyError,
     StateMismatchError,
     StorageError,
     TrainingStateMissingError,
@@ -111,6 +112,6 @@ def __dir__() -> list[str]:
 __all__ = [
     "__version__", "HubckptError", "InvalidNameError", "HubConfigError", "HubUnavailableError", "AuthError",
     "StorageError", "CheckpointError", "CorruptCheckpointError", "UnsupportedCheckpointError", "UnsafeCheckpointError",
-    "VerificationError", "AnalysisError", "DestinationExistsError", "DiskFullError", "RevisionCollisionError", "PublishError", "RestoreError", "StateMismatchError", "TrainingStateMissingError",
+    "VerificationError", "AnalysisError", "DestinationExistsError", "DiskFullError", "RevisionCollisionError", "SpoolBusyError", "PublishError", "RestoreError", "StateMismatchError", "TrainingStateMissingError",
     *_LAZY,
 ]

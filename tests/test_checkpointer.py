@@ -191,14 +191,15 @@ def test_restore_before_anything_is_published_returns_none(local_hub, tmp_path):
             ckpt.save(1, extra={"bad": object()})
 
 
-def crashing_run(repo_id: str, endpoint: str, spool: str) -> None:
-    """Subprocess: saves steps 2 and 4; HUBCKPT_FAULT kills it after step 2's commit, before its index."""
+def crashing_run(repo_id: str, endpoint: str, spool: str, background: str) -> None:
+    """Subprocess: saves steps 2 and 4; HUBCKPT_FAULT kills the publisher after step 2's commit, before its
+    index (with background="process" that is the publishing process: this one then exits with its error)."""
     import hubckpt
 
     seed_everything(0)
     model, optimizer, scheduler = make(seed=0)
     ckpt = hubckpt.Checkpointer(repo_id, model=model, optimizer=optimizer, scheduler=scheduler, hub=endpoint,
-                                spool_dir=spool)
+                                spool_dir=spool, background=background)
     train(model, optimizer, scheduler, 0, 2)
     ckpt.save(2)
     train(model, optimizer, scheduler, 2, 4)
@@ -209,14 +210,21 @@ def crashing_run(repo_id: str, endpoint: str, spool: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(180)
-def test_a_run_killed_while_publishing_resumes_and_publishes_each_step_once(local_hub, api, tmp_path, one_thread):
+@pytest.mark.parametrize("background", ["thread", "process"])
+def test_a_run_killed_while_publishing_resumes_and_publishes_each_step_once(local_hub, api, tmp_path, one_thread,
+                                                                           background):
     import hubckpt
 
-    repo_id, spool = "alice/checkpointer-crash", tmp_path / "spool"
+    repo_id, spool = f"alice/checkpointer-crash-{background}", tmp_path / "spool"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HUBCKPT_FAULT": "publish.after_commit:kill"}
-    code = f"from tests.test_checkpointer import crashing_run as r; r({repo_id!r}, {local_hub.url!r}, {str(spool)!r})"
+    code = (f"from tests.test_checkpointer import crashing_run as r; "
+            f"r({repo_id!r}, {local_hub.url!r}, {str(spool)!r}, {background!r})")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=150)
-    assert proc.returncode == -9, proc.stderr[-3000:]
+    if background == "thread":
+        assert proc.returncode == -9, proc.stderr[-3000:]
+    else:  # the publishing process was killed; the training process is told, with what to do
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        assert "publishing process exited (code -9)" in proc.stderr and "hubckpt resume" in proc.stderr
 
     seed_everything(1)
     model, optimizer, scheduler = make(seed=1)

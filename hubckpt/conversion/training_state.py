@@ -69,9 +69,16 @@ class _Encoder:
             "cannot be stored without pickle")
 
 
-def _decode(value: Any, tensors: dict) -> Any:
+def encode_tree(value: Any) -> tuple[Any, dict[str, Any]]:
+    """`value` as a JSON structure with typed placeholders, and the tensors the placeholders name."""
+    encoder = _Encoder()
+    return encoder.encode(value, ""), encoder.tensors
+
+
+def decode_tree(value: Any, tensors: dict) -> Any:
+    """The value `encode_tree` (or `save_state`) encoded, rebuilt around `tensors`."""
     if isinstance(value, list):
-        return [_decode(v, tensors) for v in value]
+        return [decode_tree(v, tensors) for v in value]
     if not isinstance(value, dict):
         return value
     if "__tensor__" in value:
@@ -82,29 +89,28 @@ def _decode(value: Any, tensors: dict) -> Any:
         array = tensors[value["__ndarray__"]].numpy().astype(np.dtype(value["dtype"]), copy=True)
         return array[()] if value.get("scalar") else array
     if "__tuple__" in value:
-        return tuple(_decode(v, tensors) for v in value["__tuple__"])
+        return tuple(decode_tree(v, tensors) for v in value["__tuple__"])
     if "__dict__" in value:
-        return {k: _decode(v, tensors) for k, v in value["__dict__"]}
+        return {k: decode_tree(v, tensors) for k, v in value["__dict__"]}
     if "__float__" in value:
         return float(value["__float__"])
     if "__bytes__" in value:
         return bytes.fromhex(value["__bytes__"])
-    return {k: _decode(v, tensors) for k, v in value.items()}
+    return {k: decode_tree(v, tensors) for k, v in value.items()}
 
 
 def save_state(state: Any, folder: Path, name: str) -> list[Path]:
     """Write `state` as `<name>.json` (+ `<name>.safetensors` when it holds tensors); return the files."""
     from .st_writer import write_safetensors
 
-    encoder = _Encoder()
-    structure = encoder.encode(state, "")
+    structure, found = encode_tree(state)
     folder.mkdir(parents=True, exist_ok=True)
     files = []
-    if encoder.tensors:
-        tensors = {k: v.clone() if _shares_storage(v, encoder.tensors) else v for k, v in sorted(encoder.tensors.items())}
+    if found:
+        tensors = {k: v.clone() if _shares_storage(v, found) else v for k, v in sorted(found.items())}
         write_safetensors(folder / f"{name}.safetensors", tensors)
         files.append(folder / f"{name}.safetensors")
-    doc = {"format_version": FORMAT_VERSION, "tensors_file": f"{name}.safetensors" if encoder.tensors else None,
+    doc = {"format_version": FORMAT_VERSION, "tensors_file": f"{name}.safetensors" if found else None,
            "state": structure}
     (folder / f"{name}.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     files.append(folder / f"{name}.json")
@@ -135,7 +141,7 @@ def load_state(folder: Path, name: str, *, read_tensors: Callable[[Path], dict] 
     if doc.get("format_version", 0) > FORMAT_VERSION:
         raise UnsupportedCheckpointError(f"{doc_path} was written by a newer hubckpt; upgrade hubckpt", str(doc_path))
     tensors = (read_tensors or load_file)(folder / doc["tensors_file"]) if doc.get("tensors_file") else {}
-    return _decode(doc["state"], tensors)
+    return decode_tree(doc["state"], tensors)
 
 
 def save_training_state(training_state: dict[str, Any], folder: Path) -> list[Path]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 if TYPE_CHECKING:
     import torch
@@ -23,6 +23,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Spec = dict[str, tuple[tuple[int, ...], "torch.dtype", bool]]  # path → (shape, dtype, pinned)
+Allocate = Callable[[tuple[int, ...], "torch.dtype", bool], "torch.Tensor"]  # (shape, dtype, pinned) → buffer
+
+
+def empty_buffer(shape: tuple[int, ...], dtype: "torch.dtype", pinned: bool = False) -> "torch.Tensor":
+    """A fresh CPU buffer (page-locked when `pinned`, for asynchronous copies from the GPU)."""
+    import torch
+
+    return torch.empty(shape, dtype=dtype, pin_memory=pinned)
 
 
 def _alias_key(t: "torch.Tensor") -> tuple | None:
@@ -65,8 +73,9 @@ def spec_of(tree: Any, prefix: str) -> Spec:
 class StagingSet:
     """One set of staging buffers (path → CPU tensor)."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, allocate: "Allocate | None" = None) -> None:
         self.index = index
+        self.allocate = allocate or empty_buffer
         self.buffers: dict[str, "torch.Tensor"] = {}
         self.allocated_on_capture = 0  # buffers the training thread had to allocate (prefault missed them)
 
@@ -82,7 +91,7 @@ class StagingSet:
             buf = self.buffers.get(path)
             if buf is not None and tuple(buf.shape) == shape and buf.dtype == dtype:
                 continue
-            buf = torch.empty(shape, dtype=dtype, pin_memory=pinned)
+            buf = self.allocate(shape, dtype, pinned)
             buf.view(-1).view(torch.uint8).zero_() if buf.numel() and buf.is_contiguous() else buf.zero_()
             self.buffers[path] = buf
             added += buf.numel() * buf.element_size()
@@ -92,10 +101,10 @@ class StagingSet:
 class StagingPool:
     """`sets` staging sets, pre-faulted by one background thread."""
 
-    def __init__(self, sets: int = 1, on_start=None) -> None:
+    def __init__(self, sets: int = 1, on_start=None, allocate: "Allocate | None" = None) -> None:
         if sets < 1:
             raise ValueError("staging sets must be at least 1")
-        self._sets = [StagingSet(i) for i in range(sets)]
+        self._sets = [StagingSet(i, allocate) for i in range(sets)]
         self._free = list(self._sets)
         self._busy_prefault: set[int] = set()
         self._cond = threading.Condition()
@@ -182,7 +191,7 @@ def capture(value: Any, staging_set: StagingSet, path: str, aliases: dict | None
             return aliases[key]
         buf = staging_set.buffers.get(path)
         if buf is None or buf.shape != src.shape or buf.dtype != src.dtype:
-            buf = torch.empty(src.shape, dtype=src.dtype, pin_memory=src.device.type == "cuda")
+            buf = staging_set.allocate(tuple(src.shape), src.dtype, src.device.type == "cuda")
             staging_set.buffers[path] = buf
             staging_set.allocated_on_capture += 1
         buf.copy_(src, non_blocking=src.device.type == "cuda")

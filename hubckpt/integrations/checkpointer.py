@@ -70,29 +70,52 @@ class Checkpointer:
             transformers model's own config.json / generation_config.json are added automatically.
         staging_sets: buffer sets for captures in flight (each the size of the whole state). With 1, a
             save waits while the previous one is still being written to the spool.
-        nice: how much lower the CPU priority of the background threads (staging, hand-off, the
-            publisher's worker and every thread it starts) is than the training loop's (Linux nice
-            increment; 0 = the same, the default). Where cores are scarce this leaves them to training,
-            but a low-priority thread holding the GIL can also make the training thread wait for it:
-            measure before relying on it (bench/checkpointer.py --nice).
+        background: where the publisher runs. "process" (the default where the platform allows it:
+            Linux): a child process of its own, reading the staging buffers from shared memory, so it
+            never holds the training loop's GIL and its lower priority (`nice`) really leaves the
+            CPU to training; if this process dies, the child still publishes what was captured.
+            "thread": threads of this process (the publisher's options may then be any objects).
+        nice: how much lower the CPU priority of the background work is than the training loop's
+            (Linux nice increment). Default: 10 with background="process" (the OS gives the
+            publisher what training leaves idle: all of it while a GPU computes, little on a busy
+            CPU, where a revision then takes longer to appear); 0 with "thread" (a low-priority
+            thread holding the GIL makes the training thread wait for it; see bench/README.md).
         **publisher_options: passed to `hubckpt.Publisher` (keep_last, revision_template, token, ...).
     """
 
     def __init__(self, repo_id: str, *, model: "torch.nn.Module", optimizer: "torch.optim.Optimizer | None" = None,
                  scheduler: Any = None, scaler: Any = None, hub: Any = None, every: int | None = None,
                  monitor: str | None = None, mode: str = "min", companions: "Iterable[str | os.PathLike]" = (),
-                 staging_sets: int = 1, nice: int = 0, **publisher_options: Any) -> None:
+                 staging_sets: int = 1, background: str | None = None, nice: int | None = None,
+                 **publisher_options: Any) -> None:
         from ..publishing import Publisher
+        from .publisher_process import PublisherProcess
+        from .shared_memory import shared_memory_supported
 
         if every is not None and every < 1:
             raise HubConfigError(f"every must be a positive number of steps, got {every}")
+        if background is None:
+            background = "process" if shared_memory_supported() else "thread"
+        if background not in ("process", "thread"):
+            raise HubConfigError(f"background must be 'process' or 'thread', got {background!r}")
+        if background == "process" and not shared_memory_supported():
+            raise HubConfigError("background='process' needs Linux (memfd and descriptor passing); "
+                                 "use background='thread'")
         self.repo_id = repo_id
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.every = every
-        self.nice = nice
-        # Created on a lowered-priority thread: the publisher's worker (and the threads it starts) inherit it.
-        self.publisher: Publisher = in_background_priority(
-            lambda: Publisher(repo_id, hub=hub, monitor=monitor, mode=mode, **publisher_options), nice)
+        self.background = background
+        self.nice = nice = (10 if background == "process" else 0) if nice is None else nice
+        allocate = None
+        if background == "process":
+            self.publisher: Publisher | PublisherProcess = PublisherProcess(
+                repo_id, nice=nice, hub=hub, monitor=monitor, mode=mode, **publisher_options)
+            allocate = self.publisher.allocator
+            nice = 0  # this process's own threads only copy and queue: nothing to lower
+        else:
+            # Created on a lowered-priority thread: the publisher's worker (and the threads it starts) inherit it.
+            self.publisher = in_background_priority(
+                lambda: Publisher(repo_id, hub=hub, monitor=monitor, mode=mode, **publisher_options), nice)
         self.companions = [*model_files(model, self.publisher.spool / "model-files"),
                            *(Path(c).resolve() for c in companions)]
         missing = [str(c) for c in self.companions if not c.is_file()]
@@ -101,7 +124,8 @@ class Checkpointer:
             raise HubConfigError(f"companions= names files that do not exist: {', '.join(missing)}")
         first = self.publisher.targets[0]  # reads (what is published, restore) go to the first hub
         self._hub, self._token = first.hub, first.token
-        self._pool = StagingPool(staging_sets, on_start=lambda: lower_priority(nice))
+        self._thread_nice = nice
+        self._pool = StagingPool(staging_sets, on_start=lambda: lower_priority(nice), allocate=allocate)
         self._pool.prefault(spec_of(model.state_dict(), "model"))
         self._optimizer_prefaulted = False
         self._hook = optimizer.register_step_post_hook(self._after_step) if optimizer is not None else None
@@ -191,7 +215,7 @@ class Checkpointer:
         return weights, state
 
     def _run(self) -> None:
-        lower_priority(self.nice)
+        lower_priority(self._thread_nice)
         while True:
             item = self._handoff.get()
             if item is None:
@@ -206,7 +230,11 @@ class Checkpointer:
                     self._pool.release(staging_set)
 
             try:
-                if self._takes_staged:
+                if self.background == "process":
+                    inner = self.publisher.publish(state_dict=weights, training_state=training_state,
+                                                   companions=self.companions, release=release,
+                                                   staging_set=staging_set, **options)
+                elif self._takes_staged:
                     inner = self.publisher.publish(state_dict=weights, training_state=training_state,
                                                    companions=self.companions, release=release, **options)
                 else:  # a Publisher without the hook copies the tensors itself (here, off the training thread)

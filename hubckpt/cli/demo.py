@@ -162,8 +162,9 @@ def _consume(repo_id: str, hub, held_out) -> None:
         tensor = rev.get_tensor(name)
         typer.echo(f"  hubckpt.open_revision(..., step={middle.step}).get_tensor({name!r}) -> {tuple(tensor.shape)} "
                    f"{str(tensor.dtype).replace('torch.', '')} ({human_size(tensor.numel() * tensor.element_size())}): "
-                   f"{rev.bytes_received:,} bytes moved in {rev.requests} requests (index, checkpoint.json, header, "
-                   f"the tensor's byte range) of a {human_size(rev.info.size)} revision")
+                   f"{rev.bytes_received:,} bytes moved in {rev.requests} requests (the index, checkpoint.json, the "
+                   f"safetensors header in one or two reads, the tensor's byte range) of a "
+                   f"{human_size(rev.info.size)} revision")
 
 
 def not_downloaded(revisions: list, loaded: set[str]):

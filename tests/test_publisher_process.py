@@ -99,3 +99,96 @@ def test_an_error_of_the_publisher_reaches_the_caller_with_its_type(local_hub, t
         with pytest.raises(hubckpt.SpoolBusyError, match="pid"):
             hubckpt.Checkpointer("alice/proc-busy", model=nn.Linear(2, 2), hub=local_hub.url, spool_dir=spool,
                                  background="process")
+
+
+# -- random kills ---------------------------------------------------------------------------------------
+
+TRAIN_SCRIPT = """
+import sys, torch, hubckpt
+url, spool, repo = sys.argv[1:4]
+torch.manual_seed(0)
+model = torch.nn.Linear(8, 4)
+with hubckpt.Checkpointer(repo, model=model, hub=url, spool_dir=spool, background="process", keep_last=3) as ckpt:
+    for step in range(1, 7):
+        with torch.no_grad():
+            model.weight.fill_(float(step))   # the weights of step s are known: the test checks them
+            model.bias.copy_(torch.arange(4.0) * step)
+        ckpt.save(step, metrics={"loss": 1.0 / step}, final=step == 6)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_random_kills_of_the_training_process_or_both_then_a_clean_run_publish_each_step_once(local_hub, api,
+                                                                                            tmp_path):
+    """SIGKILL, at a random moment, either the training process alone (its publishing process carries on) or
+    the whole process group; many seeded rounds on one spool, then a clean run: every step published once."""
+    import random
+
+    from safetensors.torch import load_file
+
+    seed = int(os.environ.get("HUBCKPT_CRASH_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"random crash test seed: {seed} (replay: HUBCKPT_CRASH_SEED={seed})")
+    rng = random.Random(seed)
+    budget = float(os.environ.get("HUBCKPT_CRASH_BUDGET_S", "12"))
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_SCRIPT)
+    repo_id = f"alice/proc-random-{seed}"
+    cmd = [sys.executable, str(script), local_hub.url, str(tmp_path / "spool"), repo_id]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    log: list[str] = []
+    started = time.monotonic()
+    for n in range(8):
+        if n >= 3 and time.monotonic() - started > budget:
+            break
+        delay, group = rng.uniform(1.0, 8.0), rng.random() < 0.5
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                                start_new_session=True)
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL) if group else proc.kill()
+            proc.wait(timeout=30)
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+        log.append(f"SIGKILL {'group' if group else 'training process'} after {delay:.2f}s: rc={proc.returncode}")
+        assert proc.returncode in (0, -signal.SIGKILL), f"seed {seed}: {err[-2000:]}\n{log}"
+    clean = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)  # waits for an orphan
+    assert clean.returncode == 0, f"seed {seed}: {clean.stderr[-3000:]}\n{log}"
+
+    index = json.loads(Path(api.hf_hub_download(repo_id, "revisions.json")).read_text())
+    assert [r["step"] for r in index["revisions"]] == [1, 2, 3, 4, 5, 6], log  # each listed once, in order
+    live = {r["name"] for r in index["revisions"] if not r.get("pruned")}
+    assert live == {"step-0000004", "step-0000005", "step-0000006"}, log
+    heads = {b.name: b.target_commit for b in api.list_repo_refs(repo_id).branches}
+    assert set(heads) == {"main"} | live, heads  # no staging branch or pruned branch left
+    for name in sorted(live):
+        step = int(name.split("-")[1])
+        titles = [c.title for c in api.list_repo_commits(repo_id, revision=name)]
+        assert titles.count(f"Checkpoint {name} (step {step})") == 1, titles
+        weights = load_file(api.hf_hub_download(repo_id, "model.safetensors", revision=name))
+        assert torch.equal(weights["weight"], torch.full((4, 8), float(step))), name
+        assert torch.equal(weights["bias"], torch.arange(4.0) * step), name
+    print("\n".join(log))
+
+
+def test_thousands_of_tensors_cost_a_handful_of_file_descriptors(local_hub, api, tmp_path):
+    """One memfd per batch of buffers, not per tensor: an open-file limit of 1024 must not bound the model."""
+    import hubckpt
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(300)])  # 600 tensors; + Adam: 1,800 more
+    optimizer = torch.optim.Adam(model.parameters())
+    before = len(os.listdir("/proc/self/fd"))
+    with hubckpt.Checkpointer("alice/proc-many", model=model, optimizer=optimizer, hub=local_hub.url,
+                              spool_dir=tmp_path / "spool", background="process", staging_sets=2) as ckpt:
+        model(torch.randn(2, 4)).sum().backward()
+        optimizer.step()
+        ckpt.wait_staged()
+        assert len(os.listdir("/proc/self/fd")) - before < 20
+        expected = {k: v.clone() for k, v in model.state_dict().items()}
+        ckpt.save(1).result(timeout=120)
+        assert len(os.listdir("/proc/self/fd")) - before < 20
+    weights = load_file(api.hf_hub_download("alice/proc-many", "model.safetensors", revision="step-0000001"))
+    assert all(torch.equal(weights[k], v) for k, v in expected.items())

@@ -86,12 +86,14 @@ class StagingSet:
         """Allocate and touch every buffer of `spec` not already there; return the bytes allocated."""
         import torch
 
+        missing = [(path, shape, dtype, pinned) for path, (shape, dtype, pinned) in spec.items()
+                   if (buf := self.buffers.get(path)) is None or tuple(buf.shape) != shape or buf.dtype != dtype]
+        if hasattr(self.allocate, "many"):  # e.g. shared memory: the whole batch in one allocation
+            fresh = self.allocate.many([(shape, dtype) for _, shape, dtype, _ in missing])
+        else:
+            fresh = [self.allocate(shape, dtype, pinned) for _, shape, dtype, pinned in missing]
         added = 0
-        for path, (shape, dtype, pinned) in spec.items():
-            buf = self.buffers.get(path)
-            if buf is not None and tuple(buf.shape) == shape and buf.dtype == dtype:
-                continue
-            buf = self.allocate(shape, dtype, pinned)
+        for (path, *_), buf in zip(missing, fresh):
             buf.view(-1).view(torch.uint8).zero_() if buf.numel() and buf.is_contiguous() else buf.zero_()
             self.buffers[path] = buf
             added += buf.numel() * buf.element_size()

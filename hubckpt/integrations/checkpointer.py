@@ -27,6 +27,7 @@ killed process left in its journal).
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import json
 import logging
@@ -139,6 +140,8 @@ class Checkpointer:
         self._thread = threading.Thread(target=self._run, name="hubckpt-checkpointer", daemon=True)
         self._thread.start()
         self._closed = False
+        if background == "process":  # a script ending without close(): its captures still reach the child
+            atexit.register(self._hand_over_at_exit)
         self.stalls: list[float] = []  # seconds each save blocked the training loop
 
     # -- ahead of need ----------------------------------------------------------------------------
@@ -261,6 +264,12 @@ class Checkpointer:
         elif published.result().revision:
             self._published[step] = published.result().revision
 
+    def _hand_over_at_exit(self) -> None:
+        if not self._closed:
+            deadline = time.monotonic() + 60
+            while self._handoff.unfinished_tasks and time.monotonic() < deadline:
+                time.sleep(0.05)
+
     # -- lifecycle --------------------------------------------------------------------------------
 
     def wait(self, timeout: float | None = None) -> None:
@@ -279,6 +288,7 @@ class Checkpointer:
         if self._closed:
             return
         self._closed = True
+        atexit.unregister(self._hand_over_at_exit)
         try:
             self._handoff.join()
         finally:

@@ -25,17 +25,19 @@ import base64
 import dataclasses
 import logging
 import os
+import queue
 import socket
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .. import errors
 from ..errors import HubConfigError, PublishError
-from .shared_memory import Channel, ChannelClosed, SharedAllocator, map_shared
+from .shared_memory import Channel, ChannelClosed, SharedAllocator, map_arena
 
 if TYPE_CHECKING:
     import torch
@@ -44,7 +46,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-STARTUP_TIMEOUT_S = 300.0  # importing torch on a busy machine can take a while
+# Importing torch on a busy machine can take a while, and a new run may wait for an earlier run's
+# publishing process to give the spool up (ORPHAN_WAIT_S, below).
+STARTUP_TIMEOUT_S = 1200.0
 
 
 # -- values across the channel ------------------------------------------------------------------------
@@ -130,13 +134,15 @@ class PublisherProcess:
         self.allocator = SharedAllocator()
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._channel = Channel(parent_sock)
-        # The child imports this very hubckpt, however this process found it (a checkout on sys.path...).
-        package_root = str(Path(__file__).resolve().parents[2])
-        python_path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-        env = {**os.environ, "HUBCKPT_PUBLISHER_FD": str(child_sock.fileno()), "PYTHONPATH": python_path}
+        env = {**os.environ, "HUBCKPT_PUBLISHER_FD": str(child_sock.fileno())}
+        package_root = Path(__file__).resolve().parents[2]
+        if package_root.name not in ("site-packages", "dist-packages"):
+            # A checkout found through sys.path: the child must import this very hubckpt. (An installed one
+            # is found anyway; putting site-packages on PYTHONPATH would shadow the standard library.)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(package_root)) if p)
         try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "hubckpt.integrations.publisher_process"],
+            self._process = subprocess.Popen(  # -P: a module in the working directory cannot shadow a stdlib one
+                [sys.executable, "-P", "-m", "hubckpt.integrations.publisher_process"],
                 pass_fds=(child_sock.fileno(),), env=env, stdin=subprocess.DEVNULL, close_fds=True)
         finally:
             child_sock.close()
@@ -145,7 +151,7 @@ class PublisherProcess:
         self._releases: dict[int, Callable[[], None]] = {}
         self._waits: dict[int, Future] = {}
         self._next_id = 0
-        self._known: dict[int, dict[str, int]] = {}  # staging set → path → data_ptr the child has mapped
+        self._known: dict[int, dict[str, Any]] = {}  # staging set → path → the buffer the child has mapped
         self._dead: BaseException | None = None
         self._closed = False
         try:
@@ -156,6 +162,7 @@ class PublisherProcess:
             self._stop_process()
             raise
         self.spool = Path(ready["spool"])
+        logger.info("publishing %s from process %d (nice %d)", repo_id, self._process.pid, nice)
         self._reader = threading.Thread(target=self._read, name="hubckpt-publisher-process", daemon=True)
         self._reader.start()
 
@@ -185,12 +192,13 @@ class PublisherProcess:
         if self._dead is not None:
             raise PublishError(f"The publishing process has stopped ({self._dead}); unfinished jobs resume "
                                f"at the next start (`hubckpt resume --repo {self.repo_id}`).")
-        by_pointer = {b.untyped_storage().data_ptr(): path for path, b in staging_set.buffers.items() if b.numel()}
+        by_pointer = {b.data_ptr(): path for path, b in staging_set.buffers.items() if b.numel()}
         structure, tensors = encode_tree({"weights": state_dict, "training_state": training_state or {}})
         staged, inline = {}, {}
         for key, t in tensors.items():
-            path = by_pointer.get(t.untyped_storage().data_ptr()) if t.numel() and t.storage_offset() == 0 else None
-            if path is not None and tuple(t.shape) == tuple(staging_set.buffers[path].shape):
+            path = by_pointer.get(t.data_ptr()) if t.numel() else None
+            if path is not None and tuple(t.shape) == tuple(staging_set.buffers[path].shape) \
+                    and t.dtype == staging_set.buffers[path].dtype:
                 staged[key] = path
             else:
                 inline[key] = _inline(t)
@@ -205,31 +213,38 @@ class PublisherProcess:
             self._channel.send({"op": "publish", "id": job, "set": staging_set.index, "tree": structure,
                                 "staged": staged, "inline": inline, "options": options,
                                 "companions": [str(c) for c in companions]})
-        except ChannelClosed as e:
+        except BaseException as e:
             with self._lock:
                 self._futures.pop(job, None)
                 self._releases.pop(job, None)
-            raise PublishError(f"The publishing process has stopped: {e}") from e
+            if isinstance(e, ChannelClosed):
+                raise PublishError(f"The publishing process has stopped: {e}") from e
+            raise
         return future
 
     def _send_new_buffers(self, staging_set: "StagingSet", paths: set[str]) -> None:
         known = self._known.setdefault(staging_set.index, {})
-        entries, fds = [], []
-        for path in sorted(paths):
-            buffer = staging_set.buffers[path]
-            pointer = buffer.untyped_storage().data_ptr()
-            if known.get(path) == pointer:
-                continue
-            fd = self.allocator.take_fd(buffer)
-            if fd is None:
-                raise PublishError(f"staging buffer {path} is not in shared memory")  # a bug, not a user error
-            entries.append({"path": path, "dtype": _dtype_name(buffer.dtype), "shape": list(buffer.shape)})
-            fds.append(fd)
-            known[path] = pointer
-        if not entries:
-            return
+        entries, arenas, fds = [], [], []
         try:
-            self._channel.send({"op": "buffers", "set": staging_set.index, "buffers": entries}, fds)
+            for path in sorted(paths):
+                buffer = staging_set.buffers[path]
+                if known.get(path) is buffer:  # identity, not address: a freed buffer's address can come back
+                    continue
+                where = self.allocator.locate(buffer)
+                if where is None:
+                    raise PublishError(f"staging buffer {path} is not in shared memory")  # a bug, not a user error
+                arena, offset = where
+                taken = self.allocator.take_arena(arena)
+                if taken is not None:
+                    arenas.append({"id": arena, "size": taken[1]})
+                    fds.append(taken[0])
+                entries.append({"path": path, "dtype": _dtype_name(buffer.dtype), "shape": list(buffer.shape),
+                                "arena": arena, "offset": offset})
+            if entries:
+                self._channel.send({"op": "buffers", "set": staging_set.index, "arenas": arenas,
+                                    "buffers": entries}, fds)
+                for entry in entries:
+                    known[entry["path"]] = staging_set.buffers[entry["path"]]
         finally:
             for fd in fds:
                 os.close(fd)
@@ -242,11 +257,15 @@ class PublisherProcess:
                 message, fds = self._channel.receive()
                 for fd in fds:
                     os.close(fd)
-                self._handle(message)
+                try:
+                    self._handle(message)
+                except Exception as e:  # noqa: BLE001 - one bad message must not stop the others
+                    logger.error("publishing process: could not handle a message (%s)", e)
         except ChannelClosed:
             pass
-        except Exception as e:  # noqa: BLE001 - a broken message: treat like a dead child
-            logger.error("publishing process: unreadable message (%s)", e)
+        except Exception as e:  # noqa: BLE001 - an unreadable stream: stop the child rather than hang on it
+            logger.error("publishing process: unreadable message (%s); stopping it", e)
+            self._process.kill()
         code = self._process.wait()
         self._dead = PublishError(f"the publishing process exited with code {code}")
         with self._lock:
@@ -316,7 +335,10 @@ class PublisherProcess:
             self._next_id += 1
             self._waits[request] = future
         self._channel.send({"op": op, "id": request, "timeout": timeout})
-        future.result()
+        try:
+            future.result(None if timeout is None else timeout + 30)
+        except TimeoutError:
+            raise PublishError(f"the publishing process did not answer within {timeout}s") from None
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until every job handed over is published; re-raise a failure not reported yet."""
@@ -351,23 +373,54 @@ class PublisherProcess:
 
 # -- the child's side -----------------------------------------------------------------------------------
 
+ORPHAN_WAIT_S = 900.0  # how long a new run waits for an earlier run's publishing process to finish
+
+
+def is_orphaned_publisher(pid: int) -> bool:
+    """Whether `pid` is a hubckpt publishing process whose training process has gone (Linux /proc)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return False
+    if b"hubckpt.integrations.publisher_process" not in cmdline:
+        return False
+    try:
+        parent_cmdline = Path(f"/proc/{parent}/cmdline").read_bytes()
+    except OSError:
+        return True
+    # Re-parented to init or a subreaper: its own training process is not its parent any more.
+    return parent == 1 or not parent_cmdline or b"python" not in parent_cmdline.split(b"\0")[0]
+
 class _ForwardLogs(logging.Handler):
     def __init__(self, channel: Channel) -> None:
         super().__init__()
         self.channel = channel
+        self.orphaned = False
 
     def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.channel.send({"log": {"name": record.name, "level": record.levelno, "msg": record.getMessage()}})
-        except Exception:  # noqa: BLE001 - the parent has gone: nobody to tell
-            pass
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + logging.Formatter().formatException(record.exc_info)
+        if not self.orphaned:
+            try:
+                self.channel.send({"log": {"name": record.name, "level": record.levelno, "msg": message}})
+                return
+            except Exception:  # noqa: BLE001 - the training process has gone: say it on stderr from now on
+                self.orphaned = True
+        if record.levelno >= logging.WARNING:
+            sys.stderr.write(f"hubckpt publishing process {os.getpid()}: {message}\n")
 
 
 class _Child:
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
+        self.arenas: dict[int, "torch.Tensor"] = {}  # arena id → its bytes (uint8)
         self.sets: dict[int, dict[str, "torch.Tensor"]] = {}
         self.publisher = None
+        # publish() blocks while max_pending jobs wait: off the receive loop, which must keep reading.
+        self.jobs: "queue.Queue" = queue.Queue()
+        self.publishing = threading.Thread(target=self._publish_loop, name="hubckpt-publish", daemon=True)
 
     def start(self, message: dict[str, Any]) -> None:
         from ..cards import CardOptions
@@ -385,18 +438,44 @@ class _Child:
                 card["template_dir"] = Path(card["template_dir"])
             options["card"] = CardOptions(**card)
         try:
-            self.publisher = Publisher(message["repo_id"], **options)
+            self.publisher = self._open_publisher(Publisher, message["repo_id"], options)
         except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
             self.channel.send({"error": _error_message(e)})
             raise SystemExit(1)
         self.channel.send({"spool": str(self.publisher.spool)})
 
+    @staticmethod
+    def _open_publisher(publisher_class, repo_id: str, options: dict[str, Any]):
+        """A Publisher on the spool; if the spool's owner is the publishing process of a training run that
+        has died (restarted at once after a crash), wait for it: it exits once it has published its steps."""
+        from ..errors import SpoolBusyError
+
+        told = False
+        deadline = time.monotonic() + ORPHAN_WAIT_S
+        while True:
+            try:
+                return publisher_class(repo_id, **options)
+            except SpoolBusyError as e:
+                if not (e.pid and is_orphaned_publisher(e.pid)) or time.monotonic() > deadline:
+                    raise
+                if not told:
+                    logging.getLogger(__name__).warning(
+                        "the spool of %s is still held by pid %s, the publishing process of an earlier run that "
+                        "stopped; waiting for it to finish publishing what it was handed", repo_id, e.pid)
+                    told = True
+                time.sleep(0.5)
+
     def buffers(self, message: dict[str, Any], fds: list[int]) -> None:
         import torch
 
+        for arena, fd in zip(message["arenas"], fds):
+            self.arenas[arena["id"]] = map_arena(fd, arena["size"])
         staged = self.sets.setdefault(message["set"], {})
-        for entry, fd in zip(message["buffers"], fds):
-            staged[entry["path"]] = map_shared(fd, entry["shape"], getattr(torch, entry["dtype"]))
+        for entry in message["buffers"]:
+            dtype = getattr(torch, entry["dtype"])
+            n = int(torch.Size(entry["shape"]).numel()) * torch.empty((), dtype=dtype).element_size()
+            base = self.arenas[entry["arena"]]
+            staged[entry["path"]] = base[entry["offset"]:entry["offset"] + n].view(dtype).view(entry["shape"])
 
     def publish(self, message: dict[str, Any]) -> None:
         from ..conversion.training_state import decode_tree
@@ -425,7 +504,10 @@ class _Child:
 
         def settled(f: Future) -> None:
             try:
-                if f.exception() is not None:
+                if f.cancelled():
+                    self.channel.send({"failed": job, "error": {"type": "PublishError", "message": (
+                        "the job was not started before the publisher stopped; it stays in the journal")}})
+                elif f.exception() is not None:
                     self.channel.send({"failed": job, "error": _error_message(f.exception())})
                 else:
                     self.channel.send({"done": job, "revision": dataclasses.asdict(f.result())})
@@ -448,7 +530,16 @@ class _Child:
 
         threading.Thread(target=run, name="hubckpt-wait", daemon=not close).start()
 
+    def _publish_loop(self) -> None:
+        # In order: a "wait" or "close" must see every publish handed over before it.
+        while (message := self.jobs.get()) is not None:
+            if message["op"] == "publish":
+                self.publish(message)
+            else:
+                self.wait(message, close=message["op"] == "close")
+
     def run(self) -> None:
+        self.publishing.start()
         while True:
             try:
                 message, fds = self.channel.receive()
@@ -460,10 +551,12 @@ class _Child:
             elif op == "buffers":
                 self.buffers(message, fds)
             elif op == "publish":
-                self.publish(message)
+                self.jobs.put(message)
             elif op in ("wait", "close"):
-                self.wait(message, close=op == "close")
+                self.jobs.put(message)
         # The training process closed the channel (or died): finish what was handed over, then exit.
+        self.jobs.put(None)
+        self.publishing.join()
         if self.publisher is not None:
             try:
                 self.publisher.close()

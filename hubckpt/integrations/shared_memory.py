@@ -1,9 +1,9 @@
 """Staging buffers in anonymous shared memory, and the channel that hands them to the publishing process.
 
-A buffer is a `memfd` (anonymous, in the kernel's shared-memory pool: no name in /dev/shm to leak,
-and not bounded by the size of /dev/shm, which containers often keep at 64 MiB) mapped into this
-process; its file descriptor is passed to the publishing process once over a Unix socket
-(`SCM_RIGHTS`), which maps the same pages. After that a capture copies into the buffer and only a
+Buffers live in `memfd`s (anonymous, in the kernel's shared-memory pool: no name in /dev/shm to leak,
+and not bounded by the size of /dev/shm, which containers often keep at 64 MiB), one per batch of
+buffers, mapped into this process; each one's file descriptor is passed to the publishing process once
+over a Unix socket (`SCM_RIGHTS`), which maps the same pages. After that a capture copies into the buffer and only a
 small JSON message crosses: the publishing process reads the very memory the training loop wrote.
 The memory is freed when both processes have unmapped it, whichever ends first.
 
@@ -18,7 +18,6 @@ import mmap
 import os
 import socket
 import threading
-import weakref
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -33,70 +32,88 @@ def shared_memory_supported() -> bool:
     return hasattr(os, "memfd_create") and hasattr(socket, "send_fds") and hasattr(socket, "AF_UNIX")
 
 
-class SharedAllocator:
-    """Allocates CPU tensors in memfd-backed shared memory, keeping each one's descriptor until it is sent.
+_ALIGN = 64  # bytes between buffers of one arena: what CPU kernels like, and every dtype's alignment
 
-    A descriptor not sent yet is closed when its tensor is freed (a buffer replaced before any capture
-    used it), so unsent memory does not outlive its tensor.
+
+class SharedAllocator:
+    """Allocates CPU tensors in memfd-backed shared memory, one memfd ("arena") per batch of buffers.
+
+    `many()` puts a whole batch (e.g. every tensor of the optimizer state) in one arena, so a model with
+    thousands of tensors costs a handful of descriptors, not thousands (the open-file limit is often
+    1024). An arena's descriptor stays open until it has been sent to the publishing process once.
     """
 
     def __init__(self) -> None:
-        self._fds: dict[int, tuple[int, weakref.finalize]] = {}  # buffer address → (fd, closer): not sent yet
         self._lock = threading.Lock()
+        self._arenas: dict[int, tuple[int, int]] = {}  # arena id → (fd, size), while not sent
+        self._where: dict[int, tuple[int, int]] = {}  # buffer address → (arena id, offset)
+        self._next = 0
 
     def __call__(self, shape: tuple[int, ...], dtype: "torch.dtype", pinned: bool = False) -> "torch.Tensor":
+        return self.many([(shape, dtype)])[0]
+
+    def many(self, entries: list[tuple[tuple[int, ...], "torch.dtype"]]) -> list["torch.Tensor"]:
+        """One buffer per (shape, dtype), all in one new arena (zero-size ones outside it: sent by value).
+
+        (A CUDA capture into this pageable memory is a synchronous copy, still one copy.)"""
         import torch
 
-        nbytes = int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
-        if nbytes == 0:
-            return torch.empty(shape, dtype=dtype)  # nothing to share: sent by value
+        sizes = [int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
+                 for shape, dtype in entries]
+        offsets, total = [], 0
+        for n in sizes:
+            offsets.append(total)
+            total += -(-n // _ALIGN) * _ALIGN
+        if total == 0:
+            return [torch.empty(shape, dtype=dtype) for shape, dtype in entries]
         fd = os.memfd_create("hubckpt-staging", os.MFD_CLOEXEC)
         try:
-            os.ftruncate(fd, nbytes)
-            mapped = mmap.mmap(fd, nbytes)
+            os.ftruncate(fd, total)
+            mapped = mmap.mmap(fd, total)
         except BaseException:
             os.close(fd)
             raise
-        # (pinned is ignored: a copy from the GPU into pageable shared memory is synchronous, still one copy.)
-        tensor = torch.frombuffer(mapped, dtype=torch.uint8, count=nbytes).view(dtype).view(shape)
-        address = tensor.untyped_storage().data_ptr()
+        base = torch.frombuffer(mapped, dtype=torch.uint8, count=total)
+        out = []
         with self._lock:
-            self._fds[address] = (fd, weakref.finalize(tensor, self._drop, address))
-        return tensor
+            arena = self._next
+            self._next += 1
+            self._arenas[arena] = (fd, total)
+            for (shape, dtype), offset, n in zip(entries, offsets, sizes):
+                if n == 0:
+                    out.append(torch.empty(shape, dtype=dtype))
+                    continue
+                tensor = base[offset:offset + n].view(dtype).view(shape)
+                self._where[tensor.data_ptr()] = (arena, offset)
+                out.append(tensor)
+        return out
 
-    def _drop(self, address: int) -> None:
+    def locate(self, tensor: "torch.Tensor") -> tuple[int, int] | None:
+        """(arena id, offset) of one of our buffers, else None."""
         with self._lock:
-            entry = self._fds.pop(address, None)
-        if entry is not None:
-            os.close(entry[0])
+            return self._where.get(tensor.data_ptr())
 
-    def take_fd(self, tensor: "torch.Tensor") -> int | None:
-        """The descriptor of a buffer not sent yet (the caller closes it once sent); None if there is none."""
+    def take_arena(self, arena: int) -> tuple[int, int] | None:
+        """(fd, size) of an arena not sent yet (the caller closes the fd once sent); None once taken."""
         with self._lock:
-            entry = self._fds.pop(tensor.untyped_storage().data_ptr(), None)
-        if entry is None:
-            return None
-        entry[1].detach()
-        return entry[0]
+            return self._arenas.pop(arena, None)
 
     def close(self) -> None:
         with self._lock:
-            entries, self._fds = list(self._fds.values()), {}
-        for fd, closer in entries:
-            closer.detach()
+            arenas, self._arenas = list(self._arenas.values()), {}
+        for fd, _ in arenas:
             os.close(fd)
 
 
-def map_shared(fd: int, shape: list[int], dtype: "torch.dtype") -> "torch.Tensor":
-    """The publishing process's view of a buffer whose descriptor it received (the fd is closed here)."""
+def map_arena(fd: int, size: int) -> "torch.Tensor":
+    """The publishing process's view of an arena whose descriptor it received (the fd is closed here)."""
     import torch
 
     try:
-        nbytes = os.fstat(fd).st_size
-        mapped = mmap.mmap(fd, nbytes)
+        mapped = mmap.mmap(fd, size)
     finally:
         os.close(fd)
-    return torch.frombuffer(mapped, dtype=torch.uint8, count=nbytes).view(dtype).view(shape)
+    return torch.frombuffer(mapped, dtype=torch.uint8, count=size)
 
 
 class ChannelClosed(ConnectionError):

@@ -293,23 +293,18 @@ class PublisherProcess:
                 release = self._releases.pop(message["released"], None)
             if release is not None:
                 release()
-        elif "done" in message:
-            job = message["done"]
+        elif "done" in message or "failed" in message:
+            job = message["done"] if "done" in message else message["failed"]
             with self._lock:
                 future = self._futures.pop(job, None)
                 release = self._releases.pop(job, None)
-            if release is not None:
+            if release is not None:  # the buffers were not released before the job ended (it failed early)
                 release()
-            if future is not None:
+            if future is None:
+                return
+            if "done" in message:
                 future.set_result(PublishedRevision(**message["revision"]))
-        elif "failed" in message:
-            job = message["failed"]
-            with self._lock:
-                future = self._futures.pop(job, None)
-                release = self._releases.pop(job, None)
-            if release is not None:
-                release()
-            if future is not None:
+            else:
                 future.set_exception(_rebuild_error(message["error"]))
         elif "waited" in message:
             with self._lock:

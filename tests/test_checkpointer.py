@@ -287,3 +287,24 @@ def test_a_step_whose_publishing_failed_is_not_reported_as_published_when_saved_
     with pytest.raises(hubckpt.RevisionCollisionError):  # tried again, failing the same way: not `skipped`
         again.result(timeout=60)
     late.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("background", ["thread", "process"])
+def test_a_final_save_of_a_step_saved_just_before_tags_it_final(local_hub, api, tmp_path, background):
+    """The README's loop: periodic saves, then `save(steps, final=True)` of the step the loop saved last."""
+    import hubckpt
+
+    model, optimizer, scheduler = make(seed=0)
+    repo_id = f"alice/checkpointer-final-{background}"
+    with hubckpt.Checkpointer(repo_id, model=model, optimizer=optimizer, scheduler=scheduler, hub=local_hub.url,
+                              spool_dir=tmp_path / "spool", every=2, background=background) as ckpt:
+        train(model, optimizer, scheduler, 0, 2)
+        ckpt.save(2)
+        ckpt.wait()
+        assert ckpt.save(2, final=True).result(timeout=60).revision == "step-0000002"
+    index = json.loads(Path(api.hf_hub_download(repo_id, "revisions.json")).read_text())
+    assert index["final"] == "step-0000002"
+    assert [r["step"] for r in index["revisions"]] == [2]
+    tags = {t.name for t in api.list_repo_refs(repo_id).tags}
+    assert "final" in tags

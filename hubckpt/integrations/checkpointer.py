@@ -173,7 +173,7 @@ class Checkpointer:
             raise HubConfigError("This Checkpointer is closed; create a new one.")
         if self.every and step % self.every and not final:
             return None
-        if step in self._published:
+        if step in self._published and not final:  # (a final save of a published step makes it `final`)
             from ..publishing import PublishedRevision
 
             logger.info("step %d of %s is already published; not saved again", step, self.repo_id)

@@ -22,9 +22,13 @@ from hubckpt.server import LocalHubServer
 from .test_web import EVAL_LOSS, HOSTILE_CARD, publish_run
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.common.exceptions import (NoAlertPresentException, NoSuchElementException,  # noqa: E402
+                                        StaleElementReferenceException)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+NAVIGATING = (NoSuchElementException, StaleElementReferenceException)  # the page is being replaced
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -190,7 +194,10 @@ def test_private_repo_is_invisible_to_an_anonymous_browser(browser, token_hub):
     browser.find_element(By.LINK_TEXT, "log in").click()
     browser.find_element(By.ID, "token").send_keys(token)
     browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
-    assert urllib.parse.unquote(browser.current_url).endswith("/alice/private-run/tree/step-0000010")
+    # click() returns once the form is sent, not when the redirected page has loaded: wait for it.
+    WebDriverWait(browser, 15, ignored_exceptions=NAVIGATING).until(
+        lambda d: urllib.parse.unquote(d.current_url).endswith("/alice/private-run/tree/step-0000010")
+        and d.find_elements(By.CSS_SELECTOR, ".refbar strong"))
     assert browser.find_element(By.CSS_SELECTOR, ".refbar strong").text == "step-0000010"
     cookie = browser.get_cookie("hubckpt_token")
     assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
@@ -198,5 +205,5 @@ def test_private_repo_is_invisible_to_an_anonymous_browser(browser, token_hub):
     visit(browser, f"{hub.url}/", "logged-in-home")
     assert "alice/private-run" in browser.find_element(By.TAG_NAME, "main").text
     browser.find_element(By.CSS_SELECTOR, "form[action='/logout'] button").click()
-    assert browser.get_cookie("hubckpt_token") is None
-    assert "private-run" not in browser.find_element(By.TAG_NAME, "main").text
+    WebDriverWait(browser, 15, ignored_exceptions=NAVIGATING).until(lambda d: d.get_cookie("hubckpt_token") is None and d.find_elements(
+        By.TAG_NAME, "main") and "private-run" not in d.find_element(By.TAG_NAME, "main").text)

@@ -23,14 +23,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Spec = dict[str, tuple[tuple[int, ...], "torch.dtype", bool]]  # path → (shape, dtype, pinned)
-Allocate = Callable[[tuple[int, ...], "torch.dtype", bool], "torch.Tensor"]  # (shape, dtype, pinned) → buffer
+# Buffers for a batch of (shape, dtype, pinned), in order: one call per batch, so an allocator may put a
+# whole batch in one allocation (shared memory: one memfd per batch).
+Allocate = Callable[[list[tuple[tuple[int, ...], "torch.dtype", bool]]], list["torch.Tensor"]]
 
 
-def empty_buffer(shape: tuple[int, ...], dtype: "torch.dtype", pinned: bool = False) -> "torch.Tensor":
-    """A fresh CPU buffer (page-locked when `pinned`, for asynchronous copies from the GPU)."""
+def empty_buffers(entries: list[tuple[tuple[int, ...], "torch.dtype", bool]]) -> list["torch.Tensor"]:
+    """Fresh CPU buffers (page-locked where `pinned`, for asynchronous copies from the GPU)."""
     import torch
 
-    return torch.empty(shape, dtype=dtype, pin_memory=pinned)
+    return [torch.empty(shape, dtype=dtype, pin_memory=pinned) for shape, dtype, pinned in entries]
 
 
 def _alias_key(t: "torch.Tensor") -> tuple | None:
@@ -75,7 +77,7 @@ class StagingSet:
 
     def __init__(self, index: int, allocate: "Allocate | None" = None) -> None:
         self.index = index
-        self.allocate = allocate or empty_buffer
+        self.allocate = allocate or empty_buffers
         self.buffers: dict[str, "torch.Tensor"] = {}
         self.allocated_on_capture = 0  # buffers the training thread had to allocate (prefault missed them)
 
@@ -88,10 +90,7 @@ class StagingSet:
 
         missing = [(path, shape, dtype, pinned) for path, (shape, dtype, pinned) in spec.items()
                    if (buf := self.buffers.get(path)) is None or tuple(buf.shape) != shape or buf.dtype != dtype]
-        if hasattr(self.allocate, "many"):  # e.g. shared memory: the whole batch in one allocation
-            fresh = self.allocate.many([(shape, dtype) for _, shape, dtype, _ in missing])
-        else:
-            fresh = [self.allocate(shape, dtype, pinned) for _, shape, dtype, pinned in missing]
+        fresh = self.allocate([(shape, dtype, pinned) for _, shape, dtype, pinned in missing]) if missing else []
         added = 0
         for (path, *_), buf in zip(missing, fresh):
             buf.view(-1).view(torch.uint8).zero_() if buf.numel() and buf.is_contiguous() else buf.zero_()
@@ -193,7 +192,7 @@ def capture(value: Any, staging_set: StagingSet, path: str, aliases: dict | None
             return aliases[key]
         buf = staging_set.buffers.get(path)
         if buf is None or buf.shape != src.shape or buf.dtype != src.dtype:
-            buf = staging_set.allocate(tuple(src.shape), src.dtype, src.device.type == "cuda")
+            buf, = staging_set.allocate([(tuple(src.shape), src.dtype, src.device.type == "cuda")])
             staging_set.buffers[path] = buf
             staging_set.allocated_on_capture += 1
         buf.copy_(src, non_blocking=src.device.type == "cuda")

@@ -12,7 +12,8 @@ into reused staging buffers (`capture.StagingPool`), take the RNG states (python
 CUDA) and the loop state, and hand the lot to a background hand-off thread. That thread gives it to
 the `Publisher`, which converts, uploads and indexes it; the buffers come back once written to the
 spool. By default (Linux) the Publisher runs in a child process (`publisher_process.py`) that reads
-the buffers from shared memory, so its work never holds this process's GIL. The buffers are allocated and touched ahead of need on a background thread: the weights'
+the buffers from shared memory, so its work never holds this process's GIL. The buffers are
+allocated and touched ahead of need on a background thread: the weights'
 right at construction, the optimizer's right after its first `step()` (a step hook), so the first
 save costs what the later ones do.
 
@@ -28,7 +29,6 @@ killed process left in its journal).
 from __future__ import annotations
 
 import atexit
-import inspect
 import json
 import logging
 import os
@@ -113,7 +113,6 @@ class Checkpointer:
             self.publisher: Publisher | PublisherProcess = PublisherProcess(
                 repo_id, nice=nice, hub=hub, monitor=monitor, mode=mode, **publisher_options)
             allocate = self.publisher.allocator
-            nice = 0  # this process's own threads only copy and queue: nothing to lower
         else:
             # Created on a lowered-priority thread: the publisher's worker (and the threads it starts) inherit it.
             self.publisher = in_background_priority(
@@ -126,14 +125,14 @@ class Checkpointer:
             raise HubConfigError(f"companions= names files that do not exist: {', '.join(missing)}")
         first = self.publisher.targets[0]  # reads (what is published, restore) go to the first hub
         self._hub, self._token = first.hub, first.token
-        self._thread_nice = nice
-        self._pool = StagingPool(staging_sets, on_start=lambda: lower_priority(nice), allocate=allocate)
+        # With a publishing process this process's own threads only copy and queue: nothing to lower.
+        self._thread_nice = thread_nice = 0 if background == "process" else nice
+        self._pool = StagingPool(staging_sets, on_start=lambda: lower_priority(thread_nice), allocate=allocate)
         self._pool.prefault(spec_of(model.state_dict(), "model"))
         self._optimizer_prefaulted = False
         self._hook = optimizer.register_step_post_hook(self._after_step) if optimizer is not None else None
         if optimizer is not None and optimizer.state:  # created mid-run: the optimizer has its state already
             self._after_step(optimizer, (), {})
-        self._takes_staged = "release" in inspect.signature(Publisher.publish).parameters
         self._published = self._published_steps()
         self._error: BaseException | None = None
         self._handoff: queue.Queue = queue.Queue()
@@ -234,17 +233,10 @@ class Checkpointer:
                     self._pool.release(staging_set)
 
             try:
-                if self.background == "process":
-                    inner = self.publisher.publish(state_dict=weights, training_state=training_state,
-                                                   companions=self.companions, release=release,
-                                                   staging_set=staging_set, **options)
-                elif self._takes_staged:
-                    inner = self.publisher.publish(state_dict=weights, training_state=training_state,
-                                                   companions=self.companions, release=release, **options)
-                else:  # a Publisher without the hook copies the tensors itself (here, off the training thread)
-                    inner = self.publisher.publish(state_dict=weights, training_state=training_state,
-                                                   companions=self.companions, **options)
-                    release()
+                # The process needs to know which buffers hold the tensors, to send only their names.
+                where = {"staging_set": staging_set} if self.background == "process" else {}
+                inner = self.publisher.publish(state_dict=weights, training_state=training_state,
+                                               companions=self.companions, release=release, **where, **options)
                 _chain(inner, future, on_done=lambda f, step=options["step"]: self._settled(step, f))
             except BaseException as e:  # re-raised by the next save / wait / close
                 release()

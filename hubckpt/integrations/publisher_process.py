@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import logging
 import os
 import queue
@@ -58,8 +59,11 @@ def _dtype_name(dtype: "torch.dtype") -> str:
 
 
 def _inline(tensor: "torch.Tensor") -> dict[str, Any]:
+    """A small tensor that is not a staging buffer (an RNG state, a 0-dim one) by value, in the message."""
+    import torch
+
     t = tensor.detach().cpu().contiguous()
-    raw = t.reshape(-1).view(__import__("torch").uint8).numpy().tobytes() if t.numel() else b""
+    raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
     return {"dtype": _dtype_name(t.dtype), "shape": list(t.shape), "data": base64.b64encode(raw).decode()}
 
 
@@ -106,8 +110,6 @@ def process_options(options: dict[str, Any]) -> dict[str, Any]:
     if any(h is not None and not isinstance(h, str) for h in hubs):
         raise HubConfigError("With background='process' give hub= as names or URLs (strings), not Hub objects; "
                              "or use background='thread'.")
-    import json
-
     try:
         json.dumps(out)
     except (TypeError, ValueError) as e:
@@ -121,15 +123,13 @@ class PublisherProcess:
     """What the `Checkpointer` needs of a `Publisher` (publish, wait, close, spool, targets), run in a child."""
 
     def __init__(self, repo_id: str, *, nice: int = 0, **options: Any) -> None:
-        from ..hubs import resolve_hub, token_for
-        from ..hub_client import HubTarget
+        from ..publishing.publisher import hub_targets
 
         payload = process_options(options)
         hubs = options.get("hub") if isinstance(options.get("hub"), list) else [options.get("hub")]
         # Resolved here too (this starts the local hub if needed, before the child looks for it): reads
         # (restore, what is published) go from this process to the first hub.
-        first = resolve_hub(hubs[0], root=options.get("root"))
-        self.targets = [HubTarget(first, repo_id, token=token_for(first, hubs[0], options.get("token")))]
+        self.targets = hub_targets(repo_id, hubs[:1], token=options.get("token"), root=options.get("root"))
         self.repo_id = repo_id
         self.allocator = SharedAllocator()
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -38,7 +38,7 @@ _ALIGN = 64  # bytes between buffers of one arena: what CPU kernels like, and ev
 class SharedAllocator:
     """Allocates CPU tensors in memfd-backed shared memory, one memfd ("arena") per batch of buffers.
 
-    `many()` puts a whole batch (e.g. every tensor of the optimizer state) in one arena, so a model with
+    Each call puts a whole batch (e.g. every tensor of the optimizer state) in one arena, so a model with
     thousands of tensors costs a handful of descriptors, not thousands (the open-file limit is often
     1024). An arena's descriptor stays open until it has been sent to the publishing process once.
     """
@@ -49,15 +49,12 @@ class SharedAllocator:
         self._where: dict[int, tuple[int, int]] = {}  # buffer address → (arena id, offset)
         self._next = 0
 
-    def __call__(self, shape: tuple[int, ...], dtype: "torch.dtype", pinned: bool = False) -> "torch.Tensor":
-        return self.many([(shape, dtype)])[0]
-
-    def many(self, entries: list[tuple[tuple[int, ...], "torch.dtype"]]) -> list["torch.Tensor"]:
-        """One buffer per (shape, dtype), all in one new arena (zero-size ones outside it: sent by value).
-
-        (A CUDA capture into this pageable memory is a synchronous copy, still one copy.)"""
+    def __call__(self, entries: list[tuple[tuple[int, ...], "torch.dtype", bool]]) -> list["torch.Tensor"]:
+        """One buffer per (shape, dtype, pinned), all in one new arena (zero-size ones outside it: sent by
+        value). `pinned` is not honoured: a CUDA capture into this pageable memory is a synchronous copy."""
         import torch
 
+        entries = [(shape, dtype) for shape, dtype, _pinned in entries]
         sizes = [int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
                  for shape, dtype in entries]
         offsets, total = [], 0

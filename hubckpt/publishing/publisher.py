@@ -60,6 +60,13 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def hub_targets(repo_id: str, hubs: list, *, token: str | dict | None = None, root: str | Path | None = None,
+                private: bool = False) -> list[HubTarget]:
+    """One `HubTarget` per hub (`local`, `hf`, a URL or a `Hub`), each with its own token (see `Publisher`)."""
+    resolved = [(h, h if isinstance(h, Hub) else resolve_hub(h, root=root)) for h in hubs]
+    return [HubTarget(r, repo_id, token=token_for(r, h, token), private=private) for h, r in resolved]
+
+
 class Publisher:
     """Publish checkpoints of one training run to one repo (on one or several hubs).
 
@@ -107,8 +114,7 @@ class Publisher:
         if isinstance(token, str) and len(hubs) > 1:
             raise HubConfigError("A token belongs to one hub: with several hubs pass token={hub: token, ...} "
                                  "(keys as in hub=..., or endpoints); hubs left out use their own default")
-        resolved = [(h, h if isinstance(h, Hub) else resolve_hub(h, root=root)) for h in hubs]
-        self.targets = [HubTarget(r, repo_id, token=token_for(r, h, token), private=private) for h, r in resolved]
+        self.targets = hub_targets(repo_id, hubs, token=token, root=root, private=private)
         self._keys = [target_key(t) for t in self.targets]
         self.spool = Path(spool_dir) if spool_dir else default_spool(repo_id)
         self._store = JobStore(self.spool)

@@ -207,8 +207,9 @@ def main() -> None:
     parser.add_argument("--skip-trainer", action="store_true")
     parser.add_argument("--background", choices=["process", "thread"], default=None,
                         help="Checkpointer(background=...) (default: the library's, process on Linux)")
-    parser.add_argument("--nice", type=int, default=None, help="Checkpointer(nice=...) (default: the library's, "
-                        "10 for a process, 0 for threads)")
+    parser.add_argument("--nice", type=lambda v: v if v == "idle" else int(v), default=None,
+                        help="Checkpointer(nice=...): idle or 0..19 (default: the library's, idle for a process, "
+                        "0 for threads)")
     parser.add_argument("--server-nice", type=int, default=0, help="start the local hub at this nice value")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for training (0: torch's default)")
     parser.add_argument("--only-checkpointer", action="store_true", help="skip the (b), (c), (d) comparisons")
@@ -218,7 +219,7 @@ def main() -> None:
 
     from hubckpt.hubs import ensure_local_hub
 
-    from hubckpt.integrations.checkpointer import in_background_priority
+    from hubckpt.priority import in_background_priority
 
     if args.threads:
         torch.set_num_threads(args.threads)

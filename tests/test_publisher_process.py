@@ -24,7 +24,8 @@ def test_published_values_are_those_captured_even_if_the_model_changes_right_aft
     model, optimizer, scheduler = make(seed=0)
     with hubckpt.Checkpointer("alice/proc-values", model=model, optimizer=optimizer, scheduler=scheduler,
                               hub=local_hub.url, spool_dir=tmp_path / "spool", background="process") as ckpt:
-        assert ckpt.background == "process" and ckpt.nice == 10
+        assert ckpt.background == "process" and ckpt.nice == "idle"
+        assert os.sched_getscheduler(ckpt.publisher._process.pid) == os.SCHED_IDLE  # only CPU nothing else wants
         train(model, optimizer, scheduler, 0, 2)
         expected = {k: v.clone() for k, v in model.state_dict().items()}
         future = ckpt.save(2)

@@ -116,8 +116,8 @@ def convert_checkpoint(ckpt: Checkpoint, dest: str | Path, *, max_shard_size: in
             shutil.copyfile(companion, tmp / companion.name)
             files.append(WrittenFile(companion.name, _sha256_file(tmp / companion.name), companion.stat().st_size))
         if ckpt.training_state:
-            for path in save_training_state(ckpt.training_state, tmp / TRAINING_STATE_DIR):
-                files.append(WrittenFile(path.relative_to(tmp).as_posix(), _sha256_file(path), path.stat().st_size))
+            for path, sha256 in save_training_state(ckpt.training_state, tmp / TRAINING_STATE_DIR).items():
+                files.append(WrittenFile(path.relative_to(tmp).as_posix(), sha256, path.stat().st_size))
         (tmp / MANIFEST_FILE).write_bytes(dumps(build_manifest(ckpt, report, files, dtype)))
         _fsync_tree(tmp)
         if dest.exists():

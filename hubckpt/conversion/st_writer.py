@@ -4,9 +4,9 @@
 optimizer state twice the model's size) costs that much extra memory. This writer produces the
 same format — 8-byte little-endian header length, JSON header padded with spaces to 8 bytes, then
 the tensors' raw little-endian bytes in the order safetensors itself uses (alignment, then name) —
-from zero-copy views, computes the file's sha256 while writing, and fsyncs. Files are
-deterministic for the same tensors and metadata, and are checked by the safetensors parser on
-read-back (see `weights.py`).
+from zero-copy views, computes the file's sha256 while writing, and fsyncs. Files are written
+past the page cache (`direct_io.py`), deterministic for the same tensors and metadata, and checked
+by the safetensors parser on read-back (see `weights.py`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..direct_io import DirectWriter
 from ..errors import DiskFullError, UnsupportedCheckpointError
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ def write_safetensors(path: Path, tensors: dict[str, "torch.Tensor"], metadata: 
     raw += b" " * (-len(raw) % 8)
     hasher = _BackgroundHasher()
     try:
-        with open(path, "wb") as f:
+        with DirectWriter(path) as f:  # bypasses the page cache (direct_io.py); fsync'd on close
             for chunk in (len(raw).to_bytes(8, "little"), raw):
                 hasher.update(chunk)
                 f.write(chunk)
@@ -82,8 +82,6 @@ def write_safetensors(path: Path, tensors: dict[str, "torch.Tensor"], metadata: 
                     piece = data[start:start + _SLICE]
                     hasher.update(piece)  # hashed on another core while this one writes
                     f.write(piece)
-            f.flush()
-            os.fsync(f.fileno())
         digest = hasher.hexdigest()
     except OSError as e:
         hasher.hexdigest()

@@ -15,8 +15,10 @@ gives byte-identical files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -99,29 +101,34 @@ def decode_tree(value: Any, tensors: dict) -> Any:
     return {k: decode_tree(v, tensors) for k, v in value.items()}
 
 
-def save_state(state: Any, folder: Path, name: str) -> list[Path]:
-    """Write `state` as `<name>.json` (+ `<name>.safetensors` when it holds tensors); return the files."""
+def save_state(state: Any, folder: Path, name: str) -> dict[Path, str]:
+    """Write `state` as `<name>.json` (+ `<name>.safetensors` when it holds tensors); return each file's sha256."""
     from .st_writer import write_safetensors
 
     structure, found = encode_tree(state)
     folder.mkdir(parents=True, exist_ok=True)
-    files = []
+    files: dict[Path, str] = {}
     if found:
-        tensors = {k: v.clone() if _shares_storage(v, found) else v for k, v in sorted(found.items())}
-        write_safetensors(folder / f"{name}.safetensors", tensors)
-        files.append(folder / f"{name}.safetensors")
+        shared = _shared_storages(found.values())
+        tensors = {k: v.clone() if _storage(v) in shared else v for k, v in sorted(found.items())}
+        files[folder / f"{name}.safetensors"], _ = write_safetensors(folder / f"{name}.safetensors", tensors)
     doc = {"format_version": FORMAT_VERSION, "tensors_file": f"{name}.safetensors" if found else None,
            "state": structure}
-    (folder / f"{name}.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    files.append(folder / f"{name}.json")
+    data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+    (folder / f"{name}.json").write_bytes(data)
+    files[folder / f"{name}.json"] = hashlib.sha256(data).hexdigest()
     return files
 
 
-def _shares_storage(t, all_tensors: dict) -> bool:
-    # safetensors refuses tensors that share memory; small state (rng, steps) is cheap to copy.
-    ptr = t.untyped_storage().data_ptr() if t.numel() else None
-    return ptr is not None and sum(1 for o in all_tensors.values()
-                                   if o.numel() and o.untyped_storage().data_ptr() == ptr) > 1
+def _storage(t) -> int | None:
+    return t.untyped_storage().data_ptr() if t.numel() else None
+
+
+def _shared_storages(tensors) -> set[int]:
+    """Storages that more than one of `tensors` uses: those are copied apart (safetensors files must not alias;
+    in practice it is small state, such as RNG states and steps)."""
+    counts = Counter(p for p in map(_storage, tensors) if p is not None)
+    return {p for p, n in counts.items() if n > 1}
 
 
 def load_state(folder: Path, name: str, *, read_tensors: Callable[[Path], dict] | None = None) -> Any:
@@ -144,11 +151,12 @@ def load_state(folder: Path, name: str, *, read_tensors: Callable[[Path], dict] 
     return decode_tree(doc["state"], tensors)
 
 
-def save_training_state(training_state: dict[str, Any], folder: Path) -> list[Path]:
-    """One `<part>.json` (+ `.safetensors`) per part: optimizer, scheduler, scaler, rng, loop..."""
-    files: list[Path] = []
+def save_training_state(training_state: dict[str, Any], folder: Path) -> dict[Path, str]:
+    """One `<part>.json` (+ `.safetensors`) per part: optimizer, scheduler, scaler, rng, loop...; each file's sha256
+    (hashed as it was written: the files are not read again)."""
+    files: dict[Path, str] = {}
     for part in sorted(training_state):
-        files += save_state(training_state[part], folder, part)
+        files.update(save_state(training_state[part], folder, part))
     return files
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ..conversion.training_state import capture_rng
+from ..priority import IDLE, check_priority, idle_class_supported, in_background_priority, lower_priority
 from ..errors import HubConfigError
 from .capture import StagingPool, StagingSet, capture, spec_of, synchronize
 
@@ -74,21 +75,24 @@ class Checkpointer:
             save waits while the previous one is still being written to the spool.
         background: where the publisher runs. "process" (the default where the platform allows it:
             Linux): a child process of its own, reading the staging buffers from shared memory, so it
-            never holds the training loop's GIL and its lower priority (`nice`) really leaves the
-            CPU to training; if this process dies, the child still publishes what was captured.
+            never holds the training loop's GIL and its priority (`nice`) really leaves the CPU to
+            training; if this process dies, the child still publishes what was captured.
             "thread": threads of this process (the publisher's options may then be any objects).
-        nice: how much lower the CPU priority of the background work is than the training loop's
-            (Linux nice increment). Default: 10 with background="process" (the OS gives the
-            publisher what training leaves idle: all of it while a GPU computes, little on a busy
-            CPU, where a revision then takes longer to appear); 0 with "thread" (a low-priority
-            thread holding the GIL makes the training thread wait for it; see bench/README.md).
+        nice: the CPU priority of the background work: "idle" (Linux's idle scheduling class: it
+            runs only on CPU time nothing else wants, so it never delays a training thread; see
+            `hubckpt/priority.py`) or a nice increment 0..19 (a share of the CPU, which on current
+            kernels still delays training threads; measured in bench/README.md). Default: "idle"
+            with background="process" (where a GPU computes the cores are mostly idle and a revision
+            appears as fast as at normal priority; on saturated cores it appears later), 0 with
+            "thread" (a low-priority thread holding the GIL makes the training thread wait for it,
+            so "idle" is refused there).
         **publisher_options: passed to `hubckpt.Publisher` (keep_last, revision_template, token, ...).
     """
 
     def __init__(self, repo_id: str, *, model: "torch.nn.Module", optimizer: "torch.optim.Optimizer | None" = None,
                  scheduler: Any = None, scaler: Any = None, hub: Any = None, every: int | None = None,
                  monitor: str | None = None, mode: str = "min", companions: "Iterable[str | os.PathLike]" = (),
-                 staging_sets: int = 1, background: str | None = None, nice: int | None = None,
+                 staging_sets: int = 1, background: str | None = None, nice: int | str | None = None,
                  **publisher_options: Any) -> None:
         from ..publishing import Publisher
         from .publisher_process import PublisherProcess
@@ -107,7 +111,12 @@ class Checkpointer:
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.every = every
         self.background = background
-        self.nice = nice = (10 if background == "process" else 0) if nice is None else nice
+        if nice is None:
+            nice = (IDLE if idle_class_supported() else 10) if background == "process" else 0
+        self.nice = nice = check_priority(nice)
+        if background == "thread" and nice == IDLE:
+            raise HubConfigError("nice='idle' needs background='process': an idle-class thread holding the GIL "
+                                 "would make the training thread wait for it. Pass a nice increment instead.")
         allocate = None
         if background == "process":
             self.publisher: Publisher | PublisherProcess = PublisherProcess(
@@ -369,36 +378,6 @@ def model_files(model: Any, folder: Path) -> list[Path]:
         generation.to_json_file(folder / "generation_config.json")
         written.append(folder / "generation_config.json")
     return written
-
-
-def lower_priority(nice: int) -> None:
-    """Raise the calling thread's nice value by `nice` (Linux: per thread; threads it starts inherit it)."""
-    if nice <= 0 or not hasattr(os, "setpriority"):
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-    except OSError as e:  # not permitted / not supported: publishing still works, at normal priority
-        logger.debug("could not lower the background threads' priority: %s", e)
-
-
-def in_background_priority(make, nice: int):
-    """`make()` run on a short-lived thread of lowered priority, so the threads it starts inherit that."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        lower_priority(nice)
-        try:
-            box["value"] = make()
-        except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
-            box["error"] = e
-
-    thread = threading.Thread(target=run, name="hubckpt-start")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 def _chain(inner: Future, outer: Future, on_done=None) -> None:

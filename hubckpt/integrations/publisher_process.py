@@ -25,6 +25,7 @@ import base64
 import dataclasses
 import json
 import logging
+import mmap
 import os
 import queue
 import socket
@@ -37,8 +38,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .. import errors
+from ..commits import read_uploads_in_large_pieces
 from ..errors import HubConfigError, PublishError
-from .shared_memory import Channel, ChannelClosed, SharedAllocator, map_arena
+from ..priority import lower_process_priority
+from .shared_memory import Channel, ChannelClosed, SharedAllocator, arena_tensor, map_arena
 
 if TYPE_CHECKING:
     import torch
@@ -122,7 +125,7 @@ def process_options(options: dict[str, Any]) -> dict[str, Any]:
 class PublisherProcess:
     """What the `Checkpointer` needs of a `Publisher` (publish, wait, close, spool, targets), run in a child."""
 
-    def __init__(self, repo_id: str, *, nice: int = 0, **options: Any) -> None:
+    def __init__(self, repo_id: str, *, nice: int | str = 0, **options: Any) -> None:
         from ..publishing.publisher import hub_targets
 
         payload = process_options(options)
@@ -410,7 +413,7 @@ class _ForwardLogs(logging.Handler):
 class _Child:
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
-        self.arenas: dict[int, "torch.Tensor"] = {}  # arena id → its bytes (uint8)
+        self.arenas: dict[int, mmap.mmap] = {}  # arena id → its shared memory
         self.sets: dict[int, dict[str, "torch.Tensor"]] = {}
         self.publisher = None
         # publish() blocks while max_pending jobs wait: off the receive loop, which must keep reading.
@@ -422,10 +425,7 @@ class _Child:
         from ..publishing import Publisher
 
         if message.get("nice"):
-            try:
-                os.nice(int(message["nice"]))
-            except OSError as e:
-                logging.getLogger(__name__).debug("could not lower the publishing process's priority: %s", e)
+            lower_process_priority(message["nice"])
         options = dict(message["options"])
         if isinstance(options.get("card"), dict):
             card = options["card"]
@@ -469,8 +469,8 @@ class _Child:
         for entry in message["buffers"]:
             dtype = getattr(torch, entry["dtype"])
             n = int(torch.Size(entry["shape"]).numel()) * torch.empty((), dtype=dtype).element_size()
-            base = self.arenas[entry["arena"]]
-            staged[entry["path"]] = base[entry["offset"]:entry["offset"] + n].view(dtype).view(entry["shape"])
+            staged[entry["path"]] = arena_tensor(self.arenas[entry["arena"]], entry["offset"], n, dtype,
+                                                 entry["shape"])
 
     def publish(self, message: dict[str, Any]) -> None:
         from ..conversion.training_state import decode_tree
@@ -566,6 +566,7 @@ def main() -> None:
     # finishes publishing what it was handed (SIGTERM still stops it; the journal keeps the rest).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    read_uploads_in_large_pieces()
     sock = socket.socket(fileno=int(os.environ.pop("HUBCKPT_PUBLISHER_FD")))
     channel = Channel(sock)
     root = logging.getLogger("hubckpt")

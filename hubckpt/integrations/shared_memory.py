@@ -70,7 +70,6 @@ class SharedAllocator:
         except BaseException:
             os.close(fd)
             raise
-        base = torch.frombuffer(mapped, dtype=torch.uint8, count=total)
         out = []
         with self._lock:
             arena = self._next
@@ -80,7 +79,7 @@ class SharedAllocator:
                 if n == 0:
                     out.append(torch.empty(shape, dtype=dtype))
                     continue
-                tensor = base[offset:offset + n].view(dtype).view(shape)
+                tensor = arena_tensor(mapped, offset, n, dtype, shape)
                 self._where[tensor.data_ptr()] = (arena, offset)
                 out.append(tensor)
         return out
@@ -102,15 +101,24 @@ class SharedAllocator:
             os.close(fd)
 
 
-def map_arena(fd: int, size: int) -> "torch.Tensor":
-    """The publishing process's view of an arena whose descriptor it received (the fd is closed here)."""
-    import torch
-
+def map_arena(fd: int, size: int) -> mmap.mmap:
+    """The publishing process's map of an arena whose descriptor it received (the fd is closed here)."""
     try:
-        mapped = mmap.mmap(fd, size)
+        return mmap.mmap(fd, size)
     finally:
         os.close(fd)
-    return torch.frombuffer(mapped, dtype=torch.uint8, count=size)
+
+
+def arena_tensor(mapped: mmap.mmap, offset: int, nbytes: int, dtype: "torch.dtype", shape) -> "torch.Tensor":
+    """The buffer at `offset` of an arena, as a tensor with a storage of its own.
+
+    Its own storage, not a view of one arena-wide storage: code that groups tensors by storage (the
+    shard planner, safetensors' shared-memory check) must see separate buffers, or it sizes every one
+    as the whole arena and copies them apart.
+    """
+    import torch
+
+    return torch.frombuffer(mapped, dtype=torch.uint8, count=nbytes, offset=offset).view(dtype).view(shape)
 
 
 class ChannelClosed(ConnectionError):

@@ -23,6 +23,7 @@ import threading
 import uuid
 from pathlib import Path
 
+from ..direct_io import DirectWriter
 from ..errors import DiskFullError, ObjectMismatchError, StorageError
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,9 @@ class BlobWriter:
         self.hasher = hashlib.sha256()
         self.size = 0
         self.tmp_path = store.tmp / f"{uuid.uuid4().hex}.part"
-        self.file = open(self.tmp_path, "wb")  # noqa: SIM115 - closed in finish()/abort()
+        # Past the page cache (direct_io.py): an upload is written once here and read rarely, and a
+        # cached copy would only cost the fresh pages and evict the training job's. Closed in finish()/abort().
+        self.file = DirectWriter(self.tmp_path)
 
     def write(self, chunk: bytes) -> None:
         self.hash_chunk(chunk)
@@ -144,11 +147,9 @@ class BlobWriter:
 
     def _finish(self) -> str:
         try:
-            self.file.flush()
-            os.fsync(self.file.fileno())
+            self.file.close()  # writes the last block and fsyncs
         except OSError as e:
             raise _os_error(e, "saving an upload") from e
-        self.file.close()
         sha256 = self.hasher.hexdigest()
         if self.expected_size is not None and self.size != self.expected_size:
             raise ObjectMismatchError(f"Size mismatch: expected {self.expected_size} bytes, received {self.size}")
@@ -170,10 +171,9 @@ class BlobWriter:
     def abort(self) -> None:
         """Drop the partial upload: close the temp file (even if closing fails) and remove it."""
         try:
-            if not self.file.closed:
-                self.file.close()
+            self.file.abort()
         except OSError:
-            pass  # the data is dropped anyway; the descriptor is released by close() even when it raises
+            pass  # the data is dropped anyway; the descriptor is released even when closing raises
         finally:
             self.tmp_path.unlink(missing_ok=True)
 

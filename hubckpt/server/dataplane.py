@@ -10,6 +10,11 @@ the data plane needs no credentials and sees no repo names.
     GET|HEAD /blob/<sha256>?expires=T&sig=S                       object bytes, Range → 206 / 416
     PUT      /lfs/<repo db id>/<sha256>/<size>?expires=T&sig=S    upload, re-hashed, stored if it matches
 
+Uploads are received at the idle CPU priority (`hubckpt/priority.py`) where the platform has it: the
+local hub usually shares the machine with the training job whose checkpoints it receives, and hashing
+and writing them must not delay that job's threads (`DataPlane(upload_priority=None)` keeps the normal
+priority).
+
 Bounded: each connection holds one thread, so the number of connections is capped (`max_connections`;
 one more is answered 503 + Retry-After at once and closed) and every socket read or write times
 out (`timeout_s`), so idle keep-alive or stalled clients give their thread back.
@@ -28,6 +33,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import HubHTTPError
+from ..priority import IDLE, idle_class_supported, lower_priority
 from .blobs import PipelinedWriter, is_sha256
 from .http_errors import internal_error, to_http
 
@@ -140,6 +146,9 @@ class _Handler(BaseHTTPRequestHandler):
         if length is None or not length.isdigit():
             raise HubHTTPError(411, "Content-Length is required")
         remaining = int(length)
+        if self.server.upload_priority is not None and not getattr(self, "_lowered", False):
+            lower_priority(self.server.upload_priority)  # this connection's thread, from now on
+            self._lowered = True
         pipeline = PipelinedWriter(ctx.blobs.new_writer(expected_sha256=oid, expected_size=size))
         try:
             while remaining > 0:
@@ -199,8 +208,10 @@ class _DataPlaneHTTPServer(ThreadingHTTPServer):
     request_queue_size = 256
     block_on_close = False
 
-    def __init__(self, address, ctx, max_connections: int, timeout_s: float) -> None:
+    def __init__(self, address, ctx, max_connections: int, timeout_s: float,
+                 upload_priority: int | str | None = None) -> None:
         self.ctx = ctx
+        self.upload_priority = upload_priority
         self.timeout_s = timeout_s
         self._slots = threading.BoundedSemaphore(max_connections)
         self.refused = 0  # connections answered 503 because every slot was taken
@@ -234,15 +245,16 @@ class DataPlane:
     """The data-plane server of one hub, on its own port, in a background thread."""
 
     def __init__(self, ctx, host: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_S,
+                 upload_priority: int | str | None = IDLE if idle_class_supported() else None) -> None:
         self.ctx = ctx
         # The same port as last time when free: URLs signed before a restart (uploads and downloads in
         # flight, retried by the client) then still reach the data plane.
         preferred = int(ctx.store.meta_get("data_plane_port") or 0)
         try:
-            self.httpd = _DataPlaneHTTPServer((host, preferred), ctx, max_connections, timeout_s)
+            self.httpd = _DataPlaneHTTPServer((host, preferred), ctx, max_connections, timeout_s, upload_priority)
         except OSError:
-            self.httpd = _DataPlaneHTTPServer((host, 0), ctx, max_connections, timeout_s)
+            self.httpd = _DataPlaneHTTPServer((host, 0), ctx, max_connections, timeout_s, upload_priority)
         if self.httpd.server_address[1] != preferred:
             ctx.store.meta_set("data_plane_port", str(self.httpd.server_address[1]))
         self.port = self.httpd.server_address[1]

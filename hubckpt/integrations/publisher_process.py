@@ -165,7 +165,7 @@ class PublisherProcess:
             self._stop_process()
             raise
         self.spool = Path(ready["spool"])
-        logger.info("publishing %s from process %d (nice %d)", repo_id, self._process.pid, nice)
+        logger.info("publishing %s from process %d (priority %s)", repo_id, self._process.pid, nice)
         self._reader = threading.Thread(target=self._read, name="hubckpt-publisher-process", daemon=True)
         self._reader.start()
 

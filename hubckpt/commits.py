@@ -164,9 +164,9 @@ def folder_operations(folder: Path, stack: contextlib.ExitStack, *, use_xet: boo
         elif sha:
             # Built around an empty stream so the constructor hashes nothing; then pointed at the real file
             # with the upload info recorded when the file was written.
+            with open(path, "rb") as head:
+                sample = head.read(512)
             stream = stack.enter_context(DirectReader(path) if direct else open(path, "rb"))
-            sample = stream.read(512)
-            stream.seek(0)
             op = CommitOperationAdd(path_in_repo=rename(rel), path_or_fileobj=io.BytesIO(b""))
             op.path_or_fileobj = stream
             op.upload_info = UploadInfo(size=size, sample=sample, sha256=bytes.fromhex(sha))

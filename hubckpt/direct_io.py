@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 ALIGN = 4096  # file offsets, sizes and buffer addresses of O_DIRECT requests: a multiple of every block size in use
 CHUNK = 8 * 1024 * 1024
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
+_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 
 
 def direct_io_enabled() -> bool:
@@ -50,7 +51,14 @@ class _BufferPool:
         with self._lock:
             if self._free:
                 return self._free.pop()
+        if hasattr(mmap, "MAP_PRIVATE"):  # private: a forked child writing into its copy must not write into ours
+            return mmap.mmap(-1, CHUNK, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         return mmap.mmap(-1, CHUNK)
+
+    def forget(self) -> None:
+        """Drop the pooled buffers (in a forked child: the parent's threads may have been using them)."""
+        self._free = []
+        self._lock = threading.Lock()
 
     def give(self, buffer: mmap.mmap) -> None:
         with self._lock:
@@ -64,6 +72,8 @@ class _BufferPool:
 
 
 _POOL = _BufferPool()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_POOL.forget)
 
 
 @contextlib.contextmanager
@@ -78,6 +88,7 @@ def borrowed_buffer() -> Iterator[mmap.mmap]:
 
 def _open(path: Path, flags: int, mode: int = 0o644) -> tuple[int, bool]:
     """(fd, opened with O_DIRECT)."""
+    flags |= _O_BINARY
     if direct_io_enabled():
         try:
             return os.open(path, flags | _O_DIRECT, mode), True
@@ -92,6 +103,19 @@ def _drop_direct(fd: int) -> None:
     import fcntl
 
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
+
+
+def _pread_into(fd: int, buffer: mmap.mmap, offset: int) -> int:
+    if hasattr(os, "preadv"):
+        return os.preadv(fd, [buffer], offset)
+    os.lseek(fd, offset, os.SEEK_SET)  # (Windows) the readers here never share an fd between threads
+    return os.readv(fd, [buffer]) if hasattr(os, "readv") else _read_into(fd, buffer)
+
+
+def _read_into(fd: int, buffer: mmap.mmap) -> int:
+    data = os.read(fd, len(buffer))
+    buffer[:len(data)] = data
+    return len(data)
 
 
 def _write_all(fd: int, view: memoryview) -> None:
@@ -112,7 +136,11 @@ class DirectWriter:
         self.size = 0
         self._fsync = fsync
         self._fd, self._direct = _open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        self._buffer = _POOL.take() if self._direct else None
+        try:
+            self._buffer = _POOL.take() if self._direct else None
+        except BaseException:
+            os.close(self._fd)
+            raise
         self._fill = 0
 
     def __enter__(self) -> "DirectWriter":
@@ -196,8 +224,12 @@ class DirectReader(io.BufferedIOBase):
         super().__init__()
         self.name = str(path)
         self._fd, self._direct = _open(Path(path), os.O_RDONLY)
-        self._size = os.fstat(self._fd).st_size
-        self._buffer = _POOL.take()
+        try:
+            self._size = os.fstat(self._fd).st_size
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._buffer: mmap.mmap | None = None  # taken from the pool at the first read
         self._start = self._length = 0  # the file span the buffer holds
         self._pos = 0
 
@@ -216,7 +248,10 @@ class DirectReader(io.BufferedIOBase):
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         self._check_open()
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}
+        if whence not in bases:
+            raise ValueError(f"invalid whence ({whence!r})")
+        base = bases[whence]
         if base + offset < 0:
             raise OSError(errno.EINVAL, "negative seek position")
         self._pos = base + offset
@@ -226,14 +261,16 @@ class DirectReader(io.BufferedIOBase):
         """The buffered bytes from the current position on (read from the file if needed)."""
         if not self._start <= self._pos < self._start + self._length:
             start = self._pos - self._pos % ALIGN
+            if self._buffer is None:
+                self._buffer = _POOL.take()
             try:
-                n = os.preadv(self._fd, [self._buffer], start)
+                n = _pread_into(self._fd, self._buffer, start)
             except OSError as e:
                 if not self._direct or e.errno != errno.EINVAL:
                     raise
                 _drop_direct(self._fd)
                 self._direct = False
-                n = os.preadv(self._fd, [self._buffer], start)
+                n = _pread_into(self._fd, self._buffer, start)
             self._start, self._length = start, n
             if self._pos >= start + n:
                 return memoryview(b"")
@@ -284,9 +321,14 @@ class DirectReader(io.BufferedIOBase):
 
     def close(self) -> None:
         if not self.closed:
-            os.close(self._fd)
-            _POOL.give(self._buffer)
-        super().close()
+            fd, self._fd = self._fd, -1
+            buffer, self._buffer = self._buffer, None
+            try:
+                os.close(fd)
+            finally:
+                if buffer is not None:
+                    _POOL.give(buffer)
+                super().close()
 
 
 __all__ = ["DirectReader", "DirectWriter", "borrowed_buffer", "direct_io_enabled", "ALIGN", "CHUNK"]

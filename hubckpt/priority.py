@@ -6,10 +6,12 @@ next to it; measured here, a nice-19 sha256 loop took training to 0.78x of its s
 under `SCHED_IDLE` to 1.05x (`bench/README.md`). A `SCHED_IDLE` thread runs only on CPU time that
 nothing else wants, and is preempted at once when something does.
 
-It cannot starve what training waits for: a training loop that waits on it (a save waiting for the
-staging buffers, `wait()`, `close()`) sleeps, which leaves the CPU idle, so it runs. What it can do
-on a machine whose cores are saturated is publish late. An unprivileged thread cannot leave the idle
-class again, so it is set only on threads that do background work and nothing else.
+What it costs: on cores that other work keeps busy (other jobs, DataLoader workers), idle-class work
+gets only a few percent of a core, so a revision appears late, and a training loop that waits for it
+(a save waiting for the previous capture to reach the spool with `staging_sets=1`, `wait()`,
+`close()`) waits longer; when the training loop is the only load, its waiting leaves the CPU idle and
+the work runs. An unprivileged thread cannot leave the idle class again, so it is set only on threads
+that do background work, never on one that shares a GIL with others that do not.
 """
 
 from __future__ import annotations

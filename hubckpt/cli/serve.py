@@ -30,6 +30,7 @@ def serve(
     from ..errors import HubUnavailableError
     from ..server import HubContext, bind_socket, create_app
     from ..server import check_exposure, uvicorn_config
+    from ..priority import IDLE, idle_class_supported
     from ..server.dataplane import DataPlane
 
     data = (root or default_local_root()).expanduser().resolve()
@@ -60,7 +61,8 @@ def serve(
                    f"Use it with huggingface_hub / the hf CLI / transformers:\n"
                    f"  export HF_ENDPOINT={reach} HF_HUB_DISABLE_XET=1\nPress Ctrl-C to stop.")
     config = uvicorn_config(create_app(ctx))
-    data_plane = DataPlane(ctx, host).start()
+    # Its own process: idle-class upload threads delay nobody else's GIL (dataplane.py).
+    data_plane = DataPlane(ctx, host, upload_priority=IDLE if idle_class_supported() else None).start()
     # uvicorn re-raises the stop signal after its graceful shutdown; a no-op handler lets this
     # function finish normally instead (clean exit, server.json removed).
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -83,7 +83,9 @@ class Checkpointer:
             `hubckpt/priority.py`) or a nice increment 0..19 (a share of the CPU, which on current
             kernels still delays training threads; measured in bench/README.md). Default: "idle"
             with background="process" (where a GPU computes the cores are mostly idle and a revision
-            appears as fast as at normal priority; on saturated cores it appears later), 0 with
+            appears as fast as at normal priority; where other work keeps the cores busy it appears
+            later, and a save waiting for the previous one with staging_sets=1 waits longer: pass
+            staging_sets=2 or nice=10 there), 0 with
             "thread" (a low-priority thread holding the GIL makes the training thread wait for it,
             so "idle" is refused there).
         **publisher_options: passed to `hubckpt.Publisher` (keep_last, revision_template, token, ...).

@@ -10,10 +10,11 @@ the data plane needs no credentials and sees no repo names.
     GET|HEAD /blob/<sha256>?expires=T&sig=S                       object bytes, Range → 206 / 416
     PUT      /lfs/<repo db id>/<sha256>/<size>?expires=T&sig=S    upload, re-hashed, stored if it matches
 
-Uploads are received at the idle CPU priority (`hubckpt/priority.py`) where the platform has it: the
-local hub usually shares the machine with the training job whose checkpoints it receives, and hashing
-and writing them must not delay that job's threads (`DataPlane(upload_priority=None)` keeps the normal
-priority).
+`hubckpt serve` (what `hub="local"` starts) receives uploads at the idle CPU priority
+(`DataPlane(upload_priority="idle")`, `hubckpt/priority.py`): the local hub usually shares the machine
+with the training job whose checkpoints it receives, and hashing and writing them must not delay that
+job's threads. The default is the caller's priority: a server inside another process (`LocalHubServer`)
+shares that process's GIL, and an idle-class thread holding it would stall the others.
 
 Bounded: each connection holds one thread, so the number of connections is capped (`max_connections`;
 one more is answered 503 + Retry-After at once and closed) and every socket read or write times
@@ -33,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import HubHTTPError
-from ..priority import IDLE, idle_class_supported, lower_priority
+from ..priority import lower_priority
 from .blobs import PipelinedWriter, is_sha256
 from .http_errors import internal_error, to_http
 
@@ -246,7 +247,7 @@ class DataPlane:
 
     def __init__(self, ctx, host: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  timeout_s: float = DEFAULT_TIMEOUT_S,
-                 upload_priority: int | str | None = IDLE if idle_class_supported() else None) -> None:
+                 upload_priority: int | str | None = None) -> None:
         self.ctx = ctx
         # The same port as last time when free: URLs signed before a restart (uploads and downloads in
         # flight, retried by the client) then still reach the data plane.

@@ -16,7 +16,7 @@ and the time from `save()` until the revision is visible (committed and indexed)
 The local hub runs as its own process (as `hub="local"` starts it), on the same two cores.
 
 Usage:  .venv/bin/python bench/checkpointer.py [--n-embd 1024] [--layers 8] [--saves 5] [--skip-trainer]
-        [--background process|thread] [--nice N] [--server-nice 0] [--threads 0] [--only-checkpointer]
+        [--background process|thread] [--nice idle|N] [--mb-per-s R] [--server-nice 0] [--threads 0] [--only-checkpointer]
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ def bench_floor(run: Run, saves: int) -> list[float]:
     return out
 
 
-def bench_checkpointer(run: Run, saves: int, hub: str, nice: int | None, background: str | None
-                       ) -> dict[str, list[float]]:
+def bench_checkpointer(run: Run, saves: int, hub: str, nice: int | str | None, background: str | None,
+                       mb_per_s: float | None = None) -> dict[str, list[float]]:
     """Per save: floor copy right before it, the save's stall, time until visible, steps/s during the
     background publish and right after it with nothing in the background."""
     import hubckpt
@@ -105,7 +105,8 @@ def bench_checkpointer(run: Run, saves: int, hub: str, nice: int | None, backgro
     out: dict[str, list[float]] = {"floor": [], "stall": [], "visible": [], "during": [], "idle": []}
     stalls, visible, rates, idle = out["stall"], out["visible"], out["during"], out["idle"]
     with hubckpt.Checkpointer("bench/checkpointer", model=run.model, optimizer=run.optimizer,
-                              scheduler=run.scheduler, hub=hub, nice=nice, background=background) as ckpt:
+                              scheduler=run.scheduler, hub=hub, nice=nice, background=background,
+                              publish_mb_per_s=mb_per_s) as ckpt:
         out["mode"] = [ckpt.background, ckpt.nice]
         ckpt.wait_staged()  # (the run object had stepped already; a fresh loop gets this within its first step)
         for i in range(saves):
@@ -210,6 +211,7 @@ def main() -> None:
     parser.add_argument("--nice", type=lambda v: v if v == "idle" else int(v), default=None,
                         help="Checkpointer(nice=...): idle or 0..19 (default: the library's, idle for a process, "
                         "0 for threads)")
+    parser.add_argument("--mb-per-s", type=float, default=None, help="Checkpointer(publish_mb_per_s=...)")
     parser.add_argument("--server-nice", type=int, default=0, help="start the local hub at this nice value")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for training (0: torch's default)")
     parser.add_argument("--only-checkpointer", action="store_true", help="skip the (b), (c), (d) comparisons")
@@ -236,7 +238,7 @@ def main() -> None:
         print(f"GPT-2 {params / 1e6:.0f}M parameters fp32 + AdamW: {size / 2**30:.2f} GiB of state per save; "
               f"torch threads {torch.get_num_threads()}; hub {hub}")
         floor_sep = bench_floor(run, args.saves)
-        measured = bench_checkpointer(run, args.saves, hub, args.nice, args.background)
+        measured = bench_checkpointer(run, args.saves, hub, args.nice, args.background, args.mb_per_s)
         background, nice = measured["mode"]
         floor, ckpt_stalls, visible = measured["floor"], measured["stall"], measured["visible"]
         rates, idle_rates = measured["during"], measured["idle"]

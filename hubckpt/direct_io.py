@@ -12,6 +12,10 @@ pages out. With `O_DIRECT` the disk moves the bytes by DMA from one reused, page
 Where `O_DIRECT` is missing (not Linux) or refused (tmpfs on older kernels, some FUSE and overlay
 filesystems: `EINVAL` at open or at the first write), both classes fall back to ordinary buffered I/O
 with the same results. `HUBCKPT_DIRECT_IO=0` turns direct I/O off.
+
+`limit_rate(mb_per_s)` paces every block these classes move in this process (the publishing process
+uses it for `Checkpointer(publish_mb_per_s=...)`): fewer bytes per second through memory is what
+still slows a training loop sharing the machine, once the publisher only gets idle CPU.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import logging
 import mmap
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -72,6 +77,36 @@ class _BufferPool:
 
 
 _POOL = _BufferPool()
+
+
+class _Pacer:
+    """Sleeps so that the bytes moved stay under a rate (process-wide; off by default)."""
+
+    def __init__(self) -> None:
+        self.bytes_per_s = 0.0
+        self._lock = threading.Lock()
+        self._start = 0.0
+        self._moved = 0
+
+    def pace(self, nbytes: int) -> None:
+        if not self.bytes_per_s:
+            return
+        with self._lock:
+            now = time.monotonic()
+            if self._moved / self.bytes_per_s < now - self._start - 1.0:  # idle for a while: no credit saved up
+                self._start, self._moved = now, 0
+            self._moved += nbytes
+            delay = self._moved / self.bytes_per_s - (now - self._start)
+        if delay > 0:
+            time.sleep(delay)
+
+
+_PACER = _Pacer()
+
+
+def limit_rate(mb_per_s: float | None) -> None:
+    """Cap the bytes per second that DirectWriter/DirectReader move in this process (None or 0: no cap)."""
+    _PACER.bytes_per_s = float(mb_per_s or 0) * 1e6
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_POOL.forget)
 
@@ -155,6 +190,7 @@ class DirectWriter:
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
         if self._buffer is None:
+            _PACER.pace(len(view))
             _write_all(self._fd, view)
         else:
             buffer, pos = self._buffer, 0
@@ -170,6 +206,7 @@ class DirectWriter:
 
     def _flush(self, length: int) -> None:
         """Write the first `length` (aligned) buffered bytes."""
+        _PACER.pace(length)
         block, written = memoryview(self._buffer)[:length], 0
         try:
             while written < length:
@@ -263,6 +300,7 @@ class DirectReader(io.BufferedIOBase):
             start = self._pos - self._pos % ALIGN
             if self._buffer is None:
                 self._buffer = _POOL.take()
+            _PACER.pace(len(self._buffer))
             try:
                 n = _pread_into(self._fd, self._buffer, start)
             except OSError as e:
@@ -331,4 +369,4 @@ class DirectReader(io.BufferedIOBase):
                 super().close()
 
 
-__all__ = ["DirectReader", "DirectWriter", "borrowed_buffer", "direct_io_enabled", "ALIGN", "CHUNK"]
+__all__ = ["DirectReader", "DirectWriter", "borrowed_buffer", "direct_io_enabled", "limit_rate", "ALIGN", "CHUNK"]

@@ -98,3 +98,21 @@ def test_abort_leaves_the_file_for_the_caller_and_releases_it(tmp_path):
             w.write(b"y" * (ALIGN + 1))
             raise ZeroDivisionError
     assert path.exists()
+
+
+def test_limit_rate_paces_the_bytes_moved(tmp_path):
+    import time
+
+    data = _payload(4 * CHUNK)
+    try:
+        direct_io.limit_rate(100)  # MB/s: 33.5 MB written then read should take >= 0.6 s
+        started = time.monotonic()
+        _write(tmp_path / "f.bin", data, [])
+        with DirectReader(tmp_path / "f.bin") as f:
+            assert f.read() == data
+        assert time.monotonic() - started >= 0.55
+    finally:
+        direct_io.limit_rate(None)
+    started = time.monotonic()
+    _write(tmp_path / "g.bin", data, [])
+    assert (tmp_path / "g.bin").read_bytes() == data

@@ -193,3 +193,17 @@ def test_thousands_of_tensors_cost_a_handful_of_file_descriptors(local_hub, api,
         assert len(os.listdir("/proc/self/fd")) - before < 20
     weights = load_file(api.hf_hub_download("alice/proc-many", "model.safetensors", revision="step-0000001"))
     assert all(torch.equal(weights[k], v) for k, v in expected.items())
+
+
+def test_a_paced_publishing_process_still_publishes_the_captured_values(local_hub, api, tmp_path):
+    import hubckpt
+    from safetensors.torch import load_file
+
+    model, optimizer, scheduler = make(seed=1)
+    with hubckpt.Checkpointer("alice/proc-paced", model=model, optimizer=optimizer, scheduler=scheduler,
+                              hub=local_hub.url, spool_dir=tmp_path / "spool", publish_mb_per_s=200) as ckpt:
+        train(model, optimizer, scheduler, 0, 2)
+        expected = {k: v.clone() for k, v in model.state_dict().items()}
+        assert not ckpt.save(2).result(timeout=60).skipped
+    weights = load_file(api.hf_hub_download("alice/proc-paced", "model.safetensors", revision="step-0000002"))
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)

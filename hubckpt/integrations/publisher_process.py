@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .. import errors
 from ..commits import read_uploads_in_large_pieces
+from ..direct_io import limit_rate
 from ..errors import HubConfigError, PublishError
 from ..priority import lower_process_priority
 from .shared_memory import Channel, ChannelClosed, SharedAllocator, arena_tensor, map_arena
@@ -125,7 +126,7 @@ def process_options(options: dict[str, Any]) -> dict[str, Any]:
 class PublisherProcess:
     """What the `Checkpointer` needs of a `Publisher` (publish, wait, close, spool, targets), run in a child."""
 
-    def __init__(self, repo_id: str, *, nice: int | str = 0, **options: Any) -> None:
+    def __init__(self, repo_id: str, *, nice: int | str = 0, mb_per_s: float | None = None, **options: Any) -> None:
         from ..publishing.publisher import hub_targets
 
         payload = process_options(options)
@@ -159,7 +160,7 @@ class PublisherProcess:
         self._closed = False
         try:
             self._channel.send({"op": "start", "repo_id": repo_id, "options": payload, "nice": nice,
-                                "log_level": logging.getLogger("hubckpt").getEffectiveLevel()})
+                                "mb_per_s": mb_per_s, "log_level": logging.getLogger("hubckpt").getEffectiveLevel()})
             ready = self._receive_ready()
         except BaseException:
             self._stop_process()
@@ -426,6 +427,7 @@ class _Child:
 
         if message.get("nice"):
             lower_process_priority(message["nice"])
+        limit_rate(message.get("mb_per_s"))
         options = dict(message["options"])
         if isinstance(options.get("card"), dict):
             card = options["card"]

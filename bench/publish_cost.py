@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 import time
@@ -35,13 +36,13 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     args = parser.parse_args()
 
+    import torch
+
     import hubckpt
     from hubckpt.hubs import ensure_local_hub, running_local_hub, stop_local_hub
 
     hub = ensure_local_hub(WORK / "hub")
     assert running_local_hub(WORK / "hub")
-    import json
-
     hub_pid = json.loads((WORK / "hub" / "server.json").read_text())["pid"]
     run = Run(args.n_embd, args.layers)
     run.step()
@@ -49,7 +50,7 @@ def main() -> None:
     t0 = time.process_time()
     digest = hashlib.sha256()
     for t in run.tensors():
-        digest.update(t.detach().contiguous().view(-1).view(__import__("torch").uint8).numpy())
+        digest.update(t.detach().contiguous().view(-1).view(torch.uint8).numpy())
     floor = time.process_time() - t0
     print(f"{nbytes / 2**30:.2f} GiB of state per save; baseline: one sha256 over it, {floor:.2f} CPU-s")
     try:

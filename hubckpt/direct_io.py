@@ -20,7 +20,6 @@ still slows a training loop sharing the machine, once the publisher only gets id
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import logging
@@ -29,7 +28,6 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -109,16 +107,6 @@ def limit_rate(mb_per_s: float | None) -> None:
     _PACER.bytes_per_s = float(mb_per_s or 0) * 1e6
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_POOL.forget)
-
-
-@contextlib.contextmanager
-def borrowed_buffer() -> Iterator[mmap.mmap]:
-    """A CHUNK-sized, page-aligned scratch buffer from the pool (release every view of it before the block ends)."""
-    buffer = _POOL.take()
-    try:
-        yield buffer
-    finally:
-        _POOL.give(buffer)
 
 
 def _open(path: Path, flags: int, mode: int = 0o644) -> tuple[int, bool]:
@@ -369,4 +357,4 @@ class DirectReader(io.BufferedIOBase):
                 super().close()
 
 
-__all__ = ["DirectReader", "DirectWriter", "borrowed_buffer", "direct_io_enabled", "limit_rate", "ALIGN", "CHUNK"]
+__all__ = ["DirectReader", "DirectWriter", "direct_io_enabled", "limit_rate", "ALIGN", "CHUNK"]

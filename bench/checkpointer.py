@@ -102,7 +102,7 @@ def bench_checkpointer(run: Run, saves: int, hub: str, nice: int | str | None, b
     import hubckpt
 
     buffers = [t.detach().clone() for t in run.tensors()]  # the floor's buffers, allocated before timing
-    out: dict[str, list[float]] = {"floor": [], "stall": [], "visible": [], "during": [], "idle": []}
+    out: dict[str, list[float]] = {"floor": [], "stall": [], "visible": [], "during": [], "idle": [], "window": []}
     stalls, visible, rates, idle = out["stall"], out["visible"], out["during"], out["idle"]
     with hubckpt.Checkpointer("bench/checkpointer", model=run.model, optimizer=run.optimizer,
                               scheduler=run.scheduler, hub=hub, nice=nice, background=background,
@@ -127,6 +127,7 @@ def bench_checkpointer(run: Run, saves: int, hub: str, nice: int | str | None, b
             future.result()
             visible.append(end - t0)
             rates.append(n / (end - t1) if n else float("nan"))
+            out["window"].append(end - t1)
             idle.append(steps_per_s(run, max(n, 2)))  # the same number of steps with nothing in the background
     return out
 
@@ -270,6 +271,11 @@ def main() -> None:
               f"right after, with none: "
               f"{fmt(idle_rates)}; ratio median {statistics.median(ratios or [float('nan')]):.2f}x "
               f"(per save: {' '.join(f'{x:.2f}' for x in ratios)})")
+        # What a user pays per save in training time: the stall, plus the steps the background publish slowed
+        # (the window's length minus the time the same steps take with nothing in the background).
+        lost = [st + w - w * r / i for st, w, r, i in zip(ckpt_stalls, measured["window"], rates, idle_rates) if r == r]
+        print(f"training time lost per save (stall + slower steps while publishing): {fmt(lost)} s, "
+              f"median {statistics.median(lost or [float('nan')]):.2f} s")
         print(f"revision visible on the local hub after: {fmt(visible)} s "
               f"({size / statistics.median(visible) / 1e9:.2f} GB/s of state)")
     finally:

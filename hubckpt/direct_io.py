@@ -21,18 +21,21 @@ still slows a training loop sharing the machine, once the publisher only gets id
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import logging
 import mmap
 import os
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 ALIGN = 4096  # file offsets, sizes and buffer addresses of O_DIRECT requests: a multiple of every block size in use
 CHUNK = 8 * 1024 * 1024
+_PIECE = 1024 * 1024  # copied then hashed at once: well inside a core's L2 cache
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 
@@ -100,13 +103,31 @@ class _Pacer:
 
 
 _PACER = _Pacer()
+_WRITERS: list[ThreadPoolExecutor] = []
+_WRITERS_LOCK = threading.Lock()
+
+
+def _writer_pool() -> ThreadPoolExecutor:
+    """The threads that send full blocks to the disk (each writer has at most one block in flight)."""
+    if not _WRITERS:
+        with _WRITERS_LOCK:
+            if not _WRITERS:
+                _WRITERS.append(ThreadPoolExecutor(max_workers=8, thread_name_prefix="hubckpt-direct-write"))
+    return _WRITERS[0]
+
+
+def _forget_after_fork() -> None:
+    _POOL.forget()
+    global _WRITERS_LOCK
+    _WRITERS.clear()  # the parent's threads do not exist in a forked child
+    _WRITERS_LOCK = threading.Lock()
 
 
 def limit_rate(mb_per_s: float | None) -> None:
     """Cap the bytes per second that DirectWriter/DirectReader move in this process (None or 0: no cap)."""
     _PACER.bytes_per_s = float(mb_per_s or 0) * 1e6
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_POOL.forget)
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _open(path: Path, flags: int, mode: int = 0o644) -> tuple[int, bool]:
@@ -149,21 +170,31 @@ def _write_all(fd: int, view: memoryview) -> None:
 class DirectWriter:
     """Write a new file front to back (truncating one that exists); `close()` makes it durable.
 
-    `write()` copies into an aligned buffer and writes whole CHUNKs; `close()` writes the last, padded
-    block and truncates the file to its real size, then fsyncs. Use as a context manager: leaving the
-    block with an exception closes the file without fsync (the caller removes it).
+    Bytes are copied into an aligned buffer in pieces of at most 1 MiB and, with `sha256=True`, hashed
+    from that buffer right after the copy, while they are still in this core's cache: one pass over
+    the source instead of two (`hexdigest()` after `close()`). Each full CHUNK goes to the disk on a
+    helper thread while the next one is filled in a second buffer. `write_from()` receives bytes
+    straight into the buffer (a socket's `readinto`), so a received upload is never copied in memory.
+    `close()` writes the last, padded block, truncates the file to its real size and fsyncs. Use as a
+    context manager: leaving the block with an exception closes the file without fsync (the caller
+    removes it).
     """
 
-    def __init__(self, path: str | Path, *, fsync: bool = True) -> None:
+    def __init__(self, path: str | Path, *, fsync: bool = True, sha256: bool = False) -> None:
         self.path = Path(path)
         self.size = 0
         self._fsync = fsync
+        self._hasher = hashlib.sha256() if sha256 else None
         self._fd, self._direct = _open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         try:
             self._buffer = _POOL.take() if self._direct else None
         except BaseException:
             os.close(self._fd)
             raise
+        self._inflight: mmap.mmap | None = None  # the full buffer the helper thread is writing
+        self._pending: Future | None = None  # ... and that write
+        self._free: mmap.mmap | None = None  # the second buffer, when not in flight
+        self._scratch: mmap.mmap | None = None  # buffered I/O: where write_from() receives
         self._fill = 0
 
     def __enter__(self) -> "DirectWriter":
@@ -175,27 +206,84 @@ class DirectWriter:
     def fileno(self) -> int:
         return self._fd
 
+    def hexdigest(self) -> str:
+        """The sha256 of everything written (a writer made with sha256=True)."""
+        if self._hasher is None:
+            raise ValueError("this DirectWriter does not hash (sha256=False)")
+        return self._hasher.hexdigest()
+
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
-        if self._buffer is None:
-            _PACER.pace(len(view))
-            _write_all(self._fd, view)
-        else:
-            buffer, pos = self._buffer, 0
-            while pos < len(view):
-                n = min(CHUNK - self._fill, len(view) - pos)
-                buffer[self._fill:self._fill + n] = view[pos:pos + n]
-                self._fill += n
-                pos += n
-                if self._fill == CHUNK:
-                    self._flush(CHUNK)
-        self.size += len(view)
+        pos = 0
+        if self._buffer is None:  # buffered I/O: straight from the caller's memory
+            for pos in range(0, len(view), _PIECE):
+                self._filled(view[pos:pos + _PIECE])
+            return len(view)
+        while pos < len(view):
+            target = self._space(len(view) - pos)
+            n = len(target)
+            target[:] = view[pos:pos + n]
+            self._filled(target)
+            pos += n
         return len(view)
 
-    def _flush(self, length: int) -> None:
-        """Write the first `length` (aligned) buffered bytes."""
+    def write_from(self, stream, nbytes: int) -> int:
+        """Append `nbytes` read from `stream` (its `readinto`, e.g. a socket file) straight into the write
+        buffer; return how many arrived (fewer only if the stream ended first)."""
+        done = 0
+        while done < nbytes:
+            target = self._space(nbytes - done)
+            got = stream.readinto(target)
+            if not got:
+                break
+            self._filled(target[:got])
+            done += got
+        return done
+
+    def _space(self, wanted: int) -> memoryview:
+        """Where the next (at most 1 MiB) piece goes: the free part of the buffer, or a scratch buffer."""
+        n = min(wanted, _PIECE)
+        if self._buffer is None:
+            if self._scratch is None:
+                self._scratch = mmap.mmap(-1, _PIECE)
+            return memoryview(self._scratch)[:n]
+        n = min(n, CHUNK - self._fill)
+        return memoryview(self._buffer)[self._fill:self._fill + n]
+
+    def _filled(self, piece: memoryview) -> None:
+        """`piece` (from `_space`) now holds the next bytes of the file."""
+        if self._hasher is not None:
+            self._hasher.update(piece)  # still in cache: it was written a moment ago
+        self.size += len(piece)
+        if self._buffer is None:
+            _PACER.pace(len(piece))
+            _write_all(self._fd, piece)
+            return
+        self._fill += len(piece)
+        if self._fill == CHUNK:
+            self._flush_behind()
+
+    def _flush_behind(self) -> None:
+        """Send the full buffer to the disk on the helper thread and go on filling the other one."""
+        self._wait()
+        following = self._free if self._free is not None else _POOL.take()
+        self._free = None
+        self._inflight, self._buffer, self._fill = self._buffer, following, 0
+        self._pending = _writer_pool().submit(self._write_block, self._inflight, CHUNK)
+
+    def _wait(self) -> None:
+        """Wait for the block in flight, re-raising its error; its buffer is free again afterwards."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                pending.result()
+            finally:
+                self._free, self._inflight = self._inflight, None
+
+    def _write_block(self, buffer: mmap.mmap, length: int) -> None:
+        """Write the first `length` (aligned) bytes of `buffer` at the end of the file."""
         _PACER.pace(length)
-        block, written = memoryview(self._buffer)[:length], 0
+        block, written = memoryview(buffer)[:length], 0
         try:
             while written < length:
                 written += os.write(self._fd, block[written:])
@@ -208,17 +296,19 @@ class DirectWriter:
             _drop_direct(self._fd)
             self._direct = False
             _write_all(self._fd, block[written:])
-        self._fill = 0
+        finally:
+            block.release()
 
     def close(self) -> None:
         """Write what is buffered, truncate to the real size, fsync (unless fsync=False), close."""
         if self._fd < 0:
             return
         try:
+            self._wait()
             if self._buffer is not None and self._fill:
                 padded = -(-self._fill // ALIGN) * ALIGN
                 self._buffer[self._fill:padded] = bytes(padded - self._fill)
-                self._flush(padded)
+                self._write_block(self._buffer, padded)
                 os.ftruncate(self._fd, self.size)
             if self._fsync:
                 os.fsync(self._fd)
@@ -231,11 +321,19 @@ class DirectWriter:
             self._release()
 
     def _release(self) -> None:
-        fd, self._fd = self._fd, -1
-        if self._buffer is not None:
-            _POOL.give(self._buffer)
-            self._buffer = None
-        os.close(fd)
+        try:
+            self._wait()
+        except OSError:
+            pass  # closing anyway; the caller already has the first error
+        finally:
+            fd, self._fd = self._fd, -1
+            for buffer in (self._buffer, self._free):
+                if buffer is not None:
+                    _POOL.give(buffer)
+            if self._scratch is not None:
+                self._scratch.close()
+            self._buffer = self._free = self._scratch = None
+            os.close(fd)
 
 
 class DirectReader(io.BufferedIOBase):

@@ -116,3 +116,50 @@ def test_limit_rate_paces_the_bytes_moved(tmp_path):
     started = time.monotonic()
     _write(tmp_path / "g.bin", data, [])
     assert (tmp_path / "g.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "buffered"])
+@pytest.mark.parametrize("size", [0, ALIGN + 1, CHUNK, 2 * CHUNK + 12345])
+def test_the_writer_hashes_what_it_writes_and_receives_from_a_stream(tmp_path, monkeypatch, direct, size):
+    monkeypatch.setenv("HUBCKPT_DIRECT_IO", "1" if direct else "0")
+    data = _payload(size)
+    with DirectWriter(tmp_path / "a.bin", sha256=True) as f:
+        f.write(data[:5])
+        f.write(data[5:])
+    assert f.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "a.bin").read_bytes() == data
+
+    stream = io.BufferedReader(io.BytesIO(data + b"trailing bytes stay unread"), buffer_size=ALIGN)
+    with DirectWriter(tmp_path / "b.bin", sha256=True) as f:
+        first = min(3, size)
+        assert f.write_from(stream, first) == first
+        assert f.write_from(stream, size - first) == size - first
+    assert f.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert (tmp_path / "b.bin").read_bytes() == data
+    with DirectWriter(tmp_path / "c.bin") as f:  # a stream that ends early: what arrived is counted
+        assert f.write_from(io.BytesIO(data), size + 100) == size
+    with pytest.raises(ValueError):
+        f.hexdigest()  # made without sha256=True
+
+
+def test_a_failed_write_behind_surfaces_and_releases_the_file(tmp_path, monkeypatch):
+    """Full blocks go to the disk on a helper thread: its error reaches the writer's caller, and nothing leaks."""
+    real_write, calls = os.write, []
+
+    def write(fd, data):
+        calls.append(len(data))
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(direct_io.os, "write", write)
+    path = tmp_path / "f.bin"
+    with pytest.raises(OSError) as raised:
+        with DirectWriter(path) as f:
+            f.write(_payload(4 * CHUNK))
+            f.close()
+    assert raised.value.errno == errno.ENOSPC
+    path.unlink()  # released: removable, nothing holds it open
+    monkeypatch.setattr(direct_io.os, "write", real_write)
+    _write(path, _payload(CHUNK + 1), [])  # the pool's buffers are usable again
+    assert path.read_bytes() == _payload(CHUNK + 1)

@@ -4,15 +4,15 @@
 optimizer state twice the model's size) costs that much extra memory. This writer produces the
 same format — 8-byte little-endian header length, JSON header padded with spaces to 8 bytes, then
 the tensors' raw little-endian bytes in the order safetensors itself uses (alignment, then name) —
-from zero-copy views, computes the file's sha256 while writing, and fsyncs. Files are written
-past the page cache (`direct_io.py`), deterministic for the same tensors and metadata, and checked
-by the safetensors parser on read-back (see `weights.py`).
+from zero-copy views, computes the file's sha256 while writing (from the write buffer, while it is
+still in cache), and fsyncs. Files are written past the page cache (`direct_io.py`), deterministic
+for the same tensors and metadata, and checked by the safetensors parser on read-back (see
+`weights.py`).
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,8 +22,6 @@ from ..errors import DiskFullError, UnsupportedCheckpointError
 
 if TYPE_CHECKING:
     import torch
-
-_SLICE = 64 * 1024 * 1024
 
 
 def _dtype_names() -> dict:
@@ -70,48 +68,17 @@ def write_safetensors(path: Path, tensors: dict[str, "torch.Tensor"], metadata: 
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    hasher = _BackgroundHasher()
     try:
-        with DirectWriter(path) as f:  # bypasses the page cache (direct_io.py); fsync'd on close
-            for chunk in (len(raw).to_bytes(8, "little"), raw):
-                hasher.update(chunk)
-                f.write(chunk)
+        # Past the page cache (direct_io.py), hashed piece by piece from the write buffer while it is in
+        # cache, fsync'd on close.
+        with DirectWriter(path, sha256=True) as f:
+            f.write(len(raw).to_bytes(8, "little"))
+            f.write(raw)
             for _, t in entries:
-                data = raw_bytes(t)
-                for start in range(0, len(data), _SLICE):
-                    piece = data[start:start + _SLICE]
-                    hasher.update(piece)  # hashed on another core while this one writes
-                    f.write(piece)
-        digest = hasher.hexdigest()
+                f.write(raw_bytes(t))
+        digest = f.hexdigest()
     except OSError as e:
-        hasher.hexdigest()
         if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             raise DiskFullError(e.errno, f"No space left while writing {path.name} ({e.strerror})") from e
         raise
     return digest, 8 + len(raw) + offset
-
-
-class _BackgroundHasher:
-    """sha256 in a worker thread (hashlib releases the GIL), fed the same zero-copy slices we write."""
-
-    def __init__(self) -> None:
-        import queue
-        import threading
-
-        self._hash = hashlib.sha256()
-        self._queue: queue.Queue = queue.Queue(maxsize=4)
-        self._thread = threading.Thread(target=self._run, name="hubckpt-sha256", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (piece := self._queue.get()) is not None:
-            self._hash.update(piece)
-
-    def update(self, piece) -> None:
-        self._queue.put(piece)
-
-    def hexdigest(self) -> str:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-        return self._hash.hexdigest()

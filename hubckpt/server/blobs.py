@@ -109,29 +109,35 @@ class BlobWriter:
         self.store = store
         self.expected_sha256 = expected_sha256
         self.expected_size = expected_size
-        self.hasher = hashlib.sha256()
         self.size = 0
         self.tmp_path = store.tmp / f"{uuid.uuid4().hex}.part"
         # Past the page cache (direct_io.py): an upload is written once here and read rarely, and a
-        # cached copy would only cost the fresh pages and evict the training job's. Closed in finish()/abort().
-        self.file = DirectWriter(self.tmp_path)
+        # cached copy would only cost the fresh pages and evict the training job's. The writer hashes
+        # each piece from its own buffer right after it lands there. Closed in finish()/abort().
+        self.file = DirectWriter(self.tmp_path, sha256=True)
 
-    def write(self, chunk: bytes) -> None:
-        self.hash_chunk(chunk)
-        self.write_chunk(chunk)
+    def write(self, chunk) -> None:
+        """Append bytes held in memory."""
+        self._check_room(len(chunk))
+        self._stored(lambda: self.file.write(chunk))
 
-    def hash_chunk(self, chunk: bytes) -> None:
-        self.hasher.update(chunk)
+    def receive(self, stream, nbytes: int) -> int:
+        """Append `nbytes` read from `stream` (a socket file's `readinto`) straight into the write buffer, with
+        no copy in memory; return how many arrived (fewer only if the stream ended early)."""
+        self._check_room(nbytes)
+        return self._stored(lambda: self.file.write_from(stream, nbytes))
 
-    def write_chunk(self, chunk: bytes) -> None:
-        """Append to the temp file (the size check lives here: hashing may run in another thread)."""
-        if self.expected_size is not None and self.size + len(chunk) > self.expected_size:
+    def _check_room(self, nbytes: int) -> None:
+        if self.expected_size is not None and self.size + nbytes > self.expected_size:
             raise ObjectMismatchError(f"Upload is larger than the announced size {self.expected_size}")
+
+    def _stored(self, append) -> int:
         try:
-            self.file.write(chunk)
+            n = append()
         except OSError as e:
             raise _os_error(e, "receiving an upload") from e
-        self.size += len(chunk)
+        self.size += n
+        return n
 
     def finish(self) -> str:
         """Verify, fsync and move into place; return the sha256.
@@ -150,7 +156,7 @@ class BlobWriter:
             self.file.close()  # writes the last block and fsyncs
         except OSError as e:
             raise _os_error(e, "saving an upload") from e
-        sha256 = self.hasher.hexdigest()
+        sha256 = self.file.hexdigest()
         if self.expected_size is not None and self.size != self.expected_size:
             raise ObjectMismatchError(f"Size mismatch: expected {self.expected_size} bytes, received {self.size}")
         if self.expected_sha256 is not None and sha256 != self.expected_sha256:
@@ -179,50 +185,37 @@ class BlobWriter:
 
 
 class PipelinedWriter:
-    """Feeds a `BlobWriter` from other threads: receiving, hashing and writing all overlap.
+    """Feeds a `BlobWriter` from another thread, so that receiving overlaps hashing and writing.
 
-    One thread hashes and another writes the same chunks (hashlib and file writes release the GIL on
-    large buffers), so an upload costs max(hash, write) rather than their sum. Bounded queues keep
-    memory flat (at most `depth` chunks in flight per stage).
+    For the API server's (asyncio) upload route, whose body arrives as chunks on the event loop. A
+    bounded queue keeps memory flat (at most `depth` chunks in flight).
     """
 
     def __init__(self, writer: BlobWriter, depth: int = 4) -> None:
         self.writer = writer
         self.error: BaseException | None = None
-        self._queues = [queue.Queue(maxsize=depth), queue.Queue(maxsize=depth)]
-        self._threads = [
-            threading.Thread(target=self._run, args=(self._queues[0], writer.hash_chunk), name="hubckpt-blob-hash",
-                             daemon=True),
-            threading.Thread(target=self._run, args=(self._queues[1], writer.write_chunk), name="hubckpt-blob-write",
-                             daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name="hubckpt-blob-write", daemon=True)
+        self._thread.start()
 
-    def _run(self, chunks: queue.Queue, consume) -> None:
-        while True:
-            chunk = chunks.get()
-            if chunk is None:
-                return
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
             if self.error is None:
                 try:
-                    consume(chunk)
+                    self.writer.write(chunk)
                 except BaseException as e:  # re-raised by finish()
                     self.error = e
 
     def put(self, chunk: bytes, block: bool = True) -> bool:
-        """Queue a chunk; with block=False, return False instead of waiting when a queue is full."""
-        if not block and any(q.full() for q in self._queues):
+        """Queue a chunk; with block=False, return False instead of waiting when the queue is full."""
+        if not block and self._queue.full():
             return False
-        for q in self._queues:
-            q.put(chunk)
+        self._queue.put(chunk)
         return True
 
     def _drain(self) -> None:
-        for q in self._queues:
-            q.put(None)
-        for thread in self._threads:
-            thread.join()
+        self._queue.put(None)
+        self._thread.join()
 
     def finish(self) -> str:
         """Wait for the queued chunks, then verify and store the object (see `BlobWriter.finish`)."""

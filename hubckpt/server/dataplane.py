@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..errors import HubHTTPError
 from ..priority import lower_priority
-from .blobs import PipelinedWriter, is_sha256
+from .blobs import is_sha256
 from .http_errors import internal_error, to_http
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ logger = logging.getLogger(__name__)
 DOWNLOAD_URL_TTL_S = 6 * 3600
 DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_TIMEOUT_S = 60.0
-_CHUNK = 8 * 1024 * 1024
 _BLOB = re.compile(r"^/blob/([0-9a-f]{64})$")
 _LFS = re.compile(r"^/lfs/(\d+)/([0-9a-f]{64})/(\d+)$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -150,19 +149,18 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.upload_priority is not None and not getattr(self, "_lowered", False):
             lower_priority(self.server.upload_priority)  # this connection's thread, from now on
             self._lowered = True
-        pipeline = PipelinedWriter(ctx.blobs.new_writer(expected_sha256=oid, expected_size=size))
+        # Received straight into the blob writer's aligned buffer and hashed there while in cache (blobs.py,
+        # direct_io.py): the body is never copied in memory, and one thread does it all.
+        writer = ctx.blobs.new_writer(expected_sha256=oid, expected_size=size)
         try:
-            while remaining > 0:
-                chunk = self.rfile.read(min(_CHUNK, remaining))
-                if not chunk:
-                    raise HubHTTPError(400, f"Upload ended {remaining} bytes early")
-                remaining -= len(chunk)
-                pipeline.put(chunk)
+            received = writer.receive(self.rfile, remaining)
+            if received < remaining:
+                raise HubHTTPError(400, f"Upload ended {remaining - received} bytes early")
         except BaseException:
-            pipeline.abort()
+            writer.abort()
             self.close_connection = True
             raise
-        pipeline.finish()
+        writer.finish()
         ctx.stats["lfs_bytes_received"] += size
         ctx.store.add_repo_object_by_id(repo_db_id, oid)
         self.send_response(200)

@@ -6,8 +6,8 @@ costs ~4 CPU-seconds per GiB (free-page reporting hands freed guest memory back 
 is faulted in again on reuse), more than hashing and sending the same bytes together; even on bare
 metal it is the largest per-byte cost of a write. A checkpoint is written once and read once (to
 verify and upload it) and gains nothing from being cached: caching only pushes the training job's own
-pages out. With `O_DIRECT` the disk moves the bytes by DMA from one reused, page-aligned buffer:
-~0.05 CPU-seconds per GiB (`bench/README.md`, "Publishing from a child process").
+pages out. With `O_DIRECT` the disk moves the bytes by DMA from reused, page-aligned buffers (two per
+file being written: one fills while a helper thread writes the other): ~0.05 CPU-seconds per GiB (`bench/README.md`, "Publishing from a child process").
 
 Where `O_DIRECT` is missing (not Linux) or refused (tmpfs on older kernels, some FUSE and overlay
 filesystems: `EINVAL` at open or at the first write), both classes fall back to ordinary buffered I/O
@@ -26,10 +26,12 @@ import io
 import logging
 import mmap
 import os
+import queue
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ def direct_io_enabled() -> bool:
 class _BufferPool:
     """Page-aligned CHUNK-sized buffers (anonymous maps), reused so their pages are faulted in once."""
 
-    def __init__(self, keep: int = 8) -> None:
+    def __init__(self, keep: int = 16) -> None:  # two per writer in flight
         self._free: list[mmap.mmap] = []
         self._keep = keep
         self._lock = threading.Lock()
@@ -103,31 +105,46 @@ class _Pacer:
 
 
 _PACER = _Pacer()
-_WRITERS: list[ThreadPoolExecutor] = []
-_WRITERS_LOCK = threading.Lock()
 
 
-def _writer_pool() -> ThreadPoolExecutor:
-    """The threads that send full blocks to the disk (each writer has at most one block in flight)."""
-    if not _WRITERS:
-        with _WRITERS_LOCK:
-            if not _WRITERS:
-                _WRITERS.append(ThreadPoolExecutor(max_workers=8, thread_name_prefix="hubckpt-direct-write"))
-    return _WRITERS[0]
+class _WriteBehind:
+    """One daemon thread that writes one DirectWriter's full blocks, in order.
 
+    Made by the writing thread, so it inherits that thread's nice value or idle class (Linux threads
+    inherit their creator's); a daemon so that writes still work while the interpreter shuts down
+    (atexit handlers, threads outliving the main one), unlike a `concurrent.futures` pool.
+    """
 
-def _forget_after_fork() -> None:
-    _POOL.forget()
-    global _WRITERS_LOCK
-    _WRITERS.clear()  # the parent's threads do not exist in a forked child
-    _WRITERS_LOCK = threading.Lock()
+    def __init__(self, write_block) -> None:
+        self._write_block = write_block
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="hubckpt-direct-write", daemon=True)
+        self._thread.start()
+
+    def submit(self, buffer: mmap.mmap, length: int) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, buffer, length))
+        return future
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, buffer, length = job
+            try:
+                self._write_block(buffer, length)
+            except BaseException as e:  # noqa: BLE001 - handed to the writing thread
+                future.set_exception(e)
+            else:
+                future.set_result(None)
 
 
 def limit_rate(mb_per_s: float | None) -> None:
     """Cap the bytes per second that DirectWriter/DirectReader move in this process (None or 0: no cap)."""
     _PACER.bytes_per_s = float(mb_per_s or 0) * 1e6
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_after_fork)
+    os.register_at_fork(after_in_child=_POOL.forget)
 
 
 def _open(path: Path, flags: int, mode: int = 0o644) -> tuple[int, bool]:
@@ -173,11 +190,11 @@ class DirectWriter:
     Bytes are copied into an aligned buffer in pieces of at most 1 MiB and, with `sha256=True`, hashed
     from that buffer right after the copy, while they are still in this core's cache: one pass over
     the source instead of two (`hexdigest()` after `close()`). Each full CHUNK goes to the disk on a
-    helper thread while the next one is filled in a second buffer. `write_from()` receives bytes
-    straight into the buffer (a socket's `readinto`), so a received upload is never copied in memory.
-    `close()` writes the last, padded block, truncates the file to its real size and fsyncs. Use as a
-    context manager: leaving the block with an exception closes the file without fsync (the caller
-    removes it).
+    helper thread while the next one fills a second buffer. `write_from()` receives bytes straight into
+    the buffer (a socket's `readinto`), so a received upload is never copied in memory. `close()`
+    writes the last, padded block, truncates the file to its real size and fsyncs. After a failed
+    write every later call raises that error again. Use as a context manager: leaving the block with
+    an exception closes the file without fsync (the caller removes it).
     """
 
     def __init__(self, path: str | Path, *, fsync: bool = True, sha256: bool = False) -> None:
@@ -191,10 +208,12 @@ class DirectWriter:
         except BaseException:
             os.close(self._fd)
             raise
-        self._inflight: mmap.mmap | None = None  # the full buffer the helper thread is writing
+        self._behind: _WriteBehind | None = None  # started at the first full block
+        self._inflight: mmap.mmap | None = None  # the full buffer being written by it
         self._pending: Future | None = None  # ... and that write
         self._free: mmap.mmap | None = None  # the second buffer, when not in flight
-        self._scratch: mmap.mmap | None = None  # buffered I/O: where write_from() receives
+        self._scratch: bytearray | None = None  # buffered I/O: where write_from() receives
+        self._error: BaseException | None = None
         self._fill = 0
 
     def __enter__(self) -> "DirectWriter":
@@ -213,6 +232,7 @@ class DirectWriter:
         return self._hasher.hexdigest()
 
     def write(self, data) -> int:
+        self._check()
         view = memoryview(data).cast("B")
         pos = 0
         if self._buffer is None:  # buffered I/O: straight from the caller's memory
@@ -227,57 +247,81 @@ class DirectWriter:
             pos += n
         return len(view)
 
-    def write_from(self, stream, nbytes: int) -> int:
-        """Append `nbytes` read from `stream` (its `readinto`, e.g. a socket file) straight into the write
-        buffer; return how many arrived (fewer only if the stream ended first)."""
+    def write_from(self, readinto: Callable[[memoryview], int], nbytes: int) -> int:
+        """Append `nbytes` that `readinto(view)` (a socket file's, say) puts straight into the write buffer;
+        return how many arrived (fewer only if it returned 0 first). Its exceptions pass through unchanged."""
+        self._check()
         done = 0
         while done < nbytes:
             target = self._space(nbytes - done)
-            got = stream.readinto(target)
+            got = readinto(target)
             if not got:
                 break
             self._filled(target[:got])
             done += got
         return done
 
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._fd < 0:
+            raise ValueError("I/O operation on closed file")
+
     def _space(self, wanted: int) -> memoryview:
         """Where the next (at most 1 MiB) piece goes: the free part of the buffer, or a scratch buffer."""
         n = min(wanted, _PIECE)
         if self._buffer is None:
             if self._scratch is None:
-                self._scratch = mmap.mmap(-1, _PIECE)
+                self._scratch = bytearray(_PIECE)
             return memoryview(self._scratch)[:n]
         n = min(n, CHUNK - self._fill)
         return memoryview(self._buffer)[self._fill:self._fill + n]
 
     def _filled(self, piece: memoryview) -> None:
-        """`piece` (from `_space`) now holds the next bytes of the file."""
+        """`piece` (from `_space`, or the caller's memory in buffered I/O) now holds the next bytes of the file."""
         if self._hasher is not None:
             self._hasher.update(piece)  # still in cache: it was written a moment ago
         self.size += len(piece)
         if self._buffer is None:
             _PACER.pace(len(piece))
-            _write_all(self._fd, piece)
+            self._failing(_write_all, self._fd, piece)
             return
         self._fill += len(piece)
         if self._fill == CHUNK:
             self._flush_behind()
+
+    def _failing(self, action, *args) -> None:
+        """Run `action`; an error it raises sticks (see the class docstring)."""
+        try:
+            action(*args)
+        except BaseException as e:
+            self._error = e
+            raise
 
     def _flush_behind(self) -> None:
         """Send the full buffer to the disk on the helper thread and go on filling the other one."""
         self._wait()
         following = self._free if self._free is not None else _POOL.take()
         self._free = None
+        if self._behind is None:
+            self._behind = _WriteBehind(self._write_block)
         self._inflight, self._buffer, self._fill = self._buffer, following, 0
-        self._pending = _writer_pool().submit(self._write_block, self._inflight, CHUNK)
+        self._pending = self._behind.submit(self._inflight, CHUNK)
 
     def _wait(self) -> None:
-        """Wait for the block in flight, re-raising its error; its buffer is free again afterwards."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            try:
-                pending.result()
-            finally:
+        """Wait for the block in flight, re-raising its error; its buffer is free again once it is done."""
+        pending = self._pending
+        if pending is None:
+            return
+        try:
+            pending.result()
+        except BaseException as e:
+            if pending.done():  # the block's own error (not an interrupted wait): it sticks
+                self._error = e
+            raise
+        finally:
+            if pending.done():  # not when the wait itself was interrupted: the helper still writes from it
+                self._pending = None
                 self._free, self._inflight = self._inflight, None
 
     def _write_block(self, buffer: mmap.mmap, length: int) -> None:
@@ -304,11 +348,12 @@ class DirectWriter:
         if self._fd < 0:
             return
         try:
+            self._check()
             self._wait()
             if self._buffer is not None and self._fill:
                 padded = -(-self._fill // ALIGN) * ALIGN
                 self._buffer[self._fill:padded] = bytes(padded - self._fill)
-                self._write_block(self._buffer, padded)
+                self._failing(self._write_block, self._buffer, padded)
                 os.ftruncate(self._fd, self.size)
             if self._fsync:
                 os.fsync(self._fd)
@@ -321,19 +366,26 @@ class DirectWriter:
             self._release()
 
     def _release(self) -> None:
+        interrupted: BaseException | None = None
+        while self._pending is not None:  # the helper must be done with the fd and the buffer first
+            try:
+                self._wait()
+            except (KeyboardInterrupt, SystemExit) as e:
+                interrupted = interrupted or e  # an 8 MiB write finishes in milliseconds: wait it out
+            except BaseException:  # noqa: BLE001 - its error already reached the caller or is moot now
+                pass
+        fd, self._fd = self._fd, -1
         try:
-            self._wait()
-        except OSError:
-            pass  # closing anyway; the caller already has the first error
+            os.close(fd)
         finally:
-            fd, self._fd = self._fd, -1
+            if self._behind is not None:
+                self._behind.stop()
             for buffer in (self._buffer, self._free):
                 if buffer is not None:
                     _POOL.give(buffer)
-            if self._scratch is not None:
-                self._scratch.close()
-            self._buffer = self._free = self._scratch = None
-            os.close(fd)
+            self._buffer = self._free = self._scratch = self._behind = None
+        if interrupted is not None:
+            raise interrupted
 
 
 class DirectReader(io.BufferedIOBase):

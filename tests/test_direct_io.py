@@ -132,12 +132,12 @@ def test_the_writer_hashes_what_it_writes_and_receives_from_a_stream(tmp_path, m
     stream = io.BufferedReader(io.BytesIO(data + b"trailing bytes stay unread"), buffer_size=ALIGN)
     with DirectWriter(tmp_path / "b.bin", sha256=True) as f:
         first = min(3, size)
-        assert f.write_from(stream, first) == first
-        assert f.write_from(stream, size - first) == size - first
+        assert f.write_from(stream.readinto, first) == first
+        assert f.write_from(stream.readinto, size - first) == size - first
     assert f.hexdigest() == hashlib.sha256(data).hexdigest()
     assert (tmp_path / "b.bin").read_bytes() == data
     with DirectWriter(tmp_path / "c.bin") as f:  # a stream that ends early: what arrived is counted
-        assert f.write_from(io.BytesIO(data), size + 100) == size
+        assert f.write_from(io.BytesIO(data).readinto, size + 100) == size
     with pytest.raises(ValueError):
         f.hexdigest()  # made without sha256=True
 
@@ -160,6 +160,63 @@ def test_a_failed_write_behind_surfaces_and_releases_the_file(tmp_path, monkeypa
             f.close()
     assert raised.value.errno == errno.ENOSPC
     path.unlink()  # released: removable, nothing holds it open
+
+    calls.clear()
+    writer = DirectWriter(path)
+    writer.write(_payload(2 * CHUNK))  # the second block fails on the helper thread ...
+    with pytest.raises(OSError):
+        writer.write(_payload(CHUNK))  # ... and surfaces here
+    with pytest.raises(OSError):
+        writer.write(b"x")  # it sticks: a file missing a block is never closed as if complete
+    with pytest.raises(OSError):
+        writer.close()
+    path.unlink()
     monkeypatch.setattr(direct_io.os, "write", real_write)
     _write(path, _payload(CHUNK + 1), [])  # the pool's buffers are usable again
     assert path.read_bytes() == _payload(CHUNK + 1)
+
+
+def test_writes_work_while_the_interpreter_shuts_down(tmp_path):
+    """An atexit handler (a Checkpointer closed at exit, say) can still write files larger than a block."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "f.bin"
+    script = ("import atexit\nfrom hubckpt.direct_io import DirectWriter\n"
+              "def last():\n    with DirectWriter(%r) as f:\n        f.write(b'z' * (3 * %d + 5))\n"
+              "atexit.register(last)\n") % (str(path), CHUNK)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert path.read_bytes() == b"z" * (3 * CHUNK + 5)
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "buffered"])
+def test_a_receiving_blob_writer_passes_the_clients_errors_through_and_leaks_nothing(tmp_path, monkeypatch, direct):
+    """A client that stalls mid-upload is the client's problem (the data plane closes quietly), not a storage error."""
+    import socket
+
+    from hubckpt.server.blobs import BlobStore
+
+    monkeypatch.setenv("HUBCKPT_DIRECT_IO", "1" if direct else "0")
+
+    class Stalling(io.RawIOBase):
+        def __init__(self):
+            self.sent = 0
+
+        def readinto(self, view):
+            if self.sent >= CHUNK + 10:
+                raise socket.timeout("timed out")
+            n = min(len(view), 65536)
+            view[:n] = b"a" * n
+            self.sent += n
+            return n
+
+    store = BlobStore(tmp_path / "hub")
+    fds = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    for _ in range(3):
+        writer = store.new_writer(expected_size=4 * CHUNK)
+        with pytest.raises(socket.timeout):
+            writer.receive(Stalling(), 4 * CHUNK)
+        writer.abort()
+    if fds is not None:
+        assert len(os.listdir("/proc/self/fd")) == fds
+    assert not list((tmp_path / "hub" / "tmp").iterdir())

@@ -119,25 +119,38 @@ class BlobWriter:
     def write(self, chunk) -> None:
         """Append bytes held in memory."""
         self._check_room(len(chunk))
-        self._stored(lambda: self.file.write(chunk))
+        try:
+            self.file.write(chunk)
+        except OSError as e:
+            raise _os_error(e, "receiving an upload") from e
+        self.size += len(chunk)
 
     def receive(self, stream, nbytes: int) -> int:
-        """Append `nbytes` read from `stream` (a socket file's `readinto`) straight into the write buffer, with
-        no copy in memory; return how many arrived (fewer only if the stream ended early)."""
+        """Append `nbytes` read from `stream` (a socket file) straight into the write buffer, with no copy in
+        memory; return how many arrived (fewer only if the stream ended early). The stream's own errors (a
+        client that went away or stalled) pass through unchanged; the disk's become storage errors."""
         self._check_room(nbytes)
-        return self._stored(lambda: self.file.write_from(stream, nbytes))
+        failed = []
+
+        def readinto(view: memoryview) -> int:
+            try:
+                return stream.readinto(view)
+            except BaseException as e:
+                failed.append(e)
+                raise
+
+        try:
+            n = self.file.write_from(readinto, nbytes)
+        except OSError as e:
+            if failed and e is failed[0]:
+                raise
+            raise _os_error(e, "receiving an upload") from e
+        self.size += n
+        return n
 
     def _check_room(self, nbytes: int) -> None:
         if self.expected_size is not None and self.size + nbytes > self.expected_size:
             raise ObjectMismatchError(f"Upload is larger than the announced size {self.expected_size}")
-
-    def _stored(self, append) -> int:
-        try:
-            n = append()
-        except OSError as e:
-            raise _os_error(e, "receiving an upload") from e
-        self.size += n
-        return n
 
     def finish(self) -> str:
         """Verify, fsync and move into place; return the sha256.

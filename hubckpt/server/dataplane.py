@@ -150,7 +150,8 @@ class _Handler(BaseHTTPRequestHandler):
             lower_priority(self.server.upload_priority)  # this connection's thread, from now on
             self._lowered = True
         # Received straight into the blob writer's aligned buffer and hashed there while in cache (blobs.py,
-        # direct_io.py): the body is never copied in memory, and one thread does it all.
+        # direct_io.py): the body is never copied in memory. This thread receives and hashes; the writer's
+        # helper thread, started from it (so in the same priority class), sends full blocks to the disk.
         writer = ctx.blobs.new_writer(expected_sha256=oid, expected_size=size)
         try:
             received = writer.receive(self.rfile, remaining)

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-import ipaddress
 import json
 import logging
 import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
-from urllib.parse import urlsplit
 
 from .direct_io import DirectReader, direct_io_enabled
 
@@ -113,34 +111,6 @@ def read_uploads_in_large_pieces() -> None:
             stream.CHUNK_SIZE = UPLOAD_READ_BYTES
 
 
-_serial_local_uploads = False
-
-
-def upload_one_at_a_time_to_this_machine() -> None:
-    """Upload a commit's LFS files one after another (not five at once) to a hub on a loopback address.
-
-    Called only by the publishing process: there the receiving hub shares the cores with the training
-    job, and every sender and receiver running at the same time costs that job a slice of its speed
-    (bench/README.md, "Fewer bytes and fewer threads per publish"); one at a time costs the same CPU
-    in total, spread over a little more time. Remote hubs keep parallel uploads: there they hide the
-    network's latency.
-    """
-    global _serial_local_uploads
-    _serial_local_uploads = True
-
-
-def upload_threads(endpoint: str) -> int:
-    """How many LFS files a `create_commit` to `endpoint` uploads at once."""
-    if not _serial_local_uploads:
-        return 5  # huggingface_hub's default
-    host = urlsplit(endpoint).hostname or ""
-    try:
-        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        local = False
-    return 1 if local else 5
-
-
 def known_hashes(folder: Path) -> dict[str, tuple[str, int]]:
     """path → (sha256, size) from the folder's checkpoint.json, written when the files were."""
     try:
@@ -219,6 +189,6 @@ def commit_folder(api: "HfApi", repo_id: str, folder: str | Path, *, revision: s
     with contextlib.ExitStack() as stack, quiet_xet_notice():
         operations = folder_operations(folder, stack, use_xet=use_xet)
         info = api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision,
-                                 parent_commit=parent_commit, num_threads=upload_threads(api.endpoint))
+                                 parent_commit=parent_commit)
     logger.info("committed %d files to %s@%s: %s", len(operations), repo_id, revision, info.oid)
     return info

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .commits import folder_operations, quiet_xet_notice, upload_threads
+from .commits import folder_operations, quiet_xet_notice
 from .errors import RevisionCollisionError
 from .formats.index import RevisionIndex
 from .formats.manifest import MANIFEST_FILE, manifest_digest, read_manifest
@@ -183,7 +183,7 @@ class HubTarget:
             def send() -> str:
                 _rewind(ops)
                 return self.api.create_commit(self.repo_id, ops, commit_message=message, revision=branch,
-                                              parent_commit=head, num_threads=upload_threads(self.api.endpoint)).oid
+                                              parent_commit=head).oid
 
             return self._commit_once(send, branch, manifest_sha256)
 
@@ -245,8 +245,7 @@ class HubTarget:
                 def send() -> str:
                     _rewind(ops)
                     return self.api.create_commit(self.repo_id, ops, commit_message=message, revision=MAIN,
-                                                  parent_commit=head,
-                                                  num_threads=upload_threads(self.api.endpoint)).oid
+                                                  parent_commit=head).oid
 
                 try:
                     commit = with_retries(send, what=f"updating main of {self.repo_id}")

@@ -547,27 +547,3 @@ def test_dir_shows_lazy_names_and_restore_rng_takes_both_layouts():
     assert random.random() == first
     restore_rng({"rng_state": state})  # a Trainer checkpoint's layout
     assert random.random() == first
-
-
-def test_the_publishing_process_uploads_one_file_at_a_time_to_a_hub_on_this_machine(api, local_hub, tmp_path,
-                                                                                      monkeypatch):
-    """What `publisher_process` switches on: every commit to a loopback hub uploads serially; remote hubs
-    keep huggingface_hub's parallel uploads (and so does everything else, until it is switched on)."""
-    from hubckpt import commits
-
-    seen = []
-    real = HfApi.create_commit
-
-    def create_commit(self, *args, **kwargs):
-        seen.append(kwargs.get("num_threads"))
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(HfApi, "create_commit", create_commit)
-    assert commits.upload_threads(local_hub.url) == 5
-    monkeypatch.setattr(commits, "_serial_local_uploads", False)
-    commits.upload_one_at_a_time_to_this_machine()
-    assert commits.upload_threads("https://huggingface.co") == 5
-    assert commits.upload_threads("http://127.example.com") == 5
-    with Publisher("alice/serial", hub=local_hub.url, spool_dir=tmp_path / "s") as pub:
-        pub.publish(state_dict={"w": torch.ones(3)}, step=1, training_state={"opt": {"m": torch.ones(2)}}).result()
-    assert seen and set(seen) == {1}

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .. import errors
-from ..commits import read_uploads_in_large_pieces, upload_one_at_a_time_to_this_machine
+from ..commits import read_uploads_in_large_pieces
 from ..direct_io import limit_rate
 from ..errors import HubConfigError, PublishError
 from ..priority import lower_process_priority
@@ -569,7 +569,6 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     read_uploads_in_large_pieces()
-    upload_one_at_a_time_to_this_machine()
     sock = socket.socket(fileno=int(os.environ.pop("HUBCKPT_PUBLISHER_FD")))
     channel = Channel(sock)
     root = logging.getLogger("hubckpt")

@@ -96,7 +96,7 @@ def bench_floor(run: Run, saves: int) -> list[float]:
 
 
 def bench_checkpointer(run: Run, saves: int, hub: str, nice: int | str | None, background: str | None,
-                       mb_per_s: float | None = None) -> dict[str, list[float]]:
+                       mb_per_s: float | str | None = "auto") -> dict[str, list[float]]:
     """Per save: floor copy right before it, the save's stall, time until visible, steps/s during the
     background publish and right after it with nothing in the background."""
     import hubckpt
@@ -107,7 +107,7 @@ def bench_checkpointer(run: Run, saves: int, hub: str, nice: int | str | None, b
     with hubckpt.Checkpointer("bench/checkpointer", model=run.model, optimizer=run.optimizer,
                               scheduler=run.scheduler, hub=hub, nice=nice, background=background,
                               publish_mb_per_s=mb_per_s) as ckpt:
-        out["mode"] = [ckpt.background, ckpt.nice]
+        out["mode"] = [ckpt.background, f"{ckpt.nice} publish_mb_per_s={ckpt.publish_mb_per_s}"]
         ckpt.wait_staged()  # (the run object had stepped already; a fresh loop gets this within its first step)
         for i in range(saves):
             run.step()
@@ -212,7 +212,8 @@ def main() -> None:
     parser.add_argument("--nice", type=lambda v: v if v == "idle" else int(v), default=None,
                         help="Checkpointer(nice=...): idle or 0..19 (default: the library's, idle for a process, "
                         "0 for threads)")
-    parser.add_argument("--mb-per-s", type=float, default=None, help="Checkpointer(publish_mb_per_s=...)")
+    parser.add_argument("--mb-per-s", type=lambda v: v if v == "auto" else (float(v) or None), default="auto",
+                        help="Checkpointer(publish_mb_per_s=...): auto (the library's default), a number, 0 for no cap")
     parser.add_argument("--server-nice", type=int, default=0, help="start the local hub at this nice value")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for training (0: torch's default)")
     parser.add_argument("--only-checkpointer", action="store_true", help="skip the (b), (c), (d) comparisons")

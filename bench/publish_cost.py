@@ -55,7 +55,8 @@ def main() -> None:
     print(f"{nbytes / 2**30:.2f} GiB of state per save; baseline: one sha256 over it, {floor:.2f} CPU-s")
     try:
         with hubckpt.Checkpointer("bench/publish-cost", model=run.model, optimizer=run.optimizer,
-                                  scheduler=run.scheduler, hub=hub, background="process") as ckpt:
+                                  scheduler=run.scheduler, hub=hub, background="process",
+                                  publish_mb_per_s=None) as ckpt:  # the cost of a publish, not its pace
             ckpt.wait_staged()
             child = ckpt.publisher._process.pid
             for i in range(args.saves):

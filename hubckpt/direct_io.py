@@ -14,8 +14,9 @@ filesystems: `EINVAL` at open or at the first write), both classes fall back to 
 with the same results. `HUBCKPT_DIRECT_IO=0` turns direct I/O off.
 
 `limit_rate(mb_per_s)` paces every block these classes move in this process (the publishing process
-uses it for `Checkpointer(publish_mb_per_s=...)`): fewer bytes per second through memory is what
-still slows a training loop sharing the machine, once the publisher only gets idle CPU.
+uses it for `Checkpointer(publish_mb_per_s=...)` while it uploads): on cores a training loop keeps
+busy, whatever runs beside it slows it for as long as it runs, so the same work spread over more time
+keeps training closer to full speed.
 """
 
 from __future__ import annotations
@@ -83,25 +84,36 @@ _POOL = _BufferPool()
 
 
 class _Pacer:
-    """Sleeps so that the bytes moved stay under a rate (process-wide; off by default)."""
+    """Sleeps so that the bytes moved stay under a rate (process-wide; off by default).
+
+    A sleeper wakes as soon as the rate changes (`limit_rate`), so lifting the cap takes effect at once.
+    """
 
     def __init__(self) -> None:
         self.bytes_per_s = 0.0
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._start = 0.0
         self._moved = 0
 
     def pace(self, nbytes: int) -> None:
-        if not self.bytes_per_s:
+        rate = self.bytes_per_s  # read once: limit_rate() may change it from another thread
+        if not rate:
             return
-        with self._lock:
+        with self._changed:
             now = time.monotonic()
-            if self._moved / self.bytes_per_s < now - self._start - 1.0:  # idle for a while: no credit saved up
+            if self._moved / rate < now - self._start - 1.0:  # idle for a while: no credit saved up
                 self._start, self._moved = now, 0
             self._moved += nbytes
-            delay = self._moved / self.bytes_per_s - (now - self._start)
-        if delay > 0:
-            time.sleep(delay)
+            delay = self._moved / rate - (now - self._start)
+            if delay > 0:
+                self._changed.wait_for(lambda: self.bytes_per_s != rate, timeout=delay)
+
+    def set_rate(self, bytes_per_s: float) -> None:
+        with self._changed:
+            if bytes_per_s != self.bytes_per_s:
+                self.bytes_per_s = bytes_per_s
+                self._start, self._moved = time.monotonic(), 0
+                self._changed.notify_all()
 
 
 _PACER = _Pacer()
@@ -142,7 +154,7 @@ class _WriteBehind:
 
 def limit_rate(mb_per_s: float | None) -> None:
     """Cap the bytes per second that DirectWriter/DirectReader move in this process (None or 0: no cap)."""
-    _PACER.bytes_per_s = float(mb_per_s or 0) * 1e6
+    _PACER.set_rate(float(mb_per_s or 0) * 1e6)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_POOL.forget)
 
@@ -438,7 +450,6 @@ class DirectReader(io.BufferedIOBase):
             start = self._pos - self._pos % ALIGN
             if self._buffer is None:
                 self._buffer = _POOL.take()
-            _PACER.pace(len(self._buffer))
             try:
                 n = _pread_into(self._fd, self._buffer, start)
             except OSError as e:
@@ -448,6 +459,7 @@ class DirectReader(io.BufferedIOBase):
                 self._direct = False
                 n = _pread_into(self._fd, self._buffer, start)
             self._start, self._length = start, n
+            _PACER.pace(n)  # what was read (a short last block costs its own size)
             if self._pos >= start + n:
                 return memoryview(b"")
         offset = self._pos - self._start

@@ -45,7 +45,7 @@ def test_the_checkpointer_refuses_idle_threads_that_share_the_gil(tmp_path):
                              nice="idle", spool_dir=tmp_path / "spool")
 
 
-@pytest.mark.parametrize("bad", [0, -5, "fast", True])
+@pytest.mark.parametrize("bad", [0, -5, "fast", "", True])
 def test_the_checkpointer_refuses_a_bad_publish_rate(tmp_path, bad):
     import hubckpt
     from torch import nn

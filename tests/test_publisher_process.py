@@ -207,3 +207,87 @@ def test_a_paced_publishing_process_still_publishes_the_captured_values(local_hu
         assert not ckpt.save(2).result(timeout=60).skipped
     weights = load_file(api.hf_hub_download("alice/proc-paced", "model.safetensors", revision="step-0000002"))
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
+
+
+def test_the_publish_cap_spreads_a_publish_but_never_makes_anything_wait(local_hub, api, tmp_path):
+    """publish_mb_per_s paces only a publish's upload, and only while nothing waits for it: the staging
+    buffers come back at full speed (the next save does not stall), and wait() lifts it (at 2 MB/s this
+    upload would take ~25 s)."""
+    import hubckpt
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2048, 2048)  # 16 MiB of weights + 32 MiB of AdamW state (uploads read past the cache)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with hubckpt.Checkpointer("alice/proc-cap", model=model, optimizer=optimizer, hub=local_hub.url,
+                              spool_dir=tmp_path / "spool", publish_mb_per_s=2, staging_sets=1) as ckpt:
+        for step in (1, 2):
+            model(torch.randn(2, 2048)).sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if step == 1:
+                ckpt.wait_staged()
+                first = ckpt.save(1)
+                time.sleep(3)
+                assert not first.done()  # its upload is paced: nothing is waiting for it
+        expected = {k: v.clone() for k, v in model.state_dict().items()}
+        started = time.monotonic()
+        second = ckpt.save(2)  # the only staging set came back at full speed
+        assert time.monotonic() - started < 5
+        ckpt.wait()
+        assert time.monotonic() - started < 10
+        assert first.done() and not second.result().skipped
+    weights = load_file(api.hf_hub_download("alice/proc-cap", "model.safetensors", revision="step-0000002",
+                                            cache_dir=tmp_path / "dl"))
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
+
+
+def test_the_publishing_process_paces_only_while_nothing_waits():
+    from hubckpt import direct_io
+    from hubckpt.integrations.publisher_process import _Pacing
+
+    pacing = _Pacing()
+    try:
+        pacing.start(5)
+        assert direct_io._PACER.bytes_per_s == 0  # nothing handed over (jobs resumed from the journal run unpaced)
+        pacing.queued(1)
+        assert direct_io._PACER.bytes_per_s == 0  # converting: it holds the staging buffers
+        pacing.released(1)
+        assert direct_io._PACER.bytes_per_s == 5e6  # uploading, nothing waits: paced
+        pacing.queued(2)
+        assert direct_io._PACER.bytes_per_s == 0  # another save handed over
+        pacing.settled(1)
+        assert direct_io._PACER.bytes_per_s == 0
+        pacing.released(2)
+        assert direct_io._PACER.bytes_per_s == 5e6
+        pacing.waiting(+1)  # wait() / close()
+        assert direct_io._PACER.bytes_per_s == 0
+        pacing.waiting(-1)
+        assert direct_io._PACER.bytes_per_s == 5e6
+        pacing.settled(2)
+        assert direct_io._PACER.bytes_per_s == 0
+    finally:
+        direct_io.limit_rate(None)
+
+
+def test_lifting_the_cap_wakes_a_paced_reader_at_once(tmp_path):
+    import threading
+
+    from hubckpt import direct_io
+    from hubckpt.direct_io import CHUNK, DirectReader
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * (3 * CHUNK))
+    direct_io.limit_rate(0.5)  # 25 MB would take ~50 s
+    try:
+        done = threading.Event()
+        reader = threading.Thread(target=lambda: (DirectReader(path).read(), done.set()))
+        reader.start()
+        time.sleep(0.5)
+        assert not done.is_set()
+        started = time.monotonic()
+        direct_io.limit_rate(None)
+        assert done.wait(5) and time.monotonic() - started < 5
+        reader.join()
+    finally:
+        direct_io.limit_rate(None)

@@ -59,6 +59,9 @@ def class_name(obj: Any) -> str | None:
     return None if obj is None else f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
+DEFAULT_PUBLISH_MB_PER_S = 60.0  # see the publish_mb_per_s argument
+
+
 class Checkpointer:
     """Capture a training loop's whole state at copy speed; publish it as a Hub revision in the background.
 
@@ -88,11 +91,16 @@ class Checkpointer:
             staging_sets=2 or nice=10 there), 0 with
             "thread" (a low-priority thread holding the GIL makes the training thread wait for it,
             so "idle" is refused there).
-        publish_mb_per_s: a cap on the megabytes per second the publishing process writes and reads
-            (background="process"; the local hub then receives at that pace too). Default: no cap.
-            What the idle class cannot stop is the publish's memory traffic slowing training steps
-            next to it; a cap trades a later revision for less of that (bench/README.md: 80 MB/s took
-            training from 0.81x to 0.91x while publishing, and a 1.22 GiB save 40 s to appear).
+        publish_mb_per_s: a cap on the megabytes per second the publishing process reads to upload
+            (background="process"; the local hub then receives at that pace too). "auto" (the
+            default): DEFAULT_PUBLISH_MB_PER_S in process mode, none in thread mode; None: no cap.
+            The cap only applies while it can make nothing wait: a publish's conversion (what holds
+            the staging buffers) always runs at full speed, and the cap is lifted while another
+            save is handed over, and for wait() and close(). What the idle class cannot stop is a
+            publish slowing the training steps next to it while it runs; the cap spreads the upload
+            over more time, so training runs closer to full speed meanwhile for about the same
+            total cost, and a revision appears later (bench/README.md, "Fewer bytes and fewer
+            threads per publish").
         **publisher_options: passed to `hubckpt.Publisher` (keep_last, revision_template, token, ...).
     """
 
@@ -100,7 +108,7 @@ class Checkpointer:
                  scheduler: Any = None, scaler: Any = None, hub: Any = None, every: int | None = None,
                  monitor: str | None = None, mode: str = "min", companions: "Iterable[str | os.PathLike]" = (),
                  staging_sets: int = 1, background: str | None = None, nice: int | str | None = None,
-                 publish_mb_per_s: float | None = None, **publisher_options: Any) -> None:
+                 publish_mb_per_s: float | str | None = "auto", **publisher_options: Any) -> None:
         from ..publishing import Publisher
         from .publisher_process import PublisherProcess
         from .shared_memory import shared_memory_supported
@@ -124,13 +132,16 @@ class Checkpointer:
         if background == "thread" and nice == IDLE:
             raise HubConfigError("nice='idle' needs background='process': an idle-class thread holding the GIL "
                                  "would make the training thread wait for it. Pass a nice increment instead.")
+        if publish_mb_per_s == "auto":
+            publish_mb_per_s = DEFAULT_PUBLISH_MB_PER_S if background == "process" else None
+        self.publish_mb_per_s = publish_mb_per_s
         if publish_mb_per_s is not None:
             if background != "process":
                 raise HubConfigError("publish_mb_per_s= needs background='process' (it paces that process's I/O)")
             if isinstance(publish_mb_per_s, bool) or not isinstance(publish_mb_per_s, (int, float)) \
                     or not publish_mb_per_s > 0:
-                raise HubConfigError(f"publish_mb_per_s must be a positive number of megabytes per second, "
-                                     f"got {publish_mb_per_s!r}")
+                raise HubConfigError(f"publish_mb_per_s must be a positive number of megabytes per second, 'auto' "
+                                     f"or None (no cap), got {publish_mb_per_s!r}")
         allocate = None
         if background == "process":
             self.publisher: Publisher | PublisherProcess = PublisherProcess(

@@ -411,6 +411,55 @@ class _ForwardLogs(logging.Handler):
             sys.stderr.write(f"hubckpt publishing process {os.getpid()}: {message}\n")
 
 
+class _Pacing:
+    """This process's I/O cap (`publish_mb_per_s`): on only while it can make nothing wait.
+
+    That is while exactly one publish handed over by the training process is in flight, it has given
+    its staging buffers back (so its conversion ran at full speed and the next `save()` finds them
+    free), and no `wait()`/`close()` runs: then only its upload, and the hub's receiving, are spread
+    out. A second publish handed over, a wait, the training process going away, or jobs resumed from
+    the journal at start-up (not counted here: they run before any handed-over job) all run at full
+    speed.
+    """
+
+    def __init__(self) -> None:
+        self.cap: float | None = None
+        self._lock = threading.Lock()
+        self._jobs: set[int] = set()  # handed over, not settled
+        self._released: set[int] = set()  # ... of which gave their staging buffers back
+        self._waits = 0  # wait()/close() running, or the channel closed
+
+    def start(self, cap: float | None) -> None:
+        self.cap = cap
+        self._apply()
+
+    def queued(self, job: int) -> None:
+        with self._lock:
+            self._jobs.add(job)
+            self._apply()
+
+    def released(self, job: int) -> None:
+        with self._lock:
+            if job in self._jobs:
+                self._released.add(job)
+            self._apply()
+
+    def settled(self, job: int) -> None:
+        with self._lock:
+            self._jobs.discard(job)
+            self._released.discard(job)
+            self._apply()
+
+    def waiting(self, delta: int) -> None:
+        with self._lock:
+            self._waits = max(0, self._waits + delta)
+            self._apply()
+
+    def _apply(self) -> None:
+        paced = self.cap and self._waits == 0 and len(self._jobs) == 1 and self._jobs == self._released
+        limit_rate(self.cap if paced else None)
+
+
 class _Child:
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
@@ -420,6 +469,7 @@ class _Child:
         # publish() blocks while max_pending jobs wait: off the receive loop, which must keep reading.
         self.jobs: "queue.Queue" = queue.Queue()
         self.publishing = threading.Thread(target=self._publish_loop, name="hubckpt-publish", daemon=True)
+        self.pacing = _Pacing()
 
     def start(self, message: dict[str, Any]) -> None:
         from ..cards import CardOptions
@@ -427,7 +477,7 @@ class _Child:
 
         if message.get("nice"):
             lower_process_priority(message["nice"])
-        limit_rate(message.get("mb_per_s"))
+        self.pacing.start(message.get("mb_per_s"))
         options = dict(message["options"])
         if isinstance(options.get("card"), dict):
             card = options["card"]
@@ -488,6 +538,7 @@ class _Child:
             def release() -> None:
                 if not released.is_set():
                     released.set()
+                    self.pacing.released(job)
                     try:
                         self.channel.send({"released": job})
                     except ChannelClosed:  # the training process has gone: publishing goes on
@@ -496,10 +547,15 @@ class _Child:
             inner = self.publisher.publish(state_dict=tree["weights"], training_state=tree["training_state"] or None,
                                            companions=message["companions"], release=release, **message["options"])
         except Exception as e:  # noqa: BLE001 - this job fails; the others go on
-            self.channel.send({"failed": job, "error": _error_message(e)})
+            self.pacing.settled(job)
+            try:
+                self.channel.send({"failed": job, "error": _error_message(e)})
+            except ChannelClosed:  # the training process has gone: the jobs queued behind this one go on
+                pass
             return
 
         def settled(f: Future) -> None:
+            self.pacing.settled(job)
             try:
                 if f.cancelled():
                     self.channel.send({"failed": job, "error": {"type": "PublishError", "message": (
@@ -520,6 +576,8 @@ class _Child:
                 (self.publisher.close if close else self.publisher.wait)(message.get("timeout"))
             except Exception as e:  # noqa: BLE001 - handed to the parent
                 error = _error_message(e)
+            finally:
+                self.pacing.waiting(-1)
             try:
                 self.channel.send({"waited": message["id"], "error": error})
             except ChannelClosed:
@@ -548,10 +606,13 @@ class _Child:
             elif op == "buffers":
                 self.buffers(message, fds)
             elif op == "publish":
+                self.pacing.queued(message["id"])
                 self.jobs.put(message)
             elif op in ("wait", "close"):
+                self.pacing.waiting(+1)
                 self.jobs.put(message)
         # The training process closed the channel (or died): finish what was handed over, then exit.
+        self.pacing.waiting(+1)
         self.jobs.put(None)
         self.publishing.join()
         if self.publisher is not None:

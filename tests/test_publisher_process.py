@@ -246,26 +246,33 @@ def test_the_publishing_process_paces_only_while_nothing_waits():
     from hubckpt import direct_io
     from hubckpt.integrations.publisher_process import _Pacing
 
-    pacing = _Pacing()
+    now = [0.0]
+    pacing = _Pacing(clock=lambda: now[0])
     try:
         pacing.start(5)
         assert direct_io._PACER.bytes_per_s == 0  # nothing handed over (jobs resumed from the journal run unpaced)
-        pacing.queued(1)
+        pacing.queued(1, 100_000_000)
         assert direct_io._PACER.bytes_per_s == 0  # converting: it holds the staging buffers
         pacing.released(1)
         assert direct_io._PACER.bytes_per_s == 5e6  # uploading, nothing waits: paced
-        pacing.queued(2)
+        now[0] = 10.0
+        pacing.queued(2, 100_000_000)
         assert direct_io._PACER.bytes_per_s == 0  # another save handed over
         pacing.settled(1)
         assert direct_io._PACER.bytes_per_s == 0
         pacing.released(2)
-        assert direct_io._PACER.bytes_per_s == 5e6
+        # saves 10 s apart: 100 MB must be up within 5 s, so 20 MB/s rather than the cap's 5
+        assert direct_io._PACER.bytes_per_s == 20e6
         pacing.waiting(+1)  # wait() / close()
         assert direct_io._PACER.bytes_per_s == 0
         pacing.waiting(-1)
-        assert direct_io._PACER.bytes_per_s == 5e6
+        assert direct_io._PACER.bytes_per_s == 20e6
         pacing.settled(2)
         assert direct_io._PACER.bytes_per_s == 0
+        now[0] = 1000.0
+        pacing.queued(3, 100_000_000)
+        pacing.released(3)
+        assert direct_io._PACER.bytes_per_s == 5e6  # saves far apart: the cap itself
     finally:
         direct_io.limit_rate(None)
 

@@ -92,11 +92,13 @@ class Checkpointer:
             "thread" (a low-priority thread holding the GIL makes the training thread wait for it,
             so "idle" is refused there).
         publish_mb_per_s: a cap on the megabytes per second the publishing process reads to upload
-            (background="process"; the local hub then receives at that pace too). "auto" (the
-            default): DEFAULT_PUBLISH_MB_PER_S in process mode, none in thread mode; None: no cap.
-            The cap only applies while it can make nothing wait: a publish's conversion (what holds
-            the staging buffers) always runs at full speed, and the cap is lifted while another
-            save is handed over, and for wait() and close(). What the idle class cannot stop is a
+            over LFS (background="process"; the local hub then receives at that pace too;
+            huggingface.co's Xet uploads are not paced). "auto" (the default):
+            DEFAULT_PUBLISH_MB_PER_S in process mode, none in thread mode; None: no cap. The cap
+            only applies while it can make nothing wait: a publish's conversion (what holds the
+            staging buffers) always runs at full speed, the rate rises so that an upload takes at
+            most half the time between the last two saves, and the cap is lifted while another save
+            is handed over, and for wait() and close(). What the idle class cannot stop is a
             publish slowing the training steps next to it while it runs; the cap spreads the upload
             over more time, so training runs closer to full speed meanwhile for about the same
             total cost, and a revision appears later (bench/README.md, "Fewer bytes and fewer

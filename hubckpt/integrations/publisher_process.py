@@ -214,8 +214,9 @@ class PublisherProcess:
             self._futures[job] = future
             self._releases[job] = release
         try:
+            nbytes = sum(t.numel() * t.element_size() for t in tensors.values())  # what the child paces by
             self._channel.send({"op": "publish", "id": job, "set": staging_set.index, "tree": structure,
-                                "staged": staged, "inline": inline, "options": options,
+                                "staged": staged, "inline": inline, "options": options, "nbytes": nbytes,
                                 "companions": [str(c) for c in companions]})
         except BaseException as e:
             with self._lock:
@@ -415,27 +416,37 @@ class _Pacing:
     """This process's I/O cap (`publish_mb_per_s`): on only while it can make nothing wait.
 
     That is while exactly one publish handed over by the training process is in flight, it has given
-    its staging buffers back (so its conversion ran at full speed and the next `save()` finds them
-    free), and no `wait()`/`close()` runs: then only its upload, and the hub's receiving, are spread
-    out. A second publish handed over, a wait, the training process going away, or jobs resumed from
-    the journal at start-up (not counted here: they run before any handed-over job) all run at full
-    speed.
+    its staging buffers back after converting them (so its conversion ran at full speed and the next
+    `save()` finds them free), and no `wait()`/`close()` runs: then only its upload, and the hub's
+    receiving, are spread out. A second publish handed over, a wait, the training process going away,
+    jobs resumed from the journal at start-up, and a step that joins a job already known (its
+    buffers come back at once, before anything of it ran) all run at full speed. The rate is raised,
+    from the second save on, so that an upload takes at most half the time between the last two
+    saves: a paced job never pushes the next one's conversion back, and a step is on the hub before
+    the next is captured.
     """
 
-    def __init__(self) -> None:
-        self.cap: float | None = None
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.cap: float | None = None  # MB/s
+        self._clock = clock
         self._lock = threading.Lock()
-        self._jobs: set[int] = set()  # handed over, not settled
-        self._released: set[int] = set()  # ... of which gave their staging buffers back
+        self._jobs: dict[int, int] = {}  # handed over, not settled → its bytes
+        self._released: set[int] = set()  # ... of which gave their staging buffers back after converting
         self._waits = 0  # wait()/close() running, or the channel closed
+        self._last_arrival: float | None = None
+        self._interval: float | None = None  # seconds between the last two publishes handed over
 
     def start(self, cap: float | None) -> None:
         self.cap = cap
         self._apply()
 
-    def queued(self, job: int) -> None:
+    def queued(self, job: int, nbytes: int = 0) -> None:
         with self._lock:
-            self._jobs.add(job)
+            now = self._clock()
+            if self._last_arrival is not None:
+                self._interval = now - self._last_arrival
+            self._last_arrival = now
+            self._jobs[job] = nbytes
             self._apply()
 
     def released(self, job: int) -> None:
@@ -446,7 +457,7 @@ class _Pacing:
 
     def settled(self, job: int) -> None:
         with self._lock:
-            self._jobs.discard(job)
+            self._jobs.pop(job, None)
             self._released.discard(job)
             self._apply()
 
@@ -455,9 +466,17 @@ class _Pacing:
             self._waits = max(0, self._waits + delta)
             self._apply()
 
+    def rate(self) -> float | None:
+        """MB/s now, or None for full speed."""
+        if not self.cap or self._waits or len(self._jobs) != 1 or set(self._jobs) != self._released:
+            return None
+        (nbytes,) = self._jobs.values()
+        if self._interval:
+            return max(self.cap, nbytes / 1e6 / (0.5 * self._interval))
+        return self.cap
+
     def _apply(self) -> None:
-        paced = self.cap and self._waits == 0 and len(self._jobs) == 1 and self._jobs == self._released
-        limit_rate(self.cap if paced else None)
+        limit_rate(self.rate())
 
 
 class _Child:
@@ -534,11 +553,13 @@ class _Child:
             tensors.update({key: _from_inline(entry) for key, entry in message["inline"].items()})
             tree = decode_tree(message["tree"], tensors)
             released = threading.Event()
+            handing_over = True  # a release() during publish() itself: nothing of this job was converted yet
 
             def release() -> None:
                 if not released.is_set():
                     released.set()
-                    self.pacing.released(job)
+                    if not handing_over:
+                        self.pacing.released(job)
                     try:
                         self.channel.send({"released": job})
                     except ChannelClosed:  # the training process has gone: publishing goes on
@@ -546,6 +567,7 @@ class _Child:
 
             inner = self.publisher.publish(state_dict=tree["weights"], training_state=tree["training_state"] or None,
                                            companions=message["companions"], release=release, **message["options"])
+            handing_over = False
         except Exception as e:  # noqa: BLE001 - this job fails; the others go on
             self.pacing.settled(job)
             try:
@@ -606,7 +628,7 @@ class _Child:
             elif op == "buffers":
                 self.buffers(message, fds)
             elif op == "publish":
-                self.pacing.queued(message["id"])
+                self.pacing.queued(message["id"], message.get("nbytes", 0))
                 self.jobs.put(message)
             elif op in ("wait", "close"):
                 self.pacing.waiting(+1)

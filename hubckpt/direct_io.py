@@ -7,7 +7,8 @@ is faulted in again on reuse), more than hashing and sending the same bytes toge
 metal it is the largest per-byte cost of a write. A checkpoint is written once and read once (to
 verify and upload it) and gains nothing from being cached: caching only pushes the training job's own
 pages out. With `O_DIRECT` the disk moves the bytes by DMA from reused, page-aligned buffers (two per
-file being written: one fills while a helper thread writes the other): ~0.05 CPU-seconds per GiB (`bench/README.md`, "Publishing from a child process").
+file being written: one fills while a helper thread writes the other): ~0.05 CPU-seconds per GiB
+(`bench/README.md`, "Publishing from a child process").
 
 Where `O_DIRECT` is missing (not Linux) or refused (tmpfs on older kernels, some FUSE and overlay
 filesystems: `EINVAL` at open or at the first write), both classes fall back to ordinary buffered I/O
@@ -246,11 +247,11 @@ class DirectWriter:
     def write(self, data) -> int:
         self._check()
         view = memoryview(data).cast("B")
-        pos = 0
         if self._buffer is None:  # buffered I/O: straight from the caller's memory
             for pos in range(0, len(view), _PIECE):
                 self._filled(view[pos:pos + _PIECE])
             return len(view)
+        pos = 0
         while pos < len(view):
             target = self._space(len(view) - pos)
             n = len(target)

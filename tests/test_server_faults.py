@@ -172,6 +172,38 @@ def test_failed_fsync_leaks_neither_descriptor_nor_temp_file(tmp_path, monkeypat
         assert api.list_repo_files("alice/fsync") == [".gitattributes", "a.txt"]
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("direct", ["1", "0"], ids=["o_direct", "buffered"])
+def test_an_upload_that_stalls_mid_body_is_dropped_quietly_and_leaks_nothing(tmp_path, monkeypatch, caplog, direct):
+    """The body arrives straight in the blob writer's buffer: a client that stalls past the timeout is the
+    client's problem (its socket is closed, no 500, no error logged), and no temp file or descriptor stays."""
+    monkeypatch.setenv("HUBCKPT_DIRECT_IO", direct)
+    size = 20 * 1024 * 1024
+    payload = os.urandom(size)
+    with LocalHubServer(tmp_path / "hub", data_plane_timeout_s=1.0) as hub:
+        api = HfApi(endpoint=hub.url, token="x")
+        api.create_repo("alice/stalled-put")
+        r = httpx2.post(f"{hub.url}/alice/stalled-put.git/info/lfs/objects/batch",
+                        json={"operation": "upload", "objects": [{"oid": hashlib.sha256(payload).hexdigest(),
+                                                                  "size": size}]})
+        href = r.json()["objects"][0]["actions"]["upload"]["href"]
+        target = httpx2.URL(href)
+        before = _fd_count()
+        for _ in range(3):
+            with socket.create_connection((target.host, target.port)) as s:
+                s.sendall(f"PUT {target.raw_path.decode()} HTTP/1.1\r\nHost: {target.host}\r\n"
+                          f"Content-Length: {size}\r\n\r\n".encode() + payload[:9 * 1024 * 1024])
+                s.settimeout(10)
+                assert s.recv(1024) == b""  # closed by the hub after its timeout, without an answer
+        time.sleep(0.2)
+        assert not [r for r in caplog.records if r.levelname == "ERROR"]
+        assert list((hub.ctx.root / "tmp").iterdir()) == []
+        assert _fd_count() <= before + 1
+        with httpx2.Client() as client:  # the same upload, sent whole, is stored
+            assert client.put(href, content=payload).status_code == 200
+        assert hub.ctx.blobs.has(hashlib.sha256(payload).hexdigest(), size)
+
+
 def test_data_plane_keeps_its_port_across_restarts(tmp_path):
     # URLs signed before a restart (an upload the client is retrying) must still reach the data plane.
     with LocalHubServer(tmp_path / "hub") as hub:

@@ -24,13 +24,25 @@ import time
 from pathlib import Path
 
 WORK = Path(tempfile.mkdtemp(prefix="hubckpt-bench-analysis-"))
-os.environ.update({"HF_HOME": str(WORK / "hf_home"), "HUBCKPT_SPOOL": str(WORK / "spool"),
-                   "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+os.environ.update(
+    {
+        "HF_HOME": str(WORK / "hf_home"),
+        "HUBCKPT_SPOOL": str(WORK / "spool"),
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }
+)
 for var in ("HF_ENDPOINT", "HUBCKPT_HUB", "HF_TOKEN"):
     os.environ.pop(var, None)
 
-TENSORS = ["transformer.h.0.attn.c_attn.weight", "transformer.h.3.attn.c_proj.weight",
-           "transformer.h.5.mlp.c_fc.weight", "transformer.h.7.mlp.c_proj.weight", "transformer.ln_f.weight"]
+TENSORS = [
+    "transformer.h.0.attn.c_attn.weight",
+    "transformer.h.3.attn.c_proj.weight",
+    "transformer.h.5.mlp.c_fc.weight",
+    "transformer.h.7.mlp.c_proj.weight",
+    "transformer.ln_f.weight",
+]
 
 
 def _mib(n: float) -> str:
@@ -55,25 +67,35 @@ def main() -> None:
     try:
         with LocalHubServer(WORK / "hub") as hub:
             torch.manual_seed(0)
-            config = GPT2Config(n_layer=8, n_head=8, n_embd=args.width, vocab_size=4096, n_positions=128,
-                                bos_token_id=0, eos_token_id=0)
+            config = GPT2Config(
+                n_layer=8, n_head=8, n_embd=args.width, vocab_size=4096, n_positions=128, bos_token_id=0, eos_token_id=0
+            )
             model = GPT2LMHeadModel(config)
             files = WORK / "files"
             config.save_pretrained(files)
             base = {k: v.clone() for k, v in model.state_dict().items() if k != "lm_head.weight"}
             size = sum(v.numel() * v.element_size() for v in base.values())
             repo = "bench/analysis"
-            print(f"Model: GPT-2 {sum(v.numel() for v in base.values()):,} parameters, {_mib(size)} of weights; "
-                  f"publishing {args.revisions} revisions ...", flush=True)
+            print(
+                f"Model: GPT-2 {sum(v.numel() for v in base.values()):,} parameters, {_mib(size)} of weights; "
+                f"publishing {args.revisions} revisions ...",
+                flush=True,
+            )
             t0 = time.perf_counter()
             gen = torch.Generator().manual_seed(1)
             with hubckpt.Publisher(repo, hub=hub.url) as pub:
                 for r in range(args.revisions):
                     # a random walk stands in for training: every revision's bytes differ
-                    sd = {k: (v + 0.002 * r * torch.randn(v.shape, generator=gen)) if v.is_floating_point() else v
-                          for k, v in base.items()}
-                    pub.publish(state_dict=sd, step=(r + 1) * 100, companions=[files / "config.json"],
-                                final=r == args.revisions - 1)
+                    sd = {
+                        k: (v + 0.002 * r * torch.randn(v.shape, generator=gen)) if v.is_floating_point() else v
+                        for k, v in base.items()
+                    }
+                    pub.publish(
+                        state_dict=sd,
+                        step=(r + 1) * 100,
+                        companions=[files / "config.json"],
+                        final=r == args.revisions - 1,
+                    )
                     pub.wait()
             print(f"  published in {time.perf_counter() - t0:.1f}s", flush=True)
             infos = hubckpt.list_revisions(repo, hub=hub.url)
@@ -93,12 +115,16 @@ def main() -> None:
                 del sd
             full_s = time.perf_counter() - t0
             shutil.rmtree(full, ignore_errors=True)
-            print(f"\n1. Weight drift of {len(TENSORS)} tensors ({_mib(tensor_bytes)} per revision) across "
-                  f"{len(infos)} revisions of {_mib(infos[0].size)}:")
+            print(
+                f"\n1. Weight drift of {len(TENSORS)} tensors ({_mib(tensor_bytes)} per revision) across "
+                f"{len(infos)} revisions of {_mib(infos[0].size)}:"
+            )
             print(f"   lazy (weight_drift):       {_mib(drift.bytes_received):>12} received, {lazy_s:6.2f}s")
             print(f"   whole (load_state_dict):   {_mib(whole):>12} of files,    {full_s:6.2f}s")
-            print(f"   ratio lazy / whole:        bytes {drift.bytes_received / whole:.4f}, time {lazy_s / full_s:.3f}"
-                  f"   (tensor bytes x reads / whole: {tensor_bytes * len(infos) / whole:.4f})")
+            print(
+                f"   ratio lazy / whole:        bytes {drift.bytes_received / whole:.4f}, time {lazy_s / full_s:.3f}"
+                f"   (tensor bytes x reads / whole: {tensor_bytes * len(infos) / whole:.4f})"
+            )
             print(f"   drift of {TENSORS[0]} at the last revision: {drift.parameters[TENSORS[0]][-1]:.4f}")
 
             # 2. analyze over N revisions vs loading the same models
@@ -118,9 +144,25 @@ def main() -> None:
             result = analyze(repo, revisions=[i.name for i in chosen], probe=probe, out=WORK / "out", hub=hub.url)
             analyze_s = time.perf_counter() - t0
             t0 = time.perf_counter()
-            r = subprocess.run([sys.executable, "-m", "hubckpt", "analyze", repo, "--revisions", names,
-                                "--probe", str(probe), "--out", str(WORK / "out-cli"), "--hub", hub.url],
-                               capture_output=True, text=True)
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "hubckpt",
+                    "analyze",
+                    repo,
+                    "--revisions",
+                    names,
+                    "--probe",
+                    str(probe),
+                    "--out",
+                    str(WORK / "out-cli"),
+                    "--hub",
+                    hub.url,
+                ],
+                capture_output=True,
+                text=True,
+            )
             cli_s = time.perf_counter() - t0
             if r.returncode:
                 raise SystemExit(f"analyze failed:\n{r.stdout}\n{r.stderr}")

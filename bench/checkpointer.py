@@ -30,9 +30,17 @@ import time
 from pathlib import Path
 
 WORK = Path(tempfile.mkdtemp(prefix="hubckpt-bench-ckpt-"))
-os.environ.update({"HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-                   "HF_HOME": str(WORK / "hf_home"), "HUBCKPT_SPOOL": str(WORK / "spool"),
-                   "DISABLE_SAFETENSORS_CONVERSION": "1", "TRANSFORMERS_VERBOSITY": "error"})
+os.environ.update(
+    {
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "HF_HOME": str(WORK / "hf_home"),
+        "HUBCKPT_SPOOL": str(WORK / "spool"),
+        "DISABLE_SAFETENSORS_CONVERSION": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+    }
+)
 
 
 def fmt(xs: list[float]) -> str:
@@ -95,8 +103,14 @@ def bench_floor(run: Run, saves: int) -> list[float]:
     return out
 
 
-def bench_checkpointer(run: Run, saves: int, hub: str, nice: int | str | None, background: str | None,
-                       mb_per_s: float | str | None = "auto") -> dict[str, list[float]]:
+def bench_checkpointer(
+    run: Run,
+    saves: int,
+    hub: str,
+    nice: int | str | None,
+    background: str | None,
+    mb_per_s: float | str | None = "auto",
+) -> dict[str, list[float]]:
     """Per save: floor copy right before it, the save's stall, time until visible, steps/s during the
     background publish and right after it with nothing in the background."""
     import hubckpt
@@ -104,9 +118,16 @@ def bench_checkpointer(run: Run, saves: int, hub: str, nice: int | str | None, b
     buffers = [t.detach().clone() for t in run.tensors()]  # the floor's buffers, allocated before timing
     out: dict[str, list[float]] = {"floor": [], "stall": [], "visible": [], "during": [], "idle": [], "window": []}
     stalls, visible, rates, idle = out["stall"], out["visible"], out["during"], out["idle"]
-    with hubckpt.Checkpointer("bench/checkpointer", model=run.model, optimizer=run.optimizer,
-                              scheduler=run.scheduler, hub=hub, nice=nice, background=background,
-                              publish_mb_per_s=mb_per_s) as ckpt:
+    with hubckpt.Checkpointer(
+        "bench/checkpointer",
+        model=run.model,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
+        hub=hub,
+        nice=nice,
+        background=background,
+        publish_mb_per_s=mb_per_s,
+    ) as ckpt:
         out["mode"] = [ckpt.background, f"{ckpt.nice} publish_mb_per_s={ckpt.publish_mb_per_s}"]
         ckpt.wait_staged()  # (the run object had stepped already; a fresh loop gets this within its first step)
         for i in range(saves):
@@ -136,8 +157,11 @@ def bench_dcp(run: Run, saves: int) -> list[float]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
-    stager = DefaultStager(StagingOptions(use_pinned_memory=False, use_shared_memory=False, use_async_staging=False,
-                                          use_non_blocking_copy=False))
+    stager = DefaultStager(
+        StagingOptions(
+            use_pinned_memory=False, use_shared_memory=False, use_async_staging=False, use_non_blocking_copy=False
+        )
+    )
     out = []
     for i in range(saves):
         run.step()
@@ -189,9 +213,21 @@ def bench_trainer(run: Run, saves: int, hub: str) -> list[float]:
             stalls.append(time.perf_counter() - self.t0)
 
     data = [{"input_ids": run.batch[0], "labels": run.batch[0]} for _ in range(8)]
-    args = TrainingArguments(output_dir=str(WORK / "trainer"), max_steps=saves * 2, save_steps=2, per_device_train_batch_size=1,
-                             report_to=[], use_cpu=True, disable_tqdm=True, push_to_hub=True, hub_model_id="bench/trainer",
-                             hub_strategy="every_save", hub_token="unused", save_total_limit=2, logging_steps=1000)
+    args = TrainingArguments(
+        output_dir=str(WORK / "trainer"),
+        max_steps=saves * 2,
+        save_steps=2,
+        per_device_train_batch_size=1,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        push_to_hub=True,
+        hub_model_id="bench/trainer",
+        hub_strategy="every_save",
+        hub_token="unused",
+        save_total_limit=2,
+        logging_steps=1000,
+    )
     trainer = Trainer(model=run.model, args=args, train_dataset=data, callbacks=[Clock()])
     trainer.train()
     if trainer.push_in_progress is not None:
@@ -207,13 +243,24 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--saves", type=int, default=5)
     parser.add_argument("--skip-trainer", action="store_true")
-    parser.add_argument("--background", choices=["process", "thread"], default=None,
-                        help="Checkpointer(background=...) (default: the library's, process on Linux)")
-    parser.add_argument("--nice", type=lambda v: v if v == "idle" else int(v), default=None,
-                        help="Checkpointer(nice=...): idle or 0..19 (default: the library's, idle for a process, "
-                        "0 for threads)")
-    parser.add_argument("--mb-per-s", type=lambda v: v if v == "auto" else (float(v) or None), default="auto",
-                        help="Checkpointer(publish_mb_per_s=...): auto (the library's default), a number, 0 for no cap")
+    parser.add_argument(
+        "--background",
+        choices=["process", "thread"],
+        default=None,
+        help="Checkpointer(background=...) (default: the library's, process on Linux)",
+    )
+    parser.add_argument(
+        "--nice",
+        type=lambda v: v if v == "idle" else int(v),
+        default=None,
+        help="Checkpointer(nice=...): idle or 0..19 (default: the library's, idle for a process, 0 for threads)",
+    )
+    parser.add_argument(
+        "--mb-per-s",
+        type=lambda v: v if v == "auto" else (float(v) or None),
+        default="auto",
+        help="Checkpointer(publish_mb_per_s=...): auto (the library's default), a number, 0 for no cap",
+    )
     parser.add_argument("--server-nice", type=int, default=0, help="start the local hub at this nice value")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for training (0: torch's default)")
     parser.add_argument("--only-checkpointer", action="store_true", help="skip the (b), (c), (d) comparisons")
@@ -222,23 +269,22 @@ def main() -> None:
     import torch
 
     from hubckpt.hubs import ensure_local_hub
-
     from hubckpt.priority import in_background_priority
 
     if args.threads:
         torch.set_num_threads(args.threads)
     hub = in_background_priority(lambda: ensure_local_hub(WORK / "hub"), args.server_nice)
     try:
-        import hubckpt
-
         run = Run(args.n_embd, args.layers)
         # The Checkpointer is created with the model, as a user would: buffers get staged while training starts.
         params = sum(p.numel() for p in run.model.parameters())
         for _ in range(2):
             run.step()
         size = run.nbytes()
-        print(f"GPT-2 {params / 1e6:.0f}M parameters fp32 + AdamW: {size / 2**30:.2f} GiB of state per save; "
-              f"torch threads {torch.get_num_threads()}; hub {hub}")
+        print(
+            f"GPT-2 {params / 1e6:.0f}M parameters fp32 + AdamW: {size / 2**30:.2f} GiB of state per save; "
+            f"torch threads {torch.get_num_threads()}; hub {hub}"
+        )
         floor_sep = bench_floor(run, args.saves)
         measured = bench_checkpointer(run, args.saves, hub, args.nice, args.background, args.mb_per_s)
         background, nice = measured["mode"]
@@ -254,31 +300,43 @@ def main() -> None:
             if xs:
                 print(f"{name:<46} {fmt(xs)}   x floor: {' '.join(f'{x / f:5.2f}' for x in xs)}")
 
-        print(f"\nstall per save, seconds (saves 1..{args.saves}); floor median {f:.3f}s = {size / f / 1e9:.1f} GB/s "
-              f"(interleaved with the Checkpointer's saves; best of 3 in a separate pass: {min(floor_sep):.3f}s)")
+        print(
+            f"\nstall per save, seconds (saves 1..{args.saves}); floor median {f:.3f}s = {size / f / 1e9:.1f} GB/s "
+            f"(interleaved with the Checkpointer's saves; best of 3 in a separate pass: {min(floor_sep):.3f}s)"
+        )
         row("(a) floor: copy into preallocated buffers", floor)
         row("hubckpt Checkpointer.save", ckpt_stalls)
-        print(f"{'   Checkpointer / floor of the same moment':<46} {' ' * 7 * len(floor)}            "
-              f"{' '.join(f'{c / x:5.2f}' for c, x in zip(ckpt_stalls, floor))}")
+        print(
+            f"{'   Checkpointer / floor of the same moment':<46} {' ' * 7 * len(floor)}            "
+            f"{' '.join(f'{c / x:5.2f}' for c, x in zip(ckpt_stalls, floor))}"
+        )
         row("(d) DCP async_save, reusing DefaultStager", dcp_stalls)
         row("(b) save_pretrained + torch.save + upload_folder", sync)
         row("(c) Trainer push_to_hub every_save", trainer)
         if sync:
-            print(f"\nCheckpointer vs (b) synchronous: {statistics.median(sync) / statistics.median(ckpt_stalls):.0f}x "
-                  "less stall")
+            print(
+                f"\nCheckpointer vs (b) synchronous: {statistics.median(sync) / statistics.median(ckpt_stalls):.0f}x "
+                "less stall"
+            )
         print(f"first save {ckpt_stalls[0] / f:.2f}x floor, worst {max(ckpt_stalls) / f:.2f}x floor")
         ratios = [r / i for r, i in zip(rates, idle_rates) if r == r]
-        print(f"training steps/s (Checkpointer background={background} nice={nice}, local hub nice={args.server_nice}) while a publish runs in the background: {fmt(rates)}; "
-              f"right after, with none: "
-              f"{fmt(idle_rates)}; ratio median {statistics.median(ratios or [float('nan')]):.2f}x "
-              f"(per save: {' '.join(f'{x:.2f}' for x in ratios)})")
+        print(
+            f"training steps/s (Checkpointer background={background} nice={nice}, local hub nice={args.server_nice}) while a publish runs in the background: {fmt(rates)}; "
+            f"right after, with none: "
+            f"{fmt(idle_rates)}; ratio median {statistics.median(ratios or [float('nan')]):.2f}x "
+            f"(per save: {' '.join(f'{x:.2f}' for x in ratios)})"
+        )
         # What a user pays per save in training time: the stall, plus the steps the background publish slowed
         # (the window's length minus the time the same steps take with nothing in the background).
         lost = [st + w - w * r / i for st, w, r, i in zip(ckpt_stalls, measured["window"], rates, idle_rates) if r == r]
-        print(f"training time lost per save (stall + slower steps while publishing): {fmt(lost)} s, "
-              f"median {statistics.median(lost or [float('nan')]):.2f} s")
-        print(f"revision visible on the local hub after: {fmt(visible)} s "
-              f"({size / statistics.median(visible) / 1e9:.2f} GB/s of state)")
+        print(
+            f"training time lost per save (stall + slower steps while publishing): {fmt(lost)} s, "
+            f"median {statistics.median(lost or [float('nan')]):.2f} s"
+        )
+        print(
+            f"revision visible on the local hub after: {fmt(visible)} s "
+            f"({size / statistics.median(visible) / 1e9:.2f} GB/s of state)"
+        )
     finally:
         from hubckpt.hubs import stop_local_hub
 

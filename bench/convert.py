@@ -73,11 +73,26 @@ def make_inputs(work: Path, size_mib: int) -> tuple[Path, Path]:
     trainer = work / "checkpoint-100"
     trainer.mkdir()
     save_file(small, trainer / "model.safetensors")
-    state = {i: {"step": torch.tensor(100.0), "exp_avg": torch.randn_like(t), "exp_avg_sq": torch.rand_like(t)}
-             for i, t in enumerate(small.values())}
-    torch.save({"state": state, "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.0,
-                                                  "amsgrad": False, "params": list(range(len(small)))}]},
-               trainer / "optimizer.pt")
+    state = {
+        i: {"step": torch.tensor(100.0), "exp_avg": torch.randn_like(t), "exp_avg_sq": torch.rand_like(t)}
+        for i, t in enumerate(small.values())
+    }
+    torch.save(
+        {
+            "state": state,
+            "param_groups": [
+                {
+                    "lr": 1e-3,
+                    "betas": (0.9, 0.999),
+                    "eps": 1e-8,
+                    "weight_decay": 0.0,
+                    "amsgrad": False,
+                    "params": list(range(len(small))),
+                }
+            ],
+        },
+        trainer / "optimizer.pt",
+    )
     (trainer / "trainer_state.json").write_text(json.dumps({"global_step": 100, "epoch": 1.0, "log_history": []}))
     (trainer / "config.json").write_text("{}")
     return bin_dir, trainer
@@ -95,8 +110,12 @@ def _rss_anon(pid: int) -> int:
 
 def run(mode: str, src: Path, dest: Path, shard: str) -> dict:
     shutil.rmtree(dest, ignore_errors=True)
-    child = subprocess.Popen([sys.executable, "-c", CHILD, mode, str(src), str(dest), shard], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, mode, str(src), str(dest), shard],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     ready = child.stdout.readline().split()
     base = int(ready[1])
     peak = base
@@ -133,10 +152,14 @@ def main() -> None:
             t_ours = min(r["seconds"] for r in ours)
             mem = min(r["peak_extra"] for r in ours)
             print(f"{label}: {size / 2**20:.0f} MiB, best of {args.repeat}, max shard {args.max_shard_size}")
-            print(f"  naive floor (load + save_file + fsync)  {t_naive:6.2f} s   peak extra {min(r['peak_extra'] for r in naive) / 2**20:7.0f} MiB")
+            print(
+                f"  naive floor (load + save_file + fsync)  {t_naive:6.2f} s   peak extra {min(r['peak_extra'] for r in naive) / 2**20:7.0f} MiB"
+            )
             print(f"  hubckpt convert (verified, hashed)      {t_ours:6.2f} s   peak extra {mem / 2**20:7.0f} MiB")
-            print(f"  time ratio {t_ours / t_naive:.2f}x (aim <= 1.2x); peak extra memory {mem / largest:.2f}x the "
-                  f"largest shard of {largest / 2**20:.0f} MiB (aim <= 1.3x)")
+            print(
+                f"  time ratio {t_ours / t_naive:.2f}x (aim <= 1.2x); peak extra memory {mem / largest:.2f}x the "
+                f"largest shard of {largest / 2**20:.0f} MiB (aim <= 1.3x)"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -35,9 +35,22 @@ def _write_journal(path: Path, jobs: int) -> None:
         t = "2026-12-02T00:00:00.000000Z"
         target = "local:/data/hub/me/run"
         lines += [
-            {"event": "captured", "job": job, "revision": f"step-{i:07d}", "step": i, "source": f"/runs/r/ckpt-{i}",
-             "final": False, "metrics": {"loss": 1.0 / (i + 1)}, "epoch": None, "tokens": None, "companions": [],
-             "captured_at": t, "signature": "0" * 32, "targets": [target], "time": t},
+            {
+                "event": "captured",
+                "job": job,
+                "revision": f"step-{i:07d}",
+                "step": i,
+                "source": f"/runs/r/ckpt-{i}",
+                "final": False,
+                "metrics": {"loss": 1.0 / (i + 1)},
+                "epoch": None,
+                "tokens": None,
+                "companions": [],
+                "captured_at": t,
+                "signature": "0" * 32,
+                "targets": [target],
+                "time": t,
+            },
             {"event": "converted", "job": job, "manifest_sha256": "a" * 64, "time": t},
             {"event": "committed", "job": job, "target": target, "commit": "b" * 40, "time": t},
             {"event": "indexed", "job": job, "target": target, "time": t},
@@ -80,8 +93,13 @@ def bench_replay(jobs: int, repeat: int, work: Path) -> None:
 
 def _cli(*args: str, env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "hubckpt", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hubckpt", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
     return time.perf_counter() - started, proc
 
 
@@ -98,24 +116,44 @@ def bench_resume(repeat: int, work: Path) -> None:
     with LocalHubServer(work / "hub") as hub:
         for n in range(repeat):
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-c", "import torch, hubckpt.publishing.publisher, huggingface_hub"],
-                           check=True)
+            subprocess.run(
+                [sys.executable, "-c", "import torch, hubckpt.publishing.publisher, huggingface_hub"], check=True
+            )
             startup.append(time.perf_counter() - started)
             spool, repo = work / f"spool-{n}", f"me/resume-{n}"
-            _, killed = _cli("publish", str(run), "--repo", repo, "--hub", hub.url, "--spool", str(spool),
-                             env={"HUBCKPT_FAULT": "publish.after_commit:kill"})
+            _, killed = _cli(
+                "publish",
+                str(run),
+                "--repo",
+                repo,
+                "--hub",
+                hub.url,
+                "--spool",
+                str(spool),
+                env={"HUBCKPT_FAULT": "publish.after_commit:kill"},
+            )
             assert killed.returncode == -9, killed.stderr
             t, resumed = _cli("resume", "--repo", repo, "--hub", hub.url, "--spool", str(spool))
             assert resumed.returncode == 0, resumed.stderr
             resume.append(t)
-            t, published = _cli("publish", str(run), "--repo", f"me/fresh-{n}", "--hub", hub.url,
-                                "--spool", str(work / f"fresh-spool-{n}"))
+            t, published = _cli(
+                "publish",
+                str(run),
+                "--repo",
+                f"me/fresh-{n}",
+                "--hub",
+                hub.url,
+                "--spool",
+                str(work / f"fresh-spool-{n}"),
+            )
             assert published.returncode == 0, published.stderr
             fresh.append(t)
     print(f"resume after a kill (best of {repeat}):")
     print(f"  interpreter start + imports:            {min(startup):.2f} s")
-    print(f"  `hubckpt resume` of the killed job:      {min(resume):.2f} s "
-          f"({min(resume) / min(fresh):.2f}x of publishing the run from scratch)")
+    print(
+        f"  `hubckpt resume` of the killed job:      {min(resume):.2f} s "
+        f"({min(resume) / min(fresh):.2f}x of publishing the run from scratch)"
+    )
     print(f"  `hubckpt publish` of the run, no kill:   {min(fresh):.2f} s")
 
 

@@ -62,9 +62,14 @@ class Wire:
                 response.stream = Counted(response.stream)
                 return response
 
-        set_client_factory(lambda: httpx2.Client(transport=CountingTransport(),
-                                                 event_hooks={"request": [hf_request_event_hook]},
-                                                 follow_redirects=True, timeout=None))
+        set_client_factory(
+            lambda: httpx2.Client(
+                transport=CountingTransport(),
+                event_hooks={"request": [hf_request_event_hook]},
+                follow_redirects=True,
+                timeout=None,
+            )
+        )
 
 
 def _fresh_cache(work: Path, name: str) -> Path:
@@ -84,8 +89,9 @@ def _touch(state: dict) -> float:
 
 
 def _du(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink()) \
-        if folder.exists() else 0
+    return (
+        sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink()) if folder.exists() else 0
+    )
 
 
 def main() -> None:
@@ -162,13 +168,19 @@ def lazy_figure(hub, work: Path, n: int, wire: Wire, download: bool = True) -> s
     assert torch.equal(load_file(path)[name], tensor), "lazy read differs from the downloaded file"
     tensor_bytes = tensor.numel() * tensor.element_size()
     budget = tensor_bytes + data_start + 64 * 1024
-    print(f"2. one {tensor_bytes / 2**20:.0f} MiB tensor of a {Path(path).stat().st_size / 2**30:.2f} GiB "
-          f"revision, empty cache:")
-    print(f"   received {lazy_bytes:,} bytes in {rev.requests} requests ({api_requests} at the API port, the "
-          f"rest at the data plane); aim <= tensor + header + 64 KiB = {budget:,} -> "
-          f"{'OK' if lazy_bytes <= budget else 'OVER'} (overhead {lazy_bytes - tensor_bytes:,} bytes)")
-    print(f"   time {lazy_s * 1000:.0f} ms vs hf_hub_download of the file {full_s * 1000:.0f} ms "
-          f"({full_bytes / 2**30:.2f} GiB received): {full_s / lazy_s:.0f}x faster")
+    print(
+        f"2. one {tensor_bytes / 2**20:.0f} MiB tensor of a {Path(path).stat().st_size / 2**30:.2f} GiB "
+        f"revision, empty cache:"
+    )
+    print(
+        f"   received {lazy_bytes:,} bytes in {rev.requests} requests ({api_requests} at the API port, the "
+        f"rest at the data plane); aim <= tensor + header + 64 KiB = {budget:,} -> "
+        f"{'OK' if lazy_bytes <= budget else 'OVER'} (overhead {lazy_bytes - tensor_bytes:,} bytes)"
+    )
+    print(
+        f"   time {lazy_s * 1000:.0f} ms vs hf_hub_download of the file {full_s * 1000:.0f} ms "
+        f"({full_bytes / 2**30:.2f} GiB received): {full_s / lazy_s:.0f}x faster"
+    )
     return path
 
 
@@ -181,9 +193,11 @@ def warm_figure(hub, path: str, n: int, repeat: int) -> None:
 
     commit = hubckpt.resolve_revision("bench/big", step=1000, hub=hub.url).commit
     hubckpt.load_state_dict("bench/big", step=1000, hub=hub.url)  # the first load verifies (hashes) once
-    runs = {"by step": lambda: hubckpt.load_state_dict("bench/big", step=1000, hub=hub.url),
-            "by commit": lambda: hubckpt.load_state_dict("bench/big", commit, hub=hub.url),
-            "load_file": lambda: load_file(path)}
+    runs = {
+        "by step": lambda: hubckpt.load_state_dict("bench/big", step=1000, hub=hub.url),
+        "by commit": lambda: hubckpt.load_state_dict("bench/big", commit, hub=hub.url),
+        "load_file": lambda: load_file(path),
+    }
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(repeat):
         for label, load in runs.items():
@@ -193,10 +207,12 @@ def warm_figure(hub, path: str, n: int, repeat: int) -> None:
             times[label].append(time.perf_counter() - t0)
             del state
     base = min(times["load_file"])
-    print(f"1. warm-cache load of {n * 4} MiB, touching every byte (best of {repeat}): safetensors load_file "
-          f"{base:.3f} s; load_state_dict by step {min(times['by step']):.3f} s -> "
-          f"{base / min(times['by step']):.2f}x, by commit {min(times['by commit']):.3f} s -> "
-          f"{base / min(times['by commit']):.2f}x (aim >= 0.9x)")
+    print(
+        f"1. warm-cache load of {n * 4} MiB, touching every byte (best of {repeat}): safetensors load_file "
+        f"{base:.3f} s; load_state_dict by step {min(times['by step']):.3f} s -> "
+        f"{base / min(times['by step']):.2f}x, by commit {min(times['by commit']):.3f} s -> "
+        f"{base / min(times['by commit']):.2f}x (aim >= 0.9x)"
+    )
 
 
 def list_figure(hub, api, wire: Wire, repeat: int) -> None:
@@ -206,9 +222,17 @@ def list_figure(hub, api, wire: Wire, repeat: int) -> None:
 
     index = RevisionIndex(monitor="eval_loss")
     for i in range(1, 1001):
-        index.upsert(RevisionInfo(name=f"step-{i * 100:07d}", step=i * 100, commit=f"{i:040x}",
-                                  tokens=i * 409_600, metrics={"eval_loss": 1 / i, "loss": 1.1 / i},
-                                  size=498_000_000, date="2026-12-01T00:00:00+00:00"))
+        index.upsert(
+            RevisionInfo(
+                name=f"step-{i * 100:07d}",
+                step=i * 100,
+                commit=f"{i:040x}",
+                tokens=i * 409_600,
+                metrics={"eval_loss": 1 / i, "loss": 1.1 / i},
+                size=498_000_000,
+                date="2026-12-01T00:00:00+00:00",
+            )
+        )
     api.create_repo("bench/thousand")
     api.upload_file(path_or_fileobj=index.to_json(), path_in_repo="revisions.json", repo_id="bench/thousand")
     times = []
@@ -220,9 +244,11 @@ def list_figure(hub, api, wire: Wire, repeat: int) -> None:
         server_requests = hub.ctx.stats["requests"] - before_req
         client_requests = wire.requests - before_wire
     assert len(listed) == 1000
-    print(f"3. list_revisions on 1,000 revisions: {server_requests} request(s) at the server, "
-          f"{client_requests} sent by the client (aim 1); {min(times) * 1000:.0f} ms (best of {repeat}); "
-          f"index {len(index.to_json()) / 1024:.0f} KiB")
+    print(
+        f"3. list_revisions on 1,000 revisions: {server_requests} request(s) at the server, "
+        f"{client_requests} sent by the client (aim 1); {min(times) * 1000:.0f} ms (best of {repeat}); "
+        f"index {len(index.to_json()) / 1024:.0f} KiB"
+    )
 
 
 def iter_figure(hub, work: Path, k: int) -> None:
@@ -249,9 +275,11 @@ def iter_figure(hub, work: Path, k: int) -> None:
         peak = max(peak, size)
         seen += 1
     iter_s = time.perf_counter() - t0
-    print(f"4. iter_revisions over {seen} revisions, cache='bounded', max_cache_bytes={bound:,}: peak cache "
-          f"{peak:,} bytes on disk = {peak / bound:.2f}x of the bound (aim <= 1.0x); final {sizes[-1]:,}; "
-          f"{iter_s:.1f} s ({iter_s / seen * 1000:.0f} ms per revision)")
+    print(
+        f"4. iter_revisions over {seen} revisions, cache='bounded', max_cache_bytes={bound:,}: peak cache "
+        f"{peak:,} bytes on disk = {peak / bound:.2f}x of the bound (aim <= 1.0x); final {sizes[-1]:,}; "
+        f"{iter_s:.1f} s ({iter_s / seen * 1000:.0f} ms per revision)"
+    )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,8 @@ def main() -> None:
     from huggingface_hub import HfApi
     from safetensors.torch import save_file
 
-    from hubckpt.publishing import Publisher
     from hubckpt.formats.index import RevisionIndex, RevisionInfo
+    from hubckpt.publishing import Publisher
     from hubckpt.server import LocalHubServer
 
     work = Path(tempfile.mkdtemp(prefix="hubckpt-bench-publish-"))
@@ -81,18 +81,26 @@ def main() -> None:
                 t0 = time.perf_counter()
                 api.upload_folder(repo_id=f"local/up-{i}", folder_path=src)
                 t_up.append(time.perf_counter() - t0)
-            floor = max(best_of(args.repeat, lambda: floor_sha256(src / "model.safetensors")),
-                        best_of(args.repeat, lambda: floor_fsync_write(src / "model.safetensors", work / "x")),
-                        best_of(args.repeat, lambda: floor_loopback(src / "model.safetensors")))
+            floor = max(
+                best_of(args.repeat, lambda: floor_sha256(src / "model.safetensors")),
+                best_of(args.repeat, lambda: floor_fsync_write(src / "model.safetensors", work / "x")),
+                best_of(args.repeat, lambda: floor_loopback(src / "model.safetensors")),
+            )
             best_pub, best_up = min(t_pub), min(t_up)
             convert_s, commit_s = min(phases, key=lambda p: sum(p))
             print(f"1. {size / 2**20:.0f} MiB checkpoint, best of {args.repeat} (GB/s = 10^9 B/s)")
             print(f"   upload floor (slowest of sha256 / fsync'd write / loopback) {gb / floor:5.2f} GB/s")
-            print(f"   HfApi.upload_folder of the converted folder                 {gb / best_up:5.2f} GB/s  {best_up:.2f} s")
-            print(f"   Publisher end to end (validate+hash+link, commit, index)    {gb / best_pub:5.2f} GB/s  {best_pub:.2f} s")
+            print(
+                f"   HfApi.upload_folder of the converted folder                 {gb / best_up:5.2f} GB/s  {best_up:.2f} s"
+            )
+            print(
+                f"   Publisher end to end (validate+hash+link, commit, index)    {gb / best_pub:5.2f} GB/s  {best_pub:.2f} s"
+            )
             print(f"     of which preparing the revision {convert_s:.2f} s, commit + index + tags {commit_s:.2f} s")
-            print(f"   ratio to upload_folder: end to end {best_up / best_pub:.2f}x, commit+index phase "
-                  f"{best_up / commit_s:.2f}x (aim >= 0.9x); to the floor {floor / best_pub:.2f}x")
+            print(
+                f"   ratio to upload_folder: end to end {best_up / best_pub:.2f}x, commit+index phase "
+                f"{best_up / commit_s:.2f}x (aim >= 0.9x); to the floor {floor / best_pub:.2f}x"
+            )
 
             # 2. Only the weights change: the other files must not travel again.
             repo = "local/republish"
@@ -109,25 +117,43 @@ def main() -> None:
                 before = hub.ctx.stats["lfs_bytes_received"]
                 pub.publish(ckpt, step=2).result()
                 received = hub.ctx.stats["lfs_bytes_received"] - before
-            manifest = json.loads(open(api.hf_hub_download(repo, "checkpoint.json", revision="step-0000002",
-                                                           cache_dir=work / "c"), "rb").read())
+            manifest = json.loads(
+                open(
+                    api.hf_hub_download(repo, "checkpoint.json", revision="step-0000002", cache_dir=work / "c"), "rb"
+                ).read()
+            )
             weights_bytes = next(f["size"] for f in manifest["files"] if f["path"] == "model.safetensors")
-            print(f"2. republish with only the weights changed: {received:,} LFS bytes received, "
-                  f"new weights file {weights_bytes:,} B -> unchanged files re-uploaded: {max(0, received - weights_bytes):,} B (aim 0)")
+            print(
+                f"2. republish with only the weights changed: {received:,} LFS bytes received, "
+                f"new weights file {weights_bytes:,} B -> unchanged files re-uploaded: {max(0, received - weights_bytes):,} B (aim 0)"
+            )
 
             # 3. ls on 1,000 revisions (the index is what ls reads; written directly to save an hour of publishing).
             index = RevisionIndex(monitor="eval_loss")
             for step in range(1, 1001):
-                index.upsert(RevisionInfo(name=f"step-{step:07d}", step=step, commit="0" * 40, tokens=step * 4_000_000,
-                                          metrics={"loss": 1 / step, "eval_loss": 1.1 / step}, size=500_000_000,
-                                          date="2026-11-27T00:00:00Z"))
+                index.upsert(
+                    RevisionInfo(
+                        name=f"step-{step:07d}",
+                        step=step,
+                        commit="0" * 40,
+                        tokens=step * 4_000_000,
+                        metrics={"loss": 1 / step, "eval_loss": 1.1 / step},
+                        size=500_000_000,
+                        date="2026-11-27T00:00:00Z",
+                    )
+                )
             api.create_repo("local/thousand")
             api.upload_file(path_or_fileobj=index.to_json(), path_in_repo="revisions.json", repo_id="local/thousand")
             env = {**os.environ, "HUBCKPT_HUB": hub.url}
             before = hub.ctx.stats["requests"]
             t0 = time.perf_counter()
-            out = subprocess.run([sys.executable, "-m", "hubckpt", "ls", "local/thousand"], capture_output=True,
-                                 text=True, env=env, check=True)
+            out = subprocess.run(
+                [sys.executable, "-m", "hubckpt", "ls", "local/thousand"],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            )
             elapsed = time.perf_counter() - t0
             requests = hub.ctx.stats["requests"] - before
             lines = len(out.stdout.splitlines()) - 1
@@ -137,8 +163,10 @@ def main() -> None:
 
             HubTarget(resolve_hub(hub.url), "local/thousand").read_index()
             in_process = time.perf_counter() - t0
-            print(f"3. hubckpt ls on {lines} revisions: {requests} HTTP request(s); {elapsed:.2f} s for the command "
-                  f"(Python start-up included), {in_process * 1000:.0f} ms for the index read itself")
+            print(
+                f"3. hubckpt ls on {lines} revisions: {requests} HTTP request(s); {elapsed:.2f} s for the command "
+                f"(Python start-up included), {in_process * 1000:.0f} ms for the index read itself"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -54,9 +54,15 @@ def main() -> None:
     floor = time.process_time() - t0
     print(f"{nbytes / 2**30:.2f} GiB of state per save; baseline: one sha256 over it, {floor:.2f} CPU-s")
     try:
-        with hubckpt.Checkpointer("bench/publish-cost", model=run.model, optimizer=run.optimizer,
-                                  scheduler=run.scheduler, hub=hub, background="process",
-                                  publish_mb_per_s=None) as ckpt:  # the cost of a publish, not its pace
+        with hubckpt.Checkpointer(
+            "bench/publish-cost",
+            model=run.model,
+            optimizer=run.optimizer,
+            scheduler=run.scheduler,
+            hub=hub,
+            background="process",
+            publish_mb_per_s=None,
+        ) as ckpt:  # the cost of a publish, not its pace
             ckpt.wait_staged()
             child = ckpt.publisher._process.pid
             for i in range(args.saves):
@@ -65,8 +71,11 @@ def main() -> None:
                 ckpt.save(1000 + i).result()
                 wall = time.perf_counter() - w0
                 c, h = cpu_seconds(child) - c0, cpu_seconds(hub_pid) - h0
-                print(f"save {i + 1}: visible after {wall:5.2f} s; CPU-s publishing process {c:5.2f} + local hub "
-                      f"{h:5.2f} = {c + h:5.2f} ({(c + h) / floor:4.1f}x the baseline)", flush=True)
+                print(
+                    f"save {i + 1}: visible after {wall:5.2f} s; CPU-s publishing process {c:5.2f} + local hub "
+                    f"{h:5.2f} = {c + h:5.2f} ({(c + h) / floor:4.1f}x the baseline)",
+                    flush=True,
+                )
     finally:
         stop_local_hub(WORK / "hub")
 

@@ -96,9 +96,23 @@ class Server:
         self.log = self.root.parent / "soak-server.log"
         self.root.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "a") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "hubckpt", "serve", "--root", str(self.root),
-                                          "--host", "127.0.0.1", "--port", str(self.port), "--quiet"],
-                                         stdout=subprocess.DEVNULL, stderr=log)
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "hubckpt",
+                    "serve",
+                    "--root",
+                    str(self.root),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--quiet",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -128,6 +142,7 @@ class Server:
 @dataclass
 class Stats:
     """Shared, lock-protected counters of the whole run."""
+
     lock: threading.Lock = field(default_factory=threading.Lock)
     statuses: collections.Counter = field(default_factory=collections.Counter)
     request_latency: list = field(default_factory=list)
@@ -166,8 +181,11 @@ def _install_counting_client(stats: Stats):
                 stats.request_latency.append(time.perf_counter() - t0)
 
     def factory():
-        return httpx2.Client(event_hooks={"request": [on_request], "response": [on_response]},
-                             follow_redirects=True, timeout=httpx2.Timeout(60.0))
+        return httpx2.Client(
+            event_hooks={"request": [on_request], "response": [on_response]},
+            follow_redirects=True,
+            timeout=httpx2.Timeout(60.0),
+        )
 
     set_client_factory(factory)
     return factory
@@ -193,9 +211,11 @@ def setup(root: Path) -> dict[str, str]:
     store = open_data_folder(root)
     for user in ("local", "alice", "eve"):
         store.add_account(user, "user")
-    tokens = {"alice": store.create_token("alice", "write", "soak")[1],
-              "alice_read": store.create_token("alice", "read", "soak-read")[1],
-              "eve": store.create_token("eve", "write", "eve")[1]}
+    tokens = {
+        "alice": store.create_token("alice", "write", "soak")[1],
+        "alice_read": store.create_token("alice", "read", "soak-read")[1],
+        "eve": store.create_token("eve", "write", "eve")[1],
+    }
     store.close()
     return tokens
 
@@ -215,8 +235,17 @@ def create_repos(url: str, tokens: dict[str, str], clients: int) -> bytes:
     return secret
 
 
-def worker(i: int, url: str, tokens: dict[str, str], secret: bytes, stats: Stats, deadline: float,
-           max_ops: int, seed: int, client_factory) -> None:
+def worker(
+    i: int,
+    url: str,
+    tokens: dict[str, str],
+    secret: bytes,
+    stats: Stats,
+    deadline: float,
+    max_ops: int,
+    seed: int,
+    client_factory,
+) -> None:
     with client_factory() as raw:  # this client's own connections for raw GETs (the stock client has its own)
         _work(i, url, tokens, secret, stats, deadline, max_ops, seed, raw)
     with stats.lock:
@@ -224,7 +253,6 @@ def worker(i: int, url: str, tokens: dict[str, str], secret: bytes, stats: Stats
 
 
 def _work(i, url, tokens, secret, stats, deadline, max_ops, seed, raw) -> None:
-    import httpx2
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -246,8 +274,13 @@ def _work(i, url, tokens, secret, stats, deadline, max_ops, seed, raw) -> None:
                 path = f"c/{i}-{n}.txt"
                 content = f"{i} {n} {rng.random()}".encode()
                 try:
-                    info = alice.create_commit(SHARED, _add(path, content), commit_message=f"cas {i}-{n}",
-                                               commit_description=f"parent={head}", parent_commit=head)
+                    info = alice.create_commit(
+                        SHARED,
+                        _add(path, content),
+                        commit_message=f"cas {i}-{n}",
+                        commit_description=f"parent={head}",
+                        parent_commit=head,
+                    )
                 except HfHubHTTPError as e:
                     if e.response is not None and e.response.status_code == 412:
                         with stats.lock:
@@ -259,15 +292,17 @@ def _work(i, url, tokens, secret, stats, deadline, max_ops, seed, raw) -> None:
             elif op == "branch":
                 path = f"b/{n}.txt"
                 content = os.urandom(32).hex().encode()  # text: a regular (non-LFS) file
-                info = alice.create_commit(BRANCHES, _add(path, content), commit_message=f"branch {i}-{n}",
-                                           revision=f"client-{i}")
+                info = alice.create_commit(
+                    BRANCHES, _add(path, content), commit_message=f"branch {i}-{n}", revision=f"client-{i}"
+                )
                 with stats.lock:
                     stats.accepted.append((BRANCHES, f"client-{i}", info.oid, path, _git_oid(content)))
             elif op == "lfs":
                 path = f"w/{n}.bin"
                 content = rng.randbytes(rng.randint(1, 256) * 1024)
-                info = alice.create_commit(LFS, _add(path, io.BytesIO(content)), commit_message=f"lfs {i}-{n}",
-                                           revision=f"client-{i}")
+                info = alice.create_commit(
+                    LFS, _add(path, io.BytesIO(content)), commit_message=f"lfs {i}-{n}", revision=f"client-{i}"
+                )
                 mine.append((path, content))
                 with stats.lock:
                     stats.accepted.append((LFS, f"client-{i}", info.oid, path, hashlib.sha256(content).hexdigest()))
@@ -276,24 +311,29 @@ def _work(i, url, tokens, secret, stats, deadline, max_ops, seed, raw) -> None:
                 path, content = rng.choice(mine)
                 start = rng.randrange(len(content))
                 end = min(len(content) - 1, start + rng.randint(0, 65536))
-                r = raw.get(f"{url}/{LFS}/resolve/client-{i}/{path}",
-                                      headers={"authorization": f"Bearer {tokens['alice']}",
-                                               "range": f"bytes={start}-{end}"})
+                r = raw.get(
+                    f"{url}/{LFS}/resolve/client-{i}/{path}",
+                    headers={"authorization": f"Bearer {tokens['alice']}", "range": f"bytes={start}-{end}"},
+                )
                 if r.status_code != 206:
                     raise HfHubHTTPError(f"range answered {r.status_code}", response=r)
-                if r.content != content[start:end + 1]:
+                if r.content != content[start : end + 1]:
                     with stats.lock:
                         stats.range_mismatches += 1
             elif op == "read":
                 alice.list_repo_refs(SHARED)
                 alice.model_info(BRANCHES, revision=f"client-{i}")
-                r = raw.get(f"{url}/{SHARED}/resolve/main/.gitattributes",
-                                      headers={"authorization": f"Bearer {tokens['alice']}"})
+                r = raw.get(
+                    f"{url}/{SHARED}/resolve/main/.gitattributes",
+                    headers={"authorization": f"Bearer {tokens['alice']}"},
+                )
                 if r.status_code != 200:
                     raise HfHubHTTPError(f"read answered {r.status_code}", response=r)
             elif op == "private":
-                r = raw.get(f"{url}/{PRIVATE}/resolve/main/secret.txt",
-                                      headers={"authorization": f"Bearer {tokens['alice_read']}"})
+                r = raw.get(
+                    f"{url}/{PRIVATE}/resolve/main/secret.txt",
+                    headers={"authorization": f"Bearer {tokens['alice_read']}"},
+                )
                 if r.status_code != 200 or r.content != secret:
                     with stats.lock:
                         stats.private_mismatches += 1
@@ -338,9 +378,11 @@ def audit(url: str, tokens: dict[str, str], stats: Stats, full_downloads: int) -
         key = (repo, branch)
         if key not in histories:
             histories[key] = {c.commit_id for c in alice.list_repo_commits(repo, revision=branch)}
-            trees[key] = {e.path: (e.lfs.sha256 if e.lfs else e.blob_id)
-                          for e in alice.list_repo_tree(repo, revision=branch, recursive=True)
-                          if hasattr(e, "blob_id")}
+            trees[key] = {
+                e.path: (e.lfs.sha256 if e.lfs else e.blob_id)
+                for e in alice.list_repo_tree(repo, revision=branch, recursive=True)
+                if hasattr(e, "blob_id")
+            }
         if sha not in histories[key]:
             lost += 1
             examples.append(f"lost: {repo}@{branch} {sha} {path}")
@@ -367,20 +409,31 @@ def audit(url: str, tokens: dict[str, str], stats: Stats, full_downloads: int) -
 
     sample = _random.Random(0).sample(stats.lfs_files, min(full_downloads, len(stats.lfs_files)))
     for branch, path, content in sample:
-        r = raw.get(f"{url}/{LFS}/resolve/{branch}/{path}",
-                              headers={"authorization": f"Bearer {tokens['alice']}"})
+        r = raw.get(f"{url}/{LFS}/resolve/{branch}/{path}", headers={"authorization": f"Bearer {tokens['alice']}"})
         if r.status_code != 200 or hashlib.sha256(r.content).digest() != hashlib.sha256(content).digest():
             mismatched += 1
             examples.append(f"download: {branch} {path} status {r.status_code}")
-    return {"commits_lost": lost, "stale_commits_accepted": stale,
-            "objects_not_matching_sha256": mismatched + stats.range_mismatches,
-            "private_data_read_by_wrong_token": stats.wrong_token_reads,
-            "private_reads_by_owner_failed": stats.private_mismatches,
-            "shared_main_commits": len(shared), "full_downloads_checked": len(sample), "audit_examples": examples[:10]}
+    return {
+        "commits_lost": lost,
+        "stale_commits_accepted": stale,
+        "objects_not_matching_sha256": mismatched + stats.range_mismatches,
+        "private_data_read_by_wrong_token": stats.wrong_token_reads,
+        "private_reads_by_owner_failed": stats.private_mismatches,
+        "shared_main_commits": len(shared),
+        "full_downloads_checked": len(sample),
+        "audit_examples": examples[:10],
+    }
 
 
-def run_soak(duration: float = 120, clients: int = 16, kill_at: float = 0.4, max_ops: int = 100_000,
-             seed: int = 0, root: Path | None = None, full_downloads: int = 50) -> dict:
+def run_soak(
+    duration: float = 120,
+    clients: int = 16,
+    kill_at: float = 0.4,
+    max_ops: int = 100_000,
+    seed: int = 0,
+    root: Path | None = None,
+    full_downloads: int = 50,
+) -> dict:
     """Run the soak and return the report (see the module docstring)."""
     from huggingface_hub import close_session
 
@@ -396,9 +449,14 @@ def run_soak(duration: float = 120, clients: int = 16, kill_at: float = 0.4, max
         secret = create_repos(server.url, tokens, clients)
         start = stats.t0 = time.monotonic()
         deadline = start + duration
-        threads = [threading.Thread(target=worker, args=(i, server.url, tokens, secret, stats, deadline, max_ops, seed,
-                                                              client_factory),
-                                    daemon=True) for i in range(clients)]
+        threads = [
+            threading.Thread(
+                target=worker,
+                args=(i, server.url, tokens, secret, stats, deadline, max_ops, seed, client_factory),
+                daemon=True,
+            )
+            for i in range(clients)
+        ]
         for t in threads:
             t.start()
         time.sleep(duration * kill_at)
@@ -421,34 +479,43 @@ def run_soak(duration: float = 120, clients: int = 16, kill_at: float = 0.4, max
         idle = proc_status(server.proc.pid)
         report.update(audit(server.url, tokens, stats, full_downloads))
         elapsed = time.monotonic() - start
-        report.update({
-            "clients_finished": stats.finished,
-            "requests_served": sum(stats.statuses.values()),
-            "requests_per_s": round(sum(stats.statuses.values()) / elapsed, 1),
-            "responses_by_status": dict(sorted(stats.statuses.items())),
-            "operations": dict(sorted(stats.ops.items())),
-            "stale_parent_refused_412": stats.refused_stale,
-            "errors_by_kind": dict(sorted(stats.errors.items())),
-            "error_examples": dict(sorted(stats.error_examples.items())),
-            # Errors while the server was down (killed → restarted, plus the clients' 2 s to notice) are
-            # expected; any other error is a failure of the hub.
-            "errors_outside_outage": sum(1 for t in stats.error_times
-                                         if not killed_at - 0.2 <= t <= killed_at + restarted_in + 2.0),
-            "latency_ms": {"request_p50": round(1000 * percentile(stats.request_latency, 0.50), 1),
-                           "request_p99": round(1000 * percentile(stats.request_latency, 0.99), 1),
-                           **{f"{op}_p50": round(1000 * percentile(v, 0.50), 1) for op, v in sorted(stats.op_latency.items())},
-                           **{f"{op}_p99": round(1000 * percentile(v, 0.99), 1) for op, v in sorted(stats.op_latency.items())}},
-            "killed_at_s": round(killed_at, 1), "restart_s": round(restarted_in, 2),
-            "server_after_restart": {
-                "rss_mib_under_load_mark": round(loaded["VmRSS"] / 1024, 1),
-                "rss_mib_end_of_load": round(end_loaded["VmRSS"] / 1024, 1),
-                "rss_mib_idle": round(idle["VmRSS"] / 1024, 1),
-                "rss_growth_bytes_per_request": round((end_loaded["VmRSS"] - loaded["VmRSS"]) * 1024
-                                                      / max(1, after_requests), 1),
-                "requests_between_marks": after_requests,
-                "threads_under_load_mark": loaded["Threads"], "threads_end_of_load": end_loaded["Threads"],
-                "threads_idle": idle["Threads"]},
-        })
+        report.update(
+            {
+                "clients_finished": stats.finished,
+                "requests_served": sum(stats.statuses.values()),
+                "requests_per_s": round(sum(stats.statuses.values()) / elapsed, 1),
+                "responses_by_status": dict(sorted(stats.statuses.items())),
+                "operations": dict(sorted(stats.ops.items())),
+                "stale_parent_refused_412": stats.refused_stale,
+                "errors_by_kind": dict(sorted(stats.errors.items())),
+                "error_examples": dict(sorted(stats.error_examples.items())),
+                # Errors while the server was down (killed → restarted, plus the clients' 2 s to notice) are
+                # expected; any other error is a failure of the hub.
+                "errors_outside_outage": sum(
+                    1 for t in stats.error_times if not killed_at - 0.2 <= t <= killed_at + restarted_in + 2.0
+                ),
+                "latency_ms": {
+                    "request_p50": round(1000 * percentile(stats.request_latency, 0.50), 1),
+                    "request_p99": round(1000 * percentile(stats.request_latency, 0.99), 1),
+                    **{f"{op}_p50": round(1000 * percentile(v, 0.50), 1) for op, v in sorted(stats.op_latency.items())},
+                    **{f"{op}_p99": round(1000 * percentile(v, 0.99), 1) for op, v in sorted(stats.op_latency.items())},
+                },
+                "killed_at_s": round(killed_at, 1),
+                "restart_s": round(restarted_in, 2),
+                "server_after_restart": {
+                    "rss_mib_under_load_mark": round(loaded["VmRSS"] / 1024, 1),
+                    "rss_mib_end_of_load": round(end_loaded["VmRSS"] / 1024, 1),
+                    "rss_mib_idle": round(idle["VmRSS"] / 1024, 1),
+                    "rss_growth_bytes_per_request": round(
+                        (end_loaded["VmRSS"] - loaded["VmRSS"]) * 1024 / max(1, after_requests), 1
+                    ),
+                    "requests_between_marks": after_requests,
+                    "threads_under_load_mark": loaded["Threads"],
+                    "threads_end_of_load": end_loaded["Threads"],
+                    "threads_idle": idle["Threads"],
+                },
+            }
+        )
     finally:
         server.stop()
         from huggingface_hub import set_client_factory

@@ -98,8 +98,11 @@ def main() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "hubckpt", "serve", "--root", str(work / "hub"), "--port",
-                               str(port), "--quiet"], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "hubckpt", "serve", "--root", str(work / "hub"), "--port", str(port), "--quiet"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     url = server.stdout.readline().strip()
     try:
         api = HfApi(endpoint=url, token="x")
@@ -151,11 +154,17 @@ def main() -> None:
     print(f"  floor sha256            {gb / t_sha:6.2f}")
     print(f"  floor fsync'd write     {gb / t_write:6.2f}")
     print(f"  floor loopback socket   {gb / t_loop:6.2f}")
-    print(f"  serial floor of the upload protocol (client sha256, then transfer + fsync'd write): "
-          f"{gb / (t_sha + max(t_write, t_loop)):.2f}")
+    print(
+        f"  serial floor of the upload protocol (client sha256, then transfer + fsync'd write): "
+        f"{gb / (t_sha + max(t_write, t_loop)):.2f}"
+    )
     print(f"  client ceiling: httpx2 streaming GET from the data plane, discarded: {gb / t_client:.2f}")
-    print(f"  HfApi.upload_file       {gb / t_up:6.2f}   ratio to upload floor   {floor_up / t_up:5.2f}x  (aim >= 0.5x)")
-    print(f"  hf_hub_download         {gb / t_down:6.2f}   ratio to download floor {t_loop / t_down:5.2f}x  (aim >= 0.5x)")
+    print(
+        f"  HfApi.upload_file       {gb / t_up:6.2f}   ratio to upload floor   {floor_up / t_up:5.2f}x  (aim >= 0.5x)"
+    )
+    print(
+        f"  hf_hub_download         {gb / t_down:6.2f}   ratio to download floor {t_loop / t_down:5.2f}x  (aim >= 0.5x)"
+    )
 
 
 if __name__ == "__main__":

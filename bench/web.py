@@ -59,21 +59,41 @@ def build_repo(hub, repo_id: str, count: int) -> None:
     for i in range(1, count + 1):
         step = i * 100
         loss = 2.0 + 3.0 * math.exp(-i / 150) + 0.02 * math.sin(i)
-        index.upsert(RevisionInfo(name=f"step-{step:07d}", step=step, commit=head, tokens=step * 4_000_000,
-                                  metrics={"loss": loss, "eval_loss": loss + 0.1, "accuracy": 1 / loss, "lr": 3e-4 * (1 - i / count)},
-                                  size=497_000_000, date="2026-12-01T00:00:00.000000Z", source_format="trainer"))
+        index.upsert(
+            RevisionInfo(
+                name=f"step-{step:07d}",
+                step=step,
+                commit=head,
+                tokens=step * 4_000_000,
+                metrics={"loss": loss, "eval_loss": loss + 0.1, "accuracy": 1 / loss, "lr": 3e-4 * (1 - i / count)},
+                size=497_000_000,
+                date="2026-12-01T00:00:00.000000Z",
+                source_format="trainer",
+            )
+        )
         store.create_ref(repo, "branch", f"step-{step:07d}", head)
     index.best = min(index.live(), key=lambda r: r.metrics["eval_loss"]).name
     index.final = index.revisions[-1].name
     index.revisions[-1].final = True
     store.create_ref(repo, "tag", "best", head)
     store.create_ref(repo, "tag", "final", head)
-    card = render_repo_card(repo_id=repo_id, repo_url=f"{hub.url}/{repo_id}", index=index, options=CardOptions(),
-                            chart="metrics.svg", has_config=False)
-    api.create_commit(repo_id, [CommitOperationAdd("revisions.json", index.to_json()),
-                                CommitOperationAdd("README.md", card.encode()),
-                                CommitOperationAdd("metrics.svg", metrics_chart_svg(index).encode())],
-                      commit_message="index")
+    card = render_repo_card(
+        repo_id=repo_id,
+        repo_url=f"{hub.url}/{repo_id}",
+        index=index,
+        options=CardOptions(),
+        chart="metrics.svg",
+        has_config=False,
+    )
+    api.create_commit(
+        repo_id,
+        [
+            CommitOperationAdd("revisions.json", index.to_json()),
+            CommitOperationAdd("README.md", card.encode()),
+            CommitOperationAdd("metrics.svg", metrics_chart_svg(index).encode()),
+        ],
+        commit_message="index",
+    )
 
 
 def main() -> None:
@@ -129,16 +149,22 @@ def main() -> None:
 
             print(f"\nmodel page of a repo with {args.revisions} revisions (median of {args.repeat}, best in brackets)")
             print(f"  floor: read + parse revisions.json   {floor_med * 1000:7.1f} ms  [{floor_best * 1000:.1f}]")
-            print(f"  model page, server-side (ASGI), first view  {cold_med * 1000:7.1f} ms  [{cold_best * 1000:.1f}]"
-                  f"   = {cold_med / floor_med:.1f}x the floor   (aim < 300 ms)")
-            print(f"  model page, server-side, card already rendered  {page_med * 1000:7.1f} ms  [{page_best * 1000:.1f}]"
-                  f"   = {page_med / floor_med:.1f}x the floor")
+            print(
+                f"  model page, server-side (ASGI), first view  {cold_med * 1000:7.1f} ms  [{cold_best * 1000:.1f}]"
+                f"   = {cold_med / floor_med:.1f}x the floor   (aim < 300 ms)"
+            )
+            print(
+                f"  model page, server-side, card already rendered  {page_med * 1000:7.1f} ms  [{page_best * 1000:.1f}]"
+                f"   = {page_med / floor_med:.1f}x the floor"
+            )
             print(f"  model page over loopback HTTP       {http_med * 1000:7.1f} ms")
             print(f"  reference: API model info           {api_med * 1000:7.1f} ms")
             print(f"  reference: one revision's page      {tree_med * 1000:7.1f} ms")
-            print(f"\npage weight: HTML {len(html) / 1000:.0f} kB, sent gzipped as {sent / 1000:.0f} kB; CSS "
-                  f"{len(css) / 1000:.1f} kB, favicon {len(icon) / 1000:.1f} kB, card image metrics.svg "
-                  f"{len(svg) / 1000:.1f} kB; total sent {total / 1000:.0f} kB in 4 requests, no JavaScript")
+            print(
+                f"\npage weight: HTML {len(html) / 1000:.0f} kB, sent gzipped as {sent / 1000:.0f} kB; CSS "
+                f"{len(css) / 1000:.1f} kB, favicon {len(icon) / 1000:.1f} kB, card image metrics.svg "
+                f"{len(svg) / 1000:.1f} kB; total sent {total / 1000:.0f} kB in 4 requests, no JavaScript"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -30,6 +30,7 @@ REPO_TEMPLATE = "repo.md.j2"
 @dataclass
 class CardOptions:
     """What goes into the cards' metadata beyond what the checkpoints record."""
+
     license: str | None = None
     base_model: str | None = None
     datasets: list[str] = field(default_factory=list)
@@ -61,8 +62,12 @@ def _environment(template_dir: Path | None):
     if template_dir is not None:
         loaders.append(jinja2.FileSystemLoader(str(template_dir)))
     loaders.append(jinja2.FileSystemLoader(str(builtin_template_dir())))
-    env = jinja2.Environment(loader=jinja2.ChoiceLoader(loaders), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False)
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
     env.filters.update(md=md_text, code=md_code, url=url_part, num=format_number, shell=shlex.quote)
     return env
 
@@ -125,14 +130,28 @@ def _eval_metrics(metrics: dict[str, float]) -> dict[str, float]:
 def _yaml(options: CardOptions, *, has_config: bool, repo_id: str, eval_metrics: dict[str, float]) -> str:
     from huggingface_hub import EvalResult, ModelCardData
 
-    results = [EvalResult(task_type=options.task, dataset_type="custom", dataset_name=options.dataset_name,
-                          metric_type=name, metric_value=value, metric_name=name)
-               for name, value in sorted(eval_metrics.items()) if math.isfinite(value)]
+    results = [
+        EvalResult(
+            task_type=options.task,
+            dataset_type="custom",
+            dataset_name=options.dataset_name,
+            metric_type=name,
+            metric_value=value,
+            metric_name=name,
+        )
+        for name, value in sorted(eval_metrics.items())
+        if math.isfinite(value)
+    ]
     data = ModelCardData(
         library_name=options.library_name or ("transformers" if has_config else None),
-        license=options.license, base_model=options.base_model, datasets=options.datasets or None,
-        language=options.language, tags=sorted({"hubckpt", "checkpoint", *options.tags}),
-        model_name=repo_id.split("/")[-1] if results else None, eval_results=results or None)
+        license=options.license,
+        base_model=options.base_model,
+        datasets=options.datasets or None,
+        language=options.language,
+        tags=sorted({"hubckpt", "checkpoint", *options.tags}),
+        model_name=repo_id.split("/")[-1] if results else None,
+        eval_results=results or None,
+    )
     return data.to_yaml()
 
 
@@ -146,40 +165,77 @@ def human_size(size: float) -> str:
     return f"{value:.1f} TB"
 
 
-def render_revision_card(*, repo_id: str, repo_url: str, info: RevisionInfo, previous: str | None, monitor: str | None,
-                         mode: str, files: list[str], options: CardOptions) -> str:
+def render_revision_card(
+    *,
+    repo_id: str,
+    repo_url: str,
+    info: RevisionInfo,
+    previous: str | None,
+    monitor: str | None,
+    mode: str,
+    files: list[str],
+    options: CardOptions,
+) -> str:
     """The README.md of one revision."""
     eval_metrics = _eval_metrics(info.metrics)
     env = _environment(options.template_dir)
     return env.get_template(REVISION_TEMPLATE).render(
         card_yaml=_yaml(options, has_config="config.json" in files, repo_id=repo_id, eval_metrics=eval_metrics).strip(),
-        repo_id=repo_id, repo_url=repo_url, revision=info.name, step=info.step, epoch=info.epoch, tokens=info.tokens,
-        metrics=info.metrics, final=info.final, source_format=info.source_format or "unknown", date=info.date or "",
-        previous=previous, monitor=monitor, mode=mode, has_config="config.json" in files, marker=CARD_MARKER,
-        weights_file=_weights_file(files), has_training_state=any(f.startswith("training_state/") for f in files))
+        repo_id=repo_id,
+        repo_url=repo_url,
+        revision=info.name,
+        step=info.step,
+        epoch=info.epoch,
+        tokens=info.tokens,
+        metrics=info.metrics,
+        final=info.final,
+        source_format=info.source_format or "unknown",
+        date=info.date or "",
+        previous=previous,
+        monitor=monitor,
+        mode=mode,
+        has_config="config.json" in files,
+        marker=CARD_MARKER,
+        weights_file=_weights_file(files),
+        has_training_state=any(f.startswith("training_state/") for f in files),
+    )
 
 
 def _weights_file(files: list[str]) -> str:
     return "model.safetensors.index.json" if "model.safetensors.index.json" in files else "model.safetensors"
 
 
-def render_repo_card(*, repo_id: str, repo_url: str, index: RevisionIndex, options: CardOptions,
-                     chart: str | None, has_config: bool) -> str:
+def render_repo_card(
+    *, repo_id: str, repo_url: str, index: RevisionIndex, options: CardOptions, chart: str | None, has_config: bool
+) -> str:
     """The README.md on `main`: the run and a table of every live revision."""
     live = index.live()
     metric_names = sorted({m for r in live for m in r.metrics if m in table_metrics(live)})
-    rows: list[dict[str, Any]] = [dict(name=r.name, step=r.step, tokens=r.tokens, metrics=r.metrics, size_h=human_size(r.size),
-                                       tags=r.tags) for r in live]
+    rows: list[dict[str, Any]] = [
+        dict(name=r.name, step=r.step, tokens=r.tokens, metrics=r.metrics, size_h=human_size(r.size), tags=r.tags)
+        for r in live
+    ]
     # The model-index describes what `main` holds: the final checkpoint's weights (none before there is one).
     final = index.get(index.final) if index.final else None
     eval_metrics = _eval_metrics(final.metrics if final else {})
     env = _environment(options.template_dir)
     return env.get_template(REPO_TEMPLATE).render(
         card_yaml=_yaml(options, has_config=has_config, repo_id=repo_id, eval_metrics=eval_metrics).strip(),
-        repo_id=repo_id, repo_url=repo_url, revisions=rows, pruned=len(index.revisions) - len(live),
-        final=index.final, best=index.best, monitor=index.monitor, mode=index.mode, chart=chart,
-        metric_names=metric_names, example=(index.best or (live[-1].name if live else "main")),
-        has_config=has_config, marker=CARD_MARKER, user_tags=dict(sorted(index.tags.items())))
+        repo_id=repo_id,
+        repo_url=repo_url,
+        revisions=rows,
+        pruned=len(index.revisions) - len(live),
+        final=index.final,
+        best=index.best,
+        monitor=index.monitor,
+        mode=index.mode,
+        chart=chart,
+        metric_names=metric_names,
+        example=(index.best or (live[-1].name if live else "main")),
+        has_config=has_config,
+        marker=CARD_MARKER,
+        user_tags=dict(sorted(index.tags.items())),
+    )
 
 
 def table_metrics(revisions: list[RevisionInfo], limit: int = 4) -> list[str]:
@@ -220,8 +276,11 @@ def metrics_chart_svg(index: RevisionIndex, width: int = 640, panel_height: int 
     def x(step: float) -> float:
         return pad_l + (step - x0) / ((x1 - x0) or 1) * (width - pad_l - pad_r)
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'font-family="sans-serif" font-size="12">', f'<rect width="{width}" height="{height}" fill="white"/>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+    ]
     for i, (name, pts, skipped) in enumerate(panels):
         top = i * panel_height
         y_lo, y_hi = min(v for _, v in pts), max(v for _, v in pts)
@@ -234,13 +293,18 @@ def metrics_chart_svg(index: RevisionIndex, width: int = 640, panel_height: int 
         color = colors[i % len(colors)]
         bottom = top + panel_height - pad_b
         title = name + (f" ({skipped} non-finite value{'s' if skipped != 1 else ''} not drawn)" if skipped else "")
-        parts += [f'<text x="{pad_l}" y="{top + 15}" fill={quoteattr(color)}>{escape(title)}</text>',
-                  f'<line x1="{pad_l}" y1="{bottom}" x2="{width - pad_r}" y2="{bottom}" stroke="#888"/>',
-                  f'<line x1="{pad_l}" y1="{top + pad_t}" x2="{pad_l}" y2="{bottom}" stroke="#888"/>',
-                  f'<text x="{pad_l - 4}" y="{top + pad_t + 4}" text-anchor="end">{escape(format(y_hi, ".4g"))}</text>',
-                  f'<text x="{pad_l - 4}" y="{bottom}" text-anchor="end">{escape(format(y_lo, ".4g"))}</text>']
+        parts += [
+            f'<text x="{pad_l}" y="{top + 15}" fill={quoteattr(color)}>{escape(title)}</text>',
+            f'<line x1="{pad_l}" y1="{bottom}" x2="{width - pad_r}" y2="{bottom}" stroke="#888"/>',
+            f'<line x1="{pad_l}" y1="{top + pad_t}" x2="{pad_l}" y2="{bottom}" stroke="#888"/>',
+            f'<text x="{pad_l - 4}" y="{top + pad_t + 4}" text-anchor="end">{escape(format(y_hi, ".4g"))}</text>',
+            f'<text x="{pad_l - 4}" y="{bottom}" text-anchor="end">{escape(format(y_lo, ".4g"))}</text>',
+        ]
         path = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in pts)
         parts.append(f'<polyline fill="none" stroke={quoteattr(color)} stroke-width="2" points="{path}"/>')
-    parts += [f'<text x="{pad_l}" y="{height - 6}">step {x0}</text>',
-              f'<text x="{width - pad_r}" y="{height - 6}" text-anchor="end">step {x1}</text>', "</svg>"]
+    parts += [
+        f'<text x="{pad_l}" y="{height - 6}">step {x0}</text>',
+        f'<text x="{width - pad_r}" y="{height - 6}" text-anchor="end">step {x1}</text>',
+        "</svg>",
+    ]
     return "\n".join(parts) + "\n"

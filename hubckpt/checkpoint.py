@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+
 @dataclass
 class Checkpoint:
     """A checkpoint as read from disk (or from live objects).
@@ -30,7 +31,7 @@ class Checkpoint:
 
     source: Path
     source_format: str
-    weights: dict[str, "torch.Tensor"]
+    weights: dict[str, torch.Tensor]
     training_state: dict[str, Any] = field(default_factory=dict)
     step: int | None = None
     epoch: float | None = None

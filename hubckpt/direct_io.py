@@ -31,9 +31,9 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,8 @@ class _WriteBehind:
 def limit_rate(mb_per_s: float | None) -> None:
     """Cap the bytes per second that DirectWriter/DirectReader move in this process (None or 0: no cap)."""
     _PACER.set_rate(float(mb_per_s or 0) * 1e6)
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_POOL.forget)
 
@@ -188,13 +190,13 @@ def _pread_into(fd: int, buffer: mmap.mmap, offset: int) -> int:
 
 def _read_into(fd: int, buffer: mmap.mmap) -> int:
     data = os.read(fd, len(buffer))
-    buffer[:len(data)] = data
+    buffer[: len(data)] = data
     return len(data)
 
 
 def _write_all(fd: int, view: memoryview) -> None:
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 class DirectWriter:
@@ -229,7 +231,7 @@ class DirectWriter:
         self._error: BaseException | None = None
         self._fill = 0
 
-    def __enter__(self) -> "DirectWriter":
+    def __enter__(self) -> DirectWriter:
         return self
 
     def __exit__(self, kind, value, tb) -> None:
@@ -249,13 +251,13 @@ class DirectWriter:
         view = memoryview(data).cast("B")
         if self._buffer is None:  # buffered I/O: straight from the caller's memory
             for pos in range(0, len(view), _PIECE):
-                self._filled(view[pos:pos + _PIECE])
+                self._filled(view[pos : pos + _PIECE])
             return len(view)
         pos = 0
         while pos < len(view):
             target = self._space(len(view) - pos)
             n = len(target)
-            target[:] = view[pos:pos + n]
+            target[:] = view[pos : pos + n]
             self._filled(target)
             pos += n
         return len(view)
@@ -288,7 +290,7 @@ class DirectWriter:
                 self._scratch = bytearray(_PIECE)
             return memoryview(self._scratch)[:n]
         n = min(n, CHUNK - self._fill)
-        return memoryview(self._buffer)[self._fill:self._fill + n]
+        return memoryview(self._buffer)[self._fill : self._fill + n]
 
     def _filled(self, piece: memoryview) -> None:
         """`piece` (from `_space`, or the caller's memory in buffered I/O) now holds the next bytes of the file."""
@@ -365,7 +367,7 @@ class DirectWriter:
             self._wait()
             if self._buffer is not None and self._fill:
                 padded = -(-self._fill // ALIGN) * ALIGN
-                self._buffer[self._fill:padded] = bytes(padded - self._fill)
+                self._buffer[self._fill : padded] = bytes(padded - self._fill)
                 self._failing(self._write_block, self._buffer, padded)
                 os.ftruncate(self._fd, self.size)
             if self._fsync:
@@ -464,13 +466,17 @@ class DirectReader(io.BufferedIOBase):
             if self._pos >= start + n:
                 return memoryview(b"")
         offset = self._pos - self._start
-        return memoryview(self._buffer)[offset:self._length]
+        return memoryview(self._buffer)[offset : self._length]
 
     def readview(self, size: int) -> memoryview:
         """Up to `size` bytes from the current position as a view of the internal buffer (no copy); empty at the
         end. The view is valid until the next read or seek."""
         self._check_open()
-        span = self._available()[:max(0, min(size, self._size - self._pos))] if self._pos < self._size else memoryview(b"")
+        span = (
+            self._available()[: max(0, min(size, self._size - self._pos))]
+            if self._pos < self._size
+            else memoryview(b"")
+        )
         self._pos += len(span)
         return span
 
@@ -483,7 +489,7 @@ class DirectReader(io.BufferedIOBase):
             if not span:
                 break
             n = min(len(span), len(out) - done)
-            out[done:done + n] = span[:n]
+            out[done : done + n] = span[:n]
             done += n
             self._pos += n
         return done
@@ -497,7 +503,7 @@ class DirectReader(io.BufferedIOBase):
             self._pos += size
             return bytes(span)
         out = bytearray(size)
-        return bytes(out[:self.readinto(out)])
+        return bytes(out[: self.readinto(out)])
 
     read1 = read
 

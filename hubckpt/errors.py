@@ -94,8 +94,14 @@ class HubHTTPError(HubckptError):
         headers: extra response headers (e.g. `X-Repo-Commit` on EntryNotFound).
     """
 
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None,
-                 extra: dict | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict | None = None,
+    ) -> None:
         self.status = status
         self.message = message
         self.code = code
@@ -105,6 +111,7 @@ class HubHTTPError(HubckptError):
 
 
 # -- checkpoints and conversion -------------------------------------------------------------------
+
 
 class CheckpointError(HubckptError):
     """Base of the errors about a checkpoint on disk. `path` names the offending file or folder."""
@@ -148,6 +155,7 @@ class DiskFullError(HubckptError, OSError):
 
 # -- publishing -----------------------------------------------------------------------------------
 
+
 class RevisionCollisionError(HubckptError, FileExistsError):
     """A revision of that name already exists on the hub with different content."""
 
@@ -165,6 +173,7 @@ class SpoolBusyError(HubckptError, RuntimeError):
 
 
 # -- local hub storage (server side; mapped to HTTP by hubckpt.server.http_errors) ------------------
+
 
 class StorageBusyError(StorageError):
     """The local hub's database stayed locked (another process writing?) past the busy timeout; retry later."""
@@ -204,12 +213,15 @@ class RepoExistsError(HubStateError, FileExistsError):
 
 class ObjectMismatchError(HubStateError, ValueError):
     """Uploaded bytes do not match the sha256 or size they were announced with; nothing was stored."""
+
+
 class AnalysisError(HubckptError, ValueError):
     """Analysis inputs that cannot work: an unreadable probe, a text probe without a tokenizer, unknown
     layers, too few revisions."""
 
 
 # -- loading --------------------------------------------------------------------------------------
+
 
 class RevisionLookupError(HubckptError, LookupError):
     """No revision matches what was asked (a step, a token count, `best` in a repo without one...).
@@ -255,6 +267,7 @@ def _build(name: str) -> type:
     import huggingface_hub.errors as hf_errors
 
     if name == "UnknownRevisionError":
+
         class UnknownRevisionError(HubckptError, hf_errors.RevisionNotFoundError):
             """The repo has no branch, tag or commit of that name (also huggingface_hub's RevisionNotFoundError).
 
@@ -283,6 +296,7 @@ def __getattr__(name: str) -> type:
 
 
 # -- restoring ------------------------------------------------------------------------------------
+
 
 class RestoreError(HubckptError, ValueError):
     """A revision's training state cannot be restored into the given objects; nothing was changed."""

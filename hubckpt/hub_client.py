@@ -19,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .commits import folder_operations, quiet_xet_notice
 from .errors import RevisionCollisionError
@@ -82,11 +82,13 @@ class HubTarget:
     def describe(self) -> str:
         return f"{self.repo_id} on {self.hub.describe()}"
 
-    # -- reads (delegated to `self.reader`, shared with the consumer side) --------------------------------------------------------------------------------------
+    # -- reads (delegated to `self.reader`, shared with the consumer side) ---------------------------------------
 
     def ensure_repo(self) -> None:
-        with_retries(lambda: self.api.create_repo(self.repo_id, private=self.private, exist_ok=True),
-                     what=f"creating {self.repo_id}")
+        with_retries(
+            lambda: self.api.create_repo(self.repo_id, private=self.private, exist_ok=True),
+            what=f"creating {self.repo_id}",
+        )
 
     def read_index(self, revision: str = MAIN) -> tuple[RevisionIndex, str | None]:
         """(index, commit it was read at) with one request; an empty index if there is none yet."""
@@ -113,8 +115,17 @@ class HubTarget:
 
     # -- writes -------------------------------------------------------------------------------------
 
-    def commit_revision(self, name: str, folder: Path, *, start_from: str, message: str,
-                        manifest_sha256: str, replace: bool = False, extra_files: dict[str, bytes] | None = None) -> str:
+    def commit_revision(
+        self,
+        name: str,
+        folder: Path,
+        *,
+        start_from: str,
+        message: str,
+        manifest_sha256: str,
+        replace: bool = False,
+        extra_files: dict[str, bytes] | None = None,
+    ) -> str:
         """Make branch `name` hold exactly `folder`, as one commit on top of `start_from`; return the commit.
 
         Files inherited from the starting revision that this one does not have are deleted in the same
@@ -138,7 +149,8 @@ class HubTarget:
             if manifest is not None and manifest.get("step") == step and not replace:
                 raise RevisionCollisionError(
                     f"{self.repo_id} already has a branch {name!r} holding a different checkpoint of step {step}. "
-                    "Choose another revision name (revision=... / --revision), or delete that branch first.")
+                    "Choose another revision name (revision=... / --revision), or delete that branch first."
+                )
         commit = branches.get(staging)
         if commit is None or not self._holds(commit, manifest_sha256):
             if commit is not None:
@@ -147,8 +159,9 @@ class HubTarget:
             self._create_branch(staging, start)
             commit = self._commit_folder(staging, start, folder, message, manifest_sha256, extra_files or {})
         if head is not None:
-            logger.warning("branch %s of %s did not hold its revision (an interrupted publish); repairing it",
-                           name, self.repo_id)
+            logger.warning(
+                "branch %s of %s did not hold its revision (an interrupted publish); repairing it", name, self.repo_id
+            )
             self.delete_branch(name)
         self._create_branch(name, commit)
         self.delete_branch(staging)
@@ -158,16 +171,19 @@ class HubTarget:
         from huggingface_hub.errors import HfHubHTTPError
 
         try:
-            with_retries(lambda: self.api.create_branch(self.repo_id, branch=name, revision=revision),
-                         what=f"creating branch {name}")
+            with_retries(
+                lambda: self.api.create_branch(self.repo_id, branch=name, revision=revision),
+                what=f"creating branch {name}",
+            )
         except HfHubHTTPError as e:
             # 409: it exists; a retried request whose first attempt had landed ends here too. Only the
             # right commit will do.
             if status_of(e) != 409 or self.branches().get(name) != revision:
                 raise
 
-    def _commit_folder(self, branch: str, head: str, folder: Path, message: str, manifest_sha256: str,
-                       extra_files: dict[str, bytes]) -> str:
+    def _commit_folder(
+        self, branch: str, head: str, folder: Path, message: str, manifest_sha256: str, extra_files: dict[str, bytes]
+    ) -> str:
         """One commit on `branch` (at `head`) that makes it hold exactly the files of `folder` (+ `extra_files`)."""
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
@@ -175,15 +191,15 @@ class HubTarget:
         ours = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} | set(extra_files)
         stale = [p for p in existing if p not in ours and p != ".gitattributes"]
         with contextlib.ExitStack() as stack, quiet_xet_notice():
-            ops = folder_operations(folder, stack, use_xet=self.hub.is_huggingface_co,
-                                    skip=lambda p: p in extra_files)
+            ops = folder_operations(folder, stack, use_xet=self.hub.is_huggingface_co, skip=lambda p: p in extra_files)
             ops += [CommitOperationAdd(path, data) for path, data in sorted(extra_files.items())]
             ops += [CommitOperationDelete(p) for p in stale]
 
             def send() -> str:
                 _rewind(ops)
-                return self.api.create_commit(self.repo_id, ops, commit_message=message, revision=branch,
-                                              parent_commit=head).oid
+                return self.api.create_commit(
+                    self.repo_id, ops, commit_message=message, revision=branch, parent_commit=head
+                ).oid
 
             return self._commit_once(send, branch, manifest_sha256)
 
@@ -219,8 +235,9 @@ class HubTarget:
                 time.sleep(backoff_delay(e, attempt, 0.5))
         raise AssertionError("unreachable")
 
-    def update_main(self, mutate: Callable[[RevisionIndex], tuple[dict[str, bytes], Path | None, list[str], str]],
-                    attempts: int = 8) -> tuple[str, RevisionIndex]:
+    def update_main(
+        self, mutate: Callable[[RevisionIndex], tuple[dict[str, bytes], Path | None, list[str], str]], attempts: int = 8
+    ) -> tuple[str, RevisionIndex]:
         """Read the index at main's head, let `mutate` change it, commit with `parent_commit`; retry on conflict.
 
         `mutate(index)` returns (files to write on main: path → bytes, a folder whose files also go to main
@@ -235,17 +252,21 @@ class HubTarget:
             with contextlib.ExitStack() as stack, quiet_xet_notice():
                 ops = []
                 if folder is not None:
-                    ops += folder_operations(folder, stack, use_xet=self.hub.is_huggingface_co,
-                                             skip=lambda p: p == "README.md" or p in files
-                                             or p.startswith("training_state/"))
+                    ops += folder_operations(
+                        folder,
+                        stack,
+                        use_xet=self.hub.is_huggingface_co,
+                        skip=lambda p, files=files: p == "README.md" or p in files or p.startswith("training_state/"),
+                    )
                 ops += [CommitOperationAdd(path, data) for path, data in sorted(files.items())]
                 existing = set(self.list_files(head or MAIN)) if deletes else set()
                 ops += [CommitOperationDelete(p) for p in deletes if p in existing]
 
-                def send() -> str:
+                def send(ops: list = ops, message: str = message, head: str | None = head) -> str:
                     _rewind(ops)
-                    return self.api.create_commit(self.repo_id, ops, commit_message=message, revision=MAIN,
-                                                  parent_commit=head).oid
+                    return self.api.create_commit(
+                        self.repo_id, ops, commit_message=message, revision=MAIN, parent_commit=head
+                    ).oid
 
                 try:
                     commit = with_retries(send, what=f"updating main of {self.repo_id}")
@@ -262,8 +283,10 @@ class HubTarget:
 
         with contextlib.suppress(RevisionNotFoundError):
             with_retries(lambda: self.api.delete_tag(self.repo_id, tag=tag), what=f"deleting tag {tag}")
-        with_retries(lambda: self.api.create_tag(self.repo_id, tag=tag, revision=revision, exist_ok=True),
-                     what=f"tagging {revision} as {tag}")
+        with_retries(
+            lambda: self.api.create_tag(self.repo_id, tag=tag, revision=revision, exist_ok=True),
+            what=f"tagging {revision} as {tag}",
+        )
 
     def delete_tag(self, tag: str) -> None:
         """Delete `tag` (no error if it is already gone)."""

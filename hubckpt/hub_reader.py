@@ -144,8 +144,10 @@ class HubReader:
             return response.json()
 
         doc = with_retries(fetch, what=f"listing refs of {self.repo_id}")
-        return ({b["name"]: b["targetCommit"] for b in doc.get("branches", [])},
-                {t["name"]: t["targetCommit"] for t in doc.get("tags", [])})
+        return (
+            {b["name"]: b["targetCommit"] for b in doc.get("branches", [])},
+            {t["name"]: t["targetCommit"] for t in doc.get("tags", [])},
+        )
 
     def branches(self) -> dict[str, str]:
         return self.refs()[0]
@@ -154,8 +156,10 @@ class HubReader:
         """path → size of every file at `revision` (one listing, paginated by the hub)."""
         from huggingface_hub.hf_api import RepoFile
 
-        entries = with_retries(lambda: list(self.api.list_repo_tree(self.repo_id, revision=revision, recursive=True)),
-                         what=f"listing files of {self.repo_id}@{revision}")
+        entries = with_retries(
+            lambda: list(self.api.list_repo_tree(self.repo_id, revision=revision, recursive=True)),
+            what=f"listing files of {self.repo_id}@{revision}",
+        )
         self.counter.add(0)
         return {e.path: e.size for e in entries if isinstance(e, RepoFile)}
 
@@ -190,8 +194,7 @@ class HubReader:
                     self.counter.add(len(response.content))
                     if "/resolve/" in location and location.startswith(self.hub.endpoint):
                         # a same-hub redirect (renamed repo): keep the auth headers
-                        response = session.get(location, headers={**self.auth_headers(), **rng},
-                                               follow_redirects=True)
+                        response = session.get(location, headers={**self.auth_headers(), **rng}, follow_redirects=True)
                     else:
                         self._redirects[url] = location
                         response = session.get(location, headers=rng)
@@ -207,8 +210,9 @@ class HubReader:
                 total = len(data)
                 data = data[start:end]
             if len(data) != min(end, total if total is not None else end) - start:
-                raise HubckptError(f"{path}@{revision} of {self.repo_id}: asked for bytes {start}-{end - 1}, "
-                                   f"got {len(data)} bytes")
+                raise HubckptError(
+                    f"{path}@{revision} of {self.repo_id}: asked for bytes {start}-{end - 1}, got {len(data)} bytes"
+                )
             return data, total
 
         return with_retries(fetch, what=f"reading bytes {start}-{end - 1} of {path}@{revision}")
@@ -227,10 +231,11 @@ class HubReader:
             rest, _ = self.read_range(path, revision, len(probe), 8 + length)
             probe += rest
         data_size = None if total is None else total - 8 - length
-        return parse_header(probe[8:8 + length], where, data_size=data_size), 8 + length, total
+        return parse_header(probe[8 : 8 + length], where, data_size=data_size), 8 + length, total
 
 
 # -- the safetensors header format ------------------------------------------------------------------------
+
 
 def _bad(where: str, why: str) -> HubckptError:
     from .errors import IntegrityError
@@ -283,6 +288,25 @@ def parse_header(raw: bytes, where: str, *, data_size: int | None = None) -> dic
 
 
 # bits per element of each safetensors dtype
-DTYPE_BITS = {"BOOL": 8, "U8": 8, "I8": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "I16": 16, "U16": 16,
-              "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "I64": 64, "U64": 64, "F64": 64,
-              "C64": 64, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
+DTYPE_BITS = {
+    "BOOL": 8,
+    "U8": 8,
+    "I8": 8,
+    "F8_E4M3": 8,
+    "F8_E5M2": 8,
+    "F8_E8M0": 8,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "I64": 64,
+    "U64": 64,
+    "F64": 64,
+    "C64": 64,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+}

@@ -21,9 +21,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from .errors import HubConfigError, HubUnavailableError
 
@@ -47,6 +48,7 @@ def default_local_root() -> Path:
 @dataclass(frozen=True)
 class Hub:
     """A resolved hub: where it is and how to describe it to the user."""
+
     endpoint: str
     kind: str  # "local" | "remote"
     root: Path | None = None  # data folder, for the local hub
@@ -94,7 +96,7 @@ def resolve_token(hub: Hub, token: str | bool | None = None) -> str | bool | Non
     return os.environ.get(TOKEN_ENV) or False
 
 
-def token_for(hub: Hub, spec: object, tokens: "str | dict | None") -> str | bool | None:
+def token_for(hub: Hub, spec: object, tokens: str | dict | None) -> str | bool | None:
     """Pick the token of one hub of a multi-hub publisher.
 
     `tokens` is None (each hub's default), one token (only allowed with one hub: the caller checks), or a
@@ -108,7 +110,7 @@ def token_for(hub: Hub, spec: object, tokens: "str | dict | None") -> str | bool
     return resolve_token(hub, tokens)
 
 
-def hub_api(hub: Hub | str | None = None, *, token: str | bool | None = None) -> "HfApi":
+def hub_api(hub: Hub | str | None = None, *, token: str | bool | None = None) -> HfApi:
     """An `HfApi` bound to `hub` with an explicit endpoint (never the import-time HF_ENDPOINT).
 
     `token=None` resolves per hub (`resolve_token`): the stored huggingface.co token is only sent to huggingface.co.
@@ -118,8 +120,12 @@ def hub_api(hub: Hub | str | None = None, *, token: str | bool | None = None) ->
     from .version import __version__
 
     resolved = hub if isinstance(hub, Hub) else resolve_hub(hub)
-    return HfApi(endpoint=resolved.endpoint, token=resolve_token(resolved, token), library_name="hubckpt",
-                 library_version=__version__)
+    return HfApi(
+        endpoint=resolved.endpoint,
+        token=resolve_token(resolved, token),
+        library_name="hubckpt",
+        library_version=__version__,
+    )
 
 
 def point_hf_clients_at(endpoint: str) -> None:
@@ -135,6 +141,7 @@ def point_hf_clients_at(endpoint: str) -> None:
 
 
 # -- the local hub in the background ----------------------------------------------------------------
+
 
 def _health(url: str, timeout: float = 2.0) -> dict | None:
     try:
@@ -181,8 +188,10 @@ def ensure_local_hub(root: str | Path | None = None) -> str:
         with _start_lock(root):
             return _start_local_hub(root)
     except OSError as e:
-        raise HubConfigError(f"The local hub's data folder {root} cannot be used ({e.strerror or e}): it must be a "
-                             "writable folder. Choose another with --root or HUBCKPT_HUB_ROOT.") from e
+        raise HubConfigError(
+            f"The local hub's data folder {root} cannot be used ({e.strerror or e}): it must be a "
+            "writable folder. Choose another with --root or HUBCKPT_HUB_ROOT."
+        ) from e
 
 
 def _start_local_hub(root: Path) -> str:
@@ -194,9 +203,23 @@ def _start_local_hub(root: Path) -> str:
     logger.info("starting the local hub over %s (log: %s)", root, log_path)
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "hubckpt", "serve", "--root", str(root), "--port", str(DEFAULT_LOCAL_PORT),
-             "--port-fallback", "--quiet"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "hubckpt",
+                "serve",
+                "--root",
+                str(root),
+                "--port",
+                str(DEFAULT_LOCAL_PORT),
+                "--port-fallback",
+                "--quiet",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + _START_TIMEOUT_S
     while time.monotonic() < deadline:
         url = running_local_hub(root)
@@ -204,8 +227,9 @@ def _start_local_hub(root: Path) -> str:
             return url
         if process.poll() is not None:
             tail = log_path.read_text(errors="replace")[-2000:]
-            raise HubUnavailableError(f"The local hub exited at start-up (code {process.returncode}). "
-                                      f"Log {log_path}:\n{tail}")
+            raise HubUnavailableError(
+                f"The local hub exited at start-up (code {process.returncode}). Log {log_path}:\n{tail}"
+            )
         time.sleep(0.1)
     process.kill()
     raise HubUnavailableError(f"The local hub did not answer within {_START_TIMEOUT_S:.0f}s; see {log_path}.")

@@ -21,7 +21,8 @@ def validate_repo_part(part: str, kind: str = "repo name") -> str:
         raise InvalidNameError(kind, part, "it is empty")
     if not _REPO_PART.match(part):
         raise InvalidNameError(
-            kind, part,
+            kind,
+            part,
             "use letters, digits, '-', '_' or '.', at most 96 characters, not starting or ending with '-' or '.'",
         )
     if "--" in part or ".." in part:
@@ -49,6 +50,7 @@ def validate_ref_name(name: str, kind: str = "branch name") -> str:
     `HEAD`). Stricter than git on two points: `@` alone is refused (git reads it as HEAD) and so are
     `refs/...` names, which the Hub reserves (pull requests, conversions).
     """
+
     def bad(reason: str) -> InvalidNameError:
         return InvalidNameError(kind, name, reason)
 
@@ -92,6 +94,7 @@ def normalize_path_in_repo(path: str) -> str:
     '..', which the Hub refuses with 422), absolute paths, NUL and control characters, empty
     segments, and anything under `.git/`.
     """
+
     def bad(reason: str) -> InvalidNameError:
         return InvalidNameError("path", path, reason)
 

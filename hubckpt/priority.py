@@ -20,7 +20,8 @@ import logging
 import os
 import sys
 import threading
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from .errors import HubConfigError
 
@@ -39,8 +40,9 @@ def check_priority(value: Any) -> int | str:
     """`value` if it is a priority setting (a nice increment 0..19, or "idle"); `HubConfigError` otherwise."""
     if value == IDLE:
         if not idle_class_supported():
-            raise HubConfigError("nice='idle' needs Linux (the SCHED_IDLE scheduling class); pass a nice "
-                                 "increment such as 10 instead")
+            raise HubConfigError(
+                "nice='idle' needs Linux (the SCHED_IDLE scheduling class); pass a nice increment such as 10 instead"
+            )
         return IDLE
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 19:
         raise HubConfigError(f"nice must be 'idle' or a nice increment from 0 to 19, got {value!r}")
@@ -92,5 +94,11 @@ def in_background_priority(make: Callable[[], T], priority: int | str) -> T:
     return box["value"]
 
 
-__all__ = ["IDLE", "check_priority", "idle_class_supported", "in_background_priority", "lower_priority",
-           "lower_process_priority"]
+__all__ = [
+    "IDLE",
+    "check_priority",
+    "idle_class_supported",
+    "in_background_priority",
+    "lower_priority",
+    "lower_process_priority",
+]

@@ -12,7 +12,8 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from .errors import HubckptError, HubUnavailableError
 
@@ -25,9 +26,11 @@ MAX_RETRY_AFTER_S = 300.0
 
 # -- timeouts --------------------------------------------------------------------------------------
 
+
 def hub_timeouts() -> dict[str, float]:
     """Per-request timeouts in seconds: connect 10 (`HUBCKPT_CONNECT_TIMEOUT`), read/write/pool 120
     (`HUBCKPT_HTTP_TIMEOUT`): the time one request may stall, not the time a large upload may take."""
+
     def env(name: str, default: float) -> float:
         try:
             return float(os.environ.get(name, "")) or default
@@ -59,6 +62,7 @@ def install_timeouts() -> None:
     with _hook_lock:
         factory = _http._GLOBAL_CLIENT_FACTORY
         if not getattr(factory, "_hubckpt_timeouts", False):
+
             def with_timeouts():
                 client = factory()
                 client.event_hooks["request"].append(_default_timeout_hook)
@@ -72,6 +76,7 @@ def install_timeouts() -> None:
 
 
 # -- retries ---------------------------------------------------------------------------------------
+
 
 def status_of(error: BaseException) -> int | None:
     """The HTTP status of a failed request (None for transport errors)."""
@@ -94,7 +99,10 @@ def is_transient(error: BaseException) -> bool:
 
 
 def retry_after(error: BaseException) -> float | None:
-    """Seconds the server asked us to wait (`RateLimit` on a 429, else `Retry-After`), capped; None if it did not say."""
+    """Seconds the server asked us to wait, capped; None if it did not say.
+
+    Read from `RateLimit` on a 429, else from `Retry-After`.
+    """
     from huggingface_hub.utils import parse_ratelimit_headers
 
     headers = getattr(getattr(error, "response", None), "headers", None)

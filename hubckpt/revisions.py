@@ -23,13 +23,17 @@ def render_revision_name(template: str, *, step: int, tokens: int | None = None,
     used = {name for _, name, _, _ in string.Formatter().parse(template) if name}
     unknown = sorted(used - {"step", "epoch", "tokens", "tokens_b", "tokens_m"})
     if unknown:
-        raise HubConfigError(f"Revision template {template!r} uses unknown field(s) {', '.join(unknown)}; "
-                             "available: step, epoch, tokens, tokens_b, tokens_m")
+        raise HubConfigError(
+            f"Revision template {template!r} uses unknown field(s) {', '.join(unknown)}; "
+            "available: step, epoch, tokens, tokens_b, tokens_m"
+        )
     missing = sorted(used - fields.keys())
     if missing:
-        raise HubConfigError(f"Revision template {template!r} needs {', '.join(missing)}, which this checkpoint does not "
-                             "record; pass tokens=... (CLI: a Trainer run records num_input_tokens_seen) or choose "
-                             "another template")
+        raise HubConfigError(
+            f"Revision template {template!r} needs {', '.join(missing)}, which this checkpoint does not "
+            "record; pass tokens=... (CLI: a Trainer run records num_input_tokens_seen) or choose "
+            "another template"
+        )
     try:
         name = template.format(**fields)
     except (ValueError, KeyError, IndexError) as e:
@@ -41,15 +45,21 @@ def validate_revision_name(name: str) -> str:
     if name in RESERVED:
         raise InvalidNameError("revision name", name, f"'{name}' is reserved (main, best, final, latest)")
     if is_staging_branch(name):
-        raise InvalidNameError("revision name", name, f"names starting with {STAGING_PREFIX!r} are hubckpt's staging "
-                               "branches, hidden from every listing")
+        raise InvalidNameError(
+            "revision name",
+            name,
+            f"names starting with {STAGING_PREFIX!r} are hubckpt's staging branches, hidden from every listing",
+        )
     return validate_ref_name(name, "revision name")
 
 
 def check_template(template: str) -> str:
     """Fail early (at Publisher creation) on a template that can never give a valid name."""
-    render_revision_name(template, step=1, tokens=10**9, epoch=1.0) if "tokens" in template else \
-        render_revision_name(template, step=1, epoch=1.0)
+    render_revision_name(template, step=1, tokens=10**9, epoch=1.0) if "tokens" in template else render_revision_name(
+        template, step=1, epoch=1.0
+    )
     if "{step" not in template and "{tokens" not in template:
-        raise HubConfigError(f"Revision template {template!r} has no {{step}}: every checkpoint would get the same name")
+        raise HubConfigError(
+            f"Revision template {template!r} has no {{step}}: every checkpoint would get the same name"
+        )
     return template

@@ -13,8 +13,9 @@ import logging
 import pickle
 import tarfile
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import CorruptCheckpointError, UnsafeCheckpointError, UnsupportedCheckpointError
 
@@ -69,7 +70,9 @@ def load(path: str | Path, *, allow_globals: Iterable[str] = (), mmap: bool = Tr
     if _is_legacy_tar(path):
         raise UnsupportedCheckpointError(
             f"{path} is a legacy tar-format torch file; it cannot be read safely. Re-save it with a current "
-            "torch (torch.save) from a trusted environment.", str(path))
+            "torch (torch.save) from a trusted environment.",
+            str(path),
+        )
     is_zip = zipfile.is_zipfile(path)
     extra = _numpy_rng_globals() + [resolve_global(g) for g in allow_globals]
     if allow_globals:
@@ -86,7 +89,10 @@ def load(path: str | Path, *, allow_globals: Iterable[str] = (), mmap: bool = Tr
             hint = " or ".join(ALLOW_HINT.format(name=g) for g in offending[:3]) or "--allow-global module.Name"
             raise UnsafeCheckpointError(
                 f"{path} needs globals outside the weights-only allowlist: {names}. Nothing from it was run. "
-                f"If you trust this file's source, allow them by name: {hint}.", str(path), offending) from None
+                f"If you trust this file's source, allow them by name: {hint}.",
+                str(path),
+                offending,
+            ) from None
         raise CorruptCheckpointError(f"{path} is not a readable torch pickle: {e}", str(path)) from e
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError) as e:
         raise CorruptCheckpointError(f"{path} is truncated or corrupted ({type(e).__name__}: {e})", str(path)) from e

@@ -51,7 +51,10 @@ def _must_copy(path: Path, single_file: bool) -> bool:
 
 
 def take_snapshot(source: Path, dest: Path) -> Path:
-    """Snapshot `source` (a file or folder) into the folder `dest`; return the snapshot's path (see module docstring)."""
+    """Snapshot `source` (a file or folder) into the folder `dest`; return the snapshot's path.
+
+    See the module docstring for how.
+    """
     source = Path(source)
     target = dest / source.name
     if target.exists():
@@ -99,4 +102,5 @@ def check_snapshot(path: Path) -> None:
                 f"{rel} changed after publish(snapshot=True) captured it: the training framework overwrote the file "
                 "in place, so its bytes at capture time are gone and this revision is not published. hubckpt now "
                 "copies files this framework reuses; to be safe from the start, save each checkpoint under a new "
-                "name (e.g. with the step in it) or publish it before the next save overwrites it.")
+                "name (e.g. with the step in it) or publish it before the next save overwrites it."
+            )

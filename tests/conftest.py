@@ -25,20 +25,29 @@ _SESSION_DIR = Path(tempfile.mkdtemp(prefix="hubckpt-tests-"))
 _PORT = _free_port()
 ENDPOINT = f"http://127.0.0.1:{_PORT}"
 
-for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_CO_STAGING", "HUBCKPT_HUB", "HF_HUB_OFFLINE",
-            "TRANSFORMERS_OFFLINE", "HUBCKPT_FAULT"):
+for var in (
+    "HF_TOKEN",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HUGGINGFACE_CO_STAGING",
+    "HUBCKPT_HUB",
+    "HF_HUB_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HUBCKPT_FAULT",
+):
     os.environ.pop(var, None)
-os.environ.update({
-    "HF_ENDPOINT": ENDPOINT,
-    "HF_HOME": str(_SESSION_DIR / "hf_home"),
-    "HF_HUB_DISABLE_XET": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "DISABLE_SAFETENSORS_CONVERSION": "1",
-    "HUBCKPT_HUB_ROOT": str(_SESSION_DIR / "default-hub-root"),
-    "NO_COLOR": "1",
-    "COLUMNS": "200",
-})
+os.environ.update(
+    {
+        "HF_ENDPOINT": ENDPOINT,
+        "HF_HOME": str(_SESSION_DIR / "hf_home"),
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "DISABLE_SAFETENSORS_CONVERSION": "1",
+        "HUBCKPT_HUB_ROOT": str(_SESSION_DIR / "default-hub-root"),
+        "NO_COLOR": "1",
+        "COLUMNS": "200",
+    }
+)
 
 
 @pytest.fixture(scope="session")

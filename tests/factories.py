@@ -25,11 +25,25 @@ def make_trainer_run(out: Path, max_steps: int = 4, save_steps: int = 2) -> Path
     torch.manual_seed(0)
     model = GPT2LMHeadModel(tiny_gpt2_config())
     gen = torch.Generator().manual_seed(0)
-    data = [{"input_ids": torch.randint(0, 32, (8,), generator=gen), "labels": torch.randint(0, 32, (8,), generator=gen)}
-            for _ in range(16)]
-    args = TrainingArguments(output_dir=str(out), max_steps=max_steps, save_steps=save_steps, per_device_train_batch_size=4,
-                             report_to=[], use_cpu=True, logging_steps=1, eval_strategy="steps", eval_steps=save_steps,
-                             metric_for_best_model="eval_loss", save_strategy="steps", disable_tqdm=True, seed=0)
+    data = [
+        {"input_ids": torch.randint(0, 32, (8,), generator=gen), "labels": torch.randint(0, 32, (8,), generator=gen)}
+        for _ in range(16)
+    ]
+    args = TrainingArguments(
+        output_dir=str(out),
+        max_steps=max_steps,
+        save_steps=save_steps,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        logging_steps=1,
+        eval_strategy="steps",
+        eval_steps=save_steps,
+        metric_for_best_model="eval_loss",
+        save_strategy="steps",
+        disable_tqdm=True,
+        seed=0,
+    )
     Trainer(model=model, args=args, train_dataset=data, eval_dataset=data[:4]).train()
     return out
 
@@ -55,8 +69,17 @@ def make_nanogpt_file(path: Path, compiled: bool = True) -> tuple[Path, TinyLM, 
     state = model.state_dict()
     if compiled:
         state = {f"_orig_mod.{k}": v for k, v in state.items()}
-    torch.save({"model": state, "optimizer": optimizer.state_dict(), "model_args": {"n_embd": 8, "vocab_size": 32},
-                "iter_num": 1500, "best_val_loss": 2.5, "config": {"lr": 1e-3, "dataset": "toy"}}, path)
+    torch.save(
+        {
+            "model": state,
+            "optimizer": optimizer.state_dict(),
+            "model_args": {"n_embd": 8, "vocab_size": 32},
+            "iter_num": 1500,
+            "best_val_loss": 2.5,
+            "config": {"lr": 1e-3, "dataset": "toy"},
+        },
+        path,
+    )
     return path, model, optimizer
 
 
@@ -73,7 +96,7 @@ def all_dtypes_state_dict() -> dict[str, torch.Tensor]:
         "i8": torch.randint(-128, 127, (5,), dtype=torch.int8),
         "u8": torch.randint(0, 255, (5,), dtype=torch.uint8),
         "i16": torch.randint(-1000, 1000, (3,), dtype=torch.int16),
-        "i32": torch.randint(-10**6, 10**6, (3,), dtype=torch.int32),
+        "i32": torch.randint(-(10**6), 10**6, (3,), dtype=torch.int32),
         "i64": torch.arange(7, dtype=torch.int64),
         "bool": torch.tensor([True, False, True]),
         "nan_inf": torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0]),
@@ -91,9 +114,18 @@ def make_lightning_ckpt(path: Path) -> Path:
     net(torch.randn(2, 4)).sum().backward()
     opt.step()
     sched.step()
-    torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}, "optimizer_states": [opt.state_dict()],
-                "lr_schedulers": [sched.state_dict()], "epoch": 3, "global_step": 120,
-                "pytorch-lightning_version": "2.5.0", "hyper_parameters": {"lr": 0.1}}, path)
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in net.state_dict().items()},
+            "optimizer_states": [opt.state_dict()],
+            "lr_schedulers": [sched.state_dict()],
+            "epoch": 3,
+            "global_step": 120,
+            "pytorch-lightning_version": "2.5.0",
+            "hyper_parameters": {"lr": 0.1},
+        },
+        path,
+    )
     return path
 
 

@@ -13,8 +13,13 @@ import httpx2
 
 def start_server(root: Path, port: int, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, **(extra_env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "hubckpt", "serve", "--root", str(root), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hubckpt", "serve", "--root", str(root), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -30,7 +35,14 @@ def start_server(root: Path, port: int, extra_env: dict[str, str] | None = None)
     raise RuntimeError("server did not start")
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hubckpt", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, input=input, timeout=timeout)
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hubckpt", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        input=input,
+        timeout=timeout,
+    )

@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from hubckpt.analysis import activations as act
-from hubckpt.analysis import compare, plots
+from hubckpt.analysis import activations as act, compare, plots
 from hubckpt.analysis.weights import DriftTracker, drift_over, layer_of, relative_drift, select_keys
 from hubckpt.errors import AnalysisError
 
@@ -37,19 +36,23 @@ def word_tokenizer(words: list[str]):
 
 # -- activations ------------------------------------------------------------------------------------------
 
+
 def test_default_layers_are_the_transformer_blocks_or_the_children():
     assert act.default_layers(_gpt2(n_layer=3)) == ["transformer.h.0", "transformer.h.1", "transformer.h.2"]
     mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     assert act.default_layers(mlp) == ["0", "2"]
     model = _gpt2()
-    assert act.resolve_layers(model, ["-1", 0, "transformer.ln_f"]) == ["transformer.h.2", "transformer.h.0",
-                                                                        "transformer.ln_f"]
+    assert act.resolve_layers(model, ["-1", 0, "transformer.ln_f"]) == [
+        "transformer.h.2",
+        "transformer.h.0",
+        "transformer.ln_f",
+    ]
     with pytest.raises(AnalysisError, match="out of range"):
         act.resolve_layers(model, [5])
     with pytest.raises(AnalysisError, match="No module named"):
         act.resolve_layers(model, ["transformer.h.9"])
     with pytest.raises(AnalysisError, match="Did you mean 'transformer.h.1'"):
-        act.resolve_layers(model, ["h.1"])   # the name under AutoModel, asked of a model with an LM head
+        act.resolve_layers(model, ["h.1"])  # the name under AutoModel, asked of a model with an LM head
 
 
 def test_block_outputs_match_the_models_own_hidden_states_and_hooks_are_removed():
@@ -101,6 +104,7 @@ def test_text_probes_are_tokenised_and_padded(tmp_path):
     text.write_text("the cat\n\na dog ran\n")
     assert act.is_text_probe(text) and act.read_text_probe(text) == ["the cat", "a dog ran"]
     from safetensors.torch import save_file
+
     st = tmp_path / "probe.safetensors"
     save_file({"input_ids": probe.input_ids}, str(st))
     assert not act.is_text_probe(st)
@@ -120,20 +124,25 @@ def test_store_writes_one_file_per_model_and_skips_what_it_has(tmp_path):
         def build():
             built.append(seed)
             return _gpt2(seed)
+
         return build
 
     store = act.ActivationStore(tmp_path / "acts")
-    names = act.collect_for_models([("step-2", loader(2)), ("step-1", loader(1))], probe, store,
-                                   metadata={"step-2": {"step": 2}, "step-1": {"step": 1}})
+    names = act.collect_for_models(
+        [("step-2", loader(2)), ("step-1", loader(1))],
+        probe,
+        store,
+        metadata={"step-2": {"step": 2}, "step-1": {"step": 1}},
+    )
     assert names == ["step-2", "step-1"] and built == [2, 1]
-    assert store.names() == ["step-1", "step-2"]   # step order
+    assert store.names() == ["step-1", "step-2"]  # step order
     assert store.layers("step-1") == ["transformer.h.0", "transformer.h.1", "transformer.h.2"]
     assert store.metadata("step-2")["step"] == 2 and store.metadata("step-2")["pool"] == "mean"
     expected = act.collect_activations(_gpt2(1), probe)["transformer.h.2"]
     torch.testing.assert_close(store.load("step-1", "transformer.h.2"), expected)
     assert not list((tmp_path / "acts").glob(".*tmp*"))
     act.collect_for_models([("step-1", loader(1)), ("step-3", loader(3))], probe, store)
-    assert built == [2, 1, 3]   # step-1 was stored already: not even loaded
+    assert built == [2, 1, 3]  # step-1 was stored already: not even loaded
 
     cka = compare.revision_similarity(store, ["step-1", "step-2", "step-3"])
     assert list(cka) == store.layers("step-1")
@@ -147,6 +156,7 @@ def test_store_writes_one_file_per_model_and_skips_what_it_has(tmp_path):
 
 # -- weights ----------------------------------------------------------------------------------------------
 
+
 def test_layer_of_groups_parameters_by_block_or_module():
     assert layer_of("transformer.h.3.attn.c_attn.weight") == "transformer.h.3"
     assert layer_of("model.layers.10.mlp.up_proj.weight") == "model.layers.10"
@@ -155,13 +165,21 @@ def test_layer_of_groups_parameters_by_block_or_module():
 
 
 def test_drift_is_zero_for_identical_revisions_and_exact_for_known_changes():
-    ref = {"a.0.w": torch.ones(4, 4), "a.0.b": torch.zeros(4), "a.1.w": torch.full((2, 2), 2.0),
-           "steps": torch.tensor([3])}
-    moved = {"a.0.w": 1.1 * torch.ones(4, 4), "a.0.b": torch.full((4,), 0.5), "a.1.w": torch.full((2, 2), 2.0),
-             "steps": torch.tensor([4])}
+    ref = {
+        "a.0.w": torch.ones(4, 4),
+        "a.0.b": torch.zeros(4),
+        "a.1.w": torch.full((2, 2), 2.0),
+        "steps": torch.tensor([3]),
+    }
+    moved = {
+        "a.0.w": 1.1 * torch.ones(4, 4),
+        "a.0.b": torch.full((4,), 0.5),
+        "a.1.w": torch.full((2, 2), 2.0),
+        "steps": torch.tensor([4]),
+    }
     res = drift_over([("r0", ref), ("r1", dict(ref)), ("r2", moved)], steps=[0, 1, 2])
     assert res.reference == "r0" and res.revisions == ["r0", "r1", "r2"] and res.steps == [0, 1, 2]
-    assert set(res.parameters) == {"a.0.w", "a.0.b", "a.1.w"}   # integer tensors are left out
+    assert set(res.parameters) == {"a.0.w", "a.0.b", "a.1.w"}  # integer tensors are left out
     assert res.parameters["a.0.w"] == pytest.approx([0.0, 0.0, 0.1])
     assert res.parameters["a.1.w"] == [0.0, 0.0, 0.0]
     assert res.parameters["a.0.b"][:2] == [0.0, 0.0] and math.isnan(res.parameters["a.0.b"][2])
@@ -207,6 +225,7 @@ def test_drift_reads_only_selected_tensors_from_lazy_sources(tmp_path):
 
 # -- plots ------------------------------------------------------------------------------------------------
 
+
 def _png(path):
     from PIL import Image
 
@@ -222,13 +241,18 @@ def test_plots_are_real_pngs(tmp_path):
     labels = [f"step-{i:07d}" for i in range(0, 30, 2)]
     n = len(labels)
     decay = np.exp(-np.abs(np.subtract.outer(np.arange(n), np.arange(n))) / 4)
-    p = plots.plot_cka_heatmaps({f"transformer.h.{i}": decay ** (i + 1) for i in range(5)}, labels,
-                                tmp_path / "cka.png")
+    p = plots.plot_cka_heatmaps(
+        {f"transformer.h.{i}": decay ** (i + 1) for i in range(5)}, labels, tmp_path / "cka.png"
+    )
     size, colors = _png(p)
-    assert size[0] > 800 and size[1] > 400 and colors > 50   # a grid of heatmaps, not a blank canvas
+    assert size[0] > 800 and size[1] > 400 and colors > 50  # a grid of heatmaps, not a blank canvas
     steps = list(range(0, 30, 2))
-    p = plots.plot_drift(steps, {f"layer{i}": [s * (i + 1) / 100 for s in steps] for i in range(15)},
-                         tmp_path / "drift.png", reference="step-0000000")
+    p = plots.plot_drift(
+        steps,
+        {f"layer{i}": [s * (i + 1) / 100 for s in steps] for i in range(15)},
+        tmp_path / "drift.png",
+        reference="step-0000000",
+    )
     size, colors = _png(p)
     assert colors > 20
     records = [{"step": s, "metrics": {"loss": 1 / (s + 1), "acc": s / 30, "note": "x"}} for s in steps]

@@ -49,7 +49,7 @@ def published(local_hub, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("analysis-hub")
     config, states = _models()
-    config.architectures = ["GPT2LMHeadModel"]   # what model.save_pretrained records: load_model picks the class
+    config.architectures = ["GPT2LMHeadModel"]  # what model.save_pretrained records: load_model picks the class
     files = tmp / "files"
     config.save_pretrained(files)
     word_tokenizer(WORDS).save_pretrained(files)
@@ -57,11 +57,16 @@ def published(local_hub, tmp_path_factory):
     companions = [files / "config.json", files / "tokenizer.json", files / "tokenizer_config.json"]
     with Publisher(repo, hub=local_hub.url, spool_dir=tmp / "spool", monitor="loss") as pub:
         for step in STEPS:
-            pub.publish(state_dict=states[step], step=step, metrics={"loss": 5.0 - step / 10},
-                        companions=companions, final=step == STEPS[-1])
+            pub.publish(
+                state_dict=states[step],
+                step=step,
+                metrics={"loss": 5.0 - step / 10},
+                companions=companions,
+                final=step == STEPS[-1],
+            )
     bare = f"alice/analysis-bare-{uuid.uuid4().hex[:6]}"
     with Publisher(bare, hub=local_hub.url, spool_dir=tmp / "spool2") as pub:
-        for step in (1, 2):   # the same weights twice
+        for step in (1, 2):  # the same weights twice
             pub.publish(state_dict=states[0], step=step, companions=[files / "config.json"])
     return {"repo": repo, "bare": bare, "config": config, "states": states, "tmp": tmp, "hub": local_hub.url}
 
@@ -83,8 +88,17 @@ def test_analyze_cli_with_a_text_probe_writes_results_and_plots(published, tmp_p
     lines = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(3 + i % 4)) for i in range(24)]
     probe_file.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    r = run_cli("analyze", published["repo"], "--probe", str(probe_file), "--out", str(out), "--hub", published["hub"],
-                timeout=300)
+    r = run_cli(
+        "analyze",
+        published["repo"],
+        "--probe",
+        str(probe_file),
+        "--out",
+        str(out),
+        "--hub",
+        published["hub"],
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "Analysed 4 revisions x 2 layers" in r.stdout
     res = json.loads((out / "results.json").read_text())
@@ -105,7 +119,7 @@ def test_analyze_cli_with_a_text_probe_writes_results_and_plots(published, tmp_p
     den = math.sqrt(sum(float(first[k].double().norm()) ** 2 for k in keys))
     assert drift["transformer.h.1"][0] == 0.0
     assert drift["transformer.h.1"][-1] == pytest.approx(num / den, rel=1e-6)
-    assert "lm_head" not in drift   # tied to wte: one series, not two
+    assert "lm_head" not in drift  # tied to wte: one series, not two
     for png in ("cka.png", "drift.png", "metrics.png", "layers.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in (out / "activations").iterdir()) == [f"step-{s:07d}.safetensors" for s in STEPS]
@@ -121,37 +135,60 @@ def test_analyze_safetensors_probe_chosen_revisions_and_layers_and_resume(publis
     save_file({"input_ids": ids}, str(tmp_path / "probe.safetensors"))
     out = tmp_path / "out"
     names = ["step-0000015", "step-0000000"]
-    result = analyze(published["repo"], probe=tmp_path / "probe.safetensors", out=out, revisions=names,
-                     layers=["-1"], hub=published["hub"])
+    result = analyze(
+        published["repo"],
+        probe=tmp_path / "probe.safetensors",
+        out=out,
+        revisions=names,
+        layers=["-1"],
+        hub=published["hub"],
+    )
     res = result.results
     assert res["revisions"] == ["step-0000000", "step-0000015"] and res["layers"] == ["transformer.h.1"]
     probe = act.Probe(input_ids=ids)
     full = _expected_cka(published, probe, "transformer.h.1")
     assert res["cka"]["transformer.h.1"][0][1] == pytest.approx(full[0, -1], abs=1e-5)
     stored = (out / "activations" / "step-0000000.safetensors").stat().st_mtime_ns
-    again = analyze(published["repo"], probe=tmp_path / "probe.safetensors", out=out, revisions=names,
-                    layers=["-1"], hub=published["hub"], plots=False)
-    assert (out / "activations" / "step-0000000.safetensors").stat().st_mtime_ns == stored   # reused
+    again = analyze(
+        published["repo"],
+        probe=tmp_path / "probe.safetensors",
+        out=out,
+        revisions=names,
+        layers=["-1"],
+        hub=published["hub"],
+        plots=False,
+    )
+    assert (out / "activations" / "step-0000000.safetensors").stat().st_mtime_ns == stored  # reused
     assert again.results == res
     # the lower-level API stores the same activations (revisions named, resolved, loaded at their commits)
     from hubckpt.analysis import ActivationStore, collect_across_revisions
 
     store = ActivationStore(tmp_path / "api")
-    assert collect_across_revisions(published["repo"], names, probe, store, layers=[-1],
-                                    hub=published["hub"]) == names
+    assert collect_across_revisions(published["repo"], names, probe, store, layers=[-1], hub=published["hub"]) == names
     assert store.metadata("step-0000015")["step"] == 15 and store.names() == ["step-0000000", "step-0000015"]
-    torch.testing.assert_close(store.load("step-0000015", "transformer.h.1"),
-                               ActivationStore(out / "activations").load("step-0000015", "transformer.h.1"))
-    every = analyze(published["repo"], probe=probe, out=tmp_path / "every", every=10, layers=[0],
-                    hub=published["hub"], plots=False, cache="previous")
-    assert every.results["steps"] == [0, 10]   # steps that are multiples of 10, as iter_revisions(every=10)
+    torch.testing.assert_close(
+        store.load("step-0000015", "transformer.h.1"),
+        ActivationStore(out / "activations").load("step-0000015", "transformer.h.1"),
+    )
+    every = analyze(
+        published["repo"],
+        probe=probe,
+        out=tmp_path / "every",
+        every=10,
+        layers=[0],
+        hub=published["hub"],
+        plots=False,
+        cache="previous",
+    )
+    assert every.results["steps"] == [0, 10]  # steps that are multiples of 10, as iter_revisions(every=10)
     with pytest.raises(AnalysisError, match=r"multiple of 5 \(steps: 1, 2\)"):
         analyze(published["bare"], probe=probe, out=tmp_path / "none", every=5, hub=published["hub"])
 
 
 @pytest.mark.slow
-def test_drift_is_zero_for_identical_revisions_and_text_probe_without_tokenizer_is_a_clear_error(published, tmp_path,
-                                                                                              capsys):
+def test_drift_is_zero_for_identical_revisions_and_text_probe_without_tokenizer_is_a_clear_error(
+    published, tmp_path, capsys
+):
     from hubckpt.analysis import analyze
 
     ids = torch.randint(2, 10, (6, 4), generator=torch.Generator().manual_seed(4))
@@ -163,12 +200,40 @@ def test_drift_is_zero_for_identical_revisions_and_text_probe_without_tokenizer_
     probe_file.write_text("the cat sat\n")
     with pytest.raises(AnalysisError, match="no tokenizer"):
         analyze(published["bare"], probe=probe_file, out=tmp_path / "x", hub=published["hub"])
-    assert _cli(capsys, "analyze", published["bare"], "--probe", str(probe_file), "--out", str(tmp_path / "y"),
-                "--hub", published["hub"]) == 1
+    assert (
+        _cli(
+            capsys,
+            "analyze",
+            published["bare"],
+            "--probe",
+            str(probe_file),
+            "--out",
+            str(tmp_path / "y"),
+            "--hub",
+            published["hub"],
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "no tokenizer files" in err and "Traceback" not in err
-    assert _cli(capsys, "analyze", published["bare"], "--probe", str(probe_file), "--out", str(tmp_path / "y"),
-                "--hub", published["hub"], "--every", "2", "--revisions", "a") == 1
+    assert (
+        _cli(
+            capsys,
+            "analyze",
+            published["bare"],
+            "--probe",
+            str(probe_file),
+            "--out",
+            str(tmp_path / "y"),
+            "--hub",
+            published["hub"],
+            "--every",
+            "2",
+            "--revisions",
+            "a",
+        )
+        == 1
+    )
     assert "not both" in capsys.readouterr().err
 
 

@@ -23,21 +23,29 @@ def _orthogonal(d: int, seed: int) -> torch.Tensor:
 @pytest.fixture
 def xy() -> tuple[torch.Tensor, torch.Tensor]:
     x = _rand(60, 12, 0)
-    y = x @ _rand(12, 8, 1) + 0.5 * _rand(60, 8, 2)   # related, not identical, fewer features
+    y = x @ _rand(12, 8, 1) + 0.5 * _rand(60, 8, 2)  # related, not identical, fewer features
     return x, y
 
 
 # Four centered, mutually orthogonal vectors over 4 examples: the hand-computed cases below use them.
-A = torch.tensor([1., -1., 0., 0.], dtype=torch.float64)
-B = torch.tensor([0., 0., 1., -1.], dtype=torch.float64)
-C = torch.tensor([1., 1., -1., -1.], dtype=torch.float64) / math.sqrt(2)   # |C| = |A| = |B| = sqrt(2)
+A = torch.tensor([1.0, -1.0, 0.0, 0.0], dtype=torch.float64)
+B = torch.tensor([0.0, 0.0, 1.0, -1.0], dtype=torch.float64)
+C = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=torch.float64) / math.sqrt(2)  # |C| = |A| = |B| = sqrt(2)
 
 
-@pytest.mark.parametrize("measure", [
-    lambda x, y: sim.linear_cka(x, y), lambda x, y: sim.linear_cka(x, y, debiased=True),
-    lambda x, y: sim.rbf_cka(x, y), lambda x, y: sim.rbf_cka(x, y, sigma=3.0),
-    lambda x, y: sim.minibatch_cka(x, y, batch_size=16), lambda x, y: sim.svcca(x, y), sim.pwcca,
-], ids=["linear", "linear-debiased", "rbf-median", "rbf-sigma", "minibatch", "svcca", "pwcca"])
+@pytest.mark.parametrize(
+    "measure",
+    [
+        lambda x, y: sim.linear_cka(x, y),
+        lambda x, y: sim.linear_cka(x, y, debiased=True),
+        lambda x, y: sim.rbf_cka(x, y),
+        lambda x, y: sim.rbf_cka(x, y, sigma=3.0),
+        lambda x, y: sim.minibatch_cka(x, y, batch_size=16),
+        lambda x, y: sim.svcca(x, y),
+        sim.pwcca,
+    ],
+    ids=["linear", "linear-debiased", "rbf-median", "rbf-sigma", "minibatch", "svcca", "pwcca"],
+)
 def test_a_representation_is_identical_to_itself(measure, xy):
     x, _ = xy
     assert measure(x, x) == pytest.approx(1.0, abs=1e-9)
@@ -50,7 +58,7 @@ def test_procrustes_of_a_representation_with_itself_is_zero(xy):
 def test_cka_is_invariant_to_orthogonal_transforms_and_isotropic_scaling(xy):
     x, y = xy
     ref = sim.linear_cka(x, y)
-    assert 0.3 < ref < 0.99   # a case where the invariance is not trivially 1 == 1
+    assert 0.3 < ref < 0.99  # a case where the invariance is not trivially 1 == 1
     qx, qy = _orthogonal(12, 3), _orthogonal(8, 4)
     assert sim.linear_cka(x @ qx, y @ qy) == pytest.approx(ref, abs=1e-10)
     assert sim.linear_cka(7.5 * x, 0.01 * y) == pytest.approx(ref, abs=1e-10)
@@ -85,7 +93,7 @@ def test_debiased_cka_of_independent_random_matrices_is_near_zero_where_biased_i
     debiased = [sim.linear_cka(x, y, debiased=True) for x, y in pairs]
     assert min(biased) > 0.9
     assert max(abs(v) for v in debiased) < 0.3
-    assert abs(sum(debiased) / len(debiased)) < 0.08   # an unbiased estimate of 0: signs vary, mean ~ 0
+    assert abs(sum(debiased) / len(debiased)) < 0.08  # an unbiased estimate of 0: signs vary, mean ~ 0
     assert min(debiased) < 0 < max(debiased)
     # and it still sees a real relation between the same examples
     x = _rand(24, 800, 0)
@@ -96,11 +104,11 @@ def test_minibatch_cka_matches_full_debiased_cka():
     x = _rand(400, 16, 20)
     y = torch.tanh(x @ _rand(16, 10, 21)) + 0.3 * _rand(400, 10, 22)
     full = sim.linear_cka(x, y, debiased=True)
-    assert sim.minibatch_cka(x, y, batch_size=400) == pytest.approx(full, abs=1e-10)   # one batch: identical
+    assert sim.minibatch_cka(x, y, batch_size=400) == pytest.approx(full, abs=1e-10)  # one batch: identical
     assert sim.minibatch_cka(x, y, batch_size=100) == pytest.approx(full, abs=0.03)
     acc = sim.MinibatchCKA()
     for s in range(0, 400, 50):
-        acc.update(x[s:s + 50], y[s:s + 50])
+        acc.update(x[s : s + 50], y[s : s + 50])
     assert acc.batches == 8 and acc.value() == pytest.approx(full, abs=0.03)
     with pytest.raises(ValueError):
         sim.MinibatchCKA().value()
@@ -108,8 +116,8 @@ def test_minibatch_cka_matches_full_debiased_cka():
 
 def test_svcca_hand_computed():
     # x spans {A, B}, y spans {A, C}: canonical correlations are exactly 1 (A) and 0 (B vs C)
-    x = torch.stack([2 * A, B], 1)       # variance shares 0.8 (A) and 0.2 (B)
-    y = torch.stack([A, 3 * C], 1)       # variance shares 0.1 (A) and 0.9 (C)
+    x = torch.stack([2 * A, B], 1)  # variance shares 0.8 (A) and 0.2 (B)
+    y = torch.stack([A, 3 * C], 1)  # variance shares 0.1 (A) and 0.9 (C)
     assert sim.svcca(x, y, keep=1.0) == pytest.approx(0.5, abs=1e-12)
     assert sim.svcca(x, y, keep=0.99) == pytest.approx(0.5, abs=1e-12)
     # keeping 80% of the variance leaves x = A and y = C, which are uncorrelated
@@ -167,7 +175,7 @@ def test_similarity_matrix_matches_pairwise_measures(xy):
     assert cross.shape == (1, 2) and cross[0, 1] == pytest.approx(sim.procrustes_distance(x, z), abs=1e-12)
     p = sim.similarity_matrix([x, y], measure="pwcca")
     assert p[1, 0] == pytest.approx(sim.pwcca(y, x), abs=1e-12)
-    wide = [_rand(10, 40, 40), _rand(10, 30, 41), _rand(10, 40, 42)]   # fewer examples than features: Gram space
+    wide = [_rand(10, 40, 40), _rand(10, 30, 41), _rand(10, 40, 42)]  # fewer examples than features: Gram space
     w = sim.similarity_matrix(wide)
     assert w[0, 1] == pytest.approx(sim.linear_cka(wide[0], wide[1]), abs=1e-12)
     assert w[2, 1] == pytest.approx(sim.linear_cka(wide[2], wide[1]), abs=1e-12)

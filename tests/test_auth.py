@@ -144,7 +144,9 @@ def test_revoking_the_last_token_keeps_authentication_on(tmp_path):
             anonymous.upload_file(path_or_fileobj=b"x", path_in_repo="x", repo_id="alice/kept")
         assert anonymous.list_repo_files("alice/kept") == [".gitattributes"]  # public reads only
     listing = run_cli("token", "list", "--root", str(root))
-    assert listing.returncode == 0 and "authentication is on" in listing.stdout and "loopback only" not in listing.stdout
+    assert (
+        listing.returncode == 0 and "authentication is on" in listing.stdout and "loopback only" not in listing.stdout
+    )
     # A hub that stays on with no token may still listen beyond loopback (nobody can write to it).
     with LocalHubServer(root, host="0.0.0.0") as exposed:
         assert exposed.ctx.exposed and not exposed.ctx.single_user
@@ -163,8 +165,9 @@ def test_auth_off_is_explicit_and_refused_while_exposed(tmp_path):
         hub.ctx.store.revoke_token(info.id)
         # server.json says a server of this folder listens on every interface, and it answers.
         port = hub.url.rsplit(":", 1)[1]
-        (root / "server.json").write_text(json.dumps({"pid": os.getpid(), "url": f"http://0.0.0.0:{port}",
-                                                      "root": str(hub.ctx.root)}))
+        (root / "server.json").write_text(
+            json.dumps({"pid": os.getpid(), "url": f"http://0.0.0.0:{port}", "root": str(hub.ctx.root)})
+        )
         refused = run_cli("token", "auth-off", "--root", str(root))
         assert refused.returncode != 0 and "beyond loopback" in (refused.stdout + refused.stderr)
         assert not hub.ctx.single_user
@@ -204,8 +207,9 @@ def test_lfs_verify_needs_write_access(token_hub):
     assert httpx2.post(url, json=body, headers={"authorization": f"Bearer {tokens['alice_write']}"}).status_code == 200
     # Anyone else learns nothing: the same answer whether or not the private repo holds the object.
     for headers in ({}, {"authorization": f"Bearer {tokens['bob_write']}"}):
-        answers = {httpx2.post(url, json=probe, headers=headers).status_code
-                   for probe in (body, {"oid": "0" * 64, "size": 1})}
+        answers = {
+            httpx2.post(url, json=probe, headers=headers).status_code for probe in (body, {"oid": "0" * 64, "size": 1})
+        }
         assert answers in ({401}, {404}), answers
     reader = httpx2.post(url, json=body, headers={"authorization": f"Bearer {tokens['alice_read']}"})
     assert reader.status_code == 403

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
-N = 7            # steps before the interruption: mid-epoch (5 batches per epoch)
-TOTAL = 2 * N    # crosses two epoch boundaries
+N = 7  # steps before the interruption: mid-epoch (5 batches per epoch)
+TOTAL = 2 * N  # crosses two epoch boundaries
 BATCH, SAMPLES = 8, 40
 
 
@@ -52,8 +52,9 @@ def train(model, optimizer, scheduler, start: int, stop: int) -> None:
         epoch, skip = divmod(step, per_epoch)
         sampler = torch.utils.data.RandomSampler(data, generator=torch.Generator().manual_seed(100 + epoch))
         # its own generator too: a loader without one draws its base seed from the global RNG per iterator
-        loader = torch.utils.data.DataLoader(data, batch_size=BATCH, sampler=sampler,
-                                             generator=torch.Generator().manual_seed(200 + epoch))
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=BATCH, sampler=sampler, generator=torch.Generator().manual_seed(200 + epoch)
+        )
         for x, y in itertools.islice(loader, skip, None):
             noise = torch.from_numpy(np.random.normal(0, 0.01, size=x.shape).astype(np.float32)) * random.random()
             loss = nn.functional.mse_loss(model(x + noise), y)
@@ -76,8 +77,15 @@ def resume_in_fresh_process(repo_id: str, endpoint: str, out: str) -> None:
     resumed = hubckpt.restore(repo_id, model=model, optimizer=optimizer, scheduler=scheduler, hub=endpoint)
     assert resumed.step == N and resumed.extra == {"data": "per-epoch permutation"}, resumed
     train(model, optimizer, scheduler, resumed.step, TOTAL)
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "lr": scheduler.get_last_lr(), "revision": resumed.revision}, out)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "lr": scheduler.get_last_lr(),
+            "revision": resumed.revision,
+        },
+        out,
+    )
 
 
 def _flat_optimizer(state: dict) -> dict[str, torch.Tensor]:
@@ -104,8 +112,9 @@ def test_plain_loop_resumed_from_the_hub_in_a_fresh_process_is_bit_exact(local_h
 
     seed_everything(0)
     model, optimizer, scheduler = make(seed=0)
-    with hubckpt.Checkpointer(repo_id, model=model, optimizer=optimizer, scheduler=scheduler, hub=local_hub.url,
-                              spool_dir=tmp_path / "spool") as ckpt:
+    with hubckpt.Checkpointer(
+        repo_id, model=model, optimizer=optimizer, scheduler=scheduler, hub=local_hub.url, spool_dir=tmp_path / "spool"
+    ) as ckpt:
         train(model, optimizer, scheduler, 0, N)
         at_n = {k: v.clone() for k, v in model.state_dict().items()}
         future = ckpt.save(N, metrics={"loss": 0.5}, extra={"data": "per-epoch permutation"})
@@ -115,16 +124,22 @@ def test_plain_loop_resumed_from_the_hub_in_a_fresh_process_is_bit_exact(local_h
     published = future.result(timeout=60)
     assert published.revision == "step-0000007"
     files = api.list_repo_files(repo_id, revision=published.revision)
-    assert {"training_state/optimizer.safetensors", "training_state/scheduler.json", "training_state/rng.json",
-            "training_state/loop.json"} <= set(files)
+    assert {
+        "training_state/optimizer.safetensors",
+        "training_state/scheduler.json",
+        "training_state/rng.json",
+        "training_state/loop.json",
+    } <= set(files)
     from safetensors.torch import load_file
 
     weights = load_file(api.hf_hub_download(repo_id, "model.safetensors", revision=published.revision))
     assert all(torch.equal(weights[k], at_n[k]) for k in at_n)
 
     out = tmp_path / "resumed.pt"
-    code = ("from tests.test_checkpointer import resume_in_fresh_process as r; "
-            f"r({repo_id!r}, {local_hub.url!r}, {str(out)!r})")
+    code = (
+        "from tests.test_checkpointer import resume_in_fresh_process as r; "
+        f"r({repo_id!r}, {local_hub.url!r}, {str(out)!r})"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=150)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -149,12 +164,21 @@ def test_first_save_uses_buffers_staged_ahead_and_a_restart_skips_published_step
     repo_id = "alice/checkpointer-restart"
     seed_everything(0)
     model, optimizer, scheduler = make(seed=0)
-    ckpt = hubckpt.Checkpointer(repo_id, model=model, optimizer=optimizer, scheduler=scheduler, hub=local_hub.url,
-                                every=2, spool_dir=tmp_path / "spool")
+    ckpt = hubckpt.Checkpointer(
+        repo_id,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        hub=local_hub.url,
+        every=2,
+        spool_dir=tmp_path / "spool",
+    )
     train(model, optimizer, scheduler, 0, 1)  # the first optimizer step triggers staging of its state
     ckpt.wait_staged()
     staged = ckpt._pool._sets[0]
-    assert any(k.startswith("optimizer/") for k in staged.buffers) and any(k.startswith("model/") for k in staged.buffers)
+    assert any(k.startswith("optimizer/") for k in staged.buffers) and any(
+        k.startswith("model/") for k in staged.buffers
+    )
     assert ckpt.save(1) is None  # not a multiple of every=2
     train(model, optimizer, scheduler, 1, 2)
     first = ckpt.save(2, metrics={"loss": 1.0})
@@ -167,8 +191,15 @@ def test_first_save_uses_buffers_staged_ahead_and_a_restart_skips_published_step
     # A restarted run: different init, restore() finds the latest revision, published steps are not redone.
     seed_everything(5)
     model2, optimizer2, scheduler2 = make(seed=5)
-    with hubckpt.Checkpointer(repo_id, model=model2, optimizer=optimizer2, scheduler=scheduler2, hub=local_hub.url,
-                              every=2, spool_dir=tmp_path / "spool2") as again:
+    with hubckpt.Checkpointer(
+        repo_id,
+        model=model2,
+        optimizer=optimizer2,
+        scheduler=scheduler2,
+        hub=local_hub.url,
+        every=2,
+        spool_dir=tmp_path / "spool2",
+    ) as again:
         resumed = again.restore()
         assert resumed.step == 4 and resumed.revision == "step-0000004"
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
@@ -184,8 +215,9 @@ def test_restore_before_anything_is_published_returns_none(local_hub, tmp_path):
     import hubckpt
 
     model, optimizer, scheduler = make(seed=0)
-    with hubckpt.Checkpointer("alice/checkpointer-fresh", model=model, optimizer=optimizer, hub=local_hub.url,
-                              spool_dir=tmp_path / "spool") as ckpt:
+    with hubckpt.Checkpointer(
+        "alice/checkpointer-fresh", model=model, optimizer=optimizer, hub=local_hub.url, spool_dir=tmp_path / "spool"
+    ) as ckpt:
         assert ckpt.restore() is None
         with pytest.raises(hubckpt.HubConfigError, match="JSON"):
             ckpt.save(1, extra={"bad": object()})
@@ -198,8 +230,15 @@ def crashing_run(repo_id: str, endpoint: str, spool: str, background: str) -> No
 
     seed_everything(0)
     model, optimizer, scheduler = make(seed=0)
-    ckpt = hubckpt.Checkpointer(repo_id, model=model, optimizer=optimizer, scheduler=scheduler, hub=endpoint,
-                                spool_dir=spool, background=background)
+    ckpt = hubckpt.Checkpointer(
+        repo_id,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        hub=endpoint,
+        spool_dir=spool,
+        background=background,
+    )
     train(model, optimizer, scheduler, 0, 2)
     ckpt.save(2)
     train(model, optimizer, scheduler, 2, 4)
@@ -211,14 +250,17 @@ def crashing_run(repo_id: str, endpoint: str, spool: str, background: str) -> No
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("background", ["thread", "process"])
-def test_a_run_killed_while_publishing_resumes_and_publishes_each_step_once(local_hub, api, tmp_path, one_thread,
-                                                                           background):
+def test_a_run_killed_while_publishing_resumes_and_publishes_each_step_once(
+    local_hub, api, tmp_path, one_thread, background
+):
     import hubckpt
 
     repo_id, spool = f"alice/checkpointer-crash-{background}", tmp_path / "spool"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HUBCKPT_FAULT": "publish.after_commit:kill"}
-    code = (f"from tests.test_checkpointer import crashing_run as r; "
-            f"r({repo_id!r}, {local_hub.url!r}, {str(spool)!r}, {background!r})")
+    code = (
+        f"from tests.test_checkpointer import crashing_run as r; "
+        f"r({repo_id!r}, {local_hub.url!r}, {str(spool)!r}, {background!r})"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=150)
     if background == "thread":
         assert proc.returncode == -9, proc.stderr[-3000:]
@@ -228,8 +270,9 @@ def test_a_run_killed_while_publishing_resumes_and_publishes_each_step_once(loca
 
     seed_everything(1)
     model, optimizer, scheduler = make(seed=1)
-    with hubckpt.Checkpointer(repo_id, model=model, optimizer=optimizer, scheduler=scheduler, hub=local_hub.url,
-                              spool_dir=spool) as ckpt:
+    with hubckpt.Checkpointer(
+        repo_id, model=model, optimizer=optimizer, scheduler=scheduler, hub=local_hub.url, spool_dir=spool
+    ) as ckpt:
         resumed = ckpt.restore()  # finishes step 2 from the journal first; step 4 was only in memory
         assert resumed.step == 2
         assert ckpt.save(2).result().skipped
@@ -244,9 +287,9 @@ def test_a_run_killed_while_publishing_resumes_and_publishes_each_step_once(loca
 @pytest.mark.timeout(120)
 def test_a_transformers_model_is_published_with_its_config_so_load_model_builds_it(local_hub, tmp_path):
     """A Checkpointer of a PreTrainedModel publishes config.json: load_model / analyze can build the revision."""
-    import hubckpt
     from transformers import GPT2LMHeadModel
 
+    import hubckpt
     from tests.factories import tiny_gpt2_config
 
     torch.manual_seed(0)
@@ -255,8 +298,9 @@ def test_a_transformers_model_is_published_with_its_config_so_load_model_builds_
     extra = tmp_path / "notes.txt"
     extra.write_text("run notes\n")
     repo_id = "alice/checkpointer-config"
-    with hubckpt.Checkpointer(repo_id, model=model, optimizer=optimizer, hub=local_hub.url,
-                              companions=[extra], spool_dir=tmp_path / "spool") as ckpt:
+    with hubckpt.Checkpointer(
+        repo_id, model=model, optimizer=optimizer, hub=local_hub.url, companions=[extra], spool_dir=tmp_path / "spool"
+    ) as ckpt:
         ckpt.save(3, final=True).result(timeout=60)
     files = hubckpt.hub_api(local_hub.url).list_repo_files(repo_id, revision="step-0000003")
     assert "config.json" in files and "notes.txt" in files
@@ -275,11 +319,13 @@ def test_a_step_whose_publishing_failed_is_not_reported_as_published_when_saved_
 
     repo_id = "alice/checkpointer-failed-step"
     model_b, optimizer_b, _ = make(seed=1)
-    late = hubckpt.Checkpointer(repo_id, model=model_b, optimizer=optimizer_b, hub=local_hub.url,
-                                spool_dir=tmp_path / "late")  # read the index while it was still empty
+    late = hubckpt.Checkpointer(
+        repo_id, model=model_b, optimizer=optimizer_b, hub=local_hub.url, spool_dir=tmp_path / "late"
+    )  # read the index while it was still empty
     model_a, optimizer_a, _ = make(seed=0)
-    with hubckpt.Checkpointer(repo_id, model=model_a, optimizer=optimizer_a, hub=local_hub.url,
-                              spool_dir=tmp_path / "first") as first:
+    with hubckpt.Checkpointer(
+        repo_id, model=model_a, optimizer=optimizer_a, hub=local_hub.url, spool_dir=tmp_path / "first"
+    ) as first:
         first.save(2).result(timeout=60)
     with pytest.raises(hubckpt.RevisionCollisionError):
         late.save(2).result(timeout=60)
@@ -297,8 +343,16 @@ def test_a_final_save_of_a_step_saved_just_before_tags_it_final(local_hub, api, 
 
     model, optimizer, scheduler = make(seed=0)
     repo_id = f"alice/checkpointer-final-{background}"
-    with hubckpt.Checkpointer(repo_id, model=model, optimizer=optimizer, scheduler=scheduler, hub=local_hub.url,
-                              spool_dir=tmp_path / "spool", every=2, background=background) as ckpt:
+    with hubckpt.Checkpointer(
+        repo_id,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        hub=local_hub.url,
+        spool_dir=tmp_path / "spool",
+        every=2,
+        background=background,
+    ) as ckpt:
         train(model, optimizer, scheduler, 0, 2)
         ckpt.save(2)
         ckpt.wait()

@@ -23,13 +23,23 @@ def test_hf_cli_uploads_lists_and_downloads(api, repo_id, tmp_path):
     src.mkdir()
     (src / "config.json").write_text('{"x": 1}')
     (src / "weights.bin").write_bytes(os.urandom(5000))
-    up = subprocess.run([HF, "upload", repo_id, str(src), ".", "--revision", "main"], capture_output=True, text=True,
-                        env=env, timeout=120)
+    up = subprocess.run(
+        [HF, "upload", repo_id, str(src), ".", "--revision", "main"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert up.returncode == 0, up.stderr
     api.create_branch(repo_id, branch="feat/cli")
     out = tmp_path / "out"
-    down = subprocess.run([HF, "download", repo_id, "--revision", "feat/cli", "--local-dir", str(out)],
-                          capture_output=True, text=True, env=env, timeout=120)
+    down = subprocess.run(
+        [HF, "download", repo_id, "--revision", "feat/cli", "--local-dir", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert down.returncode == 0, down.stderr
     assert (out / "weights.bin").read_bytes() == (src / "weights.bin").read_bytes()
     who = subprocess.run([HF, "auth", "whoami"], capture_output=True, text=True, env=env, timeout=60)
@@ -43,8 +53,19 @@ def test_token_commands_create_register_list_revoke(tmp_path):
     assert created.returncode == 0, created.stderr
     value = created.stdout.strip()
     assert value.startswith("hf_") and "shown once" in created.stderr
-    registered = run_cli("token", "create", "--user", "carol", "--name", "ci", "--value-env", "CI_SECRET",
-                         "--root", root, env={"CI_SECRET": "ci-secret-value-123"})
+    registered = run_cli(
+        "token",
+        "create",
+        "--user",
+        "carol",
+        "--name",
+        "ci",
+        "--value-env",
+        "CI_SECRET",
+        "--root",
+        root,
+        env={"CI_SECRET": "ci-secret-value-123"},
+    )
     assert registered.returncode == 0 and "Registered token" in registered.stdout
     listing = run_cli("token", "list", "--root", root).stdout
     assert "carol" in listing and "ci" in listing and value not in listing and "ci-secret-value-123" not in listing
@@ -86,8 +107,12 @@ def test_serve_on_all_interfaces_prints_an_address_others_can_use(tmp_path):
     assert run_cli("user", "add", "ci", "--root", str(root)).returncode == 0
     assert run_cli("token", "create", "--user", "ci", "--root", str(root)).returncode == 0
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "hubckpt", "serve", "--root", str(root), "--host", "0.0.0.0",
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hubckpt", "serve", "--root", str(root), "--host", "0.0.0.0", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         lines = [proc.stdout.readline() for _ in range(7)]
     finally:
@@ -134,8 +159,13 @@ def test_demo_runs_offline_end_to_end(tmp_path):
         # As a user runs it: hf_xet installed and Xet *not* disabled; hubckpt must pick LFS by itself.
         env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_XET"}
         env.update({"HUBCKPT_HUB": "local", "HF_ENDPOINT": ""})
-        result = subprocess.run([sys.executable, "-m", "hubckpt", "demo", "--root", str(root), "--steps", "40",
-                                 "--every", "20"], capture_output=True, text=True, env=env, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-m", "hubckpt", "demo", "--root", str(root), "--steps", "40", "--every", "20"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "step-0000020" in result.stdout and "step-0000040" in result.stdout
         assert "best,final" in result.stdout and "same as at publish time" in result.stdout

@@ -39,13 +39,24 @@ def test_trainer_checkpoint(trainer_run, tmp_path):
     src = trainer_run / "checkpoint-2"
     [result] = hubckpt.convert(src, tmp_path / "out")
     out = result.dest
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.json", "config.json", "generation_config.json",
-                                                      "model.safetensors", "training_state"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.json",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "training_state",
+    ]
     manifest = _manifest(out)
     assert manifest["step"] == 2 and manifest["epoch"] == 0.5 and manifest["source"]["format"] == "trainer"
     assert {"loss", "eval_loss", "learning_rate"} <= set(manifest["metrics"])
-    assert manifest["skipped"] == [{"file": "training_args.bin", "reason": "pickled TrainingArguments: never unpickled (it could run code)"}]
-    assert {f["path"] for f in manifest["files"]} >= {"model.safetensors", "config.json", "training_state/optimizer.json"}
+    assert manifest["skipped"] == [
+        {"file": "training_args.bin", "reason": "pickled TrainingArguments: never unpickled (it could run code)"}
+    ]
+    assert {f["path"] for f in manifest["files"]} >= {
+        "model.safetensors",
+        "config.json",
+        "training_state/optimizer.json",
+    }
     source = AutoModelForCausalLM.from_pretrained(src)
     loaded = AutoModelForCausalLM.from_pretrained(out)
     assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), loaded.state_dict().values()))
@@ -60,8 +71,10 @@ def test_trainer_training_state_restores_exactly(trainer_run, tmp_path):
     original = torch.load(src / "optimizer.pt", weights_only=True)
 
     # A fresh optimizer with the Trainer's two parameter groups (decay / no decay).
-    groups = [{"params": [torch.nn.Parameter(torch.zeros_like(original["state"][i]["exp_avg"])) for i in g["params"]]}
-              for g in original["param_groups"]]
+    groups = [
+        {"params": [torch.nn.Parameter(torch.zeros_like(original["state"][i]["exp_avg"])) for i in g["params"]]}
+        for g in original["param_groups"]
+    ]
     fresh = torch.optim.AdamW(groups, lr=5e-5)
     fresh.load_state_dict(state["optimizer"])
     restored = fresh.state_dict()
@@ -73,8 +86,9 @@ def test_trainer_training_state_restores_exactly(trainer_run, tmp_path):
     sched = torch.optim.lr_scheduler.LambdaLR(fresh, lambda s: 1.0)
     sched.load_state_dict(state["scheduler"])
     expected = torch.load(src / "scheduler.pt", weights_only=True)
-    assert {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"} == \
-        {k: v for k, v in expected.items() if k != "lr_lambdas"}
+    assert {k: v for k, v in sched.state_dict().items() if k != "lr_lambdas"} == {
+        k: v for k, v in expected.items() if k != "lr_lambdas"
+    }
 
     # Identical subsequent random draws: restore from our files, then from the Trainer's own pickle.
     restore_rng(state["rng"]["rng_state"])
@@ -98,8 +112,12 @@ def test_nanogpt_file_with_compile_prefix_and_tied_weights(tmp_path):
     assert manifest["step"] == 1500 and manifest["source"]["format"] == "nanogpt"
     assert manifest["metrics"] == {"best_val_loss": 2.5}
     state = load_training_state(result.dest / "training_state")
-    assert state["loop"] == {"config": {"dataset": "toy", "lr": 0.001}, "iter_num": 1500, "best_val_loss": 2.5,
-                             "model_args": {"n_embd": 8, "vocab_size": 32}}
+    assert state["loop"] == {
+        "config": {"dataset": "toy", "lr": 0.001},
+        "iter_num": 1500,
+        "best_val_loss": 2.5,
+        "model_args": {"n_embd": 8, "vocab_size": 32},
+    }
     fresh = torch.optim.AdamW(TinyParams(model), lr=1e-3)
     fresh.load_state_dict(state["optimizer"])
     assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
@@ -119,8 +137,11 @@ def test_every_dtype_round_trips_bitwise_and_deterministically(tmp_path):
     loaded = load_file(a.dest / "model.safetensors")
     for name, tensor in state.items():
         assert loaded[name].dtype == tensor.dtype and loaded[name].shape == tensor.shape, name
-        assert loaded[name].contiguous().view(torch.uint8).equal(tensor.contiguous().view(torch.uint8)) if tensor.dim() \
-            else torch.equal(loaded[name].reshape(1).view(torch.uint8), tensor.reshape(1).view(torch.uint8)), name
+        assert (
+            loaded[name].contiguous().view(torch.uint8).equal(tensor.contiguous().view(torch.uint8))
+            if tensor.dim()
+            else torch.equal(loaded[name].reshape(1).view(torch.uint8), tensor.reshape(1).view(torch.uint8))
+        ), name
 
 
 def test_sharded_pytorch_model_bin_loads_with_transformers(tmp_path):
@@ -143,8 +164,9 @@ def test_sharded_pytorch_model_bin_loads_with_transformers(tmp_path):
     # Sharded safetensors input (the output above) within the shard limit is reused as it is: same shards,
     # same bytes; above the limit (or with a dtype cast) it is rewritten.
     [again] = hubckpt.convert(result.dest, tmp_path / "again")
-    assert {(f.path, f.sha256) for f in again.files if f.path.endswith(".safetensors")} == \
-        {(f.path, f.sha256) for f in result.files if f.path.endswith(".safetensors")}
+    assert {(f.path, f.sha256) for f in again.files if f.path.endswith(".safetensors")} == {
+        (f.path, f.sha256) for f in result.files if f.path.endswith(".safetensors")
+    }
     assert GPT2LMHeadModel.from_pretrained(again.dest).state_dict().keys() == loaded.state_dict().keys()
     [fp16] = hubckpt.convert(result.dest, tmp_path / "fp16", dtype="fp16")
     assert [f.path for f in fp16.files if f.path.endswith(".safetensors")] == ["model.safetensors"]

@@ -17,8 +17,10 @@ from hubckpt.errors import CorruptCheckpointError
 def _folder(tmp_path, tensors=None):
     src = tmp_path / "checkpoint-3"
     src.mkdir()
-    save_file(tensors or {"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(4, dtype=torch.int64)},
-              src / "model.safetensors")
+    save_file(
+        tensors or {"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(4, dtype=torch.int64)},
+        src / "model.safetensors",
+    )
     (src / "config.json").write_text("{}")
     return src
 
@@ -45,11 +47,11 @@ def test_safetensors_checkpoint_is_linked_and_described(tmp_path):
 def _rewrite_header(path, mutate, extra: bytes = b""):
     raw = path.read_bytes()
     n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     text = mutate(header) if callable(mutate) else mutate
     data = text.encode() if isinstance(text, str) else json.dumps(header).encode()
     data += b" " * (-len(data) % 8)
-    path.write_bytes(struct.pack("<Q", len(data)) + data + raw[8 + n:] + extra)
+    path.write_bytes(struct.pack("<Q", len(data)) + data + raw[8 + n :] + extra)
 
 
 @pytest.mark.parametrize("case", ["overlap", "trailing", "shape", "duplicate", "dtype", "metadata"])
@@ -69,8 +71,8 @@ def test_malformed_safetensors_is_refused_on_the_reuse_path(tmp_path, case):
     else:
         raw = path.read_bytes()
         n = struct.unpack("<Q", raw[:8])[0]
-        header = raw[8:8 + n].decode().rstrip()
-        first = header[1:header.index("}") + 1]  # the first entry, repeated
+        header = raw[8 : 8 + n].decode().rstrip()
+        first = header[1 : header.index("}") + 1]  # the first entry, repeated
         _rewrite_header(path, "{" + first + "," + header[1:])
     with pytest.raises(CorruptCheckpointError):
         hubckpt.convert(src, tmp_path / "out")

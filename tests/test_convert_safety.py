@@ -90,16 +90,30 @@ def _safetensors_bytes(header: dict, data: bytes) -> bytes:
     return struct.pack("<Q", len(raw)) + raw + data
 
 
-@pytest.mark.parametrize("name,content", [
-    ("huge-header", struct.pack("<Q", 10**12) + b"{}"),
-    ("header-past-end", struct.pack("<Q", 500) + b'{"a": 1}'),
-    ("overlapping", _safetensors_bytes({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-                                        "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8)),
-    ("out-of-range", _safetensors_bytes({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 8)),
-    ("bad-shape", _safetensors_bytes({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8)),
-    ("trailing-polyglot", _safetensors_bytes({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 12)),
-    ("not-json", struct.pack("<Q", 5) + b"{abcd" + b"\0" * 8),
-])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("huge-header", struct.pack("<Q", 10**12) + b"{}"),
+        ("header-past-end", struct.pack("<Q", 500) + b'{"a": 1}'),
+        (
+            "overlapping",
+            _safetensors_bytes(
+                {
+                    "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                    "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                },
+                b"\0" * 8,
+            ),
+        ),
+        ("out-of-range", _safetensors_bytes({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\0" * 8)),
+        ("bad-shape", _safetensors_bytes({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8)),
+        (
+            "trailing-polyglot",
+            _safetensors_bytes({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 12),
+        ),
+        ("not-json", struct.pack("<Q", 5) + b"{abcd" + b"\0" * 8),
+    ],
+)
 def test_malformed_safetensors_are_refused(tmp_path, name, content):
     path = tmp_path / f"{name}.safetensors"
     path.write_bytes(content)
@@ -160,7 +174,7 @@ def test_disk_full_leaves_nothing_behind(tmp_path):
         import hubckpt
         from hubckpt.errors import DiskFullError
         try:
-            hubckpt.convert({str(tmp_path / 'w.bin')!r}, {str(tmp_path / 'out')!r})
+            hubckpt.convert({str(tmp_path / "w.bin")!r}, {str(tmp_path / "out")!r})
         except DiskFullError as e:
             print("DISKFULL", e)
             sys.exit(3)

@@ -24,7 +24,7 @@ def _write(path, data: bytes, pieces: list[int]) -> None:
     with DirectWriter(path) as f:
         view, at = memoryview(data), 0
         for n in pieces:
-            f.write(view[at:at + n])
+            f.write(view[at : at + n])
             at += n
         f.write(view[at:])
 
@@ -52,10 +52,10 @@ def test_reader_is_a_seekable_binary_stream(tmp_path):
         assert isinstance(f, io.BufferedIOBase) and f.seekable() and f.readable()
         assert f.seek(0, io.SEEK_END) == len(data) and f.read(10) == b""
         f.seek(CHUNK - 3)
-        assert f.read(10) == data[CHUNK - 3:CHUNK + 7]
+        assert f.read(10) == data[CHUNK - 3 : CHUNK + 7]
         f.seek(-4, io.SEEK_CUR)
         buf = bytearray(8)
-        assert f.readinto(buf) == 8 and bytes(buf) == data[CHUNK + 3:CHUNK + 11]
+        assert f.readinto(buf) == 8 and bytes(buf) == data[CHUNK + 3 : CHUNK + 11]
         assert f.tell() == CHUNK + 11
         f.seek(100)
         assert bytes(f.readview(50)) == data[100:150]
@@ -182,8 +182,10 @@ def test_writes_work_while_the_interpreter_shuts_down(tmp_path):
     import sys
 
     path = tmp_path / "f.bin"
-    script = ("import atexit\nfrom hubckpt.direct_io import DirectWriter\n"
-              "def last():\n    with DirectWriter(%r) as f:\n        f.write(b'z' * (3 * %d + 5))\n"
-              "atexit.register(last)\n") % (str(path), CHUNK)
+    script = (
+        "import atexit\nfrom hubckpt.direct_io import DirectWriter\n"
+        f"def last():\n    with DirectWriter({str(path)!r}) as f:\n        f.write(b'z' * (3 * {CHUNK} + 5))\n"
+        "atexit.register(last)\n"
+    )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     assert path.read_bytes() == b"z" * (3 * CHUNK + 5)

@@ -39,11 +39,15 @@ def test_whoami_and_repo_lifecycle(api: HfApi, local_hub):
 
 def test_regular_and_lfs_files_on_main_and_branches(api: HfApi, repo_id, cache_dir):
     weights = os.urandom(200_000)
-    api.create_commit(repo_id, [
-        CommitOperationAdd("config.json", b'{"a": 1}'),
-        CommitOperationAdd("model.safetensors", io.BytesIO(weights)),  # *.safetensors is LFS by .gitattributes
-        CommitOperationAdd("nested/dir/notes.txt", b"hello"),
-    ], commit_message="first files")
+    api.create_commit(
+        repo_id,
+        [
+            CommitOperationAdd("config.json", b'{"a": 1}'),
+            CommitOperationAdd("model.safetensors", io.BytesIO(weights)),  # *.safetensors is LFS by .gitattributes
+            CommitOperationAdd("nested/dir/notes.txt", b"hello"),
+        ],
+        commit_message="first files",
+    )
     by_path = {e.path: e for e in api.list_repo_tree(repo_id, recursive=True)}
     assert by_path["model.safetensors"].lfs.size == len(weights)
     assert by_path["config.json"].lfs is None
@@ -51,8 +55,7 @@ def test_regular_and_lfs_files_on_main_and_branches(api: HfApi, repo_id, cache_d
     assert "nested/dir" in by_path
 
     api.create_branch(repo_id, branch="step-0000100")
-    api.upload_file(path_or_fileobj=b"branch only", path_in_repo="branch.txt", repo_id=repo_id,
-                    revision="step-0000100")
+    api.upload_file(path_or_fileobj=b"branch only", path_in_repo="branch.txt", repo_id=repo_id, revision="step-0000100")
     assert "branch.txt" in api.list_repo_files(repo_id, revision="step-0000100")
     assert "branch.txt" not in api.list_repo_files(repo_id)
 
@@ -91,8 +94,9 @@ def test_branch_from_starting_point_tags_and_refs(api: HfApi, repo_id, cache_dir
 
 def test_commit_history_is_paginated_and_ordered(api: HfApi, repo_id, local_hub):
     for i in range(7):
-        api.upload_file(path_or_fileobj=f"{i}".encode(), path_in_repo="counter.txt", repo_id=repo_id,
-                        commit_message=f"count {i}")
+        api.upload_file(
+            path_or_fileobj=f"{i}".encode(), path_in_repo="counter.txt", repo_id=repo_id, commit_message=f"count {i}"
+        )
     old = local_hub.ctx.commits_page_size
     local_hub.ctx.commits_page_size = 3
     try:
@@ -105,10 +109,12 @@ def test_commit_history_is_paginated_and_ordered(api: HfApi, repo_id, local_hub)
 
 
 def test_tree_pagination_expand_and_paths_info(api: HfApi, repo_id, local_hub):
-    api.create_commit(repo_id, [CommitOperationAdd(f"d/f{i}.txt", f"{i}".encode()) for i in range(5)],
-                      commit_message="five files")
-    last = api.upload_file(path_or_fileobj=b"changed", path_in_repo="d/f0.txt", repo_id=repo_id,
-                           commit_message="change f0")
+    api.create_commit(
+        repo_id, [CommitOperationAdd(f"d/f{i}.txt", f"{i}".encode()) for i in range(5)], commit_message="five files"
+    )
+    last = api.upload_file(
+        path_or_fileobj=b"changed", path_in_repo="d/f0.txt", repo_id=repo_id, commit_message="change f0"
+    )
     old = local_hub.ctx.tree_page_size
     local_hub.ctx.tree_page_size = 2
     try:
@@ -125,9 +131,16 @@ def test_tree_pagination_expand_and_paths_info(api: HfApi, repo_id, local_hub):
 
 
 def test_delete_operations_and_noop_commit(api: HfApi, repo_id):
-    api.create_commit(repo_id, [CommitOperationAdd("keep.txt", b"k"), CommitOperationAdd("a/1.txt", b"1"),
-                                CommitOperationAdd("a/2.txt", b"2"), CommitOperationAdd("b/3.txt", b"3")],
-                      commit_message="add")
+    api.create_commit(
+        repo_id,
+        [
+            CommitOperationAdd("keep.txt", b"k"),
+            CommitOperationAdd("a/1.txt", b"1"),
+            CommitOperationAdd("a/2.txt", b"2"),
+            CommitOperationAdd("b/3.txt", b"3"),
+        ],
+        commit_message="add",
+    )
     api.delete_file("keep.txt", repo_id)
     api.delete_folder("a", repo_id)
     api.create_commit(repo_id, [CommitOperationDelete("b")], commit_message="deletedFile on a folder")
@@ -154,8 +167,12 @@ def test_identical_lfs_content_is_stored_once_and_not_reuploaded(api: HfApi, rep
 
 def test_snapshot_download_and_hffilesystem(api: HfApi, repo_id, cache_dir):
     api.create_branch(repo_id, branch="feat/x")
-    api.create_commit(repo_id, [CommitOperationAdd("a.txt", b"A"), CommitOperationAdd("sub/b.bin", io.BytesIO(b"\0B" * 100))],
-                      commit_message="files", revision="feat/x")
+    api.create_commit(
+        repo_id,
+        [CommitOperationAdd("a.txt", b"A"), CommitOperationAdd("sub/b.bin", io.BytesIO(b"\0B" * 100))],
+        commit_message="files",
+        revision="feat/x",
+    )
     folder = snapshot_download(repo_id, revision="feat/x", cache_dir=cache_dir)
     assert open(os.path.join(folder, "sub", "b.bin"), "rb").read() == b"\0B" * 100
 
@@ -172,10 +189,14 @@ def test_range_reads_of_a_safetensors_header(api: HfApi, repo_id, tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    save_file({"w": torch.arange(1000, dtype=torch.float32), "b": torch.zeros(3, dtype=torch.bfloat16)},
-              tmp_path / "model.safetensors", metadata={"step": "100"})
-    api.upload_file(path_or_fileobj=str(tmp_path / "model.safetensors"), path_in_repo="model.safetensors",
-                    repo_id=repo_id)
+    save_file(
+        {"w": torch.arange(1000, dtype=torch.float32), "b": torch.zeros(3, dtype=torch.bfloat16)},
+        tmp_path / "model.safetensors",
+        metadata={"step": "100"},
+    )
+    api.upload_file(
+        path_or_fileobj=str(tmp_path / "model.safetensors"), path_in_repo="model.safetensors", repo_id=repo_id
+    )
     meta = api.get_safetensors_metadata(repo_id)
     file_meta = meta.files_metadata["model.safetensors"]
     assert file_meta.metadata == {"step": "100"}
@@ -192,8 +213,11 @@ def test_super_squash_history(api: HfApi, repo_id):
 
 
 def test_readme_metadata_is_validated(api: HfApi, repo_id):
-    api.upload_file(path_or_fileobj=b"---\nlibrary_name: transformers\ntags: [hubckpt]\n---\n# Card\n",
-                    path_in_repo="README.md", repo_id=repo_id)
+    api.upload_file(
+        path_or_fileobj=b"---\nlibrary_name: transformers\ntags: [hubckpt]\n---\n# Card\n",
+        path_in_repo="README.md",
+        repo_id=repo_id,
+    )
     info = api.model_info(repo_id)
     assert info.library_name == "transformers" and info.tags == ["hubckpt"]
     with pytest.raises(ValueError, match="model-index"):
@@ -202,17 +226,26 @@ def test_readme_metadata_is_validated(api: HfApi, repo_id):
 
 def test_gitignore_and_size_decide_preupload(api: HfApi, repo_id):
     api.upload_file(path_or_fileobj=b"nested/*\n", path_in_repo=".gitignore", repo_id=repo_id)
-    api.create_commit(repo_id, [CommitOperationAdd("nested/file.bin", b"\0ignored"),
-                                CommitOperationAdd("kept.txt", b"kept")], commit_message="with ignores")
+    api.create_commit(
+        repo_id,
+        [CommitOperationAdd("nested/file.bin", b"\0ignored"), CommitOperationAdd("kept.txt", b"kept")],
+        commit_message="with ignores",
+    )
     files = api.list_repo_files(repo_id)
     assert "kept.txt" in files and "nested/file.bin" not in files
     import httpx2
 
-    r = httpx2.post(f"{api.endpoint}/api/models/{repo_id}/preupload/main", json={"files": [
-        {"path": "big.txt", "sample": "", "size": 11 * 1024 * 1024},
-        {"path": "small.txt", "sample": "aGVsbG8=", "size": 5},
-        {"path": "bin.dat", "sample": "AAEC", "size": 3},
-        {"path": "kept.txt", "sample": "", "size": 4}]})
+    r = httpx2.post(
+        f"{api.endpoint}/api/models/{repo_id}/preupload/main",
+        json={
+            "files": [
+                {"path": "big.txt", "sample": "", "size": 11 * 1024 * 1024},
+                {"path": "small.txt", "sample": "aGVsbG8=", "size": 5},
+                {"path": "bin.dat", "sample": "AAEC", "size": 3},
+                {"path": "kept.txt", "sample": "", "size": 4},
+            ]
+        },
+    )
     answer = {f["path"]: f for f in r.json()["files"]}
     assert answer["big.txt"]["uploadMode"] == "lfs" and answer["bin.dat"]["uploadMode"] == "lfs"
     assert answer["small.txt"]["uploadMode"] == "regular" and answer["small.txt"]["shouldIgnore"] is False
@@ -223,6 +256,8 @@ def test_preupload_refuses_a_malformed_size_with_400(api: HfApi, repo_id):
     import httpx2
 
     for size in ("abc", -1, 1.5):
-        r = httpx2.post(f"{api.endpoint}/api/models/{repo_id}/preupload/main",
-                        json={"files": [{"path": "a.txt", "sample": "", "size": size}]})
+        r = httpx2.post(
+            f"{api.endpoint}/api/models/{repo_id}/preupload/main",
+            json={"files": [{"path": "a.txt", "sample": "", "size": size}]},
+        )
         assert r.status_code == 400 and "integer 'size'" in r.json()["error"], (size, r.status_code, r.text)

@@ -85,11 +85,22 @@ def test_raw_commits_escaping_the_repo_are_refused(api: HfApi, repo_id, path):
     import base64
     import json
 
-    body = (json.dumps({"key": "header", "value": {"summary": "x", "description": ""}}) + "\n"
-            + json.dumps({"key": "file", "value": {"path": path, "content": base64.b64encode(b"evil").decode(),
-                                                    "encoding": "base64"}}) + "\n")
-    r = httpx2.post(f"{api.endpoint}/api/models/{repo_id}/commit/main", content=body.encode(),
-                    headers={"content-type": "application/x-ndjson"})
+    body = (
+        json.dumps({"key": "header", "value": {"summary": "x", "description": ""}})
+        + "\n"
+        + json.dumps(
+            {
+                "key": "file",
+                "value": {"path": path, "content": base64.b64encode(b"evil").decode(), "encoding": "base64"},
+            }
+        )
+        + "\n"
+    )
+    r = httpx2.post(
+        f"{api.endpoint}/api/models/{repo_id}/commit/main",
+        content=body.encode(),
+        headers={"content-type": "application/x-ndjson"},
+    )
     assert r.status_code == 422 and "path" in r.json()["error"]
     assert api.list_repo_files(repo_id) == [".gitattributes"]
 
@@ -115,9 +126,16 @@ def test_stale_parent_commit_is_refused(api: HfApi, repo_id):
 
 
 def _lfs_upload_action(api: HfApi, repo_id: str, oid: str, size: int) -> dict:
-    r = httpx2.post(f"{api.endpoint}/{repo_id}.git/info/lfs/objects/batch",
-                    json={"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": size}],
-                          "hash_algo": "sha256", "ref": {"name": "main"}})
+    r = httpx2.post(
+        f"{api.endpoint}/{repo_id}.git/info/lfs/objects/batch",
+        json={
+            "operation": "upload",
+            "transfers": ["basic"],
+            "objects": [{"oid": oid, "size": size}],
+            "hash_algo": "sha256",
+            "ref": {"name": "main"},
+        },
+    )
     r.raise_for_status()
     return r.json()["objects"][0]
 
@@ -139,10 +157,15 @@ def test_lfs_upload_with_wrong_content_is_rejected_and_not_stored(api: HfApi, re
     with pytest.raises(HfHubHTTPError) as info:
         httpx2_commit = (
             '{"key":"header","value":{"summary":"x","description":""}}\n'
-            f'{{"key":"lfsFile","value":{{"path":"w.bin","algo":"sha256","oid":"{oid}","size":{len(good)}}}}}\n')
-        r = httpx2.post(f"{api.endpoint}/api/models/{repo_id}/commit/main", content=httpx2_commit.encode(),
-                        headers={"content-type": "application/x-ndjson"})
+            f'{{"key":"lfsFile","value":{{"path":"w.bin","algo":"sha256","oid":"{oid}","size":{len(good)}}}}}\n'
+        )
+        r = httpx2.post(
+            f"{api.endpoint}/api/models/{repo_id}/commit/main",
+            content=httpx2_commit.encode(),
+            headers={"content-type": "application/x-ndjson"},
+        )
         from huggingface_hub.utils import hf_raise_for_status
+
         hf_raise_for_status(r)
     assert info.value.response.status_code == 422
     assert httpx2.put(href, content=good).status_code == 200
@@ -236,8 +259,9 @@ def test_concurrent_commits_lose_nothing_and_refuse_stale_parents(api: HfApi, re
     def cas_writer(i: int) -> None:
         barrier.wait()
         try:
-            api.upload_file(path_or_fileobj=f"cas{i}".encode(), path_in_repo="cas.txt", repo_id=repo_id,
-                            parent_commit=parent)
+            api.upload_file(
+                path_or_fileobj=f"cas{i}".encode(), path_in_repo="cas.txt", repo_id=repo_id, parent_commit=parent
+            )
             outcomes.append(200)
         except HfHubHTTPError as e:
             outcomes.append(e.response.status_code)
@@ -250,19 +274,30 @@ def test_concurrent_commits_lose_nothing_and_refuse_stale_parents(api: HfApi, re
     assert sorted(outcomes) == [200] + [412] * (n - 1)
 
 
-@pytest.mark.parametrize("what, path, body", [
-    ("LFS batch body a list", "{repo}.git/info/lfs/objects/batch", b"[1]"),
-    ("LFS batch objects not a list", "{repo}.git/info/lfs/objects/batch", b'{"operation": "upload", "objects": 5}'),
-    ("LFS batch object not an object", "{repo}.git/info/lfs/objects/batch", b'{"operation": "upload", "objects": [1]}'),
-    ("commit header not an object", "api/models/{repo}/commit/main", b'{"key": "header", "value": 3}\n'),
-    ("commit file not an object", "api/models/{repo}/commit/main",
-     b'{"key": "header", "value": {"summary": "x"}}\n{"key": "file", "value": 3}\n'),
-    ("organization not a string", "api/repos/create", b'{"name": "x", "organization": 5}'),
-    ("paths-info paths a string", "api/models/{repo}/paths-info/main", b'{"paths": ".gitattributes"}'),
-])
+@pytest.mark.parametrize(
+    "what, path, body",
+    [
+        ("LFS batch body a list", "{repo}.git/info/lfs/objects/batch", b"[1]"),
+        ("LFS batch objects not a list", "{repo}.git/info/lfs/objects/batch", b'{"operation": "upload", "objects": 5}'),
+        (
+            "LFS batch object not an object",
+            "{repo}.git/info/lfs/objects/batch",
+            b'{"operation": "upload", "objects": [1]}',
+        ),
+        ("commit header not an object", "api/models/{repo}/commit/main", b'{"key": "header", "value": 3}\n'),
+        (
+            "commit file not an object",
+            "api/models/{repo}/commit/main",
+            b'{"key": "header", "value": {"summary": "x"}}\n{"key": "file", "value": 3}\n',
+        ),
+        ("organization not a string", "api/repos/create", b'{"name": "x", "organization": 5}'),
+        ("paths-info paths a string", "api/models/{repo}/paths-info/main", b'{"paths": ".gitattributes"}'),
+    ],
+)
 def test_malformed_bodies_are_400_not_500(api: HfApi, repo_id, what, path, body):
     head = api.model_info(repo_id).sha
-    r = httpx2.post(f"{api.endpoint}/{path.format(repo=repo_id)}", content=body,
-                    headers={"content-type": "application/json"})
+    r = httpx2.post(
+        f"{api.endpoint}/{path.format(repo=repo_id)}", content=body, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400, (what, r.status_code, r.text)
     assert api.model_info(repo_id).sha == head  # and nothing was committed

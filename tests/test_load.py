@@ -11,8 +11,7 @@ import torch
 from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
 import hubckpt
-from hubckpt.errors import (AmbiguousRevisionError, HubckptError, IntegrityError, NoSafetensorsError,
-                            RevisionLookupError)
+from hubckpt.errors import AmbiguousRevisionError, HubckptError, IntegrityError, NoSafetensorsError, RevisionLookupError
 from hubckpt.publishing import Publisher
 
 from .factories import tiny_gpt2_config
@@ -36,16 +35,22 @@ def published(local_hub, tmp_path_factory):
     companions = tmp / "companions"
     _model(0).config.save_pretrained(companions)
     states = {}
-    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp / "spool", monitor="eval_loss", mode="min",
-                   max_shard_size="64KB") as pub:
+    with Publisher(
+        repo_id, hub=local_hub.url, spool_dir=tmp / "spool", monitor="eval_loss", mode="min", max_shard_size="64KB"
+    ) as pub:
         for step, loss in zip(STEPS, LOSSES):
             model = _model(step)
             # a frozen embedding: identical bytes in every revision, so one blob in the cache
             with torch.no_grad():
                 model.transformer.wpe.weight.fill_(0.5)
             states[step] = {k: v.clone() for k, v in model.state_dict().items()}
-            pub.publish(state_dict=model.state_dict(), step=step, metrics={"eval_loss": loss}, final=step == 40,
-                        companions=[companions / "config.json"])
+            pub.publish(
+                state_dict=model.state_dict(),
+                step=step,
+                metrics={"eval_loss": loss},
+                final=step == 40,
+                companions=[companions / "config.json"],
+            )
     return repo_id, states
 
 
@@ -183,8 +188,10 @@ def test_one_cache_same_etag_on_every_branch(local_hub, hf_cache, api, tmp_path)
         for step in (1, 2, 3):
             pub.publish(state_dict=frozen, step=step, metrics={"loss": 1.0 / step})
     names = [r.name for r in hubckpt.list_revisions(repo_id, hub=local_hub.url)]
-    etags = {get_hf_file_metadata(hf_hub_url(repo_id, "model.safetensors", revision=n, endpoint=local_hub.url)).etag
-             for n in names}
+    etags = {
+        get_hf_file_metadata(hf_hub_url(repo_id, "model.safetensors", revision=n, endpoint=local_hub.url)).etag
+        for n in names
+    }
     assert len(etags) == 1 and len(names) == 3
     for name in names:
         assert torch.equal(hubckpt.load_state_dict(repo_id, name, hub=local_hub.url)["w"], frozen["w"])
@@ -233,8 +240,7 @@ def test_repo_without_index_falls_back_to_refs(local_hub, api, tmp_path, caplog,
     repo_id = "alice/plain-repo"
     api.create_repo(repo_id, exist_ok=True)
     save_file({"w": torch.arange(6.0)}, tmp_path / "model.safetensors")
-    api.upload_file(path_or_fileobj=tmp_path / "model.safetensors", path_in_repo="model.safetensors",
-                    repo_id=repo_id)
+    api.upload_file(path_or_fileobj=tmp_path / "model.safetensors", path_in_repo="model.safetensors", repo_id=repo_id)
     api.create_branch(repo_id, branch="v1")
     api.create_tag(repo_id, tag="paper", revision="v1")
     with caplog.at_level(logging.INFO, logger="hubckpt"):
@@ -254,7 +260,11 @@ def test_repo_without_index_falls_back_to_refs(local_hub, api, tmp_path, caplog,
     assert listing.returncode == 0 and "listed from its branches and tags" in listing.stdout
     assert [line.split()[0] for line in listing.stdout.splitlines()[1:3]] == ["main", "v1"]
     shown = cli("show", f"{repo_id}@paper", "--hub", local_hub.url)
-    assert shown.returncode == 0 and "w     F32    6      model.safetensors" in shown.stdout and "tags: paper" in shown.stdout
+    assert (
+        shown.returncode == 0
+        and "w     F32    6      model.safetensors" in shown.stdout
+        and "tags: paper" in shown.stdout
+    )
 
 
 def test_repo_without_safetensors(local_hub, api, tmp_path):
@@ -287,8 +297,9 @@ def test_private_repo_needs_a_token(tmp_path, hf_cache):
             hubckpt.list_revisions("carol/secret", hub=hub.url, token=False)
         with pytest.raises(RepositoryNotFoundError):
             hubckpt.load_state_dict("carol/secret", step=1, hub=hub.url, token=False)
-        assert torch.equal(hubckpt.load_state_dict("carol/secret", step=1, hub=hub.url, token=token)["w"],
-                           torch.ones(3))
+        assert torch.equal(
+            hubckpt.load_state_dict("carol/secret", step=1, hub=hub.url, token=token)["w"], torch.ones(3)
+        )
         with hubckpt.open_revision("carol/secret", step=1, hub=hub.url, token=token) as rev:
             assert torch.equal(rev.get_tensor("w"), torch.ones(3))
 
@@ -315,8 +326,9 @@ def many(local_hub, tmp_path_factory):
     repo_id = "alice/many"
     with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path_factory.mktemp("many") / "spool") as pub:
         for step in range(1, 9):
-            pub.publish(state_dict={"w": torch.full((10_000,), float(step))}, step=step * 100,
-                        metrics={"loss": 1.0 / step})
+            pub.publish(
+                state_dict={"w": torch.full((10_000,), float(step))}, step=step * 100, metrics={"loss": 1.0 / step}
+            )
     return repo_id
 
 
@@ -345,8 +357,7 @@ def test_iter_revisions_policies_and_selection(many, local_hub, hf_cache):
         items.append(rev)
         assert cached_commits() == {rev.commit}  # the previous one is gone once the next is asked for
     assert [r.info.step for r in items] == [200, 400, 600, 800]
-    kept = [rev.info.step for rev in hubckpt.iter_revisions(many, steps=[300, 450], match="nearest",
-                                                            hub=local_hub.url)]
+    kept = [rev.info.step for rev in hubckpt.iter_revisions(many, steps=[300, 450], match="nearest", hub=local_hub.url)]
     assert kept == [300, 400]  # 450 is equally near 400 and 500: the earlier wins
     with pytest.raises(RevisionLookupError, match="step 250"):
         hubckpt.iter_revisions(many, steps=[250], hub=local_hub.url)
@@ -358,6 +369,7 @@ def test_iter_revisions_policies_and_selection(many, local_hub, hf_cache):
 
 
 # -- the command line (in-process: a subprocess per call would cost seconds of imports) ---------------------
+
 
 @pytest.fixture
 def cli(capsys):
@@ -418,8 +430,9 @@ def test_cli_pull_loads_with_from_pretrained(published, local_hub, tmp_path, hf_
     assert manifest["step"] == 30 and not (dest / "training_state").exists()
     assert "revision `step-0000030`" in (dest / "README.md").read_text()
     model = AutoModelForCausalLM.from_pretrained(dest)
-    assert torch.equal(model.state_dict()["transformer.h.0.mlp.c_fc.weight"],
-                       states[30]["transformer.h.0.mlp.c_fc.weight"])
+    assert torch.equal(
+        model.state_dict()["transformer.h.0.mlp.c_fc.weight"], states[30]["transformer.h.0.mlp.c_fc.weight"]
+    )
     again = run_cli("pull", f"{repo_id}@best", str(dest), "--hub", local_hub.url)
     assert again.returncode == 1 and "exists and is not empty" in again.stderr
 
@@ -428,7 +441,7 @@ def test_cli_diff_reports_changed_tensors(published, local_hub, cli):
     run_cli = cli
 
     repo_id, states = published
-    out = run_cli("diff", f"{repo_id}@step-0000010", f"@step-0000020", "--hub", local_hub.url, "--json")
+    out = run_cli("diff", f"{repo_id}@step-0000010", "@step-0000020", "--hub", local_hub.url, "--json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     rows = {t["name"]: t for t in doc["tensors"]}
@@ -441,16 +454,19 @@ def test_cli_diff_reports_changed_tensors(published, local_hub, cli):
     assert "shared tensors changed" in table.stdout and "transformer.wpe.weight" not in table.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (("ls", "alice/nope-nope"), "Repository not found"),
-    (("ls", "alice/load-run@best"), "for one revision use `hubckpt show alice/load-run@best`"),
-    (("show", "alice/load-run@nope"), "has no revision 'nope'"),
-    (("pull", "alice/load-run", "{tmp}/x", "--step", "25"), "no revision at step 25; nearest: step-0000020"),
-    (("show", "alice/load-run"), "Expected REPO@REVISION"),
-    (("diff", "alice/load-run@step-0000010", "@missing"), "has no revision 'missing'"),
-    # asked for explicitly, a training state the revision lacks was silently left out
-    (("pull", "alice/load-run@step-0000010", "{tmp}/x", "--training-state"), "has no training_state/"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("ls", "alice/nope-nope"), "Repository not found"),
+        (("ls", "alice/load-run@best"), "for one revision use `hubckpt show alice/load-run@best`"),
+        (("show", "alice/load-run@nope"), "has no revision 'nope'"),
+        (("pull", "alice/load-run", "{tmp}/x", "--step", "25"), "no revision at step 25; nearest: step-0000020"),
+        (("show", "alice/load-run"), "Expected REPO@REVISION"),
+        (("diff", "alice/load-run@step-0000010", "@missing"), "has no revision 'missing'"),
+        # asked for explicitly, a training state the revision lacks was silently left out
+        (("pull", "alice/load-run@step-0000010", "{tmp}/x", "--training-state"), "has no training_state/"),
+    ],
+)
 def test_cli_bad_input_is_one_line(published, local_hub, tmp_path, args, message, cli):
     done = cli(*[a.replace("{tmp}", str(tmp_path)) for a in args], "--hub", local_hub.url)
     assert done.returncode == 1 and message in done.stderr, done.stderr
@@ -462,7 +478,9 @@ def test_cli_bad_input_is_one_line(published, local_hub, tmp_path, args, message
 def test_console_script_error_has_no_traceback(published, local_hub):
     from .helpers import run_cli
 
-    done = run_cli("pull", "alice/load-run@step-0000010", "/nonexistent-parent/x", "--step", "10", "--hub", local_hub.url)
+    done = run_cli(
+        "pull", "alice/load-run@step-0000010", "/nonexistent-parent/x", "--step", "10", "--hub", local_hub.url
+    )
     assert done.returncode == 1 and "Pass one of revision, step and tokens" in done.stderr
     assert "Traceback (most recent call last)" not in done.stderr
 
@@ -478,8 +496,12 @@ def test_reads_stay_pinned_when_the_branch_moves(local_hub, api, tmp_path, hf_ca
         pinned = rev.commit
         # someone pushes other weights onto the branch meanwhile
         save_file({"w": torch.full((64,), 7.0), "v": torch.ones(4)}, tmp_path / "model.safetensors")
-        api.upload_file(path_or_fileobj=tmp_path / "model.safetensors", path_in_repo="model.safetensors",
-                        repo_id=repo_id, revision="step-0000001")
+        api.upload_file(
+            path_or_fileobj=tmp_path / "model.safetensors",
+            path_in_repo="model.safetensors",
+            repo_id=repo_id,
+            revision="step-0000001",
+        )
         assert torch.equal(rev.get_tensor("w"), torch.zeros(64))
     assert torch.equal(hubckpt.load_state_dict(repo_id, pinned, hub=local_hub.url)["w"], torch.zeros(64))
     # once cached, a commit loads with no request at all (commits never change)
@@ -508,9 +530,11 @@ def test_header_parser_checks_offsets_against_shape():
 
     good = {"a": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, 12]}, "__metadata__": {"format": "pt"}}
     assert parse_header(json.dumps(good).encode(), "f", data_size=12)["a"]["shape"] == [2, 3]
-    for bad, why in [({"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 12]}}, "offsets"),
-                     ({"a": {"dtype": "Q4", "shape": [1], "data_offsets": [0, 1]}}, "unknown dtype"),
-                     ({"a": {"shape": [1]}}, "malformed")]:
+    for bad, why in [
+        ({"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 12]}}, "offsets"),
+        ({"a": {"dtype": "Q4", "shape": [1], "data_offsets": [0, 1]}}, "unknown dtype"),
+        ({"a": {"shape": [1]}}, "malformed"),
+    ]:
         with pytest.raises(IntegrityError, match=why):
             parse_header(json.dumps(bad).encode(), "f")
     with pytest.raises(IntegrityError, match="not JSON"):
@@ -525,8 +549,11 @@ def test_download_folder_gets_training_state(local_hub, tmp_path, hf_cache):
     repo_id = "alice/with-state"
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(3))], lr=0.1, momentum=0.9)
     with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
-        pub.publish(state_dict={"w": torch.ones(3)}, step=5, training_state={"optimizer": optimizer.state_dict(),
-                                                                           "loop": {"step": 5}})
+        pub.publish(
+            state_dict={"w": torch.ones(3)},
+            step=5,
+            training_state={"optimizer": optimizer.state_dict(), "loop": {"step": 5}},
+        )
     rev = Revision(repo_id, step=5, hub=local_hub.url)
     folder = rev.download_folder("training_state")
     assert folder is not None and folder.name == "training_state" and (folder / "optimizer.json").exists()
@@ -542,9 +569,14 @@ def test_sharded_index_naming_a_missing_tensor_is_refused(local_hub, api, tmp_pa
     repo_id = "alice/bad-index"
     api.create_repo(repo_id, exist_ok=True)
     save_file({"a": torch.ones(2)}, tmp_path / "model-00001-of-00001.safetensors")
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {}, "weight_map": {"a": "model-00001-of-00001.safetensors",
-                                        "b": "model-00001-of-00001.safetensors"}}))
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps(
+            {
+                "metadata": {},
+                "weight_map": {"a": "model-00001-of-00001.safetensors", "b": "model-00001-of-00001.safetensors"},
+            }
+        )
+    )
     api.upload_folder(folder_path=tmp_path, repo_id=repo_id)
     with hubckpt.open_revision(repo_id, hub=local_hub.url) as rev:
         assert rev.keys() == ["a", "b"] and torch.equal(rev.get_tensor("a"), torch.ones(2))

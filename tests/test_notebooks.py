@@ -44,11 +44,18 @@ def kernel_env(tmp_path, monkeypatch):
     """A kernelspec for this interpreter and an environment that keeps the kernel off the user's dirs."""
     spec = tmp_path / "jupyter" / "kernels" / KERNEL
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "hubckpt tests", "language": "python",
-        "env": {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)},
-    }))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "hubckpt tests",
+                "language": "python",
+                "env": {
+                    "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+                },
+            }
+        )
+    )
     for var in ("HF_ENDPOINT", "HUBCKPT_HUB", "HF_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
@@ -61,7 +68,7 @@ def kernel_env(tmp_path, monkeypatch):
     monkeypatch.setenv("HUBCKPT_SPOOL", str(tmp_path / "default-spool"))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     (tmp_path / "tmp").mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))   # the notebooks' mkdtemp() lands here, cleaned by pytest
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # the notebooks' mkdtemp() lands here, cleaned by pytest
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # tiny models: one thread each is fastest, and two spinning thread pools on a busy 2-core machine crawl
@@ -79,14 +86,18 @@ def test_notebook_runs_on_a_fresh_kernel(path, kernel_env):
     nb = nbformat.read(path, as_version=4)
     workdir = kernel_env / "cwd"
     workdir.mkdir()
-    client = nbclient.NotebookClient(nb, kernel_name=KERNEL, timeout=300, startup_timeout=120,
-                                     resources={"metadata": {"path": str(workdir)}})
-    client.execute()   # raises CellExecutionError (with the cell and traceback) on any failing cell
+    client = nbclient.NotebookClient(
+        nb, kernel_name=KERNEL, timeout=300, startup_timeout=120, resources={"metadata": {"path": str(workdir)}}
+    )
+    client.execute()  # raises CellExecutionError (with the cell and traceback) on any failing cell
     text = []
     for cell in nb.cells:
         for out in cell.get("outputs", []):
-            text.append(out.get("text", "") if out.get("output_type") == "stream"
-                        else json.dumps(out.get("data", {}).get("text/plain", "")))
+            text.append(
+                out.get("text", "")
+                if out.get("output_type") == "stream"
+                else json.dumps(out.get("data", {}).get("text/plain", ""))
+            )
     printed = "\n".join(text)
     for needle in EXPECTED[path.name]:
         assert needle in printed, f"{path.name} did not print {needle!r}:\n{printed[-3000:]}"

@@ -5,8 +5,10 @@ import sys
 
 
 def test_import_is_light():
-    code = ("import sys, hubckpt; hubckpt.Publisher; hubckpt.convert; "
-            "print(sorted(m for m in ('torch', 'transformers', 'starlette', 'uvicorn', 'jinja2') if m in sys.modules))")
+    code = (
+        "import sys, hubckpt; hubckpt.Publisher; hubckpt.convert; "
+        "print(sorted(m for m in ('torch', 'transformers', 'starlette', 'uvicorn', 'jinja2') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

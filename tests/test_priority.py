@@ -37,19 +37,33 @@ def test_bad_priorities_are_refused_with_what_is_allowed(bad):
 
 
 def test_the_checkpointer_refuses_idle_threads_that_share_the_gil(tmp_path):
-    import hubckpt
     from torch import nn
 
+    import hubckpt
+
     with pytest.raises(HubConfigError, match="background='process'"):
-        hubckpt.Checkpointer("alice/x", model=nn.Linear(2, 2), hub="http://127.0.0.1:9", background="thread",
-                             nice="idle", spool_dir=tmp_path / "spool")
+        hubckpt.Checkpointer(
+            "alice/x",
+            model=nn.Linear(2, 2),
+            hub="http://127.0.0.1:9",
+            background="thread",
+            nice="idle",
+            spool_dir=tmp_path / "spool",
+        )
 
 
 @pytest.mark.parametrize("bad", [0, -5, "fast", "", True])
 def test_the_checkpointer_refuses_a_bad_publish_rate(tmp_path, bad):
-    import hubckpt
     from torch import nn
 
+    import hubckpt
+
     with pytest.raises(HubConfigError, match="publish_mb_per_s"):
-        hubckpt.Checkpointer("alice/x", model=nn.Linear(2, 2), hub="http://127.0.0.1:9", background="process",
-                             publish_mb_per_s=bad, spool_dir=tmp_path / "spool")
+        hubckpt.Checkpointer(
+            "alice/x",
+            model=nn.Linear(2, 2),
+            hub="http://127.0.0.1:9",
+            background="process",
+            publish_mb_per_s=bad,
+            spool_dir=tmp_path / "spool",
+        )

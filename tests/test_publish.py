@@ -11,8 +11,8 @@ from huggingface_hub import HfApi
 
 import hubckpt
 from hubckpt.errors import CorruptCheckpointError, HubConfigError, InvalidNameError, RevisionCollisionError
-from hubckpt.publishing import Publisher
 from hubckpt.formats.index import RevisionIndex
+from hubckpt.publishing import Publisher
 from hubckpt.revisions import render_revision_name
 
 from .factories import make_trainer_run
@@ -67,9 +67,18 @@ def test_publish_trainer_run(api, local_hub, trainer_run, tmp_path, cache_dir):
 
     # The branch history is the training trajectory; each revision is one commit.
     assert _titles(api, repo_id, "step-0000006")[:3] == [
-        "Checkpoint step-0000006 (step 6)", "Checkpoint step-0000004 (step 4)", "Checkpoint step-0000002 (step 2)"]
+        "Checkpoint step-0000006 (step 6)",
+        "Checkpoint step-0000004 (step 4)",
+        "Checkpoint step-0000002 (step 2)",
+    ]
     files = set(api.list_repo_files(repo_id, revision="step-0000004"))
-    assert {"model.safetensors", "config.json", "checkpoint.json", "README.md", "training_state/optimizer.json"} <= files
+    assert {
+        "model.safetensors",
+        "config.json",
+        "checkpoint.json",
+        "README.md",
+        "training_state/optimizer.json",
+    } <= files
     assert not any(f.endswith((".pt", ".bin", ".pth")) for f in files)
     card = open(api.hf_hub_download(repo_id, "README.md", revision="step-0000004", cache_dir=cache_dir)).read()
     assert "revision `step-0000004`" in card and "step **4**" in card and "previous: [`step-0000002`]" in card
@@ -87,19 +96,25 @@ def test_publish_trainer_run(api, local_hub, trainer_run, tmp_path, cache_dir):
     # Publishing the same run again publishes nothing new: from the same spool the journal and the hub
     # prove it without converting; from a fresh spool each checkpoint is converted and found identical.
     commits_before = len(api.list_repo_commits(repo_id))
-    again = run_cli("publish", str(trainer_run), "--repo", repo_id, "--hub", local_hub.url,
-                    "--spool", str(tmp_path / "spool"))
+    again = run_cli(
+        "publish", str(trainer_run), "--repo", repo_id, "--hub", local_hub.url, "--spool", str(tmp_path / "spool")
+    )
     assert again.returncode == 0, again.stderr
     assert "3 already published, 0 to publish" in again.stdout
     assert "published step-0000002" not in again.stdout  # nothing was published this time
-    fresh = run_cli("publish", str(trainer_run), "--repo", repo_id, "--hub", local_hub.url,
-                    "--spool", str(tmp_path / "spool2"))
+    fresh = run_cli(
+        "publish", str(trainer_run), "--repo", repo_id, "--hub", local_hub.url, "--spool", str(tmp_path / "spool2")
+    )
     assert fresh.returncode == 0, fresh.stderr
     assert fresh.stdout.count("(already published)") == 3
     assert "unchanged step-0000002" in fresh.stdout and "published step-0000002" not in fresh.stdout
     assert len(api.list_repo_commits(repo_id)) == commits_before
-    assert {b.name for b in api.list_repo_refs(repo_id).branches} == {"main", "step-0000002", "step-0000004",
-                                                                      "step-0000006"}
+    assert {b.name for b in api.list_repo_refs(repo_id).branches} == {
+        "main",
+        "step-0000002",
+        "step-0000004",
+        "step-0000006",
+    }
 
 
 def test_live_state_dicts_backpressure_and_unchanged_bytes(api, local_hub, tmp_path):
@@ -107,8 +122,9 @@ def test_live_state_dicts_backpressure_and_unchanged_bytes(api, local_hub, tmp_p
     model = torch.nn.Sequential(torch.nn.Embedding(64, 32), torch.nn.Linear(32, 32))
     model[0].weight.requires_grad_(False)  # frozen: its shard never changes
     received = []
-    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool", max_pending=1,
-                   max_shard_size="9KB") as pub:
+    with Publisher(
+        repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool", max_pending=1, max_shard_size="9KB"
+    ) as pub:
         futures = []
         for step in range(1, 6):
             with torch.no_grad():
@@ -213,15 +229,18 @@ def test_several_hubs_from_one_spool(tmp_path):
             hub_api = HfApi(endpoint=hub.url, token="x")
             cache = tmp_path / f"cache-{hub.url.rsplit(':', 1)[-1]}"
             heads = {b.name: b.target_commit for b in hub_api.list_repo_refs("alice/mirror").branches}
-            index = RevisionIndex.from_json(open(hub_api.hf_hub_download("alice/mirror", "revisions.json",
-                                                                         cache_dir=cache), "rb").read())
+            index = RevisionIndex.from_json(
+                open(hub_api.hf_hub_download("alice/mirror", "revisions.json", cache_dir=cache), "rb").read()
+            )
             assert [(r.name, r.commit) for r in index.revisions] == [("step-0000005", heads["step-0000005"])]
             assert result.commits[f"{hub.url}/alice/mirror"] == heads["step-0000005"]
-            weights = load_file(hub_api.hf_hub_download("alice/mirror", "model.safetensors", revision="step-0000005",
-                                                        cache_dir=cache))
+            weights = load_file(
+                hub_api.hf_hub_download("alice/mirror", "model.safetensors", revision="step-0000005", cache_dir=cache)
+            )
             assert torch.equal(weights["w"], torch.arange(4.0))
-            card = open(hub_api.hf_hub_download("alice/mirror", "README.md", revision="step-0000005",
-                                                cache_dir=cache)).read()
+            card = open(
+                hub_api.hf_hub_download("alice/mirror", "README.md", revision="step-0000005", cache_dir=cache)
+            ).read()
             assert hub.url in card and other.url not in card  # each hub's card links to that hub
 
 
@@ -250,8 +269,9 @@ def test_ls_is_one_request_and_show_tag_reindex(api, local_hub, tmp_path):
     assert reserved.returncode == 1 and "managed by hubckpt" in reserved.stderr
 
     # Reindex rebuilds the same index from the branches (e.g. after revisions.json was damaged).
-    api.upload_file(path_or_fileobj=b'{"format_version": 1, "revisions": []}', path_in_repo="revisions.json",
-                    repo_id=repo_id)
+    api.upload_file(
+        path_or_fileobj=b'{"format_version": 1, "revisions": []}', path_in_repo="revisions.json", repo_id=repo_id
+    )
     assert run_cli("reindex", repo_id, "--hub", local_hub.url).returncode == 0
     assert [r.step for r in _index(api, repo_id).revisions] == [1, 2, 3]
 
@@ -263,8 +283,17 @@ def test_watch_once_publishes_complete_checkpoints(api, local_hub, trainer_run, 
     shutil.copytree(trainer_run, run)
     (run / "checkpoint-8").mkdir()  # still being written: no trainer_state.json yet
     shutil.copy(trainer_run / "checkpoint-2" / "model.safetensors", run / "checkpoint-8")
-    out = run_cli("watch", str(run), "--repo", "alice/watched", "--hub", local_hub.url, "--once",
-                  "--spool", str(tmp_path / "spool"))
+    out = run_cli(
+        "watch",
+        str(run),
+        "--repo",
+        "alice/watched",
+        "--hub",
+        local_hub.url,
+        "--once",
+        "--spool",
+        str(tmp_path / "spool"),
+    )
     assert out.returncode == 0, out.stderr
     branches = {b.name for b in api.list_repo_refs("alice/watched").branches}
     assert branches == {"main", "step-0000002", "step-0000004", "step-0000006"}
@@ -279,8 +308,9 @@ def test_unreachable_hub_fails_clearly_and_keeps_the_spool(tmp_path):
     with pytest.raises((HubUnavailableError, ConnectionError)):
         pub.close()
     assert list((tmp_path / "spool" / "jobs").glob("*/revision/model.safetensors"))
-    assert Publisher("alice/offline", hub="http://127.0.0.1:9", spool_dir=tmp_path / "spool", resume=False).pending() \
-        == ["step-0000003"]
+    assert Publisher(
+        "alice/offline", hub="http://127.0.0.1:9", spool_dir=tmp_path / "spool", resume=False
+    ).pending() == ["step-0000003"]
 
 
 # The ambiguous-commit test (a real server fault) is in tests/test_publish_commits.py.
@@ -314,10 +344,20 @@ def test_trainer_callback_publishes_while_training(api, local_hub, tmp_path):
     transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    data = [{"input_ids": torch.randint(0, 32, (8,), generator=gen), "labels": torch.randint(0, 32, (8,), generator=gen)}
-            for _ in range(16)]
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=6, save_steps=2, save_total_limit=1,
-                             per_device_train_batch_size=4, report_to=[], use_cpu=True, disable_tqdm=True)
+    data = [
+        {"input_ids": torch.randint(0, 32, (8,), generator=gen), "labels": torch.randint(0, 32, (8,), generator=gen)}
+        for _ in range(16)
+    ]
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        max_steps=6,
+        save_steps=2,
+        save_total_limit=1,
+        per_device_train_batch_size=4,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
     callback = HubckptCallback("alice/callback", hub=local_hub.url, spool_dir=tmp_path / "spool")
     Trainer(model=GPT2LMHeadModel(tiny_gpt2_config()), args=args, train_dataset=data, callbacks=[callback]).train()
     index = _index(api, "alice/callback")

@@ -47,11 +47,15 @@ def test_earlier_step_after_later_one_with_a_new_publisher(api, local_hub, tmp_p
         pub.publish(state_dict=w40, step=40).result()
     assert torch.equal(_weights(api, repo_id, "step-0000060", tmp_path)["w"], w60["w"])
     assert torch.equal(_weights(api, repo_id, "step-0000040", tmp_path)["w"], w40["w"])
-    manifest = json.loads(Path(api.hf_hub_download(repo_id, "checkpoint.json", revision="step-0000040",
-                                                   cache_dir=tmp_path / "dl")).read_text())
+    manifest = json.loads(
+        Path(
+            api.hf_hub_download(repo_id, "checkpoint.json", revision="step-0000040", cache_dir=tmp_path / "dl")
+        ).read_text()
+    )
     assert manifest["step"] == 40
-    assert {f["path"] for f in manifest["files"]} | {"README.md", "checkpoint.json", ".gitattributes"} \
-        == _files(api, repo_id, "step-0000040")
+    assert {f["path"] for f in manifest["files"]} | {"README.md", "checkpoint.json", ".gitattributes"} == _files(
+        api, repo_id, "step-0000040"
+    )
     assert not any(b.startswith(STAGING_PREFIX) for b in _branches(api, repo_id))
 
 
@@ -95,8 +99,9 @@ def test_half_made_branch_from_an_interrupted_publish_is_repaired(api, local_hub
     """A branch left at its starting commit (what older versions left after a failed commit) is repaired."""
     repo_id = "alice/half-made"
     with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "a") as pub:
-        pub.publish(state_dict={"w": torch.full((2,), 60.0)}, step=60,
-                    training_state={"opt": {"m": torch.ones(2)}}).result()
+        pub.publish(
+            state_dict={"w": torch.full((2,), 60.0)}, step=60, training_state={"opt": {"m": torch.ones(2)}}
+        ).result()
     api.create_branch(repo_id, branch="step-0000040", revision="step-0000060")  # the half-made branch
     with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "b") as pub:
         pub.publish(state_dict={"w": torch.full((2,), 40.0)}, step=40).result()
@@ -156,7 +161,9 @@ def test_unchanged_files_are_not_uploaded_again_bytes_received(api, local_hub, t
     assert first > companions + weights
     # What the second revision sent: its weights, its checkpoint.json, its card. Not the companions.
     assert weights <= second < weights + 64_000 < companions, (first, second, weights, companions)
-    assert torch.equal(_weights(api, repo_id, "step-0000002", tmp_path)["w"], load_file(ckpt / "model.safetensors")["w"])
+    assert torch.equal(
+        _weights(api, repo_id, "step-0000002", tmp_path)["w"], load_file(ckpt / "model.safetensors")["w"]
+    )
 
 
 @pytest.mark.slow
@@ -303,6 +310,7 @@ def test_the_shared_reader_keeps_the_hf_token_home_too(monkeypatch):
 
 # -- cards and the index ---------------------------------------------------------------------------
 
+
 def _read(api: HfApi, repo_id: str, path: str, revision: str, tmp_path: Path) -> str:
     return Path(api.hf_hub_download(repo_id, path, revision=revision, cache_dir=tmp_path / "dl")).read_text()
 
@@ -318,17 +326,23 @@ def test_cards_link_to_the_hub_they_are_committed_to(tmp_path):
             for path, rev in (("README.md", "step-0000005"), ("README.md", "main")):
                 card = _read(api, "alice/mirror-cards", path, rev, tmp_path / hub.url[-5:])
                 assert f"{hub.url}/alice/mirror-cards" in card and other.url not in card
-            assert torch.equal(_weights(api, "alice/mirror-cards", "step-0000005", tmp_path / "w")["w"], torch.arange(4.0))
+            assert torch.equal(
+                _weights(api, "alice/mirror-cards", "step-0000005", tmp_path / "w")["w"], torch.arange(4.0)
+            )
 
 
 def test_nan_metrics_hostile_names_tags_and_main_metrics(api, local_hub, tmp_path):
     repo_id = "alice/hostile-metrics"
-    evil = '<script>alert(1)</script>|x'
+    evil = "<script>alert(1)</script>|x"
     with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "s", monitor="eval_loss") as pub:
         pub.publish(state_dict={"w": torch.ones(2)}, step=1, metrics={"eval_loss": 1.0, evil: 0.5, "eval_acc": 0.1})
         pub.publish(state_dict={"w": torch.ones(2)}, step=2, metrics={"eval_loss": 0.5, evil: 0.7, "eval_acc": 0.2})
-        pub.publish(state_dict={"w": torch.ones(2)}, step=3, metrics={"eval_loss": float("nan"), evil: 1.0,
-                                                                      "eval_acc": 0.3}, final=True).result()
+        pub.publish(
+            state_dict={"w": torch.ones(2)},
+            step=3,
+            metrics={"eval_loss": float("nan"), evil: 1.0, "eval_acc": 0.3},
+            final=True,
+        ).result()
     raw = _read(api, repo_id, "revisions.json", "main", tmp_path)
     doc = json.loads(raw, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert doc["revisions"][2]["metrics"]["eval_loss"] == "NaN"
@@ -395,13 +409,25 @@ def test_reindex_of_an_unchanged_repo_logs_no_empty_commit_warning(api, local_hu
 
 # -- what is read from disk: steps, paths, snapshots ------------------------------------------------
 
+
 def test_one_step_parser_for_checkpoint_names():
     from hubckpt.readers import step_from_name
 
-    for name, step in [("checkpoint-1200", 1200), ("global_step1200", 1200), ("step1200", 1200), ("step_1200", 1200),
-                       ("step-1200", 1200), ("global_step=1200", 1200), ("epoch=3-step=1200.ckpt", 1200),
-                       ("ckpt_1200.pt", 1200), ("iter-1200.bin", 1200), ("1200", 1200), ("ckpt.pt", None),
-                       ("last.ckpt", None), ("model", None)]:
+    for name, step in [
+        ("checkpoint-1200", 1200),
+        ("global_step1200", 1200),
+        ("step1200", 1200),
+        ("step_1200", 1200),
+        ("step-1200", 1200),
+        ("global_step=1200", 1200),
+        ("epoch=3-step=1200.ckpt", 1200),
+        ("ckpt_1200.pt", 1200),
+        ("iter-1200.bin", 1200),
+        ("1200", 1200),
+        ("ckpt.pt", None),
+        ("last.ckpt", None),
+        ("model", None),
+    ]:
         assert step_from_name(name) == step, name
 
 
@@ -436,14 +462,24 @@ def test_no_absolute_paths_are_published(api, local_hub, tmp_path):
     ckpt.mkdir(parents=True)
     save_file({"w": torch.ones(2)}, ckpt / "model.safetensors")
     (ckpt / "config.json").write_text("{}")
-    (ckpt / "trainer_state.json").write_text(json.dumps({
-        "global_step": 4, "epoch": 1.0, "best_metric": 0.5, "best_model_checkpoint": str(ckpt),
-        "log_history": [{"step": 4, "eval_loss": 0.5}], "output_dir": "C:\\Users\\alice\\runs"}))
+    (ckpt / "trainer_state.json").write_text(
+        json.dumps(
+            {
+                "global_step": 4,
+                "epoch": 1.0,
+                "best_metric": 0.5,
+                "best_model_checkpoint": str(ckpt),
+                "log_history": [{"step": 4, "eval_loss": 0.5}],
+                "output_dir": "C:\\Users\\alice\\runs",
+            }
+        )
+    )
     with Publisher("alice/no-paths", hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
         pub.publish(ckpt).result()
     files = api.list_repo_files("alice/no-paths", revision="step-0000004")
-    texts = {f: _read(api, "alice/no-paths", f, "step-0000004", tmp_path) for f in files
-             if f.endswith((".json", ".md"))}
+    texts = {
+        f: _read(api, "alice/no-paths", f, "step-0000004", tmp_path) for f in files if f.endswith((".json", ".md"))
+    }
     assert "training_state/loop.json" in texts
     for name, text in texts.items():
         assert str(tmp_path) not in text and "alice\\\\runs" not in text and "C:" not in text, name
@@ -484,6 +520,7 @@ def test_snapshot_of_a_file_overwritten_in_place(tmp_path):
 
 # -- the CLI and package surface -------------------------------------------------------------------
 
+
 def test_cli_publish_metrics_companion_one_error_line_no_bars(api, local_hub, tmp_path):
     ckpt = _weights_folder(tmp_path / "c" / "checkpoint-7", 7.0, extra=False)
     extra = tmp_path / "tokenizer.json"
@@ -495,11 +532,20 @@ def test_cli_publish_metrics_companion_one_error_line_no_bars(api, local_hub, tm
     env.update(HUBCKPT_HUB=local_hub.url, HUBCKPT_SPOOL=str(tmp_path / "spool"))
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "hubckpt", *args], capture_output=True, text=True, env=env,
-                              timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "hubckpt", *args], capture_output=True, text=True, env=env, timeout=120
+        )
 
-    out = cli("publish", str(ckpt), "--repo", "alice/cli-extras", "--metrics", '{"eval_loss": NaN, "eval_acc": 0.5}',
-              "--companion", str(extra))
+    out = cli(
+        "publish",
+        str(ckpt),
+        "--repo",
+        "alice/cli-extras",
+        "--metrics",
+        '{"eval_loss": NaN, "eval_acc": 0.5}',
+        "--companion",
+        str(extra),
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "%|" not in out.stderr and "it/s" not in out.stderr  # no upload progress bars in piped output
     assert "tokenizer.json" in _files(api, "alice/cli-extras", "step-0000007")
@@ -528,8 +574,17 @@ def test_unusable_hub_root_is_one_line(tmp_path, kind):
         if os.access(root, os.W_OK):
             pytest.skip("running as a user who can write anywhere")
     ckpt = _weights_folder(tmp_path / "checkpoint-1", 1.0, extra=False)
-    out = run_cli("publish", str(ckpt), "--repo", "alice/x", "--hub", "local", "--root", str(root),
-                  env={"HUBCKPT_SPOOL": str(tmp_path / "spool")})
+    out = run_cli(
+        "publish",
+        str(ckpt),
+        "--repo",
+        "alice/x",
+        "--hub",
+        "local",
+        "--root",
+        str(root),
+        env={"HUBCKPT_SPOOL": str(tmp_path / "spool")},
+    )
     root.chmod(0o700) if kind != "file" else None
     assert out.returncode == 1 and "Traceback" not in out.stderr and "cannot be used" in out.stderr, out.stderr
 

@@ -26,8 +26,11 @@ from .helpers import run_cli
 
 STAGES = ["publish.after_capture", "publish.after_convert", "publish.after_commit", "publish.after_index"]
 # Fault points a random round may pick instead of a random delay (kills during retention and journal writes too).
-FAULTS = STAGES + ["publish.retain.after_delete", "publish.after_retain"] + \
-    [f"journal.append:torn:{n}" for n in (1, 2, 3, 5, 8, 13)]
+FAULTS = (
+    STAGES
+    + ["publish.retain.after_delete", "publish.after_retain"]
+    + [f"journal.append:torn:{n}" for n in (1, 2, 3, 5, 8, 13)]
+)
 
 
 def _make_run(folder: Path, steps=(1, 2, 3)) -> Path:
@@ -53,8 +56,13 @@ def test_kill_at_each_stage_then_resume(local_hub, tmp_path, stage):
     repo_id = f"alice/crash-{stage.split('.')[-1].replace('_', '-')}"
     spool = tmp_path / "spool"
     args = ["publish", str(run), "--repo", repo_id, "--hub", local_hub.url, "--spool", str(spool)]
-    killed = subprocess.run([sys.executable, "-m", "hubckpt", *args], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "HUBCKPT_FAULT": f"{stage}:kill"})
+    killed = subprocess.run(
+        [sys.executable, "-m", "hubckpt", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HUBCKPT_FAULT": f"{stage}:kill"},
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
 
     resumed = run_cli("resume", "--repo", repo_id, "--hub", local_hub.url, "--spool", str(spool))
@@ -78,7 +86,7 @@ def test_kill_at_each_stage_then_resume(local_hub, tmp_path, stage):
 LIVE_STEPS = (1, 2, 3, 4, 5)
 LIVE_LOSSES = {1: 3.0, 2: 1.0, 3: 2.5, 4: 2.0, 5: 1.5}  # best: step 2; final: step 5
 
-LIVE_SCRIPT = textwrap.dedent('''
+LIVE_SCRIPT = textwrap.dedent("""
     import sys, torch
     from hubckpt.publishing import Publisher
 
@@ -90,7 +98,7 @@ LIVE_SCRIPT = textwrap.dedent('''
             model["w"].fill_(float(step))          # the training loop changes the live tensors in place
             model["b"].copy_(torch.arange(4.0) * step)
             pub.publish(state_dict=model, step=step, metrics={"eval_loss": losses[step]}, final=step == 5)
-''')
+""")
 
 
 def _live_weights(step: int) -> dict[str, torch.Tensor]:
@@ -128,8 +136,9 @@ def _rounds(cmd: list[str], rng: random.Random, budget_s: float, log: list[str],
         _run_killed(cmd, rng, log)
 
 
-def _assert_published(api: HfApi, repo_id: str, steps, live: set[int], expected, cache: Path, *,
-                      best: int | None, final: int) -> None:
+def _assert_published(
+    api: HfApi, repo_id: str, steps, live: set[int], expected, cache: Path, *, best: int | None, final: int
+) -> None:
     names = {s: f"step-{s:07d}" for s in steps}
     index = _index(api, repo_id, cache)
     assert [r.name for r in index.revisions] == [names[s] for s in steps]  # each listed once, in order
@@ -165,11 +174,30 @@ def test_random_kills_then_a_clean_run_publish_everything_exactly_once(local_hub
     # `hubckpt publish RUN`: four checkpoints on disk, keep the last two, the last one final.
     run = _make_run(tmp_path / "run", steps=(1, 2, 3, 4))
     cli_repo = f"alice/random-cli-{seed}"
-    cli = [sys.executable, "-m", "hubckpt", "publish", str(run), "--repo", cli_repo, "--hub", local_hub.url,
-           "--spool", str(tmp_path / "cli-spool"), "--keep-last", "2", "--final"]
+    cli = [
+        sys.executable,
+        "-m",
+        "hubckpt",
+        "publish",
+        str(run),
+        "--repo",
+        cli_repo,
+        "--hub",
+        local_hub.url,
+        "--spool",
+        str(tmp_path / "cli-spool"),
+        "--keep-last",
+        "2",
+        "--final",
+    ]
     _rounds(cli, rng, budget, log)
-    clean = subprocess.run(cli, capture_output=True, text=True, timeout=120,
-                           env={k: v for k, v in os.environ.items() if k != "HUBCKPT_FAULT"})
+    clean = subprocess.run(
+        cli,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "HUBCKPT_FAULT"},
+    )
     assert clean.returncode == 0, f"seed {seed}: {clean.stderr}\n{log}"
     _assert_published(api, cli_repo, (1, 2, 3, 4), {3, 4}, _cli_weights, tmp_path / "c1", best=None, final=4)
 
@@ -179,8 +207,13 @@ def test_random_kills_then_a_clean_run_publish_everything_exactly_once(local_hub
     live_repo = f"alice/random-live-{seed}"
     live = [sys.executable, str(script), local_hub.url, str(tmp_path / "live-spool"), live_repo]
     _rounds(live, rng, budget, log)
-    clean = subprocess.run(live, capture_output=True, text=True, timeout=120,
-                           env={k: v for k, v in os.environ.items() if k != "HUBCKPT_FAULT"})
+    clean = subprocess.run(
+        live,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "HUBCKPT_FAULT"},
+    )
     assert clean.returncode == 0, f"seed {seed}: {clean.stderr}\n{log}"
     _assert_published(api, live_repo, LIVE_STEPS, {2, 4, 5}, _live_weights, tmp_path / "c2", best=2, final=5)
     print("\n".join(log))
@@ -192,10 +225,25 @@ def test_kill_during_retention_then_resume_deletes_what_it_pruned(local_hub, tmp
     """Bug: the index marked revisions pruned before deleting their branches; a kill left the branches forever."""
     run = _make_run(tmp_path / "run")
     repo_id = "alice/crash-retention"
-    args = ["publish", str(run), "--repo", repo_id, "--hub", local_hub.url, "--spool", str(tmp_path / "spool"),
-            "--keep-last", "1"]
-    killed = subprocess.run([sys.executable, "-m", "hubckpt", *args], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "HUBCKPT_FAULT": "publish.retain.after_delete:kill"})
+    args = [
+        "publish",
+        str(run),
+        "--repo",
+        repo_id,
+        "--hub",
+        local_hub.url,
+        "--spool",
+        str(tmp_path / "spool"),
+        "--keep-last",
+        "1",
+    ]
+    killed = subprocess.run(
+        [sys.executable, "-m", "hubckpt", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HUBCKPT_FAULT": "publish.retain.after_delete:kill"},
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
     api = HfApi(endpoint=local_hub.url, token="x")
     index = _index(api, repo_id, tmp_path / "c0")
@@ -206,5 +254,8 @@ def test_kill_during_retention_then_resume_deletes_what_it_pruned(local_hub, tmp
     assert again.returncode == 0, again.stderr
     index = _index(api, repo_id, tmp_path / "c1")
     assert [(r.name, r.pruned) for r in index.revisions] == [
-        ("step-0000001", True), ("step-0000002", True), ("step-0000003", False)]
+        ("step-0000001", True),
+        ("step-0000002", True),
+        ("step-0000003", False),
+    ]
     assert {b.name for b in api.list_repo_refs(repo_id).branches} == {"main", "step-0000003"}

@@ -69,8 +69,9 @@ def test_collision_advice_delete_that_branch_first_works(local_hub, api, tmp_pat
     api.delete_branch(repo_id, branch="step-0000005")
     with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool3") as pub:
         pub.publish(state_dict={"w": torch.full((4,), 2.0)}, step=5).result(timeout=60)
-    weights = load_file(api.hf_hub_download(repo_id, "model.safetensors", revision="step-0000005",
-                                            cache_dir=tmp_path / "c"))
+    weights = load_file(
+        api.hf_hub_download(repo_id, "model.safetensors", revision="step-0000005", cache_dir=tmp_path / "c")
+    )
     assert torch.equal(weights["w"], torch.full((4,), 2.0))
     [info] = hubckpt.list_revisions(repo_id, hub=local_hub.url)
     assert info.commit == {b.name: b.target_commit for b in api.list_repo_refs(repo_id).branches}["step-0000005"]
@@ -128,8 +129,9 @@ def test_trainer_callback_still_publishes_the_checkpoint_after_a_failed_one(loca
     assert callback._publisher._worker.wait(60)  # the failed job has run
     callback.on_save(args, state(4), None)
     callback.on_train_end(args, state(4), None)
-    weights = load_file(api.hf_hub_download(repo_id, "model.safetensors", revision="step-0000004",
-                                            cache_dir=tmp_path / "c"))
+    weights = load_file(
+        api.hf_hub_download(repo_id, "model.safetensors", revision="step-0000004", cache_dir=tmp_path / "c")
+    )
     assert torch.equal(weights["w"], torch.full((3,), 4.0))
 
 
@@ -183,8 +185,9 @@ def test_cli_run_with_one_corrupt_checkpoint_publishes_all_the_others(local_hub,
     branches = {b.name for b in api.list_repo_refs(repo_id).branches}
     assert branches == {"main"} | {f"step-{s:07d}" for s in range(2, 7)}, (branches, result.stdout, result.stderr)
     for step in range(2, 7):
-        weights = load_file(api.hf_hub_download(repo_id, "model.safetensors", revision=f"step-{step:07d}",
-                                                cache_dir=tmp_path / "c"))
+        weights = load_file(
+            api.hf_hub_download(repo_id, "model.safetensors", revision=f"step-{step:07d}", cache_dir=tmp_path / "c")
+        )
         assert torch.equal(weights["w"], torch.full((4,), float(step)))
 
 
@@ -205,16 +208,24 @@ def test_replace_survives_a_kill_after_the_commit(local_hub, api, tmp_path):
         pub.publish(state_dict={"w": torch.ones(4)}, step=3).result(timeout=60)
     source = tmp_path / "new.pt"
     torch.save({"w": torch.full((4,), 9.0)}, source)
-    script = (f"from hubckpt.publishing import Publisher\n"
-              f"with Publisher({repo_id!r}, hub={local_hub.url!r}, spool_dir={str(spool)!r}) as pub:\n"
-              f"    pub.publish({str(source)!r}, step=3, replace=True).result(timeout=60)\n")
-    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90,
-                            env={**os.environ, "HUBCKPT_FAULT": "publish.after_commit:kill"})
+    script = (
+        f"from hubckpt.publishing import Publisher\n"
+        f"with Publisher({repo_id!r}, hub={local_hub.url!r}, spool_dir={str(spool)!r}) as pub:\n"
+        f"    pub.publish({str(source)!r}, step=3, replace=True).result(timeout=60)\n"
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, "HUBCKPT_FAULT": "publish.after_commit:kill"},
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     with Publisher(repo_id, hub=local_hub.url, spool_dir=spool) as pub:  # resumes the job
         pass
-    weights = load_file(api.hf_hub_download(repo_id, "model.safetensors", revision="step-0000003",
-                                            cache_dir=tmp_path / "c"))
+    weights = load_file(
+        api.hf_hub_download(repo_id, "model.safetensors", revision="step-0000003", cache_dir=tmp_path / "c")
+    )
     assert torch.equal(weights["w"], torch.full((4,), 9.0))
     [info] = hubckpt.list_revisions(repo_id, hub=local_hub.url)
     assert info.commit == {b.name: b.target_commit for b in api.list_repo_refs(repo_id).branches}["step-0000003"]

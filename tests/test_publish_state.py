@@ -13,9 +13,9 @@ from huggingface_hub import HfApi
 from safetensors.torch import load_file
 
 from hubckpt.errors import CorruptCheckpointError, RevisionCollisionError, SpoolBusyError
+from hubckpt.formats.index import RevisionIndex
 from hubckpt.publishing import Publisher
 from hubckpt.publishing.journal import Journal
-from hubckpt.formats.index import RevisionIndex
 
 from .helpers import run_cli
 
@@ -186,9 +186,9 @@ def test_a_failed_job_is_reported_once_stays_visible_and_can_be_retried_or_dropp
     # ...and the job stays listed until retried or dropped.
     listing = run_cli("jobs", repo_id, "--spool", str(spool))
     assert listing.returncode == 0, listing.stderr
-    line = next(l for l in listing.stdout.splitlines() if "step-0000007" in l)
+    line = next(row for row in listing.stdout.splitlines() if "step-0000007" in row)
     assert "FAILED" in line and "CorruptCheckpointError" in line
-    assert "published" in next(l for l in listing.stdout.splitlines() if "step-0000008" in l)
+    assert "published" in next(row for row in listing.stdout.splitlines() if "step-0000008" in row)
 
     torch.save({"w": torch.full((3,), 7.0)}, bad / "pytorch_model.bin")  # the user fixes the checkpoint
     (bad / "model.safetensors").unlink()
@@ -204,8 +204,9 @@ def test_a_failed_job_is_reported_once_stays_visible_and_can_be_retried_or_dropp
             pub.publish(bad2)
     dropped = run_cli("jobs", repo_id, "--spool", str(spool), "--drop", "step-0000011")
     assert dropped.returncode == 0, dropped.stderr
-    assert "dropped" in next(l for l in run_cli("jobs", repo_id, "--spool", str(spool)).stdout.splitlines()
-                             if "step-0000011" in l)
+    assert "dropped" in next(
+        row for row in run_cli("jobs", repo_id, "--spool", str(spool)).stdout.splitlines() if "step-0000011" in row
+    )
     with Publisher(repo_id, hub=local_hub.url, spool_dir=spool) as pub:
         assert pub.pending() == []
 
@@ -221,6 +222,7 @@ def test_wait_and_close_take_a_timeout(local_hub, tmp_path):
 
 
 # -- the journal ------------------------------------------------------------------------------------
+
 
 def test_journal_recovers_a_torn_line_without_losing_the_next_record(tmp_path):
     path = tmp_path / "journal.jsonl"
@@ -238,10 +240,12 @@ def test_journal_recovers_a_torn_line_without_losing_the_next_record(tmp_path):
 
 def test_journal_reads_glued_lines_and_skips_records_without_a_job(tmp_path):
     path = tmp_path / "journal.jsonl"
-    path.write_bytes(b'{"event": "captured", "job": "j1", "revision": "r1", "step": 1}\n'
-                     b'{"event": "conv{"event": "published", "job": "j1", "target": "t"}\n'  # an older writer's damage
-                     b'{"event": "note"}\n'
-                     b'[1, 2]\n')
+    path.write_bytes(
+        b'{"event": "captured", "job": "j1", "revision": "r1", "step": 1}\n'
+        b'{"event": "conv{"event": "published", "job": "j1", "target": "t"}\n'  # an older writer's damage
+        b'{"event": "note"}\n'
+        b"[1, 2]\n"
+    )
     jobs = Journal(path).replay()
     assert list(jobs) == ["j1"] and jobs["j1"].published == {"t"}
 
@@ -267,8 +271,10 @@ def test_journal_compaction_keeps_every_jobs_state(tmp_path):
     after = Journal(spool / "journal.jsonl").replay()
 
     def essentials(jobs):
-        return {k: (v.revision, v.step, v.manifest_sha256, v.published, v.failed, v.finished_for(["t"]))
-                for k, v in jobs.items()}
+        return {
+            k: (v.revision, v.step, v.manifest_sha256, v.published, v.failed, v.finished_for(["t"]))
+            for k, v in jobs.items()
+        }
 
     assert essentials(after) == essentials(before)
     assert after[f"{7:012d}-step-{7:07d}"].failed == "boom"
@@ -278,8 +284,13 @@ def test_journal_replay_of_ten_thousand_finished_jobs_is_fast(tmp_path):
     path = tmp_path / "journal.jsonl"
     lines = []
     for i in range(10_000):
-        state = {"captured": {"revision": f"step-{i:07d}", "step": i, "targets": ["t"], "source": f"/r/ckpt-{i}.pt"},
-                 "manifest_sha256": "0" * 64, "committed": {"t": "1" * 40}, "indexed": ["t"], "published": ["t"]}
+        state = {
+            "captured": {"revision": f"step-{i:07d}", "step": i, "targets": ["t"], "source": f"/r/ckpt-{i}.pt"},
+            "manifest_sha256": "0" * 64,
+            "committed": {"t": "1" * 40},
+            "indexed": ["t"],
+            "published": ["t"],
+        }
         lines.append(json.dumps({"event": "snapshot", "job": f"{i:012d}-step-{i:07d}", "state": state}))
     path.write_text("\n".join(lines) + "\n")
     best = min(_timed(lambda: Journal(path).replay()) for _ in range(3))
@@ -306,17 +317,29 @@ def test_trainer_callback_after_resume_from_checkpoint(api, local_hub, tmp_path,
 
     transformers.logging.set_verbosity_error()
     gen = torch.Generator().manual_seed(0)
-    data = [{"input_ids": torch.randint(0, 32, (8,), generator=gen), "labels": torch.randint(0, 32, (8,), generator=gen)}
-            for _ in range(16)]
+    data = [
+        {"input_ids": torch.randint(0, 32, (8,), generator=gen), "labels": torch.randint(0, 32, (8,), generator=gen)}
+        for _ in range(16)
+    ]
     out, repo_id = tmp_path / "out", "alice/resumed"
 
     def train(max_steps: int, resume: str | None = None) -> None:
         torch.manual_seed(0)
-        args = TrainingArguments(output_dir=str(out), max_steps=max_steps, save_steps=2, per_device_train_batch_size=4,
-                                 report_to=[], use_cpu=True, disable_tqdm=True, seed=0, logging_steps=1)
+        args = TrainingArguments(
+            output_dir=str(out),
+            max_steps=max_steps,
+            save_steps=2,
+            per_device_train_batch_size=4,
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=0,
+            logging_steps=1,
+        )
         callback = HubckptCallback(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool")
-        Trainer(model=GPT2LMHeadModel(tiny_gpt2_config()), args=args, train_dataset=data,
-                callbacks=[callback]).train(resume_from_checkpoint=resume)
+        Trainer(model=GPT2LMHeadModel(tiny_gpt2_config()), args=args, train_dataset=data, callbacks=[callback]).train(
+            resume_from_checkpoint=resume
+        )
 
     train(4)
     with caplog.at_level(logging.ERROR, logger="hubckpt"):
@@ -421,10 +444,17 @@ def test_resume_after_a_kill_reconverts_lost_files_and_names_lost_live_tensors(a
     spool = tmp_path / "spool"
 
     def killed_at(fault: str, code: str) -> None:
-        script = f"import sys, torch\nfrom hubckpt.publishing import Publisher\n" \
-                 f"pub = Publisher('alice/lost', hub=sys.argv[1], spool_dir=sys.argv[2])\n{code}\n"
-        proc = subprocess.run([sys.executable, "-c", script, local_hub.url, str(spool)], capture_output=True,
-                              text=True, timeout=120, env={**os.environ, "HUBCKPT_FAULT": f"{fault}:kill"})
+        script = (
+            f"import sys, torch\nfrom hubckpt.publishing import Publisher\n"
+            f"pub = Publisher('alice/lost', hub=sys.argv[1], spool_dir=sys.argv[2])\n{code}\n"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", script, local_hub.url, str(spool)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "HUBCKPT_FAULT": f"{fault}:kill"},
+        )
         assert proc.returncode == -9, proc.stderr
 
     killed_at("publish.after_capture", "pub.publish(state_dict={'w': torch.ones(4)}, step=4)")  # live tensors
@@ -439,7 +469,7 @@ def test_resume_after_a_kill_reconverts_lost_files_and_names_lost_live_tensors(a
     assert resumed.returncode == 0, resumed.stderr
     assert "1 failed job(s) kept (step-0000004)" in resumed.stderr
     listing = run_cli("jobs", "alice/lost", "--spool", str(spool)).stdout
-    assert "captured from live tensors" in next(l for l in listing.splitlines() if "step-0000004" in l)
+    assert "captured from live tensors" in next(row for row in listing.splitlines() if "step-0000004" in row)
     assert torch.equal(_weights(api, "alice/lost", "step-0000005", tmp_path / "c")["w"], torch.full((4,), 5.0))
     assert [r.name for r in _index(api, "alice/lost", tmp_path / "c").revisions] == ["step-0000005"]
 
@@ -451,11 +481,18 @@ def test_a_kill_while_journaling_a_conversion_keeps_the_staged_files(api, local_
     import sys
 
     spool = tmp_path / "spool"
-    script = ("import sys, torch\nfrom hubckpt.publishing import Publisher\n"
-              "pub = Publisher('alice/torn', hub=sys.argv[1], spool_dir=sys.argv[2])\n"
-              "pub.publish(state_dict={'w': torch.full((4,), 2.0)}, step=2).result()\n")
-    proc = subprocess.run([sys.executable, "-c", script, local_hub.url, str(spool)], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "HUBCKPT_FAULT": "journal.append:torn:2"})
+    script = (
+        "import sys, torch\nfrom hubckpt.publishing import Publisher\n"
+        "pub = Publisher('alice/torn', hub=sys.argv[1], spool_dir=sys.argv[2])\n"
+        "pub.publish(state_dict={'w': torch.full((4,), 2.0)}, step=2).result()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, local_hub.url, str(spool)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HUBCKPT_FAULT": "journal.append:torn:2"},
+    )
     assert proc.returncode == -9, proc.stderr
     assert list(spool.glob("jobs/*/revision/checkpoint.json"))
     with Publisher("alice/torn", hub=local_hub.url, spool_dir=spool) as pub:

@@ -18,12 +18,20 @@ from tests.test_checkpointer import ROOT, make, train
 
 
 def test_published_values_are_those_captured_even_if_the_model_changes_right_after(local_hub, api, tmp_path):
-    import hubckpt
     from safetensors.torch import load_file
 
+    import hubckpt
+
     model, optimizer, scheduler = make(seed=0)
-    with hubckpt.Checkpointer("alice/proc-values", model=model, optimizer=optimizer, scheduler=scheduler,
-                              hub=local_hub.url, spool_dir=tmp_path / "spool", background="process") as ckpt:
+    with hubckpt.Checkpointer(
+        "alice/proc-values",
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        hub=local_hub.url,
+        spool_dir=tmp_path / "spool",
+        background="process",
+    ) as ckpt:
         assert ckpt.background == "process" and ckpt.nice == "idle"
         assert os.sched_getscheduler(ckpt.publisher._process.pid) == os.SCHED_IDLE  # only CPU nothing else wants
         train(model, optimizer, scheduler, 0, 2)
@@ -37,8 +45,9 @@ def test_published_values_are_those_captured_even_if_the_model_changes_right_aft
     weights = load_file(api.hf_hub_download("alice/proc-values", "model.safetensors", revision="step-0000002"))
     assert weights.keys() == expected.keys()
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
-    state = json.loads(Path(api.hf_hub_download("alice/proc-values", "training_state/loop.json",
-                                                revision="step-0000002")).read_text())
+    state = json.loads(
+        Path(api.hf_hub_download("alice/proc-values", "training_state/loop.json", revision="step-0000002")).read_text()
+    )
     assert state["state"]["step"] == 2
 
 
@@ -47,8 +56,15 @@ def killed_after_save(repo_id: str, endpoint: str, spool: str) -> None:
     import hubckpt
 
     model, optimizer, scheduler = make(seed=0)
-    ckpt = hubckpt.Checkpointer(repo_id, model=model, optimizer=optimizer, scheduler=scheduler, hub=endpoint,
-                                spool_dir=spool, background="process")
+    ckpt = hubckpt.Checkpointer(
+        repo_id,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        hub=endpoint,
+        spool_dir=spool,
+        background="process",
+    )
     train(model, optimizer, scheduler, 0, 3)
     torch.save(model.state_dict(), Path(spool).parent / "expected.pt")
     ckpt.save(3)
@@ -60,10 +76,17 @@ def killed_after_save(repo_id: str, endpoint: str, spool: str) -> None:
 @pytest.mark.timeout(120)
 def test_a_step_saved_just_before_the_training_process_is_killed_is_still_published(local_hub, api, tmp_path):
     repo_id, spool = "alice/proc-orphan", tmp_path / "spool"
-    code = (f"from tests.test_publisher_process import killed_after_save as k; "
-            f"k({repo_id!r}, {local_hub.url!r}, {str(spool)!r})")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    code = (
+        f"from tests.test_publisher_process import killed_after_save as k; "
+        f"k({repo_id!r}, {local_hub.url!r}, {str(spool)!r})"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert proc.returncode == -9, proc.stderr[-3000:]
     child = int(proc.stdout.split()[-1])
     deadline = time.monotonic() + 60
@@ -85,8 +108,13 @@ def test_options_that_cannot_cross_to_the_process_get_a_clear_error(local_hub, t
 
     model = nn.Linear(2, 2)
     with pytest.raises(hubckpt.HubConfigError, match="background='thread'"):
-        hubckpt.Checkpointer("alice/proc-bad", model=model, hub=resolve_hub(local_hub.url),
-                             spool_dir=tmp_path / "s", background="process")
+        hubckpt.Checkpointer(
+            "alice/proc-bad",
+            model=model,
+            hub=resolve_hub(local_hub.url),
+            spool_dir=tmp_path / "s",
+            background="process",
+        )
     with pytest.raises(hubckpt.HubConfigError, match="'process' or 'thread'"):
         hubckpt.Checkpointer("alice/proc-bad", model=model, hub=local_hub.url, background="fork")
 
@@ -98,8 +126,9 @@ def test_an_error_of_the_publisher_reaches_the_caller_with_its_type(local_hub, t
     spool = tmp_path / "spool"
     with hubckpt.Publisher("alice/proc-busy", hub=local_hub.url, spool_dir=spool):
         with pytest.raises(hubckpt.SpoolBusyError, match="pid"):
-            hubckpt.Checkpointer("alice/proc-busy", model=nn.Linear(2, 2), hub=local_hub.url, spool_dir=spool,
-                                 background="process")
+            hubckpt.Checkpointer(
+                "alice/proc-busy", model=nn.Linear(2, 2), hub=local_hub.url, spool_dir=spool, background="process"
+            )
 
 
 # -- random kills ---------------------------------------------------------------------------------------
@@ -120,8 +149,7 @@ with hubckpt.Checkpointer(repo, model=model, hub=url, spool_dir=spool, backgroun
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_random_kills_of_the_training_process_or_both_then_a_clean_run_publish_each_step_once(local_hub, api,
-                                                                                            tmp_path):
+def test_random_kills_of_the_training_process_or_both_then_a_clean_run_publish_each_step_once(local_hub, api, tmp_path):
     """SIGKILL, at a random moment, either the training process alone (its publishing process carries on) or
     the whole process group; many seeded rounds on one spool, then a clean run: every step published once."""
     import random
@@ -143,8 +171,7 @@ def test_random_kills_of_the_training_process_or_both_then_a_clean_run_publish_e
         if n >= 3 and time.monotonic() - started > budget:
             break
         delay, group = rng.uniform(1.5, 5.0), rng.random() < 0.5  # the run takes ~4-7 s
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
         try:
             proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
@@ -175,15 +202,23 @@ def test_random_kills_of_the_training_process_or_both_then_a_clean_run_publish_e
 
 def test_thousands_of_tensors_cost_a_handful_of_file_descriptors(local_hub, api, tmp_path):
     """One memfd per batch of buffers, not per tensor: an open-file limit of 1024 must not bound the model."""
-    import hubckpt
     from safetensors.torch import load_file
+
+    import hubckpt
 
     torch.manual_seed(0)
     model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(300)])  # 600 tensors; + Adam: 1,800 more
     optimizer = torch.optim.Adam(model.parameters())
     before = len(os.listdir("/proc/self/fd"))
-    with hubckpt.Checkpointer("alice/proc-many", model=model, optimizer=optimizer, hub=local_hub.url,
-                              spool_dir=tmp_path / "spool", background="process", staging_sets=2) as ckpt:
+    with hubckpt.Checkpointer(
+        "alice/proc-many",
+        model=model,
+        optimizer=optimizer,
+        hub=local_hub.url,
+        spool_dir=tmp_path / "spool",
+        background="process",
+        staging_sets=2,
+    ) as ckpt:
         model(torch.randn(2, 4)).sum().backward()
         optimizer.step()
         ckpt.wait_staged()
@@ -196,12 +231,20 @@ def test_thousands_of_tensors_cost_a_handful_of_file_descriptors(local_hub, api,
 
 
 def test_a_paced_publishing_process_still_publishes_the_captured_values(local_hub, api, tmp_path):
-    import hubckpt
     from safetensors.torch import load_file
 
+    import hubckpt
+
     model, optimizer, scheduler = make(seed=1)
-    with hubckpt.Checkpointer("alice/proc-paced", model=model, optimizer=optimizer, scheduler=scheduler,
-                              hub=local_hub.url, spool_dir=tmp_path / "spool", publish_mb_per_s=200) as ckpt:
+    with hubckpt.Checkpointer(
+        "alice/proc-paced",
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        hub=local_hub.url,
+        spool_dir=tmp_path / "spool",
+        publish_mb_per_s=200,
+    ) as ckpt:
         train(model, optimizer, scheduler, 0, 2)
         expected = {k: v.clone() for k, v in model.state_dict().items()}
         assert not ckpt.save(2).result(timeout=60).skipped
@@ -213,14 +256,22 @@ def test_the_publish_cap_spreads_a_publish_but_never_makes_anything_wait(local_h
     """publish_mb_per_s paces only a publish's upload, and only while nothing waits for it: the staging
     buffers come back at full speed (the next save does not stall), and wait() lifts it (at 2 MB/s this
     upload would take ~25 s)."""
-    import hubckpt
     from safetensors.torch import load_file
+
+    import hubckpt
 
     torch.manual_seed(0)
     model = torch.nn.Linear(2048, 2048)  # 16 MiB of weights + 32 MiB of AdamW state (uploads read past the cache)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    with hubckpt.Checkpointer("alice/proc-cap", model=model, optimizer=optimizer, hub=local_hub.url,
-                              spool_dir=tmp_path / "spool", publish_mb_per_s=2, staging_sets=1) as ckpt:
+    with hubckpt.Checkpointer(
+        "alice/proc-cap",
+        model=model,
+        optimizer=optimizer,
+        hub=local_hub.url,
+        spool_dir=tmp_path / "spool",
+        publish_mb_per_s=2,
+        staging_sets=1,
+    ) as ckpt:
         for step in (1, 2):
             model(torch.randn(2, 2048)).sum().backward()
             optimizer.step()
@@ -237,8 +288,9 @@ def test_the_publish_cap_spreads_a_publish_but_never_makes_anything_wait(local_h
         ckpt.wait()
         assert time.monotonic() - started < 10
         assert first.done() and not second.result().skipped
-    weights = load_file(api.hf_hub_download("alice/proc-cap", "model.safetensors", revision="step-0000002",
-                                            cache_dir=tmp_path / "dl"))
+    weights = load_file(
+        api.hf_hub_download("alice/proc-cap", "model.safetensors", revision="step-0000002", cache_dir=tmp_path / "dl")
+    )
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
 
 

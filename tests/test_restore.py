@@ -29,8 +29,15 @@ def published(local_hub, tmp_path_factory):
     model = _model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
-    with hubckpt.Checkpointer(repo_id, model=model, optimizer=optimizer, scheduler=scheduler, hub=local_hub.url,
-                              monitor="loss", spool_dir=tmp_path_factory.mktemp("spool")) as ckpt:
+    with hubckpt.Checkpointer(
+        repo_id,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        hub=local_hub.url,
+        monitor="loss",
+        spool_dir=tmp_path_factory.mktemp("spool"),
+    ) as ckpt:
         for step in (10, 20):
             _step(model, optimizer)
             scheduler.step()
@@ -51,7 +58,9 @@ def test_by_step_and_by_name(local_hub, published):
     latest = hubckpt.restore(repo_id, model=model, hub=local_hub.url)
     assert latest.step == 20 and _unchanged(model, final)
     assert hubckpt.restore(repo_id, "best", model=_model(2), hub=local_hub.url).revision == "step-0000020"
-    with pytest.raises(RevisionLookupError, match=r"no revision at step 15; nearest: step-0000010 \(step 10\), step-0000020"):
+    with pytest.raises(
+        RevisionLookupError, match=r"no revision at step 15; nearest: step-0000010 \(step 10\), step-0000020"
+    ):
         hubckpt.restore(repo_id, step=15, model=model, hub=local_hub.url)
 
 
@@ -70,9 +79,12 @@ def test_mismatched_names_and_shapes_are_listed_and_strict_false_reports_them(lo
 
     partial = _model(seed=3, name="other")  # same shapes, one layer renamed
     result = hubckpt.restore(repo_id, model=partial, hub=local_hub.url, strict=False)
-    assert sorted(result.mismatches) == ["missing in the revision: other.bias (2,)",
-                                         "missing in the revision: other.weight (2, 6)",
-                                         "not in the model: head.bias (2,)", "not in the model: head.weight (2, 6)"]
+    assert sorted(result.mismatches) == [
+        "missing in the revision: other.bias (2,)",
+        "missing in the revision: other.weight (2, 6)",
+        "not in the model: head.bias (2,)",
+        "not in the model: head.weight (2, 6)",
+    ]
     assert torch.equal(partial["body"].weight, final["body.weight"])
 
 
@@ -92,12 +104,16 @@ def test_another_optimizer_or_scheduler_is_refused_and_nothing_is_changed(local_
     if kind.startswith("optimizer type"):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     elif kind == "param groups":
-        optimizer = torch.optim.AdamW([{"params": model["body"].parameters()},
-                                       {"params": model["head"].parameters(), "lr": 0.01}], lr=0.1)
+        optimizer = torch.optim.AdamW(
+            [{"params": model["body"].parameters()}, {"params": model["head"].parameters(), "lr": 0.01}], lr=0.1
+        )
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-    scheduler = (torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0) if kind == "scheduler type"
-                 else torch.optim.lr_scheduler.StepLR(optimizer, step_size=1))
+    scheduler = (
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+        if kind == "scheduler type"
+        else torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)
+    )
     _step(model, optimizer)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt_before = {(pid, k): v.clone() for pid, s in optimizer.state_dict()["state"].items() for k, v in s.items()}
@@ -159,14 +175,20 @@ def test_grad_scaler_and_loop_state_round_trip(local_hub, tmp_path):
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=3)
     scaler.scale(torch.tensor(1.0))
     scaler.update(512.0)  # a scale the default constructor would not have
-    with hubckpt.Checkpointer(repo_id, model=model, optimizer=optimizer, scaler=scaler, hub=local_hub.url,
-                              spool_dir=tmp_path / "spool") as ckpt:
+    with hubckpt.Checkpointer(
+        repo_id, model=model, optimizer=optimizer, scaler=scaler, hub=local_hub.url, spool_dir=tmp_path / "spool"
+    ) as ckpt:
         _step(model, optimizer)
         ckpt.save(3, tokens=3000, epoch=0.5, extra={"sampler": [1, 2, 3]}, metrics={"loss": 2.0})
     fresh = torch.amp.GradScaler("cpu")
-    result = hubckpt.restore(repo_id, model=_model(9), optimizer=torch.optim.SGD(_model(9).parameters(), lr=0.1,
-                                                                                  momentum=0.9), scaler=fresh,
-                             hub=local_hub.url, strict=False)
+    result = hubckpt.restore(
+        repo_id,
+        model=_model(9),
+        optimizer=torch.optim.SGD(_model(9).parameters(), lr=0.1, momentum=0.9),
+        scaler=fresh,
+        hub=local_hub.url,
+        strict=False,
+    )
     assert fresh.state_dict() == scaler.state_dict() and fresh.get_scale() == 512.0
     assert (result.step, result.tokens, result.epoch, result.extra) == (3, 3000, 0.5, {"sampler": [1, 2, 3]})
     assert "scaler" in result.parts and result.metrics == {"loss": 2.0}

@@ -27,11 +27,24 @@ def _trainer(output_dir: Path, init_seed: int, callbacks=(), save: bool = False)
     model = GPT2LMHeadModel(tiny_gpt2_config())  # dropout 0.1 everywhere (the config's defaults)
     assert model.config.resid_pdrop > 0
     gen = torch.Generator().manual_seed(0)
-    data = [{"input_ids": torch.randint(0, 32, (8,), generator=gen), "labels": torch.randint(0, 32, (8,), generator=gen)}
-            for _ in range(12)]
-    args = TrainingArguments(output_dir=str(output_dir), max_steps=MAX_STEPS, per_device_train_batch_size=4,
-                             save_strategy="steps" if save else "no", save_steps=STOP_AT, report_to=[], use_cpu=True,
-                             logging_steps=1, disable_tqdm=True, seed=0, learning_rate=1e-2, warmup_steps=2)
+    data = [
+        {"input_ids": torch.randint(0, 32, (8,), generator=gen), "labels": torch.randint(0, 32, (8,), generator=gen)}
+        for _ in range(12)
+    ]
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=MAX_STEPS,
+        per_device_train_batch_size=4,
+        save_strategy="steps" if save else "no",
+        save_steps=STOP_AT,
+        report_to=[],
+        use_cpu=True,
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=0,
+        learning_rate=1e-2,
+        warmup_steps=2,
+    )
     return Trainer(model=model, args=args, train_dataset=data, callbacks=list(callbacks))
 
 
@@ -67,9 +80,12 @@ def test_trainer_resumed_from_the_hub_is_bit_exact(local_hub, api, tmp_path):
         reference = {k: v.clone() for k, v in straight.model.state_dict().items()}
 
         repo_id = "alice/trainer-exact-resume"
-        interrupted = _trainer(tmp_path / "interrupted", init_seed=0, save=True,
-                               callbacks=[HubckptCallback(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool"),
-                                          StopAt()])
+        interrupted = _trainer(
+            tmp_path / "interrupted",
+            init_seed=0,
+            save=True,
+            callbacks=[HubckptCallback(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool"), StopAt()],
+        )
         interrupted.train()
         assert interrupted.state.global_step == STOP_AT
     finally:
@@ -78,9 +94,23 @@ def test_trainer_resumed_from_the_hub_is_bit_exact(local_hub, api, tmp_path):
     assert {"log_history.json", "training_state/optimizer.safetensors", "training_state/rng.json"} <= set(files)
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    pull = subprocess.run([sys.executable, "-m", "hubckpt", "pull", f"{repo_id}@step-{STOP_AT:07d}",
-                           str(tmp_path / "pulled"), "--trainer-checkpoint", "--hub", local_hub.url],
-                          capture_output=True, text=True, env=env, timeout=120)
+    pull = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hubckpt",
+            "pull",
+            f"{repo_id}@step-{STOP_AT:07d}",
+            str(tmp_path / "pulled"),
+            "--trainer-checkpoint",
+            "--hub",
+            local_hub.url,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert pull.returncode == 0, pull.stderr[-3000:]
     assert "resume_from_checkpoint=" in pull.stdout
     assert pull.stdout.index("Pulled ") < pull.stdout.index("Wrote a Trainer checkpoint")  # what, then what of it

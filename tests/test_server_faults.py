@@ -22,9 +22,17 @@ def _commit_body(path: str, content: bytes) -> bytes:
     import base64
     import json
 
-    return (json.dumps({"key": "header", "value": {"summary": "c", "description": ""}}) + "\n"
-            + json.dumps({"key": "file", "value": {"path": path, "content": base64.b64encode(content).decode(),
-                                                    "encoding": "base64"}}) + "\n").encode()
+    return (
+        json.dumps({"key": "header", "value": {"summary": "c", "description": ""}})
+        + "\n"
+        + json.dumps(
+            {
+                "key": "file",
+                "value": {"path": path, "content": base64.b64encode(content).decode(), "encoding": "base64"},
+            }
+        )
+        + "\n"
+    ).encode()
 
 
 def _in_thread(fn, timeout: float):
@@ -52,8 +60,12 @@ def test_a_locked_database_answers_503_and_never_deadlocks(tmp_path):
         other = sqlite3.connect(hub.ctx.root / "hub.sqlite3", isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
         try:
-            r = httpx2.post(f"{hub.url}/api/models/alice/locked/commit/main", content=_commit_body("a.txt", b"1"),
-                            headers={"content-type": "application/x-ndjson"}, timeout=30)
+            r = httpx2.post(
+                f"{hub.url}/api/models/alice/locked/commit/main",
+                content=_commit_body("a.txt", b"1"),
+                headers={"content-type": "application/x-ndjson"},
+                timeout=30,
+            )
             assert r.status_code == 503 and r.headers["retry-after"] == "1"
             assert "busy" in r.json()["error"]
             r = httpx2.post(f"{hub.url}/api/models/alice/locked/branch/b2", json={}, timeout=30)
@@ -62,8 +74,9 @@ def test_a_locked_database_answers_503_and_never_deadlocks(tmp_path):
             other.execute("ROLLBACK")
             other.close()
         # The failed BEGINs released the hub's own lock: writes go through again, promptly.
-        done, result = _in_thread(lambda: api.upload_file(path_or_fileobj=b"2", path_in_repo="a.txt",
-                                                          repo_id="alice/locked"), timeout=20)
+        done, result = _in_thread(
+            lambda: api.upload_file(path_or_fileobj=b"2", path_in_repo="a.txt", repo_id="alice/locked"), timeout=20
+        )
         assert done and not isinstance(result, BaseException), result
         assert api.list_repo_files("alice/locked") == [".gitattributes", "a.txt"]
 
@@ -77,8 +90,10 @@ def test_a_slow_transaction_does_not_stall_other_requests(tmp_path):
         other.execute("BEGIN IMMEDIATE")
         try:
             # A write that waits up to the busy timeout for the database...
-            writer = threading.Thread(target=lambda: httpx2.post(f"{hub.url}/api/models/alice/slow/branch/b", json={},
-                                                                 timeout=30), daemon=True)
+            writer = threading.Thread(
+                target=lambda: httpx2.post(f"{hub.url}/api/models/alice/slow/branch/b", json={}, timeout=30),
+                daemon=True,
+            )
             writer.start()
             time.sleep(0.3)
             # ... while reads of every kind still answer at once.
@@ -145,9 +160,10 @@ def test_failed_fsync_leaks_neither_descriptor_nor_temp_file(tmp_path, monkeypat
         payloads = [os.urandom(4096) for _ in range(10)]
         hrefs = []
         for p in payloads:
-            r = httpx2.post(f"{hub.url}/alice/fsync.git/info/lfs/objects/batch",
-                            json={"operation": "upload", "objects": [{"oid": hashlib.sha256(p).hexdigest(),
-                                                                      "size": len(p)}]})
+            r = httpx2.post(
+                f"{hub.url}/alice/fsync.git/info/lfs/objects/batch",
+                json={"operation": "upload", "objects": [{"oid": hashlib.sha256(p).hexdigest(), "size": len(p)}]},
+            )
             hrefs.append(r.json()["objects"][0]["actions"]["upload"]["href"])
         real_fsync = os.fsync
 
@@ -160,8 +176,11 @@ def test_failed_fsync_leaks_neither_descriptor_nor_temp_file(tmp_path, monkeypat
             for href, p in zip(hrefs, payloads):
                 r = client.put(href, content=p)
                 assert r.status_code == status, r.text
-            r = client.post(f"{hub.url}/api/models/alice/fsync/commit/main", content=_commit_body("a.txt", b"x"),
-                            headers={"content-type": "application/x-ndjson"})
+            r = client.post(
+                f"{hub.url}/api/models/alice/fsync/commit/main",
+                content=_commit_body("a.txt", b"x"),
+                headers={"content-type": "application/x-ndjson"},
+            )
             assert r.status_code == status
         monkeypatch.setattr(blobs.os, "fsync", real_fsync)
         assert list((hub.ctx.root / "tmp").iterdir()) == []
@@ -183,16 +202,20 @@ def test_an_upload_that_stalls_mid_body_is_dropped_quietly_and_leaks_nothing(tmp
     with LocalHubServer(tmp_path / "hub", data_plane_timeout_s=1.0) as hub:
         api = HfApi(endpoint=hub.url, token="x")
         api.create_repo("alice/stalled-put")
-        r = httpx2.post(f"{hub.url}/alice/stalled-put.git/info/lfs/objects/batch",
-                        json={"operation": "upload", "objects": [{"oid": hashlib.sha256(payload).hexdigest(),
-                                                                  "size": size}]})
+        r = httpx2.post(
+            f"{hub.url}/alice/stalled-put.git/info/lfs/objects/batch",
+            json={"operation": "upload", "objects": [{"oid": hashlib.sha256(payload).hexdigest(), "size": size}]},
+        )
         href = r.json()["objects"][0]["actions"]["upload"]["href"]
         target = httpx2.URL(href)
         before = _fd_count()
         for _ in range(3):
             with socket.create_connection((target.host, target.port)) as s:
-                s.sendall(f"PUT {target.raw_path.decode()} HTTP/1.1\r\nHost: {target.host}\r\n"
-                          f"Content-Length: {size}\r\n\r\n".encode() + payload[:9 * 1024 * 1024])
+                s.sendall(
+                    f"PUT {target.raw_path.decode()} HTTP/1.1\r\nHost: {target.host}\r\n"
+                    f"Content-Length: {size}\r\n\r\n".encode()
+                    + payload[: 9 * 1024 * 1024]
+                )
                 s.settimeout(10)
                 assert s.recv(1024) == b""  # closed by the hub after its timeout, without an answer
         time.sleep(0.2)
@@ -235,8 +258,12 @@ def test_request_bodies_are_capped_before_anyone_is_authenticated(tmp_path):
     with LocalHubServer(tmp_path / "hub", max_body_bytes=4096) as hub:
         HfApi(endpoint=hub.url, token="x").create_repo("alice/cap")
         url = f"{hub.url}/api/models/alice/cap/commit/main"
-        r = httpx2.post(url, content=_commit_body("big.txt", b"x" * 8000),
-                        headers={"content-type": "application/x-ndjson"}, timeout=10)
+        r = httpx2.post(
+            url,
+            content=_commit_body("big.txt", b"x" * 8000),
+            headers={"content-type": "application/x-ndjson"},
+            timeout=10,
+        )
         assert r.status_code == 413 and "larger than this hub accepts (4096 bytes)" in r.json()["error"]
         assert r.headers["connection"] == "close"
 
@@ -247,8 +274,9 @@ def test_request_bodies_are_capped_before_anyone_is_authenticated(tmp_path):
         r = httpx2.post(f"{hub.url}/api/validate-yaml", content=chunks(), timeout=10)
         assert r.status_code == 413
         # Under the cap, the same route works and the commit lands.
-        r = httpx2.post(url, content=_commit_body("small.txt", b"ok"), headers={"content-type": "application/x-ndjson"},
-                        timeout=10)
+        r = httpx2.post(
+            url, content=_commit_body("small.txt", b"ok"), headers={"content-type": "application/x-ndjson"}, timeout=10
+        )
         assert r.status_code == 200, r.text
         assert HfApi(endpoint=hub.url, token="x").list_repo_files("alice/cap") == [".gitattributes", "small.txt"]
 
@@ -262,8 +290,12 @@ def test_a_storage_failure_answers_500_without_the_data_folder_path(tmp_path):
     with LocalHubServer(tmp_path / "hub") as hub:
         HfApi(endpoint=hub.url, token="x").create_repo("alice/broken")
         (hub.ctx.root / "objects" / sha[:2]).write_bytes(b"not a folder")
-        r = httpx2.post(f"{hub.url}/api/models/alice/broken/commit/main", content=_commit_body("a.txt", content),
-                        headers={"content-type": "application/x-ndjson", "x-request-id": "req-42"}, timeout=10)
+        r = httpx2.post(
+            f"{hub.url}/api/models/alice/broken/commit/main",
+            content=_commit_body("a.txt", content),
+            headers={"content-type": "application/x-ndjson", "x-request-id": "req-42"},
+            timeout=10,
+        )
         assert r.status_code == 500
         assert r.headers["x-request-id"] == "req-42"
         message = r.json()["error"]

@@ -1,4 +1,7 @@
-"""What a hub holds: `list_models` (filters, sort, pagination), `hf repos ls`, gated repos; private repos stay hidden."""
+"""What a hub holds: `list_models` (filters, sort, pagination), `hf repos ls`, gated repos.
+
+Private repos stay hidden.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ from huggingface_hub.errors import HfHubHTTPError
 from hubckpt.server import LocalHubServer
 
 
-
 @pytest.fixture(scope="module")
 def listing_hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("listing-hub")
@@ -24,15 +26,21 @@ def listing_hub(tmp_path_factory):
         store.add_account("alice", "user")
         store.add_account("bob", "user")
         store.add_member("acme", "alice")
-        tokens = {"alice": store.create_token("alice", "write", "a")[1], "bob": store.create_token("bob", "write", "b")[1]}
+        tokens = {
+            "alice": store.create_token("alice", "write", "a")[1],
+            "bob": store.create_token("bob", "write", "b")[1],
+        }
         alice = HfApi(endpoint=hub.url, token=tokens["alice"])
         bob = HfApi(endpoint=hub.url, token=tokens["bob"])
         for name in ("bert-tiny", "gpt-small", "bert-base"):
             alice.create_repo(f"alice/{name}")
             time.sleep(0.01)  # distinct creation times for the sort
         alice.create_repo("acme/bert-private", private=True)
-        alice.upload_file(path_or_fileobj=b"---\ntags: [checkpoints]\nlibrary_name: transformers\n---\n# card\n",
-                          path_in_repo="README.md", repo_id="alice/gpt-small")
+        alice.upload_file(
+            path_or_fileobj=b"---\ntags: [checkpoints]\nlibrary_name: transformers\n---\n# card\n",
+            path_in_repo="README.md",
+            repo_id="alice/gpt-small",
+        )
         bob.create_repo("bob/bert-bob")
         yield hub, tokens
 
@@ -51,17 +59,21 @@ def test_list_models_filters_sorts_and_pages(listing_hub):
     assert _ids(bob.list_models(search="bert")) == ["alice/bert-base", "alice/bert-tiny", "bob/bert-bob"]
     assert _ids(bob.list_models(author="alice", search="BERT")) == ["alice/bert-base", "alice/bert-tiny"]
     # Newest first, as on the Hub (created bert-tiny, gpt-small, bert-base; README.md then touched gpt-small).
-    assert _ids(bob.list_models(sort="created_at", author="alice")) == ["alice/bert-base", "alice/gpt-small",
-                                                                         "alice/bert-tiny"]
+    assert _ids(bob.list_models(sort="created_at", author="alice")) == [
+        "alice/bert-base",
+        "alice/gpt-small",
+        "alice/bert-tiny",
+    ]
     assert _ids(bob.list_models(sort="last_modified", author="alice"))[0] == "alice/gpt-small"
     assert _ids(bob.list_models(limit=3)) == everything[:3]
     assert _ids(bob.list_models(filter="checkpoints")) == ["alice/gpt-small"]
     info = next(iter(bob.list_models(search="gpt-small", full=True)))
     assert info.library_name == "transformers" and "checkpoints" in info.tags
     assert sorted(s.rfilename for s in info.siblings) == [".gitattributes", "README.md"]
-    r = httpx2.get(f"{hub.url}/api/models", params={"search": "bert"},
-                   headers={"authorization": f"Bearer {tokens['bob']}"})
-    assert r.headers["link"].startswith(f'<{hub.url}/api/models?') and 'rel="next"' in r.headers["link"]
+    r = httpx2.get(
+        f"{hub.url}/api/models", params={"search": "bert"}, headers={"authorization": f"Bearer {tokens['bob']}"}
+    )
+    assert r.headers["link"].startswith(f"<{hub.url}/api/models?") and 'rel="next"' in r.headers["link"]
     assert len(r.json()) == 2
 
 
@@ -104,7 +116,12 @@ def test_hf_repos_ls_lists_the_callers_repos(listing_hub):
         list(HfApi(endpoint=hub.url, token=tokens["bob"]).list_user_repos(namespace="acme"))
     assert error.value.response.status_code == 403
     env = {"HF_TOKEN": tokens["alice"], "HF_ENDPOINT": hub.url}
-    out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "hf"), "repos", "ls"], capture_output=True,
-                         text=True, env={**os.environ, **env}, timeout=120)
+    out = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "hf"), "repos", "ls"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "alice/bert-base" in out.stdout and "acme/bert-private" in out.stdout and "bob/bert-bob" not in out.stdout

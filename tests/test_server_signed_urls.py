@@ -14,9 +14,15 @@ from huggingface_hub import HfApi
 
 
 def _upload_href(api: HfApi, repo_id: str, oid: str, size: int) -> str:
-    r = httpx2.post(f"{api.endpoint}/{repo_id}.git/info/lfs/objects/batch",
-                    json={"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": size}],
-                          "hash_algo": "sha256"})
+    r = httpx2.post(
+        f"{api.endpoint}/{repo_id}.git/info/lfs/objects/batch",
+        json={
+            "operation": "upload",
+            "transfers": ["basic"],
+            "objects": [{"oid": oid, "size": size}],
+            "hash_algo": "sha256",
+        },
+    )
     r.raise_for_status()
     return r.json()["objects"][0]["actions"]["upload"]["href"]
 

@@ -13,9 +13,17 @@ import pytest
 
 # Errors a client may meet while the server is down (killed, restarting); anything else is a bug.
 # (huggingface_hub wraps a failed LFS upload in a RuntimeError.)
-_OUTAGE_ERRORS = ("ConnectError", "ReadError", "RemoteProtocolError", "WriteError", "ConnectionResetError",
-                  "ConnectTimeout", "ReadTimeout", "RuntimeError",
-                  "client session closed by another thread (huggingface_hub)")
+_OUTAGE_ERRORS = (
+    "ConnectError",
+    "ReadError",
+    "RemoteProtocolError",
+    "WriteError",
+    "ConnectionResetError",
+    "ConnectTimeout",
+    "ReadTimeout",
+    "RuntimeError",
+    "client session closed by another thread (huggingface_hub)",
+)
 
 
 def _soak_module():
@@ -31,10 +39,19 @@ def _soak_module():
 @pytest.mark.timeout(240)
 def test_soak_with_kill_and_restart_loses_nothing(tmp_path):
     # 10 s: ~6000 requests and ~200 refused stale commits on an idle 2-core machine, far above the bounds below.
-    report = _soak_module().run_soak(duration=10, clients=6, kill_at=0.4, max_ops=2000, root=tmp_path,
-                                     full_downloads=30)
-    summary = {k: report[k] for k in ("commits_lost", "stale_commits_accepted", "objects_not_matching_sha256",
-                                      "private_data_read_by_wrong_token", "private_reads_by_owner_failed")}
+    report = _soak_module().run_soak(
+        duration=10, clients=6, kill_at=0.4, max_ops=2000, root=tmp_path, full_downloads=30
+    )
+    summary = {
+        k: report[k]
+        for k in (
+            "commits_lost",
+            "stale_commits_accepted",
+            "objects_not_matching_sha256",
+            "private_data_read_by_wrong_token",
+            "private_reads_by_owner_failed",
+        )
+    }
     assert summary == dict.fromkeys(summary, 0), (summary, report["audit_examples"])
     assert report["requests_served"] > 300 and report["clients_finished"] == 6
     # The load was real: commits raced on one branch (some refused 412), every kind of operation ran.

@@ -64,9 +64,13 @@ def publish_run(url: str, repo_id: str, spool: Path, *, token: str | None = None
                 for p in model.parameters():
                     p.add_(0.01 * torch.randn_like(p))
             step = 10 * (i + 1)
-            pub.publish(state_dict=model.state_dict(), step=step, tokens=step * 4096,
-                        metrics={"eval_loss": eval_loss, "loss": eval_loss - 0.25, "accuracy": 0.1 * (i + 1)},
-                        final=i == len(EVAL_LOSS) - 1)
+            pub.publish(
+                state_dict=model.state_dict(),
+                step=step,
+                tokens=step * 4096,
+                metrics={"eval_loss": eval_loss, "loss": eval_loss - 0.25, "accuracy": 0.1 * (i + 1)},
+                final=i == len(EVAL_LOSS) - 1,
+            )
             states[f"step-{step:07d}"] = {k: v.clone() for k, v in model.state_dict().items()}
     return states
 
@@ -157,7 +161,7 @@ def test_model_page_shows_every_revision_with_its_metrics_and_links(client, run,
         assert row[6][0] == human_size(entry["size"])
         assert row[8][0].split() == sorted(entry["tags"])
         linked = client.get(name_cell[1][0])
-        assert linked.status_code == 200 and f"<strong class=\"mono\">{entry['name']}</strong>" in linked.text
+        assert linked.status_code == 200 and f'<strong class="mono">{entry["name"]}</strong>' in linked.text
     assert index["best"] == "step-0000030" and index["final"] == "step-0000050"
     # One chart per metric; the best and final revisions are marked on each.
     charts = page.text.count('<svg class="chart"')
@@ -208,13 +212,15 @@ def test_blob_pages_show_text_pretty_json_and_offer_binaries(client, run, api, t
     assert open(api.hf_hub_download(repo_id, "data/blob.bin"), "rb").read() == binary
     folder = client.get(f"/{repo_id}/tree/main/data")
     assert folder.status_code == 200 and f'href="/{repo_id}/blob/main/data/blob.bin"' in folder.text
-    assert client.get(f"/{repo_id}/tree/main/data/blob.bin", follow_redirects=False).headers["location"] == \
-        f"/{repo_id}/blob/main/data/blob.bin"
+    assert (
+        client.get(f"/{repo_id}/tree/main/data/blob.bin", follow_redirects=False).headers["location"]
+        == f"/{repo_id}/blob/main/data/blob.bin"
+    )
     assert client.get(f"/{repo_id}/blob/main/nope.txt").status_code == 404
     api.create_branch(repo_id, branch="feat/x")
     for path in ("/tree/feat%2Fx/data", "/tree/feat/x/data"):  # the `/` of a branch encoded or not
         listing = client.get(f"/{repo_id}{path}")
-        assert listing.status_code == 200 and "<strong class=\"mono\">feat/x</strong>" in listing.text, path
+        assert listing.status_code == 200 and '<strong class="mono">feat/x</strong>' in listing.text, path
     assert "binary file" in client.get(f"/{repo_id}/blob/feat/x/data/blob.bin").text
 
 
@@ -263,7 +269,7 @@ def test_compare_says_which_tensors_changed_and_by_how_much(client, run):
         seen += 1
     assert seen == len({k for k in a if not k.startswith("lm_head")})
     same = client.get(f"/{repo_id}/compare/step-0000020...step-0000020").text
-    assert 'data-status="changed"' not in same and f'{seen} unchanged' in same
+    assert 'data-status="changed"' not in same and f"{seen} unchanged" in same
     picked = client.get(f"/{repo_id}/compare?a=step-0000010&b=final", follow_redirects=False)
     assert picked.headers["location"] == f"/{repo_id}/compare/step-0000010...final"
     assert client.get(f"/{repo_id}/compare/step-0000010...nope").status_code == 404
@@ -309,9 +315,17 @@ def test_hostile_card_is_sanitised_and_pages_carry_a_strict_csp(client, api, loc
 def test_hostile_index_is_escaped(client, api):
     repo_id = "alice/web-hostile-index"
     evil = "<img src=x onerror=alert(1)>"
-    index = {"format_version": 1, "monitor": evil, "mode": "min", "best": evil, "final": None, "revisions": [
-        {"name": evil, "step": 1, "metrics": {evil: 1.0, "text": evil}, "tags": [evil], "date": evil, "size": evil},
-        {"name": "step-2", "step": "two", "metrics": {"loss": "NaN"}, "tags": [], "size": 12}]}
+    index = {
+        "format_version": 1,
+        "monitor": evil,
+        "mode": "min",
+        "best": evil,
+        "final": None,
+        "revisions": [
+            {"name": evil, "step": 1, "metrics": {evil: 1.0, "text": evil}, "tags": [evil], "date": evil, "size": evil},
+            {"name": "step-2", "step": "two", "metrics": {"loss": "NaN"}, "tags": [], "size": 12},
+        ],
+    }
     api.create_repo(repo_id, exist_ok=True)
     api.upload_file(path_or_fileobj=json.dumps(index).encode(), path_in_repo="revisions.json", repo_id=repo_id)
     page = client.get(f"/{repo_id}")
@@ -328,8 +342,11 @@ def test_login_destination_stays_on_this_hub():
 
 
 def test_markdown_sanitiser_units():
-    html = render_markdown('[a](config.json) ![m](./metrics.svg) [up](../../etc/passwd) [x](https://example.org/)',
-                           repo_id="a/b", revision="feat/x")
+    html = render_markdown(
+        "[a](config.json) ![m](./metrics.svg) [up](../../etc/passwd) [x](https://example.org/)",
+        repo_id="a/b",
+        revision="feat/x",
+    )
     assert 'href="/a/b/blob/feat%2Fx/config.json"' in html and 'src="/a/b/raw/feat%2Fx/metrics.svg"' in html
     assert "passwd" not in html.split("up")[0] and 'href="https://example.org/"' in html
     assert 'rel="noopener noreferrer nofollow"' in html
@@ -337,10 +354,11 @@ def test_markdown_sanitiser_units():
 
 
 def test_chart_marks_and_non_finite_values():
-    svg = metric_chart("loss", [Point(1, 2.0, "a"), Point(2, float("nan"), "b"), Point(3, 1.0, "c")],
-                       {"c": "best", "a": "final"})
-    assert 'data-revision="c"' in svg and 'mark-best' in svg and 'mark-final' in svg
-    assert svg.count("<circle class=\"pt\"") == 2  # the NaN point is left out
+    svg = metric_chart(
+        "loss", [Point(1, 2.0, "a"), Point(2, float("nan"), "b"), Point(3, 1.0, "c")], {"c": "best", "a": "final"}
+    )
+    assert 'data-revision="c"' in svg and "mark-best" in svg and "mark-final" in svg
+    assert svg.count('<circle class="pt"') == 2  # the NaN point is left out
     assert metric_chart("loss", [], {}) == ""
 
 
@@ -353,6 +371,7 @@ def test_single_user_mode_shows_private_repos(client, api):
 
 # -- access with tokens -------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def token_hub(tmp_path_factory):
     with LocalHubServer(tmp_path_factory.mktemp("web-token-hub")) as hub:
@@ -363,7 +382,9 @@ def token_hub(tmp_path_factory):
         bob = store.create_token("bob", "read", "bob")[1]
         api = HfApi(endpoint=hub.url, token=alice)
         api.create_repo("alice/secret", private=True)
-        api.upload_file(path_or_fileobj=b"---\nlicense: mit\n---\n# secret card\n", path_in_repo="README.md", repo_id="alice/secret")
+        api.upload_file(
+            path_or_fileobj=b"---\nlicense: mit\n---\n# secret card\n", path_in_repo="README.md", repo_id="alice/secret"
+        )
         api.create_repo("alice/open")
         yield hub, alice, bob
 
@@ -373,10 +394,18 @@ def test_private_repos_are_invisible_without_a_token_that_may_read_them(token_hu
     with TestClient(create_app(hub.ctx)) as anonymous:
         home = anonymous.get("/").text
         assert 'href="/alice/open"' in home and "secret" not in home and 'href="/login?next=' in home
-        for path in ("/alice/secret", "/alice/secret/tree/main", "/alice/secret/blob/main/README.md",
-                     "/alice/secret/raw/main/README.md", "/alice/secret/commits/main", "/alice/secret/compare/main...main"):
+        for path in (
+            "/alice/secret",
+            "/alice/secret/tree/main",
+            "/alice/secret/blob/main/README.md",
+            "/alice/secret/raw/main/README.md",
+            "/alice/secret/commits/main",
+            "/alice/secret/compare/main...main",
+        ):
             page = anonymous.get(path)
-            assert page.status_code == 404 and "secret card" not in page.text and "Repository not found" in page.text, path
+            assert page.status_code == 404 and "secret card" not in page.text and "Repository not found" in page.text, (
+                path
+            )
         anonymous.cookies.set("hubckpt_token", bob)
         assert "secret" not in anonymous.get("/").text and anonymous.get("/alice/secret").status_code == 404
 
@@ -384,25 +413,35 @@ def test_private_repos_are_invisible_without_a_token_that_may_read_them(token_hu
 def test_login_sets_a_strict_httponly_cookie_and_logout_clears_it(token_hub):
     hub, alice, _ = token_hub
     with TestClient(create_app(hub.ctx)) as browser:
-        wrong = browser.post("/login", data={"token": "hf_not-a-token", "next": "/alice/secret"}, follow_redirects=False)
+        wrong = browser.post(
+            "/login", data={"token": "hf_not-a-token", "next": "/alice/secret"}, follow_redirects=False
+        )
         assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
         ok = browser.post("/login", data={"token": alice, "next": "/alice/secret"}, follow_redirects=False)
         assert ok.status_code == 303 and ok.headers["location"] == "/alice/secret"
         cookie = ok.headers["set-cookie"].lower()
-        assert "hubckpt_token=" in cookie and "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
+        assert (
+            "hubckpt_token=" in cookie and "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
+        )
         assert "secret card" in browser.get("/alice/secret").text and 'href="/alice/secret"' in browser.get("/").text
         assert browser.get("/api/models/alice/secret").status_code == 401  # the cookie is no API credential
         out = browser.post("/logout", follow_redirects=False)
         assert out.status_code == 303 and "max-age=0" in out.headers["set-cookie"].lower()
         assert browser.get("/alice/secret").status_code == 404
-        evil = browser.post("/login", data={"token": alice}, headers={"origin": "http://evil.example"}, follow_redirects=False)
+        evil = browser.post(
+            "/login", data={"token": alice}, headers={"origin": "http://evil.example"}, follow_redirects=False
+        )
         assert evil.status_code == 403 and "set-cookie" not in evil.headers
         away = browser.post("/login", data={"token": alice, "next": "//evil.example/x"}, follow_redirects=False)
         assert away.headers["location"] == "/"
         browser.cookies.clear()
         browser.cookies.set("hubckpt_token", "hf_revoked-or-made-up")
         stale = browser.get("/")
-        assert stale.status_code == 200 and "Log in" in stale.text and "hubckpt_token" in stale.headers.get("set-cookie", "")
+        assert (
+            stale.status_code == 200
+            and "Log in" in stale.text
+            and "hubckpt_token" in stale.headers.get("set-cookie", "")
+        )
 
 
 def test_page_links(local_hub):
@@ -426,14 +465,39 @@ def test_tensor_comparison_edge_cases(tmp_path):
 
     from hubckpt.server.web import tensors
 
-    save_file({"same": torch.arange(4.0), "bf16": torch.ones(2, dtype=torch.bfloat16), "zero": torch.zeros(3),
-               "gone": torch.ones(1), "shape": torch.ones(2, 2)}, tmp_path / "a.safetensors")
-    save_file({"same": torch.arange(4.0), "bf16": torch.full((2,), 1.5, dtype=torch.bfloat16), "zero": torch.ones(3),
-               "new": torch.ones(1), "shape": torch.ones(4)}, tmp_path / "b.safetensors")
-    sides = [{t.name: (t, tmp_path / f) for t in tensors.read_header(tmp_path / f, f)[0]} for f in ("a.safetensors", "b.safetensors")]
+    save_file(
+        {
+            "same": torch.arange(4.0),
+            "bf16": torch.ones(2, dtype=torch.bfloat16),
+            "zero": torch.zeros(3),
+            "gone": torch.ones(1),
+            "shape": torch.ones(2, 2),
+        },
+        tmp_path / "a.safetensors",
+    )
+    save_file(
+        {
+            "same": torch.arange(4.0),
+            "bf16": torch.full((2,), 1.5, dtype=torch.bfloat16),
+            "zero": torch.ones(3),
+            "new": torch.ones(1),
+            "shape": torch.ones(4),
+        },
+        tmp_path / "b.safetensors",
+    )
+    sides = [
+        {t.name: (t, tmp_path / f) for t in tensors.read_header(tmp_path / f, f)[0]}
+        for f in ("a.safetensors", "b.safetensors")
+    ]
     got = {c.name: (c.status, c.rel_change, c.max_abs) for c in tensors.compare(*sides)}
-    assert got == {"same": ("unchanged", 0.0, 0.0), "bf16": ("changed", 0.5, 0.5), "zero": ("changed", math.inf, 1.0),
-                   "gone": ("removed", None, None), "new": ("added", None, None), "shape": ("reshaped", None, None)}
+    assert got == {
+        "same": ("unchanged", 0.0, 0.0),
+        "bf16": ("changed", 0.5, 0.5),
+        "zero": ("changed", math.inf, 1.0),
+        "gone": ("removed", None, None),
+        "new": ("added", None, None),
+        "shape": ("reshaped", None, None),
+    }
     (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 16)
     with pytest.raises(tensors.HeaderError):
         tensors.read_header(tmp_path / "bad.safetensors", "bad.safetensors")

@@ -22,8 +22,11 @@ from hubckpt.server import LocalHubServer
 from .test_web import EVAL_LOSS, HOSTILE_CARD, publish_run
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import (NoAlertPresentException, NoSuchElementException,  # noqa: E402
-                                        StaleElementReferenceException)
+from selenium.common.exceptions import (  # noqa: E402
+    NoAlertPresentException,
+    NoSuchElementException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -35,12 +38,23 @@ DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(240),
-    pytest.mark.skipif(not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)),
-                       reason="needs Debian's chromium and chromium-driver (make test installs them)"),
+    pytest.mark.skipif(
+        not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)),
+        reason="needs Debian's chromium and chromium-driver (make test installs them)",
+    ),
 ]
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-         "--window-size=1280,900"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--window-size=1280,900",
+]
 
 
 @pytest.fixture(scope="module")
@@ -93,13 +107,17 @@ def test_revisions_table_metrics_links_and_charts(browser, local_hub, run):
     charts = browser.find_elements(By.CSS_SELECTOR, "svg.chart")
     assert sorted(c.get_attribute("data-metric") for c in charts) == ["accuracy", "eval_loss", "loss"]
     for chart in charts:
-        box = browser.execute_script("const b = arguments[0].querySelector('polyline').getBBox();"
-                                     "return [b.width, b.height];", chart)
+        box = browser.execute_script(
+            "const b = arguments[0].querySelector('polyline').getBBox();return [b.width, b.height];", chart
+        )
         assert box[0] > 200 and box[1] > 20 and chart.size["width"] > 300
         assert chart.find_element(By.CSS_SELECTOR, ".mark-best").get_attribute("data-revision") == index["best"]
         assert chart.find_element(By.CSS_SELECTOR, ".mark-final").get_attribute("data-revision") == index["final"]
     # Every revision's link opens its page.
-    hrefs = [a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#revisions-table tbody td:first-child a")]
+    hrefs = [
+        a.get_attribute("href")
+        for a in browser.find_elements(By.CSS_SELECTOR, "#revisions-table tbody td:first-child a")
+    ]
     assert len(hrefs) == len(states)
     for name, href in zip(states, hrefs):
         visit(browser, href)
@@ -155,7 +173,8 @@ def test_hostile_card_runs_nothing(browser, local_hub, api):
             "const c = document.querySelector('article.card'); const bad = [];"
             "for (const el of c.querySelectorAll('*')) for (const a of el.attributes)"
             "  if (a.name.startsWith('on') || /javascript:/i.test(a.value)) bad.push(el.tagName + ' ' + a.name);"
-            "return [bad, document.scripts.length];", )
+            "return [bad, document.scripts.length];",
+        )
         assert found == [[], 0]
         for i in range(len(card.find_elements(By.TAG_NAME, "a"))):
             link = browser.find_elements(By.CSS_SELECTOR, "article.card a")[i]
@@ -196,8 +215,11 @@ def test_private_repo_is_invisible_to_an_anonymous_browser(browser, token_hub):
     browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
     # click() returns once the form is sent, not when the redirected page has loaded: wait for it.
     WebDriverWait(browser, 15, ignored_exceptions=NAVIGATING).until(
-        lambda d: urllib.parse.unquote(d.current_url).endswith("/alice/private-run/tree/step-0000010")
-        and d.find_elements(By.CSS_SELECTOR, ".refbar strong"))
+        lambda d: (
+            urllib.parse.unquote(d.current_url).endswith("/alice/private-run/tree/step-0000010")
+            and d.find_elements(By.CSS_SELECTOR, ".refbar strong")
+        )
+    )
     assert browser.find_element(By.CSS_SELECTOR, ".refbar strong").text == "step-0000010"
     cookie = browser.get_cookie("hubckpt_token")
     assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
@@ -205,5 +227,10 @@ def test_private_repo_is_invisible_to_an_anonymous_browser(browser, token_hub):
     visit(browser, f"{hub.url}/", "logged-in-home")
     assert "alice/private-run" in browser.find_element(By.TAG_NAME, "main").text
     browser.find_element(By.CSS_SELECTOR, "form[action='/logout'] button").click()
-    WebDriverWait(browser, 15, ignored_exceptions=NAVIGATING).until(lambda d: d.get_cookie("hubckpt_token") is None and d.find_elements(
-        By.TAG_NAME, "main") and "private-run" not in d.find_element(By.TAG_NAME, "main").text)
+    WebDriverWait(browser, 15, ignored_exceptions=NAVIGATING).until(
+        lambda d: (
+            d.get_cookie("hubckpt_token") is None
+            and d.find_elements(By.TAG_NAME, "main")
+            and "private-run" not in d.find_element(By.TAG_NAME, "main").text
+        )
+    )

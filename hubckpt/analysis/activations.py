@@ -18,9 +18,10 @@ import gc
 import json
 import logging
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,12 +35,14 @@ POOLS = ("mean", "last", "tokens", "flatten")
 
 # -- probes ---------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Probe:
     """The inputs shown to every model. Exactly one of `input_ids` (LMs) or `inputs` (any module) is set.
 
     `attention_mask` marks real tokens (1) versus padding (0); pooled activations ignore padding.
     """
+
     input_ids: torch.Tensor | None = None
     attention_mask: torch.Tensor | None = None
     inputs: torch.Tensor | None = None
@@ -51,14 +54,19 @@ class Probe:
         if self.input_ids is not None:
             ids = torch.as_tensor(self.input_ids)
             if ids.ndim != 2 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
-                raise AnalysisError(f"input_ids must be an integer tensor [n, seq]; got {ids.dtype} "
-                                    f"{tuple(ids.shape)}.")
+                raise AnalysisError(
+                    f"input_ids must be an integer tensor [n, seq]; got {ids.dtype} {tuple(ids.shape)}."
+                )
             self.input_ids = ids.long()
-            mask = torch.ones_like(self.input_ids) if self.attention_mask is None else torch.as_tensor(
-                self.attention_mask).long()
+            mask = (
+                torch.ones_like(self.input_ids)
+                if self.attention_mask is None
+                else torch.as_tensor(self.attention_mask).long()
+            )
             if mask.shape != self.input_ids.shape:
-                raise AnalysisError(f"attention_mask shape {tuple(mask.shape)} != input_ids shape "
-                                    f"{tuple(self.input_ids.shape)}.")
+                raise AnalysisError(
+                    f"attention_mask shape {tuple(mask.shape)} != input_ids shape {tuple(self.input_ids.shape)}."
+                )
             if bool((mask.sum(dim=1) == 0).any()):
                 raise AnalysisError("every probe example needs at least one token (an all-padding row found).")
             self.attention_mask = mask
@@ -73,7 +81,7 @@ class Probe:
         return self.input_ids is not None
 
     @classmethod
-    def from_texts(cls, texts: Sequence[str], tokenizer: Any, *, max_length: int = 128) -> "Probe":
+    def from_texts(cls, texts: Sequence[str], tokenizer: Any, *, max_length: int = 128) -> Probe:
         """Tokenise `texts` (one example each) with a transformers tokenizer, padded to the longest."""
         texts = [t for t in texts if t.strip()]
         if not texts:
@@ -88,12 +96,12 @@ class Probe:
         ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):  # right padding: "last" pooling then reads position sum(mask) - 1
-            ids[i, :len(r)] = torch.tensor(r)
-            mask[i, :len(r)] = 1
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
         return cls(input_ids=ids, attention_mask=mask, texts=list(texts))
 
     @classmethod
-    def from_safetensors(cls, path: str | Path) -> "Probe":
+    def from_safetensors(cls, path: str | Path) -> Probe:
         """A safetensors file with `input_ids` [n, seq] (and optionally `attention_mask`), or `inputs`."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -112,10 +120,10 @@ class Probe:
         """(model inputs, attention mask or None) per batch, in order."""
         for s in range(0, len(self), batch_size):
             if self.input_ids is not None:
-                mask = self.attention_mask[s:s + batch_size]
-                yield {"input_ids": self.input_ids[s:s + batch_size], "attention_mask": mask}, mask
+                mask = self.attention_mask[s : s + batch_size]
+                yield {"input_ids": self.input_ids[s : s + batch_size], "attention_mask": mask}, mask
             else:
-                yield self.inputs[s:s + batch_size], None
+                yield self.inputs[s : s + batch_size], None
 
 
 def is_text_probe(path: str | Path) -> bool:
@@ -137,6 +145,7 @@ def read_text_probe(path: str | Path) -> list[str]:
 
 
 # -- layers ---------------------------------------------------------------------------------------------
+
 
 def default_layers(model: nn.Module) -> list[str]:
     """Module names of the transformer blocks: the longest `ModuleList` of same-class modules (ties go to
@@ -166,8 +175,10 @@ def resolve_layers(model: nn.Module, layers: Sequence[str | int] | None) -> list
         if text.lstrip("-").isdigit():
             i = int(text)
             if not -len(blocks) <= i < len(blocks):
-                raise AnalysisError(f"Layer index {i} is out of range: the model has {len(blocks)} blocks "
-                                    f"({blocks[0] if blocks else '-'} ... {blocks[-1] if blocks else '-'}).")
+                raise AnalysisError(
+                    f"Layer index {i} is out of range: the model has {len(blocks)} blocks "
+                    f"({blocks[0] if blocks else '-'} ... {blocks[-1] if blocks else '-'})."
+                )
             out.append(blocks[i])
         elif text in modules:
             out.append(text)
@@ -179,6 +190,7 @@ def resolve_layers(model: nn.Module, layers: Sequence[str | int] | None) -> list
 
 
 # -- collection -----------------------------------------------------------------------------------------
+
 
 def _first_tensor(output: Any) -> torch.Tensor:
     """A block's hidden states from whatever it returns (a tensor, a tuple, a ModelOutput)."""
@@ -205,8 +217,14 @@ def _pool(h: torch.Tensor, mask: torch.Tensor | None, pool: str) -> torch.Tensor
 
 
 @torch.no_grad()
-def collect_activations(model: nn.Module, probe: Probe | torch.Tensor, layers: Sequence[str | int] | None = None,
-                        *, batch_size: int = 32, pool: str = "mean") -> dict[str, torch.Tensor]:
+def collect_activations(
+    model: nn.Module,
+    probe: Probe | torch.Tensor,
+    layers: Sequence[str | int] | None = None,
+    *,
+    batch_size: int = 32,
+    pool: str = "mean",
+) -> dict[str, torch.Tensor]:
     """Run `model` over `probe` in eval mode and return `{layer: float32 tensor (n, features)}`.
 
     `pool` turns token-level states `[batch, seq, hidden]` into one row per example: `mean` over real
@@ -225,6 +243,7 @@ def collect_activations(model: nn.Module, probe: Probe | torch.Tensor, layers: S
         def hook(_module, _inputs, output):
             h = _first_tensor(output).detach()
             chunks[name].append(_pool(h.float(), current_mask[0], pool).to("cpu", torch.float32))
+
         return hook
 
     handles = [modules[n].register_forward_hook(hook_for(n)) for n in names]
@@ -250,6 +269,7 @@ def collect_activations(model: nn.Module, probe: Probe | torch.Tensor, layers: S
 
 # -- storage --------------------------------------------------------------------------------------------
 
+
 class ActivationStore:
     """A folder of `<name>.safetensors` files, one per revision (or model), keys = layer names.
 
@@ -274,6 +294,7 @@ class ActivationStore:
         def key(n: str) -> tuple[int, str]:
             step = self.metadata(n).get("step")
             return (int(step) if isinstance(step, int) else 1 << 62, n)
+
         return sorted(found, key=key)
 
     def save(self, name: str, activations: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> Path:
@@ -281,8 +302,11 @@ class ActivationStore:
 
         dest = self.path(name)
         tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-        meta = {"hubckpt.analysis": json.dumps({"name": name, "layers": list(activations), **(metadata or {})},
-                                               sort_keys=True)}
+        meta = {
+            "hubckpt.analysis": json.dumps(
+                {"name": name, "layers": list(activations), **(metadata or {})}, sort_keys=True
+            )
+        }
         save_file({k: v.contiguous() for k, v in activations.items()}, str(tmp), metadata=meta)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
@@ -313,10 +337,17 @@ class ActivationStore:
         return [self.load(n, layer) for n in (names if names is not None else self.names())]
 
 
-def collect_for_models(models: Iterable[tuple[str, nn.Module | Any]], probe: Probe | torch.Tensor,
-                       store: ActivationStore | str | Path, *, layers: Sequence[str | int] | None = None,
-                       batch_size: int = 32, pool: str = "mean", overwrite: bool = False,
-                       metadata: dict[str, dict[str, Any]] | None = None) -> list[str]:
+def collect_for_models(
+    models: Iterable[tuple[str, nn.Module | Any]],
+    probe: Probe | torch.Tensor,
+    store: ActivationStore | str | Path,
+    *,
+    layers: Sequence[str | int] | None = None,
+    batch_size: int = 32,
+    pool: str = "mean",
+    overwrite: bool = False,
+    metadata: dict[str, dict[str, Any]] | None = None,
+) -> list[str]:
     """Collect and store each `(name, model)` in turn; returns the names in order.
 
     `models` may be a generator that builds (loads) each model lazily: each model is released before
@@ -334,17 +365,29 @@ def collect_for_models(models: Iterable[tuple[str, nn.Module | Any]], probe: Pro
             model = model()
         acts = collect_activations(model, probe, layers, batch_size=batch_size, pool=pool)
         store.save(name, acts, {"pool": pool, **((metadata or {}).get(name, {}))})
-        logger.info("stored activations of %s (%d layers, %d rows)", name, len(acts), next(iter(acts.values())).shape[0])
+        logger.info(
+            "stored activations of %s (%d layers, %d rows)", name, len(acts), next(iter(acts.values())).shape[0]
+        )
         done.append(name)
         del model, acts
         gc.collect()
     return done
 
 
-def collect_across_revisions(repo_id: str, revisions: Sequence[Any], probe: Probe | torch.Tensor,
-                             store: ActivationStore | str | Path, *, layers: Sequence[str | int] | None = None,
-                             batch_size: int = 32, pool: str = "mean", model_class: Any = None,
-                             hub: Any = None, token: str | None = None, overwrite: bool = False) -> list[str]:
+def collect_across_revisions(
+    repo_id: str,
+    revisions: Sequence[Any],
+    probe: Probe | torch.Tensor,
+    store: ActivationStore | str | Path,
+    *,
+    layers: Sequence[str | int] | None = None,
+    batch_size: int = 32,
+    pool: str = "mean",
+    model_class: Any = None,
+    hub: Any = None,
+    token: str | None = None,
+    overwrite: bool = False,
+) -> list[str]:
     """Collect activations of `revisions` of `repo_id` (names, or `RevisionInfo` records from
     `hubckpt.list_revisions` / `resolve_revision`) into `store`, one model in memory at a time.
 
@@ -356,11 +399,14 @@ def collect_across_revisions(repo_id: str, revisions: Sequence[Any], probe: Prob
 
     def loaders() -> Iterator[tuple[str, Any]]:
         for info in infos:
+
             def load(info=info):
                 kwargs = {"model_class": model_class} if model_class is not None else {}
                 return load_model(repo_id, info.commit, hub=hub, token=token, **kwargs)
+
             yield info.name, load
 
     meta = {i.name: {"revision": i.name, "step": i.step, "commit": i.commit} for i in infos}
-    return collect_for_models(loaders(), probe, store, layers=layers, batch_size=batch_size, pool=pool,
-                              overwrite=overwrite, metadata=meta)
+    return collect_for_models(
+        loaders(), probe, store, layers=layers, batch_size=batch_size, pool=pool, overwrite=overwrite, metadata=meta
+    )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -11,9 +12,14 @@ from .activations import ActivationStore
 from .similarity import similarity_matrix
 
 
-def revision_similarity(store: ActivationStore, names: Sequence[str] | None = None,
-                        layers: Sequence[str] | None = None, *, measure: str = "linear_cka",
-                        **kwargs: Any) -> dict[str, np.ndarray]:
+def revision_similarity(
+    store: ActivationStore,
+    names: Sequence[str] | None = None,
+    layers: Sequence[str] | None = None,
+    *,
+    measure: str = "linear_cka",
+    **kwargs: Any,
+) -> dict[str, np.ndarray]:
     """`{layer: matrix [revision, revision]}` of `measure` between the stored revisions `names`.
 
     Reads one layer of every revision at a time, so memory holds one layer's activations, not all.
@@ -25,8 +31,14 @@ def revision_similarity(store: ActivationStore, names: Sequence[str] | None = No
     return {layer: similarity_matrix(store.layer(layer, names), measure=measure, **kwargs) for layer in layers}
 
 
-def layer_similarity(store: ActivationStore, name: str, layers: Sequence[str] | None = None, *,
-                     measure: str = "linear_cka", **kwargs: Any) -> np.ndarray:
+def layer_similarity(
+    store: ActivationStore,
+    name: str,
+    layers: Sequence[str] | None = None,
+    *,
+    measure: str = "linear_cka",
+    **kwargs: Any,
+) -> np.ndarray:
     """Matrix [layer, layer] of `measure` between the layers of one stored revision."""
     layers = list(layers) if layers is not None else store.layers(name)
     return similarity_matrix([store.load(name, layer) for layer in layers], measure=measure, **kwargs)

@@ -22,9 +22,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -36,21 +37,37 @@ from .weights import DriftTracker
 logger = logging.getLogger(__name__)
 
 # What AutoTokenizer may need from a revision (config.json tells it the model type).
-TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.json", "vocab.txt", "merges.txt", "*.model", "config.json"]
+TOKENIZER_FILES = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "*.model",
+    "config.json",
+]
 
 
 @dataclass
 class AnalysisResult:
     """What `analyze()` computed and wrote."""
+
     results: dict[str, Any]
     out: Path
     files: list[Path] = field(default_factory=list)
     seconds: float = 0.0
 
 
-def select_revisions(repo_id: str, revisions: Sequence[str] | None = None, every: int | None = None, *,
-                     hub: Any = None, token: Any = None) -> list[Any]:
+def select_revisions(
+    repo_id: str,
+    revisions: Sequence[str] | None = None,
+    every: int | None = None,
+    *,
+    hub: Any = None,
+    token: Any = None,
+) -> list[Any]:
     """The revisions to analyse, in step order: `revisions` (names, tags, commits or best/latest/final),
     else those whose step is a multiple of `every` (as `hubckpt.iter_revisions(every=)`), else all."""
     from ..load import list_revisions, resolve_revision
@@ -72,15 +89,17 @@ def select_revisions(repo_id: str, revisions: Sequence[str] | None = None, every
             chosen = [r for r in chosen if r.step is not None and r.step % every == 0]
             if not chosen:
                 shown = ", ".join(map(str, steps[:8])) + (" ..." if len(steps) > 8 else "")
-                raise AnalysisError(f"No revision of {repo_id} has a step that is a multiple of {every} "
-                                    f"(steps: {shown or 'none'}).")
+                raise AnalysisError(
+                    f"No revision of {repo_id} has a step that is a multiple of {every} (steps: {shown or 'none'})."
+                )
     if not chosen:
         raise AnalysisError(f"{repo_id} has no revisions to analyse.")
     return chosen
 
 
-def _models(repo_id: str, infos: list[Any], *, hub: Any, token: Any, cache: str, max_cache_bytes: int | None,
-            model_class: Any) -> Iterator[tuple[Any, Callable[[], Any]]]:
+def _models(
+    repo_id: str, infos: list[Any], *, hub: Any, token: Any, cache: str, max_cache_bytes: int | None, model_class: Any
+) -> Iterator[tuple[Any, Callable[[], Any]]]:
     """(info, load) per revision, in order. Through `iter_revisions` (so its cache policy applies: the
     files of a revision analysed already can be deleted) when every revision has its own step."""
     from ..load import iter_revisions, load_model
@@ -88,8 +107,9 @@ def _models(repo_id: str, infos: list[Any], *, hub: Any, token: Any, cache: str,
     kwargs = {"model_class": model_class} if model_class is not None else {}
     steps = [i.step for i in infos]
     if None not in steps and len(set(steps)) == len(steps):
-        for rev in iter_revisions(repo_id, steps=steps, hub=hub, token=token, cache=cache,
-                                  max_cache_bytes=max_cache_bytes):
+        for rev in iter_revisions(
+            repo_id, steps=steps, hub=hub, token=token, cache=cache, max_cache_bytes=max_cache_bytes
+        ):
             yield rev.info, (lambda rev=rev: rev.load_model(**kwargs))
         return
     if cache != "keep":
@@ -103,20 +123,28 @@ def load_tokenizer(repo_id: str, info: Any, *, hub: Any, token: Any = None):
     from huggingface_hub import snapshot_download
     from transformers import AutoTokenizer
 
-    folder = Path(snapshot_download(repo_id, revision=info.commit, allow_patterns=TOKENIZER_FILES,
-                                    endpoint=hub.endpoint, token=token))
-    if not any((folder / f).exists() for f in TOKENIZER_FILES[:-1] if "*" not in f) and not list(folder.glob("*.model")):
-        raise AnalysisError(f"{repo_id}@{info.name} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}...), so "
-                            "a text probe cannot be tokenised. Publish the tokenizer with the checkpoint, or pass "
-                            "--probe as a safetensors file holding an `input_ids` tensor [n, seq].")
+    folder = Path(
+        snapshot_download(
+            repo_id, revision=info.commit, allow_patterns=TOKENIZER_FILES, endpoint=hub.endpoint, token=token
+        )
+    )
+    if not any((folder / f).exists() for f in TOKENIZER_FILES[:-1] if "*" not in f) and not list(
+        folder.glob("*.model")
+    ):
+        raise AnalysisError(
+            f"{repo_id}@{info.name} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}...), so "
+            "a text probe cannot be tokenised. Publish the tokenizer with the checkpoint, or pass "
+            "--probe as a safetensors file holding an `input_ids` tensor [n, seq]."
+        )
     try:
         return AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError, KeyError) as e:
         raise AnalysisError(f"The tokenizer of {repo_id}@{info.name} does not load: {e}") from e
 
 
-def make_probe(probe: Probe | str | Path | torch.Tensor, repo_id: str, first: Any, *, hub: Any, token: Any,
-               max_length: int) -> Probe:
+def make_probe(
+    probe: Probe | str | Path | torch.Tensor, repo_id: str, first: Any, *, hub: Any, token: Any, max_length: int
+) -> Probe:
     if isinstance(probe, Probe):
         return probe
     if isinstance(probe, torch.Tensor):
@@ -164,13 +192,27 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def analyze(repo_id: str, *, probe: Probe | str | Path | torch.Tensor, out: str | Path,
-            revisions: Sequence[str] | None = None, every: int | None = None,
-            layers: Sequence[str | int] | None = None, hub: Any = None, token: Any = None,
-            measure: str = "linear_cka", pool: str = "mean", batch_size: int = 32, max_length: int = 128,
-            device: str = "cpu", plots: bool = True, model_class: Any = None, cache: str = "keep",
-            max_cache_bytes: int | None = None,
-            on_revision: Callable[[Any, float], None] | None = None) -> AnalysisResult:
+def analyze(
+    repo_id: str,
+    *,
+    probe: Probe | str | Path | torch.Tensor,
+    out: str | Path,
+    revisions: Sequence[str] | None = None,
+    every: int | None = None,
+    layers: Sequence[str | int] | None = None,
+    hub: Any = None,
+    token: Any = None,
+    measure: str = "linear_cka",
+    pool: str = "mean",
+    batch_size: int = 32,
+    max_length: int = 128,
+    device: str = "cpu",
+    plots: bool = True,
+    model_class: Any = None,
+    cache: str = "keep",
+    max_cache_bytes: int | None = None,
+    on_revision: Callable[[Any, float], None] | None = None,
+) -> AnalysisResult:
     """Analyse `repo_id`'s revisions over `probe` and write results.json, weights.json and PNGs to `out`.
 
     `probe`: a text file (one example a line; tokenised with the first chosen revision's tokenizer), a
@@ -193,8 +235,9 @@ def analyze(repo_id: str, *, probe: Probe | str | Path | torch.Tensor, out: str 
     layer_names: list[str] | None = None
     tracker: DriftTracker | None = None
     analysed = []
-    for info, load in _models(repo_id, infos, hub=hub_obj, token=token, cache=cache,
-                              max_cache_bytes=max_cache_bytes, model_class=model_class):
+    for info, load in _models(
+        repo_id, infos, hub=hub_obj, token=token, cache=cache, max_cache_bytes=max_cache_bytes, model_class=model_class
+    ):
         t0 = time.perf_counter()
         model = load().to(device)
         analysed.append(info)
@@ -240,9 +283,15 @@ def analyze(repo_id: str, *, probe: Probe | str | Path | torch.Tensor, out: str 
         axis = "step" if all(i.step is not None for i in infos) else "revision"
         vmax = 2.0 if measure == "procrustes" else 1.0  # a distance in [0, 2], the rest similarities in [0, 1]
         files.append(p.plot_cka_heatmaps(cka, labels, out / "cka.png", title=title, axis_label=axis, vmax=vmax))
-        files.append(p.plot_similarity_matrix(layer_similarity(store, names[-1], layer_names, measure=measure),
-                                              layer_names, out / "layers.png", vmax=vmax,
-                                              title=f"{measure} between layers of {names[-1]}"))
+        files.append(
+            p.plot_similarity_matrix(
+                layer_similarity(store, names[-1], layer_names, measure=measure),
+                layer_names,
+                out / "layers.png",
+                vmax=vmax,
+                title=f"{measure} between layers of {names[-1]}",
+            )
+        )
         files.append(p.plot_drift(results["steps"], tracker.result.layers, out / "drift.png", reference=names[0]))
         if any(i.metrics for i in infos):
             files.append(p.plot_metrics(infos, out / "metrics.png"))

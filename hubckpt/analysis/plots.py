@@ -8,8 +8,9 @@ Every function returns the path it wrote. matplotlib is the `analysis` extra: `p
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,10 +43,18 @@ def _ticks(labels: Sequence[str]) -> tuple[list[int], list[str]]:
     return idx, [str(labels[i]) for i in idx]
 
 
-def _heatmap(ax: Any, matrix: np.ndarray, labels: Sequence[str], vmin: float, vmax: float, title: str,
-             axis_label: str | None = None) -> Any:
-    image = ax.imshow(np.asarray(matrix, dtype=float), vmin=vmin, vmax=vmax, cmap="magma", origin="upper",
-                      interpolation="nearest")
+def _heatmap(
+    ax: Any,
+    matrix: np.ndarray,
+    labels: Sequence[str],
+    vmin: float,
+    vmax: float,
+    title: str,
+    axis_label: str | None = None,
+) -> Any:
+    image = ax.imshow(
+        np.asarray(matrix, dtype=float), vmin=vmin, vmax=vmax, cmap="magma", origin="upper", interpolation="nearest"
+    )
     idx, text = _ticks(labels)
     ax.set_xticks(idx, text, rotation=90, fontsize=7)
     ax.set_yticks(idx, text, fontsize=7)
@@ -56,9 +65,16 @@ def _heatmap(ax: Any, matrix: np.ndarray, labels: Sequence[str], vmin: float, vm
     return image
 
 
-def plot_cka_heatmaps(cka: Mapping[str, np.ndarray], labels: Sequence[str], path: str | Path, *,
-                      title: str = "Linear CKA between revisions", vmin: float = 0.0, vmax: float = 1.0,
-                      axis_label: str | None = None) -> Path:
+def plot_cka_heatmaps(
+    cka: Mapping[str, np.ndarray],
+    labels: Sequence[str],
+    path: str | Path,
+    *,
+    title: str = "Linear CKA between revisions",
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+    axis_label: str | None = None,
+) -> Path:
     """One heatmap per layer (revision x revision), on a grid with one shared color scale; `labels` name
     the revisions (e.g. their steps, with `axis_label="step"`)."""
     if not cka:
@@ -81,8 +97,9 @@ def plot_cka_heatmaps(cka: Mapping[str, np.ndarray], labels: Sequence[str], path
     return _save(fig, path)
 
 
-def plot_similarity_matrix(matrix: np.ndarray, labels: Sequence[str], path: str | Path, *, title: str,
-                           vmin: float = 0.0, vmax: float = 1.0) -> Path:
+def plot_similarity_matrix(
+    matrix: np.ndarray, labels: Sequence[str], path: str | Path, *, title: str, vmin: float = 0.0, vmax: float = 1.0
+) -> Path:
     """A single heatmap, e.g. layer x layer within one revision."""
     fig = _figure(figsize=(5.5, 4.8), layout="constrained")
     ax = fig.subplots()
@@ -90,8 +107,16 @@ def plot_similarity_matrix(matrix: np.ndarray, labels: Sequence[str], path: str 
     return _save(fig, path)
 
 
-def plot_curves(steps: Sequence[float | None], series: Mapping[str, Sequence[float | None]], path: str | Path, *,
-                title: str, ylabel: str, xlabel: str = "step", logy: bool = False) -> Path:
+def plot_curves(
+    steps: Sequence[float | None],
+    series: Mapping[str, Sequence[float | None]],
+    path: str | Path,
+    *,
+    title: str,
+    ylabel: str,
+    xlabel: str = "step",
+    logy: bool = False,
+) -> Path:
     """Lines over steps, one per series (at most 12, the ones with the largest final value first)."""
     if not series:
         raise AnalysisError("No series to plot.")
@@ -122,23 +147,31 @@ def plot_curves(steps: Sequence[float | None], series: Mapping[str, Sequence[flo
     return _save(fig, path)
 
 
-def plot_drift(steps: Sequence[int | None], drift: Mapping[str, Sequence[float | None]], path: str | Path, *,
-               reference: str = "the first revision") -> Path:
+def plot_drift(
+    steps: Sequence[int | None],
+    drift: Mapping[str, Sequence[float | None]],
+    path: str | Path,
+    *,
+    reference: str = "the first revision",
+) -> Path:
     """Relative drift curves `|W - W_ref| / |W_ref|` over steps."""
-    return plot_curves(steps, drift, path, title=f"Weight drift from {reference}",
-                       ylabel="relative Frobenius distance")
+    return plot_curves(steps, drift, path, title=f"Weight drift from {reference}", ylabel="relative Frobenius distance")
 
 
 def plot_metrics(records: Sequence[Any], path: str | Path, metrics: Sequence[str] | None = None) -> Path:
     """Metric curves over steps from index records (`RevisionInfo` or dicts with `step` and `metrics`)."""
+
     def get(r: Any, k: str) -> Any:
         return r.get(k) if isinstance(r, Mapping) else getattr(r, k, None)
 
     rows = sorted((r for r in records if get(r, "step") is not None), key=lambda r: get(r, "step"))
     names = list(metrics) if metrics else sorted({m for r in rows for m in (get(r, "metrics") or {})})
     series = {m: [(get(r, "metrics") or {}).get(m) for r in rows] for m in names}
-    series = {m: [float(v) if isinstance(v, (int, float)) else None for v in vs] for m, vs in series.items()
-              if any(isinstance(v, (int, float)) for v in vs)}
+    series = {
+        m: [float(v) if isinstance(v, (int, float)) else None for v in vs]
+        for m, vs in series.items()
+        if any(isinstance(v, (int, float)) for v in vs)
+    }
     if not series:
         raise AnalysisError("The revisions record no numeric metrics to plot.")
     # one panel per metric: losses and accuracies rarely share a scale

@@ -20,7 +20,8 @@ and returns a Python float.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,8 +29,18 @@ import torch
 Matrix = Any  # torch.Tensor | np.ndarray, shape (n_examples, n_features)
 
 __all__ = [
-    "linear_cka", "rbf_cka", "minibatch_cka", "MinibatchCKA", "svcca", "pwcca", "procrustes_distance",
-    "gram_linear", "gram_rbf", "cka_from_grams", "similarity_matrix", "MEASURES",
+    "linear_cka",
+    "rbf_cka",
+    "minibatch_cka",
+    "MinibatchCKA",
+    "svcca",
+    "pwcca",
+    "procrustes_distance",
+    "gram_linear",
+    "gram_rbf",
+    "cka_from_grams",
+    "similarity_matrix",
+    "MEASURES",
 ]
 
 
@@ -40,8 +51,10 @@ def as_matrix(x: Matrix, name: str = "x") -> torch.Tensor:
     if t.ndim == 1:
         t = t[:, None]
     if t.ndim != 2:
-        raise ValueError(f"{name} must be (n_examples, n_features); got shape {tuple(t.shape)}. "
-                         "Pool or flatten extra dimensions first (e.g. mean over tokens).")
+        raise ValueError(
+            f"{name} must be (n_examples, n_features); got shape {tuple(t.shape)}. "
+            "Pool or flatten extra dimensions first (e.g. mean over tokens)."
+        )
     return t
 
 
@@ -59,6 +72,7 @@ def _center_columns(x: torch.Tensor) -> torch.Tensor:
 
 
 # -- Gram matrices and HSIC ---------------------------------------------------------------------------
+
 
 def gram_linear(x: Matrix) -> torch.Tensor:
     """Linear kernel Gram matrix `X X^T` (n x n)."""
@@ -129,6 +143,7 @@ def cka_from_grams(k: torch.Tensor, l: torch.Tensor, debiased: bool = False) -> 
 
 # -- the measures -------------------------------------------------------------------------------------
 
+
 def linear_cka(x: Matrix, y: Matrix, debiased: bool = False) -> float:
     """Linear CKA. Biased: computed in feature space, `|Y'X|_F^2 / (|X'X|_F |Y'Y|_F)` on centered
     columns (cost O(n d^2), no n x n matrix). Debiased: through the unbiased HSIC of the Gram matrices."""
@@ -159,7 +174,7 @@ class MinibatchCKA:
         self.kl = self.kk = self.ll = 0.0
         self.batches = 0
 
-    def update(self, x: Matrix, y: Matrix) -> "MinibatchCKA":
+    def update(self, x: Matrix, y: Matrix) -> MinibatchCKA:
         a, b = _pair(x, y, min_n=4)
         kc, lc = _unbiased_center_gram(a @ a.T), _unbiased_center_gram(b @ b.T)
         n = a.shape[0]
@@ -217,7 +232,7 @@ def _cca(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
 def _svd_reduce(a: torch.Tensor, keep: float) -> torch.Tensor:
     """The top singular directions of centered `a` that explain a `keep` fraction of its variance."""
     u, s, _ = _orthonormal_basis(a)
-    var = s ** 2
+    var = s**2
     frac = torch.cumsum(var, 0) / var.sum()
     k = int(torch.searchsorted(frac, torch.tensor(keep, dtype=frac.dtype) - 1e-12)) + 1
     k = min(max(k, 1), s.numel())
@@ -263,8 +278,12 @@ def procrustes_distance(x: Matrix, y: Matrix) -> float:
 
 
 MEASURES: dict[str, Callable[..., float]] = {
-    "linear_cka": linear_cka, "rbf_cka": rbf_cka, "minibatch_cka": minibatch_cka, "svcca": svcca,
-    "pwcca": pwcca, "procrustes": procrustes_distance,
+    "linear_cka": linear_cka,
+    "rbf_cka": rbf_cka,
+    "minibatch_cka": minibatch_cka,
+    "svcca": svcca,
+    "pwcca": pwcca,
+    "procrustes": procrustes_distance,
 }
 
 
@@ -281,8 +300,9 @@ def _pairwise(n_rows: int, n_cols: int, symmetric: bool, pair) -> np.ndarray:
     return out
 
 
-def similarity_matrix(reps: Sequence[Matrix], others: Sequence[Matrix] | None = None, *,
-                      measure: str = "linear_cka", **kwargs: Any) -> np.ndarray:
+def similarity_matrix(
+    reps: Sequence[Matrix], others: Sequence[Matrix] | None = None, *, measure: str = "linear_cka", **kwargs: Any
+) -> np.ndarray:
     """Pairwise measure between every representation in `reps` (and `others`, else `reps` itself).
 
     Returns a float64 array `[len(reps), len(others)]`. For linear/RBF CKA each centered Gram matrix is
@@ -302,6 +322,7 @@ def similarity_matrix(reps: Sequence[Matrix], others: Sequence[Matrix] | None = 
             raise ValueError("every representation must have the same number of examples")
         nr = [float(torch.linalg.matrix_norm(m.T @ m)) for m in row_m]
         nc = nr if symmetric else [float(torch.linalg.matrix_norm(m.T @ m)) for m in col_m]
+
         def feature_pair(i: int, j: int) -> float:
             d = nr[i] * nc[j]
             return float(torch.linalg.matrix_norm(col_m[j].T @ row_m[i]) ** 2) / d if d > 0 else 0.0
@@ -321,6 +342,7 @@ def similarity_matrix(reps: Sequence[Matrix], others: Sequence[Matrix] | None = 
             raise ValueError("every representation must have the same number of examples")
         norms_r = [math.sqrt(max(float((g * g).sum()), 0.0)) for g in row_grams]
         norms_c = norms_r if symmetric else [math.sqrt(max(float((g * g).sum()), 0.0)) for g in col_grams]
+
         def gram_pair(i: int, j: int) -> float:
             d = norms_r[i] * norms_c[j]
             return float((row_grams[i] * col_grams[j]).sum()) / d if d > 0 else 0.0

@@ -17,8 +17,9 @@ import fnmatch
 import logging
 import math
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -26,7 +27,9 @@ from ..errors import AnalysisError
 
 logger = logging.getLogger(__name__)
 
-_BLOCK = re.compile(r"^(.*?\.\d+)\.")  # the first numbered component: transformer.h.3.attn.c_attn.weight -> transformer.h.3
+_BLOCK = re.compile(
+    r"^(.*?\.\d+)\."
+)  # the first numbered component: transformer.h.3.attn.c_attn.weight -> transformer.h.3
 
 
 def layer_of(name: str) -> str:
@@ -90,22 +93,30 @@ def relative_drift(w: torch.Tensor, ref: torch.Tensor) -> float:
 @dataclass
 class DriftResult:
     """Drift and norms per revision, in the order revisions were added."""
+
     reference: str
     revisions: list[str] = field(default_factory=list)
     steps: list[int | None] = field(default_factory=list)
-    parameters: dict[str, list[float]] = field(default_factory=dict)   # relative drift per tensor
-    layers: dict[str, list[float]] = field(default_factory=dict)       # pooled relative drift per layer
-    norms: dict[str, list[float]] = field(default_factory=dict)        # Frobenius norm per tensor
+    parameters: dict[str, list[float]] = field(default_factory=dict)  # relative drift per tensor
+    layers: dict[str, list[float]] = field(default_factory=dict)  # pooled relative drift per layer
+    norms: dict[str, list[float]] = field(default_factory=dict)  # Frobenius norm per tensor
     layer_norms: dict[str, list[float]] = field(default_factory=dict)  # Frobenius norm per layer
     bytes_received: int = 0  # over the network, when read through open_revision (headers included)
 
     def to_json(self) -> dict[str, Any]:
         def clean(d: dict[str, list[float]]) -> dict[str, list[float | None]]:
             return {k: [None if math.isnan(v) else v for v in vs] for k, vs in d.items()}
-        return {"reference": self.reference, "revisions": self.revisions, "steps": self.steps,
-                "parameters": clean(self.parameters), "layers": clean(self.layers),
-                "norms": clean(self.norms), "layer_norms": clean(self.layer_norms),
-                "bytes_received": self.bytes_received}
+
+        return {
+            "reference": self.reference,
+            "revisions": self.revisions,
+            "steps": self.steps,
+            "parameters": clean(self.parameters),
+            "layers": clean(self.layers),
+            "norms": clean(self.norms),
+            "layer_norms": clean(self.layer_norms),
+            "bytes_received": self.bytes_received,
+        }
 
 
 class DriftTracker:
@@ -115,8 +126,15 @@ class DriftTracker:
     same tensors of one revision, compares them and lets them go.
     """
 
-    def __init__(self, reference: Any, *, name: str = "reference", keys: Sequence[str] | None = None,
-                 prefix: str | None = None, floating_only: bool = True) -> None:
+    def __init__(
+        self,
+        reference: Any,
+        *,
+        name: str = "reference",
+        keys: Sequence[str] | None = None,
+        prefix: str | None = None,
+        floating_only: bool = True,
+    ) -> None:
         names = select_keys(_keys(reference), keys, prefix)
         self.ref: dict[str, torch.Tensor] = {}
         for k in names:
@@ -169,9 +187,15 @@ class DriftTracker:
             res.layer_norms.setdefault(lay, []).append(math.sqrt(norm_sq[lay]))
 
 
-def drift_over(sources: Iterable[tuple[str, Any]], *, reference: Any | None = None, reference_name: str | None = None,
-               keys: Sequence[str] | None = None, prefix: str | None = None,
-               steps: Sequence[int | None] | None = None) -> DriftResult:
+def drift_over(
+    sources: Iterable[tuple[str, Any]],
+    *,
+    reference: Any | None = None,
+    reference_name: str | None = None,
+    keys: Sequence[str] | None = None,
+    prefix: str | None = None,
+    steps: Sequence[int | None] | None = None,
+) -> DriftResult:
     """Drift of each `(name, source)` from `reference` (default: the first source)."""
     tracker: DriftTracker | None = None
     if reference is not None:
@@ -185,9 +209,16 @@ def drift_over(sources: Iterable[tuple[str, Any]], *, reference: Any | None = No
     return tracker.result
 
 
-def weight_drift(repo_id: str, revisions: Sequence[Any] | None = None, *, reference: Any | None = None,
-                 keys: Sequence[str] | None = None, prefix: str | None = None, hub: Any = None,
-                 token: str | None = None) -> DriftResult:
+def weight_drift(
+    repo_id: str,
+    revisions: Sequence[Any] | None = None,
+    *,
+    reference: Any | None = None,
+    keys: Sequence[str] | None = None,
+    prefix: str | None = None,
+    hub: Any = None,
+    token: str | None = None,
+) -> DriftResult:
     """Drift of `revisions` of `repo_id` (names or `RevisionInfo`; default every live revision in step
     order) from `reference` (default the first), reading only the selected tensors lazily."""
     from ..load import list_revisions, open_revision, resolve_revision
@@ -198,8 +229,11 @@ def weight_drift(repo_id: str, revisions: Sequence[Any] | None = None, *, refere
         infos = [r if hasattr(r, "commit") else resolve_revision(repo_id, r, hub=hub, token=token) for r in revisions]
     if not infos:
         raise AnalysisError(f"{repo_id} has no revisions to compare.")
-    ref_info = infos[0] if reference is None else (
-        reference if hasattr(reference, "commit") else resolve_revision(repo_id, reference, hub=hub, token=token))
+    ref_info = (
+        infos[0]
+        if reference is None
+        else (reference if hasattr(reference, "commit") else resolve_revision(repo_id, reference, hub=hub, token=token))
+    )
     with open_revision(repo_id, ref_info.commit, hub=hub, token=token) as ref:
         tracker = DriftTracker(ref, name=ref_info.name, keys=keys, prefix=prefix)
         received = int(getattr(ref, "bytes_received", 0))

@@ -15,8 +15,12 @@ import typer
 from . import accounts, analyze, convert, demo, diff, jobs, publish, pull, revisions, serve
 
 app = typer.Typer(
-    name="hubckpt", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-    help="Publish training checkpoints as Hugging Face Hub revisions; run the offline local hub.")
+    name="hubckpt",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Publish training checkpoints as Hugging Face Hub revisions; run the offline local hub.",
+)
 app.command("serve")(serve.serve)
 app.command("stop")(serve.stop)
 app.command("demo")(demo.demo)
@@ -41,8 +45,10 @@ _DEBUG_HINT = "(run with --debug or HUBCKPT_DEBUG=1 for the full traceback)"
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
-          verbose: bool = typer.Option(False, "--verbose", "-v", help="Show info logs.")) -> None:
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show info logs."),
+) -> None:
     if debug:
         os.environ["HUBCKPT_DEBUG"] = "1"
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
@@ -55,6 +61,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
     from ..errors import HubckptError
+
     return (HubckptError, HfHubHTTPError, HFValidationError, ConnectionError)
 
 
@@ -69,8 +76,10 @@ def _one_line(e: BaseException) -> str:
     if isinstance(e, HubckptError):  # ours say what was wrong and what to do, even those that are also the client's
         return str(e).strip().replace("\n\n", "\n")
     if isinstance(e, RepositoryNotFoundError):
-        return (f"Repository not found ({url}). Check the repo id and --hub; for a private repo pass a token "
-                "with access (--token; or HF_TOKEN for huggingface.co, HUBCKPT_TOKEN for other hubs).")
+        return (
+            f"Repository not found ({url}). Check the repo id and --hub; for a private repo pass a token "
+            "with access (--token; or HF_TOKEN for huggingface.co, HUBCKPT_TOKEN for other hubs)."
+        )
     if isinstance(e, RevisionNotFoundError):
         return f"Revision not found ({url}). See the repo's revisions with `hubckpt ls REPO`."
     if isinstance(e, HfHubHTTPError):

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 HubOpt = typer.Option(None, "--hub", help="local (default), hf, or a hub URL [env: HUBCKPT_HUB, HF_ENDPOINT].")
-RootOpt = typer.Option(None, "--root", help="Data folder of the local hub [default: $HUBCKPT_HUB_ROOT or ~/.cache/hubckpt/hub].")
-TokenOpt = typer.Option(None, "--token", help="Access token [default: for huggingface.co HF_TOKEN or the saved login; "
-                        "for any other hub HUBCKPT_TOKEN, never the huggingface.co token].")
+RootOpt = typer.Option(
+    None, "--root", help="Data folder of the local hub [default: $HUBCKPT_HUB_ROOT or ~/.cache/hubckpt/hub]."
+)
+TokenOpt = typer.Option(
+    None,
+    "--token",
+    help="Access token [default: for huggingface.co HF_TOKEN or the saved login; "
+    "for any other hub HUBCKPT_TOKEN, never the huggingface.co token].",
+)
 
 
-def target(repo_id: str, hub: Optional[str], root: Optional[Path], token: Optional[str] = None, private: bool = False):
+def target(repo_id: str, hub: str | None, root: Path | None, token: str | None = None, private: bool = False):
     """The HubTarget for a command, announcing which hub and repo it uses."""
     from ..hub_client import HubTarget
     from ..hubs import resolve_hub

@@ -11,18 +11,17 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 
 def demo(
     repo_id: str = typer.Option("local/hubckpt-demo", "--repo", help="Repo to (re)create for the demo."),
-    hub: Optional[str] = typer.Option(None, "--hub", help="local (default), hf, or a URL."),
-    root: Optional[Path] = typer.Option(None, "--root", help="Data folder of the local hub."),
+    hub: str | None = typer.Option(None, "--hub", help="local (default), hf, or a URL."),
+    root: Path | None = typer.Option(None, "--root", help="Data folder of the local hub."),
     steps: int = typer.Option(400, "--steps", help="Training steps."),
     every: int = typer.Option(50, "--every", help="Publish a checkpoint every N steps."),
-    keep_last: Optional[int] = typer.Option(None, "--keep-last", help="Retention: keep only the last K revisions."),
+    keep_last: int | None = typer.Option(None, "--keep-last", help="Retention: keep only the last K revisions."),
 ) -> None:
     """Train a tiny model, publish its checkpoints as Hub revisions while it trains, list them, load one."""
     import torch
@@ -56,8 +55,9 @@ def demo(
     # A learnable toy language: each token is the previous one plus 1 (mod the vocabulary).
     starts = torch.randint(0, config.vocab_size, (512, 1), generator=torch.Generator().manual_seed(0))
     data = (starts + torch.arange(32)) % config.vocab_size
-    held_out = (torch.randint(0, config.vocab_size, (32, 1), generator=torch.Generator().manual_seed(1))
-                + torch.arange(32)) % config.vocab_size
+    held_out = (
+        torch.randint(0, config.vocab_size, (32, 1), generator=torch.Generator().manual_seed(1)) + torch.arange(32)
+    ) % config.vocab_size
 
     companions = Path(tempfile.mkdtemp(prefix="hubckpt-demo-"))
     model.config.architectures = [type(model).__name__]  # as model.save_pretrained records it
@@ -65,14 +65,17 @@ def demo(
     model.generation_config.save_pretrained(companions)
     tokenizer_files = _save_byte_tokenizer(companions)  # so `hubckpt analyze --probe probe.txt` works on the demo
     spool = companions / "spool"
-    typer.echo(f"Training a {sum(p.numel() for p in model.parameters()):,}-parameter GPT-2 for {steps} steps; "
-               f"publishing every {every} steps to {repo_id}")
+    typer.echo(
+        f"Training a {sum(p.numel() for p in model.parameters()):,}-parameter GPT-2 for {steps} steps; "
+        f"publishing every {every} steps to {repo_id}"
+    )
     blocked = 0.0
     started = time.perf_counter()
-    with Publisher(repo_id, hub=resolved, spool_dir=spool, monitor="eval_loss", mode="min", keep_last=keep_last,
-                   max_pending=2) as publisher:
+    with Publisher(
+        repo_id, hub=resolved, spool_dir=spool, monitor="eval_loss", mode="min", keep_last=keep_last, max_pending=2
+    ) as publisher:
         for step in range(1, steps + 1):
-            batch = data[(step * 16) % 512:(step * 16) % 512 + 16]
+            batch = data[(step * 16) % 512 : (step * 16) % 512 + 16]
             loss = model(input_ids=batch, labels=batch).loss
             loss.backward()
             optimizer.step()
@@ -85,16 +88,26 @@ def demo(
                 model.train()
                 t0 = time.perf_counter()
                 publisher.publish(
-                    state_dict=model.state_dict(), step=step, final=step == steps,
+                    state_dict=model.state_dict(),
+                    step=step,
+                    final=step == steps,
                     metrics={"loss": loss.item(), "eval_loss": eval_loss},
-                    training_state={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                    "loop": {"step": step}},
-                    companions=[companions / "config.json", companions / "generation_config.json", *tokenizer_files])
+                    training_state={
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "loop": {"step": step},
+                    },
+                    companions=[companions / "config.json", companions / "generation_config.json", *tokenizer_files],
+                )
                 blocked += time.perf_counter() - t0
-                typer.echo(f"  step {step:>4}  loss {loss.item():.4f}  eval_loss {eval_loss:.4f}  -> queued for publishing")
+                typer.echo(
+                    f"  step {step:>4}  loss {loss.item():.4f}  eval_loss {eval_loss:.4f}  -> queued for publishing"
+                )
         train_time = time.perf_counter() - started
-        typer.echo(f"Training done in {train_time:.1f}s (publishing blocked it for {blocked:.2f}s in total); "
-                   "waiting for the last uploads...")
+        typer.echo(
+            f"Training done in {train_time:.1f}s (publishing blocked it for {blocked:.2f}s in total); "
+            "waiting for the last uploads..."
+        )
     typer.echo("")
     ls(repo_id, hub=resolved.endpoint, root=None, token=None, as_json=False, all_=False, refresh=False)
 
@@ -106,13 +119,17 @@ def demo(
     expected = index.get(pick).metrics["eval_loss"]
     verdict = "same as at publish time" if abs(reloaded_loss - expected) < 1e-5 else f"EXPECTED {expected:.4f}"
     how_picked = "tag `best`" if index.best else "the latest; no revision is tagged `best`"
-    typer.echo(f"\nLoaded {repo_id}@{pick} ({how_picked}) with plain transformers.AutoModelForCausalLM: "
-               f"eval_loss {reloaded_loss:.4f}, {verdict}")
+    typer.echo(
+        f"\nLoaded {repo_id}@{pick} ({how_picked}) with plain transformers.AutoModelForCausalLM: "
+        f"eval_loss {reloaded_loss:.4f}, {verdict}"
+    )
     if verdict != "same as at publish time":
         raise typer.Exit(1)
     _consume(repo_id, resolved, held_out)
-    typer.echo(f"Browse it: hubckpt ls {repo_id}   |   hubckpt show {repo_id}@best   |   "
-               f"hubckpt diff {repo_id}@{index.live()[0].name} {repo_id}@best")
+    typer.echo(
+        f"Browse it: hubckpt ls {repo_id}   |   hubckpt show {repo_id}@best   |   "
+        f"hubckpt diff {repo_id}@{index.live()[0].name} {repo_id}@best"
+    )
 
 
 def _save_byte_tokenizer(folder: Path) -> list[Path]:
@@ -143,9 +160,11 @@ def _consume(repo_id: str, hub, held_out) -> None:
     from ..cards import human_size
 
     revisions = hubckpt.list_revisions(repo_id, hub=hub)
-    typer.echo(f"\nFrom Python: hubckpt.list_revisions({repo_id!r}) -> {len(revisions)} revisions, steps "
-               f"{revisions[0].step}..{revisions[-1].step}, best = "
-               f"{next((r.name for r in revisions if 'best' in r.tags), '-')}")
+    typer.echo(
+        f"\nFrom Python: hubckpt.list_revisions({repo_id!r}) -> {len(revisions)} revisions, steps "
+        f"{revisions[0].step}..{revisions[-1].step}, best = "
+        f"{next((r.name for r in revisions if 'best' in r.tags), '-')}"
+    )
     loaded = set()
     for revision, step in (("best", None), (None, revisions[0].step)):
         model = hubckpt.load_model(repo_id, revision, step=step, hub=hub)
@@ -154,17 +173,21 @@ def _consume(repo_id: str, hub, held_out) -> None:
         with torch.no_grad():
             loss = model(input_ids=held_out, labels=held_out).loss.item()
         how = f'"{revision}"' if revision else f"step={step}"
-        typer.echo(f"  hubckpt.load_model(..., {how}) -> {type(model).__name__} at {info.name} "
-                   f"(commit {info.commit[:12]}): eval_loss {loss:.4f} (published: {info.metrics['eval_loss']:.4f})")
+        typer.echo(
+            f"  hubckpt.load_model(..., {how}) -> {type(model).__name__} at {info.name} "
+            f"(commit {info.commit[:12]}): eval_loss {loss:.4f} (published: {info.metrics['eval_loss']:.4f})"
+        )
     middle = not_downloaded(revisions, loaded)
     with hubckpt.open_revision(repo_id, step=middle.step, hub=hub) as rev:
         name = "transformer.h.0.attn.c_attn.weight"
         tensor = rev.get_tensor(name)
-        typer.echo(f"  hubckpt.open_revision(..., step={middle.step}).get_tensor({name!r}) -> {tuple(tensor.shape)} "
-                   f"{str(tensor.dtype).replace('torch.', '')} ({human_size(tensor.numel() * tensor.element_size())}): "
-                   f"{rev.bytes_received:,} bytes moved in {rev.requests} requests (the index, checkpoint.json, the "
-                   f"safetensors header in one or two reads, the tensor's byte range) of a "
-                   f"{human_size(rev.info.size)} revision")
+        typer.echo(
+            f"  hubckpt.open_revision(..., step={middle.step}).get_tensor({name!r}) -> {tuple(tensor.shape)} "
+            f"{str(tensor.dtype).replace('torch.', '')} ({human_size(tensor.numel() * tensor.element_size())}): "
+            f"{rev.bytes_received:,} bytes moved in {rev.requests} requests (the index, checkpoint.json, the "
+            f"safetensors header in one or two reads, the tensor's byte range) of a "
+            f"{human_size(rev.info.size)} revision"
+        )
 
 
 def not_downloaded(revisions: list, loaded: set[str]):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -33,10 +32,12 @@ def _pick(records, which: str):
 
 def jobs(
     repo: str = typer.Argument(..., help="The repo whose publish jobs to show (namespace/name)."),
-    spool: Optional[Path] = typer.Option(None, "--spool", help="Spool folder [default: ~/.cache/hubckpt/spool/<repo>]."),
-    retry: Optional[str] = typer.Option(None, "--retry", help="Retry this job (number or revision) now."),
-    drop: Optional[str] = typer.Option(None, "--drop", help="Forget this job and delete its staged files."),
-    hub: Optional[str] = HubOpt, root: Optional[Path] = RootOpt, token: Optional[str] = TokenOpt,
+    spool: Path | None = typer.Option(None, "--spool", help="Spool folder [default: ~/.cache/hubckpt/spool/<repo>]."),
+    retry: str | None = typer.Option(None, "--retry", help="Retry this job (number or revision) now."),
+    drop: str | None = typer.Option(None, "--drop", help="Forget this job and delete its staged files."),
+    hub: str | None = HubOpt,
+    root: Path | None = RootOpt,
+    token: str | None = TokenOpt,
 ) -> None:
     """List the publish jobs of REPO's spool (published, pending, failed); retry or drop one."""
     from ..names import split_repo_id

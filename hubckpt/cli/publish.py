@@ -4,25 +4,57 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
 from ._options import HubOpt, RootOpt, TokenOpt
 
-TemplateOpt = typer.Option("step-{step:07d}", "--template", help="Revision name template (fields: step, epoch, tokens, tokens_b, tokens_m).")
-MonitorOpt = typer.Option(None, "--monitor", help="Metric deciding the `best` tag [default: the Trainer's best metric].")
+TemplateOpt = typer.Option(
+    "step-{step:07d}", "--template", help="Revision name template (fields: step, epoch, tokens, tokens_b, tokens_m)."
+)
+MonitorOpt = typer.Option(
+    None, "--monitor", help="Metric deciding the `best` tag [default: the Trainer's best metric]."
+)
 ModeOpt = typer.Option("min", "--mode", help="min or max, for --monitor.")
-SpoolOpt = typer.Option(None, "--spool", help="Spool folder (staged files + journal) [default: ~/.cache/hubckpt/spool/<repo>].")
+SpoolOpt = typer.Option(
+    None, "--spool", help="Spool folder (staged files + journal) [default: ~/.cache/hubckpt/spool/<repo>]."
+)
 
 
-def _publisher(repo: str, hub, root, token, private=False, template="step-{step:07d}", monitor=None, mode="min",
-               keep_last=None, keep_every=None, keep_best=None, spool=None, max_shard_size="5GB", allow_global=()):
+def _publisher(
+    repo: str,
+    hub,
+    root,
+    token,
+    private=False,
+    template="step-{step:07d}",
+    monitor=None,
+    mode="min",
+    keep_last=None,
+    keep_every=None,
+    keep_best=None,
+    spool=None,
+    max_shard_size="5GB",
+    allow_global=(),
+):
     from ..publishing import Publisher
 
-    pub = Publisher(repo, hub=hub, root=root, token=token, private=private, revision_template=template,
-                    monitor=monitor, mode=mode, keep_last=keep_last, keep_every=keep_every, keep_best=keep_best,
-                    spool_dir=spool, max_shard_size=max_shard_size, allow_globals=allow_global)
+    pub = Publisher(
+        repo,
+        hub=hub,
+        root=root,
+        token=token,
+        private=private,
+        revision_template=template,
+        monitor=monitor,
+        mode=mode,
+        keep_last=keep_last,
+        keep_every=keep_every,
+        keep_best=keep_best,
+        spool_dir=spool,
+        max_shard_size=max_shard_size,
+        allow_globals=allow_global,
+    )
     for t in pub.targets:
         typer.echo(f"Publishing to {t.describe()}", err=True)
     return pub
@@ -34,7 +66,10 @@ def _already_published(pub, candidates: list[tuple[int, Path]]) -> set[int]:
 
 
 def _parse_metrics(value: str | None) -> dict[str, float]:
-    """`--metrics`: a JSON object of name → number, inline or in a file (NaN / Infinity allowed, as Python writes them)."""
+    """`--metrics`: a JSON object of name → number, inline or in a file.
+
+    NaN / Infinity are allowed, as Python writes them.
+    """
     import json
 
     if not value:
@@ -44,8 +79,9 @@ def _parse_metrics(value: str | None) -> dict[str, float]:
         data = json.loads(text)
     except ValueError as e:
         raise typer.BadParameter(f"not a JSON object: {e}", param_hint="--metrics") from e
-    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                             for v in data.values()):
+    if not isinstance(data, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in data.values()
+    ):
         raise typer.BadParameter("give a JSON object of metric name → number", param_hint="--metrics")
     return {str(k): v for k, v in data.items()}
 
@@ -67,20 +103,32 @@ def _report(futures) -> int:
 def publish(
     src: Path = typer.Argument(..., help="One checkpoint (file or folder), or a run folder holding many."),
     repo: str = typer.Option(..., "--repo", help="Target repo, namespace/name (created if missing)."),
-    hub: Optional[str] = HubOpt, root: Optional[Path] = RootOpt, token: Optional[str] = TokenOpt,
-    step: Optional[int] = typer.Option(None, "--step", help="Step of a single checkpoint whose step is not recorded."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Revision name for a single checkpoint."),
+    hub: str | None = HubOpt,
+    root: Path | None = RootOpt,
+    token: str | None = TokenOpt,
+    step: int | None = typer.Option(None, "--step", help="Step of a single checkpoint whose step is not recorded."),
+    revision: str | None = typer.Option(None, "--revision", help="Revision name for a single checkpoint."),
     final: bool = typer.Option(False, "--final", help="This (or the run's last) checkpoint is the final one."),
     private: bool = typer.Option(False, "--private", help="Create the repo private."),
-    template: str = TemplateOpt, monitor: Optional[str] = MonitorOpt, mode: str = ModeOpt,
-    keep_last: Optional[int] = typer.Option(None, "--keep-last"), keep_every: Optional[int] = typer.Option(None, "--keep-every"),
-    keep_best: Optional[int] = typer.Option(None, "--keep-best"), spool: Optional[Path] = SpoolOpt,
+    template: str = TemplateOpt,
+    monitor: str | None = MonitorOpt,
+    mode: str = ModeOpt,
+    keep_last: int | None = typer.Option(None, "--keep-last"),
+    keep_every: int | None = typer.Option(None, "--keep-every"),
+    keep_best: int | None = typer.Option(None, "--keep-best"),
+    spool: Path | None = SpoolOpt,
     max_shard_size: str = typer.Option("5GB", "--max-shard-size"),
-    allow_global: List[str] = typer.Option([], "--allow-global", help="Trust this pickle global (module.Name)."),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="Metrics of a single checkpoint: a JSON object "
-                                          "('{\"eval_loss\": 0.41}') or a JSON file holding one."),
-    companion: List[Path] = typer.Option([], "--companion", help="A file to publish next to the weights of every "
-                                         "checkpoint (config, tokenizer...); repeatable."),
+    allow_global: list[str] = typer.Option([], "--allow-global", help="Trust this pickle global (module.Name)."),
+    metrics: str | None = typer.Option(
+        None,
+        "--metrics",
+        help="Metrics of a single checkpoint: a JSON object ('{\"eval_loss\": 0.41}') or a JSON file holding one.",
+    ),
+    companion: list[Path] = typer.Option(
+        [],
+        "--companion",
+        help="A file to publish next to the weights of every checkpoint (config, tokenizer...); repeatable.",
+    ),
 ) -> None:
     """Publish a checkpoint, or every not-yet-published checkpoint of a run folder in step order."""
     from ..readers import discover, kind_of
@@ -90,8 +138,22 @@ def publish(
         if not c.is_file():
             raise typer.BadParameter(f"{c} is not a file", param_hint="--companion")
 
-    pub = _publisher(repo, hub, root, token, private, template, monitor, mode, keep_last, keep_every, keep_best,
-                     spool, max_shard_size, allow_global)
+    pub = _publisher(
+        repo,
+        hub,
+        root,
+        token,
+        private,
+        template,
+        monitor,
+        mode,
+        keep_last,
+        keep_every,
+        keep_best,
+        spool,
+        max_shard_size,
+        allow_global,
+    )
     with pub:
         if kind_of(src) == "run":
             if step is not None or revision is not None or parsed_metrics:
@@ -100,33 +162,49 @@ def publish(
             done = _already_published(pub, candidates)
             todo = [(s, p) for s, p in candidates if s not in done]
             typer.echo(f"{src}: {len(candidates)} checkpoints, {len(done)} already published, {len(todo)} to publish")
-            futures = [pub.publish(p, step=s, final=final and (s, p) == candidates[-1], companions=companion)
-                       for s, p in todo]
+            futures = [
+                pub.publish(p, step=s, final=final and (s, p) == candidates[-1], companions=companion) for s, p in todo
+            ]
         else:
             from ..readers import peek_step
 
             if step is None and peek_step(src)[0] is None:
-                raise typer.BadParameter(f"cannot tell the training step of {src}: it records none and its name "
-                                         "carries none; pass --step N", param_hint="--step")
-            futures = [pub.publish(src, step=step, revision=revision, final=final, metrics=parsed_metrics,
-                                   companions=companion)]
+                raise typer.BadParameter(
+                    f"cannot tell the training step of {src}: it records none and its name carries none; pass --step N",
+                    param_hint="--step",
+                )
+            futures = [
+                pub.publish(
+                    src, step=step, revision=revision, final=final, metrics=parsed_metrics, companions=companion
+                )
+            ]
         pub.wait()
     if _report(futures):
         raise typer.Exit(1)
 
 
-def resume(repo: str = typer.Option(..., "--repo"), hub: Optional[str] = HubOpt, root: Optional[Path] = RootOpt,
-           token: Optional[str] = TokenOpt, spool: Optional[Path] = SpoolOpt) -> None:
+def resume(
+    repo: str = typer.Option(..., "--repo"),
+    hub: str | None = HubOpt,
+    root: Path | None = RootOpt,
+    token: str | None = TokenOpt,
+    spool: Path | None = SpoolOpt,
+) -> None:
     """Finish what an interrupted publisher left in its journal."""
     pub = _publisher(repo, hub, root, token, spool=spool)
     pending = pub.pending()
-    typer.echo(f"Resuming {len(pending)} unfinished job(s): {', '.join(pending)}" if pending
-               else "Nothing to resume: the journal has no unfinished job.")
+    typer.echo(
+        f"Resuming {len(pending)} unfinished job(s): {', '.join(pending)}"
+        if pending
+        else "Nothing to resume: the journal has no unfinished job."
+    )
     pub.close()
     failed = [j.revision for j in pub.jobs() if j.failed is not None and not j.retryable and not j.dropped]
     if failed:
-        typer.echo(f"{len(failed)} failed job(s) kept ({', '.join(failed)}): `hubckpt jobs {repo}` to retry or drop "
-                   "them", err=True)
+        typer.echo(
+            f"{len(failed)} failed job(s) kept ({', '.join(failed)}): `hubckpt jobs {repo}` to retry or drop them",
+            err=True,
+        )
     typer.echo("Done.")
 
 
@@ -148,13 +226,22 @@ def _settled(path: Path, seen: dict[Path, tuple], settle_s: float) -> bool:
 
 def watch(
     run_dir: Path = typer.Argument(..., help="The training run's output folder."),
-    repo: str = typer.Option(..., "--repo"), hub: Optional[str] = HubOpt, root: Optional[Path] = RootOpt,
-    token: Optional[str] = TokenOpt, private: bool = typer.Option(False, "--private"),
-    template: str = TemplateOpt, monitor: Optional[str] = MonitorOpt, mode: str = ModeOpt,
-    keep_last: Optional[int] = typer.Option(None, "--keep-last"), keep_every: Optional[int] = typer.Option(None, "--keep-every"),
-    keep_best: Optional[int] = typer.Option(None, "--keep-best"), spool: Optional[Path] = SpoolOpt,
+    repo: str = typer.Option(..., "--repo"),
+    hub: str | None = HubOpt,
+    root: Path | None = RootOpt,
+    token: str | None = TokenOpt,
+    private: bool = typer.Option(False, "--private"),
+    template: str = TemplateOpt,
+    monitor: str | None = MonitorOpt,
+    mode: str = ModeOpt,
+    keep_last: int | None = typer.Option(None, "--keep-last"),
+    keep_every: int | None = typer.Option(None, "--keep-every"),
+    keep_best: int | None = typer.Option(None, "--keep-best"),
+    spool: Path | None = SpoolOpt,
     interval: float = typer.Option(5.0, "--interval", help="Seconds between scans."),
-    settle: float = typer.Option(3.0, "--settle", help="Seconds a checkpoint must stay unchanged before it is published."),
+    settle: float = typer.Option(
+        3.0, "--settle", help="Seconds a checkpoint must stay unchanged before it is published."
+    ),
     once: bool = typer.Option(False, "--once", help="Publish what is complete now, then exit."),
 ) -> None:
     """Sidecar: publish each new checkpoint of RUN_DIR once completely written. Ctrl-C stops cleanly."""
@@ -183,8 +270,12 @@ def watch(
                 if step in submitted or not _settled(path, seen, 0 if once else settle):
                     continue
                 pub.publish(path, step=step).add_done_callback(
-                    lambda f: typer.echo(f"  published {f.result().revision}") if not f.exception()
-                    else typer.echo(f"  failed: {f.exception()}", err=True))
+                    lambda f: (
+                        typer.echo(f"  published {f.result().revision}")
+                        if not f.exception()
+                        else typer.echo(f"  failed: {f.exception()}", err=True)
+                    )
+                )
                 submitted.add(step)
             if once and scans >= 2:  # the first scan only records what each checkpoint looks like
                 break

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -16,8 +15,15 @@ TokensOpt = typer.Option(None, "--tokens", help="Pull the revision at this many 
 MatchOpt = typer.Option("exact", "--match", help="For --step/--tokens: exact, nearest or at_or_before.")
 
 
-def resolve_pull_revision(ref: str, step: Optional[int], tokens: Optional[int], match: str, hub: Optional[str],
-                          root: Optional[Path], token: Optional[str]):
+def resolve_pull_revision(
+    ref: str,
+    step: int | None,
+    tokens: int | None,
+    match: str,
+    hub: str | None,
+    root: Path | None,
+    token: str | None,
+):
     """The pinned `Revision` a pull-like command means: REPO@REV, or REPO with --step / --tokens."""
     from ..errors import HubConfigError
     from ..load.loaders import Revision
@@ -25,21 +31,31 @@ def resolve_pull_revision(ref: str, step: Optional[int], tokens: Optional[int], 
 
     repo, revision = split_ref(ref, need_revision=False)
     if revision is None and step is None and tokens is None:
-        raise HubConfigError(f"Say which revision: {repo}@REVISION (a branch, tag, commit, best, latest, final) "
-                             "or --step N")
+        raise HubConfigError(
+            f"Say which revision: {repo}@REVISION (a branch, tag, commit, best, latest, final) or --step N"
+        )
     revs = RepoRevisions(reader_for(repo, hub, root, token))
     return Revision(repo, info=revs.resolve(revision, step=step, tokens=tokens, match=match), revisions=revs)
 
 
-def pull(ref: str = typer.Argument(..., help="namespace/name@revision, or namespace/name with --step"),
-         dest: Path = typer.Argument(..., help="Folder to create (must be empty or absent; see --force)."),
-         step: Optional[int] = StepOpt, tokens: Optional[int] = TokensOpt, match: str = MatchOpt,
-         training_state: bool = typer.Option(False, "--training-state", help="Also copy training_state/."),
-         trainer_checkpoint: bool = typer.Option(
-             False, "--trainer-checkpoint", help="Write DEST as a Trainer checkpoint folder (optimizer.pt, scheduler.pt, "
-             "rng_state.pth, trainer_state.json) for trainer.train(resume_from_checkpoint=DEST)."),
-         force: bool = typer.Option(False, "--force", help="Replace DEST if it is not empty."),
-         hub: Optional[str] = HubOpt, root: Optional[Path] = RootOpt, token: Optional[str] = TokenOpt) -> None:
+def pull(
+    ref: str = typer.Argument(..., help="namespace/name@revision, or namespace/name with --step"),
+    dest: Path = typer.Argument(..., help="Folder to create (must be empty or absent; see --force)."),
+    step: int | None = StepOpt,
+    tokens: int | None = TokensOpt,
+    match: str = MatchOpt,
+    training_state: bool = typer.Option(False, "--training-state", help="Also copy training_state/."),
+    trainer_checkpoint: bool = typer.Option(
+        False,
+        "--trainer-checkpoint",
+        help="Write DEST as a Trainer checkpoint folder (optimizer.pt, scheduler.pt, "
+        "rng_state.pth, trainer_state.json) for trainer.train(resume_from_checkpoint=DEST).",
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace DEST if it is not empty."),
+    hub: str | None = HubOpt,
+    root: Path | None = RootOpt,
+    token: str | None = TokenOpt,
+) -> None:
     """Copy a revision (weights, config, tokenizer, card, checkpoint.json) into DEST, verified, pinned to its commit."""
     from ..load.loaders import pull_revision
 
@@ -52,13 +68,15 @@ def pull(ref: str = typer.Argument(..., help="namespace/name@revision, or namesp
             raise TrainingStateMissingError(
                 f"{rev.repo_id}@{rev.info.name} has no {TRAINING_STATE_DIR}/ to pull: it was published with weights "
                 "only. Pull without --training-state, or publish with training_state= (hubckpt.Checkpointer, "
-                "HubckptCallback, or checkpoint folders holding optimizer.pt).")
+                "HubckptCallback, or checkpoint folders holding optimizer.pt)."
+            )
     if trainer_checkpoint:
         from ..integrations.trainer_resume import require_training_state
 
         require_training_state(rev.files.files, f"{rev.repo_id}@{rev.info.name}")
-    result = pull_revision(rev.repo_id, dest, rev=rev, training_state=training_state or trainer_checkpoint,
-                           overwrite=force)
+    result = pull_revision(
+        rev.repo_id, dest, rev=rev, training_state=training_state or trainer_checkpoint, overwrite=force
+    )
     report_pull(result)  # first what was pulled, then what was made of it
     if trainer_checkpoint:
         from ..integrations.trainer_resume import write_trainer_checkpoint
@@ -70,7 +88,9 @@ def pull(ref: str = typer.Argument(..., help="namespace/name@revision, or namesp
 def report_pull(result) -> None:
     info = result.info
     step = f"step {info.step}, " if info.step is not None else ""
-    typer.echo(f"Pulled {info.name} ({step}commit {info.commit[:12]}) into {result.folder}: "
-               f"{len(result.files)} files, {human_size(result.bytes)} (sha256 verified)")
+    typer.echo(
+        f"Pulled {info.name} ({step}commit {info.commit[:12]}) into {result.folder}: "
+        f"{len(result.files)} files, {human_size(result.bytes)} (sha256 verified)"
+    )
     if (result.folder / "config.json").exists():
         typer.echo(f"Load it: AutoModel.from_pretrained({str(result.folder)!r})")

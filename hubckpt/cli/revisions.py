@@ -6,7 +6,6 @@ import json
 import re
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,7 +14,7 @@ from ..names import page_url
 from ._options import HubOpt, RootOpt, TokenOpt, target
 
 
-def reader_for(repo: str, hub: Optional[str], root: Optional[Path], token: Optional[str]):
+def reader_for(repo: str, hub: str | None, root: Path | None, token: str | None):
     """The read-only HubReader of a browsing command, announcing which hub and repo it uses."""
     from ..hub_reader import HubReader
     from ..hubs import resolve_hub
@@ -47,11 +46,15 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
         typer.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
 
 
-def ls(repo: str = typer.Argument(..., help="namespace/name"), hub: Optional[str] = HubOpt,
-       root: Optional[Path] = RootOpt, token: Optional[str] = TokenOpt,
-       as_json: bool = typer.Option(False, "--json", help="Print the revisions as JSON."),
-       all_: bool = typer.Option(False, "--all", help="Include pruned revisions."),
-       refresh: bool = typer.Option(False, "--refresh", help="Also read the refs: branches the index misses, user tags.")) -> None:
+def ls(
+    repo: str = typer.Argument(..., help="namespace/name"),
+    hub: str | None = HubOpt,
+    root: Path | None = RootOpt,
+    token: str | None = TokenOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the revisions as JSON."),
+    all_: bool = typer.Option(False, "--all", help="Include pruned revisions."),
+    refresh: bool = typer.Option(False, "--refresh", help="Also read the refs: branches the index misses, user tags."),
+) -> None:
     """List revisions with step, tokens, key metrics, size, date and tags (one request, via the index)."""
     from ..cards import table_metrics
     from ..load.resolve import RepoRevisions
@@ -59,18 +62,26 @@ def ls(repo: str = typer.Argument(..., help="namespace/name"), hub: Optional[str
     if "@" in repo:  # `ls REPO@REV` said only "Invalid repo name 'name@rev'"
         from ..errors import HubConfigError
 
-        raise HubConfigError(f"ls lists a whole repo: `hubckpt ls {repo.split('@', 1)[0]}`; for one revision "
-                             f"use `hubckpt show {repo}`")
+        raise HubConfigError(
+            f"ls lists a whole repo: `hubckpt ls {repo.split('@', 1)[0]}`; for one revision use `hubckpt show {repo}`"
+        )
     revs = RepoRevisions(reader_for(repo, hub, root, token))
     revisions = list(revs.records(refresh=refresh))
     index = revs.index()
     if all_ and index is not None:
-        revisions = sorted(revisions + [r for r in index.revisions if r.pruned],
-                           key=lambda r: (r.step is None, r.step or 0, r.name))
+        revisions = sorted(
+            revisions + [r for r in index.revisions if r.pruned], key=lambda r: (r.step is None, r.step or 0, r.name)
+        )
     if as_json:
-        doc = {"repo_id": repo, "source": revs.source, "monitor": index.monitor if index else None,
-               "mode": index.mode if index else None, "best": index.best if index else None,
-               "final": index.final if index else None, "revisions": [asdict(r) for r in revisions]}
+        doc = {
+            "repo_id": repo,
+            "source": revs.source,
+            "monitor": index.monitor if index else None,
+            "mode": index.mode if index else None,
+            "best": index.best if index else None,
+            "final": index.final if index else None,
+            "revisions": [asdict(r) for r in revisions],
+        }
         typer.echo(json.dumps(doc, indent=2, sort_keys=True))
         return
     if not revisions:
@@ -78,11 +89,18 @@ def ls(repo: str = typer.Argument(..., help="namespace/name"), hub: Optional[str
         return
     metrics = table_metrics(revisions, limit=3)
     header = ["revision", "step", "tokens", *metrics, "size", "date", "tags"]
-    rows = [[r.name + (" (pruned)" if r.pruned else ""), str(r.step if r.step is not None else "-"),
-             f"{r.tokens:,}" if r.tokens is not None else "-",
-             *[f"{r.metrics[m]:.4g}" if m in r.metrics else "-" for m in metrics],
-             human_size(r.size) if r.size else "-", (r.date or "-")[:16].replace("T", " "), ",".join(r.tags)]
-            for r in revisions]
+    rows = [
+        [
+            r.name + (" (pruned)" if r.pruned else ""),
+            str(r.step if r.step is not None else "-"),
+            f"{r.tokens:,}" if r.tokens is not None else "-",
+            *[f"{r.metrics[m]:.4g}" if m in r.metrics else "-" for m in metrics],
+            human_size(r.size) if r.size else "-",
+            (r.date or "-")[:16].replace("T", " "),
+            ",".join(r.tags),
+        ]
+        for r in revisions
+    ]
     print_table(header, rows)
     if revs.source == "refs":
         typer.echo(f"({repo} has no revisions.json: listed from its branches and tags)")
@@ -94,7 +112,7 @@ def card_summary(card: str) -> tuple[str | None, str | None]:
     text = card
     if text.startswith("---"):
         end = text.find("\n---", 3)
-        text = text[end + 4:] if end != -1 else text
+        text = text[end + 4 :] if end != -1 else text
     title, paragraph = None, []
     for line in text.splitlines():
         stripped = line.strip()
@@ -120,10 +138,14 @@ def card_summary(card: str) -> tuple[str | None, str | None]:
     return title, plain or None
 
 
-def show(ref: str = typer.Argument(..., help="namespace/name@revision (a branch, tag, commit, best, latest, final)"),
-         hub: Optional[str] = HubOpt, root: Optional[Path] = RootOpt, token: Optional[str] = TokenOpt,
-         as_json: bool = typer.Option(False, "--json", help="Print the revision, its checkpoint.json and tensors as JSON."),
-         max_tensors: int = typer.Option(40, "--max-tensors", help="Tensors to list in the table (0: all).")) -> None:
+def show(
+    ref: str = typer.Argument(..., help="namespace/name@revision (a branch, tag, commit, best, latest, final)"),
+    hub: str | None = HubOpt,
+    root: Path | None = RootOpt,
+    token: str | None = TokenOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the revision, its checkpoint.json and tensors as JSON."),
+    max_tensors: int = typer.Option(40, "--max-tensors", help="Tensors to list in the table (0: all)."),
+) -> None:
     """Show one revision: card summary, metrics, files, and a tensor table read from the safetensors headers."""
     from ..errors import NoSafetensorsError
     from ..load.lazy import LazyRevision
@@ -140,9 +162,13 @@ def show(ref: str = typer.Argument(..., help="namespace/name@revision (a branch,
     except NoSafetensorsError:
         tensors = {}
     if as_json:
-        doc = {"repo_id": repo, "revision": asdict(info), "manifest": manifest,
-               "files": {p: f for p, f in sorted(rev.files.files.items())},
-               "tensors": {n: {"dtype": m.dtype, "shape": list(m.shape), "file": m.file} for n, m in tensors.items()}}
+        doc = {
+            "repo_id": repo,
+            "revision": asdict(info),
+            "manifest": manifest,
+            "files": {p: f for p, f in sorted(rev.files.files.items())},
+            "tensors": {n: {"dtype": m.dtype, "shape": list(m.shape), "file": m.file} for n, m in tensors.items()},
+        }
         typer.echo(json.dumps(doc, indent=2, sort_keys=True))
         return
     where = [f"step {info.step}" if info.step is not None else "no step recorded"]
@@ -162,8 +188,10 @@ def show(ref: str = typer.Argument(..., help="namespace/name@revision (a branch,
         print_table(["name", "value"], [[k, f"{v:.6g}"] for k, v in sorted(info.metrics.items())])
     files = rev.files.files
     typer.echo(f"\nFiles ({len(files)}, {human_size(sum(int(f.get('size') or 0) for f in files.values()))})")
-    print_table(["path", "size", "sha256"], [[p, human_size(int(f.get("size") or 0)), (f.get("sha256") or "-")[:12]]
-                                        for p, f in sorted(files.items())])
+    print_table(
+        ["path", "size", "sha256"],
+        [[p, human_size(int(f.get("size") or 0)), (f.get("sha256") or "-")[:12]] for p, f in sorted(files.items())],
+    )
     if not tensors:
         typer.echo("\nNo safetensors weights in this revision.")
         typer.echo(f"page: {page_url(rev.reader.endpoint, repo, info.name)}")
@@ -171,16 +199,24 @@ def show(ref: str = typer.Argument(..., help="namespace/name@revision (a branch,
     params = sum(m.numel for m in tensors.values())
     typer.echo(f"\nTensors ({len(tensors)}, {params:,} parameters; from the safetensors headers)")
     shown = list(tensors.values()) if max_tensors <= 0 else list(tensors.values())[:max_tensors]
-    print_table(["name", "dtype", "shape", "file"], [[m.name, m.dtype, "x".join(map(str, m.shape)) or "scalar", m.file]
-                                               for m in shown])
+    print_table(
+        ["name", "dtype", "shape", "file"],
+        [[m.name, m.dtype, "x".join(map(str, m.shape)) or "scalar", m.file] for m in shown],
+    )
     if len(shown) < len(tensors):
         typer.echo(f"... {len(tensors) - len(shown)} more (--max-tensors 0 lists all, --json too)")
     typer.echo(f"page: {page_url(rev.reader.endpoint, repo, info.name)}")
 
 
-def tag(repo: str = typer.Argument(...), revision: str = typer.Argument(..., help="Revision to tag."),
-        name: str = typer.Argument(..., help="Tag name."), delete: bool = typer.Option(False, "--delete"),
-        hub: Optional[str] = HubOpt, root: Optional[Path] = RootOpt, token: Optional[str] = TokenOpt) -> None:
+def tag(
+    repo: str = typer.Argument(...),
+    revision: str = typer.Argument(..., help="Revision to tag."),
+    name: str = typer.Argument(..., help="Tag name."),
+    delete: bool = typer.Option(False, "--delete"),
+    hub: str | None = HubOpt,
+    root: Path | None = RootOpt,
+    token: str | None = TokenOpt,
+) -> None:
     """Create or move a tag on a revision (or --delete it)."""
     from ..publishing.maintenance import tag as do_tag
 
@@ -188,25 +224,39 @@ def tag(repo: str = typer.Argument(...), revision: str = typer.Argument(..., hel
     typer.echo(f"{'Deleted' if delete else 'Tagged'} {name}" + ("" if delete else f" -> {revision}"))
 
 
-def prune(repo: str = typer.Argument(...), keep_last: Optional[int] = typer.Option(None, "--keep-last"),
-          keep_every: Optional[int] = typer.Option(None, "--keep-every", help="Keep revisions whose step is a multiple."),
-          keep_best: Optional[int] = typer.Option(None, "--keep-best"),
-          monitor: Optional[str] = typer.Option(None, "--monitor", help="Metric for --keep-best (default: the index's)."),
-          mode: Optional[str] = typer.Option(None, "--mode", help="min or max"),
-          dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be pruned."),
-          hub: Optional[str] = HubOpt, root: Optional[Path] = RootOpt, token: Optional[str] = TokenOpt) -> None:
+def prune(
+    repo: str = typer.Argument(...),
+    keep_last: int | None = typer.Option(None, "--keep-last"),
+    keep_every: int | None = typer.Option(None, "--keep-every", help="Keep revisions whose step is a multiple."),
+    keep_best: int | None = typer.Option(None, "--keep-best"),
+    monitor: str | None = typer.Option(None, "--monitor", help="Metric for --keep-best (default: the index's)."),
+    mode: str | None = typer.Option(None, "--mode", help="min or max"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be pruned."),
+    hub: str | None = HubOpt,
+    root: Path | None = RootOpt,
+    token: str | None = TokenOpt,
+) -> None:
     """Delete the branches of revisions a retention policy no longer keeps (never best or final)."""
     from ..publishing.maintenance import prune as do_prune
     from ..publishing.policies import Retention
 
-    result = do_prune(target(repo, hub, root, token), Retention(keep_last, keep_every, keep_best), monitor=monitor,
-                      mode=mode, dry_run=dry_run)
+    result = do_prune(
+        target(repo, hub, root, token),
+        Retention(keep_last, keep_every, keep_best),
+        monitor=monitor,
+        mode=mode,
+        dry_run=dry_run,
+    )
     verb = "Would prune" if dry_run else "Pruned"
     typer.echo(f"{verb} {len(result.pruned)}: {', '.join(result.pruned) or '-'}; keeping {len(result.kept)}")
 
 
-def reindex(repo: str = typer.Argument(...), hub: Optional[str] = HubOpt, root: Optional[Path] = RootOpt,
-            token: Optional[str] = TokenOpt) -> None:
+def reindex(
+    repo: str = typer.Argument(...),
+    hub: str | None = HubOpt,
+    root: Path | None = RootOpt,
+    token: str | None = TokenOpt,
+) -> None:
     """Rebuild revisions.json and the repo card from the branches' checkpoint.json files."""
     from ..publishing.maintenance import reindex as do_reindex
 

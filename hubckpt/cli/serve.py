@@ -7,17 +7,18 @@ import os
 import signal
 import socket
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from ..hubs import SERVER_FILE, default_local_root, stop_local_hub
 
-RootOpt = typer.Option(None, "--root", help="Data folder of the local hub [default: $HUBCKPT_HUB_ROOT or ~/.cache/hubckpt/hub].")
+RootOpt = typer.Option(
+    None, "--root", help="Data folder of the local hub [default: $HUBCKPT_HUB_ROOT or ~/.cache/hubckpt/hub]."
+)
 
 
 def serve(
-    root: Optional[Path] = RootOpt,
+    root: Path | None = RootOpt,
     host: str = typer.Option("127.0.0.1", help="Address to listen on. Non-loopback addresses need tokens."),
     port: int = typer.Option(8900, help="Port to listen on (0 picks a free one)."),
     port_fallback: bool = typer.Option(False, "--port-fallback", help="If the port is taken, pick a free one."),
@@ -28,9 +29,8 @@ def serve(
     import uvicorn
 
     from ..errors import HubUnavailableError
-    from ..server import HubContext, bind_socket, create_app
-    from ..server import check_exposure, uvicorn_config
     from ..priority import IDLE, idle_class_supported
+    from ..server import HubContext, bind_socket, check_exposure, create_app, uvicorn_config
     from ..server.dataplane import DataPlane
 
     data = (root or default_local_root()).expanduser().resolve()
@@ -56,10 +56,12 @@ def serve(
         # 0.0.0.0 / :: is where it listens, not an address another machine can use: show this host's name.
         reach = f"http://{socket.gethostname()}:{bound[1]}" if bound[0] in ("0.0.0.0", "::") else url
         where = f"{url} (all interfaces; from other machines: {reach})" if reach != url else url
-        typer.echo(f"hubckpt local hub serving {data}\n  URL:  {where}\n  web:  {reach}/  (browse repos, revisions, "
-                   f"cards)\n  mode: {mode}\n"
-                   f"Use it with huggingface_hub / the hf CLI / transformers:\n"
-                   f"  export HF_ENDPOINT={reach} HF_HUB_DISABLE_XET=1\nPress Ctrl-C to stop.")
+        typer.echo(
+            f"hubckpt local hub serving {data}\n  URL:  {where}\n  web:  {reach}/  (browse repos, revisions, "
+            f"cards)\n  mode: {mode}\n"
+            f"Use it with huggingface_hub / the hf CLI / transformers:\n"
+            f"  export HF_ENDPOINT={reach} HF_HUB_DISABLE_XET=1\nPress Ctrl-C to stop."
+        )
     config = uvicorn_config(create_app(ctx))
     # Its own process: idle-class upload threads delay nobody else's GIL (dataplane.py).
     data_plane = DataPlane(ctx, host, upload_priority=IDLE if idle_class_supported() else None).start()
@@ -81,7 +83,7 @@ def serve(
         ctx.store.close()
 
 
-def stop(root: Optional[Path] = RootOpt) -> None:
+def stop(root: Path | None = RootOpt) -> None:
     """Stop the local hub serving a data folder (started by `serve` or in the background)."""
     data = (root or default_local_root()).expanduser().resolve()
     if stop_local_hub(data):

@@ -21,9 +21,9 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from ..checkpoint import Checkpoint
 from ..errors import DestinationExistsError, DiskFullError
@@ -42,6 +42,7 @@ __all__ = ["convert", "convert_checkpoint", "ConvertResult", "load_training_stat
 @dataclass
 class ConvertResult:
     """What one conversion produced."""
+
     dest: Path
     checkpoint: Checkpoint
     weights: WeightsReport
@@ -81,13 +82,21 @@ def _fsync_tree(folder: Path) -> None:
 
 def _check_dest(dest: Path, overwrite: bool) -> None:
     if dest.exists() and not overwrite and (dest.is_file() or any(dest.iterdir())):
-        raise DestinationExistsError(f"{dest} already exists; choose another destination or pass overwrite=True "
-                                     "(CLI: --overwrite)")
+        raise DestinationExistsError(
+            f"{dest} already exists; choose another destination or pass overwrite=True (CLI: --overwrite)"
+        )
 
 
-def convert_checkpoint(ckpt: Checkpoint, dest: str | Path, *, max_shard_size: int | str = "5GB",
-                       dtype: str = "keep", overwrite: bool = False,
-                       progress: Callable[[int], None] | None = None, link: bool = False) -> ConvertResult:
+def convert_checkpoint(
+    ckpt: Checkpoint,
+    dest: str | Path,
+    *,
+    max_shard_size: int | str = "5GB",
+    dtype: str = "keep",
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+    link: bool = False,
+) -> ConvertResult:
     """Write an already-read `Checkpoint` into `dest` (see the module docstring).
 
     Weights that already are valid safetensors in the transformers layout are validated and copied in one
@@ -109,8 +118,13 @@ def convert_checkpoint(ckpt: Checkpoint, dest: str | Path, *, max_shard_size: in
             # Already safetensors: validated, hashed and linked in one read instead of rewritten.
             report = reuse_weights(ckpt.weight_files, tmp, link=link, progress=progress)
         else:
-            report = write_weights(dict(ckpt.weights.items()) if not isinstance(ckpt.weights, dict) else ckpt.weights,
-                                   tmp, max_shard_size=max_shard_size, dtype=dtype, progress=progress)
+            report = write_weights(
+                dict(ckpt.weights.items()) if not isinstance(ckpt.weights, dict) else ckpt.weights,
+                tmp,
+                max_shard_size=max_shard_size,
+                dtype=dtype,
+                progress=progress,
+            )
         files = list(report.files)
         for companion in sorted(ckpt.companions):
             shutil.copyfile(companion, tmp / companion.name)
@@ -130,8 +144,9 @@ def convert_checkpoint(ckpt: Checkpoint, dest: str | Path, *, max_shard_size: in
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if not isinstance(e, DiskFullError) and e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            raise DiskFullError(e.errno, f"No space left while converting into {dest} ({e.strerror}); "
-                                         "nothing was left behind") from e
+            raise DiskFullError(
+                e.errno, f"No space left while converting into {dest} ({e.strerror}); nothing was left behind"
+            ) from e
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -140,9 +155,16 @@ def convert_checkpoint(ckpt: Checkpoint, dest: str | Path, *, max_shard_size: in
     return ConvertResult(dest=dest, checkpoint=ckpt, weights=report, files=sorted(files, key=lambda f: f.path))
 
 
-def convert(src: str | Path, dest: str | Path, *, max_shard_size: int | str = "5GB", dtype: str = "keep",
-            allow_globals: Iterable[str] = (), overwrite: bool = False,
-            progress: Callable[[int], None] | None = None) -> list[ConvertResult]:
+def convert(
+    src: str | Path,
+    dest: str | Path,
+    *,
+    max_shard_size: int | str = "5GB",
+    dtype: str = "keep",
+    allow_globals: Iterable[str] = (),
+    overwrite: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> list[ConvertResult]:
     """Convert one checkpoint into `dest`, or every checkpoint of a run folder into `dest/step-NNNNNNN/`.
 
     Example:
@@ -155,10 +177,21 @@ def convert(src: str | Path, dest: str | Path, *, max_shard_size: int | str = "5
         for step, path in discover(src):
             ckpt = read_checkpoint(path, allow_globals=allow_globals)
             ckpt.step = ckpt.step if ckpt.step is not None else step
-            results.append(convert_checkpoint(ckpt, dest / f"step-{step:07d}", max_shard_size=max_shard_size,
-                                              dtype=dtype, overwrite=overwrite, progress=progress))
+            results.append(
+                convert_checkpoint(
+                    ckpt,
+                    dest / f"step-{step:07d}",
+                    max_shard_size=max_shard_size,
+                    dtype=dtype,
+                    overwrite=overwrite,
+                    progress=progress,
+                )
+            )
         return results
     _check_dest(dest, overwrite)
     ckpt = read_checkpoint(src, allow_globals=allow_globals)
-    return [convert_checkpoint(ckpt, dest, max_shard_size=max_shard_size, dtype=dtype, overwrite=overwrite,
-                               progress=progress)]
+    return [
+        convert_checkpoint(
+            ckpt, dest, max_shard_size=max_shard_size, dtype=dtype, overwrite=overwrite, progress=progress
+        )
+    ]

@@ -32,7 +32,10 @@ def relative_name(text: str, run_dir: Path | None) -> str:
 
 
 def scrub_paths(value: Any, run_dir: Path | None) -> Any:
-    """A copy of a metadata tree (dicts, lists, tuples, scalars; other leaves kept as they are) without absolute paths."""
+    """A copy of a metadata tree without absolute paths.
+
+    Dicts, lists, tuples and scalars are copied; other leaves are kept as they are.
+    """
     if isinstance(value, str):
         return relative_name(value, run_dir) if is_absolute_path(value) else value
     if isinstance(value, dict):

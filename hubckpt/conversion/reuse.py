@@ -6,7 +6,8 @@ and that one read both hashes it (sha256, for `checkpoint.json` and the upload) 
 with the safetensors rules (reliability reference A4/§2.2): header length within the 100 MB cap and the
 file, UTF-8 JSON without duplicate keys, known dtypes, shape × dtype size equal to each tensor's byte
 range, ranges tiling the data area from 0 with no gap, overlap or trailing byte, `__metadata__` string to
-string. The file is copied in that same read, or (for the publisher's spool) hard-linked. A file that fails validation is a CorruptCheckpointError, as when reading it.
+string. The file is copied in that same read, or (for the publisher's spool) hard-linked. A file that
+fails validation is a CorruptCheckpointError, as when reading it.
 
 Not reused (the caller converts instead): dtype casts, `_orig_mod.` prefixes to strip, shards larger than
 `max_shard_size`, shard names outside the transformers layout.
@@ -22,20 +23,53 @@ import os
 import queue
 import re
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from ..errors import CorruptCheckpointError, UnsupportedCheckpointError
 from ..readers.detect import MAX_SAFETENSORS_HEADER
 from .weights import INDEX_FILE, WeightsReport, WrittenFile
 
-DTYPE_BITS = {"F64": 64, "F32": 32, "F16": 16, "BF16": 16, "I64": 64, "I32": 32, "I16": 16, "I8": 8, "U8": 8,
-              "BOOL": 8, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "U16": 16, "U32": 32, "U64": 64, "C64": 64,
-              "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8}
-TORCH_DTYPE = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-               "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn",
-               "F8_E5M2": "float8_e5m2", "F8_E8M0": "float8_e8m0fnu", "U16": "uint16", "U32": "uint32",
-               "U64": "uint64", "C64": "complex64"}
+DTYPE_BITS = {
+    "F64": 64,
+    "F32": 32,
+    "F16": 16,
+    "BF16": 16,
+    "I64": 64,
+    "I32": 32,
+    "I16": 16,
+    "I8": 8,
+    "U8": 8,
+    "BOOL": 8,
+    "F8_E4M3": 8,
+    "F8_E5M2": 8,
+    "F8_E8M0": 8,
+    "U16": 16,
+    "U32": 32,
+    "U64": 64,
+    "C64": 64,
+    "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8,
+}
+TORCH_DTYPE = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E8M0": "float8_e8m0fnu",
+    "U16": "uint16",
+    "U32": "uint32",
+    "U64": "uint64",
+    "C64": "complex64",
+}
 SHARD_NAME = re.compile(r"^model-(\d{5})-of-(\d{5})\.safetensors$")
 _CHUNK = 16 << 20
 
@@ -49,6 +83,7 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
 
 def validate_header(path: Path, raw: bytes, file_size: int) -> dict[str, dict]:
     """The tensor entries of a safetensors header (`raw` = the N header bytes), checked as the reference parser does."""
+
     def bad(reason: str) -> CorruptCheckpointError:
         return CorruptCheckpointError(f"{path} is not a valid safetensors file: {reason}", str(path))
 
@@ -59,8 +94,10 @@ def validate_header(path: Path, raw: bytes, file_size: int) -> dict[str, dict]:
     if not isinstance(header, dict):
         raise bad("header is not a JSON object")
     metadata = header.pop("__metadata__", None)
-    if metadata is not None and (not isinstance(metadata, dict)
-                                 or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
+    if metadata is not None and (
+        not isinstance(metadata, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+    ):
         raise bad("__metadata__ must map strings to strings")
     ranges = []
     for name, entry in header.items():
@@ -69,11 +106,16 @@ def validate_header(path: Path, raw: bytes, file_size: int) -> dict[str, dict]:
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
         if dtype not in DTYPE_BITS:
             raise bad(f"tensor {name!r} has unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                                  for d in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
             raise bad(f"tensor {name!r} has an invalid shape")
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets) or offsets[1] < offsets[0]):
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or offsets[1] < offsets[0]
+        ):
             raise bad(f"tensor {name!r} has invalid data_offsets")
         bits = math.prod(shape) * DTYPE_BITS[dtype]
         if bits % 8 or bits // 8 != offsets[1] - offsets[0]:
@@ -153,8 +195,11 @@ def _hash_and_place(src: Path, dest: Path, link: bool) -> tuple[str, int, dict[s
                 raise CorruptCheckpointError(f"{src} is too short to be safetensors", str(src))
             n = int.from_bytes(head, "little")
             if not 0 < n <= min(MAX_SAFETENSORS_HEADER, size - 8):
-                raise CorruptCheckpointError(f"{src} has a safetensors header length ({n}) larger than the file or "
-                                             f"the {MAX_SAFETENSORS_HEADER}-byte limit", str(src))
+                raise CorruptCheckpointError(
+                    f"{src} has a safetensors header length ({n}) larger than the file or "
+                    f"the {MAX_SAFETENSORS_HEADER}-byte limit",
+                    str(src),
+                )
             raw = f.read(n)
             header = validate_header(src, raw, size)
             digest = hashlib.sha256(head)
@@ -186,12 +231,17 @@ def reusable(files: list[Path], *, dtype: str, max_shard_size: int) -> bool:
     if len(files) == 1:
         return files[0].stat().st_size <= max_shard_size or max_shard_size <= 0
     names = [SHARD_NAME.match(f.name) for f in files]
-    return all(names) and len({m.group(2) for m in names}) == 1 and int(names[0].group(2)) == len(files) \
+    return (
+        all(names)
+        and len({m.group(2) for m in names}) == 1
+        and int(names[0].group(2)) == len(files)
         and all(f.stat().st_size <= max_shard_size for f in files)
+    )
 
 
-def reuse_weights(files: list[Path], out: Path, *, link: bool = False,
-                  progress: Callable[[int], None] | None = None) -> WeightsReport:
+def reuse_weights(
+    files: list[Path], out: Path, *, link: bool = False, progress: Callable[[int], None] | None = None
+) -> WeightsReport:
     """Place the safetensors `files` into `out` (one read each: validate + sha256 + link or copy) and report them.
 
     `link=True` hard-links (the publisher's spool: short-lived, and the hub checks every byte against the
@@ -204,8 +254,9 @@ def reuse_weights(files: list[Path], out: Path, *, link: bool = False,
 
     names = {src: "model.safetensors" if len(files) == 1 else src.name for src in sorted(files)}
     # Shards are read and hashed in parallel (file reads and sha256 release the GIL).
-    with ThreadPoolExecutor(max_workers=max(1, min(len(files), os.cpu_count() or 1, 4)),
-                            thread_name_prefix="hubckpt-reuse") as pool:
+    with ThreadPoolExecutor(
+        max_workers=max(1, min(len(files), os.cpu_count() or 1, 4)), thread_name_prefix="hubckpt-reuse"
+    ) as pool:
         placed = list(pool.map(lambda src: _hash_and_place(src, out / names[src], link), sorted(files)))
     for src, (sha256, size, header) in zip(sorted(files), placed):
         name = names[src]
@@ -220,8 +271,9 @@ def reuse_weights(files: list[Path], out: Path, *, link: bool = False,
             dtype = TORCH_DTYPE.get(entry["dtype"], entry["dtype"].lower())
             report.dtypes[dtype] = report.dtypes.get(dtype, 0) + 1
             if tensor in weight_map:
-                raise CorruptCheckpointError(f"tensor {tensor!r} is in two shards ({weight_map[tensor]}, {name})",
-                                             str(src))
+                raise CorruptCheckpointError(
+                    f"tensor {tensor!r} is in two shards ({weight_map[tensor]}, {name})", str(src)
+                )
             weight_map[tensor] = name
         if progress is not None:
             progress(size)

@@ -27,17 +27,33 @@ if TYPE_CHECKING:
 def _dtype_names() -> dict:
     import torch
 
-    names = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
-             torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-             torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
-    for attr, name in (("uint16", "U16"), ("uint32", "U32"), ("uint64", "U64"), ("complex64", "C64"),
-                       ("float8_e8m0fnu", "F8_E8M0")):
+    names = {
+        torch.float64: "F64",
+        torch.float32: "F32",
+        torch.float16: "F16",
+        torch.bfloat16: "BF16",
+        torch.int64: "I64",
+        torch.int32: "I32",
+        torch.int16: "I16",
+        torch.int8: "I8",
+        torch.uint8: "U8",
+        torch.bool: "BOOL",
+        torch.float8_e4m3fn: "F8_E4M3",
+        torch.float8_e5m2: "F8_E5M2",
+    }
+    for attr, name in (
+        ("uint16", "U16"),
+        ("uint32", "U32"),
+        ("uint64", "U64"),
+        ("complex64", "C64"),
+        ("float8_e8m0fnu", "F8_E8M0"),
+    ):
         if hasattr(torch, attr):
             names[getattr(torch, attr)] = name
     return names
 
 
-def raw_bytes(tensor: "torch.Tensor") -> memoryview:
+def raw_bytes(tensor: torch.Tensor) -> memoryview:
     """The tensor's bytes without a copy (it must be contiguous)."""
     import torch
 
@@ -46,7 +62,9 @@ def raw_bytes(tensor: "torch.Tensor") -> memoryview:
     return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
 
 
-def write_safetensors(path: Path, tensors: dict[str, "torch.Tensor"], metadata: dict[str, str] | None = None) -> tuple[str, int]:
+def write_safetensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> tuple[str, int]:
     """Write `tensors` (contiguous, CPU, not sharing memory) to `path`; return (sha256, size)."""
     names = _dtype_names()
     entries = []

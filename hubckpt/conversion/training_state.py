@@ -19,8 +19,9 @@ import hashlib
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import CorruptCheckpointError, UnsupportedCheckpointError
 
@@ -46,7 +47,11 @@ class _Encoder:
             self.tensors[key] = torch.from_numpy(array.copy()) if array.dtype != object else None
             if self.tensors[key] is None:
                 raise UnsupportedCheckpointError(f"training state entry {path!r} is a numpy object array")
-            return {"__ndarray__": key, "dtype": str(array.dtype), "scalar": array.ndim == 0 and not isinstance(value, np.ndarray)}
+            return {
+                "__ndarray__": key,
+                "dtype": str(array.dtype),
+                "scalar": array.ndim == 0 and not isinstance(value, np.ndarray),
+            }
         if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
             return value
         if isinstance(value, float):
@@ -61,14 +66,15 @@ class _Encoder:
             if all(isinstance(k, str) and not k.startswith("__") for k in value):
                 return {k: self.encode(value[k], f"{path}.{k}" if path else k) for k in value}
             items = []
-            for i, (k, v) in enumerate(value.items()):
+            for k, v in value.items():
                 if not isinstance(k, (str, int, float, bool)) and k is not None:
                     raise UnsupportedCheckpointError(f"training state entry {path!r} has a {type(k).__name__} key")
                 items.append([k, self.encode(v, f"{path}.{k}" if path else str(k))])
             return {"__dict__": items}
         raise UnsupportedCheckpointError(
             f"training state entry {path or '(root)'!r} is a {type(value).__module__}.{type(value).__name__}, which "
-            "cannot be stored without pickle")
+            "cannot be stored without pickle"
+        )
 
 
 def encode_tree(value: Any) -> tuple[Any, dict[str, Any]]:
@@ -112,8 +118,11 @@ def save_state(state: Any, folder: Path, name: str) -> dict[Path, str]:
         shared = _shared_storages(found.values())
         tensors = {k: v.clone() if _storage(v) in shared else v for k, v in sorted(found.items())}
         files[folder / f"{name}.safetensors"], _ = write_safetensors(folder / f"{name}.safetensors", tensors)
-    doc = {"format_version": FORMAT_VERSION, "tensors_file": f"{name}.safetensors" if found else None,
-           "state": structure}
+    doc = {
+        "format_version": FORMAT_VERSION,
+        "tensors_file": f"{name}.safetensors" if found else None,
+        "state": structure,
+    }
     data = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
     (folder / f"{name}.json").write_bytes(data)
     files[folder / f"{name}.json"] = hashlib.sha256(data).hexdigest()

@@ -19,10 +19,11 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..direct_io import DirectReader
 from ..errors import DiskFullError, UnsupportedCheckpointError, VerificationError
@@ -54,11 +55,11 @@ class WeightsReport:
     dtypes: dict[str, int] = field(default_factory=dict)  # dtype → tensor count
 
 
-def _view_key(t: "torch.Tensor") -> tuple:
+def _view_key(t: torch.Tensor) -> tuple:
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
 
 
-def prepare(weights: dict[str, "torch.Tensor"], dtype: str = "keep") -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:
+def prepare(weights: dict[str, torch.Tensor], dtype: str = "keep") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """A new dict ready for safetensors (the caller's dict and tensors are not modified)."""
     import torch
 
@@ -85,8 +86,11 @@ def prepare(weights: dict[str, "torch.Tensor"], dtype: str = "keep") -> tuple[di
                 continue
             first_by_view[key] = name
             storages.setdefault(key[0], []).append(name)
-        if target is not None and tensor.is_floating_point() and tensor.dtype in (torch.float32, torch.float64,
-                                                                                  torch.float16, torch.bfloat16):
+        if (
+            target is not None
+            and tensor.is_floating_point()
+            and tensor.dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+        ):
             tensor = tensor.to(target)
         out[name] = tensor
     # Distinct views of one storage (e.g. slices of a fused qkv): safetensors needs separate memory.
@@ -100,7 +104,7 @@ def prepare(weights: dict[str, "torch.Tensor"], dtype: str = "keep") -> tuple[di
     return out, tied
 
 
-def verify_file(path: Path, expected: dict[str, "torch.Tensor"]) -> None:
+def verify_file(path: Path, expected: dict[str, torch.Tensor]) -> None:
     """Re-read `path` from disk and compare it bit for bit with `expected`.
 
     The safetensors parser validates the header (names, dtypes, shapes, offsets); the bytes are then
@@ -136,10 +140,10 @@ def verify_file(path: Path, expected: dict[str, "torch.Tensor"]) -> None:
             while offset < end - begin:
                 disk = fh.readview(end - begin - offset)
                 # numpy, not torch.equal: that one allocates a fresh result per call and costs 4x the time here.
-                if not len(disk) or not numpy.array_equal(numpy.frombuffer(disk, dtype=numpy.uint8),
-                                                          source[offset:offset + len(disk)]):
-                    raise VerificationError(f"{path.name}: tensor {name!r} does not read back bit-identical",
-                                            str(path))
+                if not len(disk) or not numpy.array_equal(
+                    numpy.frombuffer(disk, dtype=numpy.uint8), source[offset : offset + len(disk)]
+                ):
+                    raise VerificationError(f"{path.name}: tensor {name!r} does not read back bit-identical", str(path))
                 offset += len(disk)
 
 
@@ -155,17 +159,24 @@ def _write_durable(path: Path, data: bytes) -> None:
         raise
 
 
-def write_weights(weights: dict[str, "torch.Tensor"], out: Path, *, max_shard_size: int | str = "5GB",
-                  dtype: str = "keep", metadata: dict[str, str] | None = None,
-                  progress: Callable[[int], None] | None = None) -> WeightsReport:
+def write_weights(
+    weights: dict[str, torch.Tensor],
+    out: Path,
+    *,
+    max_shard_size: int | str = "5GB",
+    dtype: str = "keep",
+    metadata: dict[str, str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> WeightsReport:
     """Write `weights` into folder `out` (which must exist) and verify them; see the module docstring."""
     from huggingface_hub import split_torch_state_dict_into_shards
 
     prepared, tied = prepare(weights, dtype)
     if not prepared:
         raise UnsupportedCheckpointError("the checkpoint holds no model weights")
-    plan = split_torch_state_dict_into_shards(prepared, filename_pattern="model{suffix}.safetensors",
-                                              max_shard_size=max_shard_size)
+    plan = split_torch_state_dict_into_shards(
+        prepared, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size
+    )
     report = WeightsReport(tied=dict(sorted(tied.items())), shards=len(plan.filename_to_tensors))
     file_metadata = {"format": "pt", **(metadata or {})}
     # Verification of shard k runs in a worker thread while shard k+1 is written (both mostly release the GIL).

@@ -21,6 +21,7 @@ INDEX_FORMAT_VERSION = 1
 @dataclass
 class RevisionInfo:
     """One published checkpoint, as listed in the index."""
+
     name: str
     step: int | None
     commit: str | None = None
@@ -36,7 +37,7 @@ class RevisionInfo:
     pruned: bool = False
 
     @classmethod
-    def from_json(cls, data: dict) -> "RevisionInfo":
+    def from_json(cls, data: dict) -> RevisionInfo:
         known = {f for f in cls.__dataclass_fields__}
         info = cls(**{k: v for k, v in data.items() if k in known})
         info.metrics = {k: decode_number(v) for k, v in (info.metrics or {}).items()}
@@ -53,6 +54,7 @@ class RevisionInfo:
 @dataclass
 class RevisionIndex:
     """The machine-readable list of every revision (a rebuildable cache of their checkpoint.json)."""
+
     revisions: list[RevisionInfo] = field(default_factory=list)
     monitor: str | None = None
     mode: str = "min"
@@ -86,20 +88,31 @@ class RevisionIndex:
     def to_json(self) -> bytes:
         """The index as JSON that every parser accepts: NaN / ±inf metrics as strings (see `encode_number`)."""
         self.recompute_tags()
-        doc = {"format_version": INDEX_FORMAT_VERSION, "monitor": self.monitor, "mode": self.mode, "best": self.best,
-               "final": self.final, "tags": dict(sorted(self.tags.items())),
-               "revisions": [r.to_json() for r in self.revisions]}
+        doc = {
+            "format_version": INDEX_FORMAT_VERSION,
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "best": self.best,
+            "final": self.final,
+            "tags": dict(sorted(self.tags.items())),
+            "revisions": [r.to_json() for r in self.revisions],
+        }
         return (json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> "RevisionIndex":
+    def from_json(cls, raw: bytes | str) -> RevisionIndex:
         doc = json.loads(raw)
         if doc.get("format_version", 0) > INDEX_FORMAT_VERSION:
             raise HubConfigError("revisions.json was written by a newer hubckpt; upgrade hubckpt")
         tags = doc.get("tags") if isinstance(doc.get("tags"), dict) else {}
-        return cls(revisions=[RevisionInfo.from_json(r) for r in doc.get("revisions", [])], monitor=doc.get("monitor"),
-                   mode=doc.get("mode") or "min", best=doc.get("best"), final=doc.get("final"),
-                   tags={str(k): str(v) for k, v in tags.items()})
+        return cls(
+            revisions=[RevisionInfo.from_json(r) for r in doc.get("revisions", [])],
+            monitor=doc.get("monitor"),
+            mode=doc.get("mode") or "min",
+            best=doc.get("best"),
+            final=doc.get("final"),
+            tags={str(k): str(v) for k, v in tags.items()},
+        )
 
     # -- verbs for the consumer side (`best` is the field naming the best revision, hence best_info) --
 
@@ -132,10 +145,16 @@ def info_from_manifest(name: str, commit: str | None, manifest: dict | None) -> 
     """
     if not manifest:
         return RevisionInfo(name=name, step=None, commit=commit)
-    return RevisionInfo(name=name, step=manifest.get("step"), commit=commit, epoch=decode_number(manifest.get("epoch")),
-                        tokens=manifest.get("tokens"), metrics=manifest_metrics(manifest),
-                        size=sum(int(f.get("size") or 0) for f in manifest.get("files") or []),
-                        source_format=(manifest.get("source") or {}).get("format"))
+    return RevisionInfo(
+        name=name,
+        step=manifest.get("step"),
+        commit=commit,
+        epoch=decode_number(manifest.get("epoch")),
+        tokens=manifest.get("tokens"),
+        metrics=manifest_metrics(manifest),
+        size=sum(int(f.get("size") or 0) for f in manifest.get("files") or []),
+        source_format=(manifest.get("source") or {}).get("format"),
+    )
 
 
 def better(value: float, than: float | None, mode: str) -> bool:

@@ -32,7 +32,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def build_manifest(ckpt: "Checkpoint", weights: Any, files: list[Any], dtype: str) -> dict[str, Any]:
+def build_manifest(ckpt: Checkpoint, weights: Any, files: list[Any], dtype: str) -> dict[str, Any]:
     """The manifest dict; files sorted by path, no timestamps or absolute paths (deterministic).
 
     `weights` is the converter's `WeightsReport`, `files` its `WrittenFile`s (path, sha256, size); typed
@@ -46,9 +46,15 @@ def build_manifest(ckpt: "Checkpoint", weights: Any, files: list[Any], dtype: st
         "metrics": {k: encode_number(v) for k, v in sorted(ckpt.metrics.items())},
         "best": ckpt.best,
         "source": {"format": ckpt.source_format, "name": ckpt.source.name},
-        "weights": {"tensors": weights.tensors, "parameters": weights.parameters, "bytes": weights.bytes,
-                    "shards": weights.shards, "dtypes": weights.dtypes, "tied": weights.tied,
-                    "dtype_conversion": dtype},
+        "weights": {
+            "tensors": weights.tensors,
+            "parameters": weights.parameters,
+            "bytes": weights.bytes,
+            "shards": weights.shards,
+            "dtypes": weights.dtypes,
+            "tied": weights.tied,
+            "dtype_conversion": dtype,
+        },
         "training_state": sorted(ckpt.training_state),
         "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in sorted(files, key=lambda f: f.path)],
         "skipped": [{"file": name, "reason": reason} for name, reason in sorted(ckpt.skipped)],

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -28,21 +29,27 @@ Spec = dict[str, tuple[tuple[int, ...], "torch.dtype", bool]]  # path → (shape
 Allocate = Callable[[list[tuple[tuple[int, ...], "torch.dtype", bool]]], list["torch.Tensor"]]
 
 
-def empty_buffers(entries: list[tuple[tuple[int, ...], "torch.dtype", bool]]) -> list["torch.Tensor"]:
+def empty_buffers(entries: list[tuple[tuple[int, ...], torch.dtype, bool]]) -> list[torch.Tensor]:
     """Fresh CPU buffers (page-locked where `pinned`, for asynchronous copies from the GPU)."""
     import torch
 
     return [torch.empty(shape, dtype=dtype, pin_memory=pinned) for shape, dtype, pinned in entries]
 
 
-def _alias_key(t: "torch.Tensor") -> tuple | None:
+def _alias_key(t: torch.Tensor) -> tuple | None:
     if not t.numel():
         return None
-    return (t.device.type, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()),
-            t.dtype)
+    return (
+        t.device.type,
+        t.untyped_storage().data_ptr(),
+        t.storage_offset(),
+        tuple(t.shape),
+        tuple(t.stride()),
+        t.dtype,
+    )
 
 
-def iter_tensors(value: Any, path: str) -> Iterator[tuple[str, "torch.Tensor"]]:
+def iter_tensors(value: Any, path: str) -> Iterator[tuple[str, torch.Tensor]]:
     """(path, tensor) for every tensor in a tree of dicts, lists and tuples, in capture order."""
     import torch
 
@@ -75,10 +82,10 @@ def spec_of(tree: Any, prefix: str) -> Spec:
 class StagingSet:
     """One set of staging buffers (path → CPU tensor)."""
 
-    def __init__(self, index: int, allocate: "Allocate | None" = None) -> None:
+    def __init__(self, index: int, allocate: Allocate | None = None) -> None:
         self.index = index
         self.allocate = allocate or empty_buffers
-        self.buffers: dict[str, "torch.Tensor"] = {}
+        self.buffers: dict[str, torch.Tensor] = {}
         self.allocated_on_capture = 0  # buffers the training thread had to allocate (prefault missed them)
 
     def nbytes(self) -> int:
@@ -88,8 +95,11 @@ class StagingSet:
         """Allocate and touch every buffer of `spec` not already there; return the bytes allocated."""
         import torch
 
-        missing = [(path, shape, dtype, pinned) for path, (shape, dtype, pinned) in spec.items()
-                   if (buf := self.buffers.get(path)) is None or tuple(buf.shape) != shape or buf.dtype != dtype]
+        missing = [
+            (path, shape, dtype, pinned)
+            for path, (shape, dtype, pinned) in spec.items()
+            if (buf := self.buffers.get(path)) is None or tuple(buf.shape) != shape or buf.dtype != dtype
+        ]
         fresh = self.allocate([(shape, dtype, pinned) for _, shape, dtype, pinned in missing]) if missing else []
         added = 0
         for (path, *_), buf in zip(missing, fresh):
@@ -102,7 +112,7 @@ class StagingSet:
 class StagingPool:
     """`sets` staging sets, pre-faulted by one background thread."""
 
-    def __init__(self, sets: int = 1, on_start=None, allocate: "Allocate | None" = None) -> None:
+    def __init__(self, sets: int = 1, on_start=None, allocate: Allocate | None = None) -> None:
         if sets < 1:
             raise ValueError("staging sets must be at least 1")
         self._sets = [StagingSet(i, allocate) for i in range(sets)]
@@ -145,8 +155,9 @@ class StagingPool:
                             self._free.sort(key=lambda s: s.index)
                             self._cond.notify_all()
                     if added:
-                        logger.debug("staging set %d: %.1f MiB allocated ahead of need", staging_set.index,
-                                     added / 2**20)
+                        logger.debug(
+                            "staging set %d: %.1f MiB allocated ahead of need", staging_set.index, added / 2**20
+                        )
             except Exception as e:  # noqa: BLE001 - a failed prefault only makes the first capture slower
                 logger.warning("pre-allocating staging buffers failed (%s); captures will allocate instead", e)
             finally:
@@ -192,7 +203,7 @@ def capture(value: Any, staging_set: StagingSet, path: str, aliases: dict | None
             return aliases[key]
         buf = staging_set.buffers.get(path)
         if buf is None or buf.shape != src.shape or buf.dtype != src.dtype:
-            buf, = staging_set.allocate([(tuple(src.shape), src.dtype, src.device.type == "cuda")])
+            (buf,) = staging_set.allocate([(tuple(src.shape), src.dtype, src.device.type == "cuda")])
             staging_set.buffers[path] = buf
             staging_set.allocated_on_capture += 1
         buf.copy_(src, non_blocking=src.device.type == "cuda")

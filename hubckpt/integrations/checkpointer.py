@@ -35,13 +35,14 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from ..conversion.training_state import capture_rng
-from ..priority import IDLE, check_priority, idle_class_supported, in_background_priority, lower_priority
 from ..errors import HubConfigError
+from ..priority import IDLE, check_priority, idle_class_supported, in_background_priority, lower_priority
 from .capture import StagingPool, StagingSet, capture, spec_of, synchronize
 
 if TYPE_CHECKING:
@@ -106,11 +107,25 @@ class Checkpointer:
         **publisher_options: passed to `hubckpt.Publisher` (keep_last, revision_template, token, ...).
     """
 
-    def __init__(self, repo_id: str, *, model: "torch.nn.Module", optimizer: "torch.optim.Optimizer | None" = None,
-                 scheduler: Any = None, scaler: Any = None, hub: Any = None, every: int | None = None,
-                 monitor: str | None = None, mode: str = "min", companions: "Iterable[str | os.PathLike]" = (),
-                 staging_sets: int = 1, background: str | None = None, nice: int | str | None = None,
-                 publish_mb_per_s: float | str | None = "auto", **publisher_options: Any) -> None:
+    def __init__(
+        self,
+        repo_id: str,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        scaler: Any = None,
+        hub: Any = None,
+        every: int | None = None,
+        monitor: str | None = None,
+        mode: str = "min",
+        companions: Iterable[str | os.PathLike] = (),
+        staging_sets: int = 1,
+        background: str | None = None,
+        nice: int | str | None = None,
+        publish_mb_per_s: float | str | None = "auto",
+        **publisher_options: Any,
+    ) -> None:
         from ..publishing import Publisher
         from .publisher_process import PublisherProcess
         from .shared_memory import shared_memory_supported
@@ -122,8 +137,9 @@ class Checkpointer:
         if background not in ("process", "thread"):
             raise HubConfigError(f"background must be 'process' or 'thread', got {background!r}")
         if background == "process" and not shared_memory_supported():
-            raise HubConfigError("background='process' needs Linux (memfd and descriptor passing); "
-                                 "use background='thread'")
+            raise HubConfigError(
+                "background='process' needs Linux (memfd and descriptor passing); use background='thread'"
+            )
         self.repo_id = repo_id
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.every = every
@@ -132,29 +148,40 @@ class Checkpointer:
             nice = (IDLE if idle_class_supported() else 10) if background == "process" else 0
         self.nice = nice = check_priority(nice)
         if background == "thread" and nice == IDLE:
-            raise HubConfigError("nice='idle' needs background='process': an idle-class thread holding the GIL "
-                                 "would make the training thread wait for it. Pass a nice increment instead.")
+            raise HubConfigError(
+                "nice='idle' needs background='process': an idle-class thread holding the GIL "
+                "would make the training thread wait for it. Pass a nice increment instead."
+            )
         if publish_mb_per_s == "auto":
             publish_mb_per_s = DEFAULT_PUBLISH_MB_PER_S if background == "process" else None
         self.publish_mb_per_s = publish_mb_per_s
         if publish_mb_per_s is not None:
             if background != "process":
                 raise HubConfigError("publish_mb_per_s= needs background='process' (it paces that process's I/O)")
-            if isinstance(publish_mb_per_s, bool) or not isinstance(publish_mb_per_s, (int, float)) \
-                    or not publish_mb_per_s > 0:
-                raise HubConfigError(f"publish_mb_per_s must be a positive number of megabytes per second, 'auto' "
-                                     f"or None (no cap), got {publish_mb_per_s!r}")
+            if (
+                isinstance(publish_mb_per_s, bool)
+                or not isinstance(publish_mb_per_s, (int, float))
+                or not publish_mb_per_s > 0
+            ):
+                raise HubConfigError(
+                    f"publish_mb_per_s must be a positive number of megabytes per second, 'auto' "
+                    f"or None (no cap), got {publish_mb_per_s!r}"
+                )
         allocate = None
         if background == "process":
             self.publisher: Publisher | PublisherProcess = PublisherProcess(
-                repo_id, nice=nice, mb_per_s=publish_mb_per_s, hub=hub, monitor=monitor, mode=mode, **publisher_options)
+                repo_id, nice=nice, mb_per_s=publish_mb_per_s, hub=hub, monitor=monitor, mode=mode, **publisher_options
+            )
             allocate = self.publisher.allocator
         else:
             # Created on a lowered-priority thread: the publisher's worker (and the threads it starts) inherit it.
             self.publisher = in_background_priority(
-                lambda: Publisher(repo_id, hub=hub, monitor=monitor, mode=mode, **publisher_options), nice)
-        self.companions = [*model_files(model, self.publisher.spool / "model-files"),
-                           *(Path(c).resolve() for c in companions)]
+                lambda: Publisher(repo_id, hub=hub, monitor=monitor, mode=mode, **publisher_options), nice
+            )
+        self.companions = [
+            *model_files(model, self.publisher.spool / "model-files"),
+            *(Path(c).resolve() for c in companions),
+        ]
         missing = [str(c) for c in self.companions if not c.is_file()]
         if missing:
             self.publisher.close()
@@ -194,9 +221,16 @@ class Checkpointer:
 
     # -- saving -----------------------------------------------------------------------------------
 
-    def save(self, step: int, *, metrics: dict[str, float] | None = None, tokens: int | None = None,
-             epoch: float | None = None, final: bool = False, extra: Any = None,
-             ) -> "Future[PublishedRevision] | None":
+    def save(
+        self,
+        step: int,
+        *,
+        metrics: dict[str, float] | None = None,
+        tokens: int | None = None,
+        epoch: float | None = None,
+        final: bool = False,
+        extra: Any = None,
+    ) -> Future[PublishedRevision] | None:
         """Capture everything now and publish it in the background as the revision of `step`.
 
         Returns a Future of the `PublishedRevision`, or None when `every` says this step is not
@@ -228,16 +262,23 @@ class Checkpointer:
             raise
         future = Future()
         self._published[step] = f"step {step}"  # its real name is the publisher's to render
-        self._handoff.put((staging_set, weights, training_state,
-                           dict(step=step, metrics=dict(metrics or {}), tokens=tokens, epoch=epoch, final=final),
-                           future))
+        self._handoff.put(
+            (
+                staging_set,
+                weights,
+                training_state,
+                dict(step=step, metrics=dict(metrics or {}), tokens=tokens, epoch=epoch, final=final),
+                future,
+            )
+        )
         stall = time.perf_counter() - started
         self.stalls.append(stall)
         logger.info("captured step %d for %s (training blocked %.3fs)", step, self.repo_id, stall)
         return future
 
-    def _capture(self, staging_set: StagingSet, step: int, tokens: int | None, epoch: float | None,
-                 extra: Any) -> tuple[dict, dict]:
+    def _capture(
+        self, staging_set: StagingSet, step: int, tokens: int | None, epoch: float | None, extra: Any
+    ) -> tuple[dict, dict]:
         weights = capture(self.model.state_dict(), staging_set, "model")
         state: dict[str, Any] = {}
         if self.optimizer is not None:
@@ -247,9 +288,19 @@ class Checkpointer:
         if self.scaler is not None:
             state["scaler"] = capture(self.scaler.state_dict(), staging_set, "scaler")
         state["rng"] = capture_rng()  # fresh small tensors and tuples, nothing to stage
-        state["loop"] = {"format": LOOP_FORMAT, "step": step, "epoch": epoch, "tokens": tokens, "extra": extra,
-                         "classes": {"model": class_name(self.model), "optimizer": class_name(self.optimizer),
-                                     "scheduler": class_name(self.scheduler), "scaler": class_name(self.scaler)}}
+        state["loop"] = {
+            "format": LOOP_FORMAT,
+            "step": step,
+            "epoch": epoch,
+            "tokens": tokens,
+            "extra": extra,
+            "classes": {
+                "model": class_name(self.model),
+                "optimizer": class_name(self.optimizer),
+                "scheduler": class_name(self.scheduler),
+                "scaler": class_name(self.scaler),
+            },
+        }
         synchronize()
         return weights, state
 
@@ -271,8 +322,14 @@ class Checkpointer:
             try:
                 # The process needs to know which buffers hold the tensors, to send only their names.
                 where = {"staging_set": staging_set} if self.background == "process" else {}
-                inner = self.publisher.publish(state_dict=weights, training_state=training_state,
-                                               companions=self.companions, release=release, **where, **options)
+                inner = self.publisher.publish(
+                    state_dict=weights,
+                    training_state=training_state,
+                    companions=self.companions,
+                    release=release,
+                    **where,
+                    **options,
+                )
                 _chain(inner, future, on_done=lambda f, step=options["step"]: self._settled(step, f))
             except BaseException as e:  # re-raised by the next save / wait / close
                 release()
@@ -327,7 +384,7 @@ class Checkpointer:
         self._raise_if_failed()
         self.publisher.close(timeout)
 
-    def __enter__(self) -> "Checkpointer":
+    def __enter__(self) -> Checkpointer:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -359,12 +416,15 @@ class Checkpointer:
             return {}
         steps = {r.step: r.name for r in index.revisions if r.step is not None} if index else {}
         if steps:
-            logger.info("%s already has %d revisions (latest step %d); those steps are not saved again",
-                        self.repo_id, len(steps), max(steps))
+            logger.info(
+                "%s already has %d revisions (latest step %d); those steps are not saved again",
+                self.repo_id,
+                len(steps),
+                max(steps),
+            )
         return steps
 
-    def restore(self, revision: str | None = None, *, step: int | None = None,
-                strict: bool = True) -> "Restored | None":
+    def restore(self, revision: str | None = None, *, step: int | None = None, strict: bool = True) -> Restored | None:
         """Load the latest published revision (or `revision` / `step`) into the model, optimizer, ...
 
         Returns None when nothing is published yet (a fresh run). Jobs a killed process left in the
@@ -379,8 +439,18 @@ class Checkpointer:
                 logger.info("%s has no revision yet: starting from scratch", self.repo_id)
                 return None
         self._published.update(self._published_steps())
-        return restore(self.repo_id, revision, step=step, model=self.model, optimizer=self.optimizer,
-                       scheduler=self.scheduler, scaler=self.scaler, hub=self._hub, token=self._token, strict=strict)
+        return restore(
+            self.repo_id,
+            revision,
+            step=step,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            hub=self._hub,
+            token=self._token,
+            strict=strict,
+        )
 
 
 def model_files(model: Any, folder: Path) -> list[Path]:
@@ -400,8 +470,11 @@ def model_files(model: Any, folder: Path) -> list[Path]:
     written = [folder / "config.json"]
     generation = getattr(model, "generation_config", None)
     can_generate = getattr(model, "can_generate", None)
-    if generation is not None and callable(getattr(generation, "to_json_file", None)) and \
-            (can_generate is None or can_generate()):
+    if (
+        generation is not None
+        and callable(getattr(generation, "to_json_file", None))
+        and (can_generate is None or can_generate())
+    ):
         generation.to_json_file(folder / "generation_config.json")
         written.append(folder / "generation_config.json")
     return written
@@ -409,6 +482,7 @@ def model_files(model: Any, folder: Path) -> list[Path]:
 
 def _chain(inner: Future, outer: Future, on_done=None) -> None:
     """`outer` settles as `inner` does (after `on_done(inner)`, so its waiters see the bookkeeping done)."""
+
     def done(f: Future) -> None:
         if on_done is not None:
             try:

@@ -33,9 +33,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from .. import errors
 from ..commits import read_uploads_in_large_pieces
@@ -58,11 +59,12 @@ STARTUP_TIMEOUT_S = 1200.0
 
 # -- values across the channel ------------------------------------------------------------------------
 
-def _dtype_name(dtype: "torch.dtype") -> str:
+
+def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _inline(tensor: "torch.Tensor") -> dict[str, Any]:
+def _inline(tensor: torch.Tensor) -> dict[str, Any]:
     """A small tensor that is not a staging buffer (an RNG state, a 0-dim one) by value, in the message."""
     import torch
 
@@ -71,7 +73,7 @@ def _inline(tensor: "torch.Tensor") -> dict[str, Any]:
     return {"dtype": _dtype_name(t.dtype), "shape": list(t.shape), "data": base64.b64encode(raw).decode()}
 
 
-def _from_inline(entry: dict[str, Any]) -> "torch.Tensor":
+def _from_inline(entry: dict[str, Any]) -> torch.Tensor:
     import torch
 
     dtype = getattr(torch, entry["dtype"])
@@ -112,8 +114,10 @@ def process_options(options: dict[str, Any]) -> dict[str, Any]:
         out["allow_globals"] = list(out["allow_globals"])
     hubs = out.get("hub") if isinstance(out.get("hub"), list) else [out.get("hub")]
     if any(h is not None and not isinstance(h, str) for h in hubs):
-        raise HubConfigError("With background='process' give hub= as names or URLs (strings), not Hub objects; "
-                             "or use background='thread'.")
+        raise HubConfigError(
+            "With background='process' give hub= as names or URLs (strings), not Hub objects; "
+            "or use background='thread'."
+        )
     try:
         json.dumps(out)
     except (TypeError, ValueError) as e:
@@ -122,6 +126,7 @@ def process_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- the parent's side ----------------------------------------------------------------------------------
+
 
 class PublisherProcess:
     """What the `Checkpointer` needs of a `Publisher` (publish, wait, close, spool, targets), run in a child."""
@@ -147,7 +152,11 @@ class PublisherProcess:
         try:
             self._process = subprocess.Popen(  # -P: a module in the working directory cannot shadow a stdlib one
                 [sys.executable, "-P", "-m", "hubckpt.integrations.publisher_process"],
-                pass_fds=(child_sock.fileno(),), env=env, stdin=subprocess.DEVNULL, close_fds=True)
+                pass_fds=(child_sock.fileno(),),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+            )
         finally:
             child_sock.close()
         self._lock = threading.Lock()
@@ -159,8 +168,16 @@ class PublisherProcess:
         self._dead: BaseException | None = None
         self._closed = False
         try:
-            self._channel.send({"op": "start", "repo_id": repo_id, "options": payload, "nice": nice,
-                                "mb_per_s": mb_per_s, "log_level": logging.getLogger("hubckpt").getEffectiveLevel()})
+            self._channel.send(
+                {
+                    "op": "start",
+                    "repo_id": repo_id,
+                    "options": payload,
+                    "nice": nice,
+                    "mb_per_s": mb_per_s,
+                    "log_level": logging.getLogger("hubckpt").getEffectiveLevel(),
+                }
+            )
             ready = self._receive_ready()
         except BaseException:
             self._stop_process()
@@ -182,27 +199,41 @@ class PublisherProcess:
                     raise _rebuild_error(message["error"])
                 self._channel.sock.settimeout(None)
                 return message
-        except (ChannelClosed, TimeoutError, socket.timeout) as e:
-            raise PublishError(f"The publishing process did not start ({e}); run with background='thread' "
-                               "or see its messages above.") from e
+        except (ChannelClosed, TimeoutError) as e:
+            raise PublishError(
+                f"The publishing process did not start ({e}); run with background='thread' or see its messages above."
+            ) from e
 
     # -- publishing -------------------------------------------------------------------------------------
 
-    def publish(self, *, state_dict: dict, training_state: dict | None, companions: Iterable[Path] = (),
-                release: Callable[[], None], staging_set: "StagingSet", **options: Any) -> Future:
+    def publish(
+        self,
+        *,
+        state_dict: dict,
+        training_state: dict | None,
+        companions: Iterable[Path] = (),
+        release: Callable[[], None],
+        staging_set: StagingSet,
+        **options: Any,
+    ) -> Future:
         """Hand one capture (tensors in `staging_set`'s shared buffers) to the child; a Future of it."""
         from ..conversion.training_state import encode_tree
 
         if self._dead is not None:
-            raise PublishError(f"The publishing process has stopped ({self._dead}); unfinished jobs resume "
-                               f"at the next start (`hubckpt resume --repo {self.repo_id}`).")
+            raise PublishError(
+                f"The publishing process has stopped ({self._dead}); unfinished jobs resume "
+                f"at the next start (`hubckpt resume --repo {self.repo_id}`)."
+            )
         by_pointer = {b.data_ptr(): path for path, b in staging_set.buffers.items() if b.numel()}
         structure, tensors = encode_tree({"weights": state_dict, "training_state": training_state or {}})
         staged, inline = {}, {}
         for key, t in tensors.items():
             path = by_pointer.get(t.data_ptr()) if t.numel() else None
-            if path is not None and tuple(t.shape) == tuple(staging_set.buffers[path].shape) \
-                    and t.dtype == staging_set.buffers[path].dtype:
+            if (
+                path is not None
+                and tuple(t.shape) == tuple(staging_set.buffers[path].shape)
+                and t.dtype == staging_set.buffers[path].dtype
+            ):
                 staged[key] = path
             else:
                 inline[key] = _inline(t)
@@ -215,9 +246,19 @@ class PublisherProcess:
             self._releases[job] = release
         try:
             nbytes = sum(t.numel() * t.element_size() for t in tensors.values())  # what the child paces by
-            self._channel.send({"op": "publish", "id": job, "set": staging_set.index, "tree": structure,
-                                "staged": staged, "inline": inline, "options": options, "nbytes": nbytes,
-                                "companions": [str(c) for c in companions]})
+            self._channel.send(
+                {
+                    "op": "publish",
+                    "id": job,
+                    "set": staging_set.index,
+                    "tree": structure,
+                    "staged": staged,
+                    "inline": inline,
+                    "options": options,
+                    "nbytes": nbytes,
+                    "companions": [str(c) for c in companions],
+                }
+            )
         except BaseException as e:
             with self._lock:
                 self._futures.pop(job, None)
@@ -227,7 +268,7 @@ class PublisherProcess:
             raise
         return future
 
-    def _send_new_buffers(self, staging_set: "StagingSet", paths: set[str]) -> None:
+    def _send_new_buffers(self, staging_set: StagingSet, paths: set[str]) -> None:
         known = self._known.setdefault(staging_set.index, {})
         entries, arenas, fds = [], [], []
         try:
@@ -243,11 +284,19 @@ class PublisherProcess:
                 if taken is not None:
                     arenas.append({"id": arena, "size": taken[1]})
                     fds.append(taken[0])
-                entries.append({"path": path, "dtype": _dtype_name(buffer.dtype), "shape": list(buffer.shape),
-                                "arena": arena, "offset": offset})
+                entries.append(
+                    {
+                        "path": path,
+                        "dtype": _dtype_name(buffer.dtype),
+                        "shape": list(buffer.shape),
+                        "arena": arena,
+                        "offset": offset,
+                    }
+                )
             if entries:
-                self._channel.send({"op": "buffers", "set": staging_set.index, "arenas": arenas,
-                                    "buffers": entries}, fds)
+                self._channel.send(
+                    {"op": "buffers", "set": staging_set.index, "arenas": arenas, "buffers": entries}, fds
+                )
                 for entry in entries:
                     known[entry["path"]] = staging_set.buffers[entry["path"]]
         finally:
@@ -280,13 +329,20 @@ class PublisherProcess:
         for release in releases.values():
             release()
         if not self._closed:
-            logger.error("the publishing process of %s exited (code %s); what it had not finished stays in its "
-                         "journal and resumes at the next start", self.repo_id, code)
+            logger.error(
+                "the publishing process of %s exited (code %s); what it had not finished stays in its "
+                "journal and resumes at the next start",
+                self.repo_id,
+                code,
+            )
         for future in [*futures.values(), *waits.values()]:
             if not future.done():
-                future.set_exception(PublishError(
-                    f"The publishing process exited (code {code}) before this finished; unfinished jobs resume "
-                    f"at the next start (`hubckpt resume --repo {self.repo_id}`)."))
+                future.set_exception(
+                    PublishError(
+                        f"The publishing process exited (code {code}) before this finished; unfinished jobs resume "
+                        f"at the next start (`hubckpt resume --repo {self.repo_id}`)."
+                    )
+                )
 
     def _handle(self, message: dict[str, Any]) -> None:
         from ..publishing import PublishedRevision
@@ -392,6 +448,7 @@ def is_orphaned_publisher(pid: int) -> bool:
     # Re-parented to init or a subreaper: its own training process is not its parent any more.
     return parent == 1 or not parent_cmdline or b"python" not in parent_cmdline.split(b"\0")[0]
 
+
 class _ForwardLogs(logging.Handler):
     def __init__(self, channel: Channel) -> None:
         super().__init__()
@@ -483,10 +540,10 @@ class _Child:
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
         self.arenas: dict[int, mmap.mmap] = {}  # arena id → its shared memory
-        self.sets: dict[int, dict[str, "torch.Tensor"]] = {}
+        self.sets: dict[int, dict[str, torch.Tensor]] = {}
         self.publisher = None
         # publish() blocks while max_pending jobs wait: off the receive loop, which must keep reading.
-        self.jobs: "queue.Queue" = queue.Queue()
+        self.jobs: queue.Queue = queue.Queue()
         self.publishing = threading.Thread(target=self._publish_loop, name="hubckpt-publish", daemon=True)
         self.pacing = _Pacing()
 
@@ -507,7 +564,7 @@ class _Child:
             self.publisher = self._open_publisher(Publisher, message["repo_id"], options)
         except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
             self.channel.send({"error": _error_message(e)})
-            raise SystemExit(1)
+            raise SystemExit(1) from e
         self.channel.send({"spool": str(self.publisher.spool)})
 
     @staticmethod
@@ -527,7 +584,10 @@ class _Child:
                 if not told:
                     logging.getLogger(__name__).warning(
                         "the spool of %s is still held by pid %s, the publishing process of an earlier run that "
-                        "stopped; waiting for it to finish publishing what it was handed", repo_id, e.pid)
+                        "stopped; waiting for it to finish publishing what it was handed",
+                        repo_id,
+                        e.pid,
+                    )
                     told = True
                 time.sleep(0.5)
 
@@ -540,8 +600,7 @@ class _Child:
         for entry in message["buffers"]:
             dtype = getattr(torch, entry["dtype"])
             n = int(torch.Size(entry["shape"]).numel()) * torch.empty((), dtype=dtype).element_size()
-            staged[entry["path"]] = arena_tensor(self.arenas[entry["arena"]], entry["offset"], n, dtype,
-                                                 entry["shape"])
+            staged[entry["path"]] = arena_tensor(self.arenas[entry["arena"]], entry["offset"], n, dtype, entry["shape"])
 
     def publish(self, message: dict[str, Any]) -> None:
         from ..conversion.training_state import decode_tree
@@ -565,8 +624,13 @@ class _Child:
                     except ChannelClosed:  # the training process has gone: publishing goes on
                         pass
 
-            inner = self.publisher.publish(state_dict=tree["weights"], training_state=tree["training_state"] or None,
-                                           companions=message["companions"], release=release, **message["options"])
+            inner = self.publisher.publish(
+                state_dict=tree["weights"],
+                training_state=tree["training_state"] or None,
+                companions=message["companions"],
+                release=release,
+                **message["options"],
+            )
             handing_over = False
         except Exception as e:  # noqa: BLE001 - this job fails; the others go on
             self.pacing.settled(job)
@@ -580,8 +644,17 @@ class _Child:
             self.pacing.settled(job)
             try:
                 if f.cancelled():
-                    self.channel.send({"failed": job, "error": {"type": "PublishError", "message": (
-                        "the job was not started before the publisher stopped; it stays in the journal")}})
+                    self.channel.send(
+                        {
+                            "failed": job,
+                            "error": {
+                                "type": "PublishError",
+                                "message": (
+                                    "the job was not started before the publisher stopped; it stays in the journal"
+                                ),
+                            },
+                        }
+                    )
                 elif f.exception() is not None:
                     self.channel.send({"failed": job, "error": _error_message(f.exception())})
                 else:

@@ -49,14 +49,15 @@ class SharedAllocator:
         self._where: dict[int, tuple[int, int]] = {}  # buffer address → (arena id, offset)
         self._next = 0
 
-    def __call__(self, entries: list[tuple[tuple[int, ...], "torch.dtype", bool]]) -> list["torch.Tensor"]:
+    def __call__(self, entries: list[tuple[tuple[int, ...], torch.dtype, bool]]) -> list[torch.Tensor]:
         """One buffer per (shape, dtype, pinned), all in one new arena (zero-size ones outside it: sent by
         value). `pinned` is not honoured: a CUDA capture into this pageable memory is a synchronous copy."""
         import torch
 
         entries = [(shape, dtype) for shape, dtype, _pinned in entries]
-        sizes = [int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size()
-                 for shape, dtype in entries]
+        sizes = [
+            int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size() for shape, dtype in entries
+        ]
         offsets, total = [], 0
         for n in sizes:
             offsets.append(total)
@@ -84,7 +85,7 @@ class SharedAllocator:
                 out.append(tensor)
         return out
 
-    def locate(self, tensor: "torch.Tensor") -> tuple[int, int] | None:
+    def locate(self, tensor: torch.Tensor) -> tuple[int, int] | None:
         """(arena id, offset) of one of our buffers, else None."""
         with self._lock:
             return self._where.get(tensor.data_ptr())
@@ -109,7 +110,7 @@ def map_arena(fd: int, size: int) -> mmap.mmap:
         os.close(fd)
 
 
-def arena_tensor(mapped: mmap.mmap, offset: int, nbytes: int, dtype: "torch.dtype", shape) -> "torch.Tensor":
+def arena_tensor(mapped: mmap.mmap, offset: int, nbytes: int, dtype: torch.dtype, shape) -> torch.Tensor:
     """The buffer at `offset` of an arena, as a tensor with a storage of its own.
 
     Its own storage, not a view of one arena-wide storage: code that groups tensors by storage (the

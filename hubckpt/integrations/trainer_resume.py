@@ -38,7 +38,8 @@ def require_training_state(paths, where: str) -> None:
         raise TrainingStateMissingError(
             f"{where} has no {TRAINING_STATE_DIR}/, so a Trainer cannot resume from it. Publish Trainer checkpoints "
             "with HubckptCallback (or `hubckpt publish` of checkpoint-N/ folders with optimizer.pt, scheduler.pt, "
-            "rng_state.pth), or plain loops with hubckpt.Checkpointer.")
+            "rng_state.pth), or plain loops with hubckpt.Checkpointer."
+        )
 
 
 def _plain(value: Any) -> Any:
@@ -59,9 +60,11 @@ def _trainer_state(loop: dict, manifest: dict, folder: Path) -> dict:
     if "global_step" in loop:
         state = dict(loop)
     else:  # a Checkpointer revision: enough for the Trainer to know where it is
-        state = {"global_step": loop.get("step", manifest.get("step")) or 0,
-                 "epoch": loop.get("epoch", manifest.get("epoch")) or 0.0,
-                 "num_input_tokens_seen": loop.get("tokens") or 0}
+        state = {
+            "global_step": loop.get("step", manifest.get("step")) or 0,
+            "epoch": loop.get("epoch", manifest.get("epoch")) or 0.0,
+            "num_input_tokens_seen": loop.get("tokens") or 0,
+        }
     history = folder / LOG_HISTORY_FILE
     if history.is_file():
         state["log_history"] = json.loads(history.read_text()).get("log_history", [])
@@ -78,8 +81,9 @@ def write_trainer_checkpoint(revision_folder: str | Path, dest: str | Path, *, o
 
     src, dest = Path(revision_folder), Path(dest)
     if dest.exists() and any(dest.iterdir()) and not overwrite:
-        raise DestinationExistsError(f"{dest} already exists and is not empty; choose another folder or pass "
-                                     "overwrite=True (CLI: --overwrite)")
+        raise DestinationExistsError(
+            f"{dest} already exists and is not empty; choose another folder or pass overwrite=True (CLI: --overwrite)"
+        )
     state_dir = src / TRAINING_STATE_DIR
     parts = sorted(p.stem for p in state_dir.glob("*.json")) if state_dir.is_dir() else []
     require_training_state([f"{TRAINING_STATE_DIR}/{p}.json" for p in parts], src.name)
@@ -98,13 +102,15 @@ def write_trainer_checkpoint(revision_folder: str | Path, dest: str | Path, *, o
             if part in state:
                 torch.save(_plain(state[part]), tmp / filename)
         rng = state.get("rng") or {}
-        per_rank = {k: v for k, v in rng.items() if k.startswith("rng_state")} if "python" not in rng else \
-            {"rng_state": rng}
+        per_rank = (
+            {k: v for k, v in rng.items() if k.startswith("rng_state")} if "python" not in rng else {"rng_state": rng}
+        )
         for name, value in sorted(per_rank.items()):
             torch.save(_plain(value), tmp / f"{name}.pth")
         loop = state.get("loop") if isinstance(state.get("loop"), dict) else {}
-        (tmp / "trainer_state.json").write_text(json.dumps(_trainer_state(loop, manifest, src), indent=2,
-                                                           sort_keys=True) + "\n")
+        (tmp / "trainer_state.json").write_text(
+            json.dumps(_trainer_state(loop, manifest, src), indent=2, sort_keys=True) + "\n"
+        )
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
@@ -115,8 +121,16 @@ def write_trainer_checkpoint(revision_folder: str | Path, dest: str | Path, *, o
     return dest
 
 
-def pull_trainer_checkpoint(repo_id: str, revision: str | None, dest: str | Path, *, step: int | None = None,
-                            hub: Any = None, token: Any = None, overwrite: bool = False) -> Path:
+def pull_trainer_checkpoint(
+    repo_id: str,
+    revision: str | None,
+    dest: str | Path,
+    *,
+    step: int | None = None,
+    hub: Any = None,
+    token: Any = None,
+    overwrite: bool = False,
+) -> Path:
     """Download a revision (pinned to its commit) and write it to `dest` as a Trainer checkpoint folder."""
     from ..load.restore import fetch_revision
 

@@ -61,14 +61,24 @@ class HubckptCallback(TrainerCallback):
             try:  # an earlier job's failure, reported here once (publish() does not raise it)
                 publisher.raise_if_failed()
             except Exception as e:  # noqa: BLE001 - logged, kept in the journal; training goes on
-                logger.error("hubckpt: publishing an earlier checkpoint failed: %s (see `hubckpt jobs %s`)",
-                             e, self.repo_id)
+                logger.error(
+                    "hubckpt: publishing an earlier checkpoint failed: %s (see `hubckpt jobs %s`)", e, self.repo_id
+                )
             try:
-                publisher.publish(folder, step=state.global_step, final=state.global_step >= state.max_steps > 0,
-                                  snapshot=True, replace=self._resumed and self.replace_on_resume)
+                publisher.publish(
+                    folder,
+                    step=state.global_step,
+                    final=state.global_step >= state.max_steps > 0,
+                    snapshot=True,
+                    replace=self._resumed and self.replace_on_resume,
+                )
             except Exception as e:  # noqa: BLE001 - logged, kept in the journal; training goes on
-                logger.error("hubckpt: could not publish checkpoint-%d: %s (see `hubckpt jobs %s`)",
-                             state.global_step, e, self.repo_id)
+                logger.error(
+                    "hubckpt: could not publish checkpoint-%d: %s (see `hubckpt jobs %s`)",
+                    state.global_step,
+                    e,
+                    self.repo_id,
+                )
             else:
                 self._published_steps.add(state.global_step)
         return control
@@ -77,8 +87,11 @@ class HubckptCallback(TrainerCallback):
         if not state.is_world_process_zero or self._publisher is None:
             return control
         if state.global_step not in self._published_steps:
-            logger.warning("the Trainer did not save at the last step (%d); the final model is not published as "
-                           "a revision. Set save_strategy so that the last step is saved.", state.global_step)
+            logger.warning(
+                "the Trainer did not save at the last step (%d); the final model is not published as "
+                "a revision. Set save_strategy so that the last step is saved.",
+                state.global_step,
+            )
         publisher, self._publisher = self._publisher, None
         try:
             publisher.close()

@@ -10,6 +10,21 @@ from .lazy import LazyRevision, TensorMeta
 from .loaders import PullResult, Revision, load_model, load_state_dict, open_revision, pull_revision
 from .resolve import RepoRevisions, list_revisions, resolve_revision
 
-__all__ = ["list_revisions", "resolve_revision", "load_state_dict", "load_model", "open_revision", "LazyRevision", "iter_revisions", "IteratedRevision",
-           "TensorMeta", "pull_revision", "PullResult", "Revision", "RepoRevisions", "Downloader", "RevisionFiles",
-           "verify_cached"]
+__all__ = [
+    "list_revisions",
+    "resolve_revision",
+    "load_state_dict",
+    "load_model",
+    "open_revision",
+    "LazyRevision",
+    "iter_revisions",
+    "IteratedRevision",
+    "TensorMeta",
+    "pull_revision",
+    "PullResult",
+    "Revision",
+    "RepoRevisions",
+    "Downloader",
+    "RevisionFiles",
+    "verify_cached",
+]

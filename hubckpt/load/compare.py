@@ -13,6 +13,7 @@ from .loaders import open_revision
 @dataclass
 class TensorDiff:
     """How one tensor moved from revision A to B (norms in float64)."""
+
     name: str
     shape: tuple[int, ...]
     dtype: str
@@ -36,6 +37,7 @@ class TensorDiff:
 @dataclass
 class RevisionDiff:
     """The comparison of two revisions."""
+
     a: str
     b: str
     tensors: list[TensorDiff] = field(default_factory=list)  # tensors in both with the same shape and dtype
@@ -84,15 +86,33 @@ def compare_revisions(a: LazyRevision, b: LazyRevision) -> RevisionDiff:
             out.tensors.append(TensorDiff(name, ma.shape, ma.dtype, norm, norm, 0.0, 0.0))
             continue
         delta = y - x
-        out.tensors.append(TensorDiff(name, ma.shape, ma.dtype, float(x.norm()), float(y.norm()), float(delta.norm()),
-                                      float(delta.abs().max()) if delta.numel() else 0.0))
+        out.tensors.append(
+            TensorDiff(
+                name,
+                ma.shape,
+                ma.dtype,
+                float(x.norm()),
+                float(y.norm()),
+                float(delta.norm()),
+                float(delta.abs().max()) if delta.numel() else 0.0,
+            )
+        )
     out.bytes_received = a.bytes_received + (b.bytes_received if b.rev.reader is not a.rev.reader else 0)
     return out
 
 
-def diff_revisions(repo_id: str, a: str, b: str, *, repo_b: str | None = None, hub: Hub | str | None = None,
-                   token: str | bool | None = None) -> RevisionDiff:
+def diff_revisions(
+    repo_id: str,
+    a: str,
+    b: str,
+    *,
+    repo_b: str | None = None,
+    hub: Hub | str | None = None,
+    token: str | bool | None = None,
+) -> RevisionDiff:
     """Compare revision `a` of `repo_id` with revision `b` (of `repo_b`, default the same repo), lazily."""
-    with open_revision(repo_id, a, hub=hub, token=token) as ra, \
-            open_revision(repo_b or repo_id, b, hub=hub, token=token) as rb:
+    with (
+        open_revision(repo_id, a, hub=hub, token=token) as ra,
+        open_revision(repo_b or repo_id, b, hub=hub, token=token) as rb,
+    ):
         return compare_revisions(ra, rb)

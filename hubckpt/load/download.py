@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import IntegrityError
-from ..formats.index import RevisionInfo
 from ..formats import manifest as manifest_format
+from ..formats.index import RevisionInfo
 from ..formats.manifest import MANIFEST_FILE
 from ..hub_reader import HubReader
 
@@ -81,9 +81,12 @@ def verify_cached(path: Path, expected: str | None, where: str) -> None:
     actual = sha256_file(blob)
     if actual != expected:
         _remove_cached(path)
-        raise IntegrityError(f"{where} is corrupt: sha256 {actual[:16]}… instead of {expected[:16]}… recorded in "
-                             f"{MANIFEST_FILE}; the bad copy was removed from the cache, nothing was loaded "
-                             "(retry to download it again; if it fails again the hub holds a bad copy)", path=where)
+        raise IntegrityError(
+            f"{where} is corrupt: sha256 {actual[:16]}… instead of {expected[:16]}… recorded in "
+            f"{MANIFEST_FILE}; the bad copy was removed from the cache, nothing was loaded "
+            "(retry to download it again; if it fails again the hub holds a bad copy)",
+            path=where,
+        )
     marker = _verified_dir() / expected
     marker.parent.mkdir(parents=True, exist_ok=True)
     tmp = marker.with_name(f".{expected}.{os.getpid()}")
@@ -94,6 +97,7 @@ def verify_cached(path: Path, expected: str | None, where: str) -> None:
 @dataclass
 class RevisionFiles:
     """What a revision holds, from its `checkpoint.json` (or a listing for repos without one)."""
+
     info: RevisionInfo
     manifest: dict | None
     files: dict[str, dict] = field(default_factory=dict)  # path → {"sha256", "size"} (sha256 may be None)
@@ -135,9 +139,17 @@ class Downloader:
         assert info.commit, "resolve the revision first: downloads are pinned to commits"
         local = self.cached(info, path)
         if local is None:
-            local = Path(hf_hub_download(self.reader.repo_id, path, revision=info.commit, cache_dir=self.cache_dir,
-                                         endpoint=self.reader.endpoint, token=self.reader.token,
-                                         library_name="hubckpt"))
+            local = Path(
+                hf_hub_download(
+                    self.reader.repo_id,
+                    path,
+                    revision=info.commit,
+                    cache_dir=self.cache_dir,
+                    endpoint=self.reader.endpoint,
+                    token=self.reader.token,
+                    library_name="hubckpt",
+                )
+            )
         verify_cached(local, sha256, self.where(info, path))
         return local
 
@@ -192,8 +204,11 @@ class Downloader:
         weight_map = index.get("weight_map") or {}
         unknown = sorted(set(weight_map.values()) - set(files.files))
         if unknown:
-            raise IntegrityError(f"{self.where(files.info, INDEX_JSON)} maps tensors to {', '.join(unknown)}, which "
-                                 "the revision does not have", path=self.where(files.info, INDEX_JSON))
+            raise IntegrityError(
+                f"{self.where(files.info, INDEX_JSON)} maps tensors to {', '.join(unknown)}, which "
+                "the revision does not have",
+                path=self.where(files.info, INDEX_JSON),
+            )
         return weight_map
 
 
@@ -204,7 +219,10 @@ def require_weights(files: RevisionFiles, repo_id: str) -> list[str]:
     weights = files.weight_files
     if not weights:
         others = sorted(p for p in files.files if p.endswith((".bin", ".pt", ".pth", ".ckpt")))
-        hint = (f" (it has {', '.join(others[:3])}: hubckpt loads safetensors only; `hubckpt convert` converts)"
-                if others else "")
+        hint = (
+            f" (it has {', '.join(others[:3])}: hubckpt loads safetensors only; `hubckpt convert` converts)"
+            if others
+            else ""
+        )
         raise errors.NoSafetensorsError(f"{repo_id}@{files.info.name} has no safetensors weights{hint}")
     return weights

@@ -11,8 +11,9 @@ deleted.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from ..errors import HubConfigError
 from ..formats.index import RevisionInfo
@@ -30,8 +31,9 @@ POLICIES = ("keep", "previous", "bounded")
 class IteratedRevision(Revision):
     """One revision handed out by `iter_revisions`: load it whole, in part, as a model, or lazily."""
 
-    def state_dict(self, *, keys: Iterable[str] | None = None, prefix: str | None = None, dtype=None,
-                   device="cpu") -> dict:
+    def state_dict(
+        self, *, keys: Iterable[str] | None = None, prefix: str | None = None, dtype=None, device="cpu"
+    ) -> dict:
         """Its tensors (see `hubckpt.load_state_dict`)."""
         return rev_state_dict(self, keys=keys, prefix=prefix, dtype=dtype, device=device)
 
@@ -70,8 +72,9 @@ class _CacheKeeper:
         if not Path(cache_dir).exists():
             return None, None
         info = scan_cache_dir(cache_dir)
-        repo = next((r for r in info.repos if r.repo_type == "model" and r.repo_id.lower() == self.repo_id.lower()),
-                    None)
+        repo = next(
+            (r for r in info.repos if r.repo_type == "model" and r.repo_id.lower() == self.repo_id.lower()), None
+        )
         return info, repo
 
     def _cached(self) -> dict[str, int]:
@@ -93,8 +96,12 @@ class _CacheKeeper:
         doomed = [c for c in commits if c in present]
         if doomed:
             strategy = info.delete_revisions(*doomed)
-            logger.info("cache: deleting %d revision(s) of %s, freeing %d bytes", len(doomed), self.repo_id,
-                        strategy.expected_freed_size)
+            logger.info(
+                "cache: deleting %d revision(s) of %s, freeing %d bytes",
+                len(doomed),
+                self.repo_id,
+                strategy.expected_freed_size,
+            )
             strategy.execute()
         for c in commits:
             if c in self.ours:
@@ -120,8 +127,13 @@ class _CacheKeeper:
         if self.policy == "bounded":
             self.size()
             if self.max_bytes is not None and self.peak > self.max_bytes:
-                logger.warning("cache of %s reached %d bytes, over the bound of %d (a single revision is larger, "
-                               "or revisions cached before were kept)", self.repo_id, self.peak, self.max_bytes)
+                logger.warning(
+                    "cache of %s reached %d bytes, over the bound of %d (a single revision is larger, "
+                    "or revisions cached before were kept)",
+                    self.repo_id,
+                    self.peak,
+                    self.max_bytes,
+                )
 
     def finish(self) -> None:
         """The iteration ended; the last revision stays cached (its item may still be in use)."""
@@ -129,8 +141,9 @@ class _CacheKeeper:
             self.size()
 
 
-def select_revisions(records: list[RevisionInfo], revisions: RepoRevisions, *, steps: Iterable[int] | None,
-                     every: int | None, match: str) -> list[RevisionInfo]:
+def select_revisions(
+    records: list[RevisionInfo], revisions: RepoRevisions, *, steps: Iterable[int] | None, every: int | None, match: str
+) -> list[RevisionInfo]:
     """The revisions to iterate, in step order: given steps (each resolved with `match`), or every N-th."""
     if steps is not None:
         picked = {}
@@ -146,10 +159,18 @@ def select_revisions(records: list[RevisionInfo], revisions: RepoRevisions, *, s
     return chosen
 
 
-def iter_revisions(repo_id: str, *, steps: Iterable[int] | None = None, every: int | None = None,
-                   hub: Hub | str | None = None, token: str | bool | None = None, cache: str = "keep",
-                   max_cache_bytes: int | None = None, match: str = "exact",
-                   cache_dir: str | Path | None = None) -> Iterator[IteratedRevision]:
+def iter_revisions(
+    repo_id: str,
+    *,
+    steps: Iterable[int] | None = None,
+    every: int | None = None,
+    hub: Hub | str | None = None,
+    token: str | bool | None = None,
+    cache: str = "keep",
+    max_cache_bytes: int | None = None,
+    match: str = "exact",
+    cache_dir: str | Path | None = None,
+) -> Iterator[IteratedRevision]:
     """The revisions of `repo_id` one at a time in step order, each resolved and pinned to its commit.
 
     `steps` picks steps (resolved with `match`; a step with no revision fails before anything is
@@ -171,8 +192,9 @@ def iter_revisions(repo_id: str, *, steps: Iterable[int] | None = None, every: i
     return _iterate(revisions, chosen, keeper, cache_dir)
 
 
-def _iterate(revisions: RepoRevisions, chosen: list[RevisionInfo], keeper: _CacheKeeper,
-             cache_dir: str | Path | None) -> Iterator[IteratedRevision]:
+def _iterate(
+    revisions: RepoRevisions, chosen: list[RevisionInfo], keeper: _CacheKeeper, cache_dir: str | Path | None
+) -> Iterator[IteratedRevision]:
     try:
         for info in chosen:
             info = revisions.resolve(info.name) if not info.commit else info

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from ..errors import IntegrityError
 from .download import is_verified, require_weights
@@ -26,13 +27,27 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_TORCH_DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "I32": "int32",
-                 "U32": "uint32", "I64": "int64", "U64": "uint64", "F16": "float16", "BF16": "bfloat16",
-                 "F32": "float32", "F64": "float64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2",
-                 "C64": "complex64"}
+_TORCH_DTYPES = {
+    "BOOL": "bool",
+    "U8": "uint8",
+    "I8": "int8",
+    "I16": "int16",
+    "U16": "uint16",
+    "I32": "int32",
+    "U32": "uint32",
+    "I64": "int64",
+    "U64": "uint64",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F32": "float32",
+    "F64": "float64",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "C64": "complex64",
+}
 
 
-def torch_dtype(name: str) -> "torch.dtype":
+def torch_dtype(name: str) -> torch.dtype:
     import torch
 
     try:
@@ -44,6 +59,7 @@ def torch_dtype(name: str) -> "torch.dtype":
 @dataclass(frozen=True)
 class TensorMeta:
     """Where one tensor lives: its file, dtype, shape and absolute byte range [start, end) in the file."""
+
     name: str
     file: str
     dtype: str  # safetensors name: F32, BF16, ...
@@ -56,7 +72,7 @@ class TensorMeta:
         return self.end - self.start
 
     @property
-    def torch_dtype(self) -> "torch.dtype":
+    def torch_dtype(self) -> torch.dtype:
         return torch_dtype(self.dtype)
 
     @property
@@ -76,7 +92,7 @@ def _header_cache_dir() -> Path:
 class LazyRevision:
     """A revision opened for lazy reads (see `open_revision`)."""
 
-    def __init__(self, rev: "Revision", *, count_from_now: bool = False) -> None:
+    def __init__(self, rev: Revision, *, count_from_now: bool = False) -> None:
         self.rev = rev
         counter = rev.reader.counter
         # open_revision counts from the start (resolving the revision included); a revision opened from
@@ -87,7 +103,7 @@ class LazyRevision:
         self._weights: list[str] | None = None
 
     # -- context manager --------------------------------------------------------------------------
-    def __enter__(self) -> "LazyRevision":
+    def __enter__(self) -> LazyRevision:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -159,17 +175,21 @@ class LazyRevision:
             entry = header.get(name)
             if entry is not None and name != "__metadata__":
                 start, end = entry["data_offsets"]
-                return TensorMeta(name, file, entry["dtype"], tuple(entry["shape"]), data_start + start,
-                                  data_start + end)
+                return TensorMeta(
+                    name, file, entry["dtype"], tuple(entry["shape"]), data_start + start, data_start + end
+                )
             if weight_map:  # the index names a tensor its shard lacks (huggingface_hub#4725)
-                raise IntegrityError(f"{self.rev.repo_id}@{self.info.name}: the sharded index puts {name!r} in {file}, "
-                                     "whose header has no such tensor", path=f"{self.rev.repo_id}@{self.info.name}/{file}")
+                raise IntegrityError(
+                    f"{self.rev.repo_id}@{self.info.name}: the sharded index puts {name!r} in {file}, "
+                    "whose header has no such tensor",
+                    path=f"{self.rev.repo_id}@{self.info.name}/{file}",
+                )
         raise KeyError(f"{self.rev.repo_id}@{self.info.name} has no tensor {name!r}")
 
     def shape(self, name: str) -> tuple[int, ...]:
         return self.meta(name).shape
 
-    def dtype(self, name: str) -> "torch.dtype":
+    def dtype(self, name: str) -> torch.dtype:
         return self.meta(name).torch_dtype
 
     def tensors(self) -> dict[str, TensorMeta]:
@@ -187,7 +207,7 @@ class LazyRevision:
         return dict(self._header(self._layout()[0][0])[0].get("__metadata__") or {})
 
     # -- reading ------------------------------------------------------------------------------------
-    def get_tensor(self, name: str) -> "torch.Tensor":
+    def get_tensor(self, name: str) -> torch.Tensor:
         """One tensor, reading just its bytes (a Range request, or the verified local copy when cached)."""
         import torch
 
@@ -204,8 +224,11 @@ class LazyRevision:
             raw, _ = self.rev.reader.read_range(meta.file, self.commit, meta.start, meta.end)
             data = bytearray(raw)
         if len(data) != meta.nbytes:
-            raise IntegrityError(f"{self.rev.repo_id}@{self.info.name}/{meta.file}: {name} should be {meta.nbytes} "
-                                 f"bytes, read {len(data)}", path=f"{self.rev.repo_id}@{self.info.name}/{meta.file}")
+            raise IntegrityError(
+                f"{self.rev.repo_id}@{self.info.name}/{meta.file}: {name} should be {meta.nbytes} "
+                f"bytes, read {len(data)}",
+                path=f"{self.rev.repo_id}@{self.info.name}/{meta.file}",
+            )
         return torch.frombuffer(data, dtype=dtype).reshape(meta.shape)
 
     def _local(self, file: str) -> Path | None:
@@ -235,8 +258,11 @@ class LazyRevision:
                 header, data_start, total = self.rev.reader.safetensors_header(file, self.commit)
                 expected = (self.rev.files.files.get(file) or {}).get("size")
                 if expected is not None and total is not None and int(expected) != total:
-                    raise IntegrityError(f"{self.rev.repo_id}@{self.info.name}/{file} is {total} bytes on the hub, "
-                                         f"{expected} in checkpoint.json", path=file)
+                    raise IntegrityError(
+                        f"{self.rev.repo_id}@{self.info.name}/{file} is {total} bytes on the hub, "
+                        f"{expected} in checkpoint.json",
+                        path=file,
+                    )
                 found = (header, data_start)
             if cache_path is not None:
                 cache_path.parent.mkdir(parents=True, exist_ok=True)

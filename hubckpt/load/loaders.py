@@ -6,9 +6,10 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from ..errors import DestinationExistsError, HubConfigError, IntegrityError
 from ..formats.index import RevisionInfo, info_from_manifest
@@ -31,16 +32,29 @@ MODEL_FILES = ("config.json", "generation_config.json")
 class Revision:
     """One resolved revision of a repo, with the reader and downloader that serve it (shared by the loaders)."""
 
-    def __init__(self, repo_id: str, revision: str | None = None, *, step: int | None = None,
-                 tokens: int | None = None, match: str = "exact", hub: Hub | str | None = None,
-                 token: str | bool | None = None, cache_dir: str | Path | None = None,
-                 info: RevisionInfo | None = None, revisions: RepoRevisions | None = None,
-                 lazy: bool = False) -> None:
+    def __init__(
+        self,
+        repo_id: str,
+        revision: str | None = None,
+        *,
+        step: int | None = None,
+        tokens: int | None = None,
+        match: str = "exact",
+        hub: Hub | str | None = None,
+        token: str | bool | None = None,
+        cache_dir: str | Path | None = None,
+        info: RevisionInfo | None = None,
+        revisions: RepoRevisions | None = None,
+        lazy: bool = False,
+    ) -> None:
         self.revisions = revisions or RepoRevisions(HubReader(hub, repo_id, token=token))
         self.reader = self.revisions.reader
         self.downloader = Downloader(self.reader, cache_dir=cache_dir)
-        self.info = info or self._cached_commit(revision) or self.revisions.resolve(
-            revision, step=step, tokens=tokens, match=match)
+        self.info = (
+            info
+            or self._cached_commit(revision)
+            or self.revisions.resolve(revision, step=step, tokens=tokens, match=match)
+        )
         self._files: RevisionFiles | None = None
         self.lazy = lazy  # reading ranges only: fetch checkpoint.json with one GET, not into the cache
 
@@ -97,8 +111,10 @@ class Revision:
                 wanted = [k for k in wanted if k.startswith(prefix)]
         missing = [k for k in wanted if tied.get(k, k) not in weight_map]
         if missing:
-            raise KeyError(f"{self.repo_id}@{self.info.name} has no tensor(s) {', '.join(missing[:5])}"
-                           + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
+            raise KeyError(
+                f"{self.repo_id}@{self.info.name} has no tensor(s) {', '.join(missing[:5])}"
+                + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+            )
         plan: dict[str, list[str]] = {}
         for k in wanted:
             stored = tied.get(k, k)
@@ -135,21 +151,33 @@ class Revision:
         paths = [*weights, *([INDEX_JSON] if self.files.sharded else []), *MODEL_FILES, *extra]
         local = self.download(dict.fromkeys(paths))
         if "config.json" not in local:
-            raise HubConfigError(f"{self.repo_id}@{self.info.name} has no config.json, so transformers cannot build "
-                                 "a model from it; use hubckpt.load_state_dict instead")
+            raise HubConfigError(
+                f"{self.repo_id}@{self.info.name} has no config.json, so transformers cannot build "
+                "a model from it; use hubckpt.load_state_dict instead"
+            )
         return local[weights[0]].parent
 
 
-def _convert(tensor: "torch.Tensor", dtype, device) -> "torch.Tensor":
+def _convert(tensor: torch.Tensor, dtype, device) -> torch.Tensor:
     if dtype is not None and tensor.is_floating_point():
         tensor = tensor.to(dtype)
     return tensor.to(device) if str(device) != "cpu" else tensor
 
 
-def load_state_dict(repo_id: str, revision: str | None = None, *, step: int | None = None,
-                    keys: Iterable[str] | None = None, prefix: str | None = None, dtype: "torch.dtype | None" = None,
-                    device: "str | torch.device" = "cpu", hub: Hub | str | None = None, token: str | bool | None = None,
-                    match: str = "exact", cache_dir: str | Path | None = None) -> dict[str, "torch.Tensor"]:
+def load_state_dict(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    step: int | None = None,
+    keys: Iterable[str] | None = None,
+    prefix: str | None = None,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    hub: Hub | str | None = None,
+    token: str | bool | None = None,
+    match: str = "exact",
+    cache_dir: str | Path | None = None,
+) -> dict[str, torch.Tensor]:
     """The revision's tensors (all, `keys`, or those under `prefix`); only the shards holding them are fetched.
 
     Files are downloaded into the huggingface_hub cache at the resolved commit and verified against
@@ -159,7 +187,7 @@ def load_state_dict(repo_id: str, revision: str | None = None, *, step: int | No
     return rev_state_dict(rev, keys=keys, prefix=prefix, dtype=dtype, device=device)
 
 
-def rev_state_dict(rev: Revision, *, keys=None, prefix=None, dtype=None, device="cpu") -> dict[str, "torch.Tensor"]:
+def rev_state_dict(rev: Revision, *, keys=None, prefix=None, dtype=None, device="cpu") -> dict[str, torch.Tensor]:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -174,8 +202,9 @@ def rev_state_dict(rev: Revision, *, keys=None, prefix=None, dtype=None, device=
                 absent = sorted(set(names) - set(f.keys()))
                 if absent:  # the sharded index names tensors its shard lacks (huggingface_hub#4725)
                     where = f"{rev.repo_id}@{rev.info.name}/{shard}"
-                    raise IntegrityError(f"{where} lacks {', '.join(absent[:5])}, which the sharded index puts "
-                                         "there", path=where)
+                    raise IntegrityError(
+                        f"{where} lacks {', '.join(absent[:5])}, which the sharded index puts there", path=where
+                    )
                 tensors = {k: f.get_tensor(k) for k in names}
         for k, t in tensors.items():
             stored[k] = _convert(t, dtype, device)
@@ -184,8 +213,9 @@ def rev_state_dict(rev: Revision, *, keys=None, prefix=None, dtype=None, device=
         if listed - set(stored):
             absent = sorted(listed - set(stored))
             where = f"{rev.repo_id}@{rev.info.name}"
-            raise IntegrityError(f"{where}: the sharded index lists {', '.join(absent[:5])}, which no shard holds",
-                                 path=where)
+            raise IntegrityError(
+                f"{where}: the sharded index lists {', '.join(absent[:5])}, which no shard holds", path=where
+            )
         return {**stored, **{alias: stored[name] for alias, name in sorted(rev.tied.items()) if name in stored}}
     tied = rev.tied
     return {k: stored[tied.get(k, k)] for k in wanted}
@@ -205,9 +235,18 @@ def _model_class(folder: Path, model_class: Any):
     return transformers.AutoModel
 
 
-def load_model(repo_id: str, revision: str | None = None, *, step: int | None = None, model_class: Any = None,
-               hub: Hub | str | None = None, token: str | bool | None = None, match: str = "exact",
-               cache_dir: str | Path | None = None, **from_pretrained_kwargs):
+def load_model(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    step: int | None = None,
+    model_class: Any = None,
+    hub: Hub | str | None = None,
+    token: str | bool | None = None,
+    match: str = "exact",
+    cache_dir: str | Path | None = None,
+    **from_pretrained_kwargs,
+):
     """A transformers model of the revision, through `from_pretrained`, pinned to the resolved commit.
 
     The class is `model_class`, else the config's `architectures` (e.g. GPT2LMHeadModel), else AutoModel.
@@ -231,9 +270,11 @@ def rev_model(rev: Revision, *, model_class: Any = None, **from_pretrained_kwarg
 
 # -- pull: a folder that from_pretrained(DIR) loads -------------------------------------------------------
 
+
 @dataclass
 class PullResult:
     """What `pull_revision` wrote."""
+
     info: RevisionInfo
     folder: Path
     files: list[str] = field(default_factory=list)
@@ -251,10 +292,20 @@ def pull_files(rev: Revision, *, training_state: bool = False) -> list[str]:
     return sorted(paths)
 
 
-def pull_revision(repo_id: str, dest: str | Path, revision: str | None = None, *, step: int | None = None,
-                  match: str = "exact", hub: Hub | str | None = None, token: str | bool | None = None,
-                  training_state: bool = False, overwrite: bool = False,
-                  cache_dir: str | Path | None = None, rev: Revision | None = None) -> PullResult:
+def pull_revision(
+    repo_id: str,
+    dest: str | Path,
+    revision: str | None = None,
+    *,
+    step: int | None = None,
+    match: str = "exact",
+    hub: Hub | str | None = None,
+    token: str | bool | None = None,
+    training_state: bool = False,
+    overwrite: bool = False,
+    cache_dir: str | Path | None = None,
+    rev: Revision | None = None,
+) -> PullResult:
     """Copy a revision into `dest`: weights, config, tokenizer, card and checkpoint.json, verified.
 
     The folder loads with `from_pretrained(dest)`. Files come through the shared cache (so pulling many
@@ -287,8 +338,15 @@ def pull_revision(repo_id: str, dest: str | Path, revision: str | None = None, *
     return PullResult(rev.info, dest, paths, total)
 
 
-def open_revision(repo_id: str, revision: str | None = None, *, step: int | None = None, match: str = "exact",
-                  hub: Hub | str | None = None, token: str | bool | None = None) -> LazyRevision:
+def open_revision(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    step: int | None = None,
+    match: str = "exact",
+    hub: Hub | str | None = None,
+    token: str | bool | None = None,
+) -> LazyRevision:
     """Open a revision for lazy reads; use as a context manager.
 
     `keys()`, `meta(name)` / `shape(name)` / `dtype(name)` come from the safetensors headers only;

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..errors import CorruptCheckpointError
 
@@ -24,12 +25,23 @@ _CHUNK = 64 << 20
 _MAX_HEADER = 100 << 20
 
 
-def _dtypes() -> dict[str, "torch.dtype"]:
+def _dtypes() -> dict[str, torch.dtype]:
     import torch
 
-    table = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-             "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-             "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+    table = {
+        "F64": torch.float64,
+        "F32": torch.float32,
+        "F16": torch.float16,
+        "BF16": torch.bfloat16,
+        "I64": torch.int64,
+        "I32": torch.int32,
+        "I16": torch.int16,
+        "I8": torch.int8,
+        "U8": torch.uint8,
+        "BOOL": torch.bool,
+        "F8_E4M3": torch.float8_e4m3fn,
+        "F8_E5M2": torch.float8_e5m2,
+    }
     for name, attr in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64")):
         if hasattr(torch, attr):
             table[name] = getattr(torch, attr)
@@ -39,8 +51,9 @@ def _dtypes() -> dict[str, "torch.dtype"]:
 @dataclass(frozen=True)
 class TensorEntry:
     """Where one tensor's bytes are in a safetensors file."""
+
     file: Path
-    dtype: "torch.dtype"
+    dtype: torch.dtype
     shape: tuple[int, ...]
     start: int  # absolute offset in the file
     nbytes: int
@@ -69,7 +82,7 @@ def read_header(path: Path) -> dict[str, TensorEntry]:
     return entries
 
 
-def read_tensor(entry: TensorEntry, dest: "torch.Tensor | None" = None, *, handle=None) -> "torch.Tensor":
+def read_tensor(entry: TensorEntry, dest: torch.Tensor | None = None, *, handle=None) -> torch.Tensor:
     """Read `entry` into `dest` (same shape and dtype; any device) or into a new CPU tensor; return it."""
     import torch
 
@@ -79,8 +92,9 @@ def read_tensor(entry: TensorEntry, dest: "torch.Tensor | None" = None, *, handl
     raw = target.detach().reshape(-1).view(torch.uint8) if target.numel() else None
     expected = target.numel() * target.element_size()
     if expected != entry.nbytes:
-        raise CorruptCheckpointError(f"{entry.file}: tensor of {entry.nbytes} bytes where {expected} were expected",
-                                     str(entry.file))
+        raise CorruptCheckpointError(
+            f"{entry.file}: tensor of {entry.nbytes} bytes where {expected} were expected", str(entry.file)
+        )
     if raw is not None:
         view = memoryview(raw.numpy()).cast("B")
         f = handle or open(entry.file, "rb")
@@ -88,7 +102,7 @@ def read_tensor(entry: TensorEntry, dest: "torch.Tensor | None" = None, *, handl
             f.seek(entry.start)
             done = 0
             while done < entry.nbytes:
-                n = f.readinto(view[done:done + _CHUNK])
+                n = f.readinto(view[done : done + _CHUNK])
                 if not n:
                     raise CorruptCheckpointError(f"{entry.file} is truncated", str(entry.file))
                 done += n

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timezone
+from datetime import UTC
 
 from ..errors import AmbiguousRevisionError, HubConfigError, RevisionLookupError
 from ..formats.index import MATCHES, RevisionIndex, RevisionInfo, info_from_manifest, nearest_to, pick_revision
@@ -85,13 +85,14 @@ class RepoRevisions:
 
     def _dates(self, commits: list[str]) -> dict[str, str | None]:
         """Commit sha → its date (ISO 8601, UTC), for records built without the index (one request each)."""
+
         def date(commit: str) -> str | None:
             try:
                 when = self.reader.api.model_info(self.repo_id, revision=commit).last_modified
             except Exception as e:  # noqa: BLE001 - a record without a date is still a record
                 logger.debug("no date for %s@%s: %s", self.repo_id, commit[:12], e)
                 return None
-            return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
+            return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
 
         unique = sorted(set(commits))
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -106,16 +107,20 @@ class RepoRevisions:
         manifests = self._manifests(branches)
         records = {name: info_from_manifest(name, branches[name], manifests[name]) for name in branches}
         main = records.get(MAIN)
-        if main is not None and main.step is not None and any(
-                r.step == main.step for n, r in records.items() if n != MAIN):
+        if (
+            main is not None
+            and main.step is not None
+            and any(r.step == main.step for n, r in records.items() if n != MAIN)
+        ):
             del records[MAIN]  # main carries a copy of the final revision's files
         by_commit = {r.commit: r for r in records.values()}
         for tag, commit in sorted(tags.items()):
             if commit in by_commit:
                 by_commit[commit].tags.append(tag)
             else:
-                records[tag] = dataclasses.replace(info_from_manifest(tag, commit, self.reader.manifest(commit)),
-                                                   tags=[tag])
+                records[tag] = dataclasses.replace(
+                    info_from_manifest(tag, commit, self.reader.manifest(commit)), tags=[tag]
+                )
         return sorted(self._dated(list(records.values())), key=_order)
 
     def _merge_refs(self, records: list[RevisionInfo]) -> list[RevisionInfo]:
@@ -124,8 +129,11 @@ class RepoRevisions:
         known = {r.name for r in records} | {MAIN}
         missing = {name: sha for name, sha in branches.items() if name not in known}
         if missing:
-            logger.info("the index of %s does not list %s; read from their checkpoint.json", self.repo_id,
-                        ", ".join(sorted(missing)))
+            logger.info(
+                "the index of %s does not list %s; read from their checkpoint.json",
+                self.repo_id,
+                ", ".join(sorted(missing)),
+            )
             manifests = self._manifests(missing)
             records += self._dated([info_from_manifest(name, sha, manifests[name]) for name, sha in missing.items()])
         by_commit = {branches.get(r.name, r.commit): r for r in records}
@@ -137,8 +145,9 @@ class RepoRevisions:
 
     # -- resolution ---------------------------------------------------------------------------------
 
-    def resolve(self, revision: str | None = None, *, step: int | None = None, tokens: int | None = None,
-                match: str = "exact") -> RevisionInfo:
+    def resolve(
+        self, revision: str | None = None, *, step: int | None = None, tokens: int | None = None, match: str = "exact"
+    ) -> RevisionInfo:
         given = [n for n, v in (("revision", revision), ("step", step), ("tokens", tokens)) if v is not None]
         if len(given) > 1:
             raise HubConfigError(f"Pass one of revision, step and tokens, not {' and '.join(given)}")
@@ -152,15 +161,22 @@ class RepoRevisions:
             return self._by_word(revision or "latest")
         if FULL_SHA.match(revision):  # a full commit sha: found in the index, or asked of the hub; no refs needed
             entry, commit = self._by_commit(revision)
-            return (dataclasses.replace(entry, tags=list(entry.tags), metrics=dict(entry.metrics)) if entry
-                    else info_from_manifest(revision[:12], commit, self.reader.manifest(commit)))
+            return (
+                dataclasses.replace(entry, tags=list(entry.tags), metrics=dict(entry.metrics))
+                if entry
+                else info_from_manifest(revision[:12], commit, self.reader.manifest(commit))
+            )
         return self._by_name(revision)
 
     def _lookup_error(self, wanted: str, nearest: list[RevisionInfo], hint: str = "") -> RevisionLookupError:
         names = [f"{r.name} (step {r.step})" if r.step is not None else r.name for r in nearest]
         near = f"; nearest: {', '.join(names)}" if names else "; it has no stepped revisions"
-        return RevisionLookupError(f"{self.repo_id} has no revision at {wanted}{near}{hint}", repo_id=self.repo_id,
-                                   wanted=wanted, nearest=[r.name for r in nearest])
+        return RevisionLookupError(
+            f"{self.repo_id} has no revision at {wanted}{near}{hint}",
+            repo_id=self.repo_id,
+            wanted=wanted,
+            nearest=[r.name for r in nearest],
+        )
 
     def _by_number(self, value: int, what: str, key, match: str) -> RevisionInfo:
         records = self.records()
@@ -184,12 +200,19 @@ class RepoRevisions:
             if tagged is not None:
                 return self._pinned(tagged)
             why = "its index monitors no metric" if word == "best" and index is not None else f"no `{word}` tag"
-            raise RevisionLookupError(f"{self.repo_id} has no {word} revision ({why}); see `hubckpt ls {self.repo_id}`",
-                                      repo_id=self.repo_id, wanted=word)
+            raise RevisionLookupError(
+                f"{self.repo_id} has no {word} revision ({why}); see `hubckpt ls {self.repo_id}`",
+                repo_id=self.repo_id,
+                wanted=word,
+            )
         found = next((r for r in records if r.name == name), None)
         if found is None:
-            raise RevisionLookupError(f"{self.repo_id}'s index names {name} as {word}, but lists no such live revision; "
-                                      f"run `hubckpt reindex {self.repo_id}`", repo_id=self.repo_id, wanted=word)
+            raise RevisionLookupError(
+                f"{self.repo_id}'s index names {name} as {word}, but lists no such live revision; "
+                f"run `hubckpt reindex {self.repo_id}`",
+                repo_id=self.repo_id,
+                wanted=word,
+            )
         return self._pinned(found)
 
     def _pinned(self, info: RevisionInfo) -> RevisionInfo:
@@ -202,8 +225,10 @@ class RepoRevisions:
         branches, tags = self.refs()
         if name in branches and name in tags and branches[name] != tags[name]:
             raise AmbiguousRevisionError(
-                f"{self.repo_id}: {name!r} is both a branch (at {branches[name][:12]}) and a tag (at {tags[name][:12]}); "
-                "pass the commit you mean instead")
+                f"{self.repo_id}: {name!r} is both a branch (at {branches[name][:12]}) "
+                f"and a tag (at {tags[name][:12]}); "
+                "pass the commit you mean instead"
+            )
         commit = branches.get(name) or tags.get(name)
         index = self.index()
         entry = None
@@ -217,15 +242,24 @@ class RepoRevisions:
                 raise RevisionLookupError(
                     f"{self.repo_id}@{name} was pruned: a retention policy deleted its branch; "
                     f"`hubckpt ls {self.repo_id} --all` lists it, the live revisions are the others",
-                    repo_id=self.repo_id, wanted=name, nearest=[r.name for r in nearest_to(
-                        index.live(), pruned.step, lambda r: r.step)] if pruned.step is not None else [])
+                    repo_id=self.repo_id,
+                    wanted=name,
+                    nearest=[r.name for r in nearest_to(index.live(), pruned.step, lambda r: r.step)]
+                    if pruned.step is not None
+                    else [],
+                )
             entry, commit = self._by_commit(name)
         if entry is not None and entry.commit == commit:
             info = dataclasses.replace(entry, tags=list(entry.tags), metrics=dict(entry.metrics))
         else:
             if entry is not None:
-                logger.info("%s@%s has moved since the index recorded it (%s → %s); describing its head", self.repo_id,
-                            name, entry.commit, commit)
+                logger.info(
+                    "%s@%s has moved since the index recorded it (%s → %s); describing its head",
+                    self.repo_id,
+                    name,
+                    entry.commit,
+                    commit,
+                )
             info = info_from_manifest(name, commit, self.reader.manifest(commit))
         info.tags = sorted(set(info.tags) | {t for t, sha in tags.items() if sha == commit})
         return info
@@ -246,7 +280,9 @@ class RepoRevisions:
         except RevisionNotFoundError as e:
             raise errors.UnknownRevisionError(
                 f"{self.repo_id} has no revision {name!r} (no such branch, tag or commit); "
-                f"see `hubckpt ls {self.repo_id}`", response=e.response) from None
+                f"see `hubckpt ls {self.repo_id}`",
+                response=e.response,
+            ) from None
         if not commit:
             raise HubConfigError(f"The hub did not say which commit {name!r} of {self.repo_id} is (no X-Repo-Commit)")
         return None, commit
@@ -256,8 +292,9 @@ def repo_revisions(repo_id: str, *, hub: Hub | str | None = None, token: str | b
     return RepoRevisions(HubReader(hub, repo_id, token=token))
 
 
-def list_revisions(repo_id: str, *, hub: Hub | str | None = None, token: str | bool | None = None,
-                   refresh: bool = False) -> list[RevisionInfo]:
+def list_revisions(
+    repo_id: str, *, hub: Hub | str | None = None, token: str | bool | None = None, refresh: bool = False
+) -> list[RevisionInfo]:
     """Every live revision of `repo_id`, sorted by step, from the index in one request.
 
     Each record has name, step, epoch, tokens, metrics, commit, date, size and tags. Without an index
@@ -268,8 +305,16 @@ def list_revisions(repo_id: str, *, hub: Hub | str | None = None, token: str | b
     return repo_revisions(repo_id, hub=hub, token=token).records(refresh=refresh)
 
 
-def resolve_revision(repo_id: str, revision: str | None = None, *, step: int | None = None, tokens: int | None = None,
-                     match: str = "exact", hub: Hub | str | None = None, token: str | bool | None = None) -> RevisionInfo:
+def resolve_revision(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    step: int | None = None,
+    tokens: int | None = None,
+    match: str = "exact",
+    hub: Hub | str | None = None,
+    token: str | bool | None = None,
+) -> RevisionInfo:
     """The revision meant by a branch, tag or commit, a word (`best`, `latest`, `final`), a step or tokens.
 
     `match` is `exact`, `nearest` or `at_or_before` (for step/tokens). No argument means `latest` (or

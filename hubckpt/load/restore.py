@@ -33,16 +33,19 @@ logger = logging.getLogger(__name__)
 
 WEIGHT_FILES = {"model.safetensors", "model.safetensors.index.json"}
 _SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
-_HOW_TO_PUBLISH = ("Publish revisions with their training state: hubckpt.Checkpointer(repo, model=..., "
-                   "optimizer=..., scheduler=...).save(step), Publisher.publish(state_dict=..., "
-                   "training_state={...}), or a Trainer checkpoint folder (optimizer.pt, scheduler.pt, rng_state.pth) "
-                   "with HubckptCallback / `hubckpt publish`.")
+_HOW_TO_PUBLISH = (
+    "Publish revisions with their training state: hubckpt.Checkpointer(repo, model=..., "
+    "optimizer=..., scheduler=...).save(step), Publisher.publish(state_dict=..., "
+    "training_state={...}), or a Trainer checkpoint folder (optimizer.pt, scheduler.pt, rng_state.pth) "
+    "with HubckptCallback / `hubckpt publish`."
+)
 MAX_LISTED = 20
 
 
 @dataclass
 class Restored:
     """What `restore` loaded: the training position to continue from."""
+
     repo_id: str
     revision: str
     commit: str
@@ -63,7 +66,7 @@ def _revisions(repo_id: str, hub: Any, token: Any):
     return RepoRevisions(HubReader(hub, repo_id, token=token))
 
 
-def read_index(repo_id: str, *, hub: Any = None, token: Any = None) -> "RevisionIndex | None":
+def read_index(repo_id: str, *, hub: Any = None, token: Any = None) -> RevisionIndex | None:
     """The repo's `revisions.json` on `main`, or None when the repo or the index does not exist yet."""
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
@@ -73,8 +76,16 @@ def read_index(repo_id: str, *, hub: Any = None, token: Any = None) -> "Revision
         return None
 
 
-def fetch_revision(repo_id: str, revision: str | None = None, *, step: int | None = None, hub: Any = None,
-                   token: Any = None, weights: bool = True, everything: bool = False) -> tuple[Any, dict, dict]:
+def fetch_revision(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    step: int | None = None,
+    hub: Any = None,
+    token: Any = None,
+    weights: bool = True,
+    everything: bool = False,
+) -> tuple[Any, dict, dict]:
     """(RevisionInfo pinned to its commit, checkpoint.json or {}, {path in repo: verified local path}).
 
     Fetches `training_state/` and `checkpoint.json` (+ the safetensors weights, or every file with
@@ -91,7 +102,8 @@ def fetch_revision(repo_id: str, revision: str | None = None, *, step: int | Non
     if not any(p.endswith(".json") for p in state_files):
         raise TrainingStateMissingError(
             f"{repo_id}@{info.name} has no {TRAINING_STATE_DIR}/ (it was published from weights alone), so training "
-            f"cannot resume from it; its weights load with hubckpt.load_state_dict / from_pretrained. {_HOW_TO_PUBLISH}")
+            f"cannot resume from it; its weights load with hubckpt.load_state_dict / from_pretrained. {_HOW_TO_PUBLISH}"
+        )
     if everything:
         wanted = sorted(files.files)
     else:
@@ -101,6 +113,7 @@ def fetch_revision(repo_id: str, revision: str | None = None, *, step: int | Non
 
 
 # -- the plan: everything checked before anything changes --------------------------------------------
+
 
 def weight_entries(local: dict[str, Path]) -> dict[str, TensorEntry]:
     """Every weight tensor of a revision (single file, or shards listed by their index), from the headers."""
@@ -121,7 +134,7 @@ def _listed(lines: list[str]) -> str:
     return "\n  " + "\n  ".join(shown) + more
 
 
-def plan_weights(model: "torch.nn.Module", entries: dict[str, TensorEntry]) -> tuple[list, list[str]]:
+def plan_weights(model: torch.nn.Module, entries: dict[str, TensorEntry]) -> tuple[list, list[str]]:
     """([(entry, destination tensor)], mismatches) for reading the revision's weights into `model`."""
     targets = model.state_dict()
     tied: dict[tuple, list[str]] = {}
@@ -132,8 +145,9 @@ def plan_weights(model: "torch.nn.Module", entries: dict[str, TensorEntry]) -> t
     for name, t in targets.items():
         entry = entries.get(name)
         if entry is None:
-            group = tied.get((t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)), []) \
-                if t.numel() else []
+            group = (
+                tied.get((t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)), []) if t.numel() else []
+            )
             if any(other in entries for other in group if other != name):
                 continue  # a tied weight, published once under another of its names
             mismatches.append(f"missing in the revision: {name} {tuple(t.shape)}")
@@ -152,7 +166,7 @@ def _class_of(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
-def check_optimizer(optimizer: "torch.optim.Optimizer", saved: dict, recorded_class: str | None) -> list[str]:
+def check_optimizer(optimizer: torch.optim.Optimizer, saved: dict, recorded_class: str | None) -> list[str]:
     """Why `saved` (an optimizer state dict) cannot go into `optimizer`; [] when it can."""
     import torch
 
@@ -164,14 +178,17 @@ def check_optimizer(optimizer: "torch.optim.Optimizer", saved: dict, recorded_cl
         return [f"optimizer param groups: revision {len(saved_groups)}, given {len(groups)}"]
     for i, (g, s) in enumerate(zip(groups, saved_groups)):
         if len(g["params"]) != len(s.get("params", [])):
-            problems.append(f"optimizer param group {i}: revision {len(s.get('params', []))} parameters, "
-                            f"given {len(g['params'])}")
+            problems.append(
+                f"optimizer param group {i}: revision {len(s.get('params', []))} parameters, given {len(g['params'])}"
+            )
         # Another optimizer type lacks some of this one's options (Trainer checkpoints do not record the
         # class). Extra keys are normal: schedulers add initial_lr, max_lr, ... to the groups.
         lacking = sorted(set(optimizer.defaults) - set(s))
         if lacking:
-            problems.append(f"optimizer param group {i}: the revision's optimizer has no {', '.join(lacking)} "
-                            "(another optimizer type?)")
+            problems.append(
+                f"optimizer param group {i}: the revision's optimizer has no {', '.join(lacking)} "
+                "(another optimizer type?)"
+            )
     if problems:
         return problems
     params = {pid: p for g, s in zip(groups, saved_groups) for pid, p in zip(s["params"], g["params"])}
@@ -181,10 +198,16 @@ def check_optimizer(optimizer: "torch.optim.Optimizer", saved: dict, recorded_cl
             problems.append(f"optimizer state for parameter {pid}, which no param group lists")
             continue
         for key, value in state.items():
-            if isinstance(value, torch.Tensor) and value.dim() == param.dim() and value.dim() > 0 \
-                    and tuple(value.shape) != tuple(param.shape):
-                problems.append(f"optimizer state {key} of parameter {pid}: shape {tuple(value.shape)}, "
-                                f"parameter {tuple(param.shape)}")
+            if (
+                isinstance(value, torch.Tensor)
+                and value.dim() == param.dim()
+                and value.dim() > 0
+                and tuple(value.shape) != tuple(param.shape)
+            ):
+                problems.append(
+                    f"optimizer state {key} of parameter {pid}: shape {tuple(value.shape)}, "
+                    f"parameter {tuple(param.shape)}"
+                )
     return problems
 
 
@@ -195,14 +218,26 @@ def _check_keys(kind: str, obj: Any, saved: dict, recorded_class: str | None) ->
     if kind == "scaler" and ours and not theirs:
         return ["grad scaler: the revision's scaler state is empty (it was disabled), this one is enabled"]
     if kind != "scaler" and ours != theirs:
-        return [f"{kind} state keys differ (another {kind} type?): only in the revision {sorted(theirs - ours)}, "
-                f"only here {sorted(ours - theirs)}"]
+        return [
+            f"{kind} state keys differ (another {kind} type?): only in the revision {sorted(theirs - ours)}, "
+            f"only here {sorted(ours - theirs)}"
+        ]
     return []
 
 
-def restore(repo_id: str, revision: str | None = None, *, step: int | None = None, model: "torch.nn.Module",
-            optimizer: "torch.optim.Optimizer | None" = None, scheduler: Any = None, scaler: Any = None,
-            hub: Any = None, token: Any = None, strict: bool = True) -> Restored:
+def restore(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    step: int | None = None,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    scaler: Any = None,
+    hub: Any = None,
+    token: Any = None,
+    strict: bool = True,
+) -> Restored:
     """Restore a published revision into `model` (and optimizer / scheduler / scaler / RNG) for exact resume.
 
     `revision`: a branch, tag or commit, or `latest` (default), `best`, `final`; or `step=`.
@@ -237,8 +272,11 @@ def restore(repo_id: str, revision: str | None = None, *, step: int | None = Non
         else:
             problems += _check_keys(kind, obj, state[kind], classes.get(kind))
     if problems:
-        raise StateMismatchError(f"{repo_id}@{name} does not fit what was given ({len(problems)} difference(s); "
-                                 f"nothing was restored):{_listed(problems)}", problems)
+        raise StateMismatchError(
+            f"{repo_id}@{name} does not fit what was given ({len(problems)} difference(s); "
+            f"nothing was restored):{_listed(problems)}",
+            problems,
+        )
     if skipped:
         logger.warning("restoring %s@%s without:%s", repo_id, name, _listed(skipped))
 
@@ -267,9 +305,25 @@ def restore(repo_id: str, revision: str | None = None, *, step: int | None = Non
     step_value = manifest.get("step", loop.get("step", loop.get("global_step")))
     epoch = manifest.get("epoch", loop.get("epoch"))
     tokens = manifest.get("tokens", loop.get("tokens"))
-    result = Restored(repo_id=repo_id, revision=name, commit=commit, step=step_value, epoch=epoch, tokens=tokens,
-                      metrics=dict(manifest.get("metrics") or {}), extra=loop.get("extra"), parts=restored,
-                      mismatches=skipped, folder=state_dir.parent)
-    logger.info("restored %s@%s (commit %s, step %s): weights%s", repo_id, name, commit[:10], step_value,
-                "".join(f", {p}" for p in restored))
+    result = Restored(
+        repo_id=repo_id,
+        revision=name,
+        commit=commit,
+        step=step_value,
+        epoch=epoch,
+        tokens=tokens,
+        metrics=dict(manifest.get("metrics") or {}),
+        extra=loop.get("extra"),
+        parts=restored,
+        mismatches=skipped,
+        folder=state_dir.parent,
+    )
+    logger.info(
+        "restored %s@%s (commit %s, step %s): weights%s",
+        repo_id,
+        name,
+        commit[:10],
+        step_value,
+        "".join(f", {p}" for p in restored),
+    )
     return result

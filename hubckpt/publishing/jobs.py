@@ -19,8 +19,9 @@ import os
 import shutil
 import socket
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from ..errors import SpoolBusyError
 from ..hub_client import HubTarget
@@ -98,8 +99,10 @@ class JobStore:
             if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
                 hint = "another Publisher of this process holds it: close() that one first"
             else:
-                hint = ("a running publisher, `hubckpt watch` or `resume`: wait for it to finish or stop it; two "
-                        "processes on one spool would publish the same jobs")
+                hint = (
+                    "a running publisher, `hubckpt watch` or `resume`: wait for it to finish or stop it; two "
+                    "processes on one spool would publish the same jobs"
+                )
             raise SpoolBusyError(f"The spool {self.spool} is in use by {who} ({hint}).", pid=owner.get("pid")) from None
         self._file_lock = lock
         (self.spool / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
@@ -149,7 +152,9 @@ class JobStore:
         self.update(job_id, lambda r: setattr(r, "manifest_sha256", None), "unstaged")
 
     def committed(self, job_id: str, target: str, commit: str) -> None:
-        self.update(job_id, lambda r: r.committed.__setitem__(target, commit), "committed", target=target, commit=commit)
+        self.update(
+            job_id, lambda r: r.committed.__setitem__(target, commit), "committed", target=target, commit=commit
+        )
 
     def indexed(self, job_id: str, target: str) -> None:
         self.update(job_id, lambda r: r.indexed.add(target), "indexed", target=target)
@@ -167,11 +172,13 @@ class JobStore:
     def failed(self, job_id: str, error: str, *, retryable: bool) -> None:
         def change(r: JobRecord) -> None:
             r.failed, r.retryable = error, retryable
+
         self.update(job_id, change, "failed", error=error, retryable=retryable)
 
     def retry(self, job_id: str) -> None:
         def change(r: JobRecord) -> None:
             r.failed, r.retryable, r.dropped = None, False, False
+
         self.update(job_id, change, "retry")
 
     def drop(self, job_id: str) -> None:
@@ -183,8 +190,11 @@ class JobStore:
     def unfinished(self, targets: Iterable[str]) -> list[JobRecord]:
         """Jobs to resume for these targets: not finished everywhere, not dropped, not failed for good."""
         keys = list(targets)
-        return [r for r in self.records() if r.captured and not r.dropped and not r.finished_for(keys)
-                and (r.failed is None or r.retryable)]
+        return [
+            r
+            for r in self.records()
+            if r.captured and not r.dropped and not r.finished_for(keys) and (r.failed is None or r.retryable)
+        ]
 
     def failures(self) -> list[JobRecord]:
         """Jobs that failed for a reason of their own; they wait for `hubckpt jobs --retry/--drop`."""

@@ -46,6 +46,7 @@ TORN_FAULT = "journal.append:torn"  # tests: HUBCKPT_FAULT=journal.append:torn:<
 @dataclass
 class JobRecord:
     """Everything the journal knows about one job, folded from its records."""
+
     job: str
     captured: dict[str, Any] = field(default_factory=dict)
     manifest_sha256: str | None = None
@@ -68,20 +69,34 @@ class JobRecord:
         return bool(targets) and all(t in self.published for t in targets)
 
     def to_state(self) -> dict[str, Any]:
-        return {"captured": self.captured, "manifest_sha256": self.manifest_sha256, "committed": self.committed,
-                "indexed": sorted(self.indexed), "published": sorted(self.published), "failed": self.failed,
-                "retryable": self.retryable, "dropped": self.dropped}
+        return {
+            "captured": self.captured,
+            "manifest_sha256": self.manifest_sha256,
+            "committed": self.committed,
+            "indexed": sorted(self.indexed),
+            "published": sorted(self.published),
+            "failed": self.failed,
+            "retryable": self.retryable,
+            "dropped": self.dropped,
+        }
 
     @classmethod
-    def from_state(cls, job: str, state: dict[str, Any]) -> "JobRecord":
-        return cls(job, captured=dict(state.get("captured") or {}), manifest_sha256=state.get("manifest_sha256"),
-                   committed=dict(state.get("committed") or {}), indexed=set(state.get("indexed") or ()),
-                   published=set(state.get("published") or ()), failed=state.get("failed"),
-                   retryable=bool(state.get("retryable")), dropped=bool(state.get("dropped")))
+    def from_state(cls, job: str, state: dict[str, Any]) -> JobRecord:
+        return cls(
+            job,
+            captured=dict(state.get("captured") or {}),
+            manifest_sha256=state.get("manifest_sha256"),
+            committed=dict(state.get("committed") or {}),
+            indexed=set(state.get("indexed") or ()),
+            published=set(state.get("published") or ()),
+            failed=state.get("failed"),
+            retryable=bool(state.get("retryable")),
+            dropped=bool(state.get("dropped")),
+        )
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _parse(line: bytes) -> dict | None:
@@ -194,8 +209,9 @@ class Journal:
         if data and not data.endswith(b"\n"):
             cut = data.rfind(b"\n") + 1
             if repair:
-                logger.warning("%s: dropping a torn last record (%d bytes) left by a killed process",
-                               self.path, len(data) - cut)
+                logger.warning(
+                    "%s: dropping a torn last record (%d bytes) left by a killed process", self.path, len(data) - cut
+                )
                 with self._lock, open(self.path, "r+b") as f:
                     f.truncate(cut)
                     f.flush()
@@ -222,8 +238,12 @@ class Journal:
     def compact(self, jobs: dict[str, JobRecord]) -> None:
         """Rewrite the journal as one snapshot line per job (atomic: a reader sees the old or the new file)."""
         tmp = self.path.with_name(self.path.name + ".compact")
-        body = b"".join((json.dumps({"event": "snapshot", "job": job_id, "state": _compacted(record)},
-                                    sort_keys=True) + "\n").encode() for job_id, record in jobs.items())
+        body = b"".join(
+            (
+                json.dumps({"event": "snapshot", "job": job_id, "state": _compacted(record)}, sort_keys=True) + "\n"
+            ).encode()
+            for job_id, record in jobs.items()
+        )
         with self._lock:
             with open(tmp, "wb") as f:
                 f.write(body)

@@ -1,9 +1,9 @@
 """The layout of `main`, in one place: what the publisher, `prune` and `reindex` write there.
 
-    main   README.md        the repo card (rendered for the hub it is committed to)
-           revisions.json   the index
-           metrics.svg      the metrics chart, once two revisions have a metric
-           model files, config, checkpoint.json ...  the final revision's files (never its training_state/)
+main   README.md        the repo card (rendered for the hub it is committed to)
+       revisions.json   the index
+       metrics.svg      the metrics chart, once two revisions have a metric
+       model files, config, checkpoint.json ...  the final revision's files (never its training_state/)
 """
 
 from __future__ import annotations
@@ -25,8 +25,14 @@ def main_files(target: HubTarget, index: RevisionIndex, card: CardOptions, *, ha
     chart = metrics_chart_svg(index)
     if chart:
         files[CHART_FILE] = chart.encode()
-    files[CARD_FILE] = render_repo_card(repo_id=target.repo_id, repo_url=target.repo_url, index=index, options=card,
-                                        chart=CHART_FILE if chart else None, has_config=has_config).encode()
+    files[CARD_FILE] = render_repo_card(
+        repo_id=target.repo_id,
+        repo_url=target.repo_url,
+        index=index,
+        options=card,
+        chart=CHART_FILE if chart else None,
+        has_config=has_config,
+    ).encode()
     return files
 
 

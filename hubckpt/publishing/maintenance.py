@@ -35,8 +35,15 @@ class PruneResult:
     kept: list[str]
 
 
-def prune(target: HubTarget, retention: Retention, *, monitor: str | None = None, mode: str | None = None,
-          dry_run: bool = False, card: CardOptions | None = None) -> PruneResult:
+def prune(
+    target: HubTarget,
+    retention: Retention,
+    *,
+    monitor: str | None = None,
+    mode: str | None = None,
+    dry_run: bool = False,
+    card: CardOptions | None = None,
+) -> PruneResult:
     """Apply a retention policy to a published repo: delete the branches it no longer keeps (never best/final)."""
     if not retention.active:
         raise HubConfigError("Nothing to prune by: pass --keep-last, --keep-every and/or --keep-best.")
@@ -75,13 +82,21 @@ def reindex(target: HubTarget, *, card: CardOptions | None = None) -> RevisionIn
         # A branch started from the previous revision inherits its checkpoint.json until its own commit lands.
         if previous is None and any(r.commit == commit for r in rebuilt.revisions):
             continue
-        rebuilt.upsert(RevisionInfo(
-            name=name, step=manifest.get("step"), commit=commit, epoch=manifest.get("epoch"),
-            tokens=manifest.get("tokens"),
-            metrics=manifest_metrics(manifest),
-            size=sum(f["size"] for f in manifest.get("files", []) if not f["path"].startswith("training_state/")),
-            date=previous.date if previous else None, source_format=(manifest.get("source") or {}).get("format"),
-            manifest_sha256=manifest_digest(manifest), final=name == old.final))
+        rebuilt.upsert(
+            RevisionInfo(
+                name=name,
+                step=manifest.get("step"),
+                commit=commit,
+                epoch=manifest.get("epoch"),
+                tokens=manifest.get("tokens"),
+                metrics=manifest_metrics(manifest),
+                size=sum(f["size"] for f in manifest.get("files", []) if not f["path"].startswith("training_state/")),
+                date=previous.date if previous else None,
+                source_format=(manifest.get("source") or {}).get("format"),
+                manifest_sha256=manifest_digest(manifest),
+                final=name == old.final,
+            )
+        )
     for r in old.revisions:  # pruned revisions stay listed as pruned
         if r.pruned and rebuilt.get(r.name) is None:
             rebuilt.upsert(r)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import PublishError
 from ..faults import fault
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class PublishedRevision:
     """What a finished publish job produced."""
+
     repo_id: str
     revision: str
     step: int | None
@@ -60,8 +62,15 @@ class _Background:
 class Pipeline:
     """The stages of the publisher's jobs, bound to its settings, job store and targets."""
 
-    def __init__(self, settings: stages.Settings, store: JobStore, targets: list[HubTarget], keys: list[str], *,
-                 release: Callable[[Any], None]) -> None:
+    def __init__(
+        self,
+        settings: stages.Settings,
+        store: JobStore,
+        targets: list[HubTarget],
+        keys: list[str],
+        *,
+        release: Callable[[Any], None],
+    ) -> None:
         self.settings = settings
         self.store = store
         self.targets = targets
@@ -127,8 +136,7 @@ class Pipeline:
             self._prepare(target, key)
             view = views.get(key) or stages.read_view(target)
             if view.pruned(name, record.manifest_sha256) and not replace:
-                logger.info("%s was published to %s and pruned since; not publishing it again", name,
-                            target.describe())
+                logger.info("%s was published to %s and pruned since; not publishing it again", name, target.describe())
                 if not view.index.get(name).pruned:  # finish the interrupted pruning
                     stages.retire(target, [], self.settings.card, has_config=has_config)
                 self.store.published(job_id, key)
@@ -141,8 +149,12 @@ class Pipeline:
             if held is None and not replace and not gone:
                 stages.refuse_collision(view.index, target, name, record.manifest_sha256)
             elif held is None and view.index.get(name) is not None:
-                logger.warning("replacing revision %s of %s (%s)", name, target.describe(),
-                               "replace=True" if replace else "its branch was deleted")
+                logger.warning(
+                    "replacing revision %s of %s (%s)",
+                    name,
+                    target.describe(),
+                    "replace=True" if replace else "its branch was deleted",
+                )
             if held is not None:
                 commit, index = held, view.index
                 if record.captured.get("final") and index.final != name:  # published before, now the final one
@@ -153,13 +165,13 @@ class Pipeline:
                     self.store.indexed(job_id, key)
             else:
                 new_work = True
-                card = stages.revision_card(self.settings, target, record, manifest, folder,
-                                            self.previous_revision(step))
+                card = stages.revision_card(
+                    self.settings, target, record, manifest, folder, self.previous_revision(step)
+                )
                 commit = stages.commit(target, view, record, folder, card=card, replace=replace)
                 fault("publish.after_commit")
                 self.store.committed(job_id, key, commit)
-                index = stages.index(self.settings, target, record, manifest, commit, folder,
-                                     replace=replace or gone)
+                index = stages.index(self.settings, target, record, manifest, commit, folder, replace=replace or gone)
                 fault("publish.after_index")
                 self.store.indexed(job_id, key)
             stages.retain(self.settings, target, index, has_config=has_config)
@@ -169,16 +181,23 @@ class Pipeline:
         self.store.done(job_id)
         self.store.remove_files(job_id)  # the converted revision and any source snapshot
         self.replace.discard(job_id)
-        logger.info("%s %s on %s", "published" if new_work else "already had", name,
-                    ", ".join(t.describe() for t in self.targets))
+        logger.info(
+            "%s %s on %s",
+            "published" if new_work else "already had",
+            name,
+            ", ".join(t.describe() for t in self.targets),
+        )
         return PublishedRevision(self.settings.repo_id, name, step, commits, skipped=not new_work)
 
     def previous_revision(self, step: int | None) -> str | None:
         """The revision captured before `step` (the card's "previous" link)."""
         if step is None:
             return None
-        earlier = sorted((r.step, r.revision) for r in self.store.records()
-                         if r.captured and r.step is not None and r.step < step and not r.dropped)
+        earlier = sorted(
+            (r.step, r.revision)
+            for r in self.store.records()
+            if r.captured and r.step is not None and r.step < step and not r.dropped
+        )
         return earlier[-1][1] if earlier else None
 
 

@@ -14,6 +14,7 @@ class Retention:
 
     With nothing set, every revision is kept.
     """
+
     keep_last: int | None = None
     keep_every: int | None = None
     keep_best: int | None = None
@@ -35,7 +36,7 @@ class Retention:
             return {r.name for r in live}
         keep = {n for n in (index.best, index.final) if n}
         if self.keep_last:
-            keep |= {r.name for r in live[-self.keep_last:]}
+            keep |= {r.name for r in live[-self.keep_last :]}
         if self.keep_every:
             keep |= {r.name for r in live if r.step is not None and r.step % self.keep_every == 0}
         if self.keep_best and index.monitor:

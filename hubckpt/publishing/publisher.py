@@ -31,9 +31,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from ..cards import CardOptions
 from ..errors import HubConfigError, PublishError, RevisionCollisionError, UnsupportedCheckpointError
@@ -57,11 +58,12 @@ logger = logging.getLogger(__name__)
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def hub_targets(repo_id: str, hubs: list, *, token: str | dict | None = None, root: str | Path | None = None,
-                private: bool = False) -> list[HubTarget]:
+def hub_targets(
+    repo_id: str, hubs: list, *, token: str | dict | None = None, root: str | Path | None = None, private: bool = False
+) -> list[HubTarget]:
     """One `HubTarget` per hub (`local`, `hf`, a URL or a `Hub`), each with its own token (see `Publisher`)."""
     resolved = [(h, h if isinstance(h, Hub) else resolve_hub(h, root=root)) for h in hubs]
     return [HubTarget(r, repo_id, token=token_for(r, h, token), private=private) for h, r in resolved]
@@ -90,13 +92,28 @@ class Publisher:
         ...         pub.publish(state_dict=model.state_dict(), step=step, metrics={"loss": loss})
     """
 
-    def __init__(self, repo_id: str, *, hub: str | Hub | list[str | Hub] | None = None, token: str | dict | None = None,
-                 root: str | Path | None = None, revision_template: str = DEFAULT_TEMPLATE,
-                 monitor: str | None = None, mode: str = "min", keep_last: int | None = None,
-                 keep_every: int | None = None, keep_best: int | None = None, max_pending: int = 2,
-                 private: bool = False, card: CardOptions | None = None, max_shard_size: int | str = "5GB",
-                 allow_globals: Iterable[str] = (), include_training_state: bool = True,
-                 spool_dir: str | Path | None = None, resume: bool = True) -> None:
+    def __init__(
+        self,
+        repo_id: str,
+        *,
+        hub: str | Hub | list[str | Hub] | None = None,
+        token: str | dict | None = None,
+        root: str | Path | None = None,
+        revision_template: str = DEFAULT_TEMPLATE,
+        monitor: str | None = None,
+        mode: str = "min",
+        keep_last: int | None = None,
+        keep_every: int | None = None,
+        keep_best: int | None = None,
+        max_pending: int = 2,
+        private: bool = False,
+        card: CardOptions | None = None,
+        max_shard_size: int | str = "5GB",
+        allow_globals: Iterable[str] = (),
+        include_training_state: bool = True,
+        spool_dir: str | Path | None = None,
+        resume: bool = True,
+    ) -> None:
         from ..names import split_repo_id
 
         split_repo_id(repo_id)
@@ -106,14 +123,22 @@ class Publisher:
             raise HubConfigError("max_pending must be at least 1")
         self.repo_id = repo_id
         self.revision_template = check_template(revision_template)
-        self.settings = stages.Settings(repo_id=repo_id, retention=Retention(keep_last, keep_every, keep_best),
-                                        card=card or CardOptions(), monitor=monitor, mode=mode,
-                                        max_shard_size=max_shard_size, allow_globals=list(allow_globals),
-                                        include_training_state=include_training_state)
+        self.settings = stages.Settings(
+            repo_id=repo_id,
+            retention=Retention(keep_last, keep_every, keep_best),
+            card=card or CardOptions(),
+            monitor=monitor,
+            mode=mode,
+            max_shard_size=max_shard_size,
+            allow_globals=list(allow_globals),
+            include_training_state=include_training_state,
+        )
         hubs = hub if isinstance(hub, list) else [hub]
         if isinstance(token, str) and len(hubs) > 1:
-            raise HubConfigError("A token belongs to one hub: with several hubs pass token={hub: token, ...} "
-                                 "(keys as in hub=..., or endpoints); hubs left out use their own default")
+            raise HubConfigError(
+                "A token belongs to one hub: with several hubs pass token={hub: token, ...} "
+                "(keys as in hub=..., or endpoints); hubs left out use their own default"
+            )
         self.targets = hub_targets(repo_id, hubs, token=token, root=root, private=private)
         self._keys = [target_key(t) for t in self.targets]
         self.spool = Path(spool_dir) if spool_dir else default_spool(repo_id)
@@ -124,8 +149,9 @@ class Publisher:
         self._unreported: list[tuple[str, BaseException]] = []  # failed jobs, in order, not raised yet
         self._closed = False
         try:
-            self._worker = Worker(self._process, on_error=self._failed, max_pending=max_pending,
-                                  on_exit=self._store.release)
+            self._worker = Worker(
+                self._process, on_error=self._failed, max_pending=max_pending, on_exit=self._store.release
+            )
             for target in self.targets:
                 logger.info("publishing to %s", target.describe())
             if resume:
@@ -135,8 +161,13 @@ class Publisher:
             raise
         failures = self._store.failures()
         if failures:
-            logger.warning("%d failed job(s) in %s (%s); list, retry or drop them with `hubckpt jobs %s`",
-                           len(failures), self.spool, ", ".join(r.revision for r in failures), repo_id)
+            logger.warning(
+                "%d failed job(s) in %s (%s); list, retry or drop them with `hubckpt jobs %s`",
+                len(failures),
+                self.spool,
+                ", ".join(r.revision for r in failures),
+                repo_id,
+            )
 
     # -- options, as attributes -------------------------------------------------------------------------
 
@@ -159,12 +190,23 @@ class Publisher:
 
     # -- public API -------------------------------------------------------------------------------------
 
-    def publish(self, source: str | Path | None = None, *, step: int | None = None,
-                state_dict: dict | None = None, training_state: dict[str, Any] | None = None,
-                metrics: dict[str, float] | None = None, epoch: float | None = None, tokens: int | None = None,
-                final: bool = False, revision: str | None = None, companions: Iterable[str | Path] = (),
-                snapshot: bool = False, replace: bool = False,
-                release: Callable[[], None] | None = None) -> "Future[PublishedRevision]":
+    def publish(
+        self,
+        source: str | Path | None = None,
+        *,
+        step: int | None = None,
+        state_dict: dict | None = None,
+        training_state: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        epoch: float | None = None,
+        tokens: int | None = None,
+        final: bool = False,
+        revision: str | None = None,
+        companions: Iterable[str | Path] = (),
+        snapshot: bool = False,
+        replace: bool = False,
+        release: Callable[[], None] | None = None,
+    ) -> Future[PublishedRevision]:
         """Queue one checkpoint: a file or folder (`source`), or live tensors (`state_dict`, copied now).
 
         Returns once the checkpoint is captured; blocks only while `max_pending` jobs wait. The Future
@@ -193,8 +235,10 @@ class Publisher:
             step = step if step is not None else peeked_step
             tokens = tokens if tokens is not None else peeked_tokens
         if step is None:
-            raise HubConfigError(f"Cannot tell the training step of {source or 'this checkpoint'}: it records none "
-                                 "and its name carries none; pass step=N (CLI: --step N)")
+            raise HubConfigError(
+                f"Cannot tell the training step of {source or 'this checkpoint'}: it records none "
+                "and its name carries none; pass step=N (CLI: --step N)"
+            )
         if revision:
             validate_revision_name(revision)
         name = revision or render_revision_name(self.revision_template, step=step, tokens=tokens, epoch=epoch)
@@ -229,15 +273,28 @@ class Publisher:
             return future
         if source is not None and snapshot:
             source = snapshot_into(source, self._store.folder(job_id) / "source")
-        captured = {"revision": name, "step": step, "source": str(source) if source else None, "final": final,
-                    "metrics": dict(metrics or {}), "epoch": epoch, "tokens": tokens,
-                    "companions": [str(Path(c).resolve()) for c in companions], "captured_at": _now(),
-                    "signature": signature, "targets": self._keys}
+        captured = {
+            "revision": name,
+            "step": step,
+            "source": str(source) if source else None,
+            "final": final,
+            "metrics": dict(metrics or {}),
+            "epoch": epoch,
+            "tokens": tokens,
+            "companions": [str(Path(c).resolve()) for c in companions],
+            "captured_at": _now(),
+            "signature": signature,
+            "targets": self._keys,
+        }
         if replace:  # in the journal too: a job resumed after a kill must still replace
             captured["replace"] = True
         elsewhere: set[str] = set()
-        if record is not None and signature and record.captured.get("signature") == signature \
-                and record.manifest_sha256:
+        if (
+            record is not None
+            and signature
+            and record.captured.get("signature") == signature
+            and record.manifest_sha256
+        ):
             captured["expect_sha256"] = record.manifest_sha256  # unchanged on disk: maybe no need to convert
             elsewhere = record.published - set(self._keys)  # still true of the other hubs it went to
         self._payloads[job_id] = payload
@@ -247,8 +304,12 @@ class Publisher:
         fault("publish.after_capture")
         blocked = time.perf_counter() - started
         future, _ = self._worker.submit(job_id, block=True)  # backpressure, never a dropped checkpoint
-        logger.info("captured %s (training blocked %.3fs, %.3fs with backpressure)", name, blocked,
-                    time.perf_counter() - started)
+        logger.info(
+            "captured %s (training blocked %.3fs, %.3fs with backpressure)",
+            name,
+            blocked,
+            time.perf_counter() - started,
+        )
         return future
 
     def wait(self, timeout: float | None = None) -> None:
@@ -287,11 +348,13 @@ class Publisher:
         finally:  # the worker gives the spool up when its thread ends (at once, or after the job it runs)
             self._worker.stop(None if finished else 0, drain=False)
         if not finished:
-            raise PublishError(f"Publishing did not finish within {timeout}s; the unfinished jobs stay in "
-                               f"{self.spool} and resume at the next start (`hubckpt resume --repo {self.repo_id}`).")
+            raise PublishError(
+                f"Publishing did not finish within {timeout}s; the unfinished jobs stay in "
+                f"{self.spool} and resume at the next start (`hubckpt resume --repo {self.repo_id}`)."
+            )
         self.raise_if_failed()
 
-    def __enter__(self) -> "Publisher":
+    def __enter__(self) -> Publisher:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -325,8 +388,12 @@ class Publisher:
             except HubConfigError:
                 continue  # templates needing tokens are resolved per checkpoint by publish()
             record = self._store.get(f"{step:012d}-{name}")
-            if record is not None and record.manifest_sha256 and record.finished_for(self._keys) \
-                    and record.captured.get("signature") == stages.source_signature(path):
+            if (
+                record is not None
+                and record.manifest_sha256
+                and record.finished_for(self._keys)
+                and record.captured.get("signature") == stages.source_signature(path)
+            ):
                 known[step] = (name, record.manifest_sha256)
         for target in self.targets:
             if not known:
@@ -352,9 +419,11 @@ class Publisher:
                 continue
             staged = (self._store.revision_folder(record.job) / MANIFEST_FILE).is_file()
             if not staged and not record.captured.get("source"):
-                reason = (f"{record.revision} was captured from live tensors in memory, and the process stopped "
-                          "before they were written to the spool: publish that step again, or drop the job "
-                          f"(hubckpt jobs {self.repo_id} --drop {record.revision})")
+                reason = (
+                    f"{record.revision} was captured from live tensors in memory, and the process stopped "
+                    "before they were written to the spool: publish that step again, or drop the job "
+                    f"(hubckpt jobs {self.repo_id} --drop {record.revision})"
+                )
                 self._store.failed(record.job, reason, retryable=False)
                 logger.warning("cannot resume: %s", reason)
                 continue
@@ -397,7 +466,6 @@ class Publisher:
             self._give_back(payload)
 
 
-
 class _CallerStaged(dict):
     """Tensors the caller staged itself (`publish(release=...)`): taken as they are; `release()` once, when
     they are in the spool or the job ended."""
@@ -411,5 +479,13 @@ class _CallerStaged(dict):
         if release is not None:
             release()
 
-__all__ = ["Publisher", "PublishedRevision", "RevisionCollisionError", "PublishError", "default_spool", "main_files",
-           "peek_step"]
+
+__all__ = [
+    "Publisher",
+    "PublishedRevision",
+    "RevisionCollisionError",
+    "PublishError",
+    "default_spool",
+    "main_files",
+    "peek_step",
+]

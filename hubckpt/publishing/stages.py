@@ -17,9 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..cards import CardOptions, render_revision_card
 from ..checkpoint import Checkpoint
@@ -39,6 +40,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Settings:
     """What every stage needs to know about the run (the Publisher's options)."""
+
     repo_id: str
     retention: Retention
     card: CardOptions
@@ -52,6 +54,7 @@ class Settings:
 @dataclass
 class HubView:
     """One hub's state of the repo, read with two requests."""
+
     index: RevisionIndex
     branches: dict[str, str]
     tags: dict[str, str]
@@ -86,14 +89,17 @@ def source_signature(path: str | Path | None) -> str | None:
     path = Path(path)
     try:
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        parts = [(p.relative_to(path).as_posix() if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns)
-                 for p in files]
+        parts = [
+            (p.relative_to(path).as_posix() if p != path else p.name, p.stat().st_size, p.stat().st_mtime_ns)
+            for p in files
+        ]
     except OSError:
         return None
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
 
 
 # -- convert ----------------------------------------------------------------------------------------
+
 
 def convert(settings: Settings, store: JobStore, record: JobRecord, payload: dict[str, Any]) -> dict:
     """The job's verified safetensors + checkpoint.json in the spool (reused if already staged); its manifest."""
@@ -119,17 +125,25 @@ def convert(settings: Settings, store: JobStore, record: JobRecord, payload: dic
         check_snapshot(Path(source))
         ckpt = read_checkpoint(source, allow_globals=settings.allow_globals)
     elif "weights" in payload:
-        ckpt = Checkpoint(source=Path(captured["revision"]), source_format="live", weights=payload["weights"],
-                          training_state=payload.get("training_state") or {})
+        ckpt = Checkpoint(
+            source=Path(captured["revision"]),
+            source_format="live",
+            weights=payload["weights"],
+            training_state=payload.get("training_state") or {},
+        )
     elif source:
-        raise PublishError(f"Cannot publish {record.revision}: its checkpoint {source} no longer exists and the spool "
-                           "does not hold its converted files any more. Publish it again from a copy "
-                           f"(or drop the job: hubckpt jobs {settings.repo_id} --drop {record.revision}).")
+        raise PublishError(
+            f"Cannot publish {record.revision}: its checkpoint {source} no longer exists and the spool "
+            "does not hold its converted files any more. Publish it again from a copy "
+            f"(or drop the job: hubckpt jobs {settings.repo_id} --drop {record.revision})."
+        )
     else:
-        raise PublishError(f"Cannot publish {record.revision}: it was captured from live tensors in memory, and the "
-                           "process stopped before they were written to the spool. Publish that step again "
-                           f"from the training loop, or drop the job: hubckpt jobs {settings.repo_id} --drop "
-                           f"{record.revision}.")
+        raise PublishError(
+            f"Cannot publish {record.revision}: it was captured from live tensors in memory, and the "
+            "process stopped before they were written to the spool. Publish that step again "
+            f"from the training loop, or drop the job: hubckpt jobs {settings.repo_id} --drop "
+            f"{record.revision}."
+        )
     ckpt.step = captured["step"]
     for key in ("epoch", "tokens"):
         if captured.get(key) is not None:
@@ -155,51 +169,95 @@ def folder_digest(folder: Path) -> str:
 
 def revision_info(captured: dict, manifest: dict, *, commit: str | None, digest: str | None = None) -> RevisionInfo:
     size = sum(f["size"] for f in manifest.get("files", []) if not f["path"].startswith("training_state/"))
-    return RevisionInfo(name=captured["revision"], step=captured["step"], commit=commit, epoch=manifest.get("epoch"),
-                        tokens=manifest.get("tokens"), metrics=manifest_metrics(manifest),
-                        size=size, date=captured.get("captured_at"), source_format=manifest["source"]["format"],
-                        manifest_sha256=digest, final=bool(captured.get("final")))
+    return RevisionInfo(
+        name=captured["revision"],
+        step=captured["step"],
+        commit=commit,
+        epoch=manifest.get("epoch"),
+        tokens=manifest.get("tokens"),
+        metrics=manifest_metrics(manifest),
+        size=size,
+        date=captured.get("captured_at"),
+        source_format=manifest["source"]["format"],
+        manifest_sha256=digest,
+        final=bool(captured.get("final")),
+    )
 
 
-def revision_card(settings: Settings, target: HubTarget, record: JobRecord, manifest: dict, folder: Path,
-                  previous: str | None) -> bytes:
+def revision_card(
+    settings: Settings, target: HubTarget, record: JobRecord, manifest: dict, folder: Path, previous: str | None
+) -> bytes:
     """This revision's README.md, rendered for `target` (its links point at that hub)."""
     info = revision_info(record.captured, manifest, commit=None)
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != CARD_FILE)
-    return render_revision_card(repo_id=settings.repo_id, repo_url=target.repo_url, info=info, previous=previous,
-                                monitor=settings.monitor, mode=settings.mode, files=files,
-                                options=settings.card).encode()
+    return render_revision_card(
+        repo_id=settings.repo_id,
+        repo_url=target.repo_url,
+        info=info,
+        previous=previous,
+        monitor=settings.monitor,
+        mode=settings.mode,
+        files=files,
+        options=settings.card,
+    ).encode()
 
 
 # -- commit -----------------------------------------------------------------------------------------
 
+
 def refuse_collision(index: RevisionIndex, target: HubTarget, name: str, digest: str | None) -> None:
     existing = index.get(name)
-    if existing is not None and not existing.pruned and digest is not None \
-            and existing.manifest_sha256 not in (None, digest):
+    if (
+        existing is not None
+        and not existing.pruned
+        and digest is not None
+        and existing.manifest_sha256 not in (None, digest)
+    ):
         raise RevisionCollisionError(
             f"{target.repo_id} on {target.hub.endpoint} already has a revision {name!r} with different content. "
             "Choose another revision template or name (revision=... / --revision), pass replace=True to replace "
-            "it, or delete that branch first.")
+            "it, or delete that branch first."
+        )
 
 
-def commit(target: HubTarget, view: HubView, record: JobRecord, folder: Path, *, card: bytes,
-           replace: bool) -> str:
+def commit(target: HubTarget, view: HubView, record: JobRecord, folder: Path, *, card: bytes, replace: bool) -> str:
     """The revision's one commit on its branch (started from the latest earlier live revision)."""
     name, step = record.revision, record.step
-    earlier = [r for r in view.index.revisions
-               if r.step is not None and step is not None and r.step < step and not r.pruned
-               and r.name in view.branches and r.name != name]
+    earlier = [
+        r
+        for r in view.index.revisions
+        if r.step is not None
+        and step is not None
+        and r.step < step
+        and not r.pruned
+        and r.name in view.branches
+        and r.name != name
+    ]
     start = earlier[-1].name if earlier else "main"
-    return target.commit_revision(name, folder, start_from=start, message=f"Checkpoint {name} (step {step})",
-                                  manifest_sha256=record.manifest_sha256, replace=replace,
-                                  extra_files={CARD_FILE: card})
+    return target.commit_revision(
+        name,
+        folder,
+        start_from=start,
+        message=f"Checkpoint {name} (step {step})",
+        manifest_sha256=record.manifest_sha256,
+        replace=replace,
+        extra_files={CARD_FILE: card},
+    )
 
 
 # -- index ------------------------------------------------------------------------------------------
 
-def index(settings: Settings, target: HubTarget, record: JobRecord, manifest: dict, commit_sha: str, folder: Path,
-          *, replace: bool) -> RevisionIndex:
+
+def index(
+    settings: Settings,
+    target: HubTarget,
+    record: JobRecord,
+    manifest: dict,
+    commit_sha: str,
+    folder: Path,
+    *,
+    replace: bool,
+) -> RevisionIndex:
     """List the revision in revisions.json on `main` (and the final revision's files there); return the index."""
     name = record.revision
     final = bool(record.captured.get("final"))
@@ -227,8 +285,15 @@ def index(settings: Settings, target: HubTarget, record: JobRecord, manifest: di
 
 # -- retain and tags --------------------------------------------------------------------------------
 
-def retire(target: HubTarget, names: list[str], card: CardOptions, *, has_config: bool,
-           confirm: Callable[[RevisionIndex], set[str]] | None = None) -> list[str]:
+
+def retire(
+    target: HubTarget,
+    names: list[str],
+    card: CardOptions,
+    *,
+    has_config: bool,
+    confirm: Callable[[RevisionIndex], set[str]] | None = None,
+) -> list[str]:
     """Delete the branches of `names`, then mark them pruned in the index; return what was deleted.
 
     `confirm(index)` (re-read just before deleting) narrows `names` to what is still to prune, so a
@@ -253,14 +318,19 @@ def retire(target: HubTarget, names: list[str], card: CardOptions, *, has_config
     for name in leftovers:
         target.delete_branch(name)
     if gone:
+
         def mutate(current: RevisionIndex):
             # ... and an entry re-indexed at a new commit meanwhile is not the one whose branch was gone
             marked = [r for r in current.revisions if r.name in gone and not r.pruned and r.commit == seen[r.name]]
             for r in marked:
                 r.pruned = True
             current.best = best_revision(current)
-            return main_files(target, current, card, has_config=has_config), None, [], \
-                f"Prune {len(marked)} revision(s)"
+            return (
+                main_files(target, current, card, has_config=has_config),
+                None,
+                [],
+                f"Prune {len(marked)} revision(s)",
+            )
 
         target.update_main(mutate)
     return wanted
@@ -271,8 +341,13 @@ def retain(settings: Settings, target: HubTarget, current: RevisionIndex, *, has
     if settings.retention.active:
         plan = settings.retention.to_prune(current)
         if plan or any(r.pruned for r in current.revisions):
-            retire(target, plan, settings.card, has_config=has_config,
-                   confirm=lambda idx: set(settings.retention.to_prune(idx)))
+            retire(
+                target,
+                plan,
+                settings.card,
+                has_config=has_config,
+                confirm=lambda idx: set(settings.retention.to_prune(idx)),
+            )
             reconcile_tags(target)
             return current
     reconcile_tags(target, current)
@@ -291,5 +366,19 @@ def reconcile_tags(target: HubTarget, index: RevisionIndex | None = None) -> Non
             target.move_tag(tag, name)
 
 
-__all__ = ["Settings", "HubView", "read_view", "source_signature", "convert", "folder_digest", "revision_info",
-           "revision_card", "refuse_collision", "commit", "index", "retire", "retain", "reconcile_tags"]
+__all__ = [
+    "Settings",
+    "HubView",
+    "read_view",
+    "source_signature",
+    "convert",
+    "folder_digest",
+    "revision_info",
+    "revision_card",
+    "refuse_collision",
+    "commit",
+    "index",
+    "retire",
+    "retain",
+    "reconcile_tags",
+]

@@ -16,11 +16,11 @@ if TYPE_CHECKING:
 
 class StagingPool:
     def __init__(self, size: int) -> None:
-        self._free: list[dict[str, "torch.Tensor"]] = [{} for _ in range(size)]
-        self._owner: dict[int, dict[str, "torch.Tensor"]] = {}  # id(capture) → the buffer set it uses
+        self._free: list[dict[str, torch.Tensor]] = [{} for _ in range(size)]
+        self._owner: dict[int, dict[str, torch.Tensor]] = {}  # id(capture) → the buffer set it uses
         self._cond = threading.Condition()
 
-    def capture(self, state_dict: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+    def capture(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Copy `state_dict` into a free buffer set (reusing its tensors when shapes match) and return it.
 
         Tensors sharing memory in the input (tied weights) share it in the copy too.
@@ -35,8 +35,17 @@ class StagingPool:
         seen: dict[tuple, str] = {}
         for name, tensor in state_dict.items():
             tensor = tensor.detach()
-            key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
-                   tuple(tensor.stride()), tensor.dtype) if tensor.numel() else None
+            key = (
+                (
+                    tensor.untyped_storage().data_ptr(),
+                    tensor.storage_offset(),
+                    tuple(tensor.shape),
+                    tuple(tensor.stride()),
+                    tensor.dtype,
+                )
+                if tensor.numel()
+                else None
+            )
             if key is not None and key in seen:
                 out[name] = out[seen[key]]
                 continue
@@ -52,7 +61,7 @@ class StagingPool:
             self._owner[id(out)] = buffers
         return out
 
-    def release(self, captured: dict[str, "torch.Tensor"]) -> None:
+    def release(self, captured: dict[str, torch.Tensor]) -> None:
         """Give the buffers of a capture back once it is written to the spool."""
         with self._cond:
             buffers = self._owner.pop(id(captured), None)

@@ -14,8 +14,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import PublishError
 
@@ -43,8 +44,15 @@ class JobFuture(Future):
 
 
 class Worker:
-    def __init__(self, process: Callable[[str], Any], *, on_error: Callable[[str, BaseException], None],
-                 max_pending: int, on_exit: Callable[[], None] | None = None, name: str = "hubckpt-publisher") -> None:
+    def __init__(
+        self,
+        process: Callable[[str], Any],
+        *,
+        on_error: Callable[[str, BaseException], None],
+        max_pending: int,
+        on_exit: Callable[[], None] | None = None,
+        name: str = "hubckpt-publisher",
+    ) -> None:
         self._process = process
         self._on_error = on_error
         self._on_exit = on_exit
@@ -104,9 +112,11 @@ class Worker:
         with self._cond:
             while self._queue or self._current is not None:
                 if not self.alive:
-                    raise PublishError(f"The publisher's worker thread died with {len(self._queue)} job(s) queued; "
-                                       "they stay in the journal and are resumed by the next Publisher "
-                                       "(or `hubckpt resume`).")
+                    raise PublishError(
+                        f"The publisher's worker thread died with {len(self._queue)} job(s) queued; "
+                        "they stay in the journal and are resumed by the next Publisher "
+                        "(or `hubckpt resume`)."
+                    )
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False

@@ -8,14 +8,13 @@ many of these (`discover`). Pickles are only ever read weights-only (`hubckpt.sa
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from ..checkpoint import Checkpoint
 from ..errors import UnsupportedCheckpointError
 from .detect import sniff_file, sniff_folder
 from .run import discover
-
 from .steps import step_from_name
 
 __all__ = ["read_checkpoint", "discover", "kind_of", "peek_step", "step_from_name"]
@@ -38,7 +37,8 @@ def read_checkpoint(path: str | Path, *, allow_globals: Iterable[str] = ()) -> C
     if kind == "run":
         raise UnsupportedCheckpointError(
             f"{path} holds several checkpoints ({len(discover(path))}); read them one by one (see discover())",
-            str(path))
+            str(path),
+        )
     if kind == "dcp":
         from .dcp import read_dcp
 

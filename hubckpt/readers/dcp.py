@@ -17,12 +17,19 @@ from ..checkpoint import Checkpoint
 from ..errors import CorruptCheckpointError, UnsafeCheckpointError
 from .steps import step_from_name
 
-_BUILTINS = {("builtins", n) for n in ("set", "frozenset", "slice", "tuple", "list", "dict", "int", "float", "str",
-                                       "bytes", "bool", "complex")}
-_BUILTINS |= {("collections", "OrderedDict"), ("torch", "Size"),
-              ("torch.serialization", "_get_layout"),
-              ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"),
-              ("pathlib", "PureWindowsPath")}  # maps a layout's name to torch.strided etc.; torch allowlists it too
+_BUILTINS = {
+    ("builtins", n)
+    for n in ("set", "frozenset", "slice", "tuple", "list", "dict", "int", "float", "str", "bytes", "bool", "complex")
+}
+_BUILTINS |= {
+    ("collections", "OrderedDict"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PureWindowsPath"),
+}  # maps a layout's name to torch.strided etc.; torch allowlists it too
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -40,7 +47,8 @@ class _MetadataUnpickler(pickle.Unpickler):
             if isinstance(value, (torch.dtype, torch.layout, torch.memory_format)):
                 return value
         raise UnsafeCheckpointError(
-            f"torch.distributed.checkpoint metadata references {module}.{name}, which hubckpt does not allow")
+            f"torch.distributed.checkpoint metadata references {module}.{name}, which hubckpt does not allow"
+        )
 
 
 def _safe_reader(path: Path):
@@ -96,9 +104,15 @@ def read_dcp(path: Path) -> Checkpoint:
             refs = re.findall(r"references ([\w.]+), which hubckpt does not allow", str(e))
             raise UnsafeCheckpointError(
                 f"{path}: torch.distributed.checkpoint metadata references {', '.join(sorted(set(refs)))}, which "
-                "hubckpt does not allow; nothing from it was run", str(path), sorted(set(refs))) from None
-        raise CorruptCheckpointError(f"{path} is not a readable torch.distributed.checkpoint folder: "
-                                     f"{str(e).splitlines()[-1] if str(e) else type(e).__name__}", str(path)) from e
+                "hubckpt does not allow; nothing from it was run",
+                str(path),
+                sorted(set(refs)),
+            ) from None
+        raise CorruptCheckpointError(
+            f"{path} is not a readable torch.distributed.checkpoint folder: "
+            f"{str(e).splitlines()[-1] if str(e) else type(e).__name__}",
+            str(path),
+        ) from e
     model = state.get("model")
     if isinstance(model, dict) and model and all(isinstance(v, torch.Tensor) for v in model.values()):
         weights, rest = model, {k: v for k, v in state.items() if k != "model"}

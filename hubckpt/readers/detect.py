@@ -32,7 +32,9 @@ def sniff_file(path: Path) -> str:
         if head[8:9] == b"{":
             raise CorruptCheckpointError(
                 f"{path} looks like safetensors but its header length ({header_len} bytes) is larger than the file "
-                f"or than the {MAX_SAFETENSORS_HEADER}-byte limit", str(path))
+                f"or than the {MAX_SAFETENSORS_HEADER}-byte limit",
+                str(path),
+            )
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "torch-legacy"
     try:
@@ -43,7 +45,8 @@ def sniff_file(path: Path) -> str:
     if zipfile.is_zipfile(path):
         return "torch-zip"
     raise UnsupportedCheckpointError(
-        f"{path} is not a checkpoint hubckpt recognises (not safetensors, not a torch.save file)", str(path))
+        f"{path} is not a checkpoint hubckpt recognises (not safetensors, not a torch.save file)", str(path)
+    )
 
 
 def sniff_folder(path: Path) -> str:
@@ -56,7 +59,9 @@ def sniff_folder(path: Path) -> str:
         return "run"
     raise UnsupportedCheckpointError(
         f"{path} holds no checkpoint hubckpt recognises: no model weights (model.safetensors, pytorch_model.bin, "
-        "shards + index), no torch.distributed.checkpoint '.metadata', and no checkpoint-N / step-N entries", str(path))
+        "shards + index), no torch.distributed.checkpoint '.metadata', and no checkpoint-N / step-N entries",
+        str(path),
+    )
 
 
 def read_json(path: Path, max_bytes: int = 50_000_000) -> dict:

@@ -7,7 +7,12 @@ from pathlib import Path
 from .steps import step_from_name
 
 # The files that make a folder a checkpoint of weights (Trainer / transformers layout).
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def discover(run_dir: Path) -> list[tuple[int, Path]]:
@@ -18,8 +23,11 @@ def discover(run_dir: Path) -> list[tuple[int, Path]]:
         if step is None or entry.name.startswith("."):
             continue
         if entry.is_dir():
-            holds_weights = (entry / ".metadata").is_file() or any((entry / n).is_file() for n in WEIGHT_FILES) \
+            holds_weights = (
+                (entry / ".metadata").is_file()
+                or any((entry / n).is_file() for n in WEIGHT_FILES)
                 or any(entry.glob("*.safetensors"))
+            )
             if not holds_weights:
                 continue
         elif not entry.is_file():

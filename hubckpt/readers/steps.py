@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 
 CHECKPOINT_EXTENSIONS = ("pt", "pth", "bin", "ckpt", "safetensors")
-NAMED_STEP = re.compile(r"^(?:.*?[-_=]|global_step|step|iter)?(\d+)(?:\.(?:" + "|".join(CHECKPOINT_EXTENSIONS) + r"))?$")
+NAMED_STEP = re.compile(
+    r"^(?:.*?[-_=]|global_step|step|iter)?(\d+)(?:\.(?:" + "|".join(CHECKPOINT_EXTENSIONS) + r"))?$"
+)
 
 
 def step_from_name(name: str) -> int | None:

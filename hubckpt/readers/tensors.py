@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from .. import safe_pickle
 from ..errors import CorruptCheckpointError
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 COMPILE_PREFIX = "_orig_mod."  # what torch.compile puts in front of every key
 
 
-def read_safetensors(path: Path) -> dict[str, "torch.Tensor"]:
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file; any malformation (offsets, sizes, header) is a CorruptCheckpointError."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -28,7 +28,7 @@ def read_safetensors(path: Path) -> dict[str, "torch.Tensor"]:
         raise CorruptCheckpointError(f"{path} is not a valid safetensors file: {e}", str(path)) from e
 
 
-def read_tensor_dict(path: Path, allow_globals: Iterable[str] = ()) -> dict[str, "torch.Tensor"]:
+def read_tensor_dict(path: Path, allow_globals: Iterable[str] = ()) -> dict[str, torch.Tensor]:
     """A flat name → tensor dict from a safetensors file or a weights-only torch pickle."""
     import torch
 
@@ -41,7 +41,7 @@ def read_tensor_dict(path: Path, allow_globals: Iterable[str] = ()) -> dict[str,
     return data
 
 
-def read_sharded(index_path: Path, allow_globals: Iterable[str] = ()) -> dict[str, "torch.Tensor"]:
+def read_sharded(index_path: Path, allow_globals: Iterable[str] = ()) -> dict[str, torch.Tensor]:
     """Every shard named by a `*.index.json`; shard names must stay inside the folder."""
     index = read_json(index_path)
     weight_map = index.get("weight_map")
@@ -52,7 +52,8 @@ def read_sharded(index_path: Path, allow_globals: Iterable[str] = ()) -> dict[st
     for key, shard in weight_map.items():
         if not isinstance(shard, str) or "/" in shard or "\\" in shard or shard in ("", ".", ".."):
             raise CorruptCheckpointError(
-                f"{index_path} maps {key!r} to {shard!r}, which is not a file inside {folder}", str(index_path))
+                f"{index_path} maps {key!r} to {shard!r}, which is not a file inside {folder}", str(index_path)
+            )
         shards.setdefault(shard, []).append(key)
     out: dict[str, torch.Tensor] = {}
     for shard, keys in sorted(shards.items()):
@@ -67,7 +68,7 @@ def read_sharded(index_path: Path, allow_globals: Iterable[str] = ()) -> dict[st
     return out
 
 
-def strip_compile_prefix(weights: dict[str, "torch.Tensor"]) -> dict[str, "torch.Tensor"]:
+def strip_compile_prefix(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A copy without torch.compile's `_orig_mod.` prefix (the caller's dict is left as is)."""
     if not any(COMPILE_PREFIX in k for k in weights):
         return weights

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .. import safe_pickle
 from ..checkpoint import Checkpoint
 from ..errors import UnsupportedCheckpointError
 from .detect import sniff_file
-from .tensors import COMPILE_PREFIX, LazyWeights, read_safetensors, safetensors_keys, strip_compile_prefix
 from .steps import step_from_name
+from .tensors import COMPILE_PREFIX, LazyWeights, read_safetensors, safetensors_keys, strip_compile_prefix
 
 _STEP_KEYS = ("global_step", "iter_num", "step", "steps", "iteration", "num_updates")
 _MODEL_KEYS = ("model", "model_state_dict", "state_dict", "module", "net", "weights")
@@ -20,8 +21,9 @@ _SCHEDULER_KEYS = ("scheduler", "lr_scheduler", "scheduler_state_dict")
 
 def step_of(data: dict) -> tuple[int | None, int | None]:
     """(step, tokens) recorded in a loaded torch.save dict (nanoGPT `iter_num`, Lightning `global_step`...)."""
-    step = next((int(data[k]) for k in _STEP_KEYS if isinstance(data.get(k), int) and not isinstance(data[k], bool)),
-                None)
+    step = next(
+        (int(data[k]) for k in _STEP_KEYS if isinstance(data.get(k), int) and not isinstance(data[k], bool)), None
+    )
     tokens = data.get("tokens") if isinstance(data.get("tokens"), int) else None
     return step, tokens
 
@@ -29,8 +31,11 @@ def step_of(data: dict) -> tuple[int | None, int | None]:
 def _is_tensor_dict(value: Any) -> bool:
     import torch
 
-    return isinstance(value, dict) and bool(value) and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    )
 
 
 def _scalar(value: Any) -> bool:
@@ -50,7 +55,7 @@ def _plain(value: Any) -> bool:
 
 def _strip_common_prefix(weights: dict, prefix: str) -> dict:
     if weights and all(k.startswith(prefix) for k in weights):
-        return {k[len(prefix):]: v for k, v in weights.items()}
+        return {k[len(prefix) :]: v for k, v in weights.items()}
     return weights
 
 
@@ -61,21 +66,32 @@ def read_torch_file(path: Path, *, allow_globals: Iterable[str] = ()) -> Checkpo
     if kind == "safetensors":
         keys = safetensors_keys(path)
         if any(COMPILE_PREFIX in k for k in keys):
-            return Checkpoint(source=path, source_format="safetensors", weights=strip_compile_prefix(read_safetensors(path)),
-                              step=step_from_name(path.name))
-        return Checkpoint(source=path, source_format="safetensors", weights=LazyWeights(lambda: read_safetensors(path)),
-                          step=step_from_name(path.name), weight_files=[path])
+            return Checkpoint(
+                source=path,
+                source_format="safetensors",
+                weights=strip_compile_prefix(read_safetensors(path)),
+                step=step_from_name(path.name),
+            )
+        return Checkpoint(
+            source=path,
+            source_format="safetensors",
+            weights=LazyWeights(lambda: read_safetensors(path)),
+            step=step_from_name(path.name),
+            weight_files=[path],
+        )
     if kind == "legacy-tar":
         safe_pickle.load(path)  # raises the refusal with its explanation
     data = safe_pickle.load(path, allow_globals=allow_globals)
     if _is_tensor_dict(data):
-        return Checkpoint(source=path, source_format="torch", weights=strip_compile_prefix(data),
-                          step=step_from_name(path.name))
+        return Checkpoint(
+            source=path, source_format="torch", weights=strip_compile_prefix(data), step=step_from_name(path.name)
+        )
     if not isinstance(data, dict):
         raise UnsupportedCheckpointError(f"{path} holds a {type(data).__name__}, not a state dict", str(path))
 
-    if "state_dict" in data and ("pytorch-lightning_version" in data or "optimizer_states" in data
-                                 or "global_step" in data):
+    if "state_dict" in data and (
+        "pytorch-lightning_version" in data or "optimizer_states" in data or "global_step" in data
+    ):
         return _lightning(path, data)
     model_key = next((k for k in _MODEL_KEYS if _is_tensor_dict(data.get(k))), None)
     top_tensors = {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
@@ -86,9 +102,14 @@ def read_torch_file(path: Path, *, allow_globals: Iterable[str] = ()) -> Checkpo
     if model_key is None:
         raise UnsupportedCheckpointError(
             f"{path} is a dict without model weights hubckpt can find (looked for a flat dict of tensors at the top "
-            f"level or under {', '.join(_MODEL_KEYS)}); its keys are {sorted(map(str, data))[:20]}", str(path))
-    ckpt = Checkpoint(source=path, source_format="nanogpt" if "iter_num" in data else "torch",
-                      weights=strip_compile_prefix(data[model_key]))
+            f"level or under {', '.join(_MODEL_KEYS)}); its keys are {sorted(map(str, data))[:20]}",
+            str(path),
+        )
+    ckpt = Checkpoint(
+        source=path,
+        source_format="nanogpt" if "iter_num" in data else "torch",
+        weights=strip_compile_prefix(data[model_key]),
+    )
     training: dict[str, Any] = {}
     loop: dict[str, Any] = {}
     for key, value in data.items():
@@ -132,11 +153,23 @@ def _lightning(path: Path, data: dict) -> Checkpoint:
         training["optimizers"] = list(data["optimizer_states"])
     if data.get("lr_schedulers"):
         training["schedulers"] = list(data["lr_schedulers"])
-    training["loop"] = {k: v for k, v in data.items()
-                        if k in ("epoch", "global_step", "pytorch-lightning_version", "hyper_parameters")
-                        and _plain(v)}
-    for key in sorted(set(data) - {"state_dict", "optimizer_states", "lr_schedulers", "epoch", "global_step",
-                                   "pytorch-lightning_version", "hyper_parameters"}):
+    training["loop"] = {
+        k: v
+        for k, v in data.items()
+        if k in ("epoch", "global_step", "pytorch-lightning_version", "hyper_parameters") and _plain(v)
+    }
+    for key in sorted(
+        set(data)
+        - {
+            "state_dict",
+            "optimizer_states",
+            "lr_schedulers",
+            "epoch",
+            "global_step",
+            "pytorch-lightning_version",
+            "hyper_parameters",
+        }
+    ):
         ckpt.skipped.append((f"{path.name}:{key}", "Lightning entry not carried over"))
     ckpt.training_state = training
     return ckpt

@@ -3,22 +3,39 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .. import safe_pickle
 from ..checkpoint import Checkpoint
 from ..errors import CorruptCheckpointError
 from .detect import read_json
 from .steps import step_from_name
-from .tensors import (COMPILE_PREFIX, LazyWeights, read_safetensors, read_sharded, read_tensor_dict,
-                      safetensors_keys, strip_compile_prefix)
+from .tensors import (
+    COMPILE_PREFIX,
+    LazyWeights,
+    read_safetensors,
+    read_sharded,
+    read_tensor_dict,
+    safetensors_keys,
+    strip_compile_prefix,
+)
 
 # Files copied next to the weights: configs, tokenizers, templates. Everything else is reported as skipped.
 SAFE_SUFFIXES = (".json", ".txt", ".jinja", ".model", ".md", ".yaml", ".yml", ".tiktoken")
-WEIGHT_NAMES = {"model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"}
-TRAINING_FILES = {"optimizer.pt": "optimizer", "optimizer.bin": "optimizer", "scheduler.pt": "scheduler",
-                  "scaler.pt": "scaler"}
+WEIGHT_NAMES = {
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+}
+TRAINING_FILES = {
+    "optimizer.pt": "optimizer",
+    "optimizer.bin": "optimizer",
+    "scheduler.pt": "scheduler",
+    "scaler.pt": "scaler",
+}
 _SHARD = re.compile(r"^(model|pytorch_model)-\d{5}-of-\d{5}\.(safetensors|bin)$")
 _RNG = re.compile(r"^rng_state(_\d+)?\.pth$")
 
@@ -36,7 +53,9 @@ def _load_weights(folder: Path, allow_globals: Iterable[str]) -> dict:
         return read_safetensors(files[0])
     raise CorruptCheckpointError(
         f"{folder} has no model weights hubckpt can pick unambiguously (model.safetensors, pytorch_model.bin, "
-        f"or shards with an index); found {[f.name for f in files] or 'none'}", str(folder))
+        f"or shards with an index); found {[f.name for f in files] or 'none'}",
+        str(folder),
+    )
 
 
 def _metrics_from_log(state: dict) -> dict[str, float]:
@@ -61,8 +80,10 @@ def _best_metric_name(state: dict) -> dict[str, str]:
     """
     best = state.get("best_metric")
     history = [e for e in state.get("log_history") or [] if isinstance(e, dict)]
-    candidates = sorted({k for e in history for k, v in e.items() if v == best and k not in ("step", "epoch")},
-                        key=lambda k: (not k.startswith("eval_"), k))
+    candidates = sorted(
+        {k for e in history for k, v in e.items() if v == best and k not in ("step", "epoch")},
+        key=lambda k: (not k.startswith("eval_"), k),
+    )
     if not candidates:
         return {}
     metric = candidates[0]
@@ -79,8 +100,14 @@ def _safetensors_files(folder: Path) -> list[Path]:
         if not isinstance(weight_map, dict) or not weight_map:
             return []
         shards = sorted(set(weight_map.values()))
-        if not all(isinstance(s, str) and s.endswith(".safetensors") and "/" not in s and "\\" not in s
-                   and (folder / s).is_file() for s in shards):
+        if not all(
+            isinstance(s, str)
+            and s.endswith(".safetensors")
+            and "/" not in s
+            and "\\" not in s
+            and (folder / s).is_file()
+            for s in shards
+        ):
             return []
         files = [folder / s for s in shards]
     elif (folder / "pytorch_model.bin.index.json").is_file():
@@ -124,8 +151,12 @@ def read_weights_folder(folder: Path, *, allow_globals: Iterable[str] = ()) -> C
         ckpt.tokens = int(tokens) if isinstance(tokens, (int, float)) and tokens > 0 else None
         ckpt.metrics = _metrics_from_log(state)
         if state.get("best_metric") is not None:
-            ckpt.best = {"value": state.get("best_metric"), "checkpoint": state.get("best_model_checkpoint"),
-                         "step": state.get("best_global_step"), **_best_metric_name(state)}
+            ckpt.best = {
+                "value": state.get("best_metric"),
+                "checkpoint": state.get("best_model_checkpoint"),
+                "step": state.get("best_global_step"),
+                **_best_metric_name(state),
+            }
         training["loop"] = {k: state[k] for k in sorted(state) if k != "log_history"}
     if ckpt.step is None:
         ckpt.step = step_from_name(folder.name)
@@ -139,7 +170,9 @@ def read_weights_folder(folder: Path, *, allow_globals: Iterable[str] = ()) -> C
         if name in TRAINING_FILES:
             training[TRAINING_FILES[name]] = safe_pickle.load(path, allow_globals=allow_globals)
         elif _RNG.match(name):
-            training.setdefault("rng", {})[name.removesuffix(".pth")] = safe_pickle.load(path, allow_globals=allow_globals)
+            training.setdefault("rng", {})[name.removesuffix(".pth")] = safe_pickle.load(
+                path, allow_globals=allow_globals
+            )
         elif name == "training_args.bin":
             ckpt.skipped.append((name, "pickled TrainingArguments: never unpickled (it could run code)"))
         elif name.endswith(SAFE_SUFFIXES) and not name.startswith("."):

@@ -25,14 +25,23 @@ from pathlib import Path
 from ..errors import HubConfigError, HubUnavailableError
 from .app import create_app
 from .context import DEFAULT_LOCAL_USER, HubContext
-from .dataplane import DEFAULT_MAX_CONNECTIONS as DATA_PLANE_MAX_CONNECTIONS
-from .dataplane import DEFAULT_TIMEOUT_S as DATA_PLANE_TIMEOUT_S
-from .dataplane import DataPlane
+from .dataplane import (
+    DEFAULT_MAX_CONNECTIONS as DATA_PLANE_MAX_CONNECTIONS,
+    DEFAULT_TIMEOUT_S as DATA_PLANE_TIMEOUT_S,
+    DataPlane,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LocalHubServer", "HubContext", "create_app", "is_loopback", "bind_socket", "check_exposure",
-           "uvicorn_config"]
+__all__ = [
+    "LocalHubServer",
+    "HubContext",
+    "create_app",
+    "is_loopback",
+    "bind_socket",
+    "check_exposure",
+    "uvicorn_config",
+]
 
 
 def is_loopback(host: str) -> bool:
@@ -54,8 +63,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise HubUnavailableError(f"Cannot listen on {host}:{port}: {e.strerror or e}. "
-                                  "Pick another port with --port (0 picks a free one).") from e
+        raise HubUnavailableError(
+            f"Cannot listen on {host}:{port}: {e.strerror or e}. Pick another port with --port (0 picks a free one)."
+        ) from e
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -73,7 +83,8 @@ def check_exposure(ctx: HubContext, host: str) -> None:
         raise HubConfigError(
             f"Refusing to listen on {host}: this hub has no tokens, so anyone who can reach it could write to it. "
             f"Create one first (hubckpt token create --user {ctx.local_user} --role write --root {ctx.root}) "
-            "or listen on 127.0.0.1.")
+            "or listen on 127.0.0.1."
+        )
     ctx.exposed = True
 
 
@@ -86,8 +97,14 @@ def uvicorn_config(app, **overrides):
     """The uvicorn settings every local hub runs with (background thread or `hubckpt serve`)."""
     import uvicorn
 
-    settings = dict(log_level="warning", http="httptools", lifespan="off", access_log=False,
-                    timeout_keep_alive=API_KEEP_ALIVE_S, limit_concurrency=API_MAX_CONNECTIONS)
+    settings = dict(
+        log_level="warning",
+        http="httptools",
+        lifespan="off",
+        access_log=False,
+        timeout_keep_alive=API_KEEP_ALIVE_S,
+        limit_concurrency=API_MAX_CONNECTIONS,
+    )
     settings.update(overrides)
     return uvicorn.Config(app, **settings)
 
@@ -100,10 +117,18 @@ class LocalHubServer:
         ...     HfApi(endpoint=hub.url).create_repo("local/demo")
     """
 
-    def __init__(self, root: str | Path, *, host: str = "127.0.0.1", port: int = 0,
-                 local_user: str = DEFAULT_LOCAL_USER, data_plane: bool = True,
-                 data_plane_max_connections: int = DATA_PLANE_MAX_CONNECTIONS,
-                 data_plane_timeout_s: float = DATA_PLANE_TIMEOUT_S, **settings) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        local_user: str = DEFAULT_LOCAL_USER,
+        data_plane: bool = True,
+        data_plane_max_connections: int = DATA_PLANE_MAX_CONNECTIONS,
+        data_plane_timeout_s: float = DATA_PLANE_TIMEOUT_S,
+        **settings,
+    ) -> None:
         import uvicorn
 
         self.ctx = HubContext.open(Path(root), local_user=local_user, **settings)
@@ -116,8 +141,11 @@ class LocalHubServer:
             self.url = f"http://{shown_host}:{bound_port}"
             self._server = uvicorn.Server(uvicorn_config(create_app(self.ctx)))
             self._thread: threading.Thread | None = None
-            self.data_plane = DataPlane(self.ctx, host, max_connections=data_plane_max_connections,
-                                        timeout_s=data_plane_timeout_s) if data_plane else None
+            self.data_plane = (
+                DataPlane(self.ctx, host, max_connections=data_plane_max_connections, timeout_s=data_plane_timeout_s)
+                if data_plane
+                else None
+            )
         except BaseException:
             # A refused or failed start must not keep the database (and its -wal/-shm) or the socket open.
             if self._sock is not None:
@@ -125,11 +153,12 @@ class LocalHubServer:
             self.ctx.store.close()
             raise
 
-    def start(self) -> "LocalHubServer":
+    def start(self) -> LocalHubServer:
         if self.data_plane is not None:
             self.data_plane.start()
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name="hubckpt-local-hub", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, name="hubckpt-local-hub", daemon=True
+        )
         self._thread.start()
         for _ in range(500):
             if self._server.started:
@@ -148,7 +177,7 @@ class LocalHubServer:
         self._sock.close()
         self.ctx.store.close()
 
-    def __enter__(self) -> "LocalHubServer":
+    def __enter__(self) -> LocalHubServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -100,7 +100,7 @@ class HubApp:
         raw_path = scope.get("raw_path", scope["path"].encode()).decode("latin-1").split("?", 1)[0]
         root_path = scope.get("root_path", "")
         if root_path and raw_path.startswith(root_path):
-            raw_path = raw_path[len(root_path):]
+            raw_path = raw_path[len(root_path) :]
         try:
             found = self._match(method, raw_path)
             if found is None:

@@ -87,7 +87,7 @@ class BlobStore:
             return False
         return size is None or stat.st_size == size
 
-    def new_writer(self, expected_sha256: str | None = None, expected_size: int | None = None) -> "BlobWriter":
+    def new_writer(self, expected_sha256: str | None = None, expected_size: int | None = None) -> BlobWriter:
         """Start writing an object; call `write()` with chunks and `finish()` at the end."""
         return BlobWriter(self, expected_sha256, expected_size)
 
@@ -173,8 +173,9 @@ class BlobWriter:
         if self.expected_size is not None and self.size != self.expected_size:
             raise ObjectMismatchError(f"Size mismatch: expected {self.expected_size} bytes, received {self.size}")
         if self.expected_sha256 is not None and sha256 != self.expected_sha256:
-            raise ObjectMismatchError(f"sha256 mismatch: expected {self.expected_sha256}, "
-                                      f"received content hashes to {sha256}")
+            raise ObjectMismatchError(
+                f"sha256 mismatch: expected {self.expected_sha256}, received content hashes to {sha256}"
+            )
         final = self.store.path(sha256)
         if final.exists():
             self.tmp_path.unlink(missing_ok=True)  # already stored: identical content kept once

@@ -29,6 +29,7 @@ DEFAULT_LOCAL_USER = "local"
 @dataclass(frozen=True)
 class Caller:
     """Who sent a request. `name` is None for anonymous callers."""
+
     name: str | None
     role: str  # 'read' | 'write' | 'none'
     token: TokenInfo | None = None
@@ -44,6 +45,7 @@ class Caller:
 @dataclass
 class HubContext:
     """Everything a request handler needs: storage, settings, and the caller-independent secrets."""
+
     root: Path
     store: MetadataStore
     blobs: BlobStore
@@ -54,7 +56,7 @@ class HubContext:
     # Largest request body the API reads into memory (commits carry regular files inline; LFS bytes
     # stream to the data plane instead). Checked before anyone is authenticated, so it bounds what an
     # anonymous caller can make the hub buffer.
-    max_body_bytes: int = 1024 ** 3
+    max_body_bytes: int = 1024**3
     lfs_secret: bytes = field(default=b"", repr=False)
     data_plane_port: int | None = None  # set while a DataPlane serves object bytes on its own port
     # Set by whoever binds a non-loopback address: single-user mode is then refused per request too.
@@ -63,10 +65,11 @@ class HubContext:
     stats: dict[str, int] = field(default_factory=lambda: {"requests": 0, "lfs_bytes_received": 0})
 
     @classmethod
-    def open(cls, root: Path, local_user: str = DEFAULT_LOCAL_USER, **settings: Any) -> "HubContext":
+    def open(cls, root: Path, local_user: str = DEFAULT_LOCAL_USER, **settings: Any) -> HubContext:
         root = Path(root).expanduser().resolve()
-        store = open_data_folder(root, **({"busy_timeout_s": settings.pop("busy_timeout_s")}
-                                          if "busy_timeout_s" in settings else {}))
+        store = open_data_folder(
+            root, **({"busy_timeout_s": settings.pop("busy_timeout_s")} if "busy_timeout_s" in settings else {})
+        )
         blobs = BlobStore(root)
         store.add_account(local_user, "user")
         secret = store.meta_setdefault("lfs_secret", secrets.token_hex(32))
@@ -89,8 +92,11 @@ class HubContext:
         if self.single_user:
             if self.exposed:
                 # Authentication was turned off behind the back of a server listening beyond loopback.
-                raise HubHTTPError(401, "This hub listens beyond loopback and has no authentication; it serves "
-                                        "nobody until tokens exist (hubckpt token create).")
+                raise HubHTTPError(
+                    401,
+                    "This hub listens beyond loopback and has no authentication; it serves "
+                    "nobody until tokens exist (hubckpt token create).",
+                )
             return Caller(self.local_user, "write", None, tuple(self.store.orgs_of(self.local_user)))
         if not token_value:
             return Caller(None, "none")
@@ -117,8 +123,11 @@ class HubContext:
         if write and not self.can_write_namespace(repo.namespace, caller):
             if caller.name is None:
                 raise HubHTTPError(401, "You must be authenticated to write to this repository. Pass a write token.")
-            raise HubHTTPError(403, f"You don't have the rights to write to {repo.repo_id}: "
-                                    f"your token is {caller.role}-only or you are not a member of {repo.namespace}.")
+            raise HubHTTPError(
+                403,
+                f"You don't have the rights to write to {repo.repo_id}: "
+                f"your token is {caller.role}-only or you are not a member of {repo.namespace}.",
+            )
         return repo
 
     def resolve(self, repo: Repo, revision: str) -> str:
@@ -137,7 +146,9 @@ class HubContext:
         # Bytes: compare_digest raises TypeError (a 500) on a non-ASCII str, and the signature is the caller's.
         given = signature.encode("utf-8", "surrogateescape")
         if expires < time.time() or not hmac.compare_digest(given, self.sign(*parts, expires).encode()):
-            raise HubHTTPError(403, "This upload URL is invalid or has expired; request a new one from the LFS batch API.")
+            raise HubHTTPError(
+                403, "This upload URL is invalid or has expired; request a new one from the LFS batch API."
+            )
 
     # -- fault injection (tests only) ---------------------------------------------------------------
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
 import threading
 import time
 import uuid
@@ -67,7 +66,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_DataPlaneHTTPServer"
+    server: _DataPlaneHTTPServer
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - stdlib signature
@@ -171,14 +170,19 @@ class _Handler(BaseHTTPRequestHandler):
     def _guard(self, action) -> None:
         try:
             action()
-        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        except (TimeoutError, BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client went away or stalled past the timeout
         except Exception as e:  # answer, never hang the client
             error = to_http(e)
             if error is None or (error.status == 500 and not isinstance(e, HubHTTPError)):
                 request_id = uuid.uuid4().hex
-                logger.error("data plane: %s %s failed (request %s)", self.command, urlsplit(self.path).path,
-                             request_id, exc_info=e)
+                logger.error(
+                    "data plane: %s %s failed (request %s)",
+                    self.command,
+                    urlsplit(self.path).path,
+                    request_id,
+                    exc_info=e,
+                )
                 error = internal_error(request_id)
             if error.status >= 400 and self.command == "PUT" or error.status >= 500:
                 self.close_connection = True  # the unread body must not be parsed as a next request
@@ -196,20 +200,24 @@ def _expires(params: dict[str, str]) -> int:
 
 
 _BUSY_BODY = json.dumps({"error": "The hubckpt data plane is at its connection limit; retry shortly."}).encode()
-_BUSY_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-                  b"X-Error-Message: The hubckpt data plane is at its connection limit; retry shortly.\r\n"
-                  b"Connection: close\r\nContent-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
+_BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"X-Error-Message: The hubckpt data plane is at its connection limit; retry shortly.\r\n"
+    b"Connection: close\r\nContent-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY
+)
 
 
 class _DataPlaneHTTPServer(ThreadingHTTPServer):
     """One thread per connection, at most `max_connections` of them; sockets time out after `timeout_s`."""
+
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 256
     block_on_close = False
 
-    def __init__(self, address, ctx, max_connections: int, timeout_s: float,
-                 upload_priority: int | str | None = None) -> None:
+    def __init__(
+        self, address, ctx, max_connections: int, timeout_s: float, upload_priority: int | str | None = None
+    ) -> None:
         self.ctx = ctx
         self.upload_priority = upload_priority
         self.timeout_s = timeout_s
@@ -244,9 +252,15 @@ class _DataPlaneHTTPServer(ThreadingHTTPServer):
 class DataPlane:
     """The data-plane server of one hub, on its own port, in a background thread."""
 
-    def __init__(self, ctx, host: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 timeout_s: float = DEFAULT_TIMEOUT_S,
-                 upload_priority: int | str | None = None) -> None:
+    def __init__(
+        self,
+        ctx,
+        host: str,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        upload_priority: int | str | None = None,
+    ) -> None:
         self.ctx = ctx
         # The same port as last time when free: URLs signed before a restart (uploads and downloads in
         # flight, retried by the client) then still reach the data plane.
@@ -258,10 +272,11 @@ class DataPlane:
         if self.httpd.server_address[1] != preferred:
             ctx.store.meta_set("data_plane_port", str(self.httpd.server_address[1]))
         self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="hubckpt-data-plane", daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.2}, name="hubckpt-data-plane", daemon=True
+        )
 
-    def start(self) -> "DataPlane":
+    def start(self) -> DataPlane:
         self.ctx.data_plane_port = self.port
         self._thread.start()
         return self

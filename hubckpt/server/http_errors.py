@@ -10,13 +10,13 @@ from ..errors import (
     DiskFullError,
     HubHTTPError,
     InvalidNameError,
+    NoSuchEntryError,
+    NoSuchRevisionError,
     ObjectMismatchError,
     RepoExistsError,
     StaleParentError,
     StorageBusyError,
     StorageError,
-    NoSuchEntryError,
-    NoSuchRevisionError,
 )
 
 # Seconds a client is told to wait before retrying a busy hub.
@@ -55,5 +55,6 @@ def server_busy(message: str) -> HubHTTPError:
 
 def internal_error(request_id: str) -> HubHTTPError:
     """500 for an unexpected failure: the details are in the server log under `request_id`, not in the answer."""
-    return HubHTTPError(500, f"Internal error of the hubckpt local hub (request {request_id}); "
-                             "the server log has the details.")
+    return HubHTTPError(
+        500, f"Internal error of the hubckpt local hub (request {request_id}); the server log has the details."
+    )

@@ -57,9 +57,11 @@ def tree(ctx: HubContext, request: Request, ns: str, name: str, rev: str, path: 
         cursor = max(0, int(request.query_params.get("cursor", "0")))
     except ValueError as e:
         raise HubHTTPError(400, "Invalid cursor") from e
-    page = entries[cursor:cursor + page_size]
+    page = entries[cursor : cursor + page_size]
     last = _last_commits(ctx, repo, files, page, sha) if expand else {}
-    body = [file_json(files[p], last.get(p)) if kind == "file" else folder_json(p, files, last.get(p)) for kind, p in page]
+    body = [
+        file_json(files[p], last.get(p)) if kind == "file" else folder_json(p, files, last.get(p)) for kind, p in page
+    ]
     headers = {"X-Repo-Commit": sha}
     if cursor + page_size < len(entries):
         headers["Link"] = next_link(request, "cursor", cursor + page_size)

@@ -26,7 +26,10 @@ _SORT_KEYS = {
     "lastModified": lambda r: r.last_modified,
     "createdAt": lambda r: r.created_at,
     "id": None,
-    "downloads": None, "likes": None, "trendingScore": None, "downloadsAllTime": None,
+    "downloads": None,
+    "likes": None,
+    "trendingScore": None,
+    "downloadsAllTime": None,
 }
 
 
@@ -49,7 +52,7 @@ def _page(request: Request, items: list, page_size: int) -> tuple[list, dict[str
     limit = _int_param(request, "limit", None)
     size = min(page_size, limit) if limit else page_size
     size = max(1, size)
-    page = items[cursor:cursor + size]
+    page = items[cursor : cursor + size]
     headers: dict[str, str] = {}
     if cursor + size < len(items):
         headers["Link"] = next_link(request, "cursor", cursor + size)
@@ -63,9 +66,19 @@ def _visible_repos(ctx: HubContext, caller: Caller) -> list[Repo]:
 def _model_summary(ctx: HubContext, repo: Repo, *, full: bool, with_card: bool, card: dict | None) -> dict:
     sha = ctx.store.ref(repo, "branch", "main")
     item = {
-        "_id": f"{repo.id:024x}", "id": repo.repo_id, "modelId": repo.repo_id, "author": repo.namespace,
-        "private": repo.private, "gated": repo.gated or False, "disabled": False, "downloads": 0, "likes": 0,
-        "trendingScore": 0, "createdAt": repo.created_at, "lastModified": repo.last_modified, "sha": sha,
+        "_id": f"{repo.id:024x}",
+        "id": repo.repo_id,
+        "modelId": repo.repo_id,
+        "author": repo.namespace,
+        "private": repo.private,
+        "gated": repo.gated or False,
+        "disabled": False,
+        "downloads": 0,
+        "likes": 0,
+        "trendingScore": 0,
+        "createdAt": repo.created_at,
+        "lastModified": repo.last_modified,
+        "sha": sha,
         "tags": list(card.get("tags") or []) if card else [],
         "library_name": card.get("library_name") if card else None,
         "pipeline_tag": card.get("pipeline_tag") if card else None,
@@ -133,9 +146,17 @@ def _storage_listing(ctx: HubContext, request: Request, namespaces: set[str]) ->
     repos = [r for r in ctx.store.list_repos() if r.namespace.lower() in namespaces]
     sizes = {r.id: ctx.store.repo_storage(r) for r in repos}
     total = sum(sizes.values()) or 1
-    items = [{"id": r.repo_id, "type": "model", "updatedAt": r.last_modified,
-              "visibility": "private" if r.private else "public", "storage": sizes[r.id],
-              "storagePercent": round(100.0 * sizes[r.id] / total, 2)} for r in repos]
+    items = [
+        {
+            "id": r.repo_id,
+            "type": "model",
+            "updatedAt": r.last_modified,
+            "visibility": "private" if r.private else "public",
+            "storage": sizes[r.id],
+            "storagePercent": round(100.0 * sizes[r.id] / total, 2),
+        }
+        for r in repos
+    ]
     page, headers = _page(request, items, ctx.list_page_size)
     return json_response(page, headers=headers)
 

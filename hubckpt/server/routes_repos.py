@@ -28,6 +28,7 @@ def _json_body(request: Request) -> dict:
 
 # -- identity -------------------------------------------------------------------------------------
 
+
 @router.route("GET", "/api/whoami-v2")
 def whoami(ctx: HubContext, request: Request) -> Response:
     caller = ctx.caller(request)
@@ -39,12 +40,24 @@ def whoami(ctx: HubContext, request: Request) -> Response:
         row = ctx.store.account(org)
         orgs.append({"type": "org", "name": org, "fullname": row["fullname"] if row else org})
     token = caller.token
-    return json_response({
-        "type": "user", "name": caller.name, "fullname": account["fullname"] if account else caller.name,
-        "orgs": orgs, "isPro": False, "canPay": False, "emailVerified": True,
-        "auth": {"type": "access_token", "accessToken": {
-            "displayName": token.display_name if token else "local", "role": token.role if token else "write"}},
-    })
+    return json_response(
+        {
+            "type": "user",
+            "name": caller.name,
+            "fullname": account["fullname"] if account else caller.name,
+            "orgs": orgs,
+            "isPro": False,
+            "canPay": False,
+            "emailVerified": True,
+            "auth": {
+                "type": "access_token",
+                "accessToken": {
+                    "displayName": token.display_name if token else "local",
+                    "role": token.role if token else "write",
+                },
+            },
+        }
+    )
 
 
 @router.route("GET", "/api/agent-harnesses")
@@ -53,6 +66,7 @@ def agent_harnesses(ctx: HubContext, request: Request) -> Response:
 
 
 # -- repo lifecycle -------------------------------------------------------------------------------
+
 
 def _namespace_and_name(ctx: HubContext, caller, body: dict) -> tuple[str, str]:
     name = body.get("name")
@@ -85,7 +99,9 @@ def create_repo(ctx: HubContext, request: Request) -> Response:
         raise HubHTTPError(403, f"You don't have the rights to create a model under the namespace {namespace!r}")
     existing = ctx.store.get_repo(namespace, name)
     if existing is not None:
-        raise HubHTTPError(409, "You already created this model repo", extra={"url": f"{base_url(request)}/{existing.repo_id}"})
+        raise HubHTTPError(
+            409, "You already created this model repo", extra={"url": f"{base_url(request)}/{existing.repo_id}"}
+        )
     if ctx.single_user and ctx.store.account(namespace) is None:
         # Single-user hub: any namespace is the local user's own organisation.
         ctx.store.add_member(namespace, ctx.local_user)
@@ -166,9 +182,18 @@ def _model_info(ctx: HubContext, request: Request, repo: Repo, sha: str) -> Resp
     card = card_data(ctx, repo, files)
     blobs = query_bool(request, "blobs")
     info = {
-        "_id": f"{repo.id:024x}", "id": repo.repo_id, "modelId": repo.repo_id, "author": repo.namespace,
-        "sha": sha, "lastModified": commit.date if commit else repo.last_modified, "createdAt": repo.created_at,
-        "private": repo.private, "gated": repo.gated or False, "disabled": False, "downloads": 0, "likes": 0,
+        "_id": f"{repo.id:024x}",
+        "id": repo.repo_id,
+        "modelId": repo.repo_id,
+        "author": repo.namespace,
+        "sha": sha,
+        "lastModified": commit.date if commit else repo.last_modified,
+        "createdAt": repo.created_at,
+        "private": repo.private,
+        "gated": repo.gated or False,
+        "disabled": False,
+        "downloads": 0,
+        "likes": 0,
         "tags": list(card.get("tags") or []) if card else [],
         "library_name": card.get("library_name") if card else None,
         "pipeline_tag": card.get("pipeline_tag") if card else None,
@@ -195,6 +220,7 @@ def model_info_revision(ctx: HubContext, request: Request, ns: str, name: str, r
 
 # -- refs -----------------------------------------------------------------------------------------
 
+
 @router.route("GET", "/api/models/{ns}/{name}/refs")
 def list_refs(ctx: HubContext, request: Request, ns: str, name: str) -> Response:
     caller = ctx.caller(request)
@@ -210,10 +236,16 @@ def list_refs(ctx: HubContext, request: Request, ns: str, name: str) -> Response
 
 
 def _commit_json(commit: Commit, formatted: bool) -> dict:
-    data = {"id": commit.sha, "title": commit.title, "message": commit.message, "date": commit.date,
-            "authors": [{"user": commit.author}]}
+    data = {
+        "id": commit.sha,
+        "title": commit.title,
+        "message": commit.message,
+        "date": commit.date,
+        "authors": [{"user": commit.author}],
+    }
     if formatted:
         from html import escape
+
         data["formatted"] = {"title": escape(commit.title), "message": escape(commit.message)}
     return data
 
@@ -230,7 +262,7 @@ def list_commits(ctx: HubContext, request: Request, ns: str, name: str, rev: str
         raise HubHTTPError(400, "Query parameter 'p' must be an integer") from e
     size = ctx.commits_page_size
     formatted = "formatted" in request.query_params.getlist("expand[]")
-    chunk = history[page * size:(page + 1) * size]
+    chunk = history[page * size : (page + 1) * size]
     headers = {}
     if (page + 1) * size < len(history):
         headers["Link"] = next_link(request, "p", page + 1)
@@ -314,6 +346,7 @@ def discussions(ctx: HubContext, request: Request, ns: str, name: str) -> Respon
 
 # -- model card metadata --------------------------------------------------------------------------
 
+
 @router.route("POST", "/api/validate-yaml")
 def validate_yaml(ctx: HubContext, request: Request) -> Response:
     try:
@@ -339,6 +372,7 @@ def validate_yaml(ctx: HubContext, request: Request) -> Response:
 
 
 # -- repos of other types -------------------------------------------------------------------------
+
 
 @router.route("GET HEAD POST PUT DELETE", "/api/datasets/{any}")
 @router.route("GET HEAD POST PUT DELETE", "/api/spaces/{any}")

@@ -82,12 +82,19 @@ def preupload(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -
         oid = None
         if existing is not None:
             oid = existing.sha256 if existing.lfs else existing.git_oid
-        out.append({"path": item["path"], "uploadMode": "lfs" if lfs else "regular",
-                    "shouldIgnore": is_ignored(path, gitignore), "oid": oid})
+        out.append(
+            {
+                "path": item["path"],
+                "uploadMode": "lfs" if lfs else "regular",
+                "shouldIgnore": is_ignored(path, gitignore),
+                "oid": oid,
+            }
+        )
     return json_response({"files": out, "commitOid": head})
 
 
 # -- LFS ------------------------------------------------------------------------------------------
+
 
 def _object_known(ctx: HubContext, repo, caller, oid: str, size: int | None) -> bool:
     """True when the hub stores `oid` and the caller may use it: it is in this repo or in one they can read."""
@@ -110,14 +117,21 @@ def lfs_batch(ctx: HubContext, request: Request, ns: str, name: str) -> Response
     if not isinstance(objects_in, list) or not all(isinstance(o, dict) for o in objects_in):
         raise HubHTTPError(400, "Invalid LFS batch request: expected a JSON object with a list of 'objects'")
     if body.get("operation") != "upload":
-        raise HubHTTPError(400, "The hubckpt local hub only supports the LFS 'upload' operation; download via /resolve/")
+        raise HubHTTPError(
+            400, "The hubckpt local hub only supports the LFS 'upload' operation; download via /resolve/"
+        )
     base = base_url(request)
     objects = []
     for obj in objects_in:
         oid, size = obj.get("oid"), obj.get("size")
         if not isinstance(oid, str) or not is_sha256(oid) or not isinstance(size, int) or size < 0:
-            objects.append({"oid": str(oid), "size": size if isinstance(size, int) else 0,
-                            "error": {"code": 422, "message": "oid must be a sha256 hex string and size an integer >= 0"}})
+            objects.append(
+                {
+                    "oid": str(oid),
+                    "size": size if isinstance(size, int) else 0,
+                    "error": {"code": 422, "message": "oid must be a sha256 hex string and size an integer >= 0"},
+                }
+            )
             continue
         if _object_known(ctx, repo, caller, oid, size):
             ctx.store.add_repo_object(repo, oid)
@@ -126,15 +140,27 @@ def lfs_batch(ctx: HubContext, request: Request, ns: str, name: str) -> Response
         expires = int(time.time()) + UPLOAD_URL_TTL_S
         sig = ctx.sign(repo.id, oid, size, expires)
         # Bytes go to the data plane when it runs (fast path), else to this ASGI app.
-        upload_base = (data_plane_base(ctx, request.url.hostname or "127.0.0.1") if ctx.data_plane_port
-                       else f"{base}/api/hubckpt")
-        objects.append({"oid": oid, "size": size, "authenticated": True, "actions": {
-            "upload": {"href": f"{upload_base}/lfs/{repo.id}/{oid}/{size}?expires={expires}&sig={sig}",
-                       "expires_in": UPLOAD_URL_TTL_S},
-            "verify": {"href": f"{base}/api/hubckpt/lfs-verify/{repo.repo_id}"},
-        }})
-    return json_response({"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
-                         headers={"Content-Type": "application/vnd.git-lfs+json"})
+        upload_base = (
+            data_plane_base(ctx, request.url.hostname or "127.0.0.1") if ctx.data_plane_port else f"{base}/api/hubckpt"
+        )
+        objects.append(
+            {
+                "oid": oid,
+                "size": size,
+                "authenticated": True,
+                "actions": {
+                    "upload": {
+                        "href": f"{upload_base}/lfs/{repo.id}/{oid}/{size}?expires={expires}&sig={sig}",
+                        "expires_in": UPLOAD_URL_TTL_S,
+                    },
+                    "verify": {"href": f"{base}/api/hubckpt/lfs-verify/{repo.repo_id}"},
+                },
+            }
+        )
+    return json_response(
+        {"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
+        headers={"Content-Type": "application/vnd.git-lfs+json"},
+    )
 
 
 @router.route("PUT", "/api/hubckpt/lfs/{ns}/{name}/{path}")
@@ -184,6 +210,7 @@ def lfs_verify(ctx: HubContext, request: Request, ns: str, name: str) -> Respons
 
 # -- commit ---------------------------------------------------------------------------------------
 
+
 def _parse_commit(ctx: HubContext, repo, caller, raw: bytes) -> tuple[dict, list[Operation]]:
     """Parse and stage the NDJSON commit payload: regular contents are stored, LFS objects checked."""
     header: dict | None = None
@@ -218,8 +245,11 @@ def _parse_commit(ctx: HubContext, repo, caller, raw: bytes) -> tuple[dict, list
             if not isinstance(oid, str) or not is_sha256(oid):
                 raise HubHTTPError(400, f"Bad request for commit endpoint: invalid LFS oid for {path}")
             if not _object_known(ctx, repo, caller, oid, size):
-                raise HubHTTPError(422, f"LFS object {oid} for {path} was never uploaded (or its size differs); "
-                                        "upload it through the LFS batch API first")
+                raise HubHTTPError(
+                    422,
+                    f"LFS object {oid} for {path} was never uploaded (or its size differs); "
+                    "upload it through the LFS batch API first",
+                )
             size = ctx.blobs.path(oid).stat().st_size
             operations.append(Operation("add", path, oid, size, True, git_blob_sha1(lfs_pointer(oid, size))))
         elif key in ("deletedFile", "deletedFolder"):
@@ -248,11 +278,22 @@ def commit(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> R
         if op.kind == "add":
             ctx.store.add_repo_object(repo, op.sha256)
     sha = ctx.store.create_commit(
-        repo, rev, operations, title=str(header.get("summary") or "Upload files"),
-        message=str(header.get("description") or ""), author=caller.name or ctx.local_user,
-        parent_commit=parent, fault_hook=ctx.fault)
+        repo,
+        rev,
+        operations,
+        title=str(header.get("summary") or "Upload files"),
+        message=str(header.get("description") or ""),
+        author=caller.name or ctx.local_user,
+        parent_commit=parent,
+        fault_hook=ctx.fault,
+    )
     ctx.fault("commit.after_ref_update")  # crash tests: the commit landed, the client never hears of it
-    return json_response({"success": True, "commitOid": sha, "commitUrl": f"{base_url(request)}/{repo.repo_id}/commit/{sha}",
-                          "pullRequestUrl": None, "hookOutput": ""})
-
-
+    return json_response(
+        {
+            "success": True,
+            "commitOid": sha,
+            "commitUrl": f"{base_url(request)}/{repo.repo_id}/commit/{sha}",
+            "pullRequestUrl": None,
+            "hookOutput": "",
+        }
+    )

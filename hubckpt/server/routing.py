@@ -18,8 +18,8 @@ from __future__ import annotations
 import inspect
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 from urllib.parse import unquote, urlencode
 
 from starlette.requests import Request
@@ -56,13 +56,15 @@ class Router:
         regex = re.escape(pattern).replace(r"\{", "{").replace(r"\}", "}")
         for placeholder, group in _PLACEHOLDERS.items():
             regex = regex.replace(placeholder, group)
-        self.routes.append(Route(frozenset(methods.split()), re.compile(f"^{regex}$"), handler,
-                                 inspect.iscoroutinefunction(handler)))
+        self.routes.append(
+            Route(frozenset(methods.split()), re.compile(f"^{regex}$"), handler, inspect.iscoroutinefunction(handler))
+        )
 
     def route(self, methods: str, pattern: str) -> Callable[[Handler], Handler]:
         def decorator(handler: Handler) -> Handler:
             self.add(methods, pattern, handler)
             return handler
+
         return decorator
 
     def match(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]] | None | str:
@@ -99,8 +101,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 
     def too_large() -> HubHTTPError:
         # Connection: close, since the rest of the body is left unread on the socket.
-        return HubHTTPError(413, f"Request body is larger than this hub accepts ({limit} bytes); "
-                                 "upload large files through LFS.", headers={"Connection": "close"})
+        return HubHTTPError(
+            413,
+            f"Request body is larger than this hub accepts ({limit} bytes); upload large files through LFS.",
+            headers={"Connection": "close"},
+        )
 
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:

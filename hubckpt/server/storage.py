@@ -20,23 +20,23 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import queue
 import secrets
 import sqlite3
-import queue
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import (
     AuthError,
+    NoSuchEntryError,
+    NoSuchRevisionError,
     RepoExistsError,
     StaleParentError,
     StorageBusyError,
     StorageError,
-    NoSuchEntryError,
-    NoSuchRevisionError,
 )
 from .blobs import git_blob_sha1
 
@@ -76,7 +76,7 @@ CREATE TABLE IF NOT EXISTS repo_objects (repo_id INTEGER NOT NULL, sha256 TEXT N
 
 def utc_now() -> str:
     """Current time as the Hub writes dates: ISO-8601 UTC with a trailing 'Z'."""
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def hash_token(value: str) -> str:
@@ -132,6 +132,7 @@ class TokenInfo:
 @dataclass(frozen=True)
 class Operation:
     """One change of a commit. kind: 'add' (path, sha256, size, lfs, git_oid), 'delete_file', 'delete_folder'."""
+
     kind: str
     path: str
     sha256: str = ""
@@ -158,8 +159,9 @@ def _is_busy(error: sqlite3.OperationalError) -> bool:
 
 
 def _busy(error: sqlite3.OperationalError) -> StorageBusyError:
-    return StorageBusyError(f"The local hub database is busy ({error}); another process may be writing to it. "
-                            "Retry in a moment.")
+    return StorageBusyError(
+        f"The local hub database is busy ({error}); another process may be writing to it. Retry in a moment."
+    )
 
 
 class MetadataStore:
@@ -258,8 +260,10 @@ class MetadataStore:
                 # locked database all give up after it, instead of taking turns at waiting it out.
                 deadline = time.monotonic() + store.busy_timeout_s
                 if not store._lock.acquire(timeout=store.busy_timeout_s):
-                    raise StorageBusyError(f"The local hub is busy: another write has held the database for over "
-                                           f"{store.busy_timeout_s:g} s. Retry in a moment.")
+                    raise StorageBusyError(
+                        f"The local hub is busy: another write has held the database for over "
+                        f"{store.busy_timeout_s:g} s. Retry in a moment."
+                    )
                 try:
                     remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
                     store._db.execute(f"PRAGMA busy_timeout={remaining_ms}")
@@ -334,9 +338,14 @@ class MetadataStore:
             db.execute("INSERT OR IGNORE INTO memberships VALUES (?, ?)", (org, user))
 
     def orgs_of(self, user: str) -> list[str]:
-        return [r["org"] for r in self._query(
-            "SELECT a.name AS org FROM memberships m JOIN accounts a ON a.name = m.org WHERE m.user=? ORDER BY a.name",
-            (user,))]
+        return [
+            r["org"]
+            for r in self._query(
+                "SELECT a.name AS org FROM memberships m JOIN accounts a ON a.name = m.org "
+                "WHERE m.user=? ORDER BY a.name",
+                (user,),
+            )
+        ]
 
     def create_token(self, user: str, role: str, display_name: str, value: str | None = None) -> tuple[TokenInfo, str]:
         """Create (or register a given) token for `user`; returns its info and the value."""
@@ -356,7 +365,8 @@ class MetadataStore:
                 raise AuthError(f"User {user!r} already has a token named {display_name!r}.")
             cur = db.execute(
                 "INSERT INTO tokens (user, role, display_name, token_hash, hint, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (row["name"], role, display_name, hash_token(value), value[-4:], utc_now()))
+                (row["name"], role, display_name, hash_token(value), value[-4:], utc_now()),
+            )
             token_id = cur.lastrowid
             # Authentication, once on, stays on: revoking every token must not open the hub to everyone.
             db.execute("INSERT OR REPLACE INTO meta VALUES ('auth', 'on')")
@@ -414,26 +424,36 @@ class MetadataStore:
 
     def repo_storage(self, repo: Repo) -> int:
         """Bytes of the distinct objects the repo's commits reference (each object counted once)."""
-        rows = self._query("SELECT COALESCE(SUM(size), 0) AS total FROM (SELECT DISTINCT sha256, size FROM commit_files "
-                           "WHERE repo_id=?)", (repo.id,))
+        rows = self._query(
+            "SELECT COALESCE(SUM(size), 0) AS total FROM (SELECT DISTINCT sha256, size FROM commit_files "
+            "WHERE repo_id=?)",
+            (repo.id,),
+        )
         return int(rows[0]["total"])
 
-    def create_repo(self, namespace: str, name: str, private: bool, author: str, gitattributes: str,
-                    gitattributes_sha256: str) -> Repo | None:
+    def create_repo(
+        self, namespace: str, name: str, private: bool, author: str, gitattributes: str, gitattributes_sha256: str
+    ) -> Repo | None:
         """Create a repo with its 'initial commit' on main; None if it already exists."""
         now = utc_now()
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM repos WHERE namespace=? AND name=?", (namespace, name)).fetchone():
                 return None
-            cur = db.execute("INSERT INTO repos (namespace, name, private, created_at, last_modified) VALUES (?,?,?,?,?)",
-                             (namespace, name, int(private), now, now))
+            cur = db.execute(
+                "INSERT INTO repos (namespace, name, private, created_at, last_modified) VALUES (?,?,?,?,?)",
+                (namespace, name, int(private), now, now),
+            )
             repo_id = cur.lastrowid
             data = gitattributes.encode()
             entry = FileEntry(".gitattributes", git_blob_sha1(data), gitattributes_sha256, len(data), False, "")
             sha = _commit_sha(_tree_sha([entry]), None, author, now, "initial commit", "")
-            db.execute("INSERT INTO commits VALUES (?,?,?,?,?,?,?)", (repo_id, sha, None, "initial commit", "", author, now))
-            db.execute("INSERT INTO commit_files VALUES (?,?,?,?,?,?,?,?)",
-                       (repo_id, sha, entry.path, entry.git_oid, entry.sha256, entry.size, 0, sha))
+            db.execute(
+                "INSERT INTO commits VALUES (?,?,?,?,?,?,?)", (repo_id, sha, None, "initial commit", "", author, now)
+            )
+            db.execute(
+                "INSERT INTO commit_files VALUES (?,?,?,?,?,?,?,?)",
+                (repo_id, sha, entry.path, entry.git_oid, entry.sha256, entry.size, 0, sha),
+            )
             db.execute("INSERT INTO refs VALUES (?, 'branch', 'main', ?)", (repo_id, sha))
             db.execute("INSERT OR IGNORE INTO repo_objects VALUES (?, ?)", (repo_id, gitattributes_sha256))
         return self.get_repo(namespace, name)
@@ -507,22 +527,30 @@ class MetadataStore:
         """Commits reachable from `head`, newest first."""
         rows = self._query(
             """WITH RECURSIVE chain(sha) AS (SELECT ? UNION ALL
-                   SELECT c.parent FROM commits c JOIN chain ON c.sha = chain.sha WHERE c.repo_id = ? AND c.parent IS NOT NULL)
+                   SELECT c.parent FROM commits c JOIN chain ON c.sha = chain.sha
+                   WHERE c.repo_id = ? AND c.parent IS NOT NULL)
                SELECT c.* FROM chain JOIN commits c ON c.sha = chain.sha AND c.repo_id = ?""",
-            (head, repo.id, repo.id))
+            (head, repo.id, repo.id),
+        )
         return [_commit(r) for r in rows]
 
     def files(self, repo: Repo, sha: str) -> dict[str, FileEntry]:
         rows = self._query("SELECT * FROM commit_files WHERE repo_id=? AND commit_sha=? ORDER BY path", (repo.id, sha))
-        return {r["path"]: FileEntry(r["path"], r["git_oid"], r["sha256"], r["size"], bool(r["lfs"]), r["last_commit"])
-                for r in rows}
+        return {
+            r["path"]: FileEntry(r["path"], r["git_oid"], r["sha256"], r["size"], bool(r["lfs"]), r["last_commit"])
+            for r in rows
+        }
 
     def has_repo_object(self, repo: Repo, sha256: str) -> bool:
         return bool(self._query("SELECT 1 FROM repo_objects WHERE repo_id=? AND sha256=?", (repo.id, sha256)))
 
     def object_repos(self, sha256: str) -> list[Repo]:
-        return [_repo(r) for r in self._query(
-            "SELECT r.* FROM repo_objects o JOIN repos r ON r.id = o.repo_id WHERE o.sha256=?", (sha256,))]
+        return [
+            _repo(r)
+            for r in self._query(
+                "SELECT r.* FROM repo_objects o JOIN repos r ON r.id = o.repo_id WHERE o.sha256=?", (sha256,)
+            )
+        ]
 
     def add_repo_object(self, repo: Repo, sha256: str) -> None:
         self.add_repo_object_by_id(repo.id, sha256)
@@ -533,23 +561,38 @@ class MetadataStore:
             if db.execute("SELECT 1 FROM repos WHERE id=?", (repo_db_id,)).fetchone():
                 db.execute("INSERT OR IGNORE INTO repo_objects VALUES (?, ?)", (repo_db_id, sha256))
 
-    def create_commit(self, repo: Repo, branch: str, operations: list[Operation], *, title: str, message: str,
-                      author: str, parent_commit: str | None = None, fault_hook=None) -> str:
+    def create_commit(
+        self,
+        repo: Repo,
+        branch: str,
+        operations: list[Operation],
+        *,
+        title: str,
+        message: str,
+        author: str,
+        parent_commit: str | None = None,
+        fault_hook=None,
+    ) -> str:
         """Apply `operations` on top of `branch` in one transaction; return the new commit sha.
 
         Raises NoSuchRevisionError (unknown branch), NoSuchEntryError (deleting a missing file),
         StaleParentError (`parent_commit` is not the head of `branch`).
         """
         with self._transaction() as db:
-            row = db.execute("SELECT target FROM refs WHERE repo_id=? AND kind='branch' AND name=?",
-                             (repo.id, branch)).fetchone()
+            row = db.execute(
+                "SELECT target FROM refs WHERE repo_id=? AND kind='branch' AND name=?", (repo.id, branch)
+            ).fetchone()
             if row is None:
                 raise NoSuchRevisionError(branch)
             head = row["target"]
             if parent_commit is not None and not head.startswith(parent_commit.lower()):
-                raise StaleParentError("The branch was updated since you opened this page. Please refresh and try again.")
-            files = {r["path"]: FileEntry(r["path"], r["git_oid"], r["sha256"], r["size"], bool(r["lfs"]), r["last_commit"])
-                     for r in db.execute("SELECT * FROM commit_files WHERE repo_id=? AND commit_sha=?", (repo.id, head))}
+                raise StaleParentError(
+                    "The branch was updated since you opened this page. Please refresh and try again."
+                )
+            files = {
+                r["path"]: FileEntry(r["path"], r["git_oid"], r["sha256"], r["size"], bool(r["lfs"]), r["last_commit"])
+                for r in db.execute("SELECT * FROM commit_files WHERE repo_id=? AND commit_sha=?", (repo.id, head))
+            }
             changed: dict[str, FileEntry] = {}
             for op in operations:
                 if op.kind == "add":
@@ -566,17 +609,28 @@ class MetadataStore:
                     raise NoSuchEntryError(op.path)
             now = utc_now()
             sha = _commit_sha(_tree_sha(files.values()), head, author, now, title, message)
-            db.execute("INSERT OR IGNORE INTO commits VALUES (?,?,?,?,?,?,?)", (repo.id, sha, head, title, message, author, now))
+            db.execute(
+                "INSERT OR IGNORE INTO commits VALUES (?,?,?,?,?,?,?)",
+                (repo.id, sha, head, title, message, author, now),
+            )
             for entry in files.values():
                 # A path keeps its last commit while its content is unchanged; any add with new content moves it.
-                old = db.execute("SELECT git_oid, last_commit FROM commit_files WHERE repo_id=? AND commit_sha=? AND path=?",
-                                 (repo.id, head, entry.path)).fetchone() if entry.path in changed else None
+                old = (
+                    db.execute(
+                        "SELECT git_oid, last_commit FROM commit_files WHERE repo_id=? AND commit_sha=? AND path=?",
+                        (repo.id, head, entry.path),
+                    ).fetchone()
+                    if entry.path in changed
+                    else None
+                )
                 if entry.path in changed:
                     last = old["last_commit"] if old is not None and old["git_oid"] == entry.git_oid else sha
                 else:
                     last = entry.last_commit
-                db.execute("INSERT OR REPLACE INTO commit_files VALUES (?,?,?,?,?,?,?,?)",
-                           (repo.id, sha, entry.path, entry.git_oid, entry.sha256, entry.size, int(entry.lfs), last))
+                db.execute(
+                    "INSERT OR REPLACE INTO commit_files VALUES (?,?,?,?,?,?,?,?)",
+                    (repo.id, sha, entry.path, entry.git_oid, entry.sha256, entry.size, int(entry.lfs), last),
+                )
                 db.execute("INSERT OR IGNORE INTO repo_objects VALUES (?, ?)", (repo.id, entry.sha256))
             if fault_hook is not None:
                 fault_hook("commit.before_ref_update")
@@ -587,26 +641,41 @@ class MetadataStore:
     def squash(self, repo: Repo, branch: str, message: str, author: str) -> str:
         """Replace the history of `branch` by one commit holding its current files."""
         with self._transaction() as db:
-            row = db.execute("SELECT target FROM refs WHERE repo_id=? AND kind='branch' AND name=?",
-                             (repo.id, branch)).fetchone()
+            row = db.execute(
+                "SELECT target FROM refs WHERE repo_id=? AND kind='branch' AND name=?", (repo.id, branch)
+            ).fetchone()
             if row is None:
                 raise NoSuchRevisionError(branch)
-            rows = db.execute("SELECT * FROM commit_files WHERE repo_id=? AND commit_sha=?", (repo.id, row["target"])).fetchall()
+            rows = db.execute(
+                "SELECT * FROM commit_files WHERE repo_id=? AND commit_sha=?", (repo.id, row["target"])
+            ).fetchall()
             entries = [FileEntry(r["path"], r["git_oid"], r["sha256"], r["size"], bool(r["lfs"]), "") for r in rows]
             now = utc_now()
             title = message.split("\n", 1)[0]
             sha = _commit_sha(_tree_sha(entries), None, author, now, title, message)
-            db.execute("INSERT OR IGNORE INTO commits VALUES (?,?,?,?,?,?,?)", (repo.id, sha, None, title, message, author, now))
+            db.execute(
+                "INSERT OR IGNORE INTO commits VALUES (?,?,?,?,?,?,?)",
+                (repo.id, sha, None, title, message, author, now),
+            )
             for e in entries:
-                db.execute("INSERT OR REPLACE INTO commit_files VALUES (?,?,?,?,?,?,?,?)",
-                           (repo.id, sha, e.path, e.git_oid, e.sha256, e.size, int(e.lfs), sha))
+                db.execute(
+                    "INSERT OR REPLACE INTO commit_files VALUES (?,?,?,?,?,?,?,?)",
+                    (repo.id, sha, e.path, e.git_oid, e.sha256, e.size, int(e.lfs), sha),
+                )
             db.execute("UPDATE refs SET target=? WHERE repo_id=? AND kind='branch' AND name=?", (sha, repo.id, branch))
         return sha
 
 
 def _repo(row: sqlite3.Row) -> Repo:
-    return Repo(row["id"], row["namespace"], row["name"], bool(row["private"]), row["created_at"], row["last_modified"],
-                row["gated"] or "")
+    return Repo(
+        row["id"],
+        row["namespace"],
+        row["name"],
+        bool(row["private"]),
+        row["created_at"],
+        row["last_modified"],
+        row["gated"] or "",
+    )
 
 
 def _commit(row: sqlite3.Row) -> Commit:
@@ -623,5 +692,14 @@ def open_data_folder(root: Path, busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S)
     return MetadataStore(root / "hub.sqlite3", busy_timeout_s=busy_timeout_s)
 
 
-__all__ = ["MetadataStore", "Repo", "FileEntry", "Commit", "Operation", "TokenInfo", "open_data_folder", "utc_now",
-           "hash_token"]
+__all__ = [
+    "MetadataStore",
+    "Repo",
+    "FileEntry",
+    "Commit",
+    "Operation",
+    "TokenInfo",
+    "open_data_folder",
+    "utc_now",
+    "hash_token",
+]

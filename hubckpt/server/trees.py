@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable
+from collections.abc import Iterable
 
 from .blobs import lfs_pointer
 from .storage import Commit, FileEntry
@@ -12,7 +12,11 @@ from .storage import Commit, FileEntry
 def file_json(entry: FileEntry, last_commit: Commit | None = None) -> dict:
     data: dict = {"type": "file", "path": entry.path, "oid": entry.git_oid, "size": entry.size}
     if entry.lfs:
-        data["lfs"] = {"oid": entry.sha256, "size": entry.size, "pointerSize": len(lfs_pointer(entry.sha256, entry.size))}
+        data["lfs"] = {
+            "oid": entry.sha256,
+            "size": entry.size,
+            "pointerSize": len(lfs_pointer(entry.sha256, entry.size)),
+        }
     if last_commit is not None:
         data["lastCommit"] = {"id": last_commit.sha, "title": last_commit.title, "date": last_commit.date}
     return data
@@ -52,10 +56,10 @@ def list_tree(files: dict[str, FileEntry], path: str, recursive: bool) -> list[t
     prefix = path + "/" if path else ""
     out = []
     for folder in folders:
-        if folder.startswith(prefix) and (recursive or "/" not in folder[len(prefix):]):
+        if folder.startswith(prefix) and (recursive or "/" not in folder[len(prefix) :]):
             out.append(("directory", folder))
     for file in files:
-        if file.startswith(prefix) and (recursive or "/" not in file[len(prefix):]):
+        if file.startswith(prefix) and (recursive or "/" not in file[len(prefix) :]):
             out.append(("file", file))
     # Folders first, then files, each sorted: the Hub's order, and deterministic.
     out.sort(key=lambda item: (item[0] != "directory", item[1]))
@@ -71,7 +75,10 @@ def sibling_entries(files: Iterable[FileEntry], with_blobs: bool) -> list[dict]:
             item["size"] = entry.size
             item["blobId"] = entry.git_oid
             if entry.lfs:
-                item["lfs"] = {"sha256": entry.sha256, "size": entry.size,
-                               "pointerSize": len(lfs_pointer(entry.sha256, entry.size))}
+                item["lfs"] = {
+                    "sha256": entry.sha256,
+                    "size": entry.size,
+                    "pointerSize": len(lfs_pointer(entry.sha256, entry.size)),
+                }
         out.append(item)
     return out

@@ -51,21 +51,33 @@ def same_origin(request: Request) -> bool:
 def safe_next(value: str | None) -> str:
     """Only local paths as a post-login destination (no open redirect)."""
     # Browsers drop tabs and newlines from URLs ("/\t/evil" is "//evil"), so no control characters either.
-    if (not value or not value.startswith("/") or value.startswith("//") or "\\" in value
-            or any(c < " " or c == "\x7f" for c in value)):
+    if (
+        not value
+        or not value.startswith("/")
+        or value.startswith("//")
+        or "\\" in value
+        or any(c < " " or c == "\x7f" for c in value)
+    ):
         return "/"
     return value
 
 
 async def read_form(request: Request) -> dict[str, str]:
-    body = (await request.body())[:64 * 1024]
+    body = (await request.body())[: 64 * 1024]
     form = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
     return {k: v[0] for k, v in form.items()}
 
 
 def login_cookie(response: Response, request: Request, token: str) -> None:
-    response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/",
-                        secure=request.url.scheme == "https", max_age=30 * 24 * 3600)
+    response.set_cookie(
+        COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        path="/",
+        secure=request.url.scheme == "https",
+        max_age=30 * 24 * 3600,
+    )
 
 
 def clear_cookie(response: Response) -> None:

@@ -67,25 +67,35 @@ def metric_chart(metric: str, points: list[Point], marks: dict[str, str]) -> Mar
     def sy(y: float) -> float:
         return _TOP + (1 - (y - y0) / (y1 - y0)) * plot_h
 
-    parts = [f'<svg class="chart" role="img" aria-label="{title} over training steps" viewBox="0 0 {WIDTH} {HEIGHT}" '
-             f'width="{WIDTH}" height="{HEIGHT}" xmlns="http://www.w3.org/2000/svg" data-metric="{title}">',
-             f"<title>{title} over steps</title>"]
+    parts = [
+        f'<svg class="chart" role="img" aria-label="{title} over training steps" viewBox="0 0 {WIDTH} {HEIGHT}" '
+        f'width="{WIDTH}" height="{HEIGHT}" xmlns="http://www.w3.org/2000/svg" data-metric="{title}">',
+        f"<title>{title} over steps</title>",
+    ]
     for t in _ticks(y0, y1):
         y = sy(t)
-        parts.append(f'<line class="grid" x1="{_LEFT}" x2="{WIDTH - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>'
-                     f'<text class="tick" x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')
+        parts.append(
+            f'<line class="grid" x1="{_LEFT}" x2="{WIDTH - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>'
+            f'<text class="tick" x="{_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{_fmt(t)}</text>'
+        )
     for t in _ticks(x0, x1, 5):
         x = sx(t)
-        parts.append(f'<line class="axis" x1="{x:.1f}" x2="{x:.1f}" y1="{HEIGHT - _BOTTOM}" y2="{HEIGHT - _BOTTOM + 4}"/>'
-                     f'<text class="tick" x="{x:.1f}" y="{HEIGHT - _BOTTOM + 16}" text-anchor="middle">{_fmt(t)}</text>')
-    parts.append(f'<line class="axis" x1="{_LEFT}" x2="{WIDTH - _RIGHT}" y1="{HEIGHT - _BOTTOM}" y2="{HEIGHT - _BOTTOM}"/>')
+        parts.append(
+            f'<line class="axis" x1="{x:.1f}" x2="{x:.1f}" y1="{HEIGHT - _BOTTOM}" y2="{HEIGHT - _BOTTOM + 4}"/>'
+            f'<text class="tick" x="{x:.1f}" y="{HEIGHT - _BOTTOM + 16}" text-anchor="middle">{_fmt(t)}</text>'
+        )
+    parts.append(
+        f'<line class="axis" x1="{_LEFT}" x2="{WIDTH - _RIGHT}" y1="{HEIGHT - _BOTTOM}" y2="{HEIGHT - _BOTTOM}"/>'
+    )
     parts.append(f'<text class="label" x="{WIDTH - _RIGHT}" y="{HEIGHT - 4}" text-anchor="end">step</text>')
     coords = " ".join(f"{sx(p.step):.1f},{sy(p.value):.1f}" for p in points)
     parts.append(f'<polyline class="line" points="{coords}"/>')
     if len(points) <= _TITLED_POINTS:
         for p in points:
-            parts.append(f'<circle class="pt" cx="{sx(p.step):.1f}" cy="{sy(p.value):.1f}" r="2.5">'
-                         f"<title>{escape(p.revision)}: step {_fmt(p.step)}, {title} {_fmt(p.value)}</title></circle>")
+            parts.append(
+                f'<circle class="pt" cx="{sx(p.step):.1f}" cy="{sy(p.value):.1f}" r="2.5">'
+                f"<title>{escape(p.revision)}: step {_fmt(p.step)}, {title} {_fmt(p.value)}</title></circle>"
+            )
     by_name = {p.revision: p for p in points}
     for name, label in marks.items():
         p = by_name.get(name)
@@ -96,9 +106,12 @@ def metric_chart(metric: str, points: list[Point], marks: dict[str, str]) -> Mar
         dx = -8 if anchor == "end" else 8
         dy = -8 if label.startswith("best") else 14
         ty = min(max(y + dy, _TOP + 10), HEIGHT - _BOTTOM - 4)
-        parts.append(f'<g class="mark mark-{escape(label.split()[0])}" data-label="{escape(label)}" data-revision="{escape(name)}">'
-                     f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5"><title>{escape(label)}: {escape(name)}, step '
-                     f'{_fmt(p.step)}, {title} {_fmt(p.value)}</title></circle>'
-                     f'<text x="{x + dx:.1f}" y="{ty:.1f}" text-anchor="{anchor}">{escape(label)} {_fmt(p.value)}</text></g>')
+        parts.append(
+            f'<g class="mark mark-{escape(label.split()[0])}" data-label="{escape(label)}" '
+            f'data-revision="{escape(name)}">'
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5"><title>{escape(label)}: {escape(name)}, step '
+            f"{_fmt(p.step)}, {title} {_fmt(p.value)}</title></circle>"
+            f'<text x="{x + dx:.1f}" y="{ty:.1f}" text-anchor="{anchor}">{escape(label)} {_fmt(p.value)}</text></g>'
+        )
     parts.append("</svg>")
     return Markup("".join(parts))

@@ -44,7 +44,7 @@ def split_front_matter(text: str) -> tuple[dict, str]:
                 meta = yaml.safe_load("\n".join(lines[1:i])) or {}
             except yaml.YAMLError:
                 meta = {}
-            return (meta if isinstance(meta, dict) else {}), "\n".join(lines[i + 1:])
+            return (meta if isinstance(meta, dict) else {}), "\n".join(lines[i + 1 :])
     return {}, text
 
 
@@ -68,12 +68,18 @@ def render_markdown(text: str, *, repo_id: str | None = None, revision: str = "m
         return value
 
     html = cmarkgfm.github_flavored_markdown_to_html(text, options=_CMARK_OPTIONS)
-    return nh3.clean(html, tags=_TAGS, attributes=_ATTRIBUTES, url_schemes=_SCHEMES, attribute_filter=rewrite,
-                     link_rel="noopener noreferrer nofollow", strip_comments=True)
+    return nh3.clean(
+        html,
+        tags=_TAGS,
+        attributes=_ATTRIBUTES,
+        url_schemes=_SCHEMES,
+        attribute_filter=rewrite,
+        link_rel="noopener noreferrer nofollow",
+        strip_comments=True,
+    )
 
 
 def render_card(text: str, *, repo_id: str, revision: str) -> tuple[dict, str]:
     """(front matter, sanitised HTML body) of a README.md."""
     meta, body = split_front_matter(text)
     return meta, render_markdown(body, repo_id=repo_id, revision=revision)
-

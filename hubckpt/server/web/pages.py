@@ -84,11 +84,12 @@ def card_of(ctx: HubContext, repo: Repo, files: dict[str, FileEntry], revision: 
 @dataclass
 class RefMap:
     """Branches and tags of a repo, and which names point at each commit."""
+
     branches: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, ctx: HubContext, repo: Repo) -> "RefMap":
+    def of(cls, ctx: HubContext, repo: Repo) -> RefMap:
         refs = cls()
         for row in ctx.store.refs(repo):
             if row["kind"] == "branch" and is_staging_branch(row["name"]):
@@ -118,6 +119,7 @@ def metric_names(revisions: list[RevisionInfo], monitor: str | None) -> list[str
 
 # -- pages ------------------------------------------------------------------------------------------
 
+
 def home(ctx: HubContext, caller) -> dict:
     repos = [r for r in ctx.store.list_repos() if ctx.can_read(r, caller)]
     rows = []
@@ -133,8 +135,16 @@ def model(ctx: HubContext, repo: Repo) -> dict:
     files = ctx.store.files(repo, main_sha) if main_sha else {}
     index = load_index(ctx, files)
     card = card_of(ctx, repo, files, "main")
-    out: dict = {"repo": repo, "refs": refs, "card": card, "index": index, "main_sha": main_sha, "rows": [],
-                 "metrics": [], "charts": []}
+    out: dict = {
+        "repo": repo,
+        "refs": refs,
+        "card": card,
+        "index": index,
+        "main_sha": main_sha,
+        "rows": [],
+        "metrics": [],
+        "charts": [],
+    }
     if index is None:
         return out
     revisions = index.revisions
@@ -172,18 +182,24 @@ def revisions_table_rows(rows: list[dict], repo_id: str, metrics: list[str], ind
             first = f'<a href="{href}">{name}</a>'
         else:
             first = name + (' <span class="muted">(pruned)</span>' if r.pruned else "")
-        cells = [f'<tr class="{"pruned" if r.pruned else ""}" data-revision="{name}"><td class="mono">{first}</td>',
-                 f'<td class="num">{escape(number(r.step))}</td><td class="num">{escape(number(r.tokens))}</td>']
+        cells = [
+            f'<tr class="{"pruned" if r.pruned else ""}" data-revision="{name}"><td class="mono">{first}</td>',
+            f'<td class="num">{escape(number(r.step))}</td><td class="num">{escape(number(r.tokens))}</td>',
+        ]
         for m in metrics:
             best = " best-cell" if r.name == index.best and m == index.monitor else ""
             cells.append(f'<td class="num{best}" data-metric="{escape(m)}">{escape(number(r.metrics.get(m)))}</td>')
-        cells.append(f'<td class="num">{size(r.size) if r.size else "—"}</td>'
-                     f'<td title="{escape(r.date or "")}">{escape(short_date(r.date))}</td><td>')
+        cells.append(
+            f'<td class="num">{size(r.size) if r.size else "—"}</td>'
+            f'<td title="{escape(r.date or "")}">{escape(short_date(r.date))}</td><td>'
+        )
         cells.extend(f'<span class="badge badge-{escape(t)}">{escape(t)}</span> ' for t in row["tags"])
         cells.append("</td><td>")
         if row["linked"] and previous is not None:
-            cells.append(f'<a class="muted small" href="/{repo_id}/compare/{seg(previous)}...{seg(r.name)}" '
-                         'title="What changed since the previous revision">diff</a>')
+            cells.append(
+                f'<a class="muted small" href="/{repo_id}/compare/{seg(previous)}...{seg(r.name)}" '
+                'title="What changed since the previous revision">diff</a>'
+            )
         cells.append("</td></tr>\n")
         previous = r.name if row["linked"] else None
         out.append("".join(cells))
@@ -234,16 +250,37 @@ def tree(ctx: HubContext, repo: Repo, rev: str, path: str) -> dict:
     for kind, p in entries:
         if kind == "directory":
             inner = [e for q, e in files.items() if q.startswith(p + "/")]
-            listing.append({"kind": kind, "path": p, "name": p.rsplit("/", 1)[-1], "size": sum(e.size for e in inner),
-                            "count": len(inner)})
+            listing.append(
+                {
+                    "kind": kind,
+                    "path": p,
+                    "name": p.rsplit("/", 1)[-1],
+                    "size": sum(e.size for e in inner),
+                    "count": len(inner),
+                }
+            )
         else:
             listing.append({"kind": kind, "path": p, "name": p.rsplit("/", 1)[-1], "entry": files[p]})
     tensors, problems, params = tensor_table(ctx, files) if not path else ([], [], 0)
-    return {"repo": repo, "rev": rev, "sha": sha, "path": path, "listing": listing, "refs": refs,
-            "commit": ctx.store.commit(repo, sha), "card": card_of(ctx, repo, files, rev) if not path else None,
-            "entry": entry, "previous": previous, "next": following, "tensors": tensors[:MAX_TENSOR_ROWS],
-            "tensor_count": len(tensors), "tensor_problems": problems, "params": params,
-            "total_size": sum(e.size for e in files.values()), "file_count": len(files)}
+    return {
+        "repo": repo,
+        "rev": rev,
+        "sha": sha,
+        "path": path,
+        "listing": listing,
+        "refs": refs,
+        "commit": ctx.store.commit(repo, sha),
+        "card": card_of(ctx, repo, files, rev) if not path else None,
+        "entry": entry,
+        "previous": previous,
+        "next": following,
+        "tensors": tensors[:MAX_TENSOR_ROWS],
+        "tensor_count": len(tensors),
+        "tensor_problems": problems,
+        "params": params,
+        "total_size": sum(e.size for e in files.values()),
+        "file_count": len(files),
+    }
 
 
 def blob(ctx: HubContext, repo: Repo, rev: str, path: str) -> dict:
@@ -271,9 +308,20 @@ def blob(ctx: HubContext, repo: Repo, rev: str, path: str) -> dict:
                 language = "json"
             except ValueError:
                 pass
-    return {"repo": repo, "rev": rev, "sha": sha, "path": path, "file": entry, "text": text, "language": language,
-            "tensors": tensors, "problem": problem, "too_large": entry.size > MAX_TEXT_BYTES,
-            "commit": ctx.store.commit(repo, entry.last_commit), "refs": RefMap.of(ctx, repo)}
+    return {
+        "repo": repo,
+        "rev": rev,
+        "sha": sha,
+        "path": path,
+        "file": entry,
+        "text": text,
+        "language": language,
+        "tensors": tensors,
+        "problem": problem,
+        "too_large": entry.size > MAX_TEXT_BYTES,
+        "commit": ctx.store.commit(repo, entry.last_commit),
+        "refs": RefMap.of(ctx, repo),
+    }
 
 
 def commits(ctx: HubContext, repo: Repo, rev: str, page: int, page_size: int) -> dict:
@@ -282,10 +330,18 @@ def commits(ctx: HubContext, repo: Repo, rev: str, page: int, page_size: int) ->
     refs = RefMap.of(ctx, repo)
     pages = max(1, (len(history) + page_size - 1) // page_size)
     page = min(max(page, 0), pages - 1)
-    shown = history[page * page_size:(page + 1) * page_size]
+    shown = history[page * page_size : (page + 1) * page_size]
     rows = [{"commit": c, "names": refs.names_at(c.sha)} for c in shown]
-    return {"repo": repo, "rev": rev, "sha": sha, "rows": rows, "page": page, "pages": pages, "total": len(history),
-            "refs": refs}
+    return {
+        "repo": repo,
+        "rev": rev,
+        "sha": sha,
+        "rows": rows,
+        "page": page,
+        "pages": pages,
+        "total": len(history),
+        "refs": refs,
+    }
 
 
 def _tensors_of(ctx: HubContext, files: dict[str, FileEntry]) -> tuple[dict[str, tuple], list[str]]:
@@ -325,7 +381,19 @@ def compare(ctx: HubContext, repo: Repo, a: str, b: str) -> dict:
         counts[c.status] = counts.get(c.status, 0) + 1
     refs = RefMap.of(ctx, repo)
     choices = sorted(refs.branches) + sorted(refs.tags)
-    largest = max((c.rel_change for c in weights if c.rel_change is not None and math.isfinite(c.rel_change)),
-                  default=0.0)
-    return {"repo": repo, "a": a, "b": b, "sha_a": sha_a, "sha_b": sha_b, "changes": changes, "counts": counts,
-            "files": file_changes, "problems": problems_a + problems_b, "choices": choices, "largest": largest or 1.0}
+    largest = max(
+        (c.rel_change for c in weights if c.rel_change is not None and math.isfinite(c.rel_change)), default=0.0
+    )
+    return {
+        "repo": repo,
+        "a": a,
+        "b": b,
+        "sha_a": sha_a,
+        "sha_b": sha_b,
+        "changes": changes,
+        "counts": counts,
+        "files": file_changes,
+        "problems": problems_a + problems_b,
+        "choices": choices,
+        "largest": largest or 1.0,
+    }

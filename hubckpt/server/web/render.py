@@ -12,8 +12,10 @@ from starlette.responses import HTMLResponse
 from ...cards import human_size
 
 # Only the page's own (static) files; nothing inline, nothing from elsewhere; no plugins, frames or forms elsewhere.
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
-       "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; font-src 'self'; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
@@ -66,7 +68,7 @@ def ago(value: str | None) -> str:
         then = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return value
-    seconds = (dt.datetime.now(dt.timezone.utc) - then).total_seconds()
+    seconds = (dt.datetime.now(dt.UTC) - then).total_seconds()
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if seconds >= size:
             n = int(seconds // size)
@@ -76,8 +78,13 @@ def ago(value: str | None) -> str:
 
 @lru_cache(maxsize=1)
 def environment() -> Environment:
-    env = Environment(loader=PackageLoader("hubckpt.server.web", "templates"), autoescape=select_autoescape(default=True),
-                      trim_blocks=True, lstrip_blocks=True, auto_reload=False)
+    env = Environment(
+        loader=PackageLoader("hubckpt.server.web", "templates"),
+        autoescape=select_autoescape(default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        auto_reload=False,
+    )
     env.filters.update(seg=seg, path_url=path_url, size=size, date=short_date, number=number, ago=ago)
     env.globals["static"] = STATIC_PREFIX
     return env

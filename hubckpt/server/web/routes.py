@@ -29,8 +29,14 @@ router = Router()
 _STATIC = resources.files("hubckpt.server.web") / "static"
 _STATIC_FILES = {p.name for p in _STATIC.iterdir() if p.is_file()}
 _STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".svg": "image/svg+xml"}
-_IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
-                ".webp": "image/webp", ".svg": "image/svg+xml"}
+_IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".svg": "image/svg+xml",
+}
 # Raw files are user content: never a document that can run anything in our origin.
 _RAW_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; sandbox"
 
@@ -70,8 +76,13 @@ def _run(ctx: HubContext, request: Request, handler, params: dict) -> Response:
 def _compressed(request: Request, response: Response) -> Response:
     """Large HTML gzipped for clients that accept it (a 1,000-revision model page: ~1 MB → ~80 kB)."""
     body = getattr(response, "body", None)
-    if (not body or len(body) < 16 * 1024 or not response.media_type or not response.media_type.startswith("text/html")
-            or "gzip" not in request.headers.get("accept-encoding", "")):
+    if (
+        not body
+        or len(body) < 16 * 1024
+        or not response.media_type
+        or not response.media_type.startswith("text/html")
+        or "gzip" not in request.headers.get("accept-encoding", "")
+    ):
         return response
     packed = gzip.compress(body, compresslevel=5)
     response.body = packed
@@ -93,8 +104,15 @@ def _error(ctx: HubContext, caller: Caller, error: HubHTTPError, here: str = "/"
         status, message = 404, "Repository not found."
     elif error.code == "RevisionNotFound":
         status = 404
-    response = page("error.html", status=status, status_code=status, message=message, viewer=caller,
-                    single_user=ctx.single_user, here=here)
+    response = page(
+        "error.html",
+        status=status,
+        status_code=status,
+        message=message,
+        viewer=caller,
+        single_user=ctx.single_user,
+        here=here,
+    )
     response.headers.update(error.headers)  # e.g. Retry-After of a busy hub
     return response
 
@@ -117,6 +135,7 @@ def _split_revision(ctx: HubContext, repo, rev: str, path: str) -> tuple[str, st
 
 
 # -- pages ------------------------------------------------------------------------------------------
+
 
 @router.route("GET HEAD", "/")
 def home(ctx: HubContext, request: Request, caller: Caller) -> Response:
@@ -156,8 +175,12 @@ def raw(ctx: HubContext, request: Request, caller: Caller, ns: str, name: str, r
         raise HubHTTPError(404, f"{path} does not exist on {rev}", "EntryNotFound")
     suffix = "." + path.rsplit(".", 1)[-1].lower() if "." in path else ""
     media = _IMAGE_TYPES.get(suffix, "text/plain; charset=utf-8")
-    headers = {"Content-Security-Policy": _RAW_CSP, "X-Content-Type-Options": "nosniff",
-               "Cache-Control": "private, max-age=0", "ETag": f'"{entry.sha256}"'}
+    headers = {
+        "Content-Security-Policy": _RAW_CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "private, max-age=0",
+        "ETag": f'"{entry.sha256}"',
+    }
     return FileResponse(ctx.blobs.path(entry.sha256), media_type=media, headers=headers)
 
 
@@ -194,10 +217,12 @@ def compare(ctx: HubContext, request: Request, caller: Caller, ns: str, name: st
 
 # -- login ------------------------------------------------------------------------------------------
 
+
 @router.route("GET HEAD", "/login")
 def login_form(ctx: HubContext, request: Request, caller: Caller) -> Response:
-    return page("login.html", **_base(ctx, request, caller), next=access.safe_next(request.query_params.get("next")),
-                error=None)
+    return page(
+        "login.html", **_base(ctx, request, caller), next=access.safe_next(request.query_params.get("next")), error=None
+    )
 
 
 @router.route("POST", "/login")
@@ -208,8 +233,13 @@ def login(ctx: HubContext, request: Request, caller: Caller, form: dict) -> Resp
     token = form.get("token", "").strip()
     who = access.check_token(ctx, request, token) if token else None
     if who is None:
-        return page("login.html", status=401, **_base(ctx, request, access.ANONYMOUS), next=destination,
-                    error="This token is not valid on this hub.")
+        return page(
+            "login.html",
+            status=401,
+            **_base(ctx, request, access.ANONYMOUS),
+            next=destination,
+            error="This token is not valid on this hub.",
+        )
     response = access.redirect(destination)
     access.login_cookie(response, request, token)
     return response
@@ -224,6 +254,7 @@ def logout(ctx: HubContext, request: Request, caller: Caller, form: dict) -> Res
 
 # -- static files -----------------------------------------------------------------------------------
 
+
 @router.route("GET HEAD", "/front/hubckpt/{path}")
 def static(ctx: HubContext, request: Request, caller: Caller, path: str) -> Response:
     if path not in _STATIC_FILES:
@@ -231,5 +262,6 @@ def static(ctx: HubContext, request: Request, caller: Caller, path: str) -> Resp
     suffix = "." + path.rsplit(".", 1)[-1]
     media = _STATIC_TYPES.get(suffix) or mimetypes.guess_type(path)[0] or "application/octet-stream"
     body = (_STATIC / path).read_bytes()
-    return Response(body, media_type=media, headers={"Cache-Control": "public, max-age=3600",
-                                                     "X-Content-Type-Options": "nosniff"})
+    return Response(
+        body, media_type=media, headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"}
+    )

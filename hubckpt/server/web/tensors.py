@@ -61,8 +61,16 @@ def read_header(path: Path, file: str) -> tuple[list[TensorInfo], dict]:
     for name, spec in header.items():
         try:
             start, end = spec["data_offsets"]
-            tensors.append(TensorInfo(name, str(spec["dtype"]), tuple(int(d) for d in spec["shape"]), file,
-                                      base + int(start), base + int(end)))
+            tensors.append(
+                TensorInfo(
+                    name,
+                    str(spec["dtype"]),
+                    tuple(int(d) for d in spec["shape"]),
+                    file,
+                    base + int(start),
+                    base + int(end),
+                )
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise HeaderError(f"{file}: entry {name!r} is malformed") from e
     tensors.sort(key=lambda t: t.name)
@@ -76,7 +84,7 @@ class TensorChange:
     a: TensorInfo | None
     b: TensorInfo | None
     rel_change: float | None = None  # ||b - a|| / ||a||
-    max_abs: float | None = None     # max |b - a|
+    max_abs: float | None = None  # max |b - a|
 
 
 def _load(path: Path, info: TensorInfo):
@@ -87,7 +95,9 @@ def _load(path: Path, info: TensorInfo):
     with open(path, "rb") as f:
         f.seek(info.start)
         data = f.read(info.nbytes)
-    header = json.dumps({"t": {"dtype": info.dtype, "shape": list(info.shape), "data_offsets": [0, len(data)]}}).encode()
+    header = json.dumps(
+        {"t": {"dtype": info.dtype, "shape": list(info.shape), "data_offsets": [0, len(data)]}}
+    ).encode()
     header += b" " * (-len(header) % 8)
     tensor = load(struct.pack("<Q", len(header)) + header + data)["t"]
     return tensor.to(torch.float64)
@@ -108,8 +118,13 @@ def _same_bytes(path_a: Path, a: TensorInfo, path_b: Path, b: TensorInfo) -> boo
     return True
 
 
-def compare(tensors_a: dict[str, tuple[TensorInfo, Path]], tensors_b: dict[str, tuple[TensorInfo, Path]]) -> list[TensorChange]:
-    """Per-tensor comparison of two revisions (name → (info, object path)); changed tensors first, largest change first."""
+def compare(
+    tensors_a: dict[str, tuple[TensorInfo, Path]], tensors_b: dict[str, tuple[TensorInfo, Path]]
+) -> list[TensorChange]:
+    """Per-tensor comparison of two revisions (name → (info, object path)).
+
+    Changed tensors come first, the largest change first.
+    """
     out: list[TensorChange] = []
     for name in sorted(set(tensors_a) | set(tensors_b)):
         if name not in tensors_b:
@@ -127,7 +142,7 @@ def compare(tensors_a: dict[str, tuple[TensorInfo, Path]], tensors_b: dict[str, 
             out.append(TensorChange(name, "changed", a, b))
         else:
             ta, tb = _load(pa, a), _load(pb, b)
-            diff = (tb - ta)
+            diff = tb - ta
             norm = float(ta.norm()) if ta.numel() else 0.0
             rel = float(diff.norm()) / norm if norm else (math.inf if float(diff.norm()) else 0.0)
             max_abs = float(diff.abs().max()) if diff.numel() else 0.0

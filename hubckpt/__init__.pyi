@@ -1,0 +1,103 @@
+"""The public API of hubckpt, listed once.
+
+`__init__.py` loads each name from this list on first use (lazy_loader.attach_stub), so
+`import hubckpt` stays light; type checkers and IDEs read the same list.
+"""
+
+from .analysis.pipeline import (
+    analyze as analyze,
+)
+from .cards import (
+    CardOptions as CardOptions,
+)
+from .checkpoint import (
+    Checkpoint as Checkpoint,
+)
+from .commits import (
+    commit_folder as commit_folder,
+)
+from .conversion import (
+    ConvertResult as ConvertResult,
+    convert as convert,
+)
+from .conversion.training_state import (
+    capture_rng as capture_rng,
+    load_training_state as load_training_state,
+    restore_rng as restore_rng,
+)
+from .errors import (
+    AmbiguousRevisionError as AmbiguousRevisionError,
+    AnalysisError as AnalysisError,
+    AuthError as AuthError,
+    CheckpointError as CheckpointError,
+    CorruptCheckpointError as CorruptCheckpointError,
+    DestinationExistsError as DestinationExistsError,
+    DiskFullError as DiskFullError,
+    HubckptError as HubckptError,
+    HubConfigError as HubConfigError,
+    HubUnavailableError as HubUnavailableError,
+    IntegrityError as IntegrityError,
+    InvalidNameError as InvalidNameError,
+    NoSafetensorsError as NoSafetensorsError,
+    PublishError as PublishError,
+    RestoreError as RestoreError,
+    RevisionCollisionError as RevisionCollisionError,
+    RevisionLookupError as RevisionLookupError,
+    SpoolBusyError as SpoolBusyError,
+    StateMismatchError as StateMismatchError,
+    StorageError as StorageError,
+    TrainingStateMissingError as TrainingStateMissingError,
+    UnknownRevisionError as UnknownRevisionError,
+    UnsafeCheckpointError as UnsafeCheckpointError,
+    UnsupportedCheckpointError as UnsupportedCheckpointError,
+    VerificationError as VerificationError,
+)
+from .formats.index import (
+    RevisionIndex as RevisionIndex,
+    RevisionInfo as RevisionInfo,
+)
+from .hub_reader import (
+    HubReader as HubReader,
+)
+from .hubs import (
+    Hub as Hub,
+    ensure_local_hub as ensure_local_hub,
+    hub_api as hub_api,
+    point_hf_clients_at as point_hf_clients_at,
+    resolve_hub as resolve_hub,
+)
+from .integrations.checkpointer import (
+    Checkpointer as Checkpointer,
+)
+from .load import (
+    LazyRevision as LazyRevision,
+    iter_revisions as iter_revisions,
+    list_revisions as list_revisions,
+    load_model as load_model,
+    load_state_dict as load_state_dict,
+    open_revision as open_revision,
+    pull_revision as pull_revision,
+    resolve_revision as resolve_revision,
+)
+from .load.restore import (
+    Restored as Restored,
+    restore as restore,
+)
+from .publishing import (
+    PublishedRevision as PublishedRevision,
+    Publisher as Publisher,
+    Retention as Retention,
+)
+from .readers import (
+    discover as discover,
+    read_checkpoint as read_checkpoint,
+)
+from .revisions import (
+    render_revision_name as render_revision_name,
+)
+from .server import (
+    LocalHubServer as LocalHubServer,
+)
+from .version import (
+    __version__ as __version__,
+)

@@ -224,6 +224,10 @@ def analyze(
     """
     from ..hubs import Hub, resolve_hub
 
+    if plots:  # before any download or forward pass, not after them
+        from .plots import require_matplotlib
+
+        require_matplotlib()
     started = time.perf_counter()
     hub_obj = hub if isinstance(hub, Hub) else resolve_hub(hub)
     infos = select_revisions(repo_id, revisions, every, hub=hub_obj, token=token)

@@ -13,9 +13,6 @@ from .cards import (
 from .checkpoint import (
     Checkpoint as Checkpoint,
 )
-from .commits import (
-    commit_folder as commit_folder,
-)
 from .conversion import (
     ConvertResult as ConvertResult,
     convert as convert,
@@ -56,10 +53,13 @@ from .formats.index import (
     RevisionIndex as RevisionIndex,
     RevisionInfo as RevisionInfo,
 )
-from .hub_reader import (
+from .hub.commits import (
+    commit_folder as commit_folder,
+)
+from .hub.reader import (
     HubReader as HubReader,
 )
-from .hubs import (
+from .hub.select import (
     Hub as Hub,
     ensure_local_hub as ensure_local_hub,
     hub_api as hub_api,

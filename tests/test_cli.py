@@ -125,7 +125,7 @@ def test_serve_on_all_interfaces_prints_an_address_others_can_use(tmp_path):
 
 @pytest.mark.slow
 def test_local_hub_starts_in_the_background_and_is_reused(tmp_path):
-    from hubckpt.hubs import ensure_local_hub, resolve_hub, stop_local_hub
+    from hubckpt.hub.select import ensure_local_hub, resolve_hub, stop_local_hub
 
     root = tmp_path / "auto"
     try:
@@ -142,7 +142,7 @@ def test_local_hub_starts_in_the_background_and_is_reused(tmp_path):
 
 def test_hub_selection(monkeypatch):
     from hubckpt.errors import HubConfigError
-    from hubckpt.hubs import resolve_hub
+    from hubckpt.hub.select import resolve_hub
 
     assert resolve_hub("hf").endpoint == "https://huggingface.co"
     assert resolve_hub("http://example.invalid:8900/").endpoint == "http://example.invalid:8900"
@@ -172,7 +172,7 @@ def test_demo_runs_offline_end_to_end(tmp_path):
         # The demo repo is what a new user tries `hubckpt analyze --probe probe.txt` on: it needs a tokenizer.
         from transformers import AutoTokenizer
 
-        from hubckpt.hubs import resolve_hub
+        from hubckpt.hub.select import resolve_hub
         from hubckpt.load import pull_revision
 
         hub = resolve_hub("local", root=root)

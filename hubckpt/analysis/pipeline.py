@@ -222,7 +222,7 @@ def analyze(
     hundreds of revisions cannot fill the disk. `on_revision(info, seconds)` is called after each
     revision (the CLI prints progress with it).
     """
-    from ..hubs import Hub, resolve_hub
+    from ..hub.select import Hub, resolve_hub
 
     started = time.perf_counter()
     hub_obj = hub if isinstance(hub, Hub) else resolve_hub(hub)

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from ..errors import AuthError
-from ..hubs import default_local_root
+from ..hub.select import default_local_root
 
 user_app = typer.Typer(help="Users of the local hub.", no_args_is_help=True)
 org_app = typer.Typer(help="Organisations of the local hub.", no_args_is_help=True)
@@ -144,7 +144,7 @@ def token_auth_off(root: Path | None = RootOpt) -> None:
     Refused while a server of this data folder listens beyond loopback: it would serve everyone as
     the local user, with write access.
     """
-    from ..hubs import running_local_hub
+    from ..hub.select import running_local_hub
     from ..server import is_loopback
 
     data = (root or default_local_root()).expanduser().resolve()

@@ -55,7 +55,7 @@ def analyze(
     """Compare a repo's revisions: per-layer CKA between revisions and weight drift from the first one."""
     from ..analysis.pipeline import analyze as run
     from ..errors import AnalysisError
-    from ..hubs import resolve_hub
+    from ..hub.select import resolve_hub
     from ..names import split_repo_id
 
     split_repo_id(repo)

@@ -27,7 +27,7 @@ def demo(
     import torch
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    from ..hubs import hub_api, point_hf_clients_at, resolve_hub
+    from ..hub.select import hub_api, point_hf_clients_at, resolve_hub
     from ..publishing import Publisher
     from .revisions import ls
 

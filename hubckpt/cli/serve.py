@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from ..hubs import SERVER_FILE, default_local_root, stop_local_hub
+from ..hub.select import SERVER_FILE, default_local_root, stop_local_hub
 
 RootOpt = typer.Option(
     None, "--root", help="Data folder of the local hub [default: $HUBCKPT_HUB_ROOT or ~/.cache/hubckpt/hub]."

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpoolBusyError
-from ..hub_client import HubTarget
+from ..hub.writer import HubTarget
 from .journal import JobRecord, Journal
 
 logger = logging.getLogger(__name__)

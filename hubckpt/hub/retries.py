@@ -1,6 +1,6 @@
 """How hubckpt talks HTTP to a hub: per-request timeouts and retries of transient failures.
 
-One mechanism for both sides: the reader (`hub_reader.HubReader`) and the writer (`hub_client.HubTarget`)
+One mechanism for both sides: the reader (`reader.HubReader`) and the writer (`writer.HubTarget`)
 run every request through `with_retries`, which retries rate limits, server errors, timeouts and dropped
 connections with exponential backoff, honouring `Retry-After` / `RateLimit` headers (read with
 huggingface_hub's own parser). `install_timeouts` gives every huggingface_hub request a timeout.
@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from .errors import HubckptError, HubUnavailableError
+from ..errors import HubckptError, HubUnavailableError
 
 logger = logging.getLogger(__name__)
 

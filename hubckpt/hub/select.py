@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import HubConfigError, HubUnavailableError
+from ..errors import HubConfigError, HubUnavailableError
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -117,7 +117,7 @@ def hub_api(hub: Hub | str | None = None, *, token: str | bool | None = None) ->
     """
     from huggingface_hub import HfApi
 
-    from .version import __version__
+    from ..version import __version__
 
     resolved = hub if isinstance(hub, Hub) else resolve_hub(hub)
     return HfApi(

@@ -1,0 +1,10 @@
+"""The client side's one home for talking to a hub (DESIGN.md §5).
+
+- `select`: which hub (`resolve_hub`, `Hub`, tokens per hub) and the one place that builds `HfApi` clients;
+- `reader`: `HubReader`, the one reader, shared by the publisher and the consumer side;
+- `writer`: `HubTarget`, the publisher's writes (one commit per revision, compare-and-swap on `main`, tags);
+- `commits`: a folder as exactly one commit, over the protocol the hub speaks (LFS or Xet);
+- `retries`: per-request timeouts and retries of transient failures, for reader and writer alike.
+
+Dependencies run one way: nothing here imports `publishing`, `load`, `integrations`, `cli` or `server`.
+"""

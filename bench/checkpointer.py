@@ -268,7 +268,7 @@ def main() -> None:
 
     import torch
 
-    from hubckpt.hub.select import ensure_local_hub
+    from hubckpt.hub.local import ensure_local_hub
     from hubckpt.priority import in_background_priority
 
     if args.threads:
@@ -338,7 +338,7 @@ def main() -> None:
             f"({size / statistics.median(visible) / 1e9:.2f} GB/s of state)"
         )
     finally:
-        from hubckpt.hub.select import stop_local_hub
+        from hubckpt.hub.local import stop_local_hub
 
         stop_local_hub(WORK / "hub")
         shutil.rmtree(WORK, ignore_errors=True)

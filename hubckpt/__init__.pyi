@@ -56,12 +56,14 @@ from .formats.index import (
 from .hub.commits import (
     commit_folder as commit_folder,
 )
+from .hub.local import (
+    ensure_local_hub as ensure_local_hub,
+)
 from .hub.reader import (
     HubReader as HubReader,
 )
 from .hub.select import (
     Hub as Hub,
-    ensure_local_hub as ensure_local_hub,
     hub_api as hub_api,
     point_hf_clients_at as point_hf_clients_at,
     resolve_hub as resolve_hub,

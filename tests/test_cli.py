@@ -125,7 +125,8 @@ def test_serve_on_all_interfaces_prints_an_address_others_can_use(tmp_path):
 
 @pytest.mark.slow
 def test_local_hub_starts_in_the_background_and_is_reused(tmp_path):
-    from hubckpt.hub.select import ensure_local_hub, resolve_hub, stop_local_hub
+    from hubckpt.hub.local import ensure_local_hub, stop_local_hub
+    from hubckpt.hub.select import resolve_hub
 
     root = tmp_path / "auto"
     try:

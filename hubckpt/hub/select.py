@@ -5,44 +5,25 @@
 
 - `local`: the embedded local hub over a data folder (`HUBCKPT_HUB_ROOT`, default
   `~/.cache/hubckpt/hub`). It is started in the background if no server is serving that folder yet,
-  and reused if one is (`server.json` in the folder records it).
+  and reused if one is (`local.py`: start, discover, stop).
 - `hf`: https://huggingface.co.
 - a URL (`http://host:8900`, `https://huggingface.co`): any server speaking the Hub API.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import logging
 import os
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import HubConfigError, HubUnavailableError
+from ..errors import HubConfigError
+from .local import default_local_root, ensure_local_hub, running_local_hub
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
-logger = logging.getLogger(__name__)
-
 HF_ENDPOINT_URL = "https://huggingface.co"
-DEFAULT_LOCAL_PORT = 8900
-SERVER_FILE = "server.json"
-_START_TIMEOUT_S = 60.0
-
-
-def default_local_root() -> Path:
-    """The local hub's data folder: `HUBCKPT_HUB_ROOT`, else `~/.cache/hubckpt/hub`."""
-    env = os.environ.get("HUBCKPT_HUB_ROOT")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "hubckpt" / "hub"
 
 
 @dataclass(frozen=True)
@@ -138,121 +119,3 @@ def point_hf_clients_at(endpoint: str) -> None:
 
     constants.ENDPOINT = endpoint.rstrip("/")
     constants.HUGGINGFACE_CO_URL_TEMPLATE = constants.ENDPOINT + "/{repo_id}/resolve/{revision}/{filename}"
-
-
-# -- the local hub in the background ----------------------------------------------------------------
-
-
-def _health(url: str, timeout: float = 2.0) -> dict | None:
-    try:
-        with urllib.request.urlopen(f"{url}/api/hubckpt/health", timeout=timeout) as r:  # noqa: S310 - loopback URL
-            return json.loads(r.read())
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-
-
-def running_local_hub(root: Path) -> str | None:
-    """URL of the server serving `root`, if one answers; None otherwise."""
-    info_path = Path(root) / SERVER_FILE
-    try:
-        info = json.loads(info_path.read_text())
-    except (OSError, ValueError):
-        return None
-    url = info.get("url")
-    health = _health(url) if isinstance(url, str) else None
-    if health and Path(health.get("root", "")) == Path(root).resolve():
-        return url
-    return None
-
-
-@contextlib.contextmanager
-def _start_lock(root: Path) -> Iterator[None]:
-    import fcntl
-
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".server.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def ensure_local_hub(root: str | Path | None = None) -> str:
-    """URL of a local hub serving `root`; starts one in the background if none is running."""
-    root = (Path(root).expanduser() if root else default_local_root()).resolve()
-    url = running_local_hub(root)
-    if url:
-        return url
-    try:
-        with _start_lock(root):
-            return _start_local_hub(root)
-    except OSError as e:
-        raise HubConfigError(
-            f"The local hub's data folder {root} cannot be used ({e.strerror or e}): it must be a "
-            "writable folder. Choose another with --root or HUBCKPT_HUB_ROOT."
-        ) from e
-
-
-def _start_local_hub(root: Path) -> str:
-    """Start a server over `root` (the caller holds the start lock) and return its URL."""
-    url = running_local_hub(root)  # another process may have started it while we waited
-    if url:
-        return url
-    log_path = root / "server.log"
-    logger.info("starting the local hub over %s (log: %s)", root, log_path)
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hubckpt",
-                "serve",
-                "--root",
-                str(root),
-                "--port",
-                str(DEFAULT_LOCAL_PORT),
-                "--port-fallback",
-                "--quiet",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + _START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        url = running_local_hub(root)
-        if url:
-            return url
-        if process.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-2000:]
-            raise HubUnavailableError(
-                f"The local hub exited at start-up (code {process.returncode}). Log {log_path}:\n{tail}"
-            )
-        time.sleep(0.1)
-    process.kill()
-    raise HubUnavailableError(f"The local hub did not answer within {_START_TIMEOUT_S:.0f}s; see {log_path}.")
-
-
-def stop_local_hub(root: str | Path | None = None) -> bool:
-    """Stop the server recorded in `root`'s server.json; True if one was stopped."""
-    import signal
-
-    root = (Path(root).expanduser() if root else default_local_root()).resolve()
-    info_path = root / SERVER_FILE
-    try:
-        info = json.loads(info_path.read_text())
-    except (OSError, ValueError):
-        return False
-    if running_local_hub(root) is None:
-        info_path.unlink(missing_ok=True)
-        return False
-    pid = int(info["pid"])
-    os.kill(pid, signal.SIGTERM)
-    for _ in range(100):
-        if running_local_hub(root) is None:
-            return True
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
-    return True

@@ -25,7 +25,7 @@ def target(repo_id: str, hub: str | None, root: Path | None, token: str | None =
     from ..names import split_repo_id
 
     split_repo_id(repo_id)
-    resolved = resolve_hub(hub, root=root)
+    resolved = resolve_hub(hub, root=root, start=True)
     t = HubTarget(resolved, repo_id, token=token, private=private)
     typer.echo(f"Using {t.describe()}", err=True)
     return t

@@ -61,7 +61,7 @@ def analyze(
     split_repo_id(repo)
     if revisions and every:
         raise AnalysisError("Pass either --revisions or --every, not both.")
-    resolved = resolve_hub(hub, root=root)
+    resolved = resolve_hub(hub, root=root, start=True)
     typer.echo(f"Using {resolved.describe()}, repo {repo}", err=True)
     import transformers
 

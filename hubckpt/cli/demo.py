@@ -33,7 +33,7 @@ def demo(
 
     if steps < 2 or every < 1 or every > steps:
         raise typer.BadParameter("need steps >= 2 and 1 <= every <= steps")
-    resolved = resolve_hub(hub, root=root)
+    resolved = resolve_hub(hub, root=root, start=True)
     typer.echo(f"Using {resolved.describe()}")
     api = hub_api(resolved)
     point_hf_clients_at(resolved.endpoint)  # so plain transformers.from_pretrained talks to this hub too

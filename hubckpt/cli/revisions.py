@@ -19,7 +19,7 @@ def reader_for(repo: str, hub: str | None, root: Path | None, token: str | None)
     from ..hub.reader import HubReader
     from ..hub.select import resolve_hub
 
-    reader = HubReader(resolve_hub(hub, root=root), repo, token=token)
+    reader = HubReader(resolve_hub(hub, root=root, start=True), repo, token=token)
     typer.echo(f"Using {reader.describe()}", err=True)
     return reader
 

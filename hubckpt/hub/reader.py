@@ -17,7 +17,7 @@ from ..errors import HubckptError
 from ..formats.index import INDEX_FILE, RevisionIndex
 from ..formats.manifest import MANIFEST_FILE
 from .retries import with_retries
-from .select import Hub, hub_api, resolve_hub, resolve_token
+from .select import Hub, ensure_running, hub_api, resolve_hub, resolve_token
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ class ByteCounter:
 class HubReader:
     """Reads of one repo on one hub. `hub` is a `Hub`, a `hub=` string, or None (the environment).
 
+    A local hub that is not running yet is started here (`select.ensure_running`): readers read.
+
     `token`: as `select.resolve_token` (None: the hub's own default).
     """
 
@@ -52,7 +54,7 @@ class HubReader:
         from ..names import split_repo_id
 
         split_repo_id(repo_id)
-        self.hub = hub if isinstance(hub, Hub) else resolve_hub(hub)
+        self.hub = ensure_running(hub if isinstance(hub, Hub) else resolve_hub(hub))
         self.repo_id = repo_id
         # Per hub: None becomes this hub's own token, so the stored huggingface.co token never goes elsewhere.
         self.token = resolve_token(self.hub, token)

@@ -4,8 +4,10 @@
 `HF_ENDPOINT`, then `local`. Accepted values:
 
 - `local`: the embedded local hub over a data folder (`HUBCKPT_HUB_ROOT`, default
-  `~/.cache/hubckpt/hub`). It is started in the background if no server is serving that folder yet,
-  and reused if one is (`local.py`: start, discover, stop).
+  `~/.cache/hubckpt/hub`). A server already serving that folder is reused (`local.py`: start,
+  discover, stop); one is started in the background only where something is about to talk to the
+  hub: `ensure_running(hub)`, called by `HubReader`, `HubTarget` and `hub_api`, or
+  `resolve_hub(..., start=True)`. A plain `resolve_hub()` never starts a process.
 - `hf`: https://huggingface.co.
 - a URL (`http://host:8900`, `https://huggingface.co`): any server speaking the Hub API.
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import HubConfigError
-from .local import default_local_root, ensure_local_hub, running_local_hub
+from .local import ensure_local_hub, local_root, running_local_hub
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -40,23 +42,34 @@ class Hub:
 
     def describe(self) -> str:
         if self.kind == "local":
-            return f"local hub {self.endpoint} (data: {self.root})"
+            return f"local hub {self.endpoint or '(not started)'} (data: {self.root})"
         return f"hub {self.endpoint}"
 
 
-def resolve_hub(hub: str | None = None, *, root: str | Path | None = None, start: bool = True) -> Hub:
-    """Turn a `hub=` value (or the environment) into a `Hub`, starting the local hub if needed."""
+def resolve_hub(hub: str | None = None, *, root: str | Path | None = None, start: bool = False) -> Hub:
+    """Turn a `hub=` value (or the environment) into a `Hub`; `start=True` starts the local hub if needed.
+
+    Without `start`, the local hub's `endpoint` is the URL of the server serving its data folder, or ""
+    while none does: `ensure_running` starts one when the hub is used.
+    """
     value = hub or os.environ.get("HUBCKPT_HUB") or os.environ.get("HF_ENDPOINT") or "local"
     value = value.strip()
     if value == "local":
-        data = Path(root).expanduser() if root else default_local_root()
+        data = local_root(root)
         endpoint = ensure_local_hub(data) if start else (running_local_hub(data) or "")
-        return Hub(endpoint, "local", data.resolve())
+        return Hub(endpoint, "local", data)
     if value == "hf":
         return Hub(HF_ENDPOINT_URL, "remote")
     if value.startswith(("http://", "https://")):
         return Hub(value.rstrip("/"), "remote")
     raise HubConfigError(f"Unknown hub {value!r}: use 'local', 'hf', or a URL such as http://127.0.0.1:8900.")
+
+
+def ensure_running(hub: Hub) -> Hub:
+    """`hub`, with a server answering at its endpoint: a local hub not started yet is started now."""
+    if hub.kind == "local" and not hub.endpoint:
+        return Hub(ensure_local_hub(hub.root), "local", local_root(hub.root))
+    return hub
 
 
 TOKEN_ENV = "HUBCKPT_TOKEN"
@@ -95,12 +108,13 @@ def hub_api(hub: Hub | str | None = None, *, token: str | bool | None = None) ->
     """An `HfApi` bound to `hub` with an explicit endpoint (never the import-time HF_ENDPOINT).
 
     `token=None` resolves per hub (`resolve_token`): the stored huggingface.co token is only sent to huggingface.co.
+    A local hub that is not running yet is started (`ensure_running`).
     """
     from huggingface_hub import HfApi
 
     from ..version import __version__
 
-    resolved = hub if isinstance(hub, Hub) else resolve_hub(hub)
+    resolved = ensure_running(hub if isinstance(hub, Hub) else resolve_hub(hub))
     return HfApi(
         endpoint=resolved.endpoint,
         token=resolve_token(resolved, token),

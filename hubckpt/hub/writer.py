@@ -28,7 +28,7 @@ from ..formats.manifest import MANIFEST_FILE, manifest_digest, read_manifest
 from .commits import folder_operations, quiet_xet_notice
 from .reader import HubReader
 from .retries import backoff_delay, install_timeouts, is_transient, status_of, with_retries
-from .select import Hub, resolve_token
+from .select import Hub, ensure_running, resolve_token
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class HubTarget:
     """
 
     def __init__(self, hub: Hub, repo_id: str, *, token: str | bool | None = None, private: bool = False) -> None:
-        self.hub = hub
+        self.hub = hub = ensure_running(hub)  # a local hub not started yet is started now: targets are written to
         self.repo_id = repo_id
         self.private = private
         self.token = resolve_token(hub, token)

@@ -16,7 +16,7 @@ import threading
 from ..errors import HubckptError
 from ..formats.index import INDEX_FILE, RevisionIndex
 from ..formats.manifest import MANIFEST_FILE
-from .retries import with_retries
+from .retries import install_timeouts, with_retries
 from .select import Hub, ensure_running, hub_api, resolve_hub, resolve_token
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class HubReader:
         self.counter = ByteCounter()
         self._api = None
         self._redirects: dict[str, str] = {}  # /resolve/ URL → the data URL it redirected to (LFS files)
+        install_timeouts()  # here, before any request: installing it replaces huggingface_hub's shared client
 
     @property
     def api(self):

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import HubConfigError
 from .local import ensure_local_hub, local_root, running_local_hub
+from .patches import set_default_endpoint
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -126,10 +127,7 @@ def hub_api(hub: Hub | str | None = None, *, token: str | bool | None = None) ->
 def point_hf_clients_at(endpoint: str) -> None:
     """Make module-level huggingface_hub helpers (and so transformers' `from_pretrained`) use `endpoint`.
 
-    huggingface_hub reads HF_ENDPOINT once, at import; this patches the two constants that its
-    download helpers read at call time (see the Hub API reference, §1.1).
+    huggingface_hub reads HF_ENDPOINT once, at import; this sets the two constants that its
+    download helpers read at call time (see the Hub API reference, §1.1, and `patches.py`).
     """
-    from huggingface_hub import constants
-
-    constants.ENDPOINT = endpoint.rstrip("/")
-    constants.HUGGINGFACE_CO_URL_TEMPLATE = constants.ENDPOINT + "/{repo_id}/resolve/{revision}/{filename}"
+    set_default_endpoint(endpoint)

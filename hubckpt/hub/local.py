@@ -3,8 +3,9 @@
 A server over a data folder records itself in `<root>/server.json` (`{pid, url, root}`) while it
 serves (`record_server`, called by `hubckpt serve`; `forget_server` at its exit). Any process finds
 it there (`running_local_hub`: the file, then a health check that the server at that URL serves this
-very folder), starts one if none does (`ensure_local_hub`: `hubckpt serve --quiet` in its own session,
-under a lock so concurrent callers start one server, not several) and stops it (`stop_local_hub`).
+very folder), starts one if none does (`ensure_local_hub`: `hubckpt serve --quiet` in its own
+session, under a lock so concurrent callers start one server, not several) and stops it
+(`stop_local_hub`). `served_root` asks a hub reached by URL which data folder it serves.
 
 This module only speaks HTTP to the server and runs it as a subprocess: it never imports `server/`,
 which stays apart from the client side.
@@ -48,11 +49,13 @@ def local_root(root: str | Path | None = None) -> Path:
 
 
 def _health(url: str, timeout: float = 2.0) -> dict | None:
+    """What a hubckpt local hub at `url` says of itself; None if nothing (or another kind of server) answers."""
     try:
-        with urllib.request.urlopen(f"{url}/api/hubckpt/health", timeout=timeout) as r:  # noqa: S310 - loopback URL
-            return json.loads(r.read())
+        with urllib.request.urlopen(f"{url}/api/hubckpt/health", timeout=timeout) as r:  # noqa: S310 - a hub URL
+            body = json.loads(r.read())
     except (urllib.error.URLError, OSError, ValueError):
         return None
+    return body if isinstance(body, dict) else None
 
 
 def running_local_hub(root: str | Path) -> str | None:
@@ -67,6 +70,15 @@ def running_local_hub(root: str | Path) -> str | None:
     if health and Path(health.get("root", "")) == Path(root).resolve():
         return url
     return None
+
+
+def served_root(endpoint: str) -> str | None:
+    """The data folder of the hubckpt local hub at `endpoint` (None for other hubs, or when it does not answer).
+
+    A hub reached by URL tells its folder only to a client on its own machine (server/app.py).
+    """
+    root = (_health(endpoint) or {}).get("root")
+    return root if isinstance(root, str) and root else None
 
 
 def record_server(root: Path, url: str) -> None:

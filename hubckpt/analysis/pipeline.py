@@ -222,10 +222,10 @@ def analyze(
     hundreds of revisions cannot fill the disk. `on_revision(info, seconds)` is called after each
     revision (the CLI prints progress with it).
     """
-    from ..hubs import Hub, resolve_hub
+    from ..hub.select import Hub, ensure_running, resolve_hub
 
     started = time.perf_counter()
-    hub_obj = hub if isinstance(hub, Hub) else resolve_hub(hub)
+    hub_obj = ensure_running(hub if isinstance(hub, Hub) else resolve_hub(hub))
     infos = select_revisions(repo_id, revisions, every, hub=hub_obj, token=token)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,13 +27,13 @@ def demo(
     import torch
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    from ..hubs import hub_api, point_hf_clients_at, resolve_hub
+    from ..hub.select import hub_api, point_hf_clients_at, resolve_hub
     from ..publishing import Publisher
     from .revisions import ls
 
     if steps < 2 or every < 1 or every > steps:
         raise typer.BadParameter("need steps >= 2 and 1 <= every <= steps")
-    resolved = resolve_hub(hub, root=root)
+    resolved = resolve_hub(hub, root=root, start=True)
     typer.echo(f"Using {resolved.describe()}")
     api = hub_api(resolved)
     point_hf_clients_at(resolved.endpoint)  # so plain transformers.from_pretrained talks to this hub too

@@ -20,7 +20,7 @@ from ..errors import IntegrityError
 from ..formats import manifest as manifest_format
 from ..formats.index import RevisionInfo
 from ..formats.manifest import MANIFEST_FILE
-from ..hub_reader import HubReader
+from ..hub.reader import HubReader
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from ..errors import HubConfigError
 from ..formats.index import RevisionInfo
-from ..hub_reader import HubReader
-from ..hubs import Hub
+from ..hub.reader import HubReader
+from ..hub.select import Hub
 from .lazy import LazyRevision
 from .loaders import Revision, rev_model, rev_state_dict
 from .resolve import RepoRevisions

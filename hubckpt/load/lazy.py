@@ -274,7 +274,7 @@ class LazyRevision:
 
 
 def _local_header(path: Path, where: str) -> tuple[dict, int]:
-    from ..hub_reader import header_length, parse_header
+    from ..hub.reader import header_length, parse_header
 
     size = path.stat().st_size
     with open(path, "rb") as f:

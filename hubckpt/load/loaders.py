@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import DestinationExistsError, HubConfigError, IntegrityError
 from ..formats.index import RevisionInfo, info_from_manifest
 from ..formats.manifest import MANIFEST_FILE, TRAINING_STATE_DIR, loads
-from ..hub_reader import HubReader
-from ..hubs import Hub
+from ..hub.reader import HubReader
+from ..hub.select import Hub
 from .download import INDEX_JSON, Downloader, RevisionFiles, require_weights
 from .lazy import LazyRevision
 from .resolve import RepoRevisions

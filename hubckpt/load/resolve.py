@@ -16,8 +16,8 @@ from datetime import UTC
 
 from ..errors import AmbiguousRevisionError, HubConfigError, RevisionLookupError
 from ..formats.index import MATCHES, RevisionIndex, RevisionInfo, info_from_manifest, nearest_to, pick_revision
-from ..hub_reader import MAIN, HubReader
-from ..hubs import Hub
+from ..hub.reader import MAIN, HubReader
+from ..hub.select import Hub
 from ..names import is_staging_branch
 
 logger = logging.getLogger(__name__)

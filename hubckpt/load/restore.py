@@ -60,7 +60,7 @@ class Restored:
 
 
 def _revisions(repo_id: str, hub: Any, token: Any):
-    from ..hub_reader import HubReader
+    from ..hub.reader import HubReader
     from .resolve import RepoRevisions
 
     return RepoRevisions(HubReader(hub, repo_id, token=token))

@@ -1,6 +1,6 @@
 """The local hub: a server speaking the Hugging Face Hub HTTP API over a data folder.
 
-Data folder layout (default `~/.cache/hubckpt/hub`, see `hubckpt.hubs`)::
+Data folder layout (default `~/.cache/hubckpt/hub`, see `hubckpt.hub.local`)::
 
     hub.sqlite3         metadata (SQLite, WAL): accounts, hashed tokens, repos, commits, file lists, refs
     hub.sqlite3-wal     SQLite's write-ahead log (part of the database)

@@ -22,13 +22,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import RevisionCollisionError
+from ..formats.index import RevisionIndex
+from ..formats.manifest import MANIFEST_FILE, manifest_digest, read_manifest
 from .commits import folder_operations, quiet_xet_notice
-from .errors import RevisionCollisionError
-from .formats.index import RevisionIndex
-from .formats.manifest import MANIFEST_FILE, manifest_digest, read_manifest
-from .hub_reader import HubReader
-from .hubs import Hub, resolve_token
+from .reader import HubReader
 from .retries import backoff_delay, install_timeouts, is_transient, status_of, with_retries
+from .select import Hub, ensure_running, resolve_token
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +57,12 @@ def _rewind(ops) -> None:
 class HubTarget:
     """One repo on one hub, as the publisher sees it.
 
-    `token`: an explicit token for this hub; None picks the hub's own (see `hubs.resolve_token`: the
+    `token`: an explicit token for this hub; None picks the hub's own (see `select.resolve_token`: the
     stored huggingface.co token only ever goes to huggingface.co).
     """
 
     def __init__(self, hub: Hub, repo_id: str, *, token: str | bool | None = None, private: bool = False) -> None:
-        self.hub = hub
+        self.hub = hub = ensure_running(hub)  # a local hub not started yet is started now: targets are written to
         self.repo_id = repo_id
         self.private = private
         self.token = resolve_token(hub, token)

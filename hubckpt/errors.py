@@ -48,6 +48,8 @@ mapped to HTTP statuses in one place (`hubckpt.server.http_errors`).
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class HubckptError(Exception):
     """Base class of all hubckpt errors."""
@@ -100,7 +102,7 @@ class HubHTTPError(HubckptError):
         message: str,
         code: str | None = None,
         headers: dict[str, str] | None = None,
-        extra: dict | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         self.status = status
         self.message = message

@@ -48,7 +48,7 @@ mapped to HTTP statuses in one place (`hubckpt.server.http_errors`).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 
 class HubckptError(Exception):
@@ -261,6 +261,14 @@ class IntegrityError(HubckptError, OSError):
 #
 #   UnknownRevisionError(HubckptError, RevisionNotFoundError)  no branch, tag or commit of that name
 #   NoSafetensorsError(HubckptError, NotASafetensorsRepoError)  a revision without safetensors weights
+
+if TYPE_CHECKING:  # what `_build` makes, spelled out for type checkers (they do not run __getattr__)
+    from huggingface_hub.errors import NotASafetensorsRepoError, RevisionNotFoundError
+
+    class UnknownRevisionError(HubckptError, RevisionNotFoundError): ...
+
+    class NoSafetensorsError(HubckptError, NotASafetensorsRepoError): ...
+
 
 _BUILT: dict[str, type] = {}
 

@@ -240,7 +240,7 @@ def reusable(files: list[Path], *, dtype: str, max_shard_size: int) -> bool:
 
 
 def reuse_weights(
-    files: list[Path], out: Path, *, link: bool = False, progress: Callable[[int], None] | None = None
+    files: list[Path], out: Path, *, link: bool = False, progress: Callable[[int], object] | None = None
 ) -> WeightsReport:
     """Place the safetensors `files` into `out` (one read each: validate + sha256 + link or copy) and report them.
 

@@ -116,7 +116,9 @@ def demo(
     loaded = AutoModelForCausalLM.from_pretrained(repo_id, revision=pick)
     with torch.no_grad():
         reloaded_loss = loaded(input_ids=held_out, labels=held_out).loss.item()
-    expected = index.get(pick).metrics["eval_loss"]
+    picked = index.get(pick)
+    assert picked is not None, "the demo's index lists the revisions it names"
+    expected = picked.metrics["eval_loss"]
     verdict = "same as at publish time" if abs(reloaded_loss - expected) < 1e-5 else f"EXPECTED {expected:.4f}"
     how_picked = "tag `best`" if index.best else "the latest; no revision is tagged `best`"
     typer.echo(

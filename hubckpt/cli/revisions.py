@@ -113,7 +113,8 @@ def card_summary(card: str) -> tuple[str | None, str | None]:
     if text.startswith("---"):
         end = text.find("\n---", 3)
         text = text[end + 4 :] if end != -1 else text
-    title, paragraph = None, []
+    title: str | None = None
+    paragraph: list[str] = []
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("#"):

@@ -121,7 +121,7 @@ class Revision:
             names = plan.setdefault(weight_map[stored], [])
             if stored not in names:
                 names.append(stored)
-        return dict(sorted(plan.items())), wanted  # type: ignore[return-value]
+        return dict(sorted(plan.items())), wanted
 
     def _keys_from_headers(self, weights: list[str]) -> dict[str, str]:
         """Unsharded (or shards without an index): tensor names from each file's header, read lazily."""

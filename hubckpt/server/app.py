@@ -47,7 +47,9 @@ def _from_this_machine(request: Request) -> bool:
             return True
     except ValueError:
         return False
-    return bool(server) and client.host == server[0]
+    if not server:
+        return False
+    return client.host == server[0]
 
 
 @system_router.route("GET HEAD", "/api/hubckpt/health")

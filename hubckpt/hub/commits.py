@@ -23,7 +23,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 from ..direct_io import DirectReader, direct_io_enabled
 from .patches import EMPTY_COMMIT_WARNING, XET_FALLBACK_NOTICE, dropped_log_messages
@@ -123,17 +123,19 @@ def folder_operations(
             sha = None
         # On the LFS path, a large file whose hash is known is read past the page cache (direct_io.py): the
         # spool wrote it that way, and reading it through the cache would cost a fresh page per 4 KiB.
-        direct = bool(sha) and not use_xet and size >= DIRECT_READ_MIN_BYTES and direct_io_enabled()
+        direct = sha is not None and size is not None and not use_xet and size >= DIRECT_READ_MIN_BYTES
+        direct = direct and direct_io_enabled()
         if rel not in streams and not direct:
             op = CommitOperationAdd(path_in_repo=rename(rel), path_or_fileobj=str(path))
             if sha:
                 op.upload_info.sha256 = bytes.fromhex(sha)  # public setter: skips a full read to hash
-        elif sha:
+        elif sha and size is not None:
             # Built around an empty stream so the constructor hashes nothing; then pointed at the real file
             # with the upload info recorded when the file was written.
             with open(path, "rb") as head:
                 sample = head.read(512)
-            stream = stack.enter_context(DirectReader(path) if direct else open(path, "rb"))
+            # DirectReader is a binary file object (BufferedIOBase); huggingface_hub types the field as BinaryIO.
+            stream = cast(BinaryIO, stack.enter_context(DirectReader(path) if direct else open(path, "rb")))
             op = CommitOperationAdd(path_in_repo=rename(rel), path_or_fileobj=io.BytesIO(b""))
             op.path_or_fileobj = stream
             op.upload_info = UploadInfo(size=size, sample=sample, sha256=bytes.fromhex(sha))

@@ -12,12 +12,16 @@ import json
 import logging
 import struct
 import threading
+from typing import TYPE_CHECKING
 
 from ..errors import HubckptError
 from ..formats.index import INDEX_FILE, RevisionIndex
 from ..formats.manifest import MANIFEST_FILE
 from .retries import install_timeouts, with_retries
 from .select import Hub, ensure_running, hub_api, resolve_hub, resolve_token
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +63,7 @@ class HubReader:
         # Per hub: None becomes this hub's own token, so the stored huggingface.co token never goes elsewhere.
         self.token = resolve_token(self.hub, token)
         self.counter = ByteCounter()
-        self._api = None
+        self._api: HfApi | None = None
         self._redirects: dict[str, str] = {}  # /resolve/ URL → the data URL it redirected to (LFS files)
         install_timeouts()  # here, before any request: installing it replaces huggingface_hub's shared client
 

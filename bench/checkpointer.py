@@ -178,7 +178,7 @@ def bench_dcp(run: Run, saves: int) -> list[float]:
 def bench_sync(run: Run, saves: int, hub: str) -> list[float]:
     import torch
 
-    from hubckpt.hubs import hub_api
+    from hubckpt.hub.select import hub_api
 
     api = hub_api(hub)
     api.create_repo("bench/sync", exist_ok=True)
@@ -200,7 +200,7 @@ def bench_trainer(run: Run, saves: int, hub: str) -> list[float]:
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from hubckpt.hubs import point_hf_clients_at
+    from hubckpt.hub.select import point_hf_clients_at
 
     point_hf_clients_at(hub)
     stalls: list[float] = []
@@ -268,7 +268,7 @@ def main() -> None:
 
     import torch
 
-    from hubckpt.hubs import ensure_local_hub
+    from hubckpt.hub.local import ensure_local_hub
     from hubckpt.priority import in_background_priority
 
     if args.threads:
@@ -338,7 +338,7 @@ def main() -> None:
             f"({size / statistics.median(visible) / 1e9:.2f} GB/s of state)"
         )
     finally:
-        from hubckpt.hubs import stop_local_hub
+        from hubckpt.hub.local import stop_local_hub
 
         stop_local_hub(WORK / "hub")
         shutil.rmtree(WORK, ignore_errors=True)

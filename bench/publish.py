@@ -158,8 +158,8 @@ def main() -> None:
             requests = hub.ctx.stats["requests"] - before
             lines = len(out.stdout.splitlines()) - 1
             t0 = time.perf_counter()
-            from hubckpt.hub_client import HubTarget
-            from hubckpt.hubs import resolve_hub
+            from hubckpt.hub.select import resolve_hub
+            from hubckpt.hub.writer import HubTarget
 
             HubTarget(resolve_hub(hub.url), "local/thousand").read_index()
             in_process = time.perf_counter() - t0

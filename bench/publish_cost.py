@@ -39,7 +39,7 @@ def main() -> None:
     import torch
 
     import hubckpt
-    from hubckpt.hubs import ensure_local_hub, running_local_hub, stop_local_hub
+    from hubckpt.hub.local import ensure_local_hub, running_local_hub, stop_local_hub
 
     hub = ensure_local_hub(WORK / "hub")
     assert running_local_hub(WORK / "hub")

@@ -13,9 +13,6 @@ from .cards import (
 from .checkpoint import (
     Checkpoint as Checkpoint,
 )
-from .commits import (
-    commit_folder as commit_folder,
-)
 from .conversion import (
     ConvertResult as ConvertResult,
     convert as convert,
@@ -57,12 +54,17 @@ from .formats.index import (
     RevisionIndex as RevisionIndex,
     RevisionInfo as RevisionInfo,
 )
-from .hub_reader import (
+from .hub.commits import (
+    commit_folder as commit_folder,
+)
+from .hub.local import (
+    ensure_local_hub as ensure_local_hub,
+)
+from .hub.reader import (
     HubReader as HubReader,
 )
-from .hubs import (
+from .hub.select import (
     Hub as Hub,
-    ensure_local_hub as ensure_local_hub,
     hub_api as hub_api,
     point_hf_clients_at as point_hf_clients_at,
     resolve_hub as resolve_hub,

@@ -19,9 +19,12 @@ import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .formats.index import RevisionIndex, RevisionInfo
+
+if TYPE_CHECKING:
+    import jinja2
 
 REVISION_TEMPLATE = "revision.md.j2"
 REPO_TEMPLATE = "repo.md.j2"
@@ -48,7 +51,7 @@ TEMPLATES_PACKAGE = ("hubckpt", "model_cards")
 
 
 @functools.lru_cache(maxsize=8)
-def _environment(template_dir: Path | None):
+def _environment(template_dir: Path | None) -> jinja2.Environment:
     """One jinja environment per template folder, kept: its compiled templates are reused by every card
     (compiling them again took ~15-20 ms per card); jinja reloads a template whose file changed."""
     import jinja2
@@ -257,7 +260,11 @@ def metrics_chart_svg(index: RevisionIndex, width: int = 640, panel_height: int 
     names = table_metrics(live, limit=4)
     panels = []
     for name in names:
-        values = [(r.step, r.metrics[name]) for r in live if isinstance(r.metrics.get(name), (int, float))]
+        values = [
+            (r.step, r.metrics[name])
+            for r in live
+            if r.step is not None and isinstance(r.metrics.get(name), (int, float))  # narrows r.step for mypy
+        ]
         finite = [(s, v) for s, v in values if math.isfinite(v)]
         if len(finite) >= 2:
             panels.append((name, finite, len(values) - len(finite)))

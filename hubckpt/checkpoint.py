@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,8 @@ class Checkpoint:
     Attributes:
         source: the file or folder it was read from.
         source_format: "trainer", "safetensors", "torch", "nanogpt", "lightning" or "dcp".
-        weights: model tensors by name (may share storage; the converter handles it).
+        weights: model tensors by name (may share storage; the converter handles it); a mapping, which
+            readers may fill on first use (`readers.tensors.LazyWeights`).
         training_state: optimizer / scheduler / scaler / rng / loop state, any nesting of dicts, lists,
             tensors, numpy arrays and JSON scalars.
         step, epoch, tokens: training position, when known.
@@ -31,7 +33,7 @@ class Checkpoint:
 
     source: Path
     source_format: str
-    weights: dict[str, torch.Tensor]
+    weights: Mapping[str, torch.Tensor]
     training_state: dict[str, Any] = field(default_factory=dict)
     step: int | None = None
     epoch: float | None = None

@@ -322,8 +322,10 @@ class DirectWriter:
         self._free = None
         if self._behind is None:
             self._behind = _WriteBehind(self._write_block)
-        self._inflight, self._buffer, self._fill = self._buffer, following, 0
-        self._pending = self._behind.submit(self._inflight, CHUNK)
+        full = self._buffer
+        assert full is not None, "only direct I/O fills blocks"
+        self._inflight, self._buffer, self._fill = full, following, 0
+        self._pending = self._behind.submit(full, CHUNK)
 
     def _wait(self) -> None:
         """Wait for the block in flight, re-raising its error; its buffer is free again once it is done."""
@@ -468,6 +470,7 @@ class DirectReader(io.BufferedIOBase):
             if self._pos >= start + n:
                 return memoryview(b"")
         offset = self._pos - self._start
+        assert self._buffer is not None, "bytes in range were read into the buffer"
         return memoryview(self._buffer)[offset : self._length]
 
     def readview(self, size: int) -> memoryview:

@@ -49,6 +49,8 @@ mapped to HTTP statuses in one place (`hubckpt.server.http_errors`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 
 class HubckptError(Exception):
     """Base class of all hubckpt errors."""
@@ -101,7 +103,7 @@ class HubHTTPError(HubckptError):
         message: str,
         code: str | None = None,
         headers: dict[str, str] | None = None,
-        extra: dict | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         self.status = status
         self.message = message
@@ -260,6 +262,14 @@ class IntegrityError(HubckptError, OSError):
 #
 #   UnknownRevisionError(HubckptError, RevisionNotFoundError)  no branch, tag or commit of that name
 #   NoSafetensorsError(HubckptError, NotASafetensorsRepoError)  a revision without safetensors weights
+
+if TYPE_CHECKING:  # what `_build` makes, spelled out for type checkers (they do not run __getattr__)
+    from huggingface_hub.errors import NotASafetensorsRepoError, RevisionNotFoundError
+
+    class UnknownRevisionError(HubckptError, RevisionNotFoundError): ...
+
+    class NoSafetensorsError(HubckptError, NotASafetensorsRepoError): ...
+
 
 _BUILT: dict[str, type] = {}
 

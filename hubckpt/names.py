@@ -126,8 +126,8 @@ def normalize_path_in_repo(path: str) -> str:
 
 
 # The publisher commits a revision on `hubckpt-staging-<name>` first and then creates `<name>` at that
-# commit (hub_client), so a kill in between leaves a staging branch. It is never a revision: listings,
-# the refs fallback and the web pages skip it. (hub_client defines the same prefix; kept equal by a test.)
+# commit (hub.writer), so a kill in between leaves a staging branch. It is never a revision: listings,
+# the refs fallback and the web pages skip it. (hub.writer defines the same prefix; kept equal by a test.)
 STAGING_PREFIX = "hubckpt-staging-"
 
 

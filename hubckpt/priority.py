@@ -58,7 +58,7 @@ def lower_priority(priority: int | str, tid: int = 0) -> None:
     try:
         if priority == IDLE:
             os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-        elif priority and hasattr(os, "setpriority"):
+        elif isinstance(priority, int) and priority and hasattr(os, "setpriority"):  # checked by check_priority
             tid = tid or threading.get_native_id()
             os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + priority))
     except OSError as e:

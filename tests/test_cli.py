@@ -125,24 +125,33 @@ def test_serve_on_all_interfaces_prints_an_address_others_can_use(tmp_path):
 
 @pytest.mark.slow
 def test_local_hub_starts_in_the_background_and_is_reused(tmp_path):
-    from hubckpt.hubs import ensure_local_hub, resolve_hub, stop_local_hub
+    from hubckpt.hub.local import ensure_local_hub, stop_local_hub
+    from hubckpt.hub.reader import HubReader
+    from hubckpt.hub.select import resolve_hub
 
     root = tmp_path / "auto"
     try:
-        url = ensure_local_hub(root)
-        assert ensure_local_hub(root) == url  # reused, not restarted
+        url = HubReader(resolve_hub("local", root=root), "local/auto").endpoint  # a reader reads: it starts one
+        assert url and ensure_local_hub(root) == url  # reused, not restarted
         hub = resolve_hub("local", root=root)
         assert hub.endpoint == url and "local hub" in hub.describe()
         HfApi(endpoint=url, token="x").create_repo("local/auto")
         assert (root / "server.json").exists()
+        assert stop_local_hub(root) and resolve_hub("local", root=root).endpoint == ""
+        listing = run_cli("ls", "local/auto", "--hub", "local", "--root", str(root))  # the CLI starts it again
+        assert listing.returncode == 0 and "Using local/auto on local hub http://" in listing.stderr, listing
     finally:
         assert stop_local_hub(root)
     assert not stop_local_hub(root)
 
 
-def test_hub_selection(monkeypatch):
+def test_hub_selection(monkeypatch, tmp_path):
     from hubckpt.errors import HubConfigError
-    from hubckpt.hubs import resolve_hub
+    from hubckpt.hub.select import resolve_hub
+
+    local = resolve_hub("local", root=tmp_path / "idle")  # says which hub; starts nothing, writes nothing
+    assert local.kind == "local" and local.endpoint == "" and "not started" in local.describe()
+    assert not (tmp_path / "idle").exists()
 
     assert resolve_hub("hf").endpoint == "https://huggingface.co"
     assert resolve_hub("http://example.invalid:8900/").endpoint == "http://example.invalid:8900"
@@ -172,7 +181,7 @@ def test_demo_runs_offline_end_to_end(tmp_path):
         # The demo repo is what a new user tries `hubckpt analyze --probe probe.txt` on: it needs a tokenizer.
         from transformers import AutoTokenizer
 
-        from hubckpt.hubs import resolve_hub
+        from hubckpt.hub.select import resolve_hub
         from hubckpt.load import pull_revision
 
         hub = resolve_hub("local", root=root)

@@ -208,7 +208,7 @@ def _server_blob(local_hub, sha256: str) -> Path:
 def test_corrupt_download_is_refused_and_removed(published, local_hub, hf_cache, cli, tmp_path):
     repo_id, states = published
     rev = hubckpt.resolve_revision(repo_id, step=10, hub=local_hub.url)
-    from hubckpt.hub_reader import HubReader
+    from hubckpt.hub.reader import HubReader
 
     manifest = HubReader(local_hub.url, repo_id).manifest(rev.commit)
     key = "transformer.h.0.ln_1.weight"
@@ -526,7 +526,7 @@ def test_bad_safetensors_header_is_an_error_not_a_wrong_tensor(local_hub, api, t
 
 
 def test_header_parser_checks_offsets_against_shape():
-    from hubckpt.hub_reader import header_length, parse_header
+    from hubckpt.hub.reader import header_length, parse_header
 
     good = {"a": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [0, 12]}, "__metadata__": {"format": "pt"}}
     assert parse_header(json.dumps(good).encode(), "f", data_size=12)["a"]["shape"] == [2, 3]

@@ -249,8 +249,8 @@ def test_ls_is_one_request_and_show_tag_reindex(api, local_hub, tmp_path):
     with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
         for step in (1, 2, 3):
             pub.publish(state_dict={"w": torch.full((2,), float(step))}, step=step, metrics={"loss": 1.0 / step})
-    from hubckpt.hub_client import HubTarget
-    from hubckpt.hubs import resolve_hub
+    from hubckpt.hub.select import resolve_hub
+    from hubckpt.hub.writer import HubTarget
 
     target = HubTarget(resolve_hub(local_hub.url), repo_id)
     before = local_hub.ctx.stats["requests"]
@@ -373,7 +373,7 @@ def test_uploads_pick_lfs_even_with_xet_enabled(api, local_hub, tmp_path, monkey
     """Users have hf_xet installed and Xet enabled; the local hub speaks LFS only."""
     from huggingface_hub import constants
 
-    from hubckpt.commits import commit_folder
+    from hubckpt.hub.commits import commit_folder
 
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
     with Publisher("alice/xet-on", hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
@@ -394,7 +394,7 @@ def test_only_network_failures_are_retried():
     from huggingface_hub.errors import HfHubHTTPError
 
     from hubckpt.errors import DiskFullError
-    from hubckpt.retries import is_transient
+    from hubckpt.hub.retries import is_transient
 
     def http_error(status: int) -> HfHubHTTPError:
         request = httpx2.Request("GET", "http://127.0.0.1/x")

@@ -14,8 +14,8 @@ import torch
 from huggingface_hub import HfApi
 from safetensors.torch import load_file, save_file
 
-from hubckpt.hub_client import STAGING_PREFIX, HubTarget
-from hubckpt.hubs import Hub
+from hubckpt.hub.select import Hub
+from hubckpt.hub.writer import STAGING_PREFIX, HubTarget
 from hubckpt.publishing import Publisher
 
 from .conftest import free_port
@@ -269,7 +269,7 @@ def test_retries_wait_as_long_as_retry_after_says():
 
 def test_tokens_are_per_hub_and_the_hf_token_stays_home(monkeypatch):
     from hubckpt.errors import HubConfigError
-    from hubckpt.hubs import token_for
+    from hubckpt.hub.select import token_for
 
     monkeypatch.setenv("HF_TOKEN", "hf_the_users_huggingface_token")
     monkeypatch.delenv("HUBCKPT_TOKEN", raising=False)
@@ -292,7 +292,7 @@ def test_tokens_are_per_hub_and_the_hf_token_stays_home(monkeypatch):
 
 def test_the_shared_reader_keeps_the_hf_token_home_too(monkeypatch):
     """The consumer's HubReader (also HubTarget.reader) resolves its token per hub, like the publisher."""
-    from hubckpt.hub_reader import HubReader
+    from hubckpt.hub.reader import HubReader
 
     monkeypatch.setenv("HF_TOKEN", "hf_the_users_huggingface_token")
     monkeypatch.delenv("HUBCKPT_TOKEN", raising=False)

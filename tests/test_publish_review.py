@@ -44,11 +44,12 @@ def test_staging_branches_never_show_as_revisions(local_hub, api, tmp_path):
 def test_staging_prefix_is_one_prefix_and_not_a_revision_name():
     import pytest
 
-    from hubckpt import hub_client, names
+    from hubckpt import names
     from hubckpt.errors import HubckptError
+    from hubckpt.hub import writer
     from hubckpt.revisions import validate_revision_name
 
-    assert hub_client.STAGING_PREFIX == names.STAGING_PREFIX
+    assert writer.STAGING_PREFIX == names.STAGING_PREFIX
     with pytest.raises(HubckptError, match="staging"):
         validate_revision_name("hubckpt-staging-step-1")  # it would be hidden from every listing
 
@@ -82,8 +83,8 @@ def test_retention_never_deletes_a_branch_published_again_after_it_was_pruned(lo
     commit and is not indexed yet (a publisher between its commit and index stages, `hubckpt prune`
     running meanwhile): retention must not delete that branch as a leftover of an interrupted prune."""
     from hubckpt.cards import CardOptions
-    from hubckpt.hub_client import HubTarget
-    from hubckpt.hubs import resolve_hub
+    from hubckpt.hub.select import resolve_hub
+    from hubckpt.hub.writer import HubTarget
     from hubckpt.publishing import stages
 
     repo_id = "alice/review-retain"

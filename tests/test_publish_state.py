@@ -86,8 +86,8 @@ def test_a_second_hub_and_a_recreated_repo_get_everything(tmp_path):
 
 
 def test_a_local_hub_is_one_target_by_its_data_folder(tmp_path):
-    from hubckpt.hub_client import HubTarget
-    from hubckpt.hubs import Hub
+    from hubckpt.hub.select import Hub
+    from hubckpt.hub.writer import HubTarget
     from hubckpt.publishing.jobs import target_key
     from hubckpt.server import LocalHubServer
 
@@ -400,8 +400,8 @@ def test_prune_on_a_stale_index_never_deletes_what_the_current_index_keeps(api, 
     """`hubckpt prune` racing a publisher: what it read first is stale; it re-reads before deleting."""
     import copy
 
-    from hubckpt.hub_client import HubTarget
-    from hubckpt.hubs import resolve_hub
+    from hubckpt.hub.select import resolve_hub
+    from hubckpt.hub.writer import HubTarget
     from hubckpt.publishing import Retention, maintenance
 
     repo_id = "alice/prune-race"

@@ -104,7 +104,7 @@ def test_a_step_saved_just_before_the_training_process_is_killed_is_still_publis
 
 def test_options_that_cannot_cross_to_the_process_get_a_clear_error(local_hub, tmp_path):
     import hubckpt
-    from hubckpt.hubs import resolve_hub
+    from hubckpt.hub.select import resolve_hub
 
     model = nn.Linear(2, 2)
     with pytest.raises(hubckpt.HubConfigError, match="background='thread'"):

@@ -62,7 +62,7 @@ def test_push_to_hub_branch_and_from_pretrained_by_revision(api, repo_id, tmp_pa
 
 
 def test_sharded_causal_lm_with_generation_config_on_two_branches(api, repo_id, tmp_path):
-    from hubckpt.commits import commit_folder
+    from hubckpt.hub.commits import commit_folder
 
     torch.manual_seed(1)
     config = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=64, n_positions=16, bos_token_id=0, eos_token_id=0)

@@ -74,7 +74,9 @@ class Probe:
             raise AnalysisError("The probe is empty.")
 
     def __len__(self) -> int:
-        return int((self.input_ids if self.input_ids is not None else self.inputs).shape[0])
+        data = self.input_ids if self.input_ids is not None else self.inputs
+        assert data is not None, "__post_init__ requires one of them"
+        return int(data.shape[0])
 
     @property
     def is_tokens(self) -> bool:
@@ -120,9 +122,11 @@ class Probe:
         """(model inputs, attention mask or None) per batch, in order."""
         for s in range(0, len(self), batch_size):
             if self.input_ids is not None:
+                assert self.attention_mask is not None, "__post_init__ sets it with input_ids"
                 mask = self.attention_mask[s : s + batch_size]
                 yield {"input_ids": self.input_ids[s : s + batch_size], "attention_mask": mask}, mask
             else:
+                assert self.inputs is not None, "__post_init__ requires input_ids or inputs"
                 yield self.inputs[s : s + batch_size], None
 
 

@@ -16,6 +16,7 @@ the files:
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -25,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -33,6 +34,9 @@ from ..errors import AnalysisError
 from .activations import ActivationStore, Probe, collect_activations, is_text_probe, read_text_probe, resolve_layers
 from .compare import layer_similarity, revision_similarity
 from .weights import DriftTracker
+
+if TYPE_CHECKING:
+    from ..formats.index import RevisionInfo
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +80,7 @@ def select_revisions(
         raise AnalysisError("Pass either revisions or every, not both.")
     if revisions:
         infos = [resolve_revision(repo_id, r.strip(), hub=hub, token=token) for r in revisions if r.strip()]
-        unique = {}
+        unique: dict[str | None, RevisionInfo] = {}
         for info in infos:
             unique.setdefault(info.commit, info)
         chosen = sorted(unique.values(), key=lambda r: (r.step is None, r.step or 0, r.name))
@@ -110,12 +114,12 @@ def _models(
         for rev in iter_revisions(
             repo_id, steps=steps, hub=hub, token=token, cache=cache, max_cache_bytes=max_cache_bytes
         ):
-            yield rev.info, (lambda rev=rev: rev.load_model(**kwargs))
+            yield rev.info, functools.partial(rev.load_model, **kwargs)
         return
     if cache != "keep":
         logger.warning("cache=%r needs revisions with distinct steps; keeping every download", cache)
     for info in infos:
-        yield info, (lambda info=info: load_model(repo_id, info.commit, hub=hub, token=token, **kwargs))
+        yield info, functools.partial(load_model, repo_id, info.commit, hub=hub, token=token, **kwargs)
 
 
 def load_tokenizer(repo_id: str, info: Any, *, hub: Any, token: Any = None):
@@ -222,14 +226,14 @@ def analyze(
     hundreds of revisions cannot fill the disk. `on_revision(info, seconds)` is called after each
     revision (the CLI prints progress with it).
     """
-    from ..hubs import Hub, resolve_hub
+    from ..hub.select import Hub, ensure_running, resolve_hub
 
     if plots:  # before any download or forward pass, not after them
         from .plots import require_matplotlib
 
         require_matplotlib()
     started = time.perf_counter()
-    hub_obj = hub if isinstance(hub, Hub) else resolve_hub(hub)
+    hub_obj = ensure_running(hub if isinstance(hub, Hub) else resolve_hub(hub))
     infos = select_revisions(repo_id, revisions, every, hub=hub_obj, token=token)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

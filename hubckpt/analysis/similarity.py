@@ -313,7 +313,7 @@ def similarity_matrix(
         raise ValueError(f"unknown measure {measure!r}; choose from {sorted(MEASURES)}")
     symmetric = others is None
     rows = list(reps)
-    cols = rows if symmetric else list(others)
+    cols = rows if others is None else list(others)
     if measure == "linear_cka" and not kwargs.get("debiased") and _tall(rows) and _tall(cols):
         # more examples than features (e.g. every token a row): feature space, O(d^2) per pair, no n x n
         row_m = [_center_columns(as_matrix(r)) for r in rows]

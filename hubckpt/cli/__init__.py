@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 import typer
 
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - this is the CLI's error boundary
         # typer ships its own copy of click: take its exception classes from typer's public ones.
-        click_exception = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+        # (typed Any: its show() and exit_code are click's, which typer does not re-export)
+        click_exception: type[Any] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
         if isinstance(e, typer.Abort):
             sys.exit(130)
         if isinstance(e, click_exception):

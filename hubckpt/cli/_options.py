@@ -20,12 +20,12 @@ TokenOpt = typer.Option(
 
 def target(repo_id: str, hub: str | None, root: Path | None, token: str | None = None, private: bool = False):
     """The HubTarget for a command, announcing which hub and repo it uses."""
-    from ..hub_client import HubTarget
-    from ..hubs import resolve_hub
+    from ..hub.select import resolve_hub
+    from ..hub.writer import HubTarget
     from ..names import split_repo_id
 
     split_repo_id(repo_id)
-    resolved = resolve_hub(hub, root=root)
+    resolved = resolve_hub(hub, root=root, start=True)
     t = HubTarget(resolved, repo_id, token=token, private=private)
     typer.echo(f"Using {t.describe()}", err=True)
     return t

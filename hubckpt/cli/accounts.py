@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from ..errors import AuthError
-from ..hubs import default_local_root
+from ..hub.local import local_root
 
 user_app = typer.Typer(help="Users of the local hub.", no_args_is_help=True)
 org_app = typer.Typer(help="Organisations of the local hub.", no_args_is_help=True)
@@ -23,7 +23,7 @@ RootOpt = typer.Option(
 def _store(root: Path | None):
     from ..server.storage import open_data_folder
 
-    return open_data_folder((root or default_local_root()).expanduser().resolve())
+    return open_data_folder(local_root(root))
 
 
 def _validated(name: str, kind: str) -> str:
@@ -144,10 +144,10 @@ def token_auth_off(root: Path | None = RootOpt) -> None:
     Refused while a server of this data folder listens beyond loopback: it would serve everyone as
     the local user, with write access.
     """
-    from ..hubs import running_local_hub
+    from ..hub.local import running_local_hub
     from ..server import is_loopback
 
-    data = (root or default_local_root()).expanduser().resolve()
+    data = local_root(root)
     url = running_local_hub(data)
     if url is not None:
         from urllib.parse import urlsplit

@@ -55,13 +55,13 @@ def analyze(
     """Compare a repo's revisions: per-layer CKA between revisions and weight drift from the first one."""
     from ..analysis.pipeline import analyze as run
     from ..errors import AnalysisError
-    from ..hubs import resolve_hub
+    from ..hub.select import resolve_hub
     from ..names import split_repo_id
 
     split_repo_id(repo)
     if revisions and every:
         raise AnalysisError("Pass either --revisions or --every, not both.")
-    resolved = resolve_hub(hub, root=root)
+    resolved = resolve_hub(hub, root=root, start=True)
     typer.echo(f"Using {resolved.describe()}, repo {repo}", err=True)
     import transformers
 

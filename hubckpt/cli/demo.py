@@ -27,13 +27,13 @@ def demo(
     import torch
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    from ..hubs import hub_api, point_hf_clients_at, resolve_hub
+    from ..hub.select import hub_api, point_hf_clients_at, resolve_hub
     from ..publishing import Publisher
     from .revisions import ls
 
     if steps < 2 or every < 1 or every > steps:
         raise typer.BadParameter("need steps >= 2 and 1 <= every <= steps")
-    resolved = resolve_hub(hub, root=root)
+    resolved = resolve_hub(hub, root=root, start=True)
     typer.echo(f"Using {resolved.describe()}")
     api = hub_api(resolved)
     point_hf_clients_at(resolved.endpoint)  # so plain transformers.from_pretrained talks to this hub too
@@ -116,7 +116,9 @@ def demo(
     loaded = AutoModelForCausalLM.from_pretrained(repo_id, revision=pick)
     with torch.no_grad():
         reloaded_loss = loaded(input_ids=held_out, labels=held_out).loss.item()
-    expected = index.get(pick).metrics["eval_loss"]
+    picked = index.get(pick)
+    assert picked is not None, "the demo's index lists the revisions it names"
+    expected = picked.metrics["eval_loss"]
     verdict = "same as at publish time" if abs(reloaded_loss - expected) < 1e-5 else f"EXPECTED {expected:.4f}"
     how_picked = "tag `best`" if index.best else "the latest; no revision is tagged `best`"
     typer.echo(

@@ -16,10 +16,10 @@ from ._options import HubOpt, RootOpt, TokenOpt, target
 
 def reader_for(repo: str, hub: str | None, root: Path | None, token: str | None):
     """The read-only HubReader of a browsing command, announcing which hub and repo it uses."""
-    from ..hub_reader import HubReader
-    from ..hubs import resolve_hub
+    from ..hub.reader import HubReader
+    from ..hub.select import resolve_hub
 
-    reader = HubReader(resolve_hub(hub, root=root), repo, token=token)
+    reader = HubReader(resolve_hub(hub, root=root, start=True), repo, token=token)
     typer.echo(f"Using {reader.describe()}", err=True)
     return reader
 
@@ -113,7 +113,8 @@ def card_summary(card: str) -> tuple[str | None, str | None]:
     if text.startswith("---"):
         end = text.find("\n---", 3)
         text = text[end + 4 :] if end != -1 else text
-    title, paragraph = None, []
+    title: str | None = None
+    paragraph: list[str] = []
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("#"):

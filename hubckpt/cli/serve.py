@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import socket
 from pathlib import Path
 
 import typer
 
-from ..hubs import SERVER_FILE, default_local_root, stop_local_hub
+from ..hub.local import forget_server, local_root, record_server, stop_local_hub
 
 RootOpt = typer.Option(
     None, "--root", help="Data folder of the local hub [default: $HUBCKPT_HUB_ROOT or ~/.cache/hubckpt/hub]."
@@ -33,7 +31,7 @@ def serve(
     from ..server import HubContext, bind_socket, check_exposure, create_app, uvicorn_config
     from ..server.dataplane import DataPlane
 
-    data = (root or default_local_root()).expanduser().resolve()
+    data = local_root(root)
     ctx = HubContext.open(data, local_user=user)
     check_exposure(ctx, host)
     try:
@@ -45,10 +43,7 @@ def serve(
     bound = sock.getsockname()
     shown_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     url = f"http://{shown_host}:{bound[1]}"
-    info_path = data / SERVER_FILE
-    tmp = info_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "url": url, "root": str(data)}, indent=2, sort_keys=True))
-    os.replace(tmp, info_path)
+    record_server(data, url)  # how `hubckpt` finds this server (hub/local.py)
     if quiet:
         typer.echo(url)
     else:
@@ -74,18 +69,14 @@ def serve(
         if not quiet:
             typer.echo("Local hub stopped.")
     finally:
-        try:
-            if json.loads(info_path.read_text()).get("pid") == os.getpid():
-                info_path.unlink()
-        except (OSError, ValueError):
-            pass
+        forget_server(data)
         data_plane.stop()
         ctx.store.close()
 
 
 def stop(root: Path | None = RootOpt) -> None:
     """Stop the local hub serving a data folder (started by `serve` or in the background)."""
-    data = (root or default_local_root()).expanduser().resolve()
+    data = local_root(root)
     if stop_local_hub(data):
         typer.echo(f"Stopped the local hub serving {data}.")
     else:

@@ -94,7 +94,7 @@ def convert_checkpoint(
     max_shard_size: int | str = "5GB",
     dtype: str = "keep",
     overwrite: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
     link: bool = False,
 ) -> ConvertResult:
     """Write an already-read `Checkpoint` into `dest` (see the module docstring).
@@ -163,7 +163,7 @@ def convert(
     dtype: str = "keep",
     allow_globals: Iterable[str] = (),
     overwrite: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> list[ConvertResult]:
     """Convert one checkpoint into `dest`, or every checkpoint of a run folder into `dest/step-NNNNNNN/`.
 

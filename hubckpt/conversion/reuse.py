@@ -230,9 +230,9 @@ def reusable(files: list[Path], *, dtype: str, max_shard_size: int) -> bool:
         return False
     if len(files) == 1:
         return files[0].stat().st_size <= max_shard_size or max_shard_size <= 0
-    names = [SHARD_NAME.match(f.name) for f in files]
+    names = [m for f in files if (m := SHARD_NAME.match(f.name))]
     return (
-        all(names)
+        len(names) == len(files)
         and len({m.group(2) for m in names}) == 1
         and int(names[0].group(2)) == len(files)
         and all(f.stat().st_size <= max_shard_size for f in files)
@@ -240,7 +240,7 @@ def reusable(files: list[Path], *, dtype: str, max_shard_size: int) -> bool:
 
 
 def reuse_weights(
-    files: list[Path], out: Path, *, link: bool = False, progress: Callable[[int], None] | None = None
+    files: list[Path], out: Path, *, link: bool = False, progress: Callable[[int], object] | None = None
 ) -> WeightsReport:
     """Place the safetensors `files` into `out` (one read each: validate + sha256 + link or copy) and report them.
 

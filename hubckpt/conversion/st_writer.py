@@ -59,7 +59,7 @@ def raw_bytes(tensor: torch.Tensor) -> memoryview:
 
     if tensor.numel() == 0:
         return memoryview(b"")
-    return memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+    return tensor.reshape(-1).view(torch.uint8).numpy().data
 
 
 def write_safetensors(

@@ -166,7 +166,7 @@ def write_weights(
     max_shard_size: int | str = "5GB",
     dtype: str = "keep",
     metadata: dict[str, str] | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> WeightsReport:
     """Write `weights` into folder `out` (which must exist) and verify them; see the module docstring."""
     from huggingface_hub import split_torch_state_dict_into_shards

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from ..errors import HubConfigError
 from .manifest import manifest_metrics
@@ -37,14 +39,14 @@ class RevisionInfo:
     pruned: bool = False
 
     @classmethod
-    def from_json(cls, data: dict) -> RevisionInfo:
+    def from_json(cls, data: dict[str, Any]) -> RevisionInfo:
         known = {f for f in cls.__dataclass_fields__}
         info = cls(**{k: v for k, v in data.items() if k in known})
         info.metrics = {k: decode_number(v) for k, v in (info.metrics or {}).items()}
         info.epoch = decode_number(info.epoch)
         return info
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["metrics"] = {k: encode_number(v) for k, v in self.metrics.items()}
         doc["epoch"] = encode_number(self.epoch)
@@ -118,8 +120,8 @@ class RevisionIndex:
 
     def latest(self) -> RevisionInfo | None:
         """The live revision with the highest step (None in an empty index)."""
-        live = [r for r in self.live() if r.step is not None]
-        return max(live, key=lambda r: r.step) if live else None
+        live = [(r.step, r) for r in self.live() if r.step is not None]
+        return max(live, key=lambda step_r: step_r[0])[1] if live else None
 
     def best_info(self) -> RevisionInfo | None:
         """The revision tagged `best` (by the monitored metric), if any."""
@@ -138,7 +140,7 @@ class RevisionIndex:
         return pick_revision(self.live(), tokens, lambda r: r.tokens, match)
 
 
-def info_from_manifest(name: str, commit: str | None, manifest: dict | None) -> RevisionInfo:
+def info_from_manifest(name: str, commit: str | None, manifest: dict[str, Any] | None) -> RevisionInfo:
     """A revision record from its `checkpoint.json` (or a bare record for a plain branch or tag).
 
     For repos whose index lacks the revision: `size` counts every file the manifest lists.
@@ -183,22 +185,31 @@ def best_revision(index: RevisionIndex) -> str | None:
 MATCHES = ("exact", "nearest", "at_or_before")
 
 
-def pick_revision(revisions: list[RevisionInfo], value: int, key, match: str) -> RevisionInfo | None:
+RevisionKey = Callable[[RevisionInfo], int | None]
+"""What `pick_revision` and `nearest_to` match on: a revision's step or tokens (None: not known)."""
+
+
+def _keyed(revisions: list[RevisionInfo], key: RevisionKey) -> list[tuple[int, RevisionInfo]]:
+    """(key, revision) for the revisions whose key is known, in their order."""
+    return [(k, r) for r in revisions if (k := key(r)) is not None]
+
+
+def pick_revision(revisions: list[RevisionInfo], value: int, key: RevisionKey, match: str) -> RevisionInfo | None:
     """The revision whose `key` matches `value` under `match` (ties: the earlier revision)."""
     if match not in MATCHES:
         raise HubConfigError(f"match must be one of {', '.join(MATCHES)}, got {match!r}")
-    candidates = [r for r in revisions if key(r) is not None]
+    candidates = _keyed(revisions, key)
     if match == "exact":
-        return next((r for r in candidates if key(r) == value), None)
+        return next((r for k, r in candidates if k == value), None)
     if match == "at_or_before":
-        before = [r for r in candidates if key(r) <= value]
-        return max(before, key=key) if before else None
-    return min(candidates, key=lambda r: (abs(key(r) - value), key(r))) if candidates else None
+        before = [(k, r) for k, r in candidates if k <= value]
+        return max(before, key=lambda kr: kr[0])[1] if before else None
+    return min(candidates, key=lambda kr: (abs(kr[0] - value), kr[0]))[1] if candidates else None
 
 
-def nearest_to(revisions: list[RevisionInfo], value: int, key, n: int = 2) -> list[RevisionInfo]:
+def nearest_to(revisions: list[RevisionInfo], value: int, key: RevisionKey, n: int = 2) -> list[RevisionInfo]:
     """The closest revision below and above `value` (by `key`), for error messages."""
-    candidates = sorted((r for r in revisions if key(r) is not None), key=key)
-    below = [r for r in candidates if key(r) < value][-1:]
-    above = [r for r in candidates if key(r) > value][:1]
+    candidates = sorted(_keyed(revisions, key), key=lambda kr: kr[0])
+    below = [r for k, r in candidates if k < value][-1:]
+    above = [r for k, r in candidates if k > value][:1]
     return (below + above)[:n]

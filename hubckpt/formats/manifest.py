@@ -69,7 +69,8 @@ def dumps(manifest: dict[str, Any]) -> bytes:
 
 def loads(raw: bytes | str) -> dict[str, Any]:
     """A checkpoint.json's content as a dict."""
-    return json.loads(raw)
+    manifest: dict[str, Any] = json.loads(raw)
+    return manifest
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
@@ -78,12 +79,12 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
     return loads(path.read_bytes()) if path.is_file() else None
 
 
-def manifest_digest(manifest: dict) -> str:
+def manifest_digest(manifest: dict[str, Any]) -> str:
     """Identity of a revision's content: sha256 of its canonical manifest."""
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
-def manifest_metrics(manifest: dict) -> dict[str, float]:
+def manifest_metrics(manifest: dict[str, Any]) -> dict[str, float]:
     """The numeric metrics of a checkpoint.json (NaN / ±inf included, decoded from their string form)."""
     out = {}
     for key, value in (manifest.get("metrics") or {}).items():

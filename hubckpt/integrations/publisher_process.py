@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import errors
-from ..commits import read_uploads_in_large_pieces
 from ..direct_io import limit_rate
 from ..errors import HubConfigError, PublishError
+from ..hub.patches import read_uploads_in_large_pieces
 from ..priority import lower_process_priority
 from .shared_memory import Channel, ChannelClosed, SharedAllocator, arena_tensor, map_arena
 

@@ -1,6 +1,6 @@
 """The consumer side: list and resolve revisions, load state dicts and models, lazy tensor reads, iteration.
 
-Depends on the hub reader (`hubckpt.hub_reader`) and the formats (`checkpoint.json`, `revisions.json`),
+Depends on the hub reader (`hubckpt.hub.reader`) and the formats (`checkpoint.json`, `revisions.json`),
 never on `hubckpt.publishing`.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..hubs import Hub
+from ..hub.select import Hub
 from .lazy import LazyRevision
 from .loaders import open_revision
 

@@ -20,7 +20,7 @@ from ..errors import IntegrityError
 from ..formats import manifest as manifest_format
 from ..formats.index import RevisionInfo
 from ..formats.manifest import MANIFEST_FILE
-from ..hub_reader import HubReader
+from ..hub.reader import HubReader
 
 logger = logging.getLogger(__name__)
 
@@ -136,14 +136,14 @@ class Downloader:
         """`path` at the revision's commit, in the cache, verified against `sha256`."""
         from huggingface_hub import hf_hub_download
 
-        assert info.commit, "resolve the revision first: downloads are pinned to commits"
+        commit = pinned_commit(info)
         local = self.cached(info, path)
         if local is None:
             local = Path(
                 hf_hub_download(
                     self.reader.repo_id,
                     path,
-                    revision=info.commit,
+                    revision=commit,
                     cache_dir=self.cache_dir,
                     endpoint=self.reader.endpoint,
                     token=self.reader.token,
@@ -175,7 +175,7 @@ class Downloader:
         if local is not None:
             return manifest_format.loads(local.read_bytes())
         if not via_cache:
-            return self.reader.manifest(info.commit)  # type: ignore[arg-type]
+            return self.reader.manifest(pinned_commit(info))
         try:
             return manifest_format.loads(self.fetch(info, MANIFEST_FILE).read_bytes())
         except EntryNotFoundError:
@@ -187,7 +187,8 @@ class Downloader:
         if manifest is not None and manifest.get("files"):
             files = {f["path"]: {"sha256": f.get("sha256"), "size": f.get("size")} for f in manifest["files"]}
         else:
-            files = {p: {"sha256": None, "size": size} for p, size in self.reader.list_files(info.commit).items()}
+            listed = self.reader.list_files(pinned_commit(info))
+            files = {p: {"sha256": None, "size": size} for p, size in listed.items()}
         return RevisionFiles(info, manifest, files)
 
     def weight_map(self, files: RevisionFiles, *, via_cache: bool = True) -> dict[str, str]:
@@ -198,7 +199,7 @@ class Downloader:
             return {}
         local = self.cached(files.info, INDEX_JSON)
         if local is None and not via_cache:
-            index = self.reader.read_json(INDEX_JSON, files.info.commit) or {}  # type: ignore[arg-type]
+            index = self.reader.read_json(INDEX_JSON, pinned_commit(files.info)) or {}
         else:
             index = json.loads(self.fetch(files.info, INDEX_JSON, files.sha256(INDEX_JSON)).read_text())
         weight_map = index.get("weight_map") or {}
@@ -210,6 +211,12 @@ class Downloader:
                 path=self.where(files.info, INDEX_JSON),
             )
         return weight_map
+
+
+def pinned_commit(info: RevisionInfo) -> str:
+    """The commit a resolved revision is pinned to (`RepoRevisions.resolve` always sets it)."""
+    assert info.commit, "resolve the revision first: downloads are pinned to commits"
+    return info.commit
 
 
 def require_weights(files: RevisionFiles, repo_id: str) -> list[str]:

@@ -17,8 +17,8 @@ from typing import Any
 
 from ..errors import HubConfigError
 from ..formats.index import RevisionInfo
-from ..hub_reader import HubReader
-from ..hubs import Hub
+from ..hub.reader import HubReader
+from ..hub.select import Hub
 from .lazy import LazyRevision
 from .loaders import Revision, rev_model, rev_state_dict
 from .resolve import RepoRevisions
@@ -122,8 +122,9 @@ class _CacheKeeper:
         """The consumer is done with `rev`."""
         if self.policy == "keep":
             return
-        if rev.commit not in self.preexisting and rev.commit not in self.ours:
-            self.ours.append(rev.commit)  # type: ignore[arg-type]
+        commit = rev.commit  # resolved revisions always have one
+        if commit is not None and commit not in self.preexisting and commit not in self.ours:
+            self.ours.append(commit)
         if self.policy == "bounded":
             self.size()
             if self.max_bytes is not None and self.peak > self.max_bytes:

@@ -133,10 +133,11 @@ class LazyRevision:
         return self.rev.reader.counter.requests - self._base[1]
 
     def _layout(self) -> tuple[list[str], dict[str, str]]:
-        if self._weights is None:
-            self._weights = require_weights(self.rev.files, self.rev.repo_id)
-            self._weight_map = self.rev.downloader.weight_map(self.rev.files, via_cache=not self.rev.lazy)
-        return self._weights, self._weight_map  # type: ignore[return-value]
+        weights, weight_map = self._weights, self._weight_map
+        if weights is None or weight_map is None:
+            weights = self._weights = require_weights(self.rev.files, self.rev.repo_id)
+            weight_map = self._weight_map = self.rev.downloader.weight_map(self.rev.files, via_cache=not self.rev.lazy)
+        return weights, weight_map
 
     @property
     def files(self) -> list[str]:
@@ -274,7 +275,7 @@ class LazyRevision:
 
 
 def _local_header(path: Path, where: str) -> tuple[dict, int]:
-    from ..hub_reader import header_length, parse_header
+    from ..hub.reader import header_length, parse_header
 
     size = path.stat().st_size
     with open(path, "rb") as f:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from ..errors import DestinationExistsError, HubConfigError, IntegrityError
 from ..formats.index import RevisionInfo, info_from_manifest
 from ..formats.manifest import MANIFEST_FILE, TRAINING_STATE_DIR, loads
-from ..hub_reader import HubReader
-from ..hubs import Hub
+from ..hub.reader import HubReader
+from ..hub.select import Hub
 from .download import INDEX_JSON, Downloader, RevisionFiles, require_weights
 from .lazy import LazyRevision
 from .resolve import RepoRevisions
@@ -121,7 +121,7 @@ class Revision:
             names = plan.setdefault(weight_map[stored], [])
             if stored not in names:
                 names.append(stored)
-        return dict(sorted(plan.items())), wanted  # type: ignore[return-value]
+        return dict(sorted(plan.items())), wanted
 
     def _keys_from_headers(self, weights: list[str]) -> dict[str, str]:
         """Unsharded (or shards without an index): tensor names from each file's header, read lazily."""

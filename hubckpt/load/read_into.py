@@ -86,9 +86,10 @@ def read_tensor(entry: TensorEntry, dest: torch.Tensor | None = None, *, handle=
     """Read `entry` into `dest` (same shape and dtype; any device) or into a new CPU tensor; return it."""
     import torch
 
-    target = dest
     if dest is None or dest.device.type != "cpu" or not dest.is_contiguous():
         target = torch.empty(entry.shape, dtype=entry.dtype)
+    else:
+        target = dest
     raw = target.detach().reshape(-1).view(torch.uint8) if target.numel() else None
     expected = target.numel() * target.element_size()
     if expected != entry.nbytes:
@@ -96,7 +97,7 @@ def read_tensor(entry: TensorEntry, dest: torch.Tensor | None = None, *, handle=
             f"{entry.file}: tensor of {entry.nbytes} bytes where {expected} were expected", str(entry.file)
         )
     if raw is not None:
-        view = memoryview(raw.numpy()).cast("B")
+        view = raw.numpy().data.cast("B")  # .data: the array's memoryview (typed as one, unlike memoryview(arr))
         f = handle or open(entry.file, "rb")
         try:
             f.seek(entry.start)

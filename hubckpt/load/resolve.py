@@ -15,9 +15,17 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
 
 from ..errors import AmbiguousRevisionError, HubConfigError, RevisionLookupError
-from ..formats.index import MATCHES, RevisionIndex, RevisionInfo, info_from_manifest, nearest_to, pick_revision
-from ..hub_reader import MAIN, HubReader
-from ..hubs import Hub
+from ..formats.index import (
+    MATCHES,
+    RevisionIndex,
+    RevisionInfo,
+    RevisionKey,
+    info_from_manifest,
+    nearest_to,
+    pick_revision,
+)
+from ..hub.reader import MAIN, HubReader
+from ..hub.select import Hub
 from ..names import is_staging_branch
 
 logger = logging.getLogger(__name__)
@@ -178,7 +186,7 @@ class RepoRevisions:
             nearest=[r.name for r in nearest],
         )
 
-    def _by_number(self, value: int, what: str, key, match: str) -> RevisionInfo:
+    def _by_number(self, value: int, what: str, key: RevisionKey, match: str) -> RevisionInfo:
         records = self.records()
         found = pick_revision(records, value, key, match)
         if found is None:
@@ -190,9 +198,9 @@ class RepoRevisions:
         index = self.index()
         records = self.records()
         if word == "latest":
-            stepped = [r for r in records if r.step is not None]
+            stepped = [(r.step, r) for r in records if r.step is not None]
             if stepped:
-                return self._pinned(max(stepped, key=lambda r: r.step))
+                return self._pinned(max(stepped, key=lambda step_r: step_r[0])[1])
             return self._by_name(MAIN)  # a plain repo: its latest state is main
         name = (index.best if word == "best" else index.final) if index is not None else None
         if name is None:  # no index, or one that names none: a tag of that name still counts
@@ -238,7 +246,7 @@ class RepoRevisions:
                 entry = next((r for r in index.live() if r.commit == commit), None)
         if commit is None:
             pruned = index.get(name) if index is not None else None
-            if pruned is not None and pruned.pruned:
+            if index is not None and pruned is not None and pruned.pruned:
                 raise RevisionLookupError(
                     f"{self.repo_id}@{name} was pruned: a retention policy deleted its branch; "
                     f"`hubckpt ls {self.repo_id} --all` lists it, the live revisions are the others",
@@ -272,9 +280,9 @@ class RepoRevisions:
 
         index = self.index()
         if index is not None and _HEX.match(name):
-            entry = next((r for r in index.live() if r.commit and r.commit.startswith(name)), None)
-            if entry is not None:
-                return entry, entry.commit  # type: ignore[return-value]
+            found = next(((r, r.commit) for r in index.live() if r.commit and r.commit.startswith(name)), None)
+            if found is not None:
+                return found
         try:
             _, commit = self.reader.get("checkpoint.json", name)
         except RevisionNotFoundError as e:

@@ -60,7 +60,7 @@ class Restored:
 
 
 def _revisions(repo_id: str, hub: Any, token: Any):
-    from ..hub_reader import HubReader
+    from ..hub.reader import HubReader
     from .resolve import RepoRevisions
 
     return RepoRevisions(HubReader(hub, repo_id, token=token))
@@ -256,7 +256,8 @@ def restore(
     parts = sorted(Path(p).stem for p in local if p.startswith(f"{TRAINING_STATE_DIR}/") and p.endswith(".json"))
     fresh = reader_into_fresh_memory()
     state = {part: load_state(state_dir, part, read_tensors=fresh) for part in parts}
-    loop = state.get("loop") if isinstance(state.get("loop"), dict) else {}
+    loop_state = state.get("loop")
+    loop: dict[str, Any] = loop_state if isinstance(loop_state, dict) else {}
     classes = loop.get("classes") or {}
 
     reads, weight_problems = plan_weights(model, weight_entries(local))

@@ -26,7 +26,8 @@ from typing import Any
 from hubckpt import environment
 
 from ..errors import SpoolBusyError
-from ..hub_client import HubTarget
+from ..hub.local import served_root
+from ..hub.writer import HubTarget
 from .journal import JobRecord, Journal
 
 logger = logging.getLogger(__name__)
@@ -41,23 +42,10 @@ def default_spool(repo_id: str) -> Path:
     return environment.spool() / repo_id.replace("/", "--")
 
 
-def _local_root(endpoint: str) -> str | None:
-    """The data folder of a hubckpt local hub at `endpoint` (None for other hubs or when it does not answer)."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{endpoint}/api/hubckpt/health", timeout=2) as r:  # noqa: S310 - user's hub URL
-            root = json.loads(r.read()).get("root")
-            return str(root) if isinstance(root, str) and root else None
-    except (urllib.error.URLError, OSError, ValueError, AttributeError):
-        return None
-
-
 def target_key(target: HubTarget) -> str:
     """Identity of a target in the journal: a local hub by its data folder (its port can change), else its URL."""
     hub = target.hub
-    root = hub.root if hub.kind == "local" else (None if hub.is_huggingface_co else _local_root(hub.endpoint))
+    root = hub.root if hub.kind == "local" else (None if hub.is_huggingface_co else served_root(hub.endpoint))
     if root:
         return f"local:{Path(root).resolve()}/{target.repo_id}"
     return f"{hub.endpoint.rstrip('/')}/{target.repo_id}"

@@ -12,7 +12,7 @@ import re
 
 from ..cards import CardOptions, metrics_chart_svg, render_repo_card
 from ..formats.index import INDEX_FILE, RevisionIndex
-from ..hub_client import HubTarget
+from ..hub.writer import HubTarget
 
 CHART_FILE = "metrics.svg"
 CARD_FILE = "README.md"

@@ -9,7 +9,7 @@ from ..cards import CardOptions, is_hubckpt_card
 from ..errors import HubConfigError
 from ..formats.index import RevisionIndex, RevisionInfo, best_revision
 from ..formats.manifest import manifest_digest, manifest_metrics
-from ..hub_client import HubTarget, is_staging_branch
+from ..hub.writer import HubTarget, is_staging_branch
 from ..revisions import RESERVED
 from .layout import main_files
 from .policies import Retention

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import PublishError
 from ..faults import fault
-from ..hub_client import HubTarget
+from ..hub.writer import HubTarget
 from . import stages
 from .jobs import JobStore
 

@@ -40,9 +40,9 @@ from ..cards import CardOptions
 from ..errors import HubConfigError, PublishError, RevisionCollisionError, UnsupportedCheckpointError
 from ..faults import fault
 from ..formats.manifest import MANIFEST_FILE
-from ..hub_client import HubTarget
-from ..hubs import Hub, resolve_hub, token_for
-from ..retries import is_transient
+from ..hub.retries import is_transient
+from ..hub.select import Hub, resolve_hub, token_for
+from ..hub.writer import HubTarget
 from ..revisions import DEFAULT_TEMPLATE, check_template, render_revision_name, validate_revision_name
 from . import stages
 from .capture import clone_tree, peek_step, snapshot_into

@@ -28,7 +28,7 @@ from ..errors import PublishError, RevisionCollisionError
 from ..faults import fault
 from ..formats.index import RevisionIndex, RevisionInfo, best_revision
 from ..formats.manifest import MANIFEST_FILE, manifest_digest, manifest_metrics, read_manifest
-from ..hub_client import HubTarget
+from ..hub.writer import HubTarget
 from .jobs import JobStore
 from .journal import JobRecord
 from .layout import CARD_FILE, final_files_to_replace, main_files

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, ItemsView, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -91,19 +91,19 @@ def safetensors_keys(path: Path) -> list[str]:
     return [k for k in header if k != "__metadata__"]
 
 
-class LazyWeights(Mapping):
+class LazyWeights(Mapping[str, "torch.Tensor"]):
     """Weights read on first use: a converter that reuses the files as they are never reads the tensors."""
 
-    def __init__(self, load: Callable[[], dict]) -> None:
+    def __init__(self, load: Callable[[], dict[str, torch.Tensor]]) -> None:
         self._load = load
-        self._data: dict | None = None
+        self._data: dict[str, torch.Tensor] | None = None
 
-    def _loaded(self) -> dict:
+    def _loaded(self) -> dict[str, torch.Tensor]:
         if self._data is None:
             self._data = self._load()
         return self._data
 
-    def __getitem__(self, key: str):
+    def __getitem__(self, key: str) -> torch.Tensor:
         return self._loaded()[key]
 
     def __iter__(self) -> Iterator[str]:
@@ -112,5 +112,5 @@ class LazyWeights(Mapping):
     def __len__(self) -> int:
         return len(self._loaded())
 
-    def items(self):
+    def items(self) -> ItemsView[str, torch.Tensor]:
         return self._loaded().items()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import safe_pickle
 from ..checkpoint import Checkpoint
@@ -21,6 +21,9 @@ from .tensors import (
     safetensors_keys,
     strip_compile_prefix,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 # Files copied next to the weights: configs, tokenizers, templates. Everything else is reported as skipped.
 SAFE_SUFFIXES = (".json", ".txt", ".jinja", ".model", ".md", ".yaml", ".yml", ".tiktoken")
@@ -135,6 +138,7 @@ def read_weights_folder(folder: Path, *, allow_globals: Iterable[str] = ()) -> C
     they are (`Checkpoint.weight_files`) and reads the tensors only if it must rewrite them.
     """
     reusable = _safetensors_files(folder)
+    weights: Mapping[str, torch.Tensor]
     if reusable:
         weights = LazyWeights(lambda: strip_compile_prefix(_load_weights(folder, allow_globals)))
     else:

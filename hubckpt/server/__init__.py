@@ -1,6 +1,6 @@
 """The local hub: a server speaking the Hugging Face Hub HTTP API over a data folder.
 
-Data folder layout (default `~/.cache/hubckpt/hub`, see `hubckpt.hubs`)::
+Data folder layout (default `~/.cache/hubckpt/hub`, see `hubckpt.hub.local`)::
 
     hub.sqlite3         metadata (SQLite, WAL): accounts, hashed tokens, repos, commits, file lists, refs
     hub.sqlite3-wal     SQLite's write-ahead log (part of the database)
@@ -21,6 +21,7 @@ import logging
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 from ..errors import HubConfigError, HubUnavailableError
 from .app import create_app
@@ -97,7 +98,7 @@ def uvicorn_config(app, **overrides):
     """The uvicorn settings every local hub runs with (background thread or `hubckpt serve`)."""
     import uvicorn
 
-    settings = dict(
+    settings: dict[str, Any] = dict(
         log_level="warning",
         http="httptools",
         lifespan="off",
@@ -132,11 +133,11 @@ class LocalHubServer:
         import uvicorn
 
         self.ctx = HubContext.open(Path(root), local_user=local_user, **settings)
-        self._sock: socket.socket | None = None
+        sock: socket.socket | None = None
         try:
             check_exposure(self.ctx, host)
-            self._sock = bind_socket(host, port)
-            bound_host, bound_port = self._sock.getsockname()[:2]
+            sock = self._sock = bind_socket(host, port)
+            bound_host, bound_port = sock.getsockname()[:2]
             shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
             self.url = f"http://{shown_host}:{bound_port}"
             self._server = uvicorn.Server(uvicorn_config(create_app(self.ctx)))
@@ -148,8 +149,8 @@ class LocalHubServer:
             )
         except BaseException:
             # A refused or failed start must not keep the database (and its -wal/-shm) or the socket open.
-            if self._sock is not None:
-                self._sock.close()
+            if sock is not None:
+                sock.close()
             self.ctx.store.close()
             raise
 

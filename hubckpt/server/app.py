@@ -47,14 +47,16 @@ def _from_this_machine(request: Request) -> bool:
             return True
     except ValueError:
         return False
-    return bool(server) and client.host == server[0]
+    if not server:
+        return False
+    return client.host == server[0]
 
 
 @system_router.route("GET HEAD", "/api/hubckpt/health")
 def _health(ctx: HubContext, request: Request) -> Response:
     body = {"status": "ok", "service": "hubckpt-local-hub"}
     if _from_this_machine(request):
-        # `hubckpt` on this machine recognises its server by the data folder (hubs.running_local_hub);
+        # `hubckpt` on this machine recognises its server by the data folder (hubckpt.hub.local.running_local_hub);
         # anyone else on the network has no use for the absolute path (it names the user, for a start).
         body["root"] = str(ctx.root)
     return json_response(body)

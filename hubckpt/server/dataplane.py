@@ -30,6 +30,7 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import HubHTTPError
@@ -47,7 +48,7 @@ _LFS = re.compile(r"^/lfs/(\d+)/([0-9a-f]{64})/(\d+)$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
-def parse_range(header: str, size: int) -> tuple[int, int] | None | str:
+def parse_range(header: str, size: int) -> tuple[int, int] | None | Literal["full"]:
     """(start, end exclusive) of a single `bytes=` range; None if unsatisfiable; "full" if not a single range."""
     m = _RANGE.match(header.strip())
     if m is None:
@@ -110,7 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
             span = parse_range(range_header, size) if range_header else "full"
             if span is None:
                 raise HubHTTPError(416, "Range not satisfiable", headers={"Content-Range": f"bytes */{size}"})
-            if span != "full":
+            if isinstance(span, tuple):  # not "full"
                 status, (start, end) = 206, span
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream")

@@ -125,9 +125,9 @@ def list_models(ctx: HubContext, request: Request) -> Response:
     if tag_filters:
         kept = []
         for r in repos:
-            cards[r.id] = _card_of(ctx, r)
-            tags = set(cards[r.id].get("tags") or []) if cards[r.id] else set()
-            library = (cards[r.id] or {}).get("library_name")
+            card = cards[r.id] = _card_of(ctx, r)
+            tags = set(card.get("tags") or []) if card else set()
+            library = (card or {}).get("library_name")
             if all(t in tags or t == library for t in tag_filters):
                 kept.append(r)
         repos = kept

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import yaml
 from starlette.requests import Request
@@ -235,8 +236,8 @@ def list_refs(ctx: HubContext, request: Request, ns: str, name: str) -> Response
     return json_response(out)
 
 
-def _commit_json(commit: Commit, formatted: bool) -> dict:
-    data = {
+def _commit_json(commit: Commit, formatted: bool) -> dict[str, Any]:
+    data: dict[str, Any] = {
         "id": commit.sha,
         "title": commit.title,
         "message": commit.message,

@@ -59,7 +59,7 @@ def preupload(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -
     repo = ctx.repo_for(ns, name, caller, write=True)
     body = json_body(request)
     items = body.get("files") if isinstance(body, dict) else None
-    if not isinstance(items, list):
+    if not isinstance(body, dict) or not isinstance(items, list):
         raise HubHTTPError(400, "Expected a JSON body with a 'files' list")
     head = ctx.store.ref(repo, "branch", rev) or ctx.resolve(repo, rev)
     files = ctx.store.files(repo, head)

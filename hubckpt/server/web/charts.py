@@ -98,10 +98,10 @@ def metric_chart(metric: str, points: list[Point], marks: dict[str, str]) -> Mar
             )
     by_name = {p.revision: p for p in points}
     for name, label in marks.items():
-        p = by_name.get(name)
-        if p is None:
+        point = by_name.get(name)
+        if point is None:
             continue
-        x, y = sx(p.step), sy(p.value)
+        x, y = sx(point.step), sy(point.value)
         anchor = "end" if x > WIDTH - 90 else "start"
         dx = -8 if anchor == "end" else 8
         dy = -8 if label.startswith("best") else 14
@@ -110,8 +110,8 @@ def metric_chart(metric: str, points: list[Point], marks: dict[str, str]) -> Mar
             f'<g class="mark mark-{escape(label.split()[0])}" data-label="{escape(label)}" '
             f'data-revision="{escape(name)}">'
             f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5"><title>{escape(label)}: {escape(name)}, step '
-            f"{_fmt(p.step)}, {title} {_fmt(p.value)}</title></circle>"
-            f'<text x="{x + dx:.1f}" y="{ty:.1f}" text-anchor="{anchor}">{escape(label)} {_fmt(p.value)}</text></g>'
+            f"{_fmt(point.step)}, {title} {_fmt(point.value)}</title></circle>"
+            f'<text x="{x + dx:.1f}" y="{ty:.1f}" text-anchor="{anchor}">{escape(label)} {_fmt(point.value)}</text></g>'
         )
     parts.append("</svg>")
     return Markup("".join(parts))

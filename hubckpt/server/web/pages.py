@@ -9,6 +9,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 from markupsafe import Markup, escape
 
@@ -104,7 +105,7 @@ class RefMap:
         return sorted(b for b, t in self.branches.items() if t == sha) + self.tags_at(sha)
 
 
-def _is_number(value) -> bool:
+def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -158,9 +159,11 @@ def model(ctx: HubContext, repo: Repo) -> dict:
         marks[index.best] = "best"
     if index.final:
         marks[index.final] = "best · final" if index.final == index.best else "final"
-    live = [r for r in revisions if not r.pruned and _is_number(r.step)]
+    live = [(r.step, r) for r in revisions if not r.pruned and _is_number(r.step)]
     for m in metrics:
-        points = [Point(float(r.step), float(r.metrics[m]), str(r.name)) for r in live if _is_number(r.metrics.get(m))]
+        points = [
+            Point(float(step), float(r.metrics[m]), str(r.name)) for step, r in live if _is_number(r.metrics.get(m))
+        ]
         chart = metric_chart(m, points, marks)
         if chart:
             out["charts"].append({"metric": m, "svg": chart, "monitored": m == index.monitor})

@@ -10,6 +10,7 @@ import gzip
 import logging
 import mimetypes
 from importlib import resources
+from typing import Any
 from urllib.parse import unquote
 
 from starlette.concurrency import run_in_threadpool
@@ -48,7 +49,8 @@ async def dispatch(ctx: HubContext, request: Request, method: str, raw_path: str
     found = router.match(method, raw_path)
     if not isinstance(found, tuple):
         return None
-    route, params = found
+    route, path_params = found
+    params: dict[str, Any] = dict(path_params)  # the path's parameters, and the form of a POST
     handler = route.handler
     if method == "POST":
         if not access.same_origin(request):

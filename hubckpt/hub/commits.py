@@ -22,9 +22,11 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO, cast
 
-from .direct_io import DirectReader, direct_io_enabled
+from .. import environment
+from ..direct_io import DirectReader, direct_io_enabled
+from .patches import EMPTY_COMMIT_WARNING, XET_FALLBACK_NOTICE, dropped_log_messages
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
@@ -33,21 +35,6 @@ logger = logging.getLogger(__name__)
 
 HF_ENDPOINTS = ("https://huggingface.co", "https://hf.co")
 DIRECT_READ_MIN_BYTES = 16 * 1024 * 1024  # smaller files are cheap either way, and likely cached
-
-
-class _DropXetFallbackNotice(logging.Filter):
-    """Streaming one file to pick LFS is deliberate here; the client's notice about it is noise."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "not supported by Xet Storage" not in record.getMessage()
-
-
-class _DropEmptyCommitWarning(logging.Filter):
-    """A commit that changes nothing (reindex of an unchanged repo, a retried main update) is a no-op the
-    client handles; its warning read as a failure in CLI output."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "No files have been modified since last commit" not in record.getMessage()
 
 
 _quiet = {"depth": 0, "disabled_by_us": False}
@@ -63,14 +50,6 @@ def quiet_xet_notice() -> Iterator[None]:
     """
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-    commit_logger = logging.getLogger("huggingface_hub._commit_api")
-    notice = _DropXetFallbackNotice()
-    commit_logger.addFilter(notice)
-    api_logger = logging.getLogger("huggingface_hub.hf_api")
-    no_op = _DropEmptyCommitWarning()
-    api_logger.addFilter(no_op)
-    from hubckpt import environment
-
     silence = environment.progress_bars() is not True
     if silence:
         with _quiet_lock:
@@ -80,37 +59,15 @@ def quiet_xet_notice() -> Iterator[None]:
                     disable_progress_bars()
             _quiet["depth"] += 1
     try:
-        yield
+        with dropped_log_messages(XET_FALLBACK_NOTICE, EMPTY_COMMIT_WARNING):
+            yield
     finally:
-        commit_logger.removeFilter(notice)
-        api_logger.removeFilter(no_op)
         if silence:
             with _quiet_lock:
                 _quiet["depth"] -= 1
                 if _quiet["depth"] == 0 and _quiet["disabled_by_us"]:
                     enable_progress_bars()
                     _quiet["disabled_by_us"] = False
-
-
-UPLOAD_READ_BYTES = 4 * 1024 * 1024
-
-
-def read_uploads_in_large_pieces() -> None:
-    """Have the HTTP client read request bodies in 4 MiB pieces instead of 64 KiB (process-wide).
-
-    huggingface_hub uploads an LFS file as one streamed request body, which httpx reads from the file
-    64 KiB at a time, each piece a trip through h11 and a socket write: measured here, that costs
-    0.8 CPU-seconds per GiB more than 4 MiB pieces (bench/README.md). Called only by the publishing
-    process, which hubckpt owns, since it sets an attribute of a private httpx module; a no-op where
-    that module has moved.
-    """
-    for module in ("httpx2._content", "httpx._content"):
-        try:
-            stream = __import__(module, fromlist=["IteratorByteStream"]).IteratorByteStream
-        except (ImportError, AttributeError):
-            continue
-        if isinstance(getattr(stream, "CHUNK_SIZE", None), int) and stream.CHUNK_SIZE < UPLOAD_READ_BYTES:
-            stream.CHUNK_SIZE = UPLOAD_READ_BYTES
 
 
 def known_hashes(folder: Path) -> dict[str, tuple[str, int]]:
@@ -166,17 +123,19 @@ def folder_operations(
             sha = None
         # On the LFS path, a large file whose hash is known is read past the page cache (direct_io.py): the
         # spool wrote it that way, and reading it through the cache would cost a fresh page per 4 KiB.
-        direct = bool(sha) and not use_xet and size >= DIRECT_READ_MIN_BYTES and direct_io_enabled()
+        direct = sha is not None and size is not None and not use_xet and size >= DIRECT_READ_MIN_BYTES
+        direct = direct and direct_io_enabled()
         if rel not in streams and not direct:
             op = CommitOperationAdd(path_in_repo=rename(rel), path_or_fileobj=str(path))
             if sha:
                 op.upload_info.sha256 = bytes.fromhex(sha)  # public setter: skips a full read to hash
-        elif sha:
+        elif sha and size is not None:
             # Built around an empty stream so the constructor hashes nothing; then pointed at the real file
             # with the upload info recorded when the file was written.
             with open(path, "rb") as head:
                 sample = head.read(512)
-            stream = stack.enter_context(DirectReader(path) if direct else open(path, "rb"))
+            # DirectReader is a binary file object (BufferedIOBase); huggingface_hub types the field as BinaryIO.
+            stream = cast(BinaryIO, stack.enter_context(DirectReader(path) if direct else open(path, "rb")))
             op = CommitOperationAdd(path_in_repo=rename(rel), path_or_fileobj=io.BytesIO(b""))
             op.path_or_fileobj = stream
             op.upload_info = UploadInfo(size=size, sample=sample, sha256=bytes.fromhex(sha))

@@ -1,6 +1,6 @@
 """Read-only access to one repo on one hub: the index, refs, manifests, small files, byte ranges, headers.
 
-The one hub reader, shared by the publisher (`hub_client.HubTarget.reader`) and the consumer side
+The one hub reader, shared by the publisher (`writer.HubTarget.reader`) and the consumer side
 (`hubckpt.load`). Every read is one HTTP request through huggingface_hub's own session, with its auth
 headers, so the errors users see are huggingface_hub's (`RepositoryNotFoundError`, `RevisionNotFoundError`,
 ...). Transient failures are retried by `retries.with_retries`, with timeouts.
@@ -12,12 +12,16 @@ import json
 import logging
 import struct
 import threading
+from typing import TYPE_CHECKING
 
-from .errors import HubckptError
-from .formats.index import INDEX_FILE, RevisionIndex
-from .formats.manifest import MANIFEST_FILE
-from .hubs import Hub, hub_api, resolve_hub, resolve_token
-from .retries import with_retries
+from ..errors import HubckptError
+from ..formats.index import INDEX_FILE, RevisionIndex
+from ..formats.manifest import MANIFEST_FILE
+from .retries import install_timeouts, with_retries
+from .select import Hub, ensure_running, hub_api, resolve_hub, resolve_token
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
 
 logger = logging.getLogger(__name__)
 
@@ -45,20 +49,23 @@ class ByteCounter:
 class HubReader:
     """Reads of one repo on one hub. `hub` is a `Hub`, a `hub=` string, or None (the environment).
 
-    `token`: as `hubs.resolve_token` (None: the hub's own default).
+    A local hub that is not running yet is started here (`select.ensure_running`): readers read.
+
+    `token`: as `select.resolve_token` (None: the hub's own default).
     """
 
     def __init__(self, hub: Hub | str | None, repo_id: str, *, token: str | bool | None = None) -> None:
-        from .names import split_repo_id
+        from ..names import split_repo_id
 
         split_repo_id(repo_id)
-        self.hub = hub if isinstance(hub, Hub) else resolve_hub(hub)
+        self.hub = ensure_running(hub if isinstance(hub, Hub) else resolve_hub(hub))
         self.repo_id = repo_id
         # Per hub: None becomes this hub's own token, so the stored huggingface.co token never goes elsewhere.
         self.token = resolve_token(self.hub, token)
         self.counter = ByteCounter()
-        self._api = None
+        self._api: HfApi | None = None
         self._redirects: dict[str, str] = {}  # /resolve/ URL → the data URL it redirected to (LFS files)
+        install_timeouts()  # here, before any request: installing it replaces huggingface_hub's shared client
 
     @property
     def api(self):
@@ -83,7 +90,7 @@ class HubReader:
     def auth_headers(self) -> dict[str, str]:
         from huggingface_hub.utils import build_hf_headers
 
-        from .version import __version__
+        from ..version import __version__
 
         return build_hf_headers(token=self.token, library_name="hubckpt", library_version=__version__)
 
@@ -238,7 +245,7 @@ class HubReader:
 
 
 def _bad(where: str, why: str) -> HubckptError:
-    from .errors import IntegrityError
+    from ..errors import IntegrityError
 
     return IntegrityError(f"{where} is not a valid safetensors file: {why}", path=where)
 

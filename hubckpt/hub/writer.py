@@ -20,15 +20,20 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from ..errors import RevisionCollisionError
+from ..formats.index import RevisionIndex
+from ..formats.manifest import MANIFEST_FILE, manifest_digest, read_manifest
 from .commits import folder_operations, quiet_xet_notice
-from .errors import RevisionCollisionError
-from .formats.index import RevisionIndex
-from .formats.manifest import MANIFEST_FILE, manifest_digest, read_manifest
-from .hub_reader import HubReader
-from .hubs import Hub, resolve_token
+from .reader import HubReader
 from .retries import backoff_delay, install_timeouts, is_transient, status_of, with_retries
+from .select import Hub, ensure_running, resolve_token
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
 logger = logging.getLogger(__name__)
 
@@ -46,23 +51,28 @@ def is_staging_branch(name: str) -> bool:
     return name.startswith(STAGING_PREFIX)
 
 
-def _rewind(ops) -> None:
+def _rewind(ops: list[Any]) -> None:
     """A retried commit must upload each stream from its start (delete operations have no stream)."""
     for op in ops:
         stream = getattr(op, "path_or_fileobj", None)
-        if hasattr(stream, "seek"):
+        if stream is not None and hasattr(stream, "seek"):
             stream.seek(0)
+
+
+def _kept_on_main(files: dict[str, bytes], path: str) -> bool:
+    """Files of a revision's folder that an update of `main` does not copy (written separately, or never)."""
+    return path == "README.md" or path in files or path.startswith("training_state/")
 
 
 class HubTarget:
     """One repo on one hub, as the publisher sees it.
 
-    `token`: an explicit token for this hub; None picks the hub's own (see `hubs.resolve_token`: the
+    `token`: an explicit token for this hub; None picks the hub's own (see `select.resolve_token`: the
     stored huggingface.co token only ever goes to huggingface.co).
     """
 
     def __init__(self, hub: Hub, repo_id: str, *, token: str | bool | None = None, private: bool = False) -> None:
-        self.hub = hub
+        self.hub = hub = ensure_running(hub)  # a local hub not started yet is started now: targets are written to
         self.repo_id = repo_id
         self.private = private
         self.token = resolve_token(hub, token)
@@ -191,7 +201,8 @@ class HubTarget:
         ours = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} | set(extra_files)
         stale = [p for p in existing if p not in ours and p != ".gitattributes"]
         with contextlib.ExitStack() as stack, quiet_xet_notice():
-            ops = folder_operations(folder, stack, use_xet=self.hub.is_huggingface_co, skip=lambda p: p in extra_files)
+            ops: list[CommitOperationAdd | CommitOperationDelete] = []
+            ops += folder_operations(folder, stack, use_xet=self.hub.is_huggingface_co, skip=lambda p: p in extra_files)
             ops += [CommitOperationAdd(path, data) for path, data in sorted(extra_files.items())]
             ops += [CommitOperationDelete(p) for p in stale]
 
@@ -250,13 +261,13 @@ class HubTarget:
             index, head = self.read_index()
             files, folder, deletes, message = mutate(index)
             with contextlib.ExitStack() as stack, quiet_xet_notice():
-                ops = []
+                ops: list[CommitOperationAdd | CommitOperationDelete] = []
                 if folder is not None:
                     ops += folder_operations(
                         folder,
                         stack,
                         use_xet=self.hub.is_huggingface_co,
-                        skip=lambda p, files=files: p == "README.md" or p in files or p.startswith("training_state/"),
+                        skip=partial(_kept_on_main, files),
                     )
                 ops += [CommitOperationAdd(path, data) for path, data in sorted(files.items())]
                 existing = set(self.list_files(head or MAIN)) if deletes else set()

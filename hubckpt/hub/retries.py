@@ -1,20 +1,22 @@
 """How hubckpt talks HTTP to a hub: per-request timeouts and retries of transient failures.
 
-One mechanism for both sides: the reader (`hub_reader.HubReader`) and the writer (`hub_client.HubTarget`)
+One mechanism for both sides: the reader (`reader.HubReader`) and the writer (`writer.HubTarget`)
 run every request through `with_retries`, which retries rate limits, server errors, timeouts and dropped
 connections with exponential backoff, honouring `Retry-After` / `RateLimit` headers (read with
-huggingface_hub's own parser). `install_timeouts` gives every huggingface_hub request a timeout.
+huggingface_hub's own parser). `install_timeouts` gives every huggingface_hub request a timeout
+(through `patches.add_request_hook`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from .errors import HubckptError, HubUnavailableError
+from .. import environment
+from ..errors import HubckptError, HubUnavailableError
+from .patches import add_request_hook
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +31,6 @@ MAX_RETRY_AFTER_S = 300.0
 def hub_timeouts() -> dict[str, float]:
     """Per-request timeouts in seconds: connect 10 (`HUBCKPT_CONNECT_TIMEOUT`), read/write/pool 120
     (`HUBCKPT_HTTP_TIMEOUT`): the time one request may stall, not the time a large upload may take."""
-
-    from hubckpt import environment
-
     read = environment.http_timeout()
     return {"connect": environment.connect_timeout(), "read": read, "write": read, "pool": read}
 
@@ -43,31 +42,13 @@ def _default_timeout_hook(request) -> None:
         request.extensions["timeout"] = hub_timeouts()
 
 
-_hook_lock = threading.Lock()
-
-
 def install_timeouts() -> None:
     """Give every huggingface_hub request without an explicit timeout the `hub_timeouts()` (idempotent).
 
-    The hook is added to the shared client and to the clients the factory makes later (the client is
-    re-created after connection errors); requests that pass their own timeout keep it.
+    The hook goes on every client huggingface_hub makes, now and later (it re-creates its client after
+    a fork or an SSL error); requests that pass their own timeout keep it.
     """
-    from huggingface_hub.utils import _http
-
-    with _hook_lock:
-        factory = _http._GLOBAL_CLIENT_FACTORY
-        if not getattr(factory, "_hubckpt_timeouts", False):
-
-            def with_timeouts():
-                client = factory()
-                client.event_hooks["request"].append(_default_timeout_hook)
-                return client
-
-            with_timeouts._hubckpt_timeouts = True  # type: ignore[attr-defined]
-            _http._GLOBAL_CLIENT_FACTORY = with_timeouts
-        client = _http._GLOBAL_CLIENT
-        if client is not None and _default_timeout_hook not in client.event_hooks["request"]:
-            client.event_hooks["request"].append(_default_timeout_hook)
+    add_request_hook(_default_timeout_hook)
 
 
 # -- retries ---------------------------------------------------------------------------------------

@@ -1,0 +1,12 @@
+"""The client side's one home for talking to a hub (DESIGN.md §5).
+
+- `select`: which hub (`resolve_hub`, `Hub`, tokens per hub) and the one place that builds `HfApi` clients;
+- `local`: the local hub's lifecycle in the background: start, discover (`server.json`), stop;
+- `reader`: `HubReader`, the one reader, shared by the publisher and the consumer side;
+- `writer`: `HubTarget`, the publisher's writes (one commit per revision, compare-and-swap on `main`, tags);
+- `commits`: a folder as exactly one commit, over the protocol the hub speaks (LFS or Xet);
+- `retries`: per-request timeouts and retries of transient failures, for reader and writer alike;
+- `patches`: the few settings of other libraries that have no public hook, each with why, in one place.
+
+Dependencies run one way: nothing here imports `publishing`, `load`, `integrations`, `cli` or `server`.
+"""

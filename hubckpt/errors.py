@@ -339,6 +339,11 @@ class MissingExtraError(HubckptError, ImportError):
         extra: the extra that installs it (`pip install "hubckpt[<extra>]"`).
         feature: what needed it, in words ("plots").
         module: the module that could not be imported (also `name`, as for ImportError).
+
+    What to do:
+        Install the extra the message names: `pip install "hubckpt[analysis]"` (matplotlib, for plots) or
+        `pip install "hubckpt[trainer]"` (accelerate, for the transformers Trainer); or skip the feature
+        (`analyze(..., plots=False)`).
     """
 
     def __init__(self, extra: str, feature: str, module: str) -> None:

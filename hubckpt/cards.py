@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .formats.index import RevisionIndex, RevisionInfo
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: `hubckpt --help` imports this module (human_size), not the formats
     import jinja2
+
+    from .formats.index import RevisionIndex, RevisionInfo
 
 REVISION_TEMPLATE = "revision.md.j2"
 REPO_TEMPLATE = "repo.md.j2"

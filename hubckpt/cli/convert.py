@@ -8,6 +8,8 @@ import typer
 
 from hubckpt import environment
 
+from ..cards import human_size
+
 
 def convert(
     src: Path = typer.Argument(..., help="A checkpoint file or folder, or a run folder holding many."),
@@ -24,7 +26,6 @@ def convert(
     """Convert a checkpoint to safetensors, verified bit for bit, with checkpoint.json and training_state/."""
     from huggingface_hub.utils import tqdm
 
-    from ..cards import human_size
     from ..conversion import convert as run_convert
     from ..readers import kind_of
 

@@ -20,8 +20,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,6 +48,9 @@ def local_root(root: str | Path | None = None) -> Path:
 
 def _health(url: str, timeout: float = 2.0) -> dict | None:
     """What a hubckpt local hub at `url` says of itself; None if nothing (or another kind of server) answers."""
+    import urllib.error  # here: every CLI start imports this module, and urllib.request costs it ~18 ms
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"{url}/api/hubckpt/health", timeout=timeout) as r:  # noqa: S310 - a hub URL
             body = json.loads(r.read())

@@ -36,7 +36,7 @@ CASES = {
 def _env(source: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if source:
-        env["PYTHONPATH"] = source
+        env["PYTHONPATH"] = os.path.abspath(source)
     return env
 
 

@@ -83,3 +83,36 @@ def test_the_package_under_test_is_the_installed_one():
     venv = Path(os.environ["HUBCKPT_TEST_INSTALLED_IN"]).resolve()
     assert Path(hubckpt.__file__).resolve().is_relative_to(venv)
     assert not Path(hubckpt.__file__).resolve().is_relative_to(CHECKOUT)
+
+
+def test_the_package_and_its_data_work_from_a_zip(tmp_path):
+    """Package data is read through the package's loader, never a guessed path: zipimport works too."""
+    import zipfile
+
+    import hubckpt
+
+    source = Path(hubckpt.__file__).parent  # the package under test: a checkout or an installed wheel
+    archive = tmp_path / "hubckpt.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for folder, dirs, names in os.walk(source, followlinks=True):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            for name in names:
+                path = Path(folder) / name
+                z.write(path, Path("hubckpt") / path.relative_to(source))
+    code = f"""
+import sys
+sys.path.insert(0, {str(archive)!r})
+import hubckpt
+assert hubckpt.__file__.startswith({str(archive)!r}), hubckpt.__file__
+assert hubckpt.CardOptions and "MissingExtraError" in hubckpt.__all__
+from hubckpt.cards import REVISION_TEMPLATE, _environment
+cards = _environment(None)
+assert "{{{{" in cards.loader.get_source(cards, REVISION_TEMPLATE)[0]
+from hubckpt.server.web.render import environment
+environment().get_template("model.html")
+from hubckpt.server.web import routes
+assert (routes._STATIC / "style.css").read_bytes() and "favicon.svg" in routes._STATIC_FILES
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr

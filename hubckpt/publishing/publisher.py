@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cards import CardOptions
+from ..defaults import MAX_SHARD_SIZE
 from ..errors import HubConfigError, PublishError, RevisionCollisionError, UnsupportedCheckpointError
 from ..faults import fault
 from ..formats.manifest import MANIFEST_FILE
@@ -108,7 +109,7 @@ class Publisher:
         max_pending: int = 2,
         private: bool = False,
         card: CardOptions | None = None,
-        max_shard_size: int | str = "5GB",
+        max_shard_size: int | str = MAX_SHARD_SIZE,
         allow_globals: Iterable[str] = (),
         include_training_state: bool = True,
         spool_dir: str | Path | None = None,

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..cards import CardOptions, render_revision_card
 from ..checkpoint import Checkpoint
+from ..defaults import MAX_SHARD_SIZE
 from ..errors import PublishError, RevisionCollisionError
 from ..faults import fault
 from ..formats.index import RevisionIndex, RevisionInfo, best_revision
@@ -46,7 +47,7 @@ class Settings:
     card: CardOptions
     monitor: str | None = None
     mode: str = "min"
-    max_shard_size: int | str = "5GB"
+    max_shard_size: int | str = MAX_SHARD_SIZE
     allow_globals: list[str] = field(default_factory=list)
     include_training_state: bool = True
 

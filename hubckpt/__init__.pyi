@@ -66,9 +66,6 @@ from .hubs import (
     point_hf_clients_at as point_hf_clients_at,
     resolve_hub as resolve_hub,
 )
-from .integrations.checkpointer import (
-    Checkpointer as Checkpointer,
-)
 from .load import (
     LazyRevision as LazyRevision,
     iter_revisions as iter_revisions,
@@ -87,6 +84,9 @@ from .publishing import (
     PublishedRevision as PublishedRevision,
     Publisher as Publisher,
     Retention as Retention,
+)
+from .publishing.checkpointer import (
+    Checkpointer as Checkpointer,
 )
 from .readers import (
     discover as discover,

@@ -296,7 +296,7 @@ def test_the_publish_cap_spreads_a_publish_but_never_makes_anything_wait(local_h
 
 def test_the_publishing_process_paces_only_while_nothing_waits():
     from hubckpt import direct_io
-    from hubckpt.integrations.publisher_process import _Pacing
+    from hubckpt.publishing.process.parent import _Pacing
 
     now = [0.0]
     pacing = _Pacing(clock=lambda: now[0])

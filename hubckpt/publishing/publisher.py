@@ -46,13 +46,13 @@ from ..hubs import Hub, resolve_hub, token_for
 from ..retries import is_transient
 from ..revisions import DEFAULT_TEMPLATE, check_template, render_revision_name, validate_revision_name
 from . import stages
-from .capture import clone_tree, peek_step, snapshot_into
+from .capture import peek_step, snapshot_into
 from .jobs import JobStore, default_spool, target_key
 from .journal import JobRecord
 from .layout import main_files
 from .pipeline import Pipeline, PublishedRevision
 from .policies import Retention
-from .staging import StagingPool
+from .staging import StagingPool, StagingSet, capture, synchronize
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -146,6 +146,7 @@ class Publisher:
         self._store = JobStore(self.spool)
         self._payloads: dict[str, dict[str, Any]] = {}
         self._staging = StagingPool(max_pending + 1)
+        self._staged: dict[int, StagingSet] = {}  # id(captured weights) → the staging set they live in
         self._pipeline = Pipeline(self.settings, self._store, self.targets, self._keys, release=self._release_weights)
         self._unreported: list[tuple[str, BaseException]] = []  # failed jobs, in order, not raised yet
         self._closed = False
@@ -261,9 +262,12 @@ class Publisher:
             if training_state:
                 payload["training_state"] = training_state
         elif state_dict is not None:
-            payload["weights"] = self._staging.capture(state_dict)
+            staging_set = self._staging.acquire()  # blocks while every set is still being written (backpressure)
+            payload["weights"] = capture(state_dict, staging_set, "weights")
             if training_state:
-                payload["training_state"] = clone_tree(training_state)
+                payload["training_state"] = capture(training_state, staging_set, "training_state")
+            synchronize()
+            self._staged[id(payload["weights"])] = staging_set
         if record is not None and self._open(record):  # left unfinished by a process that stopped: carry on
             if payload and not (self._store.revision_folder(job_id) / MANIFEST_FILE).is_file():
                 self._payloads[job_id] = payload
@@ -455,8 +459,8 @@ class Publisher:
         """Our staging buffers back to the pool, or the caller's back to the caller (`publish(release=)`)."""
         if isinstance(weights, _CallerStaged):
             weights.release()
-        else:
-            self._staging.release(weights)
+        elif (staging_set := self._staged.pop(id(weights), None)) is not None:
+            self._staging.release(staging_set)
 
     def _process(self, job_id: str) -> PublishedRevision:
         payload = self._payloads.get(job_id, {})

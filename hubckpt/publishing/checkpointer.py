@@ -8,10 +8,10 @@
     ckpt.close()
 
 What `save` does on the training thread: copy weights, optimizer, scheduler and grad-scaler state
-into reused staging buffers (`capture.StagingPool`), take the RNG states (python, numpy, torch,
+into reused staging buffers (`staging.StagingPool`), take the RNG states (python, numpy, torch,
 CUDA) and the loop state, and hand the lot to a background hand-off thread. That thread gives it to
 the `Publisher`, which converts, uploads and indexes it; the buffers come back once written to the
-spool. By default (Linux) the Publisher runs in a child process (`publisher_process.py`) that reads
+spool. By default (Linux) the Publisher runs in a child process (`process/`) that reads
 the buffers from shared memory, so its work never holds this process's GIL. The buffers are
 allocated and touched ahead of need on a background thread: the weights'
 right at construction, the optimizer's right after its first `step()` (a step hook), so the first
@@ -43,13 +43,14 @@ from typing import TYPE_CHECKING, Any
 from ..conversion.training_state import capture_rng
 from ..errors import HubConfigError
 from ..priority import IDLE, check_priority, idle_class_supported, in_background_priority, lower_priority
-from .capture import StagingPool, StagingSet, capture, spec_of, synchronize
+from .staging import StagingPool, StagingSet, capture, spec_of, synchronize
 
 if TYPE_CHECKING:
     import torch
 
     from ..load.restore import Restored
-    from ..publishing import PublishedRevision, Publisher
+    from .pipeline import PublishedRevision
+    from .publisher import Publisher
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +127,8 @@ class Checkpointer:
         publish_mb_per_s: float | str | None = "auto",
         **publisher_options: Any,
     ) -> None:
-        from ..publishing import Publisher
-        from .publisher_process import PublisherProcess
+        from .process.parent import PublisherProcess
+        from .publisher import Publisher
         from .shared_memory import shared_memory_supported
 
         if every is not None and every < 1:
@@ -243,7 +244,7 @@ class Checkpointer:
         if self.every and step % self.every and not final:
             return None
         if step in self._published and not final:  # (a final save of a published step makes it `final`)
-            from ..publishing import PublishedRevision
+            from .pipeline import PublishedRevision
 
             logger.info("step %d of %s is already published; not saved again", step, self.repo_id)
             future: Future = Future()

@@ -7,7 +7,7 @@ low-priority thread holding the GIL makes the training thread wait for it). In i
 lower priority (`nice`) it shares no lock with training, and the OS gives it the CPU that training
 leaves, which on a GPU machine is most of it.
 
-    parent (training)                           child (`python -m hubckpt.integrations.publisher_process`)
+    parent (training)                           child (`python -m hubckpt.publishing.process.parent`)
     Checkpointer.save → copy into staging       maps each buffer once (memfd, see shared_memory.py)
       buffers (memfd-backed)  ── "publish" ──▶  Publisher.publish(state_dict=<views of the buffers>, ...)
     StagingPool.release        ◀── "released"   ... once written to the spool
@@ -38,17 +38,17 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import errors
-from ..commits import read_uploads_in_large_pieces
-from ..direct_io import limit_rate
-from ..errors import HubConfigError, PublishError
-from ..priority import lower_process_priority
-from .shared_memory import Channel, ChannelClosed, SharedAllocator, arena_tensor, map_arena
+from ... import errors
+from ...commits import read_uploads_in_large_pieces
+from ...direct_io import limit_rate
+from ...errors import HubConfigError, PublishError
+from ...priority import lower_process_priority
+from ..shared_memory import Channel, ChannelClosed, SharedAllocator, arena_tensor, map_arena
 
 if TYPE_CHECKING:
     import torch
 
-    from .capture import StagingSet
+    from ..staging import StagingSet
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def _rebuild_error(entry: dict[str, str]) -> BaseException:
 
 def process_options(options: dict[str, Any]) -> dict[str, Any]:
     """The Publisher options as JSON for the child; `HubConfigError` for what cannot cross."""
-    from ..cards import CardOptions
+    from ...cards import CardOptions
 
     out = dict(options)
     card = out.pop("card", None)
@@ -132,7 +132,7 @@ class PublisherProcess:
     """What the `Checkpointer` needs of a `Publisher` (publish, wait, close, spool, targets), run in a child."""
 
     def __init__(self, repo_id: str, *, nice: int | str = 0, mb_per_s: float | None = None, **options: Any) -> None:
-        from ..publishing.publisher import hub_targets
+        from ..publisher import hub_targets
 
         payload = process_options(options)
         hubs = options.get("hub") if isinstance(options.get("hub"), list) else [options.get("hub")]
@@ -144,14 +144,14 @@ class PublisherProcess:
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._channel = Channel(parent_sock)
         env = {**os.environ, "HUBCKPT_PUBLISHER_FD": str(child_sock.fileno())}
-        package_root = Path(__file__).resolve().parents[2]
+        package_root = Path(__file__).resolve().parents[3]
         if package_root.name not in ("site-packages", "dist-packages"):
             # A checkout found through sys.path: the child must import this very hubckpt. (An installed one
             # is found anyway; putting site-packages on PYTHONPATH would shadow the standard library.)
             env["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(package_root)) if p)
         try:
             self._process = subprocess.Popen(  # -P: a module in the working directory cannot shadow a stdlib one
-                [sys.executable, "-P", "-m", "hubckpt.integrations.publisher_process"],
+                [sys.executable, "-P", "-m", "hubckpt.publishing.process.parent"],
                 pass_fds=(child_sock.fileno(),),
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -217,7 +217,7 @@ class PublisherProcess:
         **options: Any,
     ) -> Future:
         """Hand one capture (tensors in `staging_set`'s shared buffers) to the child; a Future of it."""
-        from ..conversion.training_state import encode_tree
+        from ...conversion.training_state import encode_tree
 
         if self._dead is not None:
             raise PublishError(
@@ -345,7 +345,7 @@ class PublisherProcess:
                 )
 
     def _handle(self, message: dict[str, Any]) -> None:
-        from ..publishing import PublishedRevision
+        from ..pipeline import PublishedRevision
 
         if "log" in message:
             self._log(message["log"])
@@ -439,7 +439,7 @@ def is_orphaned_publisher(pid: int) -> bool:
         parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return False
-    if b"hubckpt.integrations.publisher_process" not in cmdline:
+    if b"hubckpt.publishing.process.parent" not in cmdline:
         return False
     try:
         parent_cmdline = Path(f"/proc/{parent}/cmdline").read_bytes()
@@ -548,8 +548,8 @@ class _Child:
         self.pacing = _Pacing()
 
     def start(self, message: dict[str, Any]) -> None:
-        from ..cards import CardOptions
-        from ..publishing import Publisher
+        from ...cards import CardOptions
+        from ..publisher import Publisher
 
         if message.get("nice"):
             lower_process_priority(message["nice"])
@@ -571,7 +571,7 @@ class _Child:
     def _open_publisher(publisher_class, repo_id: str, options: dict[str, Any]):
         """A Publisher on the spool; if the spool's owner is the publishing process of a training run that
         has died (restarted at once after a crash), wait for it: it exits once it has published its steps."""
-        from ..errors import SpoolBusyError
+        from ...errors import SpoolBusyError
 
         told = False
         deadline = time.monotonic() + ORPHAN_WAIT_S
@@ -603,7 +603,7 @@ class _Child:
             staged[entry["path"]] = arena_tensor(self.arenas[entry["arena"]], entry["offset"], n, dtype, entry["shape"])
 
     def publish(self, message: dict[str, Any]) -> None:
-        from ..conversion.training_state import decode_tree
+        from ...conversion.training_state import decode_tree
 
         job = message["id"]
         try:

@@ -1,0 +1,1 @@
+"""The publisher in a process of its own (see `parent`)."""

@@ -83,6 +83,7 @@ from .load.restore import (
 from .publishing import (
     PublishedRevision as PublishedRevision,
     Publisher as Publisher,
+    PublishOptions as PublishOptions,
     Retention as Retention,
 )
 from .publishing.checkpointer import (

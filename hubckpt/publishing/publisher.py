@@ -36,20 +36,19 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from ..cards import CardOptions
-from ..defaults import MAX_SHARD_SIZE
 from ..errors import HubConfigError, PublishError, RevisionCollisionError, UnsupportedCheckpointError
 from ..faults import fault
 from ..formats.manifest import MANIFEST_FILE
 from ..hub_client import HubTarget
 from ..hubs import Hub, resolve_hub, token_for
 from ..retries import is_transient
-from ..revisions import DEFAULT_TEMPLATE, check_template, render_revision_name, validate_revision_name
+from ..revisions import render_revision_name, validate_revision_name
 from . import stages
 from .capture import peek_step, snapshot_into
 from .jobs import JobStore, default_spool, target_key
 from .journal import JobRecord
 from .layout import main_files
+from .options import PublishOptions
 from .pipeline import Pipeline, PublishedRevision
 from .policies import Retention
 from .staging import StagingPool, StagingSet, capture, synchronize
@@ -75,17 +74,13 @@ class Publisher:
 
     Args:
         repo_id: `namespace/name` of the model repo (created if missing).
-        hub: `local` (default), `hf`, a URL, or a list of them to publish to several hubs from one spool.
-        token: a token for the one hub, or {hub: token} for several; None: each hub's own default (the
-            stored huggingface.co token is only ever sent to huggingface.co; other hubs get HUBCKPT_TOKEN).
-        revision_template: branch name of a revision; fields step, epoch, tokens, tokens_b, tokens_m.
-        monitor, mode: metric that decides the `best` tag ("min" or "max"); defaults to what a Trainer
-            checkpoint records as its best metric.
-        keep_last, keep_every, keep_best: retention (see `Retention`); nothing set keeps every revision.
-        max_pending: jobs that may wait for the worker before `publish()` blocks.
-        spool_dir: where converted checkpoints and the journal live (default ~/.cache/hubckpt/spool/<repo>).
-            One process owns a spool at a time; a second gets `SpoolBusyError`.
-        resume: finish what a previous process left in the journal before anything new.
+        options: how to publish (`PublishOptions`); default: `PublishOptions()`.
+        **overrides: any `PublishOptions` field (`hub`, `token`, `keep_last`, `revision_template`,
+            `spool_dir`, ...), applied over `options`.
+
+    Raises:
+        HubConfigError: a bad option or repo id.
+        SpoolBusyError: another process publishes from the same spool.
 
     Example:
         >>> with Publisher("me/exp1", keep_last=5) as pub:
@@ -93,70 +88,34 @@ class Publisher:
         ...         pub.publish(state_dict=model.state_dict(), step=step, metrics={"loss": loss})
     """
 
-    def __init__(
-        self,
-        repo_id: str,
-        *,
-        hub: str | Hub | list[str | Hub] | None = None,
-        token: str | dict | None = None,
-        root: str | Path | None = None,
-        revision_template: str = DEFAULT_TEMPLATE,
-        monitor: str | None = None,
-        mode: str = "min",
-        keep_last: int | None = None,
-        keep_every: int | None = None,
-        keep_best: int | None = None,
-        max_pending: int = 2,
-        private: bool = False,
-        card: CardOptions | None = None,
-        max_shard_size: int | str = MAX_SHARD_SIZE,
-        allow_globals: Iterable[str] = (),
-        include_training_state: bool = True,
-        spool_dir: str | Path | None = None,
-        resume: bool = True,
-    ) -> None:
+    def __init__(self, repo_id: str, *, options: PublishOptions | None = None, **overrides: Any) -> None:
         from ..names import split_repo_id
 
         split_repo_id(repo_id)
-        if mode not in ("min", "max"):
-            raise HubConfigError(f"mode must be 'min' or 'max', got {mode!r}")
-        if max_pending < 1:
-            raise HubConfigError("max_pending must be at least 1")
+        options = options or PublishOptions()
+        self.options = options = options.replace(**overrides) if overrides else options
         self.repo_id = repo_id
-        self.revision_template = check_template(revision_template)
-        self.settings = stages.Settings(
-            repo_id=repo_id,
-            retention=Retention(keep_last, keep_every, keep_best),
-            card=card or CardOptions(),
-            monitor=monitor,
-            mode=mode,
-            max_shard_size=max_shard_size,
-            allow_globals=list(allow_globals),
-            include_training_state=include_training_state,
+        self.revision_template = options.revision_template
+        self._run = stages.Run(repo_id, options, monitor=options.monitor, mode=options.mode)
+        self.targets = hub_targets(
+            repo_id, options.hubs, token=options.token, root=options.root, private=options.private
         )
-        hubs = hub if isinstance(hub, list) else [hub]
-        if isinstance(token, str) and len(hubs) > 1:
-            raise HubConfigError(
-                "A token belongs to one hub: with several hubs pass token={hub: token, ...} "
-                "(keys as in hub=..., or endpoints); hubs left out use their own default"
-            )
-        self.targets = hub_targets(repo_id, hubs, token=token, root=root, private=private)
         self._keys = [target_key(t) for t in self.targets]
-        self.spool = Path(spool_dir) if spool_dir else default_spool(repo_id)
+        self.spool = options.spool_dir or default_spool(repo_id)
         self._store = JobStore(self.spool)
         self._payloads: dict[str, dict[str, Any]] = {}
-        self._staging = StagingPool(max_pending + 1)
+        self._staging = StagingPool(options.max_pending + 1)
         self._staged: dict[int, StagingSet] = {}  # id(captured weights) → the staging set they live in
-        self._pipeline = Pipeline(self.settings, self._store, self.targets, self._keys, release=self._release_weights)
+        self._pipeline = Pipeline(self._run, self._store, self.targets, self._keys, release=self._release_weights)
         self._unreported: list[tuple[str, BaseException]] = []  # failed jobs, in order, not raised yet
         self._closed = False
         try:
             self._worker = Worker(
-                self._process, on_error=self._failed, max_pending=max_pending, on_exit=self._store.release
+                self._process, on_error=self._failed, max_pending=options.max_pending, on_exit=self._store.release
             )
             for target in self.targets:
                 logger.info("publishing to %s", target.describe())
-            if resume:
+            if options.resume:
                 self._resume()
         except BaseException:
             self._store.release()
@@ -175,15 +134,16 @@ class Publisher:
 
     @property
     def retention(self) -> Retention:
-        return self.settings.retention
+        return self.options.retention
 
     @property
     def monitor(self) -> str | None:
-        return self.settings.monitor
+        """The metric deciding `best`: the option, else what the first Trainer checkpoint naming one said."""
+        return self._run.monitor
 
     @property
     def mode(self) -> str:
-        return self.settings.mode
+        return self._run.mode
 
     @property
     def journal(self):

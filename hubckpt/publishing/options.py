@@ -1,18 +1,16 @@
 """`PublishOptions`: what a `Publisher` is told beyond its repo; typed, checked at construction, JSON both ways.
 
 The JSON form is how the publishing process (`process/`) gets the options whole: `to_json()` writes
-every field (nested dataclasses as objects, paths as strings, tuples as lists) and `from_json()` reads
-them back by the fields' own types, so no option needs a case of its own on either side.
+every field and `from_json()` reads them back by the fields' own types (`typed_json`), so no option
+needs a case of its own on either side.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from ..cards import CardOptions
 from ..defaults import MAX_SHARD_SIZE, REVISION_TEMPLATE
@@ -20,6 +18,7 @@ from ..errors import HubConfigError
 from ..hubs import Hub
 from ..revisions import check_template
 from .policies import Retention
+from .typed_json import from_plain, to_plain
 
 
 @dataclass(frozen=True)
@@ -115,77 +114,27 @@ class PublishOptions:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
-        """Every field as plain JSON values (see `from_json`)."""
-        return _plain(self)
+        """Every field as plain JSON values (see `from_json`).
+
+        Raises:
+            HubConfigError: a value JSON cannot hold.
+        """
+        try:
+            return to_plain(self)
+        except ValueError as e:
+            raise HubConfigError(f"These publish options cannot be written as JSON: {e}") from e
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PublishOptions:
-        """The options `to_json()` wrote (fields left out keep their defaults)."""
-        return _build(cls, data)
+        """The options `to_json()` wrote (fields left out keep their defaults).
 
-
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    raise HubConfigError(f"{value!r} ({type(value).__name__}) cannot be written as JSON")
-
-
-def _build(cls: type, data: dict[str, Any]) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise HubConfigError(f"Unknown {cls.__name__} field(s): {', '.join(unknown)}")
-    return cls(**{name: _typed(hints[name], value) for name, value in data.items()})
-
-
-def _typed(hint: Any, value: Any) -> Any:
-    """`value` (plain JSON) as the type `hint` describes."""
-    if value is None:
-        return None
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        options = [a for a in args if a is not type(None)]
-        for arg in options:  # the first member whose JSON shape the value has
-            if _shaped(arg, value):
-                return _typed(arg, value)
-        raise HubConfigError(f"{value!r} is none of {hint}")
-    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        return _build(hint, value)
-    if origin in (list, tuple):
-        item = args[0] if args else Any
-        return origin(_typed(item, v) for v in value)
-    if origin is dict:
-        key, item = args if args else (Any, Any)
-        return {k: _typed(item, v) for k, v in value.items()}
-    if hint is Path:
-        return Path(value)
-    return value
-
-
-def _shaped(hint: Any, value: Any) -> bool:
-    origin = typing.get_origin(hint) or hint
-    if dataclasses.is_dataclass(origin) or origin is dict:
-        return isinstance(value, dict)
-    if origin in (list, tuple):
-        return isinstance(value, list)
-    if origin is Path:
-        return isinstance(value, str)
-    if origin is Literal:
-        return value in typing.get_args(hint)
-    if origin is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(origin, type) and isinstance(value, origin)
+        Raises:
+            HubConfigError: an unknown field, or a value of the wrong shape.
+        """
+        try:
+            return from_plain(cls, data)
+        except (ValueError, TypeError) as e:
+            raise HubConfigError(f"Unreadable publish options: {e}") from e
 
 
 __all__ = ["PublishOptions"]

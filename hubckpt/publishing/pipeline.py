@@ -20,6 +20,7 @@ from ..faults import fault
 from ..hub_client import HubTarget
 from . import stages
 from .jobs import JobStore
+from .staging import Captured
 
 logger = logging.getLogger(__name__)
 
@@ -68,14 +69,11 @@ class Pipeline:
         store: JobStore,
         targets: list[HubTarget],
         keys: list[str],
-        *,
-        release: Callable[[Any], None],
     ) -> None:
         self.ctx = run  # (not `run`: that is the method below)
         self.store = store
         self.targets = targets
         self.keys = keys
-        self.release = release  # gives staging buffers back once their tensors are in the spool
         self.replace: set[str] = set()  # jobs the caller asked to replace
         self._ready: set[str] = set()
 
@@ -88,8 +86,10 @@ class Pipeline:
         self._prepare(target, key)
         return stages.read_view(target)
 
-    def run(self, job_id: str, payload: dict[str, Any]) -> PublishedRevision:
-        """Publish one job to every target (stages in order, each idempotent); what it produced."""
+    def run(self, job_id: str, captured: Captured | None = None) -> PublishedRevision:
+        """Publish one job to every target (stages in order, each idempotent); what it produced.
+
+        `captured`: the job's live tensors, released once they are written to the spool."""
         record = self.store.get(job_id)
         if record is None or not record.captured:
             raise PublishError(f"job {job_id} is not in the journal")
@@ -117,15 +117,15 @@ class Pipeline:
         pending = [(t, k) for t, k in zip(self.targets, self.keys) if k not in record.published and k not in views]
         lookup = _Background(lambda: {k: self._look(t, k) for t, k in pending}) if pending else None
         try:
-            manifest = stages.convert(self.ctx, self.store, record, payload)
+            manifest = stages.convert(self.ctx, self.store, record, captured)
         except BaseException:
             if lookup is not None:
                 lookup.join()  # the conversion's error is the one to report
             raise
         if lookup is not None:
             views.update(lookup.result())
-        if "weights" in payload:  # written to the spool: the staging buffers can be reused now
-            self.release(payload.pop("weights"))
+        if captured is not None:  # written to the spool: the staging buffers can be reused now
+            captured.release()
         folder = self.store.revision_folder(job_id)
         has_config = (folder / "config.json").is_file()
         new_work = False

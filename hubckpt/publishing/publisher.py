@@ -31,7 +31,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,7 @@ from .layout import main_files
 from .options import PublishOptions
 from .pipeline import Pipeline, PublishedRevision
 from .policies import Retention
-from .staging import StagingPool, StagingSet, capture, synchronize
+from .staging import Captured, StagingPool, empty_buffers
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -103,10 +103,9 @@ class Publisher:
         self._keys = [target_key(t) for t in self.targets]
         self.spool = options.spool_dir or default_spool(repo_id)
         self._store = JobStore(self.spool)
-        self._payloads: dict[str, dict[str, Any]] = {}
+        self._payloads: dict[str, Captured] = {}  # live tensors of queued jobs, until in the spool
         self._staging = StagingPool(options.max_pending + 1)
-        self._staged: dict[int, StagingSet] = {}  # id(captured weights) → the staging set they live in
-        self._pipeline = Pipeline(self._run, self._store, self.targets, self._keys, release=self._release_weights)
+        self._pipeline = Pipeline(self._run, self._store, self.targets, self._keys)
         self._unreported: list[tuple[str, BaseException]] = []  # failed jobs, in order, not raised yet
         self._closed = False
         try:
@@ -167,7 +166,6 @@ class Publisher:
         companions: Iterable[str | Path] = (),
         snapshot: bool = False,
         replace: bool = False,
-        release: Callable[[], None] | None = None,
     ) -> Future[PublishedRevision]:
         """Queue one checkpoint: a file or folder (`source`), or live tensors (`state_dict`, copied now).
 
@@ -177,68 +175,90 @@ class Publisher:
         framework may delete it (e.g. the Trainer's `save_total_limit`) before it is converted.
         A revision name already published with other content raises `RevisionCollisionError` (from the
         Future) unless `replace=True`. Publishing a step that is queued or running returns its Future.
-        With `release`, `state_dict` and `training_state` are the caller's own staged copy (e.g.
-        `hubckpt.Checkpointer`'s reused buffers): taken as they are, without a second copy, and
-        `release()` is called once they are written to the spool (or the job ended), so the caller may
-        reuse them.
         """
-        # An earlier job's failure is not raised here: that would cost this checkpoint (never captured),
-        # and one failed job must never block the others. Its Future, `wait()` and `close()` report it.
-        if self._closed:
-            raise HubConfigError("This Publisher is closed; create a new one.")
         if (source is None) == (state_dict is None):
             raise HubConfigError("Pass exactly one of `source` (a checkpoint path) or `state_dict` (live tensors).")
-        started = time.perf_counter()
-        if source is not None:
-            source = Path(source).resolve()
-            if not source.exists():
-                raise UnsupportedCheckpointError(f"{source} does not exist", str(source))
-            peeked_step, peeked_tokens = peek_step(source)
-            step = step if step is not None else peeked_step
-            tokens = tokens if tokens is not None else peeked_tokens
-        if step is None:
-            raise HubConfigError(
-                f"Cannot tell the training step of {source or 'this checkpoint'}: it records none "
-                "and its name carries none; pass step=N (CLI: --step N)"
-            )
-        if revision:
-            validate_revision_name(revision)
-        name = revision or render_revision_name(self.revision_template, step=step, tokens=tokens, epoch=epoch)
-        job_id = f"{step:012d}-{name}"
-        if replace:
-            self._pipeline.replace.add(job_id)
+        live = None if state_dict is None else (state_dict, training_state)
+        return self._queue(
+            source, live, step, metrics, epoch, tokens, final, revision, companions, snapshot=snapshot, replace=replace
+        )
 
-        running = self._worker.future(job_id)
-        if running is not None:  # the same step again (a final save after a periodic one): one job
-            self._join_final(job_id, final)
-            if release is not None:
-                release()
-            return running
-        record = self._store.get(job_id)
-        signature = stages.source_signature(source)
-        payload: dict[str, Any] = {}
-        if state_dict is not None and release is not None:  # already staged by the caller: no second copy
-            payload["weights"] = _CallerStaged(state_dict, release)
-            if training_state:
-                payload["training_state"] = training_state
-        elif state_dict is not None:
-            staging_set = self._staging.acquire()  # blocks while every set is still being written (backpressure)
-            payload["weights"] = capture(state_dict, staging_set, "weights")
-            if training_state:
-                payload["training_state"] = capture(training_state, staging_set, "training_state")
-            synchronize()
-            self._staged[id(payload["weights"])] = staging_set
-        if record is not None and self._open(record):  # left unfinished by a process that stopped: carry on
-            if payload and not (self._store.revision_folder(job_id) / MANIFEST_FILE).is_file():
-                self._payloads[job_id] = payload
-            elif payload:
-                self._give_back(payload)
-            self._join_final(job_id, final)
-            future, _ = self._worker.submit(job_id, block=True)
-            return future
-        if source is not None and snapshot:
-            source = snapshot_into(source, self._store.folder(job_id) / "source")
-        captured = {
+    def publish_captured(
+        self,
+        captured: Captured,
+        *,
+        step: int,
+        metrics: dict[str, float] | None = None,
+        tokens: int | None = None,
+        epoch: float | None = None,
+        final: bool = False,
+        companions: Iterable[str | Path] = (),
+    ) -> Future[PublishedRevision]:
+        """Queue tensors already copied into staging buffers (`hubckpt.Checkpointer`'s) as the revision of `step`.
+
+        They are taken as they are, without a second copy; `captured.release()` is called once they are
+        written to the spool (or the job ended, or could not be queued), so the caller may reuse them.
+        """
+        return self._queue(None, captured, step, metrics, epoch, tokens, final, None, companions)
+
+    def _queue(
+        self,
+        source: str | Path | None,
+        live: Captured | tuple[dict, dict[str, Any] | None] | None,
+        step: int | None,
+        metrics: dict[str, float] | None,
+        epoch: float | None,
+        tokens: int | None,
+        final: bool,
+        revision: str | None,
+        companions: Iterable[str | Path],
+        *,
+        snapshot: bool = False,
+        replace: bool = False,
+    ) -> Future[PublishedRevision]:
+        """Record one checkpoint in the journal and hand it to the worker (`publish` and `publish_captured`).
+
+        `live`: a `Captured` of the caller's, or (state_dict, training_state) to copy into our own staging
+        buffers. Whichever it is, it is released once: by the job when in the spool, or here when the job
+        does not need it (it runs already, or its converted files are in the spool) or cannot be queued.
+        """
+        given = live if isinstance(live, Captured) else None
+        try:
+            # An earlier job's failure is not raised here: that would cost this checkpoint (never captured),
+            # and one failed job must never block the others. Its Future, `wait()` and `close()` report it.
+            if self._closed:
+                raise HubConfigError("This Publisher is closed; create a new one.")
+            started = time.perf_counter()
+            if source is not None:
+                source = Path(source).resolve()
+                if not source.exists():
+                    raise UnsupportedCheckpointError(f"{source} does not exist", str(source))
+                peeked_step, peeked_tokens = peek_step(source)
+                step = step if step is not None else peeked_step
+                tokens = tokens if tokens is not None else peeked_tokens
+            if step is None:
+                raise HubConfigError(
+                    f"Cannot tell the training step of {source or 'this checkpoint'}: it records none "
+                    "and its name carries none; pass step=N (CLI: --step N)"
+                )
+            if revision:
+                validate_revision_name(revision)
+            name = revision or render_revision_name(self.revision_template, step=step, tokens=tokens, epoch=epoch)
+            job_id = f"{step:012d}-{name}"
+            if replace:
+                self._pipeline.replace.add(job_id)
+            running = self._worker.future(job_id)
+            if running is not None:  # the same step again (a final save after a periodic one): one job
+                self._join_final(job_id, final)
+                if given is not None:
+                    given.release()
+                return running
+            captured = self._staging.take(*live) if isinstance(live, tuple) else given
+        except BaseException:
+            if given is not None:
+                given.release()
+            raise
+        entry = {
             "revision": name,
             "step": step,
             "source": str(source) if source else None,
@@ -248,22 +268,57 @@ class Publisher:
             "tokens": tokens,
             "companions": [str(Path(c).resolve()) for c in companions],
             "captured_at": _now(),
-            "signature": signature,
+            "signature": stages.source_signature(source),
             "targets": self._keys,
         }
+        try:
+            future, handed = self._hand_over(job_id, entry, captured, started, snapshot=snapshot, replace=replace)
+        except BaseException:
+            if self._payloads.get(job_id) is captured:
+                del self._payloads[job_id]
+            if captured is not None:  # not queued: the buffers may be reused at once
+                captured.release()
+            raise
+        if captured is not None and not handed:
+            captured.release()
+        return future
+
+    def _hand_over(
+        self,
+        job_id: str,
+        entry: dict[str, Any],
+        captured: Captured | None,
+        started: float,
+        *,
+        snapshot: bool,
+        replace: bool,
+    ) -> tuple[Future[PublishedRevision], bool]:
+        """The journal's capture record, then the worker's queue (blocking while `max_pending` jobs wait).
+
+        Returns the job's Future, and whether the job took `captured` (it does not when its converted
+        files are in the spool already)."""
+        record = self._store.get(job_id)
+        if record is not None and self._open(record):  # left unfinished by a process that stopped: carry on
+            needed = captured is not None and not (self._store.revision_folder(job_id) / MANIFEST_FILE).is_file()
+            if needed:
+                self._payloads[job_id] = captured
+            self._join_final(job_id, entry["final"])
+            future, _ = self._worker.submit(job_id, block=True)
+            return future, needed
+        source = entry["source"]
+        if source is not None and snapshot:
+            entry["source"] = str(snapshot_into(Path(source), self._store.folder(job_id) / "source"))
         if replace:  # in the journal too: a job resumed after a kill must still replace
-            captured["replace"] = True
+            entry["replace"] = True
         elsewhere: set[str] = set()
-        if (
-            record is not None
-            and signature
-            and record.captured.get("signature") == signature
-            and record.manifest_sha256
-        ):
-            captured["expect_sha256"] = record.manifest_sha256  # unchanged on disk: maybe no need to convert
-            elsewhere = record.published - set(self._keys)  # still true of the other hubs it went to
-        self._payloads[job_id] = payload
-        self._store.capture(job_id, captured)
+        signature = entry["signature"]
+        if record is not None and signature and record.captured.get("signature") == signature:
+            if record.manifest_sha256:
+                entry["expect_sha256"] = record.manifest_sha256  # unchanged on disk: maybe no need to convert
+                elsewhere = record.published - set(self._keys)  # still true of the other hubs it went to
+        self._store.capture(job_id, entry)
+        if captured is not None:
+            self._payloads[job_id] = captured
         for key in sorted(elsewhere):
             self._store.published(job_id, key)
         fault("publish.after_capture")
@@ -271,11 +326,15 @@ class Publisher:
         future, _ = self._worker.submit(job_id, block=True)  # backpressure, never a dropped checkpoint
         logger.info(
             "captured %s (training blocked %.3fs, %.3fs with backpressure)",
-            name,
+            entry["revision"],
             blocked,
             time.perf_counter() - started,
         )
-        return future
+        return future, True
+
+    def allocate(self, entries: list[tuple[tuple[int, ...], Any, bool]]) -> list[Any]:
+        """Staging buffers for a `Checkpointer` publishing through this Publisher: plain (or pinned) CPU memory."""
+        return empty_buffers(entries)
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until every queued job is finished; re-raise the first failure not reported yet.
@@ -325,9 +384,13 @@ class Publisher:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        else:  # don't mask the caller's error; what is queued stays in the journal for the next start
-            self._closed = True
-            self._worker.stop(0, drain=False)
+        else:  # don't mask the caller's error
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop at once, without waiting: what is queued stays in the journal for the next start."""
+        self._closed = True
+        self._worker.stop(0, drain=False)
 
     def pending(self) -> list[str]:
         """Revisions captured but not yet published to every target (from the journal)."""
@@ -410,39 +473,13 @@ class Publisher:
         self._store.failed(job_id, f"{type(error).__name__}: {error}", retryable=retryable)
         self._unreported.append((job_id, error))
 
-    def _give_back(self, payload: dict[str, Any]) -> None:
-        """Staging buffers of a payload may be reused."""
-        if "weights" in payload:
-            self._release_weights(payload.pop("weights"))
-
-    def _release_weights(self, weights: dict) -> None:
-        """Our staging buffers back to the pool, or the caller's back to the caller (`publish(release=)`)."""
-        if isinstance(weights, _CallerStaged):
-            weights.release()
-        elif (staging_set := self._staged.pop(id(weights), None)) is not None:
-            self._staging.release(staging_set)
-
     def _process(self, job_id: str) -> PublishedRevision:
-        payload = self._payloads.get(job_id, {})
+        captured = self._payloads.pop(job_id, None)
         try:
-            return self._pipeline.run(job_id, payload)
+            return self._pipeline.run(job_id, captured)
         finally:
-            self._payloads.pop(job_id, None)
-            self._give_back(payload)
-
-
-class _CallerStaged(dict):
-    """Tensors the caller staged itself (`publish(release=...)`): taken as they are; `release()` once, when
-    they are in the spool or the job ended."""
-
-    def __init__(self, tensors: dict, release: Callable[[], None]) -> None:
-        super().__init__(tensors)
-        self._release: Callable[[], None] | None = release
-
-    def release(self) -> None:
-        release, self._release = self._release, None
-        if release is not None:
-            release()
+            if captured is not None:  # (done already once it was written to the spool)
+                captured.release()
 
 
 __all__ = [

@@ -20,7 +20,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ..cards import CardOptions, render_revision_card
 from ..checkpoint import Checkpoint
@@ -33,6 +32,7 @@ from .jobs import JobStore
 from .journal import JobRecord
 from .layout import CARD_FILE, final_files_to_replace, main_files
 from .options import PublishOptions
+from .staging import Captured
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +98,10 @@ def source_signature(path: str | Path | None) -> str | None:
 # -- convert ----------------------------------------------------------------------------------------
 
 
-def convert(run: Run, store: JobStore, record: JobRecord, payload: dict[str, Any]) -> dict:
-    """The job's verified safetensors + checkpoint.json in the spool (reused if already staged); its manifest."""
+def convert(run: Run, store: JobStore, record: JobRecord, captured: Captured | None = None) -> dict:
+    """The job's verified safetensors + checkpoint.json in the spool (reused if already staged); its manifest.
+
+    Read from the checkpoint on disk, or from `captured` (live tensors in staging buffers)."""
     from ..conversion import convert_checkpoint
     from ..readers import read_checkpoint
     from ..snapshots import check_snapshot
@@ -116,17 +118,17 @@ def convert(run: Run, store: JobStore, record: JobRecord, payload: dict[str, Any
             return read_manifest(folder)
         logger.info("%s: the spool no longer holds its converted files; converting again", record.revision)
         store.unstaged(record.job)
-    captured = record.captured
-    source = captured.get("source")
+    entry = record.captured
+    source = entry.get("source")
     if source and Path(source).exists():
         check_snapshot(Path(source))
         ckpt = read_checkpoint(source, allow_globals=run.options.allow_globals)
-    elif "weights" in payload:
+    elif captured is not None and not captured.released:
         ckpt = Checkpoint(
-            source=Path(captured["revision"]),
+            source=Path(record.revision),
             source_format="live",
-            weights=payload["weights"],
-            training_state=payload.get("training_state") or {},
+            weights=captured.weights,
+            training_state=captured.training_state or {},
         )
     elif source:
         raise PublishError(
@@ -141,12 +143,12 @@ def convert(run: Run, store: JobStore, record: JobRecord, payload: dict[str, Any
             f"from the training loop, or drop the job: hubckpt jobs {run.repo_id} --drop "
             f"{record.revision}."
         )
-    ckpt.step = captured["step"]
+    ckpt.step = entry["step"]
     for key in ("epoch", "tokens"):
-        if captured.get(key) is not None:
-            setattr(ckpt, key, captured[key])
-    ckpt.metrics = {**ckpt.metrics, **captured.get("metrics", {})}
-    ckpt.companions += [Path(c) for c in captured.get("companions", [])]
+        if entry.get(key) is not None:
+            setattr(ckpt, key, entry[key])
+    ckpt.metrics = {**ckpt.metrics, **entry.get("metrics", {})}
+    ckpt.companions += [Path(c) for c in entry.get("companions", [])]
     if not run.options.include_training_state:
         ckpt.training_state = {}
     if ckpt.best and ckpt.best.get("metric") and run.monitor is None:

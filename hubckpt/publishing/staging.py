@@ -7,7 +7,13 @@ keeps `sets` buffer sets, each a dict from a tensor's path in the captured tree
 on a background thread ahead of need (`prefault`), so that even the first capture only copies.
 
 A set is taken by `acquire()` (blocking while every set is in use: backpressure, never a skipped
-checkpoint) and given back by `release()` once its contents are written to the spool.
+checkpoint), filled by `capture()`, and handed to a publisher as a `Captured`, whose `release()` gives
+the set back once its contents are written to the spool. The `Publisher` stages `publish(state_dict=...)`
+in a pool of its own; the `Checkpointer` stages a whole training state in its pool and hands it to a
+`CapturePublisher` (the `Publisher` itself on a thread, or `process.parent.PublisherProcess`).
+
+Tensors sharing memory (tied weights) are told apart by one key, `alias_key`: the same view of the same
+memory is captured once, and shares one buffer in the copy too.
 """
 
 from __future__ import annotations
@@ -15,11 +21,16 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
+
+    from ..hub_client import HubTarget
+    from .pipeline import PublishedRevision
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +47,8 @@ def empty_buffers(entries: list[tuple[tuple[int, ...], torch.dtype, bool]]) -> l
     return [torch.empty(shape, dtype=dtype, pin_memory=pinned) for shape, dtype, pinned in entries]
 
 
-def _alias_key(t: torch.Tensor) -> tuple | None:
+def alias_key(t: torch.Tensor) -> tuple | None:
+    """What makes two tensors the same view of the same memory (None for an empty tensor: never shared)."""
     if not t.numel():
         return None
     return (
@@ -71,7 +83,7 @@ def spec_of(tree: Any, prefix: str) -> Spec:
     spec: Spec = {}
     seen: set = set()
     for path, t in iter_tensors(tree, prefix):
-        key = _alias_key(t)
+        key = alias_key(t)
         if key is not None and key in seen:
             continue
         seen.add(key)
@@ -186,6 +198,90 @@ class StagingPool:
     def nbytes(self) -> int:
         return sum(s.nbytes() for s in self._sets)
 
+    def hold(self, staging_set: StagingSet, weights: dict, training_state: dict | None = None) -> Captured:
+        """A capture in `staging_set` (filled by `capture`), whose `release()` gives the set back to this pool."""
+        return Captured(weights, training_state or {}, staging_set, on_release=lambda: self.release(staging_set))
+
+    def take(self, weights: dict, training_state: dict | None = None) -> Captured:
+        """Copy `weights` (and `training_state`) into a free set now (blocking while none is free)."""
+        staging_set = self.acquire()
+        try:
+            captured = capture(weights, staging_set, "weights")
+            state = capture(training_state, staging_set, "training_state") if training_state else {}
+            synchronize()
+        except BaseException:
+            self.release(staging_set)
+            raise
+        return self.hold(staging_set, captured, state)
+
+
+class Captured:
+    """Live tensors copied into staging buffers and handed to a publisher, which calls `release()` once
+    they are written to the spool (or the job ended): then the buffers may be reused.
+
+    `release()` runs `on_release` once, however often it is called. `staging_set` is where the tensors
+    live (a publishing process is sent only their names in it); None where they are not a set of ours
+    (the publishing process's own view of the shared buffers).
+    """
+
+    def __init__(
+        self,
+        weights: dict[str, Any],
+        training_state: dict[str, Any],
+        staging_set: StagingSet | None = None,
+        *,
+        on_release: Callable[[], None] | None = None,
+    ) -> None:
+        self.weights = weights
+        self.training_state = training_state
+        self.staging_set = staging_set
+        self._on_release = on_release
+        self._lock = threading.Lock()
+
+    @property
+    def released(self) -> bool:
+        return self._on_release is None
+
+    def release(self) -> None:
+        with self._lock:
+            on_release, self._on_release = self._on_release, None
+        if on_release is not None:
+            on_release()
+
+
+class CapturePublisher(Protocol):
+    """What the `Checkpointer` hands its captures to, whatever runs the publishing: the `Publisher` on threads
+    of this process, or `PublisherProcess` in a child process. One interface, whatever the mode."""
+
+    spool: Path
+    targets: list[HubTarget]  # reads (what is published, restore) go to the first
+
+    def allocate(self, entries: list[tuple[tuple[int, ...], torch.dtype, bool]]) -> list[torch.Tensor]:
+        """Staging buffers this publisher can read (shared memory for a publishing process)."""
+        ...
+
+    def publish_captured(
+        self,
+        captured: Captured,
+        *,
+        step: int,
+        metrics: dict[str, float] | None = None,
+        tokens: int | None = None,
+        epoch: float | None = None,
+        final: bool = False,
+        companions: Iterable[str | Path] = (),
+    ) -> Future[PublishedRevision]:
+        """Queue a capture as the revision of `step`; `captured.release()` once it is in the spool."""
+        ...
+
+    def wait(self, timeout: float | None = None) -> None: ...
+
+    def close(self, timeout: float | None = None) -> None: ...
+
+    def abort(self) -> None:
+        """Stop without waiting (the training loop failed); what was handed over stays in the journal."""
+        ...
+
 
 def capture(value: Any, staging_set: StagingSet, path: str, aliases: dict | None = None) -> Any:
     """A copy of `value` whose tensors live in `staging_set`'s buffers (same nesting, containers rebuilt).
@@ -198,7 +294,7 @@ def capture(value: Any, staging_set: StagingSet, path: str, aliases: dict | None
     aliases = {} if aliases is None else aliases
     if isinstance(value, torch.Tensor):
         src = value.detach()
-        key = _alias_key(src)
+        key = alias_key(src)
         if key is not None and key in aliases:
             return aliases[key]
         buf = staging_set.buffers.get(path)

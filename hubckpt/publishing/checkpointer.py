@@ -38,16 +38,17 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..conversion.training_state import capture_rng
 from ..errors import HubConfigError
 from ..priority import IDLE, check_priority, idle_class_supported, in_background_priority, lower_priority
-from .staging import CapturePublisher, StagingPool, StagingSet, capture, spec_of, synchronize
+from .staging import Captured, StagingPool, StagingSet, capture, spec_of, synchronize
 
 if TYPE_CHECKING:
     import torch
 
+    from ..hub_client import HubTarget
     from ..load.restore import Restored
     from .pipeline import PublishedRevision
 
@@ -61,6 +62,40 @@ def class_name(obj: Any) -> str | None:
 
 
 DEFAULT_PUBLISH_MB_PER_S = 60.0  # see the publish_mb_per_s argument
+
+
+class CapturePublisher(Protocol):
+    """What the `Checkpointer` hands its captures to, whatever runs the publishing: the `Publisher` on threads
+    of this process, or `PublisherProcess` in a child process. One interface, whatever the mode."""
+
+    spool: Path
+    targets: list[HubTarget]  # reads (what is published, restore) go to the first
+
+    def allocate(self, entries: list[tuple[tuple[int, ...], torch.dtype, bool]]) -> list[torch.Tensor]:
+        """Staging buffers this publisher can read (shared memory for a publishing process)."""
+        ...
+
+    def publish_captured(
+        self,
+        captured: Captured,
+        *,
+        step: int,
+        metrics: dict[str, float] | None = None,
+        tokens: int | None = None,
+        epoch: float | None = None,
+        final: bool = False,
+        companions: Iterable[str | Path] = (),
+    ) -> Future[PublishedRevision]:
+        """Queue a capture as the revision of `step`; `captured.release()` once it is in the spool."""
+        ...
+
+    def wait(self, timeout: float | None = None) -> None: ...
+
+    def close(self, timeout: float | None = None) -> None: ...
+
+    def abort(self) -> None:
+        """Stop without waiting (the training loop failed); what was handed over stays in the journal."""
+        ...
 
 
 class Checkpointer:
@@ -82,7 +117,7 @@ class Checkpointer:
             never holds the training loop's GIL and its priority (`nice`) really leaves the CPU to
             training; if this process dies, the child still publishes what was captured.
             "thread": threads of this process. The Checkpointer hands its captures to either through one
-            interface (`staging.CapturePublisher`).
+            interface (`CapturePublisher`).
         nice: the CPU priority of the background work: "idle" (Linux's idle scheduling class: it
             runs only on CPU time nothing else wants, so it never delays a training thread; see
             `hubckpt/priority.py`) or a nice increment 0..19 (a share of the CPU, which on current

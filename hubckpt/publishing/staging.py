@@ -10,7 +10,7 @@ A set is taken by `acquire()` (blocking while every set is in use: backpressure,
 checkpoint), filled by `capture()`, and handed to a publisher as a `Captured`, whose `release()` gives
 the set back once its contents are written to the spool. The `Publisher` stages `publish(state_dict=...)`
 in a pool of its own; the `Checkpointer` stages a whole training state in its pool and hands it to a
-`CapturePublisher` (the `Publisher` itself on a thread, or `process.parent.PublisherProcess`).
+`checkpointer.CapturePublisher` (the `Publisher` itself on a thread, or `process.parent.PublisherProcess`).
 
 Tensors sharing memory (tied weights) are told apart by one key, `alias_key`: the same view of the same
 memory is captured once, and shares one buffer in the copy too.
@@ -21,16 +21,11 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
-
-    from ..hub_client import HubTarget
-    from .pipeline import PublishedRevision
 
 logger = logging.getLogger(__name__)
 
@@ -247,40 +242,6 @@ class Captured:
             on_release, self._on_release = self._on_release, None
         if on_release is not None:
             on_release()
-
-
-class CapturePublisher(Protocol):
-    """What the `Checkpointer` hands its captures to, whatever runs the publishing: the `Publisher` on threads
-    of this process, or `PublisherProcess` in a child process. One interface, whatever the mode."""
-
-    spool: Path
-    targets: list[HubTarget]  # reads (what is published, restore) go to the first
-
-    def allocate(self, entries: list[tuple[tuple[int, ...], torch.dtype, bool]]) -> list[torch.Tensor]:
-        """Staging buffers this publisher can read (shared memory for a publishing process)."""
-        ...
-
-    def publish_captured(
-        self,
-        captured: Captured,
-        *,
-        step: int,
-        metrics: dict[str, float] | None = None,
-        tokens: int | None = None,
-        epoch: float | None = None,
-        final: bool = False,
-        companions: Iterable[str | Path] = (),
-    ) -> Future[PublishedRevision]:
-        """Queue a capture as the revision of `step`; `captured.release()` once it is in the spool."""
-        ...
-
-    def wait(self, timeout: float | None = None) -> None: ...
-
-    def close(self, timeout: float | None = None) -> None: ...
-
-    def abort(self) -> None:
-        """Stop without waiting (the training loop failed); what was handed over stays in the journal."""
-        ...
 
 
 def capture(value: Any, staging_set: StagingSet, path: str, aliases: dict | None = None) -> Any:

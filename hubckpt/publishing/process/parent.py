@@ -55,7 +55,7 @@ STARTUP_TIMEOUT_S = 1200.0
 
 class PublisherProcess:
     """A `Publisher` in a child process of its own, behind the interface the `Checkpointer` sees
-    (`staging.CapturePublisher`): captures in shared staging buffers go over by name."""
+    (`checkpointer.CapturePublisher`): captures in shared staging buffers go over by name."""
 
     def __init__(
         self, repo_id: str, options: PublishOptions, *, nice: int | str = 0, mb_per_s: float | None = None

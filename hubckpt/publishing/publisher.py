@@ -3,7 +3,8 @@
 Pipeline per checkpoint (DESIGN §6), each stage recorded in the journal and idempotent:
 
 1. capture  — `publish()` records the checkpoint (a path, or live tensors copied into reused staging
-              buffers) and returns a Future; the training loop carries on.
+              buffers; `publish_captured()`: tensors the `Checkpointer` staged itself) and returns a
+              Future; the training loop carries on.
 2. convert  — verified safetensors + checkpoint.json + training_state/ into the spool.
 3. commit   — per target: the card rendered for that hub, one commit on a new branch started from the
               previous revision.
@@ -14,7 +15,8 @@ Pipeline per checkpoint (DESIGN §6), each stage recorded in the journal and ide
 
 This module is the thin facade; the parts are `jobs` (journal + spool + lock + per-hub job state),
 `worker` (queue, Futures, liveness), `pipeline` (one job through the stages for every target),
-`stages` (the stage functions), `layout` (what `main` holds) and `capture` / `staging`.
+`stages` (the stage functions), `layout` (what `main` holds), `options` (`PublishOptions`) and
+`capture` / `staging`.
 
 A job is published on a hub only when that hub has it (its index and refs are checked, not only the
 journal), so a second hub or a re-created repo gets everything. One ordered worker thread runs stages

@@ -120,7 +120,8 @@ class PublishOptions:
             HubConfigError: a value JSON cannot hold.
         """
         try:
-            return to_plain(self)
+            plain: dict[str, Any] = to_plain(self)
+            return plain
         except ValueError as e:
             raise HubConfigError(f"These publish options cannot be written as JSON: {e}") from e
 

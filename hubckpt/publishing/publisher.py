@@ -301,9 +301,10 @@ class Publisher:
         files are in the spool already)."""
         record = self._store.get(job_id)
         if record is not None and self._open(record):  # left unfinished by a process that stopped: carry on
-            needed = captured is not None and not (self._store.revision_folder(job_id) / MANIFEST_FILE).is_file()
-            if needed:
+            needed = False  # its converted files may be in the spool already
+            if captured is not None and not (self._store.revision_folder(job_id) / MANIFEST_FILE).is_file():
                 self._payloads[job_id] = captured
+                needed = True
             self._join_final(job_id, entry["final"])
             future, _ = self._worker.submit(job_id, block=True)
             return future, needed

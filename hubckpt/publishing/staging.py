@@ -42,7 +42,7 @@ def empty_buffers(entries: list[tuple[tuple[int, ...], torch.dtype, bool]]) -> l
     return [torch.empty(shape, dtype=dtype, pin_memory=pinned) for shape, dtype, pinned in entries]
 
 
-def alias_key(t: torch.Tensor) -> tuple | None:
+def alias_key(t: torch.Tensor) -> tuple[Any, ...] | None:
     """What makes two tensors the same view of the same memory (None for an empty tensor: never shared)."""
     if not t.numel():
         return None
@@ -76,7 +76,7 @@ def spec_of(tree: Any, prefix: str) -> Spec:
 
     pin = torch.cuda.is_available()
     spec: Spec = {}
-    seen: set = set()
+    seen: set[tuple[Any, ...] | None] = set()
     for path, t in iter_tensors(tree, prefix):
         key = alias_key(t)
         if key is not None and key in seen:
@@ -119,14 +119,16 @@ class StagingSet:
 class StagingPool:
     """`sets` staging sets, pre-faulted by one background thread."""
 
-    def __init__(self, sets: int = 1, on_start=None, allocate: Allocate | None = None) -> None:
+    def __init__(
+        self, sets: int = 1, on_start: Callable[[], None] | None = None, allocate: Allocate | None = None
+    ) -> None:
         if sets < 1:
             raise ValueError("staging sets must be at least 1")
         self._sets = [StagingSet(i, allocate) for i in range(sets)]
         self._free = list(self._sets)
         self._busy_prefault: set[int] = set()
         self._cond = threading.Condition()
-        self._todo: queue.Queue = queue.Queue()
+        self._todo: queue.Queue[Spec] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._on_start = on_start  # run first on the background thread (e.g. to lower its priority)
 
@@ -193,11 +195,13 @@ class StagingPool:
     def nbytes(self) -> int:
         return sum(s.nbytes() for s in self._sets)
 
-    def hold(self, staging_set: StagingSet, weights: dict, training_state: dict | None = None) -> Captured:
+    def hold(
+        self, staging_set: StagingSet, weights: dict[str, Any], training_state: dict[str, Any] | None = None
+    ) -> Captured:
         """A capture in `staging_set` (filled by `capture`), whose `release()` gives the set back to this pool."""
         return Captured(weights, training_state or {}, staging_set, on_release=lambda: self.release(staging_set))
 
-    def take(self, weights: dict, training_state: dict | None = None) -> Captured:
+    def take(self, weights: dict[str, Any], training_state: dict[str, Any] | None = None) -> Captured:
         """Copy `weights` (and `training_state`) into a free set now (blocking while none is free)."""
         staging_set = self.acquire()
         try:
@@ -244,7 +248,7 @@ class Captured:
             on_release()
 
 
-def capture(value: Any, staging_set: StagingSet, path: str, aliases: dict | None = None) -> Any:
+def capture(value: Any, staging_set: StagingSet, path: str, aliases: dict[Any, Any] | None = None) -> Any:
     """A copy of `value` whose tensors live in `staging_set`'s buffers (same nesting, containers rebuilt).
 
     Tensors sharing memory (tied weights) share one buffer in the copy too. CUDA tensors are copied

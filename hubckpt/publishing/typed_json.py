@@ -12,7 +12,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union, cast
 
 T = TypeVar("T")
 
@@ -35,7 +35,7 @@ def to_plain(value: Any) -> Any:
 def from_plain(cls: type[T], data: dict[str, Any]) -> T:
     """The `cls` dataclass that `to_plain` wrote (fields left out keep their defaults)."""
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    known = {f.name for f in dataclasses.fields(cast(Any, cls)) if f.init}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..options import PublishOptions
+    from ..pipeline import PublishedRevision
     from ..publisher import Publisher
 
 logger = logging.getLogger(__name__)
@@ -176,13 +177,15 @@ class Child:
             self._send(p.Failed(job, p.ErrorInfo.of(e)))
             return
 
-        def settled(f: Future) -> None:
+        def settled(f: Future[PublishedRevision]) -> None:
             self.pacing.settled(job)
             if f.cancelled():
-                error = PublishError("the job was not started before the publisher stopped; it stays in the journal")
+                cancelled = PublishError(
+                    "the job was not started before the publisher stopped; it stays in the journal"
+                )
+                self._send(p.Failed(job, p.ErrorInfo.of(cancelled)))
+            elif (error := f.exception()) is not None:
                 self._send(p.Failed(job, p.ErrorInfo.of(error)))
-            elif f.exception() is not None:
-                self._send(p.Failed(job, p.ErrorInfo.of(f.exception())))
             else:
                 self._send(p.Done(job, f.result()))
 

@@ -100,9 +100,9 @@ class PublisherProcess:
         finally:
             child_sock.close()
         self._lock = threading.Lock()
-        self._futures: dict[int, Future] = {}
+        self._futures: dict[int, Future[PublishedRevision]] = {}
         self._releases: dict[int, Callable[[], None]] = {}
-        self._waits: dict[int, Future] = {}
+        self._waits: dict[int, Future[None]] = {}
         self._next_id = 0
         self._known: dict[int, dict[str, Any]] = {}  # staging set → path → the buffer the child has mapped
         self._dead: BaseException | None = None
@@ -195,7 +195,7 @@ class PublisherProcess:
                 inline[key] = p.InlineTensor.of(t)
         if staging_set is not None:
             self._send_new_buffers(staging_set, set(staged.values()))
-        future: Future = Future()
+        future: Future[PublishedRevision] = Future()
         with self._lock:
             job = self._next_id
             self._next_id += 1
@@ -285,7 +285,8 @@ class PublisherProcess:
                 self.repo_id,
                 code,
             )
-        for future in [*futures.values(), *waits.values()]:
+        pending: list[Future[Any]] = [*futures.values(), *waits.values()]
+        for future in pending:
             if not future.done():
                 future.set_exception(
                     PublishError(
@@ -316,12 +317,12 @@ class PublisherProcess:
                 future.set_exception(message.error.rebuild())
         elif isinstance(message, p.Waited):
             with self._lock:
-                future = self._waits.pop(message.id, None)
-            if future is not None:
+                waiting = self._waits.pop(message.id, None)
+            if waiting is not None:
                 if message.error is not None:
-                    future.set_exception(message.error.rebuild())
+                    waiting.set_exception(message.error.rebuild())
                 else:
-                    future.set_result(None)
+                    waiting.set_result(None)
         else:
             logger.error("publishing process: unexpected %s message; ignored", type(message).__name__)
 
@@ -334,7 +335,7 @@ class PublisherProcess:
     def _request(self, close: bool, timeout: float | None) -> None:
         if self._dead is not None:
             raise self._dead
-        future: Future = Future()
+        future: Future[None] = Future()
         with self._lock:
             request = self._next_id
             self._next_id += 1

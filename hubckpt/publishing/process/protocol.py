@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -241,8 +242,8 @@ def decode(data: dict[str, Any]) -> Message:
         raise PublishError(f"unreadable {kind} message from the other process: {e}") from e
 
 
-def send(channel: Channel, message: Message, fds: list[int] = ()) -> None:
-    channel.send(encode(message), fds)
+def send(channel: Channel, message: Message, fds: Sequence[int] = ()) -> None:
+    channel.send(encode(message), list(fds))
 
 
 def receive(channel: Channel) -> tuple[Message, list[int]]:

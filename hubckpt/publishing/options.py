@@ -80,9 +80,9 @@ class PublishOptions:
 
     def __post_init__(self) -> None:
         # Normalise what callers may pass loosely (str paths, any iterable, None for the default card).
-        for name in ("root", "spool_dir"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, Path(getattr(self, name)))
+        for name in ("root", "spool_dir"):  # (an empty string, as None: the default folder)
+            value = getattr(self, name)
+            object.__setattr__(self, name, Path(value) if value else None)
         object.__setattr__(self, "allow_globals", tuple(self.allow_globals))
         if self.card is None:
             object.__setattr__(self, "card", CardOptions())

@@ -484,6 +484,7 @@ def model_files(model: Any, folder: Path) -> list[Path]:
     import copy
 
     folder.mkdir(parents=True, exist_ok=True)
+    assert config is not None  # checked above: it has to_json_file
     config = copy.deepcopy(config)
     config.architectures = [type(model).__name__]  # as save_pretrained records it: load_model picks the class
     config.to_json_file(folder / "config.json")

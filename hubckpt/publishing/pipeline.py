@@ -40,7 +40,9 @@ class _Background:
     """`fn()` on its own thread; `result()` joins it and returns its value or raises its error."""
 
     def __init__(self, fn: Callable[[], Any]) -> None:
-        self._fn, self._value, self._error = fn, None, None
+        self._fn = fn
+        self._value: Any = None
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="hubckpt-lookup", daemon=True)
         self._thread.start()
 
@@ -137,7 +139,8 @@ class Pipeline:
             view = views.get(key) or stages.read_view(target)
             if view.pruned(name, record.manifest_sha256) and not replace:
                 logger.info("%s was published to %s and pruned since; not publishing it again", name, target.describe())
-                if not view.index.get(name).pruned:  # finish the interrupted pruning
+                info = view.index.get(name)
+                if info is not None and not info.pruned:  # finish the interrupted pruning
                     stages.retire(target, [], self.ctx.options.card, has_config=has_config)
                 self.store.published(job_id, key)
                 commits[target.key] = ""

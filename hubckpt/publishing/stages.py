@@ -20,6 +20,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..cards import CardOptions, render_revision_card
 from ..checkpoint import Checkpoint
@@ -112,10 +113,10 @@ def convert(run: Run, store: JobStore, record: JobRecord, captured: Captured | N
         # before the journal said so. A new capture clears the folder first, so it is this capture's.
         digest = folder_digest(folder)
         store.converted(record.job, digest)
-        return read_manifest(folder)
+        return converted_manifest(folder)
     if record.manifest_sha256 is not None:
         if (folder / MANIFEST_FILE).is_file() and folder_digest(folder) == record.manifest_sha256:
-            return read_manifest(folder)
+            return converted_manifest(folder)
         logger.info("%s: the spool no longer holds its converted files; converting again", record.revision)
         store.unstaged(record.job)
     entry = record.captured
@@ -159,11 +160,26 @@ def convert(run: Run, store: JobStore, record: JobRecord, captured: Captured | N
     digest = folder_digest(folder)
     store.converted(record.job, digest)
     fault("publish.after_convert")
-    return read_manifest(folder)
+    return converted_manifest(folder)
+
+
+def converted_manifest(folder: Path) -> dict[str, Any]:
+    """The checkpoint.json of a converted spool folder (the converter writes it last)."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise PublishError(f"{folder} holds no {MANIFEST_FILE}: the spool was changed from outside; publish again")
+    return manifest
+
+
+def converted_digest(record: JobRecord) -> str:
+    """The manifest digest the journal recorded when this job's capture was converted."""
+    if record.manifest_sha256 is None:
+        raise PublishError(f"{record.revision}: committing before the journal recorded its conversion")
+    return record.manifest_sha256
 
 
 def folder_digest(folder: Path) -> str:
-    return manifest_digest(read_manifest(folder))
+    return manifest_digest(converted_manifest(folder))
 
 
 def revision_info(captured: dict, manifest: dict, *, commit: str | None, digest: str | None = None) -> RevisionInfo:
@@ -238,7 +254,7 @@ def commit(target: HubTarget, view: HubView, record: JobRecord, folder: Path, *,
         folder,
         start_from=start,
         message=f"Checkpoint {name} (step {step})",
-        manifest_sha256=record.manifest_sha256,
+        manifest_sha256=converted_digest(record),
         replace=replace,
         extra_files={CARD_FILE: card},
     )

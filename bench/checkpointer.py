@@ -67,7 +67,7 @@ class Run:
         self.optimizer.zero_grad(set_to_none=False)
 
     def tensors(self):
-        from hubckpt.integrations.capture import iter_tensors
+        from hubckpt.publishing.staging import iter_tensors
 
         yield from (t for _, t in iter_tensors(self.model.state_dict(), "m"))
         yield from (t for _, t in iter_tensors(self.optimizer.state_dict(), "o"))

@@ -69,9 +69,6 @@ from .hub.select import (
     point_hf_clients_at as point_hf_clients_at,
     resolve_hub as resolve_hub,
 )
-from .integrations.checkpointer import (
-    Checkpointer as Checkpointer,
-)
 from .load import (
     LazyRevision as LazyRevision,
     iter_revisions as iter_revisions,
@@ -89,7 +86,11 @@ from .load.restore import (
 from .publishing import (
     PublishedRevision as PublishedRevision,
     Publisher as Publisher,
+    PublishOptions as PublishOptions,
     Retention as Retention,
+)
+from .publishing.checkpointer import (
+    Checkpointer as Checkpointer,
 )
 from .readers import (
     discover as discover,

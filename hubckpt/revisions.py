@@ -5,10 +5,11 @@ from __future__ import annotations
 import string
 from typing import Any
 
+from .defaults import REVISION_TEMPLATE
 from .errors import HubConfigError, InvalidNameError
 from .names import STAGING_PREFIX, is_staging_branch, validate_ref_name
 
-DEFAULT_TEMPLATE = "step-{step:07d}"
+DEFAULT_TEMPLATE = REVISION_TEMPLATE  # the name this module has always exported
 RESERVED = {"main", "best", "final", "latest"}
 
 

@@ -117,6 +117,42 @@ def test_publish_trainer_run(api, local_hub, trainer_run, tmp_path, cache_dir):
     }
 
 
+def test_publish_options_are_typed_checked_and_round_trip_through_json(local_hub, tmp_path):
+    from hubckpt.defaults import MAX_SHARD_SIZE, REVISION_TEMPLATE
+    from hubckpt.hub.select import resolve_hub
+
+    options = hubckpt.PublishOptions(
+        hub=[local_hub.url, resolve_hub(local_hub.url)],
+        token={local_hub.url: "t"},
+        root=tmp_path / "hub",
+        keep_last=3,
+        card=hubckpt.CardOptions(license="mit", tags=["a"], template_dir=tmp_path),
+        allow_globals=["collections.OrderedDict"],
+        max_shard_size=1000,
+        spool_dir=str(tmp_path / "spool"),
+    )
+    assert hubckpt.PublishOptions.from_json(json.loads(json.dumps(options.to_json()))) == options
+    assert options.spool_dir == tmp_path / "spool" and options.retention == hubckpt.Retention(keep_last=3)
+    defaults = hubckpt.PublishOptions()
+    assert (defaults.max_shard_size, defaults.revision_template) == (MAX_SHARD_SIZE, REVISION_TEMPLATE)
+    for bad, match in (
+        (dict(mode="best"), "mode"),
+        (dict(max_pending=0), "max_pending"),
+        (dict(keep_last=0), "keep_last"),
+        (dict(hub=["local", "hf"], token="t"), "A token belongs to one hub"),
+        (dict(card={"license": "mit"}), "CardOptions"),
+    ):
+        with pytest.raises(HubConfigError, match=match):
+            hubckpt.PublishOptions(**bad)
+    with pytest.raises(HubConfigError, match="Unknown|unknown"):
+        hubckpt.PublishOptions.from_json({"keep_lats": 3})
+    # The Publisher's keywords are the options' fields, applied over `options=`.
+    with Publisher("alice/opts", options=options.replace(hub=local_hub.url, token=None), keep_last=2) as pub:
+        assert pub.options.keep_last == 2 and pub.options.card.license == "mit" and pub.spool == tmp_path / "spool"
+    with pytest.raises(TypeError):
+        Publisher("alice/opts", hub=local_hub.url, keep_lats=2)
+
+
 def test_live_state_dicts_backpressure_and_unchanged_bytes(api, local_hub, tmp_path):
     repo_id = "alice/live"
     model = torch.nn.Sequential(torch.nn.Embedding(64, 32), torch.nn.Linear(32, 32))

@@ -102,33 +102,75 @@ def test_a_step_saved_just_before_the_training_process_is_killed_is_still_publis
     assert [r["step"] for r in index["revisions"]] == [3]
 
 
-def test_options_that_cannot_cross_to_the_process_get_a_clear_error(local_hub, tmp_path):
+def test_the_publish_options_reach_the_process_whole_and_a_bad_mode_is_refused(local_hub, api, tmp_path):
+    """Options cross as typed JSON (PublishOptions): a resolved `Hub` object and a card too, not only strings."""
     import hubckpt
     from hubckpt.hub.select import resolve_hub
 
     model = nn.Linear(2, 2)
-    with pytest.raises(hubckpt.HubConfigError, match="background='thread'"):
-        hubckpt.Checkpointer(
-            "alice/proc-bad",
-            model=model,
-            hub=resolve_hub(local_hub.url),
-            spool_dir=tmp_path / "s",
-            background="process",
-        )
+    options = hubckpt.PublishOptions(card=hubckpt.CardOptions(license="mit"), keep_last=2)
+    with hubckpt.Checkpointer(
+        "alice/proc-options",
+        model=model,
+        hub=resolve_hub(local_hub.url),
+        spool_dir=tmp_path / "s",
+        background="process",
+        options=options,
+    ) as ckpt:
+        assert ckpt.save(1).result(timeout=60).revision == "step-0000001"
+    card = Path(api.hf_hub_download("alice/proc-options", "README.md", revision="step-0000001")).read_text()
+    assert "license: mit" in card
     with pytest.raises(hubckpt.HubConfigError, match="'process' or 'thread'"):
         hubckpt.Checkpointer("alice/proc-bad", model=model, hub=local_hub.url, background="fork")
 
 
 def test_an_error_of_the_publisher_reaches_the_caller_with_its_type(local_hub, tmp_path):
-    """The child's Publisher refuses a busy spool: the same SpoolBusyError as in-process, at construction."""
+    """The child's Publisher refuses a busy spool: the same SpoolBusyError as in-process, at construction,
+    with its attributes (the pid of the spool's owner), not only its message."""
     import hubckpt
 
     spool = tmp_path / "spool"
     with hubckpt.Publisher("alice/proc-busy", hub=local_hub.url, spool_dir=spool):
-        with pytest.raises(hubckpt.SpoolBusyError, match="pid"):
+        with pytest.raises(hubckpt.SpoolBusyError, match="pid") as raised:
             hubckpt.Checkpointer(
                 "alice/proc-busy", model=nn.Linear(2, 2), hub=local_hub.url, spool_dir=spool, background="process"
             )
+    assert raised.value.pid == os.getpid()
+
+
+def test_protocol_messages_round_trip_and_errors_keep_their_class_and_fields():
+    import hubckpt
+    from hubckpt.publishing.pipeline import PublishedRevision
+    from hubckpt.publishing.process import protocol as p
+
+    start = p.Start(
+        p.PROTOCOL_VERSION, "alice/x", hubckpt.PublishOptions(hub=["local", "hf"], keep_best=2), 10, None, 20
+    )
+    done = p.Done(3, PublishedRevision("alice/x", "step-0000003", 3, {"local": "abc"}))
+    inline = p.InlineTensor.of(torch.arange(6, dtype=torch.int16).reshape(2, 3))
+    publish = p.Publish(
+        1, 0, {"weights": {}}, {"a": "model/w"}, {"b": inline}, 8, 3, {"loss": 0.5}, None, 1.5, False, []
+    )
+    for message in (
+        start,
+        done,
+        publish,
+        p.Waited(4, None),
+        p.Buffers(0, [p.Arena(1, 64)], [p.Buffer("m", "float32", [2], 1, 0)]),
+    ):
+        assert p.decode(json.loads(json.dumps(p.encode(message)))) == message
+    assert torch.equal(p.decode(p.encode(publish)).inline["b"].tensor(), inline.tensor())
+
+    error = hubckpt.RevisionLookupError("no step 7", repo_id="alice/x", wanted="7", nearest=["step-0000006"])
+    rebuilt = p.decode(json.loads(json.dumps(p.encode(p.Failed(1, p.ErrorInfo.of(error)))))).error.rebuild()
+    assert type(rebuilt) is hubckpt.RevisionLookupError and str(rebuilt) == "no step 7"
+    assert (rebuilt.repo_id, rebuilt.wanted, rebuilt.nearest) == ("alice/x", "7", ["step-0000006"])
+    other = p.ErrorInfo.of(KeyError("w")).rebuild()
+    assert isinstance(other, hubckpt.PublishError) and "KeyError" in str(other)
+    with pytest.raises(hubckpt.PublishError, match="unknown message"):
+        p.decode({"kind": "Nonsense"})
+    with pytest.raises(hubckpt.PublishError, match="different hubckpt versions"):
+        p.check_version(p.PROTOCOL_VERSION + 1, "publishing process")
 
 
 # -- random kills ---------------------------------------------------------------------------------------
@@ -296,10 +338,10 @@ def test_the_publish_cap_spreads_a_publish_but_never_makes_anything_wait(local_h
 
 def test_the_publishing_process_paces_only_while_nothing_waits():
     from hubckpt import direct_io
-    from hubckpt.integrations.publisher_process import _Pacing
+    from hubckpt.publishing.process.pacing import Pacing
 
     now = [0.0]
-    pacing = _Pacing(clock=lambda: now[0])
+    pacing = Pacing(clock=lambda: now[0])
     try:
         pacing.start(5)
         assert direct_io._PACER.bytes_per_s == 0  # nothing handed over (jobs resumed from the journal run unpaced)

@@ -9,12 +9,15 @@ import typer
 from hubckpt import environment
 
 from ..cards import human_size
+from ..defaults import MAX_SHARD_SIZE
 
 
 def convert(
     src: Path = typer.Argument(..., help="A checkpoint file or folder, or a run folder holding many."),
     dest: Path = typer.Argument(..., help="Output folder (a run folder gives DEST/step-NNNNNNN/ per checkpoint)."),
-    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Shard above this size, e.g. 5GB, 500MB."),
+    max_shard_size: str = typer.Option(
+        MAX_SHARD_SIZE, "--max-shard-size", help="Shard above this size, e.g. 5GB, 500MB."
+    ),
     dtype: str = typer.Option("keep", "--dtype", help="keep, bf16 or fp16 (floating tensors only)."),
     allow_global: list[str] = typer.Option(
         [],

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import typer
 
+from ..defaults import MAX_SHARD_SIZE, REVISION_TEMPLATE
 from ._options import HubOpt, RootOpt, TokenOpt
 
 TemplateOpt = typer.Option(
-    "step-{step:07d}", "--template", help="Revision name template (fields: step, epoch, tokens, tokens_b, tokens_m)."
+    REVISION_TEMPLATE, "--template", help="Revision name template (fields: step, epoch, tokens, tokens_b, tokens_m)."
 )
 MonitorOpt = typer.Option(
     None, "--monitor", help="Metric deciding the `best` tag [default: the Trainer's best metric]."
@@ -27,14 +28,14 @@ def _publisher(
     root,
     token,
     private=False,
-    template="step-{step:07d}",
+    template=REVISION_TEMPLATE,
     monitor=None,
     mode="min",
     keep_last=None,
     keep_every=None,
     keep_best=None,
     spool=None,
-    max_shard_size="5GB",
+    max_shard_size=MAX_SHARD_SIZE,
     allow_global=(),
 ):
     from ..publishing import Publisher
@@ -117,7 +118,7 @@ def publish(
     keep_every: int | None = typer.Option(None, "--keep-every"),
     keep_best: int | None = typer.Option(None, "--keep-best"),
     spool: Path | None = SpoolOpt,
-    max_shard_size: str = typer.Option("5GB", "--max-shard-size"),
+    max_shard_size: str = typer.Option(MAX_SHARD_SIZE, "--max-shard-size"),
     allow_global: list[str] = typer.Option([], "--allow-global", help="Trust this pickle global (module.Name)."),
     metrics: str | None = typer.Option(
         None,

@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checkpoint import Checkpoint
+from ..defaults import MAX_SHARD_SIZE, REVISION_TEMPLATE
 from ..errors import DestinationExistsError, DiskFullError
 from ..formats.manifest import MANIFEST_FILE, TRAINING_STATE_DIR, build_manifest, dumps
 from ..readers import discover, kind_of, read_checkpoint
+from ..revisions import render_revision_name
 from .paths import scrub_paths
 from .reuse import reusable, reuse_weights
 from .training_state import load_training_state, save_training_state
@@ -91,7 +93,7 @@ def convert_checkpoint(
     ckpt: Checkpoint,
     dest: str | Path,
     *,
-    max_shard_size: int | str = "5GB",
+    max_shard_size: int | str = MAX_SHARD_SIZE,
     dtype: str = "keep",
     overwrite: bool = False,
     progress: Callable[[int], object] | None = None,
@@ -159,7 +161,7 @@ def convert(
     src: str | Path,
     dest: str | Path,
     *,
-    max_shard_size: int | str = "5GB",
+    max_shard_size: int | str = MAX_SHARD_SIZE,
     dtype: str = "keep",
     allow_globals: Iterable[str] = (),
     overwrite: bool = False,
@@ -180,7 +182,7 @@ def convert(
             results.append(
                 convert_checkpoint(
                     ckpt,
-                    dest / f"step-{step:07d}",
+                    dest / render_revision_name(REVISION_TEMPLATE, step=step),
                     max_shard_size=max_shard_size,
                     dtype=dtype,
                     overwrite=overwrite,

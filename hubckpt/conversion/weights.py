@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..defaults import MAX_SHARD_SIZE
 from ..direct_io import DirectReader
 from ..errors import DiskFullError, UnsupportedCheckpointError, VerificationError
 from .st_writer import write_safetensors
@@ -163,7 +164,7 @@ def write_weights(
     weights: dict[str, torch.Tensor],
     out: Path,
     *,
-    max_shard_size: int | str = "5GB",
+    max_shard_size: int | str = MAX_SHARD_SIZE,
     dtype: str = "keep",
     metadata: dict[str, str] | None = None,
     progress: Callable[[int], object] | None = None,

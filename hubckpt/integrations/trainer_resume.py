@@ -107,7 +107,9 @@ def write_trainer_checkpoint(revision_folder: str | Path, dest: str | Path, *, o
         )
         for name, value in sorted(per_rank.items()):
             torch.save(_plain(value), tmp / f"{name}.pth")
-        loop = state.get("loop") if isinstance(state.get("loop"), dict) else {}
+        loop = state.get("loop")
+        if not isinstance(loop, dict):
+            loop = {}
         (tmp / "trainer_state.json").write_text(
             json.dumps(_trainer_state(loop, manifest, src), indent=2, sort_keys=True) + "\n"
         )

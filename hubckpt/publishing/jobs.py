@@ -21,7 +21,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hubckpt import environment
 
@@ -29,6 +29,9 @@ from ..errors import SpoolBusyError
 from ..hub.local import served_root
 from ..hub.writer import HubTarget
 from .journal import JobRecord, Journal
+
+if TYPE_CHECKING:
+    from filelock import BaseFileLock
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +67,7 @@ class JobStore:
     def __init__(self, spool: Path, *, lock: bool = True) -> None:
         self.spool = spool
         (spool / "jobs").mkdir(parents=True, exist_ok=True)
-        self._file_lock = None
+        self._file_lock: BaseFileLock | None = None
         if lock:
             self._acquire()
         self.journal = Journal(spool / "journal.jsonl")

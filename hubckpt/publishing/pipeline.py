@@ -20,6 +20,7 @@ from ..faults import fault
 from ..hub.writer import HubTarget
 from . import stages
 from .jobs import JobStore
+from .staging import Captured
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,9 @@ class _Background:
     """`fn()` on its own thread; `result()` joins it and returns its value or raises its error."""
 
     def __init__(self, fn: Callable[[], Any]) -> None:
-        self._fn, self._value, self._error = fn, None, None
+        self._fn = fn
+        self._value: Any = None
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="hubckpt-lookup", daemon=True)
         self._thread.start()
 
@@ -60,22 +63,19 @@ class _Background:
 
 
 class Pipeline:
-    """The stages of the publisher's jobs, bound to its settings, job store and targets."""
+    """The stages of the publisher's jobs, bound to its run (`stages.Run`), job store and targets."""
 
     def __init__(
         self,
-        settings: stages.Settings,
+        run: stages.Run,
         store: JobStore,
         targets: list[HubTarget],
         keys: list[str],
-        *,
-        release: Callable[[Any], None],
     ) -> None:
-        self.settings = settings
+        self.ctx = run  # (not `run`: that is the method below)
         self.store = store
         self.targets = targets
         self.keys = keys
-        self.release = release  # gives staging buffers back once their tensors are in the spool
         self.replace: set[str] = set()  # jobs the caller asked to replace
         self._ready: set[str] = set()
 
@@ -88,8 +88,10 @@ class Pipeline:
         self._prepare(target, key)
         return stages.read_view(target)
 
-    def run(self, job_id: str, payload: dict[str, Any]) -> PublishedRevision:
-        """Publish one job to every target (stages in order, each idempotent); what it produced."""
+    def run(self, job_id: str, captured: Captured | None = None) -> PublishedRevision:
+        """Publish one job to every target (stages in order, each idempotent); what it produced.
+
+        `captured`: the job's live tensors, released once they are written to the spool."""
         record = self.store.get(job_id)
         if record is None or not record.captured:
             raise PublishError(f"job {job_id} is not in the journal")
@@ -111,21 +113,21 @@ class Pipeline:
                 for key in self.keys:
                     self.store.published(job_id, key)
                 self.store.remove_files(job_id)
-                return PublishedRevision(self.settings.repo_id, name, step, commits, skipped=True)
+                return PublishedRevision(self.ctx.repo_id, name, step, commits, skipped=True)
         # Look at the hubs while the checkpoint is validated and hashed (network vs disk + CPU): the same
         # requests as after it, only overlapped; an error is raised where it was before, after the conversion.
         pending = [(t, k) for t, k in zip(self.targets, self.keys) if k not in record.published and k not in views]
         lookup = _Background(lambda: {k: self._look(t, k) for t, k in pending}) if pending else None
         try:
-            manifest = stages.convert(self.settings, self.store, record, payload)
+            manifest = stages.convert(self.ctx, self.store, record, captured)
         except BaseException:
             if lookup is not None:
                 lookup.join()  # the conversion's error is the one to report
             raise
         if lookup is not None:
             views.update(lookup.result())
-        if "weights" in payload:  # written to the spool: the staging buffers can be reused now
-            self.release(payload.pop("weights"))
+        if captured is not None:  # written to the spool: the staging buffers can be reused now
+            captured.release()
         folder = self.store.revision_folder(job_id)
         has_config = (folder / "config.json").is_file()
         new_work = False
@@ -137,8 +139,9 @@ class Pipeline:
             view = views.get(key) or stages.read_view(target)
             if view.pruned(name, record.manifest_sha256) and not replace:
                 logger.info("%s was published to %s and pruned since; not publishing it again", name, target.describe())
-                if not view.index.get(name).pruned:  # finish the interrupted pruning
-                    stages.retire(target, [], self.settings.card, has_config=has_config)
+                info = view.index.get(name)
+                if info is not None and not info.pruned:  # finish the interrupted pruning
+                    stages.retire(target, [], self.ctx.options.card, has_config=has_config)
                 self.store.published(job_id, key)
                 commits[target.key] = ""
                 continue
@@ -158,23 +161,21 @@ class Pipeline:
             if held is not None:
                 commit, index = held, view.index
                 if record.captured.get("final") and index.final != name:  # published before, now the final one
-                    index = stages.index(self.settings, target, record, manifest, commit, folder, replace=replace)
+                    index = stages.index(self.ctx, target, record, manifest, commit, folder, replace=replace)
                     new_work = True
                 if key not in record.indexed:
                     self.store.committed(job_id, key, commit)
                     self.store.indexed(job_id, key)
             else:
                 new_work = True
-                card = stages.revision_card(
-                    self.settings, target, record, manifest, folder, self.previous_revision(step)
-                )
+                card = stages.revision_card(self.ctx, target, record, manifest, folder, self.previous_revision(step))
                 commit = stages.commit(target, view, record, folder, card=card, replace=replace)
                 fault("publish.after_commit")
                 self.store.committed(job_id, key, commit)
-                index = stages.index(self.settings, target, record, manifest, commit, folder, replace=replace or gone)
+                index = stages.index(self.ctx, target, record, manifest, commit, folder, replace=replace or gone)
                 fault("publish.after_index")
                 self.store.indexed(job_id, key)
-            stages.retain(self.settings, target, index, has_config=has_config)
+            stages.retain(self.ctx, target, index, has_config=has_config)
             fault("publish.after_retain")
             self.store.published(job_id, key)
             commits[target.key] = commit
@@ -187,7 +188,7 @@ class Pipeline:
             name,
             ", ".join(t.describe() for t in self.targets),
         )
-        return PublishedRevision(self.settings.repo_id, name, step, commits, skipped=not new_work)
+        return PublishedRevision(self.ctx.repo_id, name, step, commits, skipped=not new_work)
 
     def previous_revision(self, step: int | None) -> str | None:
         """The revision captured before `step` (the card's "previous" link)."""

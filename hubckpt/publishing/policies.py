@@ -39,9 +39,10 @@ class Retention:
             keep |= {r.name for r in live[-self.keep_last :]}
         if self.keep_every:
             keep |= {r.name for r in live if r.step is not None and r.step % self.keep_every == 0}
-        if self.keep_best and index.monitor:
-            scored = [r for r in live if index.monitor in r.metrics]
-            ranked = sorted(scored, key=lambda r: r.metrics[index.monitor], reverse=index.mode == "max")
+        monitor = index.monitor
+        if self.keep_best and monitor:
+            scored = [r for r in live if monitor in r.metrics]
+            ranked = sorted(scored, key=lambda r: r.metrics[monitor], reverse=index.mode == "max")
             keep |= {r.name for r in ranked[: self.keep_best]}
         return keep
 

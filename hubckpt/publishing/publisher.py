@@ -3,7 +3,8 @@
 Pipeline per checkpoint (DESIGN §6), each stage recorded in the journal and idempotent:
 
 1. capture  — `publish()` records the checkpoint (a path, or live tensors copied into reused staging
-              buffers) and returns a Future; the training loop carries on.
+              buffers; `publish_captured()`: tensors the `Checkpointer` staged itself) and returns a
+              Future; the training loop carries on.
 2. convert  — verified safetensors + checkpoint.json + training_state/ into the spool.
 3. commit   — per target: the card rendered for that hub, one commit on a new branch started from the
               previous revision.
@@ -14,7 +15,8 @@ Pipeline per checkpoint (DESIGN §6), each stage recorded in the journal and ide
 
 This module is the thin facade; the parts are `jobs` (journal + spool + lock + per-hub job state),
 `worker` (queue, Futures, liveness), `pipeline` (one job through the stages for every target),
-`stages` (the stage functions), `layout` (what `main` holds) and `capture` / `staging`.
+`stages` (the stage functions), `layout` (what `main` holds), `options` (`PublishOptions`) and
+`capture` / `staging`.
 
 A job is published on a hub only when that hub has it (its index and refs are checked, not only the
 journal), so a second hub or a re-created repo gets everything. One ordered worker thread runs stages
@@ -31,27 +33,27 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from ..cards import CardOptions
 from ..errors import HubConfigError, PublishError, RevisionCollisionError, UnsupportedCheckpointError
 from ..faults import fault
 from ..formats.manifest import MANIFEST_FILE
 from ..hub.retries import is_transient
 from ..hub.select import Hub, resolve_hub, token_for
 from ..hub.writer import HubTarget
-from ..revisions import DEFAULT_TEMPLATE, check_template, render_revision_name, validate_revision_name
+from ..revisions import render_revision_name, validate_revision_name
 from . import stages
-from .capture import clone_tree, peek_step, snapshot_into
+from .capture import peek_step, snapshot_into
 from .jobs import JobStore, default_spool, target_key
 from .journal import JobRecord
 from .layout import main_files
+from .options import PublishOptions
 from .pipeline import Pipeline, PublishedRevision
 from .policies import Retention
-from .staging import StagingPool
+from .staging import Captured, StagingPool, empty_buffers
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -74,17 +76,13 @@ class Publisher:
 
     Args:
         repo_id: `namespace/name` of the model repo (created if missing).
-        hub: `local` (default), `hf`, a URL, or a list of them to publish to several hubs from one spool.
-        token: a token for the one hub, or {hub: token} for several; None: each hub's own default (the
-            stored huggingface.co token is only ever sent to huggingface.co; other hubs get HUBCKPT_TOKEN).
-        revision_template: branch name of a revision; fields step, epoch, tokens, tokens_b, tokens_m.
-        monitor, mode: metric that decides the `best` tag ("min" or "max"); defaults to what a Trainer
-            checkpoint records as its best metric.
-        keep_last, keep_every, keep_best: retention (see `Retention`); nothing set keeps every revision.
-        max_pending: jobs that may wait for the worker before `publish()` blocks.
-        spool_dir: where converted checkpoints and the journal live (default ~/.cache/hubckpt/spool/<repo>).
-            One process owns a spool at a time; a second gets `SpoolBusyError`.
-        resume: finish what a previous process left in the journal before anything new.
+        options: how to publish (`PublishOptions`); default: `PublishOptions()`.
+        **overrides: any `PublishOptions` field (`hub`, `token`, `keep_last`, `revision_template`,
+            `spool_dir`, ...), applied over `options`.
+
+    Raises:
+        HubConfigError: a bad option or repo id.
+        SpoolBusyError: another process publishes from the same spool.
 
     Example:
         >>> with Publisher("me/exp1", keep_last=5) as pub:
@@ -92,69 +90,33 @@ class Publisher:
         ...         pub.publish(state_dict=model.state_dict(), step=step, metrics={"loss": loss})
     """
 
-    def __init__(
-        self,
-        repo_id: str,
-        *,
-        hub: str | Hub | list[str | Hub] | None = None,
-        token: str | dict | None = None,
-        root: str | Path | None = None,
-        revision_template: str = DEFAULT_TEMPLATE,
-        monitor: str | None = None,
-        mode: str = "min",
-        keep_last: int | None = None,
-        keep_every: int | None = None,
-        keep_best: int | None = None,
-        max_pending: int = 2,
-        private: bool = False,
-        card: CardOptions | None = None,
-        max_shard_size: int | str = "5GB",
-        allow_globals: Iterable[str] = (),
-        include_training_state: bool = True,
-        spool_dir: str | Path | None = None,
-        resume: bool = True,
-    ) -> None:
+    def __init__(self, repo_id: str, *, options: PublishOptions | None = None, **overrides: Any) -> None:
         from ..names import split_repo_id
 
         split_repo_id(repo_id)
-        if mode not in ("min", "max"):
-            raise HubConfigError(f"mode must be 'min' or 'max', got {mode!r}")
-        if max_pending < 1:
-            raise HubConfigError("max_pending must be at least 1")
+        options = options or PublishOptions()
+        self.options = options = options.replace(**overrides) if overrides else options
         self.repo_id = repo_id
-        self.revision_template = check_template(revision_template)
-        self.settings = stages.Settings(
-            repo_id=repo_id,
-            retention=Retention(keep_last, keep_every, keep_best),
-            card=card or CardOptions(),
-            monitor=monitor,
-            mode=mode,
-            max_shard_size=max_shard_size,
-            allow_globals=list(allow_globals),
-            include_training_state=include_training_state,
+        self.revision_template = options.revision_template
+        self._run = stages.Run(repo_id, options, monitor=options.monitor, mode=options.mode)
+        self.targets = hub_targets(
+            repo_id, options.hubs, token=options.token, root=options.root, private=options.private
         )
-        hubs = hub if isinstance(hub, list) else [hub]
-        if isinstance(token, str) and len(hubs) > 1:
-            raise HubConfigError(
-                "A token belongs to one hub: with several hubs pass token={hub: token, ...} "
-                "(keys as in hub=..., or endpoints); hubs left out use their own default"
-            )
-        self.targets = hub_targets(repo_id, hubs, token=token, root=root, private=private)
         self._keys = [target_key(t) for t in self.targets]
-        self.spool = Path(spool_dir) if spool_dir else default_spool(repo_id)
+        self.spool = options.spool_dir or default_spool(repo_id)
         self._store = JobStore(self.spool)
-        self._payloads: dict[str, dict[str, Any]] = {}
-        self._staging = StagingPool(max_pending + 1)
-        self._pipeline = Pipeline(self.settings, self._store, self.targets, self._keys, release=self._release_weights)
+        self._payloads: dict[str, Captured] = {}  # live tensors of queued jobs, until in the spool
+        self._staging = StagingPool(options.max_pending + 1)
+        self._pipeline = Pipeline(self._run, self._store, self.targets, self._keys)
         self._unreported: list[tuple[str, BaseException]] = []  # failed jobs, in order, not raised yet
         self._closed = False
         try:
             self._worker = Worker(
-                self._process, on_error=self._failed, max_pending=max_pending, on_exit=self._store.release
+                self._process, on_error=self._failed, max_pending=options.max_pending, on_exit=self._store.release
             )
             for target in self.targets:
                 logger.info("publishing to %s", target.describe())
-            if resume:
+            if options.resume:
                 self._resume()
         except BaseException:
             self._store.release()
@@ -173,15 +135,16 @@ class Publisher:
 
     @property
     def retention(self) -> Retention:
-        return self.settings.retention
+        return self.options.retention
 
     @property
     def monitor(self) -> str | None:
-        return self.settings.monitor
+        """The metric deciding `best`: the option, else what the first Trainer checkpoint naming one said."""
+        return self._run.monitor
 
     @property
     def mode(self) -> str:
-        return self.settings.mode
+        return self._run.mode
 
     @property
     def journal(self):
@@ -205,7 +168,6 @@ class Publisher:
         companions: Iterable[str | Path] = (),
         snapshot: bool = False,
         replace: bool = False,
-        release: Callable[[], None] | None = None,
     ) -> Future[PublishedRevision]:
         """Queue one checkpoint: a file or folder (`source`), or live tensors (`state_dict`, copied now).
 
@@ -215,65 +177,90 @@ class Publisher:
         framework may delete it (e.g. the Trainer's `save_total_limit`) before it is converted.
         A revision name already published with other content raises `RevisionCollisionError` (from the
         Future) unless `replace=True`. Publishing a step that is queued or running returns its Future.
-        With `release`, `state_dict` and `training_state` are the caller's own staged copy (e.g.
-        `hubckpt.Checkpointer`'s reused buffers): taken as they are, without a second copy, and
-        `release()` is called once they are written to the spool (or the job ended), so the caller may
-        reuse them.
         """
-        # An earlier job's failure is not raised here: that would cost this checkpoint (never captured),
-        # and one failed job must never block the others. Its Future, `wait()` and `close()` report it.
-        if self._closed:
-            raise HubConfigError("This Publisher is closed; create a new one.")
         if (source is None) == (state_dict is None):
             raise HubConfigError("Pass exactly one of `source` (a checkpoint path) or `state_dict` (live tensors).")
-        started = time.perf_counter()
-        if source is not None:
-            source = Path(source).resolve()
-            if not source.exists():
-                raise UnsupportedCheckpointError(f"{source} does not exist", str(source))
-            peeked_step, peeked_tokens = peek_step(source)
-            step = step if step is not None else peeked_step
-            tokens = tokens if tokens is not None else peeked_tokens
-        if step is None:
-            raise HubConfigError(
-                f"Cannot tell the training step of {source or 'this checkpoint'}: it records none "
-                "and its name carries none; pass step=N (CLI: --step N)"
-            )
-        if revision:
-            validate_revision_name(revision)
-        name = revision or render_revision_name(self.revision_template, step=step, tokens=tokens, epoch=epoch)
-        job_id = f"{step:012d}-{name}"
-        if replace:
-            self._pipeline.replace.add(job_id)
+        live = None if state_dict is None else (state_dict, training_state)
+        return self._queue(
+            source, live, step, metrics, epoch, tokens, final, revision, companions, snapshot=snapshot, replace=replace
+        )
 
-        running = self._worker.future(job_id)
-        if running is not None:  # the same step again (a final save after a periodic one): one job
-            self._join_final(job_id, final)
-            if release is not None:
-                release()
-            return running
-        record = self._store.get(job_id)
-        signature = stages.source_signature(source)
-        payload: dict[str, Any] = {}
-        if state_dict is not None and release is not None:  # already staged by the caller: no second copy
-            payload["weights"] = _CallerStaged(state_dict, release)
-            if training_state:
-                payload["training_state"] = training_state
-        elif state_dict is not None:
-            payload["weights"] = self._staging.capture(state_dict)
-            if training_state:
-                payload["training_state"] = clone_tree(training_state)
-        if record is not None and self._open(record):  # left unfinished by a process that stopped: carry on
-            if payload and not (self._store.revision_folder(job_id) / MANIFEST_FILE).is_file():
-                self._payloads[job_id] = payload
-            elif payload:
-                self._give_back(payload)
-            self._join_final(job_id, final)
-            future, _ = self._worker.submit(job_id, block=True)
-            return future
-        if source is not None and snapshot:
-            source = snapshot_into(source, self._store.folder(job_id) / "source")
-        captured = {
+    def publish_captured(
+        self,
+        captured: Captured,
+        *,
+        step: int,
+        metrics: dict[str, float] | None = None,
+        tokens: int | None = None,
+        epoch: float | None = None,
+        final: bool = False,
+        companions: Iterable[str | Path] = (),
+    ) -> Future[PublishedRevision]:
+        """Queue tensors already copied into staging buffers (`hubckpt.Checkpointer`'s) as the revision of `step`.
+
+        They are taken as they are, without a second copy; `captured.release()` is called once they are
+        written to the spool (or the job ended, or could not be queued), so the caller may reuse them.
+        """
+        return self._queue(None, captured, step, metrics, epoch, tokens, final, None, companions)
+
+    def _queue(
+        self,
+        source: str | Path | None,
+        live: Captured | tuple[dict, dict[str, Any] | None] | None,
+        step: int | None,
+        metrics: dict[str, float] | None,
+        epoch: float | None,
+        tokens: int | None,
+        final: bool,
+        revision: str | None,
+        companions: Iterable[str | Path],
+        *,
+        snapshot: bool = False,
+        replace: bool = False,
+    ) -> Future[PublishedRevision]:
+        """Record one checkpoint in the journal and hand it to the worker (`publish` and `publish_captured`).
+
+        `live`: a `Captured` of the caller's, or (state_dict, training_state) to copy into our own staging
+        buffers. Whichever it is, it is released once: by the job when in the spool, or here when the job
+        does not need it (it runs already, or its converted files are in the spool) or cannot be queued.
+        """
+        given = live if isinstance(live, Captured) else None
+        try:
+            # An earlier job's failure is not raised here: that would cost this checkpoint (never captured),
+            # and one failed job must never block the others. Its Future, `wait()` and `close()` report it.
+            if self._closed:
+                raise HubConfigError("This Publisher is closed; create a new one.")
+            started = time.perf_counter()
+            if source is not None:
+                source = Path(source).resolve()
+                if not source.exists():
+                    raise UnsupportedCheckpointError(f"{source} does not exist", str(source))
+                peeked_step, peeked_tokens = peek_step(source)
+                step = step if step is not None else peeked_step
+                tokens = tokens if tokens is not None else peeked_tokens
+            if step is None:
+                raise HubConfigError(
+                    f"Cannot tell the training step of {source or 'this checkpoint'}: it records none "
+                    "and its name carries none; pass step=N (CLI: --step N)"
+                )
+            if revision:
+                validate_revision_name(revision)
+            name = revision or render_revision_name(self.revision_template, step=step, tokens=tokens, epoch=epoch)
+            job_id = f"{step:012d}-{name}"
+            if replace:
+                self._pipeline.replace.add(job_id)
+            running = self._worker.future(job_id)
+            if running is not None:  # the same step again (a final save after a periodic one): one job
+                self._join_final(job_id, final)
+                if given is not None:
+                    given.release()
+                return running
+            captured = self._staging.take(*live) if isinstance(live, tuple) else given
+        except BaseException:
+            if given is not None:
+                given.release()
+            raise
+        entry = {
             "revision": name,
             "step": step,
             "source": str(source) if source else None,
@@ -283,22 +270,58 @@ class Publisher:
             "tokens": tokens,
             "companions": [str(Path(c).resolve()) for c in companions],
             "captured_at": _now(),
-            "signature": signature,
+            "signature": stages.source_signature(source),
             "targets": self._keys,
         }
+        try:
+            future, handed = self._hand_over(job_id, entry, captured, started, snapshot=snapshot, replace=replace)
+        except BaseException:
+            if self._payloads.get(job_id) is captured:
+                del self._payloads[job_id]
+            if captured is not None:  # not queued: the buffers may be reused at once
+                captured.release()
+            raise
+        if captured is not None and not handed:
+            captured.release()
+        return future
+
+    def _hand_over(
+        self,
+        job_id: str,
+        entry: dict[str, Any],
+        captured: Captured | None,
+        started: float,
+        *,
+        snapshot: bool,
+        replace: bool,
+    ) -> tuple[Future[PublishedRevision], bool]:
+        """The journal's capture record, then the worker's queue (blocking while `max_pending` jobs wait).
+
+        Returns the job's Future, and whether the job took `captured` (it does not when its converted
+        files are in the spool already)."""
+        record = self._store.get(job_id)
+        if record is not None and self._open(record):  # left unfinished by a process that stopped: carry on
+            needed = False  # its converted files may be in the spool already
+            if captured is not None and not (self._store.revision_folder(job_id) / MANIFEST_FILE).is_file():
+                self._payloads[job_id] = captured
+                needed = True
+            self._join_final(job_id, entry["final"])
+            future, _ = self._worker.submit(job_id, block=True)
+            return future, needed
+        source = entry["source"]
+        if source is not None and snapshot:
+            entry["source"] = str(snapshot_into(Path(source), self._store.folder(job_id) / "source"))
         if replace:  # in the journal too: a job resumed after a kill must still replace
-            captured["replace"] = True
+            entry["replace"] = True
         elsewhere: set[str] = set()
-        if (
-            record is not None
-            and signature
-            and record.captured.get("signature") == signature
-            and record.manifest_sha256
-        ):
-            captured["expect_sha256"] = record.manifest_sha256  # unchanged on disk: maybe no need to convert
-            elsewhere = record.published - set(self._keys)  # still true of the other hubs it went to
-        self._payloads[job_id] = payload
-        self._store.capture(job_id, captured)
+        signature = entry["signature"]
+        if record is not None and signature and record.captured.get("signature") == signature:
+            if record.manifest_sha256:
+                entry["expect_sha256"] = record.manifest_sha256  # unchanged on disk: maybe no need to convert
+                elsewhere = record.published - set(self._keys)  # still true of the other hubs it went to
+        self._store.capture(job_id, entry)
+        if captured is not None:
+            self._payloads[job_id] = captured
         for key in sorted(elsewhere):
             self._store.published(job_id, key)
         fault("publish.after_capture")
@@ -306,11 +329,15 @@ class Publisher:
         future, _ = self._worker.submit(job_id, block=True)  # backpressure, never a dropped checkpoint
         logger.info(
             "captured %s (training blocked %.3fs, %.3fs with backpressure)",
-            name,
+            entry["revision"],
             blocked,
             time.perf_counter() - started,
         )
-        return future
+        return future, True
+
+    def allocate(self, entries: list[tuple[tuple[int, ...], Any, bool]]) -> list[Any]:
+        """Staging buffers for a `Checkpointer` publishing through this Publisher: plain (or pinned) CPU memory."""
+        return empty_buffers(entries)
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until every queued job is finished; re-raise the first failure not reported yet.
@@ -360,9 +387,13 @@ class Publisher:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        else:  # don't mask the caller's error; what is queued stays in the journal for the next start
-            self._closed = True
-            self._worker.stop(0, drain=False)
+        else:  # don't mask the caller's error
+            self.abort()
+
+    def abort(self) -> None:
+        """Stop at once, without waiting: what is queued stays in the journal for the next start."""
+        self._closed = True
+        self._worker.stop(0, drain=False)
 
     def pending(self) -> list[str]:
         """Revisions captured but not yet published to every target (from the journal)."""
@@ -445,39 +476,13 @@ class Publisher:
         self._store.failed(job_id, f"{type(error).__name__}: {error}", retryable=retryable)
         self._unreported.append((job_id, error))
 
-    def _give_back(self, payload: dict[str, Any]) -> None:
-        """Staging buffers of a payload may be reused."""
-        if "weights" in payload:
-            self._release_weights(payload.pop("weights"))
-
-    def _release_weights(self, weights: dict) -> None:
-        """Our staging buffers back to the pool, or the caller's back to the caller (`publish(release=)`)."""
-        if isinstance(weights, _CallerStaged):
-            weights.release()
-        else:
-            self._staging.release(weights)
-
     def _process(self, job_id: str) -> PublishedRevision:
-        payload = self._payloads.get(job_id, {})
+        captured = self._payloads.pop(job_id, None)
         try:
-            return self._pipeline.run(job_id, payload)
+            return self._pipeline.run(job_id, captured)
         finally:
-            self._payloads.pop(job_id, None)
-            self._give_back(payload)
-
-
-class _CallerStaged(dict):
-    """Tensors the caller staged itself (`publish(release=...)`): taken as they are; `release()` once, when
-    they are in the spool or the job ended."""
-
-    def __init__(self, tensors: dict, release: Callable[[], None]) -> None:
-        super().__init__(tensors)
-        self._release: Callable[[], None] | None = release
-
-    def release(self) -> None:
-        release, self._release = self._release, None
-        if release is not None:
-            release()
+            if captured is not None:  # (done already once it was written to the spool)
+                captured.release()
 
 
 __all__ = [

@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,23 +32,21 @@ from ..hub.writer import HubTarget
 from .jobs import JobStore
 from .journal import JobRecord
 from .layout import CARD_FILE, final_files_to_replace, main_files
-from .policies import Retention
+from .options import PublishOptions
+from .staging import Captured
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class Settings:
-    """What every stage needs to know about the run (the Publisher's options)."""
+class Run:
+    """What every stage needs to know: the repo, the publisher's options, and the metric deciding `best`
+    (the option, else learnt from the first Trainer checkpoint that records one)."""
 
     repo_id: str
-    retention: Retention
-    card: CardOptions
+    options: PublishOptions
     monitor: str | None = None
     mode: str = "min"
-    max_shard_size: int | str = "5GB"
-    allow_globals: list[str] = field(default_factory=list)
-    include_training_state: bool = True
 
 
 @dataclass
@@ -101,8 +99,10 @@ def source_signature(path: str | Path | None) -> str | None:
 # -- convert ----------------------------------------------------------------------------------------
 
 
-def convert(settings: Settings, store: JobStore, record: JobRecord, payload: dict[str, Any]) -> dict:
-    """The job's verified safetensors + checkpoint.json in the spool (reused if already staged); its manifest."""
+def convert(run: Run, store: JobStore, record: JobRecord, captured: Captured | None = None) -> dict:
+    """The job's verified safetensors + checkpoint.json in the spool (reused if already staged); its manifest.
+
+    Read from the checkpoint on disk, or from `captured` (live tensors in staging buffers)."""
     from ..conversion import convert_checkpoint
     from ..readers import read_checkpoint
     from ..snapshots import check_snapshot
@@ -113,58 +113,73 @@ def convert(settings: Settings, store: JobStore, record: JobRecord, payload: dic
         # before the journal said so. A new capture clears the folder first, so it is this capture's.
         digest = folder_digest(folder)
         store.converted(record.job, digest)
-        return read_manifest(folder)
+        return converted_manifest(folder)
     if record.manifest_sha256 is not None:
         if (folder / MANIFEST_FILE).is_file() and folder_digest(folder) == record.manifest_sha256:
-            return read_manifest(folder)
+            return converted_manifest(folder)
         logger.info("%s: the spool no longer holds its converted files; converting again", record.revision)
         store.unstaged(record.job)
-    captured = record.captured
-    source = captured.get("source")
+    entry = record.captured
+    source = entry.get("source")
     if source and Path(source).exists():
         check_snapshot(Path(source))
-        ckpt = read_checkpoint(source, allow_globals=settings.allow_globals)
-    elif "weights" in payload:
+        ckpt = read_checkpoint(source, allow_globals=run.options.allow_globals)
+    elif captured is not None and not captured.released:
         ckpt = Checkpoint(
-            source=Path(captured["revision"]),
+            source=Path(record.revision),
             source_format="live",
-            weights=payload["weights"],
-            training_state=payload.get("training_state") or {},
+            weights=captured.weights,
+            training_state=captured.training_state or {},
         )
     elif source:
         raise PublishError(
             f"Cannot publish {record.revision}: its checkpoint {source} no longer exists and the spool "
             "does not hold its converted files any more. Publish it again from a copy "
-            f"(or drop the job: hubckpt jobs {settings.repo_id} --drop {record.revision})."
+            f"(or drop the job: hubckpt jobs {run.repo_id} --drop {record.revision})."
         )
     else:
         raise PublishError(
             f"Cannot publish {record.revision}: it was captured from live tensors in memory, and the "
             "process stopped before they were written to the spool. Publish that step again "
-            f"from the training loop, or drop the job: hubckpt jobs {settings.repo_id} --drop "
+            f"from the training loop, or drop the job: hubckpt jobs {run.repo_id} --drop "
             f"{record.revision}."
         )
-    ckpt.step = captured["step"]
+    ckpt.step = entry["step"]
     for key in ("epoch", "tokens"):
-        if captured.get(key) is not None:
-            setattr(ckpt, key, captured[key])
-    ckpt.metrics = {**ckpt.metrics, **captured.get("metrics", {})}
-    ckpt.companions += [Path(c) for c in captured.get("companions", [])]
-    if not settings.include_training_state:
+        if entry.get(key) is not None:
+            setattr(ckpt, key, entry[key])
+    ckpt.metrics = {**ckpt.metrics, **entry.get("metrics", {})}
+    ckpt.companions += [Path(c) for c in entry.get("companions", [])]
+    if not run.options.include_training_state:
         ckpt.training_state = {}
-    if ckpt.best and ckpt.best.get("metric") and settings.monitor is None:
-        settings.monitor, settings.mode = ckpt.best["metric"], ckpt.best.get("mode", "min")
-    convert_checkpoint(ckpt, folder, max_shard_size=settings.max_shard_size, overwrite=True, link=True)
+    if ckpt.best and ckpt.best.get("metric") and run.monitor is None:
+        run.monitor, run.mode = ckpt.best["metric"], ckpt.best.get("mode", "min")
+    convert_checkpoint(ckpt, folder, max_shard_size=run.options.max_shard_size, overwrite=True, link=True)
     if source and Path(source).exists():
         check_snapshot(Path(source))  # not overwritten in place while it was being read
     digest = folder_digest(folder)
     store.converted(record.job, digest)
     fault("publish.after_convert")
-    return read_manifest(folder)
+    return converted_manifest(folder)
+
+
+def converted_manifest(folder: Path) -> dict[str, Any]:
+    """The checkpoint.json of a converted spool folder (the converter writes it last)."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise PublishError(f"{folder} holds no {MANIFEST_FILE}: the spool was changed from outside; publish again")
+    return manifest
+
+
+def converted_digest(record: JobRecord) -> str:
+    """The manifest digest the journal recorded when this job's capture was converted."""
+    if record.manifest_sha256 is None:
+        raise PublishError(f"{record.revision}: committing before the journal recorded its conversion")
+    return record.manifest_sha256
 
 
 def folder_digest(folder: Path) -> str:
-    return manifest_digest(read_manifest(folder))
+    return manifest_digest(converted_manifest(folder))
 
 
 def revision_info(captured: dict, manifest: dict, *, commit: str | None, digest: str | None = None) -> RevisionInfo:
@@ -185,20 +200,20 @@ def revision_info(captured: dict, manifest: dict, *, commit: str | None, digest:
 
 
 def revision_card(
-    settings: Settings, target: HubTarget, record: JobRecord, manifest: dict, folder: Path, previous: str | None
+    run: Run, target: HubTarget, record: JobRecord, manifest: dict, folder: Path, previous: str | None
 ) -> bytes:
     """This revision's README.md, rendered for `target` (its links point at that hub)."""
     info = revision_info(record.captured, manifest, commit=None)
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != CARD_FILE)
     return render_revision_card(
-        repo_id=settings.repo_id,
+        repo_id=run.repo_id,
         repo_url=target.repo_url,
         info=info,
         previous=previous,
-        monitor=settings.monitor,
-        mode=settings.mode,
+        monitor=run.monitor,
+        mode=run.mode,
         files=files,
-        options=settings.card,
+        options=run.options.card,
     ).encode()
 
 
@@ -239,7 +254,7 @@ def commit(target: HubTarget, view: HubView, record: JobRecord, folder: Path, *,
         folder,
         start_from=start,
         message=f"Checkpoint {name} (step {step})",
-        manifest_sha256=record.manifest_sha256,
+        manifest_sha256=converted_digest(record),
         replace=replace,
         extra_files={CARD_FILE: card},
     )
@@ -249,7 +264,7 @@ def commit(target: HubTarget, view: HubView, record: JobRecord, folder: Path, *,
 
 
 def index(
-    settings: Settings,
+    run: Run,
     target: HubTarget,
     record: JobRecord,
     manifest: dict,
@@ -267,12 +282,12 @@ def index(
         if not replace:
             refuse_collision(current, target, name, digest)  # again: another writer may have raced us
         current.upsert(revision_info(record.captured, manifest, commit=commit_sha, digest=digest))
-        if current.monitor is None and settings.monitor:
-            current.monitor, current.mode = settings.monitor, settings.mode
+        if current.monitor is None and run.monitor:
+            current.monitor, current.mode = run.monitor, run.mode
         current.best = best_revision(current) or current.best
         if final:
             current.final = name
-        files = main_files(target, current, settings.card, has_config=(folder / "config.json").is_file())
+        files = main_files(target, current, run.options.card, has_config=(folder / "config.json").is_file())
         deletes: list[str] = []
         if final:  # old model files from an earlier final must not mix with the new ones
             ours = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
@@ -336,17 +351,17 @@ def retire(
     return wanted
 
 
-def retain(settings: Settings, target: HubTarget, current: RevisionIndex, *, has_config: bool) -> RevisionIndex:
+def retain(run: Run, target: HubTarget, current: RevisionIndex, *, has_config: bool) -> RevisionIndex:
     """Apply the retention policy to `current` (the index just written), then put the tags right."""
-    if settings.retention.active:
-        plan = settings.retention.to_prune(current)
+    if run.options.retention.active:
+        plan = run.options.retention.to_prune(current)
         if plan or any(r.pruned for r in current.revisions):
             retire(
                 target,
                 plan,
-                settings.card,
+                run.options.card,
                 has_config=has_config,
-                confirm=lambda idx: set(settings.retention.to_prune(idx)),
+                confirm=lambda idx: set(run.options.retention.to_prune(idx)),
             )
             reconcile_tags(target)
             return current
@@ -367,7 +382,7 @@ def reconcile_tags(target: HubTarget, index: RevisionIndex | None = None) -> Non
 
 
 __all__ = [
-    "Settings",
+    "Run",
     "HubView",
     "read_view",
     "source_signature",

@@ -8,10 +8,10 @@
     ckpt.close()
 
 What `save` does on the training thread: copy weights, optimizer, scheduler and grad-scaler state
-into reused staging buffers (`capture.StagingPool`), take the RNG states (python, numpy, torch,
+into reused staging buffers (`staging.StagingPool`), take the RNG states (python, numpy, torch,
 CUDA) and the loop state, and hand the lot to a background hand-off thread. That thread gives it to
 the `Publisher`, which converts, uploads and indexes it; the buffers come back once written to the
-spool. By default (Linux) the Publisher runs in a child process (`publisher_process.py`) that reads
+spool. By default (Linux) the Publisher runs in a child process (`process/`) that reads
 the buffers from shared memory, so its work never holds this process's GIL. The buffers are
 allocated and touched ahead of need on a background thread: the weights'
 right at construction, the optimizer's right after its first `step()` (a step hook), so the first
@@ -38,18 +38,19 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..conversion.training_state import capture_rng
 from ..errors import HubConfigError
 from ..priority import IDLE, check_priority, idle_class_supported, in_background_priority, lower_priority
-from .capture import StagingPool, StagingSet, capture, spec_of, synchronize
+from .staging import Captured, StagingPool, StagingSet, capture, spec_of, synchronize
 
 if TYPE_CHECKING:
     import torch
 
+    from ..hub.writer import HubTarget
     from ..load.restore import Restored
-    from ..publishing import PublishedRevision, Publisher
+    from .pipeline import PublishedRevision
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,40 @@ def class_name(obj: Any) -> str | None:
 DEFAULT_PUBLISH_MB_PER_S = 60.0  # see the publish_mb_per_s argument
 
 
+class CapturePublisher(Protocol):
+    """What the `Checkpointer` hands its captures to, whatever runs the publishing: the `Publisher` on threads
+    of this process, or `PublisherProcess` in a child process. One interface, whatever the mode."""
+
+    spool: Path
+    targets: list[HubTarget]  # reads (what is published, restore) go to the first
+
+    def allocate(self, entries: list[tuple[tuple[int, ...], torch.dtype, bool]]) -> list[torch.Tensor]:
+        """Staging buffers this publisher can read (shared memory for a publishing process)."""
+        ...
+
+    def publish_captured(
+        self,
+        captured: Captured,
+        *,
+        step: int,
+        metrics: dict[str, float] | None = None,
+        tokens: int | None = None,
+        epoch: float | None = None,
+        final: bool = False,
+        companions: Iterable[str | Path] = (),
+    ) -> Future[PublishedRevision]:
+        """Queue a capture as the revision of `step`; `captured.release()` once it is in the spool."""
+        ...
+
+    def wait(self, timeout: float | None = None) -> None: ...
+
+    def close(self, timeout: float | None = None) -> None: ...
+
+    def abort(self) -> None:
+        """Stop without waiting (the training loop failed); what was handed over stays in the journal."""
+        ...
+
+
 class Checkpointer:
     """Capture a training loop's whole state at copy speed; publish it as a Hub revision in the background.
 
@@ -72,7 +107,7 @@ class Checkpointer:
             `torch.amp.GradScaler`).
         hub: where to publish (`local`, `hf`, a URL, or a list; see `hubckpt.Publisher`).
         every: publish only steps that are multiples of `every` (and `final=True` saves); None: every call.
-        monitor, mode: the metric deciding the `best` tag, "min" or "max".
+        monitor, mode: the metric deciding the `best` tag, "min" (the default) or "max".
         companions: files published beside the weights in every revision (config, tokenizer files...). A
             transformers model's own config.json / generation_config.json are added automatically.
         staging_sets: buffer sets for captures in flight (each the size of the whole state). With 1, a
@@ -81,7 +116,8 @@ class Checkpointer:
             Linux): a child process of its own, reading the staging buffers from shared memory, so it
             never holds the training loop's GIL and its priority (`nice`) really leaves the CPU to
             training; if this process dies, the child still publishes what was captured.
-            "thread": threads of this process (the publisher's options may then be any objects).
+            "thread": threads of this process. The Checkpointer hands its captures to either through one
+            interface (`CapturePublisher`).
         nice: the CPU priority of the background work: "idle" (Linux's idle scheduling class: it
             runs only on CPU time nothing else wants, so it never delays a training thread; see
             `hubckpt/priority.py`) or a nice increment 0..19 (a share of the CPU, which on current
@@ -104,7 +140,8 @@ class Checkpointer:
             over more time, so training runs closer to full speed meanwhile for about the same
             total cost, and a revision appears later (bench/README.md, "Fewer bytes and fewer
             threads per publish").
-        **publisher_options: passed to `hubckpt.Publisher` (keep_last, revision_template, token, ...).
+        **publisher_options: `hubckpt.PublishOptions` fields (keep_last, revision_template, token, ...),
+            or `options=PublishOptions(...)` itself, as `hubckpt.Publisher` takes them.
     """
 
     def __init__(
@@ -118,7 +155,7 @@ class Checkpointer:
         hub: Any = None,
         every: int | None = None,
         monitor: str | None = None,
-        mode: str = "min",
+        mode: str | None = None,
         companions: Iterable[str | os.PathLike] = (),
         staging_sets: int = 1,
         background: str | None = None,
@@ -126,8 +163,9 @@ class Checkpointer:
         publish_mb_per_s: float | str | None = "auto",
         **publisher_options: Any,
     ) -> None:
-        from ..publishing import Publisher
-        from .publisher_process import PublisherProcess
+        from .options import PublishOptions
+        from .process.parent import PublisherProcess
+        from .publisher import Publisher
         from .shared_memory import shared_memory_supported
 
         if every is not None and every < 1:
@@ -167,17 +205,15 @@ class Checkpointer:
                     f"publish_mb_per_s must be a positive number of megabytes per second, 'auto' "
                     f"or None (no cap), got {publish_mb_per_s!r}"
                 )
-        allocate = None
+        given = {"hub": hub, "monitor": monitor, "mode": mode}  # None: as `options` (or its default) says
+        options = publisher_options.pop("options", None) or PublishOptions()
+        options = options.replace(**{k: v for k, v in given.items() if v is not None}, **publisher_options)
+        self.publisher: CapturePublisher
         if background == "process":
-            self.publisher: Publisher | PublisherProcess = PublisherProcess(
-                repo_id, nice=nice, mb_per_s=publish_mb_per_s, hub=hub, monitor=monitor, mode=mode, **publisher_options
-            )
-            allocate = self.publisher.allocator
+            self.publisher = PublisherProcess(repo_id, options, nice=nice, mb_per_s=publish_mb_per_s)
         else:
             # Created on a lowered-priority thread: the publisher's worker (and the threads it starts) inherit it.
-            self.publisher = in_background_priority(
-                lambda: Publisher(repo_id, hub=hub, monitor=monitor, mode=mode, **publisher_options), nice
-            )
+            self.publisher = in_background_priority(lambda: Publisher(repo_id, options=options), nice)
         self.companions = [
             *model_files(model, self.publisher.spool / "model-files"),
             *(Path(c).resolve() for c in companions),
@@ -190,7 +226,9 @@ class Checkpointer:
         self._hub, self._token = first.hub, first.token
         # With a publishing process this process's own threads only copy and queue: nothing to lower.
         self._thread_nice = thread_nice = 0 if background == "process" else nice
-        self._pool = StagingPool(staging_sets, on_start=lambda: lower_priority(thread_nice), allocate=allocate)
+        self._pool = StagingPool(
+            staging_sets, on_start=lambda: lower_priority(thread_nice), allocate=self.publisher.allocate
+        )
         self._pool.prefault(spec_of(model.state_dict(), "model"))
         self._optimizer_prefaulted = False
         self._hook = optimizer.register_step_post_hook(self._after_step) if optimizer is not None else None
@@ -243,7 +281,7 @@ class Checkpointer:
         if self.every and step % self.every and not final:
             return None
         if step in self._published and not final:  # (a final save of a published step makes it `final`)
-            from ..publishing import PublishedRevision
+            from .pipeline import PublishedRevision
 
             logger.info("step %d of %s is already published; not saved again", step, self.repo_id)
             future: Future = Future()
@@ -264,9 +302,7 @@ class Checkpointer:
         self._published[step] = f"step {step}"  # its real name is the publisher's to render
         self._handoff.put(
             (
-                staging_set,
-                weights,
-                training_state,
+                self._pool.hold(staging_set, weights, training_state),
                 dict(step=step, metrics=dict(metrics or {}), tokens=tokens, epoch=epoch, final=final),
                 future,
             )
@@ -311,28 +347,12 @@ class Checkpointer:
             if item is None:
                 self._handoff.task_done()
                 return
-            staging_set, weights, training_state, options, future = item
-            released = threading.Event()
-
-            def release(staging_set=staging_set, released=released) -> None:
-                if not released.is_set():
-                    released.set()
-                    self._pool.release(staging_set)
-
-            try:
-                # The process needs to know which buffers hold the tensors, to send only their names.
-                where = {"staging_set": staging_set} if self.background == "process" else {}
-                inner = self.publisher.publish(
-                    state_dict=weights,
-                    training_state=training_state,
-                    companions=self.companions,
-                    release=release,
-                    **where,
-                    **options,
-                )
+            captured, options, future = item
+            try:  # the staging set comes back to the pool when the publisher releases the capture
+                inner = self.publisher.publish_captured(captured, companions=self.companions, **options)
                 _chain(inner, future, on_done=lambda f, step=options["step"]: self._settled(step, f))
             except BaseException as e:  # re-raised by the next save / wait / close
-                release()
+                captured.release()
                 logger.error("could not queue step %s of %s for publishing: %s", options.get("step"), self.repo_id, e)
                 self._published.pop(options.get("step"), None)
                 if self._error is None:
@@ -397,7 +417,7 @@ class Checkpointer:
         self._handoff.put(None)
         if self._hook is not None:
             self._hook.remove()
-        self.publisher.__exit__(exc_type, exc, tb)
+        self.publisher.abort()
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -464,6 +484,7 @@ def model_files(model: Any, folder: Path) -> list[Path]:
     import copy
 
     folder.mkdir(parents=True, exist_ok=True)
+    assert config is not None  # checked above: it has to_json_file
     config = copy.deepcopy(config)
     config.architectures = [type(model).__name__]  # as save_pretrained records it: load_model picks the class
     config.to_json_file(folder / "config.json")

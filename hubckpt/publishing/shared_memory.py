@@ -18,6 +18,7 @@ import mmap
 import os
 import socket
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -54,16 +55,16 @@ class SharedAllocator:
         value). `pinned` is not honoured: a CUDA capture into this pageable memory is a synchronous copy."""
         import torch
 
-        entries = [(shape, dtype) for shape, dtype, _pinned in entries]
+        layouts = [(shape, dtype) for shape, dtype, _pinned in entries]
         sizes = [
-            int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size() for shape, dtype in entries
+            int(torch.Size(shape).numel()) * torch.empty((), dtype=dtype).element_size() for shape, dtype in layouts
         ]
         offsets, total = [], 0
         for n in sizes:
             offsets.append(total)
             total += -(-n // _ALIGN) * _ALIGN
         if total == 0:
-            return [torch.empty(shape, dtype=dtype) for shape, dtype in entries]
+            return [torch.empty(shape, dtype=dtype) for shape, dtype in layouts]
         fd = os.memfd_create("hubckpt-staging", os.MFD_CLOEXEC)
         try:
             os.ftruncate(fd, total)
@@ -76,7 +77,7 @@ class SharedAllocator:
             arena = self._next
             self._next += 1
             self._arenas[arena] = (fd, total)
-            for (shape, dtype), offset, n in zip(entries, offsets, sizes):
+            for (shape, dtype), offset, n in zip(layouts, offsets, sizes):
                 if n == 0:
                     out.append(torch.empty(shape, dtype=dtype))
                     continue
@@ -133,7 +134,7 @@ class Channel:
         self.sock = sock
         self._send_lock = threading.Lock()
 
-    def send(self, message: dict[str, Any], fds: list[int] = ()) -> None:
+    def send(self, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
         data = json.dumps(message, separators=(",", ":")).encode()
         fds = list(fds)
         with self._send_lock:

@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test wheel-check bench clean browser
+.PHONY: demo test bench clean browser
 
 $(STAMP): pyproject.toml constraints-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found); set PYTHON=..."; exit 1; }
@@ -24,6 +24,7 @@ test: $(STAMP) browser wheel-check
 
 # What users install is what is tested: the sdist and wheel built, the wheel installed (not editable) in a
 # fresh venv outside the checkout, then `hubckpt demo` and a smoke set of tests run against it (.ci/wheel-check).
+.PHONY: wheel-check
 wheel-check: $(STAMP)
 	PYTHON=$(PYTHON) BUILD_PYTHON=$(PY) .ci/wheel-check
 

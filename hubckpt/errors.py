@@ -306,29 +306,6 @@ def __getattr__(name: str) -> type:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# -- restoring ------------------------------------------------------------------------------------
-
-
-class RestoreError(HubckptError, ValueError):
-    """A revision's training state cannot be restored into the given objects; nothing was changed."""
-
-
-class StateMismatchError(RestoreError):
-    """What the revision holds does not fit the model / optimizer given.
-
-    Attributes:
-        mismatches: one line per difference ("missing in the revision: ...", "shape ...").
-    """
-
-    def __init__(self, message: str, mismatches: list[str] | None = None) -> None:
-        self.mismatches = list(mismatches or [])
-        super().__init__(message)
-
-
-class TrainingStateMissingError(RestoreError, LookupError):
-    """The revision has no `training_state/` (it was published from weights alone)."""
-
-
 # -- installation ---------------------------------------------------------------------------------
 
 
@@ -352,3 +329,26 @@ class MissingExtraError(HubckptError, ImportError):
         self.module = module
         message = f'{module} is needed for {feature} but is not installed: pip install "hubckpt[{extra}]"'
         super().__init__(message, name=module)
+
+
+# -- restoring ------------------------------------------------------------------------------------
+
+
+class RestoreError(HubckptError, ValueError):
+    """A revision's training state cannot be restored into the given objects; nothing was changed."""
+
+
+class StateMismatchError(RestoreError):
+    """What the revision holds does not fit the model / optimizer given.
+
+    Attributes:
+        mismatches: one line per difference ("missing in the revision: ...", "shape ...").
+    """
+
+    def __init__(self, message: str, mismatches: list[str] | None = None) -> None:
+        self.mismatches = list(mismatches or [])
+        super().__init__(message)
+
+
+class TrainingStateMissingError(RestoreError, LookupError):
+    """The revision has no `training_state/` (it was published from weights alone)."""

@@ -19,8 +19,14 @@ $(STAMP): pyproject.toml constraints-dev.txt
 demo: $(STAMP)
 	$(VENV)/bin/hubckpt demo
 
-test: $(STAMP) browser
+test: $(STAMP) browser wheel-check
 	$(PY) -m pytest -q
+
+# What users install is what is tested: the sdist and wheel built, the wheel installed (not editable) in a
+# fresh venv outside the checkout, then `hubckpt demo` and a smoke set of tests run against it (.ci/wheel-check).
+.PHONY: wheel-check
+wheel-check: $(STAMP)
+	PYTHON=$(PYTHON) BUILD_PYTHON=$(PY) .ci/wheel-check
 
 # The web pages' browser tests use Debian's chromium + chromium-driver: installed when missing and apt-get
 # is there (CI runs as root); otherwise those tests skip themselves.

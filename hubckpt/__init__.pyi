@@ -35,6 +35,7 @@ from .errors import (
     HubUnavailableError as HubUnavailableError,
     IntegrityError as IntegrityError,
     InvalidNameError as InvalidNameError,
+    MissingExtraError as MissingExtraError,
     NoSafetensorsError as NoSafetensorsError,
     PublishError as PublishError,
     RestoreError as RestoreError,

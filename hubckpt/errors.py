@@ -31,9 +31,10 @@ Hierarchy::
     ├── UnknownRevisionError (huggingface_hub RevisionNotFoundError)   no branch, tag or commit of that name
     ├── NoSafetensorsError (huggingface_hub NotASafetensorsRepoError)  a revision without safetensors weights
     ├── AnalysisError (ValueError)            analysis inputs that cannot work (probe file, layers, revisions)
-    └── RestoreError (ValueError)             a revision's training state cannot go into these objects; nothing changed
-        ├── StateMismatchError                names / shapes / dtypes / param groups differ (`mismatches`)
-        └── TrainingStateMissingError (LookupError)  the revision was published without training_state/
+    ├── RestoreError (ValueError)             a revision's training state cannot go into these objects; nothing changed
+    │   ├── StateMismatchError                names / shapes / dtypes / param groups differ (`mismatches`)
+    │   └── TrainingStateMissingError (LookupError)  the revision was published without training_state/
+    └── MissingExtraError (ImportError)       a feature needs an optional dependency; names the extra to install
 
 Errors raised by `huggingface_hub` itself (RepositoryNotFoundError, RevisionNotFoundError, ...) are
 propagated unchanged: the local hub sends the same `X-Error-Code` headers as huggingface.co, so users
@@ -303,6 +304,31 @@ def __getattr__(name: str) -> type:
             _BUILT[name] = cls
         return _BUILT[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# -- installation ---------------------------------------------------------------------------------
+
+
+class MissingExtraError(HubckptError, ImportError):
+    """A feature needs an optional dependency that is not installed; the message names the extra.
+
+    Attributes:
+        extra: the extra that installs it (`pip install "hubckpt[<extra>]"`).
+        feature: what needed it, in words ("plots").
+        module: the module that could not be imported (also `name`, as for ImportError).
+
+    What to do:
+        Install the extra the message names: `pip install "hubckpt[analysis]"` (matplotlib, for plots) or
+        `pip install "hubckpt[trainer]"` (accelerate, for the transformers Trainer); or skip the feature
+        (`analyze(..., plots=False)`).
+    """
+
+    def __init__(self, extra: str, feature: str, module: str) -> None:
+        self.extra = extra
+        self.feature = feature
+        self.module = module
+        message = f'{module} is needed for {feature} but is not installed: pip install "hubckpt[{extra}]"'
+        super().__init__(message, name=module)
 
 
 # -- restoring ------------------------------------------------------------------------------------

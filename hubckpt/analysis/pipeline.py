@@ -228,6 +228,10 @@ def analyze(
     """
     from ..hub.select import Hub, ensure_running, resolve_hub
 
+    if plots:  # before any download or forward pass, not after them
+        from .plots import require_matplotlib
+
+        require_matplotlib()
     started = time.perf_counter()
     hub_obj = ensure_running(hub if isinstance(hub, Hub) else resolve_hub(hub))
     infos = select_revisions(repo_id, revisions, every, hub=hub_obj, token=token)

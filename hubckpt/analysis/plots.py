@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AnalysisError
+from ..extras import require
 
 _MAX_TICKS = 12
 _MAX_CURVES = 12
@@ -23,11 +24,15 @@ _PNG_META = {"Software": None}
 
 
 def _figure(**kwargs: Any):
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as e:  # pragma: no cover - depends on the installation
-        raise AnalysisError('Plots need matplotlib: pip install "hubckpt[analysis]".') from e
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
     return Figure(**kwargs)
+
+
+def require_matplotlib() -> None:
+    """Plots need the `analysis` extra: say so in one line (MissingExtraError) when it is missing."""
+    require("matplotlib", extra="analysis", feature="plots")
 
 
 def _save(fig: Any, path: str | Path) -> Path:

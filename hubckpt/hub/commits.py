@@ -19,12 +19,12 @@ import contextlib
 import io
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
+from .. import environment
 from ..direct_io import DirectReader, direct_io_enabled
 from .patches import EMPTY_COMMIT_WARNING, XET_FALLBACK_NOTICE, dropped_log_messages
 
@@ -46,11 +46,11 @@ def quiet_xet_notice() -> Iterator[None]:
     """Around our commits: no Xet-fallback notice, no empty-commit warning, no huggingface_hub upload progress bars.
 
     The bars would land in the Trainer's logs and in piped CLI output (publishing runs in the background;
-    the CLI reports per revision). `HUBCKPT_PROGRESS_BARS=1` keeps them.
+    the CLI reports per revision). `HUBCKPT_DISABLE_PROGRESS_BARS=0` keeps them.
     """
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-    silence = os.environ.get("HUBCKPT_PROGRESS_BARS") != "1"
+    silence = environment.progress_bars() is not True
     if silence:
         with _quiet_lock:
             if _quiet["depth"] == 0:

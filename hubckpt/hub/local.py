@@ -20,11 +20,10 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from .. import environment
 from ..errors import HubConfigError, HubUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -36,8 +35,7 @@ _START_TIMEOUT_S = 60.0
 
 def default_local_root() -> Path:
     """The local hub's data folder: `HUBCKPT_HUB_ROOT`, else `~/.cache/hubckpt/hub`."""
-    env = os.environ.get("HUBCKPT_HUB_ROOT")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "hubckpt" / "hub"
+    return environment.hub_root()
 
 
 def local_root(root: str | Path | None = None) -> Path:
@@ -50,6 +48,9 @@ def local_root(root: str | Path | None = None) -> Path:
 
 def _health(url: str, timeout: float = 2.0) -> dict | None:
     """What a hubckpt local hub at `url` says of itself; None if nothing (or another kind of server) answers."""
+    import urllib.error  # here: every CLI start imports this module, and urllib.request costs it ~18 ms
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"{url}/api/hubckpt/health", timeout=timeout) as r:  # noqa: S310 - a hub URL
             body = json.loads(r.read())

@@ -14,11 +14,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import environment
 from ..errors import HubConfigError
 from .local import ensure_local_hub, local_root, running_local_hub
 from .patches import set_default_endpoint
@@ -53,7 +53,7 @@ def resolve_hub(hub: str | None = None, *, root: str | Path | None = None, start
     Without `start`, the local hub's `endpoint` is the URL of the server serving its data folder, or ""
     while none does: `ensure_running` starts one when the hub is used.
     """
-    value = hub or os.environ.get("HUBCKPT_HUB") or os.environ.get("HF_ENDPOINT") or "local"
+    value = hub or environment.hub()
     value = value.strip()
     if value == "local":
         data = local_root(root)
@@ -73,9 +73,6 @@ def ensure_running(hub: Hub) -> Hub:
     return hub
 
 
-TOKEN_ENV = "HUBCKPT_TOKEN"
-
-
 def resolve_token(hub: Hub, token: str | bool | None = None) -> str | bool | None:
     """The token to send to `hub`: the explicit one, else the hub's own default — never another hub's.
 
@@ -88,7 +85,7 @@ def resolve_token(hub: Hub, token: str | bool | None = None) -> str | bool | Non
         return token
     if hub.is_huggingface_co:
         return None
-    return os.environ.get(TOKEN_ENV) or False
+    return environment.token() or False
 
 
 def token_for(hub: Hub, spec: object, tokens: str | dict | None) -> str | bool | None:

@@ -35,6 +35,9 @@ class HubckptCallback(TrainerCallback):
     """Publish Trainer checkpoints as Hub revisions. Keyword arguments go to `hubckpt.Publisher`."""
 
     def __init__(self, repo_id: str, *, replace_on_resume: bool = True, **publisher_kwargs: Any) -> None:
+        from ..extras import require
+
+        require("accelerate", extra="trainer", feature="the transformers Trainer (HubckptCallback)")
         self.repo_id = repo_id
         self.replace_on_resume = replace_on_resume
         self.publisher_kwargs = publisher_kwargs

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hubckpt import environment
+
 from ..errors import SpoolBusyError
 from ..hub.local import served_root
 from ..hub.writer import HubTarget
@@ -40,9 +42,7 @@ COMPACT_MIN_LINES = 200  # below this the journal is left as it is
 
 def default_spool(repo_id: str) -> Path:
     """`HUBCKPT_SPOOL/<ns>--<name>`, else `~/.cache/hubckpt/spool/<ns>--<name>`."""
-    base = os.environ.get("HUBCKPT_SPOOL")
-    root = Path(base).expanduser() if base else Path.home() / ".cache" / "hubckpt" / "spool"
-    return root / repo_id.replace("/", "--")
+    return environment.spool() / repo_id.replace("/", "--")
 
 
 def target_key(target: HubTarget) -> str:

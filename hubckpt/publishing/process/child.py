@@ -19,6 +19,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ... import environment
 from ...errors import PublishError, SpoolBusyError
 from ...hub.patches import read_uploads_in_large_pieces
 from ...priority import lower_process_priority
@@ -251,7 +252,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     read_uploads_in_large_pieces()
-    sock = socket.socket(fileno=int(os.environ.pop("HUBCKPT_PUBLISHER_FD")))
+    sock = socket.socket(fileno=environment.publisher_fd())
     channel = Channel(sock)
     root = logging.getLogger("hubckpt")
     root.addHandler(_ForwardLogs(channel))

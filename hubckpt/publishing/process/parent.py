@@ -34,6 +34,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ... import environment
 from ...errors import HubConfigError, PublishError
 from ..shared_memory import Channel, ChannelClosed, SharedAllocator
 from . import protocol as p
@@ -83,7 +84,7 @@ class PublisherProcess:
         self.allocator = SharedAllocator()
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._channel = Channel(parent_sock)
-        env = {**os.environ, "HUBCKPT_PUBLISHER_FD": str(child_sock.fileno())}
+        env = {**os.environ, environment.PUBLISHER_FD.name: str(child_sock.fileno())}
         package_root = Path(__file__).resolve().parents[3]
         if package_root.name not in ("site-packages", "dist-packages"):
             # A checkout found through sys.path: the child must import this very hubckpt. (An installed one

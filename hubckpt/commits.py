@@ -19,7 +19,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,7 +59,7 @@ def quiet_xet_notice() -> Iterator[None]:
     """Around our commits: no Xet-fallback notice, no empty-commit warning, no huggingface_hub upload progress bars.
 
     The bars would land in the Trainer's logs and in piped CLI output (publishing runs in the background;
-    the CLI reports per revision). `HUBCKPT_PROGRESS_BARS=1` keeps them.
+    the CLI reports per revision). `HUBCKPT_DISABLE_PROGRESS_BARS=0` keeps them.
     """
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
@@ -70,7 +69,9 @@ def quiet_xet_notice() -> Iterator[None]:
     api_logger = logging.getLogger("huggingface_hub.hf_api")
     no_op = _DropEmptyCommitWarning()
     api_logger.addFilter(no_op)
-    silence = os.environ.get("HUBCKPT_PROGRESS_BARS") != "1"
+    from hubckpt import environment
+
+    silence = environment.progress_bars() is not True
     if silence:
         with _quiet_lock:
             if _quiet["depth"] == 0:

@@ -35,6 +35,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
+from hubckpt import environment
+
 logger = logging.getLogger(__name__)
 
 ALIGN = 4096  # file offsets, sizes and buffer addresses of O_DIRECT requests: a multiple of every block size in use
@@ -46,7 +48,7 @@ _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 
 def direct_io_enabled() -> bool:
     """Whether large files are read and written with O_DIRECT (Linux; unless HUBCKPT_DIRECT_IO=0)."""
-    return bool(_O_DIRECT) and os.environ.get("HUBCKPT_DIRECT_IO", "1") != "0"
+    return bool(_O_DIRECT) and environment.direct_io()
 
 
 class _BufferPool:

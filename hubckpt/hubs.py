@@ -41,8 +41,9 @@ _START_TIMEOUT_S = 60.0
 
 def default_local_root() -> Path:
     """The local hub's data folder: `HUBCKPT_HUB_ROOT`, else `~/.cache/hubckpt/hub`."""
-    env = os.environ.get("HUBCKPT_HUB_ROOT")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "hubckpt" / "hub"
+    from hubckpt import environment
+
+    return environment.hub_root()
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,9 @@ class Hub:
 
 def resolve_hub(hub: str | None = None, *, root: str | Path | None = None, start: bool = True) -> Hub:
     """Turn a `hub=` value (or the environment) into a `Hub`, starting the local hub if needed."""
-    value = hub or os.environ.get("HUBCKPT_HUB") or os.environ.get("HF_ENDPOINT") or "local"
+    from hubckpt import environment
+
+    value = hub or environment.hub()
     value = value.strip()
     if value == "local":
         data = Path(root).expanduser() if root else default_local_root()
@@ -76,9 +79,6 @@ def resolve_hub(hub: str | None = None, *, root: str | Path | None = None, start
     if value.startswith(("http://", "https://")):
         return Hub(value.rstrip("/"), "remote")
     raise HubConfigError(f"Unknown hub {value!r}: use 'local', 'hf', or a URL such as http://127.0.0.1:8900.")
-
-
-TOKEN_ENV = "HUBCKPT_TOKEN"
 
 
 def resolve_token(hub: Hub, token: str | bool | None = None) -> str | bool | None:
@@ -93,7 +93,9 @@ def resolve_token(hub: Hub, token: str | bool | None = None) -> str | bool | Non
         return token
     if hub.is_huggingface_co:
         return None
-    return os.environ.get(TOKEN_ENV) or False
+    from hubckpt import environment
+
+    return environment.token() or False
 
 
 def token_for(hub: Hub, spec: object, tokens: str | dict | None) -> str | bool | None:

@@ -9,7 +9,6 @@ huggingface_hub's own parser). `install_timeouts` gives every huggingface_hub re
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -31,14 +30,10 @@ def hub_timeouts() -> dict[str, float]:
     """Per-request timeouts in seconds: connect 10 (`HUBCKPT_CONNECT_TIMEOUT`), read/write/pool 120
     (`HUBCKPT_HTTP_TIMEOUT`): the time one request may stall, not the time a large upload may take."""
 
-    def env(name: str, default: float) -> float:
-        try:
-            return float(os.environ.get(name, "")) or default
-        except ValueError:
-            return default
+    from hubckpt import environment
 
-    read = env("HUBCKPT_HTTP_TIMEOUT", 120.0)
-    return {"connect": env("HUBCKPT_CONNECT_TIMEOUT", 10.0), "read": read, "write": read, "pool": read}
+    read = environment.http_timeout()
+    return {"connect": environment.connect_timeout(), "read": read, "write": read, "pool": read}
 
 
 def _default_timeout_hook(request) -> None:

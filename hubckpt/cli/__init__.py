@@ -12,6 +12,8 @@ import sys
 
 import typer
 
+from hubckpt import environment
+
 from . import accounts, analyze, convert, demo, diff, jobs, publish, pull, revisions, serve
 
 app = typer.Typer(
@@ -50,7 +52,7 @@ def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show info logs."),
 ) -> None:
     if debug:
-        os.environ["HUBCKPT_DEBUG"] = "1"
+        os.environ[environment.DEBUG.name] = "1"
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:  # an error the command reports itself is printed once, as `Error:`
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(e.exit_code)
         if isinstance(e, typer.Exit):
             sys.exit(e.exit_code)
-        if os.environ.get("HUBCKPT_DEBUG") == "1" or not isinstance(e, _known_errors()):
+        if environment.debug() or not isinstance(e, _known_errors()):
             raise
         print(f"Error: {_one_line(e)}\n{_DEBUG_HINT}", file=sys.stderr)
         sys.exit(1)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from hubckpt import environment
+
 from ..cards import human_size
 
 
@@ -22,8 +24,6 @@ def convert(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace DEST if it exists."),
 ) -> None:
     """Convert a checkpoint to safetensors, verified bit for bit, with checkpoint.json and training_state/."""
-    import os
-
     from huggingface_hub.utils import tqdm
 
     from ..conversion import convert as run_convert
@@ -31,7 +31,8 @@ def convert(
 
     if dtype not in ("keep", "bf16", "fp16"):
         raise typer.BadParameter("use keep, bf16 or fp16", param_hint="--dtype")
-    disable = os.environ.get("HUBCKPT_DISABLE_PROGRESS_BARS") == "1" or None
+    bars = environment.progress_bars()
+    disable = None if bars is None else not bars  # None: tqdm's default, a bar only in a terminal
     total = None
     if kind_of(src) != "run":
         total = sum(p.stat().st_size for p in ([src] if src.is_file() else src.rglob("*")) if p.is_file())

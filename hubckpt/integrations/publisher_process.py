@@ -143,7 +143,9 @@ class PublisherProcess:
         self.allocator = SharedAllocator()
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._channel = Channel(parent_sock)
-        env = {**os.environ, "HUBCKPT_PUBLISHER_FD": str(child_sock.fileno())}
+        from hubckpt import environment
+
+        env = {**os.environ, environment.PUBLISHER_FD.name: str(child_sock.fileno())}
         package_root = Path(__file__).resolve().parents[2]
         if package_root.name not in ("site-packages", "dist-packages"):
             # A checkout found through sys.path: the child must import this very hubckpt. (An installed one
@@ -725,7 +727,9 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     read_uploads_in_large_pieces()
-    sock = socket.socket(fileno=int(os.environ.pop("HUBCKPT_PUBLISHER_FD")))
+    from hubckpt import environment
+
+    sock = socket.socket(fileno=environment.publisher_fd())
     channel = Channel(sock)
     root = logging.getLogger("hubckpt")
     root.addHandler(_ForwardLogs(channel))

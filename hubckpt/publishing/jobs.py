@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from hubckpt import environment
+
 from ..errors import SpoolBusyError
 from ..hub_client import HubTarget
 from .journal import JobRecord, Journal
@@ -36,9 +38,7 @@ COMPACT_MIN_LINES = 200  # below this the journal is left as it is
 
 def default_spool(repo_id: str) -> Path:
     """`HUBCKPT_SPOOL/<ns>--<name>`, else `~/.cache/hubckpt/spool/<ns>--<name>`."""
-    base = os.environ.get("HUBCKPT_SPOOL")
-    root = Path(base).expanduser() if base else Path.home() / ".cache" / "hubckpt" / "spool"
-    return root / repo_id.replace("/", "--")
+    return environment.spool() / repo_id.replace("/", "--")
 
 
 def _local_root(endpoint: str) -> str | None:

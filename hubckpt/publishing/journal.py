@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..faults import FAULT_ENV
+from hubckpt import environment
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class Journal:
             self._appends += 1
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                if os.environ.get(FAULT_ENV, "") == f"{TORN_FAULT}:{self._appends}":
+                if environment.fault() == f"{TORN_FAULT}:{self._appends}":
                     os.write(fd, line[: len(line) // 2])  # a write torn by a kill
                     os.fsync(fd)
                     os.kill(os.getpid(), signal.SIGKILL)

@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean browser
+.PHONY: demo test bench clean browser docs
 
 $(STAMP): pyproject.toml constraints-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found); set PYTHON=..."; exit 1; }
@@ -42,6 +42,11 @@ bench: $(STAMP)
 	$(PY) bench/analysis.py
 	$(PY) bench/web.py
 	$(PY) bench/soak.py
+
+# The docs site (mkdocs-material + mkdocstrings; the `docs` extra), strict: a broken link or reference fails.
+docs: $(STAMP)
+	$(PY) -m pip install -q -c constraints-dev.txt -e ".[docs]"
+	DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d site
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

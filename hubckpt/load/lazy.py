@@ -90,7 +90,20 @@ def _header_cache_dir() -> Path:
 
 
 class LazyRevision:
-    """A revision opened for lazy reads (see `open_revision`)."""
+    """A revision opened for lazy reads; made by `hubckpt.open_revision`, not directly.
+
+    Metadata (`keys()`, `shape()`, `dtype()`, `meta()`, `tensors()`) comes from the safetensors headers;
+    `get_tensor()` reads one tensor's bytes with HTTP Range requests (from disk when the file is cached).
+    Use it as a context manager, or call `close()`.
+
+    Args:
+        rev: the resolved revision to read (internal).
+        count_from_now: count `bytes_received` from now rather than from the start of the resolution.
+
+    Raises:
+        KeyError: `meta()` / `get_tensor()` of a name the revision does not have.
+        IntegrityError: a header or byte range that does not match the file.
+    """
 
     def __init__(self, rev: Revision, *, count_from_now: bool = False) -> None:
         self.rev = rev

@@ -123,6 +123,7 @@ class LazyRevision:
         self.close()
 
     def close(self) -> None:
+        """Forget the headers held in memory (the on-disk header cache stays)."""
         self._headers.clear()
 
     # -- what is there ----------------------------------------------------------------------------
@@ -133,6 +134,7 @@ class LazyRevision:
 
     @property
     def commit(self) -> str:
+        """The 40-hex commit every read is pinned to."""
         return self.rev.commit
 
     @property
@@ -177,6 +179,16 @@ class LazyRevision:
         """dtype, shape and byte range of a tensor, from its file's header.
 
         A tied alias the converter stored once (e.g. lm_head.weight) gives the stored tensor's entry.
+
+        Args:
+            name: the tensor's name (a tied alias works too).
+
+        Returns:
+            Its `TensorMeta`: file, dtype, shape and byte range.
+
+        Raises:
+            KeyError: the revision has no tensor of that name.
+            IntegrityError: the sharded index names a shard whose header lacks the tensor.
         """
         weights, weight_map = self._layout()
         tied = self.rev.tied
@@ -200,9 +212,11 @@ class LazyRevision:
         raise KeyError(f"{self.rev.repo_id}@{self.info.name} has no tensor {name!r}")
 
     def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape, from its file's header (see `meta`)."""
         return self.meta(name).shape
 
     def dtype(self, name: str) -> torch.dtype:
+        """A tensor's torch dtype, from its file's header (see `meta`)."""
         return self.meta(name).torch_dtype
 
     def tensors(self) -> dict[str, TensorMeta]:
@@ -221,7 +235,18 @@ class LazyRevision:
 
     # -- reading ------------------------------------------------------------------------------------
     def get_tensor(self, name: str) -> torch.Tensor:
-        """One tensor, reading just its bytes (a Range request, or the verified local copy when cached)."""
+        """One tensor, reading just its bytes (a Range request, or the verified local copy when cached).
+
+        Args:
+            name: the tensor's name (a tied alias works too).
+
+        Returns:
+            The tensor, on the CPU, in its stored dtype.
+
+        Raises:
+            KeyError: the revision has no tensor of that name.
+            IntegrityError: the bytes read do not match the header's byte range.
+        """
         import torch
 
         meta = self.meta(name)

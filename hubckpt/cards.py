@@ -58,14 +58,9 @@ class CardOptions:
     template_dir: Path | None = None
 
 
-def builtin_template_dir() -> Path:
-    """`model_cards/`: shipped in the wheel as `hubckpt.model_cards`, or the top-level folder of a checkout."""
-    checkout = Path(__file__).resolve().parent.parent / "model_cards"
-    if (checkout / REVISION_TEMPLATE).is_file():
-        return checkout
-    from importlib.resources import files
-
-    return Path(str(files("hubckpt.model_cards")))
+# The built-in templates: package data of `hubckpt`, in its folder `model_cards` (a link to the top-level
+# model_cards/ in a checkout; a real folder in the sdist and the wheel).
+TEMPLATES_PACKAGE = ("hubckpt", "model_cards")
 
 
 @functools.lru_cache(maxsize=8)
@@ -74,10 +69,11 @@ def _environment(template_dir: Path | None):
     (compiling them again took ~15-20 ms per card); jinja reloads a template whose file changed."""
     import jinja2
 
-    loaders = []
+    loaders: list[jinja2.BaseLoader] = []
     if template_dir is not None:
         loaders.append(jinja2.FileSystemLoader(str(template_dir)))
-    loaders.append(jinja2.FileSystemLoader(str(builtin_template_dir())))
+    # PackageLoader reads through the package's loader (a folder, or a zip's entries), never a guessed path
+    loaders.append(jinja2.PackageLoader(*TEMPLATES_PACKAGE))
     env = jinja2.Environment(
         loader=jinja2.ChoiceLoader(loaders),
         undefined=jinja2.StrictUndefined,

@@ -1,7 +1,12 @@
 """The package surface: light imports, public names."""
 
+import os
 import subprocess
 import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
 
 
 def test_import_is_light():
@@ -18,3 +23,63 @@ def test_public_names_resolve():
 
     for name in hubckpt.__all__:
         assert getattr(hubckpt, name) is not None, name
+
+
+# -- the installed package (run against the installed wheel by `make wheel-check`) ----------------------
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+# What a wheel must ship beside the code, whatever the checkout beside it holds.
+PACKAGE_DATA = [
+    "__init__.pyi",
+    "py.typed",
+    "model_cards/revision.md.j2",
+    "model_cards/repo.md.j2",
+    "server/web/templates/base.html",
+    "server/web/templates/model.html",
+    "server/web/templates/tree.html",
+    "server/web/static/style.css",
+    "server/web/static/favicon.svg",
+]
+
+
+def _data_files_of_the_checkout() -> list[str]:
+    """Every file under the checkout's hubckpt/ that is not code (templates, static files, stubs...)."""
+    source = CHECKOUT / "hubckpt"
+    if not source.is_dir():
+        return []
+    found = []
+    for folder, dirs, names in os.walk(source, followlinks=True):  # through the model_cards link
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        found += [str((Path(folder) / n).relative_to(source)) for n in names if not n.endswith((".py", ".pyc"))]
+    return sorted(found)
+
+
+def test_the_installed_package_has_all_its_data():
+    """A wheel without its templates, web assets or stubs fails here, not in a user's hands."""
+    package = resources.files("hubckpt")
+    expected = sorted(set(PACKAGE_DATA) | set(_data_files_of_the_checkout()))
+    missing = [name for name in expected if not package.joinpath(*name.split("/")).is_file()]
+    assert missing == [], f"not in the installed package {package}: {missing}"
+
+
+def test_templates_load_from_the_installed_package():
+    from hubckpt.cards import REPO_TEMPLATE, REVISION_TEMPLATE, _environment
+    from hubckpt.server.web.render import environment as pages
+
+    cards = _environment(None)
+    assert "{{" in cards.loader.get_source(cards, REVISION_TEMPLATE)[0]
+    assert "{{" in cards.loader.get_source(cards, REPO_TEMPLATE)[0]
+    names = pages().list_templates()
+    assert {"base.html", "model.html", "tree.html", "blob.html"} <= set(names)
+    for name in names:
+        pages().get_template(name)  # compiles
+
+
+@pytest.mark.skipif(not os.environ.get("HUBCKPT_TEST_INSTALLED_IN"), reason="only under `make wheel-check`")
+def test_the_package_under_test_is_the_installed_one():
+    """Under `make wheel-check` the suite must import the wheel installed in the fresh venv, never the checkout."""
+    import hubckpt
+
+    venv = Path(os.environ["HUBCKPT_TEST_INSTALLED_IN"]).resolve()
+    assert Path(hubckpt.__file__).resolve().is_relative_to(venv)
+    assert not Path(hubckpt.__file__).resolve().is_relative_to(CHECKOUT)

@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean browser
+.PHONY: demo test bench clean browser docs lint
 
 $(STAMP): pyproject.toml constraints-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found); set PYTHON=..."; exit 1; }
@@ -19,8 +19,14 @@ $(STAMP): pyproject.toml constraints-dev.txt
 demo: $(STAMP)
 	$(VENV)/bin/hubckpt demo
 
-test: $(STAMP) browser wheel-check
+test: $(STAMP) browser lint docs wheel-check
 	$(PY) -m pytest -q
+
+# The quality gate: ruff (lint + format) and mypy (strict on the formats, errors and public API).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check hubckpt tests bench docs
+	$(VENV)/bin/ruff format --check hubckpt tests bench docs
+	$(VENV)/bin/mypy hubckpt
 
 # What users install is what is tested: the sdist and wheel built, the wheel installed (not editable) in a
 # fresh venv outside the checkout, then `hubckpt demo` and a smoke set of tests run against it (.ci/wheel-check).
@@ -48,6 +54,10 @@ bench: $(STAMP)
 	$(PY) bench/analysis.py
 	$(PY) bench/web.py
 	$(PY) bench/soak.py
+
+# The docs site (mkdocs-material + mkdocstrings; the `docs` extra), strict: a broken link or reference fails.
+docs: $(STAMP)
+	DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d site
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -32,7 +32,23 @@ REPO_TEMPLATE = "repo.md.j2"
 
 @dataclass
 class CardOptions:
-    """What goes into the cards' metadata beyond what the checkpoints record."""
+    """What goes into the cards' metadata beyond what the checkpoints record.
+
+    Pass it as `Publisher(..., card=CardOptions(...))` (also through `Checkpointer` and the Trainer
+    callback); every field is optional.
+
+    Attributes:
+        license: the Hub license id (`apache-2.0`, `mit`...).
+        base_model: the repo id this model was fine-tuned from.
+        datasets: dataset repo ids the model was trained on.
+        tags: extra Hub tags.
+        language: language code(s) of the model.
+        library_name: the Hub's library name (default: `transformers` when the revision has a config.json).
+        task: the model-index task type under which eval metrics are reported.
+        dataset_name: the name the model-index gives the evaluation set.
+        template_dir: a folder with your own `revision.md.j2` / `repo.md.j2` (Jinja, strict) instead of
+            the built-in ones.
+    """
 
     license: str | None = None
     base_model: str | None = None

@@ -53,7 +53,15 @@ from typing import TYPE_CHECKING, Any
 
 
 class HubckptError(Exception):
-    """Base class of all hubckpt errors."""
+    """Base class of all hubckpt errors.
+
+    Every class below also inherits the matching builtin (`ValueError`, `LookupError`, `OSError`...), so
+    `except HubckptError` catches all of hubckpt and `except LookupError` still works where it reads better.
+
+    What to do:
+        Read the message: each hubckpt error says what was wrong and, where there is one, what to change.
+        On the command line, `hubckpt --debug ...` (or `HUBCKPT_DEBUG=1`) shows the full traceback.
+    """
 
 
 class InvalidNameError(HubckptError, ValueError):
@@ -62,6 +70,12 @@ class InvalidNameError(HubckptError, ValueError):
     Attributes:
         kind: what was being validated ("repo id", "branch name", "tag name", "path").
         value: the offending value.
+        reason: why it was refused.
+
+    What to do:
+        Use a name the Hub accepts: a repo id is `namespace/name` (letters, digits, `-`, `_`, `.`; no `--` or
+        `..`); branch and tag names follow `git check-ref-format --branch`; a revision name template must
+        render to such a name for every step.
     """
 
     def __init__(self, kind: str, value: str, reason: str) -> None:
@@ -72,19 +86,41 @@ class InvalidNameError(HubckptError, ValueError):
 
 
 class HubConfigError(HubckptError, ValueError):
-    """A hub selection or server setting that cannot work as given."""
+    """A hub selection or server setting that cannot work as given.
+
+    What to do:
+        Pass `hub="local"`, `hub="hf"` or a full `http(s)://` URL (also `--hub`, `HUBCKPT_HUB`, `HF_ENDPOINT`);
+        a local hub listening beyond loopback needs token authentication first (`hubckpt token create`).
+    """
 
 
 class HubUnavailableError(HubckptError, ConnectionError):
-    """The hub could not be reached, or the local hub could not be started."""
+    """The hub could not be reached, or the local hub could not be started.
+
+    What to do:
+        Check the URL and the network. For the local hub, read `server.log` in its data folder
+        (`~/.cache/hubckpt/hub` by default); `hubckpt stop` then any command starts a fresh one. A publisher
+        keeps jobs whose hub was unreachable and resumes them at its next start (or `hubckpt resume`).
+    """
 
 
 class AuthError(HubckptError, PermissionError):
-    """User, organisation or token management failed (unknown user, duplicate token...)."""
+    """User, organisation or token management failed (unknown user, duplicate token...).
+
+    What to do:
+        Create the user or organisation first (`hubckpt user add NAME`, `hubckpt org add NAME`), pick another
+        token name, and check `hubckpt token list`.
+    """
 
 
 class StorageError(HubckptError, RuntimeError):
-    """The local hub's data folder is unusable."""
+    """The local hub's data folder is unusable.
+
+    What to do:
+        Check the disk and the permissions of the data folder; `server.log` there names the file. A folder
+        from another tool or a damaged `hub.sqlite3` cannot be served: point `--root` / `HUBCKPT_HUB_ROOT`
+        at a fresh folder and publish again.
+    """
 
 
 class HubHTTPError(HubckptError):
@@ -95,6 +131,11 @@ class HubHTTPError(HubckptError):
         message: human message, sent as `X-Error-Message` and `{"error": message}`.
         code: optional `X-Error-Code` (`RepoNotFound`, `RevisionNotFound`, `EntryNotFound`, ...).
         headers: extra response headers (e.g. `X-Repo-Commit` on EntryNotFound).
+        extra: extra fields of the JSON body.
+
+    What to do:
+        Nothing: it never leaves the server. Clients see the HTTP answer, which `huggingface_hub` turns into
+        its own errors (`RepositoryNotFoundError`, `RevisionNotFoundError`...).
     """
 
     def __init__(
@@ -117,7 +158,15 @@ class HubHTTPError(HubckptError):
 
 
 class CheckpointError(HubckptError):
-    """Base of the errors about a checkpoint on disk. `path` names the offending file or folder."""
+    """Base of the errors about a checkpoint on disk. `path` names the offending file or folder.
+
+    Args:
+        message: what is wrong.
+        path: the offending file or folder, if known.
+
+    What to do:
+        See the subclass; the message and `path` name the file to look at.
+    """
 
     def __init__(self, message: str, path: str | None = None) -> None:
         self.path = path
@@ -125,18 +174,35 @@ class CheckpointError(HubckptError):
 
 
 class UnsupportedCheckpointError(CheckpointError, ValueError):
-    """The input is not a checkpoint format hubckpt recognises (e.g. a legacy tar torch file)."""
+    """The input is not a checkpoint format hubckpt recognises (e.g. a legacy tar torch file).
+
+    What to do:
+        Pass a Trainer `checkpoint-N/` folder, a `torch.save` state dict (or nanoGPT / Lightning file),
+        safetensors, a torch.distributed.checkpoint folder, or a run folder of these. Re-save legacy tar
+        files with a recent torch (`torch.save(torch.load(f), g)`) in a trusted environment.
+    """
 
 
 class CorruptCheckpointError(CheckpointError, ValueError):
-    """The input looks like a known format but is truncated, malformed or inconsistent."""
+    """The input looks like a known format but is truncated, malformed or inconsistent.
+
+    What to do:
+        The named file is damaged (often: copied or written while training still wrote it). Take it again
+        from a complete save; `hubckpt watch` only publishes checkpoints once they are fully written.
+    """
 
 
 class UnsafeCheckpointError(CheckpointError, ValueError):
     """A pickle needs globals outside the weights-only allowlist; nothing from it was run.
 
-    Attributes:
+    Args:
+        message: what was refused.
+        path: the pickle file.
         globals: the offending `module.Name` strings.
+
+    What to do:
+        If you trust the file, allow the named globals: `--allow-global module.Name` on the command line,
+        `allow_globals=["module.Name"]` in Python. There is no unsafe fallback.
     """
 
     def __init__(self, message: str, path: str | None = None, globals: list[str] | None = None) -> None:
@@ -145,30 +211,62 @@ class UnsafeCheckpointError(CheckpointError, ValueError):
 
 
 class VerificationError(CheckpointError, RuntimeError):
-    """What was written does not read back bit-identical to the input."""
+    """What was written does not read back bit-identical to the input.
+
+    What to do:
+        Nothing was kept. Suspect the disk or memory; run the conversion again, and report it if it repeats.
+    """
 
 
 class DestinationExistsError(HubckptError, FileExistsError):
-    """The output path already exists and overwriting was not asked for."""
+    """The output path already exists and overwriting was not asked for.
+
+    What to do:
+        Choose another destination, or pass `--overwrite` / `overwrite=True` (`--force` for `hubckpt pull`).
+    """
 
 
 class DiskFullError(HubckptError, OSError):
-    """The disk filled up (or a file size limit was hit) while writing; nothing partial was left behind."""
+    """The disk filled up (or a file size limit was hit) while writing; nothing partial was left behind.
+
+    What to do:
+        Free space where the message says (the output folder, the spool `~/.cache/hubckpt/spool`, the local
+        hub's data folder), then run the same command again.
+    """
 
 
 # -- publishing -----------------------------------------------------------------------------------
 
 
 class RevisionCollisionError(HubckptError, FileExistsError):
-    """A revision of that name already exists on the hub with different content."""
+    """A revision of that name already exists on the hub with different content.
+
+    What to do:
+        Pass `replace=True` (`Publisher`, `Checkpointer`) if the new content should win, or publish under
+        another name (a different `template=` or `revision=`). The same content again is simply `skipped`.
+    """
 
 
 class PublishError(HubckptError, RuntimeError):
-    """A background publish job could not complete (the message says which revision and why)."""
+    """A background publish job could not complete (the message says which revision and why).
+
+    What to do:
+        Fix the cause named in the message, then `hubckpt jobs REPO --retry N` (the failed job stays in the
+        spool) or `--drop N` to forget it. Later jobs are not blocked by it.
+    """
 
 
 class SpoolBusyError(HubckptError, RuntimeError):
-    """Another process owns the publisher's spool (its journal and staged files). `pid`: the owner, if known."""
+    """Another process owns the publisher's spool (its journal and staged files). `pid`: the owner, if known.
+
+    Args:
+        message: which spool, and who holds it.
+        pid: the owner's process id, if known.
+
+    What to do:
+        Wait for that process (a Checkpointer's publishing child finishes its last uploads first) or stop it;
+        only one publisher per spool. To publish the same repo from two processes, give each its own `spool=`.
+    """
 
     def __init__(self, message: str, pid: int | None = None) -> None:
         self.pid = pid
@@ -179,19 +277,40 @@ class SpoolBusyError(HubckptError, RuntimeError):
 
 
 class StorageBusyError(StorageError):
-    """The local hub's database stayed locked (another process writing?) past the busy timeout; retry later."""
+    """The local hub's database stayed locked (another process writing?) past the busy timeout; retry later.
+
+    What to do:
+        Clients see it as 503 with `Retry-After` and retry by themselves; if it persists, look for another
+        process holding `hub.sqlite3` of that data folder.
+    """
 
 
 class HubStateError(HubckptError):
-    """A local hub storage operation was refused because of the current state of a repo."""
+    """A local hub storage operation was refused because of the current state of a repo.
+
+    What to do:
+        Nothing: raised inside the local hub and answered as the Hub would (404, 409, 412...); clients get
+        `huggingface_hub`'s errors.
+    """
 
 
 class StaleParentError(HubStateError):
-    """A commit named a `parent_commit` that is no longer the head of its branch; nothing was written."""
+    """A commit named a `parent_commit` that is no longer the head of its branch; nothing was written.
+
+    What to do:
+        Server side (412 to the client). hubckpt re-reads the branch and retries by itself.
+    """
 
 
 class NoSuchRevisionError(HubStateError, LookupError):
-    """No branch, tag or commit of that name (attribute `revision`)."""
+    """No branch, tag or commit of that name (attribute `revision`).
+
+    Args:
+        revision: the name asked for.
+
+    What to do:
+        Server side (a `RevisionNotFoundError` for the client): check the name with `hubckpt ls REPO --all`.
+    """
 
     def __init__(self, revision: str) -> None:
         self.revision = revision
@@ -199,7 +318,14 @@ class NoSuchRevisionError(HubStateError, LookupError):
 
 
 class NoSuchEntryError(HubStateError, LookupError):
-    """No file or folder at that path in the revision (attribute `path`)."""
+    """No file or folder at that path in the revision (attribute `path`).
+
+    Args:
+        path: the path asked for.
+
+    What to do:
+        Server side (an `EntryNotFoundError` for the client): check the path with `hubckpt show REPO@REV`.
+    """
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -207,7 +333,14 @@ class NoSuchEntryError(HubStateError, LookupError):
 
 
 class RepoExistsError(HubStateError, FileExistsError):
-    """A repo of that name exists already (attribute `repo_id`)."""
+    """A repo of that name exists already (attribute `repo_id`).
+
+    Args:
+        repo_id: the repo.
+
+    What to do:
+        Server side (409 for the client): pass `exist_ok=True` to `create_repo`, or choose another name.
+    """
 
     def __init__(self, repo_id: str) -> None:
         self.repo_id = repo_id
@@ -215,12 +348,22 @@ class RepoExistsError(HubStateError, FileExistsError):
 
 
 class ObjectMismatchError(HubStateError, ValueError):
-    """Uploaded bytes do not match the sha256 or size they were announced with; nothing was stored."""
+    """Uploaded bytes do not match the sha256 or size they were announced with; nothing was stored.
+
+    What to do:
+        Server side (400 for the client): the file changed while it was uploaded; upload it again.
+    """
 
 
 class AnalysisError(HubckptError, ValueError):
     """Analysis inputs that cannot work: an unreadable probe, a text probe without a tokenizer, unknown
-    layers, too few revisions."""
+    layers, too few revisions.
+
+    What to do:
+        Give a probe as a text file (one example a line) for revisions published with a tokenizer (pass
+        `companions=` with its files), or a safetensors file with an `input_ids` tensor `[n, seq]`; pick
+        layers the model has (`--layers 0,-1`) and at least two revisions.
+    """
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -233,6 +376,17 @@ class RevisionLookupError(HubckptError, LookupError):
         repo_id: the repo searched.
         wanted: what was asked, e.g. "step 1234".
         nearest: names of the nearest revisions that do exist (may be empty).
+
+    Args:
+        message: what was asked and what exists.
+        repo_id: the repo searched.
+        wanted: what was asked, e.g. "step 1234".
+        nearest: names of the nearest revisions that do exist.
+
+    What to do:
+        Ask for one of the `nearest` revisions, pass `match="nearest"` or `match="at_or_before"`
+        (`--match` on the command line), or list what exists with `hubckpt ls REPO`. A repo without a
+        monitored metric has no `best`: publish with `monitor=`.
     """
 
     def __init__(self, message: str, *, repo_id: str, wanted: str, nearest: list[str] | None = None) -> None:
@@ -243,13 +397,25 @@ class RevisionLookupError(HubckptError, LookupError):
 
 
 class AmbiguousRevisionError(HubckptError, ValueError):
-    """A revision name is both a branch and a tag of the repo: pass the commit instead."""
+    """A revision name is both a branch and a tag of the repo: pass the commit instead.
+
+    What to do:
+        Pass the commit sha (from `hubckpt ls REPO --all`), or delete or rename the tag that shadows the branch.
+    """
 
 
 class IntegrityError(HubckptError, OSError):
     """A downloaded or remotely read file does not match what its revision records (sha256, size, header).
 
     The bad copy has been removed from the cache. Attributes: `path` (repo@revision/file).
+
+    Args:
+        message: which file and what differs.
+        path: repo@revision/file.
+
+    What to do:
+        Load again: the file is downloaded afresh. If it fails again, the file on the hub differs from what
+        its `checkpoint.json` records; publish that revision again with `replace=True`.
     """
 
     def __init__(self, message: str, path: str | None = None) -> None:
@@ -258,10 +424,50 @@ class IntegrityError(HubckptError, OSError):
 
 
 # Two errors are also huggingface_hub's own, so code that catches the client's errors catches ours. They
-# are built on first use (PEP 562), because importing huggingface_hub here would make `import hubckpt` heavy:
-#
-#   UnknownRevisionError(HubckptError, RevisionNotFoundError)  no branch, tag or commit of that name
-#   NoSafetensorsError(HubckptError, NotASafetensorsRepoError)  a revision without safetensors weights
+# are built on first use (PEP 562), because importing huggingface_hub here would make `import hubckpt` heavy.
+# Type checkers and the docs (griffe) read the declarations under TYPE_CHECKING; `_build` makes the same
+# classes at run time and gives them these docstrings (tests/test_docs.py checks they match).
+
+_LAZY_DOCS = {
+    "UnknownRevisionError": """The repo has no branch, tag or commit of that name (also huggingface_hub's
+    RevisionNotFoundError).
+
+    Raised with the hub's own 404 response (`response`), and a message that says what to do.
+
+    What to do:
+        List what exists with `hubckpt ls REPO --all` (or `hubckpt.list_revisions`), check the repo id and
+        the hub (`--hub`), or ask by step (`step=`, `--step`) instead of by name.
+    """,
+    "NoSafetensorsError": """The revision has no safetensors weights (also huggingface_hub's NotASafetensorsRepoError).
+
+    What to do:
+        Publish the checkpoint through hubckpt (`hubckpt publish`, `Publisher`), which converts it to
+        safetensors, or convert it yourself (`hubckpt convert`) and upload the result.
+    """,
+}
+
+if TYPE_CHECKING:
+    from huggingface_hub.errors import NotASafetensorsRepoError, RevisionNotFoundError
+
+    class UnknownRevisionError(HubckptError, RevisionNotFoundError):
+        """The repo has no branch, tag or commit of that name (also huggingface_hub's
+        RevisionNotFoundError).
+
+        Raised with the hub's own 404 response (`response`), and a message that says what to do.
+
+        What to do:
+            List what exists with `hubckpt ls REPO --all` (or `hubckpt.list_revisions`), check the repo id and
+            the hub (`--hub`), or ask by step (`step=`, `--step`) instead of by name.
+        """
+
+    class NoSafetensorsError(HubckptError, NotASafetensorsRepoError):
+        """The revision has no safetensors weights (also huggingface_hub's NotASafetensorsRepoError).
+
+        What to do:
+            Publish the checkpoint through hubckpt (`hubckpt publish`, `Publisher`), which converts it to
+            safetensors, or convert it yourself (`hubckpt convert`) and upload the result.
+        """
+
 
 if TYPE_CHECKING:  # what `_build` makes, spelled out for type checkers (they do not run __getattr__)
     from huggingface_hub.errors import NotASafetensorsRepoError, RevisionNotFoundError
@@ -280,27 +486,22 @@ def _build(name: str) -> type:
     if name == "UnknownRevisionError":
 
         class UnknownRevisionError(HubckptError, hf_errors.RevisionNotFoundError):
-            """The repo has no branch, tag or commit of that name (also huggingface_hub's RevisionNotFoundError).
-
-            Raised with the hub's own 404 response (`response`), and a message that says what to do.
-            """
-
             def __str__(self) -> str:
                 return str(self.args[0]) if self.args else super().__str__()
 
         return UnknownRevisionError
 
     class NoSafetensorsError(HubckptError, hf_errors.NotASafetensorsRepoError):
-        """The revision has no safetensors weights (also huggingface_hub's NotASafetensorsRepoError)."""
+        pass
 
     return NoSafetensorsError
 
 
 def __getattr__(name: str) -> type:
-    if name in ("UnknownRevisionError", "NoSafetensorsError"):
+    if name in _LAZY_DOCS:
         if name not in _BUILT:
             cls = _build(name)
-            cls.__module__, cls.__qualname__ = __name__, name
+            cls.__module__, cls.__qualname__, cls.__doc__ = __name__, name, _LAZY_DOCS[name]
             _BUILT[name] = cls
         return _BUILT[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -335,7 +536,11 @@ class MissingExtraError(HubckptError, ImportError):
 
 
 class RestoreError(HubckptError, ValueError):
-    """A revision's training state cannot be restored into the given objects; nothing was changed."""
+    """A revision's training state cannot be restored into the given objects; nothing was changed.
+
+    What to do:
+        See the subclass; build the model, optimizer and scheduler as the run that published the revision did.
+    """
 
 
 class StateMismatchError(RestoreError):
@@ -343,6 +548,14 @@ class StateMismatchError(RestoreError):
 
     Attributes:
         mismatches: one line per difference ("missing in the revision: ...", "shape ...").
+
+    Args:
+        message: a summary.
+        mismatches: one line per difference.
+
+    What to do:
+        Build the objects as the publishing run did (same architecture, optimizer type and param groups,
+        scheduler type); `strict=False` loads what fits and lists the rest in `Restored.mismatches`.
     """
 
     def __init__(self, message: str, mismatches: list[str] | None = None) -> None:
@@ -351,4 +564,9 @@ class StateMismatchError(RestoreError):
 
 
 class TrainingStateMissingError(RestoreError, LookupError):
-    """The revision has no `training_state/` (it was published from weights alone)."""
+    """The revision has no `training_state/` (it was published from weights alone).
+
+    What to do:
+        Publish with training state: `hubckpt.Checkpointer(..., optimizer=...)`, the Trainer callback, or
+        `Publisher.publish(..., training_state={...})`; or load the weights alone with `load_state_dict`.
+    """

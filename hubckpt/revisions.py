@@ -17,6 +17,19 @@ def render_revision_name(template: str, *, step: int, tokens: int | None = None,
     """Fill a revision template; fields: step, tokens, tokens_b / tokens_m (billions / millions, rounded), epoch.
 
     `step-{step:07d}` → `step-0001200`; OLMo-style `step{step}-tokens{tokens_b}B` → `step1000-tokens4B`.
+
+    Args:
+        template: a `str.format` template.
+        step: the training step.
+        tokens: tokens seen (needed by templates using tokens, tokens_b, tokens_m).
+        epoch: the epoch (0 when not given).
+
+    Returns:
+        The revision name, validated as a git branch name.
+
+    Raises:
+        HubConfigError: a field the template names that is unknown or not given, or a bad format spec.
+        InvalidNameError: the name is reserved (`main`, `best`, `final`, `latest`) or not a valid branch name.
     """
     fields: dict[str, Any] = {"step": step, "epoch": epoch if epoch is not None else 0}
     if tokens is not None:

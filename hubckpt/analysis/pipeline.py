@@ -225,6 +225,34 @@ def analyze(
     with `max_cache_bytes`) is `iter_revisions`' policy for the downloaded checkpoints, so analysing
     hundreds of revisions cannot fill the disk. `on_revision(info, seconds)` is called after each
     revision (the CLI prints progress with it).
+
+    Args:
+        repo_id: the repo, `namespace/name`.
+        probe: the inputs every revision sees: a text file, a safetensors file, a `Probe` or a tensor.
+        out: the output folder (`activations/` in it makes a killed run resume).
+        revisions: the revisions to analyse, by name (default: all; not with `every`).
+        every: only the revisions whose step is a multiple of this.
+        layers: module names or block indices (negative from the end) to collect (default: every block).
+        hub: `local` (default), `hf`, a URL or a `Hub`.
+        token: token for that hub; None picks the hub's own.
+        measure: `linear_cka`, `rbf_cka`, `minibatch_cka`, `svcca`, `pwcca` or `procrustes`.
+        pool: how a sequence becomes one vector: `mean` (over real tokens), `last`, `tokens` or `flatten`.
+        batch_size: probe examples per forward pass.
+        max_length: tokens per text example (longer ones are cut).
+        device: where the forward passes run.
+        plots: write the PNGs (needs `pip install "hubckpt[analysis]"`).
+        model_class: the transformers class to build (default: from the config).
+        cache: `keep`, `previous` or `bounded`, as for `iter_revisions`.
+        max_cache_bytes: the bound for `cache="bounded"`.
+        on_revision: called with (revision info, seconds) after each revision.
+
+    Returns:
+        An `AnalysisResult`: the results (also in `out/results.json`), the files written, the time taken.
+
+    Raises:
+        AnalysisError: an unreadable probe, a text probe without a tokenizer, unknown layers, both
+            `revisions` and `every`, or too few revisions.
+        UnknownRevisionError: a name in `revisions` that the repo does not have.
     """
     from ..hub.select import Hub, ensure_running, resolve_hub
 

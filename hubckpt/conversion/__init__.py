@@ -43,7 +43,15 @@ __all__ = ["convert", "convert_checkpoint", "ConvertResult", "load_training_stat
 
 @dataclass
 class ConvertResult:
-    """What one conversion produced."""
+    """What one conversion produced.
+
+    Attributes:
+        dest: the output folder.
+        checkpoint: the checkpoint as read (step, metrics, files, training state...).
+        weights: what was written for the weights (shards, tied aliases dropped, bytes).
+        files: every file written, with its sha256 and size.
+        skipped: (file, reason) for each input file not carried over.
+    """
 
     dest: Path
     checkpoint: Checkpoint
@@ -168,6 +176,30 @@ def convert(
     progress: Callable[[int], object] | None = None,
 ) -> list[ConvertResult]:
     """Convert one checkpoint into `dest`, or every checkpoint of a run folder into `dest/step-NNNNNNN/`.
+
+    The input is recognised by content (Trainer folders, `torch.save` files, nanoGPT, Lightning,
+    safetensors, torch.distributed.checkpoint). Output is written beside `dest`, verified bit for bit
+    against the input, then renamed into place: on any error nothing is left behind.
+
+    Args:
+        src: a checkpoint file or folder, or a run folder holding many.
+        dest: the output folder.
+        max_shard_size: shard the weights above this size (bytes, or `"5GB"`, `"500MB"`).
+        dtype: `keep`, `bf16` or `fp16` (floating-point tensors only).
+        allow_globals: pickle globals (`module.Name`) to trust beyond the weights-only allowlist.
+        overwrite: replace an existing `dest`.
+        progress: called with the number of bytes written, as they are.
+
+    Returns:
+        One `ConvertResult` per checkpoint converted, in step order.
+
+    Raises:
+        UnsupportedCheckpointError: `src` is no format hubckpt reads.
+        CorruptCheckpointError: a truncated, malformed or inconsistent input file.
+        UnsafeCheckpointError: a pickle needs globals outside the allowlist and `allow_globals`.
+        VerificationError: the output does not read back bit-identical to the input.
+        DestinationExistsError: `dest` exists and `overwrite` is False.
+        DiskFullError: the disk filled up while writing.
 
     Example:
         >>> hubckpt.convert("runs/exp1/checkpoint-500", "out/step-500")

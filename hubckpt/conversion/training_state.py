@@ -170,15 +170,36 @@ def save_training_state(training_state: dict[str, Any], folder: Path) -> dict[Pa
 
 
 def load_training_state(folder: str | Path) -> dict[str, Any]:
-    """Every part of a `training_state/` folder, rebuilt: pass them to `optimizer.load_state_dict(...)` etc."""
+    """Every part of a `training_state/` folder, rebuilt: pass them to `optimizer.load_state_dict(...)` etc.
+
+    Args:
+        folder: a `training_state/` folder (from `hubckpt convert`, `pull --training-state`, a revision).
+
+    Returns:
+        Part name (`optimizer`, `scheduler`, `scaler`, `rng`, `loop`...) -> its state, as the object's
+        `state_dict()` gave it.
+
+    Raises:
+        CorruptCheckpointError: a part's JSON is missing or not valid.
+        UnsupportedCheckpointError: a part written by a newer hubckpt.
+    """
     folder = Path(folder)
     return {p.stem: load_state(folder, p.stem) for p in sorted(folder.glob("*.json"))}
 
 
 def restore_rng(rng: dict[str, Any]) -> None:
-    """Restore python / numpy / torch (and CUDA, when present and available) RNG states saved by `capture_rng`
-    or by the transformers Trainer (`rng_state.pth`). Pass `state["rng"]` as loaded by `load_training_state`:
-    both layouts (`capture_rng()`'s and the Trainer's `{"rng_state": ...}`) are recognised."""
+    """Restore python / numpy / torch (and CUDA, when present and available) RNG states.
+
+    States saved by `capture_rng` or by the transformers Trainer (`rng_state.pth`). Pass `state["rng"]` as
+    loaded by `load_training_state`: both layouts (`capture_rng()`'s and the Trainer's
+    `{"rng_state": ...}`) are recognised.
+
+    Args:
+        rng: the saved states; generators it does not name are left as they are.
+
+    Raises:
+        RuntimeError: torch refuses a state (e.g. one saved by an incompatible torch build).
+    """
     import random
 
     import numpy as np
@@ -199,7 +220,12 @@ def restore_rng(rng: dict[str, Any]) -> None:
 
 
 def capture_rng() -> dict[str, Any]:
-    """The current python / numpy / torch (and CUDA) RNG states, in the Trainer's layout."""
+    """The current python / numpy / torch (and CUDA) RNG states, in the Trainer's layout.
+
+    Returns:
+        `{"python", "numpy", "cpu"[, "cuda"]}`: pass it as `training_state={"rng": ...}` when publishing,
+        and back to `restore_rng` to resume the same random draws.
+    """
     import random
 
     import numpy as np

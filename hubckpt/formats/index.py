@@ -22,7 +22,23 @@ INDEX_FORMAT_VERSION = 1
 
 @dataclass
 class RevisionInfo:
-    """One published checkpoint, as listed in the index."""
+    """One published checkpoint, as listed in the index (`revisions.json`).
+
+    Attributes:
+        name: the revision's branch name (`step-0001200`).
+        step: the training step, if known.
+        commit: the 40-hex commit the revision's branch points at.
+        epoch: the epoch, if recorded.
+        tokens: tokens seen, if recorded.
+        metrics: metric name -> value (NaN / inf kept as floats).
+        size: bytes of the revision's files.
+        date: when it was published (ISO 8601).
+        source_format: what it was converted from (`trainer`, `torch`, `safetensors`...).
+        manifest_sha256: sha256 of its `checkpoint.json`, which tells identical content apart.
+        tags: `best`, `final` and user tags on it.
+        final: whether it is the run's final checkpoint.
+        pruned: deleted by the retention policy (kept in the index, not listed by `list_revisions`).
+    """
 
     name: str
     step: int | None
@@ -55,7 +71,19 @@ class RevisionInfo:
 
 @dataclass
 class RevisionIndex:
-    """The machine-readable list of every revision (a rebuildable cache of their checkpoint.json)."""
+    """The machine-readable list of every revision (a rebuildable cache of their checkpoint.json).
+
+    Stored as `revisions.json` on `main` (see `to_json` / `from_json`); `hubckpt reindex` rebuilds it
+    from the branches.
+
+    Attributes:
+        revisions: every revision, sorted by step (pruned ones included, marked).
+        monitor: the metric that decides `best`.
+        mode: `min` or `max`, for `monitor`.
+        best: the name of the best revision.
+        final: the name of the final revision.
+        tags: user tags (`hubckpt tag`): tag -> revision name.
+    """
 
     revisions: list[RevisionInfo] = field(default_factory=list)
     monitor: str | None = None
@@ -103,6 +131,17 @@ class RevisionIndex:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> RevisionIndex:
+        """Parse `revisions.json`.
+
+        Args:
+            raw: the file's content.
+
+        Returns:
+            The index, with `"NaN"` / `"Infinity"` strings turned back into floats.
+
+        Raises:
+            HubConfigError: the file was written by a newer hubckpt (a higher `format_version`).
+        """
         doc = json.loads(raw)
         if doc.get("format_version", 0) > INDEX_FORMAT_VERSION:
             raise HubConfigError("revisions.json was written by a newer hubckpt; upgrade hubckpt")

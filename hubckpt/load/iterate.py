@@ -179,6 +179,27 @@ def iter_revisions(
     `load_model()` and `open()`; nothing is downloaded until one of them is called. `cache` is `keep`,
     `previous` or `bounded` (with `max_cache_bytes`).
 
+    Args:
+        repo_id: the repo, `namespace/name`.
+        steps: only the revisions at these steps (resolved with `match`).
+        every: only the revisions whose step is a multiple of this.
+        hub: `local` (default), `hf`, a URL or a `Hub`; None reads `HUBCKPT_HUB` / `HF_ENDPOINT`.
+        token: token for that hub; None picks the hub's own (never the huggingface.co token elsewhere).
+        cache: `keep` leaves the cache alone; `previous` deletes each revision once the next is asked for;
+            `bounded` deletes the oldest revisions this iteration downloaded past `max_cache_bytes`.
+        max_cache_bytes: the bound for `cache="bounded"`.
+        match: for `steps`: `exact`, `nearest` or `at_or_before`.
+        cache_dir: the huggingface_hub cache to use (default: its usual one).
+
+    Yields:
+        One item per revision, in step order: `.info` (its `RevisionInfo`), `state_dict()`, `load_model()`
+        and `open()`.
+
+    Raises:
+        RevisionLookupError: a step in `steps` has no revision (raised before anything is yielded).
+        HubConfigError: `every` below 1, an unknown `cache`, or `bounded` without `max_cache_bytes`.
+        RepositoryNotFoundError: unknown repo, or a private one without a token that can read it.
+
     Example:
         >>> for rev in hubckpt.iter_revisions("me/run", every=1000, cache="bounded", max_cache_bytes=2**30):
         ...     print(rev.info.step, rev.state_dict(keys=["lm_head.weight"])["lm_head.weight"].norm())

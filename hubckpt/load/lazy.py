@@ -90,7 +90,20 @@ def _header_cache_dir() -> Path:
 
 
 class LazyRevision:
-    """A revision opened for lazy reads (see `open_revision`)."""
+    """A revision opened for lazy reads; made by `hubckpt.open_revision`, not directly.
+
+    Metadata (`keys()`, `shape()`, `dtype()`, `meta()`, `tensors()`) comes from the safetensors headers;
+    `get_tensor()` reads one tensor's bytes with HTTP Range requests (from disk when the file is cached).
+    Use it as a context manager, or call `close()`.
+
+    Args:
+        rev: the resolved revision to read (internal).
+        count_from_now: count `bytes_received` from now rather than from the start of the resolution.
+
+    Raises:
+        KeyError: `meta()` / `get_tensor()` of a name the revision does not have.
+        IntegrityError: a header or byte range that does not match the file.
+    """
 
     def __init__(self, rev: Revision, *, count_from_now: bool = False) -> None:
         self.rev = rev
@@ -110,6 +123,7 @@ class LazyRevision:
         self.close()
 
     def close(self) -> None:
+        """Forget the headers held in memory (the on-disk header cache stays)."""
         self._headers.clear()
 
     # -- what is there ----------------------------------------------------------------------------
@@ -120,6 +134,7 @@ class LazyRevision:
 
     @property
     def commit(self) -> str:
+        """The 40-hex commit every read is pinned to."""
         return self.rev.commit
 
     @property
@@ -165,6 +180,16 @@ class LazyRevision:
         """dtype, shape and byte range of a tensor, from its file's header.
 
         A tied alias the converter stored once (e.g. lm_head.weight) gives the stored tensor's entry.
+
+        Args:
+            name: the tensor's name (a tied alias works too).
+
+        Returns:
+            Its `TensorMeta`: file, dtype, shape and byte range.
+
+        Raises:
+            KeyError: the revision has no tensor of that name.
+            IntegrityError: the sharded index names a shard whose header lacks the tensor.
         """
         weights, weight_map = self._layout()
         tied = self.rev.tied
@@ -188,9 +213,11 @@ class LazyRevision:
         raise KeyError(f"{self.rev.repo_id}@{self.info.name} has no tensor {name!r}")
 
     def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape, from its file's header (see `meta`)."""
         return self.meta(name).shape
 
     def dtype(self, name: str) -> torch.dtype:
+        """A tensor's torch dtype, from its file's header (see `meta`)."""
         return self.meta(name).torch_dtype
 
     def tensors(self) -> dict[str, TensorMeta]:
@@ -209,7 +236,18 @@ class LazyRevision:
 
     # -- reading ------------------------------------------------------------------------------------
     def get_tensor(self, name: str) -> torch.Tensor:
-        """One tensor, reading just its bytes (a Range request, or the verified local copy when cached)."""
+        """One tensor, reading just its bytes (a Range request, or the verified local copy when cached).
+
+        Args:
+            name: the tensor's name (a tied alias works too).
+
+        Returns:
+            The tensor, on the CPU, in its stored dtype.
+
+        Raises:
+            KeyError: the revision has no tensor of that name.
+            IntegrityError: the bytes read do not match the header's byte range.
+        """
         import torch
 
         meta = self.meta(name)

@@ -182,6 +182,32 @@ def load_state_dict(
 
     Files are downloaded into the huggingface_hub cache at the resolved commit and verified against
     `checkpoint.json`. `dtype` converts floating-point tensors; `device` places them.
+
+    Args:
+        repo_id: the repo, `namespace/name`.
+        revision: a branch, tag or commit, or `best`, `latest`, `final`; None (and no `step`) means `latest`.
+        step: the revision published at this training step (instead of `revision`).
+        match: for `step`: `exact`, `nearest` or `at_or_before`.
+        hub: `local` (default), `hf`, a URL or a `Hub`; None reads `HUBCKPT_HUB` / `HF_ENDPOINT`.
+        token: token for that hub; None picks the hub's own (never the huggingface.co token elsewhere).
+        keys: only these tensors (tied aliases included).
+        prefix: only the tensors whose name starts with this.
+        dtype: convert floating-point tensors to this dtype.
+        device: where to put the tensors.
+        cache_dir: the huggingface_hub cache to use (default: its usual one).
+
+    Returns:
+        Tensor name -> tensor, as `model.state_dict()` names them (tied aliases included).
+
+    Raises:
+        RevisionLookupError: no revision at that step (the message names the nearest), or no best/final.
+        UnknownRevisionError: no branch, tag or commit of that name (a huggingface_hub RevisionNotFoundError).
+        AmbiguousRevisionError: a name that is both a branch and a tag at different commits.
+        HubConfigError: both `revision` and `step`, or an unknown `match`.
+        RepositoryNotFoundError: unknown repo, or a private one without a token that can read it.
+        KeyError: a name in `keys` the revision does not have.
+        IntegrityError: a downloaded file does not match its recorded sha256 (it is removed from the cache).
+        NoSafetensorsError: the revision has no safetensors weights.
     """
     rev = Revision(repo_id, revision, step=step, match=match, hub=hub, token=token, cache_dir=cache_dir)
     return rev_state_dict(rev, keys=keys, prefix=prefix, dtype=dtype, device=device)
@@ -252,6 +278,29 @@ def load_model(
     The class is `model_class`, else the config's `architectures` (e.g. GPT2LMHeadModel), else AutoModel.
     Weights are downloaded into the huggingface_hub cache and verified first; transformers then loads
     that commit's snapshot folder, so nothing else is fetched behind the pin.
+
+    Args:
+        repo_id: the repo, `namespace/name`.
+        revision: a branch, tag or commit, or `best`, `latest`, `final`; None (and no `step`) means `latest`.
+        step: the revision published at this training step (instead of `revision`).
+        match: for `step`: `exact`, `nearest` or `at_or_before`.
+        hub: `local` (default), `hf`, a URL or a `Hub`; None reads `HUBCKPT_HUB` / `HF_ENDPOINT`.
+        token: token for that hub; None picks the hub's own (never the huggingface.co token elsewhere).
+        model_class: the transformers class to build (default: from the config, else AutoModel).
+        cache_dir: the huggingface_hub cache to use (default: its usual one).
+        **from_pretrained_kwargs: passed on to `from_pretrained` (`torch_dtype`, `device_map`...).
+
+    Returns:
+        The model, loaded by transformers from the revision's files.
+
+    Raises:
+        RevisionLookupError: no revision at that step (the message names the nearest), or no best/final.
+        UnknownRevisionError: no branch, tag or commit of that name (a huggingface_hub RevisionNotFoundError).
+        AmbiguousRevisionError: a name that is both a branch and a tag at different commits.
+        HubConfigError: both `revision` and `step`, or an unknown `match`.
+        RepositoryNotFoundError: unknown repo, or a private one without a token that can read it.
+        IntegrityError: a downloaded file does not match its recorded sha256 (it is removed from the cache).
+        NoSafetensorsError: the revision has no safetensors weights.
     """
     rev = Revision(repo_id, revision, step=step, match=match, hub=hub, token=token, cache_dir=cache_dir)
     return rev_model(rev, model_class=model_class, **from_pretrained_kwargs)
@@ -311,6 +360,31 @@ def pull_revision(
     The folder loads with `from_pretrained(dest)`. Files come through the shared cache (so pulling many
     revisions stores identical files once there); `dest` is filled in a temporary sibling folder and
     renamed into place, so it is never half-written. `training_state=True` includes training_state/.
+
+    Args:
+        repo_id: the repo, `namespace/name`.
+        dest: the folder to create.
+        revision: a branch, tag or commit, or `best`, `latest`, `final`; None (and no `step`) means `latest`.
+        step: the revision published at this training step (instead of `revision`).
+        match: for `step`: `exact`, `nearest` or `at_or_before`.
+        hub: `local` (default), `hf`, a URL or a `Hub`; None reads `HUBCKPT_HUB` / `HF_ENDPOINT`.
+        token: token for that hub; None picks the hub's own (never the huggingface.co token elsewhere).
+        training_state: also copy `training_state/`.
+        overwrite: replace `dest` if it exists and is not empty.
+        cache_dir: the huggingface_hub cache to use (default: its usual one).
+        rev: an already resolved revision (internal; the CLI passes it).
+
+    Returns:
+        What was pulled: the revision, the folder and its files.
+
+    Raises:
+        RevisionLookupError: no revision at that step (the message names the nearest), or no best/final.
+        UnknownRevisionError: no branch, tag or commit of that name (a huggingface_hub RevisionNotFoundError).
+        AmbiguousRevisionError: a name that is both a branch and a tag at different commits.
+        HubConfigError: both `revision` and `step`, or an unknown `match`.
+        RepositoryNotFoundError: unknown repo, or a private one without a token that can read it.
+        DestinationExistsError: `dest` exists, is not empty, and `overwrite` is False.
+        IntegrityError: a downloaded file does not match its recorded sha256 (it is removed from the cache).
     """
     rev = rev or Revision(repo_id, revision, step=step, match=match, hub=hub, token=token, cache_dir=cache_dir)
     dest = Path(dest)
@@ -352,6 +426,25 @@ def open_revision(
     `keys()`, `meta(name)` / `shape(name)` / `dtype(name)` come from the safetensors headers only;
     `get_tensor(name)` reads just that tensor's bytes with HTTP Range requests. Sharded revisions are
     read through their index. `bytes_received` says how much the reads moved.
+
+    Args:
+        repo_id: the repo, `namespace/name`.
+        revision: a branch, tag or commit, or `best`, `latest`, `final`; None (and no `step`) means `latest`.
+        step: the revision published at this training step (instead of `revision`).
+        match: for `step`: `exact`, `nearest` or `at_or_before`.
+        hub: `local` (default), `hf`, a URL or a `Hub`; None reads `HUBCKPT_HUB` / `HF_ENDPOINT`.
+        token: token for that hub; None picks the hub's own (never the huggingface.co token elsewhere).
+
+    Returns:
+        A `LazyRevision`; nothing but the revision's small files is read until a tensor is asked for.
+
+    Raises:
+        RevisionLookupError: no revision at that step (the message names the nearest), or no best/final.
+        UnknownRevisionError: no branch, tag or commit of that name (a huggingface_hub RevisionNotFoundError).
+        AmbiguousRevisionError: a name that is both a branch and a tag at different commits.
+        HubConfigError: both `revision` and `step`, or an unknown `match`.
+        RepositoryNotFoundError: unknown repo, or a private one without a token that can read it.
+        NoSafetensorsError: the revision has no safetensors weights.
 
     Example:
         >>> with hubckpt.open_revision("me/run", step=1200) as rev:

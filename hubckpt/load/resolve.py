@@ -309,6 +309,19 @@ def list_revisions(
     (a repo not published by hubckpt) the records come from the refs and each branch's `checkpoint.json`
     (plain branches and tags as records without metrics); that is logged. `refresh=True` also reads the
     refs to add branches the index does not list and user tags.
+
+    Args:
+        repo_id: the repo, `namespace/name`.
+        hub: `local` (default), `hf`, a URL or a `Hub`; None reads `HUBCKPT_HUB` / `HF_ENDPOINT`.
+        token: token for that hub; None picks the hub's own (never the huggingface.co token elsewhere).
+        refresh: also read the refs, for branches the index misses and user tags.
+
+    Returns:
+        The revisions as `RevisionInfo` records, sorted by step (pruned ones left out).
+
+    Raises:
+        RepositoryNotFoundError: unknown repo, or a private one without a token that can read it.
+        HubUnavailableError: the hub could not be reached.
     """
     return repo_revisions(repo_id, hub=hub, token=token).records(refresh=refresh)
 
@@ -328,7 +341,20 @@ def resolve_revision(
     `match` is `exact`, `nearest` or `at_or_before` (for step/tokens). No argument means `latest` (or
     `main` for a repo without stepped revisions). The result's `commit` is the 40-hex sha to read at.
 
+    Args:
+        repo_id: the repo, `namespace/name`.
+        revision: a branch, tag or commit, or `best`, `latest`, `final`.
+        step: the revision published at this training step (instead of `revision`).
+        tokens: the revision published at this token count (instead of `revision`).
+        match: for `step` / `tokens`: `exact`, `nearest` or `at_or_before`.
+        hub: `local` (default), `hf`, a URL or a `Hub`; None reads `HUBCKPT_HUB` / `HF_ENDPOINT`.
+        token: token for that hub; None picks the hub's own (never the huggingface.co token elsewhere).
+
+    Returns:
+        The revision's `RevisionInfo`; its `commit` pins every later read.
+
     Raises:
+        HubConfigError: more than one of `revision`, `step`, `tokens`, or an unknown `match`.
         RevisionLookupError: no revision at that step/tokens (the message names the nearest), or no best/final.
         UnknownRevisionError: no branch, tag or commit of that name (a huggingface_hub RevisionNotFoundError).
         AmbiguousRevisionError: a name that is both a branch and a tag at different commits.

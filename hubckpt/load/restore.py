@@ -44,7 +44,21 @@ MAX_LISTED = 20
 
 @dataclass
 class Restored:
-    """What `restore` loaded: the training position to continue from."""
+    """What `restore` loaded: the training position to continue from.
+
+    Attributes:
+        repo_id: the repo.
+        revision: the revision's name.
+        commit: the commit everything was read at.
+        step: the step it was published at; continue from `step + 1`.
+        epoch: the epoch, if recorded.
+        tokens: tokens seen, if recorded.
+        metrics: the metrics published with it.
+        extra: what `Checkpointer.save(extra=...)` stored (position in the epoch...).
+        parts: the training-state parts restored (`optimizer`, `scheduler`, `scaler`, `rng`...).
+        mismatches: with `strict=False`, what was left out.
+        folder: the downloaded (cached) revision files.
+    """
 
     repo_id: str
     revision: str
@@ -245,6 +259,28 @@ def restore(
     `Restored.mismatches` (and logged) instead of raising; type mismatches of the optimizer or
     scheduler always raise. Raises `TrainingStateMissingError` when the revision has no training
     state, `StateMismatchError` listing every difference; in both cases nothing was changed.
+
+    Args:
+        repo_id: the repo, `namespace/name`.
+        revision: a branch, tag or commit, or `latest` (default), `best`, `final`.
+        step: the revision published at this training step (instead of `revision`).
+        model: the model to load the weights into (in place, into its own tensors).
+        optimizer: the optimizer to restore, if any.
+        scheduler: the learning-rate scheduler to restore, if any.
+        scaler: the grad scaler to restore, if any.
+        hub: `local` (default), `hf`, a URL or a `Hub`.
+        token: token for that hub; None picks the hub's own.
+        strict: raise on weights whose names or shapes differ (False: load the rest, list them).
+
+    Returns:
+        A `Restored`: the step to continue from, metrics, `extra`, and what was restored.
+
+    Raises:
+        TrainingStateMissingError: the revision was published without `training_state/`.
+        StateMismatchError: names, shapes, dtypes, optimizer or scheduler types differ (`mismatches`).
+        RevisionLookupError: no revision at that step, or no best/final.
+        UnknownRevisionError: no branch, tag or commit of that name.
+        IntegrityError: a downloaded file does not match its recorded sha256.
     """
     import torch
 

@@ -31,7 +31,23 @@ def kind_of(path: str | Path) -> str:
 
 
 def read_checkpoint(path: str | Path, *, allow_globals: Iterable[str] = ()) -> Checkpoint:
-    """Read one checkpoint (file or folder). A run folder is refused here: use `discover` first."""
+    """Read one checkpoint (file or folder). A run folder is refused here: use `discover` first.
+
+    Pickles are read with `torch.load(weights_only=True)` only; nothing in them is run.
+
+    Args:
+        path: a Trainer `checkpoint-N/` folder, a safetensors file or folder, a `torch.save` file
+            (state dict, nanoGPT, Lightning `.ckpt`) or a torch.distributed.checkpoint folder.
+        allow_globals: pickle globals (`module.Name`) to trust beyond the weights-only allowlist.
+
+    Returns:
+        The `Checkpoint`: weights, training state, step, metrics, companion files.
+
+    Raises:
+        UnsupportedCheckpointError: a missing path, a run folder, or a format hubckpt does not read.
+        CorruptCheckpointError: a truncated, malformed or inconsistent file.
+        UnsafeCheckpointError: a pickle needs globals outside the allowlist and `allow_globals`.
+    """
     path = Path(path)
     kind = kind_of(path)
     if kind == "run":

@@ -16,7 +16,20 @@ WEIGHT_FILES = (
 
 
 def discover(run_dir: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every checkpoint in `run_dir`, sorted by step; names without a step are ignored."""
+    """(step, path) of every checkpoint in `run_dir`, sorted by step; names without a step are ignored.
+
+    A folder counts when it holds weights (Trainer `checkpoint-N/`, safetensors, DCP); a file when its
+    name carries a step.
+
+    Args:
+        run_dir: the run folder.
+
+    Returns:
+        (step, path) pairs in step order.
+
+    Raises:
+        FileNotFoundError: `run_dir` does not exist.
+    """
     found: list[tuple[int, Path]] = []
     for entry in sorted(run_dir.iterdir()):
         step = step_from_name(entry.name)

@@ -113,6 +113,27 @@ def uvicorn_config(app, **overrides):
 class LocalHubServer:
     """A local hub running in a background thread of this process.
 
+    For tests and embedding; the CLI and `hub="local"` run it in a background process instead
+    (`hubckpt serve`, `hubckpt.ensure_local_hub`). Use it as a context manager, or `start()` / `stop()`.
+
+    Args:
+        root: the data folder (created if missing).
+        host: the address to listen on; beyond loopback needs token authentication on.
+        port: the API port (0 picks a free one).
+        local_user: the user every request acts as in single-user mode.
+        data_plane: serve file bytes on a second port (signed URLs), as huggingface.co's CDN does.
+        data_plane_max_connections: connections the data plane serves at once.
+        data_plane_timeout_s: seconds a data plane socket read or write may stall.
+        **settings: further `HubContext` settings (e.g. `max_body_bytes`).
+
+    Attributes:
+        url: the API's base URL (`http://127.0.0.1:PORT`), once constructed.
+
+    Raises:
+        HubConfigError: a non-loopback `host` while the data folder is in single-user mode.
+        StorageError: an unusable data folder.
+        HubUnavailableError: from `start()`, when the server did not start.
+
     Example:
         >>> with LocalHubServer(tmp_path) as hub:
         ...     HfApi(endpoint=hub.url).create_repo("local/demo")
@@ -155,6 +176,14 @@ class LocalHubServer:
             raise
 
     def start(self) -> LocalHubServer:
+        """Start serving (the API, then the data plane) and wait until the API listens.
+
+        Returns:
+            This server, so `LocalHubServer(root).start().url` works.
+
+        Raises:
+            HubUnavailableError: the server did not start within about 5 seconds.
+        """
         if self.data_plane is not None:
             self.data_plane.start()
         self._thread = threading.Thread(
@@ -170,6 +199,7 @@ class LocalHubServer:
         raise HubUnavailableError("The local hub did not start; see the log above.")
 
     def stop(self) -> None:
+        """Stop serving and close the database and sockets; the data folder stays as it is."""
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)

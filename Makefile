@@ -24,8 +24,8 @@ test: $(STAMP) browser lint docs wheel-check
 
 # The quality gate: ruff (lint + format) and mypy (strict on the formats, errors and public API).
 lint: $(STAMP)
-	$(VENV)/bin/ruff check hubckpt tests bench docs
-	$(VENV)/bin/ruff format --check hubckpt tests bench docs
+	$(VENV)/bin/ruff check hubckpt tests bench docs/gen_pages.py
+	$(VENV)/bin/ruff format --check hubckpt tests bench docs/gen_pages.py
 	$(VENV)/bin/mypy hubckpt
 
 # What users install is what is tested: the sdist and wheel built, the wheel installed (not editable) in a

@@ -469,14 +469,6 @@ if TYPE_CHECKING:
         """
 
 
-if TYPE_CHECKING:  # what `_build` makes, spelled out for type checkers (they do not run __getattr__)
-    from huggingface_hub.errors import NotASafetensorsRepoError, RevisionNotFoundError
-
-    class UnknownRevisionError(HubckptError, RevisionNotFoundError): ...
-
-    class NoSafetensorsError(HubckptError, NotASafetensorsRepoError): ...
-
-
 _BUILT: dict[str, type] = {}
 
 

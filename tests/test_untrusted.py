@@ -310,3 +310,24 @@ def test_the_cli_prints_one_line_and_escapes_terminal_controls():
     assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr
     errors = [line for line in bad.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "revisions.json" in errors[0]
+
+
+def test_load_model_never_runs_a_repos_custom_code_unless_asked(tmp_path):
+    from types import SimpleNamespace
+
+    from hubckpt.load.loaders import rev_model
+
+    seen: list[dict] = []
+
+    class Model:
+        config = SimpleNamespace()
+
+        @classmethod
+        def from_pretrained(cls, folder, **kwargs):
+            seen.append(kwargs)
+            return cls()
+
+    rev = SimpleNamespace(snapshot_dir=lambda: tmp_path, repo_id=REPO, commit=COMMIT, info=None)
+    rev_model(rev, model_class=Model)
+    rev_model(rev, model_class=Model, trust_remote_code=True)
+    assert [kw["trust_remote_code"] for kw in seen] == [False, True]

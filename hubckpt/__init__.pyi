@@ -32,6 +32,7 @@ from .errors import (
     DiskFullError as DiskFullError,
     HubckptError as HubckptError,
     HubConfigError as HubConfigError,
+    HubContentError as HubContentError,
     HubUnavailableError as HubUnavailableError,
     IntegrityError as IntegrityError,
     InvalidNameError as InvalidNameError,

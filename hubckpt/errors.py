@@ -423,6 +423,31 @@ class IntegrityError(HubckptError, OSError):
         super().__init__(message)
 
 
+class HubContentError(HubckptError, ValueError):
+    """A file or an answer from a hub failed hubckpt's checks: it was refused before it was used.
+
+    Everything read from a hub is untrusted input (`revisions.json`, `checkpoint.json`, `training_state/`,
+    safetensors headers, commit ids, file names, listings): a file that is not what its format says, too
+    large, too deeply nested, or that names a path, commit or tensor layout that cannot be right, is
+    refused whole. Nothing was written outside the cache and nothing was loaded.
+
+    Attributes: `repo_id`, `revision`, `path` (the file, or what was asked), each None where not known.
+
+    What to do:
+        The repo (or the hub) holds something hubckpt did not publish or that was tampered with. If it is
+        your repo, publish the revision again (or run `hubckpt reindex REPO` for `revisions.json`); if it
+        is someone else's, tell its owner, and do not load from it.
+    """
+
+    def __init__(
+        self, message: str, *, repo_id: str | None = None, revision: str | None = None, path: str | None = None
+    ) -> None:
+        self.repo_id = repo_id
+        self.revision = revision
+        self.path = path
+        super().__init__(message)
+
+
 # Two errors are also huggingface_hub's own, so code that catches the client's errors catches ours. They
 # are built on first use (PEP 562), because importing huggingface_hub here would make `import hubckpt` heavy.
 # Type checkers and the docs (griffe) read the declarations under TYPE_CHECKING; `_build` makes the same

@@ -94,8 +94,11 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `hubckpt` console script."""
+    from ._terminal import escape_controls, escaped_stdout
+
     try:
-        app(args=argv, standalone_mode=False)
+        with escaped_stdout():
+            app(args=argv, standalone_mode=False)
     except SystemExit:
         raise
     except KeyboardInterrupt:
@@ -114,6 +117,6 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(e.exit_code)
         if environment.debug() or not isinstance(e, _known_errors()):
             raise
-        print(f"Error: {_one_line(e)}\n{_DEBUG_HINT}", file=sys.stderr)
+        print(f"Error: {escape_controls(_one_line(e))}\n{_DEBUG_HINT}", file=sys.stderr)
         sys.exit(1)
     sys.exit(0)

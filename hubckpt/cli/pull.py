@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
@@ -13,6 +14,8 @@ from .revisions import reader_for, split_ref
 StepOpt = typer.Option(None, "--step", help="Pull the revision at this step (see --match).")
 TokensOpt = typer.Option(None, "--tokens", help="Pull the revision at this many tokens seen (see --match).")
 MatchOpt = typer.Option("exact", "--match", help="For --step/--tokens: exact, nearest or at_or_before.")
+
+_TRAINER_PICKLES = re.compile(r"^(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state.*\.pth|training_args\.bin)$")
 
 
 def resolve_pull_revision(
@@ -81,6 +84,11 @@ def pull(
     if trainer_checkpoint:
         from ..integrations.trainer_resume import write_trainer_checkpoint
 
+        # The Trainer's pickles are written here from the pickle-free training_state/; ones the repo itself
+        # holds (anyone's pickles) are never left in DEST, where trainer.train would torch.load them.
+        for name in result.files:
+            if _TRAINER_PICKLES.match(name):
+                (result.folder / name).unlink(missing_ok=True)
         write_trainer_checkpoint(result.folder, result.folder, overwrite=True)
         typer.echo(f"Wrote a Trainer checkpoint: trainer.train(resume_from_checkpoint={str(result.folder)!r})")
 

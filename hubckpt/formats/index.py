@@ -15,6 +15,17 @@ from typing import Any
 from ..errors import HubConfigError
 from .manifest import manifest_metrics
 from .numbers import decode_number, encode_number
+from .untrusted import (
+    Source,
+    check_commit,
+    check_int,
+    check_number,
+    check_sha256,
+    check_str,
+    check_type,
+    load_json,
+    printable,
+)
 
 INDEX_FILE = "revisions.json"
 INDEX_FORMAT_VERSION = 1
@@ -55,12 +66,37 @@ class RevisionInfo:
     pruned: bool = False
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RevisionInfo:
-        known = {f for f in cls.__dataclass_fields__}
-        info = cls(**{k: v for k, v in data.items() if k in known})
-        info.metrics = {k: decode_number(v) for k, v in (info.metrics or {}).items()}
-        info.epoch = decode_number(info.epoch)
-        return info
+    def from_json(cls, data: dict[str, Any], source: Source | None = None) -> RevisionInfo:
+        """One record of `revisions.json`, every field type-checked (see `formats.untrusted`)."""
+        src = source or Source(path=INDEX_FILE)
+        check_type(data, dict, src, "revision record")
+        name = check_str(data.get("name"), src, "revision name", optional=False, limit=255)
+        assert name is not None
+        if not name or not name.isprintable():
+            raise src.error(f"a revision name {printable(name)!r} is empty or has control characters")
+        src = Source(src.repo_id, src.revision, f"{src.path} (revision {printable(name)})")
+        commit = data.get("commit")
+        metrics = check_type(data.get("metrics") or {}, dict, src, "metrics")
+        tags = check_type(data.get("tags") or [], list, src, "tags")
+        return cls(
+            name=name,
+            step=check_int(data.get("step"), src, "step"),
+            commit=None if commit is None else check_commit(commit, src),
+            epoch=check_number(data.get("epoch"), src, "epoch"),
+            tokens=check_int(data.get("tokens"), src, "tokens"),
+            metrics={
+                check_str(k, src, "metric name", optional=False, limit=255) or "": v
+                for k, raw in metrics.items()
+                if (v := check_number(raw, src, f"metric {printable(str(k), 40)}")) is not None
+            },
+            size=check_int(data.get("size") or 0, src, "size") or 0,
+            date=check_str(data.get("date"), src, "date", limit=64),
+            source_format=check_str(data.get("source_format"), src, "source format", limit=255),
+            manifest_sha256=check_sha256(data.get("manifest_sha256"), src, "manifest_sha256"),
+            tags=[check_str(t, src, "tag", optional=False, limit=255) or "" for t in tags],
+            final=bool(check_type(data.get("final", False), bool, src, "final flag")),
+            pruned=bool(check_type(data.get("pruned", False), bool, src, "pruned flag")),
+        )
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -130,29 +166,43 @@ class RevisionIndex:
         return (json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> RevisionIndex:
-        """Parse `revisions.json`.
+    def from_json(cls, raw: bytes | str, source: Source | None = None) -> RevisionIndex:
+        """Parse `revisions.json`: untrusted input, size- and depth-capped, every field type-checked.
 
         Args:
             raw: the file's content.
+            source: where it was read (repo, revision), for the error that refuses it.
 
         Returns:
             The index, with `"NaN"` / `"Infinity"` strings turned back into floats.
 
         Raises:
             HubConfigError: the file was written by a newer hubckpt (a higher `format_version`).
+            HubContentError: the file is not a valid index (not JSON, wrong types, too large or deep).
         """
-        doc = json.loads(raw)
-        if doc.get("format_version", 0) > INDEX_FORMAT_VERSION:
+        src = source or Source(path=INDEX_FILE)
+        doc = check_type(load_json(raw, src), dict, src, "content")
+        if (check_int(doc.get("format_version", 0), src, "format_version") or 0) > INDEX_FORMAT_VERSION:
             raise HubConfigError("revisions.json was written by a newer hubckpt; upgrade hubckpt")
-        tags = doc.get("tags") if isinstance(doc.get("tags"), dict) else {}
+        tags = check_type(doc.get("tags") or {}, dict, src, "tags")
+        mode = doc.get("mode") or "min"
+        if mode not in ("min", "max"):
+            raise src.error(f"its mode {printable(str(mode), 20)!r} is neither min nor max")
         return cls(
-            revisions=[RevisionInfo.from_json(r) for r in doc.get("revisions", [])],
-            monitor=doc.get("monitor"),
-            mode=doc.get("mode") or "min",
-            best=doc.get("best"),
-            final=doc.get("final"),
-            tags={str(k): str(v) for k, v in tags.items()},
+            revisions=[
+                RevisionInfo.from_json(r, src) for r in check_type(doc.get("revisions") or [], list, src, "revisions")
+            ],
+            monitor=check_str(doc.get("monitor"), src, "monitor", limit=255),
+            mode=mode,
+            best=check_str(doc.get("best"), src, "best", limit=255),
+            final=check_str(doc.get("final"), src, "final", limit=255),
+            tags={
+                check_str(k, src, "tag", optional=False, limit=255) or "": check_str(
+                    v, src, "tag", optional=False, limit=255
+                )
+                or ""
+                for k, v in tags.items()
+            },
         )
 
     # -- verbs for the consumer side (`best` is the field naming the best revision, hence best_info) --
@@ -193,7 +243,7 @@ def info_from_manifest(name: str, commit: str | None, manifest: dict[str, Any] |
         epoch=decode_number(manifest.get("epoch")),
         tokens=manifest.get("tokens"),
         metrics=manifest_metrics(manifest),
-        size=sum(int(f.get("size") or 0) for f in manifest.get("files") or []),
+        size=sum(int(f.get("size") or 0) for f in manifest.get("files") or [] if isinstance(f, dict)),
         source_format=(manifest.get("source") or {}).get("format"),
     )
 

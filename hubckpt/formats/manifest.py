@@ -12,6 +12,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .numbers import decode_number, encode_number
+from .untrusted import (
+    Source,
+    check_int,
+    check_number,
+    check_repo_path,
+    check_sha256,
+    check_str,
+    check_type,
+    load_json,
+    printable,
+)
 
 if TYPE_CHECKING:
     from ..checkpoint import Checkpoint
@@ -67,9 +78,37 @@ def dumps(manifest: dict[str, Any]) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
 
 
-def loads(raw: bytes | str) -> dict[str, Any]:
-    """A checkpoint.json's content as a dict."""
-    manifest: dict[str, Any] = json.loads(raw)
+def loads(raw: bytes | str, source: Source | None = None) -> dict[str, Any]:
+    """A checkpoint.json's content as a dict: untrusted input, size- and depth-capped, fields type-checked.
+
+    Checked are the fields hubckpt uses: step, epoch, tokens, metrics (numbers), source, training_state,
+    and `files` (each a valid repo path, a sha256 of 64 hex digits or null, a size >= 0). Unknown fields
+    are kept as they are. Raises `HubContentError` naming `source` for anything else.
+    """
+    src = source or Source(path=MANIFEST_FILE)
+    manifest: dict[str, Any] = check_type(load_json(raw, src), dict, src, "content")
+    check_int(manifest.get("format_version", 0), src, "format_version")
+    check_int(manifest.get("step"), src, "step")
+    check_int(manifest.get("tokens"), src, "tokens")
+    check_number(manifest.get("epoch"), src, "epoch")
+    for key, value in check_type(manifest.get("metrics") or {}, dict, src, "metrics").items():
+        if not isinstance(value, (str, bool)):  # strings: NaN / inf, or a note kept by manifest_metrics' filter
+            check_number(value, src, f"metric {printable(str(key), 40)}")
+    source_doc = check_type(manifest.get("source") or {}, dict, src, "source")
+    check_str(source_doc.get("format"), src, "source format", limit=255)
+    check_str(source_doc.get("name"), src, "source name")
+    for part in check_type(manifest.get("training_state") or [], list, src, "training_state"):
+        check_str(part, src, "training state part", optional=False, limit=255)
+    check_type(manifest.get("weights") or {}, dict, src, "weights")
+    seen = set()
+    for entry in check_type(manifest.get("files") or [], list, src, "files"):
+        check_type(entry, dict, src, "file entry")
+        path = check_repo_path(entry.get("path"), src)
+        if path in seen:
+            raise src.error(f"it lists {printable(path, 80)!r} twice")
+        seen.add(path)
+        check_sha256(entry.get("sha256"), src, f"sha256 of {printable(path, 80)}")
+        check_int(entry.get("size"), src, f"size of {printable(path, 80)}")
     return manifest
 
 

@@ -8,15 +8,31 @@ headers, so the errors users see are huggingface_hub's (`RepositoryNotFoundError
 
 from __future__ import annotations
 
-import json
 import logging
-import struct
+import re
 import threading
 from typing import TYPE_CHECKING
 
-from ..errors import HubckptError
+from ..formats import manifest as manifest_format
 from ..formats.index import INDEX_FILE, RevisionIndex
 from ..formats.manifest import MANIFEST_FILE
+from ..formats.safetensors_header import (
+    header_length,
+    invalid,
+    parse_header,
+)
+from ..formats.untrusted import (
+    MAX_JSON_BYTES,
+    Source,
+    check_commit,
+    check_int,
+    check_repo_path,
+    check_str,
+    check_type,
+    load_json,
+    printable,
+)
+from .origin import headers_for
 from .retries import install_timeouts, with_retries
 from .select import Hub, ensure_running, hub_api, resolve_hub, resolve_token
 
@@ -29,7 +45,11 @@ MAIN = "main"
 # First read of a safetensors file: enough for the header of a model with a few hundred tensors; a
 # larger header costs a second request for exactly the missing bytes. huggingface_hub reads 100 kB.
 HEADER_PROBE_BYTES = 16 * 1024
-MAX_HEADER_BYTES = 100 * 1024 * 1024
+MAX_REDIRECTS = 5
+# Pages of a file listing followed at most (the hub lists 1,000 files or more per page): a listing whose
+# `Link` always names a next page ends here with an error instead of running forever.
+MAX_LISTING_PAGES = 200
+PROGRESS_BYTES = 64 * 1024  # what a read must receive per stall budget to count as making progress
 
 
 class ByteCounter:
@@ -94,38 +114,97 @@ class HubReader:
 
         return build_hf_headers(token=self.token, library_name="hubckpt", library_version=__version__)
 
+    # -- requests: bounded in bytes and time, credentials only to the hub's own origin --------------------
+
+    def source(self, path: str | None = None, revision: str | None = None) -> Source:
+        return Source(self.repo_id, revision, path)
+
+    def _request(
+        self,
+        url: str,
+        *,
+        extra: dict[str, str] | None = None,
+        max_bytes: int,
+        budget: ReadBudget,
+        source: Source,
+        follow: bool = True,
+        credentials: bool = True,
+    ):
+        """One GET of `url`, its body read while it stays under `max_bytes` (decompressed) and the budget.
+
+        Redirects (when `follow`) are followed here, at most MAX_REDIRECTS, each with credentials only if
+        it stays on the hub's origin (`origin.headers_for`). The response comes back with its body read
+        (`response.content`); a body over `max_bytes` is refused before more than that is held.
+        """
+        from huggingface_hub.utils import get_session
+
+        session = get_session()
+        base = self.auth_headers() if credentials else {}
+        for _ in range(MAX_REDIRECTS + 1):
+            headers = {**headers_for(url, self.hub.endpoint, base), **(extra or {})}
+            with session.stream(
+                "GET", url, headers=headers, follow_redirects=False, timeout=budget.timeout()
+            ) as response:
+                if response.is_redirect or response.status_code >= 400:  # a short body, for the error message
+                    response._content = _read_capped(  # noqa: SLF001 - the body, read within bounds
+                        response, 64 * 1024, budget, self.counter, source, error=False
+                    )
+                    if follow and response.is_redirect and "location" in response.headers:
+                        url = str(response.url.join(response.headers["location"]))
+                        continue
+                    return response
+                response._content = _read_capped(response, max_bytes, budget, self.counter, source, error=True)  # noqa: SLF001
+                return response
+        raise source.error(f"the hub answered with more than {MAX_REDIRECTS} redirects")
+
+    def _retrying(self, fetch, what: str, budget: ReadBudget):
+        def attempt():
+            budget.check(what)
+            return fetch()
+
+        return with_retries(attempt, what=what)
+
     # -- small files ---------------------------------------------------------------------------------
 
-    def get(self, path: str, revision: str = MAIN) -> tuple[bytes | None, str | None]:
+    def get(
+        self, path: str, revision: str = MAIN, *, max_bytes: int = MAX_JSON_BYTES
+    ) -> tuple[bytes | None, str | None]:
         """(content or None if the file is absent, commit it was read at) with one request.
 
-        A missing repo or revision raises huggingface_hub's error; only a missing file gives None.
+        A missing repo or revision raises huggingface_hub's error; only a missing file gives None. The
+        body is capped at `max_bytes`; the commit (`X-Repo-Commit`) must be 40-hex.
         """
-        from huggingface_hub.utils import get_session, hf_raise_for_status
+        from huggingface_hub.utils import hf_raise_for_status
 
         url = self.file_url(path, revision)
-        headers = self.auth_headers()
+        source = self.source(path, revision)
+        budget = ReadBudget()
 
         def fetch():
-            response = get_session().get(url, headers=headers, follow_redirects=True)
-            self.counter.add(len(response.content))
+            response = self._request(url, max_bytes=max_bytes, budget=budget, source=source)
             commit = response.headers.get("x-repo-commit")
+            if commit is not None:
+                check_commit(commit, source, "X-Repo-Commit header")
             if response.status_code == 404 and response.headers.get("x-error-code") == "EntryNotFound":
                 return None, commit
             hf_raise_for_status(response)
             return response.content, commit
 
-        return with_retries(fetch, what=f"reading {path}@{revision} of {self.repo_id}")
+        return self._retrying(fetch, f"reading {path}@{revision} of {self.repo_id}", budget)
 
     def read_json(self, path: str, revision: str = MAIN) -> dict | None:
-        """A small JSON file at a revision (None if absent)."""
+        """A small JSON object file at a revision (None if absent), size- and depth-capped."""
         content, _ = self.get(path, revision)
-        return json.loads(content) if content is not None else None
+        if content is None:
+            return None
+        source = self.source(path, revision)
+        return check_type(load_json(content, source), dict, source, "content")
 
     def index(self, revision: str = MAIN) -> tuple[RevisionIndex | None, str | None]:
         """(the index or None if the repo has none, commit of `revision` it was read at), one request."""
         content, commit = self.get(INDEX_FILE, revision)
-        return (RevisionIndex.from_json(content) if content is not None else None), commit
+        index = RevisionIndex.from_json(content, self.source(INDEX_FILE, revision)) if content is not None else None
+        return index, commit
 
     def read_index(self, revision: str = MAIN) -> tuple[RevisionIndex, str | None]:
         """As `index`, with an empty index when there is none (what the publisher builds on)."""
@@ -133,96 +212,129 @@ class HubReader:
         return index if index is not None else RevisionIndex(), commit
 
     def manifest(self, revision: str) -> dict | None:
-        """A revision's `checkpoint.json` (None if it has none: not published by hubckpt)."""
-        return self.read_json(MANIFEST_FILE, revision)
+        """A revision's `checkpoint.json` (None if it has none: not published by hubckpt), schema-checked."""
+        content, _ = self.get(MANIFEST_FILE, revision)
+        return manifest_format.loads(content, self.source(MANIFEST_FILE, revision)) if content is not None else None
 
     def refs(self) -> tuple[dict[str, str], dict[str, str]]:
-        """(branches, tags) as name → commit, with one request."""
+        """(branches, tags) as name → commit, with one request; every commit checked to be 40-hex."""
         from urllib.parse import quote
 
-        from huggingface_hub.utils import get_session, hf_raise_for_status
+        from huggingface_hub.utils import hf_raise_for_status
 
         url = f"{self.hub.endpoint}/api/models/{quote(self.repo_id, safe='/')}/refs"
+        source = self.source("(refs)")
+        budget = ReadBudget()
 
         def fetch():
-            response = get_session().get(url, headers=self.auth_headers())
-            self.counter.add(len(response.content))
+            response = self._request(url, max_bytes=MAX_JSON_BYTES, budget=budget, source=source)
             hf_raise_for_status(response)
-            return response.json()
+            return load_json(response.content, source)
 
-        doc = with_retries(fetch, what=f"listing refs of {self.repo_id}")
-        return (
-            {b["name"]: b["targetCommit"] for b in doc.get("branches", [])},
-            {t["name"]: t["targetCommit"] for t in doc.get("tags", [])},
-        )
+        doc = check_type(self._retrying(fetch, f"listing refs of {self.repo_id}", budget), dict, source, "content")
+        out: list[dict[str, str]] = []
+        for kind in ("branches", "tags"):
+            refs = {}
+            for ref in check_type(doc.get(kind) or [], list, source, kind):
+                check_type(ref, dict, source, f"entry of {kind}")
+                name = check_str(ref.get("name"), source, "ref name", optional=False, limit=255) or ""
+                if not name or not name.isprintable():
+                    raise source.error(f"a ref name {printable(name)!r} is empty or has control characters")
+                refs[name] = check_commit(ref.get("targetCommit"), source, f"targetCommit of {printable(name, 80)}")
+            out.append(refs)
+        return out[0], out[1]
 
     def branches(self) -> dict[str, str]:
         return self.refs()[0]
 
     def list_files(self, revision: str) -> dict[str, int]:
-        """path → size of every file at `revision` (one listing, paginated by the hub)."""
-        from huggingface_hub.hf_api import RepoFile
+        """path → size of every file at `revision` (one listing, paginated by the hub).
 
-        entries = with_retries(
-            lambda: list(self.api.list_repo_tree(self.repo_id, revision=revision, recursive=True)),
-            what=f"listing files of {self.repo_id}@{revision}",
+        Pagination `Link`s are followed at most MAX_LISTING_PAGES pages (credentials only on the hub's
+        origin); every path is checked to be a valid repo path and every size a non-negative integer.
+        """
+        from urllib.parse import quote
+
+        from huggingface_hub.utils import hf_raise_for_status
+
+        source = self.source("(file listing)", revision)
+        url: str | None = (
+            f"{self.hub.endpoint}/api/models/{quote(self.repo_id, safe='/')}/tree/{quote(revision, safe='')}"
+            "?recursive=true&expand=false"
         )
-        self.counter.add(0)
-        return {e.path: e.size for e in entries if isinstance(e, RepoFile)}
+        files: dict[str, int] = {}
+        for page in range(MAX_LISTING_PAGES + 1):
+            if url is None:
+                return files
+            if page == MAX_LISTING_PAGES:
+                raise source.error(f"the listing goes on past {MAX_LISTING_PAGES} pages")
+            budget = ReadBudget()
+            page_url = url
+
+            def fetch(page_url=page_url, budget=budget):
+                response = self._request(page_url, max_bytes=MAX_JSON_BYTES, budget=budget, source=source)
+                hf_raise_for_status(response)
+                return load_json(response.content, source), response.links.get("next", {}).get("url")
+
+            entries, link = self._retrying(fetch, f"listing files of {self.repo_id}@{revision}", budget)
+            for entry in check_type(entries, list, source, "page"):
+                check_type(entry, dict, source, "entry")
+                if entry.get("type") != "file":
+                    continue
+                path = check_repo_path(entry.get("path"), source)
+                files[path] = (
+                    check_int(entry.get("size"), source, f"size of {printable(path, 80)}", optional=False) or 0
+                )
+            url = str(httpx_url(page_url).join(link)) if link else None
+        raise AssertionError("unreachable")
 
     # -- byte ranges ----------------------------------------------------------------------------------
 
     def read_range(self, path: str, revision: str, start: int, end: int) -> tuple[bytes, int | None]:
         """Bytes [start, end) of a file and the file's total size (from Content-Range), Range requests only.
 
+        The answer must be a 206 of exactly the asked range (Content-Range `bytes start-last/total`,
+        cut only at the end of the file), or a 200 of a whole file no longer than asked when
+        `start == 0`; anything else fails, and no more than the asked bytes (+1) is ever held.
         LFS files on huggingface.co and on the local hub redirect to a data URL; it is remembered, so
-        later reads of the same file go there directly (without auth headers: it is pre-signed).
+        later reads of the same file go there directly (with credentials only on the hub's own origin).
         """
-        from huggingface_hub.utils import get_session, hf_raise_for_status
+        from huggingface_hub.utils import hf_raise_for_status
 
         if end <= start:
             return b"", None
         url = self.file_url(path, revision)
         rng = {"Range": f"bytes={start}-{end - 1}"}
+        where = f"{self.repo_id}@{revision}/{path}"
+        source = self.source(path, revision)
+        budget = ReadBudget()
+        want = end - start
 
         def fetch():
-            session = get_session()
-            target = self._redirects.get(url)
             response = None
+            target = self._redirects.get(url)
             if target is not None:
-                response = session.get(target, headers=rng)
+                response = self._request(target, extra=rng, max_bytes=want, budget=budget, source=source, follow=False)
                 if response.status_code in (401, 403, 410):  # the pre-signed URL expired: ask again
                     self._redirects.pop(url, None)
                     response = None
             if response is None:
-                response = session.get(url, headers={**self.auth_headers(), **rng}, follow_redirects=False)
-                if response.is_redirect:
-                    location = str(response.url.join(response.headers["location"]))
-                    self.counter.add(len(response.content))
-                    if "/resolve/" in location and location.startswith(self.hub.endpoint):
-                        # a same-hub redirect (renamed repo): keep the auth headers
-                        response = session.get(location, headers={**self.auth_headers(), **rng}, follow_redirects=True)
-                    else:
-                        self._redirects[url] = location
-                        response = session.get(location, headers=rng)
-            self.counter.add(len(response.content))
+                response = self._request(url, extra=rng, max_bytes=want, budget=budget, source=source, follow=False)
+                hops = 0
+                while response.is_redirect and "location" in response.headers:
+                    hops += 1
+                    if hops > MAX_REDIRECTS:
+                        raise source.error(f"the hub answered with more than {MAX_REDIRECTS} redirects")
+                    target = str(response.url.join(response.headers["location"]))
+                    response = self._request(
+                        target, extra=rng, max_bytes=want, budget=budget, source=source, follow=False
+                    )
+                if hops:
+                    self._redirects[url] = str(response.url)
             hf_raise_for_status(response)
-            data = response.content
-            total = None
-            content_range = response.headers.get("content-range", "")
-            if response.status_code == 206 and "/" in content_range:
-                tail = content_range.rsplit("/", 1)[1]
-                total = int(tail) if tail.isdigit() else None
-            elif response.status_code == 200:  # the server ignored Range: keep what was asked for
-                total = len(data)
-                data = data[start:end]
-            if len(data) != min(end, total if total is not None else end) - start:
-                raise HubckptError(
-                    f"{path}@{revision} of {self.repo_id}: asked for bytes {start}-{end - 1}, got {len(data)} bytes"
-                )
-            return data, total
+            return _ranged_body(response, start, end, where)
 
-        return with_retries(fetch, what=f"reading bytes {start}-{end - 1} of {path}@{revision}")
+        return self._retrying(fetch, f"reading bytes {start}-{end - 1} of {path}@{revision}", budget)
 
     def safetensors_header(self, path: str, revision: str) -> tuple[dict, int, int | None]:
         """(parsed header, data start offset, file size) of a remote safetensors file, by Range reads.
@@ -234,86 +346,121 @@ class HubReader:
         length = header_length(probe, where)
         if 8 + length > len(probe):
             if total is not None and 8 + length > total:
-                raise _bad(where, f"its header says {length} bytes but the file has {total}")
+                raise invalid(where, f"its header says {length} bytes but the file has {total}")
             rest, _ = self.read_range(path, revision, len(probe), 8 + length)
             probe += rest
         data_size = None if total is None else total - 8 - length
         return parse_header(probe[8 : 8 + length], where, data_size=data_size), 8 + length, total
 
 
-# -- the safetensors header format ------------------------------------------------------------------------
+# -- bounds on what a hub can make a reader hold or wait for ------------------------------------------------
 
 
-def _bad(where: str, why: str) -> HubckptError:
+class ReadBudget:
+    """How long one read (all its tries together) may go on without progress.
+
+    A read fails with `HubUnavailableError` once `stall_budget()` seconds (2 × `HUBCKPT_HTTP_TIMEOUT`,
+    4 minutes by default) pass in which less than PROGRESS_BYTES arrived, however they are spent:
+    stalled bodies, a slow drip, retries and their back-off. Each request's timeouts are cut to what is left.
+    """
+
+    def __init__(self) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self.limit = stall_budget()
+        self._since = self._clock()
+        self._bytes = 0
+
+    def remaining(self) -> float:
+        return self.limit - (self._clock() - self._since)
+
+    def check(self, what: str) -> None:
+        if self.remaining() <= 0:
+            from ..errors import HubUnavailableError
+
+            raise HubUnavailableError(
+                f"{what}: the hub sent less than {PROGRESS_BYTES // 1024} KiB in {self.limit:.0f} s (the bound on "
+                "a stalled read, 2 x HUBCKPT_HTTP_TIMEOUT); check the hub, or raise HUBCKPT_HTTP_TIMEOUT"
+            )
+
+    def progress(self, nbytes: int, what: str) -> None:
+        self._bytes += nbytes
+        if self._bytes >= PROGRESS_BYTES:
+            self._since, self._bytes = self._clock(), 0
+        self.check(what)
+
+    def timeout(self):
+        """Each request's timeouts, none longer than what is left of the budget."""
+        import httpx2
+
+        from .retries import hub_timeouts
+
+        left = max(self.remaining(), 0.001)
+        return httpx2.Timeout(**{k: min(v, left) for k, v in hub_timeouts().items()})
+
+
+def stall_budget() -> float:
+    """Seconds a read may make no progress, all tries together: 2 × `HUBCKPT_HTTP_TIMEOUT` (240 s by default)."""
+    from .. import environment
+
+    return 2 * environment.http_timeout()
+
+
+def _read_capped(
+    response, limit: int, budget: ReadBudget, counter: ByteCounter, source: Source, *, error: bool
+) -> bytes:
+    """The response's (decompressed) body, at most `limit` bytes: over it, an error (or, with
+    `error=False`, the first `limit` bytes); the budget checked on every chunk."""
+    chunks, size = [], 0
+    what = f"reading {source}"
+    try:
+        for chunk in response.iter_bytes(64 * 1024):
+            size += len(chunk)
+            budget.progress(len(chunk), what)
+            if size > limit:
+                if error:
+                    counter.add(size)
+                    raise source.error(f"the hub sent more than the {limit} bytes expected")
+                chunks.append(chunk[: len(chunk) - (size - limit)])
+                size = limit
+                break
+            chunks.append(chunk)
+    except Exception as e:  # a decompression error is the hub's doing, as is a body cut short
+        if type(e).__name__ == "DecodingError":
+            raise source.error(f"its body does not decode ({printable(str(e), 100)})") from None
+        raise
+    counter.add(size)
+    return b"".join(chunks)
+
+
+def _ranged_body(response, start: int, end: int, where: str) -> tuple[bytes, int | None]:
+    """(bytes, file size) of a Range answer that is exactly [start, end) (cut at the file's end), or fail."""
     from ..errors import IntegrityError
 
-    return IntegrityError(f"{where} is not a valid safetensors file: {why}", path=where)
+    data = response.content
+    status = response.status_code
+    if status == 200 and start == 0 and len(data) <= end:  # the whole file, no longer than asked for
+        return data, len(data)
+    match = _CONTENT_RANGE.match(response.headers.get("content-range", "").strip())
+    if status == 206 and match:
+        first, last, total_text = int(match[1]), int(match[2]), match[3]
+        total = int(total_text) if total_text != "*" else None
+        expected_last = end - 1 if total is None else min(end, total) - 1
+        if first == start and last == expected_last and len(data) == last - first + 1:
+            return data, total
+    raise IntegrityError(
+        f"{where}: asked for bytes {start}-{end - 1}, the hub answered {status} "
+        f"{printable(response.headers.get('content-range', 'without Content-Range'), 80)} with {len(data)} bytes; "
+        "nothing was used (a hub must answer a Range request with exactly that range)",
+        path=where,
+    )
 
 
-def header_length(prefix: bytes, where: str) -> int:
-    """The 8-byte little-endian header length at the start of a safetensors file."""
-    if len(prefix) < 8:
-        raise _bad(where, f"only {len(prefix)} bytes")
-    (length,) = struct.unpack("<Q", prefix[:8])
-    if length < 2 or length > MAX_HEADER_BYTES:
-        raise _bad(where, f"header length {length}")
-    return length
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
-def parse_header(raw: bytes, where: str, *, data_size: int | None = None) -> dict:
-    """Tensor name → {"dtype", "shape", "data_offsets"} (plus "__metadata__"), validated against the file.
+def httpx_url(url: str):
+    import httpx2
 
-    Offsets must lie inside the data section; a header that does not parse or describes bytes the file
-    does not have is an error rather than a silently wrong tensor.
-    """
-    try:
-        header = json.loads(raw)
-    except ValueError as e:
-        raise _bad(where, f"header is not JSON ({e})") from e
-    if not isinstance(header, dict):
-        raise _bad(where, "header is not a JSON object")
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            start, end = entry["data_offsets"]
-            shape = entry["shape"]
-            dtype = entry["dtype"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise _bad(where, f"entry {name!r} is malformed") from e
-        count = 1
-        for dim in shape:
-            count *= int(dim)
-        itemsize = DTYPE_BITS.get(dtype)
-        if itemsize is None:
-            raise _bad(where, f"tensor {name!r} has unknown dtype {dtype!r}")
-        if not 0 <= start <= end or (end - start) * 8 != count * itemsize:
-            raise _bad(where, f"tensor {name!r} has offsets {start}-{end} for shape {shape} {dtype}")
-        if data_size is not None and end > data_size:
-            raise _bad(where, f"tensor {name!r} ends at {end}, past the file's {data_size} data bytes")
-    return header
-
-
-# bits per element of each safetensors dtype
-DTYPE_BITS = {
-    "BOOL": 8,
-    "U8": 8,
-    "I8": 8,
-    "F8_E4M3": 8,
-    "F8_E5M2": 8,
-    "F8_E8M0": 8,
-    "I16": 16,
-    "U16": 16,
-    "F16": 16,
-    "BF16": 16,
-    "I32": 32,
-    "U32": 32,
-    "F32": 32,
-    "I64": 64,
-    "U64": 64,
-    "F64": 64,
-    "C64": 64,
-    "F4": 4,
-    "F6_E2M3": 6,
-    "F6_E3M2": 6,
-}
+    return httpx2.URL(url)

@@ -16,11 +16,23 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import IntegrityError
+from ..errors import HubckptError, HubUnavailableError, IntegrityError
 from ..formats import manifest as manifest_format
 from ..formats.index import RevisionInfo
 from ..formats.manifest import MANIFEST_FILE
+from ..formats.untrusted import (
+    MAX_JSON_BYTES,
+    Source,
+    check_commit,
+    check_repo_path,
+    check_sha256,
+    check_str,
+    check_type,
+    load_json,
+    printable,
+)
 from ..hub.reader import HubReader
+from ..hub.retries import is_transient
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +83,7 @@ def is_verified(path: Path, sha256: str) -> bool:
 def verify_cached(path: Path, expected: str | None, where: str) -> None:
     """Check a cached file against `expected` (its sha256); on mismatch remove it and raise IntegrityError."""
     blob = path.resolve()
+    recorded_in_manifest = expected is not None
     if expected is None and _SHA256.match(blob.name):
         expected = blob.name  # an LFS file: the hub's ETag is its sha256
     if expected is None:
@@ -81,9 +94,10 @@ def verify_cached(path: Path, expected: str | None, where: str) -> None:
     actual = sha256_file(blob)
     if actual != expected:
         _remove_cached(path)
+        recorded = f"recorded in {MANIFEST_FILE}" if recorded_in_manifest else "the hub gave as its ETag (LFS sha256)"
         raise IntegrityError(
-            f"{where} is corrupt: sha256 {actual[:16]}… instead of {expected[:16]}… recorded in "
-            f"{MANIFEST_FILE}; the bad copy was removed from the cache, nothing was loaded "
+            f"{where} is corrupt: sha256 {actual[:16]}… instead of {expected[:16]}… {recorded}; "
+            "the bad copy was removed from the cache, nothing was loaded "
             "(retry to download it again; if it fails again the hub holds a bad copy)",
             path=where,
         )
@@ -133,23 +147,39 @@ class Downloader:
         return Path(found) if isinstance(found, str) else None
 
     def fetch(self, info: RevisionInfo, path: str, sha256: str | None = None) -> Path:
-        """`path` at the revision's commit, in the cache, verified against `sha256`."""
+        """`path` at the revision's commit, in the cache, verified against `sha256`.
+
+        The commit must be 40-hex and `path` a valid repo path before either reaches the cache
+        (huggingface_hub writes `refs/<revision>` and `snapshots/<commit>/<path>`); a transfer that fails
+        for good (timeouts, dropped connections) is a `HubUnavailableError`.
+        """
         from huggingface_hub import hf_hub_download
 
+        source = Source(self.reader.repo_id, info.name, path)
         commit = pinned_commit(info)
+        check_repo_path(path, source)
+        check_sha256(sha256, source)
         local = self.cached(info, path)
         if local is None:
-            local = Path(
-                hf_hub_download(
-                    self.reader.repo_id,
-                    path,
-                    revision=commit,
-                    cache_dir=self.cache_dir,
-                    endpoint=self.reader.endpoint,
-                    token=self.reader.token,
-                    library_name="hubckpt",
+            try:
+                local = Path(
+                    hf_hub_download(
+                        self.reader.repo_id,
+                        path,
+                        revision=commit,
+                        cache_dir=self.cache_dir,
+                        endpoint=self.reader.endpoint,
+                        token=self.reader.token,
+                        library_name="hubckpt",
+                    )
                 )
-            )
+            except Exception as e:
+                if is_transient(e) and not isinstance(e, HubckptError):
+                    raise HubUnavailableError(
+                        f"downloading {self.where(info, path)} from {self.reader.hub.describe()} failed: "
+                        f"{type(e).__name__}: {printable(str(e), 200)}"
+                    ) from e
+                raise
         verify_cached(local, sha256, self.where(info, path))
         return local
 
@@ -171,13 +201,14 @@ class Downloader:
         """
         from huggingface_hub.errors import EntryNotFoundError
 
+        source = Source(self.reader.repo_id, info.name, MANIFEST_FILE)
         local = self.cached(info, MANIFEST_FILE)
         if local is not None:
-            return manifest_format.loads(local.read_bytes())
+            return manifest_format.loads(read_capped(local, source), source)
         if not via_cache:
             return self.reader.manifest(pinned_commit(info))
         try:
-            return manifest_format.loads(self.fetch(info, MANIFEST_FILE).read_bytes())
+            return manifest_format.loads(read_capped(self.fetch(info, MANIFEST_FILE), source), source)
         except EntryNotFoundError:
             return None
 
@@ -193,16 +224,20 @@ class Downloader:
 
     def weight_map(self, files: RevisionFiles, *, via_cache: bool = True) -> dict[str, str]:
         """tensor name → shard file, from the sharded index (empty for a single file)."""
-        import json
-
         if not files.sharded:
             return {}
+        source = Source(self.reader.repo_id, files.info.name, INDEX_JSON)
         local = self.cached(files.info, INDEX_JSON)
         if local is None and not via_cache:
             index = self.reader.read_json(INDEX_JSON, pinned_commit(files.info)) or {}
         else:
-            index = json.loads(self.fetch(files.info, INDEX_JSON, files.sha256(INDEX_JSON)).read_text())
-        weight_map = index.get("weight_map") or {}
+            index = load_json(read_capped(self.fetch(files.info, INDEX_JSON, files.sha256(INDEX_JSON)), source), source)
+        weight_map = check_type(
+            check_type(index, dict, source, "content").get("weight_map") or {}, dict, source, "weight_map"
+        )
+        for name, shard in weight_map.items():
+            check_str(name, source, "tensor name", optional=False)
+            check_repo_path(shard, source, "shard name")
         unknown = sorted(set(weight_map.values()) - set(files.files))
         if unknown:
             raise IntegrityError(
@@ -214,9 +249,17 @@ class Downloader:
 
 
 def pinned_commit(info: RevisionInfo) -> str:
-    """The commit a resolved revision is pinned to (`RepoRevisions.resolve` always sets it)."""
+    """The commit a resolved revision is pinned to (`RepoRevisions.resolve` always sets it): 40-hex, checked
+    again here because it becomes `revision=` of the download and a folder name in the cache."""
     assert info.commit, "resolve the revision first: downloads are pinned to commits"
-    return info.commit
+    return check_commit(info.commit, Source(revision=info.name))
+
+
+def read_capped(path: Path, source: Source) -> bytes:
+    """A downloaded metadata file's bytes, refused unread when larger than the cap on metadata files."""
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise source.error(f"it is larger than {MAX_JSON_BYTES} bytes")
+    return path.read_bytes()
 
 
 def require_weights(files: RevisionFiles, repo_id: str) -> list[str]:

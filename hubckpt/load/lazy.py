@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import IntegrityError
-from .download import is_verified, require_weights
+from .download import _SHA256, is_verified, require_weights
 
 if TYPE_CHECKING:
     import torch
@@ -281,13 +281,15 @@ class LazyRevision:
         if file in self._headers:
             return self._headers[file]
         sha256 = self.rev.files.sha256(file)
-        cache_path = _header_cache_dir() / f"{sha256}.json" if sha256 else None
+        # The cache key is derived from a checked sha256 (64 hex digits), never taken as given: a path
+        # from checkpoint.json must not name a file outside the cache.
+        cache_path = _header_cache_dir() / f"{sha256}.json" if sha256 and _SHA256.match(sha256) else None
         found = None
         if cache_path is not None:
             try:
                 doc = json.loads(cache_path.read_text())
                 found = (doc["header"], int(doc["data_start"]))
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, TypeError, RecursionError):
                 found = None
         if found is None:
             local = self._local(file)
@@ -313,7 +315,7 @@ class LazyRevision:
 
 
 def _local_header(path: Path, where: str) -> tuple[dict, int]:
-    from ..hub.reader import header_length, parse_header
+    from ..formats.safetensors_header import header_length, parse_header
 
     size = path.stat().st_size
     with open(path, "rb") as f:

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 from ..errors import DestinationExistsError, HubConfigError, IntegrityError
 from ..formats.index import RevisionInfo, info_from_manifest
 from ..formats.manifest import MANIFEST_FILE, TRAINING_STATE_DIR, loads
+from ..formats.untrusted import Source
 from ..hub.reader import HubReader
 from ..hub.select import Hub
-from .download import INDEX_JSON, Downloader, RevisionFiles, require_weights
+from .download import INDEX_JSON, Downloader, RevisionFiles, read_capped, require_weights
 from .lazy import LazyRevision
 from .resolve import RepoRevisions
 
@@ -68,7 +69,10 @@ class Revision:
         if revision is None or not FULL_SHA.match(revision):
             return None
         local = self.downloader.cached(RevisionInfo(name=revision, step=None, commit=revision), MANIFEST_FILE)
-        return info_from_manifest(revision, revision, loads(local.read_bytes())) if local else None
+        if local is None:
+            return None
+        source = Source(self.repo_id, revision, MANIFEST_FILE)
+        return info_from_manifest(revision, revision, loads(read_capped(local, source), source))
 
     @property
     def repo_id(self) -> str:
@@ -252,7 +256,7 @@ def _model_class(folder: Path, model_class: Any):
 
     if model_class is not None:
         return model_class
-    config = transformers.AutoConfig.from_pretrained(folder)
+    config = transformers.AutoConfig.from_pretrained(folder, trust_remote_code=False)
     for name in getattr(config, "architectures", None) or []:
         cls = getattr(transformers, name, None)
         if cls is not None:
@@ -308,6 +312,9 @@ def load_model(
 
 def rev_model(rev: Revision, *, model_class: Any = None, **from_pretrained_kwargs):
     folder = rev.snapshot_dir()
+    # A revision's config may name custom code (`auto_map`): never run it, nor ask on the terminal,
+    # unless the caller passed trust_remote_code=True themselves.
+    from_pretrained_kwargs.setdefault("trust_remote_code", False)
     cls = _model_class(folder, model_class)
     model = cls.from_pretrained(folder, **from_pretrained_kwargs)
     # Where it came from, as from_pretrained(repo_id, revision=commit) would record it.

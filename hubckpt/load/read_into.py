@@ -9,8 +9,6 @@ own parameters on resume, or into new tensors whose pages the read itself touche
 
 from __future__ import annotations
 
-import json
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,14 +59,16 @@ class TensorEntry:
 
 def read_header(path: Path) -> dict[str, TensorEntry]:
     """Every tensor of a safetensors file (name → entry), from its header alone."""
+    from ..errors import IntegrityError
+    from ..formats.safetensors_header import header_length, parse_header
+
     dtypes = _dtypes()
     try:
         with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            if size > _MAX_HEADER:
-                raise ValueError(f"header of {size} bytes")
-            header = json.loads(f.read(size))
-    except (OSError, ValueError, struct.error) as e:
+            size = header_length(f.read(8), str(path))
+            raw = f.read(size)
+        header = parse_header(raw, str(path), data_size=path.stat().st_size - 8 - size)
+    except (OSError, IntegrityError) as e:  # the one strict parser: no overlap, no gap, spans = dtype x shape
         raise CorruptCheckpointError(f"{path} is not a readable safetensors file: {e}", str(path)) from e
     base = 8 + size
     entries = {}

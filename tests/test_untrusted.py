@@ -1,0 +1,333 @@
+"""Loading from strangers: a hostile hub and hostile repos (tests/hostile_hub.py) can neither write outside
+the cache, take the token, feed wrong tensors, exhaust memory or time, nor crash the CLI with a traceback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import struct
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import hubckpt
+from hubckpt.errors import HubckptError, HubContentError, HubUnavailableError, IntegrityError
+
+from .helpers import run_cli
+from .hostile_hub import COMMIT, HostileHub
+
+REPO = "eve/run"
+OUTSIDE = "../../../../../../OUTSIDE/evil-ref"
+
+
+@pytest.fixture(autouse=True)
+def _own_repo(monkeypatch):
+    """A repo name per test: the hostile hub serves every repo at one commit, and the cache is shared."""
+    import sys
+    import uuid
+
+    monkeypatch.setattr(sys.modules[__name__], "REPO", f"eve/run-{uuid.uuid4().hex[:8]}")
+
+
+def safetensors_bytes(entries: dict[str, tuple[str, list[int], list[int]]], data: bytes) -> bytes:
+    """A safetensors file with a hand-written header: name -> (dtype, shape, [start, end])."""
+    header = json.dumps({k: {"dtype": d, "shape": s, "data_offsets": o} for k, (d, s, o) in entries.items()})
+    raw = header.encode()
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+def plain_weights() -> bytes:
+    w = torch.tensor([1.0, 2.0, 3.0])
+    v = torch.tensor([4.0, 5.0, 6.0])
+    return safetensors_bytes(
+        {"w": ("F32", [3], [0, 12]), "v": ("F32", [3], [12, 24])}, w.numpy().tobytes() + v.numpy().tobytes()
+    )
+
+
+def repo_files(
+    weights: bytes | None = None,
+    *,
+    manifest: dict | None = None,
+    index: dict | bytes | None = None,
+    extra: dict[str, bytes] | None = None,
+) -> dict[str, bytes]:
+    """A revision `step-1` at COMMIT: model.safetensors, checkpoint.json and revisions.json (on main)."""
+    files = {"model.safetensors": weights if weights is not None else plain_weights(), **(extra or {})}
+    listed = [{"path": p, "sha256": hashlib.sha256(b).hexdigest(), "size": len(b)} for p, b in sorted(files.items())]
+    doc = {"format_version": 1, "step": 1, "metrics": {"loss": 1.5}, "files": listed, **(manifest or {})}
+    files["checkpoint.json"] = json.dumps(doc).encode()
+    if index is None:
+        index = {"format_version": 1, "revisions": [{"name": "step-1", "step": 1, "commit": COMMIT, "size": 24}]}
+    files["revisions.json"] = index if isinstance(index, bytes) else json.dumps(index).encode()
+    return files
+
+
+def hostile(**kwargs) -> HostileHub:
+    kwargs.setdefault("branches", {"main": COMMIT, "step-1": COMMIT})
+    return HostileHub(repo_id=REPO, **kwargs)
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+
+# -- writes outside the cache ---------------------------------------------------------------------------
+
+
+def test_an_index_commit_that_is_a_path_is_refused_before_any_download(tmp_path):
+    cache = tmp_path / "a" / "b" / "c" / "d" / "cache"
+    index = {"format_version": 1, "revisions": [{"name": "step-1", "step": 1, "commit": OUTSIDE}]}
+    with hostile(files=repo_files(index=index)) as hub:
+        with pytest.raises(HubContentError, match="not a 40-hex commit id") as info:
+            hubckpt.load_state_dict(REPO, step=1, hub=hub.url, cache_dir=cache)
+    assert info.value.repo_id == REPO and info.value.path == "revisions.json (revision step-1)"
+    assert files_under(tmp_path) == files_under(cache)  # nothing outside the cache (nothing at all, here)
+
+
+def test_a_ref_whose_target_commit_is_a_path_is_refused(tmp_path):
+    files = repo_files()
+    del files["revisions.json"]
+    with hostile(files=files, branches={"main": COMMIT, "step-1": OUTSIDE}) as hub:
+        with pytest.raises(HubContentError, match="targetCommit of step-1"):
+            hubckpt.list_revisions(REPO, hub=hub.url)
+
+
+def test_an_x_repo_commit_header_that_is_a_path_is_refused(tmp_path):
+    cache = tmp_path / "x" / "y" / "z" / "cache"
+    files = repo_files()
+    del files["revisions.json"]
+    with hostile(files=files, x_repo_commit=OUTSIDE) as hub:
+        with pytest.raises(HubContentError, match="X-Repo-Commit"):
+            hubckpt.load_state_dict(REPO, COMMIT, hub=hub.url, cache_dir=cache)
+    assert files_under(tmp_path) == files_under(cache)
+
+
+def test_a_sha256_that_is_a_path_never_becomes_a_cache_key(tmp_path):
+    files = repo_files()
+    doc = json.loads(files["checkpoint.json"])
+    doc["files"][0]["sha256"] = "../../../OUTSIDE/header-cache"
+    files["checkpoint.json"] = json.dumps(doc).encode()
+    with hostile(files=files) as hub:
+        with pytest.raises(HubContentError, match="is not a sha256"):
+            with hubckpt.open_revision(REPO, step=1, hub=hub.url) as rev:
+                rev.keys()
+
+
+@pytest.mark.parametrize("name", ["../../escape.safetensors", "/etc/passwd", "a/\x1b[2Jb"])
+def test_hostile_file_names_are_refused_as_errors(name):
+    files = repo_files()
+    doc = json.loads(files["checkpoint.json"])
+    doc["files"].append({"path": name, "sha256": None, "size": 1})
+    files["checkpoint.json"] = json.dumps(doc).encode()
+    with hostile(files=files) as hub:
+        with pytest.raises(HubContentError, match="not a valid repo path"):
+            hubckpt.load_state_dict(REPO, step=1, hub=hub.url)
+
+
+def test_a_training_state_naming_a_local_file_reads_nothing_of_the_user(tmp_path):
+    from safetensors.torch import save_file
+
+    secret = tmp_path / "secret.safetensors"
+    save_file({"x": torch.tensor([42.0])}, secret)
+    loop = {"format_version": 1, "state": {"step": 1}, "tensors_file": str(secret)}
+    files = repo_files(extra={"training_state/loop.json": json.dumps(loop).encode()})
+    model = torch.nn.Module()
+    model.register_parameter("w", torch.nn.Parameter(torch.zeros(3)))
+    model.register_parameter("v", torch.nn.Parameter(torch.zeros(3)))
+    with hostile(files=files) as hub:
+        with pytest.raises(HubContentError, match="tensors file"):
+            hubckpt.restore(REPO, model=model, step=1, hub=hub.url)
+    assert model.w.detach().tolist() == [0.0, 0.0, 0.0]
+
+
+# -- the token reaches no other origin -------------------------------------------------------------------
+
+
+def _port_pair() -> tuple[int, int]:
+    """A free port P and a free port whose digits start with P's (`http://h:P` is a prefix of `http://h:P7`)."""
+    for port in range(2100, 6500):
+        socks = []
+        try:
+            for p in (port, port * 10 + 7):
+                s = socket.socket()
+                s.bind(("127.0.0.1", p))
+                socks.append(s)
+            return port, port * 10 + 7
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    pytest.skip("no free port pair")
+
+
+def test_the_token_does_not_follow_a_range_redirect_to_another_port():
+    hub_port, evil_port = _port_pair()
+    with HostileHub(repo_id=REPO, files=repo_files(), port=evil_port) as evil:
+        evil.branches = {"main": COMMIT, "step-1": COMMIT}
+        target = f"{evil.url}/{REPO}/resolve/{COMMIT}/model.safetensors"
+        with hostile(files=repo_files(), redirect={"model.safetensors": target}, port=hub_port) as hub:
+            assert target.startswith(hub.url)  # what the old check trusted
+            with hubckpt.open_revision(REPO, step=1, hub=hub.url, token="hf_secret") as rev:
+                assert rev.get_tensor("v").tolist() == [4.0, 5.0, 6.0]
+            assert hub.authorized()  # the hub itself got the token
+        assert evil.requests and not evil.authorized()
+
+
+def test_the_token_does_not_follow_a_pagination_link_to_another_origin():
+    with hostile(files=repo_files()) as evil:
+        with hostile(files=repo_files(), tree_next=f"{evil.url}/api/models/{REPO}/tree/main?page=1") as hub:
+            from hubckpt.hub.reader import HubReader
+
+            listed = HubReader(hub.url, REPO, token="hf_secret").list_files(COMMIT)
+            assert "model.safetensors" in listed and hub.authorized()
+        assert evil.requests and not evil.authorized()
+
+
+# -- wrong tensors -------------------------------------------------------------------------------------------
+
+
+def test_overlapping_tensors_are_refused_not_aliased():
+    data = torch.tensor([1.0, 2.0, 3.0]).numpy().tobytes() * 2
+    weights = safetensors_bytes(
+        {"w": ("F32", [3], [0, 12]), "v": ("F32", [3], [0, 12]), "pad": ("U8", [12], [12, 24])}, data
+    )
+    with hostile(files=repo_files(weights)) as hub:
+        with pytest.raises(IntegrityError, match="overlaps"):
+            with hubckpt.open_revision(REPO, step=1, hub=hub.url) as rev:
+                rev.get_tensor("v")
+
+
+def test_negative_shapes_are_refused():
+    weights = safetensors_bytes({"w": ("F32", [-1, -2], [0, 8])}, b"\0" * 8)
+    with hostile(files=repo_files(weights)) as hub:
+        with pytest.raises(IntegrityError, match="negative dimension"):
+            with hubckpt.open_revision(REPO, step=1, hub=hub.url) as rev:
+                rev.keys()
+
+
+def test_a_206_of_another_range_is_refused():
+    with hostile(files=repo_files(), range_mode="shifted") as hub:
+        with pytest.raises(IntegrityError, match="exactly that range"):
+            with hubckpt.open_revision(REPO, step=1, hub=hub.url) as rev:
+                rev.get_tensor("w")
+
+
+def test_a_200_with_the_whole_body_to_a_range_read_is_never_buffered():
+    data = torch.zeros(1 << 20).numpy().tobytes()  # 4 MiB
+    big = safetensors_bytes(
+        {"w": ("F32", [3], [0, 12]), "big": ("F32", [1 << 20], [12, 12 + len(data)])}, b"\1" * 12 + data
+    )
+    with hostile(files=repo_files(big)) as hub:
+        with hubckpt.open_revision(REPO, step=1, hub=hub.url) as rev:
+            rev.keys()
+            hub.range_mode = "whole"
+            before = rev.bytes_received
+            with pytest.raises(HubckptError):
+                rev.get_tensor("w")
+            assert rev.bytes_received - before < 512 * 1024
+
+
+# -- exhaustion and hangs ---------------------------------------------------------------------------------
+
+
+def test_a_listing_that_never_ends_is_cut_at_the_page_bound(monkeypatch):
+    from hubckpt.hub import reader
+
+    monkeypatch.setattr(reader, "MAX_LISTING_PAGES", 5, raising=False)
+    with hostile(files=repo_files(), tree_next="forever") as hub:
+        with pytest.raises(HubContentError, match="past 5 pages"):
+            reader.HubReader(hub.url, REPO).list_files(COMMIT)
+        assert len([r for r in hub.requests if "/tree/" in r.path]) <= 5
+
+
+def test_a_gzip_bomb_index_is_refused_at_the_cap():
+    bomb = b'{"revisions": [], "pad": "' + b"a" * (40 << 20) + b'"}'  # 40 MiB, over the 32 MiB cap
+    with hostile(files=repo_files(index=bomb), gzip_files={"revisions.json"}) as hub:
+        with pytest.raises(HubContentError, match="more than"):
+            hubckpt.list_revisions(REPO, hub=hub.url)
+
+
+def test_a_stalled_read_fails_within_the_documented_bound(monkeypatch):
+    monkeypatch.setenv("HUBCKPT_HTTP_TIMEOUT", "0.5")  # bound: 2 x 0.5 s without progress, all tries together
+    with hostile(files=repo_files(), stall_s=20) as hub:
+        started = time.monotonic()
+        with pytest.raises(HubUnavailableError, match="stalled read"):
+            hubckpt.list_revisions(REPO, hub=hub.url)
+        assert time.monotonic() - started < 4
+
+
+# -- malformed metadata: typed errors, one line in the CLI --------------------------------------------------
+
+MALFORMED = {
+    "not-json": b"{not json",
+    "wrong-types": b'{"revisions": {"a": 1}}',
+    "record-types": b'{"revisions": [{"name": "step-1", "step": "one"}]}',
+    "deep": b"[" * 200_000 + b"]" * 200_000,
+    "huge-size": b'{"revisions": [{"name": "step-1", "step": 1, "size": 1e400}]}',
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_index_is_a_typed_error(case):
+    with hostile(files=repo_files(index=MALFORMED[case])) as hub:
+        with pytest.raises(HubContentError) as info:
+            hubckpt.list_revisions(REPO, hub=hub.url)
+    assert info.value.path == "revisions.json" or info.value.path.startswith("revisions.json")
+
+
+@pytest.mark.parametrize("case", ["not-json", "deep", "huge-size"])
+def test_a_malformed_manifest_is_a_typed_error(case):
+    bad = {
+        "not-json": b"{not",
+        "deep": b"[" * 200_000 + b"]" * 200_000,
+        "huge-size": b'{"files": [{"path": "a", "size": 1e400}]}',
+    }
+    files = repo_files()
+    del files["revisions.json"]
+    files["checkpoint.json"] = bad[case]
+    with hostile(files=files) as hub:
+        with pytest.raises(HubContentError, match="checkpoint.json"):
+            hubckpt.list_revisions(REPO, hub=hub.url)
+
+
+def test_the_cli_prints_one_line_and_escapes_terminal_controls():
+    title = "\x1b]0;pwned\x07"  # an OSC sequence (retitles the terminal): click's ANSI stripping leaves it
+    index = {
+        "format_version": 1,
+        "revisions": [{"name": "step-1", "step": 1, "commit": COMMIT, "tags": [f"{title}red"]}],
+    }
+    with hostile(files=repo_files(index=index)) as hub:
+        ok = run_cli("ls", REPO, "--hub", hub.url)
+        hub.files["revisions.json"] = b"[" * 200_000
+        bad = run_cli("ls", REPO, "--hub", hub.url)
+    assert ok.returncode == 0, ok.stderr
+    assert "\x1b" not in ok.stdout and "\x07" not in ok.stdout
+    assert "\\x1b]0;pwned\\x07red" in ok.stdout
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "revisions.json" in errors[0]
+
+
+def test_load_model_never_runs_a_repos_custom_code_unless_asked(tmp_path):
+    from types import SimpleNamespace
+
+    from hubckpt.load.loaders import rev_model
+
+    seen: list[dict] = []
+
+    class Model:
+        config = SimpleNamespace()
+
+        @classmethod
+        def from_pretrained(cls, folder, **kwargs):
+            seen.append(kwargs)
+            return cls()
+
+    rev = SimpleNamespace(snapshot_dir=lambda: tmp_path, repo_id=REPO, commit=COMMIT, info=None)
+    rev_model(rev, model_class=Model)
+    rev_model(rev, model_class=Model, trust_remote_code=True)
+    assert [kw["trust_remote_code"] for kw in seen] == [False, True]

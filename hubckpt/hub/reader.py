@@ -3,7 +3,9 @@
 The one hub reader, shared by the publisher (`writer.HubTarget.reader`) and the consumer side
 (`hubckpt.load`). Every read is one HTTP request through huggingface_hub's own session, with its auth
 headers, so the errors users see are huggingface_hub's (`RepositoryNotFoundError`, `RevisionNotFoundError`,
-...). Transient failures are retried by `retries.with_retries`, with timeouts.
+...). Transient failures are retried by `retries.with_retries`, with timeouts; a refused connection is
+`HubUnavailableError` at once, except that a local hub (`hub="local"`) that died is started again
+(`HubReader.revive`) and the request repeated, so a long-running publisher outlives its hub.
 """
 
 from __future__ import annotations
@@ -12,18 +14,21 @@ import json
 import logging
 import struct
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
-from ..errors import HubckptError
+from ..errors import HubckptError, HubUnavailableError
 from ..formats.index import INDEX_FILE, RevisionIndex
 from ..formats.manifest import MANIFEST_FILE
-from .retries import install_timeouts, with_retries
+from .local import ensure_local_hub, local_root
+from .retries import check_reachable, install_timeouts, with_retries
 from .select import Hub, ensure_running, hub_api, resolve_hub, resolve_token
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAIN = "main"
 # First read of a safetensors file: enough for the header of a model with a few hundred tensors; a
@@ -80,6 +85,40 @@ class HubReader:
     def describe(self) -> str:
         return f"{self.repo_id} on {self.hub.describe()}"
 
+    def retrying(self, action: Callable[[], T], *, what: str) -> T:
+        """`retries.with_retries` for a request to this hub: names its URL if it refuses, revives a local hub."""
+        return with_retries(action, what=what, endpoint=self.hub.endpoint, revive=self.revive)
+
+    def check_reachable(self) -> None:
+        """Fail now if nothing listens at the hub's address (`retries.check_reachable`; a local hub is revived).
+
+        For commands that would otherwise work for seconds (reading, converting) before their first request.
+        """
+        try:
+            check_reachable(self.hub.endpoint)
+        except HubUnavailableError:
+            if not self.revive():
+                raise
+
+    def revive(self) -> bool:
+        """Start the local hub again after it refused a connection (it died); False for any other hub.
+
+        It is asked for its old port; should that be taken meanwhile, it comes up on another one, and this
+        reader (and the `HubTarget` around it) follows it there.
+        """
+        if self.hub.kind != "local":
+            return False
+        from urllib.parse import urlsplit
+
+        old = self.hub.endpoint
+        url = ensure_local_hub(self.hub.root, port=urlsplit(old).port)
+        logger.warning("the local hub at %s had stopped; it serves %s again at %s", old, self.hub.root, url)
+        if url != old:
+            self.hub = Hub(url, "local", local_root(self.hub.root))
+            self._api = None
+            self._redirects.clear()
+        return True
+
     # -- URLs and headers ---------------------------------------------------------------------------
 
     def file_url(self, path: str, revision: str) -> str:
@@ -103,10 +142,10 @@ class HubReader:
         """
         from huggingface_hub.utils import get_session, hf_raise_for_status
 
-        url = self.file_url(path, revision)
         headers = self.auth_headers()
 
         def fetch():
+            url = self.file_url(path, revision)  # here: a revived local hub may have moved (`revive`)
             response = get_session().get(url, headers=headers, follow_redirects=True)
             self.counter.add(len(response.content))
             commit = response.headers.get("x-repo-commit")
@@ -115,7 +154,7 @@ class HubReader:
             hf_raise_for_status(response)
             return response.content, commit
 
-        return with_retries(fetch, what=f"reading {path}@{revision} of {self.repo_id}")
+        return self.retrying(fetch, what=f"reading {path}@{revision} of {self.repo_id}")
 
     def read_json(self, path: str, revision: str = MAIN) -> dict | None:
         """A small JSON file at a revision (None if absent)."""
@@ -142,15 +181,14 @@ class HubReader:
 
         from huggingface_hub.utils import get_session, hf_raise_for_status
 
-        url = f"{self.hub.endpoint}/api/models/{quote(self.repo_id, safe='/')}/refs"
-
         def fetch():
+            url = f"{self.hub.endpoint}/api/models/{quote(self.repo_id, safe='/')}/refs"
             response = get_session().get(url, headers=self.auth_headers())
             self.counter.add(len(response.content))
             hf_raise_for_status(response)
             return response.json()
 
-        doc = with_retries(fetch, what=f"listing refs of {self.repo_id}")
+        doc = self.retrying(fetch, what=f"listing refs of {self.repo_id}")
         return (
             {b["name"]: b["targetCommit"] for b in doc.get("branches", [])},
             {t["name"]: t["targetCommit"] for t in doc.get("tags", [])},
@@ -163,7 +201,7 @@ class HubReader:
         """path → size of every file at `revision` (one listing, paginated by the hub)."""
         from huggingface_hub.hf_api import RepoFile
 
-        entries = with_retries(
+        entries = self.retrying(
             lambda: list(self.api.list_repo_tree(self.repo_id, revision=revision, recursive=True)),
             what=f"listing files of {self.repo_id}@{revision}",
         )
@@ -182,10 +220,10 @@ class HubReader:
 
         if end <= start:
             return b"", None
-        url = self.file_url(path, revision)
         rng = {"Range": f"bytes={start}-{end - 1}"}
 
         def fetch():
+            url = self.file_url(path, revision)
             session = get_session()
             target = self._redirects.get(url)
             response = None
@@ -222,7 +260,7 @@ class HubReader:
                 )
             return data, total
 
-        return with_retries(fetch, what=f"reading bytes {start}-{end - 1} of {path}@{revision}")
+        return self.retrying(fetch, what=f"reading bytes {start}-{end - 1} of {path}@{revision}")
 
     def safetensors_header(self, path: str, revision: str) -> tuple[dict, int, int | None]:
         """(parsed header, data start offset, file size) of a remote safetensors file, by Range reads.

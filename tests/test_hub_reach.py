@@ -103,6 +103,10 @@ def test_refused_is_not_retried_but_a_503_is(monkeypatch):
     with pytest.raises(HubUnavailableError):  # revived once; refused again: reported, not restarted in a loop
         retries.with_retries(refused, what="x", endpoint="http://h:1", revive=lambda: revived.append(1) or True)
     assert len(calls) == 3 and len(revived) == 1
+    retries.answered("http://h:2")  # a hub that answered before and now refuses is restarting: retried
+    with pytest.raises(HubUnavailableError, match="hub at http://h:2 is not reachable"):
+        retries.with_retries(refused, what="x", endpoint="http://h:2")
+    assert len(calls) == 8
 
     response = httpx2.Response(503, request=httpx2.Request("GET", "http://h:1/x"))
     replies = [HfHubHTTPError("busy", response=response), httpx2.ReadError("reset"), "ok"]

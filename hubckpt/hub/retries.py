@@ -6,9 +6,11 @@ connections with exponential backoff, honouring `Retry-After` / `RateLimit` head
 huggingface_hub's own parser). `install_timeouts` gives every huggingface_hub request a timeout
 (through `patches.add_request_hook`).
 
-A refused connection is not transient: nothing listens at that address, and waiting will not start
-it. It fails at once with `HubUnavailableError` naming the URL (`unreachable`), unless the caller can
-bring the hub back itself (`revive`: the reader restarts a local hub that died, `reader.HubReader`).
+A refused connection from a hub that never answered this process is not transient: nothing listens
+at that address (a wrong `--hub`, a server not started), and waiting will not start it. It fails at
+once with `HubUnavailableError` naming the URL (`unreachable`), unless the caller can bring the hub
+back itself (`revive`: the reader restarts a local hub that died, `reader.HubReader`). A hub that has
+answered before and now refuses is restarting: that is retried with backoff like any dropped connection.
 """
 
 from __future__ import annotations
@@ -117,14 +119,17 @@ def check_reachable(endpoint: str) -> None:
     except OSError as e:
         if is_refused(e):
             raise unreachable(e, endpoint) from e
+        return
+    answered(endpoint)
 
 
 def is_transient(error: BaseException) -> bool:
-    """Worth retrying: rate limits, server errors, timeouts, dropped connections (not refused ones)."""
+    """Worth retrying: rate limits, server errors, timeouts, refused or dropped connections.
+
+    (A refused connection to a hub that never answered is decided before this, by `refused`.)
+    """
     from huggingface_hub.errors import HfHubHTTPError
 
-    if is_refused(error):  # nothing listens there: waiting will not start it (module docstring)
-        return False
     if isinstance(error, HfHubHTTPError):
         return status_of(error) in TRANSIENT_STATUS
     if isinstance(error, HubckptError):  # our own errors (disk full, bad checkpoint...) never heal by retrying
@@ -162,16 +167,33 @@ def backoff_delay(error: BaseException, attempt: int, base_delay: float) -> floa
     return max(delay, asked) if asked is not None else delay
 
 
-def refused(error: BaseException, *, endpoint: str | None, revive: Callable[[], bool] | None, revived: bool) -> bool:
-    """Handle a refused connection: True if `revive` brought the hub back (try again), else raise `unreachable`.
+_answered: set[str] = set()  # endpoints that answered a request of this process
 
-    Any other error returns False. `revived`: the hub was revived once already for this request (a hub
-    that dies again at once is reported, not restarted in a loop).
+
+def answered(endpoint: str | None) -> None:
+    """Record that the hub at `endpoint` answered (so a later refusal means it is restarting)."""
+    if endpoint:
+        _answered.add(endpoint)
+
+
+def got_response(error: BaseException) -> bool:
+    """The hub answered with an HTTP error (it is up, whatever it said)."""
+    return getattr(error, "response", None) is not None
+
+
+def refused(error: BaseException, *, endpoint: str | None, revive: Callable[[], bool] | None, revived: bool) -> bool:
+    """Handle a refused connection (module docstring): True if `revive` brought the hub back (try again at once).
+
+    False for any other error, and for a hub that answered before (retried as transient); a hub that never
+    answered raises `unreachable`. `revived`: the hub was revived once already for this request (a hub that
+    dies again at once is reported, not restarted in a loop).
     """
     if not is_refused(error):
         return False
     if revive is not None and not revived and revive():
         return True
+    if endpoint is not None and endpoint in _answered:
+        return False
     raise unreachable(error, endpoint) from error
 
 
@@ -186,19 +208,26 @@ def with_retries(
 ) -> T:
     """Run `action`, retrying transient failures with exponential backoff (or as long as the server asks).
 
-    A refused connection raises `unreachable(endpoint)` at once, unless `revive()` restarts the hub and
-    returns True: then `action` runs again (once more, not counted as an attempt).
+    A refused connection from a hub that never answered (`endpoint`) raises `unreachable(endpoint)` at once,
+    unless `revive()` restarts the hub and returns True: then `action` runs again (once more, not counted
+    as an attempt). One that answered before is retried with backoff.
     """
     install_timeouts()
     attempt, revived = 1, False
     while True:
         try:
-            return action()
+            result = action()
+            answered(endpoint)
+            return result
         except Exception as e:  # noqa: BLE001 - filtered by is_transient
+            if got_response(e):
+                answered(endpoint)
             if refused(e, endpoint=endpoint, revive=revive, revived=revived):
                 revived = True
                 continue
             if not is_transient(e) or attempt == attempts:
+                if is_refused(e):
+                    raise unreachable(e, endpoint) from e
                 if is_transient(e):
                     raise HubUnavailableError(f"{what} failed {attempts} times; last error: {e}") from e
                 raise

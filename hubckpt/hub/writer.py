@@ -29,7 +29,7 @@ from ..formats.index import RevisionIndex
 from ..formats.manifest import MANIFEST_FILE, manifest_digest, read_manifest
 from .commits import folder_operations, quiet_xet_notice
 from .reader import HubReader
-from .retries import backoff_delay, install_timeouts, is_transient, refused, status_of
+from .retries import answered, backoff_delay, got_response, install_timeouts, is_transient, refused, status_of
 from .select import Hub, ensure_running, resolve_token
 
 if TYPE_CHECKING:
@@ -277,8 +277,12 @@ class HubTarget:
         attempt, revived = 1, False
         while True:
             try:
-                return send()
+                commit = send()
+                answered(self.hub.endpoint)
+                return commit
             except Exception as e:  # noqa: BLE001 - ambiguous failures are settled below
+                if got_response(e):
+                    answered(self.hub.endpoint)
                 # Refused: the request never left, so nothing can have landed; a local hub is revived.
                 if refused(e, endpoint=self.hub.endpoint, revive=self.reader.revive, revived=revived):
                     revived = True

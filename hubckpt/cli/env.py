@@ -17,7 +17,7 @@ from ._options import HubOpt, RootOpt
 EnvTokenOpt = typer.Option(
     None,
     "--token",
-    help="Token to export as HUBCKPT_TOKEN and HF_TOKEN (what the stock clients send to HF_ENDPOINT) [default: none].",
+    help="Token to export as HUBCKPT_TOKEN and HF_TOKEN (what the stock clients send to HF_ENDPOINT).",
 )
 
 
@@ -44,8 +44,7 @@ def env_lines(hub: str | None = None, root: Path | None = None, token: str | Non
 def env(hub: str | None = HubOpt, root: Path | None = RootOpt, token: str | None = EnvTokenOpt) -> None:
     """Print the lines to `eval` that point the hf CLI, transformers and hubckpt at a hub.
 
-    eval "$(hubckpt env --root DIR)" uses the local hub over DIR, started in the background if none
-    serves it yet (`hubckpt stop --root DIR` stops it).
+    eval "$(hubckpt env --root DIR)": the local hub over DIR, started in the background if need be.
     """
     from ..hub.select import resolve_hub
 

@@ -39,6 +39,7 @@ from .errors import (
     MissingExtraError as MissingExtraError,
     NoSafetensorsError as NoSafetensorsError,
     PublishError as PublishError,
+    ReadOnlyTokenError as ReadOnlyTokenError,
     RestoreError as RestoreError,
     RevisionCollisionError as RevisionCollisionError,
     RevisionLookupError as RevisionLookupError,

@@ -7,6 +7,7 @@ Hierarchy::
     ├── HubConfigError (ValueError)           a `hub=` / `--hub` value or server setting that cannot work
     ├── HubUnavailableError (ConnectionError) the hub could not be reached or the local hub did not start
     ├── AuthError (PermissionError)           user/org/token management errors (unknown user, duplicate token...)
+    │   └── ReadOnlyTokenError                    a write (create a repo, commit) was refused: the token is a read token
     ├── StorageError (RuntimeError)           the local hub's data folder is unusable (corrupt DB, missing object)
     │   └── StorageBusyError                      the local hub's database stayed locked past the busy timeout; retry
     ├── HubStateError                         a local hub storage call refused by the repo's state (server side)
@@ -111,6 +112,24 @@ class AuthError(HubckptError, PermissionError):
         Create the user or organisation first (`hubckpt user add NAME`, `hubckpt org add NAME`), pick another
         token name, and check `hubckpt token list`.
     """
+
+
+class ReadOnlyTokenError(AuthError):
+    """The hub refused a write (create a repo, commit, branch, tag) because the token is a read token.
+
+    Attributes:
+        role: the token's role as the hub reported it (`read`).
+
+    What to do:
+        Publish with a write token. On a hubckpt local hub: `hubckpt token create --user NAME --role write`
+        (printed once); on huggingface.co: https://huggingface.co/settings/tokens. Pass it with `--token` /
+        `token=`, or `HUBCKPT_TOKEN` (`HF_TOKEN` for huggingface.co). A publisher keeps the failed jobs:
+        `hubckpt jobs REPO --retry N` publishes them once the token is right.
+    """
+
+    def __init__(self, message: str, *, role: str | None = None) -> None:
+        super().__init__(message)
+        self.role = role
 
 
 class StorageError(HubckptError, RuntimeError):

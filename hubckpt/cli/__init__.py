@@ -15,7 +15,7 @@ import typer
 
 from hubckpt import environment
 
-from . import accounts, analyze, convert, demo, diff, jobs, publish, pull, revisions, serve
+from . import accounts, analyze, convert, demo, diff, env, jobs, publish, pull, revisions, serve
 
 app = typer.Typer(
     name="hubckpt",
@@ -26,6 +26,7 @@ app = typer.Typer(
 )
 app.command("serve")(serve.serve)
 app.command("stop")(serve.stop)
+app.command("env")(env.env)
 app.command("demo")(demo.demo)
 app.command("convert")(convert.convert)
 app.command("publish")(publish.publish)

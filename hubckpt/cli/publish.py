@@ -58,6 +58,7 @@ def _publisher(
     )
     for t in pub.targets:
         typer.echo(f"Publishing to {t.describe()}", err=True)
+        t.reader.check_reachable()  # a hub that refuses connections fails now, not after reading the checkpoints
     return pub
 
 

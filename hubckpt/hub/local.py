@@ -116,15 +116,19 @@ def _start_lock(root: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def ensure_local_hub(root: str | Path | None = None) -> str:
-    """URL of a local hub serving `root`; starts one in the background if none is running."""
+def ensure_local_hub(root: str | Path | None = None, *, port: int | None = None) -> str:
+    """URL of a local hub serving `root`; starts one in the background if none is running.
+
+    `port`: where to start it (default 8900; a taken port falls back to a free one). A hub restarted
+    after it died asks for its old port, so URLs handed out before (HF_ENDPOINT, cards) keep working.
+    """
     root = local_root(root)
     url = running_local_hub(root)
     if url:
         return url
     try:
         with _start_lock(root):
-            return _start_local_hub(root)
+            return _start_local_hub(root, port or DEFAULT_LOCAL_PORT)
     except OSError as e:
         raise HubConfigError(
             f"The local hub's data folder {root} cannot be used ({e.strerror or e}): it must be a "
@@ -132,7 +136,7 @@ def ensure_local_hub(root: str | Path | None = None) -> str:
         ) from e
 
 
-def _start_local_hub(root: Path) -> str:
+def _start_local_hub(root: Path, port: int) -> str:
     """Start a server over `root` (the caller holds the start lock) and return its URL."""
     url = running_local_hub(root)  # another process may have started it while we waited
     if url:
@@ -149,7 +153,7 @@ def _start_local_hub(root: Path) -> str:
                 "--root",
                 str(root),
                 "--port",
-                str(DEFAULT_LOCAL_PORT),
+                str(port),
                 "--port-fallback",
                 "--quiet",
             ],

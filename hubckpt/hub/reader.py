@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
+from ..errors import HubUnavailableError
 from ..formats import manifest as manifest_format
 from ..formats.index import INDEX_FILE, RevisionIndex
 from ..formats.manifest import MANIFEST_FILE
@@ -32,14 +34,16 @@ from ..formats.untrusted import (
     load_json,
     printable,
 )
+from .local import ensure_local_hub, local_root
 from .origin import headers_for
-from .retries import install_timeouts, with_retries
+from .retries import check_reachable, install_timeouts, with_retries
 from .select import Hub, ensure_running, hub_api, resolve_hub, resolve_token
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAIN = "main"
 # First read of a safetensors file: enough for the header of a model with a few hundred tensors; a
@@ -100,6 +104,40 @@ class HubReader:
     def describe(self) -> str:
         return f"{self.repo_id} on {self.hub.describe()}"
 
+    def retrying(self, action: Callable[[], T], *, what: str) -> T:
+        """`retries.with_retries` for a request to this hub: names its URL if it refuses, revives a local hub."""
+        return with_retries(action, what=what, endpoint=self.hub.endpoint, revive=self.revive)
+
+    def check_reachable(self) -> None:
+        """Fail now if nothing listens at the hub's address (`retries.check_reachable`; a local hub is revived).
+
+        For commands that would otherwise work for seconds (reading, converting) before their first request.
+        """
+        try:
+            check_reachable(self.hub.endpoint)
+        except HubUnavailableError:
+            if not self.revive():
+                raise
+
+    def revive(self) -> bool:
+        """Start the local hub again after it refused a connection (it died); False for any other hub.
+
+        It is asked for its old port; should that be taken meanwhile, it comes up on another one, and this
+        reader (and the `HubTarget` around it) follows it there.
+        """
+        if self.hub.kind != "local":
+            return False
+        from urllib.parse import urlsplit
+
+        old = self.hub.endpoint
+        url = ensure_local_hub(self.hub.root, port=urlsplit(old).port)
+        logger.warning("the local hub at %s had stopped; it serves %s again at %s", old, self.hub.root, url)
+        if url != old:
+            self.hub = Hub(url, "local", local_root(self.hub.root))
+            self._api = None
+            self._redirects.clear()
+        return True
+
     # -- URLs and headers ---------------------------------------------------------------------------
 
     def file_url(self, path: str, revision: str) -> str:
@@ -157,12 +195,12 @@ class HubReader:
                 return response
         raise source.error(f"the hub answered with more than {MAX_REDIRECTS} redirects")
 
-    def _retrying(self, fetch, what: str, budget: ReadBudget):
-        def attempt():
+    def _retrying(self, fetch: Callable[[], T], what: str, budget: ReadBudget) -> T:
+        def attempt() -> T:
             budget.check(what)
             return fetch()
 
-        return with_retries(attempt, what=what)
+        return self.retrying(attempt, what=what)
 
     # -- small files ---------------------------------------------------------------------------------
 
@@ -176,11 +214,11 @@ class HubReader:
         """
         from huggingface_hub.utils import hf_raise_for_status
 
-        url = self.file_url(path, revision)
         source = self.source(path, revision)
         budget = ReadBudget()
 
         def fetch():
+            url = self.file_url(path, revision)  # here: a revived local hub may have moved (`revive`)
             response = self._request(url, max_bytes=max_bytes, budget=budget, source=source)
             commit = response.headers.get("x-repo-commit")
             if commit is not None:
@@ -222,11 +260,11 @@ class HubReader:
 
         from huggingface_hub.utils import hf_raise_for_status
 
-        url = f"{self.hub.endpoint}/api/models/{quote(self.repo_id, safe='/')}/refs"
         source = self.source("(refs)")
         budget = ReadBudget()
 
         def fetch():
+            url = f"{self.hub.endpoint}/api/models/{quote(self.repo_id, safe='/')}/refs"
             response = self._request(url, max_bytes=MAX_JSON_BYTES, budget=budget, source=source)
             hf_raise_for_status(response)
             return load_json(response.content, source)
@@ -303,7 +341,6 @@ class HubReader:
 
         if end <= start:
             return b"", None
-        url = self.file_url(path, revision)
         rng = {"Range": f"bytes={start}-{end - 1}"}
         where = f"{self.repo_id}@{revision}/{path}"
         source = self.source(path, revision)
@@ -311,6 +348,7 @@ class HubReader:
         want = end - start
 
         def fetch():
+            url = self.file_url(path, revision)  # here: a revived local hub may have moved (`revive`)
             response = None
             target = self._redirects.get(url)
             if target is not None:

@@ -5,10 +5,17 @@ run every request through `with_retries`, which retries rate limits, server erro
 connections with exponential backoff, honouring `Retry-After` / `RateLimit` headers (read with
 huggingface_hub's own parser). `install_timeouts` gives every huggingface_hub request a timeout
 (through `patches.add_request_hook`).
+
+A refused connection from a hub that never answered this process is not transient: nothing listens
+at that address (a wrong `--hub`, a server not started), and waiting will not start it. It fails at
+once with `HubUnavailableError` naming the URL (`unreachable`), unless the caller can bring the hub
+back itself (`revive`: the reader restarts a local hub that died, `reader.HubReader`). A hub that has
+answered before and now refuses is restarting: that is retried with backoff like any dropped connection.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Callable
@@ -60,8 +67,67 @@ def status_of(error: BaseException) -> int | None:
     return getattr(response, "status_code", None)
 
 
+def is_refused(error: BaseException) -> bool:
+    """The connection was refused: nothing listens there (the client wraps the OS error, so look along the chain)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError) or (
+            isinstance(current, OSError) and current.errno == errno.ECONNREFUSED
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _origin(error: BaseException) -> str | None:
+    """scheme://host:port of the request that failed, when the error carries it (httpx2's errors do)."""
+    from urllib.parse import urlsplit
+
+    try:
+        url = str(error.request.url)  # type: ignore[attr-defined]  # a property that raises when unset
+    except (AttributeError, RuntimeError):
+        return None
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else None
+
+
+def unreachable(error: BaseException, endpoint: str | None = None) -> HubUnavailableError:
+    """The one message for a hub that refuses connections: which URL, and the two likely causes."""
+    where = endpoint or _origin(error) or "that address"
+    return HubUnavailableError(
+        f"The hub at {where} is not reachable (connection refused): is it running (`hubckpt serve`)? "
+        "is `--hub` (or HUBCKPT_HUB / HF_ENDPOINT) right?"
+    )
+
+
+def check_reachable(endpoint: str) -> None:
+    """Raise `unreachable` if `endpoint` refuses connections: one TCP connect, no HTTP request.
+
+    huggingface.co is not probed. Other failures (DNS, a timeout) pass: the requests that follow retry them.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint)
+    if not parts.hostname or endpoint.rstrip("/") in ("https://huggingface.co", "https://hf.co"):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=min(environment.connect_timeout(), 3.0)).close()
+    except OSError as e:
+        if is_refused(e):
+            raise unreachable(e, endpoint) from e
+        return
+    answered(endpoint)
+
+
 def is_transient(error: BaseException) -> bool:
-    """Worth retrying: rate limits, server errors, timeouts, refused or dropped connections."""
+    """Worth retrying: rate limits, server errors, timeouts, refused or dropped connections.
+
+    (A refused connection to a hub that never answered is decided before this, by `refused`.)
+    """
     from huggingface_hub.errors import HfHubHTTPError
 
     if isinstance(error, HfHubHTTPError):
@@ -101,18 +167,71 @@ def backoff_delay(error: BaseException, attempt: int, base_delay: float) -> floa
     return max(delay, asked) if asked is not None else delay
 
 
-def with_retries(action: Callable[[], T], *, what: str, attempts: int = 5, base_delay: float = 0.5) -> T:
-    """Run `action`, retrying transient failures with exponential backoff (or as long as the server asks)."""
+_answered: set[str] = set()  # endpoints that answered a request of this process
+
+
+def answered(endpoint: str | None) -> None:
+    """Record that the hub at `endpoint` answered (so a later refusal means it is restarting)."""
+    if endpoint:
+        _answered.add(endpoint)
+
+
+def got_response(error: BaseException) -> bool:
+    """The hub answered with an HTTP error (it is up, whatever it said)."""
+    return getattr(error, "response", None) is not None
+
+
+def refused(error: BaseException, *, endpoint: str | None, revive: Callable[[], bool] | None, revived: bool) -> bool:
+    """Handle a refused connection (module docstring): True if `revive` brought the hub back (try again at once).
+
+    False for any other error, and for a hub that answered before (retried as transient); a hub that never
+    answered raises `unreachable`. `revived`: the hub was revived once already for this request (a hub that
+    dies again at once is reported, not restarted in a loop).
+    """
+    if not is_refused(error):
+        return False
+    if revive is not None and not revived and revive():
+        return True
+    if endpoint is not None and endpoint in _answered:
+        return False
+    raise unreachable(error, endpoint) from error
+
+
+def with_retries(
+    action: Callable[[], T],
+    *,
+    what: str,
+    attempts: int = 5,
+    base_delay: float = 0.5,
+    endpoint: str | None = None,
+    revive: Callable[[], bool] | None = None,
+) -> T:
+    """Run `action`, retrying transient failures with exponential backoff (or as long as the server asks).
+
+    A refused connection from a hub that never answered (`endpoint`) raises `unreachable(endpoint)` at once,
+    unless `revive()` restarts the hub and returns True: then `action` runs again (once more, not counted
+    as an attempt). One that answered before is retried with backoff.
+    """
     install_timeouts()
-    for attempt in range(1, attempts + 1):
+    attempt, revived = 1, False
+    while True:
         try:
-            return action()
+            result = action()
+            answered(endpoint)
+            return result
         except Exception as e:  # noqa: BLE001 - filtered by is_transient
+            if got_response(e):
+                answered(endpoint)
+            if refused(e, endpoint=endpoint, revive=revive, revived=revived):
+                revived = True
+                continue
             if not is_transient(e) or attempt == attempts:
+                if is_refused(e):
+                    raise unreachable(e, endpoint) from e
                 if is_transient(e):
                     raise HubUnavailableError(f"{what} failed {attempts} times; last error: {e}") from e
                 raise
             delay = backoff_delay(e, attempt, base_delay)
             logger.warning("%s failed (%s); retrying in %.1fs", what, e, delay)
             time.sleep(delay)
-    raise AssertionError("unreachable")
+            attempt += 1

@@ -19,23 +19,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import RevisionCollisionError
+from ..errors import ReadOnlyTokenError, RevisionCollisionError
 from ..formats.index import RevisionIndex
 from ..formats.manifest import MANIFEST_FILE, manifest_digest, read_manifest
 from .commits import folder_operations, quiet_xet_notice
 from .reader import HubReader
-from .retries import backoff_delay, install_timeouts, is_transient, status_of, with_retries
+from .retries import answered, backoff_delay, got_response, install_timeouts, is_transient, refused, status_of
 from .select import Hub, ensure_running, resolve_token
 
 if TYPE_CHECKING:
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAIN = "main"
 STAGING_PREFIX = "hubckpt-staging-"
@@ -72,13 +73,58 @@ class HubTarget:
     """
 
     def __init__(self, hub: Hub, repo_id: str, *, token: str | bool | None = None, private: bool = False) -> None:
-        self.hub = hub = ensure_running(hub)  # a local hub not started yet is started now: targets are written to
+        hub = ensure_running(hub)  # a local hub not started yet is started now: targets are written to
         self.repo_id = repo_id
         self.private = private
         self.token = resolve_token(hub, token)
         self.reader = HubReader(hub, repo_id, token=self.token)  # every read goes through it
-        self.api = self.reader.api
         install_timeouts()
+
+    @property
+    def hub(self) -> Hub:
+        """The hub, as the reader knows it: a local hub restarted on another port is followed (`HubReader.revive`)."""
+        return self.reader.hub
+
+    @property
+    def api(self) -> HfApi:
+        return self.reader.api
+
+    def _retrying(self, action: Callable[[], T], *, what: str) -> T:
+        """A write through `with_retries` (a refused connection: `reader.retrying`); a 403 is explained."""
+        with self._explain_forbidden():
+            return self.reader.retrying(action, what=what)
+
+    @contextlib.contextmanager
+    def _explain_forbidden(self) -> Iterator[None]:
+        """Turn the hub's 403 on a write into `ReadOnlyTokenError` when the token is a read token.
+
+        The Hub answers a read token's `create_repo` with "You don't have the rights to create a model
+        under the namespace 'bob'", even in bob's own namespace; whoami tells the token's role.
+        """
+        try:
+            yield
+        except Exception as e:
+            if status_of(e) == 403 and self.token_role() == "read":
+                raise ReadOnlyTokenError(
+                    f"The token for {self.hub.endpoint} is a read token: it cannot create or write to "
+                    f"{self.repo_id} ({status_of(e)} from the hub). Publish with a write token: on a hubckpt "
+                    "local hub `hubckpt token create --user NAME --role write`, on huggingface.co "
+                    "https://huggingface.co/settings/tokens; pass it with --token / token= (or HUBCKPT_TOKEN, "
+                    "HF_TOKEN for huggingface.co).",
+                    role="read",
+                ) from e
+            raise
+
+    def token_role(self) -> str | None:
+        """The role of this target's token as the hub reports it (`read`, `write`, `fineGrained`); None if unknown."""
+        try:
+            info = self.api.whoami(token=self.token, cache=True)
+        except TypeError:  # a huggingface_hub without whoami(cache=)
+            info = self.api.whoami(token=self.token)
+        except Exception:  # noqa: BLE001 - only used to explain another error
+            return None
+        role = ((info.get("auth") or {}).get("accessToken") or {}).get("role") if isinstance(info, dict) else None
+        return role if isinstance(role, str) else None
 
     @property
     def key(self) -> str:
@@ -95,7 +141,7 @@ class HubTarget:
     # -- reads (delegated to `self.reader`, shared with the consumer side) ---------------------------------------
 
     def ensure_repo(self) -> None:
-        with_retries(
+        self._retrying(
             lambda: self.api.create_repo(self.repo_id, private=self.private, exist_ok=True),
             what=f"creating {self.repo_id}",
         )
@@ -181,7 +227,7 @@ class HubTarget:
         from huggingface_hub.errors import HfHubHTTPError
 
         try:
-            with_retries(
+            self._retrying(
                 lambda: self.api.create_branch(self.repo_id, branch=name, revision=revision),
                 what=f"creating branch {name}",
             )
@@ -212,7 +258,8 @@ class HubTarget:
                     self.repo_id, ops, commit_message=message, revision=branch, parent_commit=head
                 ).oid
 
-            return self._commit_once(send, branch, manifest_sha256)
+            with self._explain_forbidden():
+                return self._commit_once(send, branch, manifest_sha256)
 
     def _holds(self, commit: str, manifest_sha256: str) -> bool:
         manifest = self.read_json(MANIFEST_FILE, commit)
@@ -227,10 +274,19 @@ class HubTarget:
         from huggingface_hub.errors import HfHubHTTPError
 
         install_timeouts()
-        for attempt in range(1, attempts + 1):
+        attempt, revived = 1, False
+        while True:
             try:
-                return send()
+                commit = send()
+                answered(self.hub.endpoint)
+                return commit
             except Exception as e:  # noqa: BLE001 - ambiguous failures are settled below
+                if got_response(e):
+                    answered(self.hub.endpoint)
+                # Refused: the request never left, so nothing can have landed; a local hub is revived.
+                if refused(e, endpoint=self.hub.endpoint, revive=self.reader.revive, revived=revived):
+                    revived = True
+                    continue
                 if isinstance(e, HfHubHTTPError) and status_of(e) == 412:
                     landed = self.landed_commit(branch, manifest_sha256)
                     if landed:
@@ -244,7 +300,7 @@ class HubTarget:
                     logger.info("commit to %s had landed despite %s", branch, e)
                     return landed
                 time.sleep(backoff_delay(e, attempt, 0.5))
-        raise AssertionError("unreachable")
+                attempt += 1
 
     def update_main(
         self, mutate: Callable[[RevisionIndex], tuple[dict[str, bytes], Path | None, list[str], str]], attempts: int = 8
@@ -280,7 +336,7 @@ class HubTarget:
                     ).oid
 
                 try:
-                    commit = with_retries(send, what=f"updating main of {self.repo_id}")
+                    commit = self._retrying(send, what=f"updating main of {self.repo_id}")
                     return commit, index
                 except HfHubHTTPError as e:
                     if status_of(e) != 412 or attempt == attempts:
@@ -293,8 +349,8 @@ class HubTarget:
         from huggingface_hub.errors import RevisionNotFoundError
 
         with contextlib.suppress(RevisionNotFoundError):
-            with_retries(lambda: self.api.delete_tag(self.repo_id, tag=tag), what=f"deleting tag {tag}")
-        with_retries(
+            self._retrying(lambda: self.api.delete_tag(self.repo_id, tag=tag), what=f"deleting tag {tag}")
+        self._retrying(
             lambda: self.api.create_tag(self.repo_id, tag=tag, revision=revision, exist_ok=True),
             what=f"tagging {revision} as {tag}",
         )
@@ -304,13 +360,13 @@ class HubTarget:
         from huggingface_hub.errors import RevisionNotFoundError
 
         with contextlib.suppress(RevisionNotFoundError):
-            with_retries(lambda: self.api.delete_tag(self.repo_id, tag=tag), what=f"deleting tag {tag}")
+            self._retrying(lambda: self.api.delete_tag(self.repo_id, tag=tag), what=f"deleting tag {tag}")
 
     def delete_branch(self, name: str) -> None:
         from huggingface_hub.errors import RevisionNotFoundError
 
         with contextlib.suppress(RevisionNotFoundError):
-            with_retries(lambda: self.api.delete_branch(self.repo_id, branch=name), what=f"deleting branch {name}")
+            self._retrying(lambda: self.api.delete_branch(self.repo_id, branch=name), what=f"deleting branch {name}")
 
 
 def _folder_step(folder: Path) -> int | None:

@@ -14,11 +14,17 @@ TemplateOpt = typer.Option(
     REVISION_TEMPLATE, "--template", help="Revision name template (fields: step, epoch, tokens, tokens_b, tokens_m)."
 )
 MonitorOpt = typer.Option(
-    None, "--monitor", help="Metric deciding the `best` tag [default: the Trainer's best metric]."
+    None, "--monitor", help="Metric deciding the `best` tag (default: the Trainer's best metric)."
 )
 ModeOpt = typer.Option("min", "--mode", help="min or max, for --monitor.")
+KeepLastOpt = typer.Option(
+    None, "--keep-last", help="Retention: keep the last K revisions (best, final and tagged ones always)."
+)
+KeepEveryOpt = typer.Option(None, "--keep-every", help="Retention: keep the revisions whose step is a multiple of N.")
+KeepBestOpt = typer.Option(None, "--keep-best", help="Retention: keep the best M revisions by --monitor.")
+RepoOpt = typer.Option(..., "--repo", help="Target repo, namespace/name (created if missing).")
 SpoolOpt = typer.Option(
-    None, "--spool", help="Spool folder (staged files + journal) [default: ~/.cache/hubckpt/spool/<repo>]."
+    None, "--spool", help="Spool folder (staged files + journal) (default: ~/.cache/hubckpt/spool/<repo>)."
 )
 
 
@@ -103,7 +109,7 @@ def _report(futures) -> int:
 
 def publish(
     src: Path = typer.Argument(..., help="One checkpoint (file or folder), or a run folder holding many."),
-    repo: str = typer.Option(..., "--repo", help="Target repo, namespace/name (created if missing)."),
+    repo: str = RepoOpt,
     hub: str | None = HubOpt,
     root: Path | None = RootOpt,
     token: str | None = TokenOpt,
@@ -114,11 +120,13 @@ def publish(
     template: str = TemplateOpt,
     monitor: str | None = MonitorOpt,
     mode: str = ModeOpt,
-    keep_last: int | None = typer.Option(None, "--keep-last"),
-    keep_every: int | None = typer.Option(None, "--keep-every"),
-    keep_best: int | None = typer.Option(None, "--keep-best"),
+    keep_last: int | None = KeepLastOpt,
+    keep_every: int | None = KeepEveryOpt,
+    keep_best: int | None = KeepBestOpt,
     spool: Path | None = SpoolOpt,
-    max_shard_size: str = typer.Option(MAX_SHARD_SIZE, "--max-shard-size"),
+    max_shard_size: str = typer.Option(
+        MAX_SHARD_SIZE, "--max-shard-size", help="Shard above this size, e.g. 5GB, 500MB."
+    ),
     allow_global: list[str] = typer.Option([], "--allow-global", help="Trust this pickle global (module.Name)."),
     metrics: str | None = typer.Option(
         None,
@@ -185,7 +193,7 @@ def publish(
 
 
 def resume(
-    repo: str = typer.Option(..., "--repo"),
+    repo: str = typer.Option(..., "--repo", help="The repo whose unfinished jobs to finish, namespace/name."),
     hub: str | None = HubOpt,
     root: Path | None = RootOpt,
     token: str | None = TokenOpt,
@@ -227,17 +235,17 @@ def _settled(path: Path, seen: dict[Path, tuple], settle_s: float) -> bool:
 
 def watch(
     run_dir: Path = typer.Argument(..., help="The training run's output folder."),
-    repo: str = typer.Option(..., "--repo"),
+    repo: str = RepoOpt,
     hub: str | None = HubOpt,
     root: Path | None = RootOpt,
     token: str | None = TokenOpt,
-    private: bool = typer.Option(False, "--private"),
+    private: bool = typer.Option(False, "--private", help="Create the repo private."),
     template: str = TemplateOpt,
     monitor: str | None = MonitorOpt,
     mode: str = ModeOpt,
-    keep_last: int | None = typer.Option(None, "--keep-last"),
-    keep_every: int | None = typer.Option(None, "--keep-every"),
-    keep_best: int | None = typer.Option(None, "--keep-best"),
+    keep_last: int | None = KeepLastOpt,
+    keep_every: int | None = KeepEveryOpt,
+    keep_best: int | None = KeepBestOpt,
     spool: Path | None = SpoolOpt,
     interval: float = typer.Option(5.0, "--interval", help="Seconds between scans."),
     settle: float = typer.Option(

@@ -12,6 +12,7 @@ import typer
 from ..cards import human_size
 from ..names import page_url
 from ._options import HubOpt, RootOpt, TokenOpt, target
+from .publish import KeepBestOpt, KeepEveryOpt, KeepLastOpt
 
 
 def reader_for(repo: str, hub: str | None, root: Path | None, token: str | None):
@@ -213,7 +214,7 @@ def tag(
     repo: str = typer.Argument(...),
     revision: str = typer.Argument(..., help="Revision to tag."),
     name: str = typer.Argument(..., help="Tag name."),
-    delete: bool = typer.Option(False, "--delete"),
+    delete: bool = typer.Option(False, "--delete", help="Delete the tag instead."),
     hub: str | None = HubOpt,
     root: Path | None = RootOpt,
     token: str | None = TokenOpt,
@@ -227,9 +228,9 @@ def tag(
 
 def prune(
     repo: str = typer.Argument(...),
-    keep_last: int | None = typer.Option(None, "--keep-last"),
-    keep_every: int | None = typer.Option(None, "--keep-every", help="Keep revisions whose step is a multiple."),
-    keep_best: int | None = typer.Option(None, "--keep-best"),
+    keep_last: int | None = KeepLastOpt,
+    keep_every: int | None = KeepEveryOpt,
+    keep_best: int | None = KeepBestOpt,
     monitor: str | None = typer.Option(None, "--monitor", help="Metric for --keep-best (default: the index's)."),
     mode: str | None = typer.Option(None, "--mode", help="min or max"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be pruned."),

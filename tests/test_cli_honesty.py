@@ -47,3 +47,37 @@ def test_every_option_of_every_command_has_help_that_survives_rendering(capsys):
         assert not dangling, f"{' '.join(path)} --help: {dangling}"
     assert not missing, f"options without help: {missing}"
     assert not mangled, f"help texts Rich would render differently: {mangled}"
+
+
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """The CLI in this process (its error boundary included): (exit code, stdout, stderr)."""
+    from hubckpt.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return exit_.value.code, out, err
+
+
+def test_publish_of_a_run_with_one_corrupt_checkpoint_publishes_the_others_and_says_which_failed(
+    api, local_hub, tmp_path, capsys
+):
+    import torch
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for step in (10, 30):
+        torch.save({"w": torch.full((4,), float(step))}, run / f"ckpt-{step}.pt")
+    (run / "ckpt-20.pt").write_bytes(b"PK\x03\x04 not a checkpoint at all" * 10)
+    repo_id = "alice/partial-run"
+    code, out, err = _cli(
+        capsys, "publish", str(run), "--repo", repo_id, "--hub", local_hub.url, "--spool", str(tmp_path / "spool")
+    )
+    assert code == 1, (out, err)
+    branches = {b.name for b in api.list_repo_refs(repo_id).branches}
+    assert branches == {"main", "step-0000010", "step-0000030"}
+    assert re.search(r"published\s+step-0000010", out) and re.search(r"published\s+step-0000030", out), out
+    failed = [line for line in err.splitlines() if "step 20" in line or "step-0000020" in line]
+    assert failed and "ckpt-20.pt" in "\n".join(failed), err
+    assert "Traceback" not in err
+    assert "1 of 3" in err, err  # a summary: how many failed, and that the others were published

@@ -95,7 +95,8 @@ def _one_line(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `hubckpt` console script."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Not standalone, click returns the code of a `typer.Exit(n)` instead of exiting with it
+        code = app(args=argv, standalone_mode=False)
     except SystemExit:
         raise
     except KeyboardInterrupt:
@@ -116,4 +117,4 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"Error: {_one_line(e)}\n{_DEBUG_HINT}", file=sys.stderr)
         sys.exit(1)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import typer
@@ -93,18 +94,43 @@ def _parse_metrics(value: str | None) -> dict[str, float]:
     return {str(k): v for k, v in data.items()}
 
 
-def _report(futures) -> int:
+def _report(jobs: list[tuple[int | None, Path, Future]]) -> int:
+    """One line per checkpoint (published, unchanged, failed and why, not finished); return how many failed."""
     failures = 0
-    for future in futures:
-        try:
+    for step, path, future in jobs:
+        label = f"step {step}" if step is not None else str(path)
+        if not future.done():
+            failures += 1
+            typer.echo(f"  not finished {label} ({path}): still queued; `hubckpt resume` finishes it", err=True)
+            continue
+        error = future.exception()
+        if error is None:
             result = future.result()
             verb = "unchanged" if result.skipped else "published"  # the run's plan above listed what would go
             note = " (already published)" if result.skipped else ""
             typer.echo(f"  {verb} {result.revision:<20} step {result.step}{note}")
-        except Exception as e:  # noqa: BLE001 - reported below by close()
+        else:
             failures += 1
-            typer.echo(f"  failed: {e}", err=True)
+            reason = " ".join(str(error).split())
+            typer.echo(f"  failed    {label} ({path}): {type(error).__name__}: {reason}", err=True)
+    if failures:
+        typer.echo(
+            f"{failures} of {len(jobs)} checkpoint(s) not published (listed above); the others were. "
+            "Fix or remove those, then run the same command again: what is published is skipped.",
+            err=True,
+        )
     return failures
+
+
+def _wait_and_report(pub, jobs: list[tuple[int | None, Path, Future]]) -> int:
+    """Wait for every job, then report each one, failures included (`wait()` raises only the first)."""
+    try:
+        pub.wait()
+    except Exception as e:  # noqa: BLE001 - a job's failure is reported per checkpoint below
+        if not any(f.done() and f.exception() is e for _, _, f in jobs):
+            _report(jobs)
+            raise  # not one of the jobs' failures (the worker died...): the error boundary prints it
+    return _report(jobs)
 
 
 def publish(
@@ -171,8 +197,9 @@ def publish(
             done = _already_published(pub, candidates)
             todo = [(s, p) for s, p in candidates if s not in done]
             typer.echo(f"{src}: {len(candidates)} checkpoints, {len(done)} already published, {len(todo)} to publish")
-            futures = [
-                pub.publish(p, step=s, final=final and (s, p) == candidates[-1], companions=companion) for s, p in todo
+            jobs = [
+                (s, p, pub.publish(p, step=s, final=final and (s, p) == candidates[-1], companions=companion))
+                for s, p in todo
             ]
         else:
             from ..readers import peek_step
@@ -182,13 +209,12 @@ def publish(
                     f"cannot tell the training step of {src}: it records none and its name carries none; pass --step N",
                     param_hint="--step",
                 )
-            futures = [
-                pub.publish(
-                    src, step=step, revision=revision, final=final, metrics=parsed_metrics, companions=companion
-                )
-            ]
-        pub.wait()
-    if _report(futures):
+            future = pub.publish(
+                src, step=step, revision=revision, final=final, metrics=parsed_metrics, companions=companion
+            )
+            jobs = [(step, src, future)]
+        failures = _wait_and_report(pub, jobs)
+    if failures:
         raise typer.Exit(1)
 
 

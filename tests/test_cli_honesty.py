@@ -81,3 +81,44 @@ def test_publish_of_a_run_with_one_corrupt_checkpoint_publishes_the_others_and_s
     assert failed and "ckpt-20.pt" in "\n".join(failed), err
     assert "Traceback" not in err
     assert "1 of 3" in err, err  # a summary: how many failed, and that the others were published
+
+
+def test_prune_never_deletes_a_revision_the_user_tagged_and_the_dry_run_says_why(api, local_hub, tmp_path, capsys):
+    import torch
+
+    from hubckpt.publishing import Publisher
+
+    repo_id = "alice/prune-tagged"
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool", monitor="eval_loss") as pub:
+        for step, loss in ((10, 1.0), (20, 2.0), (30, 3.0), (40, 4.0), (50, 5.0)):  # step 10 is best
+            pub.publish(state_dict={"w": torch.full((2,), float(step))}, step=step, metrics={"eval_loss": loss})
+    hub = ["--hub", local_hub.url]
+    assert _cli(capsys, "tag", repo_id, "step-0000020", "paper-v1", *hub)[0] == 0
+    api.create_tag(repo_id, tag="ablation", revision="step-0000030")  # a tag made with another client
+
+    code, out, _ = _cli(capsys, "prune", repo_id, "--keep-last", "1", "--dry-run", *hub)
+    assert code == 0
+    assert "Would prune 1: step-0000040" in out, out
+    assert re.search(r"step-0000010.*best", out) and re.search(r"step-0000020.*tag paper-v1", out), out
+    assert re.search(r"step-0000030.*tag ablation", out), out
+    assert {b.name for b in api.list_repo_refs(repo_id).branches} >= {"step-0000020", "step-0000040"}  # a dry run
+
+    code, out, _ = _cli(capsys, "prune", repo_id, "--keep-last", "1", *hub)
+    assert code == 0 and "Pruned 1: step-0000040" in out, out
+    branches = {b.name for b in api.list_repo_refs(repo_id).branches}
+    assert branches == {"main", "step-0000010", "step-0000020", "step-0000030", "step-0000050"}
+
+
+def test_retention_while_publishing_keeps_a_tagged_revision(api, local_hub, tmp_path):
+    import torch
+
+    from hubckpt.publishing import Publisher
+
+    repo_id = "alice/retain-tagged"
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "a") as pub:
+        pub.publish(state_dict={"w": torch.zeros(2)}, step=1)
+    api.create_tag(repo_id, tag="paper-v1", revision="step-0000001")
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "b", keep_last=1) as pub:
+        for step in (2, 3):
+            pub.publish(state_dict={"w": torch.full((2,), float(step))}, step=step)
+    assert {b.name for b in api.list_repo_refs(repo_id).branches} == {"main", "step-0000001", "step-0000003"}

@@ -238,7 +238,7 @@ def prune(
     root: Path | None = RootOpt,
     token: str | None = TokenOpt,
 ) -> None:
-    """Delete the branches of revisions a retention policy no longer keeps (never best or final)."""
+    """Delete the branches of revisions a retention policy no longer keeps (never best, final or user-tagged ones)."""
     from ..publishing.maintenance import prune as do_prune
     from ..publishing.policies import Retention
 
@@ -251,6 +251,9 @@ def prune(
     )
     verb = "Would prune" if dry_run else "Pruned"
     typer.echo(f"{verb} {len(result.pruned)}: {', '.join(result.pruned) or '-'}; keeping {len(result.kept)}")
+    for name in result.kept:
+        why = result.protected.get(name)
+        typer.echo(f"  keeping {name}: {', '.join(why) if why else 'kept by the policy'}")
 
 
 def reindex(

@@ -197,7 +197,7 @@ def publish(
             done = _already_published(pub, candidates)
             todo = [(s, p) for s, p in candidates if s not in done]
             typer.echo(f"{src}: {len(candidates)} checkpoints, {len(done)} already published, {len(todo)} to publish")
-            jobs = [
+            jobs: list[tuple[int | None, Path, Future]] = [
                 (s, p, pub.publish(p, step=s, final=final and (s, p) == candidates[-1], companions=companion))
                 for s, p in todo
             ]

@@ -122,3 +122,51 @@ def test_retention_while_publishing_keeps_a_tagged_revision(api, local_hub, tmp_
         for step in (2, 3):
             pub.publish(state_dict={"w": torch.full((2,), float(step))}, step=step)
     assert {b.name for b in api.list_repo_refs(repo_id).branches} == {"main", "step-0000001", "step-0000003"}
+
+
+class _Evil:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_pickle_without_step_is_refused_by_name_and_called_dangerous(local_hub, tmp_path, capsys):
+    import torch
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": {"w": torch.ones(2)}, "x": _Evil(str(marker))}, evil)
+    hub = ["--hub", local_hub.url, "--spool", str(tmp_path / "spool")]
+    code, out, err = _cli(capsys, "publish", str(evil), "--repo", "alice/evil", *hub)
+    assert code == 1
+    assert "posix.system" in err and "os.system" in err, err  # the refused global, by both its names
+    assert "--step" not in err, err  # not the step question: the refusal comes first
+    assert "shell command" in err and "Do not allow" in err, err
+    assert not marker.exists()
+    code, out, err = _cli(capsys, "publish", str(evil), "--repo", "alice/evil", "--step", "5", *hub)
+    assert code == 1 and "os.system" in err and "Do not allow" in err, err
+    assert not marker.exists()
+
+
+def test_pull_errors_use_command_line_syntax(api, local_hub, tmp_path, capsys):
+    import torch
+
+    from hubckpt.publishing import Publisher
+
+    repo_id = "alice/pull-errors"
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
+        for step in (10, 20):
+            pub.publish(state_dict={"w": torch.full((2,), float(step))}, step=step)
+    hub = ["--hub", local_hub.url]
+    code, _, err = _cli(capsys, "pull", repo_id, str(tmp_path / "a"), "--step", "15", *hub)
+    assert code == 1 and "--match nearest" in err and "match=" not in err, err
+    dest = tmp_path / "full"
+    dest.mkdir()
+    (dest / "notes.txt").write_text("mine")
+    code, _, err = _cli(capsys, "pull", f"{repo_id}@step-0000010", str(dest), *hub)
+    assert code == 1 and "--force" in err, err
+    assert (dest / "notes.txt").read_text() == "mine"

@@ -122,6 +122,15 @@ def _report(jobs: list[tuple[int | None, Path, Future]]) -> int:
     return failures
 
 
+def _refuse_unreadable(src: Path, allow_global: list[str]) -> None:
+    """Raise the reader's own error for a torch pickle it refuses (unsafe globals, corrupt); else return."""
+    from .. import safe_pickle
+    from ..readers.detect import sniff_file
+
+    if src.is_file() and sniff_file(src) in ("torch-zip", "torch-legacy", "legacy-tar"):
+        safe_pickle.load(src, allow_globals=allow_global, mmap=True)
+
+
 def _wait_and_report(pub, jobs: list[tuple[int | None, Path, Future]]) -> int:
     """Wait for every job, then report each one, failures included (`wait()` raises only the first)."""
     try:
@@ -204,7 +213,8 @@ def publish(
         else:
             from ..readers import peek_step
 
-            if step is None and peek_step(src)[0] is None:
+            if step is None and peek_step(src, allow_globals=allow_global)[0] is None:
+                _refuse_unreadable(src, allow_global)  # a refused or corrupt pickle says so, not "pass --step"
                 raise typer.BadParameter(
                     f"cannot tell the training step of {src}: it records none and its name carries none; pass --step N",
                     param_hint="--step",

@@ -390,7 +390,9 @@ def pull_revision(
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         if not overwrite:
-            raise DestinationExistsError(f"{dest} exists and is not empty; choose another folder or overwrite")
+            raise DestinationExistsError(
+                f"{dest} exists and is not empty; choose another folder, or pass overwrite=True"
+            )
     require_weights(rev.files, rev.repo_id)
     paths = pull_files(rev, training_state=training_state)
     local = rev.download(paths)

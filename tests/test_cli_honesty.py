@@ -170,3 +170,26 @@ def test_pull_errors_use_command_line_syntax(api, local_hub, tmp_path, capsys):
     code, _, err = _cli(capsys, "pull", f"{repo_id}@step-0000010", str(dest), *hub)
     assert code == 1 and "--force" in err, err
     assert (dest / "notes.txt").read_text() == "mine"
+
+
+def test_load_state_dict_of_a_tied_output_head_gives_the_embedding(local_hub, tmp_path):
+    """save_pretrained drops lm_head.weight of a tied GPT-2; asking for it said only KeyError."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    import hubckpt
+    from hubckpt.publishing import Publisher
+
+    from .factories import tiny_gpt2_config
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(tiny_gpt2_config())
+    model.save_pretrained(tmp_path / "checkpoint-3")
+    repo_id = "alice/tied-head"
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
+        pub.publish(tmp_path / "checkpoint-3")
+    got = hubckpt.load_state_dict(repo_id, "step-0000003", keys=["lm_head.weight"], hub=local_hub.url)
+    assert list(got) == ["lm_head.weight"]
+    assert torch.equal(got["lm_head.weight"], model.transformer.wte.weight.detach())
+    with pytest.raises(KeyError, match="no tensor"):
+        hubckpt.load_state_dict(repo_id, "step-0000003", keys=["no.such.weight"], hub=local_hub.url)

@@ -193,3 +193,30 @@ def test_load_state_dict_of_a_tied_output_head_gives_the_embedding(local_hub, tm
     assert torch.equal(got["lm_head.weight"], model.transformer.wte.weight.detach())
     with pytest.raises(KeyError, match="no tensor"):
         hubckpt.load_state_dict(repo_id, "step-0000003", keys=["no.such.weight"], hub=local_hub.url)
+
+
+def test_ls_shows_metrics_to_six_digits_and_show_explains_its_size(local_hub, tmp_path, capsys):
+    import torch
+
+    from hubckpt.cards import human_size
+    from hubckpt.publishing import Publisher
+
+    repo_id = "alice/ls-digits"
+    opt_state = {"optimizer": {"state": {0: {"exp_avg": torch.ones(64, 64)}}, "param_groups": [{"lr": 0.1}]}}
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool", monitor="eval_loss") as pub:
+        for step, loss in ((1, 0.123459), (2, 0.123456)):  # equal to 4 digits; step 2 is best
+            pub.publish(
+                state_dict={"w": torch.full((8,), float(step))},
+                training_state=opt_state,
+                step=step,
+                metrics={"eval_loss": loss},
+            )
+    code, out, _ = _cli(capsys, "ls", repo_id, "--hub", local_hub.url)
+    assert code == 0
+    assert "0.123459" in out and re.search(r"step-0000002 .*0\.123456 .*best", out), out
+    code, out, _ = _cli(capsys, "ls", repo_id, "--hub", local_hub.url, "--json")
+    size = {r["name"]: r["size"] for r in __import__("json").loads(out)["revisions"]}["step-0000002"]
+    code, out, _ = _cli(capsys, "show", f"{repo_id}@step-0000002", "--hub", local_hub.url)
+    assert code == 0
+    assert f"{human_size(size)} of model files" in out and "hubckpt ls" in out, out
+    assert "training_state/" in out

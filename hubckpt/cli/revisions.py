@@ -56,7 +56,10 @@ def ls(
     all_: bool = typer.Option(False, "--all", help="Include pruned revisions."),
     refresh: bool = typer.Option(False, "--refresh", help="Also read the refs: branches the index misses, user tags."),
 ) -> None:
-    """List revisions with step, tokens, key metrics, size, date and tags (one request, via the index)."""
+    """List revisions with step, tokens, key metrics, size, date and tags (one request, via the index).
+
+    The size is that of the model files (weights, config, tokenizer), without training_state/.
+    """
     from ..cards import table_metrics
     from ..load.resolve import RepoRevisions
 
@@ -95,7 +98,7 @@ def ls(
             r.name + (" (pruned)" if r.pruned else ""),
             str(r.step if r.step is not None else "-"),
             f"{r.tokens:,}" if r.tokens is not None else "-",
-            *[f"{r.metrics[m]:.4g}" if m in r.metrics else "-" for m in metrics],
+            *[f"{r.metrics[m]:.6g}" if m in r.metrics else "-" for m in metrics],  # enough to see why `best`
             human_size(r.size) if r.size else "-",
             (r.date or "-")[:16].replace("T", " "),
             ",".join(r.tags),
@@ -193,6 +196,12 @@ def show(
     print_table(
         ["path", "size", "sha256"],
         [[p, human_size(int(f.get("size") or 0)), (f.get("sha256") or "-")[:12]] for p, f in sorted(files.items())],
+    )
+    state = sum(int(f.get("size") or 0) for p, f in files.items() if p.startswith("training_state/"))
+    typer.echo(
+        f"{human_size(info.size)} of model files (the size `hubckpt ls` shows)"
+        + (f", {human_size(state)} in training_state/" if state else "")
+        + "; the rest is the card and metadata"
     )
     if not tensors:
         typer.echo("\nNo safetensors weights in this revision.")

@@ -220,3 +220,22 @@ def test_ls_shows_metrics_to_six_digits_and_show_explains_its_size(local_hub, tm
     assert code == 0
     assert f"{human_size(size)} of model files" in out and "hubckpt ls" in out, out
     assert "training_state/" in out
+
+
+def test_cka_heatmaps_scale_to_the_data_and_write_the_values_in_the_cells():
+    """On the demo every CKA value is > 0.99: on a fixed 0-1 scale the heatmaps were flat yellow squares."""
+    import numpy as np
+
+    from hubckpt.analysis import plots
+
+    steps = ["100", "200", "300"]
+    m = np.array([[1.0, 0.9991, 0.9962], [0.9991, 1.0, 0.9987], [0.9962, 0.9987, 1.0]])
+    fig = plots.cka_figure({"transformer.h.0": m, "transformer.h.1": m**2}, steps, axis_label="step")
+    ax = fig.axes[0]
+    lo, hi = ax.images[0].get_clim()
+    assert lo == pytest.approx((m**2).min()) and hi == pytest.approx(1.0)  # one scale, spanning the data
+    cells = sorted(t.get_text() for t in ax.texts)
+    assert cells == sorted(f"{v:.4f}" for v in m.ravel())  # enough decimals to tell 0.9991 from 0.9987
+    assert ax.get_xlabel() == "step" and [t.get_text() for t in ax.get_xticklabels()] == steps
+    fixed = plots.similarity_figure(m, ["a", "b", "c"], title="t", vmin=0.0, vmax=1.0, axis_label="layer")
+    assert fixed.axes[0].images[0].get_clim() == (0.0, 1.0) and fixed.axes[0].get_ylabel() == "layer"

@@ -368,10 +368,12 @@ def compare(ctx: HubContext, repo: Repo, a: str, b: str) -> dict:
     files_a, files_b = ctx.store.files(repo, sha_a), ctx.store.files(repo, sha_b)
     tensors_a, problems_a = _tensors_of(ctx, files_a)
     tensors_b, problems_b = _tensors_of(ctx, files_b)
-    # The weights first, and the bars scaled by them: the optimizer's step counters (relative change of
-    # several x) otherwise filled the top of the page and flattened every weight's bar.
-    changes = sorted(tensor_mod.compare(tensors_a, tensors_b), key=lambda c: c.name.startswith("training_state/"))
-    weights = [c for c in changes if not c.name.startswith("training_state/")] or changes
+    # Weights and training state (optimizer moments, step counters...) in separate tables, each with its
+    # own counts and bar scale: mixed, "112 changed" counted 84 optimizer tensors with 28 weights, and the
+    # step counters' relative change (several x) flattened every weight's bar.
+    changes = tensor_mod.compare(tensors_a, tensors_b)
+    weights = [c for c in changes if not c.name.startswith("training_state/")]
+    state = [c for c in changes if c.name.startswith("training_state/")]
     file_changes = []
     for path in sorted(set(files_a) | set(files_b)):
         fa, fb = files_a.get(path), files_b.get(path)
@@ -379,14 +381,8 @@ def compare(ctx: HubContext, repo: Repo, a: str, b: str) -> dict:
             continue
         status = "added" if fa is None else "removed" if fb is None else "modified"
         file_changes.append({"path": path, "status": status, "a": fa, "b": fb})
-    counts: dict[str, int] = {}
-    for c in changes:
-        counts[c.status] = counts.get(c.status, 0) + 1
     refs = RefMap.of(ctx, repo)
     choices = sorted(refs.branches) + sorted(refs.tags)
-    largest = max(
-        (c.rel_change for c in weights if c.rel_change is not None and math.isfinite(c.rel_change)), default=0.0
-    )
     return {
         "repo": repo,
         "a": a,
@@ -394,9 +390,19 @@ def compare(ctx: HubContext, repo: Repo, a: str, b: str) -> dict:
         "sha_a": sha_a,
         "sha_b": sha_b,
         "changes": changes,
-        "counts": counts,
+        "groups": [_change_group(weights, "weights"), _change_group(state, "training_state")],
         "files": file_changes,
         "problems": problems_a + problems_b,
         "choices": choices,
-        "largest": largest or 1.0,
     }
+
+
+def _change_group(changes: list, kind: str) -> dict:
+    """One table of the compare page: its rows, counts by status, and the largest change (the bars' scale)."""
+    counts: dict[str, int] = {}
+    for c in changes:
+        counts[c.status] = counts.get(c.status, 0) + 1
+    largest = max(
+        (c.rel_change for c in changes if c.rel_change is not None and math.isfinite(c.rel_change)), default=0.0
+    )
+    return {"kind": kind, "changes": changes, "counts": counts, "largest": largest or 1.0}

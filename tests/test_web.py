@@ -169,6 +169,11 @@ def test_model_page_shows_every_revision_with_its_metrics_and_links(client, run,
     assert page.text.count('class="mark mark-best" data-label="best" data-revision="step-0000030"') == 3
     assert page.text.count('class="mark mark-final" data-label="final" data-revision="step-0000050"') == 3
     assert "<h1>alice/web-run</h1>" in page.text  # the repo card from main, rendered
+    # ... without its own chart and revisions table: the page draws them once, above the card
+    assert len(re.findall(r"<h2[^>]*>Revisions\b", page.text)) == 1 and "metrics over training" not in page.text
+    assert re.search(r"<h2[^>]*>Load a revision", page.text)
+    card = api.hf_hub_download(repo_id, "README.md")  # the card itself keeps both, for huggingface.co
+    assert "## Revisions" in open(card).read()
 
 
 def test_revision_page_lists_files_card_tensors_and_neighbours(client, run, api):

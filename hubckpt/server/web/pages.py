@@ -13,6 +13,7 @@ from typing import TypeGuard
 
 from markupsafe import Markup, escape
 
+from ...cards import is_hubckpt_card
 from ...errors import HubConfigError, HubHTTPError
 from ...formats.index import INDEX_FILE, RevisionIndex, RevisionInfo
 from ...names import is_staging_branch
@@ -56,17 +57,37 @@ def load_index(ctx: HubContext, files: dict[str, FileEntry]) -> RevisionIndex | 
         return None
 
 
-_CARDS: OrderedDict[tuple[str, str, str], tuple[dict, str]] = OrderedDict()
+_CARDS: OrderedDict[tuple[str, str, str, bool], tuple[dict, str]] = OrderedDict()
 _CARDS_LOCK = threading.Lock()
 _CARDS_KEPT = 64
 
 
-def card_of(ctx: HubContext, repo: Repo, files: dict[str, FileEntry], revision: str) -> tuple[dict, str] | None:
-    """(front matter, safe HTML) of the commit's README.md; remembered per stored object, which never changes."""
+def without_index_sections(text: str) -> str:
+    """A repo card hubckpt wrote, less what the model page draws itself: the metrics chart and the
+    Revisions table (shown twice otherwise, once by the page and once in the card). Other cards as they are."""
+    if not is_hubckpt_card(text):
+        return text
+    out, skipping = [], False
+    for line in text.splitlines(keepends=True):
+        if line.startswith("## "):
+            skipping = line.strip() == "## Revisions"
+        if skipping or line.startswith("![metrics over training]("):
+            continue
+        out.append(line)
+    return "".join(out)
+
+
+def card_of(
+    ctx: HubContext, repo: Repo, files: dict[str, FileEntry], revision: str, *, page_draws_index: bool = False
+) -> tuple[dict, str] | None:
+    """(front matter, safe HTML) of the commit's README.md; remembered per stored object, which never changes.
+
+    `page_draws_index`: the page shows the revisions and their charts itself (see `without_index_sections`).
+    """
     entry = files.get(CARD_FILE)
     if entry is None:
         return None
-    key = (entry.sha256, repo.repo_id, revision)
+    key = (entry.sha256, repo.repo_id, revision, page_draws_index)
     with _CARDS_LOCK:
         if key in _CARDS:
             _CARDS.move_to_end(key)
@@ -74,7 +95,10 @@ def card_of(ctx: HubContext, repo: Repo, files: dict[str, FileEntry], revision: 
     raw = read_bytes(ctx, entry, MAX_CARD_BYTES)
     if raw is None:
         return None
-    card = render_card(raw.decode("utf-8", "replace"), repo_id=repo.repo_id, revision=revision)
+    text = raw.decode("utf-8", "replace")
+    card = render_card(
+        without_index_sections(text) if page_draws_index else text, repo_id=repo.repo_id, revision=revision
+    )
     with _CARDS_LOCK:
         _CARDS[key] = card
         while len(_CARDS) > _CARDS_KEPT:
@@ -135,7 +159,7 @@ def model(ctx: HubContext, repo: Repo) -> dict:
     main_sha = refs.branches.get("main")
     files = ctx.store.files(repo, main_sha) if main_sha else {}
     index = load_index(ctx, files)
-    card = card_of(ctx, repo, files, "main")
+    card = card_of(ctx, repo, files, "main", page_draws_index=index is not None)
     out: dict = {
         "repo": repo,
         "refs": refs,

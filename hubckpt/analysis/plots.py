@@ -147,8 +147,13 @@ def cka_figure(
     for ax in axes[n:]:
         ax.set_visible(False)
     _colorbar(fig, image, list(axes[:n]), scale, shrink=0.8)
-    fig.suptitle(f"{title}\n(colours span {scale[0]:.{_decimals(*scale)}f} to {scale[1]:.{_decimals(*scale)}f})")
+    fig.suptitle(f"{title}\n{_span(scale)}")
     return fig
+
+
+def _span(scale: tuple[float, float]) -> str:
+    decimals = _decimals(*scale)
+    return f"(colours span {scale[0]:.{decimals}f} to {scale[1]:.{decimals}f})"
 
 
 def plot_cka_heatmaps(
@@ -183,7 +188,7 @@ def similarity_figure(
     scale = heatmap_scale([matrix], vmin, vmax)
     fig = _figure(figsize=(5.5, 4.8), layout="constrained")
     ax = fig.subplots()
-    _colorbar(fig, _heatmap(ax, matrix, labels, scale, title, axis_label), ax, scale)
+    _colorbar(fig, _heatmap(ax, matrix, labels, scale, f"{title}\n{_span(scale)}", axis_label), ax, scale)
     return fig
 
 

@@ -23,6 +23,69 @@ logger = logging.getLogger(__name__)
 
 ALLOW_HINT = "--allow-global {name} (Python: allow_globals=['{name}'])"
 
+# Pickled names of functions are the modules' own: os.system is pickled as posix.system (nt.system on Windows).
+_ALIASES = {"posix": "os", "nt": "os", "__builtin__": "builtins", "_io": "io", "_subprocess": "subprocess"}
+# What a global can do when unpickled, for those no tensor or training state ever needs.
+_MODULE_DANGERS = {
+    "os": "runs commands or touches files",
+    "subprocess": "runs a shell command",
+    "pty": "runs a shell",
+    "runpy": "runs Python code",
+    "importlib": "imports any module",
+    "shutil": "deletes or moves files",
+    "socket": "opens network connections",
+    "webbrowser": "opens a program",
+    "ctypes": "calls native code",
+    "code": "runs Python code",
+    "sys": "changes the interpreter",
+    "pickle": "unpickles more data, unchecked",
+    "marshal": "loads code objects",
+    "types": "builds code objects",
+}
+_NAME_DANGERS = {
+    "os.system": "runs a shell command",
+    "os.popen": "runs a shell command",
+    "builtins.eval": "runs Python code",
+    "builtins.exec": "runs Python code",
+    "builtins.compile": "compiles Python code",
+    "builtins.__import__": "imports any module",
+    "builtins.open": "reads or writes any file",
+    "builtins.getattr": "reaches any attribute (a way to any function)",
+    "builtins.setattr": "changes any object",
+    "builtins.breakpoint": "stops in a debugger",
+    "builtins.input": "reads from the terminal",
+}
+
+
+def describe_global(name: str) -> tuple[str, str | None]:
+    """(the name a user knows, what it does if it is dangerous) of a pickled `module.Name`.
+
+    `posix.system` -> ("os.system", "runs a shell command"); `mypkg.Config` -> ("mypkg.Config", None).
+    """
+    module, _, attr = name.rpartition(".")
+    root, dot, rest = module.partition(".")
+    known = f"{_ALIASES.get(root, root)}{dot}{rest}.{attr}" if module else name
+    danger = _NAME_DANGERS.get(known) or _MODULE_DANGERS.get(known.partition(".")[0])
+    return known, danger
+
+
+def refusal_message(path: Path, offending: list[str]) -> str:
+    """Why a pickle was refused and what to do: the dangerous globals called so, the others allowable by name."""
+    described = [(g, *describe_global(g)) for g in offending]
+    dangerous = [(g, known, danger) for g, known, danger in described if danger]
+    names = ", ".join(g if known == g else f"{g} (that is {known})" for g, known, _ in described) or "(unknown)"
+    message = f"{path} needs globals outside the weights-only allowlist: {names}. Nothing from it was run."
+    if dangerous:
+        what = "; ".join(f"{known} {danger}" for _, known, danger in dangerous)
+        flags = " ".join(f"--allow-global {g}" for g, _, _ in dangerous)
+        return (
+            f"{message} {what}: no checkpoint needs that, and unpickling this file would do it. Do not allow "
+            f"it ({flags} would run it): this file is probably malicious. Ask its author for safetensors, or "
+            "re-save its tensors from a trusted environment."
+        )
+    hint = " or ".join(ALLOW_HINT.format(name=g) for g in offending[:3]) or "--allow-global module.Name"
+    return f"{message} If you trust this file's source, allow them by name: {hint}."
+
 
 def _numpy_rng_globals() -> list:
     """What `np.random.get_state()` needs inside a pickle (transformers' rng_state.pth): plain arrays, no code."""
@@ -85,11 +148,8 @@ def load(path: str | Path, *, allow_globals: Iterable[str] = (), mmap: bool = Tr
         if not offending:
             offending = _globals_from_message(str(e))
         if offending or "Unsupported global" in str(e) or "weights_only" in str(e):
-            names = ", ".join(offending) or "(unknown)"
-            hint = " or ".join(ALLOW_HINT.format(name=g) for g in offending[:3]) or "--allow-global module.Name"
             raise UnsafeCheckpointError(
-                f"{path} needs globals outside the weights-only allowlist: {names}. Nothing from it was run. "
-                f"If you trust this file's source, allow them by name: {hint}.",
+                refusal_message(path, offending),
                 str(path),
                 offending,
             ) from None

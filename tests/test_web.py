@@ -169,6 +169,11 @@ def test_model_page_shows_every_revision_with_its_metrics_and_links(client, run,
     assert page.text.count('class="mark mark-best" data-label="best" data-revision="step-0000030"') == 3
     assert page.text.count('class="mark mark-final" data-label="final" data-revision="step-0000050"') == 3
     assert "<h1>alice/web-run</h1>" in page.text  # the repo card from main, rendered
+    # ... without its own chart and revisions table: the page draws them once, above the card
+    assert len(re.findall(r"<h2[^>]*>Revisions\b", page.text)) == 1 and "metrics over training" not in page.text
+    assert re.search(r"<h2[^>]*>Load a revision", page.text)
+    card = api.hf_hub_download(repo_id, "README.md")  # the card itself keeps both, for huggingface.co
+    assert "## Revisions" in open(card).read()
 
 
 def test_revision_page_lists_files_card_tensors_and_neighbours(client, run, api):
@@ -233,14 +238,16 @@ def test_commits_page_is_the_branch_history(client, run, api):
     assert rows[0][1][0].split() == ["step-0000030", "best"]  # the refs at the revision's head commit
 
 
-def test_compare_lists_the_weights_before_the_training_state(client, local_hub, tmp_path):
+def test_compare_separates_the_weights_from_the_training_state(client, local_hub, tmp_path):
     """With training_state/ published, the optimizer's step counters (relative change 1 and more) sorted
-    above every weight: the page a new user opens showed a screenful of `state.N.step` rows first."""
+    above every weight: the page a new user opens showed a screenful of `state.N.step` rows first, and
+    its summary counted optimizer tensors as weights ("112 changed" for 28 weights)."""
     import torch
 
     from hubckpt.publishing import Publisher
 
     repo_id = "alice/web-compare-state"
+    torch.manual_seed(0)
     model = torch.nn.Linear(3, 3)
     opt = torch.optim.AdamW(model.parameters(), lr=0.5)
     with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
@@ -251,7 +258,15 @@ def test_compare_lists_the_weights_before_the_training_state(client, local_hub, 
     page = client.get(f"/{repo_id}/compare/step-0000001...step-0000002")
     assert page.status_code == 200
     names = [c.split('data-tensor="', 1)[1].split('"', 1)[0] for c in page.text.split('<tr class="status-')[1:]]
-    assert names[:2] == ["bias", "weight"] and any(n.startswith("training_state/") for n in names[2:])
+    assert sorted(names[:2]) == ["bias", "weight"] and any(n.startswith("training_state/") for n in names[2:])
+    tables = Tables(page.text).tables
+    assert sorted(row[0][0] for row in tables["compare-table"]) == ["bias", "weight"]  # the weights alone
+    state = [row[0][0] for row in tables["compare-state-table"]]
+    assert len(state) == 6 and all(n.startswith("training_state/") for n in state)  # exp_avg, exp_avg_sq, step x 2
+    summary = page.text.split('id="compare-summary">', 1)[1].split("</p>", 1)[0]
+    assert re.sub(r"<[^>]+>|\s+", " ", summary).split() == ["2", "changed"]
+    state_summary = page.text.split('id="compare-state-summary"', 1)[1].split("</p>", 1)[0]
+    assert "6 changed" in re.sub(r"<[^>]+>", "", state_summary)
 
 
 def test_compare_says_which_tensors_changed_and_by_how_much(client, run):

@@ -40,6 +40,9 @@ POOLS = ("mean", "last", "tokens", "flatten")
 class Probe:
     """The inputs shown to every model. Exactly one of `input_ids` (LMs) or `inputs` (any module) is set.
 
+    Build one from text lines with `Probe.from_texts(lines, tokenizer)`, or from saved token ids with
+    `Probe.from_safetensors(path)`.
+
     `attention_mask` marks real tokens (1) versus padding (0); pooled activations ignore padding.
     """
 
@@ -104,7 +107,22 @@ class Probe:
 
     @classmethod
     def from_safetensors(cls, path: str | Path) -> Probe:
-        """A safetensors file with `input_ids` [n, seq] (and optionally `attention_mask`), or `inputs`."""
+        """A probe saved as a safetensors file: the same token ids for every revision, whatever its tokenizer.
+
+        Save one with `safetensors.torch.save_file({"input_ids": ids, "attention_mask": mask}, path)`
+        (integer tensors `[n, seq]`; the mask is optional, 1 for real tokens and 0 for padding), or
+        `{"inputs": x}` for a module that takes a float tensor. `hubckpt analyze --probe FILE.safetensors`
+        reads the same file.
+
+        Args:
+            path: the safetensors file.
+
+        Returns:
+            The probe.
+
+        Raises:
+            AnalysisError: the file cannot be read, or holds neither `input_ids` nor `inputs`.
+        """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 

@@ -317,15 +317,17 @@ def analyze(
         shown = {"linear_cka": "Linear CKA", "procrustes": "Procrustes distance"}.get(measure, measure)
         title = f"{shown} between revisions of {repo_id}"
         axis = "step" if all(i.step is not None for i in infos) else "revision"
-        vmax = 2.0 if measure == "procrustes" else 1.0  # a distance in [0, 2], the rest similarities in [0, 1]
-        files.append(p.plot_cka_heatmaps(cka, labels, out / "cka.png", title=title, axis_label=axis, vmax=vmax))
+        # colours scaled to the data: between nearby checkpoints CKA is often > 0.99 everywhere
+        files.append(p.plot_cka_heatmaps(cka, labels, out / "cka.png", title=title, axis_label=axis))
+        last = infos[-1]
         files.append(
             p.plot_similarity_matrix(
                 layer_similarity(store, names[-1], layer_names, measure=measure),
                 layer_names,
                 out / "layers.png",
-                vmax=vmax,
-                title=f"{measure} between layers of {names[-1]}",
+                title=f"{shown} between layers of {names[-1]}"
+                + (f" (step {last.step})" if last.step is not None else ""),
+                axis_label="layer",
             )
         )
         files.append(p.plot_drift(results["steps"], tracker.result.layers, out / "drift.png", reference=names[0]))

@@ -48,18 +48,45 @@ def _ticks(labels: Sequence[str]) -> tuple[list[int], list[str]]:
     return idx, [str(labels[i]) for i in idx]
 
 
+def heatmap_scale(
+    matrices: Sequence[np.ndarray], vmin: float | None = None, vmax: float | None = None
+) -> tuple[float, float]:
+    """The colour scale of heatmaps: `vmin` / `vmax` where given, else the data's own range.
+
+    CKA between nearby checkpoints is often above 0.99 everywhere: on a fixed 0-1 scale that is one
+    flat colour, so by default the scale spans the values there are.
+    """
+    values = np.concatenate([np.asarray(m, dtype=float).ravel() for m in matrices]) if matrices else np.array([])
+    finite = values[np.isfinite(values)]
+    lo = float(vmin) if vmin is not None else float(finite.min()) if finite.size else 0.0
+    hi = float(vmax) if vmax is not None else float(finite.max()) if finite.size else 1.0
+    if hi <= lo:  # one value everywhere: a small band around it
+        pad = max(abs(hi) * 1e-3, 1e-6)
+        lo, hi = lo - pad, hi + pad
+    return lo, hi
+
+
+def _decimals(lo: float, hi: float) -> int:
+    """Decimals that tell apart values spread over [lo, hi] (0.991..0.999 needs 4, 0.97..1 needs 3, 0..1 needs 2)."""
+    return int(min(6, max(2, math.ceil(-math.log10(hi - lo)) + 1)))
+
+
+def _annotation_size(n: int) -> float | None:
+    """Font size of the values written in the cells of an n x n heatmap; None when cells are too small."""
+    return 7.0 if n <= 6 else 5.5 if n <= 10 else 4.5 if n <= 16 else None
+
+
 def _heatmap(
     ax: Any,
     matrix: np.ndarray,
     labels: Sequence[str],
-    vmin: float,
-    vmax: float,
+    scale: tuple[float, float],
     title: str,
     axis_label: str | None = None,
 ) -> Any:
-    image = ax.imshow(
-        np.asarray(matrix, dtype=float), vmin=vmin, vmax=vmax, cmap="magma", origin="upper", interpolation="nearest"
-    )
+    values = np.asarray(matrix, dtype=float)
+    lo, hi = scale
+    image = ax.imshow(values, vmin=lo, vmax=hi, cmap="magma", origin="upper", interpolation="nearest")
     idx, text = _ticks(labels)
     ax.set_xticks(idx, text, rotation=90, fontsize=7)
     ax.set_yticks(idx, text, fontsize=7)
@@ -67,7 +94,66 @@ def _heatmap(
     if axis_label:
         ax.set_xlabel(axis_label, fontsize=8)
         ax.set_ylabel(axis_label, fontsize=8)
+    size = _annotation_size(max(values.shape))
+    if size is not None:
+        decimals = _decimals(lo, hi)
+        for (row, col), value in np.ndenumerate(values):
+            if not math.isfinite(value):
+                continue
+            light = (value - lo) / (hi - lo) > 0.6  # magma is light at the top of the scale: dark text there
+            ax.text(
+                col,
+                row,
+                f"{value:.{decimals}f}",
+                ha="center",
+                va="center",
+                fontsize=size,
+                color="black" if light else "white",
+            )
     return image
+
+
+def _colorbar(fig: Any, image: Any, axes: Any, scale: tuple[float, float], **kwargs: Any) -> None:
+    from matplotlib.ticker import FormatStrFormatter
+
+    bar = fig.colorbar(image, ax=axes, **kwargs)
+    bar.ax.yaxis.set_major_formatter(FormatStrFormatter(f"%.{_decimals(*scale)}f"))  # no "1e-3 + 9.9e-1" offset
+
+
+def cka_figure(
+    cka: Mapping[str, np.ndarray],
+    labels: Sequence[str],
+    *,
+    title: str = "Linear CKA between revisions",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    axis_label: str | None = None,
+) -> Any:
+    """The figure `plot_cka_heatmaps` saves (a `matplotlib.figure.Figure`)."""
+    if not cka:
+        raise AnalysisError("No similarity matrices to plot.")
+    for layer, m in cka.items():
+        if np.asarray(m).shape != (len(labels), len(labels)):
+            raise AnalysisError(f"matrix of {layer} is {np.asarray(m).shape}, expected {len(labels)} x {len(labels)}")
+    scale = heatmap_scale(list(cka.values()), vmin, vmax)
+    n = len(cka)
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig = _figure(figsize=(3.4 * cols + 0.8, 3.4 * rows + 0.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    image = None
+    for ax, (layer, m) in zip(axes, cka.items()):
+        image = _heatmap(ax, m, labels, scale, layer, axis_label)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    _colorbar(fig, image, list(axes[:n]), scale, shrink=0.8)
+    fig.suptitle(f"{title}\n{_span(scale)}")
+    return fig
+
+
+def _span(scale: tuple[float, float]) -> str:
+    decimals = _decimals(*scale)
+    return f"(colours span {scale[0]:.{decimals}f} to {scale[1]:.{decimals}f})"
 
 
 def plot_cka_heatmaps(
@@ -76,40 +162,48 @@ def plot_cka_heatmaps(
     path: str | Path,
     *,
     title: str = "Linear CKA between revisions",
-    vmin: float = 0.0,
-    vmax: float = 1.0,
+    vmin: float | None = None,
+    vmax: float | None = None,
     axis_label: str | None = None,
 ) -> Path:
-    """One heatmap per layer (revision x revision), on a grid with one shared color scale; `labels` name
-    the revisions (e.g. their steps, with `axis_label="step"`)."""
-    if not cka:
-        raise AnalysisError("No similarity matrices to plot.")
-    for layer, m in cka.items():
-        if np.asarray(m).shape != (len(labels), len(labels)):
-            raise AnalysisError(f"matrix of {layer} is {np.asarray(m).shape}, expected {len(labels)} x {len(labels)}")
-    n = len(cka)
-    cols = min(n, 4)
-    rows = math.ceil(n / cols)
-    fig = _figure(figsize=(3.4 * cols + 0.8, 3.4 * rows + 0.6), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-    image = None
-    for ax, (layer, m) in zip(axes, cka.items()):
-        image = _heatmap(ax, m, labels, vmin, vmax, layer, axis_label)
-    for ax in axes[n:]:
-        ax.set_visible(False)
-    fig.colorbar(image, ax=list(axes[:n]), shrink=0.8)
-    fig.suptitle(title)
-    return _save(fig, path)
+    """One heatmap per layer (revision x revision), on a grid with one shared colour scale; `labels` name
+    the revisions (e.g. their steps, with `axis_label="step"`).
+
+    The colour scale spans the values there are unless `vmin` / `vmax` fix it; cells carry their
+    values (up to 16 revisions), with as many decimals as it takes to tell them apart.
+    """
+    return _save(cka_figure(cka, labels, title=title, vmin=vmin, vmax=vmax, axis_label=axis_label), path)
+
+
+def similarity_figure(
+    matrix: np.ndarray,
+    labels: Sequence[str],
+    *,
+    title: str,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    axis_label: str | None = None,
+) -> Any:
+    """The figure `plot_similarity_matrix` saves (a `matplotlib.figure.Figure`)."""
+    scale = heatmap_scale([matrix], vmin, vmax)
+    fig = _figure(figsize=(5.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    _colorbar(fig, _heatmap(ax, matrix, labels, scale, f"{title}\n{_span(scale)}", axis_label), ax, scale)
+    return fig
 
 
 def plot_similarity_matrix(
-    matrix: np.ndarray, labels: Sequence[str], path: str | Path, *, title: str, vmin: float = 0.0, vmax: float = 1.0
+    matrix: np.ndarray,
+    labels: Sequence[str],
+    path: str | Path,
+    *,
+    title: str,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    axis_label: str | None = None,
 ) -> Path:
-    """A single heatmap, e.g. layer x layer within one revision."""
-    fig = _figure(figsize=(5.5, 4.8), layout="constrained")
-    ax = fig.subplots()
-    fig.colorbar(_heatmap(ax, matrix, labels, vmin, vmax, title), ax=ax)
-    return _save(fig, path)
+    """A single heatmap, e.g. layer x layer within one revision; scaled and annotated as `plot_cka_heatmaps`."""
+    return _save(similarity_figure(matrix, labels, title=title, vmin=vmin, vmax=vmax, axis_label=axis_label), path)
 
 
 def plot_curves(

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         with escaped_stdout():
-            app(args=argv, standalone_mode=False)
+            # Not standalone, click returns the code of a `typer.Exit(n)` instead of exiting with it
+            code = app(args=argv, standalone_mode=False)
     except SystemExit:
         raise
     except KeyboardInterrupt:
@@ -120,4 +121,4 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"Error: {escape_controls(_one_line(e))}\n{_DEBUG_HINT}", file=sys.stderr)
         sys.exit(1)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import typer
 
-HubOpt = typer.Option(None, "--hub", help="local (default), hf, or a hub URL [env: HUBCKPT_HUB, HF_ENDPOINT].")
+HubOpt = typer.Option(None, "--hub", help="local (default), hf, or a hub URL (env: HUBCKPT_HUB, HF_ENDPOINT).")
 RootOpt = typer.Option(
-    None, "--root", help="Data folder of the local hub [default: $HUBCKPT_HUB_ROOT or ~/.cache/hubckpt/hub]."
+    None, "--root", help="Data folder of the local hub (default: $HUBCKPT_HUB_ROOT or ~/.cache/hubckpt/hub)."
 )
 TokenOpt = typer.Option(
     None,
     "--token",
-    help="Access token [default: for huggingface.co HF_TOKEN or the saved login; "
-    "for any other hub HUBCKPT_TOKEN, never the huggingface.co token].",
+    help="Access token (default: for huggingface.co HF_TOKEN or the saved login; "
+    "for any other hub HUBCKPT_TOKEN, never the huggingface.co token).",
 )
 
 

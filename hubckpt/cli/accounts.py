@@ -16,7 +16,7 @@ org_app = typer.Typer(help="Organisations of the local hub.", no_args_is_help=Tr
 token_app = typer.Typer(help="Access tokens of the local hub (stored hashed).", no_args_is_help=True)
 
 RootOpt = typer.Option(
-    None, "--root", help="Data folder of the local hub [default: $HUBCKPT_HUB_ROOT or ~/.cache/hubckpt/hub]."
+    None, "--root", help="Data folder of the local hub (default: $HUBCKPT_HUB_ROOT or ~/.cache/hubckpt/hub)."
 )
 
 
@@ -80,7 +80,7 @@ def org_add(
 def token_create(
     user: str = typer.Option(..., "--user", help="Owner of the token."),
     role: str = typer.Option("write", "--role", help="read or write."),
-    name: str | None = typer.Option(None, "--name", help="Display name [default: <role>-<n>]."),
+    name: str | None = typer.Option(None, "--name", help="Display name (default: <role>-<n>)."),
     value_env: str | None = typer.Option(
         None,
         "--value-env",
@@ -114,7 +114,9 @@ def token_create(
 
 
 @token_app.command("list")
-def token_list(user: str | None = typer.Option(None, "--user"), root: Path | None = RootOpt) -> None:
+def token_list(
+    user: str | None = typer.Option(None, "--user", help="Only this user's tokens."), root: Path | None = RootOpt
+) -> None:
     """List tokens (never their values)."""
     store = _store(root)
     tokens = store.list_tokens(user)

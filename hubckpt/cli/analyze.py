@@ -39,7 +39,7 @@ def analyze(
         "--pool",
         help="Token states to one row per example: mean, last, flatten, or tokens (every token a row).",
     ),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Probe examples per forward pass."),
     max_length: int = typer.Option(128, "--max-length", min=1, help="Truncate text probe lines to this many tokens."),
     device: str = typer.Option("cpu", "--device", help="Where to run the models (cpu, cuda, ...)."),
     cache: str = typer.Option(

@@ -32,7 +32,7 @@ def _pick(records, which: str):
 
 def jobs(
     repo: str = typer.Argument(..., help="The repo whose publish jobs to show (namespace/name)."),
-    spool: Path | None = typer.Option(None, "--spool", help="Spool folder [default: ~/.cache/hubckpt/spool/<repo>]."),
+    spool: Path | None = typer.Option(None, "--spool", help="Spool folder (default: ~/.cache/hubckpt/spool/<repo>)."),
     retry: str | None = typer.Option(None, "--retry", help="Retry this job (number or revision) now."),
     drop: str | None = typer.Option(None, "--drop", help="Forget this job and delete its staged files."),
     hub: str | None = HubOpt,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import typer
@@ -14,11 +15,17 @@ TemplateOpt = typer.Option(
     REVISION_TEMPLATE, "--template", help="Revision name template (fields: step, epoch, tokens, tokens_b, tokens_m)."
 )
 MonitorOpt = typer.Option(
-    None, "--monitor", help="Metric deciding the `best` tag [default: the Trainer's best metric]."
+    None, "--monitor", help="Metric deciding the `best` tag (default: the Trainer's best metric)."
 )
 ModeOpt = typer.Option("min", "--mode", help="min or max, for --monitor.")
+KeepLastOpt = typer.Option(
+    None, "--keep-last", help="Retention: keep the last K revisions (best, final and tagged ones always)."
+)
+KeepEveryOpt = typer.Option(None, "--keep-every", help="Retention: keep the revisions whose step is a multiple of N.")
+KeepBestOpt = typer.Option(None, "--keep-best", help="Retention: keep the best M revisions by --monitor.")
+RepoOpt = typer.Option(..., "--repo", help="Target repo, namespace/name (created if missing).")
 SpoolOpt = typer.Option(
-    None, "--spool", help="Spool folder (staged files + journal) [default: ~/.cache/hubckpt/spool/<repo>]."
+    None, "--spool", help="Spool folder (staged files + journal) (default: ~/.cache/hubckpt/spool/<repo>)."
 )
 
 
@@ -88,23 +95,57 @@ def _parse_metrics(value: str | None) -> dict[str, float]:
     return {str(k): v for k, v in data.items()}
 
 
-def _report(futures) -> int:
+def _report(jobs: list[tuple[int | None, Path, Future]]) -> int:
+    """One line per checkpoint (published, unchanged, failed and why, not finished); return how many failed."""
     failures = 0
-    for future in futures:
-        try:
+    for step, path, future in jobs:
+        label = f"step {step}" if step is not None else str(path)
+        if not future.done():
+            failures += 1
+            typer.echo(f"  not finished {label} ({path}): still queued; `hubckpt resume` finishes it", err=True)
+            continue
+        error = future.exception()
+        if error is None:
             result = future.result()
             verb = "unchanged" if result.skipped else "published"  # the run's plan above listed what would go
             note = " (already published)" if result.skipped else ""
             typer.echo(f"  {verb} {result.revision:<20} step {result.step}{note}")
-        except Exception as e:  # noqa: BLE001 - reported below by close()
+        else:
             failures += 1
-            typer.echo(f"  failed: {e}", err=True)
+            reason = " ".join(str(error).split())
+            typer.echo(f"  failed    {label} ({path}): {type(error).__name__}: {reason}", err=True)
+    if failures:
+        typer.echo(
+            f"{failures} of {len(jobs)} checkpoint(s) not published (listed above); the others were. "
+            "Fix or remove those, then run the same command again: what is published is skipped.",
+            err=True,
+        )
     return failures
+
+
+def _refuse_unreadable(src: Path, allow_global: list[str]) -> None:
+    """Raise the reader's own error for a torch pickle it refuses (unsafe globals, corrupt); else return."""
+    from .. import safe_pickle
+    from ..readers.detect import sniff_file
+
+    if src.is_file() and sniff_file(src) in ("torch-zip", "torch-legacy", "legacy-tar"):
+        safe_pickle.load(src, allow_globals=allow_global, mmap=True)
+
+
+def _wait_and_report(pub, jobs: list[tuple[int | None, Path, Future]]) -> int:
+    """Wait for every job, then report each one, failures included (`wait()` raises only the first)."""
+    try:
+        pub.wait()
+    except Exception as e:  # noqa: BLE001 - a job's failure is reported per checkpoint below
+        if not any(f.done() and f.exception() is e for _, _, f in jobs):
+            _report(jobs)
+            raise  # not one of the jobs' failures (the worker died...): the error boundary prints it
+    return _report(jobs)
 
 
 def publish(
     src: Path = typer.Argument(..., help="One checkpoint (file or folder), or a run folder holding many."),
-    repo: str = typer.Option(..., "--repo", help="Target repo, namespace/name (created if missing)."),
+    repo: str = RepoOpt,
     hub: str | None = HubOpt,
     root: Path | None = RootOpt,
     token: str | None = TokenOpt,
@@ -115,11 +156,13 @@ def publish(
     template: str = TemplateOpt,
     monitor: str | None = MonitorOpt,
     mode: str = ModeOpt,
-    keep_last: int | None = typer.Option(None, "--keep-last"),
-    keep_every: int | None = typer.Option(None, "--keep-every"),
-    keep_best: int | None = typer.Option(None, "--keep-best"),
+    keep_last: int | None = KeepLastOpt,
+    keep_every: int | None = KeepEveryOpt,
+    keep_best: int | None = KeepBestOpt,
     spool: Path | None = SpoolOpt,
-    max_shard_size: str = typer.Option(MAX_SHARD_SIZE, "--max-shard-size"),
+    max_shard_size: str = typer.Option(
+        MAX_SHARD_SIZE, "--max-shard-size", help="Shard above this size, e.g. 5GB, 500MB."
+    ),
     allow_global: list[str] = typer.Option([], "--allow-global", help="Trust this pickle global (module.Name)."),
     metrics: str | None = typer.Option(
         None,
@@ -164,29 +207,30 @@ def publish(
             done = _already_published(pub, candidates)
             todo = [(s, p) for s, p in candidates if s not in done]
             typer.echo(f"{src}: {len(candidates)} checkpoints, {len(done)} already published, {len(todo)} to publish")
-            futures = [
-                pub.publish(p, step=s, final=final and (s, p) == candidates[-1], companions=companion) for s, p in todo
+            jobs: list[tuple[int | None, Path, Future]] = [
+                (s, p, pub.publish(p, step=s, final=final and (s, p) == candidates[-1], companions=companion))
+                for s, p in todo
             ]
         else:
             from ..readers import peek_step
 
-            if step is None and peek_step(src)[0] is None:
+            if step is None and peek_step(src, allow_globals=allow_global)[0] is None:
+                _refuse_unreadable(src, allow_global)  # a refused or corrupt pickle says so, not "pass --step"
                 raise typer.BadParameter(
                     f"cannot tell the training step of {src}: it records none and its name carries none; pass --step N",
                     param_hint="--step",
                 )
-            futures = [
-                pub.publish(
-                    src, step=step, revision=revision, final=final, metrics=parsed_metrics, companions=companion
-                )
-            ]
-        pub.wait()
-    if _report(futures):
+            future = pub.publish(
+                src, step=step, revision=revision, final=final, metrics=parsed_metrics, companions=companion
+            )
+            jobs = [(step, src, future)]
+        failures = _wait_and_report(pub, jobs)
+    if failures:
         raise typer.Exit(1)
 
 
 def resume(
-    repo: str = typer.Option(..., "--repo"),
+    repo: str = typer.Option(..., "--repo", help="The repo whose unfinished jobs to finish, namespace/name."),
     hub: str | None = HubOpt,
     root: Path | None = RootOpt,
     token: str | None = TokenOpt,
@@ -228,17 +272,17 @@ def _settled(path: Path, seen: dict[Path, tuple], settle_s: float) -> bool:
 
 def watch(
     run_dir: Path = typer.Argument(..., help="The training run's output folder."),
-    repo: str = typer.Option(..., "--repo"),
+    repo: str = RepoOpt,
     hub: str | None = HubOpt,
     root: Path | None = RootOpt,
     token: str | None = TokenOpt,
-    private: bool = typer.Option(False, "--private"),
+    private: bool = typer.Option(False, "--private", help="Create the repo private."),
     template: str = TemplateOpt,
     monitor: str | None = MonitorOpt,
     mode: str = ModeOpt,
-    keep_last: int | None = typer.Option(None, "--keep-last"),
-    keep_every: int | None = typer.Option(None, "--keep-every"),
-    keep_best: int | None = typer.Option(None, "--keep-best"),
+    keep_last: int | None = KeepLastOpt,
+    keep_every: int | None = KeepEveryOpt,
+    keep_best: int | None = KeepBestOpt,
     spool: Path | None = SpoolOpt,
     interval: float = typer.Option(5.0, "--interval", help="Seconds between scans."),
     settle: float = typer.Option(

@@ -28,7 +28,7 @@ def resolve_pull_revision(
     token: str | None,
 ):
     """The pinned `Revision` a pull-like command means: REPO@REV, or REPO with --step / --tokens."""
-    from ..errors import HubConfigError
+    from ..errors import HubConfigError, RevisionLookupError
     from ..load.loaders import Revision
     from ..load.resolve import RepoRevisions
 
@@ -38,7 +38,12 @@ def resolve_pull_revision(
             f"Say which revision: {repo}@REVISION (a branch, tag, commit, best, latest, final) or --step N"
         )
     revs = RepoRevisions(reader_for(repo, hub, root, token))
-    return Revision(repo, info=revs.resolve(revision, step=step, tokens=tokens, match=match), revisions=revs)
+    try:
+        info = revs.resolve(revision, step=step, tokens=tokens, match=match)
+    except RevisionLookupError as e:  # the library's hint is Python (match='nearest'); say it as options
+        message = str(e).replace("match='nearest' or 'at_or_before'", "--match nearest or --match at_or_before")
+        raise RevisionLookupError(message, repo_id=e.repo_id, wanted=e.wanted, nearest=e.nearest) from None
+    return Revision(repo, info=info, revisions=revs)
 
 
 def pull(
@@ -60,8 +65,11 @@ def pull(
     token: str | None = TokenOpt,
 ) -> None:
     """Copy a revision (weights, config, tokenizer, card, checkpoint.json) into DEST, verified, pinned to its commit."""
+    from ..errors import DestinationExistsError
     from ..load.loaders import pull_revision
 
+    if not force and dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise DestinationExistsError(f"{dest} exists and is not empty: choose another folder, or pass --force")
     rev = resolve_pull_revision(ref, step, tokens, match, hub, root, token)
     if training_state and not trainer_checkpoint:
         from ..errors import TrainingStateMissingError

@@ -12,6 +12,7 @@ import typer
 from ..cards import human_size
 from ..names import page_url
 from ._options import HubOpt, RootOpt, TokenOpt, target
+from .publish import KeepBestOpt, KeepEveryOpt, KeepLastOpt
 
 
 def reader_for(repo: str, hub: str | None, root: Path | None, token: str | None):
@@ -55,7 +56,10 @@ def ls(
     all_: bool = typer.Option(False, "--all", help="Include pruned revisions."),
     refresh: bool = typer.Option(False, "--refresh", help="Also read the refs: branches the index misses, user tags."),
 ) -> None:
-    """List revisions with step, tokens, key metrics, size, date and tags (one request, via the index)."""
+    """List revisions with step, tokens, key metrics, size, date and tags (one request, via the index).
+
+    The size is that of the model files (weights, config, tokenizer), without training_state/.
+    """
     from ..cards import table_metrics
     from ..load.resolve import RepoRevisions
 
@@ -94,7 +98,7 @@ def ls(
             r.name + (" (pruned)" if r.pruned else ""),
             str(r.step if r.step is not None else "-"),
             f"{r.tokens:,}" if r.tokens is not None else "-",
-            *[f"{r.metrics[m]:.4g}" if m in r.metrics else "-" for m in metrics],
+            *[f"{r.metrics[m]:.6g}" if m in r.metrics else "-" for m in metrics],  # enough to see why `best`
             human_size(r.size) if r.size else "-",
             (r.date or "-")[:16].replace("T", " "),
             ",".join(r.tags),
@@ -193,6 +197,12 @@ def show(
         ["path", "size", "sha256"],
         [[p, human_size(int(f.get("size") or 0)), (f.get("sha256") or "-")[:12]] for p, f in sorted(files.items())],
     )
+    state = sum(int(f.get("size") or 0) for p, f in files.items() if p.startswith("training_state/"))
+    typer.echo(
+        f"{human_size(info.size)} of model files (the size `hubckpt ls` shows)"
+        + (f", {human_size(state)} in training_state/" if state else "")
+        + "; the rest is the card and metadata"
+    )
     if not tensors:
         typer.echo("\nNo safetensors weights in this revision.")
         typer.echo(f"page: {page_url(rev.reader.endpoint, repo, info.name)}")
@@ -213,7 +223,7 @@ def tag(
     repo: str = typer.Argument(...),
     revision: str = typer.Argument(..., help="Revision to tag."),
     name: str = typer.Argument(..., help="Tag name."),
-    delete: bool = typer.Option(False, "--delete"),
+    delete: bool = typer.Option(False, "--delete", help="Delete the tag instead."),
     hub: str | None = HubOpt,
     root: Path | None = RootOpt,
     token: str | None = TokenOpt,
@@ -227,9 +237,9 @@ def tag(
 
 def prune(
     repo: str = typer.Argument(...),
-    keep_last: int | None = typer.Option(None, "--keep-last"),
-    keep_every: int | None = typer.Option(None, "--keep-every", help="Keep revisions whose step is a multiple."),
-    keep_best: int | None = typer.Option(None, "--keep-best"),
+    keep_last: int | None = KeepLastOpt,
+    keep_every: int | None = KeepEveryOpt,
+    keep_best: int | None = KeepBestOpt,
     monitor: str | None = typer.Option(None, "--monitor", help="Metric for --keep-best (default: the index's)."),
     mode: str | None = typer.Option(None, "--mode", help="min or max"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be pruned."),
@@ -237,7 +247,7 @@ def prune(
     root: Path | None = RootOpt,
     token: str | None = TokenOpt,
 ) -> None:
-    """Delete the branches of revisions a retention policy no longer keeps (never best or final)."""
+    """Delete the branches of revisions a retention policy no longer keeps (never best, final or user-tagged ones)."""
     from ..publishing.maintenance import prune as do_prune
     from ..publishing.policies import Retention
 
@@ -250,6 +260,9 @@ def prune(
     )
     verb = "Would prune" if dry_run else "Pruned"
     typer.echo(f"{verb} {len(result.pruned)}: {', '.join(result.pruned) or '-'}; keeping {len(result.kept)}")
+    for name in result.kept:
+        why = result.protected.get(name)
+        typer.echo(f"  keeping {name}: {', '.join(why) if why else 'kept by the policy'}")
 
 
 def reindex(

@@ -11,7 +11,7 @@ import typer
 from ..hub.local import forget_server, local_root, record_server, stop_local_hub
 
 RootOpt = typer.Option(
-    None, "--root", help="Data folder of the local hub [default: $HUBCKPT_HUB_ROOT or ~/.cache/hubckpt/hub]."
+    None, "--root", help="Data folder of the local hub (default: $HUBCKPT_HUB_ROOT or ~/.cache/hubckpt/hub)."
 )
 
 

@@ -21,6 +21,16 @@ from .download import INDEX_JSON, Downloader, RevisionFiles, read_capped, requir
 from .lazy import LazyRevision
 from .resolve import RepoRevisions
 
+# Tied output heads transformers' save_pretrained leaves out, and the input embeddings they are tied to.
+OUTPUT_HEADS = ("lm_head", "embed_out")
+INPUT_EMBEDDINGS = (
+    "transformer.wte.weight",  # GPT-2, GPT-J, nanoGPT-style
+    "model.embed_tokens.weight",  # Llama, Mistral, Qwen, Gemma
+    "model.decoder.embed_tokens.weight",  # OPT
+    "gpt_neox.embed_in.weight",  # GPT-NeoX, Pythia
+    "transformer.word_embeddings.weight",  # BLOOM
+)
+
 if TYPE_CHECKING:
     import torch
 
@@ -57,6 +67,7 @@ class Revision:
             or self.revisions.resolve(revision, step=step, tokens=tokens, match=match)
         )
         self._files: RevisionFiles | None = None
+        self._config_tied: dict[str, str] = {}  # output heads save_pretrained left out (see _tie_from_config)
         self.lazy = lazy  # reading ranges only: fetch checkpoint.json with one GET, not into the cache
 
     def _cached_commit(self, revision: str | None) -> RevisionInfo | None:
@@ -93,7 +104,25 @@ class Revision:
     def tied(self) -> dict[str, str]:
         """Tied tensors the converter stored once: alias → the name it is stored under."""
         manifest = self.files.manifest or {}
-        return dict((manifest.get("weights") or {}).get("tied") or {})
+        return {**self._config_tied, **dict((manifest.get("weights") or {}).get("tied") or {})}
+
+    def _tie_from_config(self, missing: list[str], weight_map: dict[str, str]) -> None:
+        """Serve an output head that `save_pretrained` left out as the input embedding it is tied to.
+
+        transformers drops `lm_head.weight` of a model whose config ties word embeddings (GPT-2's
+        default), so a revision published from such a folder stores only `transformer.wte.weight`.
+        """
+        heads = [k for k in missing if k.rpartition(".")[0].rpartition(".")[2] in OUTPUT_HEADS]
+        if not heads or "config.json" not in self.files.files:
+            return
+        import json
+
+        config = json.loads(self.download(["config.json"])["config.json"].read_text())
+        if not isinstance(config, dict) or config.get("tie_word_embeddings", True) is False:
+            return
+        embedding = next((name for name in INPUT_EMBEDDINGS if name in weight_map), None)
+        if embedding is not None:
+            self._config_tied.update(dict.fromkeys(heads, embedding))
 
     def plan(self, keys: Iterable[str] | None, prefix: str | None) -> tuple[dict[str, list[str] | None], list[str]]:
         """(weight file → stored names to read from it, None meaning all; the names asked for, aliases included).
@@ -114,6 +143,10 @@ class Revision:
             if prefix is not None:
                 wanted = [k for k in wanted if k.startswith(prefix)]
         missing = [k for k in wanted if tied.get(k, k) not in weight_map]
+        if missing:
+            self._tie_from_config(missing, weight_map)
+            tied = self.tied
+            missing = [k for k in wanted if tied.get(k, k) not in weight_map]
         if missing:
             raise KeyError(
                 f"{self.repo_id}@{self.info.name} has no tensor(s) {', '.join(missing[:5])}"
@@ -194,7 +227,8 @@ def load_state_dict(
         match: for `step`: `exact`, `nearest` or `at_or_before`.
         hub: `local` (default), `hf`, a URL or a `Hub`; None reads `HUBCKPT_HUB` / `HF_ENDPOINT`.
         token: token for that hub; None picks the hub's own (never the huggingface.co token elsewhere).
-        keys: only these tensors (tied aliases included).
+        keys: only these tensors (tied aliases included; an output head `save_pretrained` left out of a
+            model with tied word embeddings, e.g. GPT-2's `lm_head.weight`, is its input embedding).
         prefix: only the tensors whose name starts with this.
         dtype: convert floating-point tensors to this dtype.
         device: where to put the tensors.
@@ -397,7 +431,9 @@ def pull_revision(
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         if not overwrite:
-            raise DestinationExistsError(f"{dest} exists and is not empty; choose another folder or overwrite")
+            raise DestinationExistsError(
+                f"{dest} exists and is not empty; choose another folder, or pass overwrite=True"
+            )
     require_weights(rev.files, rev.repo_id)
     paths = pull_files(rev, training_state=training_state)
     local = rev.download(paths)

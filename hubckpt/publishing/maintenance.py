@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..cards import CardOptions, is_hubckpt_card
 from ..errors import HubConfigError
@@ -12,8 +12,8 @@ from ..formats.manifest import manifest_digest, manifest_metrics
 from ..hub.writer import HubTarget, is_staging_branch
 from ..revisions import RESERVED
 from .layout import main_files
-from .policies import Retention
-from .stages import retire
+from .policies import Retention, protected
+from .stages import hub_user_tags, read_view, retire
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +31,11 @@ def _has_config(target: HubTarget, index: RevisionIndex) -> bool:
 
 @dataclass
 class PruneResult:
+    """What `prune` deleted (or would), what it keeps, and why the protected ones are kept whatever the policy."""
+
     pruned: list[str]
     kept: list[str]
+    protected: dict[str, list[str]] = field(default_factory=dict)  # name -> ["best", "tag paper-v1", ...]
 
 
 def prune(
@@ -44,16 +47,24 @@ def prune(
     dry_run: bool = False,
     card: CardOptions | None = None,
 ) -> PruneResult:
-    """Apply a retention policy to a published repo: delete the branches it no longer keeps (never best/final)."""
+    """Apply a retention policy to a published repo: delete the branches it no longer keeps.
+
+    Never `best`, `final` or a revision with a user tag (`hubckpt tag`, or a tag another client made).
+    """
     if not retention.active:
         raise HubConfigError("Nothing to prune by: pass --keep-last, --keep-every and/or --keep-best.")
     index = list_revisions(target)
     if monitor:
         index.monitor, index.mode = monitor, mode or index.mode
+    hub_tags = hub_user_tags(read_view(target))
+    index.tags = {**hub_tags, **index.tags}  # planning only: this copy of the index is not written back
+    why = protected(index)
+    live = {r.name for r in index.live()}
+    why = {name: reasons for name, reasons in why.items() if name in live}
     plan = retention.to_prune(index)
     kept = [r.name for r in index.live() if r.name not in plan]
     if dry_run or not plan:
-        return PruneResult(plan, kept)
+        return PruneResult(plan, kept, why)
     has_config = _has_config(target, index)
 
     def still_to_prune(current: RevisionIndex) -> set[str]:
@@ -63,7 +74,7 @@ def prune(
         return set(retention.to_prune(current))
 
     deleted = retire(target, plan, card or CardOptions(), has_config=has_config, confirm=still_to_prune)
-    return PruneResult(deleted, [r.name for r in index.live() if r.name not in deleted])
+    return PruneResult(deleted, [r.name for r in index.live() if r.name not in deleted], why)
 
 
 def reindex(target: HubTarget, *, card: CardOptions | None = None) -> RevisionIndex:

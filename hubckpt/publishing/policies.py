@@ -1,4 +1,4 @@
-"""Retention: which published revisions to keep. `best` and `final` are always kept."""
+"""Retention: which published revisions to keep. `best`, `final` and revisions with a user tag are always kept."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class Retention:
         live = index.live()
         if not self.active:
             return {r.name for r in live}
-        keep = {n for n in (index.best, index.final) if n}
+        keep = set(protected(index))
         if self.keep_last:
             keep |= {r.name for r in live[-self.keep_last :]}
         if self.keep_every:
@@ -51,4 +51,22 @@ class Retention:
         return [r.name for r in index.live() if r.name not in keep]
 
 
-__all__ = ["Retention", "better"]
+def protected(index: RevisionIndex, hub_tags: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """Revisions no policy prunes, with why: `best`, `final`, and each user tag on it.
+
+    `hub_tags` (tag -> revision name) adds the tags the hub holds but the index does not list (made
+    with another client than `hubckpt tag`).
+    """
+    why: dict[str, list[str]] = {}
+    user_tags = {**(hub_tags or {}), **index.tags}
+    for reason, name in (
+        ("best", index.best),
+        ("final", index.final),
+        *((f"tag {tag}", name) for tag, name in sorted(user_tags.items())),
+    ):
+        if name and reason not in why.get(name, []):
+            why.setdefault(name, []).append(reason)
+    return why
+
+
+__all__ = ["Retention", "better", "protected"]

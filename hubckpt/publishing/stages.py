@@ -29,10 +29,12 @@ from ..faults import fault
 from ..formats.index import RevisionIndex, RevisionInfo, best_revision
 from ..formats.manifest import MANIFEST_FILE, manifest_digest, manifest_metrics, read_manifest
 from ..hub.writer import HubTarget
+from ..revisions import RESERVED
 from .jobs import JobStore
 from .journal import JobRecord
 from .layout import CARD_FILE, final_files_to_replace, main_files
 from .options import PublishOptions
+from .policies import protected
 from .staging import Captured
 
 logger = logging.getLogger(__name__)
@@ -317,8 +319,7 @@ def retire(
     """
     view = read_view(target)
     wanted = [n for n in names if n in view.branches and (confirm is None or n in confirm(view.index))]
-    protected = {view.index.best, view.index.final}
-    wanted = [n for n in wanted if n not in protected]
+    wanted = [n for n in wanted if n not in protected(view.index, hub_user_tags(view))]
     for name in wanted:
         logger.info("retention: deleting branch %s of %s", name, target.repo_id)
         target.delete_branch(name)
@@ -349,6 +350,12 @@ def retire(
 
         target.update_main(mutate)
     return wanted
+
+
+def hub_user_tags(view: HubView) -> dict[str, str]:
+    """User tags on the hub (whatever client made them) that point at a revision's branch head: tag -> name."""
+    heads = {commit: name for name, commit in view.branches.items() if name != "main"}
+    return {tag: heads[c] for tag, c in view.tags.items() if tag not in RESERVED and c in heads}
 
 
 def retain(run: Run, target: HubTarget, current: RevisionIndex, *, has_config: bool) -> RevisionIndex:
@@ -394,6 +401,7 @@ __all__ = [
     "commit",
     "index",
     "retire",
+    "hub_user_tags",
     "retain",
     "reconcile_tags",
 ]

@@ -13,6 +13,7 @@ from typing import TypeGuard
 
 from markupsafe import Markup, escape
 
+from ...cards import is_hubckpt_card
 from ...errors import HubConfigError, HubHTTPError
 from ...formats.index import INDEX_FILE, RevisionIndex, RevisionInfo
 from ...names import is_staging_branch
@@ -56,17 +57,37 @@ def load_index(ctx: HubContext, files: dict[str, FileEntry]) -> RevisionIndex | 
         return None
 
 
-_CARDS: OrderedDict[tuple[str, str, str], tuple[dict, str]] = OrderedDict()
+_CARDS: OrderedDict[tuple[str, str, str, bool], tuple[dict, str]] = OrderedDict()
 _CARDS_LOCK = threading.Lock()
 _CARDS_KEPT = 64
 
 
-def card_of(ctx: HubContext, repo: Repo, files: dict[str, FileEntry], revision: str) -> tuple[dict, str] | None:
-    """(front matter, safe HTML) of the commit's README.md; remembered per stored object, which never changes."""
+def without_index_sections(text: str) -> str:
+    """A repo card hubckpt wrote, less what the model page draws itself: the metrics chart and the
+    Revisions table (shown twice otherwise, once by the page and once in the card). Other cards as they are."""
+    if not is_hubckpt_card(text):
+        return text
+    out, skipping = [], False
+    for line in text.splitlines(keepends=True):
+        if line.startswith("## "):
+            skipping = line.strip() == "## Revisions"
+        if skipping or line.startswith("![metrics over training]("):
+            continue
+        out.append(line)
+    return "".join(out)
+
+
+def card_of(
+    ctx: HubContext, repo: Repo, files: dict[str, FileEntry], revision: str, *, page_draws_index: bool = False
+) -> tuple[dict, str] | None:
+    """(front matter, safe HTML) of the commit's README.md; remembered per stored object, which never changes.
+
+    `page_draws_index`: the page shows the revisions and their charts itself (see `without_index_sections`).
+    """
     entry = files.get(CARD_FILE)
     if entry is None:
         return None
-    key = (entry.sha256, repo.repo_id, revision)
+    key = (entry.sha256, repo.repo_id, revision, page_draws_index)
     with _CARDS_LOCK:
         if key in _CARDS:
             _CARDS.move_to_end(key)
@@ -74,7 +95,10 @@ def card_of(ctx: HubContext, repo: Repo, files: dict[str, FileEntry], revision: 
     raw = read_bytes(ctx, entry, MAX_CARD_BYTES)
     if raw is None:
         return None
-    card = render_card(raw.decode("utf-8", "replace"), repo_id=repo.repo_id, revision=revision)
+    text = raw.decode("utf-8", "replace")
+    card = render_card(
+        without_index_sections(text) if page_draws_index else text, repo_id=repo.repo_id, revision=revision
+    )
     with _CARDS_LOCK:
         _CARDS[key] = card
         while len(_CARDS) > _CARDS_KEPT:
@@ -135,7 +159,7 @@ def model(ctx: HubContext, repo: Repo) -> dict:
     main_sha = refs.branches.get("main")
     files = ctx.store.files(repo, main_sha) if main_sha else {}
     index = load_index(ctx, files)
-    card = card_of(ctx, repo, files, "main")
+    card = card_of(ctx, repo, files, "main", page_draws_index=index is not None)
     out: dict = {
         "repo": repo,
         "refs": refs,
@@ -368,10 +392,12 @@ def compare(ctx: HubContext, repo: Repo, a: str, b: str) -> dict:
     files_a, files_b = ctx.store.files(repo, sha_a), ctx.store.files(repo, sha_b)
     tensors_a, problems_a = _tensors_of(ctx, files_a)
     tensors_b, problems_b = _tensors_of(ctx, files_b)
-    # The weights first, and the bars scaled by them: the optimizer's step counters (relative change of
-    # several x) otherwise filled the top of the page and flattened every weight's bar.
-    changes = sorted(tensor_mod.compare(tensors_a, tensors_b), key=lambda c: c.name.startswith("training_state/"))
-    weights = [c for c in changes if not c.name.startswith("training_state/")] or changes
+    # Weights and training state (optimizer moments, step counters...) in separate tables, each with its
+    # own counts and bar scale: mixed, "112 changed" counted 84 optimizer tensors with 28 weights, and the
+    # step counters' relative change (several x) flattened every weight's bar.
+    changes = tensor_mod.compare(tensors_a, tensors_b)
+    weights = [c for c in changes if not c.name.startswith("training_state/")]
+    state = [c for c in changes if c.name.startswith("training_state/")]
     file_changes = []
     for path in sorted(set(files_a) | set(files_b)):
         fa, fb = files_a.get(path), files_b.get(path)
@@ -379,14 +405,8 @@ def compare(ctx: HubContext, repo: Repo, a: str, b: str) -> dict:
             continue
         status = "added" if fa is None else "removed" if fb is None else "modified"
         file_changes.append({"path": path, "status": status, "a": fa, "b": fb})
-    counts: dict[str, int] = {}
-    for c in changes:
-        counts[c.status] = counts.get(c.status, 0) + 1
     refs = RefMap.of(ctx, repo)
     choices = sorted(refs.branches) + sorted(refs.tags)
-    largest = max(
-        (c.rel_change for c in weights if c.rel_change is not None and math.isfinite(c.rel_change)), default=0.0
-    )
     return {
         "repo": repo,
         "a": a,
@@ -394,9 +414,19 @@ def compare(ctx: HubContext, repo: Repo, a: str, b: str) -> dict:
         "sha_a": sha_a,
         "sha_b": sha_b,
         "changes": changes,
-        "counts": counts,
+        "groups": [_change_group(weights, "weights"), _change_group(state, "training_state")],
         "files": file_changes,
         "problems": problems_a + problems_b,
         "choices": choices,
-        "largest": largest or 1.0,
     }
+
+
+def _change_group(changes: list, kind: str) -> dict:
+    """One table of the compare page: its rows, counts by status, and the largest change (the bars' scale)."""
+    counts: dict[str, int] = {}
+    for c in changes:
+        counts[c.status] = counts.get(c.status, 0) + 1
+    largest = max(
+        (c.rel_change for c in changes if c.rel_change is not None and math.isfinite(c.rel_change)), default=0.0
+    )
+    return {"kind": kind, "changes": changes, "counts": counts, "largest": largest or 1.0}

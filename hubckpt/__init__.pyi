@@ -38,6 +38,7 @@ from .errors import (
     MissingExtraError as MissingExtraError,
     NoSafetensorsError as NoSafetensorsError,
     PublishError as PublishError,
+    PublishFailedError as PublishFailedError,
     RestoreError as RestoreError,
     RevisionCollisionError as RevisionCollisionError,
     RevisionLookupError as RevisionLookupError,

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..conversion.training_state import capture_rng
-from ..errors import HubConfigError
+from ..errors import HubConfigError, PublishFailedError
 from ..priority import IDLE, check_priority, idle_class_supported, in_background_priority, lower_priority
 from .staging import Captured, StagingPool, StagingSet, capture, spec_of, synchronize
 
@@ -235,13 +235,17 @@ class Checkpointer:
         if optimizer is not None and optimizer.state:  # created mid-run: the optimizer has its state already
             self._after_step(optimizer, (), {})
         self._published = self._published_steps()
+        self._template = options.revision_template
         self._error: BaseException | None = None
+        self._failures: dict[int, BaseException] = {}  # step → why its save was not published, not reported yet
+        self._outstanding: list[Future] = []  # saves handed over, not settled yet (for the exit message)
+        self._failures_lock = threading.Lock()
         self._handoff: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="hubckpt-checkpointer", daemon=True)
         self._thread.start()
         self._closed = False
-        if background == "process":  # a script ending without close(): its captures still reach the child
-            atexit.register(self._hand_over_at_exit)
+        # A script ending without close(): its captures still reach the child, and what is unpublished is said.
+        atexit.register(self._at_exit)
         self.stalls: list[float] = []  # seconds each save blocked the training loop
 
     # -- ahead of need ----------------------------------------------------------------------------
@@ -299,6 +303,8 @@ class Checkpointer:
             self._pool.release(staging_set)
             raise
         future = Future()
+        with self._failures_lock:
+            self._outstanding = [f for f in self._outstanding if not f.done()] + [future]
         self._published[step] = f"step {step}"  # its real name is the publisher's to render
         self._handoff.put(
             (
@@ -355,6 +361,8 @@ class Checkpointer:
                 captured.release()
                 logger.error("could not queue step %s of %s for publishing: %s", options.get("step"), self.repo_id, e)
                 self._published.pop(options.get("step"), None)
+                with self._failures_lock:
+                    self._failures[options["step"]] = e
                 if self._error is None:
                     self._error = e
                 future.set_exception(e)
@@ -364,36 +372,91 @@ class Checkpointer:
     def _settled(self, step: int, published: Future) -> None:
         """A publish finished: remember the revision's real name, or forget the step if it failed, so that
         saving it again publishes it instead of answering `skipped` for a revision that does not exist."""
-        if published.exception() is not None:
+        error = None if published.cancelled() else published.exception()
+        with self._failures_lock:
+            if error is not None:
+                self._failures[step] = error
+            else:
+                self._failures.pop(step, None)
+        if error is not None or published.cancelled():
             self._published.pop(step, None)
         elif published.result().revision:
             self._published[step] = published.result().revision
 
-    def _hand_over_at_exit(self) -> None:
-        if not self._closed:
-            deadline = time.monotonic() + 60
-            while self._handoff.unfinished_tasks and time.monotonic() < deadline:
-                time.sleep(0.05)
+    def _at_exit(self) -> None:
+        """The interpreter exits and close() was never called: hand the captures over, say what is not published."""
+        if self._closed:
+            return
+        deadline = time.monotonic() + 60
+        while self._handoff.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._failures_lock:
+            pending = sum(not f.done() for f in self._outstanding)
+            failed = dict(self._failures)
+        if pending:
+            logger.warning(
+                "exiting with %d save(s) of %s not published yet (Checkpointer.close() was not called): %s; "
+                "`hubckpt jobs %s` lists them",
+                pending,
+                self.repo_id,
+                "the publishing process finishes them after this process ends"
+                if self.background == "process"
+                else "they stay in the spool and resume at the next start",
+                self.repo_id,
+            )
+        if failed:
+            error = PublishFailedError([self._describe(s, e) for s, e in failed.items()], self.repo_id)
+            logger.error("exiting: %s", error)
+
+    def _describe(self, step: int, error: BaseException) -> dict[str, Any]:
+        from ..revisions import render_revision_name
+
+        try:
+            name: str | None = render_revision_name(self._template, step=step)
+        except Exception:  # noqa: BLE001 - a template needing tokens: the step says which
+            name = None
+        return {"revision": name, "step": step, "error": type(error).__name__, "message": str(error)}
+
+    def _report(self, finish: Any) -> None:
+        """Run the publisher's wait/close; raise one `PublishFailedError` naming every save that failed
+        since the last report (what the publisher reported, and what failed on the way to it)."""
+        error: PublishFailedError | None = None
+        try:
+            finish()
+        except PublishFailedError as e:
+            error = e
+        with self._failures_lock:
+            mine, self._failures = self._failures, {}
+        self._error = None
+        reported = list(error.failures) if error is not None else []
+        named = {f.get("step") for f in reported}
+        extra = [self._describe(step, e) for step, e in sorted(mine.items()) if step not in named]
+        if error is not None and not extra:
+            raise error
+        if extra:
+            first = error or next(e for step, e in sorted(mine.items()) if step not in named)
+            raise PublishFailedError(reported + extra, self.repo_id) from first
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until everything saved so far is published; re-raise the first failure.
+        """Block until everything saved so far is published.
 
-        With `timeout`, `PublishError` after that many seconds (the jobs go on)."""
+        Raises `PublishFailedError` naming every save that failed since the last `wait()` / `close()` (in
+        either background mode, whether or not its Future was looked at); with `timeout`, `PublishError`
+        after that many seconds (the jobs go on)."""
         self._handoff.join()
-        self._raise_if_failed()
-        self.publisher.wait(timeout)
+        self._report(lambda: self.publisher.wait(timeout))
 
     def close(self, timeout: float | None = None) -> None:
-        """Publish everything saved, stop the background threads, re-raise a failure.
+        """Publish everything saved, stop the background work; `PublishFailedError` if a save was not published.
 
         With `timeout`, stop waiting after that many seconds: what is unfinished stays in the journal
         for the next start (`PublishError` says so)."""
         if self._closed:
             return
         self._closed = True
-        atexit.unregister(self._hand_over_at_exit)
+        atexit.unregister(self._at_exit)
         try:
             self._handoff.join()
         finally:
@@ -401,8 +464,7 @@ class Checkpointer:
             self._thread.join(timeout=60)
             if self._hook is not None:
                 self._hook.remove()
-        self._raise_if_failed()
-        self.publisher.close(timeout)
+        self._report(lambda: self.publisher.close(timeout))
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -413,6 +475,7 @@ class Checkpointer:
             return
         # The loop failed: what was captured still reaches the publisher's journal; don't mask the error.
         self._closed = True
+        atexit.unregister(self._at_exit)
         self._handoff.join()
         self._handoff.put(None)
         if self._hook is not None:
@@ -422,6 +485,8 @@ class Checkpointer:
     def _raise_if_failed(self) -> None:
         if self._error is not None:
             error, self._error = self._error, None
+            with self._failures_lock:  # raised here: not again by wait() / close()
+                self._failures = {k: v for k, v in self._failures.items() if v is not error}
             raise error
 
     # -- resuming ---------------------------------------------------------------------------------

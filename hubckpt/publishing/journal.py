@@ -146,9 +146,21 @@ def apply(jobs: dict[str, JobRecord], record: dict) -> None:
     elif event == "dropped":
         job.dropped = True
     elif event == "final":
-        job.captured["final"] = True
+        reopen_final(job)
     elif event == "unstaged":  # the spool lost the converted files: convert again from the source
         job.manifest_sha256 = None
+
+
+def reopen_final(job: JobRecord) -> None:
+    """A `final` mark: the job's hubs must (again) run its index stage, which makes it the final revision.
+
+    What was published stays indexed (`hubckpt jobs` still shows it on the hub); the job is unfinished
+    until every hub has marked it final."""
+    if job.captured.get("final"):
+        return
+    job.captured["final"] = True
+    job.indexed |= job.published
+    job.published.clear()
 
 
 # What a finished job still needs: its name and step (listings, cards' "previous" link), whether its files

@@ -239,6 +239,7 @@ class Checkpointer:
         self._error: BaseException | None = None
         self._failures: dict[int, BaseException] = {}  # step → why its save was not published, not reported yet
         self._outstanding: list[Future] = []  # saves handed over, not settled yet (for the exit message)
+        self._saves: dict[int, Future] = {}  # step → the Future of its latest save
         self._failures_lock = threading.Lock()
         self._handoff: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="hubckpt-checkpointer", daemon=True)
@@ -288,9 +289,9 @@ class Checkpointer:
             from .pipeline import PublishedRevision
 
             logger.info("step %d of %s is already published; not saved again", step, self.repo_id)
-            future: Future = Future()
-            future.set_result(PublishedRevision(self.repo_id, self._published[step], step, skipped=True))
-            return future
+            done: Future = Future()
+            done.set_result(PublishedRevision(self.repo_id, self._published[step], step, skipped=True))
+            return done
         try:
             json.dumps(extra)
         except (TypeError, ValueError) as e:
@@ -302,9 +303,12 @@ class Checkpointer:
         except BaseException:
             self._pool.release(staging_set)
             raise
-        future = Future()
+        from .worker import JobFuture
+
+        future = JobFuture()  # remembers whether its failure was raised to the caller by result()
         with self._failures_lock:
             self._outstanding = [f for f in self._outstanding if not f.done()] + [future]
+            self._saves[step] = future
         self._published[step] = f"step {step}"  # its real name is the publisher's to render
         self._handoff.put(
             (
@@ -427,12 +431,19 @@ class Checkpointer:
             error = e
         with self._failures_lock:
             mine, self._failures = self._failures, {}
+            seen = {step for step, f in self._saves.items() if getattr(f, "observed", False)}
         self._error = None
-        reported = list(error.failures) if error is not None else []
+        # A failure the caller saw raised by its save's Future (`result()`) is not raised again.
+        reported = [f for f in (error.failures if error is not None else []) if f.get("step") not in seen]
+        mine = {step: e for step, e in mine.items() if step not in seen}
+        if error is not None and not reported:
+            error = None
         named = {f.get("step") for f in reported}
         extra = [self._describe(step, e) for step, e in sorted(mine.items()) if step not in named]
         if error is not None and not extra:
-            raise error
+            if len(reported) == len(error.failures):
+                raise error
+            raise PublishFailedError(reported, self.repo_id) from error.__cause__
         if extra:
             first = error or next(e for step, e in sorted(mine.items()) if step not in named)
             raise PublishFailedError(reported + extra, self.repo_id) from first

@@ -372,11 +372,13 @@ class Publisher:
     def raise_if_failed(self) -> None:
         """Raise `PublishFailedError` naming every job that failed since the last report, with its cause.
 
-        Whether or not the caller looked at the jobs' Futures: nothing that failed in the background ends
-        silently. A job that failed and was published afterwards (published again, retried) is not listed.
+        Only a failure the caller has seen raised by its Future's `result()` is left out: nothing that failed
+        in the background ends silently. A job that failed and was published afterwards (published again,
+        retried) is not listed.
         """
         with self._reporting:
             failed, self._unreported = self._unreported, {}
+        failed = {j: e for j, e in failed.items() if not getattr(self._worker.last_future(j), "observed", False)}
         if failed:
             raise PublishFailedError([self._describe(j, e) for j, e in failed.items()], self.repo_id) from next(
                 iter(failed.values())

@@ -199,3 +199,21 @@ def test_a_read_only_token_raises_from_close(read_only, tmp_path, background):
     assert failure["step"] == 1
     assert "403" in failure["message"] or "read" in failure["message"].lower(), failure  # the token's role
     assert "step-0000001" in str(raised.value) and "hubckpt jobs alice/ro" in str(raised.value)
+
+
+@pytest.mark.parametrize("background", ["thread", "process"])
+def test_the_staging_buffers_are_ready_when_the_checkpointer_is(local_hub, tmp_path, background):
+    """A save right after construction (a step-0 checkpoint) must not wait for the buffers to fault in."""
+    import hubckpt
+    from torch import nn
+
+    model = nn.Linear(2048, 4096)  # 32 MiB: tens of milliseconds of page faults
+    ckpt = hubckpt.Checkpointer(
+        "alice/first-save", model=model, hub=local_hub.url, spool_dir=tmp_path / "spool", background=background
+    )
+    try:
+        assert ckpt._pool._todo.unfinished_tasks == 0  # allocated and touched before the constructor returned
+        (staging_set,) = ckpt._pool._sets
+        assert {"model/weight", "model/bias"} <= set(staging_set.buffers)
+    finally:
+        ckpt.close()

@@ -14,8 +14,9 @@ the `Publisher`, which converts, uploads and indexes it; the buffers come back o
 spool. By default (Linux) the Publisher runs in a child process (`process/`) that reads
 the buffers from shared memory, so its work never holds this process's GIL. The buffers are
 allocated and touched ahead of need on a background thread: the weights'
-right at construction, the optimizer's right after its first `step()` (a step hook), so the first
-save costs what the later ones do.
+right at construction, overlapping the start of the publishing process (the constructor returns
+once they are ready), the optimizer's right after its first `step()` (a step hook), so the first
+save — even one right after construction — costs what the later ones do.
 
 A transformers `PreTrainedModel`'s `config.json` (and `generation_config.json`) is written once at
 construction and published with every revision, so `load_model` and `hubckpt analyze` can build it;
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..conversion.training_state import capture_rng
 from ..errors import HubConfigError, PublishFailedError
 from ..priority import IDLE, check_priority, idle_class_supported, in_background_priority, lower_priority
-from .staging import Captured, StagingPool, StagingSet, capture, spec_of, synchronize
+from .staging import Captured, StagingPool, StagingSet, capture, empty_buffers, spec_of, synchronize
 
 if TYPE_CHECKING:
     import torch
@@ -166,7 +167,7 @@ class Checkpointer:
         from .options import PublishOptions
         from .process.parent import PublisherProcess
         from .publisher import Publisher
-        from .shared_memory import shared_memory_supported
+        from .shared_memory import SharedAllocator, shared_memory_supported
 
         if every is not None and every < 1:
             raise HubConfigError(f"every must be a positive number of steps, got {every}")
@@ -208,12 +209,33 @@ class Checkpointer:
         given = {"hub": hub, "monitor": monitor, "mode": mode}  # None: as `options` (or its default) says
         options = publisher_options.pop("options", None) or PublishOptions()
         options = options.replace(**{k: v for k, v in given.items() if v is not None}, **publisher_options)
+        # With a publishing process this process's own threads only copy and queue: nothing to lower.
+        self._thread_nice = thread_nice = 0 if background == "process" else nice
+        # The staging buffers are allocated and touched (page faults) on a background thread while the
+        # publisher starts (a child process: importing torch takes a second or more), and the constructor
+        # waits for the weights' before it returns: the first save, even one right after construction
+        # (a step-0 checkpoint), costs one copy like the later ones.
+        allocator = SharedAllocator() if background == "process" else None
+        self._pool = StagingPool(
+            staging_sets,
+            on_start=lambda: lower_priority(thread_nice),
+            allocate=allocator if allocator is not None else empty_buffers,
+        )
+        self._pool.prefault(spec_of(model.state_dict(), "model"))
         self.publisher: CapturePublisher
-        if background == "process":
-            self.publisher = PublisherProcess(repo_id, options, nice=nice, mb_per_s=publish_mb_per_s)
-        else:
-            # Created on a lowered-priority thread: the publisher's worker (and the threads it starts) inherit it.
-            self.publisher = in_background_priority(lambda: Publisher(repo_id, options=options), nice)
+        try:
+            if background == "process":
+                self.publisher = PublisherProcess(
+                    repo_id, options, nice=nice, mb_per_s=publish_mb_per_s, allocator=allocator
+                )
+            else:
+                # Created on a lowered-priority thread: the publisher's worker (and the threads it starts) inherit it.
+                self.publisher = in_background_priority(lambda: Publisher(repo_id, options=options), nice)
+        except BaseException:
+            self._pool.wait_prefault()
+            if allocator is not None:
+                allocator.close()
+            raise
         self.companions = [
             *model_files(model, self.publisher.spool / "model-files"),
             *(Path(c).resolve() for c in companions),
@@ -224,17 +246,12 @@ class Checkpointer:
             raise HubConfigError(f"companions= names files that do not exist: {', '.join(missing)}")
         first = self.publisher.targets[0]  # reads (what is published, restore) go to the first hub
         self._hub, self._token = first.hub, first.token
-        # With a publishing process this process's own threads only copy and queue: nothing to lower.
-        self._thread_nice = thread_nice = 0 if background == "process" else nice
-        self._pool = StagingPool(
-            staging_sets, on_start=lambda: lower_priority(thread_nice), allocate=self.publisher.allocate
-        )
-        self._pool.prefault(spec_of(model.state_dict(), "model"))
         self._optimizer_prefaulted = False
         self._hook = optimizer.register_step_post_hook(self._after_step) if optimizer is not None else None
         if optimizer is not None and optimizer.state:  # created mid-run: the optimizer has its state already
             self._after_step(optimizer, (), {})
         self._published = self._published_steps()
+        self._pool.wait_prefault()  # (started before the publisher: mostly done by now; see above)
         self._template = options.revision_template
         self._error: BaseException | None = None
         self._failures: dict[int, BaseException] = {}  # step → why its save was not published, not reported yet

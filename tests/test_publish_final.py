@@ -204,8 +204,9 @@ def test_a_read_only_token_raises_from_close(read_only, tmp_path, background):
 @pytest.mark.parametrize("background", ["thread", "process"])
 def test_the_staging_buffers_are_ready_when_the_checkpointer_is(local_hub, tmp_path, background):
     """A save right after construction (a step-0 checkpoint) must not wait for the buffers to fault in."""
-    import hubckpt
     from torch import nn
+
+    import hubckpt
 
     model = nn.Linear(2048, 4096)  # 32 MiB: tens of milliseconds of page faults
     ckpt = hubckpt.Checkpointer(

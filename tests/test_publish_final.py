@@ -218,3 +218,23 @@ def test_the_staging_buffers_are_ready_when_the_checkpointer_is(local_hub, tmp_p
         assert {"model/weight", "model/bias"} <= set(staging_set.buffers)
     finally:
         ckpt.close()
+
+
+def test_a_script_exiting_without_close_says_what_failed(local_hub, tmp_path):
+    """No close(): the failure found in the background is logged at exit (not silently lost)."""
+    import subprocess
+    import sys
+
+    repo_id = "alice/exit-unclosed"
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "a") as pub:
+        pub.publish(state_dict={"w": torch.ones(2)}, step=1)
+    script = f"""
+import torch
+from concurrent import futures
+from hubckpt.publishing import Publisher
+pub = Publisher({repo_id!r}, hub={local_hub.url!r}, spool_dir={str(tmp_path / "b")!r})
+futures.wait([pub.publish(state_dict={{"w": torch.zeros(2)}}, step=1)])  # fails: another content
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "exiting: 1 checkpoint(s) not published: step-0000001" in done.stderr, done.stderr
+    assert "RevisionCollisionError" in done.stderr

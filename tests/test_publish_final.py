@@ -238,3 +238,18 @@ futures.wait([pub.publish(state_dict={{"w": torch.zeros(2)}}, step=1)])  # fails
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert "exiting: 1 checkpoint(s) not published: step-0000001" in done.stderr, done.stderr
     assert "RevisionCollisionError" in done.stderr
+
+
+def test_jobs_does_not_list_a_published_revision_as_failed(tmp_path):
+    """A job whose revision is on the hub (committed, indexed) and whose later step failed is not FAILED."""
+    spool = tmp_path / "spool"
+    store = JobStore(spool)
+    job = "000000000060-step-0000060"
+    store.capture(job, {"revision": "step-0000060", "step": 60, "targets": ["t"]})
+    store.committed(job, "t", "abc")
+    store.indexed(job, "t")
+    store.failed(job, "HfHubHTTPError: 500 moving tag final", retryable=False)
+    store.release()
+    listing = run_cli("jobs", "alice/listed", "--spool", str(spool))
+    line = next(row for row in listing.stdout.splitlines() if "step-0000060" in row)
+    assert "FAILED" not in line and "published; then failed" in line and "500 moving tag" in line, line

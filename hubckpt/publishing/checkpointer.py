@@ -45,6 +45,7 @@ from ..conversion.training_state import capture_rng
 from ..errors import HubConfigError, PublishFailedError
 from ..priority import IDLE, check_priority, idle_class_supported, in_background_priority, lower_priority
 from .staging import Captured, StagingPool, StagingSet, capture, empty_buffers, spec_of, synchronize
+from .worker import JobFuture
 
 if TYPE_CHECKING:
     import torch
@@ -320,8 +321,6 @@ class Checkpointer:
         except BaseException:
             self._pool.release(staging_set)
             raise
-        from .worker import JobFuture
-
         future = JobFuture()  # remembers whether its failure was raised to the caller by result()
         with self._failures_lock:
             self._outstanding = [f for f in self._outstanding if not f.done()] + [future]

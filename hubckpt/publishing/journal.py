@@ -16,6 +16,8 @@ where it stopped without publishing a revision twice or losing one. One record p
     {"event": "snapshot", "job": "...", "state": {...}}      a compacted job: its whole folded state
 
 Progress is per target (one repo on one hub): a job is finished for a hub only once that hub has it.
+A `final` record (a final save of a step captured before) reopens a job that was not final: the
+hubs it was published to must mark it final too (`reopen_final`), so it is unfinished until they do.
 
 Damage a killed process can leave: a torn last line (no newline). Replay drops it and truncates the
 file back to the last complete record, so the next record is appended on a line of its own instead of

@@ -1,4 +1,6 @@
-"""HubckptCallback under a 2-process Trainer (torchrun, DDP, gloo, CPU): each checkpoint published once, whole.
+"""HubckptCallback under a 2-process Trainer (DDP, gloo, CPU): each checkpoint published once, whole.
+
+The run that publishes is started with `accelerate launch`, the resumed one with `torchrun`.
 
 The Trainer writes `checkpoint-N/` from every process: the model, optimizer and `trainer_state.json` from
 process zero, `rng_state_<rank>.pth` from each rank, with no barrier before `on_save`. A rank that is
@@ -19,6 +21,8 @@ import pytest
 import torch
 
 pytest.importorskip("accelerate")
+from .conftest import free_port  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 REPO_ID = "alice/trainer-two-processes"
 STOP_AT, MAX_STEPS = 2, 4
@@ -84,13 +88,19 @@ os._exit(0)  # torch 2.13's gloo may abort at interpreter exit
 """
 
 
-def _torchrun(work: Path, mode: str, hub: str) -> None:
+def _launch(launcher: str, work: Path, mode: str, hub: str) -> None:
+    """2 processes on this machine through `torchrun` or `accelerate launch` (DDP on gloo, CPU)."""
     script = work / "ranks.py"
     script.write_text(RANKS_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HUBCKPT_SPOOL": str(work / "spool")}
+    if launcher == "torchrun":
+        command = ["torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    else:  # accelerate's multi-process launcher; the Trainer itself runs on the CPU (use_cpu, gloo)
+        port = str(free_port())
+        command = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+        command += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port]
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), mode]
-        + [str(work), hub, REPO_ID, str(MAX_STEPS), str(STOP_AT)],
+        [sys.executable, "-m", *command, str(script), mode, str(work), hub, REPO_ID, str(MAX_STEPS), str(STOP_AT)],
         capture_output=True,
         text=True,
         env=env,
@@ -104,7 +114,7 @@ def _torchrun(work: Path, mode: str, hub: str) -> None:
 def test_two_process_trainer_publishes_each_checkpoint_once_and_resumes_bit_exact(local_hub, api, tmp_path):
     from hubckpt.integrations.trainer_resume import pull_trainer_checkpoint
 
-    _torchrun(tmp_path, "publish", local_hub.url)
+    _launch("accelerate", tmp_path, "publish", local_hub.url)
     revision = f"step-{STOP_AT:07d}"
     # Process 1 returned from train() only once process zero's revision was published.
     assert json.loads((tmp_path / "rank1.json").read_text()) == ["main", revision]
@@ -118,7 +128,7 @@ def test_two_process_trainer_publishes_each_checkpoint_once_and_resumes_bit_exac
     assert {"rng_state_0.pth", "rng_state_1.pth", "optimizer.pt", "trainer_state.json"} <= {
         p.name for p in pulled.iterdir()
     }
-    _torchrun(tmp_path, "resume", local_hub.url)
+    _launch("torchrun", tmp_path, "resume", local_hub.url)
     straight = torch.load(tmp_path / "straight.pt", weights_only=True)
     resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
     assert resumed.keys() == straight.keys()

@@ -182,8 +182,8 @@ _RANK_FILE = re.compile(r"^shard-(\d+)-model-(\d+)-of-(\d+)\.safetensors$")
 def _check_every_rank_file(path: Path, files: list[Path]) -> None:
     """Rank k's files are `shard-0000k-*`: ranks 1..N must all be there (a missing middle rank is a gap).
 
-    The format records no world size, so a missing *last* rank that held only trailing rows cannot be told
-    from a smaller tensor; with FSDP every rank holds a slice of every tensor, which the tiling check sees.
+    The format records neither the world size nor the full shapes, so a missing *last* rank (the trailing
+    rows of every tensor) cannot be told from smaller tensors; docs/convert.md says so.
     """
     ranks = {int(m.group(1)) for f in files if (m := _RANK_FILE.match(f.name))}
     missing = sorted(set(range(1, max(ranks, default=0) + 1)) - ranks)

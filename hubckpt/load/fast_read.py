@@ -22,6 +22,7 @@ in its own words), where no sha256 is known, behind a proxy, offline, or with `H
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import logging
@@ -54,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 16 << 20  # one ranged GET at most; smaller files are cut in one chunk per stream
 MIN_CHUNK_BYTES = 1 << 20
+ALIGN = 4096  # O_DIRECT: file offsets, lengths and memory addresses in whole blocks
 PIECE_BYTES = 1 << 20  # one readinto: progress is counted (and a stop noticed) per piece
 ATTEMPTS = 5  # tries per chunk, as `retries.with_retries`
 _REDIRECTS = {301, 302, 303, 307, 308}
@@ -150,7 +152,6 @@ class FileRead:
     # -- the whole file ----------------------------------------------------------------------------------
 
     def read(self) -> dict[str, torch.Tensor]:
-        import torch
         from huggingface_hub.utils import WeakFileLock
 
         try:
@@ -158,9 +159,9 @@ class FileRead:
             data_start = 8 + header_length(bytes(head[:8]), self.where)
             if data_start > self.total:
                 raise invalid(self.where, f"its header says {data_start - 8} bytes but the file has {self.total}")
-            if len(head) < data_start:
-                rest = bytearray(data_start - len(head))
-                self._read(len(head), data_start, memoryview(rest))
+            if len(head) < data_start:  # a long header: the rest of it, up to a block boundary
+                rest = bytearray(min(self.total, -(-data_start // ALIGN) * ALIGN) - len(head))
+                self._read(len(head), len(head) + len(rest), memoryview(rest))
                 head += rest
             header = parse_header(bytes(head[8:data_start]), self.where, data_size=self.total - data_start)
             recorded = (self.rev.files.files.get(self.path) or {}).get("size")
@@ -174,46 +175,39 @@ class FileRead:
             blob, pointer, lock = self._cache_paths(expected)
             if blob.exists():
                 raise NoFastPath("its blob is cached already")
-            arena = torch.empty(self.total - data_start, dtype=torch.uint8)
-            view = arena.numpy().data.cast("B") if arena.numel() else memoryview(b"")
-            have = len(head) - data_start  # data bytes that came with the header read
-            view[:have] = head[data_start:]
+            image = _file_image(self.total)
+            view = image.numpy().data.cast("B")
+            view[: len(head)] = head
             lock.parent.mkdir(parents=True, exist_ok=True)
             blob.parent.mkdir(parents=True, exist_ok=True)
             with WeakFileLock(str(lock)):
-                self._fill(head, data_start, view, blob, pointer, expected)
-            return _tensors(header, arena)
+                self._fill(len(head), view, blob, pointer, expected)
+            return _tensors(header, image, data_start)
         finally:
             for conn in self._connections:
                 conn.close()
 
-    def _fill(self, head: bytearray, data_start: int, view: memoryview, blob: Path, pointer: Path, expected: str):
-        """Receive the rest in parallel chunks; hash and write them in file order; publish the blob."""
-        start = len(head)
-        left = self.total - start
-        size = max(MIN_CHUNK_BYTES, min(CHUNK_BYTES, -(-left // self.streams)))
+    def _fill(self, start: int, view: memoryview, blob: Path, pointer: Path, expected: str) -> None:
+        """Receive bytes [start, total) by parallel streams into the file image `view` (which holds [0, start)
+        already); each stream writes its chunk to the cache file (past the page cache where the filesystem
+        allows); the chunks go to one sha256 in file order as they complete; the blob is published once the
+        digest matches."""
+        from ..direct_io import _open
+
+        size = max(MIN_CHUNK_BYTES, min(CHUNK_BYTES, -(-(self.total - start) // self.streams)))
+        size = -(-size // ALIGN) * ALIGN  # every chunk starts on a block boundary, as the header read ends
         chunks = [(s, min(s + size, self.total)) for s in range(start, self.total, size)]
-        digest = hashlib.sha256(head)
+        digest = hashlib.sha256(view[:start])
         tmp = blob.with_name(f"{blob.name}.{uuid.uuid4().hex[:8]}.incomplete")
+        fd, direct = _open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
-            with open(tmp, "wb") as f:
-                f.write(head)
+            try:
+                self._write(fd, view, 0, start, direct)
                 if chunks:
-                    with ThreadPoolExecutor(min(self.streams, len(chunks)), thread_name_prefix="hubckpt-range") as pool:
-                        futures = [
-                            pool.submit(self._read, s, e, view[s - data_start : e - data_start]) for s, e in chunks
-                        ]
-                        try:
-                            for (s, e), future in zip(chunks, futures):
-                                future.result()
-                                part = view[s - data_start : e - data_start]
-                                digest.update(part)
-                                f.write(part)
-                        except BaseException:
-                            self.stop.set()
-                            for future in futures:
-                                future.cancel()
-                            raise
+                    self._streams(fd, chunks, view, digest, direct)
+                os.ftruncate(fd, self.total)  # the last block went out padded
+            finally:
+                os.close(fd)
             actual = digest.hexdigest()
             if actual != expected:
                 recorded = "recorded in checkpoint.json" if self.expected else "the hub gave as its ETag (LFS sha256)"
@@ -231,6 +225,47 @@ class FileRead:
         os.symlink(os.path.relpath(blob, pointer.parent), link)
         os.replace(link, pointer)
         mark_verified(blob, expected)
+
+    def _streams(self, fd: int, chunks: list[tuple[int, int]], view: memoryview, digest, direct: bool) -> None:
+        """The chunks by parallel streams, each received straight into its span of the image and written
+        from there; `digest` fed in file order as they complete."""
+
+        def chunk(start: int, end: int) -> None:
+            self._read(start, end, view[start:end])
+            self._write(fd, view, start, end, direct)
+
+        with ThreadPoolExecutor(min(self.streams, len(chunks)), thread_name_prefix="hubckpt-range") as pool:
+            futures = [pool.submit(chunk, s, e) for s, e in chunks]
+            try:
+                for (s, e), future in zip(chunks, futures):
+                    future.result()
+                    digest.update(view[s:e])
+            except BaseException:
+                self.stop.set()
+                for future in futures:
+                    future.cancel()
+                raise
+
+    def _write(self, fd: int, view: memoryview, start: int, end: int, direct: bool) -> None:
+        """File bytes [start, end) to the cache file from the image (`start` block-aligned); the file's last
+        block is written padded with zeros (O_DIRECT writes whole blocks), `_fill` truncates it after."""
+        from ..direct_io import _drop_direct
+
+        if end == self.total:
+            padded = -(-end // ALIGN) * ALIGN
+            view[end:padded] = bytes(padded - end)
+            end = padded
+        data, offset = view[start:end], start
+        while data:
+            try:
+                n = os.pwrite(fd, data, offset)
+            except OSError as e:
+                if not direct or e.errno != errno.EINVAL:
+                    raise
+                _drop_direct(fd)  # refused though aligned (larger blocks, no O_DIRECT after all): go on buffered
+                direct = False
+                continue
+            data, offset = data[n:], offset + n
 
     def _cache_paths(self, sha256: str) -> tuple[Path, Path, Path]:
         """(blob, snapshot pointer, lock) where `hf_hub_download` puts this file; every part derived or checked."""
@@ -427,8 +462,20 @@ def _drain(conn, response, limit: int = 64 * 1024) -> None:
     conn.close()
 
 
-def _tensors(header: dict[str, Any], arena: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The header's tensors as views of the arena (a misaligned one is copied out: rare, never in hubckpt's files)."""
+def _file_image(total: int) -> torch.Tensor:
+    """Memory for a whole file (header included), block-aligned and padded to whole blocks: the tensors are
+    views of it, and O_DIRECT writes go straight from it."""
+    import torch
+
+    padded = -(-total // ALIGN) * ALIGN
+    raw = torch.empty(padded + ALIGN, dtype=torch.uint8)
+    skip = -raw.data_ptr() % ALIGN
+    return raw[skip : skip + padded]
+
+
+def _tensors(header: dict[str, Any], image: torch.Tensor, data_start: int) -> dict[str, torch.Tensor]:
+    """The header's tensors as views of the file image (a misaligned one is copied out: rare, never in
+    hubckpt's files)."""
     import torch
 
     out = {}
@@ -441,8 +488,8 @@ def _tensors(header: dict[str, Any], arena: torch.Tensor) -> dict[str, torch.Ten
         if end == start:
             out[name] = torch.empty(shape, dtype=dtype)
             continue
-        raw = arena[start:end]
-        if start % dtype.itemsize:
+        raw = image[data_start + start : data_start + end]
+        if raw.data_ptr() % dtype.itemsize:
             raw = raw.clone()
         out[name] = raw.view(dtype).reshape(shape)
     return out

@@ -40,6 +40,7 @@ class HostileHub:
     tree_next: str | None = None  # "forever": every page names a next one; else a URL for the 1st page's Link
     gzip_files: set[str] = field(default_factory=set)  # served with Content-Encoding: gzip
     stall_s: float = 0.0  # /resolve/ bodies: headers, a few bytes, then silence this long
+    etags: dict[str, str] = field(default_factory=dict)  # path -> the ETag announced (default: the body's sha256)
     fail_ranges: int = 0  # this many Range reads past the start of a file answer 503 first (transient)
     requests: list[Seen] = field(default_factory=list)
     port: int = 0
@@ -147,7 +148,7 @@ class HostileHub:
             return self._send(
                 h, 404, b'{"error": "no entry"}', {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit}, head
             )
-        etag = hashlib.sha256(body).hexdigest()
+        etag = self.etags.get(file) or hashlib.sha256(body).hexdigest()
         headers = {"X-Repo-Commit": commit, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
         if file in self.gzip_files:
             return self._send(h, 200, gzip.compress(body, 9), {**headers, "Content-Encoding": "gzip"}, head)

@@ -388,6 +388,7 @@ class FileRead:
         except BaseException:
             conn.close()
             raise
+        self.reader.counter.add(got)  # counted with the reader's other reads (requests, bytes received)
         return got
 
     def _note_etag(self, response) -> None:

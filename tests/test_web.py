@@ -337,8 +337,8 @@ def test_hostile_index_is_escaped(client, api):
         "best": evil,
         "final": None,
         "revisions": [
-            {"name": evil, "step": 1, "metrics": {evil: 1.0, "text": evil}, "tags": [evil], "date": evil, "size": evil},
-            {"name": "step-2", "step": "two", "metrics": {"loss": "NaN"}, "tags": [], "size": 12},
+            {"name": evil, "step": 1, "metrics": {evil: 1.0}, "tags": [evil], "date": evil, "size": 3},
+            {"name": "step-2", "step": 2, "metrics": {"loss": "NaN"}, "tags": [], "size": 12},
         ],
     }
     api.create_repo(repo_id, exist_ok=True)
@@ -346,6 +346,13 @@ def test_hostile_index_is_escaped(client, api):
     page = client.get(f"/{repo_id}")
     assert page.status_code == 200 and evil not in page.text and "&lt;img src=x onerror=alert(1)&gt;" in page.text
     assert all(tag != "img" or dict(attrs).get("src") != "x" for tag, attrs in Elements(page.text).found)
+    # An index of the wrong shape (a step that is text, a metric that is text) is refused whole by its parser
+    # (formats/index.py): the page still renders, without any of it.
+    index["revisions"][1]["step"] = "two"
+    index["revisions"][0]["metrics"] = {"text": evil}
+    api.upload_file(path_or_fileobj=json.dumps(index).encode(), path_in_repo="revisions.json", repo_id=repo_id)
+    page = client.get(f"/{repo_id}")
+    assert page.status_code == 200 and evil not in page.text
 
 
 def test_login_destination_stays_on_this_hub():

@@ -16,7 +16,7 @@ Pipeline per checkpoint (DESIGN §6), each stage recorded in the journal and ide
 This module is the thin facade; the parts are `jobs` (journal + spool + lock + per-hub job state),
 `worker` (queue, Futures, liveness), `pipeline` (one job through the stages for every target),
 `stages` (the stage functions), `layout` (what `main` holds), `options` (`PublishOptions`) and
-`capture` / `staging`.
+`staging` (live tensors; checkpoints on disk: `readers.peek_step`, `snapshots.take_snapshot`).
 
 A job is published on a hub only when that hub has it (its index and refs are checked, not only the
 journal), so a second hub or a re-created repo gets everything. One ordered worker thread runs stages
@@ -49,7 +49,6 @@ from ..errors import (
     HubConfigError,
     PublishError,
     PublishFailedError,
-    RevisionCollisionError,
     UnsupportedCheckpointError,
 )
 from ..faults import fault
@@ -57,12 +56,12 @@ from ..formats.manifest import MANIFEST_FILE
 from ..hub.retries import is_transient
 from ..hub.select import Hub, resolve_hub, token_for
 from ..hub.writer import HubTarget
+from ..readers import peek_step
 from ..revisions import render_revision_name, validate_revision_name
+from ..snapshots import take_snapshot
 from . import stages
-from .capture import peek_step, snapshot_into
 from .jobs import JobStore, default_spool, target_key
 from .journal import JobRecord
-from .layout import main_files
 from .options import PublishOptions
 from .pipeline import Pipeline, PublishedRevision
 from .policies import Retention
@@ -329,7 +328,7 @@ class Publisher:
             return future, needed
         source = entry["source"]
         if source is not None and snapshot:
-            entry["source"] = str(snapshot_into(Path(source), self._store.folder(job_id) / "source"))
+            entry["source"] = str(take_snapshot(Path(source), self._store.folder(job_id) / "source"))
         if replace:  # in the journal too: a job resumed after a kill must still replace
             entry["replace"] = True
         elsewhere: set[str] = set()
@@ -566,12 +565,4 @@ class Publisher:
                 captured.release()
 
 
-__all__ = [
-    "Publisher",
-    "PublishedRevision",
-    "RevisionCollisionError",
-    "PublishError",
-    "default_spool",
-    "main_files",
-    "peek_step",
-]
+__all__ = ["Publisher", "hub_targets"]

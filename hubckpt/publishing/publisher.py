@@ -40,7 +40,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from concurrent import futures
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -324,7 +323,7 @@ class Publisher:
                 self._payloads[job_id] = captured
                 needed = True
             self._join_final(job_id, entry["final"])
-            future, _ = self._worker.submit(job_id, block=True)
+            future, _ = self._submit(job_id, block=True)
             return future, needed
         source = entry["source"]
         if source is not None and snapshot:
@@ -344,7 +343,7 @@ class Publisher:
             self._store.published(job_id, key)
         fault("publish.after_capture")
         blocked = time.perf_counter() - started
-        future, _ = self._worker.submit(job_id, block=True)  # backpressure, never a dropped checkpoint
+        future, _ = self._submit(job_id, block=True)  # backpressure, never a dropped checkpoint
         logger.info(
             "captured %s (training blocked %.3fs, %.3fs with backpressure)",
             entry["revision"],
@@ -513,7 +512,7 @@ class Publisher:
                 logger.warning("cannot resume: %s", reason)
                 continue
             logger.info("resuming %s from the journal", record.revision)
-            self._worker.submit(record.job)
+            self._submit(record.job)
 
     def _finalize(self, job_id: str) -> Future[PublishedRevision] | None:
         """Make the job of this step final without new content, however late the final save comes: the Future
@@ -526,15 +525,51 @@ class Publisher:
         if running is not None:
             if record.captured.get("final") or self._pipeline.mark_final(job_id):
                 return running  # it applies the mark before it ends
-            futures.wait([running])  # past its last look at the mark: it is ending; run it again below
-            record = self._store.get(job_id)
-            if record is None:
-                return None
+            # Past its last look at the mark: it is ending (its retention, its tags). Not waited for here (the
+            # training thread goes on): once it ends, it runs again to mark the revision final.
+            return self._chain_final(job_id, running)
         if record.failed is not None or not record.finished_for(self._keys):
             return None
         self._pipeline.reopen_final(job_id)
-        future, _ = self._worker.submit(job_id, block=True)
+        future, _ = self._submit(job_id, block=True)
         return future
+
+    def _chain_final(self, job_id: str, running: Future[PublishedRevision]) -> Future[PublishedRevision]:
+        """A Future of the job's next run, queued as soon as `running` (the run that missed the mark) ends.
+
+        If `running` fails, so does the returned Future (with the same error, also raised by `wait()` /
+        `close()`): `hubckpt jobs --retry` then publishes the revision, final."""
+        chained: Future[PublishedRevision] = Future()
+        chained.set_running_or_notify_cancel()
+
+        def forward(done: Future) -> None:
+            error = done.exception()
+            if error is not None:
+                chained.set_exception(error)
+            else:
+                chained.set_result(done.result())
+
+        def rerun(done: Future) -> None:  # (on the worker's thread, as `running` completes)
+            try:
+                if done.exception() is not None:
+                    self._store.mark_final(job_id)  # a retry of the failed job publishes it final
+                    forward(done)
+                    return
+                self._pipeline.reopen_final(job_id)
+                future, _ = self._submit(job_id)  # not blocking: this is the worker's own thread
+                future.add_done_callback(forward)
+            except BaseException as e:  # noqa: BLE001 - the final save's Future says what went wrong
+                if not chained.done():
+                    chained.set_exception(e)
+
+        running.add_done_callback(rerun)
+        return chained
+
+    def _submit(self, job_id: str, *, block: bool = False) -> tuple[Future[PublishedRevision], bool]:
+        """Queue a run of the job (see `Worker.submit`); a new run looks at the `final` mark again."""
+        if self._worker.future(job_id) is None:
+            self._pipeline.unseal(job_id)
+        return self._worker.submit(job_id, block=block)
 
     def _join_final(self, job_id: str, final: bool) -> None:
         record = self._store.get(job_id)

@@ -224,6 +224,9 @@ def test_a_read_only_token_raises_from_close(read_only, tmp_path, background):
     assert failure["step"] == 1
     assert "403" in failure["message"] or "read" in failure["message"].lower(), failure  # the token's role
     assert "step-0000001" in str(raised.value) and "hubckpt jobs alice/ro" in str(raised.value)
+    # The first cause is `__cause__` in every mode (from the publishing process too), typed, with its fields.
+    cause = raised.value.__cause__
+    assert isinstance(cause, hubckpt_errors().ReadOnlyTokenError) and cause.role == "read", repr(cause)
 
 
 @pytest.mark.parametrize("background", ["thread", "process"])

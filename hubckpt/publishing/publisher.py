@@ -114,6 +114,7 @@ class Publisher:
             repo_id, options.hubs, token=options.token, root=options.root, private=options.private
         )
         self._keys = [target_key(t) for t in self.targets]
+        self._recorded_options = options.to_record()  # in each capture record: a retry publishes the same way
         self.spool = options.spool_dir or default_spool(repo_id)
         self._store = JobStore(self.spool)
         self._payloads: dict[str, Captured] = {}  # live tensors of queued jobs, until in the spool
@@ -249,7 +250,7 @@ class Publisher:
                 source = Path(source).resolve()
                 if not source.exists():
                     raise UnsupportedCheckpointError(f"{source} does not exist", str(source))
-                peeked_step, peeked_tokens = peek_step(source)
+                peeked_step, peeked_tokens = peek_step(source, allow_globals=self.options.allow_globals)
                 step = step if step is not None else peeked_step
                 tokens = tokens if tokens is not None else peeked_tokens
             if step is None:
@@ -290,6 +291,8 @@ class Publisher:
             "signature": stages.source_signature(source),
             "targets": self._keys,
         }
+        if self._recorded_options is not None:
+            entry["options"] = self._recorded_options
         try:
             future, handed = self._hand_over(job_id, entry, captured, started, snapshot=snapshot, replace=replace)
         except BaseException:

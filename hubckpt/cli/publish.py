@@ -292,7 +292,8 @@ def _journal_options(repo: str, spool: Path | None):
         return None
     records = [r for r in JobStore(folder, lock=False).records() if r.captured and r.captured.get("options")]
     open_ = [r for r in records if r.failed is None or r.retryable]
-    return recorded_options((open_ or records or [None])[-1])
+    latest = (open_ or records)[-1] if (open_ or records) else None
+    return recorded_options(latest)
 
 
 def _settled(path: Path, seen: dict[Path, tuple], settle_s: float) -> bool:

@@ -30,6 +30,7 @@ Hierarchy::
     ├── RevisionLookupError (LookupError)     no revision at that step / tokens / `best`...; names the nearest
     ├── AmbiguousRevisionError (ValueError)   a name that is both a branch and a tag (at different commits)
     ├── IntegrityError (OSError)              a downloaded file does not match its sha256 (removed from the cache)
+    ├── HubContentError (ValueError)          a file or answer from a hub failed hubckpt's checks; refused, unused
     ├── UnknownRevisionError (huggingface_hub RevisionNotFoundError)   no branch, tag or commit of that name
     ├── NoSafetensorsError (huggingface_hub NotASafetensorsRepoError)  a revision without safetensors weights
     ├── AnalysisError (ValueError)            analysis inputs that cannot work (probe file, layers, revisions)
@@ -262,9 +263,21 @@ class RevisionCollisionError(HubckptError, FileExistsError):
     """A revision of that name already exists on the hub with different content.
 
     What to do:
-        Pass `replace=True` (`Publisher`, `Checkpointer`) if the new content should win, or publish under
-        another name (a different `template=` or `revision=`). The same content again is simply `skipped`.
+        Publish under another name: another revision template (`revision_template=` / `--template`) or
+        name (`revision=` / `--revision`). If the new content should win, pass `replace=True` to
+        `Publisher.publish`, or delete that branch first (e.g. `HfApi().delete_branch`). The same content
+        again is simply `skipped`; a final save of a published step marks it final without new content.
     """
+
+    @classmethod
+    def of(cls, repo_id: str, name: str, where: str | None = None) -> RevisionCollisionError:
+        """The one message for a collision of revision `name` in `repo_id` (on the hub `where`)."""
+        on = f" on {where}" if where else ""
+        return cls(
+            f"{repo_id}{on} already has a revision {name!r} with different content. Publish it under another "
+            "revision template or name (--template / --revision; revision_template= / revision=), pass "
+            "replace=True to Publisher.publish to replace it, or delete that branch first."
+        )
 
 
 class PublishError(HubckptError, RuntimeError):
@@ -282,12 +295,14 @@ class PublishFailedError(PublishError):
 
     Attributes:
         failures: one dict per revision that was not published: `revision`, `step`, `error` (the cause's
-            class name) and `message` (the cause's message). The first cause is also `__cause__`
-            (in the same process).
+            class name) and `message` (the cause's message). The first cause is also `__cause__`, in
+            both background modes (from the publishing process: the same hubckpt error class with its
+            message, or a `PublishError` naming another class).
 
     What to do:
         Read each cause: a read-only token needs a token with write access (`--token`, `HF_TOKEN`); a
-        `RevisionCollisionError` needs another revision name or `replace=True`; an unreachable hub needs
+        `RevisionCollisionError` needs another revision name (`--template` / `--revision`) or
+        `replace=True` (`Publisher.publish`); an unreachable hub needs
         the hub running (`hubckpt serve`) or the right `hub=` / `--hub`; a full disk needs space for the
         spool. The jobs stay in the spool: `hubckpt jobs REPO` lists them, `--retry N` publishes one again
         once the cause is fixed, `--drop N` forgets it.

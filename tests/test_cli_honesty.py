@@ -81,6 +81,7 @@ def test_publish_of_a_run_with_one_corrupt_checkpoint_publishes_the_others_and_s
     assert failed and "ckpt-20.pt" in "\n".join(failed), err
     assert "Traceback" not in err
     assert "1 of 3" in err, err  # a summary: how many failed, and that the others were published
+    assert not [line for line in err.splitlines() if line.startswith("Error:")], err  # said once, not again
 
 
 def test_prune_never_deletes_a_revision_the_user_tagged_and_the_dry_run_says_why(api, local_hub, tmp_path, capsys):

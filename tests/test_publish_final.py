@@ -79,6 +79,27 @@ def test_a_final_save_after_a_periodic_one_marks_it_final_however_late(api, loca
     assert "FAILED" not in listing.stdout and "published" in listing.stdout, listing.stdout
 
 
+def test_a_final_save_while_the_job_ends_does_not_block_the_training_thread(api, local_hub, tmp_path, monkeypatch):
+    """Past the job's last look at the mark, the final save returned only once the whole job had ended."""
+    repo_id = "alice/final-not-blocking"
+    weights = {"w": torch.arange(6.0)}
+    held = _Held(monkeypatch, JobStore, "done")  # the periodic job, sealed, held before it ends
+    with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
+        pub.publish(state_dict=weights, step=5, metrics={"loss": 0.5})
+        assert held.entered.wait(60)
+        returned = threading.Event()
+        threading.Thread(
+            target=lambda: (pub.publish(state_dict={"w": torch.zeros(6)}, step=5, final=True), returned.set()),
+            daemon=True,
+        ).start()
+        try:
+            assert returned.wait(10), "publish(final=True) blocked while the periodic job was ending"
+        finally:
+            held.go.set()
+        pub.wait()
+    _assert_final(api, repo_id, tmp_path / "c", "step-0000005", weights)
+
+
 def test_a_final_save_in_a_new_process_marks_the_published_revision_final(api, local_hub, tmp_path):
     """The periodic save published by another process (another spool): the final save needs no new content."""
     repo_id = "alice/final-elsewhere"
@@ -121,16 +142,20 @@ def test_checkpointer_final_save_after_the_loop(api, local_hub, tmp_path, monkey
             periodic.result(timeout=60)
         elif when == "during-retention":
             # wait until the job is past its index stage (the index lists the step), then save final
-            for _ in range(200):
+            from huggingface_hub.errors import HfHubHTTPError
+
+            for _ in range(400):
                 try:
                     index = json.loads(
                         Path(api.hf_hub_download(repo_id, "revisions.json", cache_dir=tmp_path / "poll")).read_text()
                     )
                     if index["revisions"]:
                         break
-                except Exception:  # noqa: BLE001 - not there yet
+                except HfHubHTTPError:  # no repo or no revisions.json yet (404)
                     pass
                 threading.Event().wait(0.05)
+            else:  # never seen indexed: the test would fall back to the at-once case and prove nothing
+                pytest.fail("the periodic save was never listed in revisions.json within 20 s")
         ckpt.save(2, final=True)
     expected = {k: v.detach().clone() for k, v in model.state_dict().items()}
     index, tags, on_main = _published(api, repo_id, tmp_path / "c")
@@ -199,6 +224,9 @@ def test_a_read_only_token_raises_from_close(read_only, tmp_path, background):
     assert failure["step"] == 1
     assert "403" in failure["message"] or "read" in failure["message"].lower(), failure  # the token's role
     assert "step-0000001" in str(raised.value) and "hubckpt jobs alice/ro" in str(raised.value)
+    # The first cause is `__cause__` in every mode (from the publishing process too), typed, with its fields.
+    cause = raised.value.__cause__
+    assert isinstance(cause, hubckpt_errors().ReadOnlyTokenError) and cause.role == "read", repr(cause)
 
 
 @pytest.mark.parametrize("background", ["thread", "process"])

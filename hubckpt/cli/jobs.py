@@ -12,17 +12,25 @@ from ._options import HubOpt, RootOpt, TokenOpt
 def _state(record) -> str:
     if record.dropped:
         return "dropped"
-    if record.failed is not None and record.indexed:
-        # Its revision is on the hub (committed and listed); what failed came after (marking it final, tags,
-        # retention): not a failed publish.
+    targets = record.captured.get("targets") or []
+    if record.failed is not None and record.indexed and set(targets) <= record.indexed:
+        # Its revision is on every hub (committed and listed); what failed came after (marking it final, tags,
+        # retention): not a failed publish. (Listed on only some hubs: it failed on the others.)
         return f"published; then failed ({'will retry' if record.retryable else '--retry to finish'}): {record.failed}"
     if record.failed is not None:
         return f"{'waiting to retry' if record.retryable else 'FAILED'}: {record.failed}"
-    targets = record.captured.get("targets") or []
     if targets and record.finished_for(targets):
         return "published"
     progress = "committed" if record.committed else "converted" if record.manifest_sha256 else "captured"
     return f"pending ({progress})"
+
+
+def recorded_options(record):
+    """The `PublishOptions` a job was captured with (its journal record), None for a record without them."""
+    from ..publishing import PublishOptions
+
+    recorded = record.captured.get("options") if record is not None else None
+    return PublishOptions.from_json(recorded) if isinstance(recorded, dict) else None
 
 
 def _pick(records, which: str):
@@ -73,7 +81,8 @@ def jobs(
     if retry is not None:
         from ..publishing import Publisher
 
-        pub = Publisher(repo, hub=hub, root=root, token=token, spool_dir=folder)
+        # With the options it was captured with (--template, --keep-*, --allow-global...), not the defaults.
+        pub = Publisher(repo, options=recorded_options(record), hub=hub, root=root, token=token, spool_dir=folder)
         typer.echo(f"Retrying {record.revision} on {', '.join(t.describe() for t in pub.targets)}")
         pub.close()
         typer.echo("Done.")

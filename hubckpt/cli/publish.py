@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 
 import typer
 
 from ..defaults import MAX_SHARD_SIZE, REVISION_TEMPLATE
+from ..errors import PublishFailedError
 from ._options import HubOpt, RootOpt, TokenOpt
 
 TemplateOpt = typer.Option(
@@ -44,25 +46,24 @@ def _publisher(
     spool=None,
     max_shard_size=MAX_SHARD_SIZE,
     allow_global=(),
+    options=None,
 ):
     from ..publishing import Publisher
 
-    pub = Publisher(
-        repo,
-        hub=hub,
-        root=root,
-        token=token,
-        private=private,
-        revision_template=template,
-        monitor=monitor,
-        mode=mode,
-        keep_last=keep_last,
-        keep_every=keep_every,
-        keep_best=keep_best,
-        spool_dir=spool,
-        max_shard_size=max_shard_size,
-        allow_globals=allow_global,
-    )
+    overrides = dict(hub=hub, root=root, token=token, spool_dir=spool)
+    if options is None:  # (given: the options recorded in the journal, as they were)
+        overrides.update(
+            private=private,
+            revision_template=template,
+            monitor=monitor,
+            mode=mode,
+            keep_last=keep_last,
+            keep_every=keep_every,
+            keep_best=keep_best,
+            max_shard_size=max_shard_size,
+            allow_globals=allow_global,
+        )
+    pub = Publisher(repo, options=options, **overrides)
     for t in pub.targets:
         typer.echo(f"Publishing to {t.describe()}", err=True)
         t.reader.check_reachable()  # a hub that refuses connections fails now, not after reading the checkpoints
@@ -113,7 +114,8 @@ def _report(jobs: list[tuple[int | None, Path, Future]]) -> int:
         else:
             failures += 1
             reason = " ".join(str(error).split())
-            typer.echo(f"  failed    {label} ({path}): {type(error).__name__}: {reason}", err=True)
+            where = "" if str(path) in reason else f" ({path})"  # (the checkpoint named once)
+            typer.echo(f"  failed    {label}{where}: {type(error).__name__}: {reason}", err=True)
     if failures:
         typer.echo(
             f"{failures} of {len(jobs)} checkpoint(s) not published (listed above); the others were. "
@@ -132,14 +134,27 @@ def _refuse_unreadable(src: Path, allow_global: list[str]) -> None:
         safe_pickle.load(src, allow_globals=allow_global, mmap=True)
 
 
+def _failure_lines(failures: list[dict], listed: set) -> int:
+    """A line per failure of a `PublishFailedError` whose step is not in `listed` (said already); how many."""
+    extra = [f for f in failures if f.get("step") not in listed]
+    for f in extra:
+        reason = " ".join(str(f.get("message")).split())
+        typer.echo(f"  failed    {f.get('revision')} (step {f.get('step')}): {f.get('error')}: {reason}", err=True)
+    return len(extra)
+
+
 def _wait_and_report(pub, jobs: list[tuple[int | None, Path, Future]]) -> int:
-    """Wait for every job, then report each one, failures included (`wait()` raises only the first)."""
+    """Wait for every job, then report each one, failures included, once; return how many failed."""
     try:
         pub.wait()
-    except Exception as e:  # noqa: BLE001 - a job's failure is reported per checkpoint below
-        if not any(f.done() and f.exception() is e for _, _, f in jobs):
-            _report(jobs)
-            raise  # not one of the jobs' failures (the worker died...): the error boundary prints it
+    except PublishFailedError as e:
+        # The jobs' failures are reported per checkpoint below (the exit code says so); a job resumed from
+        # the journal that failed is not one of them: said here.
+        mine = {s for s, _, f in jobs if f.done() and f.exception() is not None}
+        return _failure_lines(e.failures, mine) + _report(jobs)
+    except Exception:
+        _report(jobs)
+        raise  # not a job's failure (the worker died...): the error boundary prints it
     return _report(jobs)
 
 
@@ -211,10 +226,15 @@ def publish(
                 (s, p, pub.publish(p, step=s, final=final and (s, p) == candidates[-1], companions=companion))
                 for s, p in todo
             ]
+            if final and candidates and candidates[-1][0] in done:  # published already: mark it final now
+                s, p = candidates[-1]
+                jobs.append((s, p, pub.publish(p, step=s, final=True, companions=companion)))
         else:
             from ..readers import peek_step
 
-            if step is None and peek_step(src, allow_globals=allow_global)[0] is None:
+            if step is None:  # (read with --allow-global: the step may be inside a pickle needing it)
+                step = peek_step(src, allow_globals=allow_global)[0]
+            if step is None:
                 _refuse_unreadable(src, allow_global)  # a refused or corrupt pickle says so, not "pass --step"
                 raise typer.BadParameter(
                     f"cannot tell the training step of {src}: it records none and its name carries none; pass --step N",
@@ -236,22 +256,44 @@ def resume(
     token: str | None = TokenOpt,
     spool: Path | None = SpoolOpt,
 ) -> None:
-    """Finish what an interrupted publisher left in its journal."""
-    pub = _publisher(repo, hub, root, token, spool=spool)
+    """Finish what an interrupted publisher left in its journal (with the options its jobs were captured with)."""
+    pub = _publisher(repo, hub, root, token, spool=spool, options=_journal_options(repo, spool))
     pending = pub.pending()
     typer.echo(
         f"Resuming {len(pending)} unfinished job(s): {', '.join(pending)}"
         if pending
         else "Nothing to resume: the journal has no unfinished job."
     )
-    pub.close()
+    error: PublishFailedError | None = None
+    try:
+        pub.close()
+    except PublishFailedError as e:
+        error = e
+        _failure_lines(e.failures, set())
     failed = [j.revision for j in pub.jobs() if j.failed is not None and not j.retryable and not j.dropped]
     if failed:
         typer.echo(
             f"{len(failed)} failed job(s) kept ({', '.join(failed)}): `hubckpt jobs {repo}` to retry or drop them",
             err=True,
         )
+    if error is not None:
+        typer.echo(f"{len(error.failures)} job(s) not published (listed above).", err=True)
+        raise typer.Exit(1)
     typer.echo("Done.")
+
+
+def _journal_options(repo: str, spool: Path | None):
+    """The options the latest unfinished job of the spool was captured with (None: the defaults)."""
+    from ..publishing.jobs import JobStore, default_spool
+    from .jobs import recorded_options
+
+    folder = spool or default_spool(repo)
+    if not (folder / "journal.jsonl").is_file():
+        return None
+    records = [r for r in JobStore(folder, lock=False).records() if r.captured and r.captured.get("options")]
+    open_ = [r for r in records if r.failed is None or r.retryable]
+    latest = (open_ or records)[-1] if (open_ or records) else None
+    return recorded_options(latest)
 
 
 def _settled(path: Path, seen: dict[Path, tuple], settle_s: float) -> bool:
@@ -309,19 +351,23 @@ def watch(
     seen: dict[Path, tuple] = {}
     typer.echo(f"Watching {run_dir} ({len(submitted)} checkpoint(s) already published); Ctrl-C to stop.")
     scans = 0
+    said: set[int] = set()  # steps whose failure is printed already
+
+    def done(step: int, f: Future) -> None:
+        if f.exception() is None:
+            typer.echo(f"  published {f.result().revision}")
+        else:
+            said.add(step)
+            typer.echo(f"  failed    step {step}: {type(f.exception()).__name__}: {f.exception()}", err=True)
+
+    error = None
     try:
         while not stop["now"]:
             scans += 1
             for step, path in discover(run_dir):
                 if step in submitted or not _settled(path, seen, 0 if once else settle):
                     continue
-                pub.publish(path, step=step).add_done_callback(
-                    lambda f: (
-                        typer.echo(f"  published {f.result().revision}")
-                        if not f.exception()
-                        else typer.echo(f"  failed: {f.exception()}", err=True)
-                    )
-                )
+                pub.publish(path, step=step).add_done_callback(partial(done, step))
                 submitted.add(step)
             if once and scans >= 2:  # the first scan only records what each checkpoint looks like
                 break
@@ -330,5 +376,16 @@ def watch(
                 time.sleep(0.1)
     finally:
         typer.echo("Stopping: finishing queued checkpoints...")
-        pub.close()
+        try:
+            pub.close()
+        except PublishFailedError as e:  # (not raised over an error of the loop's: that one propagates)
+            error = e
+    if error is not None:
+        _failure_lines(error.failures, said)  # (jobs resumed from the journal; the others are said above)
+        typer.echo(
+            f"Stopped; {len(error.failures)} checkpoint(s) not published (listed above): `hubckpt jobs {repo}` "
+            "lists them; fix the cause, then `--retry` or `--drop` each.",
+            err=True,
+        )
+        raise typer.Exit(1)
     typer.echo("Stopped.")

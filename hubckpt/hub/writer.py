@@ -203,10 +203,7 @@ class HubTarget:
                     self.delete_branch(staging)
                 return head
             if manifest is not None and manifest.get("step") == step and not replace:
-                raise RevisionCollisionError(
-                    f"{self.repo_id} already has a branch {name!r} holding a different checkpoint of step {step}. "
-                    "Choose another revision name (revision=... / --revision), or delete that branch first."
-                )
+                raise RevisionCollisionError.of(self.repo_id, name, self.hub.endpoint)
         commit = branches.get(staging)
         if commit is None or not self._holds(commit, manifest_sha256):
             if commit is not None:

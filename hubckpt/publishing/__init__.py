@@ -1,9 +1,11 @@
 """Publishing: checkpoints → Hub revisions (job store, ordered background worker, stages, retention)."""
 
+from ..errors import PublishError, RevisionCollisionError
 from .jobs import default_spool
 from .options import PublishOptions
+from .pipeline import PublishedRevision
 from .policies import Retention
-from .publisher import PublishedRevision, Publisher, PublishError, RevisionCollisionError
+from .publisher import Publisher
 
 __all__ = [
     "Publisher",

@@ -5,7 +5,8 @@ It lives in the spool (`<spool>/journal.jsonl`) next to the staged files, and is
 where it stopped without publishing a revision twice or losing one. One record per line::
 
     {"event": "captured", "job": "000000001200-step-0001200", "revision": "step-0001200", "step": 1200,
-     "source": "/runs/exp1/checkpoint-1200", "final": false, "metrics": {...}, "time": "..."}
+     "source": "/runs/exp1/checkpoint-1200", "final": false, "metrics": {...}, "time": "...",
+     "options": {...}}   how it is published (template, retention, allow_globals...: `PublishOptions.to_record`)
     {"event": "converted", "job": "...", "manifest_sha256": "…"}
     {"event": "committed", "job": "...", "target": "local:/data/hub/me/exp1", "commit": "…"}
     {"event": "indexed", "job": "...", "target": "..."}

@@ -41,9 +41,4 @@ def final_files_to_replace(main_listing: list[str], final_files: set[str]) -> li
     return [p for p in main_listing if _MODEL_FILE.match(p) and p not in final_files]
 
 
-def skip_on_main(path: str) -> bool:
-    """Files of the final revision that do not go to `main` (its own card; the training state)."""
-    return path == CARD_FILE or path.startswith("training_state/")
-
-
-__all__ = ["CHART_FILE", "CARD_FILE", "main_files", "final_files_to_replace", "skip_on_main"]
+__all__ = ["CHART_FILE", "CARD_FILE", "main_files", "final_files_to_replace"]

@@ -53,15 +53,15 @@ def prune(
     """
     if not retention.active:
         raise HubConfigError("Nothing to prune by: pass --keep-last, --keep-every and/or --keep-best.")
-    index = list_revisions(target)
+    view = read_view(target)  # the index and the refs (user tags made with any client protect too)
+    index = view.index
     if monitor:
         index.monitor, index.mode = monitor, mode or index.mode
-    hub_tags = hub_user_tags(read_view(target))
-    index.tags = {**hub_tags, **index.tags}  # planning only: this copy of the index is not written back
-    why = protected(index)
+    hub_tags = hub_user_tags(view)
+    why = protected(index, hub_tags)
     live = {r.name for r in index.live()}
     why = {name: reasons for name, reasons in why.items() if name in live}
-    plan = retention.to_prune(index)
+    plan = retention.to_prune(index, hub_tags)
     kept = [r.name for r in index.live() if r.name not in plan]
     if dry_run or not plan:
         return PruneResult(plan, kept, why)

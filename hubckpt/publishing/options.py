@@ -125,6 +125,16 @@ class PublishOptions:
         except ValueError as e:
             raise HubConfigError(f"These publish options cannot be written as JSON: {e}") from e
 
+    def to_record(self) -> dict[str, Any] | None:
+        """The fields that decide how a job is published, as JSON, for the job's record in the journal:
+        `hubckpt jobs --retry` and `hubckpt resume` publish with them again. Never the hub, token or
+        folders (given again where the job is retried). None if they cannot be written as JSON."""
+        try:
+            plain = self.to_json()
+        except HubConfigError:
+            return None
+        return {name: plain[name] for name in _RECORDED if name in plain}
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PublishOptions:
         """The options `to_json()` wrote (fields left out keep their defaults).
@@ -137,5 +147,19 @@ class PublishOptions:
         except (ValueError, TypeError) as e:
             raise HubConfigError(f"Unreadable publish options: {e}") from e
 
+
+_RECORDED = (
+    "private",
+    "revision_template",
+    "monitor",
+    "mode",
+    "keep_last",
+    "keep_every",
+    "keep_best",
+    "card",
+    "max_shard_size",
+    "allow_globals",
+    "include_training_state",
+)
 
 __all__ = ["PublishOptions"]

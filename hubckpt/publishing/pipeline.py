@@ -98,6 +98,11 @@ class Pipeline:
             self.store.mark_final(job_id)
             return True
 
+    def unseal(self, job_id: str) -> None:
+        """A new run of the job is queued: it looks at the `final` mark again (an earlier run's seal is void)."""
+        with self._marks:
+            self._sealed.discard(job_id)
+
     def reopen_final(self, job_id: str) -> None:
         """Mark a job that has ended `final`: its next run puts the mark on every hub (see `run`)."""
         with self._marks:
@@ -201,7 +206,7 @@ class Pipeline:
                 finals[key] = live
                 self.store.committed(job_id, key, live)
                 self.store.indexed(job_id, key)
-                stages.retain(self.ctx, target, index, has_config=has_config)
+                stages.retain(self.ctx, target, index, has_config=theirs)  # main's card: the files main holds
                 self.store.published(job_id, key)
                 commits[target.key] = live
                 new_work = True

@@ -29,12 +29,12 @@ class Retention:
     def active(self) -> bool:
         return any(v is not None for v in (self.keep_last, self.keep_every, self.keep_best))
 
-    def kept(self, index: RevisionIndex) -> set[str]:
-        """Names of the live revisions this policy keeps."""
+    def kept(self, index: RevisionIndex, hub_tags: dict[str, str] | None = None) -> set[str]:
+        """Names of the live revisions this policy keeps (`hub_tags`: as for `protected`)."""
         live = index.live()
         if not self.active:
             return {r.name for r in live}
-        keep = set(protected(index))
+        keep = set(protected(index, hub_tags))
         if self.keep_last:
             keep |= {r.name for r in live[-self.keep_last :]}
         if self.keep_every:
@@ -46,8 +46,8 @@ class Retention:
             keep |= {r.name for r in ranked[: self.keep_best]}
         return keep
 
-    def to_prune(self, index: RevisionIndex) -> list[str]:
-        keep = self.kept(index)
+    def to_prune(self, index: RevisionIndex, hub_tags: dict[str, str] | None = None) -> list[str]:
+        keep = self.kept(index, hub_tags)
         return [r.name for r in index.live() if r.name not in keep]
 
 

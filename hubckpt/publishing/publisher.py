@@ -16,7 +16,7 @@ Pipeline per checkpoint (DESIGN §6), each stage recorded in the journal and ide
 This module is the thin facade; the parts are `jobs` (journal + spool + lock + per-hub job state),
 `worker` (queue, Futures, liveness), `pipeline` (one job through the stages for every target),
 `stages` (the stage functions), `layout` (what `main` holds), `options` (`PublishOptions`) and
-`capture` / `staging`.
+`staging` (live tensors; checkpoints on disk: `readers.peek_step`, `snapshots.take_snapshot`).
 
 A job is published on a hub only when that hub has it (its index and refs are checked, not only the
 journal), so a second hub or a re-created repo gets everything. One ordered worker thread runs stages
@@ -40,7 +40,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
-from concurrent import futures
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,6 @@ from ..errors import (
     HubConfigError,
     PublishError,
     PublishFailedError,
-    RevisionCollisionError,
     UnsupportedCheckpointError,
 )
 from ..faults import fault
@@ -57,12 +55,12 @@ from ..formats.manifest import MANIFEST_FILE
 from ..hub.retries import is_transient
 from ..hub.select import Hub, resolve_hub, token_for
 from ..hub.writer import HubTarget
+from ..readers import peek_step
 from ..revisions import render_revision_name, validate_revision_name
+from ..snapshots import take_snapshot
 from . import stages
-from .capture import peek_step, snapshot_into
 from .jobs import JobStore, default_spool, target_key
 from .journal import JobRecord
-from .layout import main_files
 from .options import PublishOptions
 from .pipeline import Pipeline, PublishedRevision
 from .policies import Retention
@@ -116,6 +114,7 @@ class Publisher:
             repo_id, options.hubs, token=options.token, root=options.root, private=options.private
         )
         self._keys = [target_key(t) for t in self.targets]
+        self._recorded_options = options.to_record()  # in each capture record: a retry publishes the same way
         self.spool = options.spool_dir or default_spool(repo_id)
         self._store = JobStore(self.spool)
         self._payloads: dict[str, Captured] = {}  # live tensors of queued jobs, until in the spool
@@ -251,7 +250,7 @@ class Publisher:
                 source = Path(source).resolve()
                 if not source.exists():
                     raise UnsupportedCheckpointError(f"{source} does not exist", str(source))
-                peeked_step, peeked_tokens = peek_step(source)
+                peeked_step, peeked_tokens = peek_step(source, allow_globals=self.options.allow_globals)
                 step = step if step is not None else peeked_step
                 tokens = tokens if tokens is not None else peeked_tokens
             if step is None:
@@ -292,6 +291,8 @@ class Publisher:
             "signature": stages.source_signature(source),
             "targets": self._keys,
         }
+        if self._recorded_options is not None:
+            entry["options"] = self._recorded_options
         try:
             future, handed = self._hand_over(job_id, entry, captured, started, snapshot=snapshot, replace=replace)
         except BaseException:
@@ -325,11 +326,11 @@ class Publisher:
                 self._payloads[job_id] = captured
                 needed = True
             self._join_final(job_id, entry["final"])
-            future, _ = self._worker.submit(job_id, block=True)
+            future, _ = self._submit(job_id, block=True)
             return future, needed
         source = entry["source"]
         if source is not None and snapshot:
-            entry["source"] = str(snapshot_into(Path(source), self._store.folder(job_id) / "source"))
+            entry["source"] = str(take_snapshot(Path(source), self._store.folder(job_id) / "source"))
         if replace:  # in the journal too: a job resumed after a kill must still replace
             entry["replace"] = True
         elsewhere: set[str] = set()
@@ -345,7 +346,7 @@ class Publisher:
             self._store.published(job_id, key)
         fault("publish.after_capture")
         blocked = time.perf_counter() - started
-        future, _ = self._worker.submit(job_id, block=True)  # backpressure, never a dropped checkpoint
+        future, _ = self._submit(job_id, block=True)  # backpressure, never a dropped checkpoint
         logger.info(
             "captured %s (training blocked %.3fs, %.3fs with backpressure)",
             entry["revision"],
@@ -514,7 +515,7 @@ class Publisher:
                 logger.warning("cannot resume: %s", reason)
                 continue
             logger.info("resuming %s from the journal", record.revision)
-            self._worker.submit(record.job)
+            self._submit(record.job)
 
     def _finalize(self, job_id: str) -> Future[PublishedRevision] | None:
         """Make the job of this step final without new content, however late the final save comes: the Future
@@ -527,15 +528,51 @@ class Publisher:
         if running is not None:
             if record.captured.get("final") or self._pipeline.mark_final(job_id):
                 return running  # it applies the mark before it ends
-            futures.wait([running])  # past its last look at the mark: it is ending; run it again below
-            record = self._store.get(job_id)
-            if record is None:
-                return None
+            # Past its last look at the mark: it is ending (its retention, its tags). Not waited for here (the
+            # training thread goes on): once it ends, it runs again to mark the revision final.
+            return self._chain_final(job_id, running)
         if record.failed is not None or not record.finished_for(self._keys):
             return None
         self._pipeline.reopen_final(job_id)
-        future, _ = self._worker.submit(job_id, block=True)
+        future, _ = self._submit(job_id, block=True)
         return future
+
+    def _chain_final(self, job_id: str, running: Future[PublishedRevision]) -> Future[PublishedRevision]:
+        """A Future of the job's next run, queued as soon as `running` (the run that missed the mark) ends.
+
+        If `running` fails, so does the returned Future (with the same error, also raised by `wait()` /
+        `close()`): `hubckpt jobs --retry` then publishes the revision, final."""
+        chained: Future[PublishedRevision] = Future()
+        chained.set_running_or_notify_cancel()
+
+        def forward(done: Future) -> None:
+            error = done.exception()
+            if error is not None:
+                chained.set_exception(error)
+            else:
+                chained.set_result(done.result())
+
+        def rerun(done: Future) -> None:  # (on the worker's thread, as `running` completes)
+            try:
+                if done.exception() is not None:
+                    self._store.mark_final(job_id)  # a retry of the failed job publishes it final
+                    forward(done)
+                    return
+                self._pipeline.reopen_final(job_id)
+                future, _ = self._submit(job_id)  # not blocking: this is the worker's own thread
+                future.add_done_callback(forward)
+            except BaseException as e:  # noqa: BLE001 - the final save's Future says what went wrong
+                if not chained.done():
+                    chained.set_exception(e)
+
+        running.add_done_callback(rerun)
+        return chained
+
+    def _submit(self, job_id: str, *, block: bool = False) -> tuple[Future[PublishedRevision], bool]:
+        """Queue a run of the job (see `Worker.submit`); a new run looks at the `final` mark again."""
+        if self._worker.future(job_id) is None:
+            self._pipeline.unseal(job_id)
+        return self._worker.submit(job_id, block=block)
 
     def _join_final(self, job_id: str, final: bool) -> None:
         record = self._store.get(job_id)
@@ -566,12 +603,4 @@ class Publisher:
                 captured.release()
 
 
-__all__ = [
-    "Publisher",
-    "PublishedRevision",
-    "RevisionCollisionError",
-    "PublishError",
-    "default_spool",
-    "main_files",
-    "peek_step",
-]
+__all__ = ["Publisher", "hub_targets"]

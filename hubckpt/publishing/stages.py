@@ -29,6 +29,7 @@ from ..faults import fault
 from ..formats.index import RevisionIndex, RevisionInfo, best_revision
 from ..formats.manifest import MANIFEST_FILE, manifest_digest, manifest_metrics, read_manifest
 from ..hub.writer import HubTarget
+from ..names import is_staging_branch
 from ..revisions import RESERVED
 from .jobs import JobStore
 from .journal import JobRecord
@@ -230,11 +231,7 @@ def refuse_collision(index: RevisionIndex, target: HubTarget, name: str, digest:
         and digest is not None
         and existing.manifest_sha256 not in (None, digest)
     ):
-        raise RevisionCollisionError(
-            f"{target.repo_id} on {target.hub.endpoint} already has a revision {name!r} with different content. "
-            "Choose another revision template or name (revision=... / --revision), pass replace=True to replace "
-            "it, or delete that branch first."
-        )
+        raise RevisionCollisionError.of(target.repo_id, name, target.hub.endpoint)
 
 
 def commit(target: HubTarget, view: HubView, record: JobRecord, folder: Path, *, card: bytes, replace: bool) -> str:
@@ -388,7 +385,7 @@ def retire(
 
 def hub_user_tags(view: HubView) -> dict[str, str]:
     """User tags on the hub (whatever client made them) that point at a revision's branch head: tag -> name."""
-    heads = {commit: name for name, commit in view.branches.items() if name != "main"}
+    heads = {commit: name for name, commit in view.branches.items() if name != "main" and not is_staging_branch(name)}
     return {tag: heads[c] for tag, c in view.tags.items() if tag not in RESERVED and c in heads}
 
 

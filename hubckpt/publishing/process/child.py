@@ -250,7 +250,8 @@ def main() -> None:
     # Ctrl-C in the terminal reaches the whole process group: the training process stops, and this one
     # finishes publishing what it was handed (SIGTERM still stops it; the journal keeps the rest).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if environment.progress_bars() is not True:  # HUBCKPT_DISABLE_PROGRESS_BARS=0 shows them, as in thread mode
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     read_uploads_in_large_pieces()
     sock = socket.socket(fileno=environment.publisher_fd())
     channel = Channel(sock)

@@ -35,7 +35,7 @@ from ..typed_json import from_plain, to_plain
 if TYPE_CHECKING:
     import torch
 
-PROTOCOL_VERSION = 1  # raise it with any change to a message below
+PROTOCOL_VERSION = 2  # raise it with any change to a message below (2: ErrorInfo.cause)
 
 
 # -- values inside messages ------------------------------------------------------------------------------
@@ -43,14 +43,20 @@ PROTOCOL_VERSION = 1  # raise it with any change to a message below
 
 @dataclass(frozen=True)
 class ErrorInfo:
-    """An error as it crosses: its class name, its message, and its public attributes that JSON can hold."""
+    """An error as it crosses: its class name, its message, its public attributes that JSON can hold, and
+    its `__cause__` (one level: `cause` is that error's `type`, `message` and `fields`)."""
 
     type: str
     message: str
     fields: dict[str, Any] = field(default_factory=dict)
+    cause: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, error: BaseException) -> ErrorInfo:
+    def of(cls, error: BaseException, *, chain: bool = True) -> ErrorInfo:
+        cause = None
+        if chain and error.__cause__ is not None:
+            first = cls.of(error.__cause__, chain=False)
+            cause = {"type": first.type, "message": first.message, "fields": first.fields}
         fields = {}
         for name, value in vars(error).items():
             if name.startswith("_"):
@@ -61,10 +67,19 @@ class ErrorInfo:
             except (TypeError, ValueError):  # (e.g. an HTTP response object): left out
                 continue
             fields[name] = plain
-        return cls(type(error).__name__, str(error), fields)
+        return cls(type(error).__name__, str(error), fields, cause)
 
     def rebuild(self) -> BaseException:
-        """The error again: the same hubckpt class with the same attributes, else a `PublishError` naming it."""
+        """The error again: the same hubckpt class with the same attributes, else a `PublishError` naming it;
+        its `__cause__` rebuilt the same way."""
+        error = self._rebuild_one()
+        if self.cause is not None:
+            error.__cause__ = ErrorInfo(
+                str(self.cause.get("type")), str(self.cause.get("message")), dict(self.cause.get("fields") or {})
+            )._rebuild_one()
+        return error
+
+    def _rebuild_one(self) -> BaseException:
         cls = getattr(errors, self.type, None)
         if isinstance(cls, type) and issubclass(cls, errors.HubckptError):
             # Not through __init__, whose arguments differ by class: the message and attributes as they were.

@@ -182,3 +182,22 @@ def test_a_timeout_that_makes_no_sense_falls_back(monkeypatch, value):
     assert environment.connect_timeout() == 10.0
     monkeypatch.setenv("HUBCKPT_HTTP_TIMEOUT", "2.5")
     assert environment.http_timeout() == 2.5
+
+
+# -- the folder's own checkpoint.json, read by the one parser ----------------------------------------------------
+
+
+def test_known_hashes_come_from_a_checkpoint_json_that_parses(tmp_path):
+    from hubckpt.formats.manifest import dumps
+    from hubckpt.hub.commits import known_hashes
+
+    sha = "ab" * 32
+    (tmp_path / "checkpoint.json").write_bytes(
+        dumps({"files": [{"path": "model.safetensors", "sha256": sha, "size": 8}, {"path": "x.json", "size": 3}]})
+    )
+    assert known_hashes(tmp_path) == {"model.safetensors": (sha, 8)}
+    # a sha256 that is no sha256 (json.loads took it): the client hashes the files itself
+    (tmp_path / "checkpoint.json").write_text(json.dumps({"files": [{"path": "a", "sha256": 5, "size": 1}]}))
+    assert known_hashes(tmp_path) == {}
+    (tmp_path / "checkpoint.json").write_text(json.dumps({"files": [{"path": "../../etc/passwd", "sha256": sha}]}))
+    assert known_hashes(tmp_path) == {}

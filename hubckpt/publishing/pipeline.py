@@ -35,12 +35,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PublishedRevision:
-    """What a finished publish job produced."""
+    """What a finished publish job produced.
+
+    Attributes:
+        repo_id: the repo.
+        revision: the revision's name (its branch).
+        step: the training step, if known.
+        commits: the revision's commit on each hub, keyed as the journal keys hubs: a local hub by its data
+            folder, `local:<folder>/<repo>` (its port may change), any other by `<url>/<repo>`.
+        skipped: every hub already had it: nothing new was done.
+    """
 
     repo_id: str
     revision: str
     step: int | None
-    # target key (`jobs.target_key`: `local:<data folder>/<repo>` for a local hub, else `<url>/<repo>`) → commit
     commits: dict[str, str] = field(default_factory=dict)
     skipped: bool = False  # every hub already had it: nothing new was done
 

@@ -12,6 +12,7 @@ publishing runs in the background), unset leaves each bar at its default. The ol
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -52,9 +53,14 @@ SPOOL = EnvVar(
 HTTP_TIMEOUT = EnvVar(
     "HUBCKPT_HTTP_TIMEOUT",
     "120",
-    "Seconds one request to a hub may stall while reading or writing (not the time a large upload may take).",
+    "Seconds one request to a hub may stall while reading or writing (not the time a large upload may take). "
+    "A value that is not a positive, finite number is ignored (the default applies).",
 )
-CONNECT_TIMEOUT = EnvVar("HUBCKPT_CONNECT_TIMEOUT", "10", "Seconds to wait for a connection to a hub.")
+CONNECT_TIMEOUT = EnvVar(
+    "HUBCKPT_CONNECT_TIMEOUT",
+    "10",
+    "Seconds to wait for a connection to a hub. A value that is not a positive, finite number is ignored.",
+)
 DIRECT_IO = EnvVar(
     "HUBCKPT_DIRECT_IO",
     "1",
@@ -126,12 +132,14 @@ def _path(var: EnvVar) -> Path:
 
 
 def _seconds(var: EnvVar) -> float:
-    """A positive number of seconds; the default when unset, zero or not a number."""
+    """A positive, finite number of seconds; the default when unset, not a number, zero, negative or infinite
+    (a timeout of -5 or nan would make every request fail at once, inf would let a stalled one wait forever)."""
     assert var.default is not None
     try:
-        return float(_get(var) or "") or float(var.default)
+        value = float(_get(var) or "")
     except ValueError:
         return float(var.default)
+    return value if math.isfinite(value) and value > 0 else float(var.default)
 
 
 def hub() -> str:

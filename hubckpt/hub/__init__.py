@@ -2,6 +2,7 @@
 
 - `select`: which hub (`resolve_hub`, `Hub`, tokens per hub) and the one place that builds `HfApi` clients;
 - `local`: the local hub's lifecycle in the background: start, discover (`server.json`), stop;
+- `origin`: which URLs may receive a hub's credentials (its own origin only);
 - `reader`: `HubReader`, the one reader, shared by the publisher and the consumer side;
 - `writer`: `HubTarget`, the publisher's writes (one commit per revision, compare-and-swap on `main`, tags);
 - `commits`: a folder as exactly one commit, over the protocol the hub speaks (LFS or Xet);

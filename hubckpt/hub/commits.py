@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -26,14 +25,15 @@ from typing import TYPE_CHECKING, BinaryIO, cast
 
 from .. import environment
 from ..direct_io import DirectReader, direct_io_enabled
+from ..formats.manifest import read_manifest
 from .patches import EMPTY_COMMIT_WARNING, XET_FALLBACK_NOTICE, dropped_log_messages
+from .select import is_huggingface_co
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi
 
 logger = logging.getLogger(__name__)
 
-HF_ENDPOINTS = ("https://huggingface.co", "https://hf.co")
 DIRECT_READ_MIN_BYTES = 16 * 1024 * 1024  # smaller files are cheap either way, and likely cached
 
 
@@ -71,12 +71,19 @@ def quiet_xet_notice() -> Iterator[None]:
 
 
 def known_hashes(folder: Path) -> dict[str, tuple[str, int]]:
-    """path → (sha256, size) from the folder's checkpoint.json, written when the files were."""
+    """path → (sha256, size) from the folder's checkpoint.json (`read_manifest`), written when the files were.
+
+    A folder without one, or with one that does not parse, gives {}: every file is hashed by the client.
+    """
     try:
-        manifest = json.loads((folder / "checkpoint.json").read_text())
-        return {f["path"]: (f["sha256"], f["size"]) for f in manifest.get("files", [])}
-    except (OSError, ValueError, KeyError, TypeError):
+        manifest = read_manifest(folder) or {}
+    except (OSError, ValueError):  # HubContentError is a ValueError
         return {}
+    return {
+        f["path"]: (f["sha256"], f["size"])
+        for f in manifest.get("files") or []
+        if isinstance(f.get("sha256"), str) and isinstance(f.get("size"), int)
+    }
 
 
 def _xet_would_be_used() -> bool:
@@ -175,7 +182,7 @@ def commit_folder(
     """
     folder = Path(folder)
     if use_xet is None:
-        use_xet = api.endpoint.rstrip("/") in HF_ENDPOINTS
+        use_xet = is_huggingface_co(api.endpoint)
     with contextlib.ExitStack() as stack, quiet_xet_notice():
         operations = folder_operations(folder, stack, use_xet=use_xet)
         info = api.create_commit(

@@ -59,16 +59,20 @@ def _health(url: str, timeout: float = 2.0) -> dict | None:
     return body if isinstance(body, dict) else None
 
 
-def running_local_hub(root: str | Path) -> str | None:
-    """URL of the server serving `root`, if one answers; None otherwise (starts nothing)."""
-    info_path = Path(root) / SERVER_FILE
+def _record(root: str | Path) -> dict | None:
+    """`root`'s server.json as a dict; None when absent, unreadable or not a JSON object (never trusted further)."""
     try:
-        info = json.loads(info_path.read_text())
+        info = json.loads((Path(root) / SERVER_FILE).read_text())
     except (OSError, ValueError):
         return None
-    url = info.get("url")
+    return info if isinstance(info, dict) else None
+
+
+def running_local_hub(root: str | Path) -> str | None:
+    """URL of the server serving `root`, if one answers; None otherwise (starts nothing)."""
+    url = (_record(root) or {}).get("url")
     health = _health(url) if isinstance(url, str) else None
-    if health and Path(health.get("root", "")) == Path(root).resolve():
+    if health and Path(str(health.get("root", ""))) == Path(root).resolve():
         return url
     return None
 
@@ -92,12 +96,9 @@ def record_server(root: Path, url: str) -> None:
 
 def forget_server(root: Path) -> None:
     """Remove `root`'s record if this process wrote it (a newer server's record is left alone)."""
-    info_path = root / SERVER_FILE
-    try:
-        if json.loads(info_path.read_text()).get("pid") == os.getpid():
-            info_path.unlink()
-    except (OSError, ValueError):
-        pass
+    if (_record(root) or {}).get("pid") == os.getpid():
+        with contextlib.suppress(OSError):
+            (root / SERVER_FILE).unlink()
 
 
 # -- start ---------------------------------------------------------------------------------------------
@@ -192,23 +193,33 @@ def _start_local_hub(root: Path, port: int) -> str:
 
 
 def stop_local_hub(root: str | Path | None = None) -> bool:
-    """Stop the server recorded in `root`'s server.json; True if one was stopped."""
+    """Stop the server recorded in `root`'s server.json; True if one was stopped.
+
+    Only a process the record names by a positive pid is signalled (0 or -1 would signal a whole group);
+    a record naming a process that no longer exists stops nothing.
+    """
     import signal
 
     root = local_root(root)
-    info_path = root / SERVER_FILE
-    try:
-        info = json.loads(info_path.read_text())
-    except (OSError, ValueError):
+    info = _record(root)
+    if info is None:
         return False
     if running_local_hub(root) is None:
-        info_path.unlink(missing_ok=True)
+        (root / SERVER_FILE).unlink(missing_ok=True)
         return False
-    pid = int(info["pid"])
-    os.kill(pid, signal.SIGTERM)
-    for _ in range(100):
-        if running_local_hub(root) is None:
-            return True
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
+    pid = info.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        logger.warning(
+            "%s names no process to stop (pid %r); the server at %r is left running", SERVER_FILE, pid, info.get("url")
+        )
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if running_local_hub(root) is None:
+                return True
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:  # gone meanwhile, or the record names a process that is not the server
+        return running_local_hub(root) is None
     return True

@@ -34,8 +34,8 @@ from ..formats.untrusted import (
     load_json,
     printable,
 )
-from .local import ensure_local_hub, local_root
-from .origin import headers_for
+from .local import ensure_local_hub, local_root, running_local_hub
+from .origin import headers_for, same_origin
 from .retries import check_reachable, install_timeouts, with_retries
 from .select import Hub, ensure_running, hub_api, resolve_hub, resolve_token
 
@@ -98,7 +98,9 @@ class HubReader:
         self.counter = ByteCounter()
         self._api: HfApi | None = None
         self._redirects: dict[str, str] = {}  # /resolve/ URL → the data URL it redirected to (LFS files)
-        install_timeouts()  # here, before any request: installing it replaces huggingface_hub's shared client
+        # Here, once, before any request (every request to a hub goes through a reader: the writer's too);
+        # installing it replaces huggingface_hub's shared client.
+        install_timeouts()
 
     @property
     def api(self):
@@ -113,9 +115,14 @@ class HubReader:
     def describe(self) -> str:
         return f"{self.repo_id} on {self.hub.describe()}"
 
-    def retrying(self, action: Callable[[], T], *, what: str) -> T:
-        """`retries.with_retries` for a request to this hub: names its URL if it refuses, revives a local hub."""
-        return with_retries(action, what=what, endpoint=self.hub.endpoint, revive=self.revive)
+    def retrying(
+        self, action: Callable[[], T], *, what: str, settle: Callable[[BaseException], T | None] | None = None
+    ) -> T:
+        """`retries.with_retries` for a request to this hub: names its URL if it refuses, revives a local hub.
+
+        The endpoint is read at each use: after `revive` it may be another port. `settle`: see `with_retries`.
+        """
+        return with_retries(action, what=what, endpoint=lambda: self.hub.endpoint, revive=self.revive, settle=settle)
 
     def check_reachable(self) -> None:
         """Fail now if nothing listens at the hub's address (`retries.check_reachable`; a local hub is revived).
@@ -139,8 +146,12 @@ class HubReader:
         from urllib.parse import urlsplit
 
         old = self.hub.endpoint
-        url = ensure_local_hub(self.hub.root, port=urlsplit(old).port)
-        logger.warning("the local hub at %s had stopped; it serves %s again at %s", old, self.hub.root, url)
+        url = running_local_hub(local_root(self.hub.root))  # restarted meanwhile (by another process), or moved
+        if url is None:
+            url = ensure_local_hub(self.hub.root, port=urlsplit(old).port)
+            logger.warning("the local hub at %s had stopped; started it again over %s at %s", old, self.hub.root, url)
+        elif url != old:
+            logger.info("the local hub over %s is now at %s (was %s)", self.hub.root, url, old)
         if url != old:
             self.hub = Hub(url, "local", local_root(self.hub.root))
             self._api = None
@@ -305,25 +316,29 @@ class HubReader:
         from huggingface_hub.utils import hf_raise_for_status
 
         source = self.source("(file listing)", revision)
-        url: str | None = (
-            f"{self.hub.endpoint}/api/models/{quote(self.repo_id, safe='/')}/tree/{quote(revision, safe='')}"
-            "?recursive=true&expand=false"
+        # The next page, as a path on the hub (so that it follows a local hub revived on another port,
+        # `revive`), or as an absolute URL when a `Link` names another origin.
+        where: str | None = (
+            f"/api/models/{quote(self.repo_id, safe='/')}/tree/{quote(revision, safe='')}?recursive=true&expand=false"
         )
         files: dict[str, int] = {}
         for page in range(MAX_LISTING_PAGES + 1):
-            if url is None:
+            if where is None:
                 return files
             if page == MAX_LISTING_PAGES:
                 raise source.error(f"the listing goes on past {MAX_LISTING_PAGES} pages")
             budget = ReadBudget()
-            page_url = url
 
-            def fetch(page_url=page_url, budget=budget):
-                response = self._request(page_url, max_bytes=MAX_JSON_BYTES, budget=budget, source=source)
+            def fetch(where: str = where, budget: ReadBudget = budget):
+                endpoint = self.hub.endpoint  # here, at each try: `revive` may have moved it
+                url = endpoint + where if where.startswith("/") else where
+                response = self._request(url, max_bytes=MAX_JSON_BYTES, budget=budget, source=source)
                 hf_raise_for_status(response)
-                return load_json(response.content, source), response.links.get("next", {}).get("url")
+                link = response.links.get("next", {}).get("url")
+                following = _on_hub(str(response.url.join(link)), endpoint) if link else None
+                return load_json(response.content, source), following
 
-            entries, link = self._retrying(fetch, f"listing files of {self.repo_id}@{revision}", budget)
+            entries, where = self._retrying(fetch, f"listing files of {self.repo_id}@{revision}", budget)
             for entry in check_type(entries, list, source, "page"):
                 check_type(entry, dict, source, "entry")
                 if entry.get("type") != "file":
@@ -332,7 +347,6 @@ class HubReader:
                 files[path] = (
                     check_int(entry.get("size"), source, f"size of {printable(path, 80)}", optional=False) or 0
                 )
-            url = str(httpx_url(page_url).join(link)) if link else None
         raise AssertionError("unreachable")
 
     # -- byte ranges ----------------------------------------------------------------------------------
@@ -507,7 +521,10 @@ def _ranged_body(response, start: int, end: int, where: str) -> tuple[bytes, int
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
-def httpx_url(url: str):
-    import httpx2
-
-    return httpx2.URL(url)
+def _on_hub(url: str, endpoint: str) -> str:
+    """`url` as a path on the hub at `endpoint` when it is on that hub (same origin, under its base path), else
+    as it is."""
+    base = endpoint.rstrip("/")
+    if same_origin(url, endpoint) and url.startswith(base + "/"):
+        return url[len(base) :]
+    return url

@@ -24,6 +24,7 @@ from typing import TypeVar
 from .. import environment
 from ..errors import HubckptError, HubUnavailableError
 from .patches import add_request_hook
+from .select import is_huggingface_co
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def check_reachable(endpoint: str) -> None:
     from urllib.parse import urlsplit
 
     parts = urlsplit(endpoint)
-    if not parts.hostname or endpoint.rstrip("/") in ("https://huggingface.co", "https://hf.co"):
+    if not parts.hostname or is_huggingface_co(endpoint):
         return
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
@@ -203,34 +204,50 @@ def with_retries(
     what: str,
     attempts: int = 5,
     base_delay: float = 0.5,
-    endpoint: str | None = None,
+    endpoint: str | Callable[[], str] | None = None,
     revive: Callable[[], bool] | None = None,
+    settle: Callable[[BaseException], T | None] | None = None,
 ) -> T:
     """Run `action`, retrying transient failures with exponential backoff (or as long as the server asks).
 
     A refused connection from a hub that never answered (`endpoint`) raises `unreachable(endpoint)` at once,
     unless `revive()` restarts the hub and returns True: then `action` runs again (once more, not counted
-    as an attempt). One that answered before is retried with backoff.
+    as an attempt). One that answered before is retried with backoff. `endpoint` may be a callable, read
+    at each use: a revived hub can have moved to another port. After `attempts` transient failures (or
+    a refused connection that is not retried) it raises `HubUnavailableError`, its cause the last error.
+
+    `settle(error)`, for requests whose transient failure is ambiguous (a commit may have landed before
+    the connection dropped): called before each retry; a result other than None is what the request
+    achieved, returned instead of sending it again.
+
+    Timeouts come from `install_timeouts`, installed once by `HubReader` (every request goes through one).
     """
-    install_timeouts()
+
+    def where() -> str | None:
+        return endpoint() if callable(endpoint) else endpoint
+
     attempt, revived = 1, False
     while True:
         try:
             result = action()
-            answered(endpoint)
+            answered(where())
             return result
         except Exception as e:  # noqa: BLE001 - filtered by is_transient
             if got_response(e):
-                answered(endpoint)
-            if refused(e, endpoint=endpoint, revive=revive, revived=revived):
+                answered(where())
+            if refused(e, endpoint=where(), revive=revive, revived=revived):
                 revived = True
                 continue
             if not is_transient(e) or attempt == attempts:
                 if is_refused(e):
-                    raise unreachable(e, endpoint) from e
+                    raise unreachable(e, where()) from e
                 if is_transient(e):
                     raise HubUnavailableError(f"{what} failed {attempts} times; last error: {e}") from e
                 raise
+            if settle is not None:
+                settled = settle(e)
+                if settled is not None:
+                    return settled
             delay = backoff_delay(e, attempt, base_delay)
             logger.warning("%s failed (%s); retrying in %.1fs", what, e, delay)
             time.sleep(delay)

@@ -27,6 +27,12 @@ if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
 HF_ENDPOINT_URL = "https://huggingface.co"
+HF_ENDPOINTS = (HF_ENDPOINT_URL, "https://hf.co")
+
+
+def is_huggingface_co(endpoint: str) -> bool:
+    """Is `endpoint` huggingface.co? The one test (its tokens, Xet uploads, no reachability probe)."""
+    return endpoint.rstrip("/").lower() in HF_ENDPOINTS
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,7 @@ class Hub:
 
     @property
     def is_huggingface_co(self) -> bool:
-        return self.endpoint.rstrip("/") in (HF_ENDPOINT_URL, "https://hf.co")
+        return is_huggingface_co(self.endpoint)
 
     def describe(self) -> str:
         if self.kind == "local":

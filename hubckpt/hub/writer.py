@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -29,8 +28,8 @@ from ..formats.index import RevisionIndex
 from ..formats.manifest import MANIFEST_FILE, manifest_digest, read_manifest
 from .commits import folder_operations, quiet_xet_notice
 from .reader import HubReader
-from .retries import answered, backoff_delay, got_response, install_timeouts, is_transient, refused, status_of
-from .select import Hub, ensure_running, resolve_token
+from .retries import status_of
+from .select import Hub, resolve_token
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
@@ -73,12 +72,12 @@ class HubTarget:
     """
 
     def __init__(self, hub: Hub, repo_id: str, *, token: str | bool | None = None, private: bool = False) -> None:
-        hub = ensure_running(hub)  # a local hub not started yet is started now: targets are written to
         self.repo_id = repo_id
         self.private = private
         self.token = resolve_token(hub, token)
-        self.reader = HubReader(hub, repo_id, token=self.token)  # every read goes through it
-        install_timeouts()
+        # Every read goes through it; it starts a local hub not started yet (targets are written to) and
+        # installs the request timeouts.
+        self.reader = HubReader(hub, repo_id, token=self.token)
 
     @property
     def hub(self) -> Hub:
@@ -118,18 +117,14 @@ class HubTarget:
     def token_role(self) -> str | None:
         """The role of this target's token as the hub reports it (`read`, `write`, `fineGrained`); None if unknown."""
         try:
-            info = self.api.whoami(token=self.token, cache=True)
-        except TypeError:  # a huggingface_hub without whoami(cache=)
-            info = self.api.whoami(token=self.token)
-        except Exception:  # noqa: BLE001 - only used to explain another error
+            try:
+                info = self.api.whoami(token=self.token, cache=True)
+            except TypeError:  # a huggingface_hub without whoami(cache=)
+                info = self.api.whoami(token=self.token)
+        except Exception:  # noqa: BLE001 - only used to explain another error, which must not be hidden by this one
             return None
         role = ((info.get("auth") or {}).get("accessToken") or {}).get("role") if isinstance(info, dict) else None
         return role if isinstance(role, str) else None
-
-    @property
-    def key(self) -> str:
-        """Stable id of this target in the journal."""
-        return f"{self.hub.endpoint}/{self.repo_id}"
 
     @property
     def repo_url(self) -> str:
@@ -267,37 +262,31 @@ class HubTarget:
         head = self.branches().get(branch)
         return head if head is not None and self._holds(head, manifest_sha256) else None
 
-    def _commit_once(self, send: Callable[[], str], branch: str, manifest_sha256: str, attempts: int = 5) -> str:
+    def _commit_once(self, send: Callable[[], str], branch: str, manifest_sha256: str) -> str:
+        """`send()` (a commit to `branch`) through `reader.retrying`, never committing the revision twice.
+
+        A transient failure may hide a commit that landed: before each retry the branch is looked at
+        (`settle`). A 412 (the branch moved) is our own earlier attempt when the branch holds the revision.
+        A commit that keeps failing ends in `HubUnavailableError`, as every other request does.
+        """
         from huggingface_hub.errors import HfHubHTTPError
 
-        install_timeouts()
-        attempt, revived = 1, False
-        while True:
+        def attempt() -> str:
             try:
-                commit = send()
-                answered(self.hub.endpoint)
-                return commit
-            except Exception as e:  # noqa: BLE001 - ambiguous failures are settled below
-                if got_response(e):
-                    answered(self.hub.endpoint)
-                # Refused: the request never left, so nothing can have landed; a local hub is revived.
-                if refused(e, endpoint=self.hub.endpoint, revive=self.reader.revive, revived=revived):
-                    revived = True
-                    continue
-                if isinstance(e, HfHubHTTPError) and status_of(e) == 412:
-                    landed = self.landed_commit(branch, manifest_sha256)
-                    if landed:
-                        return landed
-                    raise
-                if not is_transient(e) or attempt == attempts:
-                    raise
-                # The request may have been applied: look before sending it again.
-                landed = self.landed_commit(branch, manifest_sha256)
+                return send()
+            except HfHubHTTPError as e:
+                landed = self.landed_commit(branch, manifest_sha256) if status_of(e) == 412 else None
                 if landed:
-                    logger.info("commit to %s had landed despite %s", branch, e)
                     return landed
-                time.sleep(backoff_delay(e, attempt, 0.5))
-                attempt += 1
+                raise
+
+        def settle(error: BaseException) -> str | None:
+            landed = self.landed_commit(branch, manifest_sha256)
+            if landed:
+                logger.info("commit to %s had landed despite %s", branch, error)
+            return landed
+
+        return self.reader.retrying(attempt, what=f"committing to {branch} of {self.repo_id}", settle=settle)
 
     def update_main(
         self, mutate: Callable[[RevisionIndex], tuple[dict[str, bytes], Path | None, list[str], str]], attempts: int = 8

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import IntegrityError
 from .download import _SHA256, is_verified, require_weights
@@ -23,7 +23,32 @@ from .download import _SHA256, is_verified, require_weights
 if TYPE_CHECKING:
     import torch
 
-    from .loaders import Revision
+    from ..formats.index import RevisionInfo
+    from ..hub.reader import HubReader
+    from .download import Downloader, RevisionFiles
+
+
+class ResolvedRevision(Protocol):
+    """What a lazy read uses of a resolved revision (`loaders.Revision`), named here so that this module
+    need not import the loaders, which import it."""
+
+    @property
+    def repo_id(self) -> str: ...
+    @property
+    def info(self) -> RevisionInfo: ...
+    @property
+    def commit(self) -> str: ...
+    @property
+    def reader(self) -> HubReader: ...
+    @property
+    def downloader(self) -> Downloader: ...
+    @property
+    def files(self) -> RevisionFiles: ...
+    @property
+    def tied(self) -> dict[str, str]: ...
+    @property
+    def lazy(self) -> bool: ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +130,7 @@ class LazyRevision:
         IntegrityError: a header or byte range that does not match the file.
     """
 
-    def __init__(self, rev: Revision, *, count_from_now: bool = False) -> None:
+    def __init__(self, rev: ResolvedRevision, *, count_from_now: bool = False) -> None:
         self.rev = rev
         counter = rev.reader.counter
         # open_revision counts from the start (resolving the revision included); a revision opened from

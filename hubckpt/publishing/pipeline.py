@@ -35,12 +35,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PublishedRevision:
-    """What a finished publish job produced."""
+    """What a finished publish job produced.
+
+    Attributes:
+        repo_id: the repo.
+        revision: the revision's name (its branch).
+        step: the training step, if known.
+        commits: the revision's commit on each hub, keyed as the journal keys hubs: a local hub by its data
+            folder, `local:<folder>/<repo>` (its port may change), any other by `<url>/<repo>`.
+        skipped: every hub already had it: nothing new was done.
+    """
 
     repo_id: str
     revision: str
     step: int | None
-    commits: dict[str, str] = field(default_factory=dict)  # target → commit sha
+    commits: dict[str, str] = field(default_factory=dict)
     skipped: bool = False  # every hub already had it: nothing new was done
 
 
@@ -147,7 +156,7 @@ class Pipeline:
                 held = views[key].holds(name, expected)
                 if held is None and not views[key].pruned(name, expected):
                     break
-                commits[target.key] = held or ""
+                commits[key] = held or ""
             else:  # every hub has it, and the files on disk did not change: nothing to convert
                 self.store.converted(job_id, expected)
                 for key in self.keys:
@@ -174,7 +183,7 @@ class Pipeline:
         finals: dict[str, str] = {}  # target key → the commit that target has made `final` (with the files)
         for target, key in zip(self.targets, self.keys):
             if key in record.published:
-                commits[target.key] = record.committed.get(key, "")
+                commits[key] = record.committed.get(key, "")
                 continue
             self._prepare(target, key)
             view = views.get(key) or stages.read_view(target)
@@ -184,7 +193,7 @@ class Pipeline:
                 if info is not None and not info.pruned:  # finish the interrupted pruning
                     stages.retire(target, [], self.ctx.options.card, has_config=has_config)
                 self.store.published(job_id, key)
-                commits[target.key] = ""
+                commits[key] = ""
                 continue
             held = view.holds(name, record.manifest_sha256)
             # An index entry whose branch is gone (deleted by hand, as RevisionCollisionError advises) holds
@@ -208,7 +217,7 @@ class Pipeline:
                 self.store.indexed(job_id, key)
                 stages.retain(self.ctx, target, index, has_config=theirs)  # main's card: the files main holds
                 self.store.published(job_id, key)
-                commits[target.key] = live
+                commits[key] = live
                 new_work = True
                 continue
             if held is None and not replace and not gone:
@@ -246,7 +255,7 @@ class Pipeline:
             stages.retain(self.ctx, target, index, has_config=has_config)
             fault("publish.after_retain")
             self.store.published(job_id, key)
-            commits[target.key] = commit
+            commits[key] = commit
         # A final save of this step may have marked the job after its index stage: look once more, sealed
         # against marks from here on (a later one re-runs the job: see `mark_final`).
         while True:
@@ -291,7 +300,7 @@ class Pipeline:
         for target, key in zip(self.targets, self.keys):
             view = views[key]
             commit = view.holds(name, digest) or ""
-            commits[target.key] = commit
+            commits[key] = commit
             if view.index.final != name or view.tags.get("final") != commit:
                 folder = stages.download_revision(target, commit, self.store.folder(job_id) / "final" / key_folder(key))
                 index = stages.mark_final(self.ctx, target, name, folder, has_config=(folder / "config.json").is_file())

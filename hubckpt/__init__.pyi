@@ -39,6 +39,7 @@ from .errors import (
     MissingExtraError as MissingExtraError,
     NoSafetensorsError as NoSafetensorsError,
     PublishError as PublishError,
+    RankMismatchError as RankMismatchError,
     ReadOnlyTokenError as ReadOnlyTokenError,
     RestoreError as RestoreError,
     RevisionCollisionError as RevisionCollisionError,

@@ -144,6 +144,15 @@ class Checkpointer:
             or `options=PublishOptions(...)` itself, as `hubckpt.Publisher` takes them.
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Checkpointer:
+        # Under torch.distributed the same call builds the collective, multi-rank Checkpointer (ranks.py).
+        if cls is Checkpointer and kwargs.get("model") is not None:
+            from .ranks import RankedCheckpointer, wants_ranks
+
+            if wants_ranks(kwargs["model"]):
+                return super().__new__(RankedCheckpointer)
+        return super().__new__(cls)
+
     def __init__(
         self,
         repo_id: str,
@@ -473,7 +482,7 @@ class Checkpointer:
         )
 
 
-def model_files(model: Any, folder: Path) -> list[Path]:
+def model_files(model: Any, folder: Path, *, class_name: str | None = None) -> list[Path]:
     """A transformers model's config.json (and generation_config.json) written into `folder`; [] otherwise.
 
     Without them a revision holds bare tensors that `load_model` / `hubckpt analyze` cannot build.
@@ -486,7 +495,8 @@ def model_files(model: Any, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     assert config is not None  # checked above: it has to_json_file
     config = copy.deepcopy(config)
-    config.architectures = [type(model).__name__]  # as save_pretrained records it: load_model picks the class
+    # as save_pretrained records it: load_model picks the class (`class_name`: the model's own, not a wrapper's)
+    config.architectures = [class_name or type(model).__name__]
     config.to_json_file(folder / "config.json")
     written = [folder / "config.json"]
     generation = getattr(model, "generation_config", None)

@@ -1,0 +1,171 @@
+"""Multi-rank publishing (torch.distributed, gloo on CPU): `torchrun --nproc-per-node 2` launched as a subprocess.
+
+One launch runs a tiny GPT-2 (FSDP2-sharded per block, AdamW, dropout on) through several saves, a
+mismatched save and close; each rank writes what it saw to JSON and rank 0 the gathered full state
+(`get_model_state_dict(full_state_dict=True)`) at each saved step, which the test compares with what a
+plain process loads from the hub. This file is also the rank script (`__main__`).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LAUNCH_TIMEOUT = 240
+
+
+def _model():
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=16, resid_pdrop=0.1, bos_token_id=0, eos_token_id=0
+    )
+    return GPT2LMHeadModel(config)
+
+
+def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+
+    import hubckpt
+
+    faulthandler.dump_traceback_later(float(os.environ.get("RANK_DEADLINE", LAUNCH_TIMEOUT - 20)), exit=True)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{os.environ.get('RANK')} %(name)s: %(message)s")
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = _model()
+    if mode == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh("cpu", (world,))
+        for block in model.transformer.h:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+    else:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    seen: dict = {"rank": rank, "errors": {}}
+    ckpt = hubckpt.Checkpointer(repo, model=model, optimizer=opt, hub=hub, rank_timeout=30)
+    seen["class"] = type(ckpt).__name__
+    torch.manual_seed(100 + rank)
+
+    def train(n: int) -> None:
+        for _ in range(n):
+            ids = torch.randint(0, 64, (2, 16))
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+
+    def expected(step: int) -> None:
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if rank == 0:
+            from safetensors.torch import save_file
+
+            full = {k: v.clone() for k, v in full.items()}  # (clones: lm_head.weight is tied to wte)
+            save_file(full, str(out / f"expected-{step}.safetensors"))
+
+    train(1)
+    ckpt.save(1, metrics={"loss": 1.0})  # before the optimizer... has state: it has after one step
+    expected(1)
+    train(2)
+    future = ckpt.save(3, metrics={"loss": 0.5})
+    expected(3)
+    try:
+        ckpt.save(10 + rank)
+    except hubckpt.HubckptError as e:
+        seen["errors"]["mismatch"] = f"{type(e).__name__}: {e}"
+    train(1)
+    ckpt.save(4)
+    expected(4)
+    seen["revision_3"] = future.result(timeout=120).revision
+    ckpt.close()
+    seen["stalls"] = ckpt.stalls
+    (out / f"rank-{rank}.json").write_text(json.dumps(seen))
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)
+
+
+def _launch(tmp_path: Path, repo: str, hub: str, mode: str, nproc: int = 2) -> list[dict]:
+    env = {**os.environ, "HUBCKPT_SPOOL": str(tmp_path / "spool"), "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        "--standalone",
+        __file__,
+        repo,
+        hub,
+        str(tmp_path),
+        mode,
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
+    return [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(nproc)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fsdp", "ddp"])
+def test_two_ranks_publish_one_revision_per_save(tmp_path, local_hub, api, repo_id, mode):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    import hubckpt
+
+    seen = _launch(tmp_path, repo_id, local_hub.url, mode)
+    assert [s["class"] for s in seen] == ["RankedCheckpointer"] * 2
+    # Mismatched steps: every rank raised, naming both steps, and nothing of them was published.
+    for s in seen:
+        message = s["errors"]["mismatch"]
+        assert message.startswith("RankMismatchError") and "step 10" in message and "step 11" in message
+    assert seen[0]["revision_3"] == seen[1]["revision_3"] == "step-0000003"
+    branches = {b.name for b in api.list_repo_refs(repo_id).branches}
+    assert {"step-0000001", "step-0000003", "step-0000004"} <= branches
+    assert not any("0000010" in b or "0000011" in b for b in branches)
+    for step in (1, 3, 4):
+        rev = f"step-{step:07d}"
+        want = load_file(str(tmp_path / f"expected-{step}.safetensors"))
+        got = hubckpt.load_state_dict(repo_id, revision=rev, hub=local_hub.url)
+        assert sorted(got) == sorted(want)
+        for k in want:
+            assert torch.equal(got[k], want[k]), k
+        files = set(api.list_repo_files(repo_id, revision=rev))
+        assert {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"} <= files
+        assert {"model.safetensors.index.json", "config.json", "README.md", "checkpoint.json"} <= files
+        assert {"training_state/rng-rank-00000.json", "training_state/rng-rank-00001.json"} <= files
+        manifest = json.loads(Path(api.hf_hub_download(repo_id, "checkpoint.json", revision=rev)).read_text())
+        assert manifest["ranks"]["world_size"] == 2 and manifest["step"] == step
+        config = json.loads(Path(api.hf_hub_download(repo_id, "config.json", revision=rev)).read_text())
+        assert config["architectures"] == ["GPT2LMHeadModel"]
+    # Each rank wrote (and uploaded) a balanced share of the weights.
+    sizes = [
+        api.get_paths_info(repo_id, [f"model-0000{k}-of-00002.safetensors"], revision="step-0000004")[0].size
+        for k in (1, 2)
+    ]
+    assert max(sizes) / (sum(sizes) / 2) <= 1.2, sizes
+    model = AutoModelForCausalLM.from_pretrained(repo_id, revision="step-0000004")
+    want = load_file(str(tmp_path / "expected-4.safetensors"))
+    assert torch.equal(model.state_dict()["transformer.wte.weight"], want["transformer.wte.weight"])
+    index = hubckpt.list_revisions(repo_id, hub=local_hub.url)
+    assert [r.step for r in index] == [1, 3, 4]
+
+
+if __name__ == "__main__":
+    _rank_main(sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4])

@@ -17,6 +17,7 @@ The local hub runs as its own process (as `hub="local"` starts it), on the same 
 
 Usage:  .venv/bin/python bench/checkpointer.py [--n-embd 1024] [--layers 8] [--saves 5] [--skip-trainer]
         [--background process|thread] [--nice idle|N] [--mb-per-s R] [--server-nice 0] [--threads 0] [--only-checkpointer]
+        [--first-save N]   (only: a save right after Checkpointer(...), N times)
 """
 
 from __future__ import annotations
@@ -153,6 +154,36 @@ def bench_checkpointer(
     return out
 
 
+def bench_first_save(run: Run, hub: str, background: str | None, repeats: int) -> list[tuple[float, float, float]]:
+    """A save right after `Checkpointer(...)` (a step-0 checkpoint, as Pythia publishes): per repeat, the
+    floor copy just before, the construction's time and the first save's stall."""
+    import hubckpt
+
+    buffers = [t.detach().clone() for t in run.tensors()]
+    out = []
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        for buf, t in zip(buffers, run.tensors()):
+            buf.copy_(t)
+        floor = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ckpt = hubckpt.Checkpointer(
+            f"bench/first-save-{i}",
+            model=run.model,
+            optimizer=run.optimizer,
+            scheduler=run.scheduler,
+            hub=hub,
+            background=background,
+        )
+        built = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ckpt.save(0)
+        stall = time.perf_counter() - t0
+        ckpt.close()
+        out.append((floor, built, stall))
+    return out
+
+
 def bench_dcp(run: Run, saves: int) -> list[float]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
@@ -264,6 +295,13 @@ def main() -> None:
     parser.add_argument("--server-nice", type=int, default=0, help="start the local hub at this nice value")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for training (0: torch's default)")
     parser.add_argument("--only-checkpointer", action="store_true", help="skip the (b), (c), (d) comparisons")
+    parser.add_argument(
+        "--first-save",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only measure a save right after Checkpointer(...), N times (construction time and the save's stall)",
+    )
     args = parser.parse_args()
 
     import torch
@@ -285,6 +323,13 @@ def main() -> None:
             f"GPT-2 {params / 1e6:.0f}M parameters fp32 + AdamW: {size / 2**30:.2f} GiB of state per save; "
             f"torch threads {torch.get_num_threads()}; hub {hub}"
         )
+        if args.first_save:
+            for floor, built, stall in bench_first_save(run, hub, args.background, args.first_save):
+                print(
+                    f"Checkpointer(...) {built:.3f}s, then save(0) right after: stall {stall:.3f}s = "
+                    f"{stall / floor:.2f}x the floor copy of that moment ({floor:.3f}s)"
+                )
+            return
         floor_sep = bench_floor(run, args.saves)
         measured = bench_checkpointer(run, args.saves, hub, args.nice, args.background, args.mb_per_s)
         background, nice = measured["mode"]

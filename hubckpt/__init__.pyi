@@ -39,6 +39,7 @@ from .errors import (
     MissingExtraError as MissingExtraError,
     NoSafetensorsError as NoSafetensorsError,
     PublishError as PublishError,
+    PublishFailedError as PublishFailedError,
     RankMismatchError as RankMismatchError,
     ReadOnlyTokenError as ReadOnlyTokenError,
     RestoreError as RestoreError,

@@ -25,6 +25,7 @@ Hierarchy::
     ├── DiskFullError (OSError)               no space (or file size limit) while writing; nothing left behind
     ├── RevisionCollisionError (FileExistsError)  a revision name already published with other content
     ├── PublishError (RuntimeError)           a background publish job could not complete
+    │   └── PublishFailedError                    raised by wait()/close(): which revisions failed, and why
     ├── SpoolBusyError (RuntimeError)         another process owns the publisher's spool (attribute `pid`)
     ├── RankMismatchError (RuntimeError)      torch.distributed ranks made different Checkpointer calls (steps)
     ├── RevisionLookupError (LookupError)     no revision at that step / tokens / `best`...; names the nearest
@@ -274,6 +275,35 @@ class PublishError(HubckptError, RuntimeError):
         Fix the cause named in the message, then `hubckpt jobs REPO --retry N` (the failed job stays in the
         spool) or `--drop N` to forget it. Later jobs are not blocked by it.
     """
+
+
+class PublishFailedError(PublishError):
+    """Checkpoints saved or queued for publishing were not published; raised by `wait()` / `close()` / a
+    `with` block's end of `Publisher` and `Checkpointer`, whatever failed in the background.
+
+    Attributes:
+        failures: one dict per revision that was not published: `revision`, `step`, `error` (the cause's
+            class name) and `message` (the cause's message). The first cause is also `__cause__`
+            (in the same process).
+
+    What to do:
+        Read each cause: a read-only token needs a token with write access (`--token`, `HF_TOKEN`); a
+        `RevisionCollisionError` needs another revision name or `replace=True`; an unreachable hub needs
+        the hub running (`hubckpt serve`) or the right `hub=` / `--hub`; a full disk needs space for the
+        spool. The jobs stay in the spool: `hubckpt jobs REPO` lists them, `--retry N` publishes one again
+        once the cause is fixed, `--drop N` forgets it.
+    """
+
+    def __init__(self, failures: list[dict[str, Any]], repo_id: str | None = None) -> None:
+        self.failures = failures
+        self.repo_id = repo_id
+        listed = "; ".join(
+            f"{f.get('revision')} (step {f.get('step')}): {f.get('error')}: {f.get('message')}" for f in failures
+        )
+        super().__init__(
+            f"{len(failures)} checkpoint(s) not published: {listed}. They stay in the spool: "
+            f"`hubckpt jobs {repo_id or 'REPO'}` lists them; fix the cause, then `--retry` or `--drop` each."
+        )
 
 
 class SpoolBusyError(HubckptError, RuntimeError):

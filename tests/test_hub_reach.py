@@ -16,6 +16,7 @@ import pytest
 import torch
 from huggingface_hub import HfApi
 
+from hubckpt.errors import PublishFailedError
 from hubckpt.publishing import Publisher
 
 from .conftest import free_port
@@ -47,8 +48,9 @@ def test_a_closed_port_fails_fast_in_one_line(command, tmp_path):
         spool = tmp_path / "spool"
         pub = Publisher("bob/x", hub=url, spool_dir=spool)
         pub.publish(tmp_path / "w.pt", step=1)
-        with pytest.raises(ConnectionError):
+        with pytest.raises(PublishFailedError) as raised:
             pub.close()
+        assert isinstance(raised.value.__cause__, ConnectionError)
         args = ["jobs", "bob/x", "--spool", str(spool), "--retry", "1"]
     elif command == "publish":
         args += ["--spool", str(tmp_path / "spool")]

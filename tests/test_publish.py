@@ -10,7 +10,12 @@ import torch
 from huggingface_hub import HfApi
 
 import hubckpt
-from hubckpt.errors import CorruptCheckpointError, HubConfigError, InvalidNameError, RevisionCollisionError
+from hubckpt.errors import (
+    CorruptCheckpointError,
+    HubConfigError,
+    InvalidNameError,
+    PublishFailedError,
+)
 from hubckpt.formats.index import RevisionIndex
 from hubckpt.publishing import Publisher
 from hubckpt.revisions import render_revision_name
@@ -209,8 +214,9 @@ def test_worker_errors_are_reraised_and_nothing_half_published(api, local_hub, t
     (bad / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
     pub = Publisher("alice/errors", hub=local_hub.url, spool_dir=tmp_path / "spool")
     future = pub.publish(bad)
-    with pytest.raises(CorruptCheckpointError):
+    with pytest.raises(PublishFailedError, match="step-0000007") as raised:
         pub.wait()
+    assert isinstance(raised.value.__cause__, CorruptCheckpointError)
     assert isinstance(future.exception(), CorruptCheckpointError)
     good = tmp_path / "w.pt"
     torch.save({"w": torch.ones(3)}, good)
@@ -246,7 +252,7 @@ def test_name_collision_is_refused(api, local_hub, tmp_path):
     repo_id = "alice/collide"
     with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "a") as pub:
         pub.publish(state_dict={"w": torch.ones(2)}, step=1)
-    with pytest.raises(RevisionCollisionError, match="step-0000001"):
+    with pytest.raises(PublishFailedError, match="step-0000001.*RevisionCollisionError"):
         with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "b") as pub:
             pub.publish(state_dict={"w": torch.zeros(2)}, step=1)
     assert len(_index(api, repo_id).revisions) == 1
@@ -341,8 +347,9 @@ def test_unreachable_hub_fails_clearly_and_keeps_the_spool(tmp_path):
     torch.save({"w": torch.ones(2)}, tmp_path / "w.pt")
     pub = Publisher("alice/offline", hub="http://127.0.0.1:9", spool_dir=tmp_path / "spool")
     pub.publish(tmp_path / "w.pt", step=3)
-    with pytest.raises((HubUnavailableError, ConnectionError)):
+    with pytest.raises(PublishFailedError) as raised:
         pub.close()
+    assert isinstance(raised.value.__cause__, (HubUnavailableError, ConnectionError))
     assert list((tmp_path / "spool" / "jobs").glob("*/revision/model.safetensors"))
     assert Publisher(
         "alice/offline", hub="http://127.0.0.1:9", spool_dir=tmp_path / "spool", resume=False
@@ -363,8 +370,10 @@ def test_no_write_access_is_a_clear_error(tmp_path):
         HfApi(endpoint=hub.url, token=write_token).create_repo("bob/ro")
         pub = Publisher("bob/ro", hub=hub.url, token=read_token, spool_dir=tmp_path / "spool")
         pub.publish(state_dict={"w": torch.ones(2)}, step=1)
-        with pytest.raises(ReadOnlyTokenError, match="is a read token"):  # tests/test_hub_reach.py: more cases
+        with pytest.raises(PublishFailedError) as raised:  # tests/test_hub_reach.py: more cases
             pub.close()
+        cause = raised.value.__cause__
+        assert isinstance(cause, ReadOnlyTokenError) and "is a read token" in str(cause)
 
 
 def test_trainer_callback_publishes_while_training(api, local_hub, tmp_path):

@@ -12,7 +12,7 @@ import torch
 from huggingface_hub import HfApi
 from safetensors.torch import load_file
 
-from hubckpt.errors import CorruptCheckpointError, RevisionCollisionError, SpoolBusyError
+from hubckpt.errors import CorruptCheckpointError, PublishFailedError, RevisionCollisionError, SpoolBusyError
 from hubckpt.formats.index import RevisionIndex
 from hubckpt.publishing import Publisher
 from hubckpt.publishing.journal import Journal
@@ -118,7 +118,7 @@ def test_the_same_step_twice_in_one_process(api, local_hub, tmp_path):
             changed.result(timeout=60)
         pub.wait()  # reported once: the caller saw it through the Future
         unseen = pub.publish(state_dict={"w": torch.full((6,), 2.0)}, step=5)
-        with pytest.raises(RevisionCollisionError):
+        with pytest.raises(PublishFailedError, match="RevisionCollisionError"):
             pub.wait()  # not seen yet: raised here...
         pub.wait()  # ...and only once
         assert isinstance(unseen.exception(), RevisionCollisionError)
@@ -132,7 +132,7 @@ def test_the_same_step_twice_in_one_process(api, local_hub, tmp_path):
     # A new process (fresh Publisher, same spool) knows the step: a change is still a collision...
     with pytest.raises(RevisionCollisionError):
         with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
-            pub.publish(state_dict={"w": torch.ones(6)}, step=5).result(timeout=60)
+            pub.publish(state_dict={"w": torch.ones(6)}, step=5).result(timeout=60)  # (raised by result())
     # ...unless the caller asks to replace it.
     with Publisher(repo_id, hub=local_hub.url, spool_dir=tmp_path / "spool") as pub:
         assert not pub.publish(state_dict={"w": torch.ones(6)}, step=5, replace=True).result(timeout=60).skipped
@@ -173,8 +173,9 @@ def test_a_failed_job_is_reported_once_stays_visible_and_can_be_retried_or_dropp
     failed = pub.publish(bad)
     good = pub.publish(tmp_path / "w.pt", step=8)  # not blocked by the failure before it
     assert good.result(timeout=60).revision == "step-0000008"
-    with pytest.raises(CorruptCheckpointError):
+    with pytest.raises(PublishFailedError, match="CorruptCheckpointError") as raised:
         pub.close()  # not looked at through its Future: close() reports it, once
+    assert isinstance(raised.value.__cause__, CorruptCheckpointError)
     assert isinstance(failed.exception(), CorruptCheckpointError)
 
     # A later process is not poisoned by it...
@@ -199,7 +200,7 @@ def test_a_failed_job_is_reported_once_stays_visible_and_can_be_retried_or_dropp
     bad2 = tmp_path / "checkpoint-11"
     bad2.mkdir()
     (bad2 / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
-    with pytest.raises(CorruptCheckpointError):
+    with pytest.raises(PublishFailedError, match="CorruptCheckpointError"):
         with Publisher(repo_id, hub=local_hub.url, spool_dir=spool) as pub:
             pub.publish(bad2)
     dropped = run_cli("jobs", repo_id, "--spool", str(spool), "--drop", "step-0000011")

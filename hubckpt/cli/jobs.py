@@ -12,6 +12,10 @@ from ._options import HubOpt, RootOpt, TokenOpt
 def _state(record) -> str:
     if record.dropped:
         return "dropped"
+    if record.failed is not None and record.indexed:
+        # Its revision is on the hub (committed and listed); what failed came after (marking it final, tags,
+        # retention): not a failed publish.
+        return f"published; then failed ({'will retry' if record.retryable else '--retry to finish'}): {record.failed}"
     if record.failed is not None:
         return f"{'waiting to retry' if record.retryable else 'FAILED'}: {record.failed}"
     targets = record.captured.get("targets") or []

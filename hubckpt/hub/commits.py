@@ -158,7 +158,20 @@ def commit_folder(
     """Upload every file of `folder` to `revision` in one commit.
 
     Args:
+        api: the `HfApi` of the target hub (see `hub_api`).
+        repo_id: the repo to commit to (it must exist).
+        folder: the local folder; every file in it is uploaded, under the same relative path.
+        revision: the branch to commit to.
+        commit_message: the commit's message.
+        parent_commit: the commit the branch must be at (compare-and-swap); None commits on whatever is there.
         use_xet: None = Xet only for huggingface.co endpoints; False forces the LFS protocol.
+
+    Returns:
+        huggingface_hub's `CommitInfo` of the new commit (`.oid` is its id).
+
+    Raises:
+        huggingface_hub.errors.HfHubHTTPError: the hub refused the commit (a 412 when `parent_commit` is
+            no longer the branch head).
     """
     folder = Path(folder)
     if use_xet is None:

@@ -119,8 +119,19 @@ def _start_lock(root: Path) -> Iterator[None]:
 def ensure_local_hub(root: str | Path | None = None, *, port: int | None = None) -> str:
     """URL of a local hub serving `root`; starts one in the background if none is running.
 
-    `port`: where to start it (default 8900; a taken port falls back to a free one). A hub restarted
-    after it died asks for its old port, so URLs handed out before (HF_ENDPOINT, cards) keep working.
+    A hub restarted after it died asks for its old port, so URLs handed out before (HF_ENDPOINT, cards)
+    keep working.
+
+    Args:
+        root: the data folder (default `HUBCKPT_HUB_ROOT`, else `~/.cache/hubckpt/hub`).
+        port: where to start it (default 8900; a taken port falls back to a free one).
+
+    Returns:
+        The base URL of the server now serving `root`.
+
+    Raises:
+        HubConfigError: the data folder is not a writable folder.
+        HubUnavailableError: the server did not come up in time.
     """
     root = local_root(root)
     url = running_local_hub(root)

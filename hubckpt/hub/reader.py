@@ -71,11 +71,20 @@ class ByteCounter:
 
 
 class HubReader:
-    """Reads of one repo on one hub. `hub` is a `Hub`, a `hub=` string, or None (the environment).
+    """Reads of one repo on one hub, bounded in bytes and time, with credentials only for the hub's origin.
 
+    Everything read is a stranger's input: the index, manifests, refs, listings and safetensors headers
+    are checked by the parsers in `hubckpt/formats/` before use (see the "Loading from strangers" guide).
     A local hub that is not running yet is started here (`select.ensure_running`): readers read.
 
-    `token`: as `select.resolve_token` (None: the hub's own default).
+    Args:
+        hub: a `Hub`, a `hub=` value ("local", "hf", a URL), or None (the environment).
+        repo_id: `namespace/name` of the repo.
+        token: as `resolve_token`: None is the hub's own default, False sends none.
+
+    Raises:
+        InvalidNameError: `repo_id` is not a valid repo id.
+        HubConfigError: the hub value is not valid, or the local hub cannot be started.
     """
 
     def __init__(self, hub: Hub | str | None, repo_id: str, *, token: str | bool | None = None) -> None:

@@ -31,7 +31,14 @@ HF_ENDPOINT_URL = "https://huggingface.co"
 
 @dataclass(frozen=True)
 class Hub:
-    """A resolved hub: where it is and how to describe it to the user."""
+    """A resolved hub: where it is and how to describe it to the user.
+
+    Attributes:
+        endpoint: the hub's base URL (`https://huggingface.co`, `http://127.0.0.1:8900`); "" for a local
+            hub that is not running yet (`ensure_local_hub` / any use of the hub starts it).
+        kind: "local" (the local hub over a data folder) or "remote" (any URL, huggingface.co included).
+        root: the local hub's data folder; None for a remote hub.
+    """
 
     endpoint: str
     kind: str  # "local" | "remote"
@@ -52,6 +59,18 @@ def resolve_hub(hub: str | None = None, *, root: str | Path | None = None, start
 
     Without `start`, the local hub's `endpoint` is the URL of the server serving its data folder, or ""
     while none does: `ensure_running` starts one when the hub is used.
+
+    Args:
+        hub: "local", "hf" (huggingface.co) or a URL; None reads `HUBCKPT_HUB`, then `HF_ENDPOINT`, then
+            uses "local".
+        root: the local hub's data folder (default `HUBCKPT_HUB_ROOT`, else `~/.cache/hubckpt/hub`).
+        start: start the local hub now if none serves `root` (otherwise nothing is started).
+
+    Returns:
+        The resolved `Hub`.
+
+    Raises:
+        HubConfigError: `hub` is none of the accepted values, or the data folder cannot be used.
     """
     value = hub or environment.hub()
     value = value.strip()
@@ -105,8 +124,18 @@ def token_for(hub: Hub, spec: object, tokens: str | dict | None) -> str | bool |
 def hub_api(hub: Hub | str | None = None, *, token: str | bool | None = None) -> HfApi:
     """An `HfApi` bound to `hub` with an explicit endpoint (never the import-time HF_ENDPOINT).
 
-    `token=None` resolves per hub (`resolve_token`): the stored huggingface.co token is only sent to huggingface.co.
     A local hub that is not running yet is started (`ensure_running`).
+
+    Args:
+        hub: a `Hub`, or a value `resolve_hub` accepts ("local", "hf", a URL, None).
+        token: the token to send; None resolves per hub: huggingface_hub's stored token for huggingface.co
+            only, `HUBCKPT_TOKEN` (or no token) for any other hub. False sends none.
+
+    Returns:
+        A `huggingface_hub.HfApi` whose every call goes to that hub.
+
+    Raises:
+        HubConfigError: the hub value is not valid, or the local hub cannot be started.
     """
     from huggingface_hub import HfApi
 
@@ -125,6 +154,10 @@ def point_hf_clients_at(endpoint: str) -> None:
     """Make module-level huggingface_hub helpers (and so transformers' `from_pretrained`) use `endpoint`.
 
     huggingface_hub reads HF_ENDPOINT once, at import; this sets the two constants that its
-    download helpers read at call time (see the Hub API reference, §1.1, and `patches.py`).
+    download helpers read at call time (see `hubckpt/hub/patches.py`). It changes process-wide state:
+    prefer `hub_api(...)` or `endpoint=` where an API takes one.
+
+    Args:
+        endpoint: the hub's base URL, e.g. the one `hubckpt env` prints or `ensure_local_hub()` returns.
     """
     set_default_endpoint(endpoint)

@@ -14,8 +14,9 @@ the `Publisher`, which converts, uploads and indexes it; the buffers come back o
 spool. By default (Linux) the Publisher runs in a child process (`process/`) that reads
 the buffers from shared memory, so its work never holds this process's GIL. The buffers are
 allocated and touched ahead of need on a background thread: the weights'
-right at construction, the optimizer's right after its first `step()` (a step hook), so the first
-save costs what the later ones do.
+right at construction, overlapping the start of the publishing process (the constructor returns
+once they are ready), the optimizer's right after its first `step()` (a step hook), so the first
+save — even one right after construction — costs what the later ones do.
 
 A transformers `PreTrainedModel`'s `config.json` (and `generation_config.json`) is written once at
 construction and published with every revision, so `load_model` and `hubckpt analyze` can build it;
@@ -41,9 +42,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..conversion.training_state import capture_rng
-from ..errors import HubConfigError
+from ..errors import HubConfigError, PublishFailedError
 from ..priority import IDLE, check_priority, idle_class_supported, in_background_priority, lower_priority
-from .staging import Captured, StagingPool, StagingSet, capture, spec_of, synchronize
+from .staging import Captured, StagingPool, StagingSet, capture, empty_buffers, spec_of, synchronize
+from .worker import JobFuture
 
 if TYPE_CHECKING:
     import torch
@@ -175,7 +177,7 @@ class Checkpointer:
         from .options import PublishOptions
         from .process.parent import PublisherProcess
         from .publisher import Publisher
-        from .shared_memory import shared_memory_supported
+        from .shared_memory import SharedAllocator, shared_memory_supported
 
         if every is not None and every < 1:
             raise HubConfigError(f"every must be a positive number of steps, got {every}")
@@ -217,12 +219,33 @@ class Checkpointer:
         given = {"hub": hub, "monitor": monitor, "mode": mode}  # None: as `options` (or its default) says
         options = publisher_options.pop("options", None) or PublishOptions()
         options = options.replace(**{k: v for k, v in given.items() if v is not None}, **publisher_options)
+        # With a publishing process this process's own threads only copy and queue: nothing to lower.
+        self._thread_nice = thread_nice = 0 if background == "process" else nice
+        # The staging buffers are allocated and touched (page faults) on a background thread while the
+        # publisher starts (a child process: importing torch takes a second or more), and the constructor
+        # waits for the weights' before it returns: the first save, even one right after construction
+        # (a step-0 checkpoint), costs one copy like the later ones.
+        allocator = SharedAllocator() if background == "process" else None
+        self._pool = StagingPool(
+            staging_sets,
+            on_start=lambda: lower_priority(thread_nice),
+            allocate=allocator if allocator is not None else empty_buffers,
+        )
+        self._pool.prefault(spec_of(model.state_dict(), "model"))
         self.publisher: CapturePublisher
-        if background == "process":
-            self.publisher = PublisherProcess(repo_id, options, nice=nice, mb_per_s=publish_mb_per_s)
-        else:
-            # Created on a lowered-priority thread: the publisher's worker (and the threads it starts) inherit it.
-            self.publisher = in_background_priority(lambda: Publisher(repo_id, options=options), nice)
+        try:
+            if background == "process":
+                self.publisher = PublisherProcess(
+                    repo_id, options, nice=nice, mb_per_s=publish_mb_per_s, allocator=allocator
+                )
+            else:
+                # Created on a lowered-priority thread: the publisher's worker (and the threads it starts) inherit it.
+                self.publisher = in_background_priority(lambda: Publisher(repo_id, options=options), nice)
+        except BaseException:
+            self._pool.wait_prefault()
+            if allocator is not None:
+                allocator.close()
+            raise
         self.companions = [
             *model_files(model, self.publisher.spool / "model-files"),
             *(Path(c).resolve() for c in companions),
@@ -233,24 +256,24 @@ class Checkpointer:
             raise HubConfigError(f"companions= names files that do not exist: {', '.join(missing)}")
         first = self.publisher.targets[0]  # reads (what is published, restore) go to the first hub
         self._hub, self._token = first.hub, first.token
-        # With a publishing process this process's own threads only copy and queue: nothing to lower.
-        self._thread_nice = thread_nice = 0 if background == "process" else nice
-        self._pool = StagingPool(
-            staging_sets, on_start=lambda: lower_priority(thread_nice), allocate=self.publisher.allocate
-        )
-        self._pool.prefault(spec_of(model.state_dict(), "model"))
         self._optimizer_prefaulted = False
         self._hook = optimizer.register_step_post_hook(self._after_step) if optimizer is not None else None
         if optimizer is not None and optimizer.state:  # created mid-run: the optimizer has its state already
             self._after_step(optimizer, (), {})
         self._published = self._published_steps()
+        self._pool.wait_prefault()  # (started before the publisher: mostly done by now; see above)
+        self._template = options.revision_template
         self._error: BaseException | None = None
+        self._failures: dict[int, BaseException] = {}  # step → why its save was not published, not reported yet
+        self._outstanding: list[Future] = []  # saves handed over, not settled yet (for the exit message)
+        self._saves: dict[int, Future] = {}  # step → the Future of its latest save
+        self._failures_lock = threading.Lock()
         self._handoff: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="hubckpt-checkpointer", daemon=True)
         self._thread.start()
         self._closed = False
-        if background == "process":  # a script ending without close(): its captures still reach the child
-            atexit.register(self._hand_over_at_exit)
+        # A script ending without close(): its captures still reach the child, and what is unpublished is said.
+        atexit.register(self._at_exit)
         self.stalls: list[float] = []  # seconds each save blocked the training loop
 
     # -- ahead of need ----------------------------------------------------------------------------
@@ -293,9 +316,9 @@ class Checkpointer:
             from .pipeline import PublishedRevision
 
             logger.info("step %d of %s is already published; not saved again", step, self.repo_id)
-            future: Future = Future()
-            future.set_result(PublishedRevision(self.repo_id, self._published[step], step, skipped=True))
-            return future
+            done: Future = Future()
+            done.set_result(PublishedRevision(self.repo_id, self._published[step], step, skipped=True))
+            return done
         try:
             json.dumps(extra)
         except (TypeError, ValueError) as e:
@@ -307,7 +330,10 @@ class Checkpointer:
         except BaseException:
             self._pool.release(staging_set)
             raise
-        future = Future()
+        future = JobFuture()  # remembers whether its failure was raised to the caller by result()
+        with self._failures_lock:
+            self._outstanding = [f for f in self._outstanding if not f.done()] + [future]
+            self._saves[step] = future
         self._published[step] = f"step {step}"  # its real name is the publisher's to render
         self._handoff.put(
             (
@@ -364,6 +390,8 @@ class Checkpointer:
                 captured.release()
                 logger.error("could not queue step %s of %s for publishing: %s", options.get("step"), self.repo_id, e)
                 self._published.pop(options.get("step"), None)
+                with self._failures_lock:
+                    self._failures[options["step"]] = e
                 if self._error is None:
                     self._error = e
                 future.set_exception(e)
@@ -373,36 +401,98 @@ class Checkpointer:
     def _settled(self, step: int, published: Future) -> None:
         """A publish finished: remember the revision's real name, or forget the step if it failed, so that
         saving it again publishes it instead of answering `skipped` for a revision that does not exist."""
-        if published.exception() is not None:
+        error = None if published.cancelled() else published.exception()
+        with self._failures_lock:
+            if error is not None:
+                self._failures[step] = error
+            else:
+                self._failures.pop(step, None)
+        if error is not None or published.cancelled():
             self._published.pop(step, None)
         elif published.result().revision:
             self._published[step] = published.result().revision
 
-    def _hand_over_at_exit(self) -> None:
-        if not self._closed:
-            deadline = time.monotonic() + 60
-            while self._handoff.unfinished_tasks and time.monotonic() < deadline:
-                time.sleep(0.05)
+    def _at_exit(self) -> None:
+        """The interpreter exits and close() was never called: hand the captures over, say what is not published."""
+        if self._closed:
+            return
+        deadline = time.monotonic() + 60
+        while self._handoff.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._failures_lock:
+            pending = sum(not f.done() for f in self._outstanding)
+            failed = dict(self._failures)
+        if pending:
+            logger.warning(
+                "exiting with %d save(s) of %s not published yet (Checkpointer.close() was not called): %s; "
+                "`hubckpt jobs %s` lists them",
+                pending,
+                self.repo_id,
+                "the publishing process finishes them after this process ends"
+                if self.background == "process"
+                else "they stay in the spool and resume at the next start",
+                self.repo_id,
+            )
+        if failed:
+            error = PublishFailedError([self._describe(s, e) for s, e in failed.items()], self.repo_id)
+            logger.error("exiting: %s", error)
+
+    def _describe(self, step: int, error: BaseException) -> dict[str, Any]:
+        from ..revisions import render_revision_name
+
+        try:
+            name: str | None = render_revision_name(self._template, step=step)
+        except Exception:  # noqa: BLE001 - a template needing tokens: the step says which
+            name = None
+        return {"revision": name, "step": step, "error": type(error).__name__, "message": str(error)}
+
+    def _report(self, finish: Any) -> None:
+        """Run the publisher's wait/close; raise one `PublishFailedError` naming every save that failed
+        since the last report (what the publisher reported, and what failed on the way to it)."""
+        error: PublishFailedError | None = None
+        try:
+            finish()
+        except PublishFailedError as e:
+            error = e
+        with self._failures_lock:
+            mine, self._failures = self._failures, {}
+            seen = {step for step, f in self._saves.items() if getattr(f, "observed", False)}
+        self._error = None
+        # A failure the caller saw raised by its save's Future (`result()`) is not raised again.
+        reported = [f for f in (error.failures if error is not None else []) if f.get("step") not in seen]
+        mine = {step: e for step, e in mine.items() if step not in seen}
+        if error is not None and not reported:
+            error = None
+        named = {f.get("step") for f in reported}
+        extra = [self._describe(step, e) for step, e in sorted(mine.items()) if step not in named]
+        if error is not None and not extra:
+            if len(reported) == len(error.failures):
+                raise error
+            raise PublishFailedError(reported, self.repo_id) from error.__cause__
+        if extra:
+            first = error or next(e for step, e in sorted(mine.items()) if step not in named)
+            raise PublishFailedError(reported + extra, self.repo_id) from first
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until everything saved so far is published; re-raise the first failure.
+        """Block until everything saved so far is published.
 
-        With `timeout`, `PublishError` after that many seconds (the jobs go on)."""
+        Raises `PublishFailedError` naming every save that failed since the last `wait()` / `close()` (in
+        either background mode, whether or not its Future was looked at); with `timeout`, `PublishError`
+        after that many seconds (the jobs go on)."""
         self._handoff.join()
-        self._raise_if_failed()
-        self.publisher.wait(timeout)
+        self._report(lambda: self.publisher.wait(timeout))
 
     def close(self, timeout: float | None = None) -> None:
-        """Publish everything saved, stop the background threads, re-raise a failure.
+        """Publish everything saved, stop the background work; `PublishFailedError` if a save was not published.
 
         With `timeout`, stop waiting after that many seconds: what is unfinished stays in the journal
         for the next start (`PublishError` says so)."""
         if self._closed:
             return
         self._closed = True
-        atexit.unregister(self._hand_over_at_exit)
+        atexit.unregister(self._at_exit)
         try:
             self._handoff.join()
         finally:
@@ -410,8 +500,7 @@ class Checkpointer:
             self._thread.join(timeout=60)
             if self._hook is not None:
                 self._hook.remove()
-        self._raise_if_failed()
-        self.publisher.close(timeout)
+        self._report(lambda: self.publisher.close(timeout))
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -422,6 +511,7 @@ class Checkpointer:
             return
         # The loop failed: what was captured still reaches the publisher's journal; don't mask the error.
         self._closed = True
+        atexit.unregister(self._at_exit)
         self._handoff.join()
         self._handoff.put(None)
         if self._hook is not None:
@@ -431,6 +521,8 @@ class Checkpointer:
     def _raise_if_failed(self) -> None:
         if self._error is not None:
             error, self._error = self._error, None
+            with self._failures_lock:  # raised here: not again by wait() / close()
+                self._failures = {k: v for k, v in self._failures.items() if v is not error}
             raise error
 
     # -- resuming ---------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from hubckpt import environment
 from ..errors import SpoolBusyError
 from ..hub.local import served_root
 from ..hub.writer import HubTarget
-from .journal import JobRecord, Journal
+from .journal import JobRecord, Journal, reopen_final
 
 if TYPE_CHECKING:
     from filelock import BaseFileLock
@@ -158,7 +158,8 @@ class JobStore:
         self.journal.append("done", job_id)
 
     def mark_final(self, job_id: str) -> None:
-        self.update(job_id, lambda r: r.captured.__setitem__("final", True), "final")
+        """The job is to be the final revision: its hubs are to mark it so (it is not finished until they do)."""
+        self.update(job_id, reopen_final, "final")
 
     def failed(self, job_id: str, error: str, *, retryable: bool) -> None:
         def change(r: JobRecord) -> None:

@@ -16,6 +16,8 @@ where it stopped without publishing a revision twice or losing one. One record p
     {"event": "snapshot", "job": "...", "state": {...}}      a compacted job: its whole folded state
 
 Progress is per target (one repo on one hub): a job is finished for a hub only once that hub has it.
+A `final` record (a final save of a step captured before) reopens a job that was not final: the
+hubs it was published to must mark it final too (`reopen_final`), so it is unfinished until they do.
 
 Damage a killed process can leave: a torn last line (no newline). Replay drops it and truncates the
 file back to the last complete record, so the next record is appended on a line of its own instead of
@@ -146,9 +148,21 @@ def apply(jobs: dict[str, JobRecord], record: dict) -> None:
     elif event == "dropped":
         job.dropped = True
     elif event == "final":
-        job.captured["final"] = True
+        reopen_final(job)
     elif event == "unstaged":  # the spool lost the converted files: convert again from the source
         job.manifest_sha256 = None
+
+
+def reopen_final(job: JobRecord) -> None:
+    """A `final` mark: the job's hubs must (again) run its index stage, which makes it the final revision.
+
+    What was published stays indexed (`hubckpt jobs` still shows it on the hub); the job is unfinished
+    until every hub has marked it final."""
+    if job.captured.get("final"):
+        return
+    job.captured["final"] = True
+    job.indexed |= job.published
+    job.published.clear()
 
 
 # What a finished job still needs: its name and step (listings, cards' "previous" link), whether its files

@@ -5,6 +5,13 @@ the same content, or held and pruned since, is not published again; another cont
 is a `RevisionCollisionError` unless replaced; else the revision's card is rendered for that hub, then
 commit, index and retain run, each recorded in the journal. A reopened job whose source did not change
 on disk skips the conversion when every hub already holds its recorded content.
+
+`final`: a final save of a step whose job is queued or running marks the job (`mark_final`), and the
+job looks at that mark once more after its retention and tag moves, under the lock `mark_final` takes:
+a mark that lands before that last look is applied by the job (index, `final` tag, files on `main`);
+one that comes after it finds the job sealed, and the publisher re-runs the job once it has ended. A
+re-run of a job every hub holds (`reopen_final`) needs no content: the revision's files are read back
+from the hub for `main`, and nothing is converted or committed on its branch.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any
 
 from ..errors import PublishError
 from ..faults import fault
+from ..formats.manifest import MANIFEST_FILE
 from ..hub.writer import HubTarget
 from . import stages
 from .jobs import JobStore
@@ -78,6 +86,22 @@ class Pipeline:
         self.keys = keys
         self.replace: set[str] = set()  # jobs the caller asked to replace
         self._ready: set[str] = set()
+        self._marks = threading.Lock()
+        self._sealed: set[str] = set()  # jobs past their last look at the `final` mark
+
+    def mark_final(self, job_id: str) -> bool:
+        """Mark a queued or running job `final`; False if it is past its last look at the mark (sealed):
+        then wait for it to end and `reopen_final` it."""
+        with self._marks:
+            if job_id in self._sealed:
+                return False
+            self.store.mark_final(job_id)
+            return True
+
+    def reopen_final(self, job_id: str) -> None:
+        """Mark a job that has ended `final`: its next run puts the mark on every hub (see `run`)."""
+        with self._marks:
+            self.store.mark_final(job_id)
 
     def _prepare(self, target: HubTarget, key: str) -> None:
         if key not in self._ready:
@@ -92,9 +116,20 @@ class Pipeline:
         """Publish one job to every target (stages in order, each idempotent); what it produced.
 
         `captured`: the job's live tensors, released once they are written to the spool."""
+        with self._marks:
+            self._sealed.discard(job_id)
         record = self.store.get(job_id)
         if record is None or not record.captured:
             raise PublishError(f"job {job_id} is not in the journal")
+        if (
+            record.manifest_sha256
+            and captured is None
+            and record.captured.get("final")
+            and not (self.store.revision_folder(job_id) / MANIFEST_FILE).is_file()
+        ):
+            marked = self._mark_published_final(job_id, record)
+            if marked is not None:
+                return marked
         name, step = record.revision, record.step
         replace = job_id in self.replace or bool(record.captured.get("replace"))
         commits: dict[str, str] = {}
@@ -131,6 +166,7 @@ class Pipeline:
         folder = self.store.revision_folder(job_id)
         has_config = (folder / "config.json").is_file()
         new_work = False
+        finals: dict[str, str] = {}  # target key → the commit that target has made `final` (with the files)
         for target, key in zip(self.targets, self.keys):
             if key in record.published:
                 commits[target.key] = record.committed.get(key, "")
@@ -149,6 +185,27 @@ class Pipeline:
             # An index entry whose branch is gone (deleted by hand, as RevisionCollisionError advises) holds
             # nothing any more: publishing other content under that name is no collision.
             gone = view.index.get(name) is not None and name not in view.branches
+            live = view.holds(name, None)
+            if held is None and live is not None and not replace and record.captured.get("final"):
+                # The final save of a step this hub has published with other content (metrics given only to
+                # the periodic save, a new process...): that revision becomes final, as published.
+                folder_ = stages.download_revision(target, live, self.store.folder(job_id) / "final" / key_folder(key))
+                logger.info(
+                    "%s is published on %s already; marking it final as published (this save's content is "
+                    "not published)",
+                    name,
+                    target.describe(),
+                )
+                theirs = (folder_ / "config.json").is_file()
+                index = stages.mark_final(self.ctx, target, name, folder_, has_config=theirs)
+                finals[key] = live
+                self.store.committed(job_id, key, live)
+                self.store.indexed(job_id, key)
+                stages.retain(self.ctx, target, index, has_config=has_config)
+                self.store.published(job_id, key)
+                commits[target.key] = live
+                new_work = True
+                continue
             if held is None and not replace and not gone:
                 stages.refuse_collision(view.index, target, name, record.manifest_sha256)
             elif held is None and view.index.get(name) is not None:
@@ -160,9 +217,12 @@ class Pipeline:
                 )
             if held is not None:
                 commit, index = held, view.index
-                if record.captured.get("final") and index.final != name:  # published before, now the final one
+                final = bool(record.captured.get("final"))
+                if final and index.final != name:  # published before, now the final one
                     index = stages.index(self.ctx, target, record, manifest, commit, folder, replace=replace)
                     new_work = True
+                if final:
+                    finals[key] = commit
                 if key not in record.indexed:
                     self.store.committed(job_id, key, commit)
                     self.store.indexed(job_id, key)
@@ -172,13 +232,34 @@ class Pipeline:
                 commit = stages.commit(target, view, record, folder, card=card, replace=replace)
                 fault("publish.after_commit")
                 self.store.committed(job_id, key, commit)
+                final = bool(record.captured.get("final"))  # (read before the index stage reads it)
                 index = stages.index(self.ctx, target, record, manifest, commit, folder, replace=replace or gone)
+                if final:
+                    finals[key] = commit
                 fault("publish.after_index")
                 self.store.indexed(job_id, key)
             stages.retain(self.ctx, target, index, has_config=has_config)
             fault("publish.after_retain")
             self.store.published(job_id, key)
             commits[target.key] = commit
+        # A final save of this step may have marked the job after its index stage: look once more, sealed
+        # against marks from here on (a later one re-runs the job: see `mark_final`).
+        while True:
+            with self._marks:
+                late = [
+                    (t, k)
+                    for t, k in zip(self.targets, self.keys)
+                    if record.captured.get("final") and k not in finals and k in record.committed
+                ]
+                if not late:
+                    self._sealed.add(job_id)
+                    break
+            for target, key in late:
+                finals[key] = record.committed[key]
+                index = stages.mark_final(self.ctx, target, record.revision, folder, has_config=has_config)
+                stages.retain(self.ctx, target, index, has_config=has_config)
+                self.store.published(job_id, key)
+                new_work = True
         self.store.done(job_id)
         self.store.remove_files(job_id)  # the converted revision and any source snapshot
         self.replace.discard(job_id)
@@ -190,6 +271,39 @@ class Pipeline:
         )
         return PublishedRevision(self.ctx.repo_id, name, step, commits, skipped=not new_work)
 
+    def _mark_published_final(self, job_id: str, record) -> PublishedRevision | None:
+        """A job every hub holds, marked final after it ended: mark the revision `final` on each hub with the
+        files it has (read back from the hub for `main`); no content of its own. None if a hub lacks it
+        (the job then runs as usual)."""
+        name, digest = record.revision, record.manifest_sha256
+        views = {}
+        for target, key in zip(self.targets, self.keys):
+            views[key] = self._look(target, key)
+            if views[key].holds(name, digest) is None:
+                return None
+        commits: dict[str, str] = {}
+        new_work = False
+        for target, key in zip(self.targets, self.keys):
+            view = views[key]
+            commit = view.holds(name, digest) or ""
+            commits[target.key] = commit
+            if view.index.final != name or view.tags.get("final") != commit:
+                folder = stages.download_revision(target, commit, self.store.folder(job_id) / "final" / key_folder(key))
+                index = stages.mark_final(self.ctx, target, name, folder, has_config=(folder / "config.json").is_file())
+                stages.retain(self.ctx, target, index, has_config=(folder / "config.json").is_file())
+                new_work = True
+            self.store.indexed(job_id, key)
+            self.store.published(job_id, key)
+        with self._marks:
+            self._sealed.add(job_id)
+        self.store.done(job_id)
+        self.store.remove_files(job_id)
+        logger.info("%s %s final on %s", "marked" if new_work else "already had", name, self._where())
+        return PublishedRevision(self.ctx.repo_id, name, record.step, commits, skipped=not new_work)
+
+    def _where(self) -> str:
+        return ", ".join(t.describe() for t in self.targets)
+
     def previous_revision(self, step: int | None) -> str | None:
         """The revision captured before `step` (the card's "previous" link)."""
         if step is None:
@@ -200,6 +314,13 @@ class Pipeline:
             if r.captured and r.step is not None and r.step < step and not r.dropped
         )
         return earlier[-1][1] if earlier else None
+
+
+def key_folder(key: str) -> str:
+    """A target key as one folder name."""
+    import hashlib
+
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 __all__ = ["Pipeline", "PublishedRevision"]

@@ -22,23 +22,36 @@ A job is published on a hub only when that hub has it (its index and refs are ch
 journal), so a second hub or a re-created repo gets everything. One ordered worker thread runs stages
 2–5; a job is queued at most once, and publishing a step that is already queued joins its Future.
 `publish()` blocks while `max_pending` jobs wait (backpressure): a checkpoint is never dropped. A failed
-job fails its Future, is raised once by the next `wait()` or `close()` (never by `publish()`, which
-captures the next checkpoint whatever failed before), stays listed in
-`hubckpt jobs`, and blocks nothing else. A process killed at any point resumes from the journal and
+job fails its Future and is raised, with every other failure since, as one `PublishFailedError` by
+the next `wait()` or `close()` (or the `with` block's end) — never by `publish()`, which captures the
+next checkpoint whatever failed before; it stays listed in `hubckpt jobs` and blocks nothing else. An
+interpreter exiting with a Publisher never closed logs what is unfinished or failed.
+A final save of a step that is queued, running or published already marks that revision `final`
+(its index entry, the `final` tag, its files on `main`) without new content: see `Pipeline`.
+A process killed at any point resumes from the journal and
 the spool on the next `Publisher` start (or `hubckpt resume`), publishing each revision exactly once.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Iterable
+from concurrent import futures
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from ..errors import HubConfigError, PublishError, RevisionCollisionError, UnsupportedCheckpointError
+from ..errors import (
+    HubConfigError,
+    PublishError,
+    PublishFailedError,
+    RevisionCollisionError,
+    UnsupportedCheckpointError,
+)
 from ..faults import fault
 from ..formats.manifest import MANIFEST_FILE
 from ..hub.retries import is_transient
@@ -108,17 +121,20 @@ class Publisher:
         self._payloads: dict[str, Captured] = {}  # live tensors of queued jobs, until in the spool
         self._staging = StagingPool(options.max_pending + 1)
         self._pipeline = Pipeline(self._run, self._store, self.targets, self._keys)
-        self._unreported: list[tuple[str, BaseException]] = []  # failed jobs, in order, not raised yet
+        self._unreported: dict[str, BaseException] = {}  # job → its failure, not raised by wait/close yet
+        self._reporting = threading.Lock()
         self._closed = False
         try:
             self._worker = Worker(
                 self._process, on_error=self._failed, max_pending=options.max_pending, on_exit=self._store.release
             )
+            atexit.register(self._at_exit)
             for target in self.targets:
                 logger.info("publishing to %s", target.describe())
             if options.resume:
                 self._resume()
         except BaseException:
+            atexit.unregister(self._at_exit)
             self._store.release()
             raise
         failures = self._store.failures()
@@ -249,12 +265,15 @@ class Publisher:
             job_id = f"{step:012d}-{name}"
             if replace:
                 self._pipeline.replace.add(job_id)
-            running = self._worker.future(job_id)
-            if running is not None:  # the same step again (a final save after a periodic one): one job
-                self._join_final(job_id, final)
+            # A final save of a step queued, running or published already: that revision becomes final, as it
+            # is (one revision; this save's content is not needed).
+            joined = self._finalize(job_id) if final and not replace else None
+            if joined is None:
+                joined = self._worker.future(job_id)  # the same step again while it runs: one job
+            if joined is not None:
                 if given is not None:
                     given.release()
-                return running
+                return joined
             captured = self._staging.take(*live) if isinstance(live, tuple) else given
         except BaseException:
             if given is not None:
@@ -340,28 +359,42 @@ class Publisher:
         return empty_buffers(entries)
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until every queued job is finished; re-raise the first failure not reported yet.
+        """Block until every queued job is finished.
 
-        Raises `PublishError` if `timeout` seconds pass first (the jobs go on) or the worker died.
+        Raises `PublishFailedError` naming every job that failed since the last `wait()` / `close()` (and
+        why), whether or not its Future was looked at; `PublishError` if `timeout` seconds pass first (the
+        jobs go on) or the worker died.
         """
         if not self._worker.wait(timeout):
             raise PublishError(f"{self._worker.busy()} publish job(s) still running after {timeout}s")
         self.raise_if_failed()
 
     def raise_if_failed(self) -> None:
-        """Raise the first failure of a job not reported yet.
+        """Raise `PublishFailedError` naming every job that failed since the last report, with its cause.
 
-        Each failure is reported once: by its Future (if the caller looked at it) or by this call.
+        Only a failure the caller has seen raised by its Future's `result()` is left out: nothing that failed
+        in the background ends silently. A job that failed and was published afterwards (published again,
+        retried) is not listed.
         """
-        while self._unreported:
-            job_id, error = self._unreported.pop(0)
-            future = self._worker.last_future(job_id)
-            if not getattr(future, "observed", False):
-                self._unreported.clear()  # one failure per call; the rest were logged and stay in `hubckpt jobs`
-                raise error
+        with self._reporting:
+            failed, self._unreported = self._unreported, {}
+        failed = {j: e for j, e in failed.items() if not getattr(self._worker.last_future(j), "observed", False)}
+        if failed:
+            raise PublishFailedError([self._describe(j, e) for j, e in failed.items()], self.repo_id) from next(
+                iter(failed.values())
+            )
+
+    def _describe(self, job_id: str, error: BaseException) -> dict[str, Any]:
+        record = self._store.get(job_id)
+        return {
+            "revision": record.revision if record else job_id,
+            "step": record.step if record else None,
+            "error": type(error).__name__,
+            "message": str(error),
+        }
 
     def close(self, timeout: float | None = None) -> None:
-        """Finish queued jobs, stop the worker, give the spool up; re-raise a failure not reported yet.
+        """Finish queued jobs, stop the worker, give the spool up; `PublishFailedError` if a job failed.
 
         With `timeout`, stop waiting after that many seconds: what is unfinished stays in the journal
         for the next start, and `PublishError` says so.
@@ -369,6 +402,7 @@ class Publisher:
         if self._closed:
             return
         self._closed = True
+        atexit.unregister(self._at_exit)
         finished = False
         try:
             finished = self._worker.wait(timeout)
@@ -393,7 +427,28 @@ class Publisher:
     def abort(self) -> None:
         """Stop at once, without waiting: what is queued stays in the journal for the next start."""
         self._closed = True
+        atexit.unregister(self._at_exit)
         self._worker.stop(0, drain=False)
+
+    def _at_exit(self) -> None:
+        """The interpreter exits and this Publisher was never closed: say what is not published."""
+        if self._closed:
+            return
+        with self._reporting:
+            failed = dict(self._unreported)
+        busy = self._worker.busy() if self._worker.alive else 0
+        if busy:
+            logger.warning(
+                "exiting with %d publish job(s) of %s unfinished (Publisher.close() was not called); they stay "
+                "in %s and resume at the next start (`hubckpt resume --repo %s`)",
+                busy,
+                self.repo_id,
+                self.spool,
+                self.repo_id,
+            )
+        if failed:
+            error = PublishFailedError([self._describe(j, e) for j, e in failed.items()], self.repo_id)
+            logger.error("exiting: %s", error)
 
     def pending(self) -> list[str]:
         """Revisions captured but not yet published to every target (from the journal)."""
@@ -461,6 +516,27 @@ class Publisher:
             logger.info("resuming %s from the journal", record.revision)
             self._worker.submit(record.job)
 
+    def _finalize(self, job_id: str) -> Future[PublishedRevision] | None:
+        """Make the job of this step final without new content, however late the final save comes: the Future
+        of the job (running, or run again to mark it); None if there is no such job (or it never got its
+        revision published, or is left over from a stopped process): then the final save is captured."""
+        record = self._store.get(job_id)
+        if record is None or not record.captured or record.dropped:
+            return None
+        running = self._worker.future(job_id)
+        if running is not None:
+            if record.captured.get("final") or self._pipeline.mark_final(job_id):
+                return running  # it applies the mark before it ends
+            futures.wait([running])  # past its last look at the mark: it is ending; run it again below
+            record = self._store.get(job_id)
+            if record is None:
+                return None
+        if record.failed is not None or not record.finished_for(self._keys):
+            return None
+        self._pipeline.reopen_final(job_id)
+        future, _ = self._worker.submit(job_id, block=True)
+        return future
+
     def _join_final(self, job_id: str, final: bool) -> None:
         record = self._store.get(job_id)
         if final and record is not None and not record.captured.get("final"):
@@ -474,12 +550,17 @@ class Publisher:
         # Raised to the caller (its Future, then the next wait/close): logged at info, not printed twice.
         logger.info("publishing %s failed: %s", record.revision if record else job_id, error)
         self._store.failed(job_id, f"{type(error).__name__}: {error}", retryable=retryable)
-        self._unreported.append((job_id, error))
+        with self._reporting:
+            self._unreported.pop(job_id, None)  # (in job order: the latest failure last)
+            self._unreported[job_id] = error
 
     def _process(self, job_id: str) -> PublishedRevision:
         captured = self._payloads.pop(job_id, None)
         try:
-            return self._pipeline.run(job_id, captured)
+            published = self._pipeline.run(job_id, captured)
+            with self._reporting:  # an earlier failure of this job is mended: nothing to report
+                self._unreported.pop(job_id, None)
+            return published
         finally:
             if captured is not None:  # (done already once it was written to the spool)
                 captured.release()

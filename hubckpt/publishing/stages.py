@@ -300,6 +300,40 @@ def index(
     return updated
 
 
+def mark_final(run: Run, target: HubTarget, name: str, folder: Path, *, has_config: bool) -> RevisionIndex:
+    """Make the published revision `name` the final one: the index says so, `main` gets its files (`folder`).
+
+    Nothing of the revision itself changes: its entry, branch and content digest stay as published."""
+
+    def mutate(current: RevisionIndex):
+        info = current.get(name)
+        if info is None or info.pruned:
+            raise PublishError(
+                f"Cannot mark {name} final on {target.describe()}: the hub's index does not list it as a live "
+                "revision (pruned or deleted since). Publish the final checkpoint under another step or name."
+            )
+        info.final = True
+        current.final = name
+        files = main_files(target, current, run.options.card, has_config=has_config)
+        ours = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+        deletes = final_files_to_replace(target.list_files("main"), ours)
+        return files, folder, deletes, f"Final: {name}"
+
+    _, updated = target.update_main(mutate)
+    return updated
+
+
+def download_revision(target: HubTarget, commit: str, cache: Path) -> Path:
+    """The files of a published revision that go to `main` (not its card or training state), read from the hub."""
+    path = target.api.snapshot_download(
+        target.repo_id,
+        revision=commit,
+        cache_dir=str(cache),
+        ignore_patterns=[CARD_FILE, "training_state/*"],
+    )
+    return Path(path)
+
+
 # -- retain and tags --------------------------------------------------------------------------------
 
 
@@ -400,6 +434,8 @@ __all__ = [
     "refuse_collision",
     "commit",
     "index",
+    "mark_final",
+    "download_revision",
     "retire",
     "hub_user_tags",
     "retain",

@@ -2,7 +2,7 @@
 
 - A job is queued at most once: submitting a job that is queued or running returns its Future.
 - Any exception in a job fails that job's Future (and goes to `on_error`); the thread carries on.
-  A `JobFuture` remembers whether its failure was seen (`result()` / `exception()`).
+  A `JobFuture` remembers whether its failure was raised to the caller by `result()`.
 - `wait()` / `close()` return when the queue is empty and no job runs, raise `PublishError` if the
   thread is gone (they never wait on a dead worker), and take an optional timeout.
 - Backpressure: `submit(..., block=True)` waits while `max_pending` jobs wait to start.
@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 
 class JobFuture(Future):
-    """A job's Future that remembers whether the caller has seen its failure (so it is reported only once)."""
+    """A job's Future that remembers whether the caller has seen its failure raised by `result()` (then
+    `wait()` / `close()` do not raise it again). `exception()` does not count: hubckpt's own callbacks use it."""
 
     observed = False
 
@@ -35,12 +36,6 @@ class JobFuture(Future):
             if self.done():
                 self.observed = True
             raise
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        error = super().exception(timeout)
-        if error is not None:
-            self.observed = True
-        return error
 
 
 class Worker:

@@ -59,8 +59,16 @@ class PublisherProcess:
     (`checkpointer.CapturePublisher`): captures in shared staging buffers go over by name."""
 
     def __init__(
-        self, repo_id: str, options: PublishOptions, *, nice: int | str = 0, mb_per_s: float | None = None
+        self,
+        repo_id: str,
+        options: PublishOptions,
+        *,
+        nice: int | str = 0,
+        mb_per_s: float | None = None,
+        allocator: SharedAllocator | None = None,
     ) -> None:
+        """`allocator`: the shared memory the staging buffers come from, if the caller made it already (to
+        allocate and touch them while this process starts); closed with this publisher."""
         from ..publisher import hub_targets
 
         start = p.Start(
@@ -81,7 +89,7 @@ class PublisherProcess:
         # (restore, what is published) go from this process to the first hub.
         self.targets = hub_targets(repo_id, options.hubs[:1], token=options.token, root=options.root)
         self.repo_id = repo_id
-        self.allocator = SharedAllocator()
+        self.allocator = allocator or SharedAllocator()
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._channel = Channel(parent_sock)
         env = {**os.environ, environment.PUBLISHER_FD.name: str(child_sock.fileno())}

@@ -35,7 +35,11 @@ def _model():
 def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
     import torch
     import torch.distributed as dist
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
     from torch.distributed.device_mesh import init_device_mesh
 
     import hubckpt
@@ -70,13 +74,17 @@ def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
             opt.step()
             opt.zero_grad()
 
-    def expected(step: int) -> None:
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    def expected(step: int | str) -> None:
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        full = get_model_state_dict(model, options=options)
+        optim = get_optimizer_state_dict(model, opt, options=options)
         if rank == 0:
             from safetensors.torch import save_file
 
             full = {k: v.clone() for k, v in full.items()}  # (clones: lm_head.weight is tied to wte)
             save_file(full, str(out / f"expected-{step}.safetensors"))
+            flat = {f"{fqn}.{k}": v.clone() for fqn, st in optim["state"].items() for k, v in st.items()}
+            save_file(flat, str(out / f"expected-optimizer-{step}.safetensors"))
 
     train(1)
     ckpt.save(1, metrics={"loss": 1.0})  # before the optimizer... has state: it has after one step
@@ -92,6 +100,13 @@ def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
     ckpt.save(4)
     expected(4)
     seen["revision_3"] = future.result(timeout=120).revision
+    ckpt.wait()
+    train(2)  # uninterrupted: steps 5 and 6
+    expected("6-uninterrupted")
+    resumed = ckpt.restore()  # the latest: step 4, this rank's RNG included (same world size)
+    seen["resumed"] = [resumed.step, resumed.rng_restored, sorted(resumed.parts)]
+    train(2)  # resumed: steps 5 and 6 again
+    expected("6-resumed")
     ckpt.close()
     seen["stalls"] = ckpt.stalls
     (out / f"rank-{rank}.json").write_text(json.dumps(seen))
@@ -160,11 +175,40 @@ def test_two_ranks_publish_one_revision_per_save(tmp_path, local_hub, api, repo_
         for k in (1, 2)
     ]
     assert max(sizes) / (sum(sizes) / 2) <= 1.2, sizes
+    # Resumed on the same world size: training continues exactly as the uninterrupted run.
+    assert all(s["resumed"] == [4, True, ["loop", "optimizer", "rng"]] for s in seen)
+    for kind in ("", "optimizer-"):
+        a = load_file(str(tmp_path / f"expected-{kind}6-uninterrupted.safetensors"))
+        b = load_file(str(tmp_path / f"expected-{kind}6-resumed.safetensors"))
+        assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a), kind
+    _check_plain_process_restore(repo_id, local_hub.url, tmp_path)
     model = AutoModelForCausalLM.from_pretrained(repo_id, revision="step-0000004")
     want = load_file(str(tmp_path / "expected-4.safetensors"))
     assert torch.equal(model.state_dict()["transformer.wte.weight"], want["transformer.wte.weight"])
     index = hubckpt.list_revisions(repo_id, hub=local_hub.url)
     assert [r.step for r in index] == [1, 3, 4]
+
+
+def _check_plain_process_restore(repo_id: str, hub: str, tmp_path: Path) -> None:
+    """2 → 1: a plain process restores the exact full weights and optimizer state; no RNG."""
+    import torch
+    from safetensors.torch import load_file
+
+    import hubckpt
+
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    restored = hubckpt.restore(repo_id, step=4, model=model, optimizer=opt, hub=hub)
+    assert restored.step == 4 and restored.rng_restored is False and "optimizer" in restored.parts
+    want = load_file(str(tmp_path / "expected-4.safetensors"))
+    state = model.state_dict()
+    assert all(torch.equal(state[k], want[k]) for k in want)
+    names = {id(p): n for n, p in model.named_parameters()}
+    got = {f"{names[id(p)]}.{k}": v for p, st in opt.state.items() for k, v in st.items()}
+    want_opt = load_file(str(tmp_path / "expected-optimizer-4.safetensors"))
+    assert sorted(got) == sorted(want_opt)
+    for k in want_opt:
+        assert torch.equal(got[k], want_opt[k]), k
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import HubConfigError, PublishError, RankMismatchError
+from ..errors import HubConfigError, PublishError, PublishFailedError, RankMismatchError
+from ..load.shards import unwrap
 from .checkpointer import LOOP_FORMAT, Checkpointer, class_name, model_files
 
 if TYPE_CHECKING:
@@ -81,13 +82,6 @@ def wants_ranks(model: Any) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module whose state dict names the parameters (DDP's `module`; FSDP2 keeps the names)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def model_class_name(model: Any) -> str:
@@ -261,7 +255,7 @@ class RankedCheckpointer(Checkpointer):
         self._free: queue.Queue[dict[str, torch.Tensor]] = queue.Queue()
         self._sets = staging_sets
         self._jobs: queue.Queue[tuple | None] = queue.Queue()
-        self._error: BaseException | None = None
+        self._failed: list[dict[str, Any]] = []  # saves that failed in the background, not reported yet
         self._closed = False
         self._published: dict[int, str] = {}
         if self.rank == 0:
@@ -389,7 +383,6 @@ class RankedCheckpointer(Checkpointer):
         from ..conversion.training_state import capture_rng
         from ..revisions import render_revision_name
 
-        self._raise_if_failed()
         if self._closed:
             raise HubConfigError("This Checkpointer is closed; create a new one.")
         if self.every and step % self.every and not final:
@@ -473,8 +466,9 @@ class RankedCheckpointer(Checkpointer):
             except BaseException as e:  # noqa: BLE001 - re-raised by the Future, wait() and close()
                 logger.error("rank %d: publishing %s of %s failed: %s", self.rank, job["name"], self.repo_id, e)
                 self._published.pop(job["step"], None)
-                if self._error is None:
-                    self._error = e
+                self._failed.append(
+                    {"revision": job["name"], "step": job["step"], "error": type(e).__name__, "message": str(e)}
+                )
                 future.set_exception(e)
             else:
                 future.set_result(result)
@@ -716,8 +710,17 @@ class RankedCheckpointer(Checkpointer):
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
+    def wait_staged(self) -> None:
+        """(The staging buffers are made at the first save: nothing to wait for.)"""
+
+    def _raise_if_failed(self) -> None:
+        failed, self._failed = self._failed, []
+        if failed:
+            raise PublishFailedError(failed, self.repo_id)
+
     def wait(self, timeout: float | None = None) -> None:
-        """Block until everything this rank saved is published; re-raise the first failure."""
+        """Block until everything this rank saved is published; `PublishFailedError` names every save that
+        failed (the same on every rank)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._jobs.unfinished_tasks:
             if deadline is not None and time.monotonic() > deadline:
@@ -749,9 +752,35 @@ class RankedCheckpointer(Checkpointer):
         self._jobs.put(None)
 
     def restore(self, revision: str | None = None, *, step: int | None = None, strict: bool = True) -> Any:
-        raise HubConfigError(
-            "Checkpointer.restore() under torch.distributed is not available yet; load the revision's weights "
-            "with hubckpt.load_state_dict(...) in each rank"
+        """Collective: load the latest published revision (or `revision` / `step`) into this rank's shards of
+        the model and optimizer (`load/shards.py`); None on every rank when nothing is published yet.
+
+        Resolved once, on rank 0. The same world size restores each rank's RNG too (bit-exact resume);
+        another world size restores exact values but not the RNG (`Restored.rng_restored` is False)."""
+        import torch.distributed as dist
+
+        from ..load.restore import read_index
+        from ..load.shards import restore_shards
+
+        self.wait()
+        live: list[Any] = [True]
+        if self.rank == 0 and revision is None and step is None:
+            index = read_index(self.repo_id, hub=self._hub, token=self._token)
+            live = [bool(index is not None and index.live())]
+        dist.broadcast_object_list(live, src=0, group=self._ctl)
+        if not live[0]:
+            logger.info("%s has no revision yet: starting from scratch", self.repo_id)
+            return None
+        return restore_shards(
+            self.repo_id,
+            revision,
+            step=step,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            hub=self._hub,
+            token=self._token,
+            group=self._ctl,
         )
 
 

@@ -40,7 +40,6 @@ def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
         get_model_state_dict,
         get_optimizer_state_dict,
     )
-    from torch.distributed.device_mesh import init_device_mesh
 
     import hubckpt
 
@@ -48,14 +47,12 @@ def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{os.environ.get('RANK')} %(name)s: %(message)s")
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    if mode == "reshard":
+        _reshard_main(repo, hub, out)
+        return
     model = _model()
     if mode == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        mesh = init_device_mesh("cpu", (world,))
-        for block in model.transformer.h:
-            fully_shard(block, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+        model = _fsdp(model, world)
     else:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -115,6 +112,60 @@ def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
     os._exit(0)
 
 
+def _fsdp(model, world: int):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (world,))
+    for block in model.transformer.h:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def _reshard_main(repo: str, hub: str, out: Path) -> None:
+    """On another world size: a model of other shapes is refused on every rank and left unchanged; then the
+    revision saved on 2 ranks restores into this world's shards; rank 0 writes the gathered state."""
+    import torch
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import hubckpt
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    seen: dict = {"rank": rank}
+    other = _fsdp(GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=48, n_head=2, vocab_size=64, n_positions=16)), world)
+    before = {k: v.full_tensor().clone() for k, v in other.state_dict().items()}
+    try:
+        hubckpt.restore(repo, step=4, model=other, hub=hub)
+    except hubckpt.HubckptError as e:
+        seen["mismatch"] = f"{type(e).__name__}: {e}"
+    seen["unchanged"] = all(torch.equal(before[k], v.full_tensor()) for k, v in other.state_dict().items())
+    model = _fsdp(_model(), world)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ckpt = hubckpt.Checkpointer(repo, model=model, optimizer=opt, hub=hub, rank_timeout=30)
+    resumed = ckpt.restore(step=4)
+    seen["resumed"] = [resumed.step, resumed.rng_restored]
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full = get_model_state_dict(model, options=options)
+    optim = get_optimizer_state_dict(model, opt, options=options)
+    if rank == 0:
+        save_file({k: v.clone() for k, v in full.items()}, str(out / "resharded.safetensors"))
+        flat = {f"{fqn}.{k}": v.clone() for fqn, st in optim["state"].items() for k, v in st.items()}
+        save_file(flat, str(out / "resharded-optimizer.safetensors"))
+    ckpt.close()
+    (out / f"reshard-{rank}.json").write_text(json.dumps(seen))
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)
+
+
 def _launch(tmp_path: Path, repo: str, hub: str, mode: str, nproc: int = 2) -> list[dict]:
     env = {**os.environ, "HUBCKPT_SPOOL": str(tmp_path / "spool"), "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
@@ -132,7 +183,8 @@ def _launch(tmp_path: Path, repo: str, hub: str, mode: str, nproc: int = 2) -> l
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
-    return [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(nproc)]
+    prefix = "reshard" if mode == "reshard" else "rank"
+    return [json.loads((tmp_path / f"{prefix}-{r}.json").read_text()) for r in range(nproc)]
 
 
 @pytest.mark.slow
@@ -187,6 +239,17 @@ def test_two_ranks_publish_one_revision_per_save(tmp_path, local_hub, api, repo_
     assert torch.equal(model.state_dict()["transformer.wte.weight"], want["transformer.wte.weight"])
     index = hubckpt.list_revisions(repo_id, hub=local_hub.url)
     assert [r.step for r in index] == [1, 3, 4]
+    if mode == "fsdp":  # 2 → 3 (uneven dim-0 shards), in one more launch
+        seen = _launch(tmp_path, repo_id, local_hub.url, "reshard", nproc=3)
+        for s in seen:
+            assert (
+                s["mismatch"].startswith("StateMismatchError") and "(32,) in the revision, (48,) here" in s["mismatch"]
+            )
+            assert s["unchanged"] and s["resumed"] == [4, False]
+        for kind in ("", "optimizer-"):
+            a = load_file(str(tmp_path / f"expected-{kind}4.safetensors"))
+            b = load_file(str(tmp_path / f"resharded{'-' + kind[:-1] if kind else ''}.safetensors"))
+            assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a), kind
 
 
 def _check_plain_process_restore(repo_id: str, hub: str, tmp_path: Path) -> None:

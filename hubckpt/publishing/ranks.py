@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import HubConfigError, PublishError, PublishFailedError, RankMismatchError
 from ..load.shards import unwrap
 from .checkpointer import LOOP_FORMAT, Checkpointer, class_name, model_files
+from .staging import StagingPool, StagingSet
 
 if TYPE_CHECKING:
     import torch
@@ -152,6 +153,9 @@ class Layout:
         }
 
 
+_MESH_RANKS: dict[int, list[int]] = {}  # id(device mesh) → its ranks in order (read once: slow to compute)
+
+
 def _local(value: torch.Tensor, world: int, name: str) -> tuple[torch.Tensor, bool]:
     """(this rank's part of `value`, whether it is a dim-0 shard)."""
     from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -162,7 +166,9 @@ def _local(value: torch.Tensor, world: int, name: str) -> tuple[torch.Tensor, bo
     if all(isinstance(p, Replicate) for p in placements):
         return value.to_local().detach(), False
     mesh = value.device_mesh
-    ranks = mesh.mesh.flatten().tolist()
+    ranks = _MESH_RANKS.get(id(mesh))
+    if ranks is None:
+        ranks = _MESH_RANKS[id(mesh)] = mesh.mesh.flatten().tolist()
     if (
         len(placements) == 1
         and isinstance(placements[0], Shard)
@@ -251,9 +257,14 @@ class RankedCheckpointer(Checkpointer):
         self._files_dir = self.spool / "model-files"
         self.stalls: list[float] = []
         self._layout: Layout | None = None
-        self._made: tuple[Layout | None, int] = (None, 0)  # the layout the staging sets follow, how many exist
-        self._free: queue.Queue[dict[str, torch.Tensor]] = queue.Queue()
-        self._sets = staging_sets
+        # Reused staging buffers of this rank's local shapes, allocated and touched ahead of need on a
+        # background thread: the weights' now, the optimizer's after its first step (a step hook).
+        self._pool = StagingPool(staging_sets)
+        self._pool.prefault(self._spec("model"))
+        self._optimizer_prefaulted = False
+        self._hook = optimizer.register_step_post_hook(self._after_step) if optimizer is not None else None
+        if optimizer is not None and optimizer.state:  # created mid-run: the optimizer has its state already
+            self._after_step(optimizer, (), {})
         self._jobs: queue.Queue[tuple | None] = queue.Queue()
         self._failed: list[dict[str, Any]] = []  # saves that failed in the background, not reported yet
         self._closed = False
@@ -295,14 +306,19 @@ class RankedCheckpointer(Checkpointer):
                             tensors[f"{fqn}.{key}"] = ("optimizer", value)
         return tensors, tied, groups
 
-    def _ensure_layout(self, tensors: dict[str, tuple[str, torch.Tensor]], tied: dict[str, str]) -> Layout:
+    def _ensure_layout(
+        self,
+        tensors: dict[str, tuple[str, torch.Tensor]],
+        tied: dict[str, str],
+        locals_: dict[str, tuple[torch.Tensor, bool]],
+    ) -> Layout:
         """The layout for this state (exchanged again, collectively, when its tensors changed: the
         optimizer's state appears after its first step on every rank alike)."""
         import torch.distributed as dist
 
         mine = []
         for name, (group, value) in tensors.items():
-            local, sharded = _local(value, self.world, name)
+            local, sharded = locals_[name]
             mine.append(
                 (
                     name,
@@ -336,7 +352,6 @@ class RankedCheckpointer(Checkpointer):
             item.owner = min(range(self.world), key=lambda r: (loads[r], r))
             loads[item.owner] += item.nbytes
         self._layout = Layout(self.world, items, dict(tied), signature)
-        self._free = queue.Queue()  # the buffers follow the layout
         return self._layout
 
     # -- saving (training thread) ------------------------------------------------------------------
@@ -351,10 +366,22 @@ class RankedCheckpointer(Checkpointer):
             ) from e
 
     def _agree(self, call: tuple) -> None:
+        """Every rank made the same call (kind, step, repo): one all_gather of three integers."""
+        import zlib
+
+        import torch
         import torch.distributed as dist
 
-        everyone: list[Any] = [None] * self.world
-        self._collective(lambda: dist.all_gather_object(everyone, call, group=self._ctl), f"{call[0]}()")
+        kinds = ("save", "close")
+        mine = torch.tensor(
+            [kinds.index(call[0]), -1 if call[1] is None else call[1], zlib.crc32(call[2].encode())], dtype=torch.int64
+        )
+        gathered = [torch.empty_like(mine) for _ in range(self.world)]
+        self._collective(lambda: dist.all_gather(gathered, mine, group=self._ctl), f"{call[0]}()")
+        everyone = [
+            (kinds[int(g[0])], None if int(g[1]) == -1 else int(g[1]), call[2] if int(g[2]) == int(mine[2]) else "?")
+            for g in gathered
+        ]
         if any(c != everyone[0] for c in everyone):
             described = ", ".join(
                 f"rank {r}: {c[0]}({'step ' + str(c[1]) if c[0] == 'save' else ''})" for r, c in enumerate(everyone)
@@ -400,10 +427,18 @@ class RankedCheckpointer(Checkpointer):
             done.set_result(PublishedRevision(self.repo_id, self._published[step], step, skipped=True))
             return done
         tensors, tied, groups = self._state()
-        layout = self._ensure_layout(tensors, tied)
-        staged = self._acquire(layout, tensors)
-        for name, (_, value) in tensors.items():
-            staged[name].copy_(_local(value, self.world, name)[0])
+        locals_ = {name: _local(value, self.world, name) for name, (_, value) in tensors.items()}
+        layout = self._ensure_layout(tensors, tied, locals_)
+        staging_set = self._pool.acquire()  # waits while every set is still being sent (backpressure)
+        try:
+            staging_set.ensure({n: (tuple(t.shape), t.dtype, False) for n, (t, _) in locals_.items()})
+            staged = {}
+            for name, (local, _) in locals_.items():
+                staged[name] = staging_set.buffers[name]
+                staged[name].copy_(local)
+        except BaseException:
+            self._pool.release(staging_set)
+            raise
         state: dict[str, Any] = {"rng": capture_rng()}
         if self.scheduler is not None:
             state["scheduler"] = self.scheduler.state_dict()
@@ -431,26 +466,26 @@ class RankedCheckpointer(Checkpointer):
         )
         future: Future = Future()
         self._published[step] = name
-        self._jobs.put((job, layout, staged, state, groups, future))
+        self._jobs.put((job, layout, staging_set, staged, state, groups, future))
         stall = time.perf_counter() - started
         self.stalls.append(stall)
         logger.info("rank %d captured step %d for %s (training blocked %.3fs)", self.rank, step, self.repo_id, stall)
         return future
 
-    def _acquire(self, layout: Layout, tensors: dict[str, tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """A staging set (this rank's local shapes), reused; blocks while every set is in use (backpressure)."""
-        import torch
-
-        if self._made[0] is not layout:
-            self._made = (layout, 0)
-        if self._free.empty() and self._made[1] < self._sets:
-            self._made = (layout, self._made[1] + 1)
-            bufs = {}
-            for name, (_, value) in tensors.items():
+    def _spec(self, group: str) -> dict[str, tuple[tuple[int, ...], torch.dtype, bool]]:
+        """The staging buffers `group`'s tensors need on this rank (local shapes; metadata only)."""
+        tensors, _, _ = self._state()
+        spec = {}
+        for name, (g, value) in tensors.items():
+            if g == group:
                 local = _local(value, self.world, name)[0]
-                bufs[name] = torch.zeros(local.shape, dtype=local.dtype, device="cpu")
-            return bufs
-        return self._free.get()
+                spec[name] = (tuple(local.shape), local.dtype, False)
+        return spec
+
+    def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not self._optimizer_prefaulted and optimizer.state:
+            self._optimizer_prefaulted = True
+            self._pool.prefault(self._spec("optimizer"))
 
     # -- the background -------------------------------------------------------------------------------
 
@@ -460,9 +495,9 @@ class RankedCheckpointer(Checkpointer):
             if item is None:
                 self._jobs.task_done()
                 return
-            job, layout, staged, state, groups, future = item
+            job, layout, staging_set, staged, state, groups, future = item
             try:
-                result = self._publish(job, layout, staged, state, groups)
+                result = self._publish(job, layout, staging_set, staged, state, groups)
             except BaseException as e:  # noqa: BLE001 - re-raised by the Future, wait() and close()
                 logger.error("rank %d: publishing %s of %s failed: %s", self.rank, job["name"], self.repo_id, e)
                 self._published.pop(job["step"], None)
@@ -517,7 +552,13 @@ class RankedCheckpointer(Checkpointer):
         return full
 
     def _publish(
-        self, job: dict, layout: Layout, staged: dict[str, torch.Tensor], state: dict, groups: list
+        self,
+        job: dict,
+        layout: Layout,
+        staging_set: StagingSet,
+        staged: dict[str, torch.Tensor],
+        state: dict,
+        groups: list,
     ) -> PublishedRevision:
         import shutil
 
@@ -531,7 +572,7 @@ class RankedCheckpointer(Checkpointer):
         try:
             full = self._assemble(layout, staged)
         finally:
-            self._free.put(staged)  # the slices are sent: the buffers may take the next capture
+            self._pool.release(staging_set)  # the slices are sent: the buffers may take the next capture
         folder = self.spool / job["name"]
         shutil.rmtree(folder, ignore_errors=True)
         outcome: tuple[str | None, list[UploadedFile]] = (None, [])
@@ -742,6 +783,8 @@ class RankedCheckpointer(Checkpointer):
         finally:
             self._jobs.put(None)
             self._thread.join(timeout=60)
+            if self._hook is not None:
+                self._hook.remove()
         self._raise_if_failed()
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -50,6 +50,9 @@ def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
     if mode == "reshard":
         _reshard_main(repo, hub, out)
         return
+    if mode.startswith("crash"):
+        _crash_main(repo, hub, out, mode)
+        return
     model = _model()
     if mode == "fsdp":
         model = _fsdp(model, world)
@@ -93,6 +96,10 @@ def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
         ckpt.save(10 + rank)
     except hubckpt.HubckptError as e:
         seen["errors"]["mismatch"] = f"{type(e).__name__}: {e}"
+    try:  # rank 1 skips a save (and closes): both raise at once, naming what each called
+        ckpt.save(5) if rank == 0 else ckpt.close()
+    except hubckpt.HubckptError as e:
+        seen["errors"]["skipped"] = f"{type(e).__name__}: {e}"
     train(1)
     ckpt.save(4)
     expected(4)
@@ -166,6 +173,45 @@ def _reshard_main(repo: str, hub: str, out: Path) -> None:
     os._exit(0)
 
 
+def _crash_main(repo: str, hub: str, out: Path, mode: str) -> None:
+    """Resume from the latest revision, then save steps up to 4, one save per step from 2 on; with
+    mode `crash:<rank>:<point>:<step>` that rank is killed at that crash point of that step's save."""
+    import torch
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    import hubckpt
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    _, victim, point, when = (mode.split(":") + ["", "", ""])[:4]
+    model = _fsdp(_model(), world)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ckpt = hubckpt.Checkpointer(repo, model=model, optimizer=opt, hub=hub, rank_timeout=30)
+    torch.manual_seed(100 + rank)
+    resumed = ckpt.restore()
+    start = resumed.step if resumed else 0
+    for step in range(start + 1, 5):
+        ids = torch.randint(0, 64, (2, 16))
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if step < 2:
+            continue
+        if victim and int(victim) == rank and int(when) == step:
+            os.environ["HUBCKPT_FAULT"] = f"{point}:kill"
+        ckpt.save(step)
+        ckpt.wait()
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if rank == 0:
+            save_file({k: v.clone() for k, v in full.items()}, str(out / f"crash-expected-{step}.safetensors"))
+    ckpt.close()
+    (out / f"crash-{rank}.json").write_text(json.dumps({"resumed_from": start}))
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)
+
+
 def _launch(tmp_path: Path, repo: str, hub: str, mode: str, nproc: int = 2) -> list[dict]:
     env = {**os.environ, "HUBCKPT_SPOOL": str(tmp_path / "spool"), "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
@@ -182,8 +228,11 @@ def _launch(tmp_path: Path, repo: str, hub: str, mode: str, nproc: int = 2) -> l
         mode,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    if mode.startswith("crash:"):
+        assert proc.returncode != 0, "the rank was to be killed"
+        return []
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
-    prefix = "reshard" if mode == "reshard" else "rank"
+    prefix = {"reshard": "reshard", "crash": "crash"}.get(mode, "rank")
     return [json.loads((tmp_path / f"{prefix}-{r}.json").read_text()) for r in range(nproc)]
 
 
@@ -202,10 +251,16 @@ def test_two_ranks_publish_one_revision_per_save(tmp_path, local_hub, api, repo_
     for s in seen:
         message = s["errors"]["mismatch"]
         assert message.startswith("RankMismatchError") and "step 10" in message and "step 11" in message
+        message = s["errors"]["skipped"]
+        assert (
+            message.startswith("RankMismatchError")
+            and "rank 0: save(step 5)" in message
+            and "rank 1: close(" in message
+        )
     assert seen[0]["revision_3"] == seen[1]["revision_3"] == "step-0000003"
     branches = {b.name for b in api.list_repo_refs(repo_id).branches}
     assert {"step-0000001", "step-0000003", "step-0000004"} <= branches
-    assert not any("0000010" in b or "0000011" in b for b in branches)
+    assert not any("0000010" in b or "0000011" in b or "0000005" in b for b in branches)
     for step in (1, 3, 4):
         rev = f"step-{step:07d}"
         want = load_file(str(tmp_path / f"expected-{step}.safetensors"))
@@ -250,6 +305,42 @@ def test_two_ranks_publish_one_revision_per_save(tmp_path, local_hub, api, repo_
             a = load_file(str(tmp_path / f"expected-{kind}4.safetensors"))
             b = load_file(str(tmp_path / f"resharded{'-' + kind[:-1] if kind else ''}.safetensors"))
             assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a), kind
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [20, 21])  # after_commit on rank 0; after_capture on rank 1
+def test_a_rank_killed_during_a_save_leaves_no_partial_revision_and_the_rerun_finishes(
+    tmp_path, local_hub, api, repo_id, seed
+):
+    """A seeded choice of rank, crash point and step; the job dies (torchrun takes it down); the re-run
+    resumes from the latest revision and publishes every step, each equal to the gathered state."""
+    import random
+
+    import torch
+    from safetensors.torch import load_file
+
+    import hubckpt
+
+    rng = random.Random(seed)
+    point = rng.choice(["ranks.after_capture", "ranks.after_upload", "ranks.after_commit"])
+    victim = 0 if point == "ranks.after_commit" else rng.choice([0, 1])  # (only rank 0 commits)
+    when = rng.choice([3, 4])
+    _launch(tmp_path, repo_id, local_hub.url, f"crash:{victim}:{point}:{when}")
+    refs = api.list_repo_refs(repo_id)
+    branches = {b.name for b in refs.branches}
+    listed = {r.name for r in hubckpt.list_revisions(repo_id, hub=local_hub.url)}
+    assert f"step-{when - 1:07d}" in listed and f"step-{when + 1:07d}" not in branches
+    for name in branches - {"main"}:  # whatever is on a branch is whole
+        if name.startswith("step-"):
+            files = set(api.list_repo_files(repo_id, revision=name))
+            assert {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "checkpoint.json"} <= files
+    seen = _launch(tmp_path, repo_id, local_hub.url, "crash")
+    assert all(s["resumed_from"] == when - 1 for s in seen)
+    assert [r.step for r in hubckpt.list_revisions(repo_id, hub=local_hub.url)] == [2, 3, 4]
+    for step in (2, 3, 4):
+        want = load_file(str(tmp_path / f"crash-expected-{step}.safetensors"))
+        got = hubckpt.load_state_dict(repo_id, revision=f"step-{step:07d}", hub=local_hub.url)
+        assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want), step
 
 
 def _check_plain_process_restore(repo_id: str, hub: str, tmp_path: Path) -> None:

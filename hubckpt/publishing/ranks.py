@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import HubConfigError, PublishError, PublishFailedError, RankMismatchError
+from ..faults import fault
 from ..load.shards import unwrap
 from .checkpointer import LOOP_FORMAT, Checkpointer, class_name, model_files
 from .staging import StagingPool, StagingSet
@@ -467,6 +468,7 @@ class RankedCheckpointer(Checkpointer):
         future: Future = Future()
         self._published[step] = name
         self._jobs.put((job, layout, staging_set, staged, state, groups, future))
+        fault("ranks.after_capture")
         stall = time.perf_counter() - started
         self.stalls.append(stall)
         logger.info("rank %d captured step %d for %s (training blocked %.3fs)", self.rank, step, self.repo_id, stall)
@@ -591,6 +593,7 @@ class RankedCheckpointer(Checkpointer):
                 files[path.relative_to(folder).as_posix()] = path
             del full
             outcome = (None, upload_files(self.target, files))
+            fault("ranks.after_upload")
         except Exception as e:  # noqa: BLE001 - told to every rank below
             outcome = (f"rank {self.rank}: {type(e).__name__}: {e}", [])
         everyone: list[Any] = [None] * self.world
@@ -744,6 +747,7 @@ class RankedCheckpointer(Checkpointer):
             extra_files={CARD_FILE: card},
             uploaded=[operation(u) for u in uploaded],
         )
+        fault("ranks.after_commit")
         updated = stages.index(run, target, record, manifest, commit, small, replace=False)
         stages.retain(run, target, updated, has_config=(small / "config.json").is_file())
         logger.info("published %s of %s from %d ranks: %s", job["name"], self.repo_id, self.world, commit)

@@ -60,6 +60,12 @@ DIRECT_IO = EnvVar(
     "1",
     "`0` turns off direct I/O (O_DIRECT, Linux) for large checkpoint files; results are the same either way.",
 )
+READ_STREAMS = EnvVar(
+    "HUBCKPT_READ_STREAMS",
+    "8",
+    "Parallel HTTP Range streams per weight file when `load_state_dict` / `iter_revisions` read a revision "
+    "that is not cached; `0` downloads through `hf_hub_download` instead (one stream).",
+)
 DISABLE_PROGRESS_BARS = EnvVar(
     "HUBCKPT_DISABLE_PROGRESS_BARS",
     None,
@@ -95,6 +101,7 @@ VARIABLES: tuple[EnvVar, ...] = (
     HTTP_TIMEOUT,
     CONNECT_TIMEOUT,
     DIRECT_IO,
+    READ_STREAMS,
     DISABLE_PROGRESS_BARS,
     PROGRESS_BARS,
     DEBUG,
@@ -160,6 +167,15 @@ def connect_timeout() -> float:
 def direct_io() -> bool:
     """Whether direct I/O may be used (on unless `HUBCKPT_DIRECT_IO` is 0/false/off/no)."""
     return (_get(DIRECT_IO) or "1").strip().upper() not in _FALSE
+
+
+def read_streams() -> int:
+    """Parallel Range streams per weight file for cold loads (`HUBCKPT_READ_STREAMS`, default 8; 0: off)."""
+    assert READ_STREAMS.default is not None
+    try:
+        return max(0, min(64, int(_get(READ_STREAMS) or READ_STREAMS.default)))
+    except ValueError:
+        return int(READ_STREAMS.default)
 
 
 _warned_progress_bars = False

@@ -40,6 +40,8 @@ class HostileHub:
     tree_next: str | None = None  # "forever": every page names a next one; else a URL for the 1st page's Link
     gzip_files: set[str] = field(default_factory=set)  # served with Content-Encoding: gzip
     stall_s: float = 0.0  # /resolve/ bodies: headers, a few bytes, then silence this long
+    etags: dict[str, str] = field(default_factory=dict)  # path -> the ETag announced (default: the body's sha256)
+    fail_ranges: int = 0  # this many Range reads past the start of a file answer 503 first (transient)
     requests: list[Seen] = field(default_factory=list)
     port: int = 0
 
@@ -136,13 +138,17 @@ class HostileHub:
         if revision not in known:
             return self._send(h, 404, b'{"error": "no revision"}', {"X-Error-Code": "RevisionNotFound"}, head)
         if file in self.redirect:
-            return self._send(h, 302, b"", {"Location": self.redirect[file], "X-Repo-Commit": commit}, head)
+            linked = {}
+            if file in self.files:  # as an LFS file on the Hub: its sha256 and size ride on the redirect
+                sha = hashlib.sha256(self.files[file]).hexdigest()
+                linked = {"X-Linked-Etag": f'"{sha}"', "ETag": f'"{sha}"', "X-Linked-Size": str(len(self.files[file]))}
+            return self._send(h, 302, b"", {"Location": self.redirect[file], "X-Repo-Commit": commit, **linked}, head)
         body = self.files.get(file)
         if body is None:
             return self._send(
                 h, 404, b'{"error": "no entry"}', {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit}, head
             )
-        etag = hashlib.sha256(body).hexdigest()
+        etag = self.etags.get(file) or hashlib.sha256(body).hexdigest()
         headers = {"X-Repo-Commit": commit, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
         if file in self.gzip_files:
             return self._send(h, 200, gzip.compress(body, 9), {**headers, "Content-Encoding": "gzip"}, head)
@@ -150,6 +156,9 @@ class HostileHub:
         if rng and self.range_mode != "whole" and not head:
             first, _, last = rng.removeprefix("bytes=").partition("-")
             start, end = int(first), min(int(last), len(body) - 1)
+            if start > 0 and self.fail_ranges > 0:
+                self.fail_ranges -= 1
+                return self._send(h, 503, b'{"error": "busy"}', {"Retry-After": "0"})
             if self.range_mode == "shifted":  # another range of the same length
                 shift = 4 if end + 4 < len(body) else -4
                 start, end = start + shift, end + shift

@@ -6,10 +6,19 @@
 
 On every save the checkpoint folder is hard-linked into the publisher's spool (so
 `save_total_limit` may delete it right away) and queued; conversion, upload and indexing happen in
-the background. At the end of training the last checkpoint is marked final (saved first if the
-Trainer did not save at the last step) and the callback waits for every upload. Only the main
-process (rank 0) publishes. The Trainer's `log_history` is written beside each checkpoint as
-`log_history.json`, so a pulled revision gives `resume_from_checkpoint` all it reads (`trainer_resume`).
+the background. The checkpoint of the last step (`max_steps`) is marked final; when the Trainer did
+not save at the last step a warning says so. At the end of training the callback waits for every
+upload. The Trainer's
+`log_history` is written beside each checkpoint as `log_history.json`, so a pulled revision gives
+`resume_from_checkpoint` all it reads (`trainer_resume`).
+
+Several processes (torchrun, `accelerate launch`): every process writes its share of `checkpoint-N/`
+(process zero the model, optimizer and state; each rank its `rng_state_<rank>.pth`) and the Trainer
+calls `on_save` with no barrier in between. So the callback waits in `on_save` until every process has
+saved, then the world process zero alone publishes the folder (one revision, every rank's RNG state in
+it; only that process opens a publisher and its spool). In `on_train_end` the other processes wait
+until process zero's uploads are done, so `train()` returns on every rank with everything published.
+The waits use a gloo group of the callback's own, whose timeout (`END_WAIT`) covers the last uploads.
 
 A publish failure never stops training: it is logged, and the job stays in the spool's journal
 (`hubckpt jobs REPO` lists it, `--retry` / `--drop` settle it). After `resume_from_checkpoint`, the
@@ -20,6 +29,7 @@ resumed run's checkpoints (`replace_on_resume=False` raises `RevisionCollisionEr
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +39,32 @@ from ..publishing import Publisher
 from .trainer_resume import log_history_file
 
 logger = logging.getLogger(__name__)
+
+# How long the other processes wait for process zero at a save and at the end of training (its last
+# uploads): the Trainer's own collectives time out after `ddp_timeout` (30 min), uploads may take longer.
+END_WAIT = timedelta(hours=24)
+
+
+def _wait_group() -> Any:
+    """A process group for the callback's waits, or None in a single process. Collective: every rank calls it."""
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return None
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    try:  # gloo waits on the CPU whatever the training backend (NCCL...), with our own timeout
+        return dist.new_group(backend="gloo", timeout=END_WAIT)
+    except (RuntimeError, ValueError) as e:  # no gloo in this build: the default group and its timeout
+        logger.debug("hubckpt: no gloo group for the callback's waits (%s); using the default group", e)
+        return dist.group.WORLD
+
+
+def _wait_for_every_process(group: Any) -> None:
+    if group is not None:
+        import torch.distributed as dist
+
+        dist.barrier(group=group)
 
 
 class HubckptCallback(TrainerCallback):
@@ -44,6 +80,8 @@ class HubckptCallback(TrainerCallback):
         self._publisher: Publisher | None = None
         self._published_steps: set[int] = set()
         self._resumed = False
+        self._group: Any = None  # set in on_train_begin when several processes train
+        self._group_ready = False
 
     def _pub(self) -> Publisher:
         if self._publisher is None:
@@ -52,9 +90,13 @@ class HubckptCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._resumed = state.global_step > 0  # resume_from_checkpoint: the Trainer starts past step 0
+        if not self._group_ready:  # every process runs on_train_begin: creating the group is collective
+            self._group, self._group_ready = _wait_group(), True
         return control
 
     def on_save(self, args, state, control, **kwargs):
+        # Every process wrote its share of checkpoint-N/ (rng_state_<rank>.pth) before process zero reads it.
+        _wait_for_every_process(self._group)
         if not state.is_world_process_zero:
             return control
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -87,8 +129,14 @@ class HubckptCallback(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero or self._publisher is None:
-            return control
+        try:
+            if state.is_world_process_zero and self._publisher is not None:
+                self._finish(state)
+        finally:  # the other processes return from train() once everything is published
+            _wait_for_every_process(self._group)
+        return control
+
+    def _finish(self, state) -> None:
         if state.global_step not in self._published_steps:
             logger.warning(
                 "the Trainer did not save at the last step (%d); the final model is not published as "
@@ -96,14 +144,16 @@ class HubckptCallback(TrainerCallback):
                 state.global_step,
             )
         publisher, self._publisher = self._publisher, None
+        if publisher is None:
+            return
         try:
             publisher.close()
         except Exception as e:  # noqa: BLE001 - training is done; what failed stays in the journal, listed by `hubckpt jobs`
             logger.error("hubckpt: publishing failed: %s (see `hubckpt jobs %s`)", e, self.repo_id)
-        return control
 
     def __getstate__(self) -> dict:
         # Trainer state may be pickled (e.g. by hyperparameter search); the live publisher is not.
         state = dict(self.__dict__)
         state["_publisher"] = None
+        state["_group"], state["_group_ready"] = None, False
         return state

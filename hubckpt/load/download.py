@@ -101,9 +101,15 @@ def verify_cached(path: Path, expected: str | None, where: str) -> None:
             "(retry to download it again; if it fails again the hub holds a bad copy)",
             path=where,
         )
-    marker = _verified_dir() / expected
+    mark_verified(blob, expected)
+
+
+def mark_verified(blob: Path, sha256: str) -> None:
+    """Remember that the cached `blob` hashed to `sha256` (a checked 64-hex digest: it names the marker)."""
+    assert _SHA256.match(sha256), "marker names are derived from checked sha256s"
+    marker = _verified_dir() / sha256
     marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_name(f".{expected}.{os.getpid()}")
+    tmp = marker.with_name(f".{sha256}.{os.getpid()}")
     tmp.write_text(_fingerprint(blob))
     os.replace(tmp, marker)
 

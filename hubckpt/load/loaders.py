@@ -18,6 +18,7 @@ from ..formats.untrusted import Source
 from ..hub.reader import HubReader
 from ..hub.select import Hub
 from .download import INDEX_JSON, Downloader, RevisionFiles, read_capped, require_weights
+from .fast_read import read_weight_files, take
 from .lazy import LazyRevision
 from .resolve import RepoRevisions
 
@@ -256,10 +257,13 @@ def rev_state_dict(rev: Revision, *, keys=None, prefix=None, dtype=None, device=
     from safetensors.torch import load_file
 
     plan, wanted = rev.plan(keys, prefix)
-    local = rev.download(plan)
+    fast = read_weight_files(rev, list(plan))  # files not cached: parallel verified Range reads
+    local = rev.download(shard for shard in plan if shard not in fast)
     stored: dict[str, torch.Tensor] = {}
     for shard, names in plan.items():
-        if names is None:
+        if shard in fast:
+            tensors = take(fast.pop(shard), names, f"{rev.repo_id}@{rev.info.name}/{shard}")
+        elif names is None:
             tensors = load_file(local[shard], device="cpu")
         else:
             with safe_open(local[shard], framework="pt", device="cpu") as f:

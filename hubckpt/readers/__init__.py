@@ -71,7 +71,8 @@ def read_checkpoint(path: str | Path, *, allow_globals: Iterable[str] = ()) -> C
 def peek_step(path: str | Path, *, allow_globals: Iterable[str] = ()) -> tuple[int | None, int | None]:
     """(step, tokens) of a checkpoint without reading its weights, as `read_checkpoint` would find them.
 
-    Folders: `trainer_state.json` (global_step, num_input_tokens_seen), else the name. torch.save files
+    Folders: `trainer_state.json` (global_step, num_input_tokens_seen), a torch.distributed.checkpoint
+    folder's top-level `step` / `global_step` / `iter_num` (nothing else is read), else the name. torch.save files
     (nanoGPT's `iter_num`, Lightning's `global_step`...): the pickle's scalars, loaded weights-only and
     memory-mapped so no tensor data is read; else the name.
     """
@@ -88,6 +89,12 @@ def peek_step(path: str | Path, *, allow_globals: Iterable[str] = ()) -> tuple[i
                     return data["global_step"], tokens if isinstance(tokens, int) else None
             except (OSError, ValueError):
                 pass
+        if (path / ".metadata").is_file():
+            from .dcp import peek_dcp_step
+
+            step = peek_dcp_step(path)
+            if step is not None:
+                return step, None
         return step_from_name(path.name), None
     try:
         kind = sniff_file(path)

@@ -49,9 +49,47 @@ def sniff_file(path: Path) -> str:
     )
 
 
+# What torch.distributed.checkpoint's HuggingFaceStorageWriter(save_distributed=True) records in each
+# rank's safetensors file: {fqn: {"saved_offsets": [...]}}, where the rank's slice sits in the full tensor.
+DCP_SHARDING_KEY = "DCP_SHARDING_INFO"
+
+
+def safetensors_header(path: Path) -> dict:
+    """The JSON header of a safetensors file (tensor entries and `__metadata__`), without reading tensor data."""
+    sniff_file(path)  # the header length is checked against the file and the 100 MB limit first
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError as e:
+            raise CorruptCheckpointError(f"{path} is not a valid safetensors file: {e}", str(path)) from e
+    if not isinstance(header, dict):
+        raise CorruptCheckpointError(f"{path} is not a valid safetensors file: header is not an object", str(path))
+    return header
+
+
+def dcp_sharded_files(path: Path) -> list[Path]:
+    """The safetensors files of `path` written per rank by DCP's HuggingFaceStorageWriter (else [])."""
+    if any((path / name).is_file() for name in WEIGHT_FILES):
+        return []  # a consolidated (or plain) Hugging Face folder
+    files = sorted(path.glob("*.safetensors"))
+    for file in files:
+        try:
+            meta = safetensors_header(file).get("__metadata__")
+        except (UnsupportedCheckpointError, CorruptCheckpointError):
+            continue  # the reader reports it
+        if isinstance(meta, dict) and DCP_SHARDING_KEY in meta:
+            return files
+    return []
+
+
 def sniff_folder(path: Path) -> str:
-    """'dcp', 'weights-folder' (Trainer checkpoint or safetensors/bin folder) or 'run' (many checkpoints)."""
-    if (path / ".metadata").is_file():
+    """'dcp', 'weights-folder' (Trainer checkpoint or safetensors/bin folder) or 'run' (many checkpoints).
+
+    'dcp' is a torch.distributed.checkpoint folder: the default layout (`.metadata` + `*.distcp`) or the
+    per-rank safetensors files of `HuggingFaceStorageWriter(save_distributed=True)` without consolidation.
+    """
+    if (path / ".metadata").is_file() or dcp_sharded_files(path):
         return "dcp"
     if any((path / name).is_file() for name in WEIGHT_FILES) or any(path.glob("*.safetensors")):
         return "weights-folder"

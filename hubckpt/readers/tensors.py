@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from .. import safe_pickle
 from ..errors import CorruptCheckpointError
-from .detect import read_json, sniff_file
+from .detect import read_json, safetensors_header, sniff_file
 
 if TYPE_CHECKING:
     import torch
@@ -77,18 +77,7 @@ def strip_compile_prefix(weights: dict[str, torch.Tensor]) -> dict[str, torch.Te
 
 def safetensors_keys(path: Path) -> list[str]:
     """Tensor names of a safetensors file, from its header alone (no tensor data is read)."""
-    import json
-
-    sniff_file(path)
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError as e:
-            raise CorruptCheckpointError(f"{path} is not a valid safetensors file: {e}", str(path)) from e
-    if not isinstance(header, dict):
-        raise CorruptCheckpointError(f"{path} is not a valid safetensors file: header is not an object", str(path))
-    return [k for k in header if k != "__metadata__"]
+    return [k for k in safetensors_header(path) if k != "__metadata__"]
 
 
 class LazyWeights(Mapping[str, "torch.Tensor"]):

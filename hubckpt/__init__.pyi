@@ -40,6 +40,7 @@ from .errors import (
     NoSafetensorsError as NoSafetensorsError,
     PublishError as PublishError,
     PublishFailedError as PublishFailedError,
+    RankMismatchError as RankMismatchError,
     ReadOnlyTokenError as ReadOnlyTokenError,
     RestoreError as RestoreError,
     RevisionCollisionError as RevisionCollisionError,

@@ -27,6 +27,7 @@ Hierarchy::
     ├── PublishError (RuntimeError)           a background publish job could not complete
     │   └── PublishFailedError                    raised by wait()/close(): which revisions failed, and why
     ├── SpoolBusyError (RuntimeError)         another process owns the publisher's spool (attribute `pid`)
+    ├── RankMismatchError (RuntimeError)      torch.distributed ranks made different Checkpointer calls (steps)
     ├── RevisionLookupError (LookupError)     no revision at that step / tokens / `best`...; names the nearest
     ├── AmbiguousRevisionError (ValueError)   a name that is both a branch and a tag (at different commits)
     ├── IntegrityError (OSError)              a downloaded file does not match its sha256 (removed from the cache)
@@ -335,6 +336,19 @@ class SpoolBusyError(HubckptError, RuntimeError):
     def __init__(self, message: str, pid: int | None = None) -> None:
         self.pid = pid
         super().__init__(message)
+
+
+class RankMismatchError(HubckptError, RuntimeError):
+    """The ranks of a torch.distributed job did not make the same collective `Checkpointer` call.
+
+    Raised on every rank: ranks called `save()` with different steps, one called `close()` while another
+    saved, they hold different parameters, or a rank did not arrive within `rank_timeout` seconds (it
+    skipped a save or died). Nothing of that call was published; the process group stays usable.
+
+    What to do:
+        Call `save(step)`, `wait()`, `close()` and `restore()` on every rank, in the same order, with the
+        same step (save on every rank, not only on rank 0), and build the same model on every rank.
+    """
 
 
 # -- local hub storage (server side; mapped to HTTP by hubckpt.server.http_errors) ------------------

@@ -176,6 +176,7 @@ class HubTarget:
         manifest_sha256: str,
         replace: bool = False,
         extra_files: dict[str, bytes] | None = None,
+        uploaded: list[CommitOperationAdd] | None = None,
     ) -> str:
         """Make branch `name` hold exactly `folder`, as one commit on top of `start_from`; return the commit.
 
@@ -185,7 +186,8 @@ class HubTarget:
         revision is either half-made (no checkpoint.json, or another step's: left by an interrupted publish
         of an older hubckpt) and is repaired, or a different checkpoint of the same step, which is a
         `RevisionCollisionError` unless `replace=True`. `extra_files` (path → bytes, e.g. this target's
-        card as README.md) are committed too, in place of the folder's files of the same path.
+        card as README.md) are committed too, in place of the folder's files of the same path. `uploaded`:
+        operations for files other processes uploaded already (`uploaded.operation`: multi-rank publishing).
         """
         step = _folder_step(folder)
         branches = self.branches()
@@ -205,7 +207,9 @@ class HubTarget:
                 self.delete_branch(staging)  # a different or half-finished attempt: start it again
             start = branches.get(start_from) or branches[MAIN]
             self._create_branch(staging, start)
-            commit = self._commit_folder(staging, start, folder, message, manifest_sha256, extra_files or {})
+            commit = self._commit_folder(
+                staging, start, folder, message, manifest_sha256, extra_files or {}, uploaded or []
+            )
         if head is not None:
             logger.warning(
                 "branch %s of %s did not hold its revision (an interrupted publish); repairing it", name, self.repo_id
@@ -230,18 +234,28 @@ class HubTarget:
                 raise
 
     def _commit_folder(
-        self, branch: str, head: str, folder: Path, message: str, manifest_sha256: str, extra_files: dict[str, bytes]
+        self,
+        branch: str,
+        head: str,
+        folder: Path,
+        message: str,
+        manifest_sha256: str,
+        extra_files: dict[str, bytes],
+        uploaded: list[CommitOperationAdd] | None = None,
     ) -> str:
         """One commit on `branch` (at `head`) that makes it hold exactly the files of `folder` (+ `extra_files`)."""
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
         existing = self.list_files(head)
+        uploaded = uploaded or []
         ours = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()} | set(extra_files)
+        ours |= {op.path_in_repo for op in uploaded}
         stale = [p for p in existing if p not in ours and p != ".gitattributes"]
         with contextlib.ExitStack() as stack, quiet_xet_notice():
             ops: list[CommitOperationAdd | CommitOperationDelete] = []
             ops += folder_operations(folder, stack, use_xet=self.hub.is_huggingface_co, skip=lambda p: p in extra_files)
             ops += [CommitOperationAdd(path, data) for path, data in sorted(extra_files.items())]
+            ops += uploaded
             ops += [CommitOperationDelete(p) for p in stale]
 
             def send() -> str:

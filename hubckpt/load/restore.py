@@ -59,6 +59,8 @@ class Restored:
         parts: the training-state parts restored (`optimizer`, `scheduler`, `scaler`, `rng`...).
         mismatches: with `strict=False`, what was left out.
         folder: the downloaded (cached) revision files.
+        rng_restored: for a revision published by several ranks: whether each rank's RNG states were
+            restored (only when the world size matches the one that saved); None otherwise.
     """
 
     repo_id: str
@@ -72,6 +74,8 @@ class Restored:
     parts: list[str] = field(default_factory=list)  # training-state parts restored (optimizer, scheduler, ...)
     mismatches: list[str] = field(default_factory=list)  # with strict=False: what was left out
     folder: Path | None = None  # the downloaded (cached) revision files
+    # RNG states restored (None: not a multi-rank revision); across world sizes they are not (load/shards.py)
+    rng_restored: bool | None = None
 
 
 def _revisions(repo_id: str, hub: Any, token: Any):
@@ -313,9 +317,15 @@ def restore(
     import torch
 
     from ..conversion.training_state import load_state, restore_rng
+    from .shards import restore_shards, under_ranks
 
+    shards = dict(model=model, optimizer=optimizer, scheduler=scheduler, hub=hub, token=token)
+    if under_ranks(model):  # collective: every rank reads its own slices (load/shards.py)
+        return restore_shards(repo_id, revision, step=step, **shards)
     info, manifest, local = fetch_revision(repo_id, revision, step=step, hub=hub, token=token)
     name, commit = info.name, info.commit
+    if manifest.get("ranks"):  # published by several ranks: full tensors, optimizer keyed by parameter name
+        return restore_shards(repo_id, commit, **shards)
     state_dir = local[next(p for p in sorted(local) if p.startswith(f"{TRAINING_STATE_DIR}/"))].parent
     parts = sorted(Path(p).stem for p in local if p.startswith(f"{TRAINING_STATE_DIR}/") and p.endswith(".json"))
     for p in local:  # untrusted JSON: size- and depth-capped, an object, before the state decoder reads it

@@ -146,6 +146,15 @@ class Checkpointer:
             or `options=PublishOptions(...)` itself, as `hubckpt.Publisher` takes them.
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Checkpointer:
+        # Under torch.distributed the same call builds the collective, multi-rank Checkpointer (ranks.py).
+        if cls is Checkpointer and kwargs.get("model") is not None:
+            from .ranks import RankedCheckpointer, wants_ranks
+
+            if wants_ranks(kwargs["model"]):
+                return super().__new__(RankedCheckpointer)
+        return super().__new__(cls)
+
     def __init__(
         self,
         repo_id: str,
@@ -207,6 +216,7 @@ class Checkpointer:
                     f"publish_mb_per_s must be a positive number of megabytes per second, 'auto' "
                     f"or None (no cap), got {publish_mb_per_s!r}"
                 )
+        publisher_options.pop("rank_timeout", None)  # (multi-rank only: the same script runs on one process too)
         given = {"hub": hub, "monitor": monitor, "mode": mode}  # None: as `options` (or its default) says
         options = publisher_options.pop("options", None) or PublishOptions()
         options = options.replace(**{k: v for k, v in given.items() if v is not None}, **publisher_options)
@@ -565,7 +575,7 @@ class Checkpointer:
         )
 
 
-def model_files(model: Any, folder: Path) -> list[Path]:
+def model_files(model: Any, folder: Path, *, class_name: str | None = None) -> list[Path]:
     """A transformers model's config.json (and generation_config.json) written into `folder`; [] otherwise.
 
     Without them a revision holds bare tensors that `load_model` / `hubckpt analyze` cannot build.
@@ -578,7 +588,8 @@ def model_files(model: Any, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     assert config is not None  # checked above: it has to_json_file
     config = copy.deepcopy(config)
-    config.architectures = [type(model).__name__]  # as save_pretrained records it: load_model picks the class
+    # as save_pretrained records it: load_model picks the class (`class_name`: the model's own, not a wrapper's)
+    config.architectures = [class_name or type(model).__name__]
     config.to_json_file(folder / "config.json")
     written = [folder / "config.json"]
     generation = getattr(model, "generation_config", None)

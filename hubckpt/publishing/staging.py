@@ -46,6 +46,10 @@ def alias_key(t: torch.Tensor) -> tuple[Any, ...] | None:
     """What makes two tensors the same view of the same memory (None for an empty tensor: never shared)."""
     if not t.numel():
         return None
+    to_local = getattr(t, "to_local", None)  # a DTensor (FSDP2): its own storage is not a real one
+    if to_local is not None and callable(to_local):
+        local = to_local()
+        return ("dtensor", alias_key(local), tuple(t.shape), str(getattr(t, "placements", None)))
     return (
         t.device.type,
         t.untyped_storage().data_ptr(),

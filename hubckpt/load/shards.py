@@ -1,0 +1,283 @@
+"""Restore a revision published by several ranks (`checkpoint.json` has `ranks`) on any world size.
+
+    resumed = hubckpt.restore("me/exp1", model=fsdp_model, optimizer=opt)   # on every rank (collective)
+
+The revision holds full tensors: the weights in `model-0000k-of-0000n.safetensors`, the optimizer state
+as full tensors keyed `<parameter FQN>.<state key>` in `training_state/optimizer-0000k-of-0000n.safetensors`
+(`training_state/optimizer.json`: param groups named by FQN, and which file holds which tensor), each
+rank's RNG in `training_state/rng-rank-R`, the loop state in `training_state/loop`. Each rank reads only
+the byte ranges of its own slices: dim-0 shards (FSDP2's `fully_shard`) of a row-major tensor are one
+contiguous range of its bytes (HTTP Range reads, `lazy.py`); replicated parameters (DDP, a plain model)
+are read whole. So a revision saved on 2 ranks restores on 1, 2 or 3.
+
+The revision is resolved once, on rank 0, and its commit broadcast, so every rank reads the same one.
+Everything is read and checked before anything changes; a parameter-name or shape mismatch raises
+`StateMismatchError` on every rank (their verdicts are exchanged), with the model unchanged. RNG states
+are restored only when the world size matches the one that saved (`Restored.rng_restored`).
+
+Without a process group (a plain process), it restores the full tensors into a plain model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any, cast
+
+from ..errors import RestoreError, StateMismatchError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .restore import Restored
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZER_DOC = "training_state/optimizer.json"
+
+
+def _world(group: Any) -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(group), dist.get_world_size(group)
+    return 0, 1
+
+
+def _all(value: Any, group: Any) -> list[Any]:
+    """Every rank's `value` (just `[value]` without a process group)."""
+    import torch.distributed as dist
+
+    rank, world = _world(group)
+    if world == 1:
+        return [value]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, value, group=group)
+    return out
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module whose state dict names the parameters (DDP's `module`; FSDP2 keeps the names)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def under_ranks(model: Any) -> bool:
+    """Whether restoring into `model` is collective: a process group of several ranks, or DTensor parameters."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        return False
+    if dist.get_world_size() > 1:
+        return True
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def _local(value: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    from torch.distributed.tensor import DTensor, Shard
+
+    if isinstance(value, DTensor):
+        placements = value.placements
+        sharded = len(placements) == 1 and isinstance(placements[0], Shard) and placements[0].dim == 0
+        return value.to_local(), sharded
+    return value, False
+
+
+def restore_shards(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    step: int | None = None,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    hub: Any = None,
+    token: Any = None,
+    group: Any = None,
+) -> Restored:
+    """Collective: every rank restores its slices of a (multi-rank) revision (module docstring)."""
+    import torch
+    import torch.distributed as dist
+
+    from ..conversion.training_state import load_state, restore_rng
+    from .loaders import open_revision
+    from .restore import Restored, _revisions
+
+    rank, world = _world(group)
+    module = unwrap(model)
+    # Resolved once: rank 0 finds the commit, every rank reads at it.
+    found: list[Any] = [None]
+    if rank == 0:
+        try:
+            info = _revisions(repo_id, hub, token).resolve(revision, step=step)
+            found = [("ok", info.name, info.commit)]
+        except Exception as e:  # noqa: BLE001 - told to every rank
+            found = [("error", type(e).__name__, str(e))]
+    if world > 1:
+        dist.broadcast_object_list(found, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+    kind, name, commit = found[0]
+    if kind == "error":
+        raise RestoreError(f"{repo_id}: could not resolve the revision to restore: {name}: {commit}")
+
+    with open_revision(repo_id, commit, hub=hub, token=token) as lazy:
+        manifest = lazy.rev.reader.read_json("checkpoint.json", commit) or {}
+        saved_world = (manifest.get("ranks") or {}).get("world_size")
+        small = [p for p in lazy.rev.files.files if p.startswith("training_state/") and p.endswith(".json")]
+        mine_rng = f"training_state/rng-rank-{rank:05d}"
+        wanted = [p for p in small if not p.startswith("training_state/rng-rank-")]
+        same_world = saved_world == world
+        if same_world:
+            wanted += [p for p in lazy.rev.files.files if p.startswith(mine_rng)]
+        local_files = lazy.rev.downloader.fetch_many(lazy.rev.files, sorted(wanted))
+
+        # -- plan: names and shapes, every rank's verdict exchanged before anything changes
+        targets: dict[str, torch.Tensor] = {}
+        seen: set[int] = set()
+        everything = module.state_dict(keep_vars=True)
+        for key, value in everything.items():
+            if id(value) not in seen:
+                seen.add(id(value))
+                targets[key] = value
+        stored = set(lazy.keys())
+        tied = dict(lazy.rev.tied)
+        problems = [f"missing in the revision: {k}" for k in targets if k not in stored and k not in tied]
+        problems += [f"not in the model: {k}" for k in sorted(stored - set(everything) - set(tied))]
+        for key, value in targets.items():
+            if key in stored and tuple(lazy.shape(key)) != tuple(value.shape):
+                problems.append(f"shape of {key}: {tuple(lazy.shape(key))} in the revision, {tuple(value.shape)} here")
+        verdicts = _all(problems, group)
+        if any(verdicts):
+            listed = sorted({p for v in verdicts for p in v})
+            raise StateMismatchError(
+                f"{repo_id}@{name} does not fit this model ({len(listed)} differences): " + "; ".join(listed[:20]),
+                listed,
+            )
+        rows_of = {k: (_local(v)[0].shape[0] if _local(v)[1] else None) for k, v in targets.items()}
+        everyone = _all(rows_of, group)
+
+        def read(
+            meta_file: str, start: int, dtype: Any, shape: tuple, full_shape: tuple, key: str | None
+        ) -> torch.Tensor:
+            """This rank's rows of the tensor at byte `start` of `meta_file` (all of them for `key` None or a
+            replicated tensor): one contiguous byte range."""
+            rows = None if key is None else everyone[rank][key]
+            row_bytes = torch.empty((), dtype=dtype).element_size()
+            for d in full_shape[1:]:
+                row_bytes *= d
+            if rows is None:
+                first, count = 0, full_shape[0] if full_shape else 1
+            else:
+                first, count = sum(everyone[r][key] for r in range(rank)), rows  # (key is not None here)
+            n = count * row_bytes
+            out = torch.empty(shape, dtype=dtype)
+            if n:
+                raw, _ = lazy.rev.reader.read_range(
+                    meta_file, commit, start + first * row_bytes, start + first * row_bytes + n
+                )
+                if len(raw) != n:
+                    raise RestoreError(f"{repo_id}@{name}/{meta_file}: {key}: read {len(raw)} bytes, expected {n}")
+                out.view(-1).view(torch.uint8)[:] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+            return out
+
+        weights: dict[str, torch.Tensor] = {}
+        for key, value in targets.items():
+            meta = lazy.meta(key)
+            local, _ = _local(value)
+            weights[key] = read(meta.file, meta.start, meta.torch_dtype, tuple(local.shape), tuple(meta.shape), key)
+
+        opt_state: dict[str, Any] | None = None
+        parts: list[str] = []
+        if optimizer is not None and OPTIMIZER_DOC in local_files:
+            doc = json.loads(local_files[OPTIMIZER_DOC].read_text())
+            names = {id(p): n for n, p in module.named_parameters()}
+            by_name = {n: p for n, p in module.named_parameters()}
+            index_of: dict[str, int] = {}
+            for g in optimizer.param_groups:
+                for p in g["params"]:
+                    index_of[names[id(p)]] = len(index_of)
+            saved_groups = doc["param_groups"]
+            if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in optimizer.param_groups] or any(
+                n not in index_of for g in saved_groups for n in g["params"]
+            ):
+                raise StateMismatchError(f"{repo_id}@{name}: the optimizer's param groups differ from the saved ones")
+            state: dict[int, dict[str, Any]] = {}
+            for tensor_name, file in sorted(doc["weight_map"].items()):
+                fqn, _, key = tensor_name.rpartition(".")
+                header, data_start = lazy._header(file)
+                entry = header[tensor_name]
+                param = by_name[fqn]
+                dtype = _dtype(entry["dtype"])
+                full_shape = tuple(entry["shape"])
+                from torch.distributed.tensor import DTensor
+
+                sharded = isinstance(param, DTensor) and full_shape == tuple(param.shape) and _local(param)[1]
+                local_shape = tuple(_local(param)[0].shape) if sharded else full_shape
+                start = data_start + entry["data_offsets"][0]
+                value = read(file, start, dtype, local_shape, full_shape, fqn if sharded else None)
+                if sharded:
+                    dparam = cast(Any, param)
+                    value = DTensor.from_local(
+                        value,
+                        dparam.device_mesh,
+                        dparam.placements,
+                        run_check=False,
+                        shape=param.shape,
+                        stride=param.stride(),
+                    )
+                state.setdefault(index_of[fqn], {})[key] = value
+            groups = [{**g, "params": [index_of[n] for n in g["params"]]} for g in saved_groups]
+            opt_state = {"state": state, "param_groups": groups}
+            parts.append("optimizer")
+        loop = (
+            load_state(local_files["training_state/loop.json"].parent, "loop")
+            if "training_state/loop.json" in local_files
+            else {}
+        )
+        sched = None
+        if scheduler is not None and "training_state/scheduler.json" in local_files:
+            sched = load_state(local_files["training_state/scheduler.json"].parent, "scheduler")
+        rng = None
+        if same_world and f"{mine_rng}.json" in local_files:
+            rng = load_state(local_files[f"{mine_rng}.json"].parent, f"rng-rank-{rank:05d}")
+
+    # -- apply: everything was read and checked
+    with torch.no_grad():
+        for key, value in targets.items():
+            _local(value)[0].copy_(weights[key])
+    if opt_state is not None:
+        optimizer.load_state_dict(opt_state)  # type: ignore[union-attr]
+    if sched is not None:
+        scheduler.load_state_dict(sched)
+        parts.append("scheduler")
+    if rng is not None:
+        restore_rng(rng)
+        parts.append("rng")
+    elif saved_world is not None and saved_world != world:
+        logger.info(
+            "%s@%s was saved on %s ranks, restored on %s: RNG states not restored", repo_id, name, saved_world, world
+        )
+    restored = Restored(
+        repo_id,
+        name,
+        commit,
+        manifest.get("step"),
+        epoch=manifest.get("epoch"),
+        tokens=manifest.get("tokens"),
+        metrics=dict(manifest.get("metrics") or {}),
+        extra=loop.get("extra") if isinstance(loop, dict) else None,
+        parts=parts + (["loop"] if loop else []),
+    )
+    restored.rng_restored = rng is not None
+    return restored
+
+
+def _dtype(name: str) -> Any:
+    from .lazy import torch_dtype
+
+    return torch_dtype(name)
+
+
+__all__ = ["restore_shards", "under_ranks", "unwrap"]

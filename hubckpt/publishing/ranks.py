@@ -1,0 +1,837 @@
+"""Multi-rank publishing: every rank publishes its share of one revision, with no gather on rank 0.
+
+Under an initialized default process group (`torchrun`, `accelerate launch`), `hubckpt.Checkpointer(...)`
+builds a `RankedCheckpointer` (`Checkpointer.__new__`), and `save` / `wait` / `close` are collectives: every
+rank calls them in the same order, with the same step. What happens for one save:
+
+1. **agree** (training thread): the ranks exchange (step, repo) on a small gloo group of ours; ranks that
+   disagree all raise `RankMismatchError` naming every rank's step, and nothing is published; a rank that
+   does not come within `rank_timeout` seconds makes the others raise it too (never a hang).
+2. **capture** (training thread): each rank copies only its local shards (DTensor `to_local()`; a
+   replicated / DDP model: its whole copy) into reused staging buffers. Training resumes.
+3. **split** (background thread): the parameters (and optimizer state tensors, keyed by parameter name) are
+   assigned to ranks in groups balanced by bytes, once, from metadata every rank exchanges. For each owner,
+   the other ranks send their slices of its group in one `gather` (gloo, on a second group of ours, so the
+   background never shares a group with the training thread); the owner assembles the full values. Dim-0
+   slices of a row-major tensor, in rank order, are contiguous bytes of the full tensor. No rank ever holds
+   more than its own group in full.
+4. **write and upload**: each owner writes `model-0000k-of-0000n.safetensors` (and
+   `training_state/optimizer-0000k-of-0000n.safetensors`), every rank its own `training_state/rng-rank-R`
+   files, into its own spool folder, and uploads them itself as LFS objects (`hub/uploaded.py`).
+5. **commit**: the ranks exchange what each uploaded; if any failed, every rank's save fails with it. Rank 0
+   writes the small files (config, index, checkpoint.json with the world size and sharding, optimizer
+   groups, loop state), makes the single commit of the revision, referencing the other ranks' uploads, then
+   updates the index and applies retention as a single-process publish does (`stages`). The outcome is
+   broadcast, so every rank's Future settles the same way.
+
+A revision is visible whole or not at all: nothing is on a branch until the one commit. Only the first
+hub (`hub=`) is published to.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import HubConfigError, PublishError, PublishFailedError, RankMismatchError
+from ..faults import fault
+from ..load.shards import unwrap
+from .checkpointer import LOOP_FORMAT, Checkpointer, class_name, model_files
+from .jobs import target_key
+from .staging import StagingPool, StagingSet
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..hub.uploaded import UploadedFile
+    from .pipeline import PublishedRevision
+
+logger = logging.getLogger(__name__)
+
+RANKS_FORMAT = "hubckpt.ranks/1"
+DEFAULT_RANK_TIMEOUT = 300.0  # seconds a collective of ours waits for the other ranks
+BACKGROUND_TIMEOUT = 1800.0  # the background group: a rank may wait for another's upload
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+def distributed_world() -> tuple[int, int] | None:
+    """(rank, world size) under an initialized default process group, else None."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch without distributed support
+        return None
+    if not dist.is_available() or not dist.is_initialized():
+        return None
+    return dist.get_rank(), dist.get_world_size()
+
+
+def wants_ranks(model: Any) -> bool:
+    """Whether a Checkpointer for `model` publishes collectively: several ranks, or DTensor parameters."""
+    world = distributed_world()
+    if world is None:
+        return False
+    if world[1] > 1:
+        return True
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def model_class_name(model: Any) -> str:
+    """The model's own class name: not FSDP2's `FSDP<Name>` wrapper class, which subclasses it."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover
+        return type(model).__name__
+    for cls in type(model).__mro__:
+        if not issubclass(cls, FSDPModule):
+            return cls.__name__
+    return type(model).__name__  # pragma: no cover
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Item:
+    """One tensor of the published state, as every rank sees it (metadata only)."""
+
+    name: str  # key in its safetensors file
+    group: str  # "model" or "optimizer"
+    shape: tuple[int, ...]  # full shape
+    dtype: str
+    rows: list[int] | None = None  # dim-0 rows each rank holds (Shard(0)); None: every rank has it whole
+    owner: int = 0
+
+    @property
+    def row_bytes(self) -> int:
+        import torch
+
+        n = 1
+        for d in self.shape[1:]:
+            n *= d
+        return n * torch.empty((), dtype=getattr(torch, self.dtype)).element_size()
+
+    @property
+    def nbytes(self) -> int:
+        return (self.shape[0] if self.shape else 1) * self.row_bytes
+
+
+@dataclass
+class Layout:
+    """Which rank owns (writes) which tensor; the same on every rank."""
+
+    world: int
+    items: list[Item]
+    tied: dict[str, str] = field(default_factory=dict)  # alias left out → name kept
+    signature: tuple = ()
+
+    def files(self, group: str) -> dict[int, str]:
+        """owner rank → its file of `group` (owners without tensors of the group have none)."""
+        owners = sorted({i.owner for i in self.items if i.group == group})
+        n = len(owners)
+        prefix = "model" if group == "model" else "training_state/optimizer"
+        return {r: f"{prefix}-{k + 1:05d}-of-{n:05d}.safetensors" for k, r in enumerate(owners)}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "world_size": self.world,
+            "tensors": {
+                i.name: {"group": i.group, "shape": list(i.shape), "dtype": i.dtype, "rows": i.rows, "owner": i.owner}
+                for i in self.items
+            },
+            "tied": self.tied,
+        }
+
+
+_MESH_RANKS: dict[int, list[int]] = {}  # id(device mesh) → its ranks in order (read once: slow to compute)
+
+
+def _local(value: torch.Tensor, world: int, name: str) -> tuple[torch.Tensor, bool]:
+    """(this rank's part of `value`, whether it is a dim-0 shard)."""
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+
+    if not isinstance(value, DTensor):
+        return value.detach(), False
+    placements = value.placements
+    if all(isinstance(p, Replicate) for p in placements):
+        return value.to_local().detach(), False
+    mesh = value.device_mesh
+    ranks = _MESH_RANKS.get(id(mesh))
+    if ranks is None:
+        ranks = _MESH_RANKS[id(mesh)] = mesh.mesh.flatten().tolist()
+    if (
+        len(placements) == 1
+        and isinstance(placements[0], Shard)
+        and placements[0].dim == 0
+        and ranks == list(range(world))
+    ):
+        return value.to_local().detach(), True
+    raise HubConfigError(
+        f"{name}: hubckpt publishes DTensors sharded on dim 0 over all ranks in rank order (FSDP2's "
+        f"fully_shard on one mesh) or replicated; this one has placements {placements} on ranks {ranks}."
+    )
+
+
+class RankedCheckpointer(Checkpointer):
+    """The `Checkpointer` under torch.distributed (module docstring). Built by `Checkpointer(...)` on every rank.
+
+    Extra argument: `rank_timeout` (seconds, default 300): how long a collective of ours waits for the
+    other ranks before every rank raises `RankMismatchError`.
+    """
+
+    def __init__(
+        self,
+        repo_id: str,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        scaler: Any = None,
+        hub: Any = None,
+        every: int | None = None,
+        monitor: str | None = None,
+        mode: str | None = None,
+        companions: Iterable[Any] = (),
+        staging_sets: int = 1,
+        background: str | None = None,
+        nice: int | str | None = None,
+        publish_mb_per_s: float | str | None = "auto",
+        rank_timeout: float = DEFAULT_RANK_TIMEOUT,
+        **publisher_options: Any,
+    ) -> None:
+        import torch.distributed as dist
+
+        from ..names import split_repo_id
+        from .jobs import default_spool
+        from .options import PublishOptions
+        from .publisher import hub_targets
+        from .stages import Run
+
+        split_repo_id(repo_id)
+        if every is not None and every < 1:
+            raise HubConfigError(f"every must be a positive number of steps, got {every}")
+        if staging_sets < 1:
+            raise HubConfigError(f"staging_sets must be at least 1, got {staging_sets}")
+        world = distributed_world()
+        assert world is not None
+        self.rank, self.world = world
+        self.repo_id = repo_id
+        self.model = model
+        self._module = unwrap(model)
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.every = every
+        self.background = "thread"
+        self.rank_timeout = float(rank_timeout)
+        given = {"hub": hub, "monitor": monitor, "mode": mode}
+        options = publisher_options.pop("options", None) or PublishOptions()
+        options = options.replace(**{k: v for k, v in given.items() if v is not None}, **publisher_options)
+        self.options = options
+        targets = hub_targets(repo_id, options.hubs, token=options.token, root=options.root, private=options.private)
+        if len(targets) > 1:
+            raise HubConfigError("multi-rank publishing publishes to one hub; pass a single hub=")
+        self.target = targets[0]
+        self._hub, self._token = self.target.hub, self.target.token
+        self._run_ctx = Run(repo_id, options, monitor=options.monitor, mode=options.mode)
+        # Keyed by rank: several ranks (of one job, on one host) may share one HUBCKPT_SPOOL value.
+        base = options.spool_dir or default_spool(repo_id)
+        self.spool = Path(base) / f"rank-{self.rank:05d}-of-{self.world:05d}"
+        self.spool.mkdir(parents=True, exist_ok=True)
+        timeout = dt.timedelta(seconds=self.rank_timeout)
+        # Two groups of our own (collective, in the same order on every rank): one for the training thread's
+        # agreements, one for the background's transfers; never the caller's default group.
+        self._ctl = dist.new_group(backend="gloo", timeout=timeout)
+        self._bg = dist.new_group(
+            backend="gloo", timeout=dt.timedelta(seconds=max(self.rank_timeout, BACKGROUND_TIMEOUT))
+        )
+        self.companions = [Path(c).resolve() for c in companions]
+        self._files_dir = self.spool / "model-files"
+        self.stalls: list[float] = []
+        self._layout: Layout | None = None
+        # Reused staging buffers of this rank's local shapes, allocated and touched ahead of need on a
+        # background thread: the weights' now, the optimizer's after its first step (a step hook).
+        self._pool = StagingPool(staging_sets)
+        self._pool.prefault(self._spec("model"))
+        self._optimizer_prefaulted = False
+        self._hook = optimizer.register_step_post_hook(self._after_step) if optimizer is not None else None
+        if optimizer is not None and optimizer.state:  # created mid-run: the optimizer has its state already
+            self._after_step(optimizer, (), {})
+        self._jobs: queue.Queue[tuple | None] = queue.Queue()
+        self._failed: list[dict[str, Any]] = []  # saves that failed in the background, not reported yet
+        self._closed = False
+        self._published: dict[int, str] = {}
+        if self.rank == 0:
+            self.target.ensure_repo()
+            self._published = self._published_steps()
+            model_files(self._module, self._files_dir, class_name=model_class_name(self._module))
+        shared: list[Any] = [self._published]
+        dist.broadcast_object_list(shared, src=0, group=self._ctl)
+        self._published = dict(shared[0])
+        self._thread = threading.Thread(target=self._work, name="hubckpt-ranks", daemon=True)
+        self._thread.start()
+
+    # -- what is published -----------------------------------------------------------------------------
+
+    def _state(self) -> tuple[dict[str, tuple[str, torch.Tensor]], dict[str, str], list[dict[str, Any]]]:
+        """name → (group, live tensor), tied aliases, the optimizer's param groups named by parameter FQN."""
+        tensors: dict[str, tuple[str, torch.Tensor]] = {}
+        tied: dict[str, str] = {}
+        first: dict[int, str] = {}
+        for name, value in self._module.state_dict(keep_vars=True).items():
+            if id(value) in first:
+                tied[name] = first[id(value)]
+                continue
+            first[id(value)] = name
+            tensors[name] = ("model", value)
+        groups: list[dict[str, Any]] = []
+        if self.optimizer is not None:
+            import torch
+
+            names = {id(p): n for n, p in self._module.named_parameters()}
+            for group in self.optimizer.param_groups:
+                fqns = [names[id(p)] for p in group["params"]]
+                groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": fqns})
+                for p, fqn in zip(group["params"], fqns):
+                    for key, value in sorted(self.optimizer.state.get(p, {}).items()):
+                        if isinstance(value, torch.Tensor):
+                            tensors[f"{fqn}.{key}"] = ("optimizer", value)
+        return tensors, tied, groups
+
+    def _ensure_layout(
+        self,
+        tensors: dict[str, tuple[str, torch.Tensor]],
+        tied: dict[str, str],
+        locals_: dict[str, tuple[torch.Tensor, bool]],
+    ) -> Layout:
+        """The layout for this state (exchanged again, collectively, when its tensors changed: the
+        optimizer's state appears after its first step on every rank alike)."""
+        import torch.distributed as dist
+
+        mine = []
+        for name, (group, value) in tensors.items():
+            local, sharded = locals_[name]
+            mine.append(
+                (
+                    name,
+                    group,
+                    tuple(value.shape),
+                    str(value.dtype).removeprefix("torch."),
+                    local.shape[0] if sharded else None,
+                )
+            )
+        signature = tuple(mine)
+        if self._layout is not None and self._layout.signature == signature:
+            return self._layout
+        everyone: list[Any] = [None] * self.world
+        self._collective(lambda: dist.all_gather_object(everyone, signature, group=self._ctl), "the state layout")
+        names = [tuple(x[:4]) for x in everyone[0]]
+        for r, theirs in enumerate(everyone):
+            if [tuple(x[:4]) for x in theirs] != names:
+                diff = sorted(set(map(str, names)) ^ set(str(tuple(x[:4])) for x in theirs))[:5]
+                raise RankMismatchError(
+                    f"rank {r} holds other tensors (names, shapes or dtypes) than rank 0: {', '.join(diff)}"
+                )
+        items = []
+        for k, (name, group, shape, dtype) in enumerate(names):
+            rows_per_rank = [theirs[k][4] for theirs in everyone]
+            rows = None if rows_per_rank[0] is None else [int(x) for x in rows_per_rank]
+            if rows is not None and sum(rows) != shape[0]:
+                raise HubConfigError(f"{name}: the ranks' dim-0 shards add up to {sum(rows)} rows, not {shape[0]}")
+            items.append(Item(name, group, tuple(shape), dtype, rows))
+        loads = [0] * self.world
+        for item in sorted(items, key=lambda i: (-i.nbytes, i.name)):  # balanced by bytes, deterministic
+            item.owner = min(range(self.world), key=lambda r: (loads[r], r))
+            loads[item.owner] += item.nbytes
+        self._layout = Layout(self.world, items, dict(tied), signature)
+        return self._layout
+
+    # -- saving (training thread) ------------------------------------------------------------------
+
+    def _collective(self, fn: Any, what: str) -> None:
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - a timeout or a dead peer: the same clear error on every rank
+            raise RankMismatchError(
+                f"{self.repo_id}: rank {self.rank} waited {self.rank_timeout:.0f}s for the other ranks to agree on "
+                f"{what}; some rank did not call the same Checkpointer method (a skipped save(), or a rank died): {e}"
+            ) from e
+
+    def _agree(self, call: tuple) -> None:
+        """Every rank made the same call (kind, step, repo): one all_gather of three integers."""
+        import zlib
+
+        import torch
+        import torch.distributed as dist
+
+        kinds = ("save", "close")
+        mine = torch.tensor(
+            [kinds.index(call[0]), -1 if call[1] is None else call[1], zlib.crc32(call[2].encode())], dtype=torch.int64
+        )
+        gathered = [torch.empty_like(mine) for _ in range(self.world)]
+        self._collective(lambda: dist.all_gather(gathered, mine, group=self._ctl), f"{call[0]}()")
+        everyone = [
+            (kinds[int(g[0])], None if int(g[1]) == -1 else int(g[1]), call[2] if int(g[2]) == int(mine[2]) else "?")
+            for g in gathered
+        ]
+        if any(c != everyone[0] for c in everyone):
+            described = ", ".join(
+                f"rank {r}: {c[0]}({'step ' + str(c[1]) if c[0] == 'save' else ''})" for r, c in enumerate(everyone)
+            )
+            raise RankMismatchError(
+                f"{self.repo_id}: the ranks called different Checkpointer methods or steps ({described}); "
+                "nothing was published. Every rank must call save(step) with the same step, in the same order."
+            )
+
+    def save(
+        self,
+        step: int,
+        *,
+        metrics: dict[str, float] | None = None,
+        tokens: int | None = None,
+        epoch: float | None = None,
+        final: bool = False,
+        extra: Any = None,
+    ) -> Future[PublishedRevision] | None:
+        """Collective: capture this rank's shards now; publish the revision of `step` in the background.
+
+        Every rank calls it with the same step. Returns a Future of the `PublishedRevision` (the same
+        outcome on every rank), or None when `every` says this step is not published."""
+        import torch
+
+        from ..conversion.training_state import capture_rng
+        from ..revisions import render_revision_name
+
+        if self._closed:
+            raise HubConfigError("This Checkpointer is closed; create a new one.")
+        if self.every and step % self.every and not final:
+            return None
+        try:
+            json.dumps(extra)
+        except (TypeError, ValueError) as e:
+            raise HubConfigError(f"extra= must be JSON-serialisable: {e}") from e
+        started = time.perf_counter()
+        self._agree(("save", int(step), self.repo_id))
+        if step in self._published and not final:
+            from .pipeline import PublishedRevision
+
+            done: Future = Future()
+            done.set_result(PublishedRevision(self.repo_id, self._published[step], step, skipped=True))
+            return done
+        tensors, tied, groups = self._state()
+        locals_ = {name: _local(value, self.world, name) for name, (_, value) in tensors.items()}
+        layout = self._ensure_layout(tensors, tied, locals_)
+        staging_set = self._pool.acquire()  # waits while every set is still being sent (backpressure)
+        try:
+            staging_set.ensure({n: (tuple(t.shape), t.dtype, False) for n, (t, _) in locals_.items()})
+            staged = {}
+            for name, (local, _) in locals_.items():
+                staged[name] = staging_set.buffers[name]
+                staged[name].copy_(local)
+        except BaseException:
+            self._pool.release(staging_set)
+            raise
+        state: dict[str, Any] = {"rng": capture_rng()}
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        name = render_revision_name(self.options.revision_template, step=step, tokens=tokens, epoch=epoch)
+        loop = {
+            "format": LOOP_FORMAT,
+            "step": step,
+            "epoch": epoch,
+            "tokens": tokens,
+            "extra": extra,
+            "world_size": self.world,
+            "classes": {
+                "model": class_name(self._module),
+                "optimizer": class_name(self.optimizer),
+                "scheduler": class_name(self.scheduler),
+                "scaler": class_name(self.scaler),
+            },
+        }
+        job = dict(
+            name=name, step=step, metrics=dict(metrics or {}), tokens=tokens, epoch=epoch, final=final, loop=loop
+        )
+        future: Future = Future()
+        self._published[step] = name
+        self._jobs.put((job, layout, staging_set, staged, state, groups, future))
+        fault("ranks.after_capture")
+        stall = time.perf_counter() - started
+        self.stalls.append(stall)
+        logger.info("rank %d captured step %d for %s (training blocked %.3fs)", self.rank, step, self.repo_id, stall)
+        return future
+
+    def _spec(self, group: str) -> dict[str, tuple[tuple[int, ...], torch.dtype, bool]]:
+        """The staging buffers `group`'s tensors need on this rank (local shapes; metadata only)."""
+        tensors, _, _ = self._state()
+        spec = {}
+        for name, (g, value) in tensors.items():
+            if g == group:
+                local = _local(value, self.world, name)[0]
+                spec[name] = (tuple(local.shape), local.dtype, False)
+        return spec
+
+    def _after_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not self._optimizer_prefaulted and optimizer.state:
+            self._optimizer_prefaulted = True
+            self._pool.prefault(self._spec("optimizer"))
+
+    # -- the background -------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                self._jobs.task_done()
+                return
+            job, layout, staging_set, staged, state, groups, future = item
+            try:
+                result = self._publish(job, layout, staging_set, staged, state, groups)
+            except BaseException as e:  # noqa: BLE001 - re-raised by the Future, wait() and close()
+                logger.error("rank %d: publishing %s of %s failed: %s", self.rank, job["name"], self.repo_id, e)
+                self._published.pop(job["step"], None)
+                self._failed.append(
+                    {"revision": job["name"], "step": job["step"], "error": type(e).__name__, "message": str(e)}
+                )
+                future.set_exception(e)
+            else:
+                future.set_result(result)
+            finally:
+                self._jobs.task_done()
+
+    def _assemble(self, layout: Layout, staged: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The full values of the tensors this rank owns, from every rank's slices (one gather per owner)."""
+        import torch
+        import torch.distributed as dist
+
+        full: dict[str, torch.Tensor] = {}
+        for owner in range(self.world):
+            owned = [i for i in layout.items if i.owner == owner]
+            sharded = [i for i in owned if i.rows is not None]
+            sizes = [sum((i.rows or [])[r] * i.row_bytes for i in sharded) for r in range(self.world)]
+            longest = max(sizes) if sizes else 0
+            if longest:
+                send = torch.zeros(longest, dtype=torch.uint8)
+                at = 0
+                for i in sharded:
+                    part = staged[i.name].contiguous().reshape(-1).view(torch.uint8)
+                    send[at : at + part.numel()] = part
+                    at += part.numel()
+                if self.rank == owner:
+                    received = [torch.empty(longest, dtype=torch.uint8) for _ in range(self.world)]
+                    dist.gather(send, received, dst=owner, group=self._bg)
+                else:
+                    dist.gather(send, None, dst=owner, group=self._bg)
+            if self.rank != owner:
+                continue
+            cursor = [0] * self.world
+            for i in owned:
+                if i.rows is None:
+                    full[i.name] = staged[i.name].clone()
+                    continue
+                value = torch.empty(i.shape, dtype=getattr(torch, i.dtype))
+                flat = value.reshape(-1).view(torch.uint8)
+                at = 0
+                for r, rows in enumerate(i.rows):
+                    n = rows * i.row_bytes
+                    flat[at : at + n] = received[r][cursor[r] : cursor[r] + n]
+                    cursor[r] += n
+                    at += n
+                full[i.name] = value
+        return full
+
+    def _publish(
+        self,
+        job: dict,
+        layout: Layout,
+        staging_set: StagingSet,
+        staged: dict[str, torch.Tensor],
+        state: dict,
+        groups: list,
+    ) -> PublishedRevision:
+        import shutil
+
+        import torch.distributed as dist
+        from safetensors.torch import save_file
+
+        from ..conversion.training_state import save_state
+        from ..hub.uploaded import upload_files
+        from .pipeline import PublishedRevision
+
+        try:
+            full = self._assemble(layout, staged)
+        finally:
+            self._pool.release(staging_set)  # the slices are sent: the buffers may take the next capture
+        folder = self.spool / job["name"]
+        shutil.rmtree(folder, ignore_errors=True)
+        outcome: tuple[str | None, list[UploadedFile]] = (None, [])
+        try:
+            files: dict[str, Path] = {}
+            for group in ("model", "optimizer"):
+                mine = layout.files(group).get(self.rank)
+                if mine is None:
+                    continue
+                tensors = {i.name: full[i.name] for i in layout.items if i.group == group and i.owner == self.rank}
+                (folder / mine).parent.mkdir(parents=True, exist_ok=True)
+                save_file(tensors, str(folder / mine), metadata={"format": "pt"})
+                files[mine] = folder / mine
+            rng_dir = folder / "training_state"
+            for path in save_state(state["rng"], rng_dir, f"rng-rank-{self.rank:05d}"):
+                files[path.relative_to(folder).as_posix()] = path
+            del full
+            outcome = (None, upload_files(self.target, files))
+            fault("ranks.after_upload")
+        except Exception as e:  # noqa: BLE001 - told to every rank below
+            outcome = (f"rank {self.rank}: {type(e).__name__}: {e}", [])
+        everyone: list[Any] = [None] * self.world
+        dist.all_gather_object(everyone, outcome, group=self._bg)
+        errors = [err for err, _ in everyone if err]
+        result: list[Any] = [None]
+        if errors:
+            result = [("error", f"{job['name']} of {self.repo_id} was not published: " + "; ".join(errors))]
+        elif self.rank == 0:
+            try:
+                uploaded = [f for _, ups in everyone for f in ups]
+                result = [("ok", self._commit(job, layout, uploaded, state, groups, folder))]
+            except Exception as e:  # noqa: BLE001 - broadcast to every rank
+                logger.exception("committing %s", job["name"])
+                result = [("error", f"{job['name']} of {self.repo_id} was not published: {type(e).__name__}: {e}")]
+        if not errors:
+            dist.broadcast_object_list(result, src=0, group=self._bg)
+        shutil.rmtree(folder, ignore_errors=True)
+        kind, value = result[0]
+        if kind == "error":
+            raise PublishError(value)
+        commit, skipped = value
+        return PublishedRevision(
+            self.repo_id, job["name"], job["step"], {target_key(self.target): commit}, skipped=skipped
+        )
+
+    def _commit(
+        self, job: dict, layout: Layout, uploaded: list[UploadedFile], state: dict, groups: list, folder: Path
+    ) -> tuple[str, bool]:
+        """Rank 0: the revision's small files, its one commit, the index and retention."""
+        import hashlib
+
+        from ..cards import render_revision_card
+        from ..conversion.training_state import save_state
+        from ..formats.manifest import MANIFEST_FILE, _versions, dumps, manifest_digest
+        from ..formats.numbers import encode_number
+        from ..hub.uploaded import operation
+        from . import stages
+        from .journal import JobRecord
+        from .layout import CARD_FILE
+
+        small = folder / "commit"
+        small.mkdir(parents=True, exist_ok=True)
+        for f in [*sorted(self._files_dir.glob("*.json")), *self.companions]:
+            (small / f.name).write_bytes(f.read_bytes())
+        weights = [i for i in layout.items if i.group == "model"]
+        files = layout.files("model")
+        index = {
+            "metadata": {"total_size": sum(i.nbytes for i in weights)},
+            "weight_map": {i.name: files[i.owner] for i in sorted(weights, key=lambda i: i.name)},
+        }
+        (small / WEIGHTS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        ts = small / "training_state"
+        opt_files = layout.files("optimizer")
+        if self.optimizer is not None:
+            doc = {
+                "format": RANKS_FORMAT,
+                "param_groups": groups,
+                "weight_map": {i.name: opt_files[i.owner] for i in layout.items if i.group == "optimizer"},
+            }
+            ts.mkdir(parents=True, exist_ok=True)
+            (ts / "optimizer.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        save_state(job["loop"], ts, "loop")
+        for part in ("scheduler", "scaler"):
+            if part in state:
+                save_state(state[part], ts, part)
+        listed = [
+            {
+                "path": p.relative_to(small).as_posix(),
+                "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+                "size": p.stat().st_size,
+            }
+            for p in sorted(small.rglob("*"))
+            if p.is_file()
+        ]
+        listed += [{"path": u.path, "sha256": u.sha256, "size": u.size} for u in uploaded]
+        dtypes: dict[str, int] = {}
+        for i in weights:
+            dtypes[i.dtype] = dtypes.get(i.dtype, 0) + 1
+        manifest = {
+            "format_version": 1,
+            "step": job["step"],
+            "epoch": encode_number(job["epoch"]),
+            "tokens": job["tokens"],
+            "metrics": {k: encode_number(v) for k, v in sorted(job["metrics"].items())},
+            "best": None,
+            "source": {"format": "live", "name": job["name"]},
+            "weights": {
+                "tensors": len(weights),
+                "parameters": sum(math.prod(i.shape) for i in weights),
+                "bytes": sum(i.nbytes for i in weights),
+                "shards": len(files),
+                "dtypes": dtypes,
+                "tied": dict(sorted(layout.tied.items())),
+                "dtype_conversion": "keep",
+            },
+            "training_state": sorted(
+                [
+                    "loop",
+                    "rng",
+                    *(["optimizer"] if self.optimizer is not None else []),
+                    *[p for p in ("scheduler", "scaler") if p in state],
+                ]
+            ),
+            "ranks": {"format": RANKS_FORMAT, **layout.to_json()},
+            "files": sorted(listed, key=lambda f: str(f["path"])),
+            "skipped": [],
+            "versions": _versions(),
+        }
+        (small / MANIFEST_FILE).write_bytes(dumps(manifest))
+        digest = manifest_digest(manifest)
+        target, run = self.target, self._run_ctx
+        record = JobRecord(
+            f"{job['step']:012d}-{job['name']}",
+            captured={
+                "revision": job["name"],
+                "step": job["step"],
+                "final": job["final"],
+                "metrics": job["metrics"],
+                "epoch": job["epoch"],
+                "tokens": job["tokens"],
+                "captured_at": _now(),
+            },
+            manifest_sha256=digest,
+        )
+        view = stages.read_view(target)
+        held = view.holds(job["name"], digest)
+        if held is not None:  # the same content again (a re-run): nothing to commit
+            return held, True
+        stages.refuse_collision(view.index, target, job["name"], digest)
+        earlier = [
+            r
+            for r in view.index.revisions
+            if r.step is not None and r.step < job["step"] and not r.pruned and r.name in view.branches
+        ]
+        info = stages.revision_info(record.captured, manifest, commit=None)
+        card = render_revision_card(
+            repo_id=self.repo_id,
+            repo_url=target.repo_url,
+            info=info,
+            previous=earlier[-1].name if earlier else None,
+            monitor=run.monitor,
+            mode=run.mode,
+            files=sorted(str(f["path"]) for f in listed),
+            options=run.options.card,
+        ).encode()
+        commit = target.commit_revision(
+            job["name"],
+            small,
+            start_from=earlier[-1].name if earlier else "main",
+            message=f"Checkpoint {job['name']} (step {job['step']}, {self.world} ranks)",
+            manifest_sha256=digest,
+            extra_files={CARD_FILE: card},
+            uploaded=[operation(u) for u in uploaded],
+        )
+        fault("ranks.after_commit")
+        updated = stages.index(run, target, record, manifest, commit, small, replace=False)
+        stages.retain(run, target, updated, has_config=(small / "config.json").is_file())
+        logger.info("published %s of %s from %d ranks: %s", job["name"], self.repo_id, self.world, commit)
+        return commit, False
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def wait_staged(self) -> None:
+        """(The staging buffers are made at the first save: nothing to wait for.)"""
+
+    def _raise_if_failed(self) -> None:
+        failed, self._failed = self._failed, []
+        if failed:
+            raise PublishFailedError(failed, self.repo_id)
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until everything this rank saved is published; `PublishFailedError` names every save that
+        failed (the same on every rank)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._jobs.unfinished_tasks:
+            if deadline is not None and time.monotonic() > deadline:
+                raise PublishError(f"{self.repo_id}: still publishing after {timeout}s; the jobs go on")
+            time.sleep(0.01)
+        self._raise_if_failed()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Collective: publish everything saved, stop the background thread, re-raise a failure.
+
+        Returns only once this rank's part of every save is done (its uploads; rank 0: the commits),
+        so a rank may `os._exit` right after."""
+        if self._closed:
+            return
+        self._agree(("close", None, self.repo_id))
+        self._closed = True
+        try:
+            self.wait(timeout)
+        finally:
+            self._jobs.put(None)
+            self._thread.join(timeout=60)
+            if self._hook is not None:
+                self._hook.remove()
+        self._raise_if_failed()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        self._closed = True  # the loop failed: the other ranks fail too (torchrun); don't mask the error
+        self._jobs.put(None)
+
+    def restore(self, revision: str | None = None, *, step: int | None = None, strict: bool = True) -> Any:
+        """Collective: load the latest published revision (or `revision` / `step`) into this rank's shards of
+        the model and optimizer (`load/shards.py`); None on every rank when nothing is published yet.
+
+        Resolved once, on rank 0. The same world size restores each rank's RNG too (bit-exact resume);
+        another world size restores exact values but not the RNG (`Restored.rng_restored` is False)."""
+        import torch.distributed as dist
+
+        from ..load.restore import read_index
+        from ..load.shards import restore_shards
+
+        self.wait()
+        live: list[Any] = [True]
+        if self.rank == 0 and revision is None and step is None:
+            index = read_index(self.repo_id, hub=self._hub, token=self._token)
+            live = [bool(index is not None and index.live())]
+        dist.broadcast_object_list(live, src=0, group=self._ctl)
+        if not live[0]:
+            logger.info("%s has no revision yet: starting from scratch", self.repo_id)
+            return None
+        return restore_shards(
+            self.repo_id,
+            revision,
+            step=step,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            hub=self._hub,
+            token=self._token,
+            group=self._ctl,
+        )
+
+
+__all__ = ["RankedCheckpointer", "distributed_world", "wants_ranks", "model_class_name", "unwrap"]

@@ -1,0 +1,369 @@
+"""Multi-rank publishing (torch.distributed, gloo on CPU): `torchrun --nproc-per-node 2` launched as a subprocess.
+
+One launch runs a tiny GPT-2 (FSDP2-sharded per block, AdamW, dropout on) through several saves, a
+mismatched save and close; each rank writes what it saw to JSON and rank 0 the gathered full state
+(`get_model_state_dict(full_state_dict=True)`) at each saved step, which the test compares with what a
+plain process loads from the hub. This file is also the rank script (`__main__`).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LAUNCH_TIMEOUT = 240
+
+
+def _model():
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=16, resid_pdrop=0.1, bos_token_id=0, eos_token_id=0
+    )
+    return GPT2LMHeadModel(config)
+
+
+def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    import hubckpt
+
+    faulthandler.dump_traceback_later(float(os.environ.get("RANK_DEADLINE", LAUNCH_TIMEOUT - 20)), exit=True)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{os.environ.get('RANK')} %(name)s: %(message)s")
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if mode == "reshard":
+        _reshard_main(repo, hub, out)
+        return
+    if mode.startswith("crash"):
+        _crash_main(repo, hub, out, mode)
+        return
+    model = _model()
+    if mode == "fsdp":
+        model = _fsdp(model, world)
+    else:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    seen: dict = {"rank": rank, "errors": {}}
+    ckpt = hubckpt.Checkpointer(repo, model=model, optimizer=opt, hub=hub, rank_timeout=30)
+    seen["class"] = type(ckpt).__name__
+    torch.manual_seed(100 + rank)
+
+    def train(n: int) -> None:
+        for _ in range(n):
+            ids = torch.randint(0, 64, (2, 16))
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+
+    def expected(step: int | str) -> None:
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        full = get_model_state_dict(model, options=options)
+        optim = get_optimizer_state_dict(model, opt, options=options)
+        if rank == 0:
+            from safetensors.torch import save_file
+
+            full = {k: v.clone() for k, v in full.items()}  # (clones: lm_head.weight is tied to wte)
+            save_file(full, str(out / f"expected-{step}.safetensors"))
+            flat = {f"{fqn}.{k}": v.clone() for fqn, st in optim["state"].items() for k, v in st.items()}
+            save_file(flat, str(out / f"expected-optimizer-{step}.safetensors"))
+
+    train(1)
+    ckpt.save(1, metrics={"loss": 1.0})  # before the optimizer... has state: it has after one step
+    expected(1)
+    train(2)
+    future = ckpt.save(3, metrics={"loss": 0.5})
+    expected(3)
+    try:
+        ckpt.save(10 + rank)
+    except hubckpt.HubckptError as e:
+        seen["errors"]["mismatch"] = f"{type(e).__name__}: {e}"
+    try:  # rank 1 skips a save (and closes): both raise at once, naming what each called
+        ckpt.save(5) if rank == 0 else ckpt.close()
+    except hubckpt.HubckptError as e:
+        seen["errors"]["skipped"] = f"{type(e).__name__}: {e}"
+    train(1)
+    ckpt.save(4)
+    expected(4)
+    seen["revision_3"] = future.result(timeout=120).revision
+    ckpt.wait()
+    train(2)  # uninterrupted: steps 5 and 6
+    expected("6-uninterrupted")
+    resumed = ckpt.restore()  # the latest: step 4, this rank's RNG included (same world size)
+    seen["resumed"] = [resumed.step, resumed.rng_restored, sorted(resumed.parts)]
+    train(2)  # resumed: steps 5 and 6 again
+    expected("6-resumed")
+    ckpt.close()
+    seen["stalls"] = ckpt.stalls
+    (out / f"rank-{rank}.json").write_text(json.dumps(seen))
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)
+
+
+def _fsdp(model, world: int):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (world,))
+    for block in model.transformer.h:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def _reshard_main(repo: str, hub: str, out: Path) -> None:
+    """On another world size: a model of other shapes is refused on every rank and left unchanged; then the
+    revision saved on 2 ranks restores into this world's shards; rank 0 writes the gathered state."""
+    import torch
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import hubckpt
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    seen: dict = {"rank": rank}
+    other = _fsdp(GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=48, n_head=2, vocab_size=64, n_positions=16)), world)
+    before = {k: v.full_tensor().clone() for k, v in other.state_dict().items()}
+    try:
+        hubckpt.restore(repo, step=4, model=other, hub=hub)
+    except hubckpt.HubckptError as e:
+        seen["mismatch"] = f"{type(e).__name__}: {e}"
+    seen["unchanged"] = all(torch.equal(before[k], v.full_tensor()) for k, v in other.state_dict().items())
+    model = _fsdp(_model(), world)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ckpt = hubckpt.Checkpointer(repo, model=model, optimizer=opt, hub=hub, rank_timeout=30)
+    resumed = ckpt.restore(step=4)
+    seen["resumed"] = [resumed.step, resumed.rng_restored]
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full = get_model_state_dict(model, options=options)
+    optim = get_optimizer_state_dict(model, opt, options=options)
+    if rank == 0:
+        save_file({k: v.clone() for k, v in full.items()}, str(out / "resharded.safetensors"))
+        flat = {f"{fqn}.{k}": v.clone() for fqn, st in optim["state"].items() for k, v in st.items()}
+        save_file(flat, str(out / "resharded-optimizer.safetensors"))
+    ckpt.close()
+    (out / f"reshard-{rank}.json").write_text(json.dumps(seen))
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)
+
+
+def _crash_main(repo: str, hub: str, out: Path, mode: str) -> None:
+    """Resume from the latest revision, then save steps up to 4, one save per step from 2 on; with
+    mode `crash:<rank>:<point>:<step>` that rank is killed at that crash point of that step's save."""
+    import torch
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    import hubckpt
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    _, victim, point, when = (mode.split(":") + ["", "", ""])[:4]
+    model = _fsdp(_model(), world)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ckpt = hubckpt.Checkpointer(repo, model=model, optimizer=opt, hub=hub, rank_timeout=30)
+    torch.manual_seed(100 + rank)
+    resumed = ckpt.restore()
+    start = resumed.step if resumed else 0
+    for step in range(start + 1, 5):
+        ids = torch.randint(0, 64, (2, 16))
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if step < 2:
+            continue
+        if victim and int(victim) == rank and int(when) == step:
+            os.environ["HUBCKPT_FAULT"] = f"{point}:kill"
+        ckpt.save(step)
+        ckpt.wait()
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if rank == 0:
+            save_file({k: v.clone() for k, v in full.items()}, str(out / f"crash-expected-{step}.safetensors"))
+    ckpt.close()
+    (out / f"crash-{rank}.json").write_text(json.dumps({"resumed_from": start}))
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)
+
+
+def _launch(tmp_path: Path, repo: str, hub: str, mode: str, nproc: int = 2) -> list[dict]:
+    env = {**os.environ, "HUBCKPT_SPOOL": str(tmp_path / "spool"), "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        "--standalone",
+        __file__,
+        repo,
+        hub,
+        str(tmp_path),
+        mode,
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    if mode.startswith("crash:"):
+        assert proc.returncode != 0, "the rank was to be killed"
+        return []
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
+    prefix = {"reshard": "reshard", "crash": "crash"}.get(mode, "rank")
+    return [json.loads((tmp_path / f"{prefix}-{r}.json").read_text()) for r in range(nproc)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fsdp", "ddp"])
+def test_two_ranks_publish_one_revision_per_save(tmp_path, local_hub, api, repo_id, mode):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    import hubckpt
+
+    seen = _launch(tmp_path, repo_id, local_hub.url, mode)
+    assert [s["class"] for s in seen] == ["RankedCheckpointer"] * 2
+    # Mismatched steps: every rank raised, naming both steps, and nothing of them was published.
+    for s in seen:
+        message = s["errors"]["mismatch"]
+        assert message.startswith("RankMismatchError") and "step 10" in message and "step 11" in message
+        message = s["errors"]["skipped"]
+        assert (
+            message.startswith("RankMismatchError")
+            and "rank 0: save(step 5)" in message
+            and "rank 1: close(" in message
+        )
+    assert seen[0]["revision_3"] == seen[1]["revision_3"] == "step-0000003"
+    branches = {b.name for b in api.list_repo_refs(repo_id).branches}
+    assert {"step-0000001", "step-0000003", "step-0000004"} <= branches
+    assert not any("0000010" in b or "0000011" in b or "0000005" in b for b in branches)
+    for step in (1, 3, 4):
+        rev = f"step-{step:07d}"
+        want = load_file(str(tmp_path / f"expected-{step}.safetensors"))
+        got = hubckpt.load_state_dict(repo_id, revision=rev, hub=local_hub.url)
+        assert sorted(got) == sorted(want)
+        for k in want:
+            assert torch.equal(got[k], want[k]), k
+        files = set(api.list_repo_files(repo_id, revision=rev))
+        assert {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"} <= files
+        assert {"model.safetensors.index.json", "config.json", "README.md", "checkpoint.json"} <= files
+        assert {"training_state/rng-rank-00000.json", "training_state/rng-rank-00001.json"} <= files
+        manifest = json.loads(Path(api.hf_hub_download(repo_id, "checkpoint.json", revision=rev)).read_text())
+        assert manifest["ranks"]["world_size"] == 2 and manifest["step"] == step
+        config = json.loads(Path(api.hf_hub_download(repo_id, "config.json", revision=rev)).read_text())
+        assert config["architectures"] == ["GPT2LMHeadModel"]
+    # Each rank wrote (and uploaded) a balanced share of the weights.
+    sizes = [
+        api.get_paths_info(repo_id, [f"model-0000{k}-of-00002.safetensors"], revision="step-0000004")[0].size
+        for k in (1, 2)
+    ]
+    assert max(sizes) / (sum(sizes) / 2) <= 1.2, sizes
+    # Resumed on the same world size: training continues exactly as the uninterrupted run.
+    assert all(s["resumed"] == [4, True, ["loop", "optimizer", "rng"]] for s in seen)
+    for kind in ("", "optimizer-"):
+        a = load_file(str(tmp_path / f"expected-{kind}6-uninterrupted.safetensors"))
+        b = load_file(str(tmp_path / f"expected-{kind}6-resumed.safetensors"))
+        assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a), kind
+    _check_plain_process_restore(repo_id, local_hub.url, tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(repo_id, revision="step-0000004")
+    want = load_file(str(tmp_path / "expected-4.safetensors"))
+    assert torch.equal(model.state_dict()["transformer.wte.weight"], want["transformer.wte.weight"])
+    index = hubckpt.list_revisions(repo_id, hub=local_hub.url)
+    assert [r.step for r in index] == [1, 3, 4]
+    if mode == "fsdp":  # 2 → 3 (uneven dim-0 shards), in one more launch
+        seen = _launch(tmp_path, repo_id, local_hub.url, "reshard", nproc=3)
+        for s in seen:
+            assert (
+                s["mismatch"].startswith("StateMismatchError") and "(32,) in the revision, (48,) here" in s["mismatch"]
+            )
+            assert s["unchanged"] and s["resumed"] == [4, False]
+        for kind in ("", "optimizer-"):
+            a = load_file(str(tmp_path / f"expected-{kind}4.safetensors"))
+            b = load_file(str(tmp_path / f"resharded{'-' + kind[:-1] if kind else ''}.safetensors"))
+            assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a), kind
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [20, 21])  # after_commit on rank 0; after_capture on rank 1
+def test_a_rank_killed_during_a_save_leaves_no_partial_revision_and_the_rerun_finishes(
+    tmp_path, local_hub, api, repo_id, seed
+):
+    """A seeded choice of rank, crash point and step; the job dies (torchrun takes it down); the re-run
+    resumes from the latest revision and publishes every step, each equal to the gathered state."""
+    import random
+
+    import torch
+    from safetensors.torch import load_file
+
+    import hubckpt
+
+    rng = random.Random(seed)
+    point = rng.choice(["ranks.after_capture", "ranks.after_upload", "ranks.after_commit"])
+    victim = 0 if point == "ranks.after_commit" else rng.choice([0, 1])  # (only rank 0 commits)
+    when = rng.choice([3, 4])
+    _launch(tmp_path, repo_id, local_hub.url, f"crash:{victim}:{point}:{when}")
+    refs = api.list_repo_refs(repo_id)
+    branches = {b.name for b in refs.branches}
+    listed = {r.name for r in hubckpt.list_revisions(repo_id, hub=local_hub.url)}
+    assert f"step-{when - 1:07d}" in listed and f"step-{when + 1:07d}" not in branches
+    for name in branches - {"main"}:  # whatever is on a branch is whole
+        if name.startswith("step-"):
+            files = set(api.list_repo_files(repo_id, revision=name))
+            assert {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "checkpoint.json"} <= files
+    seen = _launch(tmp_path, repo_id, local_hub.url, "crash")
+    assert all(s["resumed_from"] == when - 1 for s in seen)
+    assert [r.step for r in hubckpt.list_revisions(repo_id, hub=local_hub.url)] == [2, 3, 4]
+    for step in (2, 3, 4):
+        want = load_file(str(tmp_path / f"crash-expected-{step}.safetensors"))
+        got = hubckpt.load_state_dict(repo_id, revision=f"step-{step:07d}", hub=local_hub.url)
+        assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want), step
+
+
+def _check_plain_process_restore(repo_id: str, hub: str, tmp_path: Path) -> None:
+    """2 → 1: a plain process restores the exact full weights and optimizer state; no RNG."""
+    import torch
+    from safetensors.torch import load_file
+
+    import hubckpt
+
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    restored = hubckpt.restore(repo_id, step=4, model=model, optimizer=opt, hub=hub)
+    assert restored.step == 4 and restored.rng_restored is False and "optimizer" in restored.parts
+    want = load_file(str(tmp_path / "expected-4.safetensors"))
+    state = model.state_dict()
+    assert all(torch.equal(state[k], want[k]) for k in want)
+    names = {id(p): n for n, p in model.named_parameters()}
+    got = {f"{names[id(p)]}.{k}": v for p, st in opt.state.items() for k, v in st.items()}
+    want_opt = load_file(str(tmp_path / "expected-optimizer-4.safetensors"))
+    assert sorted(got) == sorted(want_opt)
+    for k in want_opt:
+        assert torch.equal(got[k], want_opt[k]), k
+
+
+if __name__ == "__main__":
+    _rank_main(sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4])

@@ -143,6 +143,41 @@ def test_a_training_state_naming_a_local_file_reads_nothing_of_the_user(tmp_path
     assert model.w.detach().tolist() == [0.0, 0.0, 0.0]
 
 
+def _hostile_tensors_file(tmp_path: Path, tensors_file: str) -> dict[str, bytes]:
+    """A revision whose optimizer state names `tensors_file` (a local secret of the user's) as its tensors."""
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.tensor([42.0])}, tmp_path / "secret.safetensors")
+    part = {"format_version": 1, "state": {"x": {"__tensor__": "x"}}, "tensors_file": tensors_file}
+    return repo_files(extra={"training_state/optimizer.json": json.dumps(part).encode()})
+
+
+@pytest.mark.parametrize("kind", ["absolute", "relative"])
+def test_pull_trainer_checkpoint_reads_no_local_file_a_repo_names(tmp_path, kind):
+    secret = tmp_path / "secret.safetensors"
+    named = str(secret) if kind == "absolute" else "../../../../../../../../.." + str(secret)
+    dest = tmp_path / "dest"
+    with hostile(files=_hostile_tensors_file(tmp_path, named)) as hub:
+        out = run_cli("pull", REPO, str(dest), "--step", "1", "--trainer-checkpoint", "--hub", hub.url)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and "tensors file" in out.stderr, out.stderr
+    assert not (dest / "optimizer.pt").exists()
+
+
+def test_load_training_state_reads_no_file_outside_its_folder(tmp_path):
+    from hubckpt.conversion.training_state import load_training_state
+
+    folder = tmp_path / "training_state"
+    folder.mkdir()
+    files = _hostile_tensors_file(tmp_path, str(tmp_path / "secret.safetensors"))
+    (folder / "optimizer.json").write_bytes(files["training_state/optimizer.json"])
+    with pytest.raises(HubContentError, match="tensors file"):
+        load_training_state(folder)
+    (folder / "optimizer.json").write_bytes(b"[" * 200_000 + b"]" * 200_000)
+    with pytest.raises(HubContentError, match="nested deeper"):
+        load_training_state(folder)
+
+
 # -- the token reaches no other origin -------------------------------------------------------------------
 
 

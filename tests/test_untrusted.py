@@ -178,6 +178,37 @@ def test_load_training_state_reads_no_file_outside_its_folder(tmp_path):
         load_training_state(folder)
 
 
+@pytest.mark.parametrize("tied", [["lm_head.weight"], {"lm_head.weight": 3}, "w"])
+def test_a_tied_map_that_is_not_names_to_names_is_a_typed_error(tied):
+    files = repo_files(manifest={"weights": {"tied": tied}})
+    del files["revisions.json"]
+    with hostile(files=files) as hub:
+        with pytest.raises(HubContentError, match="tied"):
+            hubckpt.load_state_dict(REPO, COMMIT, hub=hub.url)
+
+
+def test_a_config_json_that_is_a_bomb_is_a_typed_error():
+    """A missing output head is looked up in config.json (tie_word_embeddings): it is read capped too."""
+    files = repo_files(extra={"config.json": b"[" * 200_000 + b"]" * 200_000})
+    with hostile(files=files) as hub:
+        with pytest.raises(HubContentError, match="config.json"):
+            hubckpt.load_state_dict(REPO, step=1, keys=["lm_head.weight"], hub=hub.url)
+
+
+def test_a_log_history_that_is_a_bomb_is_a_typed_error(tmp_path):
+    part = {"format_version": 1, "state": {"step": 1}, "tensors_file": None}
+    files = repo_files(
+        extra={
+            "training_state/loop.json": json.dumps(part).encode(),
+            "log_history.json": b'{"log_history": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+        }
+    )
+    with hostile(files=files) as hub:
+        out = run_cli("pull", REPO, str(tmp_path / "d"), "--step", "1", "--trainer-checkpoint", "--hub", hub.url)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "log_history.json" in out.stderr and "nested deeper" in out.stderr, out.stderr
+
+
 # -- the token reaches no other origin -------------------------------------------------------------------
 
 

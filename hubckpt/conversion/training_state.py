@@ -172,8 +172,7 @@ def load_state(folder: Path, name: str, *, read_tensors: Callable[[Path], dict] 
     if tensors_file is not None and tensors_file != f"{name}.safetensors":
         shown = printable(tensors_file, 120) if isinstance(tensors_file, str) else type(tensors_file).__name__
         raise source.error(
-            f"it names {shown!r} as its tensors file, which is not {name}.safetensors beside it "
-            "(no other file is read)"
+            f"it names {shown!r} as its tensors file, which is not {name}.safetensors beside it (no other file is read)"
         )
     if "state" not in doc:
         raise source.error("it has no 'state'")

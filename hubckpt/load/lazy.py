@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import IntegrityError
-from .download import _SHA256, is_verified, require_weights
+from ..formats.untrusted import is_sha256
+from .download import is_verified, require_weights
 
 if TYPE_CHECKING:
     import torch
@@ -283,7 +284,7 @@ class LazyRevision:
         sha256 = self.rev.files.sha256(file)
         # The cache key is derived from a checked sha256 (64 hex digits), never taken as given: a path
         # from checkpoint.json must not name a file outside the cache.
-        cache_path = _header_cache_dir() / f"{sha256}.json" if sha256 and _SHA256.match(sha256) else None
+        cache_path = _header_cache_dir() / f"{sha256}.json" if is_sha256(sha256) else None
         found = None
         if cache_path is not None:
             try:

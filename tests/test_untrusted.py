@@ -116,6 +116,46 @@ def test_a_sha256_that_is_a_path_never_becomes_a_cache_key(tmp_path):
                 rev.keys()
 
 
+def test_a_repo_claiming_another_files_sha256_cannot_plant_its_header(tmp_path):
+    """The header cache is shared: a repo whose checkpoint.json claims the sha256 of someone else's file
+    (and serves another header) must not change what a later lazy open of the real file reads."""
+    import uuid
+
+    w = torch.tensor([1.0, 2.0, float(uuid.uuid4().int % 1000)])  # a file no other test has
+    real = safetensors_bytes({"w": ("F32", [3], [0, 12])}, w.numpy().tobytes())
+    planted = safetensors_bytes({"w": ("F32", [1], [0, 4]), "pad": ("U8", [8], [4, 12])}, w.numpy().tobytes())
+    evil_files = repo_files(planted)
+    doc = json.loads(evil_files["checkpoint.json"])
+    doc["files"][0]["sha256"] = hashlib.sha256(real).hexdigest()  # claims the real file's hash
+    evil_files["checkpoint.json"] = json.dumps(doc).encode()
+    evil_repo = f"{REPO}-evil"
+    with HostileHub(repo_id=evil_repo, files=evil_files, branches={"main": COMMIT, "step-1": COMMIT}) as evil:
+        with hubckpt.open_revision(evil_repo, step=1, hub=evil.url) as rev:
+            assert set(rev.keys()) == {"w", "pad"}  # its own file, read as it is
+    with hostile(files=repo_files(real)) as hub:
+        with hubckpt.open_revision(REPO, step=1, hub=hub.url) as rev:
+            assert set(rev.keys()) == {"w"}
+            assert rev.get_tensor("w").tolist() == w.tolist()
+
+
+def test_a_tampered_header_cache_entry_is_checked_again_not_trusted():
+    from hubckpt.load.lazy import _header_cache_dir
+
+    before = set(_header_cache_dir().glob("*.json")) if _header_cache_dir().exists() else set()
+    with hostile(files=repo_files()) as hub:
+        with hubckpt.open_revision(REPO, step=1, hub=hub.url) as rev:
+            assert set(rev.keys()) == {"w", "v"}
+        added = set(_header_cache_dir().glob("*.json")) - before
+        assert added
+        overlapping = {"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]}}
+        overlapping["v"] = overlapping["w"]
+        for entry in added:  # v aliasing w's bytes: refused when read back, the header is read again
+            doc = json.loads(entry.read_text())
+            entry.write_text(json.dumps({**doc, "raw": json.dumps(overlapping), "header": overlapping}))
+        with hubckpt.open_revision(REPO, step=1, hub=hub.url) as rev:
+            assert rev.get_tensor("v").tolist() == [4.0, 5.0, 6.0]
+
+
 @pytest.mark.parametrize("name", ["../../escape.safetensors", "/etc/passwd", "a/\x1b[2Jb"])
 def test_hostile_file_names_are_refused_as_errors(name):
     files = repo_files()

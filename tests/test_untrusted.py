@@ -293,6 +293,34 @@ def test_the_token_does_not_follow_a_pagination_link_to_another_origin():
         assert evil.requests and not evil.authorized()
 
 
+def test_hubckpt_env_leaves_no_huggingface_co_token_for_the_stock_client(tmp_path):
+    """`eval "$(hubckpt env --hub URL)"` in a shell holding an HF_TOKEN and a saved login: the stock client
+    then talks to URL, and sends it neither."""
+    import os
+    import subprocess
+    import sys
+
+    hf_home = tmp_path / "hf"
+    hf_home.mkdir()
+    (hf_home / "token").write_text("hf_saved_login")
+    stock = f"from huggingface_hub import list_repo_refs; list_repo_refs({REPO!r})"
+    with hostile(files=repo_files()) as hub:
+        script = f'eval "$({sys.executable} -m hubckpt env --hub {hub.url})" && {sys.executable} -c "{stock}"'
+        env = {**os.environ, "HF_TOKEN": "hf_secret", "HF_HOME": str(hf_home)}
+        out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert any("/refs" in r.path for r in hub.requests)  # the stock client did talk to that hub
+        assert not hub.authorized(), [r.headers.get("authorization") for r in hub.authorized()]
+
+
+def test_hubckpt_env_with_a_token_says_it_replaces_the_huggingface_co_token(tmp_path):
+    with hostile(files=repo_files()) as hub:
+        out = run_cli("env", "--hub", hub.url, "--token", "local-secret")
+    assert out.returncode == 0, out.stderr
+    assert "export HF_TOKEN=local-secret" in out.stdout.splitlines()
+    assert "replaces" in out.stderr and "huggingface.co" in out.stderr, out.stderr
+
+
 # -- wrong tensors -------------------------------------------------------------------------------------------
 
 

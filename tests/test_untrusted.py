@@ -446,6 +446,17 @@ def test_the_cli_prints_one_line_and_escapes_terminal_controls():
     assert len(errors) == 1 and "revisions.json" in errors[0]
 
 
+def test_server_text_the_cli_logs_on_stderr_comes_out_escaped():
+    """A hub's error message is logged (retrying ...) and reported: on stderr too, no control character
+    reaches the terminal."""
+    hostile_text = "\x1b]0;pwned\x07 \x1b[2J busy"
+    with hostile(files=repo_files(), answer=(503, {}, {"error": hostile_text})) as hub:
+        out = run_cli("ls", REPO, "--hub", hub.url, env={"HUBCKPT_HTTP_TIMEOUT": "1"})
+    assert out.returncode == 1, out.stderr
+    assert "\\x1b]0;pwned\\x07" in out.stderr, out.stderr  # shown as text, in the retry warnings
+    assert "\x1b" not in out.stderr and "\x07" not in out.stderr, out.stderr
+
+
 def test_load_model_never_runs_a_repos_custom_code_unless_asked(tmp_path):
     from types import SimpleNamespace
 

@@ -3,6 +3,7 @@ escaped, so a repo cannot move the cursor, retitle the window, hide text or fake
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from collections.abc import Iterator
@@ -59,11 +60,20 @@ class EscapingWriter:
 
 
 @contextmanager
-def escaped_stdout() -> Iterator[None]:
-    """Everything the commands print to stdout goes through `EscapingWriter` (JSON output is ASCII already)."""
-    original = sys.stdout
-    sys.stdout = EscapingWriter(original)
+def escaped_output() -> Iterator[None]:
+    """Everything the commands print, to stdout and stderr (`typer.echo(..., err=True)`, log records, progress
+    text), goes through `EscapingWriter` (JSON output is ASCII already)."""
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = EscapingWriter(out), EscapingWriter(err)
     try:
         yield
     finally:
-        sys.stdout = original
+        sys.stdout, sys.stderr = out, err
+
+
+class EscapingFormatter(logging.Formatter):
+    """A log formatter that escapes control characters in the whole record (message, arguments, traceback):
+    log records carry a hub's text (server messages, names), and a handler may hold the real stderr."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().format(record))

@@ -394,6 +394,15 @@ def test_a_stalled_read_fails_within_the_documented_bound(monkeypatch):
         assert time.monotonic() - started < 4
 
 
+def test_a_retry_after_longer_than_the_bound_fails_the_read_within_it(monkeypatch):
+    monkeypatch.setenv("HUBCKPT_HTTP_TIMEOUT", "0.5")  # bound: 2 x 0.5 s without progress, all tries together
+    with hostile(files=repo_files(), answer=(503, {"Retry-After": "300"}, {"error": "busy"})) as hub:
+        started = time.monotonic()
+        with pytest.raises(HubUnavailableError, match="Retry-After|wait"):
+            hubckpt.list_revisions(REPO, hub=hub.url)
+        assert time.monotonic() - started < 4
+
+
 # -- malformed metadata: typed errors, one line in the CLI --------------------------------------------------
 
 MALFORMED = {

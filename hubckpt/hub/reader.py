@@ -113,9 +113,9 @@ class HubReader:
     def describe(self) -> str:
         return f"{self.repo_id} on {self.hub.describe()}"
 
-    def retrying(self, action: Callable[[], T], *, what: str) -> T:
+    def retrying(self, action: Callable[[], T], *, what: str, deadline: Callable[[], float] | None = None) -> T:
         """`retries.with_retries` for a request to this hub: names its URL if it refuses, revives a local hub."""
-        return with_retries(action, what=what, endpoint=self.hub.endpoint, revive=self.revive)
+        return with_retries(action, what=what, endpoint=self.hub.endpoint, revive=self.revive, deadline=deadline)
 
     def check_reachable(self) -> None:
         """Fail now if nothing listens at the hub's address (`retries.check_reachable`; a local hub is revived).
@@ -209,7 +209,7 @@ class HubReader:
             budget.check(what)
             return fetch()
 
-        return self.retrying(attempt, what=what)
+        return self.retrying(attempt, what=what, deadline=budget.remaining)  # back-offs count against the budget
 
     # -- small files ---------------------------------------------------------------------------------
 

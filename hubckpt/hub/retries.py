@@ -205,12 +205,16 @@ def with_retries(
     base_delay: float = 0.5,
     endpoint: str | None = None,
     revive: Callable[[], bool] | None = None,
+    deadline: Callable[[], float] | None = None,
 ) -> T:
     """Run `action`, retrying transient failures with exponential backoff (or as long as the server asks).
 
     A refused connection from a hub that never answered (`endpoint`) raises `unreachable(endpoint)` at once,
     unless `revive()` restarts the hub and returns True: then `action` runs again (once more, not counted
     as an attempt). One that answered before is retried with backoff.
+
+    `deadline()`: seconds left of a bound the whole call must keep (a read's `ReadBudget`). A back-off
+    (`Retry-After` included) that would end past it raises `HubUnavailableError` at once instead of sleeping.
     """
     install_timeouts()
     attempt, revived = 1, False
@@ -232,6 +236,15 @@ def with_retries(
                     raise HubUnavailableError(f"{what} failed {attempts} times; last error: {e}") from e
                 raise
             delay = backoff_delay(e, attempt, base_delay)
+            left = deadline() if deadline is not None else None
+            if left is not None and delay >= left:
+                asked = retry_after(e)
+                why = f"the hub asked to wait {asked:.0f} s (Retry-After)" if asked is not None else "the back-off"
+                raise HubUnavailableError(
+                    f"{what} failed ({e}); {why} would pass the {max(left, 0):.1f} s left of the bound on a stalled "
+                    "read (2 x HUBCKPT_HTTP_TIMEOUT, all tries together): check the hub and try again later, or "
+                    "raise HUBCKPT_HTTP_TIMEOUT"
+                ) from e
             logger.warning("%s failed (%s); retrying in %.1fs", what, e, delay)
             time.sleep(delay)
             attempt += 1

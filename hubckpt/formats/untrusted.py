@@ -13,7 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..errors import HubContentError, InvalidNameError
 
@@ -28,12 +28,12 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def is_commit(value: object) -> bool:
+def is_commit(value: object) -> TypeGuard[str]:
     """Is `value` a full commit id: exactly 40 lowercase hex digits (no trailing newline, never a path)?"""
     return isinstance(value, str) and _COMMIT.fullmatch(value) is not None
 
 
-def is_sha256(value: object) -> bool:
+def is_sha256(value: object) -> TypeGuard[str]:
     """Is `value` a sha256: exactly 64 lowercase hex digits (safe as a file name in a cache)?"""
     return isinstance(value, str) and _SHA256.fullmatch(value) is not None
 

@@ -304,6 +304,7 @@ class LazyRevision:
         cache_path = _header_cache_dir() / f"{key}.json" if is_sha256(key.removeprefix("at-")) else None
         found = _cached_header(cache_path, where, expected) if cache_path is not None else None
         if found is None:
+            data_size: int | None
             if local is not None:
                 raw, data_size = _local_header(local, where)
                 found = (parse_header(raw, where, data_size=data_size), 8 + len(raw))

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import IntegrityError
-from ..formats.safetensors_header import parse_header
+from ..formats.safetensors_header import TORCH_DTYPES, parse_header, read_file_header
 from ..formats.untrusted import is_sha256
 from .download import is_verified, require_weights
 
@@ -31,31 +31,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-_TORCH_DTYPES = {
-    "BOOL": "bool",
-    "U8": "uint8",
-    "I8": "int8",
-    "I16": "int16",
-    "U16": "uint16",
-    "I32": "int32",
-    "U32": "uint32",
-    "I64": "int64",
-    "U64": "uint64",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "F32": "float32",
-    "F64": "float64",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2",
-    "C64": "complex64",
-}
-
 
 def torch_dtype(name: str) -> torch.dtype:
     import torch
 
     try:
-        return getattr(torch, _TORCH_DTYPES[name])
+        return getattr(torch, TORCH_DTYPES[name])
     except (KeyError, AttributeError):
         raise IntegrityError(f"safetensors dtype {name} has no torch equivalent here") from None
 
@@ -306,8 +287,8 @@ class LazyRevision:
         if found is None:
             data_size: int | None
             if local is not None:
-                raw, data_size = _local_header(local, where)
-                found = (parse_header(raw, where, data_size=data_size), 8 + len(raw))
+                header, data_start, raw = read_file_header(local, where)
+                found, data_size = (header, data_start), local.stat().st_size - data_start
             else:
                 header, data_start, total = self.rev.reader.safetensors_header(file, self.commit)  # parsed there
                 if expected is not None and total is not None and int(expected) != total:
@@ -340,14 +321,3 @@ def _store_header(path: Path, raw: bytes, data_start: int, data_size: int | None
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(json.dumps({"raw": raw.decode(), "data_start": data_start, "data_size": data_size}))
     os.replace(tmp, path)
-
-
-def _local_header(path: Path, where: str) -> tuple[bytes, int]:
-    """(raw header bytes, data size) of a local safetensors file."""
-    from ..formats.safetensors_header import header_length
-
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        length = header_length(f.read(8), where)
-        raw = f.read(length)
-    return raw, size - 8 - length

@@ -466,6 +466,21 @@ def test_server_text_the_cli_logs_on_stderr_comes_out_escaped():
     assert "\x1b" not in out.stderr and "\x07" not in out.stderr, out.stderr
 
 
+def test_stderr_keeps_only_the_progress_bars_carriage_return(capsys):
+    import logging
+    import sys
+
+    from hubckpt.cli._terminal import EscapingFormatter, escaped_output
+
+    with escaped_output():
+        sys.stderr.write("\r 50%|#####     | a\x1b[2Jb\n")  # what tqdm writes, with a hub's text in it
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(EscapingFormatter("%(message)s"))
+        handler.emit(logging.makeLogRecord({"msg": "server said %s", "args": ("\rfake line\x07",)}))
+    err = capsys.readouterr().err
+    assert err == "\r 50%|#####     | a\\x1b[2Jb\nserver said \\rfake line\\x07\n"
+
+
 def test_load_model_never_runs_a_repos_custom_code_unless_asked(tmp_path):
     from types import SimpleNamespace
 

@@ -12,23 +12,26 @@ from typing import Any, TextIO
 
 # C0 controls but newline and tab, DEL, C1 controls, and the bidirectional overrides and isolates
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# the same but carriage return: what progress bars on stderr redraw their line with
+_CONTROL_BUT_CR = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
-def escape_controls(text: str) -> str:
+def escape_controls(text: str, *, keep_cr: bool = False) -> str:
     r"""`text` with every terminal control character written as an escape (`\x1b`, `\u202e`)."""
-    return _CONTROL.sub(lambda m: ascii(m.group())[1:-1], text)
+    return (_CONTROL_BUT_CR if keep_cr else _CONTROL).sub(lambda m: ascii(m.group())[1:-1], text)
 
 
 class EscapingWriter:
     """A text stream that escapes control characters in everything written through it."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, *, keep_cr: bool = False) -> None:
         self._stream = stream
+        self._keep_cr = keep_cr
         self.encoding = getattr(stream, "encoding", "utf-8")
         self.errors = getattr(stream, "errors", "strict")
 
     def write(self, text: str) -> int:
-        self._stream.write(escape_controls(text))
+        self._stream.write(escape_controls(text, keep_cr=self._keep_cr))
         return len(text)
 
     def writelines(self, lines) -> None:
@@ -62,9 +65,10 @@ class EscapingWriter:
 @contextmanager
 def escaped_output() -> Iterator[None]:
     """Everything the commands print, to stdout and stderr (`typer.echo(..., err=True)`, log records, progress
-    text), goes through `EscapingWriter` (JSON output is ASCII already)."""
+    text), goes through `EscapingWriter` (JSON output is ASCII already). Only progress bars' carriage return
+    passes on stderr (log records are escaped whole by `EscapingFormatter`, carriage returns included)."""
     out, err = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = EscapingWriter(out), EscapingWriter(err)
+    sys.stdout, sys.stderr = EscapingWriter(out), EscapingWriter(err, keep_cr=True)
     try:
         yield
     finally:

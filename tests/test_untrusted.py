@@ -178,9 +178,10 @@ def test_a_training_state_naming_a_local_file_reads_nothing_of_the_user(tmp_path
     model.register_parameter("w", torch.nn.Parameter(torch.zeros(3)))
     model.register_parameter("v", torch.nn.Parameter(torch.zeros(3)))
     with hostile(files=files) as hub:
-        with pytest.raises(HubContentError, match="tensors file"):
+        with pytest.raises(HubContentError, match="tensors file") as info:
             hubckpt.restore(REPO, model=model, step=1, hub=hub.url)
     assert model.w.detach().tolist() == [0.0, 0.0, 0.0]
+    assert (info.value.repo_id, info.value.path) == (REPO, "training_state/loop.json")
 
 
 def _hostile_tensors_file(tmp_path: Path, tensors_file: str) -> dict[str, bytes]:

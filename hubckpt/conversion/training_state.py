@@ -21,9 +21,12 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CorruptCheckpointError, UnsupportedCheckpointError
+
+if TYPE_CHECKING:
+    from ..formats.untrusted import Source
 
 FORMAT_VERSION = 1
 
@@ -140,7 +143,9 @@ def _shared_storages(tensors) -> set[int]:
     return {p for p, n in counts.items() if n > 1}
 
 
-def load_state(folder: Path, name: str, *, read_tensors: Callable[[Path], dict] | None = None) -> Any:
+def load_state(
+    folder: Path, name: str, *, read_tensors: Callable[[Path], dict] | None = None, source: Source | None = None
+) -> Any:
     """Rebuild what `save_state` wrote.
 
     `<name>.json` is untrusted input (a revision's `training_state/` is a file of somebody's repo): it is
@@ -149,14 +154,14 @@ def load_state(folder: Path, name: str, *, read_tensors: Callable[[Path], dict] 
 
     `read_tensors(path)` reads the `.safetensors` file (default: `safetensors.torch.load_file`, whose
     tensors are copy-on-write views of a memory map; pass a reader into fresh memory for state that
-    training will write into).
+    training will write into). `source`: where the JSON came from, for the error (default: its local path).
     """
     from safetensors.torch import load_file
 
     from ..formats.untrusted import MAX_JSON_BYTES, Source, check_type, load_json, printable
 
     doc_path = folder / f"{name}.json"
-    source = Source(path=str(doc_path))
+    source = source or Source(path=str(doc_path))
     try:
         with doc_path.open("rb") as f:
             raw = f.read(MAX_JSON_BYTES + 1)

@@ -298,7 +298,12 @@ def restore(
     state_dir = local[next(p for p in sorted(local) if p.startswith(f"{TRAINING_STATE_DIR}/"))].parent
     parts = sorted(Path(p).stem for p in local if p.startswith(f"{TRAINING_STATE_DIR}/") and p.endswith(".json"))
     fresh = reader_into_fresh_memory()  # load_state reads only <part>.safetensors beside each part's JSON
-    state = {part: load_state(state_dir, part, read_tensors=fresh) for part in parts}
+    state = {
+        part: load_state(
+            state_dir, part, read_tensors=fresh, source=Source(repo_id, name, f"{TRAINING_STATE_DIR}/{part}.json")
+        )
+        for part in parts
+    }
     loop_state = state.get("loop")
     loop: dict[str, Any] = loop_state if isinstance(loop_state, dict) else {}
     classes = loop.get("classes") or {}

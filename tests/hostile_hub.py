@@ -3,8 +3,8 @@
 It serves one repo at one commit (`files`, on the branches in `branches`); each scenario sets what the
 hub does wrong: another `X-Repo-Commit`, refs whose `targetCommit` is a path, a Range answered with the
 wrong bytes or with the whole file, redirects and pagination links to another origin, a listing that
-never ends, a gzip bomb, a stalled body. Every request is recorded with its headers (`requests`), so a
-test can check where the token went.
+never ends, a gzip bomb, a stalled body, or one answer (a 503 asking to wait) to everything. Every
+request is recorded with its headers (`requests`), so a test can check where the token went.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ class HostileHub:
     stall_s: float = 0.0  # /resolve/ bodies: headers, a few bytes, then silence this long
     etags: dict[str, str] = field(default_factory=dict)  # path -> the ETag announced (default: the body's sha256)
     fail_ranges: int = 0  # this many Range reads past the start of a file answer 503 first (transient)
+    # every request answered with this (status, headers, JSON body) instead, e.g. a 503 with Retry-After
+    answer: tuple[int, dict[str, str], dict] | None = None
     requests: list[Seen] = field(default_factory=list)
     port: int = 0
 
@@ -99,6 +101,11 @@ class HostileHub:
 
     def _handle(self, h: BaseHTTPRequestHandler, *, head: bool) -> None:
         self.requests.append(Seen(h.command, h.path, {k.lower(): v for k, v in h.headers.items()}))
+        if self.answer is not None:
+            status, headers, doc = self.answer
+            return self._send(
+                h, status, json.dumps(doc).encode(), {"Content-Type": "application/json", **headers}, head
+            )
         url = urlsplit(h.path)
         path = unquote(url.path)
         api = f"/api/models/{self.repo_id}/"

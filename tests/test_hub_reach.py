@@ -228,6 +228,7 @@ def test_env_points_the_shell_at_the_hub_of_a_data_folder(tmp_path):
         assert shell["HUBCKPT_HUB"] == "local" and shell["HUBCKPT_HUB_ROOT"] == str(root.resolve())
         assert shell["HF_HUB_DISABLE_XET"] == "1"
         assert "HUBCKPT_TOKEN" not in shell and "HF_TOKEN" not in shell
+        assert shell["HF_HUB_DISABLE_IMPLICIT_TOKEN"] == "1"  # nor the saved huggingface.co login
         # hubckpt itself, in that shell, uses the same hub
         listing = run_cli("ls", "local/nothing-yet", env={k: shell[k] for k in ("HUBCKPT_HUB", "HUBCKPT_HUB_ROOT")})
         assert f"local hub {url}" in listing.stderr, listing.stderr
@@ -244,7 +245,9 @@ def test_env_for_a_hub_url_with_a_token(local_hub):
         "export HF_HUB_DISABLE_XET=1",
         "export HUBCKPT_TOKEN='secret value'",
         "export HF_TOKEN='secret value'",
+        "unset HF_HUB_DISABLE_IMPLICIT_TOKEN",
     ]
+    assert "replaces your huggingface.co token" in out.stderr
     closed = run_cli("env", "--hub", _closed_url())
     assert closed.returncode == 1 and "not reachable" in closed.stderr
     hf = run_cli("env", "--hub", "hf")
@@ -252,4 +255,5 @@ def test_env_for_a_hub_url_with_a_token(local_hub):
         "export HF_ENDPOINT=https://huggingface.co",
         "export HUBCKPT_HUB=hf",
         "unset HF_HUB_DISABLE_XET",
+        "unset HF_HUB_DISABLE_IMPLICIT_TOKEN",
     ]

@@ -116,6 +116,46 @@ def test_a_sha256_that_is_a_path_never_becomes_a_cache_key(tmp_path):
                 rev.keys()
 
 
+def test_a_repo_claiming_another_files_sha256_cannot_plant_its_header(tmp_path):
+    """The header cache is shared: a repo whose checkpoint.json claims the sha256 of someone else's file
+    (and serves another header) must not change what a later lazy open of the real file reads."""
+    import uuid
+
+    w = torch.tensor([1.0, 2.0, float(uuid.uuid4().int % 1000)])  # a file no other test has
+    real = safetensors_bytes({"w": ("F32", [3], [0, 12])}, w.numpy().tobytes())
+    planted = safetensors_bytes({"w": ("F32", [1], [0, 4]), "pad": ("U8", [8], [4, 12])}, w.numpy().tobytes())
+    evil_files = repo_files(planted)
+    doc = json.loads(evil_files["checkpoint.json"])
+    doc["files"][0]["sha256"] = hashlib.sha256(real).hexdigest()  # claims the real file's hash
+    evil_files["checkpoint.json"] = json.dumps(doc).encode()
+    evil_repo = f"{REPO}-evil"
+    with HostileHub(repo_id=evil_repo, files=evil_files, branches={"main": COMMIT, "step-1": COMMIT}) as evil:
+        with hubckpt.open_revision(evil_repo, step=1, hub=evil.url) as rev:
+            assert set(rev.keys()) == {"w", "pad"}  # its own file, read as it is
+    with hostile(files=repo_files(real)) as hub:
+        with hubckpt.open_revision(REPO, step=1, hub=hub.url) as rev:
+            assert set(rev.keys()) == {"w"}
+            assert rev.get_tensor("w").tolist() == w.tolist()
+
+
+def test_a_tampered_header_cache_entry_is_checked_again_not_trusted():
+    from hubckpt.load.lazy import _header_cache_dir
+
+    before = set(_header_cache_dir().glob("*.json")) if _header_cache_dir().exists() else set()
+    with hostile(files=repo_files()) as hub:
+        with hubckpt.open_revision(REPO, step=1, hub=hub.url) as rev:
+            assert set(rev.keys()) == {"w", "v"}
+        added = set(_header_cache_dir().glob("*.json")) - before
+        assert added
+        overlapping = {"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]}}
+        overlapping["v"] = overlapping["w"]
+        for entry in added:  # v aliasing w's bytes: refused when read back, the header is read again
+            doc = json.loads(entry.read_text())
+            entry.write_text(json.dumps({**doc, "raw": json.dumps(overlapping), "header": overlapping}))
+        with hubckpt.open_revision(REPO, step=1, hub=hub.url) as rev:
+            assert rev.get_tensor("v").tolist() == [4.0, 5.0, 6.0]
+
+
 @pytest.mark.parametrize("name", ["../../escape.safetensors", "/etc/passwd", "a/\x1b[2Jb"])
 def test_hostile_file_names_are_refused_as_errors(name):
     files = repo_files()
@@ -138,9 +178,76 @@ def test_a_training_state_naming_a_local_file_reads_nothing_of_the_user(tmp_path
     model.register_parameter("w", torch.nn.Parameter(torch.zeros(3)))
     model.register_parameter("v", torch.nn.Parameter(torch.zeros(3)))
     with hostile(files=files) as hub:
-        with pytest.raises(HubContentError, match="tensors file"):
+        with pytest.raises(HubContentError, match="tensors file") as info:
             hubckpt.restore(REPO, model=model, step=1, hub=hub.url)
     assert model.w.detach().tolist() == [0.0, 0.0, 0.0]
+    assert (info.value.repo_id, info.value.path) == (REPO, "training_state/loop.json")
+
+
+def _hostile_tensors_file(tmp_path: Path, tensors_file: str) -> dict[str, bytes]:
+    """A revision whose optimizer state names `tensors_file` (a local secret of the user's) as its tensors."""
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.tensor([42.0])}, tmp_path / "secret.safetensors")
+    part = {"format_version": 1, "state": {"x": {"__tensor__": "x"}}, "tensors_file": tensors_file}
+    return repo_files(extra={"training_state/optimizer.json": json.dumps(part).encode()})
+
+
+@pytest.mark.parametrize("kind", ["absolute", "relative"])
+def test_pull_trainer_checkpoint_reads_no_local_file_a_repo_names(tmp_path, kind):
+    secret = tmp_path / "secret.safetensors"
+    named = str(secret) if kind == "absolute" else "../../../../../../../../.." + str(secret)
+    dest = tmp_path / "dest"
+    with hostile(files=_hostile_tensors_file(tmp_path, named)) as hub:
+        out = run_cli("pull", REPO, str(dest), "--step", "1", "--trainer-checkpoint", "--hub", hub.url)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and "tensors file" in out.stderr, out.stderr
+    assert not (dest / "optimizer.pt").exists()
+
+
+def test_load_training_state_reads_no_file_outside_its_folder(tmp_path):
+    from hubckpt.conversion.training_state import load_training_state
+
+    folder = tmp_path / "training_state"
+    folder.mkdir()
+    files = _hostile_tensors_file(tmp_path, str(tmp_path / "secret.safetensors"))
+    (folder / "optimizer.json").write_bytes(files["training_state/optimizer.json"])
+    with pytest.raises(HubContentError, match="tensors file"):
+        load_training_state(folder)
+    (folder / "optimizer.json").write_bytes(b"[" * 200_000 + b"]" * 200_000)
+    with pytest.raises(HubContentError, match="nested deeper"):
+        load_training_state(folder)
+
+
+@pytest.mark.parametrize("tied", [["lm_head.weight"], {"lm_head.weight": 3}, "w"])
+def test_a_tied_map_that_is_not_names_to_names_is_a_typed_error(tied):
+    files = repo_files(manifest={"weights": {"tied": tied}})
+    del files["revisions.json"]
+    with hostile(files=files) as hub:
+        with pytest.raises(HubContentError, match="tied"):
+            hubckpt.load_state_dict(REPO, COMMIT, hub=hub.url)
+
+
+def test_a_config_json_that_is_a_bomb_is_a_typed_error():
+    """A missing output head is looked up in config.json (tie_word_embeddings): it is read capped too."""
+    files = repo_files(extra={"config.json": b"[" * 200_000 + b"]" * 200_000})
+    with hostile(files=files) as hub:
+        with pytest.raises(HubContentError, match="config.json"):
+            hubckpt.load_state_dict(REPO, step=1, keys=["lm_head.weight"], hub=hub.url)
+
+
+def test_a_log_history_that_is_a_bomb_is_a_typed_error(tmp_path):
+    part = {"format_version": 1, "state": {"step": 1}, "tensors_file": None}
+    files = repo_files(
+        extra={
+            "training_state/loop.json": json.dumps(part).encode(),
+            "log_history.json": b'{"log_history": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+        }
+    )
+    with hostile(files=files) as hub:
+        out = run_cli("pull", REPO, str(tmp_path / "d"), "--step", "1", "--trainer-checkpoint", "--hub", hub.url)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "log_history.json" in out.stderr and "nested deeper" in out.stderr, out.stderr
 
 
 # -- the token reaches no other origin -------------------------------------------------------------------
@@ -185,6 +292,34 @@ def test_the_token_does_not_follow_a_pagination_link_to_another_origin():
             listed = HubReader(hub.url, REPO, token="hf_secret").list_files(COMMIT)
             assert "model.safetensors" in listed and hub.authorized()
         assert evil.requests and not evil.authorized()
+
+
+def test_hubckpt_env_leaves_no_huggingface_co_token_for_the_stock_client(tmp_path):
+    """`eval "$(hubckpt env --hub URL)"` in a shell holding an HF_TOKEN and a saved login: the stock client
+    then talks to URL, and sends it neither."""
+    import os
+    import subprocess
+    import sys
+
+    hf_home = tmp_path / "hf"
+    hf_home.mkdir()
+    (hf_home / "token").write_text("hf_saved_login")
+    stock = f"from huggingface_hub import list_repo_refs; list_repo_refs({REPO!r})"
+    with hostile(files=repo_files()) as hub:
+        script = f'eval "$({sys.executable} -m hubckpt env --hub {hub.url})" && {sys.executable} -c "{stock}"'
+        env = {**os.environ, "HF_TOKEN": "hf_secret", "HF_HOME": str(hf_home)}
+        out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert any("/refs" in r.path for r in hub.requests)  # the stock client did talk to that hub
+        assert not hub.authorized(), [r.headers.get("authorization") for r in hub.authorized()]
+
+
+def test_hubckpt_env_with_a_token_says_it_replaces_the_huggingface_co_token(tmp_path):
+    with hostile(files=repo_files()) as hub:
+        out = run_cli("env", "--hub", hub.url, "--token", "local-secret")
+    assert out.returncode == 0, out.stderr
+    assert "export HF_TOKEN=local-secret" in out.stdout.splitlines()
+    assert "replaces" in out.stderr and "huggingface.co" in out.stderr, out.stderr
 
 
 # -- wrong tensors -------------------------------------------------------------------------------------------
@@ -260,6 +395,15 @@ def test_a_stalled_read_fails_within_the_documented_bound(monkeypatch):
         assert time.monotonic() - started < 4
 
 
+def test_a_retry_after_longer_than_the_bound_fails_the_read_within_it(monkeypatch):
+    monkeypatch.setenv("HUBCKPT_HTTP_TIMEOUT", "0.5")  # bound: 2 x 0.5 s without progress, all tries together
+    with hostile(files=repo_files(), answer=(503, {"Retry-After": "300"}, {"error": "busy"})) as hub:
+        started = time.monotonic()
+        with pytest.raises(HubUnavailableError, match="Retry-After|wait"):
+            hubckpt.list_revisions(REPO, hub=hub.url)
+        assert time.monotonic() - started < 4
+
+
 # -- malformed metadata: typed errors, one line in the CLI --------------------------------------------------
 
 MALFORMED = {
@@ -310,6 +454,32 @@ def test_the_cli_prints_one_line_and_escapes_terminal_controls():
     assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr
     errors = [line for line in bad.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "revisions.json" in errors[0]
+
+
+def test_server_text_the_cli_logs_on_stderr_comes_out_escaped():
+    """A hub's error message is logged (retrying ...) and reported: on stderr too, no control character
+    reaches the terminal."""
+    hostile_text = "\x1b]0;pwned\x07 \x1b[2J busy"
+    with hostile(files=repo_files(), answer=(503, {}, {"error": hostile_text})) as hub:
+        out = run_cli("ls", REPO, "--hub", hub.url, env={"HUBCKPT_HTTP_TIMEOUT": "1"})
+    assert out.returncode == 1, out.stderr
+    assert "\\x1b]0;pwned\\x07" in out.stderr, out.stderr  # shown as text, in the retry warnings
+    assert "\x1b" not in out.stderr and "\x07" not in out.stderr, out.stderr
+
+
+def test_stderr_keeps_only_the_progress_bars_carriage_return(capsys):
+    import logging
+    import sys
+
+    from hubckpt.cli._terminal import EscapingFormatter, escaped_output
+
+    with escaped_output():
+        sys.stderr.write("\r 50%|#####     | a\x1b[2Jb\n")  # what tqdm writes, with a hub's text in it
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(EscapingFormatter("%(message)s"))
+        handler.emit(logging.makeLogRecord({"msg": "server said %s", "args": ("\rfake line\x07",)}))
+    err = capsys.readouterr().err
+    assert err == "\r 50%|#####     | a\\x1b[2Jb\nserver said \\rfake line\\x07\n"
 
 
 def test_load_model_never_runs_a_repos_custom_code_unless_asked(tmp_path):

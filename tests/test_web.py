@@ -523,3 +523,20 @@ def test_tensor_comparison_edge_cases(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 16)
     with pytest.raises(tensors.HeaderError):
         tensors.read_header(tmp_path / "bad.safetensors", "bad.safetensors")
+
+
+def test_the_tensor_table_refuses_a_header_whose_tensors_overlap(tmp_path):
+    """The web pages read headers with the one strict parser: tensors sharing bytes are not listed as two."""
+    import struct
+
+    from hubckpt.server.web.tensors import HeaderError, read_header
+
+    header = {
+        "w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]},
+        "v": {"dtype": "F32", "shape": [3], "data_offsets": [0, 12]},
+    }
+    raw = json.dumps(header).encode()
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(12))
+    with pytest.raises(HeaderError, match="overlap"):
+        read_header(path, "model.safetensors")

@@ -56,9 +56,13 @@ def _root(
     if debug:
         os.environ[environment.DEBUG.name] = "1"
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from ._terminal import EscapingFormatter
+
+    log_format = "%(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=log_format)
     for handler in logging.getLogger().handlers:  # an error the command reports itself is printed once, as `Error:`
         handler.addFilter(lambda record: debug or not getattr(record, "hubckpt_reported", False))
+        handler.setFormatter(EscapingFormatter(log_format))
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
@@ -95,10 +99,10 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `hubckpt` console script."""
-    from ._terminal import escape_controls, escaped_stdout
+    from ._terminal import escape_controls, escaped_output
 
     try:
-        with escaped_stdout():
+        with escaped_output():
             # Not standalone, click returns the code of a `typer.Exit(n)` instead of exiting with it
             code = app(args=argv, standalone_mode=False)
     except SystemExit:

@@ -17,7 +17,9 @@ from ._options import HubOpt, RootOpt
 EnvTokenOpt = typer.Option(
     None,
     "--token",
-    help="Token to export as HUBCKPT_TOKEN and HF_TOKEN (what the stock clients send to HF_ENDPOINT).",
+    help="Token to export as HUBCKPT_TOKEN and HF_TOKEN (what the stock clients send to HF_ENDPOINT); for a hub "
+    "other than huggingface.co it replaces your huggingface.co HF_TOKEN in that shell. Without it, such a hub gets "
+    "no token from the stock clients (HF_TOKEN unset, HF_HUB_DISABLE_IMPLICIT_TOKEN=1).",
 )
 
 
@@ -38,6 +40,13 @@ def env_lines(hub: str | None = None, root: Path | None = None, token: str | Non
     lines.append("unset HF_HUB_DISABLE_XET" if resolved.is_huggingface_co else "export HF_HUB_DISABLE_XET=1")
     if token:
         lines += [f"export HUBCKPT_TOKEN={shlex.quote(token)}", f"export HF_TOKEN={shlex.quote(token)}"]
+        lines.append("unset HF_HUB_DISABLE_IMPLICIT_TOKEN")  # the stock clients send HF_TOKEN to HF_ENDPOINT
+    elif resolved.is_huggingface_co:
+        lines.append("unset HF_HUB_DISABLE_IMPLICIT_TOKEN")  # your huggingface.co token / login, for huggingface.co
+    else:
+        # The stock clients would send the huggingface.co token (HF_TOKEN, or the saved login) to whatever
+        # HF_ENDPOINT names: none of it goes to another hub.
+        lines += ["unset HF_TOKEN", "export HF_HUB_DISABLE_IMPLICIT_TOKEN=1"]
     return lines
 
 
@@ -53,6 +62,13 @@ def env(hub: str | None = HubOpt, root: Path | None = RootOpt, token: str | None
         typer.echo(line)
     resolved = resolve_hub(hub, root=root)
     typer.echo(f"# {resolved.describe()}", err=True)
+    if token and not resolved.is_huggingface_co:
+        typer.echo(
+            "# HF_TOKEN is now this hub's token: in this shell it replaces your huggingface.co token, and the hf "
+            "CLI, transformers and hubckpt --hub hf would send it to huggingface.co (open another shell for "
+            "huggingface.co)",
+            err=True,
+        )
     if resolved.kind == "local" and not token and _needs_token(resolved.root):
         typer.echo(
             "# this hub requires a token: create one (hubckpt token create --user NAME --role write --root "

@@ -21,9 +21,12 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import CorruptCheckpointError, UnsupportedCheckpointError
+
+if TYPE_CHECKING:
+    from ..formats.untrusted import Source
 
 FORMAT_VERSION = 1
 
@@ -140,24 +143,49 @@ def _shared_storages(tensors) -> set[int]:
     return {p for p, n in counts.items() if n > 1}
 
 
-def load_state(folder: Path, name: str, *, read_tensors: Callable[[Path], dict] | None = None) -> Any:
+def load_state(
+    folder: Path, name: str, *, read_tensors: Callable[[Path], dict] | None = None, source: Source | None = None
+) -> Any:
     """Rebuild what `save_state` wrote.
+
+    `<name>.json` is untrusted input (a revision's `training_state/` is a file of somebody's repo): it is
+    read size- and depth-capped, and its `tensors_file` must be exactly `<name>.safetensors` in `folder`,
+    so no other file (absolute path, `../`, another part's) is ever read; else `HubContentError`.
 
     `read_tensors(path)` reads the `.safetensors` file (default: `safetensors.torch.load_file`, whose
     tensors are copy-on-write views of a memory map; pass a reader into fresh memory for state that
-    training will write into).
+    training will write into). `source`: where the JSON came from, for the error (default: its local path).
     """
     from safetensors.torch import load_file
 
+    from ..formats.untrusted import MAX_JSON_BYTES, Source, check_type, load_json, printable
+
     doc_path = folder / f"{name}.json"
+    source = source or Source(path=str(doc_path))
     try:
-        doc = json.loads(doc_path.read_text("utf-8"))
-    except (OSError, ValueError) as e:
-        raise CorruptCheckpointError(f"{doc_path} is missing or not valid JSON: {e}", str(doc_path)) from e
-    if doc.get("format_version", 0) > FORMAT_VERSION:
+        with doc_path.open("rb") as f:
+            raw = f.read(MAX_JSON_BYTES + 1)
+    except OSError as e:
+        raise CorruptCheckpointError(f"{doc_path} is missing or cannot be read: {e}", str(doc_path)) from e
+    doc = check_type(load_json(raw, source), dict, source, "content")
+    version = doc.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise source.error(f"its format_version is {printable(repr(version), 40)}, not an integer")
+    if version > FORMAT_VERSION:
         raise UnsupportedCheckpointError(f"{doc_path} was written by a newer hubckpt; upgrade hubckpt", str(doc_path))
-    tensors = (read_tensors or load_file)(folder / doc["tensors_file"]) if doc.get("tensors_file") else {}
-    return decode_tree(doc["state"], tensors)
+    tensors_file = doc.get("tensors_file")
+    if tensors_file is not None and tensors_file != f"{name}.safetensors":
+        shown = printable(tensors_file, 120) if isinstance(tensors_file, str) else type(tensors_file).__name__
+        raise source.error(
+            f"it names {shown!r} as its tensors file, which is not {name}.safetensors beside it (no other file is read)"
+        )
+    if "state" not in doc:
+        raise source.error("it has no 'state'")
+    tensors = (read_tensors or load_file)(folder / tensors_file) if tensors_file else {}
+    try:
+        return decode_tree(doc["state"], tensors)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a placeholder that names nothing, wrong types
+        raise source.error(f"its state does not decode ({printable(repr(e), 100)})") from None
 
 
 def save_training_state(training_state: dict[str, Any], folder: Path) -> dict[Path, str]:
@@ -180,7 +208,9 @@ def load_training_state(folder: str | Path) -> dict[str, Any]:
         `state_dict()` gave it.
 
     Raises:
-        CorruptCheckpointError: a part's JSON is missing or not valid.
+        CorruptCheckpointError: a part's JSON cannot be read.
+        HubContentError: a part's JSON is not valid, over the size or depth cap, or names a tensors file
+            other than `<part>.safetensors` beside it (nothing else is read).
         UnsupportedCheckpointError: a part written by a newer hubckpt.
     """
     folder = Path(folder)

@@ -82,8 +82,9 @@ def loads(raw: bytes | str, source: Source | None = None) -> dict[str, Any]:
     """A checkpoint.json's content as a dict: untrusted input, size- and depth-capped, fields type-checked.
 
     Checked are the fields hubckpt uses: step, epoch, tokens, metrics (numbers), source, training_state,
-    and `files` (each a valid repo path, a sha256 of 64 hex digits or null, a size >= 0). Unknown fields
-    are kept as they are. Raises `HubContentError` naming `source` for anything else.
+    weights.tied (a map of tensor names to tensor names), and `files` (each a valid repo path, a sha256 of
+    64 hex digits or null, a size >= 0). Unknown fields are kept as they are. Raises `HubContentError`
+    naming `source` for anything else.
     """
     src = source or Source(path=MANIFEST_FILE)
     manifest: dict[str, Any] = check_type(load_json(raw, src), dict, src, "content")
@@ -99,7 +100,10 @@ def loads(raw: bytes | str, source: Source | None = None) -> dict[str, Any]:
     check_str(source_doc.get("name"), src, "source name")
     for part in check_type(manifest.get("training_state") or [], list, src, "training_state"):
         check_str(part, src, "training state part", optional=False, limit=255)
-    check_type(manifest.get("weights") or {}, dict, src, "weights")
+    weights = check_type(manifest.get("weights") or {}, dict, src, "weights")
+    for alias, stored in check_type(weights.get("tied") or {}, dict, src, "weights.tied").items():
+        check_str(alias, src, "tied tensor name", optional=False)
+        check_str(stored, src, f"tensor {printable(str(alias), 80)} is tied to", optional=False)
     seen = set()
     for entry in check_type(manifest.get("files") or [], list, src, "files"):
         check_type(entry, dict, src, "file entry")

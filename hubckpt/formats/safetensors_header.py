@@ -10,6 +10,7 @@ This is what the safetensors library itself requires of a file it opens.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from typing import Any
 
@@ -40,6 +41,26 @@ DTYPE_BITS = {
     "F4": 4,
     "F6_E2M3": 6,
     "F6_E3M2": 6,
+}
+
+# the torch dtype (an attribute of `torch`) of each safetensors dtype torch can hold: the one table
+TORCH_DTYPES = {
+    "BOOL": "bool",
+    "U8": "uint8",
+    "I8": "int8",
+    "I16": "int16",
+    "U16": "uint16",
+    "I32": "int32",
+    "U32": "uint32",
+    "I64": "int64",
+    "U64": "uint64",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F32": "float32",
+    "F64": "float64",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "C64": "complex64",
 }
 
 
@@ -120,3 +141,18 @@ def parse_header(raw: bytes, where: str, *, data_size: int | None = None) -> dic
     if data_size is not None and reached != data_size:
         raise invalid(where, f"its tensors cover {reached} of the file's {data_size} data bytes")
     return header
+
+
+def read_file_header(path: str | os.PathLike[str], where: str) -> tuple[dict[str, Any], int, bytes]:
+    """(parsed header, offset where the data starts, raw header bytes) of a local safetensors file.
+
+    The one reader of local files' headers (loaders, lazy reads, the web pages), as strict as
+    `parse_header` against the file's real size. Raises `IntegrityError` naming `where`; `OSError` as is.
+    """
+    size = os.stat(path).st_size
+    with open(path, "rb") as f:
+        length = header_length(f.read(8), where)
+        raw = f.read(length)
+    if len(raw) != length:
+        raise invalid(where, f"its header says {length} bytes but the file has {size}")
+    return parse_header(raw, where, data_size=size - 8 - length), 8 + length, raw

@@ -13,7 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..errors import HubContentError, InvalidNameError
 
@@ -24,8 +24,18 @@ MAX_JSON_BYTES = 32 * 1024 * 1024
 # Deepest nesting accepted in such a file (hubckpt writes at most 5 levels; training state a few more).
 MAX_JSON_DEPTH = 64
 
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def is_commit(value: object) -> TypeGuard[str]:
+    """Is `value` a full commit id: exactly 40 lowercase hex digits (no trailing newline, never a path)?"""
+    return isinstance(value, str) and _COMMIT.fullmatch(value) is not None
+
+
+def is_sha256(value: object) -> TypeGuard[str]:
+    """Is `value` a sha256: exactly 64 lowercase hex digits (safe as a file name in a cache)?"""
+    return isinstance(value, str) and _SHA256.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)
@@ -94,7 +104,7 @@ def load_json(raw: bytes | str, source: Source, *, max_bytes: int = MAX_JSON_BYT
 
 def check_commit(value: Any, source: Source, what: str = "commit id") -> str:
     """A commit id: exactly 40 lowercase hex digits (never a path, never a ref)."""
-    if not isinstance(value, str) or not _COMMIT.match(value):
+    if not is_commit(value):
         shown = printable(value, 60) if isinstance(value, str) else type(value).__name__
         raise source.error(f"its {what} {shown!r} is not a 40-hex commit id")
     return value
@@ -104,7 +114,7 @@ def check_sha256(value: Any, source: Source, what: str = "sha256") -> str | None
     """None or 64 lowercase hex digits (a sha256 names cache entries: never a path)."""
     if value is None:
         return None
-    if not isinstance(value, str) or not _SHA256.match(value):
+    if not is_sha256(value):
         shown = printable(value, 80) if isinstance(value, str) else type(value).__name__
         raise source.error(f"its {what} {shown!r} is not a sha256 (64 hex digits)")
     return value

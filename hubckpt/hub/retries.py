@@ -207,6 +207,7 @@ def with_retries(
     endpoint: str | Callable[[], str] | None = None,
     revive: Callable[[], bool] | None = None,
     settle: Callable[[BaseException], T | None] | None = None,
+    deadline: Callable[[], float] | None = None,
 ) -> T:
     """Run `action`, retrying transient failures with exponential backoff (or as long as the server asks).
 
@@ -221,6 +222,9 @@ def with_retries(
     achieved, returned instead of sending it again.
 
     Timeouts come from `install_timeouts`, installed once by `HubReader` (every request goes through one).
+
+    `deadline()`: seconds left of a bound the whole call must keep (a read's `ReadBudget`). A back-off
+    (`Retry-After` included) that would end past it raises `HubUnavailableError` at once instead of sleeping.
     """
 
     def where() -> str | None:
@@ -249,6 +253,15 @@ def with_retries(
                 if settled is not None:
                     return settled
             delay = backoff_delay(e, attempt, base_delay)
+            left = deadline() if deadline is not None else None
+            if left is not None and delay >= left:
+                asked = retry_after(e)
+                why = f"the hub asked to wait {asked:.0f} s (Retry-After)" if asked is not None else "the back-off"
+                raise HubUnavailableError(
+                    f"{what} failed ({e}); {why} would pass the {max(left, 0):.1f} s left of the bound on a stalled "
+                    "read (2 x HUBCKPT_HTTP_TIMEOUT, all tries together): check the hub and try again later, or "
+                    "raise HUBCKPT_HTTP_TIMEOUT"
+                ) from e
             logger.warning("%s failed (%s); retrying in %.1fs", what, e, delay)
             time.sleep(delay)
             attempt += 1

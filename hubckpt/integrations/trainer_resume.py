@@ -66,8 +66,13 @@ def _trainer_state(loop: dict, manifest: dict, folder: Path) -> dict:
             "num_input_tokens_seen": loop.get("tokens") or 0,
         }
     history = folder / LOG_HISTORY_FILE
-    if history.is_file():
-        state["log_history"] = json.loads(history.read_text()).get("log_history", [])
+    if history.is_file():  # a file of somebody's repo: capped, and a list of records or nothing
+        from ..formats.untrusted import Source, check_type, load_json
+        from ..load.download import read_capped
+
+        source = Source(path=LOG_HISTORY_FILE)
+        doc = check_type(load_json(read_capped(history, source), source), dict, source, "content")
+        state["log_history"] = check_type(doc.get("log_history") or [], list, source, "log_history")
     state.setdefault("log_history", [])
     return state
 

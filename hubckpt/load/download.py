@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from ..formats.untrusted import (
     check_sha256,
     check_str,
     check_type,
+    is_sha256,
     load_json,
     printable,
 )
@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 INDEX_JSON = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _HASH_CHUNK = 8 * 1024 * 1024
 
 
@@ -84,7 +83,7 @@ def verify_cached(path: Path, expected: str | None, where: str) -> None:
     """Check a cached file against `expected` (its sha256); on mismatch remove it and raise IntegrityError."""
     blob = path.resolve()
     recorded_in_manifest = expected is not None
-    if expected is None and _SHA256.match(blob.name):
+    if expected is None and is_sha256(blob.name):
         expected = blob.name  # an LFS file: the hub's ETag is its sha256
     if expected is None:
         logger.debug("%s: no sha256 recorded; not verified", where)
@@ -106,7 +105,7 @@ def verify_cached(path: Path, expected: str | None, where: str) -> None:
 
 def mark_verified(blob: Path, sha256: str) -> None:
     """Remember that the cached `blob` hashed to `sha256` (a checked 64-hex digest: it names the marker)."""
-    assert _SHA256.match(sha256), "marker names are derived from checked sha256s"
+    assert is_sha256(sha256), "marker names are derived from checked sha256s"
     marker = _verified_dir() / sha256
     marker.parent.mkdir(parents=True, exist_ok=True)
     tmp = marker.with_name(f".{sha256}.{os.getpid()}")

@@ -39,11 +39,11 @@ from urllib.parse import urljoin, urlsplit
 from .. import environment
 from ..errors import HubUnavailableError, IntegrityError
 from ..formats.safetensors_header import header_length, invalid, parse_header
-from ..formats.untrusted import Source, check_repo_path, check_sha256, printable
+from ..formats.untrusted import Source, check_repo_path, check_sha256, is_sha256, printable
 from ..hub.origin import headers_for
 from ..hub.reader import HEADER_PROBE_BYTES, MAX_REDIRECTS, ReadBudget
 from ..hub.retries import TRANSIENT_STATUS
-from .download import _SHA256, mark_verified, pinned_commit
+from .download import mark_verified, pinned_commit
 from .lazy import torch_dtype
 
 if TYPE_CHECKING:
@@ -272,7 +272,7 @@ class FileRead:
         from huggingface_hub import constants
         from huggingface_hub.file_download import repo_folder_name
 
-        assert _SHA256.match(sha256)
+        assert is_sha256(sha256)
         cache = Path(self.rev.downloader.cache_dir or constants.HF_HUB_CACHE)
         folder = repo_folder_name(repo_id=self.rev.repo_id, repo_type="model")
         storage = cache / folder
@@ -395,7 +395,7 @@ class FileRead:
         """The hub's ETag (X-Linked-Etag on a redirect), kept only if it is a sha256: an LFS file's oid."""
         for name in ("x-linked-etag", "etag"):
             value = (response.getheader(name) or "").strip().removeprefix("W/").strip('"').lower()
-            if _SHA256.match(value):
+            if is_sha256(value):
                 self.etag = value
                 return
 

@@ -3,12 +3,14 @@
 A header costs one Range request (two if larger than 16 KiB); `get_tensor` then moves exactly that
 tensor's bytes. Plain Range GETs through huggingface_hub's session are used rather than `HfFileSystem`,
 whose fsspec buffering reads ahead 5 MB by default. Headers are cached in memory and on disk (keyed by
-the file's sha256, so identical files across revisions share one entry). Files already in the local
-cache (and verified) are read from disk instead.
+the file's sha256 once the whole file was verified, so identical files share one entry; else by hub,
+repo, commit and path) and checked again on every read. Files already in the local cache (and verified)
+are read from disk instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -18,7 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import IntegrityError
-from .download import _SHA256, is_verified, require_weights
+from ..formats.safetensors_header import TORCH_DTYPES, parse_header, read_file_header
+from ..formats.untrusted import is_sha256
+from .download import is_verified, require_weights
 
 if TYPE_CHECKING:
     import torch
@@ -52,31 +56,12 @@ class ResolvedRevision(Protocol):
 
 logger = logging.getLogger(__name__)
 
-_TORCH_DTYPES = {
-    "BOOL": "bool",
-    "U8": "uint8",
-    "I8": "int8",
-    "I16": "int16",
-    "U16": "uint16",
-    "I32": "int32",
-    "U32": "uint32",
-    "I64": "int64",
-    "U64": "uint64",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "F32": "float32",
-    "F64": "float64",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2",
-    "C64": "complex64",
-}
-
 
 def torch_dtype(name: str) -> torch.dtype:
     import torch
 
     try:
-        return getattr(torch, _TORCH_DTYPES[name])
+        return getattr(torch, TORCH_DTYPES[name])
     except (KeyError, AttributeError):
         raise IntegrityError(f"safetensors dtype {name} has no torch equivalent here") from None
 
@@ -303,47 +288,61 @@ class LazyRevision:
         return None
 
     def _header(self, file: str) -> tuple[dict, int]:
+        """(parsed header, data start) of one weight file: from memory, the header cache, the local cache
+        (verified), or by Range reads.
+
+        The on-disk cache is shared by every repo and hub, so what it holds is never taken on trust: an
+        entry is stored under a file's sha256 only when the whole file was hashed to it (a verified local
+        copy), else under a key of (hub, repo, commit, path), which only that repo's own reads can fill;
+        every entry is parsed and checked again when it is read, like a header fresh from the hub.
+        """
         if file in self._headers:
             return self._headers[file]
+        where = f"{self.rev.repo_id}@{self.info.name}/{file}"
         sha256 = self.rev.files.sha256(file)
-        # The cache key is derived from a checked sha256 (64 hex digits), never taken as given: a path
-        # from checkpoint.json must not name a file outside the cache.
-        cache_path = _header_cache_dir() / f"{sha256}.json" if sha256 and _SHA256.match(sha256) else None
-        found = None
-        if cache_path is not None:
-            try:
-                doc = json.loads(cache_path.read_text())
-                found = (doc["header"], int(doc["data_start"]))
-            except (OSError, ValueError, KeyError, TypeError, RecursionError):
-                found = None
+        expected = (self.rev.files.files.get(file) or {}).get("size")
+        local = self._local(file)
+        if local is not None:  # verified: the whole file hashed to the sha256 that keys the entry
+            key = sha256 or local.resolve().name
+        else:  # a sha256 checkpoint.json only claims: the entry is this repo's own
+            origin = f"{self.rev.reader.endpoint}\n{self.rev.repo_id}\n{self.commit}\n{file}"
+            key = "at-" + hashlib.sha256(origin.encode()).hexdigest()
+        cache_path = _header_cache_dir() / f"{key}.json" if is_sha256(key.removeprefix("at-")) else None
+        found = _cached_header(cache_path, where, expected) if cache_path is not None else None
         if found is None:
-            local = self._local(file)
+            data_size: int | None
             if local is not None:
-                found = _local_header(local, f"{self.rev.repo_id}@{self.info.name}/{file}")
+                header, data_start, raw = read_file_header(local, where)
+                found, data_size = (header, data_start), local.stat().st_size - data_start
             else:
-                header, data_start, total = self.rev.reader.safetensors_header(file, self.commit)
-                expected = (self.rev.files.files.get(file) or {}).get("size")
+                header, data_start, total = self.rev.reader.safetensors_header(file, self.commit)  # parsed there
                 if expected is not None and total is not None and int(expected) != total:
                     raise IntegrityError(
-                        f"{self.rev.repo_id}@{self.info.name}/{file} is {total} bytes on the hub, "
-                        f"{expected} in checkpoint.json",
-                        path=file,
+                        f"{where} is {total} bytes on the hub, {expected} in checkpoint.json", path=file
                     )
+                raw, data_size = json.dumps(header).encode(), None if total is None else total - data_start
                 found = (header, data_start)
             if cache_path is not None:
-                cache_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache_path.with_name(f".{cache_path.name}.{os.getpid()}")
-                tmp.write_text(json.dumps({"header": found[0], "data_start": found[1]}))
-                os.replace(tmp, cache_path)
+                _store_header(cache_path, raw, found[1], data_size)
         self._headers[file] = found
         return found
 
 
-def _local_header(path: Path, where: str) -> tuple[dict, int]:
-    from ..formats.safetensors_header import header_length, parse_header
+def _cached_header(path: Path, where: str, expected_size: int | None) -> tuple[dict, int] | None:
+    """A header cache entry, parsed and checked as if fresh; None when absent or not right (then read again)."""
+    try:
+        doc = json.loads(path.read_bytes())
+        raw, data_start, data_size = doc["raw"].encode(), int(doc["data_start"]), doc["data_size"]
+        data_size = None if data_size is None else int(data_size)
+        if expected_size is not None and data_size is not None and int(expected_size) != data_start + data_size:
+            return None
+        return parse_header(raw, where, data_size=data_size), data_start
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, IntegrityError):
+        return None
 
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        length = header_length(f.read(8), where)
-        raw = f.read(length)
-    return parse_header(raw, where, data_size=size - 8 - length), 8 + length
+
+def _store_header(path: Path, raw: bytes, data_start: int, data_size: int | None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"raw": raw.decode(), "data_start": data_start, "data_size": data_size}))
+    os.replace(tmp, path)

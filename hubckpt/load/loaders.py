@@ -76,9 +76,9 @@ class Revision:
 
         (Commits never change, so nothing can be stale; the record is named by the sha, as asked.)
         """
-        from .resolve import FULL_SHA
+        from ..formats.untrusted import is_commit
 
-        if revision is None or not FULL_SHA.match(revision):
+        if revision is None or not is_commit(revision):
             return None
         local = self.downloader.cached(RevisionInfo(name=revision, step=None, commit=revision), MANIFEST_FILE)
         if local is None:
@@ -116,9 +116,10 @@ class Revision:
         heads = [k for k in missing if k.rpartition(".")[0].rpartition(".")[2] in OUTPUT_HEADS]
         if not heads or "config.json" not in self.files.files:
             return
-        import json
+        from ..formats.untrusted import load_json
 
-        config = json.loads(self.download(["config.json"])["config.json"].read_text())
+        source = Source(self.repo_id, self.info.name, "config.json")
+        config = load_json(read_capped(self.download(["config.json"])["config.json"], source), source)
         if not isinstance(config, dict) or config.get("tie_word_embeddings", True) is False:
             return
         embedding = next((name for name in INPUT_EMBEDDINGS if name in weight_map), None)

@@ -20,30 +20,14 @@ if TYPE_CHECKING:
     import torch
 
 _CHUNK = 64 << 20
-_MAX_HEADER = 100 << 20
 
 
 def _dtypes() -> dict[str, torch.dtype]:
     import torch
 
-    table = {
-        "F64": torch.float64,
-        "F32": torch.float32,
-        "F16": torch.float16,
-        "BF16": torch.bfloat16,
-        "I64": torch.int64,
-        "I32": torch.int32,
-        "I16": torch.int16,
-        "I8": torch.int8,
-        "U8": torch.uint8,
-        "BOOL": torch.bool,
-        "F8_E4M3": torch.float8_e4m3fn,
-        "F8_E5M2": torch.float8_e5m2,
-    }
-    for name, attr in (("U16", "uint16"), ("U32", "uint32"), ("U64", "uint64")):
-        if hasattr(torch, attr):
-            table[name] = getattr(torch, attr)
-    return table
+    from ..formats.safetensors_header import TORCH_DTYPES
+
+    return {name: getattr(torch, attr) for name, attr in TORCH_DTYPES.items() if hasattr(torch, attr)}
 
 
 @dataclass(frozen=True)
@@ -60,17 +44,13 @@ class TensorEntry:
 def read_header(path: Path) -> dict[str, TensorEntry]:
     """Every tensor of a safetensors file (name → entry), from its header alone."""
     from ..errors import IntegrityError
-    from ..formats.safetensors_header import header_length, parse_header
+    from ..formats.safetensors_header import read_file_header
 
     dtypes = _dtypes()
     try:
-        with open(path, "rb") as f:
-            size = header_length(f.read(8), str(path))
-            raw = f.read(size)
-        header = parse_header(raw, str(path), data_size=path.stat().st_size - 8 - size)
+        header, base, _ = read_file_header(path, str(path))
     except (OSError, IntegrityError) as e:  # the one strict parser: no overlap, no gap, spans = dtype x shape
         raise CorruptCheckpointError(f"{path} is not a readable safetensors file: {e}", str(path)) from e
-    base = 8 + size
     entries = {}
     for name, info in header.items():
         if name == "__metadata__":

@@ -24,6 +24,7 @@ from ..formats.index import (
     nearest_to,
     pick_revision,
 )
+from ..formats.untrusted import is_commit
 from ..hub.reader import MAIN, HubReader
 from ..hub.select import Hub
 from ..names import is_staging_branch
@@ -32,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 WORDS = ("best", "latest", "final")
 _HEX = re.compile(r"^[0-9a-f]{7,40}$")
-FULL_SHA = re.compile(r"^[0-9a-f]{40}$")
 
 
 def _order(r: RevisionInfo):
@@ -167,7 +167,7 @@ class RepoRevisions:
             return self._by_number(int(tokens), "tokens", lambda r: r.tokens, match)
         if revision is None or revision in WORDS:
             return self._by_word(revision or "latest")
-        if FULL_SHA.match(revision):  # a full commit sha: found in the index, or asked of the hub; no refs needed
+        if is_commit(revision):  # a full commit sha: found in the index, or asked of the hub; no refs needed
             entry, commit = self._by_commit(revision)
             return (
                 dataclasses.replace(entry, tags=list(entry.tags), metrics=dict(entry.metrics))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import RestoreError, StateMismatchError, TrainingStateMissingError
 from ..formats.manifest import TRAINING_STATE_DIR
-from ..formats.untrusted import Source, check_str, check_type, load_json, printable
+from ..formats.untrusted import Source, check_type, load_json, printable
 from .download import read_capped
 from .read_into import TensorEntry, read_header, read_tensor, reader_into_fresh_memory
 
@@ -151,27 +151,6 @@ def weight_entries(local: dict[str, Path]) -> dict[str, TensorEntry]:
     if "model.safetensors" in local:
         return read_header(local["model.safetensors"])
     raise RestoreError("the revision has no model.safetensors (or shards with an index)")
-
-
-def _only_fetched(read, state_dir: Path, local: dict[str, Path], where: str):
-    """`read` restricted to the revision's own verified `training_state/*.safetensors`: a part's JSON
-    names its tensors file, and that name (untrusted) must not reach any other local file."""
-    allowed = {local[p] for p in local if p.startswith(f"{TRAINING_STATE_DIR}/") and p.endswith(".safetensors")}
-
-    def checked(path: Path):
-        path = Path(path)
-        if path.parent != state_dir or path not in allowed or "/" in path.name or path.name.startswith(".."):
-            from ..errors import HubContentError
-
-            shown = printable(str(path.relative_to(state_dir) if path.is_relative_to(state_dir) else path), 120)
-            raise HubContentError(
-                f"{where}/{TRAINING_STATE_DIR}: a part names {shown!r} as its tensors file, which is not one of "
-                "the revision's training_state/*.safetensors files; nothing was restored",
-                path=f"{where}/{TRAINING_STATE_DIR}",
-            )
-        return read(path)
-
-    return checked
 
 
 def _listed(lines: list[str]) -> str:
@@ -328,13 +307,13 @@ def restore(
         return restore_shards(repo_id, commit, **shards)
     state_dir = local[next(p for p in sorted(local) if p.startswith(f"{TRAINING_STATE_DIR}/"))].parent
     parts = sorted(Path(p).stem for p in local if p.startswith(f"{TRAINING_STATE_DIR}/") and p.endswith(".json"))
-    for p in local:  # untrusted JSON: size- and depth-capped, an object, before the state decoder reads it
-        if p.startswith(f"{TRAINING_STATE_DIR}/") and p.endswith(".json"):
-            source = Source(repo_id, name, p)
-            doc = check_type(load_json(read_capped(local[p], source), source), dict, source, "content")
-            check_str(doc.get("tensors_file"), source, "tensors_file", limit=255)
-    fresh = _only_fetched(reader_into_fresh_memory(), state_dir, local, f"{repo_id}@{name}")
-    state = {part: load_state(state_dir, part, read_tensors=fresh) for part in parts}
+    fresh = reader_into_fresh_memory()  # load_state reads only <part>.safetensors beside each part's JSON
+    state = {
+        part: load_state(
+            state_dir, part, read_tensors=fresh, source=Source(repo_id, name, f"{TRAINING_STATE_DIR}/{part}.json")
+        )
+        for part in parts
+    }
     loop_state = state.get("loop")
     loop: dict[str, Any] = loop_state if isinstance(loop_state, dict) else {}
     classes = loop.get("classes") or {}

@@ -12,8 +12,6 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-# Headers larger than this are not a checkpoint we should parse in a web request.
-MAX_HEADER = 100 * 1024 * 1024
 # Comparing loads both tensors; past this many bytes a pair is reported as changed without magnitudes.
 MAX_COMPARE_BYTES = 256 * 1024 * 1024
 
@@ -41,40 +39,29 @@ class HeaderError(ValueError):
 
 
 def read_header(path: Path, file: str) -> tuple[list[TensorInfo], dict]:
-    """Tensors (sorted by name) and `__metadata__` of the safetensors file at `path`."""
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise HeaderError(f"{file} is too short to be a safetensors file")
-        (length,) = struct.unpack("<Q", raw)
-        if length > MAX_HEADER:
-            raise HeaderError(f"{file} declares a {length}-byte header")
-        try:
-            header = json.loads(f.read(length))
-        except ValueError as e:
-            raise HeaderError(f"{file} has an unreadable header: {e}") from e
-    if not isinstance(header, dict):
-        raise HeaderError(f"{file} has an unreadable header")
+    """Tensors (sorted by name) and `__metadata__` of the safetensors file at `path`, read by the one strict
+    parser (`formats.safetensors_header`: tensors tile the data area, spans are dtype x shape)."""
+    from ...errors import IntegrityError
+    from ...formats.safetensors_header import read_file_header
+
+    try:
+        header, base, _ = read_file_header(path, file)
+    except IntegrityError as e:
+        raise HeaderError(str(e)) from e
     metadata = header.pop("__metadata__", None) or {}
-    base = 8 + length
-    tensors = []
-    for name, spec in header.items():
-        try:
-            start, end = spec["data_offsets"]
-            tensors.append(
-                TensorInfo(
-                    name,
-                    str(spec["dtype"]),
-                    tuple(int(d) for d in spec["shape"]),
-                    file,
-                    base + int(start),
-                    base + int(end),
-                )
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise HeaderError(f"{file}: entry {name!r} is malformed") from e
+    tensors = [
+        TensorInfo(
+            name,
+            spec["dtype"],
+            tuple(spec["shape"]),
+            file,
+            base + spec["data_offsets"][0],
+            base + spec["data_offsets"][1],
+        )
+        for name, spec in header.items()
+    ]
     tensors.sort(key=lambda t: t.name)
-    return tensors, metadata if isinstance(metadata, dict) else {}
+    return tensors, metadata
 
 
 @dataclass(frozen=True)

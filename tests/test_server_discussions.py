@@ -244,3 +244,41 @@ def test_a_hub_folder_from_before_pull_requests_opens_and_takes_them(tmp_path):
         assert pr.pr_revision == "refs/pr/1"
         api.merge_pull_request("local/old", 1)
         assert hub.ctx.store.meta_get("schema_version") == "3"
+
+
+def _page(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_web_pages_list_discussions_and_show_a_prs_files_and_diff_escaped(api, repo_id, local_hub):
+    hostile = '<script>alert("x")</script>'
+    api.upload_file(path_or_fileobj=b"line one\n", path_in_repo="notes.txt", repo_id=repo_id)
+    pr = api.upload_file(
+        path_or_fileobj=f"line one\n{hostile}\n".encode(),
+        path_in_repo="notes.txt",
+        repo_id=repo_id,
+        create_pr=True,
+        commit_message=f"Title {hostile}",
+    )
+    api.create_discussion(repo_id, title="A question", description=hostile)
+
+    status, listing = _page(f"{local_hub.url}/{repo_id}/discussions")
+    assert status == 200 and "A question" in listing and "pull request" in listing
+    assert f'href="/{repo_id}/discussions/{pr.pr_num}"' in listing
+    assert hostile not in listing and "&lt;script&gt;" in listing
+
+    status, detail = _page(f"{local_hub.url}/{repo_id}/discussions/{pr.pr_num}")
+    assert status == 200 and hostile not in detail
+    assert '<td class="mono">notes.txt</td><td>modified</td>' in detail
+    assert "+&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in detail  # the diff, escaped
+    assert "refs/pr/1" in detail
+    status, other = _page(f"{local_hub.url}/{repo_id}/discussions/2")
+    assert status == 200 and hostile not in other and "&lt;script&gt;" in other
+    assert _page(f"{local_hub.url}/{repo_id}/discussions/9")[0] == 404

@@ -217,6 +217,23 @@ def compare(ctx: HubContext, request: Request, caller: Caller, ns: str, name: st
     return page("compare.html", **_base(ctx, request, caller), **pages.compare(ctx, repo, a, b), tab="files")
 
 
+@router.route("GET HEAD", "/{ns}/{name}/discussions")
+def discussions(ctx: HubContext, request: Request, caller: Caller, ns: str, name: str) -> Response:
+    repo = _repo(ctx, caller, ns, name)
+    data = pages.discussions(ctx, repo)
+    return page("discussions.html", **_base(ctx, request, caller), **data, tab="discussions")
+
+
+@router.route("GET HEAD", "/{ns}/{name}/discussions/{rev}")
+def discussion(ctx: HubContext, request: Request, caller: Caller, ns: str, name: str, rev: str) -> Response:
+    repo = _repo(ctx, caller, ns, name)
+    found = ctx.store.discussion(repo, int(rev)) if rev.isdigit() else None
+    if found is None:
+        raise HubHTTPError(404, f"Discussion #{rev} not found in {repo.repo_id}.")
+    data = pages.discussion(ctx, repo, found)
+    return page("discussion.html", **_base(ctx, request, caller), **data, tab="discussions")
+
+
 # -- login ------------------------------------------------------------------------------------------
 
 

@@ -282,3 +282,35 @@ def test_web_pages_list_discussions_and_show_a_prs_files_and_diff_escaped(api, r
     status, other = _page(f"{local_hub.url}/{repo_id}/discussions/2")
     assert status == 200 and hostile not in other and "&lt;script&gt;" in other
     assert _page(f"{local_hub.url}/{repo_id}/discussions/9")[0] == 404
+
+
+def test_bad_input_is_refused_with_a_4xx_and_leaves_no_trace(api, repo_id, local_hub):
+    import urllib.error
+    import urllib.request
+
+    def post(path: str, body: bytes) -> int:
+        request = urllib.request.Request(f"{local_hub.url}/api/models/{repo_id}{path}", data=body, method="POST")
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    huge = "9" * 30  # past SQLite's integers
+    assert post(f"/discussions/{huge}/comment", b'{"comment": "x"}') == 400
+    assert post("/discussions", b'{"title": "   "}') == 400
+    assert post("/discussions", b'{"title": ["not", "text"]}') == 400
+    assert post("/discussions", b"not json") == 400
+    assert post("/discussions", ('{"title": "%s"}' % ("t" * 501)).encode()) == 400
+    with pytest.raises(HfHubHTTPError) as e:
+        api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=repo_id, revision=f"refs/pr/{huge}")
+    assert e.value.response.status_code == 404
+    with pytest.raises(HfHubHTTPError) as e:
+        api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=repo_id, revision="refs/pr/1")
+    assert e.value.response.status_code == 404
+    draft = api.create_pull_request(repo_id, title="Nothing yet")
+    with pytest.raises(HfHubHTTPError, match="changes nothing"):
+        api.merge_pull_request(repo_id, draft.num)
+    assert [d.num for d in api.get_repo_discussions(repo_id)] == [draft.num]
+    assert len(api.list_repo_commits(repo_id)) == 1

@@ -33,8 +33,15 @@ MAX_DIFF_FILE_BYTES = 1_000_000  # larger regular files are diffed as "Binary fi
 STATUSES = ("open", "closed", "merged", "draft")
 
 
+def pr_number(value: str) -> int | None:
+    """The positive number written in `value` (at most 9 digits: SQLite's integers are bounded), else None."""
+    if not value.isascii() or not value.isdigit() or len(value) > 9 or int(value) <= 0:
+        return None
+    return int(value)
+
+
 def _num(value: str) -> int:
-    if not value.isdigit() or int(value) <= 0:
+    if pr_number(value) is None:
         raise HubHTTPError(400, f"Invalid discussion number {value!r}: expected a positive integer")
     return int(value)
 
@@ -339,6 +346,8 @@ def merge(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Re
     if d.status not in ("open", "draft"):
         raise HubHTTPError(400, f"Pull request #{d.num} is {d.status}; only open pull requests can be merged.")
     text = _text(json_body(request), "comment", required=False).strip() or None
+    if not ctx.store.pr_changes(repo, d)[0]:
+        raise HubHTTPError(400, f"Pull request #{d.num} changes nothing: commit to {d.ref} first.")
     outcome = ctx.store.merge_pull_request(repo, d.num, _name(ctx, caller), text)
     if outcome.commit is None:
         raise HubHTTPError(

@@ -18,6 +18,7 @@ from .blobs import PipelinedWriter, git_blob_sha1, is_sha256, lfs_pointer
 from .context import HubContext, base_url, json_response
 from .dataplane import data_plane_base
 from .gitattributes import is_ignored, is_lfs
+from .routes_discussions import pr_number
 from .routing import Router, body_bytes, json_body
 from .storage import PR_REF_PREFIX, Operation
 
@@ -56,8 +57,8 @@ def _repo_to_commit(ctx: HubContext, request: Request, caller, ns: str, name: st
     if not rev.startswith(PR_REF_PREFIX):
         return ctx.repo_for(ns, name, caller, write=True)
     repo = ctx.repo_to_propose(ns, name, caller)
-    number = rev[len(PR_REF_PREFIX) :]
-    pr = ctx.store.discussion(repo, int(number)) if number.isdigit() else None
+    number = pr_number(rev[len(PR_REF_PREFIX) :])
+    pr = ctx.store.discussion(repo, number) if number is not None else None
     if pr is None or not pr.is_pr:
         raise HubHTTPError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
     if pr.status not in ("open", "draft"):

@@ -20,6 +20,7 @@ from starlette.responses import FileResponse, Response
 from ...errors import HubHTTPError
 from ..context import Caller, HubContext
 from ..http_errors import to_http
+from ..routes_discussions import pr_number
 from ..routing import Router
 from . import access, pages
 from .render import page, path_url, seg
@@ -227,7 +228,8 @@ def discussions(ctx: HubContext, request: Request, caller: Caller, ns: str, name
 @router.route("GET HEAD", "/{ns}/{name}/discussions/{rev}")
 def discussion(ctx: HubContext, request: Request, caller: Caller, ns: str, name: str, rev: str) -> Response:
     repo = _repo(ctx, caller, ns, name)
-    found = ctx.store.discussion(repo, int(rev)) if rev.isdigit() else None
+    number = pr_number(rev)
+    found = ctx.store.discussion(repo, number) if number is not None else None
     if found is None:
         raise HubHTTPError(404, f"Discussion #{rev} not found in {repo.repo_id}.")
     data = pages.discussion(ctx, repo, found)

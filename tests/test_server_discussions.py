@@ -314,3 +314,26 @@ def test_bad_input_is_refused_with_a_4xx_and_leaves_no_trace(api, repo_id, local
         api.merge_pull_request(repo_id, draft.num)
     assert [d.num for d in api.get_repo_discussions(repo_id)] == [draft.num]
     assert len(api.list_repo_commits(repo_id)) == 1
+
+
+@pytest.mark.slow  # importing transformers
+def test_transformers_push_to_hub_create_pr_and_generation_config_on_the_pr(api, repo_id, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=16, n_positions=8, n_embd=8, n_layer=1, n_head=2)
+    model = transformers.GPT2LMHeadModel(config)
+    pushed = model.push_to_hub(repo_id, create_pr=True)
+    assert pushed.pr_revision == "refs/pr/1"
+    transformers.GenerationConfig(max_new_tokens=3).push_to_hub(repo_id, revision="refs/pr/1")
+    assert api.list_repo_files(repo_id) == [".gitattributes"]  # main untouched until the merge
+
+    cache = tmp_path / "cache"
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(repo_id, revision="refs/pr/1", cache_dir=cache)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    assert loaded.generation_config.max_new_tokens == 3
+    api.merge_pull_request(repo_id, 1)
+    assert "model.safetensors" in api.list_repo_files(repo_id)
+    again = transformers.GenerationConfig.from_pretrained(repo_id, cache_dir=cache)
+    assert again.max_new_tokens == 3

@@ -182,7 +182,16 @@ def test_strangers_propose_writers_merge_read_tokens_do_neither(token_hub):
     bob.upload_file(path_or_fileobj=b"fix\n", path_in_repo="fix.txt", repo_id="alice/public", revision=pr.pr_revision)
     assert [c.authors for c in bob.list_repo_commits("alice/public", revision=pr.pr_revision)][:2] == [["bob"], ["bob"]]
     assert bob.get_discussion_details("alice/public", pr.pr_num).author == "bob"
-    carol.comment_discussion("alice/public", pr.pr_num, "Looks good")
+    remark = carol.comment_discussion("alice/public", pr.pr_num, "Looks good")
+    with pytest.raises(HfHubHTTPError) as e:
+        bob.edit_discussion_comment("alice/public", pr.pr_num, remark.id, "carol did not write this")
+    assert e.value.response.status_code == 403
+    with pytest.raises(HfHubHTTPError) as e, pytest.warns(UserWarning, match="irreversible"):
+        carol.hide_discussion_comment("alice/public", pr.pr_num, remark.id)
+    assert e.value.response.status_code == 403
+    with pytest.warns(UserWarning, match="irreversible"):  # the client's own warning
+        hidden = alice.hide_discussion_comment("alice/public", pr.pr_num, remark.id)
+    assert hidden.hidden and hidden.content == ""
 
     # others' PRs, merging, hiding: not for strangers; read tokens cannot open, comment or merge
     with pytest.raises(HfHubHTTPError) as e:

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..errors import HubHTTPError
-from . import routes_files, routes_listing, routes_repos, routes_upload, web
+from . import routes_discussions, routes_files, routes_listing, routes_repos, routes_upload, web
 from .context import HubContext, error_response, json_response, repo_not_found
 from .http_errors import internal_error, to_http
 from .routing import Router, read_body
@@ -62,7 +62,13 @@ def _health(ctx: HubContext, request: Request) -> Response:
     return json_response(body)
 
 
-ROUTERS: list[Router] = [routes_repos.router, routes_upload.router, routes_listing.router, routes_files.router]
+ROUTERS: list[Router] = [
+    routes_repos.router,
+    routes_upload.router,
+    routes_discussions.router,
+    routes_listing.router,
+    routes_files.router,
+]
 
 
 class HubApp:

@@ -52,6 +52,7 @@ class HubContext:
     local_user: str = DEFAULT_LOCAL_USER
     tree_page_size: int = 1000
     commits_page_size: int = 50
+    discussions_page_size: int = 50  # discussions listing, as on the Hub
     list_page_size: int = 1000  # repo listings (`list_models`, `hf repos ls`), as on the Hub
     # Largest request body the API reads into memory (commits carry regular files inline; LFS bytes
     # stream to the data plane instead). Checked before anyone is authenticated, so it bounds what an
@@ -114,6 +115,26 @@ class HubContext:
         if self.single_user:
             return True
         return caller.role == "write" and caller.owns(namespace)
+
+    def can_write(self, repo: Repo, caller: Caller) -> bool:
+        return self.can_write_namespace(repo.namespace, caller)
+
+    def repo_to_propose(self, namespace: str, name: str, caller: Caller) -> Repo:
+        """The repo, for opening a discussion or pull request, commenting, or pushing to one's own PR.
+
+        As on huggingface.co, this needs a write token but not write access to the repo: anyone who
+        can see a repo may propose changes to it. Read tokens and anonymous callers may not.
+        """
+        repo = self.repo_for(namespace, name, caller)
+        if self.single_user or caller.role == "write":
+            return repo
+        if caller.name is None:
+            raise HubHTTPError(401, "You must be authenticated to take part in discussions. Pass a write token.")
+        raise HubHTTPError(
+            403,
+            f"Your token is {caller.role}-only: opening or commenting on discussions of {repo.repo_id} "
+            "needs a write token.",
+        )
 
     def repo_for(self, namespace: str, name: str, caller: Caller, *, write: bool = False) -> Repo:
         """The repo, or the Hub's RepoNotFound (also for private repos the caller may not see)."""

@@ -14,7 +14,7 @@ from ..names import validate_ref_name
 from .context import HubContext, base_url, json_response, repo_not_found, split_namespace_name
 from .gitattributes import DEFAULT_GITATTRIBUTES
 from .routing import Router, body_bytes, json_body, next_link, query_bool
-from .storage import Commit, Repo
+from .storage import PR_REF_PREFIX, Commit, Repo
 from .trees import sibling_entries
 
 router = Router()
@@ -226,13 +226,19 @@ def model_info_revision(ctx: HubContext, request: Request, ns: str, name: str, r
 def list_refs(ctx: HubContext, request: Request, ns: str, name: str) -> Response:
     caller = ctx.caller(request)
     repo = ctx.repo_for(ns, name, caller)
-    out: dict[str, list] = {"branches": [], "tags": [], "converts": []}
+    out: dict[str, list] = {"branches": [], "tags": [], "converts": [], "pullRequests": []}
     for row in ctx.store.refs(repo):
+        if row["kind"] == "branch" and row["name"].startswith(PR_REF_PREFIX):
+            # A pull request's head: listed as {"name": "refs/pr/1", "ref": "refs/pr/1"}, as on the Hub.
+            out["pullRequests"].append({"name": row["name"], "ref": row["name"], "targetCommit": row["target"]})
+            continue
         prefix = "refs/heads/" if row["kind"] == "branch" else "refs/tags/"
         key = "branches" if row["kind"] == "branch" else "tags"
         out[key].append({"name": row["name"], "ref": prefix + row["name"], "targetCommit": row["target"]})
-    if query_bool(request, "include_prs"):
-        out["pullRequests"] = []
+    if not query_bool(request, "include_prs"):
+        del out["pullRequests"]
+    else:
+        out["pullRequests"].sort(key=lambda item: int(item["name"][len(PR_REF_PREFIX) :]))
     return json_response(out)
 
 
@@ -293,6 +299,8 @@ def delete_branch(ctx: HubContext, request: Request, ns: str, name: str, rev: st
     repo = ctx.repo_for(ns, name, caller, write=True)
     if rev == "main":
         raise HubHTTPError(403, "Cannot delete refs/heads/main: it is the default branch")
+    if rev.startswith(PR_REF_PREFIX):
+        raise HubHTTPError(403, f"Cannot delete {rev}: it is a pull request (close it instead)")
     if not ctx.store.delete_ref(repo, "branch", rev):
         raise HubHTTPError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
     return json_response({})
@@ -330,19 +338,13 @@ def super_squash(ctx: HubContext, request: Request, ns: str, name: str, rev: str
     caller = ctx.caller(request)
     repo = ctx.repo_for(ns, name, caller, write=True)
     body = _json_body(request) if body_bytes(request) else {}
-    if ctx.store.ref(repo, "branch", rev) is None:
+    if ctx.store.ref(repo, "branch", rev) is None or rev.startswith(PR_REF_PREFIX):
         if ctx.store.resolve(repo, rev) is None:
             raise HubHTTPError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
         raise HubHTTPError(400, f"{rev} is not a branch: only branches can be squashed")
     message = body.get("message") or f"Super-squash branch '{rev}' using huggingface_hub"
     sha = ctx.store.squash(repo, rev, message, caller.name or ctx.local_user)
     return json_response({"commitId": sha})
-
-
-@router.route("GET", "/api/models/{ns}/{name}/discussions")
-def discussions(ctx: HubContext, request: Request, ns: str, name: str) -> Response:
-    ctx.repo_for(ns, name, ctx.caller(request))
-    raise HubHTTPError(404, "Discussions are not supported by the hubckpt local hub")
 
 
 # -- model card metadata --------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import time
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -17,8 +18,9 @@ from .blobs import PipelinedWriter, git_blob_sha1, is_sha256, lfs_pointer
 from .context import HubContext, base_url, json_response
 from .dataplane import data_plane_base
 from .gitattributes import is_ignored, is_lfs
+from .routes_discussions import pr_number
 from .routing import Router, body_bytes, json_body
-from .storage import Operation
+from .storage import PR_REF_PREFIX, Operation
 
 router = Router()
 
@@ -43,6 +45,31 @@ def _branch_head(ctx: HubContext, repo, rev: str) -> str:
     return head
 
 
+def _wants_pr(request: Request) -> bool:
+    return request.query_params.get("create_pr") in ("1", "true")
+
+
+def _repo_to_commit(ctx: HubContext, request: Request, caller, ns: str, name: str, rev: str):
+    """The repo, if the caller may commit to `rev`: a writer anywhere; anyone who may propose changes
+    when opening a pull request (`?create_pr=1`) or pushing to their own open one (`refs/pr/N`)."""
+    if _wants_pr(request):
+        return ctx.repo_to_propose(ns, name, caller)
+    if not rev.startswith(PR_REF_PREFIX):
+        return ctx.repo_for(ns, name, caller, write=True)
+    repo = ctx.repo_to_propose(ns, name, caller)
+    number = pr_number(rev[len(PR_REF_PREFIX) :])
+    pr = ctx.store.discussion(repo, number) if number is not None else None
+    if pr is None or not pr.is_pr:
+        raise HubHTTPError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+    if pr.status not in ("open", "draft"):
+        raise HubHTTPError(403, f"Pull request #{pr.num} is {pr.status}: it takes no more commits.")
+    if not ctx.can_write(repo, caller) and (caller.name or ctx.local_user).lower() != pr.author.lower():
+        raise HubHTTPError(
+            403, f"Only the author of pull request #{pr.num} or a writer of {repo.repo_id} can push to it."
+        )
+    return repo
+
+
 def _text_at(ctx: HubContext, files: dict, path: str) -> str:
     entry = files.get(path)
     if entry is None or entry.size > 1_000_000:
@@ -56,7 +83,7 @@ def _text_at(ctx: HubContext, files: dict, path: str) -> str:
 @router.route("POST", "/api/models/{ns}/{name}/preupload/{rev}")
 def preupload(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
     caller = ctx.caller(request)
-    repo = ctx.repo_for(ns, name, caller, write=True)
+    repo = _repo_to_commit(ctx, request, caller, ns, name, rev)
     body = json_body(request)
     items = body.get("files") if isinstance(body, dict) else None
     if not isinstance(body, dict) or not isinstance(items, list):
@@ -108,7 +135,8 @@ def _object_known(ctx: HubContext, repo, caller, oid: str, size: int | None) -> 
 @router.route("POST", "/{ns}/{name}.git/info/lfs/objects/batch")
 def lfs_batch(ctx: HubContext, request: Request, ns: str, name: str) -> Response:
     caller = ctx.caller(request)
-    repo = ctx.repo_for(ns, name, caller, write=True)
+    # Not only writers: a pull request's LFS files come this way too (the commit route checks the rest).
+    repo = ctx.repo_to_propose(ns, name, caller)
     try:
         body = json.loads(body_bytes(request))
     except ValueError as e:
@@ -198,7 +226,7 @@ async def lfs_upload(ctx: HubContext, request: Request, ns: str, name: str, path
 def lfs_verify(ctx: HubContext, request: Request, ns: str, name: str) -> Response:
     # The client sends its token here; without write access to the repo the answer would tell
     # anyone whether a private repo holds a given (oid, size).
-    repo = ctx.repo_for(ns, name, ctx.caller(request), write=True)
+    repo = ctx.repo_to_propose(ns, name, ctx.caller(request))
     body = json_body(request)
     if not isinstance(body, dict):
         raise HubHTTPError(400, "Expected a JSON object {oid, size}")
@@ -265,9 +293,10 @@ def _parse_commit(ctx: HubContext, repo, caller, raw: bytes) -> tuple[dict, list
 @router.route("POST", "/api/models/{ns}/{name}/commit/{rev}")
 def commit(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
     caller = ctx.caller(request)
-    repo = ctx.repo_for(ns, name, caller, write=True)
-    if request.query_params.get("create_pr") in ("1", "true"):
-        raise HubHTTPError(400, "Pull requests are not supported by the hubckpt local hub; commit to a branch instead")
+    repo = _repo_to_commit(ctx, request, caller, ns, name, rev)
+    create_pr = _wants_pr(request)
+    if create_pr and rev.startswith(PR_REF_PREFIX):
+        raise HubHTTPError(400, f"Cannot open a pull request against {rev}: pass a branch, or push to {rev} directly")
     _branch_head(ctx, repo, rev)
     raw = body_bytes(request)
     header, operations = _parse_commit(ctx, repo, caller, raw)
@@ -277,23 +306,27 @@ def commit(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> R
     for op in operations:
         if op.kind == "add":
             ctx.store.add_repo_object(repo, op.sha256)
-    sha = ctx.store.create_commit(
-        repo,
-        rev,
-        operations,
-        title=str(header.get("summary") or "Upload files"),
-        message=str(header.get("description") or ""),
-        author=caller.name or ctx.local_user,
-        parent_commit=parent,
-        fault_hook=ctx.fault,
-    )
+    details: dict[str, Any] = {
+        "title": str(header.get("summary") or "Upload files"),
+        "message": str(header.get("description") or ""),
+        "author": caller.name or ctx.local_user,
+        "parent_commit": parent,
+        "fault_hook": ctx.fault,
+    }
+    pr_url = None
+    if create_pr:
+        # One transaction opens the PR (from parentCommit, else the branch head) and commits onto refs/pr/N.
+        num, sha = ctx.store.open_pull_request_with_commit(repo, rev, operations, **details)
+        pr_url = f"{base_url(request)}/{repo.repo_id}/discussions/{num}"
+    else:
+        sha = ctx.store.create_commit(repo, rev, operations, **details)
     ctx.fault("commit.after_ref_update")  # crash tests: the commit landed, the client never hears of it
     return json_response(
         {
             "success": True,
             "commitOid": sha,
             "commitUrl": f"{base_url(request)}/{repo.repo_id}/commit/{sha}",
-            "pullRequestUrl": None,
+            "pullRequestUrl": pr_url,
             "hookOutput": "",
         }
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import queue
 import secrets
 import sqlite3
@@ -41,7 +42,8 @@ from ..errors import (
 from .blobs import git_blob_sha1
 
 # 2: repos.gated ('' | 'manual' | 'auto'); meta 'auth' ('on' once a token was ever created).
-SCHEMA_VERSION = 2
+# 3: discussions and discussion_events (pull requests: their head is the branch ref 'refs/pr/<num>').
+SCHEMA_VERSION = 3
 DEFAULT_BUSY_TIMEOUT_S = 30.0
 MAX_READERS = 8  # read connections (WAL: readers never wait for the writer)
 GATED_VALUES = ("", "manual", "auto")
@@ -71,7 +73,20 @@ CREATE TABLE IF NOT EXISTS refs (
     repo_id INTEGER NOT NULL, kind TEXT NOT NULL CHECK (kind IN ('branch', 'tag')), name TEXT NOT NULL,
     target TEXT NOT NULL, PRIMARY KEY (repo_id, kind, name));
 CREATE TABLE IF NOT EXISTS repo_objects (repo_id INTEGER NOT NULL, sha256 TEXT NOT NULL, PRIMARY KEY (repo_id, sha256));
+CREATE TABLE IF NOT EXISTS discussions (
+    repo_id INTEGER NOT NULL, num INTEGER NOT NULL, title TEXT NOT NULL, author TEXT NOT NULL,
+    is_pr INTEGER NOT NULL, status TEXT NOT NULL CHECK (status IN ('draft', 'open', 'closed', 'merged')),
+    created_at TEXT NOT NULL, target_branch TEXT, base_commit TEXT, merge_commit TEXT,
+    PRIMARY KEY (repo_id, num));
+CREATE TABLE IF NOT EXISTS discussion_events (
+    id TEXT PRIMARY KEY, repo_id INTEGER NOT NULL, num INTEGER NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL,
+    author TEXT NOT NULL, created_at TEXT NOT NULL, data TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS discussion_events_by_num ON discussion_events (repo_id, num, seq);
 """
+
+# A pull request's head is a branch ref named `refs/pr/<num>`. `validate_ref_name` refuses names under
+# `refs/`, so no user branch can take one; listings show these refs as pull requests, not branches.
+PR_REF_PREFIX = "refs/pr/"
 
 
 def utc_now() -> str:
@@ -139,6 +154,47 @@ class Operation:
     size: int = 0
     lfs: bool = False
     git_oid: str = ""
+
+
+@dataclass(frozen=True)
+class Discussion:
+    """A discussion or pull request of a repo; a pull request's head is the branch `refs/pr/<num>`."""
+
+    repo_id: int
+    num: int
+    title: str
+    author: str
+    is_pr: bool
+    status: str  # 'draft' | 'open' | 'closed' | 'merged'
+    created_at: str
+    target_branch: str | None  # pull requests: the branch it merges into
+    base_commit: str | None  # pull requests: the commit the PR branched from
+    merge_commit: str | None  # merged pull requests: the merge commit on the target branch
+
+    @property
+    def ref(self) -> str:
+        return f"{PR_REF_PREFIX}{self.num}"
+
+
+@dataclass(frozen=True)
+class DiscussionEvent:
+    """One event of a discussion. data: comment {history: [{raw, updatedAt, author}] newest first,
+    hidden}; status-change {status}; commit {subject, oid}; title-change {from, to}."""
+
+    id: str
+    num: int
+    type: str
+    author: str
+    created_at: str
+    data: dict
+
+
+@dataclass(frozen=True)
+class MergeOutcome:
+    """Result of `merge_pull_request`: the merge commit, or the paths changed on both sides (nothing written)."""
+
+    commit: str | None
+    conflicts: list[str]
 
 
 def _tree_sha(files: Iterable[FileEntry]) -> str:
@@ -460,7 +516,7 @@ class MetadataStore:
 
     def delete_repo(self, repo: Repo) -> None:
         with self._transaction() as db:
-            for table in ("refs", "commit_files", "commits", "repo_objects"):
+            for table in ("refs", "commit_files", "commits", "repo_objects", "discussions", "discussion_events"):
                 db.execute(f"DELETE FROM {table} WHERE repo_id=?", (repo.id,))
             db.execute("DELETE FROM repos WHERE id=?", (repo.id,))
 
@@ -579,63 +635,89 @@ class MetadataStore:
         StaleParentError (`parent_commit` is not the head of `branch`).
         """
         with self._transaction() as db:
-            row = db.execute(
-                "SELECT target FROM refs WHERE repo_id=? AND kind='branch' AND name=?", (repo.id, branch)
-            ).fetchone()
-            if row is None:
-                raise NoSuchRevisionError(branch)
-            head = row["target"]
-            if parent_commit is not None and not head.startswith(parent_commit.lower()):
-                raise StaleParentError(
-                    "The branch was updated since you opened this page. Please refresh and try again."
-                )
-            files = {
-                r["path"]: FileEntry(r["path"], r["git_oid"], r["sha256"], r["size"], bool(r["lfs"]), r["last_commit"])
-                for r in db.execute("SELECT * FROM commit_files WHERE repo_id=? AND commit_sha=?", (repo.id, head))
-            }
-            changed: dict[str, FileEntry] = {}
-            for op in operations:
-                if op.kind == "add":
-                    changed[op.path] = files[op.path] = FileEntry(op.path, op.git_oid, op.sha256, op.size, op.lfs, "")
-                    continue
-                prefix = op.path.rstrip("/") + "/"
-                in_folder = [p for p in files if p.startswith(prefix)]
-                if op.kind == "delete_file" and op.path in files:
-                    del files[op.path]
-                elif in_folder:  # deletedFolder, or deletedFile on a folder path (the Hub accepts both)
-                    for p in in_folder:
-                        del files[p]
-                else:
-                    raise NoSuchEntryError(op.path)
-            now = utc_now()
-            sha = _commit_sha(_tree_sha(files.values()), head, author, now, title, message)
-            db.execute(
-                "INSERT OR IGNORE INTO commits VALUES (?,?,?,?,?,?,?)",
-                (repo.id, sha, head, title, message, author, now),
+            return self._apply_commit(
+                db,
+                repo,
+                branch,
+                operations,
+                title=title,
+                message=message,
+                author=author,
+                parent_commit=parent_commit,
+                fault_hook=fault_hook,
             )
-            for entry in files.values():
-                # A path keeps its last commit while its content is unchanged; any add with new content moves it.
-                old = (
-                    db.execute(
-                        "SELECT git_oid, last_commit FROM commit_files WHERE repo_id=? AND commit_sha=? AND path=?",
-                        (repo.id, head, entry.path),
-                    ).fetchone()
-                    if entry.path in changed
-                    else None
-                )
-                if entry.path in changed:
-                    last = old["last_commit"] if old is not None and old["git_oid"] == entry.git_oid else sha
-                else:
-                    last = entry.last_commit
+
+    def _apply_commit(
+        self,
+        db: sqlite3.Connection,
+        repo: Repo,
+        branch: str,
+        operations: list[Operation],
+        *,
+        title: str,
+        message: str,
+        author: str,
+        parent_commit: str | None = None,
+        fault_hook=None,
+    ) -> str:
+        """`create_commit` inside an open transaction (also used to open a pull request with its commit)."""
+        row = db.execute(
+            "SELECT target FROM refs WHERE repo_id=? AND kind='branch' AND name=?", (repo.id, branch)
+        ).fetchone()
+        if row is None:
+            raise NoSuchRevisionError(branch)
+        head = row["target"]
+        if parent_commit is not None and not head.startswith(parent_commit.lower()):
+            raise StaleParentError("The branch was updated since you opened this page. Please refresh and try again.")
+        files = {
+            r["path"]: FileEntry(r["path"], r["git_oid"], r["sha256"], r["size"], bool(r["lfs"]), r["last_commit"])
+            for r in db.execute("SELECT * FROM commit_files WHERE repo_id=? AND commit_sha=?", (repo.id, head))
+        }
+        changed: dict[str, FileEntry] = {}
+        for op in operations:
+            if op.kind == "add":
+                changed[op.path] = files[op.path] = FileEntry(op.path, op.git_oid, op.sha256, op.size, op.lfs, "")
+                continue
+            prefix = op.path.rstrip("/") + "/"
+            in_folder = [p for p in files if p.startswith(prefix)]
+            if op.kind == "delete_file" and op.path in files:
+                del files[op.path]
+            elif in_folder:  # deletedFolder, or deletedFile on a folder path (the Hub accepts both)
+                for p in in_folder:
+                    del files[p]
+            else:
+                raise NoSuchEntryError(op.path)
+        now = utc_now()
+        sha = _commit_sha(_tree_sha(files.values()), head, author, now, title, message)
+        db.execute(
+            "INSERT OR IGNORE INTO commits VALUES (?,?,?,?,?,?,?)",
+            (repo.id, sha, head, title, message, author, now),
+        )
+        for entry in files.values():
+            # A path keeps its last commit while its content is unchanged; any add with new content moves it.
+            old = (
                 db.execute(
-                    "INSERT OR REPLACE INTO commit_files VALUES (?,?,?,?,?,?,?,?)",
-                    (repo.id, sha, entry.path, entry.git_oid, entry.sha256, entry.size, int(entry.lfs), last),
-                )
-                db.execute("INSERT OR IGNORE INTO repo_objects VALUES (?, ?)", (repo.id, entry.sha256))
-            if fault_hook is not None:
-                fault_hook("commit.before_ref_update")
-            db.execute("UPDATE refs SET target=? WHERE repo_id=? AND kind='branch' AND name=?", (sha, repo.id, branch))
-            db.execute("UPDATE repos SET last_modified=? WHERE id=?", (now, repo.id))
+                    "SELECT git_oid, last_commit FROM commit_files WHERE repo_id=? AND commit_sha=? AND path=?",
+                    (repo.id, head, entry.path),
+                ).fetchone()
+                if entry.path in changed
+                else None
+            )
+            if entry.path in changed:
+                last = old["last_commit"] if old is not None and old["git_oid"] == entry.git_oid else sha
+            else:
+                last = entry.last_commit
+            db.execute(
+                "INSERT OR REPLACE INTO commit_files VALUES (?,?,?,?,?,?,?,?)",
+                (repo.id, sha, entry.path, entry.git_oid, entry.sha256, entry.size, int(entry.lfs), last),
+            )
+            db.execute("INSERT OR IGNORE INTO repo_objects VALUES (?, ?)", (repo.id, entry.sha256))
+        if fault_hook is not None:
+            fault_hook("commit.before_ref_update")
+        db.execute("UPDATE refs SET target=? WHERE repo_id=? AND kind='branch' AND name=?", (sha, repo.id, branch))
+        db.execute("UPDATE repos SET last_modified=? WHERE id=?", (now, repo.id))
+        if branch.startswith(PR_REF_PREFIX):
+            self._pr_commit_event(db, repo, int(branch[len(PR_REF_PREFIX) :]), author, now, title, sha)
         return sha
 
     def squash(self, repo: Repo, branch: str, message: str, author: str) -> str:
@@ -665,6 +747,270 @@ class MetadataStore:
             db.execute("UPDATE refs SET target=? WHERE repo_id=? AND kind='branch' AND name=?", (sha, repo.id, branch))
         return sha
 
+    # -- discussions and pull requests -------------------------------------------------------------
+
+    def discussions(self, repo: Repo) -> list[Discussion]:
+        """All discussions of a repo, newest first."""
+        rows = self._query("SELECT * FROM discussions WHERE repo_id=? ORDER BY num DESC", (repo.id,))
+        return [_discussion(r) for r in rows]
+
+    def discussion(self, repo: Repo, num: int) -> Discussion | None:
+        rows = self._query("SELECT * FROM discussions WHERE repo_id=? AND num=?", (repo.id, num))
+        return _discussion(rows[0]) if rows else None
+
+    def discussion_events(self, repo: Repo, num: int) -> list[DiscussionEvent]:
+        rows = self._query("SELECT * FROM discussion_events WHERE repo_id=? AND num=? ORDER BY seq", (repo.id, num))
+        return [_event(r) for r in rows]
+
+    def _add_event(
+        self, db: sqlite3.Connection, repo: Repo, num: int, kind: str, author: str, data: dict, now: str | None = None
+    ) -> DiscussionEvent:
+        seq = db.execute(
+            "SELECT COALESCE(MAX(seq), 0) + 1 AS s FROM discussion_events WHERE repo_id=? AND num=?", (repo.id, num)
+        ).fetchone()["s"]
+        event = DiscussionEvent(secrets.token_hex(12), num, kind, author, now or utc_now(), data)
+        db.execute(
+            "INSERT INTO discussion_events VALUES (?,?,?,?,?,?,?,?)",
+            (event.id, repo.id, num, seq, kind, author, event.created_at, json.dumps(data)),
+        )
+        return event
+
+    def _pr_commit_event(
+        self, db: sqlite3.Connection, repo: Repo, num: int, author: str, now: str, title: str, sha: str
+    ) -> None:
+        row = db.execute("SELECT status FROM discussions WHERE repo_id=? AND num=?", (repo.id, num)).fetchone()
+        if row is None:
+            return
+        self._add_event(db, repo, num, "commit", author, {"subject": title, "oid": sha}, now)
+        if row["status"] == "draft":  # as on the Hub, a draft with a commit is ready for review
+            db.execute("UPDATE discussions SET status='open' WHERE repo_id=? AND num=?", (repo.id, num))
+
+    def _new_discussion(
+        self,
+        db: sqlite3.Connection,
+        repo: Repo,
+        *,
+        title: str,
+        author: str,
+        description: str,
+        is_pr: bool,
+        status: str,
+        target_branch: str | None = None,
+        base_commit: str | None = None,
+    ) -> int:
+        num = db.execute(
+            "SELECT COALESCE(MAX(num), 0) + 1 AS n FROM discussions WHERE repo_id=?", (repo.id,)
+        ).fetchone()["n"]
+        now = utc_now()
+        db.execute(
+            "INSERT INTO discussions VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (repo.id, num, title, author, int(is_pr), status, now, target_branch, base_commit, None),
+        )
+        if is_pr:
+            db.execute(
+                "INSERT OR REPLACE INTO refs VALUES (?, 'branch', ?, ?)",
+                (repo.id, f"{PR_REF_PREFIX}{num}", base_commit),
+            )
+        self._add_event(db, repo, num, "comment", author, _comment_data(description, author), now)
+        return num
+
+    def create_discussion(
+        self, repo: Repo, *, title: str, author: str, description: str, pull_request: bool, target_branch: str = "main"
+    ) -> int:
+        """Open a discussion, or a draft pull request (its ref starts at the head of `target_branch`)."""
+        with self._transaction() as db:
+            base = None
+            if pull_request:
+                row = db.execute(
+                    "SELECT target FROM refs WHERE repo_id=? AND kind='branch' AND name=?", (repo.id, target_branch)
+                ).fetchone()
+                if row is None:
+                    raise NoSuchRevisionError(target_branch)
+                base = row["target"]
+            return self._new_discussion(
+                db,
+                repo,
+                title=title,
+                author=author,
+                description=description,
+                is_pr=pull_request,
+                status="draft" if pull_request else "open",
+                target_branch=target_branch if pull_request else None,
+                base_commit=base,
+            )
+
+    def open_pull_request_with_commit(
+        self,
+        repo: Repo,
+        target_branch: str,
+        operations: list[Operation],
+        *,
+        title: str,
+        message: str,
+        author: str,
+        parent_commit: str | None = None,
+        fault_hook=None,
+    ) -> tuple[int, str]:
+        """`create_commit(create_pr=True)`: one transaction opens the PR and commits onto `refs/pr/<num>`.
+
+        The PR starts at `parent_commit` when given (any commit of the repo), else at the head of
+        `target_branch`. Returns (PR number, commit sha).
+        """
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT target FROM refs WHERE repo_id=? AND kind='branch' AND name=?", (repo.id, target_branch)
+            ).fetchone()
+            if row is None or target_branch.startswith(PR_REF_PREFIX):
+                raise NoSuchRevisionError(target_branch)
+            base = row["target"]
+            if parent_commit is not None:
+                found = db.execute(
+                    "SELECT sha FROM commits WHERE repo_id=? AND sha LIKE ? LIMIT 2",
+                    (repo.id, parent_commit.lower() + "%"),
+                ).fetchall()
+                if len(found) != 1:
+                    raise NoSuchRevisionError(parent_commit)
+                base = found[0]["sha"]
+            num = self._new_discussion(
+                db,
+                repo,
+                title=title,
+                author=author,
+                description=message,
+                is_pr=True,
+                status="open",
+                target_branch=target_branch,
+                base_commit=base,
+            )
+            sha = self._apply_commit(
+                db,
+                repo,
+                f"{PR_REF_PREFIX}{num}",
+                operations,
+                title=title,
+                message=message,
+                author=author,
+                fault_hook=fault_hook,
+            )
+        return num, sha
+
+    def comment_discussion(self, repo: Repo, num: int, author: str, comment: str) -> DiscussionEvent:
+        with self._transaction() as db:
+            data = _comment_data(comment, author)
+            return self._add_event(db, repo, num, "comment", author, data)
+
+    def edit_comment(self, repo: Repo, num: int, event_id: str, editor: str, content: str) -> DiscussionEvent | None:
+        """The edited comment; None if `event_id` is not a comment of this discussion."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT * FROM discussion_events WHERE id=? AND repo_id=? AND num=? AND type='comment'",
+                (event_id, repo.id, num),
+            ).fetchone()
+            if row is None:
+                return None
+            data = json.loads(row["data"])
+            data["history"].insert(0, {"raw": content, "updatedAt": utc_now(), "author": editor})
+            db.execute("UPDATE discussion_events SET data=? WHERE id=?", (json.dumps(data), event_id))
+            row = db.execute("SELECT * FROM discussion_events WHERE id=?", (event_id,)).fetchone()
+            return _event(row)
+
+    def hide_comment(self, repo: Repo, num: int, event_id: str) -> DiscussionEvent | None:
+        """Hide a comment (its text is dropped, as on the Hub); None if it is not a comment of this discussion."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT * FROM discussion_events WHERE id=? AND repo_id=? AND num=? AND type='comment'",
+                (event_id, repo.id, num),
+            ).fetchone()
+            if row is None:
+                return None
+            data = json.loads(row["data"])
+            data["hidden"] = True
+            data["history"] = [{**data["history"][0], "raw": ""}]
+            db.execute("UPDATE discussion_events SET data=? WHERE id=?", (json.dumps(data), event_id))
+            return _event(db.execute("SELECT * FROM discussion_events WHERE id=?", (event_id,)).fetchone())
+
+    def rename_discussion(self, repo: Repo, num: int, author: str, title: str) -> DiscussionEvent:
+        with self._transaction() as db:
+            old = db.execute("SELECT title FROM discussions WHERE repo_id=? AND num=?", (repo.id, num)).fetchone()
+            db.execute("UPDATE discussions SET title=? WHERE repo_id=? AND num=?", (title, repo.id, num))
+            return self._add_event(db, repo, num, "title-change", author, {"from": old["title"], "to": title})
+
+    def set_discussion_status(
+        self, repo: Repo, num: int, author: str, status: str, comment: str | None = None
+    ) -> DiscussionEvent:
+        """Close or reopen (status 'open' | 'closed'); an optional comment is posted first."""
+        with self._transaction() as db:
+            if comment:
+                self._add_event(db, repo, num, "comment", author, _comment_data(comment, author))
+            db.execute("UPDATE discussions SET status=? WHERE repo_id=? AND num=?", (status, repo.id, num))
+            return self._add_event(db, repo, num, "status-change", author, {"status": status})
+
+    def pr_changes(self, repo: Repo, pr: Discussion) -> tuple[dict[str, FileEntry | None], list[str]]:
+        """What the PR changes since its base (path → new entry, None when deleted), and the paths that
+        conflict with what its target branch changed since that base (changed on both sides, differently)."""
+        head = self.ref(repo, "branch", pr.ref)
+        target = self.ref(repo, "branch", pr.target_branch or "main")
+        if head is None or pr.base_commit is None:
+            return {}, []
+        base_files = self.files(repo, pr.base_commit)
+        head_files = self.files(repo, head)
+        changes: dict[str, FileEntry | None] = {}
+        for path in sorted(set(base_files) | set(head_files)):
+            old, new = base_files.get(path), head_files.get(path)
+            if (old.git_oid if old else None) != (new.git_oid if new else None):
+                changes[path] = new
+        conflicts: list[str] = []
+        if target is not None and target != pr.base_commit:
+            target_files = self.files(repo, target)
+            for path, new in changes.items():
+                old, theirs = base_files.get(path), target_files.get(path)
+                old_oid, their_oid = (old.git_oid if old else None), (theirs.git_oid if theirs else None)
+                if their_oid != old_oid and their_oid != (new.git_oid if new else None):
+                    conflicts.append(path)
+        return changes, conflicts
+
+    def merge_pull_request(self, repo: Repo, num: int, author: str, comment: str | None = None) -> MergeOutcome:
+        """Apply the PR's changes onto its target branch as one merge commit, unless they conflict.
+
+        Conflicting paths: nothing is written and they are returned. Raises StaleParentError if the
+        target branch moved while merging (retry).
+        """
+        with self._transaction() as db:  # reads inside the write transaction see one consistent state
+            pr = self.discussion(repo, num)
+            if pr is None or not pr.is_pr:
+                raise NoSuchRevisionError(f"{PR_REF_PREFIX}{num}")
+            target = self.ref(repo, "branch", pr.target_branch or "main")
+            if target is None:
+                raise NoSuchRevisionError(pr.target_branch or "main")
+            changes, conflicts = self.pr_changes(repo, pr)
+            if conflicts:
+                return MergeOutcome(None, conflicts)
+            target_files = self.files(repo, target)
+            operations = [
+                Operation("add", p, e.sha256, e.size, e.lfs, e.git_oid)
+                if e is not None
+                else Operation("delete_file", p)
+                for p, e in changes.items()
+                if e is not None or p in target_files  # a path both sides deleted is already gone
+            ]
+            if comment:
+                self._add_event(db, repo, num, "comment", author, _comment_data(comment, author))
+            sha = self._apply_commit(
+                db,
+                repo,
+                pr.target_branch or "main",
+                operations,
+                title=f"Merge pull request #{num}: {pr.title}",
+                message="",
+                author=author,
+                parent_commit=target,
+            )
+            db.execute(
+                "UPDATE discussions SET status='merged', merge_commit=? WHERE repo_id=? AND num=?", (sha, repo.id, num)
+            )
+            self._add_event(db, repo, num, "status-change", author, {"status": "merged"})
+        return MergeOutcome(sha, [])
+
 
 def _repo(row: sqlite3.Row) -> Repo:
     return Repo(
@@ -680,6 +1026,32 @@ def _repo(row: sqlite3.Row) -> Repo:
 
 def _commit(row: sqlite3.Row) -> Commit:
     return Commit(row["sha"], row["parent"], row["title"], row["message"], row["author"], row["date"])
+
+
+def _comment_data(raw: str, author: str) -> dict:
+    """A comment's stored data: its versions, newest first, and whether a maintainer hid it."""
+    return {"history": [{"raw": raw, "updatedAt": utc_now(), "author": author}], "hidden": False}
+
+
+def _discussion(row: sqlite3.Row) -> Discussion:
+    return Discussion(
+        row["repo_id"],
+        row["num"],
+        row["title"],
+        row["author"],
+        bool(row["is_pr"]),
+        row["status"],
+        row["created_at"],
+        row["target_branch"],
+        row["base_commit"],
+        row["merge_commit"],
+    )
+
+
+def _event(row: sqlite3.Row) -> DiscussionEvent:
+    return DiscussionEvent(
+        row["id"], row["num"], row["type"], row["author"], row["created_at"], json.loads(row["data"])
+    )
 
 
 def _token_info(row: sqlite3.Row) -> TokenInfo:
@@ -698,6 +1070,10 @@ __all__ = [
     "FileEntry",
     "Commit",
     "Operation",
+    "Discussion",
+    "DiscussionEvent",
+    "MergeOutcome",
+    "PR_REF_PREFIX",
     "TokenInfo",
     "open_data_folder",
     "utc_now",

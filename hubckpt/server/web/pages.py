@@ -18,7 +18,7 @@ from ...errors import HubConfigError, HubHTTPError
 from ...formats.index import INDEX_FILE, RevisionIndex, RevisionInfo
 from ...names import is_staging_branch
 from ..context import HubContext
-from ..storage import FileEntry, Repo
+from ..storage import PR_REF_PREFIX, Discussion, FileEntry, Repo
 from ..trees import list_tree
 from . import tensors as tensor_mod
 from .charts import Point, metric_chart
@@ -119,6 +119,8 @@ class RefMap:
         for row in ctx.store.refs(repo):
             if row["kind"] == "branch" and is_staging_branch(row["name"]):
                 continue  # a publish killed mid-commit left it; not a revision
+            if row["kind"] == "branch" and row["name"].startswith(PR_REF_PREFIX):
+                continue  # a pull request's head: shown on its discussion page
             (refs.branches if row["kind"] == "branch" else refs.tags)[row["name"]] = row["target"]
         return refs
 
@@ -430,3 +432,32 @@ def _change_group(changes: list, kind: str) -> dict:
         (c.rel_change for c in changes if c.rel_change is not None and math.isfinite(c.rel_change)), default=0.0
     )
     return {"kind": kind, "changes": changes, "counts": counts, "largest": largest or 1.0}
+
+
+# -- discussions and pull requests -----------------------------------------------------------------
+
+
+def discussions(ctx: HubContext, repo: Repo) -> dict:
+    """A repo's discussions and pull requests, newest first."""
+    return {"repo": repo, "discussions": ctx.store.discussions(repo)}
+
+
+def discussion(ctx: HubContext, repo: Repo, found: Discussion) -> dict:
+    """One discussion: its events; for a pull request also its files, conflicts and diff."""
+    from ..routes_discussions import pr_diff
+
+    events = [
+        {"event": e, "text": e.data["history"][0]["raw"] if e.type == "comment" else ""}
+        for e in ctx.store.discussion_events(repo, found.num)
+    ]
+    data: dict = {"repo": repo, "d": found, "events": events, "files": [], "conflicts": [], "diff": ""}
+    if found.is_pr and found.base_commit is not None:
+        changes, conflicts = ctx.store.pr_changes(repo, found)
+        base_files = ctx.store.files(repo, found.base_commit)
+        data["files"] = [
+            {"path": p, "change": "deleted" if e is None else "modified" if p in base_files else "added"}
+            for p, e in changes.items()
+        ]
+        data["conflicts"] = conflicts if found.status in ("open", "draft") else []
+        data["diff"] = pr_diff(ctx, repo, found)
+    return data

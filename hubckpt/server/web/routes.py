@@ -20,6 +20,7 @@ from starlette.responses import FileResponse, Response
 from ...errors import HubHTTPError
 from ..context import Caller, HubContext
 from ..http_errors import to_http
+from ..routes_discussions import pr_number
 from ..routing import Router
 from . import access, pages
 from .render import page, path_url, seg
@@ -215,6 +216,24 @@ def compare(ctx: HubContext, request: Request, caller: Caller, ns: str, name: st
         raise HubHTTPError(400, "Compare two revisions as /compare/A...B.")
     a, b = (unquote(p) for p in raw_spec.split("...", 1))
     return page("compare.html", **_base(ctx, request, caller), **pages.compare(ctx, repo, a, b), tab="files")
+
+
+@router.route("GET HEAD", "/{ns}/{name}/discussions")
+def discussions(ctx: HubContext, request: Request, caller: Caller, ns: str, name: str) -> Response:
+    repo = _repo(ctx, caller, ns, name)
+    data = pages.discussions(ctx, repo)
+    return page("discussions.html", **_base(ctx, request, caller), **data, tab="discussions")
+
+
+@router.route("GET HEAD", "/{ns}/{name}/discussions/{rev}")
+def discussion(ctx: HubContext, request: Request, caller: Caller, ns: str, name: str, rev: str) -> Response:
+    repo = _repo(ctx, caller, ns, name)
+    number = pr_number(rev)
+    found = ctx.store.discussion(repo, number) if number is not None else None
+    if found is None:
+        raise HubHTTPError(404, f"Discussion #{rev} not found in {repo.repo_id}.")
+    data = pages.discussion(ctx, repo, found)
+    return page("discussion.html", **_base(ctx, request, caller), **data, tab="discussions")
 
 
 # -- login ------------------------------------------------------------------------------------------

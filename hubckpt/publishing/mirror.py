@@ -1,0 +1,533 @@
+"""Mirror a published run from one hub to another: `hubckpt.mirror` / `hubckpt mirror REPO --from A --to B`.
+
+Here in `publishing/` (not a top-level `hubckpt/mirror.py`): mirroring publishes a run's revisions to a
+target the way the publisher does (staging branch, one commit per revision, the index and card on `main`,
+`publishing/layout.py`), and a module named `hubckpt.mirror` would shadow the public function of that name.
+
+How it works, and why it can be killed and run again:
+
+- Every commit the mirror makes carries the source commit it copies in its description
+  (`Mirrored-From: <sha>`). The mapping source commit → target commit is read back from the target's
+  branch histories at the start of each run: the hub itself is the journal, nothing is kept locally.
+- Each source revision branch's history (oldest first) is replayed: a commit not mapped yet is copied
+  as one commit on a staging branch (`writer.staging_branch`) started at its parent's copy, then the
+  branch is created at the copy of its head and the staging branch deleted. A kill leaves at most a
+  staging branch whose commits are reused by the next run; a commit whose answer was lost is settled by
+  re-reading the staging branch, so each revision is committed exactly once.
+- Files are compared by the oids of the listings (git blob oid, LFS sha256) before anything moves: a
+  file unchanged from the parent commit is inherited, an LFS object the target already holds is
+  referenced without its bytes (`uploaded.operation`), only the rest is downloaded from the source
+  (verified against its sha256) and uploaded. A run with nothing new reads refs and histories only.
+- Cards (`README.md`) keep their metadata (the YAML front matter, byte for byte); their links to the
+  source repo point at the target. `revisions.json` on `main` is the source's with each revision's
+  `commit` replaced by the target's. `main` gets one commit per run that changes it (its own history on
+  the source is the publisher's index updates, which need not be replayed).
+- A target branch of the same name that is not a copy of the source's (nor an older point of its
+  history) is a conflict: nothing is written, `MirrorConflictError` lists them (`force=True` replaces).
+- Transient failures (429 with Retry-After included) are retried by `retries.with_retries`; when they
+  outlast it (or `deadline`), `MirrorIncompleteError` says what was mirrored and what not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import HubckptError, HubConfigError, IntegrityError, MirrorConflictError, MirrorIncompleteError
+from ..faults import fault
+from ..formats.index import INDEX_FILE, RevisionIndex
+from ..formats.untrusted import check_repo_path
+from ..hub.commits import folder_operations, quiet_xet_notice
+from ..hub.reader import HubReader
+from ..hub.retries import status_of
+from ..hub.select import resolve_hub
+from ..hub.uploaded import UploadedFile, operation, sha256_file
+from ..hub.writer import MAIN, HubTarget, is_staging_branch, staging_branch
+from .layout import CARD_FILE
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+logger = logging.getLogger(__name__)
+
+TRAILER = "Mirrored-From: "
+_TRAILER_RE = re.compile(r"^Mirrored-From: ([0-9a-f]{40})$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class MirrorProgress:
+    """Where a mirror stands, passed to `progress` after each commit (and once at the start)."""
+
+    revisions_done: int
+    revisions_total: int
+    bytes_done: int
+    bytes_total: int
+    revision: str | None = None
+
+
+@dataclass
+class MirrorResult:
+    """What one `mirror` run did.
+
+    Attributes:
+        repo_id / dst_repo_id: the source and target repo.
+        copied: revision branches created or brought up to date by this run.
+        unchanged: revision branches the target already had (nothing sent).
+        commits: commits made on the target (0 when it was up to date).
+        bytes_downloaded: bytes read from the source's files (0 when the target had everything).
+        tags_moved: tags created or moved on the target.
+        main_updated: whether `main` (index, card, final files) got a commit.
+    """
+
+    repo_id: str
+    dst_repo_id: str
+    copied: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    commits: int = 0
+    bytes_downloaded: int = 0
+    tags_moved: list[str] = field(default_factory=list)
+    main_updated: bool = False
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One file of a listing: enough to tell whether two files are the same without reading them."""
+
+    path: str
+    size: int
+    oid: str  # git blob oid
+    sha256: str | None  # LFS files only
+
+    @property
+    def key(self) -> str:
+        return self.sha256 or self.oid
+
+
+@dataclass
+class _Plan:
+    """The commits to copy, in order (parents first), and the branches to set."""
+
+    commits: list[tuple[str, str, str]] = field(default_factory=list)  # (source commit, source parent, branch)
+    branches: dict[str, str] = field(default_factory=dict)  # branch → source head, to create or move
+    bytes_total: int = 0
+
+
+def mirror(
+    repo_id: str,
+    *,
+    src_hub: str | None = None,
+    dst_hub: str | None = None,
+    dst_repo_id: str | None = None,
+    force: bool = False,
+    src_token: str | bool | None = None,
+    dst_token: str | bool | None = None,
+    deadline: float | None = None,
+    progress: Callable[[MirrorProgress], None] | None = None,
+) -> MirrorResult:
+    """Copy a published run to another hub: every revision branch, the tags, the index and `main`.
+
+    Revision branches keep their names, files and history (the same number of commits, chained the same
+    way); cards are re-rendered to link to the target; objects the target has are not sent again. Running
+    it again copies only what the source gained since (nothing at all when nothing changed), and completes
+    a run that was killed midway. A private source repo is created private on the target.
+
+    Args:
+        repo_id: the source repo (`namespace/name`).
+        src_hub: the hub it is on (`local`, `hf`, a URL; None: the environment's, as everywhere).
+        dst_hub: the hub to copy it to.
+        dst_repo_id: the target repo's id (default: `repo_id`).
+        force: replace target branches that hold other content (refused otherwise).
+        src_token / dst_token: tokens for each hub (None: each hub's own default, see `resolve_token`).
+        deadline: seconds the whole run may take; past it, `MirrorIncompleteError` (a rerun continues).
+        progress: called with a `MirrorProgress` after each commit.
+
+    Returns:
+        A `MirrorResult` saying what was copied.
+
+    Raises:
+        MirrorConflictError: the target holds other content under the source's branch names (nothing changed).
+        MirrorIncompleteError: the target kept failing (e.g. a storm of 429s) or the deadline passed; it
+            lists what was mirrored and what was not.
+        HubConfigError: source and target are the same repo on the same hub.
+
+    Example:
+        >>> hubckpt.mirror("alice/run", src_hub="http://cluster:8900", dst_hub="hf")  # doctest: +SKIP
+    """
+    dst_repo_id = dst_repo_id or repo_id
+    src = HubReader(resolve_hub(src_hub), repo_id, token=src_token)
+    dst_resolved = resolve_hub(dst_hub)
+    if dst_resolved.endpoint.rstrip("/") == src.hub.endpoint.rstrip("/") and dst_repo_id.lower() == repo_id.lower():
+        raise HubConfigError(
+            f"mirror: source and target are the same repo ({repo_id} on {src.hub.endpoint}); "
+            "pass another --to hub or --to-repo name."
+        )
+    private = bool(
+        getattr(src.retrying(lambda: src.api.repo_info(repo_id), what=f"reading {repo_id}"), "private", False)
+    )
+    dst = HubTarget(dst_resolved, dst_repo_id, token=dst_token, private=private)
+    return _Mirror(src, dst, force=force, deadline=deadline, progress=progress).run()
+
+
+class _Mirror:
+    def __init__(
+        self,
+        src: HubReader,
+        dst: HubTarget,
+        *,
+        force: bool,
+        deadline: float | None,
+        progress: Callable[[MirrorProgress], None] | None,
+    ) -> None:
+        self.src, self.dst, self.force = src, dst, force
+        self.ends_at = None if deadline is None else time.monotonic() + deadline
+        self.progress = progress
+        self.result = MirrorResult(src.repo_id, dst.repo_id)
+        self.copied: dict[str, str] = {}  # source commit → target commit
+        self.src_history: dict[str, list[Any]] = {}  # branch → commits, oldest first
+        self.listings: dict[tuple[str, str], dict[str, _Entry]] = {}  # (side, commit) → files
+        self.known: set[str] = set()  # LFS sha256s the target holds
+        self.bytes_done = 0
+        self.done_revisions: list[str] = []
+        self.plan_bytes = 0
+
+    # -- reading both sides --------------------------------------------------------------------------
+
+    def history(self, side: HubReader, branch: str) -> list[Any]:
+        """The commits of `branch`, oldest first (huggingface_hub's `GitCommitInfo`)."""
+        commits = side.retrying(
+            lambda: side.api.list_repo_commits(side.repo_id, revision=branch),
+            what=f"listing commits of {side.repo_id}@{branch}",
+        )
+        return list(reversed(commits))
+
+    def listing(self, side: HubReader, commit: str) -> dict[str, _Entry]:
+        key = (side.hub.endpoint + side.repo_id, commit)
+        if key not in self.listings:
+            entries = side.retrying(
+                lambda: list(side.api.list_repo_tree(side.repo_id, revision=commit, recursive=True)),
+                what=f"listing files of {side.repo_id}@{commit[:12]}",
+            )
+            source = side.source("(file listing)", commit)
+            files: dict[str, _Entry] = {}
+            for e in entries:
+                if not hasattr(e, "blob_id"):  # a folder
+                    continue
+                path = check_repo_path(e.path, source)
+                lfs = getattr(e, "lfs", None)
+                sha = getattr(lfs, "sha256", None) if lfs is not None else None
+                if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", str(sha)):
+                    raise source.error(f"the LFS oid of {path} is not a sha256")
+                files[path] = _Entry(path, int(e.size or 0), str(e.blob_id), sha)
+            self.listings[key] = files
+        return self.listings[key]
+
+    def read_map(self, branches: list[str]) -> None:
+        """Source commit → target commit, from the `Mirrored-From` lines of the target's histories."""
+        for branch in branches:
+            for commit in self.history(self.dst.reader, branch):
+                found = _TRAILER_RE.search(f"{commit.title or ''}\n{commit.message or ''}")
+                if found:
+                    self.copied.setdefault(found[1], commit.commit_id)
+
+    # -- the run -------------------------------------------------------------------------------------
+
+    def run(self) -> MirrorResult:
+        src_branches, src_tags = self.src.refs()
+        revisions = sorted(b for b in src_branches if b != MAIN and not is_staging_branch(b))
+        self.dst.ensure_repo()
+        dst_branches, dst_tags = self.dst.refs()
+        ours = [b for b in dst_branches if b in src_branches or b in {staging_branch(r) for r in revisions}]
+        self.read_map(sorted(ours))
+        dst_main = self.history(self.dst.reader, MAIN)
+        plan, conflicts = self.plan(revisions, src_branches, dst_branches, dst_main)
+        if conflicts and not self.force:
+            raise MirrorConflictError(
+                f"{self.dst.describe()} already holds other content under {len(conflicts)} of the source's branch "
+                f"names: {'; '.join(conflicts)}. Nothing was changed. Mirror to another repo (--to-repo / "
+                "dst_repo_id=), delete those branches on the target, or pass --force (force=True) to overwrite them.",
+                conflicts=conflicts,
+            )
+        self.report(None, len(plan.branches))
+        try:
+            self.copy(plan, dst_branches)
+            self.update_main(src_branches[MAIN], dst_main)
+            self.move_tags(src_tags, dst_tags)
+        except (HubckptError, ConnectionError, OSError) as e:
+            raise self.incomplete(plan, e) from e
+        except Exception as e:
+            if status_of(e) is None:
+                raise
+            raise self.incomplete(plan, e) from e
+        for staging in (b for b in dst_branches if is_staging_branch(b) and b[len(staging_branch("")) :] in revisions):
+            self.dst.delete_branch(staging)
+        return self.result
+
+    def incomplete(self, plan: _Plan, error: BaseException) -> MirrorIncompleteError:
+        pending = [b for b in plan.branches if b not in self.done_revisions]
+        done = self.done_revisions + self.result.unchanged
+        return MirrorIncompleteError(
+            f"mirroring {self.src.describe()} to {self.dst.describe()} stopped: {error}. Mirrored: "
+            f"{', '.join(sorted(done)) or 'nothing'}; not mirrored: {', '.join(pending) or 'main and tags'}. "
+            "Run the same mirror again when the target accepts commits: it continues where this one stopped.",
+            mirrored=sorted(done),
+            pending=pending,
+        )
+
+    def plan(
+        self, revisions: list[str], src_branches: dict[str, str], dst_branches: dict[str, str], dst_main: list[Any]
+    ) -> tuple[_Plan, list[str]]:
+        """What to copy, and which target branches are in the way (named with why)."""
+        plan, conflicts = _Plan(), []
+        if dst_main:  # the roots of both histories (create_repo's commits) correspond
+            self.copied.setdefault(self.history(self.src, MAIN)[0].commit_id, dst_main[0].commit_id)
+        for name in revisions:
+            head = src_branches[name]
+            chain = self.history(self.src, name)
+            self.src_history[name] = chain
+            ids = [c.commit_id for c in chain]
+            there = dst_branches.get(name)
+            if there is not None and self.copied.get(head) == there:
+                self.result.unchanged.append(name)
+                continue
+            if there is not None and there not in {self.copied.get(c) for c in ids}:
+                conflicts.append(f"{name} (target at {there[:12]}, not a copy of the source's {head[:12]})")
+            if chain:
+                self.copied.setdefault(ids[0], dst_main[0].commit_id if dst_main else ids[0])
+            for parent, commit in zip(ids, ids[1:]):
+                if commit not in self.copied and commit not in {c for c, _, _ in plan.commits}:
+                    plan.commits.append((commit, parent, name))
+            plan.branches[name] = head
+        if dst_main and len(dst_main) > 1 and not self.copied_from(dst_main[-1]):
+            conflicts.append(f"main (target at {dst_main[-1].commit_id[:12]} has commits not copied from the source)")
+        # What will be downloaded: LFS objects new to the target and every changed regular file.
+        seen: set[str] = set()
+        for commit, parent, _ in plan.commits:
+            now, before = self.listing(self.src, commit), self.listing(self.src, parent)
+            for path, entry in now.items():
+                if before.get(path) != entry and entry.key not in seen:
+                    seen.add(entry.key)
+                    plan.bytes_total += entry.size
+        return plan, conflicts
+
+    def copied_from(self, commit: Any) -> str | None:
+        found = _TRAILER_RE.search(f"{commit.title or ''}\n{commit.message or ''}")
+        return found[1] if found else None
+
+    def report(self, revision: str | None, total: int) -> None:
+        if self.progress is not None:
+            self.progress(MirrorProgress(len(self.done_revisions), total, self.bytes_done, self.plan_bytes, revision))
+
+    def check_deadline(self) -> None:
+        if self.ends_at is not None and time.monotonic() > self.ends_at:
+            from ..errors import HubUnavailableError
+
+            raise HubUnavailableError("the mirror's deadline passed")
+
+    # -- writing the target ------------------------------------------------------------------------------
+
+    def copy(self, plan: _Plan, dst_branches: dict[str, str]) -> None:
+        self.plan_bytes = plan.bytes_total
+        pending = list(plan.commits)
+        for name, head in plan.branches.items():
+            staging = staging_branch(name)
+            for commit, parent, _ in [c for c in pending if c[2] == name]:
+                self.check_deadline()
+                self.copy_commit(commit, parent, staging)
+                self.report(name, len(plan.branches))
+            target = self.copied[head]
+            there = dst_branches.get(name)
+            if there != target:
+                if there is not None:
+                    self.dst.delete_branch(name)  # a fast-forward, or --force over other content
+                self.dst._create_branch(name, target)
+            self.dst.delete_branch(staging)
+            self.done_revisions.append(name)
+            self.result.copied.append(name)
+            self.report(name, len(plan.branches))
+
+    def copy_commit(self, commit: str, parent: str, staging: str) -> None:
+        """Copy source `commit` as one commit on `staging`, on top of the copy of `parent`."""
+        from huggingface_hub import CommitOperationDelete
+
+        base = self.copied[parent]
+        head = self.dst.branches().get(staging)
+        if head != base:
+            if head is not None:
+                self.dst.delete_branch(staging)
+            self.dst._create_branch(staging, base)
+        now, before = self.listing(self.src, commit), self.listing(self.src, parent)
+        there = self.listing(self.dst.reader, base)
+        self.known |= {e.sha256 for e in there.values() if e.sha256}
+        info = next(c for chain in self.src_history.values() for c in chain if c.commit_id == commit)
+        with tempfile.TemporaryDirectory(prefix="hubckpt-mirror-") as tmp, contextlib.ExitStack() as stack:
+            folder = Path(tmp) / "files"
+            folder.mkdir()
+            refs: list[CommitOperationAdd] = []
+            for path, entry in sorted(now.items()):
+                if path == ".gitattributes" and path in there:
+                    continue
+                if before.get(path) == entry and path in there:
+                    continue  # inherited from the parent's copy
+                if entry.sha256 and entry.sha256 in self.known:
+                    refs.append(operation(UploadedFile(path, entry.sha256, entry.size)))
+                    continue
+                self.fetch(commit, entry, folder, Path(tmp) / "cache")
+            deletes = [CommitOperationDelete(p) for p in sorted(there) if p not in now and p != ".gitattributes"]
+            with quiet_xet_notice():
+                ops: list[CommitOperationAdd | CommitOperationDelete] = []
+                ops += folder_operations(folder, stack, use_xet=self.dst.hub.is_huggingface_co)
+                ops += refs
+                ops += deletes
+                new = self.commit(staging, base, ops, info.title or f"mirror {commit[:12]}", info.message, commit)
+        self.copied[commit] = new
+        self.known |= {e.sha256 for e in now.values() if e.sha256}
+        self.result.commits += 1
+        fault("mirror.committed")
+
+    def fetch(self, commit: str, entry: _Entry, folder: Path, cache: Path) -> None:
+        """Download one file of the source at `commit` into `folder` (cards rewritten), verified by sha256."""
+        got = Path(
+            self.src.retrying(
+                lambda: self.src.api.hf_hub_download(
+                    self.src.repo_id, entry.path, revision=commit, cache_dir=str(cache)
+                ),
+                what=f"downloading {entry.path}@{commit[:12]} of {self.src.repo_id}",
+            )
+        ).resolve()
+        if entry.sha256 and sha256_file(got) != entry.sha256:
+            raise IntegrityError(
+                f"{self.src.repo_id}@{commit[:12]}/{entry.path}: the bytes received do not match the sha256 "
+                "of the source's listing; nothing was committed. Run the mirror again.",
+                path=entry.path,
+            )
+        dest = folder / entry.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(got), dest)
+        self.bytes_done += entry.size
+        self.result.bytes_downloaded += entry.size
+        if entry.path == CARD_FILE:
+            dest.write_text(self.rewrite_card(dest.read_text(encoding="utf-8")), encoding="utf-8")
+
+    def commit(self, branch: str, base: str, ops: list[Any], title: str, message: str | None, source: str) -> str:
+        """One commit on `branch` at `base`, never twice: a lost answer is settled by reading the branch."""
+        from huggingface_hub.errors import HfHubHTTPError
+
+        description = f"{(message or '').strip()}\n\n{TRAILER}{source}".strip()
+
+        def landed() -> str | None:
+            history = self.history(self.dst.reader, branch)
+            return history[-1].commit_id if history and self.copied_from(history[-1]) == source else None
+
+        def send() -> str:
+            for op in ops:
+                stream = getattr(op, "path_or_fileobj", None)
+                if stream is not None and hasattr(stream, "seek"):
+                    stream.seek(0)
+            try:
+                return self.dst.api.create_commit(
+                    self.dst.repo_id,
+                    ops,
+                    commit_message=title,
+                    commit_description=description,
+                    revision=branch,
+                    parent_commit=base,
+                ).oid
+            except HfHubHTTPError as e:
+                if status_of(e) == 412 and (done := landed()):
+                    return done
+                raise
+
+        return self.dst.reader.retrying(
+            send, what=f"committing to {branch} of {self.dst.repo_id}", settle=lambda e: landed()
+        )
+
+    def rewrite_card(self, text: str) -> str:
+        """The card with its links pointed at the target; the YAML front matter kept as it was."""
+        front, body = "", text
+        if text.startswith("---\n") and (end := text.find("\n---\n", 4)) != -1:
+            front, body = text[: end + 5], text[end + 5 :]
+        src_url = f"{self.src.hub.endpoint.rstrip('/')}/{self.src.repo_id}"
+        body = body.replace(src_url, self.dst.repo_url)
+        if self.src.repo_id != self.dst.repo_id:
+            body = body.replace(json.dumps(self.src.repo_id), json.dumps(self.dst.repo_id))
+            body = re.sub(rf"(?<![\w/.-]){re.escape(self.src.repo_id)}(?![\w/-])", self.dst.repo_id, body)
+        return front + body
+
+    def update_main(self, src_head: str, dst_main: list[Any]) -> None:
+        """One commit making the target's `main` hold the source's (index commits remapped, card rewritten)."""
+        from huggingface_hub import CommitOperationDelete
+
+        current = self.history(self.dst.reader, MAIN)
+        if current and (
+            self.copied_from(current[-1]) == src_head or self.copied.get(src_head) == current[-1].commit_id
+        ):
+            return
+        base = current[-1].commit_id
+        now, there = self.listing(self.src, src_head), self.listing(self.dst.reader, base)
+        with tempfile.TemporaryDirectory(prefix="hubckpt-mirror-") as tmp, contextlib.ExitStack() as stack:
+            folder = Path(tmp) / "files"
+            folder.mkdir()
+            refs: list[CommitOperationAdd] = []
+            for path, entry in sorted(now.items()):
+                if path == ".gitattributes" and path in there:
+                    continue
+                if path not in (CARD_FILE, INDEX_FILE) and there.get(path) is not None and there[path].key == entry.key:
+                    continue
+                if entry.sha256 and entry.sha256 in self.known | {e.sha256 for e in there.values() if e.sha256}:
+                    refs.append(operation(UploadedFile(path, entry.sha256, entry.size)))
+                    continue
+                self.fetch(src_head, entry, folder, Path(tmp) / "cache")
+            index_file = folder / INDEX_FILE
+            if index_file.exists():
+                index = RevisionIndex.from_json(index_file.read_bytes(), self.src.source(INDEX_FILE, MAIN))
+                branches = self.dst.branches()
+                for info in index.revisions:
+                    info.commit = branches.get(info.name) or self.copied.get(info.commit or "") or info.commit
+                index_file.write_bytes(index.to_json())
+            for path in (CARD_FILE, INDEX_FILE):  # unchanged after the rewrite: not committed again
+                local = folder / path
+                if local.exists() and path in there and _git_oid(local.read_bytes()) == there[path].oid:
+                    local.unlink()
+            deletes = [CommitOperationDelete(p) for p in sorted(there) if p not in now and p != ".gitattributes"]
+            with quiet_xet_notice():
+                ops: list[CommitOperationAdd | CommitOperationDelete] = []
+                ops += folder_operations(folder, stack, use_xet=self.dst.hub.is_huggingface_co)
+                ops += refs
+                ops += deletes
+                info = self.history(self.src, MAIN)[-1]
+                self.commit(MAIN, base, ops, info.title or "mirror main", info.message, src_head)
+        self.result.commits += 1
+        self.result.main_updated = True
+
+    def move_tags(self, src_tags: dict[str, str], dst_tags: dict[str, str]) -> None:
+        branches = self.dst.branches()
+        for tag, commit in sorted(src_tags.items()):
+            target = self.copied.get(commit)
+            if target is None:
+                main_history = self.history(self.dst.reader, MAIN)
+                if self.copied_from(main_history[-1]) == commit:
+                    target = branches[MAIN]
+            if target is None:
+                logger.warning("tag %s of %s is at %s, which was not mirrored; skipped", tag, self.src.repo_id, commit)
+                continue
+            if dst_tags.get(tag) != target:
+                self.dst.move_tag(tag, target)
+                self.result.tags_moved.append(tag)
+
+
+def _git_oid(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+__all__ = ["MirrorProgress", "MirrorResult", "mirror"]

@@ -32,10 +32,12 @@ def dst_hub(tmp_path_factory):
 
 
 def _publish(repo_id: str, hub: str, spool: Path, steps: list[int], *, final: int | None = None) -> None:
+    """Revisions whose weights no other test has (the hub keeps objects across repos)."""
+    salt = float(int(uuid.uuid4().hex[:5], 16))
     with Publisher(repo_id, hub=hub, spool_dir=spool, monitor="eval_loss") as pub:
         for step in steps:
             pub.publish(
-                state_dict={"w": torch.full((2048,), float(step)), "b": torch.arange(64.0) * step},
+                state_dict={"w": torch.full((2048,), float(step)), "b": torch.arange(64.0) * step + salt},
                 step=step,
                 metrics={"eval_loss": 10.0 / step if step != 3 else 99.0},
                 final=step == final,
@@ -44,6 +46,20 @@ def _publish(repo_id: str, hub: str, spool: Path, steps: list[int], *, final: in
 
 def _received(hub) -> int:
     return hub.ctx.stats["lfs_bytes_received"] + hub.ctx.stats.get("regular_bytes_received", 0)
+
+
+def _copies(hub, repo_id: str) -> list[str]:
+    """The source commit of every commit the target stores for `repo_id` (branch or not): each copy, once."""
+    import re
+    import sqlite3
+
+    namespace, name = repo_id.split("/")
+    with sqlite3.connect(f"file:{hub.ctx.store.path}?mode=ro", uri=True) as db:
+        rows = db.execute(
+            "SELECT c.message FROM commits c JOIN repos r ON r.id = c.repo_id WHERE r.namespace = ? AND r.name = ?",
+            (namespace, name),
+        ).fetchall()
+    return [m for (message,) in rows for m in re.findall(r"^Mirrored-From: ([0-9a-f]{40})$", message, re.MULTILINE)]
 
 
 def _refs(api: HfApi, repo_id: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -114,6 +130,14 @@ def test_mirror_copies_a_run_then_moves_nothing_then_only_what_is_new(local_hub,
     assert result.copied == ["step-0000001", "step-0000002", "step-0000003"]
     assert sorted(result.tags_moved) == ["best", "final", "my-pick"] and result.main_updated
     first = _received(dst_hub) - before
+    # Each distinct object is read from the source once (main's final weights are step 3's: not read again).
+    sizes = {
+        (f.lfs.sha256 if f.lfs else f.blob_id): f.size
+        for name in ("step-0000001", "step-0000002", "step-0000003", "main")
+        for f in api.list_repo_tree(repo, revision=name, recursive=True)
+        if hasattr(f, "blob_id") and f.path != ".gitattributes"
+    }
+    assert 0 < result.bytes_downloaded <= sum(sizes.values())
     assert first >= 3 * 2048 * 4  # every revision's weights arrived
     _assert_same_run(api, dst, repo, repo, local_hub.url, dst_hub.url, tmp_path)
     assert not dst.model_info(repo).private
@@ -188,14 +212,16 @@ def test_mirror_killed_midway_completes_each_revision_once(local_hub, dst_hub, a
     branches, _ = _refs(dst, repo)
     assert "step-0000001" not in branches and STAGING_PREFIX + "step-0000001" in branches  # the kill's trace
 
-    before = _received(dst_hub)
+    before = dst_hub.ctx.stats["lfs_bytes_received"]
     out = run_cli(*args)
     assert out.returncode == 0, out.stderr
     assert "3 revisions mirrored" in out.stdout
     _assert_same_run(api, dst, repo, repo, local_hub.url, dst_hub.url, tmp_path)
     # Exactly once: the killed run's commit was reused, not made again, and its bytes not sent again.
-    assert len(dst.list_repo_commits(repo, revision="step-0000001")) == 2
-    assert _received(dst_hub) - before < 3 * 2048 * 4 + 3 * 64 * 4
+    copies = _copies(dst_hub, repo)
+    assert len(copies) == len(set(copies)) == 3 + 1  # three revisions and main
+    weights = {f.path: f.size for f in api.list_repo_tree(repo, revision="step-0000001")}["model.safetensors"]
+    assert dst_hub.ctx.stats["lfs_bytes_received"] - before == 2 * weights  # steps 2 and 3 only
 
 
 def test_a_429_storm_past_the_retries_says_what_was_mirrored_and_a_rerun_continues(
@@ -235,5 +261,7 @@ def test_a_429_storm_past_the_retries_says_what_was_mirrored_and_a_rerun_continu
 
     result = hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url)
     assert result.copied == ["step-0000002", "step-0000003"] and result.unchanged == ["step-0000001"]
+    copies = _copies(dst_hub, repo)
+    assert len(copies) == len(set(copies)) == 3 + 1
     dst = HfApi(endpoint=dst_hub.url, token="unused")
     _assert_same_run(api, dst, repo, repo, local_hub.url, dst_hub.url, tmp_path)

@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TRAILER = "Mirrored-From: "
+SMALL_FILE_BYTES = 1024 * 1024  # regular files up to this size are kept in memory for the run, read once
 _TRAILER_RE = re.compile(r"^Mirrored-From: ([0-9a-f]{40})$", re.MULTILINE)
 
 
@@ -198,6 +199,7 @@ class _Mirror:
         self.bytes_done = 0
         self.done_revisions: list[str] = []
         self.plan_bytes = 0
+        self.small: dict[str, bytes] = {}  # git oid → bytes of small regular files read this run
 
     # -- reading both sides --------------------------------------------------------------------------
 
@@ -394,7 +396,19 @@ class _Mirror:
         fault("mirror.committed")
 
     def fetch(self, commit: str, entry: _Entry, folder: Path, cache: Path) -> None:
-        """Download one file of the source at `commit` into `folder` (cards rewritten), verified by sha256."""
+        """Download one file of the source at `commit` into `folder` (cards rewritten), verified by sha256.
+
+        Small regular files (a final revision's checkpoint.json on `main`...) are read once per run."""
+        dest = folder / entry.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if entry.sha256 is None and entry.oid in self.small:
+            dest.write_bytes(self.small[entry.oid])
+        else:
+            self.download(commit, entry, dest, cache)
+        if entry.path == CARD_FILE:
+            dest.write_text(self.rewrite_card(dest.read_text(encoding="utf-8")), encoding="utf-8")
+
+    def download(self, commit: str, entry: _Entry, dest: Path, cache: Path) -> None:
         got = Path(
             self.src.retrying(
                 lambda: self.src.api.hf_hub_download(
@@ -409,13 +423,11 @@ class _Mirror:
                 "of the source's listing; nothing was committed. Run the mirror again.",
                 path=entry.path,
             )
-        dest = folder / entry.path
-        dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(got), dest)
         self.bytes_done += entry.size
         self.result.bytes_downloaded += entry.size
-        if entry.path == CARD_FILE:
-            dest.write_text(self.rewrite_card(dest.read_text(encoding="utf-8")), encoding="utf-8")
+        if entry.sha256 is None and entry.size <= SMALL_FILE_BYTES:
+            self.small[entry.oid] = dest.read_bytes()
 
     def commit(self, branch: str, base: str, ops: list[Any], title: str, message: str | None, source: str) -> str:
         """One commit on `branch` at `base`, never twice: a lost answer is settled by reading the branch."""

@@ -36,8 +36,10 @@ import logging
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +62,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TRAILER = "Mirrored-From: "
+PREFETCH_COMMITS = 2  # commits whose new files download ahead of the one uploading (bounds the disk used)
 SMALL_FILE_BYTES = 1024 * 1024  # regular files up to this size are kept in memory for the run, read once
 _TRAILER_RE = re.compile(r"^Mirrored-From: ([0-9a-f]{40})$", re.MULTILINE)
 
@@ -199,6 +202,7 @@ class _Mirror:
         self.bytes_done = 0
         self.done_revisions: list[str] = []
         self.plan_bytes = 0
+        self.lock = threading.Lock()
         self.small: dict[str, bytes] = {}  # git oid → bytes of small regular files read this run
 
     # -- reading both sides --------------------------------------------------------------------------
@@ -337,26 +341,68 @@ class _Mirror:
     # -- writing the target ------------------------------------------------------------------------------
 
     def copy(self, plan: _Plan, dst_branches: dict[str, str]) -> None:
-        self.plan_bytes = plan.bytes_total
-        pending = list(plan.commits)
-        for name, head in plan.branches.items():
-            staging = staging_branch(name)
-            for commit, parent, _ in [c for c in pending if c[2] == name]:
-                self.check_deadline()
-                self.copy_commit(commit, parent, staging)
-                self.report(name, len(plan.branches))
-            target = self.copied[head]
-            there = dst_branches.get(name)
-            if there != target:
-                if there is not None:
-                    self.dst.delete_branch(name)  # a fast-forward, or --force over other content
-                self.dst._create_branch(name, target)
-            self.dst.delete_branch(staging)
-            self.done_revisions.append(name)
-            self.result.copied.append(name)
-            self.report(name, len(plan.branches))
+        """Copy the planned commits in order, each branch set once its head is copied.
 
-    def copy_commit(self, commit: str, parent: str, staging: str) -> None:
+        The files of the next PREFETCH_COMMITS commits download in the background while a commit uploads
+        (the two directions overlap; at most that many commits' new files are on disk at once).
+        """
+        self.plan_bytes = plan.bytes_total
+        order = [c for name in plan.branches for c in plan.commits if c[2] == name]
+        wanted = self.prefetch_plan(order)
+        with (
+            tempfile.TemporaryDirectory(prefix="hubckpt-mirror-") as work,
+            ThreadPoolExecutor(max_workers=PREFETCH_COMMITS, thread_name_prefix="hubckpt-mirror") as pool,
+        ):
+            futures: dict[int, Future[Path]] = {}
+            try:
+                for name, head in plan.branches.items():
+                    for i in [i for i, c in enumerate(order) if c[2] == name]:
+                        for j in range(i, min(i + PREFETCH_COMMITS, len(order))):
+                            if j not in futures:
+                                folder = Path(work) / str(j)
+                                futures[j] = pool.submit(self.prefetch, order[j][0], wanted[j], folder)
+                        self.check_deadline()
+                        commit, parent, _ = order[i]
+                        self.copy_commit(commit, parent, staging_branch(name), futures.pop(i).result())
+                        self.report(name, len(plan.branches))
+                    self.set_branch(name, self.copied[head], dst_branches.get(name))
+                    self.report(name, len(plan.branches))
+            finally:
+                for future in futures.values():
+                    future.cancel()
+
+    def set_branch(self, name: str, target: str, there: str | None) -> None:
+        if there != target:
+            if there is not None:
+                self.dst.delete_branch(name)  # a fast-forward, or --force over other content
+            self.dst._create_branch(name, target)
+        self.dst.delete_branch(staging_branch(name))
+        self.done_revisions.append(name)
+        self.result.copied.append(name)
+
+    def prefetch_plan(self, order: list[tuple[str, str, str]]) -> list[list[_Entry]]:
+        """Per commit, the files it will most likely need from the source (`copy_commit` decides; a file
+        it needs and this missed is downloaded then)."""
+        known, out = set(self.known), []
+        for commit, parent, _ in order:
+            now, before = self.listing(self.src, commit), self.listing(self.src, parent)
+            out.append(
+                [
+                    e
+                    for p, e in sorted(now.items())
+                    if p != ".gitattributes" and before.get(p) != e and not (e.sha256 and e.sha256 in known)
+                ]
+            )
+            known |= {e.sha256 for e in now.values() if e.sha256}
+        return out
+
+    def prefetch(self, commit: str, entries: list[_Entry], folder: Path) -> Path:
+        folder.mkdir(parents=True)
+        for entry in entries:
+            self.fetch(commit, entry, folder / "files", folder / "cache")
+        return folder / "files"
+
+    def copy_commit(self, commit: str, parent: str, staging: str, prefetched: Path | None = None) -> None:
         """Copy source `commit` as one commit on `staging`, on top of the copy of `parent`."""
         from huggingface_hub import CommitOperationDelete
 
@@ -382,7 +428,14 @@ class _Mirror:
                 if entry.sha256 and entry.sha256 in self.known:
                     refs.append(operation(UploadedFile(path, entry.sha256, entry.size)))
                     continue
-                self.fetch(commit, entry, folder, Path(tmp) / "cache")
+                ready = prefetched / path if prefetched is not None else None
+                if ready is not None and ready.is_file():
+                    (folder / path).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.move(str(ready), folder / path)
+                else:
+                    self.fetch(commit, entry, folder, Path(tmp) / "cache")
+            if prefetched is not None:
+                shutil.rmtree(prefetched.parent, ignore_errors=True)  # what was fetched and not needed
             deletes = [CommitOperationDelete(p) for p in sorted(there) if p not in now and p != ".gitattributes"]
             with quiet_xet_notice():
                 ops: list[CommitOperationAdd | CommitOperationDelete] = []
@@ -424,8 +477,9 @@ class _Mirror:
                 path=entry.path,
             )
         shutil.move(str(got), dest)
-        self.bytes_done += entry.size
-        self.result.bytes_downloaded += entry.size
+        with self.lock:  # prefetching threads add up here too
+            self.bytes_done += entry.size
+            self.result.bytes_downloaded += entry.size
         if entry.sha256 is None and entry.size <= SMALL_FILE_BYTES:
             self.small[entry.oid] = dest.read_bytes()
 

@@ -126,7 +126,11 @@ def test_mirror_copies_a_run_then_moves_nothing_then_only_what_is_new(local_hub,
     dst = HfApi(endpoint=dst_hub.url, token="unused")
 
     before = _received(dst_hub)
-    result = hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url)
+    events: list[hubckpt.MirrorProgress] = []
+    result = hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url, progress=events.append)
+    assert [e.revisions_done for e in events] == sorted(e.revisions_done for e in events)
+    assert (events[-1].revisions_done, events[-1].revisions_total) == (3, 3)
+    assert 0 < events[-1].bytes_done <= events[-1].bytes_total
     assert result.copied == ["step-0000001", "step-0000002", "step-0000003"]
     assert sorted(result.tags_moved) == ["best", "final", "my-pick"] and result.main_updated
     first = _received(dst_hub) - before

@@ -203,6 +203,8 @@ class _Mirror:
         self.done_revisions: list[str] = []
         self.plan_bytes = 0
         self.lock = threading.Lock()
+        self.staging: dict[str, str] = {}  # staging branch → its head on the target, as this run knows it
+        self.made: set[str] = set()  # source commits copied by this run
         self.small: dict[str, bytes] = {}  # git oid → bytes of small regular files read this run
 
     # -- reading both sides --------------------------------------------------------------------------
@@ -251,6 +253,7 @@ class _Mirror:
         revisions = sorted(b for b in src_branches if b != MAIN and not is_staging_branch(b))
         self.dst.ensure_repo()
         dst_branches, dst_tags = self.dst.refs()
+        self.staging = {b: c for b, c in dst_branches.items() if is_staging_branch(b)}
         ours = [b for b in dst_branches if b in src_branches or b in {staging_branch(r) for r in revisions}]
         self.read_map(sorted(ours))
         dst_main = self.history(self.dst.reader, MAIN)
@@ -267,14 +270,16 @@ class _Mirror:
             self.copy(plan, dst_branches)
             self.update_main(src_branches[MAIN], dst_main)
             self.move_tags(src_tags, dst_tags)
+            self.report(None, len(plan.branches))
         except (HubckptError, ConnectionError, OSError) as e:
             raise self.incomplete(plan, e) from e
         except Exception as e:
             if status_of(e) is None:
                 raise
             raise self.incomplete(plan, e) from e
-        for staging in (b for b in dst_branches if is_staging_branch(b) and b[len(staging_branch("")) :] in revisions):
-            self.dst.delete_branch(staging)
+        for staging in sorted(self.staging):  # left by a killed run, for a branch that it had finished
+            if staging in {staging_branch(r) for r in revisions}:
+                self.dst.delete_branch(staging)
         return self.result
 
     def incomplete(self, plan: _Plan, error: BaseException) -> MirrorIncompleteError:
@@ -320,6 +325,16 @@ class _Mirror:
             now, before = self.listing(self.src, commit), self.listing(self.src, parent)
             for path, entry in now.items():
                 if before.get(path) != entry and entry.key not in seen:
+                    seen.add(entry.key)
+                    plan.bytes_total += entry.size
+        main_head = src_branches[MAIN]
+        if (
+            dst_main
+            and self.copied_from(dst_main[-1]) != main_head
+            and self.copied.get(main_head) != dst_main[-1].commit_id
+        ):
+            for entry in self.listing(self.src, main_head).values():  # main's own files: the index, card, chart
+                if entry.key not in seen and entry.path != ".gitattributes":
                     seen.add(entry.key)
                     plan.bytes_total += entry.size
         return plan, conflicts
@@ -376,7 +391,8 @@ class _Mirror:
             if there is not None:
                 self.dst.delete_branch(name)  # a fast-forward, or --force over other content
             self.dst._create_branch(name, target)
-        self.dst.delete_branch(staging_branch(name))
+        if self.staging.pop(staging_branch(name), None) is not None:
+            self.dst.delete_branch(staging_branch(name))
         self.done_revisions.append(name)
         self.result.copied.append(name)
 
@@ -407,13 +423,14 @@ class _Mirror:
         from huggingface_hub import CommitOperationDelete
 
         base = self.copied[parent]
-        head = self.dst.branches().get(staging)
+        head = self.staging.get(staging)
         if head != base:
             if head is not None:
                 self.dst.delete_branch(staging)
             self.dst._create_branch(staging, base)
         now, before = self.listing(self.src, commit), self.listing(self.src, parent)
-        there = self.listing(self.dst.reader, base)
+        # A copy made by this run holds its source's paths and objects (only the card's bytes differ): no listing.
+        there = before if parent in self.made else self.listing(self.dst.reader, base)
         self.known |= {e.sha256 for e in there.values() if e.sha256}
         info = next(c for chain in self.src_history.values() for c in chain if c.commit_id == commit)
         with tempfile.TemporaryDirectory(prefix="hubckpt-mirror-") as tmp, contextlib.ExitStack() as stack:
@@ -444,6 +461,8 @@ class _Mirror:
                 ops += deletes
                 new = self.commit(staging, base, ops, info.title or f"mirror {commit[:12]}", info.message, commit)
         self.copied[commit] = new
+        self.made.add(commit)
+        self.staging[staging] = new
         self.known |= {e.sha256 for e in now.values() if e.sha256}
         self.result.commits += 1
         fault("mirror.committed")

@@ -169,6 +169,7 @@ def test_mirror_cli_to_another_name_keeps_a_private_repo_private(local_hub, dst_
     src.create_repo(repo, private=True)
     _publish(repo, local_hub.url, tmp_path / "spool", [1, 2])
     dst_repo = f"bob/copy-{uuid.uuid4().hex[:6]}"
+    HfApi(endpoint=dst_hub.url, token="unused").create_repo(dst_repo)  # public, until the private run arrives
     out = run_cli("mirror", repo, "--from", local_hub.url, "--to", dst_hub.url, "--to-repo", dst_repo)
     assert out.returncode == 0, out.stderr
     assert "mirrored step-0000001\nmirrored step-0000002\n" in out.stdout and "2 revisions mirrored" in out.stdout

@@ -270,3 +270,12 @@ def test_a_429_storm_past_the_retries_says_what_was_mirrored_and_a_rerun_continu
     assert len(copies) == len(set(copies)) == 3 + 1
     dst = HfApi(endpoint=dst_hub.url, token="unused")
     _assert_same_run(api, dst, repo, repo, local_hub.url, dst_hub.url, tmp_path)
+
+
+def test_a_deadline_that_passes_stops_the_mirror_with_what_is_left(local_hub, dst_hub, tmp_path):
+    repo = f"alice/deadline-{uuid.uuid4().hex[:6]}"
+    _publish(repo, local_hub.url, tmp_path / "spool", [1, 2])
+    out = run_cli("mirror", repo, "--from", local_hub.url, "--to", dst_hub.url, "--deadline", "0")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "deadline" in out.stderr and "not mirrored: step-0000001, step-0000002" in out.stderr
+    assert "again" in out.stderr

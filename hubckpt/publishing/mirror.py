@@ -44,13 +44,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import HubckptError, HubConfigError, IntegrityError, MirrorConflictError, MirrorIncompleteError
+from ..errors import (
+    DiskFullError,
+    HubConfigError,
+    HubUnavailableError,
+    IntegrityError,
+    MirrorConflictError,
+    MirrorIncompleteError,
+)
 from ..faults import fault
 from ..formats.index import INDEX_FILE, RevisionIndex
 from ..formats.untrusted import check_repo_path
 from ..hub.commits import folder_operations, quiet_xet_notice
 from ..hub.reader import HubReader
-from ..hub.retries import status_of
+from ..hub.retries import TRANSIENT_STATUS, status_of
 from ..hub.select import resolve_hub
 from ..hub.uploaded import UploadedFile, operation, sha256_file
 from ..hub.writer import MAIN, HubTarget, is_staging_branch, staging_branch
@@ -62,6 +69,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TRAILER = "Mirrored-From: "
+RETRYABLE = (HubUnavailableError, IntegrityError, DiskFullError, ConnectionError, TimeoutError)
 PREFETCH_COMMITS = 2  # commits whose new files download ahead of the one uploading (bounds the disk used)
 SMALL_FILE_BYTES = 1024 * 1024  # regular files up to this size are kept in memory for the run, read once
 _TRAILER_RE = re.compile(r"^Mirrored-From: ([0-9a-f]{40})$", re.MULTILINE)
@@ -279,12 +287,12 @@ class _Mirror:
             self.update_main(src_branches[MAIN], dst_main)
             self.move_tags(src_tags, dst_tags)
             self.report(None, len(plan.branches))
-        except (HubckptError, ConnectionError, OSError) as e:
-            raise self.incomplete(plan, e) from e
         except Exception as e:
-            if status_of(e) is None:
-                raise
-            raise self.incomplete(plan, e) from e
+            # What a rerun can get past (a hub that kept refusing or failing, a bad download, the deadline)
+            # says what is done and what is left; anything else (a read token, a bug) is raised as it is.
+            if isinstance(e, RETRYABLE) or status_of(e) in TRANSIENT_STATUS:
+                raise self.incomplete(plan, e) from e
+            raise
         for staging in sorted(self.staging):  # left by a killed run, for a branch that it had finished
             if staging in {staging_branch(r) for r in revisions}:
                 self.dst.delete_branch(staging)
@@ -357,8 +365,6 @@ class _Mirror:
 
     def check_deadline(self) -> None:
         if self.ends_at is not None and time.monotonic() > self.ends_at:
-            from ..errors import HubUnavailableError
-
             raise HubUnavailableError("the mirror's deadline passed")
 
     # -- writing the target ------------------------------------------------------------------------------

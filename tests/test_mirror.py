@@ -279,3 +279,16 @@ def test_a_deadline_that_passes_stops_the_mirror_with_what_is_left(local_hub, ds
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "deadline" in out.stderr and "not mirrored: step-0000001, step-0000002" in out.stderr
     assert "again" in out.stderr
+
+
+def test_a_pruned_revision_s_commit_is_copied_without_its_branch(local_hub, dst_hub, api, tmp_path):
+    repo = f"alice/pruned-{uuid.uuid4().hex[:6]}"
+    _publish(repo, local_hub.url, tmp_path / "spool", [1, 2])
+    api.delete_branch(repo, branch="step-0000001")  # as retention does: its commit stays in step 2's history
+    hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url)
+    dst = HfApi(endpoint=dst_hub.url, token="unused")
+    assert "step-0000001" not in _refs(dst, repo)[0]
+    src_history = api.list_repo_commits(repo, revision="step-0000002")
+    dst_history = dst.list_repo_commits(repo, revision="step-0000002")
+    assert [c.title for c in dst_history] == [c.title for c in src_history] and len(dst_history) == 3
+    assert _files(dst, repo, dst_history[1].commit_id).keys() == _files(api, repo, src_history[1].commit_id).keys()

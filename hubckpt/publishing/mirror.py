@@ -260,14 +260,6 @@ class _Mirror:
         src_branches, src_tags = self.src.refs()
         revisions = sorted(b for b in src_branches if b != MAIN and not is_staging_branch(b))
         self.dst.ensure_repo()
-        if self.dst.private:  # a target that existed public: the source's privacy wins
-            info = self.dst._retrying(lambda: self.dst.api.repo_info(self.dst.repo_id), what="reading the target")
-            if not getattr(info, "private", False):
-                logger.warning("%s was public; making it private as the source is", self.dst.describe())
-                self.dst._retrying(
-                    lambda: self.dst.api.update_repo_settings(self.dst.repo_id, private=True),
-                    what=f"making {self.dst.repo_id} private",
-                )
         dst_branches, dst_tags = self.dst.refs()
         self.staging = {b: c for b, c in dst_branches.items() if is_staging_branch(b)}
         ours = [b for b in dst_branches if b in src_branches or b in {staging_branch(r) for r in revisions}]
@@ -281,6 +273,7 @@ class _Mirror:
                 "dst_repo_id=), delete those branches on the target, or pass --force (force=True) to overwrite them.",
                 conflicts=conflicts,
             )
+        self.keep_private()
         self.report(None, len(plan.branches))
         try:
             self.copy(plan, dst_branches)
@@ -297,6 +290,18 @@ class _Mirror:
             if staging in {staging_branch(r) for r in revisions}:
                 self.dst.delete_branch(staging)
         return self.result
+
+    def keep_private(self) -> None:
+        """A target that existed public is made private when the source is (after the conflict check)."""
+        if not self.dst.private:
+            return
+        info = self.dst._retrying(lambda: self.dst.api.repo_info(self.dst.repo_id), what="reading the target")
+        if not getattr(info, "private", False):
+            logger.warning("%s was public; making it private as the source is", self.dst.describe())
+            self.dst._retrying(
+                lambda: self.dst.api.update_repo_settings(self.dst.repo_id, private=True),
+                what=f"making {self.dst.repo_id} private",
+            )
 
     def incomplete(self, plan: _Plan, error: BaseException) -> MirrorIncompleteError:
         pending = [b for b in plan.branches if b not in self.done_revisions]

@@ -31,7 +31,6 @@ How it works, and why it can be killed and run again:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import shutil
@@ -44,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..cards import retarget_card
 from ..errors import (
     DiskFullError,
     HubConfigError,
@@ -555,16 +555,13 @@ class _Mirror:
         )
 
     def rewrite_card(self, text: str) -> str:
-        """The card with its links pointed at the target; the YAML front matter kept as it was."""
-        front, body = "", text
-        if text.startswith("---\n") and (end := text.find("\n---\n", 4)) != -1:
-            front, body = text[: end + 5], text[end + 5 :]
-        src_url = f"{self.src.hub.endpoint.rstrip('/')}/{self.src.repo_id}"
-        body = body.replace(src_url, self.dst.repo_url)
-        if self.src.repo_id != self.dst.repo_id:
-            body = body.replace(json.dumps(self.src.repo_id), json.dumps(self.dst.repo_id))
-            body = re.sub(rf"(?<![\w/.-]){re.escape(self.src.repo_id)}(?![\w/-])", self.dst.repo_id, body)
-        return front + body
+        return retarget_card(
+            text,
+            src_url=f"{self.src.hub.endpoint.rstrip('/')}/{self.src.repo_id}",
+            dst_url=self.dst.repo_url,
+            src_repo_id=self.src.repo_id,
+            dst_repo_id=self.dst.repo_id,
+        )
 
     def update_main(self, src_head: str, dst_main: list[Any]) -> None:
         """One commit making the target's `main` hold the source's (index commits remapped, card rewritten)."""

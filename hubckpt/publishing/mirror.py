@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cards import retarget_card
 from ..errors import (
     DiskFullError,
     HubConfigError,
@@ -54,25 +51,22 @@ from ..errors import (
 )
 from ..faults import fault
 from ..formats.index import INDEX_FILE, RevisionIndex
-from ..formats.untrusted import check_repo_path
 from ..hub.commits import folder_operations, quiet_xet_notice
 from ..hub.reader import HubReader
 from ..hub.retries import TRANSIENT_STATUS, status_of
 from ..hub.select import resolve_hub
-from ..hub.uploaded import UploadedFile, operation, sha256_file
+from ..hub.uploaded import UploadedFile, operation
 from ..hub.writer import MAIN, HubTarget, is_staging_branch, staging_branch
 from .layout import CARD_FILE
+from .mirror_io import Entry, MirrorIO, copied_from, history
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
 logger = logging.getLogger(__name__)
 
-TRAILER = "Mirrored-From: "
 RETRYABLE = (HubUnavailableError, IntegrityError, DiskFullError, ConnectionError, TimeoutError)
 PREFETCH_COMMITS = 2  # commits whose new files download ahead of the one uploading (bounds the disk used)
-SMALL_FILE_BYTES = 1024 * 1024  # regular files up to this size are kept in memory for the run, read once
-_TRAILER_RE = re.compile(r"^Mirrored-From: ([0-9a-f]{40})$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -108,20 +102,6 @@ class MirrorResult:
     bytes_downloaded: int = 0
     tags_moved: list[str] = field(default_factory=list)
     main_updated: bool = False
-
-
-@dataclass(frozen=True)
-class _Entry:
-    """One file of a listing: enough to tell whether two files are the same without reading them."""
-
-    path: str
-    size: int
-    oid: str  # git blob oid
-    sha256: str | None  # LFS files only
-
-    @property
-    def key(self) -> str:
-        return self.sha256 or self.oid
 
 
 @dataclass
@@ -203,56 +183,22 @@ class _Mirror:
         self.ends_at = None if deadline is None else time.monotonic() + deadline
         self.progress = progress
         self.result = MirrorResult(src.repo_id, dst.repo_id)
+        self.io = MirrorIO(src, dst)
         self.copied: dict[str, str] = {}  # source commit → target commit
         self.src_history: dict[str, list[Any]] = {}  # branch → commits, oldest first
-        self.listings: dict[tuple[str, str], dict[str, _Entry]] = {}  # (side, commit) → files
         self.known: set[str] = set()  # LFS sha256s the target holds
-        self.bytes_done = 0
         self.done_revisions: list[str] = []
         self.plan_bytes = 0
-        self.lock = threading.Lock()
         self.staging: dict[str, str] = {}  # staging branch → its head on the target, as this run knows it
         self.made: set[str] = set()  # source commits copied by this run
-        self.small: dict[str, bytes] = {}  # git oid → bytes of small regular files read this run
-
-    # -- reading both sides --------------------------------------------------------------------------
-
-    def history(self, side: HubReader, branch: str) -> list[Any]:
-        """The commits of `branch`, oldest first (huggingface_hub's `GitCommitInfo`)."""
-        commits = side.retrying(
-            lambda: side.api.list_repo_commits(side.repo_id, revision=branch),
-            what=f"listing commits of {side.repo_id}@{branch}",
-        )
-        return list(reversed(commits))
-
-    def listing(self, side: HubReader, commit: str) -> dict[str, _Entry]:
-        key = (side.hub.endpoint + side.repo_id, commit)
-        if key not in self.listings:
-            entries = side.retrying(
-                lambda: list(side.api.list_repo_tree(side.repo_id, revision=commit, recursive=True)),
-                what=f"listing files of {side.repo_id}@{commit[:12]}",
-            )
-            source = side.source("(file listing)", commit)
-            files: dict[str, _Entry] = {}
-            for e in entries:
-                if not hasattr(e, "blob_id"):  # a folder
-                    continue
-                path = check_repo_path(e.path, source)
-                lfs = getattr(e, "lfs", None)
-                sha = getattr(lfs, "sha256", None) if lfs is not None else None
-                if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", str(sha)):
-                    raise source.error(f"the LFS oid of {path} is not a sha256")
-                files[path] = _Entry(path, int(e.size or 0), str(e.blob_id), sha)
-            self.listings[key] = files
-        return self.listings[key]
 
     def read_map(self, branches: list[str]) -> None:
         """Source commit → target commit, from the `Mirrored-From` lines of the target's histories."""
         for branch in branches:
-            for commit in self.history(self.dst.reader, branch):
-                found = _TRAILER_RE.search(f"{commit.title or ''}\n{commit.message or ''}")
+            for commit in history(self.dst.reader, branch):
+                found = copied_from(commit)
                 if found:
-                    self.copied.setdefault(found[1], commit.commit_id)
+                    self.copied.setdefault(found, commit.commit_id)
 
     # -- the run -------------------------------------------------------------------------------------
 
@@ -264,7 +210,7 @@ class _Mirror:
         self.staging = {b: c for b, c in dst_branches.items() if is_staging_branch(b)}
         ours = [b for b in dst_branches if b in src_branches or b in {staging_branch(r) for r in revisions}]
         self.read_map(sorted(ours))
-        dst_main = self.history(self.dst.reader, MAIN)
+        dst_main = history(self.dst.reader, MAIN)
         plan, conflicts = self.plan(revisions, src_branches, dst_branches, dst_main)
         if conflicts and not self.force:
             raise MirrorConflictError(
@@ -286,6 +232,7 @@ class _Mirror:
             if isinstance(e, RETRYABLE) or status_of(e) in TRANSIENT_STATUS:
                 raise self.incomplete(plan, e) from e
             raise
+        self.result.bytes_downloaded = self.io.bytes_done
         for staging in sorted(self.staging):  # left by a killed run, for a branch that it had finished
             if staging in {staging_branch(r) for r in revisions}:
                 self.dst.delete_branch(staging)
@@ -320,10 +267,10 @@ class _Mirror:
         """What to copy, and which target branches are in the way (named with why)."""
         plan, conflicts = _Plan(), []
         if dst_main:  # the roots of both histories (create_repo's commits) correspond
-            self.copied.setdefault(self.history(self.src, MAIN)[0].commit_id, dst_main[0].commit_id)
+            self.copied.setdefault(history(self.src, MAIN)[0].commit_id, dst_main[0].commit_id)
         for name in revisions:
             head = src_branches[name]
-            chain = self.history(self.src, name)
+            chain = history(self.src, name)
             self.src_history[name] = chain
             ids = [c.commit_id for c in chain]
             there = dst_branches.get(name)
@@ -338,35 +285,28 @@ class _Mirror:
                 if commit not in self.copied and commit not in {c for c, _, _ in plan.commits}:
                     plan.commits.append((commit, parent, name))
             plan.branches[name] = head
-        if dst_main and len(dst_main) > 1 and not self.copied_from(dst_main[-1]):
+        if dst_main and len(dst_main) > 1 and not copied_from(dst_main[-1]):
             conflicts.append(f"main (target at {dst_main[-1].commit_id[:12]} has commits not copied from the source)")
         # What will be downloaded: LFS objects new to the target and every changed regular file.
         seen: set[str] = set()
         for commit, parent, _ in plan.commits:
-            now, before = self.listing(self.src, commit), self.listing(self.src, parent)
+            now, before = self.io.listing(self.src, commit), self.io.listing(self.src, parent)
             for path, entry in now.items():
                 if before.get(path) != entry and entry.key not in seen:
                     seen.add(entry.key)
                     plan.bytes_total += entry.size
         main_head = src_branches[MAIN]
-        if (
-            dst_main
-            and self.copied_from(dst_main[-1]) != main_head
-            and self.copied.get(main_head) != dst_main[-1].commit_id
-        ):
-            for entry in self.listing(self.src, main_head).values():  # main's own files: the index, card, chart
+        if dst_main and copied_from(dst_main[-1]) != main_head and self.copied.get(main_head) != dst_main[-1].commit_id:
+            for entry in self.io.listing(self.src, main_head).values():  # main's own files: the index, card, chart
                 if entry.key not in seen and entry.path != ".gitattributes":
                     seen.add(entry.key)
                     plan.bytes_total += entry.size
         return plan, conflicts
 
-    def copied_from(self, commit: Any) -> str | None:
-        found = _TRAILER_RE.search(f"{commit.title or ''}\n{commit.message or ''}")
-        return found[1] if found else None
-
     def report(self, revision: str | None, total: int) -> None:
         if self.progress is not None:
-            self.progress(MirrorProgress(len(self.done_revisions), total, self.bytes_done, self.plan_bytes, revision))
+            done = len(self.done_revisions)
+            self.progress(MirrorProgress(done, total, self.io.bytes_done, self.plan_bytes, revision))
 
     def check_deadline(self) -> None:
         if self.ends_at is not None and time.monotonic() > self.ends_at:
@@ -415,12 +355,12 @@ class _Mirror:
         self.done_revisions.append(name)
         self.result.copied.append(name)
 
-    def prefetch_plan(self, order: list[tuple[str, str, str]]) -> list[list[_Entry]]:
+    def prefetch_plan(self, order: list[tuple[str, str, str]]) -> list[list[Entry]]:
         """Per commit, the files it will most likely need from the source (`copy_commit` decides; a file
         it needs and this missed is downloaded then)."""
         known, out = set(self.known), []
         for commit, parent, _ in order:
-            now, before = self.listing(self.src, commit), self.listing(self.src, parent)
+            now, before = self.io.listing(self.src, commit), self.io.listing(self.src, parent)
             out.append(
                 [
                     e
@@ -431,10 +371,10 @@ class _Mirror:
             known |= {e.sha256 for e in now.values() if e.sha256}
         return out
 
-    def prefetch(self, commit: str, entries: list[_Entry], folder: Path) -> Path:
+    def prefetch(self, commit: str, entries: list[Entry], folder: Path) -> Path:
         folder.mkdir(parents=True)
         for entry in entries:
-            self.fetch(commit, entry, folder / "files", folder / "cache")
+            self.io.fetch(commit, entry, folder / "files", folder / "cache")
         return folder / "files"
 
     def copy_commit(self, commit: str, parent: str, staging: str, prefetched: Path | None = None) -> None:
@@ -447,9 +387,9 @@ class _Mirror:
             if head is not None:
                 self.dst.delete_branch(staging)
             self.dst._create_branch(staging, base)
-        now, before = self.listing(self.src, commit), self.listing(self.src, parent)
+        now, before = self.io.listing(self.src, commit), self.io.listing(self.src, parent)
         # A copy made by this run holds its source's paths and objects (only the card's bytes differ): no listing.
-        there = before if parent in self.made else self.listing(self.dst.reader, base)
+        there = before if parent in self.made else self.io.listing(self.dst.reader, base)
         self.known |= {e.sha256 for e in there.values() if e.sha256}
         info = next(c for chain in self.src_history.values() for c in chain if c.commit_id == commit)
         with tempfile.TemporaryDirectory(prefix="hubckpt-mirror-") as tmp, contextlib.ExitStack() as stack:
@@ -469,7 +409,7 @@ class _Mirror:
                     (folder / path).parent.mkdir(parents=True, exist_ok=True)
                     shutil.move(str(ready), folder / path)
                 else:
-                    self.fetch(commit, entry, folder, Path(tmp) / "cache")
+                    self.io.fetch(commit, entry, folder, Path(tmp) / "cache")
             if prefetched is not None:
                 shutil.rmtree(prefetched.parent, ignore_errors=True)  # what was fetched and not needed
             deletes = [CommitOperationDelete(p) for p in sorted(there) if p not in now and p != ".gitattributes"]
@@ -478,7 +418,7 @@ class _Mirror:
                 ops += folder_operations(folder, stack, use_xet=self.dst.hub.is_huggingface_co)
                 ops += refs
                 ops += deletes
-                new = self.commit(staging, base, ops, info.title or f"mirror {commit[:12]}", info.message, commit)
+                new = self.io.commit(staging, base, ops, info.title or f"mirror {commit[:12]}", info.message, commit)
         self.copied[commit] = new
         self.made.add(commit)
         self.staging[staging] = new
@@ -486,94 +426,15 @@ class _Mirror:
         self.result.commits += 1
         fault("mirror.committed")
 
-    def fetch(self, commit: str, entry: _Entry, folder: Path, cache: Path) -> None:
-        """Download one file of the source at `commit` into `folder` (cards rewritten), verified by sha256.
-
-        Small regular files (a final revision's checkpoint.json on `main`...) are read once per run."""
-        dest = folder / entry.path
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if entry.sha256 is None and entry.oid in self.small:
-            dest.write_bytes(self.small[entry.oid])
-        else:
-            self.download(commit, entry, dest, cache)
-        if entry.path == CARD_FILE:
-            dest.write_text(self.rewrite_card(dest.read_text(encoding="utf-8")), encoding="utf-8")
-
-    def download(self, commit: str, entry: _Entry, dest: Path, cache: Path) -> None:
-        got = Path(
-            self.src.retrying(
-                lambda: self.src.api.hf_hub_download(
-                    self.src.repo_id, entry.path, revision=commit, cache_dir=str(cache)
-                ),
-                what=f"downloading {entry.path}@{commit[:12]} of {self.src.repo_id}",
-            )
-        ).resolve()
-        if entry.sha256 and sha256_file(got) != entry.sha256:
-            raise IntegrityError(
-                f"{self.src.repo_id}@{commit[:12]}/{entry.path}: the bytes received do not match the sha256 "
-                "of the source's listing; nothing was committed. Run the mirror again.",
-                path=entry.path,
-            )
-        shutil.move(str(got), dest)
-        with self.lock:  # prefetching threads add up here too
-            self.bytes_done += entry.size
-            self.result.bytes_downloaded += entry.size
-        if entry.sha256 is None and entry.size <= SMALL_FILE_BYTES:
-            self.small[entry.oid] = dest.read_bytes()
-
-    def commit(self, branch: str, base: str, ops: list[Any], title: str, message: str | None, source: str) -> str:
-        """One commit on `branch` at `base`, never twice: a lost answer is settled by reading the branch."""
-        from huggingface_hub.errors import HfHubHTTPError
-
-        description = f"{(message or '').strip()}\n\n{TRAILER}{source}".strip()
-
-        def landed() -> str | None:
-            history = self.history(self.dst.reader, branch)
-            return history[-1].commit_id if history and self.copied_from(history[-1]) == source else None
-
-        def send() -> str:
-            for op in ops:
-                stream = getattr(op, "path_or_fileobj", None)
-                if stream is not None and hasattr(stream, "seek"):
-                    stream.seek(0)
-            try:
-                return self.dst.api.create_commit(
-                    self.dst.repo_id,
-                    ops,
-                    commit_message=title,
-                    commit_description=description,
-                    revision=branch,
-                    parent_commit=base,
-                ).oid
-            except HfHubHTTPError as e:
-                if status_of(e) == 412 and (done := landed()):
-                    return done
-                raise
-
-        return self.dst.reader.retrying(
-            send, what=f"committing to {branch} of {self.dst.repo_id}", settle=lambda e: landed()
-        )
-
-    def rewrite_card(self, text: str) -> str:
-        return retarget_card(
-            text,
-            src_url=f"{self.src.hub.endpoint.rstrip('/')}/{self.src.repo_id}",
-            dst_url=self.dst.repo_url,
-            src_repo_id=self.src.repo_id,
-            dst_repo_id=self.dst.repo_id,
-        )
-
     def update_main(self, src_head: str, dst_main: list[Any]) -> None:
         """One commit making the target's `main` hold the source's (index commits remapped, card rewritten)."""
         from huggingface_hub import CommitOperationDelete
 
-        current = self.history(self.dst.reader, MAIN)
-        if current and (
-            self.copied_from(current[-1]) == src_head or self.copied.get(src_head) == current[-1].commit_id
-        ):
+        current = history(self.dst.reader, MAIN)
+        if current and (copied_from(current[-1]) == src_head or self.copied.get(src_head) == current[-1].commit_id):
             return
         base = current[-1].commit_id
-        now, there = self.listing(self.src, src_head), self.listing(self.dst.reader, base)
+        now, there = self.io.listing(self.src, src_head), self.io.listing(self.dst.reader, base)
         with tempfile.TemporaryDirectory(prefix="hubckpt-mirror-") as tmp, contextlib.ExitStack() as stack:
             folder = Path(tmp) / "files"
             folder.mkdir()
@@ -586,7 +447,7 @@ class _Mirror:
                 if entry.sha256 and entry.sha256 in self.known | {e.sha256 for e in there.values() if e.sha256}:
                     refs.append(operation(UploadedFile(path, entry.sha256, entry.size)))
                     continue
-                self.fetch(src_head, entry, folder, Path(tmp) / "cache")
+                self.io.fetch(src_head, entry, folder, Path(tmp) / "cache")
             index_file = folder / INDEX_FILE
             if index_file.exists():
                 index = RevisionIndex.from_json(index_file.read_bytes(), self.src.source(INDEX_FILE, MAIN))
@@ -604,8 +465,8 @@ class _Mirror:
                 ops += folder_operations(folder, stack, use_xet=self.dst.hub.is_huggingface_co)
                 ops += refs
                 ops += deletes
-                info = self.history(self.src, MAIN)[-1]
-                self.commit(MAIN, base, ops, info.title or "mirror main", info.message, src_head)
+                info = history(self.src, MAIN)[-1]
+                self.io.commit(MAIN, base, ops, info.title or "mirror main", info.message, src_head)
         self.result.commits += 1
         self.result.main_updated = True
 
@@ -614,8 +475,8 @@ class _Mirror:
         for tag, commit in sorted(src_tags.items()):
             target = self.copied.get(commit)
             if target is None:
-                main_history = self.history(self.dst.reader, MAIN)
-                if self.copied_from(main_history[-1]) == commit:
+                main_history = history(self.dst.reader, MAIN)
+                if copied_from(main_history[-1]) == commit:
                     target = branches[MAIN]
             if target is None:
                 logger.warning("tag %s of %s is at %s, which was not mirrored; skipped", tag, self.src.repo_id, commit)

@@ -76,7 +76,17 @@ GROUPS: list[tuple[str, str, str, list[str]]] = [
         "Hubs and the local hub",
         "Choose a hub, start the local one. Guides: [The local hub](../../local-hub.md), "
         "[huggingface.co and other hubs](../../hubs.md).",
-        ["Hub", "resolve_hub", "hub_api", "ensure_local_hub", "point_hf_clients_at", "LocalHubServer"],
+        [
+            "Hub",
+            "resolve_hub",
+            "hub_api",
+            "ensure_local_hub",
+            "point_hf_clients_at",
+            "LocalHubServer",
+            "mirror",
+            "MirrorResult",
+            "MirrorProgress",
+        ],
     ),
     (
         "errors",

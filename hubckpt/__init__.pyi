@@ -36,6 +36,8 @@ from .errors import (
     HubUnavailableError as HubUnavailableError,
     IntegrityError as IntegrityError,
     InvalidNameError as InvalidNameError,
+    MirrorConflictError as MirrorConflictError,
+    MirrorIncompleteError as MirrorIncompleteError,
     MissingExtraError as MissingExtraError,
     NoSafetensorsError as NoSafetensorsError,
     PublishError as PublishError,
@@ -95,6 +97,11 @@ from .publishing import (
 )
 from .publishing.checkpointer import (
     Checkpointer as Checkpointer,
+)
+from .publishing.mirror import (
+    MirrorProgress as MirrorProgress,
+    MirrorResult as MirrorResult,
+    mirror as mirror,
 )
 from .readers import (
     discover as discover,

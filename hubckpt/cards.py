@@ -253,6 +253,28 @@ def render_repo_card(
     )
 
 
+def retarget_card(text: str, *, src_url: str, dst_url: str, src_repo_id: str, dst_repo_id: str) -> str:
+    """A card copied to another hub (or repo), its links and snippets pointed there; its metadata unchanged.
+
+    Used by `hubckpt.mirror`: the YAML front matter is kept byte for byte (what the run's publisher put
+    there: license, base model, eval results...); in the text, links to `src_url` go to `dst_url`, and
+    when the repo id changes, the id in code snippets (JSON-quoted, shell-quoted, Markdown-escaped or bare).
+    """
+    import json
+    import re
+
+    front, body = "", text
+    if text.startswith("---\n") and (end := text.find("\n---\n", 4)) != -1:
+        front, body = text[: end + 5], text[end + 5 :]
+    body = body.replace(src_url.rstrip("/"), dst_url.rstrip("/"))
+    if src_repo_id != dst_repo_id:
+        for quote in (json.dumps, shlex.quote, md_text):
+            if quote(src_repo_id) != src_repo_id:  # bare ids: below, only where a whole id stands
+                body = body.replace(quote(src_repo_id), quote(dst_repo_id))
+        body = re.sub(rf"(?<![\w/.-]){re.escape(src_repo_id)}(?![\w/-])", dst_repo_id, body)
+    return front + body
+
+
 def table_metrics(revisions: list[RevisionInfo], limit: int = 4) -> list[str]:
     """The few metrics worth a column: eval metrics first, then loss, by how many revisions have them."""
     counts: dict[str, int] = {}

@@ -24,6 +24,8 @@ Hierarchy::
     ├── DestinationExistsError (FileExistsError)  output exists and overwriting was not asked for
     ├── DiskFullError (OSError)               no space (or file size limit) while writing; nothing left behind
     ├── RevisionCollisionError (FileExistsError)  a revision name already published with other content
+    ├── MirrorConflictError (FileExistsError)     a mirror's target holds other content under the same branch
+    ├── MirrorIncompleteError (RuntimeError)      a mirror stopped midway (429s past the retries...); rerun it
     ├── PublishError (RuntimeError)           a background publish job could not complete
     │   └── PublishFailedError                    raised by wait()/close(): which revisions failed, and why
     ├── SpoolBusyError (RuntimeError)         another process owns the publisher's spool (attribute `pid`)
@@ -279,6 +281,50 @@ class RevisionCollisionError(HubckptError, FileExistsError):
             "revision template or name (--template / --revision; revision_template= / revision=), pass "
             "replace=True to Publisher.publish to replace it, or delete that branch first."
         )
+
+
+class MirrorConflictError(HubckptError, FileExistsError):
+    """The mirror's target repo holds other content under branch names the source has; nothing was changed.
+
+    Attributes:
+        conflicts: one line per branch in the way (its name and why).
+
+    Args:
+        message: the conflicts and what to do.
+        conflicts: one line per branch in the way.
+
+    What to do:
+        Mirror to another repo (`--to-repo NAME` / `dst_repo_id=`), delete those branches on the target, or
+        pass `--force` (`force=True`) to overwrite what differs.
+    """
+
+    def __init__(self, message: str, conflicts: list[str] | None = None) -> None:
+        self.conflicts = list(conflicts or [])
+        super().__init__(message)
+
+
+class MirrorIncompleteError(HubckptError, RuntimeError):
+    """A mirror stopped before it copied everything: the target kept refusing (e.g. 429s past the retries),
+    failed, or the deadline passed. What was copied is complete on the target.
+
+    Attributes:
+        mirrored: revision branches the target holds (copied now or before).
+        pending: revision branches not mirrored yet.
+
+    Args:
+        message: the cause, what was mirrored and what was not.
+        mirrored: revision branches the target holds.
+        pending: revision branches not mirrored yet.
+
+    What to do:
+        Run the same mirror again once the target accepts commits (after its rate-limit window, or with a
+        longer `--deadline`): it continues where this one stopped, each revision copied exactly once.
+    """
+
+    def __init__(self, message: str, mirrored: list[str] | None = None, pending: list[str] | None = None) -> None:
+        self.mirrored = list(mirrored or [])
+        self.pending = list(pending or [])
+        super().__init__(message)
 
 
 class PublishError(HubckptError, RuntimeError):

@@ -15,7 +15,7 @@ import typer
 
 from hubckpt import environment
 
-from . import accounts, analyze, convert, demo, diff, env, jobs, publish, pull, revisions, serve
+from . import accounts, analyze, convert, demo, diff, env, jobs, mirror, publish, pull, revisions, serve
 
 app = typer.Typer(
     name="hubckpt",
@@ -41,6 +41,7 @@ app.command("tag")(revisions.tag)
 app.command("prune")(revisions.prune)
 app.command("reindex")(revisions.reindex)
 app.command("analyze")(analyze.analyze)
+app.command("mirror")(mirror.mirror)
 app.add_typer(accounts.user_app, name="user")
 app.add_typer(accounts.org_app, name="org")
 app.add_typer(accounts.token_app, name="token")

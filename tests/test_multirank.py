@@ -53,6 +53,9 @@ def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
     if mode.startswith("crash"):
         _crash_main(repo, hub, out, mode)
         return
+    if mode == "absent":
+        _absent_main(repo, hub, out)
+        return
     model = _model()
     if mode == "fsdp":
         model = _fsdp(model, world)
@@ -212,6 +215,54 @@ def _crash_main(repo: str, hub: str, out: Path, mode: str) -> None:
     os._exit(0)
 
 
+ABSENT_TIMEOUT = 3.0  # the rank_timeout of the absent-rank launch
+
+
+def _absent_main(repo: str, hub: str, out: Path) -> None:
+    """A rank that never arrives at save(): first rank 1 skips one (it sleeps, then calls close()), then,
+    on a second Checkpointer, it exits without saving (a rank that is gone). Each rank records the error
+    it got and how long it waited."""
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    import hubckpt
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = _fsdp(_model(), world)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    seen: dict = {"rank": rank}
+
+    def timed(key: str, call) -> None:
+        started = time.monotonic()
+        try:
+            call()
+            seen[key] = "returned"
+        except hubckpt.HubckptError as e:
+            seen[key] = f"{type(e).__name__}: {e}"
+        seen[key + "_s"] = time.monotonic() - started
+
+    ckpt = hubckpt.Checkpointer(repo, model=model, optimizer=opt, hub=hub, rank_timeout=ABSENT_TIMEOUT)
+    ckpt.save(1)
+    ckpt.wait()
+    if rank == 0:
+        timed("skipped", lambda: ckpt.save(2))  # rank 1 never calls it
+        timed("after", lambda: ckpt.save(3))  # the ranks are out of step now: at once, not another wait
+    else:
+        time.sleep(ABSENT_TIMEOUT + 2)
+        timed("skipped", ckpt.close)  # its next call of ours fails too, within the timeout
+    ckpt.close()  # finishes this rank's own work; the error was said
+    again = hubckpt.Checkpointer(repo, model=model, optimizer=opt, hub=hub, rank_timeout=ABSENT_TIMEOUT)
+    (out / f"absent-{rank}.json").write_text(json.dumps(seen))
+    if rank == 1:
+        os._exit(0)  # gone without saving (its loop ended early)
+    timed("gone", lambda: again.save(4))
+    again.close()
+    (out / f"absent-{rank}.json").write_text(json.dumps(seen))
+    os._exit(0)
+
+
 def _launch(tmp_path: Path, repo: str, hub: str, mode: str, nproc: int = 2) -> list[dict]:
     env = {**os.environ, "HUBCKPT_SPOOL": str(tmp_path / "spool"), "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
@@ -232,7 +283,7 @@ def _launch(tmp_path: Path, repo: str, hub: str, mode: str, nproc: int = 2) -> l
         assert proc.returncode != 0, "the rank was to be killed"
         return []
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
-    prefix = {"reshard": "reshard", "crash": "crash"}.get(mode, "rank")
+    prefix = {"reshard": "reshard", "crash": "crash", "absent": "absent"}.get(mode, "rank")
     return [json.loads((tmp_path / f"{prefix}-{r}.json").read_text()) for r in range(nproc)]
 
 
@@ -341,6 +392,25 @@ def test_a_rank_killed_during_a_save_leaves_no_partial_revision_and_the_rerun_fi
         want = load_file(str(tmp_path / f"crash-expected-{step}.safetensors"))
         got = hubckpt.load_state_dict(repo_id, revision=f"step-{step:07d}", hub=local_hub.url)
         assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want), step
+
+
+@pytest.mark.slow
+def test_a_rank_that_never_arrives_at_save_fails_every_waiting_rank_within_rank_timeout(
+    tmp_path, local_hub, api, repo_id
+):
+    """One rank skips a save, then (on a new Checkpointer) one rank is gone: every waiting rank raises a
+    RankMismatchError within rank_timeout (plus slack), never hangs, and nothing of those steps is published."""
+    seen = _launch(tmp_path, repo_id, local_hub.url, "absent")
+    bound = ABSENT_TIMEOUT + 10
+    for s, keys in zip(seen, (["skipped", "after", "gone"], ["skipped"])):
+        for key in keys:
+            assert s[key].startswith("RankMismatchError"), (key, s)
+            assert s[key + "_s"] < bound, (key, s)
+    assert "rank_timeout" in seen[0]["skipped"] and "save()" in seen[0]["skipped"]
+    assert "out of step" in seen[0]["after"] and seen[0]["after_s"] < 1, seen[0]
+    branches = {b.name for b in api.list_repo_refs(repo_id).branches}
+    assert "step-0000001" in branches
+    assert not {"step-0000002", "step-0000003", "step-0000004"} & branches
 
 
 def _check_plain_process_restore(repo_id: str, hub: str, tmp_path: Path) -> None:

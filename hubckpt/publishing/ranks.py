@@ -270,6 +270,7 @@ class RankedCheckpointer(Checkpointer):
         self._jobs: queue.Queue[tuple | None] = queue.Queue()
         self._failed: list[dict[str, Any]] = []  # saves that failed in the background, not reported yet
         self._closed = False
+        self._broken: str | None = None  # why our collectives are out of step (a rank did not arrive)
         self._published: dict[int, str] = {}
         if self.rank == 0:
             self.target.ensure_repo()
@@ -359,12 +360,24 @@ class RankedCheckpointer(Checkpointer):
     # -- saving (training thread) ------------------------------------------------------------------
 
     def _collective(self, fn: Any, what: str) -> None:
+        """Run one collective of ours on the training thread's group; a rank that does not arrive within
+        `rank_timeout` (or is gone) makes it raise `RankMismatchError` here, and every later call at once:
+        after a timed-out collective the ranks are out of step on our group for good."""
+        if self._broken is not None:
+            raise RankMismatchError(self._broken)
         try:
             fn()
         except Exception as e:  # noqa: BLE001 - a timeout or a dead peer: the same clear error on every rank
+            self._broken = (
+                f"{self.repo_id}: the ranks are out of step since rank {self.rank} waited in vain for them to "
+                f"agree on {what}; this Checkpointer makes no collective call any more. Close it, and create a new "
+                "Checkpointer on every rank (or restart the job: Checkpointer.restore() resumes from the latest "
+                "revision)."
+            )
             raise RankMismatchError(
-                f"{self.repo_id}: rank {self.rank} waited {self.rank_timeout:.0f}s for the other ranks to agree on "
-                f"{what}; some rank did not call the same Checkpointer method (a skipped save(), or a rank died): {e}"
+                f"{self.repo_id}: rank {self.rank} waited up to rank_timeout={self.rank_timeout:g}s for the other "
+                f"ranks to agree on {what}; some rank did not call the same Checkpointer method (a skipped save(), "
+                f"or a rank that ended or died): {e}"
             ) from e
 
     def _agree(self, call: tuple) -> None:
@@ -783,7 +796,8 @@ class RankedCheckpointer(Checkpointer):
         so a rank may `os._exit` right after."""
         if self._closed:
             return
-        self._agree(("close", None, self.repo_id))
+        if self._broken is None:  # out of step (said by the call that found it): only this rank's own work
+            self._agree(("close", None, self.repo_id))
         self._closed = True
         try:
             self.wait(timeout)
@@ -817,7 +831,7 @@ class RankedCheckpointer(Checkpointer):
         if self.rank == 0 and revision is None and step is None:
             index = read_index(self.repo_id, hub=self._hub, token=self._token)
             live = [bool(index is not None and index.live())]
-        dist.broadcast_object_list(live, src=0, group=self._ctl)
+        self._collective(lambda: dist.broadcast_object_list(live, src=0, group=self._ctl), "restore()")
         if not live[0]:
             logger.info("%s has no revision yet: starting from scratch", self.repo_id)
             return None

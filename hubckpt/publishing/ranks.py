@@ -155,6 +155,20 @@ class Layout:
         }
 
 
+_KINDS = ("save", "close")
+
+
+@dataclass
+class Agreement:
+    """An agreement of the ranks on one call, started (an asynchronous all_gather) and not yet checked."""
+
+    call: tuple
+    work: Any  # torch.distributed Work
+    gathered: list[Any]
+    mine: Any
+    what: str
+
+
 _MESH_RANKS: dict[int, list[int]] = {}  # id(device mesh) → its ranks in order (read once: slow to compute)
 
 
@@ -309,16 +323,10 @@ class RankedCheckpointer(Checkpointer):
                             tensors[f"{fqn}.{key}"] = ("optimizer", value)
         return tensors, tied, groups
 
-    def _ensure_layout(
-        self,
-        tensors: dict[str, tuple[str, torch.Tensor]],
-        tied: dict[str, str],
-        locals_: dict[str, tuple[torch.Tensor, bool]],
-    ) -> Layout:
-        """The layout for this state (exchanged again, collectively, when its tensors changed: the
-        optimizer's state appears after its first step on every rank alike)."""
-        import torch.distributed as dist
-
+    def _signature(
+        self, tensors: dict[str, tuple[str, torch.Tensor]], locals_: dict[str, tuple[torch.Tensor, bool]]
+    ) -> tuple:
+        """This rank's view of the state's layout (metadata only, on the training thread)."""
         mine = []
         for name, (group, value) in tensors.items():
             local, sharded = locals_[name]
@@ -331,11 +339,24 @@ class RankedCheckpointer(Checkpointer):
                     local.shape[0] if sharded else None,
                 )
             )
-        signature = tuple(mine)
+        return tuple(mine)
+
+    def _ensure_layout(self, signature: tuple, tied: dict[str, str]) -> Layout:
+        """The layout for this state (background thread). Exchanged, collectively on the background's group,
+        only when this rank's signature changed (the first save; the optimizer's state appears after its first
+        step on every rank alike); every rank's background runs the same jobs in the same order."""
+        import torch.distributed as dist
+
         if self._layout is not None and self._layout.signature == signature:
             return self._layout
         everyone: list[Any] = [None] * self.world
-        self._collective(lambda: dist.all_gather_object(everyone, signature, group=self._ctl), "the state layout")
+        try:
+            dist.all_gather_object(everyone, signature, group=self._bg)
+        except Exception as e:  # noqa: BLE001 - a dead peer: the same clear error on every rank
+            raise RankMismatchError(
+                f"{self.repo_id}: rank {self.rank} could not exchange the state's layout with the other ranks "
+                f"(a rank ended or died): {e}"
+            ) from e
         names = [tuple(x[:4]) for x in everyone[0]]
         for r, theirs in enumerate(everyone):
             if [tuple(x[:4]) for x in theirs] != names:
@@ -380,22 +401,38 @@ class RankedCheckpointer(Checkpointer):
                 f"or a rank that ended or died): {e}"
             ) from e
 
-    def _agree(self, call: tuple) -> None:
-        """Every rank made the same call (kind, step, repo): one all_gather of three integers."""
+    def _post(self, call: tuple) -> Agreement:
+        """Start the agreement on a call (kind, step, repo): one asynchronous all_gather of three integers on
+        our training-thread group. Only the training thread starts collectives on that group, in call order."""
         import zlib
 
         import torch
         import torch.distributed as dist
 
-        kinds = ("save", "close")
+        if self._broken is not None:
+            raise RankMismatchError(self._broken)
         mine = torch.tensor(
-            [kinds.index(call[0]), -1 if call[1] is None else call[1], zlib.crc32(call[2].encode())], dtype=torch.int64
+            [_KINDS.index(call[0]), -1 if call[1] is None else call[1], zlib.crc32(call[2].encode())], dtype=torch.int64
         )
         gathered = [torch.empty_like(mine) for _ in range(self.world)]
-        self._collective(lambda: dist.all_gather(gathered, mine, group=self._ctl), f"{call[0]}()")
+        what = f"{call[0]}()"
+        work: Any = None
+
+        def start() -> None:
+            nonlocal work
+            work = dist.all_gather(gathered, mine, group=self._ctl, async_op=True)
+
+        self._collective(start, what)
+        return Agreement(call, work, gathered, mine, what)
+
+    def _settle(self, agreement: Agreement) -> None:
+        """Wait (at most `rank_timeout`) until every rank made its call; raise `RankMismatchError` on every rank
+        when they differ (a collective's outcome: the same everywhere)."""
+        self._collective(agreement.work.wait, agreement.what)
+        call, mine = agreement.call, agreement.mine
         everyone = [
-            (kinds[int(g[0])], None if int(g[1]) == -1 else int(g[1]), call[2] if int(g[2]) == int(mine[2]) else "?")
-            for g in gathered
+            (_KINDS[int(g[0])], None if int(g[1]) == -1 else int(g[1]), call[2] if int(g[2]) == int(mine[2]) else "?")
+            for g in agreement.gathered
         ]
         if any(c != everyone[0] for c in everyone):
             described = ", ".join(
@@ -405,6 +442,10 @@ class RankedCheckpointer(Checkpointer):
                 f"{self.repo_id}: the ranks called different Checkpointer methods or steps ({described}); "
                 "nothing was published. Every rank must call save(step) with the same step, in the same order."
             )
+
+    def _agree(self, call: tuple) -> None:
+        """Every rank made the same call (kind, step, repo), waited for here."""
+        self._settle(self._post(call))
 
     def save(
         self,
@@ -434,16 +475,22 @@ class RankedCheckpointer(Checkpointer):
         except (TypeError, ValueError) as e:
             raise HubConfigError(f"extra= must be JSON-serialisable: {e}") from e
         started = time.perf_counter()
-        self._agree(("save", int(step), self.repo_id))
+        # The ranks' agreement on (step, repo) is started here and not waited for: the capture below needs
+        # only this rank's own shards, so save() does not stall for a slower rank. If the others have arrived
+        # by the end of the capture, a mismatch raises right here; else the background checks it before
+        # anything is sent or published, and the save's Future, wait() and close() raise it.
+        agreement: Agreement | None = self._post(("save", int(step), self.repo_id))
         if step in self._published and not final:
             from .pipeline import PublishedRevision
 
+            assert agreement is not None
+            self._settle(agreement)
             done: Future = Future()
             done.set_result(PublishedRevision(self.repo_id, self._published[step], step, skipped=True))
             return done
         tensors, tied, groups = self._state()
         locals_ = {name: _local(value, self.world, name) for name, (_, value) in tensors.items()}
-        layout = self._ensure_layout(tensors, tied, locals_)
+        signature = self._signature(tensors, locals_)
         staging_set = self._pool.acquire()  # waits while every set is still being sent (backpressure)
         try:
             staging_set.ensure({n: (tuple(t.shape), t.dtype, False) for n, (t, _) in locals_.items()})
@@ -451,6 +498,10 @@ class RankedCheckpointer(Checkpointer):
             for name, (local, _) in locals_.items():
                 staged[name] = staging_set.buffers[name]
                 staged[name].copy_(local)
+            assert agreement is not None
+            if agreement.work.is_completed():
+                self._settle(agreement)
+                agreement = None
         except BaseException:
             self._pool.release(staging_set)
             raise
@@ -481,7 +532,7 @@ class RankedCheckpointer(Checkpointer):
         )
         future: Future = Future()
         self._published[step] = name
-        self._jobs.put((job, layout, staging_set, staged, state, groups, future))
+        self._jobs.put((job, agreement, signature, tied, staging_set, staged, state, groups, future))
         fault("ranks.after_capture")
         stall = time.perf_counter() - started
         self.stalls.append(stall)
@@ -511,8 +562,15 @@ class RankedCheckpointer(Checkpointer):
             if item is None:
                 self._jobs.task_done()
                 return
-            job, layout, staging_set, staged, state, groups, future = item
+            job, agreement, signature, tied, staging_set, staged, state, groups, future = item
             try:
+                try:
+                    if agreement is not None:
+                        self._settle(agreement)
+                    layout = self._ensure_layout(signature, tied)
+                except BaseException:
+                    self._pool.release(staging_set)
+                    raise
                 result = self._publish(job, layout, staging_set, staged, state, groups)
             except BaseException as e:  # noqa: BLE001 - re-raised by the Future, wait() and close()
                 logger.error("rank %d: publishing %s of %s failed: %s", self.rank, job["name"], self.repo_id, e)

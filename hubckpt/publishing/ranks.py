@@ -172,6 +172,15 @@ class Agreement:
 _MESH_RANKS: dict[int, list[int]] = {}  # id(device mesh) → its ranks in order (read once: slow to compute)
 
 
+def _local_tensor(value: Any) -> torch.Tensor:
+    """A DTensor's local tensor, detached: its `_local_tensor` where it has one (what `to_local()` returns, read
+    without `to_local()`'s autograd function: ~8 µs a tensor, 2.5 ms a save for a 300-tensor state)."""
+    local = getattr(value, "_local_tensor", None)
+    if local is None:  # pragma: no cover - a torch whose DTensor keeps it elsewhere
+        local = value.to_local()
+    return local.detach()
+
+
 def _local(value: torch.Tensor, world: int, name: str) -> tuple[torch.Tensor, bool]:
     """(this rank's part of `value`, whether it is a dim-0 shard)."""
     from torch.distributed.tensor import DTensor, Replicate, Shard
@@ -180,7 +189,7 @@ def _local(value: torch.Tensor, world: int, name: str) -> tuple[torch.Tensor, bo
         return value.detach(), False
     placements = value.placements
     if all(isinstance(p, Replicate) for p in placements):
-        return value.to_local().detach(), False
+        return _local_tensor(value), False
     mesh = value.device_mesh
     ranks = _MESH_RANKS.get(id(mesh))
     if ranks is None:
@@ -191,7 +200,7 @@ def _local(value: torch.Tensor, world: int, name: str) -> tuple[torch.Tensor, bo
         and placements[0].dim == 0
         and ranks == list(range(world))
     ):
-        return value.to_local().detach(), True
+        return _local_tensor(value), True
     raise HubConfigError(
         f"{name}: hubckpt publishes DTensors sharded on dim 0 over all ranks in rank order (FSDP2's "
         f"fully_shard on one mesh) or replicated; this one has placements {placements} on ranks {ranks}."

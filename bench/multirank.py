@@ -185,7 +185,8 @@ def main() -> None:
         ratios = [s / f for s, f in zip(r["stalls"], r["floors"])]
         over = [(s - f) * 1e3 for s, f in zip(r["stalls"], r["floors"])]
         print(
-            f"rank {r['rank']}: median stall/floor {statistics.median(ratios):.2f}, max {max(ratios):.2f}; "
+            f"rank {r['rank']}: median stall/floor {statistics.median(ratios):.2f}, max {max(ratios):.2f}, "
+            f"least stall / least floor {min(r['stalls']) / min(r['floors']):.2f} (robust to a loaded machine); "
             f"stall - floor {', '.join(f'{x:.1f}' for x in over)} ms"
         )
         print(

@@ -4,13 +4,17 @@ Under an initialized default process group (`torchrun`, `accelerate launch`), `h
 builds a `RankedCheckpointer` (`Checkpointer.__new__`), and `save` / `wait` / `close` are collectives: every
 rank calls them in the same order, with the same step. What happens for one save:
 
-1. **agree** (training thread): the ranks exchange (step, repo) on a small gloo group of ours; ranks that
-   disagree all raise `RankMismatchError` naming every rank's step, and nothing is published; a rank that
-   does not come within `rank_timeout` seconds makes the others raise it too (never a hang).
-2. **capture** (training thread): each rank copies only its local shards (DTensor `to_local()`; a
+1. **agree** (training thread, not waited for): the ranks start exchanging (step, repo) on a small gloo group
+   of ours (an asynchronous all_gather), so a slower rank does not stall this one. Ranks that disagree all
+   get `RankMismatchError` naming every rank's step, and nothing is published: from `save()` when the
+   exchange is done by the end of the capture, else from the background before anything is sent (the
+   Future, `wait()`, `close()`). A rank that does not come within `rank_timeout` seconds makes the others
+   raise it too (never a hang); the Checkpointer is then out of step and says so at once on every later call.
+2. **capture** (training thread): each rank copies only its local shards (a DTensor's local tensor; a
    replicated / DDP model: its whole copy) into reused staging buffers. Training resumes.
 3. **split** (background thread): the parameters (and optimizer state tensors, keyed by parameter name) are
-   assigned to ranks in groups balanced by bytes, once, from metadata every rank exchanges. For each owner,
+   assigned to ranks in groups balanced by bytes, once (again when the state's tensors change), from
+   metadata every rank exchanges in the background. For each owner,
    the other ranks send their slices of its group in one `gather` (gloo, on a second group of ours, so the
    background never shares a group with the training thread); the owner assembles the full values. Dim-0
    slices of a row-major tensor, in rank order, are contiguous bytes of the full tensor. No rank ever holds

@@ -47,8 +47,11 @@ def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{os.environ.get('RANK')} %(name)s: %(message)s")
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    if mode == "reshard":
-        _reshard_main(repo, hub, out)
+    if mode.startswith("reshard"):
+        _reshard_main(repo, hub, out, int(mode.partition(":")[2] or 4))
+        return
+    if mode == "single":
+        _single_main(repo, hub, out)
         return
     if mode.startswith("crash"):
         _crash_main(repo, hub, out, mode)
@@ -135,9 +138,46 @@ def _fsdp(model, world: int):
     return model
 
 
-def _reshard_main(repo: str, hub: str, out: Path) -> None:
+def _single_main(repo: str, hub: str, out: Path) -> None:
+    """One rank, FSDP2 (DTensor parameters: the multi-rank path at world size 1): train, save step 7; write the
+    gathered state it saved."""
+    import torch
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    import hubckpt
+
+    model = _fsdp(_model(), dist.get_world_size())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ckpt = hubckpt.Checkpointer(repo, model=model, optimizer=opt, hub=hub, rank_timeout=30)
+    torch.manual_seed(7)
+    for _ in range(2):
+        ids = torch.randint(0, 64, (2, 16))
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    ckpt.save(7)
+    ckpt.close()
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full = get_model_state_dict(model, options=options)
+    optim = get_optimizer_state_dict(model, opt, options=options)
+    save_file({k: v.clone() for k, v in full.items()}, str(out / "expected-7.safetensors"))
+    flat = {f"{fqn}.{k}": v.clone() for fqn, st in optim["state"].items() for k, v in st.items()}
+    save_file(flat, str(out / "expected-optimizer-7.safetensors"))
+    (out / "single-0.json").write_text(json.dumps({"class": type(ckpt).__name__}))
+    dist.destroy_process_group()
+    os._exit(0)
+
+
+def _reshard_main(repo: str, hub: str, out: Path, step: int) -> None:
     """On another world size: a model of other shapes is refused on every rank and left unchanged; then the
-    revision saved on 2 ranks restores into this world's shards; rank 0 writes the gathered state."""
+    revision of `step` (saved on another world size) restores into this world's shards; rank 0 writes the
+    gathered state."""
     import torch
     import torch.distributed as dist
     from safetensors.torch import save_file
@@ -155,14 +195,14 @@ def _reshard_main(repo: str, hub: str, out: Path) -> None:
     other = _fsdp(GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=48, n_head=2, vocab_size=64, n_positions=16)), world)
     before = {k: v.full_tensor().clone() for k, v in other.state_dict().items()}
     try:
-        hubckpt.restore(repo, step=4, model=other, hub=hub)
+        hubckpt.restore(repo, step=step, model=other, hub=hub)
     except hubckpt.HubckptError as e:
         seen["mismatch"] = f"{type(e).__name__}: {e}"
     seen["unchanged"] = all(torch.equal(before[k], v.full_tensor()) for k, v in other.state_dict().items())
     model = _fsdp(_model(), world)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     ckpt = hubckpt.Checkpointer(repo, model=model, optimizer=opt, hub=hub, rank_timeout=30)
-    resumed = ckpt.restore(step=4)
+    resumed = ckpt.restore(step=step)
     seen["resumed"] = [resumed.step, resumed.rng_restored]
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     full = get_model_state_dict(model, options=options)
@@ -285,7 +325,9 @@ def _launch(tmp_path: Path, repo: str, hub: str, mode: str, nproc: int = 2) -> l
         assert proc.returncode != 0, "the rank was to be killed"
         return []
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
-    prefix = {"reshard": "reshard", "crash": "crash", "absent": "absent"}.get(mode, "rank")
+    prefix = {"reshard": "reshard", "crash": "crash", "absent": "absent", "single": "single"}.get(
+        mode.partition(":")[0], "rank"
+    )
     return [json.loads((tmp_path / f"{prefix}-{r}.json").read_text()) for r in range(nproc)]
 
 
@@ -390,6 +432,27 @@ def test_a_rank_killed_during_a_save_leaves_no_partial_revision_and_the_rerun_fi
         want = load_file(str(tmp_path / f"crash-expected-{step}.safetensors"))
         got = hubckpt.load_state_dict(repo_id, revision=f"step-{step:07d}", hub=local_hub.url)
         assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want), step
+
+
+@pytest.mark.slow
+def test_a_revision_saved_on_one_rank_restores_on_two(tmp_path, local_hub, api, repo_id):
+    """1 → 2: FSDP2 on a world of 1 publishes through the multi-rank path; 2 ranks restore exact values
+    (weights and optimizer state), each reading its slices; no RNG across world sizes."""
+    import torch
+    from safetensors.torch import load_file
+
+    assert _launch(tmp_path, repo_id, local_hub.url, "single", nproc=1)[0]["class"] == "RankedCheckpointer"
+    manifest = json.loads(Path(api.hf_hub_download(repo_id, "checkpoint.json", revision="step-0000007")).read_text())
+    assert manifest["ranks"]["world_size"] == 1
+    assert "model-00001-of-00001.safetensors" in api.list_repo_files(repo_id, revision="step-0000007")
+    seen = _launch(tmp_path, repo_id, local_hub.url, "reshard:7", nproc=2)
+    for s in seen:
+        assert s["unchanged"] and s["resumed"] == [7, False], s
+        assert s["mismatch"].startswith("StateMismatchError"), s
+    for kind in ("", "optimizer-"):
+        a = load_file(str(tmp_path / f"expected-{kind}7.safetensors"))
+        b = load_file(str(tmp_path / f"resharded{'-' + kind[:-1] if kind else ''}.safetensors"))
+        assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a), kind
 
 
 @pytest.mark.slow

@@ -113,6 +113,7 @@ def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
     expected(4)
     seen["revision_3"] = future.result(timeout=120).revision
     ckpt.wait()
+    seen["resaved_4_skipped"] = ckpt.save(4).result(timeout=60).skipped  # published already, on every rank
     train(2)  # uninterrupted: steps 5 and 6
     expected("6-uninterrupted")
     resumed = ckpt.restore()  # the latest: step 4, this rank's RNG included (same world size)
@@ -352,6 +353,7 @@ def test_two_ranks_publish_one_revision_per_save(tmp_path, local_hub, api, repo_
         message = s["errors"]["skipped"]
         assert "RankMismatchError" in message and "rank 0: save(step 5)" in message and "rank 1: close(" in message
     assert seen[0]["revision_3"] == seen[1]["revision_3"] == "step-0000003"
+    assert seen[0]["resaved_4_skipped"] is True and seen[1]["resaved_4_skipped"] is True
     branches = {b.name for b in api.list_repo_refs(repo_id).branches}
     assert {"step-0000001", "step-0000003", "step-0000004"} <= branches
     assert not any("0000010" in b or "0000011" in b or "0000005" in b for b in branches)

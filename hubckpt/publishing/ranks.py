@@ -414,9 +414,10 @@ class RankedCheckpointer(Checkpointer):
                 f"or a rank that ended or died): {e}"
             ) from e
 
-    def _post(self, call: tuple) -> Agreement:
-        """Start the agreement on a call (kind, step, repo): one asynchronous all_gather of three integers on
-        our training-thread group. Only the training thread starts collectives on that group, in call order."""
+    def _post(self, call: tuple, known: bool = False) -> Agreement:
+        """Start the agreement on a call (kind, step, repo): one asynchronous all_gather of four integers on
+        our training-thread group (the fourth: whether this rank holds the step as published already). Only
+        the training thread starts collectives on that group, in call order."""
         import zlib
 
         import torch
@@ -425,7 +426,8 @@ class RankedCheckpointer(Checkpointer):
         if self._broken is not None:
             raise RankMismatchError(self._broken)
         mine = torch.tensor(
-            [_KINDS.index(call[0]), -1 if call[1] is None else call[1], zlib.crc32(call[2].encode())], dtype=torch.int64
+            [_KINDS.index(call[0]), -1 if call[1] is None else call[1], zlib.crc32(call[2].encode()), int(known)],
+            dtype=torch.int64,
         )
         gathered = [torch.empty_like(mine) for _ in range(self.world)]
         what = f"{call[0]}()"
@@ -438,9 +440,10 @@ class RankedCheckpointer(Checkpointer):
         self._collective(start, what)
         return Agreement(call, work, gathered, mine, what)
 
-    def _settle(self, agreement: Agreement) -> None:
+    def _settle(self, agreement: Agreement) -> bool:
         """Wait (at most `rank_timeout`) until every rank made its call; raise `RankMismatchError` on every rank
-        when they differ (a collective's outcome: the same everywhere)."""
+        when they differ (a collective's outcome: the same everywhere). Returns whether every rank holds the
+        step as published already."""
         self._collective(agreement.work.wait, agreement.what)
         call, mine = agreement.call, agreement.mine
         everyone = [
@@ -455,6 +458,7 @@ class RankedCheckpointer(Checkpointer):
                 f"{self.repo_id}: the ranks called different Checkpointer methods or steps ({described}); "
                 "nothing was published. Every rank must call save(step) with the same step, in the same order."
             )
+        return all(int(g[3]) for g in agreement.gathered)
 
     def _agree(self, call: tuple) -> None:
         """Every rank made the same call (kind, step, repo), waited for here."""
@@ -492,15 +496,18 @@ class RankedCheckpointer(Checkpointer):
         # only this rank's own shards, so save() does not stall for a slower rank. If the others have arrived
         # by the end of the capture, a mismatch raises right here; else the background checks it before
         # anything is sent or published, and the save's Future, wait() and close() raise it.
-        agreement: Agreement | None = self._post(("save", int(step), self.repo_id))
-        if step in self._published and not final:
+        known = step in self._published and not final
+        agreement: Agreement | None = self._post(("save", int(step), self.repo_id), known)
+        if known:  # skipped only if every rank skips it (a failure may not have reached every rank's view yet)
             from .pipeline import PublishedRevision
 
             assert agreement is not None
-            self._settle(agreement)
-            done: Future = Future()
-            done.set_result(PublishedRevision(self.repo_id, self._published[step], step, skipped=True))
-            return done
+            everyone_knows = self._settle(agreement)
+            agreement = None
+            if everyone_knows:
+                done: Future = Future()
+                done.set_result(PublishedRevision(self.repo_id, self._published[step], step, skipped=True))
+                return done
         tensors, tied, groups = self._state()
         locals_ = {name: _local(value, self.world, name) for name, (_, value) in tensors.items()}
         signature = self._signature(tensors, locals_)
@@ -511,8 +518,7 @@ class RankedCheckpointer(Checkpointer):
             for name, (local, _) in locals_.items():
                 staged[name] = staging_set.buffers[name]
                 staged[name].copy_(local)
-            assert agreement is not None
-            if agreement.work.is_completed():
+            if agreement is not None and agreement.work.is_completed():
                 self._settle(agreement)
                 agreement = None
         except BaseException:

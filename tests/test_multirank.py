@@ -262,6 +262,10 @@ ABSENT_TIMEOUT = 3.0  # the rank_timeout of the absent-rank launch
 LATE = 1.5  # how late rank 1 comes to its first save there
 
 
+def _no_buffers():
+    raise MemoryError("no staging buffers (injected)")
+
+
 def _absent_main(repo: str, hub: str, out: Path) -> None:
     """A rank that never arrives at save(): first rank 1 skips one (it sleeps, then calls close()), then,
     on a second Checkpointer, it exits without saving (a rank that is gone). Each rank records the error
@@ -283,7 +287,7 @@ def _absent_main(repo: str, hub: str, out: Path) -> None:
         try:
             call()
             seen[key] = "returned"
-        except hubckpt.HubckptError as e:
+        except Exception as e:  # noqa: BLE001 - recorded for the test to check
             seen[key] = f"{type(e).__name__}: {e}"
         seen[key + "_s"] = time.monotonic() - started
 
@@ -292,9 +296,14 @@ def _absent_main(repo: str, hub: str, out: Path) -> None:
         time.sleep(LATE)  # a slower rank, within rank_timeout: the faster one's save() does not wait for it
     timed("late", lambda: ckpt.save(1))
     ckpt.wait()
-    if rank == 0:  # rank 1 never calls save(2): save() does not wait for it, but its Future and wait() fail
-        timed("skipped", lambda: (ckpt.save(2), ckpt.wait()))
-        timed("after", lambda: ckpt.save(3))  # the ranks are out of step now: at once, not another wait
+    if rank == 1:  # its capture fails (its staging buffers cannot be had): rank 0 must not wait for its slices
+        ckpt._pool.acquire, acquire = _no_buffers, ckpt._pool.acquire
+    timed("capture_failed", lambda: (ckpt.save(2), ckpt.wait()))
+    if rank == 1:
+        ckpt._pool.acquire = acquire
+    if rank == 0:  # rank 1 never calls save(3): save() does not wait for it, but its Future and wait() fail
+        timed("skipped", lambda: (ckpt.save(3), ckpt.wait()))
+        timed("after", lambda: ckpt.save(4))  # the ranks are out of step now: at once, not another wait
     else:
         time.sleep(ABSENT_TIMEOUT + 2)
         timed("skipped", ckpt.close)  # its next call of ours fails too, within the timeout
@@ -303,7 +312,7 @@ def _absent_main(repo: str, hub: str, out: Path) -> None:
     (out / f"absent-{rank}.json").write_text(json.dumps(seen))
     if rank == 1:
         os._exit(0)  # gone without saving (its loop ended early)
-    timed("gone", lambda: (again.save(4), again.wait()))
+    timed("gone", lambda: (again.save(5), again.wait()))
     again.close()
     (out / f"absent-{rank}.json").write_text(json.dumps(seen))
     os._exit(0)
@@ -464,13 +473,20 @@ def test_a_revision_saved_on_one_rank_restores_on_two(tmp_path, local_hub, api, 
 def test_a_rank_that_never_arrives_at_save_fails_every_waiting_rank_within_rank_timeout(
     tmp_path, local_hub, api, repo_id
 ):
-    """A late rank does not stall the others' save(); then one rank skips a save, and (on a new Checkpointer)
-    one rank is gone: every waiting rank raises a RankMismatchError within rank_timeout (plus slack), never
-    hangs, and nothing of those steps is published."""
+    """A late rank does not stall the others' save(); a rank whose capture fails fails the others' save at
+    once; then one rank skips a save, and (on a new Checkpointer) one rank is gone: every waiting rank raises
+    a RankMismatchError within rank_timeout (plus slack), never hangs, and nothing of those steps is
+    published."""
     seen = _launch(tmp_path, repo_id, local_hub.url, "absent")
     # First, a rank that is late but within rank_timeout: the other rank's save() captured and returned
     # without waiting for it (the ranks' agreement is checked in the background), and the save published.
     assert seen[0]["late"] == "returned" and seen[0]["late_s"] < LATE / 2, seen[0]
+    # A rank whose capture fails: it raises that error; the other rank's save fails at once in the
+    # background (not after the background group's 30-minute timeout), naming the rank and the error.
+    assert seen[1]["capture_failed"].startswith("MemoryError: no staging buffers"), seen[1]
+    failed = seen[0]["capture_failed"]
+    assert failed.startswith("PublishFailedError") and "rank 1: MemoryError" in failed, seen[0]
+    assert seen[0]["capture_failed_s"] < 30, seen[0]
     bound = ABSENT_TIMEOUT + 10
     for s, keys in zip(seen, (["skipped", "after", "gone"], ["skipped"])):
         for key in keys:
@@ -480,7 +496,7 @@ def test_a_rank_that_never_arrives_at_save_fails_every_waiting_rank_within_rank_
     assert "out of step" in seen[0]["after"] and seen[0]["after_s"] < 1, seen[0]
     branches = {b.name for b in api.list_repo_refs(repo_id).branches}
     assert "step-0000001" in branches
-    assert not {"step-0000002", "step-0000003", "step-0000004"} & branches
+    assert not {"step-0000002", "step-0000003", "step-0000004", "step-0000005"} & branches
 
 
 def _check_plain_process_restore(repo_id: str, hub: str, tmp_path: Path) -> None:

@@ -173,6 +173,14 @@ class Agreement:
     what: str
 
 
+@dataclass
+class _CaptureFailed:
+    """A save this rank could not capture: its background tells the other ranks' (`_handshake`)."""
+
+    agreement: Agreement | None  # still to be settled, if not settled in save()
+    error: str
+
+
 _MESH_RANKS: dict[int, list[int]] = {}  # id(device mesh) → its ranks in order (read once: slow to compute)
 
 
@@ -354,6 +362,25 @@ class RankedCheckpointer(Checkpointer):
             )
         return tuple(mine)
 
+    def _handshake(self, error: str | None) -> None:
+        """The first background exchange of every save (one small all_gather on the background's group):
+        whether each rank captured it. A rank that failed its capture makes every rank's save fail here."""
+        import torch.distributed as dist
+
+        everyone: list[Any] = [None] * self.world
+        try:
+            dist.all_gather_object(everyone, error, group=self._bg)
+        except Exception as e:  # noqa: BLE001 - a dead peer: the same clear error on every rank
+            raise RankMismatchError(
+                f"{self.repo_id}: rank {self.rank} could not reach the other ranks' background (a rank ended or "
+                f"died): {e}"
+            ) from e
+        errors = [e for e in everyone if e]
+        if errors:
+            raise PublishError(
+                f"{self.repo_id}: not published: a rank failed to capture this save: {'; '.join(errors)}"
+            )
+
     def _ensure_layout(self, signature: tuple, tied: dict[str, str]) -> Layout:
         """The layout for this state (background thread). Exchanged, collectively on the background's group,
         only when this rank's signature changed (the first save; the optimizer's state appears after its first
@@ -508,47 +535,56 @@ class RankedCheckpointer(Checkpointer):
                 done: Future = Future()
                 done.set_result(PublishedRevision(self.repo_id, self._published[step], step, skipped=True))
                 return done
-        tensors, tied, groups = self._state()
-        locals_ = {name: _local(value, self.world, name) for name, (_, value) in tensors.items()}
-        signature = self._signature(tensors, locals_)
-        staging_set = self._pool.acquire()  # waits while every set is still being sent (backpressure)
         try:
-            staging_set.ensure({n: (tuple(t.shape), t.dtype, False) for n, (t, _) in locals_.items()})
-            staged = {}
-            for name, (local, _) in locals_.items():
-                staged[name] = staging_set.buffers[name]
-                staged[name].copy_(local)
-            if agreement is not None and agreement.work.is_completed():
-                self._settle(agreement)
-                agreement = None
-        except BaseException:
-            self._pool.release(staging_set)
+            tensors, tied, groups = self._state()
+            locals_ = {name: _local(value, self.world, name) for name, (_, value) in tensors.items()}
+            signature = self._signature(tensors, locals_)
+            staging_set = self._pool.acquire()  # waits while every set is still being sent (backpressure)
+            try:
+                staging_set.ensure({n: (tuple(t.shape), t.dtype, False) for n, (t, _) in locals_.items()})
+                staged = {}
+                for name, (local, _) in locals_.items():
+                    staged[name] = staging_set.buffers[name]
+                    staged[name].copy_(local)
+                if agreement is not None and agreement.work.is_completed():
+                    self._settle(agreement)
+                    agreement = None
+            except BaseException:
+                self._pool.release(staging_set)
+                raise
+            state: dict[str, Any] = {"rng": capture_rng()}
+            if self.scheduler is not None:
+                state["scheduler"] = self.scheduler.state_dict()
+            if self.scaler is not None:
+                state["scaler"] = self.scaler.state_dict()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            name = render_revision_name(self.options.revision_template, step=step, tokens=tokens, epoch=epoch)
+            loop = {
+                "format": LOOP_FORMAT,
+                "step": step,
+                "epoch": epoch,
+                "tokens": tokens,
+                "extra": extra,
+                "world_size": self.world,
+                "classes": {
+                    "model": class_name(self._module),
+                    "optimizer": class_name(self.optimizer),
+                    "scheduler": class_name(self.scheduler),
+                    "scaler": class_name(self.scaler),
+                },
+            }
+            job = dict(
+                name=name, step=step, metrics=dict(metrics or {}), tokens=tokens, epoch=epoch, final=final, loop=loop
+            )
+        except RankMismatchError:  # the ranks disagree (or one is gone): every rank knows it already
             raise
-        state: dict[str, Any] = {"rng": capture_rng()}
-        if self.scheduler is not None:
-            state["scheduler"] = self.scheduler.state_dict()
-        if self.scaler is not None:
-            state["scaler"] = self.scaler.state_dict()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        name = render_revision_name(self.options.revision_template, step=step, tokens=tokens, epoch=epoch)
-        loop = {
-            "format": LOOP_FORMAT,
-            "step": step,
-            "epoch": epoch,
-            "tokens": tokens,
-            "extra": extra,
-            "world_size": self.world,
-            "classes": {
-                "model": class_name(self._module),
-                "optimizer": class_name(self.optimizer),
-                "scheduler": class_name(self.scheduler),
-                "scaler": class_name(self.scaler),
-            },
-        }
-        job = dict(
-            name=name, step=step, metrics=dict(metrics or {}), tokens=tokens, epoch=epoch, final=final, loop=loop
-        )
+        except Exception as e:
+            # This rank failed its capture while the others may have captured: its background still takes
+            # part in the save's first background exchange, with the error, so every rank fails that save
+            # at once instead of waiting for this rank's slices until the background group times out.
+            self._jobs.put((_CaptureFailed(agreement, f"rank {self.rank}: {type(e).__name__}: {e}"),))
+            raise
         future: Future = Future()
         self._published[step] = name
         self._jobs.put((job, agreement, signature, tied, staging_set, staged, state, groups, future))
@@ -581,11 +617,23 @@ class RankedCheckpointer(Checkpointer):
             if item is None:
                 self._jobs.task_done()
                 return
+            if isinstance(item[0], _CaptureFailed):
+                failed = item[0]
+                try:
+                    if failed.agreement is not None:
+                        self._settle(failed.agreement)  # (a mismatch: every rank fails this save there)
+                    self._handshake(failed.error)
+                except BaseException as e:  # noqa: BLE001 - save() raised the cause on this rank already
+                    logger.debug("rank %d: the failed capture told the other ranks: %s", self.rank, e)
+                finally:
+                    self._jobs.task_done()
+                continue
             job, agreement, signature, tied, staging_set, staged, state, groups, future = item
             try:
                 try:
                     if agreement is not None:
                         self._settle(agreement)
+                    self._handshake(None)
                     layout = self._ensure_layout(signature, tied)
                 except BaseException:
                     self._pool.release(staging_set)

@@ -389,11 +389,14 @@ class RankMismatchError(HubckptError, RuntimeError):
 
     Raised on every rank: ranks called `save()` with different steps, one called `close()` while another
     saved, they hold different parameters, or a rank did not arrive within `rank_timeout` seconds (it
-    skipped a save or died). Nothing of that call was published; the process group stays usable.
+    skipped a save, ended early or died). Nothing of that call was published. After a mismatch the
+    process group stays usable; after a rank did not arrive, that `Checkpointer` is out of step and
+    raises this at once on every later collective call.
 
     What to do:
         Call `save(step)`, `wait()`, `close()` and `restore()` on every rank, in the same order, with the
-        same step (save on every rank, not only on rank 0), and build the same model on every rank.
+        same step (save on every rank, not only on rank 0), and build the same model on every rank. After
+        a timeout, close the Checkpointer and make a new one on every rank, or restart the job.
     """
 
 

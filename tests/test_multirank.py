@@ -47,11 +47,17 @@ def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank{os.environ.get('RANK')} %(name)s: %(message)s")
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    if mode == "reshard":
-        _reshard_main(repo, hub, out)
+    if mode.startswith("reshard"):
+        _reshard_main(repo, hub, out, int(mode.partition(":")[2] or 4))
+        return
+    if mode == "single":
+        _single_main(repo, hub, out)
         return
     if mode.startswith("crash"):
         _crash_main(repo, hub, out, mode)
+        return
+    if mode == "absent":
+        _absent_main(repo, hub, out)
         return
     model = _model()
     if mode == "fsdp":
@@ -92,12 +98,14 @@ def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
     train(2)
     future = ckpt.save(3, metrics={"loss": 0.5})
     expected(3)
-    try:
+    try:  # save() raises if the other rank has arrived by the end of its capture; else wait() does
         ckpt.save(10 + rank)
+        ckpt.wait()
     except hubckpt.HubckptError as e:
         seen["errors"]["mismatch"] = f"{type(e).__name__}: {e}"
-    try:  # rank 1 skips a save (and closes): both raise at once, naming what each called
+    try:  # rank 1 skips a save (and closes): both raise, naming what each called
         ckpt.save(5) if rank == 0 else ckpt.close()
+        ckpt.wait()
     except hubckpt.HubckptError as e:
         seen["errors"]["skipped"] = f"{type(e).__name__}: {e}"
     train(1)
@@ -105,6 +113,7 @@ def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
     expected(4)
     seen["revision_3"] = future.result(timeout=120).revision
     ckpt.wait()
+    seen["resaved_4_skipped"] = ckpt.save(4).result(timeout=60).skipped  # published already, on every rank
     train(2)  # uninterrupted: steps 5 and 6
     expected("6-uninterrupted")
     resumed = ckpt.restore()  # the latest: step 4, this rank's RNG included (same world size)
@@ -130,9 +139,46 @@ def _fsdp(model, world: int):
     return model
 
 
-def _reshard_main(repo: str, hub: str, out: Path) -> None:
+def _single_main(repo: str, hub: str, out: Path) -> None:
+    """One rank, FSDP2 (DTensor parameters: the multi-rank path at world size 1): train, save step 7; write the
+    gathered state it saved."""
+    import torch
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    import hubckpt
+
+    model = _fsdp(_model(), dist.get_world_size())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ckpt = hubckpt.Checkpointer(repo, model=model, optimizer=opt, hub=hub, rank_timeout=30)
+    torch.manual_seed(7)
+    for _ in range(2):
+        ids = torch.randint(0, 64, (2, 16))
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    ckpt.save(7)
+    ckpt.close()
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    full = get_model_state_dict(model, options=options)
+    optim = get_optimizer_state_dict(model, opt, options=options)
+    save_file({k: v.clone() for k, v in full.items()}, str(out / "expected-7.safetensors"))
+    flat = {f"{fqn}.{k}": v.clone() for fqn, st in optim["state"].items() for k, v in st.items()}
+    save_file(flat, str(out / "expected-optimizer-7.safetensors"))
+    (out / "single-0.json").write_text(json.dumps({"class": type(ckpt).__name__}))
+    dist.destroy_process_group()
+    os._exit(0)
+
+
+def _reshard_main(repo: str, hub: str, out: Path, step: int) -> None:
     """On another world size: a model of other shapes is refused on every rank and left unchanged; then the
-    revision saved on 2 ranks restores into this world's shards; rank 0 writes the gathered state."""
+    revision of `step` (saved on another world size) restores into this world's shards; rank 0 writes the
+    gathered state."""
     import torch
     import torch.distributed as dist
     from safetensors.torch import save_file
@@ -150,14 +196,14 @@ def _reshard_main(repo: str, hub: str, out: Path) -> None:
     other = _fsdp(GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=48, n_head=2, vocab_size=64, n_positions=16)), world)
     before = {k: v.full_tensor().clone() for k, v in other.state_dict().items()}
     try:
-        hubckpt.restore(repo, step=4, model=other, hub=hub)
+        hubckpt.restore(repo, step=step, model=other, hub=hub)
     except hubckpt.HubckptError as e:
         seen["mismatch"] = f"{type(e).__name__}: {e}"
     seen["unchanged"] = all(torch.equal(before[k], v.full_tensor()) for k, v in other.state_dict().items())
     model = _fsdp(_model(), world)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     ckpt = hubckpt.Checkpointer(repo, model=model, optimizer=opt, hub=hub, rank_timeout=30)
-    resumed = ckpt.restore(step=4)
+    resumed = ckpt.restore(step=step)
     seen["resumed"] = [resumed.step, resumed.rng_restored]
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     full = get_model_state_dict(model, options=options)
@@ -212,6 +258,66 @@ def _crash_main(repo: str, hub: str, out: Path, mode: str) -> None:
     os._exit(0)
 
 
+ABSENT_TIMEOUT = 3.0  # the rank_timeout of the absent-rank launch
+LATE = 1.5  # how late rank 1 comes to its first save there
+
+
+def _no_buffers():
+    raise MemoryError("no staging buffers (injected)")
+
+
+def _absent_main(repo: str, hub: str, out: Path) -> None:
+    """A rank that never arrives at save(): first rank 1 skips one (it sleeps, then calls close()), then,
+    on a second Checkpointer, it exits without saving (a rank that is gone). Each rank records the error
+    it got and how long it waited."""
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    import hubckpt
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    model = _fsdp(_model(), world)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    seen: dict = {"rank": rank}
+
+    def timed(key: str, call) -> None:
+        started = time.monotonic()
+        try:
+            call()
+            seen[key] = "returned"
+        except Exception as e:  # noqa: BLE001 - recorded for the test to check
+            seen[key] = f"{type(e).__name__}: {e}"
+        seen[key + "_s"] = time.monotonic() - started
+
+    ckpt = hubckpt.Checkpointer(repo, model=model, optimizer=opt, hub=hub, rank_timeout=ABSENT_TIMEOUT)
+    if rank == 1:
+        time.sleep(LATE)  # a slower rank, within rank_timeout: the faster one's save() does not wait for it
+    timed("late", lambda: ckpt.save(1))
+    ckpt.wait()
+    if rank == 1:  # its capture fails (its staging buffers cannot be had): rank 0 must not wait for its slices
+        ckpt._pool.acquire, acquire = _no_buffers, ckpt._pool.acquire
+    timed("capture_failed", lambda: (ckpt.save(2), ckpt.wait()))
+    if rank == 1:
+        ckpt._pool.acquire = acquire
+    if rank == 0:  # rank 1 never calls save(3): save() does not wait for it, but its Future and wait() fail
+        timed("skipped", lambda: (ckpt.save(3), ckpt.wait()))
+        timed("after", lambda: ckpt.save(4))  # the ranks are out of step now: at once, not another wait
+    else:
+        time.sleep(ABSENT_TIMEOUT + 2)
+        timed("skipped", ckpt.close)  # its next call of ours fails too, within the timeout
+    ckpt.close()  # finishes this rank's own work; the error was said
+    again = hubckpt.Checkpointer(repo, model=model, optimizer=opt, hub=hub, rank_timeout=ABSENT_TIMEOUT)
+    (out / f"absent-{rank}.json").write_text(json.dumps(seen))
+    if rank == 1:
+        os._exit(0)  # gone without saving (its loop ended early)
+    timed("gone", lambda: (again.save(5), again.wait()))
+    again.close()
+    (out / f"absent-{rank}.json").write_text(json.dumps(seen))
+    os._exit(0)
+
+
 def _launch(tmp_path: Path, repo: str, hub: str, mode: str, nproc: int = 2) -> list[dict]:
     env = {**os.environ, "HUBCKPT_SPOOL": str(tmp_path / "spool"), "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
@@ -232,7 +338,9 @@ def _launch(tmp_path: Path, repo: str, hub: str, mode: str, nproc: int = 2) -> l
         assert proc.returncode != 0, "the rank was to be killed"
         return []
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
-    prefix = {"reshard": "reshard", "crash": "crash"}.get(mode, "rank")
+    prefix = {"reshard": "reshard", "crash": "crash", "absent": "absent", "single": "single"}.get(
+        mode.partition(":")[0], "rank"
+    )
     return [json.loads((tmp_path / f"{prefix}-{r}.json").read_text()) for r in range(nproc)]
 
 
@@ -250,14 +358,11 @@ def test_two_ranks_publish_one_revision_per_save(tmp_path, local_hub, api, repo_
     # Mismatched steps: every rank raised, naming both steps, and nothing of them was published.
     for s in seen:
         message = s["errors"]["mismatch"]
-        assert message.startswith("RankMismatchError") and "step 10" in message and "step 11" in message
+        assert "RankMismatchError" in message and "step 10" in message and "step 11" in message
         message = s["errors"]["skipped"]
-        assert (
-            message.startswith("RankMismatchError")
-            and "rank 0: save(step 5)" in message
-            and "rank 1: close(" in message
-        )
+        assert "RankMismatchError" in message and "rank 0: save(step 5)" in message and "rank 1: close(" in message
     assert seen[0]["revision_3"] == seen[1]["revision_3"] == "step-0000003"
+    assert seen[0]["resaved_4_skipped"] is True and seen[1]["resaved_4_skipped"] is True
     branches = {b.name for b in api.list_repo_refs(repo_id).branches}
     assert {"step-0000001", "step-0000003", "step-0000004"} <= branches
     assert not any("0000010" in b or "0000011" in b or "0000005" in b for b in branches)
@@ -341,6 +446,57 @@ def test_a_rank_killed_during_a_save_leaves_no_partial_revision_and_the_rerun_fi
         want = load_file(str(tmp_path / f"crash-expected-{step}.safetensors"))
         got = hubckpt.load_state_dict(repo_id, revision=f"step-{step:07d}", hub=local_hub.url)
         assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want), step
+
+
+@pytest.mark.slow
+def test_a_revision_saved_on_one_rank_restores_on_two(tmp_path, local_hub, api, repo_id):
+    """1 → 2: FSDP2 on a world of 1 publishes through the multi-rank path; 2 ranks restore exact values
+    (weights and optimizer state), each reading its slices; no RNG across world sizes."""
+    import torch
+    from safetensors.torch import load_file
+
+    assert _launch(tmp_path, repo_id, local_hub.url, "single", nproc=1)[0]["class"] == "RankedCheckpointer"
+    manifest = json.loads(Path(api.hf_hub_download(repo_id, "checkpoint.json", revision="step-0000007")).read_text())
+    assert manifest["ranks"]["world_size"] == 1
+    assert "model-00001-of-00001.safetensors" in api.list_repo_files(repo_id, revision="step-0000007")
+    seen = _launch(tmp_path, repo_id, local_hub.url, "reshard:7", nproc=2)
+    for s in seen:
+        assert s["unchanged"] and s["resumed"] == [7, False], s
+        assert s["mismatch"].startswith("StateMismatchError"), s
+    for kind in ("", "optimizer-"):
+        a = load_file(str(tmp_path / f"expected-{kind}7.safetensors"))
+        b = load_file(str(tmp_path / f"resharded{'-' + kind[:-1] if kind else ''}.safetensors"))
+        assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a), kind
+
+
+@pytest.mark.slow
+def test_a_rank_that_never_arrives_at_save_fails_every_waiting_rank_within_rank_timeout(
+    tmp_path, local_hub, api, repo_id
+):
+    """A late rank does not stall the others' save(); a rank whose capture fails fails the others' save at
+    once; then one rank skips a save, and (on a new Checkpointer) one rank is gone: every waiting rank raises
+    a RankMismatchError within rank_timeout (plus slack), never hangs, and nothing of those steps is
+    published."""
+    seen = _launch(tmp_path, repo_id, local_hub.url, "absent")
+    # First, a rank that is late but within rank_timeout: the other rank's save() captured and returned
+    # without waiting for it (the ranks' agreement is checked in the background), and the save published.
+    assert seen[0]["late"] == "returned" and seen[0]["late_s"] < LATE / 2, seen[0]
+    # A rank whose capture fails: it raises that error; the other rank's save fails at once in the
+    # background (not after the background group's 30-minute timeout), naming the rank and the error.
+    assert seen[1]["capture_failed"].startswith("MemoryError: no staging buffers"), seen[1]
+    failed = seen[0]["capture_failed"]
+    assert failed.startswith("PublishFailedError") and "rank 1: MemoryError" in failed, seen[0]
+    assert seen[0]["capture_failed_s"] < 30, seen[0]
+    bound = ABSENT_TIMEOUT + 10
+    for s, keys in zip(seen, (["skipped", "after", "gone"], ["skipped"])):
+        for key in keys:
+            assert "RankMismatchError" in s[key], (key, s)
+            assert s[key + "_s"] < bound, (key, s)
+    assert "rank_timeout" in seen[0]["skipped"] and "save()" in seen[0]["skipped"]
+    assert "out of step" in seen[0]["after"] and seen[0]["after_s"] < 1, seen[0]
+    branches = {b.name for b in api.list_repo_refs(repo_id).branches}
+    assert "step-0000001" in branches
+    assert not {"step-0000002", "step-0000003", "step-0000004", "step-0000005"} & branches
 
 
 def _check_plain_process_restore(repo_id: str, hub: str, tmp_path: Path) -> None:

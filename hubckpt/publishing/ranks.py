@@ -4,13 +4,17 @@ Under an initialized default process group (`torchrun`, `accelerate launch`), `h
 builds a `RankedCheckpointer` (`Checkpointer.__new__`), and `save` / `wait` / `close` are collectives: every
 rank calls them in the same order, with the same step. What happens for one save:
 
-1. **agree** (training thread): the ranks exchange (step, repo) on a small gloo group of ours; ranks that
-   disagree all raise `RankMismatchError` naming every rank's step, and nothing is published; a rank that
-   does not come within `rank_timeout` seconds makes the others raise it too (never a hang).
-2. **capture** (training thread): each rank copies only its local shards (DTensor `to_local()`; a
+1. **agree** (training thread, not waited for): the ranks start exchanging (step, repo) on a small gloo group
+   of ours (an asynchronous all_gather), so a slower rank does not stall this one. Ranks that disagree all
+   get `RankMismatchError` naming every rank's step, and nothing is published: from `save()` when the
+   exchange is done by the end of the capture, else from the background before anything is sent (the
+   Future, `wait()`, `close()`). A rank that does not come within `rank_timeout` seconds makes the others
+   raise it too (never a hang); the Checkpointer is then out of step and says so at once on every later call.
+2. **capture** (training thread): each rank copies only its local shards (a DTensor's local tensor; a
    replicated / DDP model: its whole copy) into reused staging buffers. Training resumes.
 3. **split** (background thread): the parameters (and optimizer state tensors, keyed by parameter name) are
-   assigned to ranks in groups balanced by bytes, once, from metadata every rank exchanges. For each owner,
+   assigned to ranks in groups balanced by bytes, once (again when the state's tensors change), from
+   metadata every rank exchanges in the background. For each owner,
    the other ranks send their slices of its group in one `gather` (gloo, on a second group of ours, so the
    background never shares a group with the training thread); the owner assembles the full values. Dim-0
    slices of a row-major tensor, in rank order, are contiguous bytes of the full tensor. No rank ever holds
@@ -155,7 +159,38 @@ class Layout:
         }
 
 
+_KINDS = ("save", "close")
+
+
+@dataclass
+class Agreement:
+    """An agreement of the ranks on one call, started (an asynchronous all_gather) and not yet checked."""
+
+    call: tuple
+    work: Any  # torch.distributed Work
+    gathered: list[Any]
+    mine: Any
+    what: str
+
+
+@dataclass
+class _CaptureFailed:
+    """A save this rank could not capture: its background tells the other ranks' (`_handshake`)."""
+
+    agreement: Agreement | None  # still to be settled, if not settled in save()
+    error: str
+
+
 _MESH_RANKS: dict[int, list[int]] = {}  # id(device mesh) → its ranks in order (read once: slow to compute)
+
+
+def _local_tensor(value: Any) -> torch.Tensor:
+    """A DTensor's local tensor, detached: its `_local_tensor` where it has one (what `to_local()` returns, read
+    without `to_local()`'s autograd function: ~8 µs a tensor, 2.5 ms a save for a 300-tensor state)."""
+    local = getattr(value, "_local_tensor", None)
+    if local is None:  # pragma: no cover - a torch whose DTensor keeps it elsewhere
+        local = value.to_local()
+    return local.detach()
 
 
 def _local(value: torch.Tensor, world: int, name: str) -> tuple[torch.Tensor, bool]:
@@ -166,7 +201,7 @@ def _local(value: torch.Tensor, world: int, name: str) -> tuple[torch.Tensor, bo
         return value.detach(), False
     placements = value.placements
     if all(isinstance(p, Replicate) for p in placements):
-        return value.to_local().detach(), False
+        return _local_tensor(value), False
     mesh = value.device_mesh
     ranks = _MESH_RANKS.get(id(mesh))
     if ranks is None:
@@ -177,7 +212,7 @@ def _local(value: torch.Tensor, world: int, name: str) -> tuple[torch.Tensor, bo
         and placements[0].dim == 0
         and ranks == list(range(world))
     ):
-        return value.to_local().detach(), True
+        return _local_tensor(value), True
     raise HubConfigError(
         f"{name}: hubckpt publishes DTensors sharded on dim 0 over all ranks in rank order (FSDP2's "
         f"fully_shard on one mesh) or replicated; this one has placements {placements} on ranks {ranks}."
@@ -270,6 +305,7 @@ class RankedCheckpointer(Checkpointer):
         self._jobs: queue.Queue[tuple | None] = queue.Queue()
         self._failed: list[dict[str, Any]] = []  # saves that failed in the background, not reported yet
         self._closed = False
+        self._broken: str | None = None  # why our collectives are out of step (a rank did not arrive)
         self._published: dict[int, str] = {}
         if self.rank == 0:
             self.target.ensure_repo()
@@ -308,16 +344,10 @@ class RankedCheckpointer(Checkpointer):
                             tensors[f"{fqn}.{key}"] = ("optimizer", value)
         return tensors, tied, groups
 
-    def _ensure_layout(
-        self,
-        tensors: dict[str, tuple[str, torch.Tensor]],
-        tied: dict[str, str],
-        locals_: dict[str, tuple[torch.Tensor, bool]],
-    ) -> Layout:
-        """The layout for this state (exchanged again, collectively, when its tensors changed: the
-        optimizer's state appears after its first step on every rank alike)."""
-        import torch.distributed as dist
-
+    def _signature(
+        self, tensors: dict[str, tuple[str, torch.Tensor]], locals_: dict[str, tuple[torch.Tensor, bool]]
+    ) -> tuple:
+        """This rank's view of the state's layout (metadata only, on the training thread)."""
         mine = []
         for name, (group, value) in tensors.items():
             local, sharded = locals_[name]
@@ -330,11 +360,43 @@ class RankedCheckpointer(Checkpointer):
                     local.shape[0] if sharded else None,
                 )
             )
-        signature = tuple(mine)
+        return tuple(mine)
+
+    def _handshake(self, error: str | None) -> None:
+        """The first background exchange of every save (one small all_gather on the background's group):
+        whether each rank captured it. A rank that failed its capture makes every rank's save fail here."""
+        import torch.distributed as dist
+
+        everyone: list[Any] = [None] * self.world
+        try:
+            dist.all_gather_object(everyone, error, group=self._bg)
+        except Exception as e:  # noqa: BLE001 - a dead peer: the same clear error on every rank
+            raise RankMismatchError(
+                f"{self.repo_id}: rank {self.rank} could not reach the other ranks' background (a rank ended or "
+                f"died): {e}"
+            ) from e
+        errors = [e for e in everyone if e]
+        if errors:
+            raise PublishError(
+                f"{self.repo_id}: not published: a rank failed to capture this save: {'; '.join(errors)}"
+            )
+
+    def _ensure_layout(self, signature: tuple, tied: dict[str, str]) -> Layout:
+        """The layout for this state (background thread). Exchanged, collectively on the background's group,
+        only when this rank's signature changed (the first save; the optimizer's state appears after its first
+        step on every rank alike); every rank's background runs the same jobs in the same order."""
+        import torch.distributed as dist
+
         if self._layout is not None and self._layout.signature == signature:
             return self._layout
         everyone: list[Any] = [None] * self.world
-        self._collective(lambda: dist.all_gather_object(everyone, signature, group=self._ctl), "the state layout")
+        try:
+            dist.all_gather_object(everyone, signature, group=self._bg)
+        except Exception as e:  # noqa: BLE001 - a dead peer: the same clear error on every rank
+            raise RankMismatchError(
+                f"{self.repo_id}: rank {self.rank} could not exchange the state's layout with the other ranks "
+                f"(a rank ended or died): {e}"
+            ) from e
         names = [tuple(x[:4]) for x in everyone[0]]
         for r, theirs in enumerate(everyone):
             if [tuple(x[:4]) for x in theirs] != names:
@@ -359,30 +421,61 @@ class RankedCheckpointer(Checkpointer):
     # -- saving (training thread) ------------------------------------------------------------------
 
     def _collective(self, fn: Any, what: str) -> None:
+        """Run one collective of ours on the training thread's group; a rank that does not arrive within
+        `rank_timeout` (or is gone) makes it raise `RankMismatchError` here, and every later call at once:
+        after a timed-out collective the ranks are out of step on our group for good."""
+        if self._broken is not None:
+            raise RankMismatchError(self._broken)
         try:
             fn()
         except Exception as e:  # noqa: BLE001 - a timeout or a dead peer: the same clear error on every rank
+            self._broken = (
+                f"{self.repo_id}: the ranks are out of step since rank {self.rank} waited in vain for them to "
+                f"agree on {what}; this Checkpointer makes no collective call any more. Close it, and create a new "
+                "Checkpointer on every rank (or restart the job: Checkpointer.restore() resumes from the latest "
+                "revision)."
+            )
             raise RankMismatchError(
-                f"{self.repo_id}: rank {self.rank} waited {self.rank_timeout:.0f}s for the other ranks to agree on "
-                f"{what}; some rank did not call the same Checkpointer method (a skipped save(), or a rank died): {e}"
+                f"{self.repo_id}: rank {self.rank} waited up to rank_timeout={self.rank_timeout:g}s for the other "
+                f"ranks to agree on {what}; some rank did not call the same Checkpointer method (a skipped save(), "
+                f"or a rank that ended or died): {e}"
             ) from e
 
-    def _agree(self, call: tuple) -> None:
-        """Every rank made the same call (kind, step, repo): one all_gather of three integers."""
+    def _post(self, call: tuple, known: bool = False) -> Agreement:
+        """Start the agreement on a call (kind, step, repo): one asynchronous all_gather of four integers on
+        our training-thread group (the fourth: whether this rank holds the step as published already). Only
+        the training thread starts collectives on that group, in call order."""
         import zlib
 
         import torch
         import torch.distributed as dist
 
-        kinds = ("save", "close")
+        if self._broken is not None:
+            raise RankMismatchError(self._broken)
         mine = torch.tensor(
-            [kinds.index(call[0]), -1 if call[1] is None else call[1], zlib.crc32(call[2].encode())], dtype=torch.int64
+            [_KINDS.index(call[0]), -1 if call[1] is None else call[1], zlib.crc32(call[2].encode()), int(known)],
+            dtype=torch.int64,
         )
         gathered = [torch.empty_like(mine) for _ in range(self.world)]
-        self._collective(lambda: dist.all_gather(gathered, mine, group=self._ctl), f"{call[0]}()")
+        what = f"{call[0]}()"
+        work: Any = None
+
+        def start() -> None:
+            nonlocal work
+            work = dist.all_gather(gathered, mine, group=self._ctl, async_op=True)
+
+        self._collective(start, what)
+        return Agreement(call, work, gathered, mine, what)
+
+    def _settle(self, agreement: Agreement) -> bool:
+        """Wait (at most `rank_timeout`) until every rank made its call; raise `RankMismatchError` on every rank
+        when they differ (a collective's outcome: the same everywhere). Returns whether every rank holds the
+        step as published already."""
+        self._collective(agreement.work.wait, agreement.what)
+        call, mine = agreement.call, agreement.mine
         everyone = [
-            (kinds[int(g[0])], None if int(g[1]) == -1 else int(g[1]), call[2] if int(g[2]) == int(mine[2]) else "?")
-            for g in gathered
+            (_KINDS[int(g[0])], None if int(g[1]) == -1 else int(g[1]), call[2] if int(g[2]) == int(mine[2]) else "?")
+            for g in agreement.gathered
         ]
         if any(c != everyone[0] for c in everyone):
             described = ", ".join(
@@ -392,6 +485,11 @@ class RankedCheckpointer(Checkpointer):
                 f"{self.repo_id}: the ranks called different Checkpointer methods or steps ({described}); "
                 "nothing was published. Every rank must call save(step) with the same step, in the same order."
             )
+        return all(int(g[3]) for g in agreement.gathered)
+
+    def _agree(self, call: tuple) -> None:
+        """Every rank made the same call (kind, step, repo), waited for here."""
+        self._settle(self._post(call))
 
     def save(
         self,
@@ -421,54 +519,75 @@ class RankedCheckpointer(Checkpointer):
         except (TypeError, ValueError) as e:
             raise HubConfigError(f"extra= must be JSON-serialisable: {e}") from e
         started = time.perf_counter()
-        self._agree(("save", int(step), self.repo_id))
-        if step in self._published and not final:
+        # The ranks' agreement on (step, repo) is started here and not waited for: the capture below needs
+        # only this rank's own shards, so save() does not stall for a slower rank. If the others have arrived
+        # by the end of the capture, a mismatch raises right here; else the background checks it before
+        # anything is sent or published, and the save's Future, wait() and close() raise it.
+        known = step in self._published and not final
+        agreement: Agreement | None = self._post(("save", int(step), self.repo_id), known)
+        if known:  # skipped only if every rank skips it (a failure may not have reached every rank's view yet)
             from .pipeline import PublishedRevision
 
-            done: Future = Future()
-            done.set_result(PublishedRevision(self.repo_id, self._published[step], step, skipped=True))
-            return done
-        tensors, tied, groups = self._state()
-        locals_ = {name: _local(value, self.world, name) for name, (_, value) in tensors.items()}
-        layout = self._ensure_layout(tensors, tied, locals_)
-        staging_set = self._pool.acquire()  # waits while every set is still being sent (backpressure)
+            assert agreement is not None
+            everyone_knows = self._settle(agreement)
+            agreement = None
+            if everyone_knows:
+                done: Future = Future()
+                done.set_result(PublishedRevision(self.repo_id, self._published[step], step, skipped=True))
+                return done
         try:
-            staging_set.ensure({n: (tuple(t.shape), t.dtype, False) for n, (t, _) in locals_.items()})
-            staged = {}
-            for name, (local, _) in locals_.items():
-                staged[name] = staging_set.buffers[name]
-                staged[name].copy_(local)
-        except BaseException:
-            self._pool.release(staging_set)
+            tensors, tied, groups = self._state()
+            locals_ = {name: _local(value, self.world, name) for name, (_, value) in tensors.items()}
+            signature = self._signature(tensors, locals_)
+            staging_set = self._pool.acquire()  # waits while every set is still being sent (backpressure)
+            try:
+                staging_set.ensure({n: (tuple(t.shape), t.dtype, False) for n, (t, _) in locals_.items()})
+                staged = {}
+                for name, (local, _) in locals_.items():
+                    staged[name] = staging_set.buffers[name]
+                    staged[name].copy_(local)
+                if agreement is not None and agreement.work.is_completed():
+                    self._settle(agreement)
+                    agreement = None
+            except BaseException:
+                self._pool.release(staging_set)
+                raise
+            state: dict[str, Any] = {"rng": capture_rng()}
+            if self.scheduler is not None:
+                state["scheduler"] = self.scheduler.state_dict()
+            if self.scaler is not None:
+                state["scaler"] = self.scaler.state_dict()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            name = render_revision_name(self.options.revision_template, step=step, tokens=tokens, epoch=epoch)
+            loop = {
+                "format": LOOP_FORMAT,
+                "step": step,
+                "epoch": epoch,
+                "tokens": tokens,
+                "extra": extra,
+                "world_size": self.world,
+                "classes": {
+                    "model": class_name(self._module),
+                    "optimizer": class_name(self.optimizer),
+                    "scheduler": class_name(self.scheduler),
+                    "scaler": class_name(self.scaler),
+                },
+            }
+            job = dict(
+                name=name, step=step, metrics=dict(metrics or {}), tokens=tokens, epoch=epoch, final=final, loop=loop
+            )
+        except RankMismatchError:  # the ranks disagree (or one is gone): every rank knows it already
             raise
-        state: dict[str, Any] = {"rng": capture_rng()}
-        if self.scheduler is not None:
-            state["scheduler"] = self.scheduler.state_dict()
-        if self.scaler is not None:
-            state["scaler"] = self.scaler.state_dict()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        name = render_revision_name(self.options.revision_template, step=step, tokens=tokens, epoch=epoch)
-        loop = {
-            "format": LOOP_FORMAT,
-            "step": step,
-            "epoch": epoch,
-            "tokens": tokens,
-            "extra": extra,
-            "world_size": self.world,
-            "classes": {
-                "model": class_name(self._module),
-                "optimizer": class_name(self.optimizer),
-                "scheduler": class_name(self.scheduler),
-                "scaler": class_name(self.scaler),
-            },
-        }
-        job = dict(
-            name=name, step=step, metrics=dict(metrics or {}), tokens=tokens, epoch=epoch, final=final, loop=loop
-        )
+        except Exception as e:
+            # This rank failed its capture while the others may have captured: its background still takes
+            # part in the save's first background exchange, with the error, so every rank fails that save
+            # at once instead of waiting for this rank's slices until the background group times out.
+            self._jobs.put((_CaptureFailed(agreement, f"rank {self.rank}: {type(e).__name__}: {e}"),))
+            raise
         future: Future = Future()
         self._published[step] = name
-        self._jobs.put((job, layout, staging_set, staged, state, groups, future))
+        self._jobs.put((job, agreement, signature, tied, staging_set, staged, state, groups, future))
         fault("ranks.after_capture")
         stall = time.perf_counter() - started
         self.stalls.append(stall)
@@ -498,8 +617,27 @@ class RankedCheckpointer(Checkpointer):
             if item is None:
                 self._jobs.task_done()
                 return
-            job, layout, staging_set, staged, state, groups, future = item
+            if isinstance(item[0], _CaptureFailed):
+                failed = item[0]
+                try:
+                    if failed.agreement is not None:
+                        self._settle(failed.agreement)  # (a mismatch: every rank fails this save there)
+                    self._handshake(failed.error)
+                except BaseException as e:  # noqa: BLE001 - save() raised the cause on this rank already
+                    logger.debug("rank %d: the failed capture told the other ranks: %s", self.rank, e)
+                finally:
+                    self._jobs.task_done()
+                continue
+            job, agreement, signature, tied, staging_set, staged, state, groups, future = item
             try:
+                try:
+                    if agreement is not None:
+                        self._settle(agreement)
+                    self._handshake(None)
+                    layout = self._ensure_layout(signature, tied)
+                except BaseException:
+                    self._pool.release(staging_set)
+                    raise
                 result = self._publish(job, layout, staging_set, staged, state, groups)
             except BaseException as e:  # noqa: BLE001 - re-raised by the Future, wait() and close()
                 logger.error("rank %d: publishing %s of %s failed: %s", self.rank, job["name"], self.repo_id, e)
@@ -783,7 +921,8 @@ class RankedCheckpointer(Checkpointer):
         so a rank may `os._exit` right after."""
         if self._closed:
             return
-        self._agree(("close", None, self.repo_id))
+        if self._broken is None:  # out of step (said by the call that found it): only this rank's own work
+            self._agree(("close", None, self.repo_id))
         self._closed = True
         try:
             self.wait(timeout)
@@ -817,7 +956,7 @@ class RankedCheckpointer(Checkpointer):
         if self.rank == 0 and revision is None and step is None:
             index = read_index(self.repo_id, hub=self._hub, token=self._token)
             live = [bool(index is not None and index.live())]
-        dist.broadcast_object_list(live, src=0, group=self._ctl)
+        self._collective(lambda: dist.broadcast_object_list(live, src=0, group=self._ctl), "restore()")
         if not live[0]:
             logger.info("%s has no revision yet: starting from scratch", self.repo_id)
             return None

@@ -17,6 +17,7 @@ from .blobs import PipelinedWriter, git_blob_sha1, is_sha256, lfs_pointer
 from .context import HubContext, base_url, json_response
 from .dataplane import data_plane_base
 from .gitattributes import is_ignored, is_lfs
+from .rate import check_commit
 from .routing import Router, body_bytes, json_body
 from .storage import Operation
 
@@ -266,6 +267,7 @@ def _parse_commit(ctx: HubContext, repo, caller, raw: bytes) -> tuple[dict, list
 def commit(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
     caller = ctx.caller(request)
     repo = ctx.repo_for(ns, name, caller, write=True)
+    check_commit(ctx.commit_budget, repo.repo_id)  # 429 past the repo's commit budget (rate.py)
     if request.query_params.get("create_pr") in ("1", "true"):
         raise HubHTTPError(400, "Pull requests are not supported by the hubckpt local hub; commit to a branch instead")
     _branch_head(ctx, repo, rev)

@@ -1,0 +1,98 @@
+"""The commit budget (issue 22 part 2): the local hub's 429 per repo, and a publisher that stays within it."""
+
+from __future__ import annotations
+
+import pytest
+from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub.errors import HfHubHTTPError
+
+from hubckpt.errors import HubConfigError
+from hubckpt.server import LocalHubServer
+from hubckpt.server.rate import CommitRate
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def budget_hub(tmp_path):
+    with LocalHubServer(tmp_path / "hub", commit_rate="3/min") as hub:
+        clock = Clock()
+        hub.ctx.commit_budget.clock = clock
+        yield hub, HfApi(endpoint=hub.url), clock
+
+
+def _commit(api: HfApi, repo: str, n: int, revision: str = "main") -> str:
+    return api.create_commit(
+        repo, [CommitOperationAdd(f"f{n}.txt", str(n).encode())], commit_message=f"c{n}", revision=revision
+    ).oid
+
+
+def test_rate_parser_accepts_the_hub_forms_and_refuses_others():
+    assert CommitRate.parse("128/h") == CommitRate(128, 3600)
+    assert CommitRate.parse("6/min") == CommitRate(6, 60)
+    assert CommitRate.parse("6/10s") == CommitRate(6, 10)
+    assert str(CommitRate.parse("128/h")) == "128 per hour"
+    for bad in ("", "128", "0/h", "6/0s", "6/fortnight", "x/h"):
+        with pytest.raises(HubConfigError, match="N/PERIOD|at least 1"):
+            CommitRate.parse(bad)
+
+
+def test_the_n_plus_first_commit_in_the_window_is_refused_with_the_hubs_429(budget_hub):
+    hub, api, clock = budget_hub
+    repo = api.create_repo("local/budget").repo_id  # its initial commit does not count
+    api.create_branch(repo, branch="b1")  # branch and tag operations do not count
+    api.create_tag(repo, tag="t1")
+    api.delete_tag(repo, tag="t1")
+    for n in range(2):
+        _commit(api, repo, n)
+        clock.now += 20
+    _commit(api, repo, 2, revision="b1")  # every branch of the repo shares its budget
+    head = api.list_repo_refs(repo).branches
+    with pytest.raises(HfHubHTTPError) as caught:
+        _commit(api, repo, 3)
+    response = caught.value.response
+    assert response.status_code == 429
+    assert "rate limit for repository commits" in response.headers["X-Error-Message"]
+    assert "rate limit for repository commits (3 per minute)" in response.json()["error"]
+    # The oldest commit leaves the window 60 s after it was made: 20 s from now.
+    assert response.headers["Retry-After"] == "20"
+    assert response.headers["RateLimit"] == '"commits";r=0;t=20'
+    assert "q=3" in response.headers["RateLimit-Policy"] and "w=60" in response.headers["RateLimit-Policy"]
+    # Refused: nothing changed, and it did not count (the window frees at the same time as before).
+    assert api.list_repo_refs(repo).branches == head
+    assert "f3.txt" not in api.list_repo_files(repo)
+    api.create_branch(repo, branch="b2")  # branch operations still work
+    other = api.create_repo("local/budget-other").repo_id
+    _commit(api, other, 0)  # per repo
+    clock.now += 20  # the first commit left the window: one more, then refused again
+    _commit(api, repo, 3)
+    with pytest.raises(HfHubHTTPError) as caught:
+        _commit(api, repo, 4)
+    assert caught.value.response.status_code == 429
+    assert "f3.txt" in api.list_repo_files(repo)
+
+
+def test_retry_after_is_capped_at_60_seconds_and_the_client_reads_the_wait(tmp_path):
+    from hubckpt.hub.retries import retry_after
+
+    with LocalHubServer(tmp_path / "hub", commit_rate="1/h") as hub:
+        api = HfApi(endpoint=hub.url)
+        repo = api.create_repo("local/slow").repo_id
+        _commit(api, repo, 0)
+        with pytest.raises(HfHubHTTPError) as caught:
+            _commit(api, repo, 1)
+    headers = caught.value.response.headers
+    assert headers["Retry-After"] == "60"
+    assert 3590 <= int(headers["RateLimit"].rsplit("t=", 1)[1]) <= 3600
+    assert retry_after(caught.value) == 300.0  # the client's own cap on one wait
+
+
+def test_no_budget_by_default(api, repo_id):
+    for n in range(12):
+        _commit(api, repo_id, n)

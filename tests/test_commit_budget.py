@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError
@@ -96,3 +99,69 @@ def test_retry_after_is_capped_at_60_seconds_and_the_client_reads_the_wait(tmp_p
 def test_no_budget_by_default(api, repo_id):
     for n in range(12):
         _commit(api, repo_id, n)
+
+
+def _publish_paced(tmp_path, rate: str, saves: int = 12, interval_s: float = 1.5):
+    """Publish `saves` revisions, one every `interval_s`, to a fresh hub with commit budget `rate`;
+    (seconds each publish() blocked, commit POSTs the hub accepted, 429s it answered, the hub's API, repo)."""
+    import time
+
+    import torch
+
+    from hubckpt import Publisher
+
+    accepted: list[str] = []
+    refused: list[str] = []
+    with LocalHubServer(tmp_path / f"hub-{rate.replace('/', '-')}", commit_rate=rate) as hub:
+        budget = hub.ctx.commit_budget
+        take = budget.take
+
+        def counting(key: str) -> None:
+            try:
+                take(key)
+            except Exception:
+                refused.append(key)
+                raise
+            accepted.append(key)
+
+        budget.take = counting
+        api = HfApi(endpoint=hub.url)
+        blocked: list[float] = []
+        weights = {"w": torch.zeros(64, 64)}
+        with Publisher("local/paced", hub=hub.url, spool_dir=tmp_path / f"spool-{len(rate)}") as pub:
+            start = time.monotonic()
+            for n in range(saves):
+                time.sleep(max(0.0, start + n * interval_s - time.monotonic()))
+                weights["w"].fill_(n)
+                t0 = time.monotonic()
+                pub.publish(state_dict=weights, step=(n + 1) * 100, metrics={"loss": 10.0 - n})
+                blocked.append(time.monotonic() - t0)
+            pub.wait()
+        refs = api.list_repo_refs("local/paced")
+        branches = {b.name: b.target_commit for b in refs.branches}
+        index = json.loads(
+            Path(api.hf_hub_download("local/paced", "revisions.json", cache_dir=tmp_path / "c")).read_text()
+        )
+        chain = {
+            name: api.list_repo_commits("local/paced", revision=name)[1].commit_id
+            for name in branches
+            if name != "main"
+        }
+    return blocked, len(accepted), len(refused), index, branches, chain
+
+
+@pytest.mark.slow
+def test_a_publisher_stays_within_the_budget_without_blocking_the_training_loop(tmp_path):
+    """12 revisions against 6 commits per 6 s, one save every 1.2 s: the revisions' own 12 commits fit, two
+    commits per revision do not. Main's updates coalesce; every revision lands once, on the previous one."""
+    free_blocked, free_commits, _, _, _, _ = _publish_paced(tmp_path, "100000/h")
+    blocked, commits, refused, index, branches, chain = _publish_paced(tmp_path, "6/6s")
+    names = [r["name"] for r in index["revisions"]]
+    assert names == [f"step-{(n + 1) * 100:07d}" for n in range(12)], names
+    assert all(branches[r["name"]] == r["commit"] for r in index["revisions"])  # listed at its one commit
+    for before, after in zip(index["revisions"], index["revisions"][1:]):
+        assert chain[after["name"]] == before["commit"]  # the branch history is the training trajectory
+    assert not any(b.startswith("hubckpt-staging-") for b in branches)
+    assert commits <= 18, (commits, refused)
+    assert sum(blocked) <= sum(free_blocked) + 1.0, (blocked, free_blocked)
+    assert max(blocked) <= max(free_blocked) + 0.5, (blocked, free_blocked)

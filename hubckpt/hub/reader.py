@@ -116,13 +116,21 @@ class HubReader:
         return f"{self.repo_id} on {self.hub.describe()}"
 
     def retrying(
-        self, action: Callable[[], T], *, what: str, settle: Callable[[BaseException], T | None] | None = None
+        self,
+        action: Callable[[], T],
+        *,
+        what: str,
+        settle: Callable[[BaseException], T | None] | None = None,
+        give_up: Callable[[BaseException], bool] | None = None,
     ) -> T:
         """`retries.with_retries` for a request to this hub: names its URL if it refuses, revives a local hub.
 
-        The endpoint is read at each use: after `revive` it may be another port. `settle`: see `with_retries`.
+        The endpoint is read at each use: after `revive` it may be another port. `settle`, `give_up`: see
+        `with_retries`.
         """
-        return with_retries(action, what=what, endpoint=lambda: self.hub.endpoint, revive=self.revive, settle=settle)
+        return with_retries(
+            action, what=what, endpoint=lambda: self.hub.endpoint, revive=self.revive, settle=settle, give_up=give_up
+        )
 
     def check_reachable(self) -> None:
         """Fail now if nothing listens at the hub's address (`retries.check_reachable`; a local hub is revived).

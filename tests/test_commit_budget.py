@@ -165,3 +165,33 @@ def test_a_publisher_stays_within_the_budget_without_blocking_the_training_loop(
     assert commits <= 18, (commits, refused)
     assert sum(blocked) <= sum(free_blocked) + 1.0, (blocked, free_blocked)
     assert max(blocked) <= max(free_blocked) + 0.5, (blocked, free_blocked)
+
+
+def test_revisions_waiting_for_their_listing_on_main_are_listed_after_a_crash(tmp_path, local_hub, api):
+    """A process that dies with revisions committed but not yet listed on `main` (their listing waited for a
+    next revision): the next start lists each of them once, at the commit it made, without committing again."""
+    import uuid
+
+    import torch
+
+    from hubckpt import Publisher
+
+    repo = f"local/deferred-{uuid.uuid4().hex[:8]}"
+    spool = tmp_path / "spool"
+    pub = Publisher(repo, hub=local_hub.url, spool_dir=spool)
+    pub._pipeline.more_queued = lambda: True  # every listing waits for a next revision, which never comes
+    for n in range(3):
+        pub.publish(state_dict={"w": torch.full((8, 8), float(n))}, step=(n + 1) * 100).result()
+    pub.abort()  # as if killed: nothing lists them
+    heads = {b.name: b.target_commit for b in api.list_repo_refs(repo).branches if b.name.startswith("step-")}
+    assert sorted(heads) == ["step-0000100", "step-0000200", "step-0000300"]
+    assert "revisions.json" not in api.list_repo_files(repo)
+    with Publisher(repo, hub=local_hub.url, spool_dir=spool) as again:
+        again.wait()
+    index = json.loads(Path(api.hf_hub_download(repo, "revisions.json", cache_dir=tmp_path / "c")).read_text())
+    assert [(r["name"], r["commit"]) for r in index["revisions"]] == sorted(heads.items())
+    after = {b.name: b.target_commit for b in api.list_repo_refs(repo).branches if b.name.startswith("step-")}
+    assert after == heads  # nothing committed again
+    # Each revision branched from the one before, though none was listed when it was committed.
+    assert api.list_repo_commits(repo, revision="step-0000300")[1].commit_id == heads["step-0000200"]
+    assert api.list_repo_commits(repo, revision="step-0000200")[1].commit_id == heads["step-0000100"]

@@ -195,3 +195,28 @@ def test_revisions_waiting_for_their_listing_on_main_are_listed_after_a_crash(tm
     # Each revision branched from the one before, though none was listed when it was committed.
     assert api.list_repo_commits(repo, revision="step-0000300")[1].commit_id == heads["step-0000200"]
     assert api.list_repo_commits(repo, revision="step-0000200")[1].commit_id == heads["step-0000100"]
+
+
+def test_serve_with_a_budget_says_so_and_refuses_a_bad_one(tmp_path):
+    """What users run: `hubckpt serve` prints the budget (here from HUBCKPT_COMMIT_RATE, as a hub started in
+    the background gets it) and enforces it; a malformed rate is one line, no traceback."""
+    import signal
+
+    from .conftest import free_port
+    from .helpers import run_cli, start_server
+
+    bad = run_cli("serve", "--root", str(tmp_path / "bad"), "--port", "0", "--commit-rate", "6/fortnight")
+    assert bad.returncode == 1 and bad.stderr.startswith("Error: Invalid commit rate '6/fortnight'"), bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) <= 2
+    proc, url = start_server(tmp_path / "hub", free_port(), extra_env={"HUBCKPT_COMMIT_RATE": "1/h"})
+    try:
+        api = HfApi(endpoint=url)
+        repo = api.create_repo("local/served").repo_id
+        _commit(api, repo, 0)
+        with pytest.raises(HfHubHTTPError) as caught:
+            _commit(api, repo, 1)
+        assert caught.value.response.status_code == 429
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=15)
+    assert "commit budget: 1 per hour per repo" in out

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 # 1 + 1/LIMITED_BATCH commits, and 128 commits/hour sustain a save every 34 s.
 LIMITED_BATCH = 5
 MAX_LINGER_S = 60.0
+MAX_UNLISTED = 16  # revisions waiting for their listing on `main`, at most (however fast saves come)
 
 
 @dataclass
@@ -112,6 +113,7 @@ class Pipeline:
         self.hurry: Callable[[], bool] = lambda: False
         self._pending: dict[str, list[stages.Committed]] = {}  # target key → committed, not yet on `main`
         self._unlisted: dict[str, set[str]] = {}  # job → target keys whose `main` does not list it yet
+        self._has_config = False  # the last job's: whether `main`'s card shows a transformers snippet
 
     def mark_final(self, job_id: str) -> bool:
         """Mark a queued or running job `final`; False if it is past its last look at the mark (sealed):
@@ -193,7 +195,7 @@ class Pipeline:
         if captured is not None:  # written to the spool: the staging buffers can be reused now
             captured.release()
         folder = self.store.revision_folder(job_id)
-        has_config = (folder / "config.json").is_file()
+        has_config = self._has_config = (folder / "config.json").is_file()
         new_work = False
         finals: dict[str, str] = {}  # target key → the commit that target has made `final` (with the files)
         for target, key in zip(self.targets, self.keys):
@@ -337,9 +339,12 @@ class Pipeline:
     def _defers(self, target: HubTarget, key: str) -> bool:
         """Leave this revision's listing on `main` to a later job: one waits already, or the hub's commit budget
         refused a commit lately and fewer than `LIMITED_BATCH` revisions wait for their listing."""
+        waiting = len(self._pending.get(key, [])) + 1
+        if waiting >= MAX_UNLISTED:  # saves keep coming faster than they publish: `main` must not lag further
+            return False
         if self.more_queued():
             return True
-        return target.rate_limited() is not None and len(self._pending.get(key, [])) + 1 < LIMITED_BATCH
+        return target.rate_limited() is not None and waiting < LIMITED_BATCH
 
     def _linger(self, target: HubTarget) -> bool:
         """True if a next job arrived (it will list the waiting revisions): under a commit budget that refused a
@@ -352,6 +357,20 @@ class Pipeline:
             if self.hurry() or time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
+
+    def flush_pending(self) -> None:
+        """List every revision still waiting for its listing on `main` (a job failed: no later one may come).
+
+        Best effort: a failure is logged (the job's own error is the one reported), and the journal keeps
+        those jobs open, so the next start lists them."""
+        for target, key in zip(self.targets, self.keys):
+            if self._pending.get(key):
+                try:
+                    self._flush(target, key, has_config=self._has_config, wait_out_429=False)
+                except Exception as e:  # noqa: BLE001 - see above
+                    logger.warning(
+                        "could not list %d revision(s) on main of %s: %s", len(self._pending[key]), target.describe(), e
+                    )
 
     def _with_pending(self, key: str, view: stages.HubView) -> stages.HubView:
         """The hub as it will be: revisions committed but not listed on `main` yet count as listed (the next
@@ -378,7 +397,7 @@ class Pipeline:
         pending = self._pending.get(key, [])
         self._pending[key] = [e for e in pending if e not in entries]
 
-    def _flush(self, target: HubTarget, key: str, *, has_config: bool) -> None:
+    def _flush(self, target: HubTarget, key: str, *, has_config: bool, wait_out_429: bool = True) -> None:
         """One update of `main` listing every revision of `key` committed since it was last updated."""
         entries = list(self._pending.get(key, []))
         if not entries:
@@ -393,7 +412,7 @@ class Pipeline:
             names = ", ".join(e.record.revision for e in entries)
             return files, None, [], f"Index {len(entries)} revision(s): {names}"
 
-        _, index = target.update_main(mutate)
+        _, index = target.update_main(mutate, yield_to=None if wait_out_429 else (lambda: True))
         self._listed(key, entries)
         stages.retain(self.ctx, target, index, has_config=has_config)
 

@@ -604,7 +604,11 @@ class Publisher:
     def _process(self, job_id: str) -> PublishedRevision:
         captured = self._payloads.pop(job_id, None)
         try:
-            published = self._pipeline.run(job_id, captured)
+            try:
+                published = self._pipeline.run(job_id, captured)
+            except BaseException:
+                self._pipeline.flush_pending()  # earlier revisions this job was to list on `main`
+                raise
             with self._reporting:  # an earlier failure of this job is mended: nothing to report
                 self._unreported.pop(job_id, None)
             return published

@@ -93,6 +93,12 @@ FAULT = EnvVar(
     None,
     "Tests only: `<point>:kill` kills the process at a named crash point (crash-safety tests). Never set it otherwise.",
 )
+COMMIT_RATE = EnvVar(
+    "HUBCKPT_COMMIT_RATE",
+    None,
+    "Commit budget of a local hub started without `--commit-rate` (by `hubckpt serve` or in the background): "
+    "`N/PERIOD` commits per repo, e.g. `128/h` as on huggingface.co, `6/min`, `6/10s`. Unset: no budget.",
+)
 PUBLISHER_FD = EnvVar(
     "HUBCKPT_PUBLISHER_FD",
     None,
@@ -112,6 +118,7 @@ VARIABLES: tuple[EnvVar, ...] = (
     PROGRESS_BARS,
     DEBUG,
     FAULT,
+    COMMIT_RATE,
     PUBLISHER_FD,
 )
 
@@ -220,6 +227,11 @@ def debug() -> bool:
 def fault() -> str:
     """The crash point tests asked for (`HUBCKPT_FAULT`), "" when none."""
     return _get(FAULT) or ""
+
+
+def commit_rate() -> str | None:
+    """The local hub's commit budget (`N/PERIOD`) when `--commit-rate` is not given; None: no budget."""
+    return _get(COMMIT_RATE)
 
 
 def publisher_fd() -> int:

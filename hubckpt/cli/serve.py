@@ -22,17 +22,25 @@ def serve(
     port_fallback: bool = typer.Option(False, "--port-fallback", help="If the port is taken, pick a free one."),
     user: str = typer.Option("local", help="Name of the local user (single-user mode, and owner of new repos)."),
     quiet: bool = typer.Option(False, "--quiet", help="Print only the URL."),
+    commit_rate: str | None = typer.Option(
+        None,
+        "--commit-rate",
+        help="Commits per repo per window, as huggingface.co limits them: N/PERIOD, e.g. 128/h, 6/min, 6/10s "
+        "(default: $HUBCKPT_COMMIT_RATE, else no limit). The (N+1)-th commit within PERIOD gets the Hub's 429.",
+    ),
 ) -> None:
     """Serve the Hugging Face Hub HTTP API over a data folder, offline."""
     import uvicorn
 
+    from .. import environment
     from ..errors import HubUnavailableError
     from ..priority import IDLE, idle_class_supported
     from ..server import HubContext, bind_socket, check_exposure, create_app, uvicorn_config
     from ..server.dataplane import DataPlane
 
     data = local_root(root)
-    ctx = HubContext.open(data, local_user=user)
+    rate = commit_rate or environment.commit_rate()
+    ctx = HubContext.open(data, local_user=user, commit_rate=rate)
     check_exposure(ctx, host)
     try:
         sock = bind_socket(host, port)
@@ -54,7 +62,8 @@ def serve(
         typer.echo(
             f"hubckpt local hub serving {data}\n  URL:  {where}\n  web:  {reach}/  (browse repos, revisions, "
             f"cards)\n  mode: {mode}\n"
-            f"Use it with huggingface_hub / the hf CLI / transformers:\n"
+            + (f"  commit budget: {ctx.commit_budget.rate} per repo\n" if ctx.commit_budget else "")
+            + f"Use it with huggingface_hub / the hf CLI / transformers:\n"
             f"  export HF_ENDPOINT={reach} HF_HUB_DISABLE_XET=1\nPress Ctrl-C to stop."
         )
     config = uvicorn_config(create_app(ctx))

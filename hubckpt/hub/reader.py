@@ -122,14 +122,21 @@ class HubReader:
         what: str,
         settle: Callable[[BaseException], T | None] | None = None,
         deadline: Callable[[], float] | None = None,
+        give_up: Callable[[BaseException], bool] | None = None,
     ) -> T:
         """`retries.with_retries` for a request to this hub: names its URL if it refuses, revives a local hub.
 
-        The endpoint is read at each use: after `revive` it may be another port. `settle`, `deadline`: see
-        `with_retries`.
+        The endpoint is read at each use: after `revive` it may be another port. `settle`, `deadline`,
+        `give_up`: see `with_retries`.
         """
         return with_retries(
-            action, what=what, endpoint=lambda: self.hub.endpoint, revive=self.revive, settle=settle, deadline=deadline
+            action,
+            what=what,
+            endpoint=lambda: self.hub.endpoint,
+            revive=self.revive,
+            settle=settle,
+            deadline=deadline,
+            give_up=give_up,
         )
 
     def check_reachable(self) -> None:

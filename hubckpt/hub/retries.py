@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 MAX_RETRY_AFTER_S = 300.0
+# A hub's rate limit (429 saying how long to wait) is waited out without counting as a failed attempt,
+# up to this long in total for one request: a commit budget (huggingface.co: 128 commits per repo per
+# hour) can keep a commit waiting for minutes; a 429 storm beyond this is reported.
+MAX_RATE_LIMITED_S = 3600.0
 
 
 # -- timeouts --------------------------------------------------------------------------------------
@@ -198,6 +202,19 @@ def refused(error: BaseException, *, endpoint: str | None, revive: Callable[[], 
     raise unreachable(error, endpoint) from error
 
 
+def _check_deadline(error: Exception, what: str, delay: float, deadline: Callable[[], float] | None) -> None:
+    """Raise `HubUnavailableError` if waiting `delay` seconds would pass the caller's bound (`deadline()`)."""
+    left = deadline() if deadline is not None else None
+    if left is not None and delay >= left:
+        asked = retry_after(error)
+        why = f"the hub asked to wait {asked:.0f} s (Retry-After)" if asked is not None else "the back-off"
+        raise HubUnavailableError(
+            f"{what} failed ({error}); {why} would pass the {max(left, 0):.1f} s left of the bound on a stalled "
+            "read (2 x HUBCKPT_HTTP_TIMEOUT, all tries together): check the hub and try again later, or "
+            "raise HUBCKPT_HTTP_TIMEOUT"
+        ) from error
+
+
 def with_retries(
     action: Callable[[], T],
     *,
@@ -208,6 +225,7 @@ def with_retries(
     revive: Callable[[], bool] | None = None,
     settle: Callable[[BaseException], T | None] | None = None,
     deadline: Callable[[], float] | None = None,
+    give_up: Callable[[BaseException], bool] | None = None,
 ) -> T:
     """Run `action`, retrying transient failures with exponential backoff (or as long as the server asks).
 
@@ -221,6 +239,10 @@ def with_retries(
     the connection dropped): called before each retry; a result other than None is what the request
     achieved, returned instead of sending it again.
 
+    A 429 that says how long to wait (`Retry-After` / `RateLimit`) is waited out without counting as an
+    attempt, for up to `MAX_RATE_LIMITED_S` in all. `give_up(error)`, asked before each wait: True raises
+    the error instead (a caller with something better to do than wait, e.g. a coalescable update of `main`).
+
     Timeouts come from `install_timeouts`, installed once by `HubReader` (every request goes through one).
 
     `deadline()`: seconds left of a bound the whole call must keep (a read's `ReadBudget`). A back-off
@@ -230,7 +252,7 @@ def with_retries(
     def where() -> str | None:
         return endpoint() if callable(endpoint) else endpoint
 
-    attempt, revived = 1, False
+    attempt, revived, rate_limited_s = 1, False, 0.0
     while True:
         try:
             result = action()
@@ -241,6 +263,16 @@ def with_retries(
                 answered(where())
             if refused(e, endpoint=where(), revive=revive, revived=revived):
                 revived = True
+                continue
+            limited = status_of(e) == 429 and retry_after(e) is not None
+            if limited and give_up is not None and give_up(e):
+                raise
+            if limited and rate_limited_s < MAX_RATE_LIMITED_S:
+                delay = retry_after(e) or base_delay
+                _check_deadline(e, what, delay, deadline)
+                rate_limited_s += delay
+                logger.info("%s: rate limited by the hub; retrying in %.0fs", what, delay)
+                time.sleep(delay)
                 continue
             if not is_transient(e) or attempt == attempts:
                 if is_refused(e):
@@ -253,15 +285,7 @@ def with_retries(
                 if settled is not None:
                     return settled
             delay = backoff_delay(e, attempt, base_delay)
-            left = deadline() if deadline is not None else None
-            if left is not None and delay >= left:
-                asked = retry_after(e)
-                why = f"the hub asked to wait {asked:.0f} s (Retry-After)" if asked is not None else "the back-off"
-                raise HubUnavailableError(
-                    f"{what} failed ({e}); {why} would pass the {max(left, 0):.1f} s left of the bound on a stalled "
-                    "read (2 x HUBCKPT_HTTP_TIMEOUT, all tries together): check the hub and try again later, or "
-                    "raise HUBCKPT_HTTP_TIMEOUT"
-                ) from e
+            _check_deadline(e, what, delay, deadline)
             logger.warning("%s failed (%s); retrying in %.1fs", what, e, delay)
             time.sleep(delay)
             attempt += 1

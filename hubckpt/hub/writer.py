@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -28,7 +29,7 @@ from ..formats.index import RevisionIndex
 from ..formats.manifest import MANIFEST_FILE, manifest_digest, read_manifest
 from .commits import folder_operations, quiet_xet_notice
 from .reader import HubReader
-from .retries import status_of
+from .retries import retry_after, status_of
 from .select import Hub, resolve_token
 
 if TYPE_CHECKING:
@@ -78,6 +79,26 @@ class HubTarget:
         # Every read goes through it; it starts a local hub not started yet (targets are written to) and
         # installs the request timeouts.
         self.reader = HubReader(hub, repo_id, token=self.token)
+        self._rate_limited_at: float | None = None  # when the hub last refused a commit (429), monotonic
+        self._rate_window_s = 0.0  # and the window its budget counts over (RateLimit-Policy, else Retry-After)
+
+    def _note_refusal(self, error: BaseException) -> None:
+        """Remember a 429 from the hub's commit budget (the publisher then coalesces updates of `main` more)."""
+        from huggingface_hub.utils import parse_ratelimit_headers
+
+        if status_of(error) != 429:
+            return
+        headers = getattr(getattr(error, "response", None), "headers", None) or {}
+        info = parse_ratelimit_headers(headers)
+        window = info.window_seconds if info is not None and info.window_seconds else retry_after(error)
+        self._rate_limited_at = time.monotonic()
+        self._rate_window_s = min(float(window or 60.0), 3600.0)
+
+    def rate_limited(self) -> float | None:
+        """The window (seconds) of the commit budget that refused a commit of this repo within it; None if none did."""
+        if self._rate_limited_at is None or time.monotonic() - self._rate_limited_at > self._rate_window_s:
+            return None
+        return self._rate_window_s
 
     @property
     def hub(self) -> Hub:
@@ -289,6 +310,7 @@ class HubTarget:
             try:
                 return send()
             except HfHubHTTPError as e:
+                self._note_refusal(e)
                 landed = self.landed_commit(branch, manifest_sha256) if status_of(e) == 412 else None
                 if landed:
                     return landed
@@ -303,12 +325,17 @@ class HubTarget:
         return self.reader.retrying(attempt, what=f"committing to {branch} of {self.repo_id}", settle=settle)
 
     def update_main(
-        self, mutate: Callable[[RevisionIndex], tuple[dict[str, bytes], Path | None, list[str], str]], attempts: int = 8
+        self,
+        mutate: Callable[[RevisionIndex], tuple[dict[str, bytes], Path | None, list[str], str]],
+        attempts: int = 8,
+        *,
+        yield_to: Callable[[], bool] | None = None,
     ) -> tuple[str, RevisionIndex]:
         """Read the index at main's head, let `mutate` change it, commit with `parent_commit`; retry on conflict.
 
         `mutate(index)` returns (files to write on main: path → bytes, a folder whose files also go to main
-        or None, paths to delete from main, commit message).
+        or None, paths to delete from main, commit message). `yield_to()`: asked when the hub's commit budget
+        refuses the commit (429); True gives up at once (the 429 is raised) instead of waiting it out.
         """
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
         from huggingface_hub.errors import HfHubHTTPError
@@ -331,12 +358,21 @@ class HubTarget:
 
                 def send(ops: list = ops, message: str = message, head: str | None = head) -> str:
                     _rewind(ops)
-                    return self.api.create_commit(
-                        self.repo_id, ops, commit_message=message, revision=MAIN, parent_commit=head
-                    ).oid
+                    try:
+                        return self.api.create_commit(
+                            self.repo_id, ops, commit_message=message, revision=MAIN, parent_commit=head
+                        ).oid
+                    except HfHubHTTPError as e:
+                        self._note_refusal(e)
+                        raise
 
                 try:
-                    commit = self._retrying(send, what=f"updating main of {self.repo_id}")
+                    with self._explain_forbidden():
+                        commit = self.reader.retrying(
+                            send,
+                            what=f"updating main of {self.repo_id}",
+                            give_up=(lambda _e: yield_to()) if yield_to is not None else None,
+                        )
                     return commit, index
                 except HfHubHTTPError as e:
                     if status_of(e) != 412 or attempt == attempts:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,12 +26,20 @@ from typing import Any
 from ..errors import PublishError
 from ..faults import fault
 from ..formats.manifest import MANIFEST_FILE
+from ..hub.retries import status_of
 from ..hub.writer import HubTarget
 from . import stages
 from .jobs import JobStore
 from .staging import Captured
 
 logger = logging.getLogger(__name__)
+
+# Under a commit budget that has refused a commit (429) within its window, `main` is updated once per this
+# many revisions (or when none follows within the window, up to MAX_LINGER_S): a revision then costs
+# 1 + 1/LIMITED_BATCH commits, and 128 commits/hour sustain a save every 34 s.
+LIMITED_BATCH = 5
+MAX_LINGER_S = 60.0
+MAX_UNLISTED = 16  # revisions waiting for their listing on `main`, at most (however fast saves come)
 
 
 @dataclass
@@ -97,6 +106,14 @@ class Pipeline:
         self._ready: set[str] = set()
         self._marks = threading.Lock()
         self._sealed: set[str] = set()  # jobs past their last look at the `final` mark
+        # Whether another job waits behind the one running (set by the publisher): then this job's update
+        # of `main` is left to a later job, which lists every revision committed since in one commit.
+        self.more_queued: Callable[[], bool] = lambda: False
+        # Whether someone waits for every job to end (wait / close): then nothing lingers (see `_linger`).
+        self.hurry: Callable[[], bool] = lambda: False
+        self._pending: dict[str, list[stages.Committed]] = {}  # target key → committed, not yet on `main`
+        self._unlisted: dict[str, set[str]] = {}  # job → target keys whose `main` does not list it yet
+        self._has_config = False  # the last job's: whether `main`'s card shows a transformers snippet
 
     def mark_final(self, job_id: str) -> bool:
         """Mark a queued or running job `final`; False if it is past its last look at the mark (sealed):
@@ -178,7 +195,7 @@ class Pipeline:
         if captured is not None:  # written to the spool: the staging buffers can be reused now
             captured.release()
         folder = self.store.revision_folder(job_id)
-        has_config = (folder / "config.json").is_file()
+        has_config = self._has_config = (folder / "config.json").is_file()
         new_work = False
         finals: dict[str, str] = {}  # target key → the commit that target has made `final` (with the files)
         for target, key in zip(self.targets, self.keys):
@@ -186,7 +203,7 @@ class Pipeline:
                 commits[key] = record.committed.get(key, "")
                 continue
             self._prepare(target, key)
-            view = views.get(key) or stages.read_view(target)
+            view = self._with_pending(key, views.get(key) or stages.read_view(target))
             if view.pruned(name, record.manifest_sha256) and not replace:
                 logger.info("%s was published to %s and pruned since; not publishing it again", name, target.describe())
                 info = view.index.get(name)
@@ -247,7 +264,32 @@ class Pipeline:
                 fault("publish.after_commit")
                 self.store.committed(job_id, key, commit)
                 final = bool(record.captured.get("final"))  # (read before the index stage reads it)
-                index = stages.index(self.ctx, target, record, manifest, commit, folder, replace=replace or gone)
+                coalescable = not final and not replace and not gone
+                if coalescable and self._defers(target, key):  # a later job lists it on `main` (with its own)
+                    self._defer(key, stages.Committed(job_id, record, manifest, commit))
+                    commits[key] = commit
+                    continue
+                earlier = list(self._pending.get(key, []))
+                try:
+                    index = stages.index(
+                        self.ctx,
+                        target,
+                        record,
+                        manifest,
+                        commit,
+                        folder,
+                        replace=replace or gone,
+                        also=earlier,
+                        yield_to=self.more_queued if coalescable else None,
+                    )
+                except Exception as e:
+                    if coalescable and status_of(e) == 429:  # the commit budget: the next job lists it
+                        logger.info("%s: main's update waits for the next revision (commit budget)", name)
+                        self._defer(key, stages.Committed(job_id, record, manifest, commit))
+                        commits[key] = commit
+                        continue
+                    raise
+                self._listed(key, earlier)
                 if final:
                     finals[key] = commit
                 fault("publish.after_index")
@@ -270,10 +312,17 @@ class Pipeline:
                     break
             for target, key in late:
                 finals[key] = record.committed[key]
+                self._flush(target, key, has_config=has_config)  # listed before it can be made final
                 index = stages.mark_final(self.ctx, target, record.revision, folder, has_config=has_config)
                 stages.retain(self.ctx, target, index, has_config=has_config)
                 self.store.published(job_id, key)
                 new_work = True
+        for target, key in zip(self.targets, self.keys):
+            if self._pending.get(key) and not self._linger(target):  # no next revision to list them: now
+                self._flush(target, key, has_config=has_config)
+        if self._unlisted.get(job_id):  # its job ends once a later update of `main` lists it
+            self.replace.discard(job_id)
+            return PublishedRevision(self.ctx.repo_id, name, step, commits, skipped=False)
         self.store.done(job_id)
         self.store.remove_files(job_id)  # the converted revision and any source snapshot
         self.replace.discard(job_id)
@@ -284,6 +333,88 @@ class Pipeline:
             ", ".join(t.describe() for t in self.targets),
         )
         return PublishedRevision(self.ctx.repo_id, name, step, commits, skipped=not new_work)
+
+    # -- updates of `main` coalesced across jobs (the commit budget) ------------------------------------
+
+    def _defers(self, target: HubTarget, key: str) -> bool:
+        """Leave this revision's listing on `main` to a later job: one waits already, or the hub's commit budget
+        refused a commit lately and fewer than `LIMITED_BATCH` revisions wait for their listing."""
+        waiting = len(self._pending.get(key, [])) + 1
+        if waiting >= MAX_UNLISTED:  # saves keep coming faster than they publish: `main` must not lag further
+            return False
+        if self.more_queued():
+            return True
+        return target.rate_limited() is not None and waiting < LIMITED_BATCH
+
+    def _linger(self, target: HubTarget) -> bool:
+        """True if a next job arrived (it will list the waiting revisions): under a commit budget that refused a
+        commit lately, wait for one up to the budget's window (at most `MAX_LINGER_S`), unless `hurry()`."""
+        window = target.rate_limited()
+        deadline = time.monotonic() + min(window or 0.0, MAX_LINGER_S)
+        while True:
+            if self.more_queued():
+                return True
+            if self.hurry() or time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+    def flush_pending(self) -> None:
+        """List every revision still waiting for its listing on `main` (a job failed: no later one may come).
+
+        Best effort: a failure is logged (the job's own error is the one reported), and the journal keeps
+        those jobs open, so the next start lists them."""
+        for target, key in zip(self.targets, self.keys):
+            if self._pending.get(key):
+                try:
+                    self._flush(target, key, has_config=self._has_config, wait_out_429=False)
+                except Exception as e:  # noqa: BLE001 - see above
+                    logger.warning(
+                        "could not list %d revision(s) on main of %s: %s", len(self._pending[key]), target.describe(), e
+                    )
+
+    def _with_pending(self, key: str, view: stages.HubView) -> stages.HubView:
+        """The hub as it will be: revisions committed but not listed on `main` yet count as listed (the next
+        revision branches from them, and a re-run finds them held)."""
+        for entry in self._pending.get(key, []):
+            view.index.upsert(entry.info())
+        return view
+
+    def _defer(self, key: str, entry: stages.Committed) -> None:
+        self._pending.setdefault(key, []).append(entry)
+        self._unlisted.setdefault(entry.job, set()).add(key)
+
+    def _listed(self, key: str, entries: list[stages.Committed]) -> None:
+        """`main` of `key` lists `entries` now: their jobs are done there (and done once every hub lists them)."""
+        for entry in entries:
+            self.store.indexed(entry.job, key)
+            self.store.published(entry.job, key)
+            waiting = self._unlisted.get(entry.job, set())
+            waiting.discard(key)
+            if not waiting:
+                self._unlisted.pop(entry.job, None)
+                self.store.done(entry.job)
+                self.store.remove_files(entry.job)
+        pending = self._pending.get(key, [])
+        self._pending[key] = [e for e in pending if e not in entries]
+
+    def _flush(self, target: HubTarget, key: str, *, has_config: bool, wait_out_429: bool = True) -> None:
+        """One update of `main` listing every revision of `key` committed since it was last updated."""
+        entries = list(self._pending.get(key, []))
+        if not entries:
+            return
+
+        def mutate(current):
+            for entry in entries:
+                stages.refuse_collision(current, target, entry.record.revision, entry.record.manifest_sha256)
+                current.upsert(entry.info())
+            current.best = stages.best_revision(current) or current.best
+            files = stages.main_files(target, current, self.ctx.options.card, has_config=has_config)
+            names = ", ".join(e.record.revision for e in entries)
+            return files, None, [], f"Index {len(entries)} revision(s): {names}"
+
+        _, index = target.update_main(mutate, yield_to=None if wait_out_429 else (lambda: True))
+        self._listed(key, entries)
+        stages.retain(self.ctx, target, index, has_config=has_config)
 
     def _mark_published_final(self, job_id: str, record) -> PublishedRevision | None:
         """A job every hub holds, marked final after it ended: mark the revision `final` on each hub with the

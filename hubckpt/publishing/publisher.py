@@ -123,10 +123,14 @@ class Publisher:
         self._unreported: dict[str, BaseException] = {}  # job → its failure, not raised by wait/close yet
         self._reporting = threading.Lock()
         self._closed = False
+        self._draining = threading.Event()  # set while wait() / close() wait for the queue to empty
         try:
             self._worker = Worker(
                 self._process, on_error=self._failed, max_pending=options.max_pending, on_exit=self._store.release
             )
+            # Another job waits behind the running one: its update of `main` is coalesced (pipeline.py).
+            self._pipeline.more_queued = lambda: self._worker.busy() > 1
+            self._pipeline.hurry = self._draining.is_set  # wait()/close(): nothing lingers for a next revision
             atexit.register(self._at_exit)
             for target in self.targets:
                 logger.info("publishing to %s", target.describe())
@@ -366,7 +370,12 @@ class Publisher:
         why), whether or not its Future was looked at; `PublishError` if `timeout` seconds pass first (the
         jobs go on) or the worker died.
         """
-        if not self._worker.wait(timeout):
+        self._draining.set()
+        try:
+            finished = self._worker.wait(timeout)
+        finally:
+            self._draining.clear()
+        if not finished:
             raise PublishError(f"{self._worker.busy()} publish job(s) still running after {timeout}s")
         self.raise_if_failed()
 
@@ -405,6 +414,7 @@ class Publisher:
         self._closed = True
         atexit.unregister(self._at_exit)
         finished = False
+        self._draining.set()
         try:
             finished = self._worker.wait(timeout)
         finally:  # the worker gives the spool up when its thread ends (at once, or after the job it runs)
@@ -594,7 +604,11 @@ class Publisher:
     def _process(self, job_id: str) -> PublishedRevision:
         captured = self._payloads.pop(job_id, None)
         try:
-            published = self._pipeline.run(job_id, captured)
+            try:
+                published = self._pipeline.run(job_id, captured)
+            except BaseException:
+                self._pipeline.flush_pending()  # earlier revisions this job was to list on `main`
+                raise
             with self._reporting:  # an earlier failure of this job is mended: nothing to report
                 self._unreported.pop(job_id, None)
             return published

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -271,13 +271,22 @@ def index(
     folder: Path,
     *,
     replace: bool,
+    also: Sequence[Committed] = (),
+    yield_to: Callable[[], bool] | None = None,
 ) -> RevisionIndex:
-    """List the revision in revisions.json on `main` (and the final revision's files there); return the index."""
+    """List the revision in revisions.json on `main` (and the final revision's files there); return the index.
+
+    `also`: earlier revisions committed since `main` was last updated (their updates coalesced into this
+    one). `yield_to`: see `HubTarget.update_main` (a 429 is raised instead of waited out when it says so).
+    """
     name = record.revision
     final = bool(record.captured.get("final"))
     digest = record.manifest_sha256
 
     def mutate(current: RevisionIndex):
+        for earlier in also:
+            refuse_collision(current, target, earlier.record.revision, earlier.record.manifest_sha256)
+            current.upsert(earlier.info())
         if not replace:
             refuse_collision(current, target, name, digest)  # again: another writer may have raced us
         current.upsert(revision_info(record.captured, manifest, commit=commit_sha, digest=digest))
@@ -291,10 +300,28 @@ def index(
         if final:  # old model files from an earlier final must not mix with the new ones
             ours = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
             deletes = final_files_to_replace(target.list_files("main"), ours)
-        return files, (folder if final else None), deletes, f"Index {name} (step {record.step})"
+        title = f"Index {name} (step {record.step})"
+        if also:
+            title = f"Index {len(also) + 1} revisions: {', '.join(e.record.revision for e in also)}, {name}"
+        return files, (folder if final else None), deletes, title
 
-    _, updated = target.update_main(mutate)
+    _, updated = target.update_main(mutate, yield_to=yield_to)
     return updated
+
+
+@dataclass
+class Committed:
+    """A revision committed on its branch whose listing on `main` waits for the next update of `main`."""
+
+    job: str
+    record: JobRecord
+    manifest: dict
+    commit: str
+
+    def info(self) -> RevisionInfo:
+        return revision_info(
+            self.record.captured, self.manifest, commit=self.commit, digest=self.record.manifest_sha256
+        )
 
 
 def mark_final(run: Run, target: HubTarget, name: str, folder: Path, *, has_config: bool) -> RevisionIndex:
@@ -431,6 +458,7 @@ __all__ = [
     "refuse_collision",
     "commit",
     "index",
+    "Committed",
     "mark_final",
     "download_revision",
     "retire",

@@ -124,7 +124,8 @@ class LocalHubServer:
         data_plane: serve file bytes on a second port (signed URLs), as huggingface.co's CDN does.
         data_plane_max_connections: connections the data plane serves at once.
         data_plane_timeout_s: seconds a data plane socket read or write may stall.
-        **settings: further `HubContext` settings (e.g. `max_body_bytes`).
+        **settings: further `HubContext` settings (e.g. `max_body_bytes`), and `commit_rate="N/PERIOD"`:
+            a per-repo commit budget answered with the Hub's 429 (`rate.py`; off by default).
 
     Attributes:
         url: the API's base URL (`http://127.0.0.1:PORT`), once constructed.

@@ -19,6 +19,7 @@ from starlette.responses import Response
 from ..errors import HubHTTPError, InvalidNameError, NoSuchRevisionError
 from ..names import validate_repo_part
 from .blobs import BlobStore
+from .rate import CommitBudget, commit_budget
 from .storage import MetadataStore, Repo, TokenInfo, open_data_folder
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class HubContext:
     data_plane_port: int | None = None  # set while a DataPlane serves object bytes on its own port
     # Set by whoever binds a non-loopback address: single-user mode is then refused per request too.
     exposed: bool = False
+    # Commits per repo per window (`rate.py`); None: no budget (the default).
+    commit_budget: CommitBudget | None = None
     # Counters for tests and benchmarks: API requests served, LFS bytes received.
     stats: dict[str, int] = field(default_factory=lambda: {"requests": 0, "lfs_bytes_received": 0})
 
@@ -74,6 +77,7 @@ class HubContext:
         blobs = BlobStore(root)
         store.add_account(local_user, "user")
         secret = store.meta_setdefault("lfs_secret", secrets.token_hex(32))
+        settings["commit_budget"] = commit_budget(settings.pop("commit_rate", None))
         return cls(root=root, store=store, blobs=blobs, local_user=local_user, lfs_secret=secret.encode(), **settings)
 
     # -- who is calling -----------------------------------------------------------------------------

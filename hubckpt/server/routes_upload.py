@@ -18,6 +18,7 @@ from .blobs import PipelinedWriter, git_blob_sha1, is_sha256, lfs_pointer
 from .context import HubContext, base_url, json_response
 from .dataplane import data_plane_base
 from .gitattributes import is_ignored, is_lfs
+from .rate import check_commit
 from .routes_discussions import pr_number
 from .routing import Router, body_bytes, json_body
 from .storage import PR_REF_PREFIX, Operation
@@ -294,6 +295,7 @@ def _parse_commit(ctx: HubContext, repo, caller, raw: bytes) -> tuple[dict, list
 def commit(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
     caller = ctx.caller(request)
     repo = _repo_to_commit(ctx, request, caller, ns, name, rev)
+    check_commit(ctx.commit_budget, repo.repo_id)  # 429 past the repo's commit budget (rate.py)
     create_pr = _wants_pr(request)
     if create_pr and rev.startswith(PR_REF_PREFIX):
         raise HubHTTPError(400, f"Cannot open a pull request against {rev}: pass a branch, or push to {rev} directly")

@@ -257,8 +257,8 @@ def test_a_429_storm_past_the_retries_says_what_was_mirrored_and_a_rerun_continu
 
     monkeypatch.setattr(Api, "create_commit", limited)
     monkeypatch.setattr(retries, "backoff_delay", lambda error, attempt, base: 0.0)
-    with pytest.raises(MirrorIncompleteError) as caught:
-        hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url)
+    with pytest.raises(MirrorIncompleteError) as caught:  # without a deadline it would wait, pacing itself
+        hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url, deadline=3)
     assert caught.value.mirrored == ["step-0000001"]
     assert caught.value.pending == ["step-0000002", "step-0000003"]
     assert "rate limit for repository commits" in str(caught.value) and "again" in str(caught.value)

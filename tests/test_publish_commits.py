@@ -251,8 +251,10 @@ def test_a_stalled_hub_times_out(monkeypatch):
         started = time.monotonic()
         with pytest.raises(HubUnavailableError):
             target.read_index()
-        assert time.monotonic() - started < 20
-        assert len(fake.requests) >= 2  # retried after each timeout
+        # A stalled read ends within its documented bound, 2 x HUBCKPT_HTTP_TIMEOUT with all retries (here 1 s):
+        # a retry whose back-off would pass it is not made (docs/security.md).
+        assert time.monotonic() - started < 5
+        assert len(fake.requests) >= 1
     finally:
         fake.close()
 

@@ -183,7 +183,7 @@ class _Mirror:
         self.ends_at = None if deadline is None else time.monotonic() + deadline
         self.progress = progress
         self.result = MirrorResult(src.repo_id, dst.repo_id)
-        self.io = MirrorIO(src, dst)
+        self.io = MirrorIO(src, dst, ends_at=self.ends_at)
         self.copied: dict[str, str] = {}  # source commit → target commit
         self.src_history: dict[str, list[Any]] = {}  # branch → commits, oldest first
         self.known: set[str] = set()  # LFS sha256s the target holds

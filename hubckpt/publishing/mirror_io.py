@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from ..cards import retarget_card
 from ..errors import IntegrityError
 from ..formats.untrusted import check_repo_path
 from ..hub.reader import HubReader
-from ..hub.retries import status_of
+from ..hub.retries import retry_after, status_of
 from ..hub.uploaded import sha256_file
 from ..hub.writer import HubTarget
 from .layout import CARD_FILE
@@ -65,8 +66,9 @@ def copied_from(commit: Any) -> str | None:
 class MirrorIO:
     """Reads of both hubs and writes of the target for one mirror run (thread-safe where prefetching needs it)."""
 
-    def __init__(self, src: HubReader, dst: HubTarget) -> None:
+    def __init__(self, src: HubReader, dst: HubTarget, *, ends_at: float | None = None) -> None:
         self.src, self.dst = src, dst
+        self.ends_at = ends_at  # time.monotonic() of the run's deadline: a 429 asking to wait past it ends the run
         self.listings: dict[tuple[str, str], dict[str, Entry]] = {}  # (side, commit) → files
         self.small: dict[str, bytes] = {}  # git oid → bytes of small regular files read this run
         self.lock = threading.Lock()
@@ -157,8 +159,18 @@ class MirrorIO:
                 raise
 
         return self.dst.reader.retrying(
-            send, what=f"committing to {branch} of {self.dst.repo_id}", settle=lambda e: landed()
+            send,
+            what=f"committing to {branch} of {self.dst.repo_id}",
+            settle=lambda e: landed(),
+            give_up=self.past_deadline,
         )
+
+    def past_deadline(self, error: BaseException) -> bool:
+        """For a 429: would waiting as the target asks pass the run's deadline? (No deadline: wait, pacing the
+        mirror under the target's commit budget.)"""
+        if self.ends_at is None:
+            return False
+        return time.monotonic() + (retry_after(error) or 0.0) > self.ends_at
 
     def rewrite_card(self, text: str) -> str:
         return retarget_card(

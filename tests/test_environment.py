@@ -12,7 +12,10 @@ import pytest
 import hubckpt
 from hubckpt import environment
 
+from . import environment as test_environment
+
 PACKAGE = Path(hubckpt.__file__).parent
+CHECKOUT = Path(__file__).resolve().parents[1]  # tests/ and bench/ (the package may be an installed wheel)
 NAME = re.compile(r"HUBCKPT_[A-Z0-9_]*[A-Z0-9]")
 
 
@@ -62,6 +65,31 @@ def test_only_environment_reads_hubckpt_variables():
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and NAME.fullmatch(node.value)
         ]
     assert offenders == [], "read HUBCKPT_* through hubckpt.environment, not os.environ: " + ", ".join(offenders)
+
+
+def test_tests_and_bench_read_hubckpt_variables_only_through_their_registry():
+    """Test- and bench-only knobs live in tests/environment.py (not the package's registry, nor its docs); every
+    `HUBCKPT_*` name read or set anywhere is in one of the two registries, and only those two modules read them."""
+    package = {v.name for v in environment.VARIABLES}
+    tests_only = {v.name for v in test_environment.VARIABLES}
+    assert package & tests_only == set()
+    for var in test_environment.VARIABLES:
+        assert NAME.fullmatch(var.name) and len(var.description) > 20, var.name
+    registry = Path(test_environment.__file__).resolve()
+    offenders = []
+    for folder in (CHECKOUT / "tests", CHECKOUT / "bench"):
+        for path in sorted(folder.rglob("*.py")):
+            if path.resolve() != registry:
+                tree = ast.parse(path.read_text(), filename=str(path))
+                offenders += [f"{path.relative_to(CHECKOUT)}:{line}" for line in _reads(tree)]
+    assert offenders == [], (
+        "tests and bench read HUBCKPT_* variables through tests/environment.py (registered there): "
+        + ", ".join(offenders)
+    )
+    # what the scripts around the tests set (`make wheel-check` sets HUBCKPT_TEST_INSTALLED_IN for the tests)
+    scripts = [CHECKOUT / "Makefile", *sorted((CHECKOUT / ".ci").glob("*"))]
+    named = {m for path in scripts if path.is_file() for m in NAME.findall(path.read_text())}
+    assert named - package - tests_only == set()
 
 
 def test_the_check_sees_reads():

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from . import environment as test_env
+
 
 def test_import_is_light():
     code = (
@@ -75,12 +77,14 @@ def test_templates_load_from_the_installed_package():
         pages().get_template(name)  # compiles
 
 
-@pytest.mark.skipif(not os.environ.get("HUBCKPT_TEST_INSTALLED_IN"), reason="only under `make wheel-check`")
+@pytest.mark.skipif(test_env.installed_in() is None, reason="only under `make wheel-check`")
 def test_the_package_under_test_is_the_installed_one():
     """Under `make wheel-check` the suite must import the wheel installed in the fresh venv, never the checkout."""
     import hubckpt
 
-    venv = Path(os.environ["HUBCKPT_TEST_INSTALLED_IN"]).resolve()
+    venv = test_env.installed_in()
+    assert venv is not None
+    venv = venv.resolve()
     assert Path(hubckpt.__file__).resolve().is_relative_to(venv)
     assert not Path(hubckpt.__file__).resolve().is_relative_to(CHECKOUT)
 

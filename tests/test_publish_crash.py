@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from hubckpt.formats.index import RevisionIndex
 
+from . import environment as test_env
 from .helpers import run_cli
 
 STAGES = ["publish.after_capture", "publish.after_convert", "publish.after_commit", "publish.after_index"]
@@ -164,10 +165,10 @@ def _assert_published(
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_random_kills_then_a_clean_run_publish_everything_exactly_once(local_hub, tmp_path):
-    seed = int(os.environ.get("HUBCKPT_CRASH_SEED") or random.SystemRandom().randrange(2**32))
+    seed = test_env.crash_seed()
     print(f"random crash test seed: {seed} (replay: HUBCKPT_CRASH_SEED={seed})")
     rng = random.Random(seed)
-    budget = float(os.environ.get("HUBCKPT_CRASH_BUDGET_S", "12"))
+    budget = test_env.crash_budget_s()
     api = HfApi(endpoint=local_hub.url, token="x")
     log: list[str] = []
 

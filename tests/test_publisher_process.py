@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests import environment as test_env
 from tests.test_checkpointer import ROOT, make, train
 
 
@@ -198,10 +199,10 @@ def test_random_kills_of_the_training_process_or_both_then_a_clean_run_publish_e
 
     from safetensors.torch import load_file
 
-    seed = int(os.environ.get("HUBCKPT_CRASH_SEED") or random.SystemRandom().randrange(2**32))
+    seed = test_env.crash_seed()
     print(f"random crash test seed: {seed} (replay: HUBCKPT_CRASH_SEED={seed})")
     rng = random.Random(seed)
-    budget = float(os.environ.get("HUBCKPT_CRASH_BUDGET_S", "12"))
+    budget = test_env.crash_budget_s()
     script = tmp_path / "train.py"
     script.write_text(TRAIN_SCRIPT)
     repo_id = f"alice/proc-random-{seed}"

@@ -12,13 +12,13 @@ import os
 import shutil
 import tempfile
 import urllib.parse
-from pathlib import Path
 
 import pytest
 from huggingface_hub import HfApi
 
 from hubckpt.server import LocalHubServer
 
+from . import environment as test_env
 from .test_web import EVAL_LOSS, HOSTILE_CARD, publish_run
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -76,11 +76,11 @@ def browser():
 
 def visit(driver, url: str, shot: str | None = None) -> None:
     driver.get(url)
-    folder = os.environ.get("HUBCKPT_WEB_SCREENSHOTS")
+    folder = test_env.web_screenshots()
     if folder and shot:
         height = driver.execute_script("return document.documentElement.scrollHeight")
         driver.set_window_size(1280, min(height, 4000))
-        driver.save_screenshot(str(Path(folder) / f"{shot}.png"))
+        driver.save_screenshot(str(folder / f"{shot}.png"))
         driver.set_window_size(1280, 900)
 
 
@@ -142,7 +142,7 @@ def test_revision_page_lists_files_and_card(browser, local_hub, run):
     browser.find_element(By.LINK_TEXT, "diff vs previous").click()
     rows = browser.find_elements(By.CSS_SELECTOR, "#compare-table tbody tr")
     assert rows and all(r.get_attribute("data-status") == "changed" for r in rows)
-    if os.environ.get("HUBCKPT_WEB_SCREENSHOTS"):
+    if test_env.web_screenshots():
         visit(browser, browser.current_url, "compare")
         visit(browser, f"{local_hub.url}/{repo_id}/commits/main", "commits")
         visit(browser, f"{local_hub.url}/", "home")

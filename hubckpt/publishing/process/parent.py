@@ -169,28 +169,53 @@ class PublisherProcess:
         `captured.release()` runs when the child says its buffers are written to the spool (or the job
         ended, or could not be handed over)."""
         try:
-            return self._hand_over(captured, step, metrics, tokens, epoch, final, companions)
+            if self._dead is not None:
+                raise PublishError(
+                    f"The publishing process has stopped ({self._dead}); unfinished jobs resume "
+                    f"at the next start (`hubckpt resume --repo {self.repo_id}`)."
+                )
+            staging_set = captured.staging_set
+            structure, staged, inline, nbytes = self._share(captured)
+            future: Future[PublishedRevision] = Future()
+            with self._lock:
+                job = self._next_id
+                self._next_id += 1
+                self._futures[job] = future
+                self._releases[job] = captured.release
+            message = p.Publish(
+                id=job,
+                staging_set=staging_set.index if staging_set is not None else None,
+                tree=structure,
+                staged=staged,
+                inline=inline,
+                nbytes=nbytes,
+                step=step,
+                metrics=dict(metrics or {}),
+                tokens=tokens,
+                epoch=epoch,
+                final=final,
+                companions=[str(c) for c in companions],
+            )
+            try:
+                p.send(self._channel, message)
+            except BaseException as e:
+                with self._lock:
+                    self._futures.pop(job, None)
+                    self._releases.pop(job, None)
+                if isinstance(e, ChannelClosed):
+                    raise PublishError(f"The publishing process has stopped: {e}") from e
+                raise
+            return future
         except BaseException:
             captured.release()
             raise
 
-    def _hand_over(
-        self,
-        captured: Captured,
-        step: int,
-        metrics: dict[str, float] | None,
-        tokens: int | None,
-        epoch: float | None,
-        final: bool,
-        companions: Iterable[str | Path],
-    ) -> Future[PublishedRevision]:
+    def _share(self, captured: Captured) -> tuple[Any, dict[str, str], dict[str, p.InlineTensor], int]:
+        """The capture as a `Publish` message carries it: its tree's structure, the tensors lying in its staging
+        set's buffers (by buffer path; buffers the child has not mapped yet are sent first), the others by value,
+        and the bytes of all."""
         from ...conversion.training_state import encode_tree
 
-        if self._dead is not None:
-            raise PublishError(
-                f"The publishing process has stopped ({self._dead}); unfinished jobs resume "
-                f"at the next start (`hubckpt resume --repo {self.repo_id}`)."
-            )
         staging_set = captured.staging_set
         buffers = staging_set.buffers if staging_set is not None else {}
         by_pointer = {b.data_ptr(): path for path, b in buffers.items() if b.numel()}
@@ -204,36 +229,7 @@ class PublisherProcess:
                 inline[key] = p.InlineTensor.of(t)
         if staging_set is not None:
             self._send_new_buffers(staging_set, set(staged.values()))
-        future: Future[PublishedRevision] = Future()
-        with self._lock:
-            job = self._next_id
-            self._next_id += 1
-            self._futures[job] = future
-            self._releases[job] = captured.release
-        message = p.Publish(
-            id=job,
-            staging_set=staging_set.index if staging_set is not None else None,
-            tree=structure,
-            staged=staged,
-            inline=inline,
-            nbytes=sum(t.numel() * t.element_size() for t in tensors.values()),
-            step=step,
-            metrics=dict(metrics or {}),
-            tokens=tokens,
-            epoch=epoch,
-            final=final,
-            companions=[str(c) for c in companions],
-        )
-        try:
-            p.send(self._channel, message)
-        except BaseException as e:
-            with self._lock:
-                self._futures.pop(job, None)
-                self._releases.pop(job, None)
-            if isinstance(e, ChannelClosed):
-                raise PublishError(f"The publishing process has stopped: {e}") from e
-            raise
-        return future
+        return structure, staged, inline, sum(t.numel() * t.element_size() for t in tensors.values())
 
     def _send_new_buffers(self, staging_set: StagingSet, paths: set[str]) -> None:
         known = self._known.setdefault(staging_set.index, {})

@@ -23,7 +23,7 @@ import base64
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from ... import errors
 from ...errors import PublishError
@@ -234,10 +234,8 @@ class Waited:
 
 
 Message = Start | Buffers | Publish | Wait | Close | Ready | Refused | Log | Released | Done | Failed | Waited
-MESSAGES: dict[str, type] = {
-    cls.__name__: cls
-    for cls in (Start, Buffers, Publish, Wait, Close, Ready, Refused, Log, Released, Done, Failed, Waited)
-}
+# By kind, from the one list above (a message added there is decodable at once).
+MESSAGES: dict[str, type] = {cls.__name__: cls for cls in get_args(Message)}
 
 
 def encode(message: Message) -> dict[str, Any]:

@@ -30,16 +30,17 @@ def run(root: Path, rate: str | None, saves: int, interval_s: float, size: int) 
     accepted, refused = [0], [0]
     with LocalHubServer(root / "hub") as hub:
         # No budget = a budget nobody reaches, so the commits are counted the same way.
-        budget = CommitBudget(CommitRate.parse(rate or "1000000/h"))
+        budget = CommitBudget(CommitRate.parse(rate or "1000000/h"), hub.ctx.store)
         take = budget.take
 
-        def counting(key: str) -> None:
+        def counting(repo):  # type: ignore[no-untyped-def]
             try:
-                take(key)
+                limits = take(repo)
             except Exception:
                 refused[0] += 1
                 raise
             accepted[0] += 1
+            return limits
 
         budget.take = counting  # type: ignore[method-assign]
         hub.ctx.commit_budget = budget

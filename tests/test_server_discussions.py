@@ -333,6 +333,21 @@ def test_web_pages_list_discussions_and_show_a_prs_files_and_diff_escaped(api, r
     assert _page(f"{local_hub.url}/{repo_id}/discussions/9")[0] == 404
 
 
+def test_a_pr_without_description_says_so_on_its_page(api, repo_id, local_hub):
+    """As on huggingface.co: an opening comment with no text reads "No description provided.", muted."""
+    # create_commit(create_pr=True) without a commit_description opens a PR with an empty opening comment
+    # (create_discussion / create_pull_request always send a default text).
+    bare = api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=repo_id, create_pr=True)
+    described = api.upload_file(
+        path_or_fileobj=b"y", path_in_repo="y.txt", repo_id=repo_id, create_pr=True, commit_description="Some words"
+    )
+    status, page = _page(f"{local_hub.url}/{repo_id}/discussions/{bare.pr_num}")
+    assert status == 200
+    assert '<em class="muted" id="no-description">No description provided.</em>' in page
+    status, page = _page(f"{local_hub.url}/{repo_id}/discussions/{described.pr_num}")
+    assert status == 200 and "Some words" in page and "No description provided." not in page
+
+
 def test_bad_input_is_refused_with_a_4xx_and_leaves_no_trace(api, repo_id, local_hub):
     import urllib.error
     import urllib.request

@@ -285,3 +285,32 @@ def test_serve_with_a_budget_says_so_and_refuses_a_bad_one(tmp_path):
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=15)
     assert "commit budget: 1 per hour per repo" in out
+
+
+def test_retention_costs_no_commit_of_its_own(tmp_path, local_hub, api):
+    """A retention pass is marked in the update of `main` that lists the new revision, and the pruned branches
+    are deleted after it (not commits): keep_last=1 over 3 revisions is 3 + 3 commits, not 3 + 3 + 2 "Prune"."""
+    import uuid
+
+    import torch
+
+    from hubckpt import Publisher
+
+    repo = f"local/retained-{uuid.uuid4().hex[:8]}"
+    with Publisher(repo, hub=local_hub.url, spool_dir=tmp_path / "spool", keep_last=1) as pub:
+        for n in range(3):
+            pub.publish(state_dict={"w": torch.full((8, 8), float(n))}, step=(n + 1) * 100).result()
+    titles = [c.title for c in api.list_repo_commits(repo)]
+    assert titles == [
+        "Index step-0000300 (step 300); prune step-0000200",
+        "Index step-0000200 (step 200); prune step-0000100",
+        "Index step-0000100 (step 100)",
+        "initial commit",
+    ], titles
+    assert {b.name for b in api.list_repo_refs(repo).branches} == {"main", "step-0000300"}
+    index = json.loads(Path(api.hf_hub_download(repo, "revisions.json", cache_dir=tmp_path / "c")).read_text())
+    assert [(r["name"], r.get("pruned", False)) for r in index["revisions"]] == [
+        ("step-0000100", True),
+        ("step-0000200", True),
+        ("step-0000300", False),
+    ]

@@ -106,6 +106,15 @@ def test_every_commit_answer_carries_the_ratelimit_headers(budget_hub):
     assert first.status_code == 200
     assert first.headers["RateLimit"] == '"commits";r=2;t=60'
     assert first.headers["RateLimit-Policy"] == policy
+    from huggingface_hub.utils import parse_ratelimit_headers  # clients read them with huggingface_hub's parser
+
+    info = parse_ratelimit_headers(first.headers)
+    assert info is not None and (info.remaining, info.reset_in_seconds, info.limit, info.window_seconds) == (
+        2,
+        60,
+        3,
+        60,
+    )
     clock.now += 20
     second = _post_commit(hub, repo, 1)
     assert second.headers["RateLimit"] == '"commits";r=1;t=40'  # the first commit leaves the window in 40 s

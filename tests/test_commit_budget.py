@@ -81,6 +81,79 @@ def test_the_n_plus_first_commit_in_the_window_is_refused_with_the_hubs_429(budg
     assert "f3.txt" in api.list_repo_files(repo)
 
 
+def _post_commit(hub, repo: str, n: int, parent: str | None = None):
+    """One raw commit POST (the client hides the answer's headers): the httpx response."""
+    import base64
+
+    import httpx2
+
+    header = {"summary": f"c{n}", **({"parentCommit": parent} if parent else {})}
+    lines = [
+        {"key": "header", "value": header},
+        {"key": "file", "value": {"path": f"f{n}.txt", "content": base64.b64encode(b"x").decode()}},
+    ]
+    body = "\n".join(json.dumps(line) for line in lines)
+    return httpx2.post(
+        f"{hub.url}/api/models/{repo}/commit/main", content=body, headers={"content-type": "application/x-ndjson"}
+    )
+
+
+def test_every_commit_answer_carries_the_ratelimit_headers(budget_hub):
+    hub, api, clock = budget_hub
+    repo = api.create_repo("local/headers").repo_id
+    policy = '"sliding window";"commits";q=3;w=60'
+    first = _post_commit(hub, repo, 0)
+    assert first.status_code == 200
+    assert first.headers["RateLimit"] == '"commits";r=2;t=60'
+    assert first.headers["RateLimit-Policy"] == policy
+    from huggingface_hub.utils import parse_ratelimit_headers  # clients read them with huggingface_hub's parser
+
+    info = parse_ratelimit_headers(first.headers)
+    assert info is not None and (info.remaining, info.reset_in_seconds, info.limit, info.window_seconds) == (
+        2,
+        60,
+        3,
+        60,
+    )
+    clock.now += 20
+    second = _post_commit(hub, repo, 1)
+    assert second.headers["RateLimit"] == '"commits";r=1;t=40'  # the first commit leaves the window in 40 s
+    clock.now += 5
+    stale = _post_commit(hub, repo, 2, parent="0" * 40)  # refused by the hub (412), but a POST: it counts
+    assert stale.status_code == 412
+    assert stale.headers["RateLimit"] == '"commits";r=0;t=35'
+    assert stale.headers["RateLimit-Policy"] == policy
+    refused = _post_commit(hub, repo, 3)
+    assert refused.status_code == 429
+    assert refused.headers["RateLimit"] == '"commits";r=0;t=35'
+    assert refused.headers["RateLimit-Policy"] == policy
+
+
+def test_no_ratelimit_headers_without_a_budget(local_hub, api, repo_id):
+    answer = _post_commit(local_hub, repo_id, 0)
+    assert answer.status_code == 200
+    assert "RateLimit" not in answer.headers and "RateLimit-Policy" not in answer.headers
+
+
+def test_a_restarted_hub_keeps_counting(tmp_path):
+    """The window lives in the hub's database: 3 commits, a restart on the same data folder, the 4th is refused."""
+    root = tmp_path / "hub"
+    with LocalHubServer(root, commit_rate="3/min") as hub:
+        api = HfApi(endpoint=hub.url)
+        repo = api.create_repo("local/restarted").repo_id
+        for n in range(3):
+            _commit(api, repo, n)
+    with LocalHubServer(root, commit_rate="3/min") as hub:
+        api = HfApi(endpoint=hub.url)
+        with pytest.raises(HfHubHTTPError) as caught:
+            _commit(api, repo, 3)
+        assert caught.value.response.status_code == 429
+        assert "f3.txt" not in api.list_repo_files(repo)
+        _commit(api, api.create_repo("local/restarted-other").repo_id, 0)  # still per repo
+        api.delete_repo(repo)  # a repo created again under the same name starts with an empty window
+        _commit(api, api.create_repo(repo).repo_id, 0)
+
+
 def test_retry_after_is_capped_at_60_seconds_and_the_client_reads_the_wait(tmp_path):
     from hubckpt.hub.retries import retry_after
 
@@ -116,13 +189,14 @@ def _publish_paced(tmp_path, rate: str, saves: int = 12, interval_s: float = 1.5
         budget = hub.ctx.commit_budget
         take = budget.take
 
-        def counting(key: str) -> None:
+        def counting(repo):
             try:
-                take(key)
+                limits = take(repo)
             except Exception:
-                refused.append(key)
+                refused.append(repo.repo_id)
                 raise
-            accepted.append(key)
+            accepted.append(repo.repo_id)
+            return limits
 
         budget.take = counting
         api = HfApi(endpoint=hub.url)
@@ -220,3 +294,32 @@ def test_serve_with_a_budget_says_so_and_refuses_a_bad_one(tmp_path):
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=15)
     assert "commit budget: 1 per hour per repo" in out
+
+
+def test_retention_costs_no_commit_of_its_own(tmp_path, local_hub, api):
+    """A retention pass is marked in the update of `main` that lists the new revision, and the pruned branches
+    are deleted after it (not commits): keep_last=1 over 3 revisions is 3 + 3 commits, not 3 + 3 + 2 "Prune"."""
+    import uuid
+
+    import torch
+
+    from hubckpt import Publisher
+
+    repo = f"local/retained-{uuid.uuid4().hex[:8]}"
+    with Publisher(repo, hub=local_hub.url, spool_dir=tmp_path / "spool", keep_last=1) as pub:
+        for n in range(3):
+            pub.publish(state_dict={"w": torch.full((8, 8), float(n))}, step=(n + 1) * 100).result()
+    titles = [c.title for c in api.list_repo_commits(repo)]
+    assert titles == [
+        "Index step-0000300 (step 300); prune step-0000200",
+        "Index step-0000200 (step 200); prune step-0000100",
+        "Index step-0000100 (step 100)",
+        "initial commit",
+    ], titles
+    assert {b.name for b in api.list_repo_refs(repo).branches} == {"main", "step-0000300"}
+    index = json.loads(Path(api.hf_hub_download(repo, "revisions.json", cache_dir=tmp_path / "c")).read_text())
+    assert [(r["name"], r.get("pruned", False)) for r in index["revisions"]] == [
+        ("step-0000100", True),
+        ("step-0000200", True),
+        ("step-0000300", False),
+    ]

@@ -223,7 +223,11 @@ def test_random_kills_then_a_clean_run_publish_everything_exactly_once(local_hub
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_kill_during_retention_then_resume_deletes_what_it_pruned(local_hub, tmp_path):
-    """Bug: the index marked revisions pruned before deleting their branches; a kill left the branches forever."""
+    """Bug: the index marked revisions pruned before deleting their branches; a kill left the branches forever.
+
+    Retention is now marked in the update of `main` that lists the new revision (no commit of its own), and
+    the branches go after it: a kill in between leaves branches of pruned revisions, which the next pass
+    deletes. At no point does the index list a live revision whose branch is gone."""
     run = _make_run(tmp_path / "run")
     repo_id = "alice/crash-retention"
     args = [
@@ -249,7 +253,8 @@ def test_kill_during_retention_then_resume_deletes_what_it_pruned(local_hub, tmp
     api = HfApi(endpoint=local_hub.url, token="x")
     index = _index(api, repo_id, tmp_path / "c0")
     branches = {b.name for b in api.list_repo_refs(repo_id).branches}
-    assert all(r.name in branches for r in index.revisions if r.pruned)  # never marked before it is deleted
+    assert all(r.name in branches for r in index.revisions if not r.pruned)  # never deleted before it is marked
+    assert any(r.pruned and r.name not in branches for r in index.revisions)  # killed after deleting one
 
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr

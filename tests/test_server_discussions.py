@@ -61,7 +61,7 @@ def test_create_pr_opens_refs_pr_n_that_every_read_api_serves(api, repo_id, cach
         api.delete_branch(repo_id, branch="refs/pr/1")
 
 
-def test_merge_pull_request_lands_one_commit_on_the_target(api, repo_id, cache_dir):
+def test_merge_pull_request_lands_one_commit_on_the_target(api, repo_id, cache_dir, local_hub):
     api.upload_file(path_or_fileobj=b"keep\n", path_in_repo="keep.txt", repo_id=repo_id)
     api.upload_file(path_or_fileobj=b"old\n", path_in_repo="gone.txt", repo_id=repo_id)
     pr = api.create_commit(
@@ -85,6 +85,12 @@ def test_merge_pull_request_lands_one_commit_on_the_target(api, repo_id, cache_d
     log = api.list_repo_commits(repo_id)
     assert log[0].title == f"Merge pull request #{pr.pr_num}: Add new, drop gone"
     assert log[1].title == "Upload other.txt with huggingface_hub"  # one commit, on top of main's head
+    # The merge commit records both parents, as git does: main's head, then the PR's head. The listing
+    # follows first parents only (huggingface.co's commits API has no parent field).
+    store = local_hub.ctx.store
+    merge = store.commit(store.get_repo(*repo_id.split("/")), head)
+    assert merge is not None and merge.parents == (log[1].commit_id, pr.oid)
+    assert pr.oid not in [c.commit_id for c in log] and len(log) == 5  # initial, keep, gone, other, merge
     with pytest.raises(HfHubHTTPError, match="merged"):
         api.merge_pull_request(repo_id, pr.pr_num)
     with pytest.raises(HfHubHTTPError):
@@ -252,7 +258,41 @@ def test_a_hub_folder_from_before_pull_requests_opens_and_takes_them(tmp_path):
         pr = api.upload_file(path_or_fileobj=b"2\n", path_in_repo="a.txt", repo_id="local/old", create_pr=True)
         assert pr.pr_revision == "refs/pr/1"
         api.merge_pull_request("local/old", 1)
-        assert hub.ctx.store.meta_get("schema_version") == "3"
+        assert hub.ctx.store.meta_get("schema_version") == "4"
+
+
+def test_a_schema_3_hub_folder_opens_keeps_its_history_and_counts_commits(tmp_path):
+    """Schema 4 added the commit budget's window and merge commits' second parent: a schema-3 folder
+    (no such table or column) opens, lists its history as before, merges with two parents, counts commits."""
+    root = tmp_path / "v3-hub"
+    with LocalHubServer(root) as hub:
+        api = HfApi(endpoint=hub.url, token="unused")
+        api.create_repo("local/v3")
+        api.upload_file(path_or_fileobj=b"1\n", path_in_repo="a.txt", repo_id="local/v3")
+        api.upload_file(path_or_fileobj=b"2\n", path_in_repo="b.txt", repo_id="local/v3", create_pr=True)
+        before = [c.commit_id for c in api.list_repo_commits("local/v3")]
+    db = sqlite3.connect(root / "hub.sqlite3")  # as schema 3 left it
+    db.executescript(
+        "DROP TABLE commit_window; ALTER TABLE commits DROP COLUMN merge_parent;"
+        "UPDATE meta SET value='3' WHERE key='schema_version';"
+    )
+    db.close()
+    with LocalHubServer(root, commit_rate="2/min") as hub:
+        api = HfApi(endpoint=hub.url, token="unused")
+        assert [c.commit_id for c in api.list_repo_commits("local/v3")] == before
+        assert api.list_repo_files("local/v3") == [".gitattributes", "a.txt"]
+        api.merge_pull_request("local/v3", 1)
+        store = hub.ctx.store
+        repo = store.get_repo("local", "v3")
+        assert repo is not None
+        merge = store.commit(repo, api.repo_info("local/v3").sha)
+        assert merge is not None and merge.parents == (before[0], store.ref(repo, "branch", "refs/pr/1"))
+        for n in range(2):
+            api.upload_file(path_or_fileobj=b"x", path_in_repo=f"c{n}.txt", repo_id="local/v3")
+        with pytest.raises(HfHubHTTPError) as caught:
+            api.upload_file(path_or_fileobj=b"x", path_in_repo="c2.txt", repo_id="local/v3")
+        assert caught.value.response.status_code == 429
+        assert store.meta_get("schema_version") == "4"
 
 
 def _page(url: str) -> tuple[int, str]:
@@ -291,6 +331,21 @@ def test_web_pages_list_discussions_and_show_a_prs_files_and_diff_escaped(api, r
     status, other = _page(f"{local_hub.url}/{repo_id}/discussions/2")
     assert status == 200 and hostile not in other and "&lt;script&gt;" in other
     assert _page(f"{local_hub.url}/{repo_id}/discussions/9")[0] == 404
+
+
+def test_a_pr_without_description_says_so_on_its_page(api, repo_id, local_hub):
+    """As on huggingface.co: an opening comment with no text reads "No description provided.", muted."""
+    # create_commit(create_pr=True) without a commit_description opens a PR with an empty opening comment
+    # (create_discussion / create_pull_request always send a default text).
+    bare = api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=repo_id, create_pr=True)
+    described = api.upload_file(
+        path_or_fileobj=b"y", path_in_repo="y.txt", repo_id=repo_id, create_pr=True, commit_description="Some words"
+    )
+    status, page = _page(f"{local_hub.url}/{repo_id}/discussions/{bare.pr_num}")
+    assert status == 200
+    assert '<em class="muted" id="no-description">No description provided.</em>' in page
+    status, page = _page(f"{local_hub.url}/{repo_id}/discussions/{described.pr_num}")
+    assert status == 200 and "Some words" in page and "No description provided." not in page
 
 
 def test_bad_input_is_refused_with_a_4xx_and_leaves_no_trace(api, repo_id, local_hub):

@@ -403,14 +403,17 @@ class Pipeline:
         if not entries:
             return
 
+        hub_tags = stages.retention_tags(self.ctx, target)
+
         def mutate(current):
             for entry in entries:
                 stages.refuse_collision(current, target, entry.record.revision, entry.record.manifest_sha256)
                 current.upsert(entry.info())
             current.best = stages.best_revision(current) or current.best
+            pruned = stages.fold_retention(self.ctx, current, hub_tags)  # no commit of its own (stages.py)
             files = stages.main_files(target, current, self.ctx.options.card, has_config=has_config)
             names = ", ".join(e.record.revision for e in entries)
-            return files, None, [], f"Index {len(entries)} revision(s): {names}"
+            return files, None, [], f"Index {len(entries)} revision(s): {names}" + stages.pruned_suffix(pruned)
 
         _, index = target.update_main(mutate, yield_to=None if wait_out_429 else (lambda: True))
         self._listed(key, entries)

@@ -10,8 +10,9 @@ Pipeline per checkpoint (DESIGN §6), each stage recorded in the journal and ide
               previous revision.
 4. index    — revisions.json, the repo card and the chart on `main` (compare-and-swap, retried);
               the final checkpoint's files land on `main` too.
-5. retain   — branches the retention policy no longer keeps are deleted, then marked pruned; tags
-              `best` / `final` follow the index.
+5. retain   — revisions the retention policy no longer keeps are marked pruned in the index update of
+              stage 4 (no commit of their own), then their branches are deleted; tags `best` /
+              `final` follow the index.
 
 This module is the thin facade; the parts are `jobs` (journal + spool + lock + per-hub job state),
 `worker` (queue, Futures, liveness), `pipeline` (one job through the stages for every target),

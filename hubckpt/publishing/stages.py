@@ -282,6 +282,7 @@ def index(
     name = record.revision
     final = bool(record.captured.get("final"))
     digest = record.manifest_sha256
+    hub_tags = retention_tags(run, target)
 
     def mutate(current: RevisionIndex):
         for earlier in also:
@@ -295,6 +296,7 @@ def index(
         current.best = best_revision(current) or current.best
         if final:
             current.final = name
+        pruned = fold_retention(run, current, hub_tags)
         files = main_files(target, current, run.options.card, has_config=(folder / "config.json").is_file())
         deletes: list[str] = []
         if final:  # old model files from an earlier final must not mix with the new ones
@@ -303,7 +305,7 @@ def index(
         title = f"Index {name} (step {record.step})"
         if also:
             title = f"Index {len(also) + 1} revisions: {', '.join(e.record.revision for e in also)}, {name}"
-        return files, (folder if final else None), deletes, title
+        return files, (folder if final else None), deletes, title + pruned_suffix(pruned)
 
     _, updated = target.update_main(mutate, yield_to=yield_to)
     return updated
@@ -328,6 +330,7 @@ def mark_final(run: Run, target: HubTarget, name: str, folder: Path, *, has_conf
     """Make the published revision `name` the final one: the index says so, `main` gets its files (`folder`).
 
     Nothing of the revision itself changes: its entry, branch and content digest stay as published."""
+    hub_tags = retention_tags(run, target)
 
     def mutate(current: RevisionIndex):
         info = current.get(name)
@@ -338,10 +341,11 @@ def mark_final(run: Run, target: HubTarget, name: str, folder: Path, *, has_conf
             )
         info.final = True
         current.final = name
+        pruned = fold_retention(run, current, hub_tags)
         files = main_files(target, current, run.options.card, has_config=has_config)
         ours = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
         deletes = final_files_to_replace(target.list_files("main"), ours)
-        return files, folder, deletes, f"Final: {name}"
+        return files, folder, deletes, f"Final: {name}" + pruned_suffix(pruned)
 
     _, updated = target.update_main(mutate)
     return updated
@@ -359,6 +363,41 @@ def download_revision(target: HubTarget, commit: str, cache: Path) -> Path:
 
 
 # -- retain and tags --------------------------------------------------------------------------------
+
+
+def retention_tags(run: Run, target: HubTarget) -> dict[str, str] | None:
+    """The hub's user tags (see `hub_user_tags`) for `fold_retention`, read once before `main` is updated;
+    None (nothing read) when the run has no retention policy."""
+    if not run.options.retention.active:
+        return None
+    branches, tags = target.refs()
+    return hub_user_tags(HubView(RevisionIndex(), branches, tags))
+
+
+def fold_retention(run: Run, current: RevisionIndex, hub_tags: dict[str, str] | None) -> list[str]:
+    """Mark pruned, in the index about to be committed on `main`, what the retention policy no longer keeps.
+
+    This folds a retention pass into the update of `main` that lists new revisions, so it costs no commit
+    of its own (under a commit budget, each separate "Prune" commit cost a slot). `retain` then deletes
+    the marked revisions' branches (branch deletions are not commits): until it does, the index already
+    says pruned and the branches still exist, so no reader is sent to a missing branch, and a pass killed
+    in between is finished by the next one (`retire` deletes a pruned revision's branch still at its
+    commit). Computed inside the mutation, on the index as committed: a `best` or tag moved by another
+    writer meanwhile is kept. `hub_tags`: `retention_tags`, None when the run has no retention policy.
+    """
+    retention = run.options.retention
+    if hub_tags is None or not retention.active:
+        return []
+    plan = set(retention.to_prune(current, hub_tags))
+    for r in current.revisions:  # never `best` or `final` (protected): they stay as they are
+        if r.name in plan and not r.pruned:
+            r.pruned = True
+    return [r.name for r in current.revisions if r.name in plan]
+
+
+def pruned_suffix(pruned: list[str]) -> str:
+    """What a commit message of `main` adds for the revisions it marks pruned."""
+    return f"; prune {', '.join(pruned)}" if pruned else ""
 
 
 def retire(
@@ -388,9 +427,18 @@ def retire(
     # Marked pruned by an older version that died before deleting: only a branch still at the pruned
     # commit. One at another commit was published again (a publisher between its commit and index
     # stages) and is live.
+    # Also how the branches of revisions pruned by `fold_retention` (in the update of `main`) go.
     leftovers = [r.name for r in view.index.revisions if r.pruned and branches.get(r.name) == r.commit]
+    kept = protected(view.index, hub_user_tags(view))
     for name in leftovers:
+        if name in kept:  # tagged by a user since it was marked: its branch stays
+            logger.warning(
+                "retention: %s of %s is marked pruned but tagged since; keeping its branch", name, target.repo_id
+            )
+            continue
+        logger.info("retention: deleting branch %s of %s", name, target.repo_id)
         target.delete_branch(name)
+        fault("publish.retain.after_delete")
     if gone:
 
         def mutate(current: RevisionIndex):
@@ -462,6 +510,9 @@ __all__ = [
     "mark_final",
     "download_revision",
     "retire",
+    "retention_tags",
+    "fold_retention",
+    "pruned_suffix",
     "hub_user_tags",
     "retain",
     "reconcile_tags",

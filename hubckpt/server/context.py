@@ -77,7 +77,7 @@ class HubContext:
         blobs = BlobStore(root)
         store.add_account(local_user, "user")
         secret = store.meta_setdefault("lfs_secret", secrets.token_hex(32))
-        settings["commit_budget"] = commit_budget(settings.pop("commit_rate", None))
+        settings["commit_budget"] = commit_budget(settings.pop("commit_rate", None), store)
         return cls(root=root, store=store, blobs=blobs, local_user=local_user, lfs_secret=secret.encode(), **settings)
 
     # -- who is calling -----------------------------------------------------------------------------

@@ -6,21 +6,35 @@ started with `hubckpt serve --commit-rate 128/h` (or `LocalHubServer(commit_rate
 against it. The window slides: any N+1 commits within PERIOD are refused at the (N+1)-th, with 429,
 "rate limit for repository commits" in `X-Error-Message` and the JSON `error`, `Retry-After` in whole
 seconds (1 to 60) and the `RateLimit` / `RateLimit-Policy` headers huggingface.co sends. A refused POST is
-not counted and changes nothing. Only the commit endpoint counts (pull-request commits included);
-`create_repo`'s initial commit and branch / tag operations do not.
+not counted and changes nothing.
+
+Every other answer of the commit endpoint while a budget is set carries the same two headers, so a client
+can pace itself before it is refused (the mirror does):
+
+    RateLimit: "commits";r=REMAINING;t=SECONDS_UNTIL_A_SLOT_FREES
+    RateLimit-Policy: "sliding window";"commits";q=N;w=PERIOD_S
+
+`r` counts the commits still allowed in the window after this one; `t` is when the oldest commit of the
+window leaves it (whole seconds, at least 1). The window (the times of a repo's recent commits) is kept
+in the hub's database, so a restarted hub keeps counting.
+
+Only the commit endpoint counts (pull-request commits included); `create_repo`'s initial commit and
+branch / tag operations do not.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import HubConfigError, HubHTTPError
+
+if TYPE_CHECKING:
+    from .storage import Repo
 
 MAX_RETRY_AFTER_S = 60  # the Retry-After header stays in 1..60 s (the RateLimit header has the full wait)
 
@@ -81,48 +95,70 @@ class CommitRate:
         return f"{self.limit} per {_words(self.period_s)}"
 
 
+class CommitWindowStore(Protocol):
+    """Where the windows live: the hub's database (`storage.MetadataStore.take_commit_slot`)."""
+
+    def take_commit_slot(self, repo: Repo, now: float, limit: int, period_s: float) -> tuple[bool, list[float]]: ...
+
+
 @dataclass
 class CommitBudget:
-    """Per-repo sliding windows of accepted commit POSTs; `take(repo)` counts one or raises the Hub's 429."""
+    """Per-repo sliding windows of accepted commit POSTs; `take(repo)` counts one or raises the Hub's 429.
+
+    The windows are kept in `store` (the hub's database), so a restarted hub keeps counting; `clock` is
+    wall-clock time for the same reason (a monotonic clock starts again at each boot).
+    """
 
     rate: CommitRate
-    clock: Callable[[], float] = time.monotonic
-    _seen: dict[str, deque[float]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    store: CommitWindowStore
+    clock: Callable[[], float] = time.time
 
-    def take(self, repo_key: str) -> None:
-        """Count one commit to `repo_key` now, or raise 429 (counting nothing) if its window is full."""
-        with self._lock:
-            now = self.clock()
-            window = self._seen.setdefault(repo_key, deque())
-            while window and window[0] <= now - self.rate.period_s:
-                window.popleft()
-            if len(window) < self.rate.limit:
-                window.append(now)
-                return
-            wait = max(1, math.ceil(window[0] + self.rate.period_s - now))
+    def policy(self) -> str:
+        """The `RateLimit-Policy` header: the budget itself."""
+        return f'"sliding window";"commits";q={self.rate.limit};w={self.rate.period_s}'
+
+    def take(self, repo: Repo) -> dict[str, str]:
+        """Count one commit to `repo` now and return the `RateLimit` headers of the answer, or raise 429
+        (counting nothing) if its window is full."""
+        now = self.clock()
+        counted, window = self.store.take_commit_slot(repo, now, self.rate.limit, self.rate.period_s)
+        # Seconds until the oldest commit of the window leaves it, freeing a slot.
+        frees = max(1, math.ceil(window[0] + self.rate.period_s - now)) if window else 0
+        if counted:
+            remaining = max(0, self.rate.limit - len(window))
+            return {"RateLimit": f'"commits";r={remaining};t={frees}', "RateLimit-Policy": self.policy()}
         raise HubHTTPError(
             429,
             f"You have exceeded our rate limit for repository commits ({self.rate}). "
-            f"Retry after {min(wait, MAX_RETRY_AFTER_S)} seconds.",
+            f"Retry after {min(frees, MAX_RETRY_AFTER_S)} seconds.",
             headers={
-                "Retry-After": str(min(wait, MAX_RETRY_AFTER_S)),
-                "RateLimit": f'"commits";r=0;t={wait}',
-                "RateLimit-Policy": f'"sliding window";"commits";q={self.rate.limit};w={self.rate.period_s}',
+                "Retry-After": str(min(frees, MAX_RETRY_AFTER_S)),
+                "RateLimit": f'"commits";r=0;t={frees}',
+                "RateLimit-Policy": self.policy(),
             },
         )
 
 
-def commit_budget(rate: str | CommitRate | CommitBudget | None) -> CommitBudget | None:
-    """The budget for a `commit_rate` setting (a `N/PERIOD` string, a rate, a budget); None when off."""
+def commit_budget(
+    rate: str | CommitRate | CommitBudget | None, store: CommitWindowStore | None = None
+) -> CommitBudget | None:
+    """The budget for a `commit_rate` setting (a `N/PERIOD` string, a rate, a budget); None when off.
+
+    `store` keeps the windows (the hub's database); it is needed unless `rate` is already a budget.
+    """
     if isinstance(rate, CommitBudget):
         return rate
     if rate is None or rate == "":
         return None
-    return CommitBudget(rate if isinstance(rate, CommitRate) else CommitRate.parse(rate))
+    if store is None:
+        raise ValueError("A commit budget needs a store for its windows (the hub's MetadataStore).")
+    return CommitBudget(rate if isinstance(rate, CommitRate) else CommitRate.parse(rate), store)
 
 
-def check_commit(budget: CommitBudget | None, repo_id: str) -> None:
-    """The commit route's hook: count this POST against `repo_id`'s budget, or answer 429."""
-    if budget is not None:
-        budget.take(repo_id.lower())
+def check_commit(budget: CommitBudget | None, repo: Repo) -> dict[str, str]:
+    """The commit route's hook: count this POST against `repo`'s budget, or answer 429.
+
+    Returns the `RateLimit` / `RateLimit-Policy` headers every answer of the commit endpoint carries
+    while a budget is set (none without one).
+    """
+    return budget.take(repo) if budget is not None else {}

@@ -18,6 +18,7 @@ from .blobs import PipelinedWriter, git_blob_sha1, is_sha256, lfs_pointer
 from .context import HubContext, base_url, json_response
 from .dataplane import data_plane_base
 from .gitattributes import is_ignored, is_lfs
+from .http_errors import to_http
 from .rate import check_commit
 from .routes_discussions import pr_number
 from .routing import Router, body_bytes, json_body
@@ -295,7 +296,23 @@ def _parse_commit(ctx: HubContext, repo, caller, raw: bytes) -> tuple[dict, list
 def commit(ctx: HubContext, request: Request, ns: str, name: str, rev: str) -> Response:
     caller = ctx.caller(request)
     repo = _repo_to_commit(ctx, request, caller, ns, name, rev)
-    check_commit(ctx.commit_budget, repo.repo_id)  # 429 past the repo's commit budget (rate.py)
+    # 429 past the repo's commit budget; otherwise the RateLimit headers every answer carries (rate.py).
+    limits = check_commit(ctx.commit_budget, repo)
+    try:
+        response = _commit(ctx, request, caller, repo, rev)
+    except Exception as e:
+        error = to_http(e)
+        if error is None or not limits or (error.status == 500 and error is not e):
+            raise  # a bug or a storage failure stays the app's opaque 500
+        error.headers.update(limits)
+        if error is e:
+            raise
+        raise error from e
+    response.headers.update(limits)
+    return response
+
+
+def _commit(ctx: HubContext, request: Request, caller, repo, rev: str) -> Response:
     create_pr = _wants_pr(request)
     if create_pr and rev.startswith(PR_REF_PREFIX):
         raise HubHTTPError(400, f"Cannot open a pull request against {rev}: pass a branch, or push to {rev} directly")

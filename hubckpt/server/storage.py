@@ -43,7 +43,9 @@ from .blobs import git_blob_sha1
 
 # 2: repos.gated ('' | 'manual' | 'auto'); meta 'auth' ('on' once a token was ever created).
 # 3: discussions and discussion_events (pull requests: their head is the branch ref 'refs/pr/<num>').
-SCHEMA_VERSION = 3
+# 4: commit_window (the commit budget's recent commits per repo, so a restart keeps counting);
+#    commits.merge_parent (a pull request's merge commit records the PR head as its second parent).
+SCHEMA_VERSION = 4
 DEFAULT_BUSY_TIMEOUT_S = 30.0
 MAX_READERS = 8  # read connections (WAL: readers never wait for the writer)
 GATED_VALUES = ("", "manual", "auto")
@@ -64,7 +66,7 @@ CREATE TABLE IF NOT EXISTS repos (
     UNIQUE (namespace, name));
 CREATE TABLE IF NOT EXISTS commits (
     repo_id INTEGER NOT NULL, sha TEXT NOT NULL, parent TEXT, title TEXT NOT NULL, message TEXT NOT NULL,
-    author TEXT NOT NULL, date TEXT NOT NULL, PRIMARY KEY (repo_id, sha));
+    author TEXT NOT NULL, date TEXT NOT NULL, merge_parent TEXT, PRIMARY KEY (repo_id, sha));
 CREATE TABLE IF NOT EXISTS commit_files (
     repo_id INTEGER NOT NULL, commit_sha TEXT NOT NULL, path TEXT NOT NULL, git_oid TEXT NOT NULL,
     sha256 TEXT NOT NULL, size INTEGER NOT NULL, lfs INTEGER NOT NULL, last_commit TEXT NOT NULL,
@@ -82,6 +84,8 @@ CREATE TABLE IF NOT EXISTS discussion_events (
     id TEXT PRIMARY KEY, repo_id INTEGER NOT NULL, num INTEGER NOT NULL, seq INTEGER NOT NULL, type TEXT NOT NULL,
     author TEXT NOT NULL, created_at TEXT NOT NULL, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS discussion_events_by_num ON discussion_events (repo_id, num, seq);
+CREATE TABLE IF NOT EXISTS commit_window (repo_id INTEGER NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS commit_window_by_repo ON commit_window (repo_id, at);
 """
 
 # A pull request's head is a branch ref named `refs/pr/<num>`. `validate_ref_name` refuses names under
@@ -127,11 +131,17 @@ class FileEntry:
 @dataclass(frozen=True)
 class Commit:
     sha: str
-    parent: str | None
+    parent: str | None  # the first parent: the branch head the commit was made on (None: a root commit)
     title: str
     message: str
     author: str
     date: str
+    merge_parent: str | None = None  # a pull request's merge commit: the PR head it merged
+
+    @property
+    def parents(self) -> tuple[str, ...]:
+        """Every parent, first parent first (two for a merge commit, as git records them)."""
+        return tuple(p for p in (self.parent, self.merge_parent) if p)
 
 
 @dataclass(frozen=True)
@@ -204,8 +214,11 @@ def _tree_sha(files: Iterable[FileEntry]) -> str:
     return h.hexdigest()
 
 
-def _commit_sha(tree: str, parent: str | None, author: str, date: str, title: str, message: str) -> str:
-    body = f"tree {tree}\nparent {parent or ''}\nauthor {author} {date}\n\n{title}\n\n{message}"
+def _commit_sha(
+    tree: str, parent: str | None, author: str, date: str, title: str, message: str, merge_parent: str | None = None
+) -> str:
+    merged = f"parent {merge_parent}\n" if merge_parent else ""  # as git: one line per parent
+    body = f"tree {tree}\nparent {parent or ''}\n{merged}author {author} {date}\n\n{title}\n\n{message}"
     return hashlib.sha1(f"commit {len(body.encode())}\0{body}".encode()).hexdigest()
 
 
@@ -264,6 +277,9 @@ class MetadataStore:
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(repos)")}
         if "gated" not in columns:
             self._db.execute("ALTER TABLE repos ADD COLUMN gated TEXT NOT NULL DEFAULT ''")
+        # Schema 4: a commit's second parent (merge commits of pull requests; NULL for every older commit).
+        if "merge_parent" not in {r["name"] for r in self._db.execute("PRAGMA table_info(commits)")}:
+            self._db.execute("ALTER TABLE commits ADD COLUMN merge_parent TEXT")
         # Folders from before the 'auth' flag: a folder that has tokens requires them.
         if self._db.execute("SELECT 1 FROM tokens LIMIT 1").fetchone():
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('auth', 'on')")
@@ -504,7 +520,8 @@ class MetadataStore:
             entry = FileEntry(".gitattributes", git_blob_sha1(data), gitattributes_sha256, len(data), False, "")
             sha = _commit_sha(_tree_sha([entry]), None, author, now, "initial commit", "")
             db.execute(
-                "INSERT INTO commits VALUES (?,?,?,?,?,?,?)", (repo_id, sha, None, "initial commit", "", author, now)
+                "INSERT INTO commits (repo_id, sha, parent, title, message, author, date) VALUES (?,?,?,?,?,?,?)",
+                (repo_id, sha, None, "initial commit", "", author, now),
             )
             db.execute(
                 "INSERT INTO commit_files VALUES (?,?,?,?,?,?,?,?)",
@@ -516,7 +533,15 @@ class MetadataStore:
 
     def delete_repo(self, repo: Repo) -> None:
         with self._transaction() as db:
-            for table in ("refs", "commit_files", "commits", "repo_objects", "discussions", "discussion_events"):
+            for table in (
+                "refs",
+                "commit_files",
+                "commits",
+                "repo_objects",
+                "discussions",
+                "discussion_events",
+                "commit_window",
+            ):
                 db.execute(f"DELETE FROM {table} WHERE repo_id=?", (repo.id,))
             db.execute("DELETE FROM repos WHERE id=?", (repo.id,))
 
@@ -659,8 +684,10 @@ class MetadataStore:
         author: str,
         parent_commit: str | None = None,
         fault_hook=None,
+        merge_parent: str | None = None,
     ) -> str:
-        """`create_commit` inside an open transaction (also used to open a pull request with its commit)."""
+        """`create_commit` inside an open transaction (also used to open a pull request with its commit,
+        and to merge one: `merge_parent` is then the PR head, recorded as the commit's second parent)."""
         row = db.execute(
             "SELECT target FROM refs WHERE repo_id=? AND kind='branch' AND name=?", (repo.id, branch)
         ).fetchone()
@@ -688,10 +715,10 @@ class MetadataStore:
             else:
                 raise NoSuchEntryError(op.path)
         now = utc_now()
-        sha = _commit_sha(_tree_sha(files.values()), head, author, now, title, message)
+        sha = _commit_sha(_tree_sha(files.values()), head, author, now, title, message, merge_parent)
         db.execute(
-            "INSERT OR IGNORE INTO commits VALUES (?,?,?,?,?,?,?)",
-            (repo.id, sha, head, title, message, author, now),
+            "INSERT OR IGNORE INTO commits VALUES (?,?,?,?,?,?,?,?)",
+            (repo.id, sha, head, title, message, author, now, merge_parent),
         )
         for entry in files.values():
             # A path keeps its last commit while its content is unchanged; any add with new content moves it.
@@ -736,7 +763,8 @@ class MetadataStore:
             title = message.split("\n", 1)[0]
             sha = _commit_sha(_tree_sha(entries), None, author, now, title, message)
             db.execute(
-                "INSERT OR IGNORE INTO commits VALUES (?,?,?,?,?,?,?)",
+                "INSERT OR IGNORE INTO commits (repo_id, sha, parent, title, message, author, date) "
+                "VALUES (?,?,?,?,?,?,?)",
                 (repo.id, sha, None, title, message, author, now),
             )
             for e in entries:
@@ -746,6 +774,27 @@ class MetadataStore:
                 )
             db.execute("UPDATE refs SET target=? WHERE repo_id=? AND kind='branch' AND name=?", (sha, repo.id, branch))
         return sha
+
+    # -- the commit budget --------------------------------------------------------------------------
+
+    def take_commit_slot(self, repo: Repo, now: float, limit: int, period_s: float) -> tuple[bool, list[float]]:
+        """Count one commit to `repo` at `now` if fewer than `limit` were counted in the `period_s` before.
+
+        Returns (counted, the window's commit times, oldest first, the new one included when counted).
+        One transaction, so concurrent commits cannot both take the last slot; the window lives in
+        the database, so a restarted hub keeps counting. Times are wall-clock seconds: one recorded
+        "in the future" (the clock was set back) counts as made now.
+        """
+        with self._transaction() as db:
+            db.execute("DELETE FROM commit_window WHERE repo_id=? AND at<=?", (repo.id, now - period_s))
+            db.execute("UPDATE commit_window SET at=? WHERE repo_id=? AND at>?", (now, repo.id, now))
+            times = [
+                r["at"] for r in db.execute("SELECT at FROM commit_window WHERE repo_id=? ORDER BY at", (repo.id,))
+            ]
+            if len(times) >= limit:
+                return False, times
+            db.execute("INSERT INTO commit_window VALUES (?, ?)", (repo.id, now))
+        return True, [*times, now]
 
     # -- discussions and pull requests -------------------------------------------------------------
 
@@ -1004,6 +1053,7 @@ class MetadataStore:
                 message="",
                 author=author,
                 parent_commit=target,
+                merge_parent=self.ref(repo, "branch", pr.ref),  # parents: the target's head, then the PR's
             )
             db.execute(
                 "UPDATE discussions SET status='merged', merge_commit=? WHERE repo_id=? AND num=?", (sha, repo.id, num)
@@ -1025,7 +1075,9 @@ def _repo(row: sqlite3.Row) -> Repo:
 
 
 def _commit(row: sqlite3.Row) -> Commit:
-    return Commit(row["sha"], row["parent"], row["title"], row["message"], row["author"], row["date"])
+    return Commit(
+        row["sha"], row["parent"], row["title"], row["message"], row["author"], row["date"], row["merge_parent"]
+    )
 
 
 def _comment_data(raw: str, author: str) -> dict:

@@ -56,12 +56,12 @@ def reading_of(headers: Mapping[str, str], *, at: float | None = None) -> Budget
     return BudgetReading(info.remaining, float(info.reset_in_seconds), info.limit, window, when)
 
 
-def refusal_reading(error: BaseException) -> BudgetReading | None:
+def refusal_reading(error: BaseException, *, at: float | None = None) -> BudgetReading | None:
     """What a 429 to a commit says of the budget: its headers, else `Retry-After` and the message's "(N per hour)"."""
     if status_of(error) != 429:
         return None
     headers: Mapping[str, str] = getattr(getattr(error, "response", None), "headers", None) or {}
-    now = time.monotonic()
+    now = time.monotonic() if at is None else at
     found = _MESSAGE.search(f"{headers.get('x-error-message', '')} {error}")
     limit = int(found[1]) if found else None
     window = float(int(found[2] or 1) * _UNIT_S[found[3]]) if found else None
@@ -145,7 +145,7 @@ class CommitPacer:
 
     def refused(self, error: BaseException) -> None:
         """A commit was refused: learn the budget from the 429, the window being full now."""
-        reading = refusal_reading(error)
+        reading = refusal_reading(error, at=self.clock())
         if reading is None:
             return
         self.refusals += 1
@@ -179,8 +179,8 @@ class CommitPacer:
             return None
         now = self.clock()
         at, accepted, remaining = now, list(self.accepted), self.remaining
-        for _ in range(commits):
-            at = self._next_at(at, accepted, remaining) + per_commit_s
+        for _ in range(commits):  # each one's work, then a free slot (the work overlaps the wait)
+            at = self._next_at(at + per_commit_s, accepted, remaining)
             accepted.append(at)
             remaining = None if remaining is None else max(0, remaining - 1)
         return at - now

@@ -1,39 +1,28 @@
 """Mirror a published run from one hub to another: `hubckpt.mirror` / `hubckpt mirror REPO --from A --to B`.
 
-Here in `publishing/` (not a top-level `hubckpt/mirror.py`): mirroring publishes a run's revisions to a
-target the way the publisher does (staging branch, one commit per revision, the index and card on `main`,
-`publishing/layout.py`), and a module named `hubckpt.mirror` would shadow the public function of that name.
+Here in `publishing/` (not a top-level `hubckpt/mirror.py`): mirroring publishes a run's revisions the
+way the publisher does (staging branch, one commit per revision, the index and card on `main`), and a
+module named `hubckpt.mirror` would shadow the public function of that name. The parts, each a module:
 
-A run, and the module that does each part:
-
-- `mirror_plan`: what to copy. Every commit the mirror makes carries the source commit it copies
-  (`Mirrored-From: <sha>`), so the target's histories say what it has; nothing is kept locally. Each
-  branch's commits not copied yet, `main`'s included, are the steps, oldest first.
-- `mirror_copy`: each step as one commit, sending only what the target lacks; a revision's on its staging
-  branch, then the branch is created at the copy of its head; `main`'s on `main` itself. So every branch
-  has as many commits as on the source, chained the same way. A kill leaves at most a staging branch
-  whose commits the next run reuses.
-- `mirror_io`: the reads and writes; a commit whose answer was lost is settled by reading the branch, so
-  each is made exactly once.
-- `hub/budget.py`: the target's commit budget, learned from its answers (headers of accepted commits, or
-  the first 429): commits are spaced under it, and the progress says how long the rest will take.
-- here: the run in order (conflicts, commits, branches, tags), progress, and what a stopped run reports.
-
-A target branch of the same name that is not a copy of the source's (nor an older point of its history)
-is a conflict: nothing is written, `MirrorConflictError` lists them (`force=True` replaces). Transient
-failures are retried (`retries.with_retries`); when they outlast it, or `deadline` passes,
-`MirrorIncompleteError` says what was mirrored and what not.
+- `mirror_plan`: what to copy. Each copy carries its source commit (`Mirrored-From: <sha>`), so the
+  target's histories say what it has (nothing is kept locally); every branch's commits not copied yet,
+  `main`'s included, are the steps, oldest first. Branches in the way are conflicts.
+- `mirror_copy`: each step as one commit sending only what the target lacks: a revision's on its staging
+  branch (the branch is then created at the copy of its head), `main`'s on `main`. So every branch has
+  the source's number of commits, chained the same way; a kill leaves at most a staging branch to reuse.
+- `mirror_io`: the reads and writes; a commit whose answer was lost is settled by reading the branch.
+- `mirror_progress`: the counts, the waits under the target's commit budget (`hub/budget.py`), the ETA.
+- here: the run in order (conflicts, commits, branches, tags) and what a stopped run reports:
+  `MirrorConflictError` before anything is written, `MirrorIncompleteError` when the target kept failing
+  or the deadline passed (a rerun continues).
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..errors import (
     DiskFullError,
@@ -43,39 +32,18 @@ from ..errors import (
     MirrorConflictError,
     MirrorIncompleteError,
 )
-from ..hub.budget import duration
 from ..hub.reader import HubReader
 from ..hub.retries import TRANSIENT_STATUS, status_of
 from ..hub.select import resolve_hub
 from ..hub.writer import MAIN, HubTarget, is_staging_branch, staging_branch
 from .mirror_copy import Copier
 from .mirror_io import MirrorIO
-from .mirror_plan import Plan, make_plan
+from .mirror_plan import Plan, Step, make_plan
+from .mirror_progress import MirrorProgress, Pace
 
 logger = logging.getLogger(__name__)
 
 RETRYABLE = (HubUnavailableError, IntegrityError, DiskFullError, ConnectionError, TimeoutError)
-PREFETCH_COMMITS = 2  # commits whose new files download ahead of the one uploading (bounds the disk used)
-
-
-@dataclass(frozen=True)
-class MirrorProgress:
-    """Where a mirror stands, passed to `progress` after each commit, before each wait, and at the start.
-
-    `waiting_s`: seconds the mirror is about to wait for the target's commit budget (0: not waiting).
-    `pace`: the commits left and, once the budget is known, about how long they take
-    (`12 commits left, about 2 min at 6/min`).
-    """
-
-    revisions_done: int
-    revisions_total: int
-    bytes_done: int
-    bytes_total: int
-    revision: str | None = None
-    commits_done: int = 0
-    commits_total: int = 0
-    waiting_s: float = 0.0
-    pace: str = ""
 
 
 @dataclass
@@ -174,13 +142,11 @@ class _Mirror:
         progress: Callable[[MirrorProgress], None] | None,
     ) -> None:
         self.src, self.dst, self.force = src, dst, force
-        self.started = time.monotonic()
-        self.ends_at = None if deadline is None else self.started + deadline
-        self.progress = progress
         self.result = MirrorResult(src.repo_id, dst.repo_id)
-        self.io = MirrorIO(src, dst, ends_at=self.ends_at)
+        ends_at = None if deadline is None else time.monotonic() + deadline
+        self.io = MirrorIO(src, dst, ends_at=ends_at)
+        self.pace = Pace(self.io.pacer, progress, lambda: self.io.bytes_done, ends_at=ends_at, target=dst.describe())
         self.plan = Plan()
-        self.done_revisions: list[str] = []
 
     def run(self) -> MirrorResult:
         src_branches, src_tags = self.src.refs()
@@ -198,11 +164,13 @@ class _Mirror:
             )
         self.keep_private()
         copier = Copier(self.io, dict(plan.copied), staging, plan.main_head)
-        self.report(None)
+        self.pace.revisions_total, self.pace.commits_total = len(plan.branches), len(plan.steps)
+        self.pace.bytes_total = plan.bytes_total
+        self.pace.report()
         try:
             self.copy(copier, dst_branches)
             self.move_tags(copier.copied, src_tags, dst_tags)
-            self.report(None)
+            self.pace.report()
         except Exception as e:
             # What a rerun can get past (a hub that kept refusing or failing, a bad download, the deadline)
             # says what is done and what is left; anything else (a read token, a bug) is raised as it is.
@@ -210,7 +178,7 @@ class _Mirror:
                 raise self.incomplete(e) from e
             raise
         finally:
-            self.result.refused = self.io.pacer.refusals
+            self.result.refused, self.result.waited_s = self.io.pacer.refusals, self.pace.waited_s
         self.result.bytes_downloaded = self.io.bytes_done
         for name in sorted(copier.staging):  # left by a killed run, for a branch that it had finished
             if name in {staging_branch(r) for r in src_branches}:
@@ -230,8 +198,8 @@ class _Mirror:
             )
 
     def incomplete(self, error: BaseException) -> MirrorIncompleteError:
-        pending = [b for b in self.plan.branches if b not in self.done_revisions]
-        done = self.done_revisions + self.result.unchanged
+        pending = [b for b in self.plan.branches if b not in self.result.copied]
+        done = self.result.copied + self.result.unchanged
         return MirrorIncompleteError(
             f"mirroring {self.src.describe()} to {self.dst.describe()} stopped: {error}. Mirrored: "
             f"{', '.join(sorted(done)) or 'nothing'}; not mirrored: {', '.join(pending) or 'main and tags'}. "
@@ -240,82 +208,24 @@ class _Mirror:
             pending=pending,
         )
 
-    def pace(self) -> str:
-        """The commits left and, once the target's budget is known, how long they will take."""
-        done, total = self.result.commits, len(self.plan.steps)
-        busy = time.monotonic() - self.started - self.result.waited_s
-        return self.io.pacer.describe(total - done, busy / done if done else 0.0)
-
-    def report(self, revision: str | None, waiting_s: float = 0.0) -> None:
-        if self.progress is not None:
-            self.progress(
-                MirrorProgress(
-                    len(self.done_revisions),
-                    len(self.plan.branches),
-                    self.io.bytes_done,
-                    self.plan.bytes_total,
-                    revision,
-                    self.result.commits,
-                    len(self.plan.steps),
-                    waiting_s,
-                    self.pace(),
-                )
-            )
-
-    def wait_for_budget(self) -> None:
-        """Before a commit: wait as long as the target's commit budget asks (never past the deadline)."""
-        delay = self.io.pacer.delay()
-        if self.ends_at is not None and time.monotonic() + delay > self.ends_at:
-            raise HubUnavailableError(
-                "the mirror's deadline passed"
-                if delay <= 0
-                else f"waiting {duration(delay)} for the target's "
-                f"commit budget ({self.io.pacer.rate()}) would pass the mirror's deadline"
-            )
-        if delay > 0:
-            logger.info(
-                "mirror to %s: waiting %.1f s for its commit budget; %s", self.dst.describe(), delay, self.pace()
-            )
-            self.report(None, delay)
-            time.sleep(delay)
-            self.result.waited_s += delay
-
     def copy(self, copier: Copier, dst_branches: dict[str, str]) -> None:
-        """Copy the planned steps in order, each revision branch set once its head is copied.
-
-        The files of the next PREFETCH_COMMITS steps download in the background while a commit uploads
-        (the two directions overlap; at most that many steps' new files are on disk at once).
-        """
-        steps = self.plan.steps
-        wanted = copier.prefetch_plan(steps)
+        """Copy the planned steps in order, each revision branch set once its head is copied."""
         heads: dict[str, list[str]] = {}  # source head → the branches waiting for its copy
         for name, head in self.plan.branches.items():
             heads.setdefault(head, []).append(name)
         for head in [h for h in heads if h in copier.copied]:  # copied before (a killed run): set at once
             for name in heads.pop(head):
                 self.set_branch(copier, name, copier.copied[head], dst_branches.get(name))
-        with (
-            tempfile.TemporaryDirectory(prefix="hubckpt-mirror-") as work,
-            ThreadPoolExecutor(max_workers=PREFETCH_COMMITS, thread_name_prefix="hubckpt-mirror") as pool,
-        ):
-            futures: dict[int, Future[Path]] = {}
-            try:
-                for i, step in enumerate(steps):
-                    for j in range(i, min(i + PREFETCH_COMMITS, len(steps))):
-                        if j not in futures:
-                            futures[j] = pool.submit(copier.prefetch, steps[j].commit, wanted[j], Path(work) / str(j))
-                    if self.ends_at is not None and time.monotonic() > self.ends_at:
-                        raise HubUnavailableError("the mirror's deadline passed")
-                    self.wait_for_budget()
-                    new = copier.copy(step, futures.pop(i).result())
-                    self.result.commits += 1
-                    self.result.main_updated |= step.branch == MAIN
-                    for name in heads.pop(step.commit, []):
-                        self.set_branch(copier, name, new, dst_branches.get(name))
-                    self.report(step.branch)
-            finally:
-                for future in futures.values():
-                    future.cancel()
+
+        def copied(step: Step, new: str) -> None:
+            self.result.commits += 1
+            self.result.main_updated |= step.branch == MAIN
+            self.pace.commits_done += 1
+            for name in heads.pop(step.commit, []):
+                self.set_branch(copier, name, new, dst_branches.get(name))
+            self.pace.report(step.branch)
+
+        copier.copy_all(self.plan.steps, before=self.pace.before_commit, after=copied)
 
     def set_branch(self, copier: Copier, name: str, target: str, there: str | None) -> None:
         if there != target:
@@ -324,8 +234,8 @@ class _Mirror:
             self.dst._create_branch(name, target)
         if copier.staging.pop(staging_branch(name), None) is not None:
             self.dst.delete_branch(staging_branch(name))
-        self.done_revisions.append(name)
         self.result.copied.append(name)
+        self.pace.revisions_done += 1
 
     def move_tags(self, copied: dict[str, str], src_tags: dict[str, str], dst_tags: dict[str, str]) -> None:
         for tag, commit in sorted(src_tags.items()):

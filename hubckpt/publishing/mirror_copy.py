@@ -18,6 +18,8 @@ import contextlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+PREFETCH_COMMITS = 2  # commits whose new files download ahead of the one uploading (bounds the disk used)
+
 
 class Copier:
     """Copies steps in order; `copied` (source → target commits) grows with each."""
@@ -45,6 +49,28 @@ class Copier:
         self.main_head = main_head  # the target's main, as this run knows it
         self.known: set[str] = set()  # LFS sha256s the target holds
         self.made: set[str] = set()  # source commits copied by this run
+
+    def copy_all(self, steps: list[Step], *, before: Callable[[], None], after: Callable[[Step, str], None]) -> None:
+        """Copy `steps` in order; `before()` each is sent (the wait for the target's budget), `after(step, copy)`.
+
+        The files of the next PREFETCH_COMMITS steps download in the background while a commit uploads
+        (the two directions overlap; at most that many steps' new files are on disk at once).
+        """
+        wanted = self.prefetch_plan(steps)
+        with (
+            tempfile.TemporaryDirectory(prefix="hubckpt-mirror-") as work,
+            ThreadPoolExecutor(max_workers=PREFETCH_COMMITS, thread_name_prefix="hubckpt-mirror") as pool,
+        ):
+            futures: dict[int, Future[Path]] = {}
+            try:
+                for i, step in enumerate(steps):
+                    for j in range(i, min(i + PREFETCH_COMMITS, len(steps))):
+                        if j not in futures:
+                            futures[j] = pool.submit(self.prefetch, steps[j].commit, wanted[j], Path(work) / str(j))
+                    after(step, self.copy(step, futures.pop(i).result(), on_send=before))
+            finally:
+                for future in futures.values():
+                    future.cancel()
 
     def prefetch_plan(self, steps: list[Step]) -> list[list[Entry]]:
         """Per step, the files it will most likely need from the source (`copy` decides; a file it needs
@@ -68,8 +94,9 @@ class Copier:
             self.io.fetch(commit, entry, folder / "files", folder / "cache")
         return folder / "files"
 
-    def copy(self, step: Step, prefetched: Path | None = None) -> str:
-        """Copy `step` as one commit on the target; return that commit."""
+    def copy(self, step: Step, prefetched: Path | None = None, *, on_send: Callable[[], None] = lambda: None) -> str:
+        """Copy `step` as one commit on the target; return that commit. `on_send()`: just before it is sent (the
+        files, the staging branch and the listings are ready by then: they do not count against a budget)."""
         from huggingface_hub import CommitOperationDelete
 
         io, src = self.io, self.io.src
@@ -115,6 +142,7 @@ class Copier:
                 ops += folder_operations(folder, stack, use_xet=io.dst.hub.is_huggingface_co)
                 ops += refs
                 ops += deletes
+                on_send()
                 new = io.commit(
                     branch, base, ops, step.title or f"mirror {step.commit[:12]}", step.message, step.commit
                 )

@@ -1,4 +1,4 @@
-"""What a mirror reads and writes, one file or commit at a time (`publishing/mirror.py` decides what to copy).
+"""What a mirror reads and writes, one file or commit at a time (`publishing/mirror_plan.py` decides what to copy).
 
 - `history`: a branch's commits, oldest first; `copied_from` reads the `Mirrored-From: <sha>` line a
   mirrored commit carries (the mapping source → target is read back from the target itself).

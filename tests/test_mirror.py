@@ -302,3 +302,28 @@ def test_a_pruned_revision_s_commit_is_copied_without_its_branch(local_hub, dst_
     dst_history = dst.list_repo_commits(repo, revision="step-0000002")
     assert [c.title for c in dst_history] == [c.title for c in src_history] and len(dst_history) == 3
     assert _files(dst, repo, dst_history[1].commit_id).keys() == _files(api, repo, src_history[1].commit_id).keys()
+
+
+def test_a_source_checkpoint_json_that_lies_about_a_file_s_hash_is_not_believed(local_hub, dst_hub, api, tmp_path):
+    """The source's checkpoint.json is untrusted: the mirror uploads what it verified against the listing."""
+    from huggingface_hub import CommitOperationAdd
+
+    repo = f"alice/liar-{uuid.uuid4().hex[:6]}"
+    api.create_repo(repo)
+    api.create_branch(repo, branch="step-0000001")
+    weights = b"\x00" * 512 + uuid.uuid4().bytes * 64  # binary: stored with LFS
+    manifest = {"step": 1, "files": [{"path": "model.safetensors", "sha256": "ab" * 32, "size": len(weights)}]}
+    api.create_commit(
+        repo,
+        [
+            CommitOperationAdd("model.safetensors", weights),
+            CommitOperationAdd("checkpoint.json", json.dumps(manifest).encode()),
+        ],
+        commit_message="a checkpoint whose manifest lies",
+        revision="step-0000001",
+    )
+    hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url)
+    dst = HfApi(endpoint=dst_hub.url, token="unused")
+    assert _files(dst, repo, "step-0000001") == _files(api, repo, "step-0000001")
+    copy = dst.hf_hub_download(repo, "model.safetensors", revision="step-0000001", cache_dir=tmp_path / "dl")
+    assert Path(copy).read_bytes() == weights

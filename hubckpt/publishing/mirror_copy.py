@@ -28,6 +28,7 @@ from ..formats.index import INDEX_FILE, RevisionIndex
 from ..hub.commits import folder_operations, quiet_xet_notice
 from ..hub.uploaded import UploadedFile, operation
 from ..hub.writer import MAIN, staging_branch
+from .layout import CARD_FILE
 from .mirror_io import Entry, MirrorIO
 from .mirror_plan import Step
 
@@ -139,7 +140,11 @@ class Copier:
             deletes = [CommitOperationDelete(p) for p in sorted(there) if p not in now and p != ".gitattributes"]
             with quiet_xet_notice():
                 ops: list[CommitOperationAdd | CommitOperationDelete] = []
-                ops += folder_operations(folder, stack, use_xet=io.dst.hub.is_huggingface_co)
+                # The same path as publishing (LFS, or Xet to huggingface.co); hashes verified on download only.
+                verified = {
+                    p: (e.sha256, e.size) for p, e in now.items() if e.sha256 and p not in (CARD_FILE, INDEX_FILE)
+                }
+                ops += folder_operations(folder, stack, use_xet=io.dst.hub.is_huggingface_co, hashes=verified)
                 ops += refs
                 ops += deletes
                 on_send()

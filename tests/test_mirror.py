@@ -327,3 +327,19 @@ def test_a_source_checkpoint_json_that_lies_about_a_file_s_hash_is_not_believed(
     assert _files(dst, repo, "step-0000001") == _files(api, repo, "step-0000001")
     copy = dst.hf_hub_download(repo, "model.safetensors", revision="step-0000001", cache_dir=tmp_path / "dl")
     assert Path(copy).read_bytes() == weights
+
+
+def test_a_main_commit_a_revision_was_started_from_is_copied_once_and_shared(local_hub, dst_hub, api, tmp_path):
+    repo = f"alice/shared-{uuid.uuid4().hex[:6]}"
+    api.create_repo(repo)
+    api.upload_file(path_or_fileobj=b"# my run\n", path_in_repo="NOTES.md", repo_id=repo)  # main, before any revision
+    _publish(repo, local_hub.url, tmp_path / "spool", [1, 2])  # step 1 starts from main's head
+    src_chain = [c.commit_id for c in reversed(api.list_repo_commits(repo, revision="step-0000001"))]
+    assert src_chain[1] == [c.commit_id for c in reversed(api.list_repo_commits(repo))][1]
+    hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url)
+    dst = HfApi(endpoint=dst_hub.url, token="unused")
+    _assert_same_run(api, dst, repo, repo, local_hub.url, dst_hub.url, tmp_path)
+    dst_chain = [c.commit_id for c in reversed(dst.list_repo_commits(repo, revision="step-0000001"))]
+    assert dst_chain[1] == [c.commit_id for c in reversed(dst.list_repo_commits(repo))][1]  # one copy, shared
+    copies = _copies(dst_hub, repo)
+    assert len(copies) == len(set(copies)) == 2 + _main_commits(api, repo)

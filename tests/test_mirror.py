@@ -289,6 +289,8 @@ def test_a_deadline_that_passes_stops_the_mirror_with_what_is_left(local_hub, ds
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "deadline" in out.stderr and "not mirrored: step-0000001, step-0000002" in out.stderr
     assert "again" in out.stderr
+    dst = HfApi(endpoint=dst_hub.url, token="unused")
+    assert not [b for b in _refs(dst, repo)[0] if b.startswith(STAGING_PREFIX)]  # stopped before a step began
 
 
 def test_a_pruned_revision_s_commit_is_copied_without_its_branch(local_hub, dst_hub, api, tmp_path):

@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 import hubckpt
+from hubckpt.errors import MirrorIncompleteError
 from hubckpt.hub.budget import CommitPacer, refusal_reading
 from hubckpt.server import LocalHubServer
 
@@ -97,6 +98,20 @@ def test_with_the_budget_on_accepted_commits_the_mirror_is_never_refused_and_say
     assert counts["refused"] == 0 and counts["accepted"] >= 3
     assert "for the target's commit budget:" in out.stderr and "commits left, about" in out.stderr
     assert "at 2/2s" in out.stderr and "2 revisions mirrored" in out.stdout
+
+
+def test_a_budget_wait_past_the_deadline_stops_the_run_at_once_with_what_is_left(local_hub, tmp_path):
+    repo = f"alice/hourly-{uuid.uuid4().hex[:6]}"
+    _publish(repo, local_hub.url, tmp_path / "spool", [1, 2])
+    dst_hub = LocalHubServer(tmp_path / "dst", port=free_port(), commit_rate="1/h")
+    dst_hub._server.config.app = _AcceptedCommitHeaders(dst_hub._server.config.app, dst_hub.ctx.commit_budget)
+    with dst_hub:
+        counts = _counting(dst_hub)
+        with pytest.raises(MirrorIncompleteError) as caught:
+            hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url, deadline=60)
+    assert counts == {"accepted": 1, "refused": 0}  # it knew the next commit had to wait an hour: not sent
+    assert "commit budget (1/h) would pass the mirror's deadline" in str(caught.value)
+    assert caught.value.mirrored == ["step-0000001"] and caught.value.pending == ["step-0000002"]
 
 
 class _Clock:

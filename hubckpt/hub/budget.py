@@ -89,10 +89,16 @@ def _on_response(response: Any) -> None:
             readings.append(reading)
 
 
+def watch_commit_answers() -> None:
+    """Install the response hook (idempotent). Installing replaces huggingface_hub's shared client, which
+    closes the old one: call it before requests run in other threads (`MirrorIO` does, at its start)."""
+    add_response_hook(_on_response)
+
+
 @contextlib.contextmanager
 def commit_answers() -> Iterator[list[BudgetReading]]:
     """The budget readings of the accepted commits this thread makes inside the block (empty: the hub sent none)."""
-    add_response_hook(_on_response)
+    watch_commit_answers()
     outer = getattr(_capture, "readings", None)
     readings: list[BudgetReading] = []
     _capture.readings = readings
@@ -209,4 +215,12 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-__all__ = ["BudgetReading", "CommitPacer", "commit_answers", "duration", "reading_of", "refusal_reading"]
+__all__ = [
+    "BudgetReading",
+    "CommitPacer",
+    "commit_answers",
+    "duration",
+    "reading_of",
+    "refusal_reading",
+    "watch_commit_answers",
+]

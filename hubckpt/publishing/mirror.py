@@ -213,9 +213,8 @@ class _Mirror:
         heads: dict[str, list[str]] = {}  # source head → the branches waiting for its copy
         for name, head in self.plan.branches.items():
             heads.setdefault(head, []).append(name)
-        for head in [h for h in heads if h in copier.copied]:  # copied before (a killed run): set at once
-            for name in heads.pop(head):
-                self.set_branch(copier, name, copier.copied[head], dst_branches.get(name))
+        for name in [n for h in list(heads) if h in copier.copied for n in heads.pop(h)]:  # copied by a killed run
+            self.set_branch(copier, name, copier.copied[self.plan.branches[name]], dst_branches.get(name))
 
         def copied(step: Step, new: str) -> None:
             self.result.commits += 1
@@ -225,7 +224,8 @@ class _Mirror:
                 self.set_branch(copier, name, new, dst_branches.get(name))
             self.pace.report(step.branch)
 
-        copier.copy_all(self.plan.steps, before=self.pace.before_commit, after=copied)
+        pace = self.pace
+        copier.copy_all(self.plan.steps, starting=pace.check_deadline, sending=pace.before_commit, after=copied)
 
     def set_branch(self, copier: Copier, name: str, target: str, there: str | None) -> None:
         if there != target:

@@ -51,8 +51,16 @@ class Copier:
         self.known: set[str] = set()  # LFS sha256s the target holds
         self.made: set[str] = set()  # source commits copied by this run
 
-    def copy_all(self, steps: list[Step], *, before: Callable[[], None], after: Callable[[Step, str], None]) -> None:
-        """Copy `steps` in order; `before()` each is sent (the wait for the target's budget), `after(step, copy)`.
+    def copy_all(
+        self,
+        steps: list[Step],
+        *,
+        starting: Callable[[], None],
+        sending: Callable[[], None],
+        after: Callable[[Step, str], None],
+    ) -> None:
+        """Copy `steps` in order: `starting()` each (the deadline), `sending()` just before its commit is sent (the
+        wait for the target's budget), `after(step, its copy)`.
 
         The files of the next PREFETCH_COMMITS steps download in the background while a commit uploads
         (the two directions overlap; at most that many steps' new files are on disk at once).
@@ -68,7 +76,8 @@ class Copier:
                     for j in range(i, min(i + PREFETCH_COMMITS, len(steps))):
                         if j not in futures:
                             futures[j] = pool.submit(self.prefetch, steps[j].commit, wanted[j], Path(work) / str(j))
-                    after(step, self.copy(step, futures.pop(i).result(), on_send=before))
+                    starting()
+                    after(step, self.copy(step, futures.pop(i).result(), on_send=sending))
             finally:
                 for future in futures.values():
                     future.cancel()

@@ -24,7 +24,7 @@ from typing import Any
 from ..cards import retarget_card
 from ..errors import IntegrityError
 from ..formats.untrusted import check_repo_path
-from ..hub.budget import CommitPacer, commit_answers
+from ..hub.budget import CommitPacer, commit_answers, watch_commit_answers
 from ..hub.reader import HubReader
 from ..hub.retries import retry_after, status_of
 from ..hub.uploaded import sha256_file
@@ -76,6 +76,7 @@ class MirrorIO:
         self.lock = threading.Lock()
         self.bytes_done = 0  # bytes read from the source
         self.pacer = CommitPacer()  # the target's commit budget, as its answers tell it
+        watch_commit_answers()  # now, before prefetching threads use the shared client
 
     def listing(self, side: HubReader, commit: str) -> dict[str, Entry]:
         key = (side.hub.endpoint + side.repo_id, commit)

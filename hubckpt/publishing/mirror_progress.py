@@ -81,6 +81,10 @@ class Pace:
                 )
             )
 
+    def check_deadline(self) -> None:
+        if self.ends_at is not None and time.monotonic() > self.ends_at:
+            raise HubUnavailableError("the mirror's deadline passed")
+
     def before_commit(self) -> None:
         """Wait as long as the target's commit budget asks; past the deadline (or a wait that would end past
         it), `HubUnavailableError`."""

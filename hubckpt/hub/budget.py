@@ -129,11 +129,6 @@ class CommitPacer:
         self.others: list[float] = []  # when commits of others, seen at a refusal, leave the window (at the latest)
         self.refusals = 0
 
-    @property
-    def known(self) -> bool:
-        """Whether the budget (commits per window) is known."""
-        return self.limit is not None and self.window_s is not None
-
     def learn(self, reading: BudgetReading) -> None:
         self.limit = reading.limit or self.limit
         self.window_s = reading.window_s or self.window_s
@@ -181,12 +176,15 @@ class CommitPacer:
 
     def eta_s(self, commits: int, per_commit_s: float = 0.0) -> float | None:
         """Seconds until `commits` more are accepted, each `per_commit_s` of work; None while the budget is unknown."""
-        if not self.known:
+        if self.limit is None or self.window_s is None:
             return None
         now = self.clock()
         at, accepted, remaining = now, list(self.accepted), self.remaining
-        for _ in range(commits):  # each one's work, then a free slot (the work overlaps the wait)
-            at = self._next_at(at + per_commit_s, accepted, remaining)
+        for i in range(commits):  # each one's work, then a free slot (the work overlaps the wait)
+            if i < self.limit:
+                at = self._next_at(at + per_commit_s, accepted, remaining)
+            else:  # the window holds only these by now: each waits for the one `limit` before it to leave
+                at = max(at + per_commit_s, accepted[-self.limit] + self.window_s)
             accepted.append(at)
             remaining = None if remaining is None else max(0, remaining - 1)
         return at - now

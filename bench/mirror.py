@@ -8,9 +8,12 @@ as a team's hubs would be):
 - `hubckpt.mirror` A → B2: branches with their histories, tags, the index and `main`, cards rewritten;
 - `hubckpt.mirror` A → B2 again: what a run with nothing new costs (bytes read from A, commits made,
   bytes B2 stored).
+- with `--rate N/PERIOD`: `hubckpt.mirror` A → B3, a hub started with that commit budget: the commits it
+  was refused (429), how long it waited, what it said the rest would take once it knew the budget, and
+  its time against the budget's floor (the least time that many commits take under it).
 Printed: seconds of each, the ratio (aim: mirror ≥ 2× faster than the baseline; second run 0 bytes).
 
-Usage:  .venv/bin/python bench/mirror.py [--revisions 20] [--size-mib 100]   (about a minute)
+Usage:  .venv/bin/python bench/mirror.py [--revisions 20] [--size-mib 100] [--rate 10/5s]   (about a minute)
 """
 
 from __future__ import annotations
@@ -32,10 +35,36 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def paced(repo: str, urls: dict[str, str], rate: str) -> None:
+    """The mirror into a hub with a commit budget: refusals, waits, the first ETA it gave, time vs the floor."""
+    import hubckpt
+    from hubckpt.server.rate import CommitRate
+
+    budget = CommitRate.parse(rate)
+    said: list[tuple[float, str]] = []
+    t0 = time.perf_counter()
+
+    def progress(p: hubckpt.MirrorProgress) -> None:
+        if not said and ", about " in p.pace:
+            said.append((time.perf_counter() - t0, p.pace))
+
+    result = hubckpt.mirror(repo, src_hub=urls["a"], dst_hub=urls["b3"], progress=progress)
+    took = time.perf_counter() - t0
+    floor = (result.commits - 1) // budget.limit * budget.period_s  # a burst, then `limit` per window
+    when, text = said[0] if said else (0.0, "(no estimate)")
+    print(
+        f"hubckpt.mirror under --commit-rate {rate}:                {took:6.1f} s "
+        f"({took / floor if floor else float('nan'):.2f}x the budget's floor of {floor} s for {result.commits} "
+        f"commits; {result.refused} refused, {result.waited_s:.1f} s waited; at {when:.1f} s it said "
+        f"'{text}')"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--revisions", type=int, default=20)
     parser.add_argument("--size-mib", type=int, default=100)
+    parser.add_argument("--rate", default="", help="also mirror into a hub with this commit budget, e.g. 10/5s")
     args = parser.parse_args()
 
     import torch
@@ -47,6 +76,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="hubckpt-bench-mirror-"))
     roots = {name: work / name for name in ("a", "b1", "b2")}
     urls = {name: ensure_local_hub(root) for name, root in roots.items()}
+    if args.rate:  # a hub started in the background takes its budget from the environment
+        roots["b3"] = work / "b3"
+        os.environ["HUBCKPT_COMMIT_RATE"] = args.rate
+        urls["b3"] = ensure_local_hub(roots["b3"])
+        del os.environ["HUBCKPT_COMMIT_RATE"]
     repo = "bench/run"
     try:
         numel = args.size_mib * 2**20 // 4
@@ -88,6 +122,8 @@ def main() -> None:
             f"hubckpt.mirror again:                                    {second:6.1f} s "
             f"({again.bytes_downloaded} bytes read from A, {again.commits} commits, B's data folder grew {grew} bytes)"
         )
+        if args.rate:
+            paced(repo, urls, args.rate)
     finally:
         for root in roots.values():
             stop_local_hub(root)

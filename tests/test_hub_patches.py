@@ -29,8 +29,9 @@ def test_the_client_factory_is_where_hubckpt_reads_it():
     factory = _http._GLOBAL_CLIENT_FACTORY
     assert callable(factory)
     client = get_session()
-    # The hook is added through the client's public event_hooks, which must hold a list of request hooks.
-    assert isinstance(client.event_hooks["request"], list)
+    # The hooks are added through the client's public event_hooks, which must hold lists of request and
+    # response hooks (the response hooks run before the body is read: hub/budget.py reads headers there).
+    assert isinstance(client.event_hooks["request"], list) and isinstance(client.event_hooks["response"], list)
     assert type(client).__module__.split(".")[0] in ("httpx2", "httpx")
 
 

@@ -62,6 +62,11 @@ def _copies(hub, repo_id: str) -> list[str]:
     return [m for (message,) in rows for m in re.findall(r"^Mirrored-From: ([0-9a-f]{40})$", message, re.MULTILINE)]
 
 
+def _main_commits(api: HfApi, repo_id: str) -> int:
+    """The commits of `main` after create_repo's (the publisher's index and card updates): each one copied."""
+    return len(api.list_repo_commits(repo_id)) - 1
+
+
 def _refs(api: HfApi, repo_id: str) -> tuple[dict[str, str], dict[str, str]]:
     refs = api.list_repo_refs(repo_id)
     return {b.name: b.target_commit for b in refs.branches}, {t.name: t.target_commit for t in refs.tags}
@@ -89,13 +94,13 @@ def _assert_same_run(src: HfApi, dst: HfApi, repo: str, dst_repo: str, src_url: 
     dst_branches, dst_tags = _refs(dst, dst_repo)
     assert set(dst_branches) == set(src_branches) and not any(b.startswith(STAGING_PREFIX) for b in dst_branches)
     assert set(dst_tags) == set(src_tags)
-    for name in src_branches:
-        if name == "main":
-            continue
+    for name in src_branches:  # every branch, main included: as many commits, chained the same way
         src_history = src.list_repo_commits(repo, revision=name)
         dst_history = dst.list_repo_commits(dst_repo, revision=name)
         assert len(dst_history) == len(src_history), name
         assert [c.title for c in dst_history] == [c.title for c in src_history], name
+        if name == "main":
+            continue
         a, b = _files(src, repo, name), _files(dst, dst_repo, name)
         assert set(a) == set(b) and {p: a[p] for p in a if p != "README.md"} == {p: b[p] for p in b if p != "README.md"}
         src_card = _read(src, repo, "README.md", name, tmp_path / "a")
@@ -134,11 +139,13 @@ def test_mirror_copies_a_run_then_moves_nothing_then_only_what_is_new(local_hub,
     assert result.copied == ["step-0000001", "step-0000002", "step-0000003"]
     assert sorted(result.tags_moved) == ["best", "final", "my-pick"] and result.main_updated
     first = _received(dst_hub) - before
-    # Each distinct object is read from the source once (main's final weights are step 3's: not read again).
+    # Each distinct object of the run's history is read from the source once (main's final weights are
+    # step 3's: not read again).
     sizes = {
         (f.lfs.sha256 if f.lfs else f.blob_id): f.size
-        for name in ("step-0000001", "step-0000002", "step-0000003", "main")
-        for f in api.list_repo_tree(repo, revision=name, recursive=True)
+        for name in ("step-0000003", "main")
+        for commit in api.list_repo_commits(repo, revision=name)
+        for f in api.list_repo_tree(repo, revision=commit.commit_id, recursive=True)
         if hasattr(f, "blob_id") and f.path != ".gitattributes"
     }
     assert 0 < result.bytes_downloaded <= sum(sizes.values())
@@ -154,10 +161,13 @@ def test_mirror_copies_a_run_then_moves_nothing_then_only_what_is_new(local_hub,
     assert _received(dst_hub) == before and _refs(dst, repo) == heads
 
     # A revision published later arrives with the next run, and only its bytes move.
+    main_before = len(api.list_repo_commits(repo))
     _publish(repo, local_hub.url, tmp_path / "spool", [4])
     before = _received(dst_hub)
     later = hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url)
-    assert later.copied == ["step-0000004"] and later.commits == 2  # the revision, then main
+    main_commits = len(api.list_repo_commits(repo)) - main_before
+    assert later.copied == ["step-0000004"] and main_commits >= 1
+    assert later.commits == 1 + main_commits  # the revision, then main's own commits
     moved = _received(dst_hub) - before
     assert 2048 * 4 <= moved < first / 2
     _assert_same_run(api, dst, repo, repo, local_hub.url, dst_hub.url, tmp_path / "later")
@@ -224,7 +234,7 @@ def test_mirror_killed_midway_completes_each_revision_once(local_hub, dst_hub, a
     _assert_same_run(api, dst, repo, repo, local_hub.url, dst_hub.url, tmp_path)
     # Exactly once: the killed run's commit was reused, not made again, and its bytes not sent again.
     copies = _copies(dst_hub, repo)
-    assert len(copies) == len(set(copies)) == 3 + 1  # three revisions and main
+    assert len(copies) == len(set(copies)) == 3 + _main_commits(api, repo)  # three revisions and main's own
     weights = {f.path: f.size for f in api.list_repo_tree(repo, revision="step-0000001")}["model.safetensors"]
     assert dst_hub.ctx.stats["lfs_bytes_received"] - before == 2 * weights  # steps 2 and 3 only
 
@@ -267,7 +277,7 @@ def test_a_429_storm_past_the_retries_says_what_was_mirrored_and_a_rerun_continu
     result = hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url)
     assert result.copied == ["step-0000002", "step-0000003"] and result.unchanged == ["step-0000001"]
     copies = _copies(dst_hub, repo)
-    assert len(copies) == len(set(copies)) == 3 + 1
+    assert len(copies) == len(set(copies)) == 3 + _main_commits(api, repo)
     dst = HfApi(endpoint=dst_hub.url, token="unused")
     _assert_same_run(api, dst, repo, repo, local_hub.url, dst_hub.url, tmp_path)
 
@@ -279,6 +289,8 @@ def test_a_deadline_that_passes_stops_the_mirror_with_what_is_left(local_hub, ds
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "deadline" in out.stderr and "not mirrored: step-0000001, step-0000002" in out.stderr
     assert "again" in out.stderr
+    dst = HfApi(endpoint=dst_hub.url, token="unused")
+    assert not [b for b in _refs(dst, repo)[0] if b.startswith(STAGING_PREFIX)]  # stopped before a step began
 
 
 def test_a_pruned_revision_s_commit_is_copied_without_its_branch(local_hub, dst_hub, api, tmp_path):
@@ -292,3 +304,44 @@ def test_a_pruned_revision_s_commit_is_copied_without_its_branch(local_hub, dst_
     dst_history = dst.list_repo_commits(repo, revision="step-0000002")
     assert [c.title for c in dst_history] == [c.title for c in src_history] and len(dst_history) == 3
     assert _files(dst, repo, dst_history[1].commit_id).keys() == _files(api, repo, src_history[1].commit_id).keys()
+
+
+def test_a_source_checkpoint_json_that_lies_about_a_file_s_hash_is_not_believed(local_hub, dst_hub, api, tmp_path):
+    """The source's checkpoint.json is untrusted: the mirror uploads what it verified against the listing."""
+    from huggingface_hub import CommitOperationAdd
+
+    repo = f"alice/liar-{uuid.uuid4().hex[:6]}"
+    api.create_repo(repo)
+    api.create_branch(repo, branch="step-0000001")
+    weights = b"\x00" * 512 + uuid.uuid4().bytes * 64  # binary: stored with LFS
+    manifest = {"step": 1, "files": [{"path": "model.safetensors", "sha256": "ab" * 32, "size": len(weights)}]}
+    api.create_commit(
+        repo,
+        [
+            CommitOperationAdd("model.safetensors", weights),
+            CommitOperationAdd("checkpoint.json", json.dumps(manifest).encode()),
+        ],
+        commit_message="a checkpoint whose manifest lies",
+        revision="step-0000001",
+    )
+    hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url)
+    dst = HfApi(endpoint=dst_hub.url, token="unused")
+    assert _files(dst, repo, "step-0000001") == _files(api, repo, "step-0000001")
+    copy = dst.hf_hub_download(repo, "model.safetensors", revision="step-0000001", cache_dir=tmp_path / "dl")
+    assert Path(copy).read_bytes() == weights
+
+
+def test_a_main_commit_a_revision_was_started_from_is_copied_once_and_shared(local_hub, dst_hub, api, tmp_path):
+    repo = f"alice/shared-{uuid.uuid4().hex[:6]}"
+    api.create_repo(repo)
+    api.upload_file(path_or_fileobj=b"# my run\n", path_in_repo="NOTES.md", repo_id=repo)  # main, before any revision
+    _publish(repo, local_hub.url, tmp_path / "spool", [1, 2])  # step 1 starts from main's head
+    src_chain = [c.commit_id for c in reversed(api.list_repo_commits(repo, revision="step-0000001"))]
+    assert src_chain[1] == [c.commit_id for c in reversed(api.list_repo_commits(repo))][1]
+    hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url)
+    dst = HfApi(endpoint=dst_hub.url, token="unused")
+    _assert_same_run(api, dst, repo, repo, local_hub.url, dst_hub.url, tmp_path)
+    dst_chain = [c.commit_id for c in reversed(dst.list_repo_commits(repo, revision="step-0000001"))]
+    assert dst_chain[1] == [c.commit_id for c in reversed(dst.list_repo_commits(repo))][1]  # one copy, shared
+    copies = _copies(dst_hub, repo)
+    assert len(copies) == len(set(copies)) == 2 + _main_commits(api, repo)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+import time
+
 import typer
 
 from .. import environment
+
+SAY_EVERY_S = 30.0  # how often a run waiting for the target's commit budget says how long the rest will take
 
 
 def mirror(
@@ -30,12 +35,18 @@ def mirror(
     target = to_repo or repo_id
     typer.echo(f"Mirroring {repo_id} on {src} to {target} on {dst}", err=True)
     with tqdm(total=0, unit="B", unit_scale=True, desc="Mirroring", disable=disable) as bar:
+        said = {"at": float("-inf")}
 
         def progress(p: MirrorProgress) -> None:
             bar.total = p.bytes_total
             bar.n = p.bytes_done
-            bar.set_postfix_str(f"revisions {p.revisions_done}/{p.revisions_total}", refresh=False)
+            bar.set_postfix_str(f"revisions {p.revisions_done}/{p.revisions_total}, {p.pace}", refresh=False)
             bar.refresh()
+            # Waiting for the target's commit budget: said in a line too (no bar outside a terminal), at
+            # most every SAY_EVERY_S seconds.
+            if p.waiting_s > 0 and time.monotonic() - said["at"] >= SAY_EVERY_S:
+                said["at"] = time.monotonic()
+                bar.write(f"waiting {p.waiting_s:.0f} s for the target's commit budget: {p.pace}", file=sys.stderr)
 
         result = run_mirror(
             repo_id,

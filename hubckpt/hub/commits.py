@@ -107,12 +107,17 @@ def folder_operations(
     use_xet: bool,
     skip: Callable[[str], bool] = lambda p: False,
     rename: Callable[[str], str] = lambda p: p,
+    hashes: dict[str, tuple[str, int]] | None = None,
 ) -> list[CommitOperationAdd]:
-    """One add operation per file of `folder` (see the module docstring); `stack` closes the streams."""
+    """One add operation per file of `folder` (see the module docstring); `stack` closes the streams.
+
+    `hashes`: path → (sha256, size) the caller has verified, in place of the folder's checkpoint.json (a
+    mirror's folder holds another hub's checkpoint.json: untrusted, so never taken for the bytes' hash).
+    """
     from huggingface_hub import CommitOperationAdd
     from huggingface_hub.lfs import UploadInfo
 
-    known = known_hashes(folder)
+    known = known_hashes(folder) if hashes is None else hashes
     files = [
         (p, p.relative_to(folder).as_posix())
         for p in sorted(folder.rglob("*"))

@@ -6,10 +6,12 @@ an explicit `endpoint=`, tokens passed explicitly, the shared HTTP client replac
 it lives in this one module, and tests/test_hub_patches.py fails as soon as a library changes the
 thing relied on here (names, shapes, messages):
 
-- `add_request_hook`: huggingface_hub sends every request from one shared client and has no timeout of
-  its own (`timeout=None`). The hook goes on through the public `set_client_factory`, wrapping the
-  factory in place, which only the private `huggingface_hub.utils._http._GLOBAL_CLIENT_FACTORY` tells
-  (there is no public getter): replacing it instead would drop a user's own factory (proxies, CA).
+- `add_request_hook` / `add_response_hook`: huggingface_hub sends every request from one shared client
+  and has no timeout of its own (`timeout=None`), nor a way to see the headers of the answer to a
+  commit (the target's commit budget, `hub/budget.py`). The hooks go on through the public
+  `set_client_factory`, wrapping the factory in place, which only the private
+  `huggingface_hub.utils._http._GLOBAL_CLIENT_FACTORY` tells (there is no public getter): replacing it
+  instead would drop a user's own factory (proxies, CA).
 - `set_default_endpoint`: huggingface_hub reads `HF_ENDPOINT` once, at import, into
   `constants.ENDPOINT` / `constants.HUGGINGFACE_CO_URL_TEMPLATE`, which its module-level download
   helpers (and so transformers' `from_pretrained`) read at call time; no function sets them.
@@ -31,7 +33,7 @@ from typing import Any
 # -- every huggingface_hub request --------------------------------------------------------------------------
 
 _factory_lock = threading.Lock()
-_HOOKS_ATTR = "_hubckpt_request_hooks"  # marks a client factory of ours, with the hooks it adds
+_HOOKS_ATTR = "_hubckpt_hooks"  # marks a client factory of ours, with the (event, hook) pairs it adds
 
 
 def _current_client_factory() -> Callable[[], Any]:
@@ -48,20 +50,29 @@ def add_request_hook(hook: Callable[[Any], None]) -> None:
     (`set_client_factory` does); huggingface_hub opens a fresh one on the next request. Should the user
     replace the factory afterwards, the next call wraps theirs.
     """
+    _add_hook("request", hook)
+
+
+def add_response_hook(hook: Callable[[Any], None]) -> None:
+    """Run `hook(response)` on every answer huggingface_hub receives, before its body is read (as above)."""
+    _add_hook("response", hook)
+
+
+def _add_hook(event: str, hook: Callable[[Any], None]) -> None:
     from huggingface_hub import set_client_factory
 
     with _factory_lock:
         inner = _current_client_factory()
         hooks = getattr(inner, _HOOKS_ATTR, ())
-        if hook in hooks:
+        if (event, hook) in hooks:
             return
 
         def factory():
             client = inner()
-            client.event_hooks = {**client.event_hooks, "request": [*client.event_hooks["request"], hook]}
+            client.event_hooks = {**client.event_hooks, event: [*client.event_hooks.get(event, []), hook]}
             return client
 
-        setattr(factory, _HOOKS_ATTR, (*hooks, hook))
+        setattr(factory, _HOOKS_ATTR, (*hooks, (event, hook)))
         set_client_factory(factory)
 
 

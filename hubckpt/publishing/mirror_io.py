@@ -1,4 +1,4 @@
-"""What a mirror reads and writes, one file or commit at a time (`publishing/mirror.py` decides what to copy).
+"""What a mirror reads and writes, one file or commit at a time (`publishing/mirror_plan.py` decides what to copy).
 
 - `history`: a branch's commits, oldest first; `copied_from` reads the `Mirrored-From: <sha>` line a
   mirrored commit carries (the mapping source → target is read back from the target itself).
@@ -7,7 +7,8 @@
 - `MirrorIO.fetch`: one file of the source, verified against the listing's sha256 (small regular files
   read once per run), cards retargeted (`cards.retarget_card`).
 - `MirrorIO.commit`: one commit on the target, never twice: a lost answer or a 412 is settled by reading
-  the branch's head and its `Mirrored-From` line.
+  the branch's head and its `Mirrored-From` line. What each answer (or 429) says of the target's commit
+  budget goes to `MirrorIO.pacer` (`hub/budget.py`), which the run asks before each commit.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 from ..cards import retarget_card
 from ..errors import IntegrityError
 from ..formats.untrusted import check_repo_path
+from ..hub.budget import CommitPacer, commit_answers, watch_commit_answers
 from ..hub.reader import HubReader
 from ..hub.retries import retry_after, status_of
 from ..hub.uploaded import sha256_file
@@ -73,6 +75,8 @@ class MirrorIO:
         self.small: dict[str, bytes] = {}  # git oid → bytes of small regular files read this run
         self.lock = threading.Lock()
         self.bytes_done = 0  # bytes read from the source
+        self.pacer = CommitPacer()  # the target's commit budget, as its answers tell it
+        watch_commit_answers()  # now, before prefetching threads use the shared client
 
     def listing(self, side: HubReader, commit: str) -> dict[str, Entry]:
         key = (side.hub.endpoint + side.repo_id, commit)
@@ -158,16 +162,20 @@ class MirrorIO:
                     return done
                 raise
 
-        return self.dst.reader.retrying(
-            send,
-            what=f"committing to {branch} of {self.dst.repo_id}",
-            settle=lambda e: landed(),
-            give_up=self.past_deadline,
-        )
+        with commit_answers() as readings:
+            new = self.dst.reader.retrying(
+                send,
+                what=f"committing to {branch} of {self.dst.repo_id}",
+                settle=lambda e: landed(),
+                give_up=self.refused,
+            )
+        self.pacer.accepted_commit(readings)
+        return new
 
-    def past_deadline(self, error: BaseException) -> bool:
-        """For a 429: would waiting as the target asks pass the run's deadline? (No deadline: wait, pacing the
-        mirror under the target's commit budget.)"""
+    def refused(self, error: BaseException) -> bool:
+        """For a 429: learn the budget from it; would waiting as the target asks pass the run's deadline?
+        (No deadline: wait, and the pacer spaces the next commits under the budget.)"""
+        self.pacer.refused(error)
         if self.ends_at is None:
             return False
         return time.monotonic() + (retry_after(error) or 0.0) > self.ends_at

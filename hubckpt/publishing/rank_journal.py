@@ -18,8 +18,9 @@ has already are skipped by the LFS batch) and committed by rank 0, unless the hu
 with the same content already. The journal is never trusted about the hub: what is committed is read
 from the hub.
 
-Damage a kill can leave: a torn last line, dropped on reading (it is cut off the file when the journal
-is compacted at the next start, which keeps only pending jobs).
+The journal is compacted (rewritten atomically with only the pending jobs) after each job and when a
+Checkpointer starts, so it holds little more than the saves in flight. Damage a kill can leave: a torn
+last line, skipped on reading and cut off by the next compaction.
 """
 
 from __future__ import annotations

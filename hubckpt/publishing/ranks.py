@@ -19,17 +19,43 @@ rank calls them in the same order, with the same step. What happens for one save
    background never shares a group with the training thread); the owner assembles the full values. Dim-0
    slices of a row-major tensor, in rank order, are contiguous bytes of the full tensor. No rank ever holds
    more than its own group in full.
-4. **write and upload**: each owner writes `model-0000k-of-0000n.safetensors` (and
+4. **write and record**: each owner writes `model-0000k-of-0000n.safetensors` (and
    `training_state/optimizer-0000k-of-0000n.safetensors`), every rank its own `training_state/rng-rank-R`
-   files, into its own spool folder, and uploads them itself as LFS objects (`hub/uploaded.py`).
-5. **commit**: the ranks exchange what each uploaded; if any failed, every rank's save fails with it. Rank 0
-   writes the small files (config, index, checkpoint.json with the world size and sharding, optimizer
-   groups, loop state), makes the single commit of the revision, referencing the other ranks' uploads, then
-   updates the index and applies retention as a single-process publish does (`stages`). The outcome is
-   broadcast, so every rank's Future settles the same way.
+   files, into its own spool folder (`<spool>/rank-0000R-of-0000W/<revision>/`), hashing them; rank 0 also
+   the small files (config, index, optimizer groups, loop / scheduler state) and the manifest but for its
+   list of files (`_prepare`). Once they are fsync'd, the rank records them in its journal
+   (`rank_journal.py`: path, sha256, size; rank 0 also what it commits).
+5. **upload**: each rank uploads its own files as LFS objects (`hub/uploaded.py`); the ranks exchange what
+   each uploaded; if any failed, every rank's save fails with it.
+6. **commit**: rank 0 completes checkpoint.json (world size, sharding, every file), makes the single commit
+   of the revision, referencing the other ranks' uploads, then updates the index and applies retention as a
+   single-process publish does (`stages`). The outcome is exchanged, so every rank's Future settles the
+   same way; then each rank records the job finished and removes its folder.
 
 A revision is visible whole or not at all: nothing is on a branch until the one commit. Only the first
 hub (`hub=`) is published to.
+
+**Waits are bounded.** A collective of the training thread waits at most `rank_timeout` (default 300 s) for
+the other ranks; one of the background at most `background_timeout` (default: `rank_timeout`). The long
+parts of a save, the uploads and rank 0's commit (which may wait for the hub's commit budget), run on a
+helper thread while the backgrounds exchange a heartbeat every `HEARTBEAT_S`: they are bounded by the hub
+requests' own stall bound (`HUBCKPT_HTTP_TIMEOUT` per request, with retries), not by `background_timeout`,
+and a background that stops answering (stuck, or its process gone) makes every other rank's save fail
+with `RankMismatchError` within `background_timeout` of its last answer. Out of step after that, the
+Checkpointer's next `save()` raises at once.
+
+**Crash safety.** A rank killed anywhere takes the job down (torchrun). Before every rank has recorded its
+files of the revision in flight, the re-run redoes that step by training (`restore()` resumes from the latest
+revision). After that, the re-run's `Checkpointer(...)` finishes it: every rank reads its journal, the ranks
+exchange the jobs they hold (`_recover`, collective), and a job every rank holds completely (same repo,
+world size, step, layout; its files present at their recorded sizes) is queued ahead of any save: each
+rank uploads its files again (objects the hub has are not sent again; their sha256 is checked against the
+journal), then rank 0 commits, unless the hub holds that revision with that content (`stages.read_view(...)
+.holds`), or the branch holds it not yet indexed (`HubTarget.commit_revision` returns it, then it is
+indexed). The journal is never trusted about the hub. Jobs some rank lacks are dropped with a log line
+saying why, and redone by training. `restore()` waits for that first, so the latest revision it resolves
+(once, on rank 0) includes what the journals finished. A save that failed because the ranks lost each other
+(`RankMismatchError` in the background) stays recorded too, for the next `Checkpointer` to finish.
 """
 
 from __future__ import annotations
@@ -408,6 +434,7 @@ class RankedCheckpointer(Checkpointer):
                 " (the hub had it already)" if held else "",
             )
         self._journal.finished(pending.job, self._repo_key, outcome, why)
+        self._journal.compact()
         shutil.rmtree(folder, ignore_errors=True)
 
     # -- what is published -----------------------------------------------------------------------------
@@ -930,9 +957,11 @@ class RankedCheckpointer(Checkpointer):
         except Exception as e:
             if written:
                 self._journal.finished(name, self._repo_key, "failed", f"{type(e).__name__}: {e}")
+                self._journal.compact()
             shutil.rmtree(folder, ignore_errors=True)
             raise
         self._journal.finished(name, self._repo_key, "published")
+        self._journal.compact()  # (only unfinished jobs stay: the journal does not grow with the run)
         shutil.rmtree(folder, ignore_errors=True)
         return PublishedRevision(self.repo_id, name, job["step"], {target_key(self.target): commit}, skipped=skipped)
 

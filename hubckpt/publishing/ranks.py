@@ -953,6 +953,7 @@ class RankedCheckpointer(Checkpointer):
                     f"{e} ({name}: this rank's files stay recorded in its journal; the next Checkpointer on every "
                     "rank finishes the revision if every rank recorded its files)"
                 ) from e
+            shutil.rmtree(folder, ignore_errors=True)
             raise
         except Exception as e:
             if written:

@@ -388,10 +388,11 @@ class RankMismatchError(HubckptError, RuntimeError):
     """The ranks of a torch.distributed job did not make the same collective `Checkpointer` call.
 
     Raised on every rank: ranks called `save()` with different steps, one called `close()` while another
-    saved, they hold different parameters, or a rank did not arrive within `rank_timeout` seconds (it
-    skipped a save, ended early or died). Nothing of that call was published. After a mismatch the
-    process group stays usable; after a rank did not arrive, that `Checkpointer` is out of step and
-    raises this at once on every later collective call.
+    saved, they hold different parameters, a rank did not arrive within `rank_timeout` seconds (it
+    skipped a save, ended early or died), or a rank's background work did not answer within
+    `background_timeout` seconds (stuck, or its process gone). Nothing of that call was published. After a
+    mismatch the process group stays usable; after a rank did not arrive, that `Checkpointer` is out of
+    step and raises this at once on every later collective call (`save()`).
 
     What to do:
         Call `save(step)`, `wait()`, `close()` and `restore()` on every rank, in the same order, with the

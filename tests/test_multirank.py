@@ -244,13 +244,14 @@ def _crash_main(repo: str, hub: str, out: Path, mode: str) -> None:
         opt.zero_grad()
         if step < 2:
             continue
+        # The gathered state, written before the save (which changes nothing): the save may be killed.
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if rank == 0:
+            save_file({k: v.clone() for k, v in full.items()}, str(out / f"crash-expected-{step}.safetensors"))
         if victim and int(victim) == rank and int(when) == step:
             os.environ["HUBCKPT_FAULT"] = f"{point}:kill"
         ckpt.save(step)
         ckpt.wait()
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if rank == 0:
-            save_file({k: v.clone() for k, v in full.items()}, str(out / f"crash-expected-{step}.safetensors"))
     ckpt.close()
     (out / f"crash-{rank}.json").write_text(json.dumps({"resumed_from": start}))
     dist.barrier()
@@ -260,6 +261,7 @@ def _crash_main(repo: str, hub: str, out: Path, mode: str) -> None:
 
 ABSENT_TIMEOUT = 3.0  # the rank_timeout of the absent-rank launch
 LATE = 1.5  # how late rank 1 comes to its first save there
+STUCK = 4.0  # how long rank 1's background is stuck there
 
 
 def _no_buffers():
@@ -308,6 +310,18 @@ def _absent_main(repo: str, hub: str, out: Path) -> None:
         time.sleep(ABSENT_TIMEOUT + 2)
         timed("skipped", ckpt.close)  # its next call of ours fails too, within the timeout
     ckpt.close()  # finishes this rank's own work; the error was said
+    # A background that is stuck (rank 1's, after writing its files of step 6): every rank's save fails within
+    # background_timeout (= rank_timeout here) of it, and the next save at once. (Its own spool: the journals
+    # keep step 6, for the next Checkpointer there to finish; the test reads them.)
+    stuck = hubckpt.Checkpointer(
+        repo, model=model, optimizer=opt, hub=hub, rank_timeout=ABSENT_TIMEOUT, spool_dir=str(out / "stuck-spool")
+    )
+    if rank == 1:
+        os.environ["HUBCKPT_FAULT"] = f"ranks.after_write:sleep:{STUCK}"
+    timed("stuck", lambda: (stuck.save(6), stuck.wait()))
+    os.environ.pop("HUBCKPT_FAULT", None)
+    timed("stuck_after", lambda: stuck.save(7))
+    stuck.close()
     again = hubckpt.Checkpointer(repo, model=model, optimizer=opt, hub=hub, rank_timeout=ABSENT_TIMEOUT)
     (out / f"absent-{rank}.json").write_text(json.dumps(seen))
     if rank == 1:
@@ -334,6 +348,7 @@ def _launch(tmp_path: Path, repo: str, hub: str, mode: str, nproc: int = 2) -> l
         mode,
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    (tmp_path / f"launch-{mode.replace(':', '_')}.log").write_text(proc.stdout + proc.stderr)  # (to read on failure)
     if mode.startswith("crash:"):
         assert proc.returncode != 0, "the rank was to be killed"
         return []
@@ -412,13 +427,28 @@ def test_two_ranks_publish_one_revision_per_save(tmp_path, local_hub, api, repo_
             assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a), kind
 
 
+# Where a rank can be killed during a save, and what the re-run resumes from. Before every rank's files of
+# the revision are written and recorded in its journal, the revision is redone by training; once they are
+# (every rank has passed the upload exchange), the re-run finishes it from the journals. In between (one rank
+# recorded, the other perhaps not) either is right; both never publish a partial revision or one twice.
+CRASH_POINTS = {
+    "ranks.after_capture": "redone",
+    "ranks.after_write": "either",
+    "ranks.after_upload": "either",
+    "ranks.after_exchange": "finished",
+    "ranks.after_commit": "finished",  # (committed, not indexed: the re-run finds it on the hub and indexes it)
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [20, 21])  # after_commit on rank 0; after_capture on rank 1
+@pytest.mark.parametrize("seed", [20, 31, 45])  # after_commit, rank 0; after_capture, rank 1; after_exchange, rank 1
 def test_a_rank_killed_during_a_save_leaves_no_partial_revision_and_the_rerun_finishes(
     tmp_path, local_hub, api, repo_id, seed
 ):
     """A seeded choice of rank, crash point and step; the job dies (torchrun takes it down); the re-run
-    resumes from the latest revision and publishes every step, each equal to the gathered state."""
+    finishes the revision in flight from the ranks' journals when every rank had recorded its files, else
+    resumes from the latest revision and redoes it; every step is published exactly once, each equal to the
+    gathered state."""
     import random
 
     import torch
@@ -427,7 +457,7 @@ def test_a_rank_killed_during_a_save_leaves_no_partial_revision_and_the_rerun_fi
     import hubckpt
 
     rng = random.Random(seed)
-    point = rng.choice(["ranks.after_capture", "ranks.after_upload", "ranks.after_commit"])
+    point = rng.choice(sorted(CRASH_POINTS))
     victim = 0 if point == "ranks.after_commit" else rng.choice([0, 1])  # (only rank 0 commits)
     when = rng.choice([3, 4])
     _launch(tmp_path, repo_id, local_hub.url, f"crash:{victim}:{point}:{when}")
@@ -440,12 +470,20 @@ def test_a_rank_killed_during_a_save_leaves_no_partial_revision_and_the_rerun_fi
             files = set(api.list_repo_files(repo_id, revision=name))
             assert {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "checkpoint.json"} <= files
     seen = _launch(tmp_path, repo_id, local_hub.url, "crash")
-    assert all(s["resumed_from"] == when - 1 for s in seen)
+    resumed = {s["resumed_from"] for s in seen}
+    expected = {"redone": {when - 1}, "finished": {when}, "either": {when - 1, when}}[CRASH_POINTS[point]]
+    assert len(resumed) == 1 and resumed <= expected, (point, victim, when, resumed)
     assert [r.step for r in hubckpt.list_revisions(repo_id, hub=local_hub.url)] == [2, 3, 4]
     for step in (2, 3, 4):
+        name = f"step-{step:07d}"
         want = load_file(str(tmp_path / f"crash-expected-{step}.safetensors"))
-        got = hubckpt.load_state_dict(repo_id, revision=f"step-{step:07d}", hub=local_hub.url)
+        got = hubckpt.load_state_dict(repo_id, revision=name, hub=local_hub.url)
         assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want), step
+        titles = [c.title for c in api.list_repo_commits(repo_id, revision=name)]
+        assert sum(t.startswith(f"Checkpoint {name} ") for t in titles) == 1, (name, titles)
+    journals = list((tmp_path / "spool").rglob("journal.jsonl"))
+    assert len(journals) == 2 and all(j.read_text() == "" for j in journals)  # every job finished, compacted
+    assert not [p for p in (tmp_path / "spool").rglob("step-*") if p.is_dir()], "a job's folder was left behind"
 
 
 @pytest.mark.slow
@@ -494,9 +532,21 @@ def test_a_rank_that_never_arrives_at_save_fails_every_waiting_rank_within_rank_
             assert s[key + "_s"] < bound, (key, s)
     assert "rank_timeout" in seen[0]["skipped"] and "save()" in seen[0]["skipped"]
     assert "out of step" in seen[0]["after"] and seen[0]["after_s"] < 1, seen[0]
+    # A stuck background: rank 0's save failed within background_timeout (default: rank_timeout) of it, the
+    # stuck rank's once it came back; neither waited the former 30 minutes; the next save failed at once.
+    for s, most in zip(seen, (ABSENT_TIMEOUT + 10, STUCK + ABSENT_TIMEOUT + 10)):
+        assert s["stuck"].startswith("PublishFailedError") and "RankMismatchError" in s["stuck"], s
+        assert s["stuck_s"] < most, s
+        assert s["stuck_after"].startswith("RankMismatchError") and s["stuck_after_s"] < 1, s
+    assert "background_timeout=3s" in seen[0]["stuck"], seen[0]
+    assert seen[0]["stuck_s"] >= ABSENT_TIMEOUT, seen[0]
+    for r in range(2):  # the revision stays recorded on every rank, with its files: the next run finishes it
+        journal = tmp_path / "stuck-spool" / f"rank-{r:05d}-of-00002" / "journal.jsonl"
+        assert [json.loads(line)["event"] for line in journal.read_text().splitlines()] == ["written"], r
+        assert (tmp_path / "stuck-spool" / f"rank-{r:05d}-of-00002" / "step-0000006").is_dir()
     branches = {b.name for b in api.list_repo_refs(repo_id).branches}
     assert "step-0000001" in branches
-    assert not {"step-0000002", "step-0000003", "step-0000004", "step-0000005"} & branches
+    assert not {"step-0000002", "step-0000003", "step-0000004", "step-0000005", "step-0000006"} & branches
 
 
 def _check_plain_process_restore(repo_id: str, hub: str, tmp_path: Path) -> None:

@@ -74,10 +74,18 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def upload_files(target: HubTarget, files: dict[str, Path], *, revision: str = "main") -> list[UploadedFile]:
+def upload_files(
+    target: HubTarget,
+    files: dict[str, Path],
+    *,
+    revision: str = "main",
+    hashes: dict[str, tuple[str, int]] | None = None,
+) -> list[UploadedFile]:
     """Upload `files` (path in repo → local file) to `target`'s repo as LFS objects; nothing is committed.
 
-    Over the protocol the hub speaks (LFS for the local hub, Xet for huggingface.co; see `commits.py`)."""
+    Over the protocol the hub speaks (LFS for the local hub, Xet for huggingface.co; see `commits.py`).
+    `hashes` (path in repo → (sha256, size)), when the caller hashed the files as it wrote them: not read
+    twice. Objects the hub has already are not sent again (the LFS batch says so)."""
     from huggingface_hub import CommitOperationAdd
     from huggingface_hub.lfs import UploadInfo
 
@@ -87,7 +95,7 @@ def upload_files(target: HubTarget, files: dict[str, Path], *, revision: str = "
     with contextlib.ExitStack() as stack, quiet_xet_notice():
         ops: list[CommitOperationAdd] = []
         for rel, path in sorted(files.items()):
-            sha, size = sha256_file(path), path.stat().st_size
+            sha, size = (hashes or {}).get(rel) or (sha256_file(path), path.stat().st_size)
             with open(path, "rb") as head:
                 sample = head.read(512)
             if not use_xet and _xet_would_be_used():  # an open stream keeps the upload on LFS (commits.py)

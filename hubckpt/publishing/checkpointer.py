@@ -216,7 +216,8 @@ class Checkpointer:
                     f"publish_mb_per_s must be a positive number of megabytes per second, 'auto' "
                     f"or None (no cap), got {publish_mb_per_s!r}"
                 )
-        publisher_options.pop("rank_timeout", None)  # (multi-rank only: the same script runs on one process too)
+        for key in ("rank_timeout", "background_timeout"):  # (multi-rank only: the same script runs on one process)
+            publisher_options.pop(key, None)
         given = {"hub": hub, "monitor": monitor, "mode": mode}  # None: as `options` (or its default) says
         options = publisher_options.pop("options", None) or PublishOptions()
         options = options.replace(**{k: v for k, v in given.items() if v is not None}, **publisher_options)

@@ -19,17 +19,43 @@ rank calls them in the same order, with the same step. What happens for one save
    background never shares a group with the training thread); the owner assembles the full values. Dim-0
    slices of a row-major tensor, in rank order, are contiguous bytes of the full tensor. No rank ever holds
    more than its own group in full.
-4. **write and upload**: each owner writes `model-0000k-of-0000n.safetensors` (and
+4. **write and record**: each owner writes `model-0000k-of-0000n.safetensors` (and
    `training_state/optimizer-0000k-of-0000n.safetensors`), every rank its own `training_state/rng-rank-R`
-   files, into its own spool folder, and uploads them itself as LFS objects (`hub/uploaded.py`).
-5. **commit**: the ranks exchange what each uploaded; if any failed, every rank's save fails with it. Rank 0
-   writes the small files (config, index, checkpoint.json with the world size and sharding, optimizer
-   groups, loop state), makes the single commit of the revision, referencing the other ranks' uploads, then
-   updates the index and applies retention as a single-process publish does (`stages`). The outcome is
-   broadcast, so every rank's Future settles the same way.
+   files, into its own spool folder (`<spool>/rank-0000R-of-0000W/<revision>/`), hashing them; rank 0 also
+   the small files (config, index, optimizer groups, loop / scheduler state) and the manifest but for its
+   list of files (`_prepare`). Once they are fsync'd, the rank records them in its journal
+   (`rank_journal.py`: path, sha256, size; rank 0 also what it commits).
+5. **upload**: each rank uploads its own files as LFS objects (`hub/uploaded.py`); the ranks exchange what
+   each uploaded; if any failed, every rank's save fails with it.
+6. **commit**: rank 0 completes checkpoint.json (world size, sharding, every file), makes the single commit
+   of the revision, referencing the other ranks' uploads, then updates the index and applies retention as a
+   single-process publish does (`stages`). The outcome is exchanged, so every rank's Future settles the
+   same way; then each rank records the job finished and removes its folder.
 
 A revision is visible whole or not at all: nothing is on a branch until the one commit. Only the first
 hub (`hub=`) is published to.
+
+**Waits are bounded.** A collective of the training thread waits at most `rank_timeout` (default 300 s) for
+the other ranks; one of the background at most `background_timeout` (default: `rank_timeout`). The long
+parts of a save, the uploads and rank 0's commit (which may wait for the hub's commit budget), run on a
+helper thread while the backgrounds exchange a heartbeat every `HEARTBEAT_S`: they are bounded by the hub
+requests' own stall bound (`HUBCKPT_HTTP_TIMEOUT` per request, with retries), not by `background_timeout`,
+and a background that stops answering (stuck, or its process gone) makes every other rank's save fail
+with `RankMismatchError` within `background_timeout` of its last answer. Out of step after that, the
+Checkpointer's next `save()` raises at once.
+
+**Crash safety.** A rank killed anywhere takes the job down (torchrun). Before every rank has recorded its
+files of the revision in flight, the re-run redoes that step by training (`restore()` resumes from the latest
+revision). After that, the re-run's `Checkpointer(...)` finishes it: every rank reads its journal, the ranks
+exchange the jobs they hold (`_recover`, collective), and a job every rank holds completely (same repo,
+world size, step, layout; its files present at their recorded sizes) is queued ahead of any save: each
+rank uploads its files again (objects the hub has are not sent again; their sha256 is checked against the
+journal), then rank 0 commits, unless the hub holds that revision with that content (`stages.read_view(...)
+.holds`), or the branch holds it not yet indexed (`HubTarget.commit_revision` returns it, then it is
+indexed). The journal is never trusted about the hub. Jobs some rank lacks are dropped with a log line
+saying why, and redone by training. `restore()` waits for that first, so the latest revision it resolves
+(once, on rank 0) includes what the journals finished. A save that failed because the ranks lost each other
+(`RankMismatchError` in the background) stays recorded too, for the next `Checkpointer` to finish.
 """
 
 from __future__ import annotations
@@ -52,6 +78,7 @@ from ..faults import fault
 from ..load.shards import unwrap
 from .checkpointer import LOOP_FORMAT, Checkpointer, class_name, model_files
 from .jobs import target_key
+from .rank_journal import COMMIT_FOLDER, Pending, RankJournal, decide, fsync_files, layout_digest
 from .staging import StagingPool, StagingSet
 
 if TYPE_CHECKING:
@@ -64,7 +91,7 @@ logger = logging.getLogger(__name__)
 
 RANKS_FORMAT = "hubckpt.ranks/1"
 DEFAULT_RANK_TIMEOUT = 300.0  # seconds a collective of ours waits for the other ranks
-BACKGROUND_TIMEOUT = 1800.0  # the background group: a rank may wait for another's upload
+HEARTBEAT_S = 0.5  # while ranks upload or commit, their backgrounds tell each other they are alive this often
 WEIGHTS_INDEX = "model.safetensors.index.json"
 
 
@@ -181,6 +208,13 @@ class _CaptureFailed:
     error: str
 
 
+@dataclass
+class _Recover:
+    """A job this rank's journal holds written and every rank can finish (`_recover`)."""
+
+    pending: Pending
+
+
 _MESH_RANKS: dict[int, list[int]] = {}  # id(device mesh) → its ranks in order (read once: slow to compute)
 
 
@@ -222,8 +256,11 @@ def _local(value: torch.Tensor, world: int, name: str) -> tuple[torch.Tensor, bo
 class RankedCheckpointer(Checkpointer):
     """The `Checkpointer` under torch.distributed (module docstring). Built by `Checkpointer(...)` on every rank.
 
-    Extra argument: `rank_timeout` (seconds, default 300): how long a collective of ours waits for the
-    other ranks before every rank raises `RankMismatchError`.
+    Extra arguments: `rank_timeout` (seconds, default 300): how long a collective of ours waits for the
+    other ranks before every rank raises `RankMismatchError`. `background_timeout` (seconds, default
+    `rank_timeout`): how long one rank's background waits for the other ranks' backgrounds to arrive at
+    an exchange; their uploads and rank 0's commit do not count against it (they are alive: they say so
+    every `HEARTBEAT_S`), those are bounded by the hub requests' own stall bound (`HUBCKPT_HTTP_TIMEOUT`).
     """
 
     def __init__(
@@ -244,6 +281,7 @@ class RankedCheckpointer(Checkpointer):
         nice: int | str | None = None,
         publish_mb_per_s: float | str | None = "auto",
         rank_timeout: float = DEFAULT_RANK_TIMEOUT,
+        background_timeout: float | None = None,
         **publisher_options: Any,
     ) -> None:
         import torch.distributed as dist
@@ -269,6 +307,10 @@ class RankedCheckpointer(Checkpointer):
         self.every = every
         self.background = "thread"
         self.rank_timeout = float(rank_timeout)
+        self.background_timeout = self.rank_timeout if background_timeout is None else float(background_timeout)
+        for what, value in (("rank_timeout", self.rank_timeout), ("background_timeout", self.background_timeout)):
+            if not (math.isfinite(value) and value > 0):
+                raise HubConfigError(f"{what} must be a positive number of seconds, got {value!r}")
         given = {"hub": hub, "monitor": monitor, "mode": mode}
         options = publisher_options.pop("options", None) or PublishOptions()
         options = options.replace(**{k: v for k, v in given.items() if v is not None}, **publisher_options)
@@ -287,9 +329,10 @@ class RankedCheckpointer(Checkpointer):
         # Two groups of our own (collective, in the same order on every rank): one for the training thread's
         # agreements, one for the background's transfers; never the caller's default group.
         self._ctl = dist.new_group(backend="gloo", timeout=timeout)
-        self._bg = dist.new_group(
-            backend="gloo", timeout=dt.timedelta(seconds=max(self.rank_timeout, BACKGROUND_TIMEOUT))
-        )
+        self._bg = dist.new_group(backend="gloo", timeout=dt.timedelta(seconds=self.background_timeout))
+        self._bg_broken: str | None = None  # why the backgrounds are out of step (one did not arrive in time)
+        self._journal = RankJournal(self.spool)
+        self._repo_key = target_key(self.target)
         self.companions = [Path(c).resolve() for c in companions]
         self._files_dir = self.spool / "model-files"
         self.stalls: list[float] = []
@@ -314,8 +357,85 @@ class RankedCheckpointer(Checkpointer):
         shared: list[Any] = [self._published]
         dist.broadcast_object_list(shared, src=0, group=self._ctl)
         self._published = dict(shared[0])
+        self._recover()  # (queues the jobs the journals can finish: the background runs them first)
         self._thread = threading.Thread(target=self._work, name="hubckpt-ranks", daemon=True)
         self._thread.start()
+
+    # -- finishing what a killed run left (the journals) ---------------------------------------------------
+
+    def _recover(self) -> None:
+        """Collective (constructor): the ranks exchange the jobs their journals hold written but not finished;
+        a job every rank holds completely (same repo, world size, step, layout) is queued to be finished in
+        the background (upload again, then rank 0's commit unless the hub has it); the others are dropped,
+        with a log line saying why (training redoes those steps)."""
+        import shutil
+
+        import torch.distributed as dist
+
+        pending = {p.job: p for p in self._journal.pending(self._repo_key)}
+        mine = {
+            job: [*p.key(), p.complete(self.spool / job), p.record.get("commit") is not None]
+            for job, p in pending.items()
+        }
+        everyone: list[Any] = [None] * self.world
+        self._collective(
+            lambda: dist.all_gather_object(everyone, mine, group=self._ctl), "the jobs their journals hold"
+        )
+        finish, dropped = decide(everyone)
+        for job, why in dropped.items():
+            if job in pending:
+                logger.warning(
+                    "rank %d: not finishing %s of %s from the journal: %s", self.rank, job, self.repo_id, why
+                )
+                self._journal.finished(job, self._repo_key, "dropped", why)
+                shutil.rmtree(self.spool / job, ignore_errors=True)
+        self._journal.compact()
+        for job in finish:
+            logger.info("rank %d: finishing %s of %s from the journal (a run was killed)", self.rank, job, self.repo_id)
+            self._jobs.put((_Recover(pending[job]),))
+
+    def _finish_recovered(self, pending: Pending) -> None:
+        """Background: a journal's job, uploaded again and committed (or found on the hub); never raises."""
+        import shutil
+
+        record = pending.record
+        folder = self.spool / pending.job
+        files = {str(f["path"]): folder / str(f["path"]) for f in record.get("files") or []}
+        expected = {str(f["path"]): str(f["sha256"]) for f in record.get("files") or []}
+        outcome, why = "published", ""
+        try:
+            commit, held = self._finish(pending.job, folder, files, expected, None, record.get("commit"))
+        except RankMismatchError as e:  # the ranks lost each other again: left for the next run
+            logger.error(
+                "rank %d: could not finish %s of %s from the journal (left in it for the next run): %s",
+                self.rank,
+                pending.job,
+                self.repo_id,
+                e,
+            )
+            return
+        except Exception as e:  # noqa: BLE001 - said here; the re-run's training redoes the step
+            outcome, why = "failed", f"{type(e).__name__}: {e}"
+            logger.error(
+                "rank %d: could not finish %s of %s from the journal (training redoes that step): %s",
+                self.rank,
+                pending.job,
+                self.repo_id,
+                why,
+            )
+        else:
+            self._published[pending.step] = pending.job
+            logger.info(
+                "rank %d: %s of %s finished from the journal: %s%s",
+                self.rank,
+                pending.job,
+                self.repo_id,
+                commit,
+                " (the hub had it already)" if held else "",
+            )
+        self._journal.finished(pending.job, self._repo_key, outcome, why)
+        self._journal.compact()
+        shutil.rmtree(folder, ignore_errors=True)
 
     # -- what is published -----------------------------------------------------------------------------
 
@@ -368,13 +488,7 @@ class RankedCheckpointer(Checkpointer):
         import torch.distributed as dist
 
         everyone: list[Any] = [None] * self.world
-        try:
-            dist.all_gather_object(everyone, error, group=self._bg)
-        except Exception as e:  # noqa: BLE001 - a dead peer: the same clear error on every rank
-            raise RankMismatchError(
-                f"{self.repo_id}: rank {self.rank} could not reach the other ranks' background (a rank ended or "
-                f"died): {e}"
-            ) from e
+        self._bg_call(lambda: dist.all_gather_object(everyone, error, group=self._bg), "to start the save")
         errors = [e for e in everyone if e]
         if errors:
             raise PublishError(
@@ -514,6 +628,8 @@ class RankedCheckpointer(Checkpointer):
             raise HubConfigError("This Checkpointer is closed; create a new one.")
         if self.every and step % self.every and not final:
             return None
+        if self._bg_broken is not None:  # (a save could not be published: say so now, not after a capture)
+            raise RankMismatchError(self._bg_broken)
         try:
             json.dumps(extra)
         except (TypeError, ValueError) as e:
@@ -617,6 +733,12 @@ class RankedCheckpointer(Checkpointer):
             if item is None:
                 self._jobs.task_done()
                 return
+            if isinstance(item[0], _Recover):
+                try:
+                    self._finish_recovered(item[0].pending)
+                finally:
+                    self._jobs.task_done()
+                continue
             if isinstance(item[0], _CaptureFailed):
                 failed = item[0]
                 try:
@@ -634,7 +756,12 @@ class RankedCheckpointer(Checkpointer):
                     if agreement is not None:
                         self._settle(agreement)
                     self._handshake(None)
-                    layout = self._ensure_layout(signature, tied)
+                    try:
+                        layout = self._ensure_layout(signature, tied)
+                    except RankMismatchError as e:
+                        if e.__cause__ is None:  # the ranks hold other tensors: said alike on every rank
+                            raise
+                        raise self._out_of_step("to exchange the state's layout", e.__cause__) from e
                 except BaseException:
                     self._pool.release(staging_set)
                     raise
@@ -692,6 +819,61 @@ class RankedCheckpointer(Checkpointer):
                 full[i.name] = value
         return full
 
+    def _bg_call(self, fn: Any, what: str) -> None:
+        """One collective of the background's group. A rank whose background does not arrive within
+        `background_timeout` (stuck, or gone) makes it raise `RankMismatchError` here; the backgrounds are out
+        of step after that, so every later save of this Checkpointer fails at once (`save()` raises)."""
+        if self._bg_broken is not None:
+            raise RankMismatchError(self._bg_broken)
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - a timeout or a dead peer: the same clear error on every rank
+            raise self._out_of_step(what, e) from e
+
+    def _out_of_step(self, what: str, e: BaseException) -> RankMismatchError:
+        """The backgrounds are out of step for good (a collective of theirs failed): the error to raise."""
+        if self._bg_broken is None:
+            self._bg_broken = (
+                f"{self.repo_id}: the ranks' background work is out of step since rank {self.rank} waited in vain "
+                f"for the other ranks' backgrounds {what}; this Checkpointer publishes nothing more. Close it, and "
+                "create a new Checkpointer on every rank (or restart the job: Checkpointer.restore() resumes from "
+                "the latest revision)."
+            )
+        return RankMismatchError(
+            f"{self.repo_id}: rank {self.rank} waited up to background_timeout={self.background_timeout:g}s "
+            f"for the other ranks' backgrounds {what}: a rank's background is stuck, or a rank ended or died: {e}"
+        )
+
+    def _together(self, fn: Any, what: str) -> list[tuple[str | None, Any]]:
+        """Run `fn` on this rank (a helper thread) while every rank runs its own; return every rank's
+        (error, value), the same on every rank. The backgrounds exchange a heartbeat every `HEARTBEAT_S`
+        meanwhile, so the time `fn` takes (an upload, a commit waiting for the hub's budget: bounded by the
+        hub requests' own timeouts) is not held against `background_timeout`; a background that stops
+        answering is."""
+        import torch
+        import torch.distributed as dist
+
+        box: list[tuple[str | None, Any]] = []
+
+        def run() -> None:
+            try:
+                box.append((None, fn()))
+            except Exception as e:  # noqa: BLE001 - told to every rank
+                box.append((f"rank {self.rank}: {type(e).__name__}: {e}", None))
+
+        helper = threading.Thread(target=run, name="hubckpt-ranks-io", daemon=True)
+        helper.start()
+        while True:
+            helper.join(HEARTBEAT_S)
+            mine = torch.tensor([0 if helper.is_alive() else 1], dtype=torch.int64)
+            flags = [torch.empty_like(mine) for _ in range(self.world)]
+            self._bg_call(lambda flags=flags, mine=mine: dist.all_gather(flags, mine, group=self._bg), what)
+            if all(int(f) for f in flags):
+                break
+        everyone: list[Any] = [None] * self.world
+        self._bg_call(lambda: dist.all_gather_object(everyone, box[0], group=self._bg), what)
+        return everyone
+
     def _publish(
         self,
         job: dict,
@@ -703,22 +885,30 @@ class RankedCheckpointer(Checkpointer):
     ) -> PublishedRevision:
         import shutil
 
-        import torch.distributed as dist
         from safetensors.torch import save_file
 
         from ..conversion.training_state import save_state
-        from ..hub.uploaded import upload_files
+        from ..errors import HubckptError
+        from ..hub.uploaded import sha256_file
         from .pipeline import PublishedRevision
 
         try:
             full = self._assemble(layout, staged)
+        except HubckptError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a gather that failed (a peer gone or stuck): out of step
+            raise self._out_of_step("to send their slices", e) from e
         finally:
             self._pool.release(staging_set)  # the slices are sent: the buffers may take the next capture
-        folder = self.spool / job["name"]
+        name = job["name"]
+        folder = self.spool / name
         shutil.rmtree(folder, ignore_errors=True)
-        outcome: tuple[str | None, list[UploadedFile]] = (None, [])
+        files: dict[str, Path] = {}
+        hashes: dict[str, tuple[str, int]] = {}
+        parts: dict[str, Any] | None = None
+        error: str | None = None
+        written = False
         try:
-            files: dict[str, Path] = {}
             for group in ("model", "optimizer"):
                 mine = layout.files(group).get(self.rank)
                 if mine is None:
@@ -731,50 +921,113 @@ class RankedCheckpointer(Checkpointer):
             for path in save_state(state["rng"], rng_dir, f"rng-rank-{self.rank:05d}"):
                 files[path.relative_to(folder).as_posix()] = path
             del full
-            outcome = (None, upload_files(self.target, files))
-            fault("ranks.after_upload")
-        except Exception as e:  # noqa: BLE001 - told to every rank below
-            outcome = (f"rank {self.rank}: {type(e).__name__}: {e}", [])
-        everyone: list[Any] = [None] * self.world
-        dist.all_gather_object(everyone, outcome, group=self._bg)
-        errors = [err for err, _ in everyone if err]
-        result: list[Any] = [None]
-        if errors:
-            result = [("error", f"{job['name']} of {self.repo_id} was not published: " + "; ".join(errors))]
-        elif self.rank == 0:
-            try:
-                uploaded = [f for _, ups in everyone for f in ups]
-                result = [("ok", self._commit(job, layout, uploaded, state, groups, folder))]
-            except Exception as e:  # noqa: BLE001 - broadcast to every rank
-                logger.exception("committing %s", job["name"])
-                result = [("error", f"{job['name']} of {self.repo_id} was not published: {type(e).__name__}: {e}")]
-        if not errors:
-            dist.broadcast_object_list(result, src=0, group=self._bg)
+            hashes = {rel: (sha256_file(path), path.stat().st_size) for rel, path in files.items()}
+            if self.rank == 0:
+                parts = self._prepare(job, layout, state, groups, folder)
+            small = [folder / COMMIT_FOLDER / str(f["path"]) for f in (parts or {}).get("small", [])]
+            fsync_files([*files.values(), *small])
+            self._journal.written(
+                name,
+                repo=self._repo_key,
+                world=self.world,
+                rank=self.rank,
+                step=job["step"],
+                layout=layout_digest(layout.to_json()),
+                files=[{"path": rel, "sha256": sha, "size": size} for rel, (sha, size) in sorted(hashes.items())],
+                commit=parts,
+            )
+            written = True
+            fault("ranks.after_write")
+        except Exception as e:  # noqa: BLE001 - told to every rank by the first exchange of _finish
+            error = f"rank {self.rank}: {type(e).__name__}: {e}"
+            logger.debug("rank %d: writing %s", self.rank, name, exc_info=True)
+        expected = {rel: sha for rel, (sha, _) in hashes.items()}
+        try:
+            commit, skipped = self._finish(name, folder, files, expected, error, parts, hashes=hashes)
+        except RankMismatchError as e:
+            # The ranks lost each other (one died, or is stuck): whether every rank recorded this job is not
+            # known here, so it stays in the journal, its files with it; the next Checkpointer on every rank
+            # (a re-run) finishes it if every rank did.
+            if written:
+                raise RankMismatchError(
+                    f"{e} ({name}: this rank's files stay recorded in its journal; the next Checkpointer on every "
+                    "rank finishes the revision if every rank recorded its files)"
+                ) from e
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        except Exception as e:
+            if written:
+                self._journal.finished(name, self._repo_key, "failed", f"{type(e).__name__}: {e}")
+                self._journal.compact()
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self._journal.finished(name, self._repo_key, "published")
+        self._journal.compact()  # (only unfinished jobs stay: the journal does not grow with the run)
         shutil.rmtree(folder, ignore_errors=True)
-        kind, value = result[0]
-        if kind == "error":
-            raise PublishError(value)
-        commit, skipped = value
-        return PublishedRevision(
-            self.repo_id, job["name"], job["step"], {target_key(self.target): commit}, skipped=skipped
-        )
+        return PublishedRevision(self.repo_id, name, job["step"], {target_key(self.target): commit}, skipped=skipped)
 
-    def _commit(
-        self, job: dict, layout: Layout, uploaded: list[UploadedFile], state: dict, groups: list, folder: Path
+    def _finish(
+        self,
+        name: str,
+        folder: Path,
+        files: dict[str, Path],
+        expected: dict[str, str],
+        error: str | None,
+        parts: dict[str, Any] | None,
+        *,
+        hashes: dict[str, tuple[str, int]] | None = None,
     ) -> tuple[str, bool]:
-        """Rank 0: the revision's small files, its one commit, the index and retention."""
+        """Every rank uploads its files of revision `name` (written, or left by a killed run), then rank 0
+        commits the revision (`parts`: what it recorded for that); (commit, whether the hub had it already)."""
+        from ..hub.uploaded import upload_files
+
+        def upload() -> list[UploadedFile]:
+            if error is not None:
+                raise PublishError(error)
+            uploaded = upload_files(self.target, files, hashes=hashes)
+            for u in uploaded:
+                if expected.get(u.path) != u.sha256:
+                    raise PublishError(
+                        f"{folder / u.path} has sha256 {u.sha256}, not the {expected.get(u.path)} recorded in the "
+                        "journal: the spool was changed or damaged"
+                    )
+            fault("ranks.after_upload")
+            return uploaded
+
+        everyone = self._together(upload, "while uploading")
+        errors = [err for err, _ in everyone if err]
+        if errors:
+            raise PublishError(f"{name} of {self.repo_id} was not published: " + "; ".join(errors))
+        fault("ranks.after_exchange")
+        uploaded = [f for _, ups in everyone for f in ups]
+
+        def commit() -> tuple[str, bool] | None:
+            if self.rank != 0:
+                return None
+            if parts is None:
+                raise PublishError("rank 0 holds no record of the revision's small files")
+            try:
+                return self._commit(parts, uploaded, folder)
+            except Exception:
+                logger.exception("committing %s of %s", name, self.repo_id)
+                raise
+
+        result = self._together(commit, "while rank 0 commits")[0]
+        if result[0] is not None:
+            raise PublishError(f"{name} of {self.repo_id} was not published: {result[0]}")
+        return tuple(result[1])
+
+    def _prepare(self, job: dict, layout: Layout, state: dict, groups: list, folder: Path) -> dict[str, Any]:
+        """Rank 0: the revision's small files in `folder/commit` and everything else its commit needs (the
+        manifest but its list of files, which the other ranks' uploads complete): what the journal records,
+        so a re-run can commit the revision without the live state. JSON only."""
         import hashlib
 
-        from ..cards import render_revision_card
         from ..conversion.training_state import save_state
-        from ..formats.manifest import MANIFEST_FILE, _versions, dumps, manifest_digest
+        from ..formats.manifest import _versions
         from ..formats.numbers import encode_number
-        from ..hub.uploaded import operation
-        from . import stages
-        from .journal import JobRecord
-        from .layout import CARD_FILE
 
-        small = folder / "commit"
+        small = folder / COMMIT_FOLDER
         small.mkdir(parents=True, exist_ok=True)
         for f in [*sorted(self._files_dir.glob("*.json")), *self.companions]:
             (small / f.name).write_bytes(f.read_bytes())
@@ -808,7 +1061,6 @@ class RankedCheckpointer(Checkpointer):
             for p in sorted(small.rglob("*"))
             if p.is_file()
         ]
-        listed += [{"path": u.path, "sha256": u.sha256, "size": u.size} for u in uploaded]
         dtypes: dict[str, int] = {}
         for i in weights:
             dtypes[i.dtype] = dtypes.get(i.dtype, 0) + 1
@@ -838,35 +1090,49 @@ class RankedCheckpointer(Checkpointer):
                 ]
             ),
             "ranks": {"format": RANKS_FORMAT, **layout.to_json()},
-            "files": sorted(listed, key=lambda f: str(f["path"])),
+            "files": [],  # (listed at the commit: these small files and every rank's uploads)
             "skipped": [],
             "versions": _versions(),
         }
+        captured = {
+            "revision": job["name"],
+            "step": job["step"],
+            "final": job["final"],
+            "metrics": job["metrics"],
+            "epoch": job["epoch"],
+            "tokens": job["tokens"],
+            "captured_at": _now(),
+        }
+        parts = {"name": job["name"], "step": job["step"], "captured": captured, "manifest": manifest, "small": listed}
+        return json.loads(json.dumps(parts))  # what the journal holds is what the commit uses, live or re-run
+
+    def _commit(self, parts: dict[str, Any], uploaded: list[UploadedFile], folder: Path) -> tuple[str, bool]:
+        """Rank 0: the revision's one commit (of `_prepare`'s small files and every rank's uploads), the
+        index and retention; (commit, whether the hub had this revision with this content already)."""
+        from ..cards import render_revision_card
+        from ..formats.manifest import MANIFEST_FILE, dumps, manifest_digest
+        from ..hub.uploaded import operation
+        from . import stages
+        from .journal import JobRecord
+        from .layout import CARD_FILE
+
+        small = folder / COMMIT_FOLDER
+        name, step = parts["name"], parts["step"]
+        listed = [*parts["small"], *[u.to_json() for u in uploaded]]
+        manifest = {**parts["manifest"], "files": sorted(listed, key=lambda f: str(f["path"]))}
         (small / MANIFEST_FILE).write_bytes(dumps(manifest))
         digest = manifest_digest(manifest)
         target, run = self.target, self._run_ctx
-        record = JobRecord(
-            f"{job['step']:012d}-{job['name']}",
-            captured={
-                "revision": job["name"],
-                "step": job["step"],
-                "final": job["final"],
-                "metrics": job["metrics"],
-                "epoch": job["epoch"],
-                "tokens": job["tokens"],
-                "captured_at": _now(),
-            },
-            manifest_sha256=digest,
-        )
+        record = JobRecord(f"{step:012d}-{name}", captured=dict(parts["captured"]), manifest_sha256=digest)
         view = stages.read_view(target)
-        held = view.holds(job["name"], digest)
+        held = view.holds(name, digest)
         if held is not None:  # the same content again (a re-run): nothing to commit
             return held, True
-        stages.refuse_collision(view.index, target, job["name"], digest)
+        stages.refuse_collision(view.index, target, name, digest)
         earlier = [
             r
             for r in view.index.revisions
-            if r.step is not None and r.step < job["step"] and not r.pruned and r.name in view.branches
+            if r.step is not None and r.step < step and not r.pruned and r.name in view.branches
         ]
         info = stages.revision_info(record.captured, manifest, commit=None)
         card = render_revision_card(
@@ -880,10 +1146,10 @@ class RankedCheckpointer(Checkpointer):
             options=run.options.card,
         ).encode()
         commit = target.commit_revision(
-            job["name"],
+            name,
             small,
             start_from=earlier[-1].name if earlier else "main",
-            message=f"Checkpoint {job['name']} (step {job['step']}, {self.world} ranks)",
+            message=f"Checkpoint {name} (step {step}, {self.world} ranks)",
             manifest_sha256=digest,
             extra_files={CARD_FILE: card},
             uploaded=[operation(u) for u in uploaded],
@@ -891,7 +1157,7 @@ class RankedCheckpointer(Checkpointer):
         fault("ranks.after_commit")
         updated = stages.index(run, target, record, manifest, commit, small, replace=False)
         stages.retain(run, target, updated, has_config=(small / "config.json").is_file())
-        logger.info("published %s of %s from %d ranks: %s", job["name"], self.repo_id, self.world, commit)
+        logger.info("published %s of %s from %d ranks: %s", name, self.repo_id, self.world, commit)
         return commit, False
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -921,7 +1187,7 @@ class RankedCheckpointer(Checkpointer):
         so a rank may `os._exit` right after."""
         if self._closed:
             return
-        if self._broken is None:  # out of step (said by the call that found it): only this rank's own work
+        if self._broken is None and self._bg_broken is None:  # out of step (said already): only this rank's work
             self._agree(("close", None, self.repo_id))
         self._closed = True
         try:

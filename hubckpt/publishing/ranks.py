@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import HubConfigError, PublishError, PublishFailedError, RankMismatchError
 from ..faults import fault
 from ..sharding import Box, box_numel, box_shape, box_slices, dtensor_box, row_range, unwrap
-from .checkpointer import LOOP_FORMAT, Checkpointer, class_name, model_files
+from .checkpointer import LOOP_FORMAT, Checkpointer, class_name, model_files, publish_options
 from .jobs import target_key
 from .staging import StagingPool, StagingSet
 
@@ -381,13 +381,10 @@ class RankedCheckpointer(Checkpointer):
 
         from ..names import split_repo_id
         from .jobs import default_spool
-        from .options import PublishOptions
         from .publisher import hub_targets
         from .stages import Run
 
         split_repo_id(repo_id)
-        if every is not None and every < 1:
-            raise HubConfigError(f"every must be a positive number of steps, got {every}")
         if staging_sets < 1:
             raise HubConfigError(f"staging_sets must be at least 1, got {staging_sets}")
         world = distributed_world()
@@ -400,9 +397,7 @@ class RankedCheckpointer(Checkpointer):
         self.every = every
         self.background = "thread"
         self.rank_timeout = float(rank_timeout)
-        given = {"hub": hub, "monitor": monitor, "mode": mode}
-        options = publisher_options.pop("options", None) or PublishOptions()
-        options = options.replace(**{k: v for k, v in given.items() if v is not None}, **publisher_options)
+        options = publish_options(every, hub=hub, monitor=monitor, mode=mode, **publisher_options)
         self.options = options
         targets = hub_targets(repo_id, options.hubs, token=options.token, root=options.root, private=options.private)
         if len(targets) > 1:

@@ -211,7 +211,7 @@ def _check_hub(tmp_path: Path, repo_id: str, hub: str, api, world: int) -> dict:
     assert sorted(got_opt) == sorted(want_opt) and all(torch.equal(got_opt[k], want_opt[k]) for k in want_opt)
     manifest = json.loads(Path(api.hf_hub_download(repo_id, "checkpoint.json", revision="step-0000002")).read_text())
     assert manifest["ranks"]["world_size"] == world
-    return manifest["ranks"]["tensors"]
+    return manifest["ranks"]
 
 
 @pytest.mark.slow
@@ -226,10 +226,13 @@ def test_tensor_parallel_revisions_hold_the_full_state_and_restore_into_fsdp2_an
     _same(tmp_path, "3-uninterrupted", "3-resumed")
     _same(tmp_path, "saved-2", "restored-2-into-fsdp")
     _same(tmp_path, "saved-3", "restored-3-into-tp")
-    tensors = _check_hub(tmp_path, repo_id, local_hub.url, api, 2)
+    ranks = _check_hub(tmp_path, repo_id, local_hub.url, api, 2)
+    tensors = ranks["tensors"]
     o_proj = tensors["model.layers.0.self_attn.o_proj.weight"]  # Shard(1): a part per rank, recorded as such
-    assert o_proj["rows"] is None and [p["ranks"] for p in o_proj["parts"]] == [[0], [1]]
-    assert o_proj["parts"][1]["box"] == [[[0, 32]], [[16, 32]]]
+    parts = ranks["layouts"][o_proj["layout"]]
+    assert o_proj["rows"] is None and [p["ranks"] for p in parts] == [[0], [1]]
+    assert parts[1]["box"] == [[[0, 32]], [[16, 32]]]
+    assert tensors["model.layers.1.self_attn.o_proj.weight"]["layout"] == o_proj["layout"]  # one entry for both
     assert tensors["model.layers.0.self_attn.q_proj.weight"]["rows"] == [16, 16]  # Shard(0): rows, as before
 
 

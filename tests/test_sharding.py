@@ -167,10 +167,15 @@ def test_the_owners_assemble_every_tensor_exactly_each_part_sent_once(mesh):
     assert sum(sent) == distributed  # no replica sent twice, nothing whole sent at all
     doc = layout.to_json()
     if mesh == "fsdp":  # the first published layout keeps its format: rows per rank
-        assert all(t["rows"] is not None and "parts" not in t for n, t in doc["tensors"].items() if n != "plain")
+        assert all(t["rows"] is not None and "layout" not in t for n, t in doc["tensors"].items() if n != "plain")
+        assert "layouts" not in doc
     if mesh == "hsdp":
         entry = next(t for n, t in doc["tensors"].items() if n != "plain")
-        assert entry["rows"] is None and [p["ranks"] for p in entry["parts"]] == [[0, 2], [1, 3]]
+        assert entry["rows"] is None and [p["ranks"] for p in doc["layouts"][entry["layout"]]] == [[0, 2], [1, 3]]
+    if mesh != "fsdp":  # tensors of the same shape and placements share one recorded layout
+        assert len(doc["layouts"]) == len(
+            {str(i.parts()) for i in layout.items if i.boxes is not None and i.rows is None}
+        )
 
 
 def test_parts_that_overlap_or_leave_a_gap_are_refused():

@@ -116,6 +116,49 @@ def _gathered(model, opt, out: Path, tag: str) -> None:
         save_file(flat, str(out / f"{tag}-optimizer.safetensors"))
 
 
+def _count_reads() -> dict:
+    """Counts the tensor bytes this process reads by Range from the hub (safetensors headers left out)."""
+    import threading
+
+    from hubckpt.hub.reader import HubReader
+
+    counted = {"bytes": 0}
+    inside = threading.local()
+    header, read_range = HubReader.safetensors_header, HubReader.read_range
+
+    def header_(self, *args, **kwargs):
+        inside.on = True
+        try:
+            return header(self, *args, **kwargs)
+        finally:
+            inside.on = False
+
+    def read_range_(self, path, revision, start, end):
+        raw, total = read_range(self, path, revision, start, end)
+        if not getattr(inside, "on", False):
+            counted["bytes"] += len(raw)
+        return raw, total
+
+    HubReader.safetensors_header, HubReader.read_range = header_, read_range_  # type: ignore[method-assign]
+    return counted
+
+
+def _needed(model, opt) -> int:
+    """The bytes a restore should read on this rank: of each tensor (weights, optimizer state), the rows that
+    cover this rank's part (all of it for a plain tensor)."""
+    import math
+
+    seen, total = set(), 0
+    values = [*model.state_dict().values(), *(t for st in opt.state.values() for t in st.values())]
+    for v in values:
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        rows = getattr(v, "_local_tensor", v).shape[0] if v.dim() else 1
+        total += rows * math.prod(v.shape[1:]) * v.element_size()
+    return total
+
+
 def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
     import logging
 
@@ -128,7 +171,8 @@ def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     first, second = ("tp", "fsdp") if mode == "tp" else ("fsdp+tp", "hsdp")
-    seen: dict = {"placements": {}}
+    seen: dict = {"placements": {}, "read": {}}
+    counted = _count_reads()
 
     # Saved with the first layout (a step, another step uninterrupted), then resumed on the same layout.
     model, opt = _build(first, 0)
@@ -147,7 +191,9 @@ def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
     # Restored into the second layout, which saves the next step.
     model, opt = _build(second, 5)
     seen["placements"][second] = sorted({str(p.placements) for p in model.parameters() if hasattr(p, "placements")})
+    before = counted["bytes"]
     hubckpt.restore(repo, step=2, model=model, optimizer=opt, hub=hub)
+    seen["read"][second] = [counted["bytes"] - before, _needed(model, opt)]
     _gathered(model, opt, out, f"restored-2-into-{second}")
     _train(model, opt, 1, 3)
     ckpt = hubckpt.Checkpointer(repo, model=model, optimizer=opt, hub=hub, rank_timeout=60)
@@ -157,7 +203,9 @@ def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
 
     # ...and that step restored into the first layout.
     model, opt = _build(first, 6)
+    before = counted["bytes"]
     hubckpt.restore(repo, step=3, model=model, optimizer=opt, hub=hub)
+    seen["read"][first] = [counted["bytes"] - before, _needed(model, opt)]
     _gathered(model, opt, out, f"restored-3-into-{first}")
     (out / f"rank-{rank}.json").write_text(json.dumps(seen))
     dist.barrier()
@@ -185,6 +233,14 @@ def _same(tmp_path: Path, a: str, b: str) -> None:
         assert sorted(got) == sorted(want), (a, b, suffix)
         for k in want:
             assert torch.equal(got[k], want[k]), (a, b, k)
+
+
+def _check_reads(seen: list[dict]) -> None:
+    """Each rank read by Range exactly the rows covering its parts: for dim-0 shards (FSDP2, HSDP, ColwiseParallel)
+    its part and nothing more; for a part cut on dim 1 (RowwiseParallel) the whole rows that cover it."""
+    for s in seen:
+        for layout, (read, needed) in s["read"].items():
+            assert read == needed, (s["placements"], layout, read, needed)
 
 
 def _check_hub(tmp_path: Path, repo_id: str, hub: str, api, world: int) -> dict:
@@ -223,6 +279,7 @@ def test_tensor_parallel_revisions_hold_the_full_state_and_restore_into_fsdp2_an
     seen = _launch(tmp_path, repo_id, local_hub.url, "tp", 2)
     assert seen[0]["placements"]["tp"] == ["(Shard(dim=0),)", "(Shard(dim=1),)"]
     assert all(s["resumed"] is True for s in seen)
+    _check_reads(seen)
     _same(tmp_path, "3-uninterrupted", "3-resumed")
     _same(tmp_path, "saved-2", "restored-2-into-fsdp")
     _same(tmp_path, "saved-3", "restored-3-into-tp")
@@ -244,6 +301,7 @@ def test_two_dimensional_meshes_fsdp2_over_tp_and_hsdp_restore_into_each_other(t
     seen = _launch(tmp_path, repo_id, local_hub.url, "2d", 4)
     assert "(_StridedShard(dim=0, sf=2), Shard(dim=0))" in seen[0]["placements"]["fsdp+tp"]
     assert seen[0]["placements"]["hsdp"] == ["(Replicate(), Shard(dim=0))"]
+    _check_reads(seen)
     _same(tmp_path, "3-uninterrupted", "3-resumed")
     _same(tmp_path, "saved-2", "restored-2-into-hsdp")
     _same(tmp_path, "saved-3", "restored-3-into-fsdp+tp")

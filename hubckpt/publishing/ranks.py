@@ -39,6 +39,7 @@ hub (`hub=`) is published to.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -122,7 +123,7 @@ class Item:
     boxes: list[Box | None] | None = None  # the part each rank holds (`sharding.py`); None: every rank, whole
     owner: int = 0
 
-    @property
+    @functools.cached_property
     def itemsize(self) -> int:
         import torch
 
@@ -174,6 +175,7 @@ class Layout:
     _plans: dict[int, tuple[list[tuple[Item, list[tuple[int, Box]]]], list[int]]] = field(
         default_factory=dict, repr=False
     )
+    _json: dict[str, Any] | None = field(default=None, repr=False)
 
     def files(self, group: str) -> dict[int, str]:
         """owner rank → its file of `group` (owners without tensors of the group have none)."""
@@ -209,8 +211,10 @@ class Layout:
         dim, the runs [start, stop) of global indices) with the ranks holding it. Tensors with the same parts
         (every layer's q_proj, a weight and its optimizer moments) share one entry, so the file stays small at
         1,024 ranks. Neither is set for a tensor every rank holds whole."""
+        if self._json is not None:  # (the same layout serves every save until the state's tensors change)
+            return self._json
         tensors: dict[str, Any] = {}
-        layouts: dict[str, int] = {}
+        layouts: dict[tuple, int] = {}
         listed: list[Any] = []
         for i in self.items:
             entry: dict[str, Any] = {
@@ -221,19 +225,21 @@ class Layout:
                 "owner": i.owner,
             }
             if i.boxes is not None and entry["rows"] is None:  # any other layout: each part and its holders
-                parts = [
-                    {"box": [[list(run) for run in runs] for runs in box], "ranks": holders}
-                    for box, holders in i.parts().items()
-                ]
-                key = json.dumps(parts)
+                key = tuple(i.boxes)
                 if key not in layouts:
                     layouts[key] = len(listed)
-                    listed.append(parts)
+                    listed.append(
+                        [
+                            {"box": [[list(run) for run in runs] for runs in box], "ranks": holders}
+                            for box, holders in i.parts().items()
+                        ]
+                    )
                 entry["layout"] = layouts[key]
             tensors[i.name] = entry
         doc: dict[str, Any] = {"world_size": self.world, "tensors": tensors, "tied": self.tied}
         if listed:
             doc["layouts"] = listed
+        self._json = doc
         return doc
 
 

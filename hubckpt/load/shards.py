@@ -5,10 +5,15 @@
 The revision holds full tensors: the weights in `model-0000k-of-0000n.safetensors`, the optimizer state
 as full tensors keyed `<parameter FQN>.<state key>` in `training_state/optimizer-0000k-of-0000n.safetensors`
 (`training_state/optimizer.json`: param groups named by FQN, and which file holds which tensor), each
-rank's RNG in `training_state/rng-rank-R`, the loop state in `training_state/loop`. Each rank reads only
-the byte ranges of its own slices: dim-0 shards (FSDP2's `fully_shard`) of a row-major tensor are one
-contiguous range of its bytes (HTTP Range reads, `lazy.py`); replicated parameters (DDP, a plain model)
-are read whole. So a revision saved on 2 ranks restores on 1, 2 or 3.
+rank's RNG in `training_state/rng-rank-R`, the loop state in `training_state/loop`. So a revision saved on
+any world size, with any layout, restores into any other: what each rank needs is its part of each full tensor,
+its box (`sharding.py`: any DTensor placements on any mesh; `Partial` is refused with `HubConfigError`).
+Each rank reads only byte ranges of its own part (HTTP Range reads, `lazy.py`): a part of whole dim-0 rows
+(FSDP2's `fully_shard`, ColwiseParallel's Shard(0)) is one contiguous range of the tensor's bytes; a part cut
+on another dim (RowwiseParallel's Shard(1)) is read as the rows that cover it, one range per run of rows
+(`_StridedShard`: several), then sliced, so such a rank reads more bytes than it keeps (for Shard(1) on
+n ranks, n times its part). Replicated parameters (DDP, a plain model, tensor parallel's plain norms)
+are read whole. The part is the same on the same layout and world size, so that restore is bit-exact.
 
 The revision is resolved once, on rank 0, and its commit broadcast, so every rank reads the same one.
 Everything is read and checked before anything changes; a parameter-name or shape mismatch raises
@@ -22,9 +27,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import RestoreError, StateMismatchError
+from ..sharding import Box, as_bytes, box_shape, box_slices, byte_shape, dtensor_box, unwrap
 
 if TYPE_CHECKING:
     import torch
@@ -56,13 +63,6 @@ def _all(value: Any, group: Any) -> list[Any]:
     return out
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module whose state dict names the parameters (DDP's `module`; FSDP2 keeps the names)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 def under_ranks(model: Any) -> bool:
     """Whether restoring into `model` is collective: a process group of several ranks, or DTensor parameters."""
     import torch.distributed as dist
@@ -76,14 +76,13 @@ def under_ranks(model: Any) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def _local(value: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    from torch.distributed.tensor import DTensor, Shard
+def _local(value: torch.Tensor, name: str) -> tuple[torch.Tensor, Box | None]:
+    """(this rank's local tensor of `value`, its box of the full tensor: None for all of it)."""
+    from torch.distributed.tensor import DTensor
 
     if isinstance(value, DTensor):
-        placements = value.placements
-        sharded = len(placements) == 1 and isinstance(placements[0], Shard) and placements[0].dim == 0
-        return value.to_local(), sharded
-    return value, False
+        return value.to_local(), dtensor_box(value, name)
+    return value, None
 
 
 def restore_shards(
@@ -155,38 +154,52 @@ def restore_shards(
                 f"{repo_id}@{name} does not fit this model ({len(listed)} differences): " + "; ".join(listed[:20]),
                 listed,
             )
-        rows_of = {k: (_local(v)[0].shape[0] if _local(v)[1] else None) for k, v in targets.items()}
-        everyone = _all(rows_of, group)
 
-        def read(
-            meta_file: str, start: int, dtype: Any, shape: tuple, full_shape: tuple, key: str | None
-        ) -> torch.Tensor:
-            """This rank's rows of the tensor at byte `start` of `meta_file` (all of them for `key` None or a
-            replicated tensor): one contiguous byte range."""
-            rows = None if key is None else everyone[rank][key]
-            row_bytes = torch.empty((), dtype=dtype).element_size()
-            for d in full_shape[1:]:
-                row_bytes *= d
-            if rows is None:
-                first, count = 0, full_shape[0] if full_shape else 1
+        def read(meta_file: str, start: int, dtype: Any, full_shape: tuple, box: Box | None, key: str) -> torch.Tensor:
+            """This rank's part (`box`; None: all) of the tensor at byte `start` of `meta_file`, by Range reads:
+            whole dim-0 rows (FSDP2) are one contiguous range; any other part is read as the rows covering each
+            of its dim-0 runs (one range a run), then sliced on the other dims."""
+            item = torch.empty((), dtype=dtype).element_size()
+            row_bytes = item * math.prod(full_shape[1:])
+            if box is None:
+                runs: tuple[tuple[int, int], ...] = ((0, full_shape[0]),) if full_shape else ((0, 1),)
             else:
-                first, count = sum(everyone[r][key] for r in range(rank)), rows  # (key is not None here)
-            n = count * row_bytes
-            out = torch.empty(shape, dtype=dtype)
-            if n:
+                runs = box[0]
+            out = torch.empty(box_shape(box) if box is not None else full_shape, dtype=dtype)
+            flat = out.reshape(-1).view(torch.uint8)
+            whole_rows = box is None or all(r == ((0, n),) for r, n in zip(box[1:], full_shape[1:]))
+            at = 0
+            for first, stop in runs:
+                n = (stop - first) * row_bytes
+                if not n:
+                    continue
                 raw, _ = lazy.rev.reader.read_range(
                     meta_file, commit, start + first * row_bytes, start + first * row_bytes + n
                 )
                 if len(raw) != n:
                     raise RestoreError(f"{repo_id}@{name}/{meta_file}: {key}: read {len(raw)} bytes, expected {n}")
-                out.view(-1).view(torch.uint8)[:] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+                got = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+                if whole_rows:
+                    flat[at : at + n] = got
+                    at += n
+                    continue
+                assert box is not None
+                rows = got.reshape(byte_shape((stop - first, *full_shape[1:]), item))
+                sub = ((0, stop - first),), *box[1:]
+                piece = torch.empty(box_shape(sub), dtype=dtype)
+                target = as_bytes(piece)
+                for src, into in box_slices(sub, item):
+                    target[into] = rows[src]
+                flat[at : at + piece.numel() * item] = piece.reshape(-1).view(torch.uint8)
+                at += piece.numel() * item
             return out
 
         weights: dict[str, torch.Tensor] = {}
+        boxes: dict[str, Box | None] = {}
         for key, value in targets.items():
             meta = lazy.meta(key)
-            local, _ = _local(value)
-            weights[key] = read(meta.file, meta.start, meta.torch_dtype, tuple(local.shape), tuple(meta.shape), key)
+            boxes[key] = _local(value, key)[1]
+            weights[key] = read(meta.file, meta.start, meta.torch_dtype, tuple(meta.shape), boxes[key], key)
 
         opt_state: dict[str, Any] | None = None
         parts: list[str] = []
@@ -213,11 +226,13 @@ def restore_shards(
                 full_shape = tuple(entry["shape"])
                 from torch.distributed.tensor import DTensor
 
-                sharded = isinstance(param, DTensor) and full_shape == tuple(param.shape) and _local(param)[1]
-                local_shape = tuple(_local(param)[0].shape) if sharded else full_shape
+                # A DTensor parameter's state of its own shape is a DTensor of its layout (any placements): this
+                # rank reads its part. Other state (a step count) is read whole.
+                distributed = isinstance(param, DTensor) and full_shape == tuple(param.shape)
+                box = _local(param, fqn)[1] if distributed else None
                 start = data_start + entry["data_offsets"][0]
-                value = read(file, start, dtype, local_shape, full_shape, fqn if sharded else None)
-                if sharded:
+                value = read(file, start, dtype, full_shape, box, tensor_name)
+                if distributed:
                     dparam = cast(Any, param)
                     value = DTensor.from_local(
                         value,
@@ -246,7 +261,7 @@ def restore_shards(
     # -- apply: everything was read and checked
     with torch.no_grad():
         for key, value in targets.items():
-            _local(value)[0].copy_(weights[key])
+            _local(value, key)[0].copy_(weights[key])
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)  # type: ignore[union-attr]
     if sched is not None:
@@ -280,4 +295,4 @@ def _dtype(name: str) -> Any:
     return torch_dtype(name)
 
 
-__all__ = ["restore_shards", "under_ranks", "unwrap"]
+__all__ = ["restore_shards", "under_ranks"]

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 
     from ..hub.writer import HubTarget
     from ..load.restore import Restored
+    from .options import PublishOptions
     from .pipeline import PublishedRevision
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,21 @@ class CapturePublisher(Protocol):
     def abort(self) -> None:
         """Stop without waiting (the training loop failed); what was handed over stays in the journal."""
         ...
+
+
+def publish_options(
+    every: int | None, *, hub: Any, monitor: Any, mode: Any, **publisher_options: Any
+) -> PublishOptions:
+    """The `PublishOptions` a Checkpointer's arguments make (single- and multi-rank alike): `options=` (or the
+    defaults) with the given `hub` / `monitor` / `mode` (None: as `options` says) and the other fields; `every`
+    is checked here too."""
+    from .options import PublishOptions
+
+    if every is not None and every < 1:
+        raise HubConfigError(f"every must be a positive number of steps, got {every}")
+    given = {"hub": hub, "monitor": monitor, "mode": mode}
+    options = publisher_options.pop("options", None) or PublishOptions()
+    return options.replace(**{k: v for k, v in given.items() if v is not None}, **publisher_options)
 
 
 class Checkpointer:
@@ -174,13 +190,10 @@ class Checkpointer:
         publish_mb_per_s: float | str | None = "auto",
         **publisher_options: Any,
     ) -> None:
-        from .options import PublishOptions
         from .process.parent import PublisherProcess
         from .publisher import Publisher
         from .shared_memory import SharedAllocator, shared_memory_supported
 
-        if every is not None and every < 1:
-            raise HubConfigError(f"every must be a positive number of steps, got {every}")
         if background is None:
             background = "process" if shared_memory_supported() else "thread"
         if background not in ("process", "thread"):
@@ -218,9 +231,7 @@ class Checkpointer:
                 )
         for key in ("rank_timeout", "background_timeout"):  # (multi-rank only: the same script runs on one process)
             publisher_options.pop(key, None)
-        given = {"hub": hub, "monitor": monitor, "mode": mode}  # None: as `options` (or its default) says
-        options = publisher_options.pop("options", None) or PublishOptions()
-        options = options.replace(**{k: v for k, v in given.items() if v is not None}, **publisher_options)
+        options = publish_options(every, hub=hub, monitor=monitor, mode=mode, **publisher_options)
         # With a publishing process this process's own threads only copy and queue: nothing to lower.
         self._thread_nice = thread_nice = 0 if background == "process" else nice
         # The staging buffers are allocated and touched (page faults) on a background thread while the

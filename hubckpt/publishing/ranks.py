@@ -10,15 +10,19 @@ rank calls them in the same order, with the same step. What happens for one save
    exchange is done by the end of the capture, else from the background before anything is sent (the
    Future, `wait()`, `close()`). A rank that does not come within `rank_timeout` seconds makes the others
    raise it too (never a hang); the Checkpointer is then out of step and says so at once on every later call.
-2. **capture** (training thread): each rank copies only its local shards (a DTensor's local tensor; a
-   replicated / DDP model: its whole copy) into reused staging buffers. Training resumes.
+2. **capture** (training thread): each rank copies only its local shards (a DTensor's local tensor, of any
+   placements on any device mesh: FSDP2, tensor parallel, both on a 2-D mesh, HSDP, uneven shards; a
+   replicated / DDP model: its whole copy) into reused staging buffers, and notes which part of each full
+   tensor it holds (its box, `sharding.py`: cached, metadata only). Training resumes.
 3. **split** (background thread): the parameters (and optimizer state tensors, keyed by parameter name) are
    assigned to ranks in groups balanced by bytes, once (again when the state's tensors change), from
-   metadata every rank exchanges in the background. For each owner,
-   the other ranks send their slices of its group in one `gather` (gloo, on a second group of ours, so the
-   background never shares a group with the training thread); the owner assembles the full values. Dim-0
-   slices of a row-major tensor, in rank order, are contiguous bytes of the full tensor. No rank ever holds
-   more than its own group in full.
+   metadata every rank exchanges in the background (each rank's box of each tensor; the distinct parts must
+   tile the tensor). For each owner, the other ranks send their parts of its group in one `gather` (gloo, on
+   a second group of ours, so the background never shares a group with the training thread): each distinct
+   part once, by one of the ranks holding it (replicas take turns; the owner sends nothing it holds itself
+   over the wire); the owner assembles the full values (`assemble`). Whole dim-0 rows of a row-major tensor
+   (FSDP2's shards) are contiguous bytes of the full tensor: one copy each; other parts are copied by their
+   runs. No rank ever holds more than its own group in full.
 4. **write and record**: each owner writes `model-0000k-of-0000n.safetensors` (and
    `training_state/optimizer-0000k-of-0000n.safetensors`), every rank its own `training_state/rng-rank-R`
    files, into its own spool folder (`<spool>/rank-0000R-of-0000W/<revision>/`), hashing them; rank 0 also
@@ -61,6 +65,7 @@ saying why, and redone by training. `restore()` waits for that first, so the lat
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -75,8 +80,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import HubConfigError, PublishError, PublishFailedError, RankMismatchError
 from ..faults import fault
-from ..load.shards import unwrap
-from .checkpointer import LOOP_FORMAT, Checkpointer, class_name, model_files
+from ..sharding import Box, box_numel, box_shape, box_slices, dtensor_box, row_range, unwrap
+from .checkpointer import LOOP_FORMAT, Checkpointer, class_name, model_files, publish_options
 from .jobs import target_key
 from .rank_journal import COMMIT_FOLDER, Pending, RankJournal, decide, fsync_files, layout_digest
 from .staging import StagingPool, StagingSet
@@ -142,31 +147,62 @@ class Item:
     group: str  # "model" or "optimizer"
     shape: tuple[int, ...]  # full shape
     dtype: str
-    rows: list[int] | None = None  # dim-0 rows each rank holds (Shard(0)); None: every rank has it whole
+    boxes: list[Box | None] | None = None  # the part each rank holds (`sharding.py`); None: every rank, whole
     owner: int = 0
+
+    @functools.cached_property
+    def itemsize(self) -> int:
+        import torch
+
+        return torch.empty((), dtype=getattr(torch, self.dtype)).element_size()
 
     @property
     def row_bytes(self) -> int:
-        import torch
-
-        n = 1
-        for d in self.shape[1:]:
-            n *= d
-        return n * torch.empty((), dtype=getattr(torch, self.dtype)).element_size()
+        return math.prod(self.shape[1:]) * self.itemsize
 
     @property
     def nbytes(self) -> int:
-        return (self.shape[0] if self.shape else 1) * self.row_bytes
+        return math.prod(self.shape) * self.itemsize
+
+    @property
+    def rows(self) -> list[int] | None:
+        """Rows per rank when the ranks hold consecutive dim-0 blocks in rank order (FSDP2's `fully_shard` on
+        one mesh: the first layout hubckpt published, recorded as `rows`); else None."""
+        if self.boxes is None:
+            return None
+        rows, at = [], 0
+        for box in self.boxes:
+            if box is not None and not box_numel(box):
+                rows.append(0)
+                continue
+            span = row_range(box, self.shape)
+            if span is None or span[0] != at:
+                return None
+            rows.append(span[1] - span[0])
+            at = span[1]
+        return rows if at == self.shape[0] else None
+
+    def parts(self) -> dict[Box, list[int]]:
+        """Each distinct non-empty part and the ranks holding it (replicas: several), in rank order."""
+        held: dict[Box, list[int]] = {}
+        for r, box in enumerate(self.boxes or []):
+            if box is not None and box_numel(box):
+                held.setdefault(box, []).append(r)
+        return held
 
 
 @dataclass
 class Layout:
-    """Which rank owns (writes) which tensor; the same on every rank."""
+    """Which rank owns (writes) which tensor, and who sends it which part; the same on every rank."""
 
     world: int
     items: list[Item]
     tied: dict[str, str] = field(default_factory=dict)  # alias left out → name kept
     signature: tuple = ()
+    _plans: dict[int, tuple[list[tuple[Item, list[tuple[int, Box]]]], list[int]]] = field(
+        default_factory=dict, repr=False
+    )
+    _json: dict[str, Any] | None = field(default=None, repr=False)
 
     def files(self, group: str) -> dict[int, str]:
         """owner rank → its file of `group` (owners without tensors of the group have none)."""
@@ -175,15 +211,63 @@ class Layout:
         prefix = "model" if group == "model" else "training_state/optimizer"
         return {r: f"{prefix}-{k + 1:05d}-of-{n:05d}.safetensors" for k, r in enumerate(owners)}
 
+    def plan(self, owner: int) -> tuple[list[tuple[Item, list[tuple[int, Box]]]], list[int]]:
+        """What `owner` receives: for each tensor it owns and does not hold whole, each part once, with the
+        rank that sends it (the owner itself where it holds that part, else one of its holders, taken in turn
+        from tensor to tensor so that replicas share the sending); and the bytes each rank sends it."""
+        if owner in self._plans:
+            return self._plans[owner]
+        plan: list[tuple[Item, list[tuple[int, Box]]]] = []
+        sizes = [0] * self.world
+        for k, item in enumerate(self.items):
+            if item.owner != owner or item.boxes is None or item.boxes[owner] is None:
+                continue
+            parts = []
+            for box, holders in item.parts().items():
+                sender = owner if owner in holders else holders[k % len(holders)]
+                parts.append((sender, box))
+                sizes[sender] += box_numel(box) * item.itemsize
+            plan.append((item, parts))
+        self._plans[owner] = (plan, sizes)
+        return plan, sizes
+
     def to_json(self) -> dict[str, Any]:
-        return {
-            "world_size": self.world,
-            "tensors": {
-                i.name: {"group": i.group, "shape": list(i.shape), "dtype": i.dtype, "rows": i.rows, "owner": i.owner}
-                for i in self.items
-            },
-            "tied": self.tied,
-        }
+        """checkpoint.json's `ranks`: per tensor its group, shape, dtype and owner, and which part each rank held:
+        `rows` (rows per rank, in rank order) for consecutive dim-0 blocks (FSDP2 on one mesh: the format of the
+        first multi-rank revisions, kept), else `layout`, an index into `layouts`: each distinct part (`box`: per
+        dim, the runs [start, stop) of global indices) with the ranks holding it. Tensors with the same parts
+        (every layer's q_proj, a weight and its optimizer moments) share one entry, so the file stays small at
+        1,024 ranks. Neither is set for a tensor every rank holds whole."""
+        if self._json is not None:  # (the same layout serves every save until the state's tensors change)
+            return self._json
+        tensors: dict[str, Any] = {}
+        layouts: dict[tuple, int] = {}
+        listed: list[Any] = []
+        for i in self.items:
+            entry: dict[str, Any] = {
+                "group": i.group,
+                "shape": list(i.shape),
+                "dtype": i.dtype,
+                "rows": i.rows,
+                "owner": i.owner,
+            }
+            if i.boxes is not None and entry["rows"] is None:  # any other layout: each part and its holders
+                key = tuple(i.boxes)
+                if key not in layouts:
+                    layouts[key] = len(listed)
+                    listed.append(
+                        [
+                            {"box": [[list(run) for run in runs] for runs in box], "ranks": holders}
+                            for box, holders in i.parts().items()
+                        ]
+                    )
+                entry["layout"] = layouts[key]
+            tensors[i.name] = entry
+        doc: dict[str, Any] = {"world_size": self.world, "tensors": tensors, "tied": self.tied}
+        if listed:
+            doc["layouts"] = listed
+        self._json = doc
+        return doc
 
 
 _KINDS = ("save", "close")
@@ -215,9 +299,6 @@ class _Recover:
     pending: Pending
 
 
-_MESH_RANKS: dict[int, list[int]] = {}  # id(device mesh) → its ranks in order (read once: slow to compute)
-
-
 def _local_tensor(value: Any) -> torch.Tensor:
     """A DTensor's local tensor, detached: its `_local_tensor` where it has one (what `to_local()` returns, read
     without `to_local()`'s autograd function: ~8 µs a tensor, 2.5 ms a save for a 300-tensor state)."""
@@ -227,30 +308,102 @@ def _local_tensor(value: Any) -> torch.Tensor:
     return local.detach()
 
 
-def _local(value: torch.Tensor, world: int, name: str) -> tuple[torch.Tensor, bool]:
-    """(this rank's part of `value`, whether it is a dim-0 shard)."""
-    from torch.distributed.tensor import DTensor, Replicate, Shard
+def _local(value: torch.Tensor, name: str) -> tuple[torch.Tensor, Box | None]:
+    """(this rank's part of `value`, which part of the full tensor that is: None for all of it). Any DTensor
+    placement on any mesh (`sharding.py`); `Partial` is refused with `HubConfigError`."""
+    from torch.distributed.tensor import DTensor
 
     if not isinstance(value, DTensor):
-        return value.detach(), False
-    placements = value.placements
-    if all(isinstance(p, Replicate) for p in placements):
-        return _local_tensor(value), False
-    mesh = value.device_mesh
-    ranks = _MESH_RANKS.get(id(mesh))
-    if ranks is None:
-        ranks = _MESH_RANKS[id(mesh)] = mesh.mesh.flatten().tolist()
-    if (
-        len(placements) == 1
-        and isinstance(placements[0], Shard)
-        and placements[0].dim == 0
-        and ranks == list(range(world))
-    ):
-        return _local_tensor(value), True
-    raise HubConfigError(
-        f"{name}: hubckpt publishes DTensors sharded on dim 0 over all ranks in rank order (FSDP2's "
-        f"fully_shard on one mesh) or replicated; this one has placements {placements} on ranks {ranks}."
-    )
+        return value.detach(), None
+    return _local_tensor(value), dtensor_box(value, name)
+
+
+def build_layout(world: int, everyone: list[tuple], tied: dict[str, str], signature: tuple = ()) -> Layout:
+    """The layout from every rank's signature ((name, group, shape, dtype, box) per tensor): the same tensors on
+    every rank, their parts tiling each tensor (every element held, each distinct part once), owners balanced
+    by bytes (deterministic: every rank computes the same)."""
+    names = [tuple(x[:4]) for x in everyone[0]]
+    for r, theirs in enumerate(everyone):
+        if [tuple(x[:4]) for x in theirs] != names:
+            diff = sorted(set(map(str, names)) ^ set(str(tuple(x[:4])) for x in theirs))[:5]
+            raise RankMismatchError(
+                f"rank {r} holds other tensors (names, shapes or dtypes) than rank 0: {', '.join(diff)}"
+            )
+    items = []
+    for k, (name, group, shape, dtype) in enumerate(names):
+        boxes: list[Box | None] | None = [theirs[k][4] for theirs in everyone]
+        if boxes is not None and all(b is None for b in boxes):
+            boxes = None
+        elif boxes is not None:  # a rank holding it whole holds the one part that is all of it
+            whole = tuple(((0, n),) for n in shape)
+            boxes = [whole if b is None else b for b in boxes]
+        item = Item(name, group, tuple(shape), dtype, boxes)
+        if boxes is not None:
+            held = sum(box_numel(b) for b in item.parts())
+            if held != math.prod(shape):
+                raise HubConfigError(
+                    f"{name}: the ranks' distinct parts hold {held} elements of its {math.prod(shape)} "
+                    f"(shape {tuple(shape)}): they overlap or leave a gap, so hubckpt cannot put the tensor together"
+                )
+        items.append(item)
+    loads = [0] * world
+    for item in sorted(items, key=lambda i: (-i.nbytes, i.name)):  # balanced by bytes, deterministic
+        item.owner = min(range(world), key=lambda r: (loads[r], r))
+        loads[item.owner] += item.nbytes
+    return Layout(world, items, dict(tied), signature)
+
+
+def pack(plan: list[tuple[Item, list[tuple[int, Box]]]], rank: int, staged: dict[str, torch.Tensor], size: int) -> Any:
+    """The bytes `rank` sends to an owner (`Layout.plan`): its part of each tensor it is the sender of, in
+    order, in a buffer of `size` bytes (every rank's the same size, for one gather)."""
+    import torch
+
+    send = torch.empty(size, dtype=torch.uint8)
+    at = 0
+    for item, parts in plan:
+        if any(sender == rank for sender, _ in parts):
+            part = staged[item.name].contiguous().reshape(-1).view(torch.uint8)
+            send[at : at + part.numel()] = part
+            at += part.numel()
+    return send
+
+
+def assemble(
+    layout: Layout, owner: int, staged: dict[str, torch.Tensor], received: list[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """`owner`'s tensors in full: those it holds whole copied from its own `staged` parts, the others put
+    together from the bytes each rank sent it (`received[r]`, in `Layout.plan(owner)` order). A part of whole
+    dim-0 rows is one contiguous copy; any other part is copied by its runs on a byte view."""
+    import torch
+
+    from ..sharding import as_bytes, byte_shape
+
+    full: dict[str, torch.Tensor] = {}
+    plans = {id(item): parts for item, parts in layout.plan(owner)[0]}
+    cursor = [0] * layout.world
+    for item in layout.items:
+        if item.owner != owner:
+            continue
+        parts = plans.get(id(item))
+        if parts is None:  # whole here
+            full[item.name] = staged[item.name].clone()
+            continue
+        value = torch.empty(item.shape, dtype=getattr(torch, item.dtype))
+        for sender, box in parts:
+            n = box_numel(box) * item.itemsize
+            raw = received[sender][cursor[sender] : cursor[sender] + n]
+            cursor[sender] += n
+            rows = row_range(box, item.shape)
+            if rows is not None:  # the fast path: contiguous bytes of the full tensor
+                flat = value.reshape(-1).view(torch.uint8)
+                flat[rows[0] * item.row_bytes : rows[1] * item.row_bytes] = raw
+                continue
+            local = raw.reshape(byte_shape(box_shape(box), item.itemsize))
+            target = as_bytes(value)
+            for into, src in box_slices(box, item.itemsize):
+                target[into] = local[src]
+        full[item.name] = value
+    return full
 
 
 class RankedCheckpointer(Checkpointer):
@@ -288,13 +441,10 @@ class RankedCheckpointer(Checkpointer):
 
         from ..names import split_repo_id
         from .jobs import default_spool
-        from .options import PublishOptions
         from .publisher import hub_targets
         from .stages import Run
 
         split_repo_id(repo_id)
-        if every is not None and every < 1:
-            raise HubConfigError(f"every must be a positive number of steps, got {every}")
         if staging_sets < 1:
             raise HubConfigError(f"staging_sets must be at least 1, got {staging_sets}")
         world = distributed_world()
@@ -311,9 +461,7 @@ class RankedCheckpointer(Checkpointer):
         for what, value in (("rank_timeout", self.rank_timeout), ("background_timeout", self.background_timeout)):
             if not (math.isfinite(value) and value > 0):
                 raise HubConfigError(f"{what} must be a positive number of seconds, got {value!r}")
-        given = {"hub": hub, "monitor": monitor, "mode": mode}
-        options = publisher_options.pop("options", None) or PublishOptions()
-        options = options.replace(**{k: v for k, v in given.items() if v is not None}, **publisher_options)
+        options = publish_options(every, hub=hub, monitor=monitor, mode=mode, **publisher_options)
         self.options = options
         targets = hub_targets(repo_id, options.hubs, token=options.token, root=options.root, private=options.private)
         if len(targets) > 1:
@@ -465,21 +613,12 @@ class RankedCheckpointer(Checkpointer):
         return tensors, tied, groups
 
     def _signature(
-        self, tensors: dict[str, tuple[str, torch.Tensor]], locals_: dict[str, tuple[torch.Tensor, bool]]
+        self, tensors: dict[str, tuple[str, torch.Tensor]], locals_: dict[str, tuple[torch.Tensor, Box | None]]
     ) -> tuple:
         """This rank's view of the state's layout (metadata only, on the training thread)."""
         mine = []
         for name, (group, value) in tensors.items():
-            local, sharded = locals_[name]
-            mine.append(
-                (
-                    name,
-                    group,
-                    tuple(value.shape),
-                    str(value.dtype).removeprefix("torch."),
-                    local.shape[0] if sharded else None,
-                )
-            )
+            mine.append((name, group, tuple(value.shape), str(value.dtype).removeprefix("torch."), locals_[name][1]))
         return tuple(mine)
 
     def _handshake(self, error: str | None) -> None:
@@ -511,25 +650,7 @@ class RankedCheckpointer(Checkpointer):
                 f"{self.repo_id}: rank {self.rank} could not exchange the state's layout with the other ranks "
                 f"(a rank ended or died): {e}"
             ) from e
-        names = [tuple(x[:4]) for x in everyone[0]]
-        for r, theirs in enumerate(everyone):
-            if [tuple(x[:4]) for x in theirs] != names:
-                diff = sorted(set(map(str, names)) ^ set(str(tuple(x[:4])) for x in theirs))[:5]
-                raise RankMismatchError(
-                    f"rank {r} holds other tensors (names, shapes or dtypes) than rank 0: {', '.join(diff)}"
-                )
-        items = []
-        for k, (name, group, shape, dtype) in enumerate(names):
-            rows_per_rank = [theirs[k][4] for theirs in everyone]
-            rows = None if rows_per_rank[0] is None else [int(x) for x in rows_per_rank]
-            if rows is not None and sum(rows) != shape[0]:
-                raise HubConfigError(f"{name}: the ranks' dim-0 shards add up to {sum(rows)} rows, not {shape[0]}")
-            items.append(Item(name, group, tuple(shape), dtype, rows))
-        loads = [0] * self.world
-        for item in sorted(items, key=lambda i: (-i.nbytes, i.name)):  # balanced by bytes, deterministic
-            item.owner = min(range(self.world), key=lambda r: (loads[r], r))
-            loads[item.owner] += item.nbytes
-        self._layout = Layout(self.world, items, dict(tied), signature)
+        self._layout = build_layout(self.world, everyone, tied, signature)
         return self._layout
 
     # -- saving (training thread) ------------------------------------------------------------------
@@ -653,7 +774,7 @@ class RankedCheckpointer(Checkpointer):
                 return done
         try:
             tensors, tied, groups = self._state()
-            locals_ = {name: _local(value, self.world, name) for name, (_, value) in tensors.items()}
+            locals_ = {name: _local(value, name) for name, (_, value) in tensors.items()}
             signature = self._signature(tensors, locals_)
             staging_set = self._pool.acquire()  # waits while every set is still being sent (backpressure)
             try:
@@ -716,7 +837,7 @@ class RankedCheckpointer(Checkpointer):
         spec = {}
         for name, (g, value) in tensors.items():
             if g == group:
-                local = _local(value, self.world, name)[0]
+                local = _local(value, name)[0]
                 spec[name] = (tuple(local.shape), local.dtype, False)
         return spec
 
@@ -779,44 +900,25 @@ class RankedCheckpointer(Checkpointer):
                 self._jobs.task_done()
 
     def _assemble(self, layout: Layout, staged: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The full values of the tensors this rank owns, from every rank's slices (one gather per owner)."""
+        """The full values of the tensors this rank owns, from every rank's parts (one gather per owner; each
+        distinct part sent once, by one of the ranks holding it: `Layout.plan`)."""
         import torch
         import torch.distributed as dist
 
         full: dict[str, torch.Tensor] = {}
         for owner in range(self.world):
-            owned = [i for i in layout.items if i.owner == owner]
-            sharded = [i for i in owned if i.rows is not None]
-            sizes = [sum((i.rows or [])[r] * i.row_bytes for i in sharded) for r in range(self.world)]
-            longest = max(sizes) if sizes else 0
+            plan, sizes = layout.plan(owner)
+            longest = max(sizes)
+            received: list[torch.Tensor] = []
             if longest:
-                send = torch.zeros(longest, dtype=torch.uint8)
-                at = 0
-                for i in sharded:
-                    part = staged[i.name].contiguous().reshape(-1).view(torch.uint8)
-                    send[at : at + part.numel()] = part
-                    at += part.numel()
+                send = pack(plan, self.rank, staged, longest)
                 if self.rank == owner:
                     received = [torch.empty(longest, dtype=torch.uint8) for _ in range(self.world)]
                     dist.gather(send, received, dst=owner, group=self._bg)
                 else:
                     dist.gather(send, None, dst=owner, group=self._bg)
-            if self.rank != owner:
-                continue
-            cursor = [0] * self.world
-            for i in owned:
-                if i.rows is None:
-                    full[i.name] = staged[i.name].clone()
-                    continue
-                value = torch.empty(i.shape, dtype=getattr(torch, i.dtype))
-                flat = value.reshape(-1).view(torch.uint8)
-                at = 0
-                for r, rows in enumerate(i.rows):
-                    n = rows * i.row_bytes
-                    flat[at : at + n] = received[r][cursor[r] : cursor[r] + n]
-                    cursor[r] += n
-                    at += n
-                full[i.name] = value
+            if self.rank == owner:
+                full.update(assemble(layout, owner, staged, received))
         return full
 
     def _bg_call(self, fn: Any, what: str) -> None:
@@ -1239,4 +1341,12 @@ class RankedCheckpointer(Checkpointer):
         )
 
 
-__all__ = ["RankedCheckpointer", "distributed_world", "wants_ranks", "model_class_name", "unwrap"]
+__all__ = [
+    "RankedCheckpointer",
+    "assemble",
+    "build_layout",
+    "pack",
+    "distributed_world",
+    "model_class_name",
+    "wants_ranks",
+]

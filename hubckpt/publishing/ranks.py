@@ -27,7 +27,7 @@ rank calls them in the same order, with the same step. What happens for one save
    `training_state/optimizer-0000k-of-0000n.safetensors`), every rank its own `training_state/rng-rank-R`
    files, into its own spool folder (`<spool>/rank-0000R-of-0000W/<revision>/`), hashing them; rank 0 also
    the small files (config, index, optimizer groups, loop / scheduler state) and the manifest but for its
-   list of files (`_prepare`). Once they are fsync'd, the rank records them in its journal
+   list of files (`_prepare`). Once the small ones are fsync'd, the rank records them in its journal
    (`rank_journal.py`: path, sha256, size; rank 0 also what it commits).
 5. **upload**: each rank uploads its own files as LFS objects (`hub/uploaded.py`); the ranks exchange what
    each uploaded; if any failed, every rank's save fails with it.
@@ -1027,7 +1027,9 @@ class RankedCheckpointer(Checkpointer):
             if self.rank == 0:
                 parts = self._prepare(job, layout, state, groups, folder)
             small = [folder / COMMIT_FOLDER / str(f["path"]) for f in (parts or {}).get("small", [])]
-            fsync_files([*files.values(), *small])
+            # Only the small files: the tensor files are hashed again by the upload, which refuses one a
+            # machine crash tore (rank_journal's docstring), and fsync'ing them delays every revision.
+            fsync_files(small)
             self._journal.written(
                 name,
                 repo=self._repo_key,

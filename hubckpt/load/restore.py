@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,8 @@ from ..formats.manifest import TRAINING_STATE_DIR
 from ..formats.untrusted import Source, check_type, load_json, printable
 from .download import read_capped
 from .read_into import TensorEntry, read_header, read_tensor, reader_into_fresh_memory
+from .resolve import repo_revisions
+from .restored import Restored
 
 if TYPE_CHECKING:
     import torch
@@ -43,54 +44,12 @@ _HOW_TO_PUBLISH = (
 MAX_LISTED = 20
 
 
-@dataclass
-class Restored:
-    """What `restore` loaded: the training position to continue from.
-
-    Attributes:
-        repo_id: the repo.
-        revision: the revision's name.
-        commit: the commit everything was read at.
-        step: the step it was published at; continue from `step + 1`.
-        epoch: the epoch, if recorded.
-        tokens: tokens seen, if recorded.
-        metrics: the metrics published with it.
-        extra: what `Checkpointer.save(extra=...)` stored (position in the epoch...).
-        parts: the training-state parts restored (`optimizer`, `scheduler`, `scaler`, `rng`...).
-        mismatches: with `strict=False`, what was left out.
-        folder: the downloaded (cached) revision files.
-        rng_restored: for a revision published by several ranks: whether each rank's RNG states were
-            restored (only when the world size matches the one that saved); None otherwise.
-    """
-
-    repo_id: str
-    revision: str
-    commit: str
-    step: int | None
-    epoch: float | None = None
-    tokens: int | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    extra: Any = None
-    parts: list[str] = field(default_factory=list)  # training-state parts restored (optimizer, scheduler, ...)
-    mismatches: list[str] = field(default_factory=list)  # with strict=False: what was left out
-    folder: Path | None = None  # the downloaded (cached) revision files
-    # RNG states restored (None: not a multi-rank revision); across world sizes they are not (load/shards.py)
-    rng_restored: bool | None = None
-
-
-def _revisions(repo_id: str, hub: Any, token: Any):
-    from ..hub.reader import HubReader
-    from .resolve import RepoRevisions
-
-    return RepoRevisions(HubReader(hub, repo_id, token=token))
-
-
 def read_index(repo_id: str, *, hub: Any = None, token: Any = None) -> RevisionIndex | None:
     """The repo's `revisions.json` on `main`, or None when the repo or the index does not exist yet."""
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        return _revisions(repo_id, hub, token).index()
+        return repo_revisions(repo_id, hub=hub, token=token).index()
     except (RepositoryNotFoundError, RevisionNotFoundError):
         return None
 
@@ -113,7 +72,7 @@ def fetch_revision(
     """
     from .download import Downloader
 
-    revisions = _revisions(repo_id, hub, token)
+    revisions = repo_revisions(repo_id, hub=hub, token=token)
     info = revisions.resolve(revision, step=step)
     downloader = Downloader(revisions.reader)
     files = downloader.revision_files(info)

@@ -36,7 +36,7 @@ from ..sharding import Box, as_bytes, box_shape, box_slices, byte_shape, dtensor
 if TYPE_CHECKING:
     import torch
 
-    from .restore import Restored
+    from .restored import Restored
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,8 @@ def restore_shards(
 
     from ..conversion.training_state import load_state, restore_rng
     from .loaders import open_revision
-    from .restore import Restored, _revisions
+    from .resolve import repo_revisions
+    from .restored import Restored
 
     rank, world = _world(group)
     module = unwrap(model)
@@ -111,7 +112,7 @@ def restore_shards(
     found: list[Any] = [None]
     if rank == 0:
         try:
-            info = _revisions(repo_id, hub, token).resolve(revision, step=step)
+            info = repo_revisions(repo_id, hub=hub, token=token).resolve(revision, step=step)
             found = [("ok", info.name, info.commit)]
         except Exception as e:  # noqa: BLE001 - told to every rank
             found = [("error", type(e).__name__, str(e))]

@@ -112,8 +112,9 @@ def _assert_same_run(src: HfApi, dst: HfApi, repo: str, dst_repo: str, src_url: 
         assert dst_tags[tag] == dst_branches[src_name], tag
     src_index = json.loads(_read(src, repo, "revisions.json", "main", tmp_path / "a"))
     dst_index = json.loads(_read(dst, dst_repo, "revisions.json", "main", tmp_path / "b"))
-    for revision in src_index["revisions"]:
-        revision["commit"] = dst_branches[revision["name"]]
+    dst_commits = {r["name"]: r["commit"] for r in dst_index["revisions"]}
+    for revision in src_index["revisions"]:  # a pruned revision has no branch: its copy's commit, unchecked here
+        revision["commit"] = dst_commits[revision["name"]] if revision.get("pruned") else dst_branches[revision["name"]]
     assert dst_index == src_index
     a, b = _files(src, repo, "main"), _files(dst, dst_repo, "main")
     assert set(a) == set(b)
@@ -304,6 +305,29 @@ def test_a_pruned_revision_s_commit_is_copied_without_its_branch(local_hub, dst_
     dst_history = dst.list_repo_commits(repo, revision="step-0000002")
     assert [c.title for c in dst_history] == [c.title for c in src_history] and len(dst_history) == 3
     assert _files(dst, repo, dst_history[1].commit_id).keys() == _files(api, repo, src_history[1].commit_id).keys()
+
+
+def test_a_revision_pruned_at_the_source_after_a_run_loses_its_branch_on_the_target_too(
+    local_hub, dst_hub, api, tmp_path
+):
+    """The target's branch set stays the source's: retention deleted a branch there, the next run deletes its
+    copy (and only that: a branch of the target's own is kept)."""
+    from hubckpt.hub.select import resolve_hub
+    from hubckpt.hub.writer import HubTarget
+    from hubckpt.publishing.maintenance import prune
+    from hubckpt.publishing.policies import Retention
+
+    repo = f"alice/later-pruned-{uuid.uuid4().hex[:6]}"
+    _publish(repo, local_hub.url, tmp_path / "spool", [1, 2, 3])
+    hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url)
+    dst = HfApi(endpoint=dst_hub.url, token="unused")
+    dst.create_branch(repo, branch="mine", revision=_refs(dst, repo)[0]["step-0000001"])  # the target's own
+    assert prune(HubTarget(resolve_hub(local_hub.url), repo), Retention(keep_last=1)).pruned == ["step-0000001"]
+
+    result = hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url)
+    assert result.pruned == ["step-0000001"] and result.commits >= 1
+    dst.delete_branch(repo, branch="mine")
+    _assert_same_run(api, dst, repo, repo, local_hub.url, dst_hub.url, tmp_path)
 
 
 def test_a_source_checkpoint_json_that_lies_about_a_file_s_hash_is_not_believed(local_hub, dst_hub, api, tmp_path):

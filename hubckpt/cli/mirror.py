@@ -65,5 +65,6 @@ def mirror(
         f"{target}: {len(result.copied)} revisions mirrored, {len(result.unchanged)} already there; "
         f"{result.commits} commits, {human_size(result.bytes_downloaded)} copied"
         + (f", tags moved: {', '.join(result.tags_moved)}" if result.tags_moved else "")
+        + (f", pruned (as at the source): {', '.join(result.pruned)}" if result.pruned else "")
         + ("" if result.main_updated else ", main unchanged")
     )

@@ -57,6 +57,7 @@ class MirrorResult:
         commits: commits made on the target (0 when it was up to date).
         bytes_downloaded: bytes read from the source's files (0 when the target had everything).
         tags_moved: tags created or moved on the target.
+        pruned: branches deleted on the target because the source pruned their revisions since an earlier run.
         main_updated: whether `main` (index, card, final files) got commits.
         refused: commits the target refused for its commit budget (429), each then sent again.
         waited_s: seconds spent waiting for the target's commit budget.
@@ -69,6 +70,7 @@ class MirrorResult:
     commits: int = 0
     bytes_downloaded: int = 0
     tags_moved: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
     main_updated: bool = False
     refused: int = 0
     waited_s: float = 0.0
@@ -170,6 +172,7 @@ class _Mirror:
         try:
             self.copy(copier, dst_branches)
             self.move_tags(copier.copied, src_tags, dst_tags)
+            self.retire_pruned(src_branches, dst_branches)
             self.pace.report()
         except Exception as e:
             # What a rerun can get past (a hub that kept refusing or failing, a bad download, the deadline)
@@ -236,6 +239,25 @@ class _Mirror:
             self.dst.delete_branch(staging_branch(name))
         self.result.copied.append(name)
         self.pace.revisions_done += 1
+
+    def retire_pruned(self, src_branches: dict[str, str], dst_branches: dict[str, str]) -> None:
+        """Delete the target's branches of revisions the source pruned since an earlier run.
+
+        Only a branch the source no longer has, which the target's index (the source's, as just mirrored)
+        marks pruned, still at the commit it lists: the test `retain` applies to a publisher's leftovers.
+        A target branch of the user's own is never touched. Idempotent: a run killed before it is finished
+        by the next one. Reads the target's index only when the target has branches the source has not.
+        """
+        gone = [b for b in dst_branches if b not in src_branches and b != MAIN and not is_staging_branch(b)]
+        if not gone:
+            return
+        index, _ = self.dst.reader.index()
+        for name in sorted(gone):
+            info = index.get(name) if index is not None else None
+            if info is not None and info.pruned and info.commit == dst_branches[name]:
+                logger.info("%s: deleting branch %s, pruned at the source", self.dst.describe(), name)
+                self.dst.delete_branch(name)
+                self.result.pruned.append(name)
 
     def move_tags(self, copied: dict[str, str], src_tags: dict[str, str], dst_tags: dict[str, str]) -> None:
         for tag, commit in sorted(src_tags.items()):

@@ -60,7 +60,7 @@ class MirrorResult:
         pruned: branches deleted on the target because the source pruned their revisions since an earlier run.
         main_updated: whether `main` (index, card, final files) got commits.
         refused: commits the target refused for its commit budget (429), each then sent again.
-        waited_s: seconds spent waiting for the target's commit budget.
+        waited_s: seconds spent waiting for the target's commit budget (before a commit, or after a 429).
     """
 
     repo_id: str
@@ -148,6 +148,7 @@ class _Mirror:
         ends_at = None if deadline is None else time.monotonic() + deadline
         self.io = MirrorIO(src, dst, ends_at=ends_at)
         self.pace = Pace(self.io.pacer, progress, lambda: self.io.bytes_done, ends_at=ends_at, target=dst.describe())
+        self.io.on_refused = self.pace.refused  # the retry's wait after a 429, said and counted too
         self.plan = Plan()
 
     def run(self) -> MirrorResult:

@@ -17,6 +17,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,8 @@ class MirrorIO:
         self.lock = threading.Lock()
         self.bytes_done = 0  # bytes read from the source
         self.pacer = CommitPacer()  # the target's commit budget, as its answers tell it
+        # Told the seconds a refused commit (429) will now wait, as the target asks (`mirror_progress.Pace`).
+        self.on_refused: Callable[[float], None] = lambda wait_s: None
         watch_commit_answers()  # now, before prefetching threads use the shared client
 
     def listing(self, side: HubReader, commit: str) -> dict[str, Entry]:
@@ -176,9 +179,11 @@ class MirrorIO:
         """For a 429: learn the budget from it; would waiting as the target asks pass the run's deadline?
         (No deadline: wait, and the pacer spaces the next commits under the budget.)"""
         self.pacer.refused(error)
-        if self.ends_at is None:
-            return False
-        return time.monotonic() + (retry_after(error) or 0.0) > self.ends_at
+        wait = retry_after(error) or 0.0
+        if self.ends_at is not None and time.monotonic() + wait > self.ends_at:
+            return True
+        self.on_refused(wait)
+        return False
 
     def rewrite_card(self, text: str) -> str:
         return retarget_card(

@@ -240,6 +240,30 @@ def test_mirror_killed_midway_completes_each_revision_once(local_hub, dst_hub, a
     assert dst_hub.ctx.stats["lfs_bytes_received"] - before == 2 * weights  # steps 2 and 3 only
 
 
+def test_a_killed_run_s_staging_branch_goes_even_when_its_revision_was_pruned_at_the_source_meanwhile(
+    local_hub, dst_hub, api, tmp_path
+):
+    """Mirroring while training runs with retention: the revision a killed run was copying is pruned at the
+    source before the rerun. No staging branch may stay, and its copied commit is reused, not made again."""
+    from hubckpt.hub.select import resolve_hub
+    from hubckpt.hub.writer import HubTarget
+    from hubckpt.publishing.maintenance import prune
+    from hubckpt.publishing.policies import Retention
+
+    repo = f"alice/killed-pruned-{uuid.uuid4().hex[:6]}"
+    _publish(repo, local_hub.url, tmp_path / "spool", [1, 2, 3])
+    args = ("mirror", repo, "--from", local_hub.url, "--to", dst_hub.url)
+    assert run_cli(*args, env={"HUBCKPT_FAULT": "mirror.committed:kill"}).returncode == -9
+    dst = HfApi(endpoint=dst_hub.url, token="unused")
+    assert STAGING_PREFIX + "step-0000001" in _refs(dst, repo)[0]
+    assert prune(HubTarget(resolve_hub(local_hub.url), repo), Retention(keep_last=1)).pruned == ["step-0000001"]
+
+    hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url)
+    _assert_same_run(api, dst, repo, repo, local_hub.url, dst_hub.url, tmp_path)  # no staging branch left
+    copies = _copies(dst_hub, repo)
+    assert len(copies) == len(set(copies))  # step 1's commit, copied by the killed run, was not copied again
+
+
 def test_a_429_storm_past_the_retries_says_what_was_mirrored_and_a_rerun_continues(
     local_hub, dst_hub, api, tmp_path, monkeypatch
 ):

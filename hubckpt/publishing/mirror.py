@@ -184,8 +184,11 @@ class _Mirror:
         finally:
             self.result.refused, self.result.waited_s = self.io.pacer.refusals, self.pace.waited_s
         self.result.bytes_downloaded = self.io.bytes_done
-        for name in sorted(copier.staging):  # left by a killed run, for a branch that it had finished
-            if name in {staging_branch(r) for r in src_branches}:
+        # Left by a killed run: for a branch it had finished, or for a revision the source pruned since (its
+        # head a copy, so the mirror's own; its commits are in the later revisions' histories now).
+        copies = set(copier.copied.values())
+        for name, head in sorted(copier.staging.items()):
+            if name in {staging_branch(r) for r in src_branches} or head in copies:
                 self.dst.delete_branch(name)
         return self.result
 

@@ -379,6 +379,52 @@ def test_a_source_checkpoint_json_that_lies_about_a_file_s_hash_is_not_believed(
     assert Path(copy).read_bytes() == weights
 
 
+class _ShortCommitIds:
+    """ASGI middleware: a hub whose commit listings give short ids (which it still resolves)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or "/commits/" not in scope["path"]:
+            return await self.app(scope, receive, send)
+        start: dict = {}
+        body = bytearray()
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            body.extend(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            content = bytes(body)
+            if start["status"] == 200:
+                content = json.dumps([{**c, "id": c["id"][:12]} for c in json.loads(content)]).encode()
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(content)).encode())]})
+            await send({"type": "http.response.body", "body": content})
+
+        return await self.app(scope, receive, sending)
+
+
+def test_a_source_whose_commit_ids_are_not_full_ids_is_refused_before_anything_is_copied(dst_hub, tmp_path):
+    """Commit ids from the source are untrusted: a short one (which its hub resolves) made every copy
+    unrecognisable as such, so each run copied the whole history again."""
+    from hubckpt.errors import HubContentError
+    from hubckpt.server import LocalHubServer
+
+    repo = f"alice/short-ids-{uuid.uuid4().hex[:6]}"
+    src_hub = LocalHubServer(tmp_path / "src", port=free_port())
+    src_hub._server.config.app = _ShortCommitIds(src_hub._server.config.app)
+    with src_hub:
+        _publish(repo, src_hub.url, tmp_path / "spool", [1])
+        with pytest.raises(HubContentError, match="not a 40-hex commit id"):
+            hubckpt.mirror(repo, src_hub=src_hub.url, dst_hub=dst_hub.url)
+    dst = HfApi(endpoint=dst_hub.url, token="unused")
+    assert _refs(dst, repo)[0].keys() == {"main"} and _copies(dst_hub, repo) == []
+
+
 def test_a_main_commit_a_revision_was_started_from_is_copied_once_and_shared(local_hub, dst_hub, api, tmp_path):
     repo = f"alice/shared-{uuid.uuid4().hex[:6]}"
     api.create_repo(repo)

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..cards import retarget_card
 from ..errors import IntegrityError
-from ..formats.untrusted import check_repo_path
+from ..formats.untrusted import check_commit, check_repo_path
 from ..hub.budget import CommitPacer, commit_answers, watch_commit_answers
 from ..hub.reader import HubReader
 from ..hub.retries import retry_after, status_of
@@ -52,11 +52,17 @@ class Entry:
 
 
 def history(side: HubReader, branch: str) -> list[Any]:
-    """The commits of `branch`, oldest first (huggingface_hub's `GitCommitInfo`)."""
+    """The commits of `branch`, oldest first (huggingface_hub's `GitCommitInfo`), each id checked to be 40-hex.
+
+    The ids are the mirror's bookkeeping (`Mirrored-From` lines, the revisions steps read and copy): one that
+    is not a full commit id (a short one a hub still resolves, say) would never be recognised as copied."""
     commits = side.retrying(
         lambda: side.api.list_repo_commits(side.repo_id, revision=branch),
         what=f"listing commits of {side.repo_id}@{branch}",
     )
+    source = side.source("(commit history)", branch)
+    for commit in commits:
+        check_commit(commit.commit_id, source)
     return list(reversed(commits))
 
 

@@ -425,6 +425,40 @@ def test_a_source_whose_commit_ids_are_not_full_ids_is_refused_before_anything_i
     assert _refs(dst, repo)[0].keys() == {"main"} and _copies(dst_hub, repo) == []
 
 
+class _TamperedRegularFile:
+    """ASGI middleware: a hub that serves other bytes for one regular file than its listing names."""
+
+    def __init__(self, app, path: str) -> None:
+        self.app, self.path = app, path
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].endswith(f"/{self.path}"):
+            return await self.app(scope, receive, send)
+
+        async def sending(message):
+            if message["type"] == "http.response.body" and message.get("body"):
+                body = message["body"]
+                message = {**message, "body": body[:-1] + (b"X" if body[-1:] != b"X" else b"Y")}  # same length
+            await send(message)
+
+        return await self.app(scope, receive, sending)
+
+
+def test_a_regular_file_whose_bytes_differ_from_the_source_listing_is_not_copied(dst_hub, tmp_path):
+    """Regular files (checkpoint.json, cards, the index) are checked against the listing's git blob id, as LFS
+    files are against its sha256: the target's copy was silently another file than the one listed."""
+    from hubckpt.server import LocalHubServer
+
+    repo = f"alice/tampered-{uuid.uuid4().hex[:6]}"
+    src_hub = LocalHubServer(tmp_path / "src", port=free_port())
+    src_hub._server.config.app = _TamperedRegularFile(src_hub._server.config.app, "checkpoint.json")
+    with src_hub:
+        _publish(repo, src_hub.url, tmp_path / "spool", [1])
+        with pytest.raises(MirrorIncompleteError, match="git blob id of the source's listing"):
+            hubckpt.mirror(repo, src_hub=src_hub.url, dst_hub=dst_hub.url)
+    assert _copies(dst_hub, repo) == []  # nothing committed
+
+
 def test_a_main_commit_a_revision_was_started_from_is_copied_once_and_shared(local_hub, dst_hub, api, tmp_path):
     repo = f"alice/shared-{uuid.uuid4().hex[:6]}"
     api.create_repo(repo)

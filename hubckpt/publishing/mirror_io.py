@@ -122,6 +122,8 @@ class MirrorIO:
             dest.write_text(self.rewrite_card(dest.read_text(encoding="utf-8")), encoding="utf-8")
 
     def download(self, commit: str, entry: Entry, dest: Path, cache: Path) -> None:
+        from huggingface_hub.utils.sha import git_hash
+
         got = Path(
             self.src.retrying(
                 lambda: self.src.api.hf_hub_download(
@@ -130,10 +132,13 @@ class MirrorIO:
                 what=f"downloading {entry.path}@{commit[:12]} of {self.src.repo_id}",
             )
         ).resolve()
-        if entry.sha256 and sha256_file(got) != entry.sha256:
+        # Checked against the source's listing: an LFS file by its sha256, a regular one (a card, the index,
+        # checkpoint.json: small) by its git blob id, so the target's copy is the file the listing names.
+        if (sha256_file(got) != entry.sha256) if entry.sha256 else (git_hash(got.read_bytes()) != entry.oid):
             raise IntegrityError(
-                f"{self.src.repo_id}@{commit[:12]}/{entry.path}: the bytes received do not match the sha256 "
-                "of the source's listing; nothing was committed. Run the mirror again.",
+                f"{self.src.repo_id}@{commit[:12]}/{entry.path}: the bytes received do not match the "
+                f"{'sha256' if entry.sha256 else 'git blob id'} of the source's listing; nothing was committed. "
+                "Run the mirror again.",
                 path=entry.path,
             )
         shutil.move(str(got), dest)

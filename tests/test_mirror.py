@@ -354,6 +354,28 @@ def test_a_revision_pruned_at_the_source_after_a_run_loses_its_branch_on_the_tar
     _assert_same_run(api, dst, repo, repo, local_hub.url, dst_hub.url, tmp_path)
 
 
+def test_a_tag_removed_at_the_source_after_a_run_is_removed_on_the_target_too(local_hub, dst_hub, api, tmp_path):
+    """`hubckpt tag --delete` at the source: the next run deletes the copy of that tag (the target's tag set stays
+    the source's); a tag made on the target itself is kept."""
+    from hubckpt.hub.select import resolve_hub
+    from hubckpt.hub.writer import HubTarget
+    from hubckpt.publishing.maintenance import tag
+
+    repo = f"alice/untagged-{uuid.uuid4().hex[:6]}"
+    _publish(repo, local_hub.url, tmp_path / "spool", [1, 2])
+    src = HubTarget(resolve_hub(local_hub.url), repo)
+    tag(src, "step-0000001", "pick")
+    hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url)
+    dst = HfApi(endpoint=dst_hub.url, token="unused")
+    dst.create_tag(repo, tag="mine", revision=_refs(dst, repo)[0]["step-0000001"])  # the target's own
+    tag(src, "step-0000001", "pick", delete=True)
+
+    result = hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url)
+    assert "pick" not in _refs(dst, repo)[1] and result.tags_deleted == ["pick"]
+    dst.delete_tag(repo, tag="mine")
+    _assert_same_run(api, dst, repo, repo, local_hub.url, dst_hub.url, tmp_path)
+
+
 def test_a_source_checkpoint_json_that_lies_about_a_file_s_hash_is_not_believed(local_hub, dst_hub, api, tmp_path):
     """The source's checkpoint.json is untrusted: the mirror uploads what it verified against the listing."""
     from huggingface_hub import CommitOperationAdd

@@ -57,6 +57,7 @@ class MirrorResult:
         commits: commits made on the target (0 when it was up to date).
         bytes_downloaded: bytes read from the source's files (0 when the target had everything).
         tags_moved: tags created or moved on the target.
+        tags_deleted: tags deleted on the target because the source deleted them since an earlier run.
         pruned: branches deleted on the target because the source pruned their revisions since an earlier run.
         main_updated: whether `main` (index, card, final files) got commits.
         refused: commits the target refused for its commit budget (429), each then sent again.
@@ -70,6 +71,7 @@ class MirrorResult:
     commits: int = 0
     bytes_downloaded: int = 0
     tags_moved: list[str] = field(default_factory=list)
+    tags_deleted: list[str] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
     main_updated: bool = False
     refused: int = 0
@@ -166,6 +168,7 @@ class _Mirror:
                 conflicts=plan.conflicts,
             )
         self.keep_private()
+        self.retire_tags(src_tags, dst_tags)
         copier = Copier(self.io, dict(plan.copied), staging, plan.main_head)
         self.pace.revisions_total, self.pace.commits_total = len(plan.branches), len(plan.steps)
         self.pace.bytes_total = plan.bytes_total
@@ -262,6 +265,26 @@ class _Mirror:
                 logger.info("%s: deleting branch %s, pruned at the source", self.dst.describe(), name)
                 self.dst.delete_branch(name)
                 self.result.pruned.append(name)
+
+    def retire_tags(self, src_tags: dict[str, str], dst_tags: dict[str, str]) -> None:
+        """Delete the target's copies of tags the source deleted since an earlier run, before anything is copied.
+
+        Only a tag at a copy of a source commit that is `best` / `final` or that the target's index (the
+        source's, as last mirrored) lists: a tag the source had. A tag made on the target itself is kept.
+        Done before `main` is copied, while the target's index still lists the tag, so a run killed after
+        it is finished by the next one. Reads the target's index only when the target has tags the source has not.
+        """
+        copies = set(self.plan.copied.values())
+        gone = sorted(t for t, commit in dst_tags.items() if t not in src_tags and commit in copies)
+        if not gone:
+            return
+        index, _ = self.dst.reader.index()
+        listed = set(index.tags) if index is not None else set()
+        for tag in gone:
+            if tag in ("best", "final") or tag in listed:
+                logger.info("%s: deleting tag %s, deleted at the source", self.dst.describe(), tag)
+                self.dst.delete_tag(tag)
+                self.result.tags_deleted.append(tag)
 
     def move_tags(self, copied: dict[str, str], src_tags: dict[str, str], dst_tags: dict[str, str]) -> None:
         for tag, commit in sorted(src_tags.items()):

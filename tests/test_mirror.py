@@ -112,8 +112,9 @@ def _assert_same_run(src: HfApi, dst: HfApi, repo: str, dst_repo: str, src_url: 
         assert dst_tags[tag] == dst_branches[src_name], tag
     src_index = json.loads(_read(src, repo, "revisions.json", "main", tmp_path / "a"))
     dst_index = json.loads(_read(dst, dst_repo, "revisions.json", "main", tmp_path / "b"))
-    for revision in src_index["revisions"]:
-        revision["commit"] = dst_branches[revision["name"]]
+    dst_commits = {r["name"]: r["commit"] for r in dst_index["revisions"]}
+    for revision in src_index["revisions"]:  # a pruned revision has no branch: its copy's commit, unchecked here
+        revision["commit"] = dst_commits[revision["name"]] if revision.get("pruned") else dst_branches[revision["name"]]
     assert dst_index == src_index
     a, b = _files(src, repo, "main"), _files(dst, dst_repo, "main")
     assert set(a) == set(b)
@@ -239,6 +240,30 @@ def test_mirror_killed_midway_completes_each_revision_once(local_hub, dst_hub, a
     assert dst_hub.ctx.stats["lfs_bytes_received"] - before == 2 * weights  # steps 2 and 3 only
 
 
+def test_a_killed_run_s_staging_branch_goes_even_when_its_revision_was_pruned_at_the_source_meanwhile(
+    local_hub, dst_hub, api, tmp_path
+):
+    """Mirroring while training runs with retention: the revision a killed run was copying is pruned at the
+    source before the rerun. No staging branch may stay, and its copied commit is reused, not made again."""
+    from hubckpt.hub.select import resolve_hub
+    from hubckpt.hub.writer import HubTarget
+    from hubckpt.publishing.maintenance import prune
+    from hubckpt.publishing.policies import Retention
+
+    repo = f"alice/killed-pruned-{uuid.uuid4().hex[:6]}"
+    _publish(repo, local_hub.url, tmp_path / "spool", [1, 2, 3])
+    args = ("mirror", repo, "--from", local_hub.url, "--to", dst_hub.url)
+    assert run_cli(*args, env={"HUBCKPT_FAULT": "mirror.committed:kill"}).returncode == -9
+    dst = HfApi(endpoint=dst_hub.url, token="unused")
+    assert STAGING_PREFIX + "step-0000001" in _refs(dst, repo)[0]
+    assert prune(HubTarget(resolve_hub(local_hub.url), repo), Retention(keep_last=1)).pruned == ["step-0000001"]
+
+    hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url)
+    _assert_same_run(api, dst, repo, repo, local_hub.url, dst_hub.url, tmp_path)  # no staging branch left
+    copies = _copies(dst_hub, repo)
+    assert len(copies) == len(set(copies))  # step 1's commit, copied by the killed run, was not copied again
+
+
 def test_a_429_storm_past_the_retries_says_what_was_mirrored_and_a_rerun_continues(
     local_hub, dst_hub, api, tmp_path, monkeypatch
 ):
@@ -306,6 +331,51 @@ def test_a_pruned_revision_s_commit_is_copied_without_its_branch(local_hub, dst_
     assert _files(dst, repo, dst_history[1].commit_id).keys() == _files(api, repo, src_history[1].commit_id).keys()
 
 
+def test_a_revision_pruned_at_the_source_after_a_run_loses_its_branch_on_the_target_too(
+    local_hub, dst_hub, api, tmp_path
+):
+    """The target's branch set stays the source's: retention deleted a branch there, the next run deletes its
+    copy (and only that: a branch of the target's own is kept)."""
+    from hubckpt.hub.select import resolve_hub
+    from hubckpt.hub.writer import HubTarget
+    from hubckpt.publishing.maintenance import prune
+    from hubckpt.publishing.policies import Retention
+
+    repo = f"alice/later-pruned-{uuid.uuid4().hex[:6]}"
+    _publish(repo, local_hub.url, tmp_path / "spool", [1, 2, 3])
+    hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url)
+    dst = HfApi(endpoint=dst_hub.url, token="unused")
+    dst.create_branch(repo, branch="mine", revision=_refs(dst, repo)[0]["step-0000001"])  # the target's own
+    assert prune(HubTarget(resolve_hub(local_hub.url), repo), Retention(keep_last=1)).pruned == ["step-0000001"]
+
+    result = hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url)
+    assert result.pruned == ["step-0000001"] and result.commits >= 1
+    dst.delete_branch(repo, branch="mine")
+    _assert_same_run(api, dst, repo, repo, local_hub.url, dst_hub.url, tmp_path)
+
+
+def test_a_tag_removed_at_the_source_after_a_run_is_removed_on_the_target_too(local_hub, dst_hub, api, tmp_path):
+    """`hubckpt tag --delete` at the source: the next run deletes the copy of that tag (the target's tag set stays
+    the source's); a tag made on the target itself is kept."""
+    from hubckpt.hub.select import resolve_hub
+    from hubckpt.hub.writer import HubTarget
+    from hubckpt.publishing.maintenance import tag
+
+    repo = f"alice/untagged-{uuid.uuid4().hex[:6]}"
+    _publish(repo, local_hub.url, tmp_path / "spool", [1, 2])
+    src = HubTarget(resolve_hub(local_hub.url), repo)
+    tag(src, "step-0000001", "pick")
+    hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url)
+    dst = HfApi(endpoint=dst_hub.url, token="unused")
+    dst.create_tag(repo, tag="mine", revision=_refs(dst, repo)[0]["step-0000001"])  # the target's own
+    tag(src, "step-0000001", "pick", delete=True)
+
+    result = hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url)
+    assert "pick" not in _refs(dst, repo)[1] and result.tags_deleted == ["pick"]
+    dst.delete_tag(repo, tag="mine")
+    _assert_same_run(api, dst, repo, repo, local_hub.url, dst_hub.url, tmp_path)
+
+
 def test_a_source_checkpoint_json_that_lies_about_a_file_s_hash_is_not_believed(local_hub, dst_hub, api, tmp_path):
     """The source's checkpoint.json is untrusted: the mirror uploads what it verified against the listing."""
     from huggingface_hub import CommitOperationAdd
@@ -329,6 +399,86 @@ def test_a_source_checkpoint_json_that_lies_about_a_file_s_hash_is_not_believed(
     assert _files(dst, repo, "step-0000001") == _files(api, repo, "step-0000001")
     copy = dst.hf_hub_download(repo, "model.safetensors", revision="step-0000001", cache_dir=tmp_path / "dl")
     assert Path(copy).read_bytes() == weights
+
+
+class _ShortCommitIds:
+    """ASGI middleware: a hub whose commit listings give short ids (which it still resolves)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or "/commits/" not in scope["path"]:
+            return await self.app(scope, receive, send)
+        start: dict = {}
+        body = bytearray()
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                start.update(message)
+                return
+            body.extend(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            content = bytes(body)
+            if start["status"] == 200:
+                content = json.dumps([{**c, "id": c["id"][:12]} for c in json.loads(content)]).encode()
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(content)).encode())]})
+            await send({"type": "http.response.body", "body": content})
+
+        return await self.app(scope, receive, sending)
+
+
+def test_a_source_whose_commit_ids_are_not_full_ids_is_refused_before_anything_is_copied(dst_hub, tmp_path):
+    """Commit ids from the source are untrusted: a short one (which its hub resolves) made every copy
+    unrecognisable as such, so each run copied the whole history again."""
+    from hubckpt.errors import HubContentError
+    from hubckpt.server import LocalHubServer
+
+    repo = f"alice/short-ids-{uuid.uuid4().hex[:6]}"
+    src_hub = LocalHubServer(tmp_path / "src", port=free_port())
+    src_hub._server.config.app = _ShortCommitIds(src_hub._server.config.app)
+    with src_hub:
+        _publish(repo, src_hub.url, tmp_path / "spool", [1])
+        with pytest.raises(HubContentError, match="not a 40-hex commit id"):
+            hubckpt.mirror(repo, src_hub=src_hub.url, dst_hub=dst_hub.url)
+    dst = HfApi(endpoint=dst_hub.url, token="unused")
+    assert _refs(dst, repo)[0].keys() == {"main"} and _copies(dst_hub, repo) == []
+
+
+class _TamperedRegularFile:
+    """ASGI middleware: a hub that serves other bytes for one regular file than its listing names."""
+
+    def __init__(self, app, path: str) -> None:
+        self.app, self.path = app, path
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "GET" or not scope["path"].endswith(f"/{self.path}"):
+            return await self.app(scope, receive, send)
+
+        async def sending(message):
+            if message["type"] == "http.response.body" and message.get("body"):
+                body = message["body"]
+                message = {**message, "body": body[:-1] + (b"X" if body[-1:] != b"X" else b"Y")}  # same length
+            await send(message)
+
+        return await self.app(scope, receive, sending)
+
+
+def test_a_regular_file_whose_bytes_differ_from_the_source_listing_is_not_copied(dst_hub, tmp_path):
+    """Regular files (checkpoint.json, cards, the index) are checked against the listing's git blob id, as LFS
+    files are against its sha256: the target's copy was silently another file than the one listed."""
+    from hubckpt.server import LocalHubServer
+
+    repo = f"alice/tampered-{uuid.uuid4().hex[:6]}"
+    src_hub = LocalHubServer(tmp_path / "src", port=free_port())
+    src_hub._server.config.app = _TamperedRegularFile(src_hub._server.config.app, "checkpoint.json")
+    with src_hub:
+        _publish(repo, src_hub.url, tmp_path / "spool", [1])
+        with pytest.raises(MirrorIncompleteError, match="git blob id of the source's listing"):
+            hubckpt.mirror(repo, src_hub=src_hub.url, dst_hub=dst_hub.url)
+    assert _copies(dst_hub, repo) == []  # nothing committed
 
 
 def test_a_main_commit_a_revision_was_started_from_is_copied_once_and_shared(local_hub, dst_hub, api, tmp_path):

@@ -156,3 +156,25 @@ def test_the_pacer_spaces_commits_under_a_learned_budget_and_estimates_the_rest(
     clock.now += 10
     other.accepted_commit([])
     assert other.delay() == pytest.approx(50.0)
+
+
+def test_a_first_commit_refused_by_a_window_others_filled_is_said_and_counted_as_a_wait(local_hub, tmp_path):
+    """The retry's wait after a 429 is a wait for the budget like the pacer's: the CLI says it (it printed
+    nothing for up to a minute), and it is not taken for the commits' own work (which inflated the time left)."""
+    from huggingface_hub import HfApi
+
+    repo = f"alice/full-window-{uuid.uuid4().hex[:6]}"
+    _publish(repo, local_hub.url, tmp_path / "spool", [1])
+    with LocalHubServer(tmp_path / "dst", port=free_port(), commit_rate="2/6s") as dst_hub:
+        dst = HfApi(endpoint=dst_hub.url, token="unused")
+        dst.create_repo(repo)
+        dst.create_branch(repo, branch="other")  # a branch of the target's own: not in the mirror's way
+        for i in range(2):  # the repo's window is full when the mirror starts
+            dst.upload_file(path_or_fileobj=b"x%d" % i, path_in_repo="x.txt", repo_id=repo, revision="other")
+        counts = _counting(dst_hub)
+        events: list[hubckpt.MirrorProgress] = []
+        result = hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url, progress=events.append)
+    assert counts["refused"] == result.refused == 1 and result.copied == ["step-0000001"]
+    said = [e for e in events if e.waiting_s > 0 and e.commits_done == 0]
+    assert said and " left, about " in said[0].pace and said[0].pace.endswith(" at 2/6s")
+    assert result.waited_s >= said[0].waiting_s >= 1

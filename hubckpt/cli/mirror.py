@@ -65,5 +65,7 @@ def mirror(
         f"{target}: {len(result.copied)} revisions mirrored, {len(result.unchanged)} already there; "
         f"{result.commits} commits, {human_size(result.bytes_downloaded)} copied"
         + (f", tags moved: {', '.join(result.tags_moved)}" if result.tags_moved else "")
+        + (f", tags deleted (as at the source): {', '.join(result.tags_deleted)}" if result.tags_deleted else "")
+        + (f", pruned (as at the source): {', '.join(result.pruned)}" if result.pruned else "")
         + ("" if result.main_updated else ", main unchanged")
     )

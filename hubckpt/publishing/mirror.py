@@ -57,9 +57,11 @@ class MirrorResult:
         commits: commits made on the target (0 when it was up to date).
         bytes_downloaded: bytes read from the source's files (0 when the target had everything).
         tags_moved: tags created or moved on the target.
+        tags_deleted: tags deleted on the target because the source deleted them since an earlier run.
+        pruned: branches deleted on the target because the source pruned their revisions since an earlier run.
         main_updated: whether `main` (index, card, final files) got commits.
         refused: commits the target refused for its commit budget (429), each then sent again.
-        waited_s: seconds spent waiting for the target's commit budget.
+        waited_s: seconds spent waiting for the target's commit budget (before a commit, or after a 429).
     """
 
     repo_id: str
@@ -69,6 +71,8 @@ class MirrorResult:
     commits: int = 0
     bytes_downloaded: int = 0
     tags_moved: list[str] = field(default_factory=list)
+    tags_deleted: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
     main_updated: bool = False
     refused: int = 0
     waited_s: float = 0.0
@@ -146,6 +150,7 @@ class _Mirror:
         ends_at = None if deadline is None else time.monotonic() + deadline
         self.io = MirrorIO(src, dst, ends_at=ends_at)
         self.pace = Pace(self.io.pacer, progress, lambda: self.io.bytes_done, ends_at=ends_at, target=dst.describe())
+        self.io.on_refused = self.pace.refused  # the retry's wait after a 429, said and counted too
         self.plan = Plan()
 
     def run(self) -> MirrorResult:
@@ -163,6 +168,7 @@ class _Mirror:
                 conflicts=plan.conflicts,
             )
         self.keep_private()
+        self.retire_tags(src_tags, dst_tags)
         copier = Copier(self.io, dict(plan.copied), staging, plan.main_head)
         self.pace.revisions_total, self.pace.commits_total = len(plan.branches), len(plan.steps)
         self.pace.bytes_total = plan.bytes_total
@@ -170,6 +176,7 @@ class _Mirror:
         try:
             self.copy(copier, dst_branches)
             self.move_tags(copier.copied, src_tags, dst_tags)
+            self.retire_pruned(src_branches, dst_branches)
             self.pace.report()
         except Exception as e:
             # What a rerun can get past (a hub that kept refusing or failing, a bad download, the deadline)
@@ -180,8 +187,11 @@ class _Mirror:
         finally:
             self.result.refused, self.result.waited_s = self.io.pacer.refusals, self.pace.waited_s
         self.result.bytes_downloaded = self.io.bytes_done
-        for name in sorted(copier.staging):  # left by a killed run, for a branch that it had finished
-            if name in {staging_branch(r) for r in src_branches}:
+        # Left by a killed run: for a branch it had finished, or for a revision the source pruned since (its
+        # head a copy, so the mirror's own; its commits are in the later revisions' histories now).
+        copies = set(copier.copied.values())
+        for name, head in sorted(copier.staging.items()):
+            if name in {staging_branch(r) for r in src_branches} or head in copies:
                 self.dst.delete_branch(name)
         return self.result
 
@@ -236,6 +246,45 @@ class _Mirror:
             self.dst.delete_branch(staging_branch(name))
         self.result.copied.append(name)
         self.pace.revisions_done += 1
+
+    def retire_pruned(self, src_branches: dict[str, str], dst_branches: dict[str, str]) -> None:
+        """Delete the target's branches of revisions the source pruned since an earlier run.
+
+        Only a branch the source no longer has, which the target's index (the source's, as just mirrored)
+        marks pruned, still at the commit it lists: the test `retain` applies to a publisher's leftovers.
+        A target branch of the user's own is never touched. Idempotent: a run killed before it is finished
+        by the next one. Reads the target's index only when the target has branches the source has not.
+        """
+        gone = [b for b in dst_branches if b not in src_branches and b != MAIN and not is_staging_branch(b)]
+        if not gone:
+            return
+        index, _ = self.dst.reader.index()
+        for name in sorted(gone):
+            info = index.get(name) if index is not None else None
+            if info is not None and info.pruned and info.commit == dst_branches[name]:
+                logger.info("%s: deleting branch %s, pruned at the source", self.dst.describe(), name)
+                self.dst.delete_branch(name)
+                self.result.pruned.append(name)
+
+    def retire_tags(self, src_tags: dict[str, str], dst_tags: dict[str, str]) -> None:
+        """Delete the target's copies of tags the source deleted since an earlier run, before anything is copied.
+
+        Only a tag at a copy of a source commit that is `best` / `final` or that the target's index (the
+        source's, as last mirrored) lists: a tag the source had. A tag made on the target itself is kept.
+        Done before `main` is copied, while the target's index still lists the tag, so a run killed after
+        it is finished by the next one. Reads the target's index only when the target has tags the source has not.
+        """
+        copies = set(self.plan.copied.values())
+        gone = sorted(t for t, commit in dst_tags.items() if t not in src_tags and commit in copies)
+        if not gone:
+            return
+        index, _ = self.dst.reader.index()
+        listed = set(index.tags) if index is not None else set()
+        for tag in gone:
+            if tag in ("best", "final") or tag in listed:
+                logger.info("%s: deleting tag %s, deleted at the source", self.dst.describe(), tag)
+                self.dst.delete_tag(tag)
+                self.result.tags_deleted.append(tag)
 
     def move_tags(self, copied: dict[str, str], src_tags: dict[str, str], dst_tags: dict[str, str]) -> None:
         for tag, commit in sorted(src_tags.items()):

@@ -17,13 +17,14 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..cards import retarget_card
 from ..errors import IntegrityError
-from ..formats.untrusted import check_repo_path
+from ..formats.untrusted import check_commit, check_repo_path
 from ..hub.budget import CommitPacer, commit_answers, watch_commit_answers
 from ..hub.reader import HubReader
 from ..hub.retries import retry_after, status_of
@@ -51,11 +52,17 @@ class Entry:
 
 
 def history(side: HubReader, branch: str) -> list[Any]:
-    """The commits of `branch`, oldest first (huggingface_hub's `GitCommitInfo`)."""
+    """The commits of `branch`, oldest first (huggingface_hub's `GitCommitInfo`), each id checked to be 40-hex.
+
+    The ids are the mirror's bookkeeping (`Mirrored-From` lines, the revisions steps read and copy): one that
+    is not a full commit id (a short one a hub still resolves, say) would never be recognised as copied."""
     commits = side.retrying(
         lambda: side.api.list_repo_commits(side.repo_id, revision=branch),
         what=f"listing commits of {side.repo_id}@{branch}",
     )
+    source = side.source("(commit history)", branch)
+    for commit in commits:
+        check_commit(commit.commit_id, source)
     return list(reversed(commits))
 
 
@@ -76,6 +83,8 @@ class MirrorIO:
         self.lock = threading.Lock()
         self.bytes_done = 0  # bytes read from the source
         self.pacer = CommitPacer()  # the target's commit budget, as its answers tell it
+        # Told the seconds a refused commit (429) will now wait, as the target asks (`mirror_progress.Pace`).
+        self.on_refused: Callable[[float], None] = lambda wait_s: None
         watch_commit_answers()  # now, before prefetching threads use the shared client
 
     def listing(self, side: HubReader, commit: str) -> dict[str, Entry]:
@@ -113,6 +122,8 @@ class MirrorIO:
             dest.write_text(self.rewrite_card(dest.read_text(encoding="utf-8")), encoding="utf-8")
 
     def download(self, commit: str, entry: Entry, dest: Path, cache: Path) -> None:
+        from huggingface_hub.utils.sha import git_hash
+
         got = Path(
             self.src.retrying(
                 lambda: self.src.api.hf_hub_download(
@@ -121,10 +132,13 @@ class MirrorIO:
                 what=f"downloading {entry.path}@{commit[:12]} of {self.src.repo_id}",
             )
         ).resolve()
-        if entry.sha256 and sha256_file(got) != entry.sha256:
+        # Checked against the source's listing: an LFS file by its sha256, a regular one (a card, the index,
+        # checkpoint.json: small) by its git blob id, so the target's copy is the file the listing names.
+        if (sha256_file(got) != entry.sha256) if entry.sha256 else (git_hash(got.read_bytes()) != entry.oid):
             raise IntegrityError(
-                f"{self.src.repo_id}@{commit[:12]}/{entry.path}: the bytes received do not match the sha256 "
-                "of the source's listing; nothing was committed. Run the mirror again.",
+                f"{self.src.repo_id}@{commit[:12]}/{entry.path}: the bytes received do not match the "
+                f"{'sha256' if entry.sha256 else 'git blob id'} of the source's listing; nothing was committed. "
+                "Run the mirror again.",
                 path=entry.path,
             )
         shutil.move(str(got), dest)
@@ -176,9 +190,11 @@ class MirrorIO:
         """For a 429: learn the budget from it; would waiting as the target asks pass the run's deadline?
         (No deadline: wait, and the pacer spaces the next commits under the budget.)"""
         self.pacer.refused(error)
-        if self.ends_at is None:
-            return False
-        return time.monotonic() + (retry_after(error) or 0.0) > self.ends_at
+        wait = retry_after(error) or 0.0
+        if self.ends_at is not None and time.monotonic() + wait > self.ends_at:
+            return True
+        self.on_refused(wait)
+        return False
 
     def rewrite_card(self, text: str) -> str:
         return retarget_card(

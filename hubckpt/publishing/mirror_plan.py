@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..hub.writer import MAIN, is_staging_branch, staging_branch
+from ..hub.writer import MAIN, is_staging_branch
 from .mirror_io import MirrorIO, copied_from, history
 
 
@@ -50,7 +50,8 @@ def make_plan(io: MirrorIO, src_branches: dict[str, str], dst_branches: dict[str
     """The steps that bring the target up to the source, from both hubs' refs and histories."""
     plan = Plan()
     revisions = sorted(b for b in src_branches if b != MAIN and not is_staging_branch(b))
-    ours = {b for b in dst_branches if b in src_branches or b in {staging_branch(r) for r in revisions}}
+    # Every staging branch too: one a killed run left for a revision pruned at the source since holds copies.
+    ours = {b for b in dst_branches if b in src_branches or is_staging_branch(b)}
     dst_histories = {b: history(io.dst.reader, b) for b in sorted(ours | {MAIN})}
     for chain in dst_histories.values():
         for commit in chain:

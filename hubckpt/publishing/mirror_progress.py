@@ -102,5 +102,13 @@ class Pace:
             time.sleep(delay)
             self.waited_s += delay
 
+    def refused(self, delay: float) -> None:
+        """A commit was refused (429) and its retry waits `delay` s as the target asks: said like any wait
+        for the budget, and counted as one (not as the commits' own work, which the time left is made of)."""
+        if delay > 0:
+            logger.info("mirror to %s: commit refused; waiting %.1f s as it asks; %s", self.target, delay, self.text())
+            self.report(None, delay)
+            self.waited_s += delay
+
 
 __all__ = ["MirrorProgress", "Pace"]

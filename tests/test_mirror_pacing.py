@@ -165,7 +165,7 @@ def test_a_first_commit_refused_by_a_window_others_filled_is_said_and_counted_as
 
     repo = f"alice/full-window-{uuid.uuid4().hex[:6]}"
     _publish(repo, local_hub.url, tmp_path / "spool", [1])
-    with LocalHubServer(tmp_path / "dst", port=free_port(), commit_rate="2/6s") as dst_hub:
+    with LocalHubServer(tmp_path / "dst", port=free_port(), commit_rate="2/10s") as dst_hub:
         dst = HfApi(endpoint=dst_hub.url, token="unused")
         dst.create_repo(repo)
         dst.create_branch(repo, branch="other")  # a branch of the target's own: not in the mirror's way
@@ -176,5 +176,5 @@ def test_a_first_commit_refused_by_a_window_others_filled_is_said_and_counted_as
         result = hubckpt.mirror(repo, src_hub=local_hub.url, dst_hub=dst_hub.url, progress=events.append)
     assert counts["refused"] == result.refused == 1 and result.copied == ["step-0000001"]
     said = [e for e in events if e.waiting_s > 0 and e.commits_done == 0]
-    assert said and " left, about " in said[0].pace and said[0].pace.endswith(" at 2/6s")
+    assert said and " left, about " in said[0].pace and said[0].pace.endswith(" at 2/10s")
     assert result.waited_s >= said[0].waiting_s >= 1

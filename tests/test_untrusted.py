@@ -501,3 +501,45 @@ def test_load_model_never_runs_a_repos_custom_code_unless_asked(tmp_path):
     rev_model(rev, model_class=Model)
     rev_model(rev, model_class=Model, trust_remote_code=True)
     assert [kw["trust_remote_code"] for kw in seen] == [False, True]
+
+
+# -- huggingface_hub's downloads (hub/guard.py) -------------------------------------------------------------
+
+
+def test_a_download_that_drips_fails_within_the_documented_bound(monkeypatch):
+    """checkpoint.json goes through hf_hub_download, whose retries resume a body as long as any byte came:
+    a hub sending 4 bytes per try would hold it forever; the guard holds it to the read bound."""
+    monkeypatch.setenv("HUBCKPT_HTTP_TIMEOUT", "0.5")  # bound: 2 x 0.5 s without 64 KiB, all tries together
+    with hostile(files=repo_files(), drip_files={"checkpoint.json"}) as hub:
+        started = time.monotonic()
+        with pytest.raises(HubUnavailableError, match="stalled read"):
+            hubckpt.load_state_dict(REPO, step=1, hub=hub.url)
+        assert time.monotonic() - started < 4
+        assert sum(r.path.endswith("/checkpoint.json") and r.method == "GET" for r in hub.requests) >= 1
+
+
+def test_a_download_whose_hub_asks_to_wait_past_the_bound_fails_at_once(monkeypatch):
+    """huggingface_hub sleeps whatever Retry-After a hub names before its next try (here 300 s)."""
+    monkeypatch.setenv("HUBCKPT_HTTP_TIMEOUT", "0.5")
+    with hostile(files=repo_files(), busy_files={"checkpoint.json"}) as hub:
+        started = time.monotonic()
+        with pytest.raises(HubUnavailableError, match="asking to wait 300 s"):
+            hubckpt.load_state_dict(REPO, step=1, hub=hub.url)
+        assert time.monotonic() - started < 4
+
+
+def test_the_token_does_not_follow_a_download_redirect_to_huggingface_hubs_own_origins(monkeypatch):
+    """huggingface_hub forwards the token on a redirect to its own hub origins (huggingface.co, hf.co,
+    HF_ENDPOINT): a self-hosted hub redirecting a download there must not hand them its token. The evil
+    server stands in for huggingface.co (added to those origins: the real one is not reachable here)."""
+    from huggingface_hub.utils import _http
+
+    files = repo_files()
+    with hostile(files=files) as evil:
+        monkeypatch.setattr(_http, "_HUB_ORIGINS", _http._HUB_ORIGINS | {_http._url_origin(evil.url)})
+        target = f"{evil.url}/{REPO}/resolve/{COMMIT}/checkpoint.json"
+        with hostile(files=files, redirect={"checkpoint.json": target}) as hub:
+            state = hubckpt.load_state_dict(REPO, step=1, hub=hub.url, token="hf_secret")
+            assert state["v"].tolist() == [4.0, 5.0, 6.0]
+            assert hub.authorized()  # the hub itself got the token
+        assert evil.requests and not evil.authorized(), [r.path for r in evil.authorized()]

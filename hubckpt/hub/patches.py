@@ -40,8 +40,9 @@ def _current_client_factory() -> Callable[[], Any]:
     return _http._GLOBAL_CLIENT_FACTORY  # private: see the module docstring
 
 
-def add_request_hook(hook: Callable[[Any], None]) -> None:
-    """Run `hook(request)` before every request huggingface_hub sends (idempotent; thread-safe).
+def add_request_hook(hook: Callable[[Any], None], event: str = "request") -> None:
+    """Run `hook(request)` before every request huggingface_hub sends (idempotent; thread-safe); with
+    `event="response"`, `hook(response)` on every response once its headers are in (before its body).
 
     The factory in place (huggingface_hub's default or the user's) is wrapped, so the clients it makes
     later (after a fork, an SSL error) get the hook too. Installing closes the shared client once
@@ -58,7 +59,7 @@ def add_request_hook(hook: Callable[[Any], None]) -> None:
 
         def factory():
             client = inner()
-            client.event_hooks = {**client.event_hooks, "request": [*client.event_hooks["request"], hook]}
+            client.event_hooks = {**client.event_hooks, event: [*client.event_hooks.get(event, []), hook]}
             return client
 
         setattr(factory, _HOOKS_ATTR, (*hooks, hook))

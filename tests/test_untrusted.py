@@ -518,6 +518,18 @@ def test_a_download_that_drips_fails_within_the_documented_bound(monkeypatch):
         assert sum(r.path.endswith("/checkpoint.json") and r.method == "GET" for r in hub.requests) >= 1
 
 
+def test_pull_of_a_dripping_download_prints_one_line_within_the_bound(tmp_path):
+    with hostile(files=repo_files(), drip_files={"checkpoint.json"}) as hub:
+        started = time.monotonic()
+        out = run_cli(
+            "pull", REPO, str(tmp_path / "dest"), "--step", "1", "--hub", hub.url, env={"HUBCKPT_HTTP_TIMEOUT": "0.5"}
+        )
+        assert time.monotonic() - started < 15  # the CLI's own start included
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "stalled read" in errors[0], out.stderr
+
+
 def test_a_download_whose_hub_asks_to_wait_past_the_bound_fails_at_once(monkeypatch):
     """huggingface_hub sleeps whatever Retry-After a hub names before its next try (here 300 s)."""
     monkeypatch.setenv("HUBCKPT_HTTP_TIMEOUT", "0.5")

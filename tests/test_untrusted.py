@@ -555,3 +555,27 @@ def test_the_token_does_not_follow_a_download_redirect_to_huggingface_hubs_own_o
             assert state["v"].tolist() == [4.0, 5.0, 6.0]
             assert hub.authorized()  # the hub itself got the token
         assert evil.requests and not evil.authorized(), [r.path for r in evil.authorized()]
+
+
+def test_the_tokenizer_download_of_a_text_probe_keeps_the_token_on_the_hub(monkeypatch):
+    """`analyze` with a text probe downloads the revision's tokenizer files the way hubckpt downloads
+    everything else (it used `snapshot_download`, whose worker threads the guard does not see)."""
+    pytest.importorskip("transformers")
+    from huggingface_hub.utils import _http
+
+    from hubckpt.analysis.pipeline import load_tokenizer
+    from hubckpt.errors import AnalysisError
+    from hubckpt.hub.select import resolve_hub
+
+    files = repo_files(extra={"tokenizer_config.json": b"{}", "vocab.txt": b"[PAD]\n[UNK]\nthe\ncat\n"})
+    with hostile(files=files) as evil:
+        monkeypatch.setattr(_http, "_HUB_ORIGINS", _http._HUB_ORIGINS | {_http._url_origin(evil.url)})
+        target = f"{evil.url}/{REPO}/resolve/{COMMIT}/vocab.txt"
+        with hostile(files=files, redirect={"vocab.txt": target}) as hub:
+            info = hubckpt.resolve_revision(REPO, step=1, hub=hub.url, token="hf_secret")
+            try:
+                load_tokenizer(REPO, info, hub=resolve_hub(hub.url), token="hf_secret")
+            except AnalysisError:
+                pass  # whether these two files make a tokenizer is transformers' business
+            assert hub.authorized()
+        assert [r for r in evil.requests if r.path.endswith("/vocab.txt")] and not evil.authorized()

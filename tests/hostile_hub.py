@@ -3,8 +3,9 @@
 It serves one repo at one commit (`files`, on the branches in `branches`); each scenario sets what the
 hub does wrong: another `X-Repo-Commit`, refs whose `targetCommit` is a path, a Range answered with the
 wrong bytes or with the whole file, redirects and pagination links to another origin, a listing that
-never ends, a gzip bomb, a stalled body, or one answer (a 503 asking to wait) to everything. Every
-request is recorded with its headers (`requests`), so a test can check where the token went.
+never ends, a gzip bomb, a stalled body (or one that drips a few bytes per try), or one answer (a 503
+asking to wait) to everything. Every request is recorded with its headers (`requests`), so a test can
+check where the token went.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ class HostileHub:
     tree_next: str | None = None  # "forever": every page names a next one; else a URL for the 1st page's Link
     gzip_files: set[str] = field(default_factory=set)  # served with Content-Encoding: gzip
     stall_s: float = 0.0  # /resolve/ bodies: headers, a few bytes, then silence this long
+    # every GET of these (Range or not): 4 bytes, then silence for drip_s; after 4 such tries (`drips`)
+    # the file is sent whole, so that a client without a bound still ends (and its test fails)
+    drip_files: set[str] = field(default_factory=set)
+    drip_s: float = 20.0
+    drips: int = 0
+    busy_files: set[str] = field(default_factory=set)  # requests for these: 503 with Retry-After: 300
     etags: dict[str, str] = field(default_factory=dict)  # path -> the ETag announced (default: the body's sha256)
     fail_ranges: int = 0  # this many Range reads past the start of a file answer 503 first (transient)
     # every request answered with this (status, headers, JSON body) instead, e.g. a 503 with Retry-After
@@ -160,6 +167,22 @@ class HostileHub:
         if file in self.gzip_files:
             return self._send(h, 200, gzip.compress(body, 9), {**headers, "Content-Encoding": "gzip"}, head)
         rng = h.headers.get("Range")
+        if file in self.busy_files:
+            return self._send(h, 503, b'{"error": "busy"}', {"Retry-After": "300"}, head)
+        if file in self.drip_files and not head and self.drips < 4:  # a few bytes per try, however often
+            self.drips += 1
+            start = int(rng.removeprefix("bytes=").partition("-")[0]) if rng else 0
+            status = 206 if rng else 200
+            if rng:
+                headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
+            h.send_response(status)
+            for k, v in {**headers, "Content-Length": str(len(body) - start)}.items():
+                h.send_header(k, v)
+            h.end_headers()
+            h.wfile.write(body[start : start + 4])
+            h.wfile.flush()
+            time.sleep(self.drip_s)
+            return None
         if rng and self.range_mode != "whole" and not head:
             first, _, last = rng.removeprefix("bytes=").partition("-")
             start, end = int(first), min(int(last), len(body) - 1)

@@ -95,3 +95,23 @@ def test_tampered_and_expired_download_urls_are_refused(api: HfApi, repo_id, loc
     past = int(time.time()) - 1
     r = httpx2.get(_build(base, segments, {"expires": str(past), "sig": local_hub.ctx.sign("blob", segments[1], past)}))
     assert r.status_code == 403 and "expired" in r.json()["error"]
+
+
+def test_short_range_reads_on_a_kept_alive_connection_do_not_wait_for_delayed_acks(api: HfApi, repo_id):
+    """Headers and a sendfile'd body are two writes: with Nagle's algorithm on, a short body waited for the
+    client's delayed ACK (~40 ms each: a safetensors header read of every cold load paid it)."""
+    import http.client
+
+    data = os.urandom(64 * 1024)
+    api.upload_file(path_or_fileobj=io.BytesIO(data), path_in_repo="h.bin", repo_id=repo_id)
+    location = urlsplit(httpx2.head(f"{api.endpoint}/{repo_id}/resolve/main/h.bin").headers["location"])
+    conn = http.client.HTTPConnection(location.hostname, location.port, timeout=10)
+    try:
+        started = time.monotonic()
+        for i in range(20):
+            conn.request("GET", f"{location.path}?{location.query}", headers={"Range": f"bytes={i}-{i + 16383}"})
+            response = conn.getresponse()
+            assert response.status == 206 and response.read() == data[i : i + 16384]
+        assert time.monotonic() - started < 0.5  # 20 x 40 ms with Nagle on
+    finally:
+        conn.close()

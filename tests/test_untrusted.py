@@ -501,3 +501,81 @@ def test_load_model_never_runs_a_repos_custom_code_unless_asked(tmp_path):
     rev_model(rev, model_class=Model)
     rev_model(rev, model_class=Model, trust_remote_code=True)
     assert [kw["trust_remote_code"] for kw in seen] == [False, True]
+
+
+# -- huggingface_hub's downloads (hub/guard.py) -------------------------------------------------------------
+
+
+def test_a_download_that_drips_fails_within_the_documented_bound(monkeypatch):
+    """checkpoint.json goes through hf_hub_download, whose retries resume a body as long as any byte came:
+    a hub sending 4 bytes per try would hold it forever; the guard holds it to the read bound."""
+    monkeypatch.setenv("HUBCKPT_HTTP_TIMEOUT", "0.5")  # bound: 2 x 0.5 s without 64 KiB, all tries together
+    with hostile(files=repo_files(), drip_files={"checkpoint.json"}) as hub:
+        started = time.monotonic()
+        with pytest.raises(HubUnavailableError, match="stalled read"):
+            hubckpt.load_state_dict(REPO, step=1, hub=hub.url)
+        assert time.monotonic() - started < 4
+        assert sum(r.path.endswith("/checkpoint.json") and r.method == "GET" for r in hub.requests) >= 1
+
+
+def test_pull_of_a_dripping_download_prints_one_line_within_the_bound(tmp_path):
+    with hostile(files=repo_files(), drip_files={"checkpoint.json"}) as hub:
+        started = time.monotonic()
+        out = run_cli(
+            "pull", REPO, str(tmp_path / "dest"), "--step", "1", "--hub", hub.url, env={"HUBCKPT_HTTP_TIMEOUT": "0.5"}
+        )
+        assert time.monotonic() - started < 15  # the CLI's own start included
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "stalled read" in errors[0], out.stderr
+
+
+def test_a_download_whose_hub_asks_to_wait_past_the_bound_fails_at_once(monkeypatch):
+    """huggingface_hub sleeps whatever Retry-After a hub names before its next try (here 300 s)."""
+    monkeypatch.setenv("HUBCKPT_HTTP_TIMEOUT", "0.5")
+    with hostile(files=repo_files(), busy_files={"checkpoint.json"}) as hub:
+        started = time.monotonic()
+        with pytest.raises(HubUnavailableError, match="asking to wait 300 s"):
+            hubckpt.load_state_dict(REPO, step=1, hub=hub.url)
+        assert time.monotonic() - started < 4
+
+
+def test_the_token_does_not_follow_a_download_redirect_to_huggingface_hubs_own_origins(monkeypatch):
+    """huggingface_hub forwards the token on a redirect to its own hub origins (huggingface.co, hf.co,
+    HF_ENDPOINT): a self-hosted hub redirecting a download there must not hand them its token. The evil
+    server stands in for huggingface.co (added to those origins: the real one is not reachable here)."""
+    from huggingface_hub.utils import _http
+
+    files = repo_files()
+    with hostile(files=files) as evil:
+        monkeypatch.setattr(_http, "_HUB_ORIGINS", _http._HUB_ORIGINS | {_http._url_origin(evil.url)})
+        target = f"{evil.url}/{REPO}/resolve/{COMMIT}/checkpoint.json"
+        with hostile(files=files, redirect={"checkpoint.json": target}) as hub:
+            state = hubckpt.load_state_dict(REPO, step=1, hub=hub.url, token="hf_secret")
+            assert state["v"].tolist() == [4.0, 5.0, 6.0]
+            assert hub.authorized()  # the hub itself got the token
+        assert evil.requests and not evil.authorized(), [r.path for r in evil.authorized()]
+
+
+def test_the_tokenizer_download_of_a_text_probe_keeps_the_token_on_the_hub(monkeypatch):
+    """`analyze` with a text probe downloads the revision's tokenizer files the way hubckpt downloads
+    everything else (it used `snapshot_download`, whose worker threads the guard does not see)."""
+    pytest.importorskip("transformers")
+    from huggingface_hub.utils import _http
+
+    from hubckpt.analysis.pipeline import load_tokenizer
+    from hubckpt.errors import AnalysisError
+    from hubckpt.hub.select import resolve_hub
+
+    files = repo_files(extra={"tokenizer_config.json": b"{}", "vocab.txt": b"[PAD]\n[UNK]\nthe\ncat\n"})
+    with hostile(files=files) as evil:
+        monkeypatch.setattr(_http, "_HUB_ORIGINS", _http._HUB_ORIGINS | {_http._url_origin(evil.url)})
+        target = f"{evil.url}/{REPO}/resolve/{COMMIT}/vocab.txt"
+        with hostile(files=files, redirect={"vocab.txt": target}) as hub:
+            info = hubckpt.resolve_revision(REPO, step=1, hub=hub.url, token="hf_secret")
+            try:
+                load_tokenizer(REPO, info, hub=resolve_hub(hub.url), token="hf_secret")
+            except AnalysisError:
+                pass  # whether these two files make a tokenizer is transformers' business
+            assert hub.authorized()
+        assert [r for r in evil.requests if r.path.endswith("/vocab.txt")] and not evil.authorized()

@@ -123,17 +123,26 @@ def _models(
 
 
 def load_tokenizer(repo_id: str, info: Any, *, hub: Any, token: Any = None):
-    """The tokenizer stored in a revision (at its commit); AnalysisError when it has none."""
-    from huggingface_hub import snapshot_download
+    """The tokenizer stored in a revision (at its commit); AnalysisError when it has none.
+
+    Its files are downloaded like every other file hubckpt loads (`Downloader`: repo paths checked,
+    verified against checkpoint.json, the token only to the hub's origin, a stalled download bounded).
+    """
+    from fnmatch import fnmatch
+
     from transformers import AutoTokenizer
 
-    folder = Path(
-        snapshot_download(
-            repo_id, revision=info.commit, allow_patterns=TOKENIZER_FILES, endpoint=hub.endpoint, token=token
-        )
-    )
-    if not any((folder / f).exists() for f in TOKENIZER_FILES[:-1] if "*" not in f) and not list(
-        folder.glob("*.model")
+    from ..hub.reader import HubReader
+    from ..load.download import Downloader
+
+    downloader = Downloader(HubReader(hub, repo_id, token=token))
+    files = downloader.revision_files(info)
+    wanted = sorted(p for p in files.files if "/" not in p and any(fnmatch(p, f) for f in TOKENIZER_FILES))
+    local = downloader.fetch_many(files, wanted)
+    folder = next(iter(local.values())).parent if local else Path()
+    if not local or (
+        not any((folder / f).exists() for f in TOKENIZER_FILES[:-1] if "*" not in f)
+        and not list(folder.glob("*.model"))
     ):
         raise AnalysisError(
             f"{repo_id}@{info.name} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}...), so "

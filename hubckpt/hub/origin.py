@@ -10,7 +10,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_CREDENTIAL_HEADERS = ("authorization", "cookie", "proxy-authorization")
+CREDENTIAL_HEADERS = ("authorization", "cookie", "proxy-authorization")
 
 
 def origin(url: str) -> tuple[str, str, int | None]:
@@ -33,4 +33,4 @@ def headers_for(url: str, endpoint: str, headers: dict[str, str]) -> dict[str, s
     """`headers` for a request to `url`: without credentials unless `url` is on `endpoint`'s origin."""
     if same_origin(url, endpoint):
         return dict(headers)
-    return {k: v for k, v in headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
+    return {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}

@@ -42,8 +42,9 @@ def _current_client_factory() -> Callable[[], Any]:
     return _http._GLOBAL_CLIENT_FACTORY  # private: see the module docstring
 
 
-def add_request_hook(hook: Callable[[Any], None]) -> None:
-    """Run `hook(request)` before every request huggingface_hub sends (idempotent; thread-safe).
+def add_request_hook(hook: Callable[[Any], None], event: str = "request") -> None:
+    """Run `hook(request)` before every request huggingface_hub sends (idempotent; thread-safe); with
+    `event="response"`, `hook(response)` on every response once its headers are in (before its body).
 
     The factory in place (huggingface_hub's default or the user's) is wrapped, so the clients it makes
     later (after a fork, an SSL error) get the hook too. Installing closes the shared client once

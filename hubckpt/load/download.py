@@ -31,6 +31,7 @@ from ..formats.untrusted import (
     load_json,
     printable,
 )
+from ..hub.guard import guarded
 from ..hub.reader import HubReader
 from ..hub.retries import is_transient
 
@@ -167,17 +168,18 @@ class Downloader:
         local = self.cached(info, path)
         if local is None:
             try:
-                local = Path(
-                    hf_hub_download(
-                        self.reader.repo_id,
-                        path,
-                        revision=commit,
-                        cache_dir=self.cache_dir,
-                        endpoint=self.reader.endpoint,
-                        token=self.reader.token,
-                        library_name="hubckpt",
+                with guarded(self.reader.endpoint, f"downloading {self.where(info, path)}"):
+                    local = Path(
+                        hf_hub_download(
+                            self.reader.repo_id,
+                            path,
+                            revision=commit,
+                            cache_dir=self.cache_dir,
+                            endpoint=self.reader.endpoint,
+                            token=self.reader.token,
+                            library_name="hubckpt",
+                        )
                     )
-                )
             except Exception as e:
                 if is_transient(e) and not isinstance(e, HubckptError):
                     raise HubUnavailableError(

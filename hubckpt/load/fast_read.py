@@ -2,7 +2,8 @@
 
 A weight file that is not cached is read with `HUBCKPT_READ_STREAMS` (default 8) concurrent HTTP Range
 GETs into one uint8 arena the tensors are views of: the header first (one 16 KiB read, parsed by the one
-strict parser), then the data area in chunks, each received with `readinto` straight into its span.
+strict parser), then the data area in chunks, each received with `readinto` straight into its span
+(whose pages the stream faults in first with one `madvise`, cheaper than a fault per page mid-read).
 The calling thread feeds the chunks to one sha256 in file order as they complete (the streams fill
 later chunks meanwhile) and writes them to the huggingface_hub cache in the same pass. A file whose
 sha256 differs from `checkpoint.json`'s (without one: from the hub's LFS ETag) raises `IntegrityError`
@@ -22,6 +23,7 @@ in its own words), where no sha256 is known, behind a proxy, offline, or with `H
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import http.client
@@ -230,7 +232,10 @@ class FileRead:
         """The chunks by parallel streams, each received straight into its span of the image and written
         from there; `digest` fed in file order as they complete."""
 
+        base = ctypes.addressof(ctypes.c_char.from_buffer(view))
+
         def chunk(start: int, end: int) -> None:
+            _populate(base + start, end - start)
             self._read(start, end, view[start:end])
             self._write(fd, view, start, end, direct)
 
@@ -449,6 +454,28 @@ class FileRead:
         with self._lock:
             self._connections.append(conn)
         return conn
+
+
+_MADV_POPULATE_WRITE = 23  # Linux 5.14+
+
+
+def _populate(address: int, length: int) -> None:
+    """Fault in the pages of [address, address + length) at once (`MADV_POPULATE_WRITE`), before the
+    socket reads write them: the same zeroed pages, in one call instead of one fault each. Ignored where
+    the kernel does not know the advice."""
+    global _madvise
+    if _madvise is None:
+        try:
+            _madvise = ctypes.CDLL(None, use_errno=True).madvise
+            _madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        except (OSError, AttributeError):
+            _madvise = False
+    if _madvise:
+        start = address - address % ALIGN
+        _madvise(start, length + address - start, _MADV_POPULATE_WRITE)
+
+
+_madvise: Any = None
 
 
 def _drain(conn, response, limit: int = 64 * 1024) -> None:

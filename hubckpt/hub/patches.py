@@ -51,7 +51,7 @@ def add_request_hook(hook: Callable[[Any], None], event: str = "request") -> Non
     (`set_client_factory` does); huggingface_hub opens a fresh one on the next request. Should the user
     replace the factory afterwards, the next call wraps theirs.
     """
-    _add_hook("request", hook)
+    _add_hook(event, hook)
 
 
 def add_response_hook(hook: Callable[[Any], None]) -> None:

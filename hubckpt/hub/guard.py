@@ -33,7 +33,7 @@ from typing import Any
 
 from ..errors import HubUnavailableError
 from .origin import CREDENTIAL_HEADERS, same_origin
-from .patches import add_request_hook
+from .patches import add_request_hook, add_response_hook
 from .reader import ReadBudget
 from .retries import TRANSIENT_STATUS
 
@@ -52,7 +52,7 @@ _current: contextvars.ContextVar[_Guard | None] = contextvars.ContextVar("hubckp
 def guarded(endpoint: str, what: str) -> Iterator[None]:
     """huggingface_hub requests made inside (in this thread) follow hubckpt's rules for `endpoint`."""
     add_request_hook(_on_request)
-    add_request_hook(_on_response, "response")
+    add_response_hook(_on_response)
     token = _current.set(_Guard(endpoint, what, ReadBudget()))
     try:
         yield

@@ -42,16 +42,15 @@ def _current_client_factory() -> Callable[[], Any]:
     return _http._GLOBAL_CLIENT_FACTORY  # private: see the module docstring
 
 
-def add_request_hook(hook: Callable[[Any], None], event: str = "request") -> None:
-    """Run `hook(request)` before every request huggingface_hub sends (idempotent; thread-safe); with
-    `event="response"`, `hook(response)` on every response once its headers are in (before its body).
+def add_request_hook(hook: Callable[[Any], None]) -> None:
+    """Run `hook(request)` before every request huggingface_hub sends (idempotent; thread-safe).
 
     The factory in place (huggingface_hub's default or the user's) is wrapped, so the clients it makes
     later (after a fork, an SSL error) get the hook too. Installing closes the shared client once
     (`set_client_factory` does); huggingface_hub opens a fresh one on the next request. Should the user
     replace the factory afterwards, the next call wraps theirs.
     """
-    _add_hook(event, hook)
+    _add_hook("request", hook)
 
 
 def add_response_hook(hook: Callable[[Any], None]) -> None:

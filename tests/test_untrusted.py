@@ -579,3 +579,27 @@ def test_the_tokenizer_download_of_a_text_probe_keeps_the_token_on_the_hub(monke
                 pass  # whether these two files make a tokenizer is transformers' business
             assert hub.authorized()
         assert [r for r in evil.requests if r.path.endswith("/vocab.txt")] and not evil.authorized()
+
+
+def test_a_mirror_download_keeps_the_source_hubs_token_on_the_source(monkeypatch, tmp_path):
+    """`hubckpt mirror` downloads the source's files with huggingface_hub too: held to the same rules (the
+    source hub redirecting a download to one of huggingface_hub's own origins does not hand them its token)."""
+    from huggingface_hub.utils import _http
+    from huggingface_hub.utils.sha import git_hash
+
+    from hubckpt.hub.reader import HubReader
+    from hubckpt.publishing.mirror_io import Entry, MirrorIO
+
+    files = repo_files()
+    data = files["checkpoint.json"]
+    with hostile(files=files) as evil:
+        monkeypatch.setattr(_http, "_HUB_ORIGINS", _http._HUB_ORIGINS | {_http._url_origin(evil.url)})
+        target = f"{evil.url}/{REPO}/resolve/{COMMIT}/checkpoint.json"
+        with hostile(files=files, redirect={"checkpoint.json": target}) as hub:
+            io = MirrorIO(HubReader(hub.url, REPO, token="hf_secret"), None)  # type: ignore[arg-type]
+            dest = tmp_path / "out" / "checkpoint.json"
+            dest.parent.mkdir()
+            io.download(COMMIT, Entry("checkpoint.json", len(data), git_hash(data), None), dest, tmp_path / "cache")
+            assert dest.read_bytes() == data
+            assert hub.authorized()  # the source hub itself got the token
+        assert evil.requests and not evil.authorized(), [r.path for r in evil.authorized()]

@@ -124,14 +124,17 @@ class MirrorIO:
     def download(self, commit: str, entry: Entry, dest: Path, cache: Path) -> None:
         from huggingface_hub.utils.sha import git_hash
 
-        got = Path(
-            self.src.retrying(
-                lambda: self.src.api.hf_hub_download(
-                    self.src.repo_id, entry.path, revision=commit, cache_dir=str(cache)
-                ),
-                what=f"downloading {entry.path}@{commit[:12]} of {self.src.repo_id}",
-            )
-        ).resolve()
+        from ..hub.guard import guarded
+
+        what = f"downloading {entry.path}@{commit[:12]} of {self.src.repo_id}"
+
+        def fetch() -> str:
+            # Held to hubckpt's rules for the source hub (its token to its own origin only, a stall bounded):
+            # the source is another hub, as untrusted as any (hub/guard.py).
+            with guarded(self.src.endpoint, what):
+                return self.src.api.hf_hub_download(self.src.repo_id, entry.path, revision=commit, cache_dir=str(cache))
+
+        got = Path(self.src.retrying(fetch, what=what)).resolve()
         # Checked against the source's listing: an LFS file by its sha256, a regular one (a card, the index,
         # checkpoint.json: small) by its git blob id, so the target's copy is the file the listing names.
         if (sha256_file(got) != entry.sha256) if entry.sha256 else (git_hash(got.read_bytes()) != entry.oid):

@@ -46,12 +46,11 @@ from ..hub.origin import headers_for
 from ..hub.reader import HEADER_PROBE_BYTES, MAX_REDIRECTS, ReadBudget
 from ..hub.retries import TRANSIENT_STATUS
 from .download import mark_verified, pinned_commit
-from .lazy import torch_dtype
+from .lazy import ResolvedRevision, torch_dtype
 
 if TYPE_CHECKING:
     import torch
 
-    from .loaders import Revision
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +94,7 @@ def available(streams: int) -> str | None:
     return None
 
 
-def read_weight_files(rev: Revision, paths: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+def read_weight_files(rev: ResolvedRevision, paths: list[str]) -> dict[str, dict[str, torch.Tensor]]:
     """path → all its tensors, for each of `paths` not cached yet that the fast path could read.
 
     Files left out (cached already, or NoFastPath) are for the caller to load the stock way.
@@ -131,7 +130,7 @@ def take(tensors: dict[str, torch.Tensor], names: list[str] | None, where: str) 
 class FileRead:
     """One weight file of one revision: read by parallel Range streams, verified, cached, as tensors."""
 
-    def __init__(self, rev: Revision, path: str, streams: int) -> None:
+    def __init__(self, rev: ResolvedRevision, path: str, streams: int) -> None:
         self.rev = rev
         self.reader = rev.reader
         self.path = path

@@ -571,5 +571,75 @@ def _check_plain_process_restore(repo_id: str, hub: str, tmp_path: Path) -> None
         assert torch.equal(got[k], want_opt[k]), k
 
 
+def _one_rank_revision(repo: str, hub: str, spool: Path):
+    """A multi-rank revision saved in this process: FSDP2 on a gloo world of 1 (no torchrun), step 1."""
+    import torch
+    import torch.distributed as dist
+
+    import hubckpt
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = _fsdp(_model(), 1)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        ckpt = hubckpt.Checkpointer(repo, model=model, optimizer=opt, hub=hub, spool_dir=spool)
+        assert type(ckpt).__name__ == "RankedCheckpointer"
+        ids = torch.randint(0, 64, (2, 16))
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        ckpt.save(1)
+        ckpt.close()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_tampered_optimizer_json_is_refused_with_nothing_restored(tmp_path, local_hub, api, repo_id):
+    """training_state/optimizer.json of a multi-rank revision is untrusted: one naming a parameter the model
+    lacks, not a mapping, or a tensor its file does not hold is refused with `HubContentError` before anything
+    changes (it was a KeyError / AttributeError from inside the restore), even with checkpoint.json rewritten
+    to match it."""
+    import hashlib
+
+    import torch
+    from huggingface_hub import CommitOperationAdd
+
+    import hubckpt
+    from hubckpt.errors import HubContentError
+
+    _one_rank_revision(repo_id, local_hub.url, tmp_path / "spool")
+    rev = "step-0000001"
+    doc = json.loads(Path(api.hf_hub_download(repo_id, "training_state/optimizer.json", revision=rev)).read_text())
+    manifest = json.loads(Path(api.hf_hub_download(repo_id, "checkpoint.json", revision=rev)).read_text())
+    a_file = next(iter(doc["weight_map"].values()))
+    lies = {
+        "a parameter this model does not have": {**doc, "weight_map": {**doc["weight_map"], "nope.exp_avg": a_file}},
+        "weight_map is a list": {**doc, "weight_map": [a_file]},
+        "which does not hold it": {
+            **doc,
+            "weight_map": {**doc["weight_map"], "transformer.wte.weight.exp_avgX": a_file},
+        },
+    }
+    for said, lie in lies.items():
+        body = json.dumps(lie).encode()
+        for f in manifest["files"]:
+            if f["path"] == "training_state/optimizer.json":
+                f.update(sha256=hashlib.sha256(body).hexdigest(), size=len(body))
+        commit = api.create_commit(
+            repo_id,
+            [
+                CommitOperationAdd("training_state/optimizer.json", body),
+                CommitOperationAdd("checkpoint.json", json.dumps(manifest).encode()),
+            ],
+            commit_message="a lying optimizer.json",
+            revision=rev,
+        ).oid
+        model = _model()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(HubContentError, match=said):
+            hubckpt.restore(repo_id, revision=commit, model=model, optimizer=opt, hub=local_hub.url)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and not opt.state
+
+
 if __name__ == "__main__":
     _rank_main(sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4])

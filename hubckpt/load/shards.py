@@ -25,12 +25,12 @@ Without a process group (a plain process), it restores the full tensors into a p
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import RestoreError, StateMismatchError
+from ..formats.untrusted import Source, check_type, load_json, printable
 from ..sharding import Box, as_bytes, box_shape, box_slices, byte_shape, dtensor_box, unwrap
 
 if TYPE_CHECKING:
@@ -205,9 +205,10 @@ def restore_shards(
         opt_state: dict[str, Any] | None = None
         parts: list[str] = []
         if optimizer is not None and OPTIMIZER_DOC in local_files:
-            doc = json.loads(local_files[OPTIMIZER_DOC].read_text())
             names = {id(p): n for n, p in module.named_parameters()}
             by_name = {n: p for n, p in module.named_parameters()}
+            source = Source(repo_id, name, OPTIMIZER_DOC)
+            doc = _optimizer_doc(local_files[OPTIMIZER_DOC], source, set(by_name), set(lazy.rev.files.files))
             index_of: dict[str, int] = {}
             for g in optimizer.param_groups:
                 for p in g["params"]:
@@ -221,7 +222,9 @@ def restore_shards(
             for tensor_name, file in sorted(doc["weight_map"].items()):
                 fqn, _, key = tensor_name.rpartition(".")
                 header, data_start = lazy._header(file)
-                entry = header[tensor_name]
+                entry = header.get(tensor_name)
+                if not isinstance(entry, dict):
+                    raise source.error(f"it maps {printable(tensor_name, 80)!r} to {file}, which does not hold it")
                 param = by_name[fqn]
                 dtype = _dtype(entry["dtype"])
                 full_shape = tuple(entry["shape"])
@@ -288,6 +291,32 @@ def restore_shards(
     )
     restored.rng_restored = rng is not None
     return restored
+
+
+def _optimizer_doc(path: Any, source: Source, params: set[str], files: set[str]) -> dict[str, Any]:
+    """`training_state/optimizer.json`, checked (untrusted: read from a hub): param groups naming this model's
+    parameters, and a weight map from `<parameter>.<state key>` to a file of the revision. A
+    `HubContentError` (nothing changed yet) for anything else, not a KeyError from deep in the restore."""
+    from .download import read_capped
+
+    doc = check_type(load_json(read_capped(path, source), source), dict, source, "content")
+    groups = check_type(doc.get("param_groups"), list, source, "param_groups")
+    for group in groups:
+        check_type(group, dict, source, "param group")
+        for fqn in check_type(group.get("params"), list, source, "param group's params"):
+            check_type(fqn, str, source, "parameter name")
+    weight_map = check_type(doc.get("weight_map"), dict, source, "weight_map")
+    for tensor_name, file in weight_map.items():
+        fqn = tensor_name.rpartition(".")[0]
+        if fqn not in params:
+            raise source.error(
+                f"it holds state of {printable(tensor_name, 80)!r}, a parameter this model does not have"
+            )
+        if not isinstance(file, str) or file not in files:
+            raise source.error(
+                f"it maps {printable(tensor_name, 80)!r} to {printable(str(file), 80)!r}, not a file of the revision"
+            )
+    return doc
 
 
 def _dtype(name: str) -> Any:

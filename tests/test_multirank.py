@@ -641,5 +641,41 @@ def test_a_tampered_optimizer_json_is_refused_with_nothing_restored(tmp_path, lo
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and not opt.state
 
 
+def test_another_optimizer_type_a_missing_scheduler_or_another_dtype_is_refused_with_nothing_restored(
+    tmp_path, local_hub, repo_id
+):
+    """A multi-rank revision restored into what does not fit raises StateMismatchError before anything changes,
+    as for one process: AdamW state into SGD (it was loaded, and SGD's next step failed or did other maths), a
+    scheduler the revision has no state for (it was silently left as it was), weights of another dtype (they
+    were cast)."""
+    import torch
+
+    import hubckpt
+    from hubckpt.errors import StateMismatchError
+
+    _one_rank_revision(repo_id, local_hub.url, tmp_path / "spool")
+    cases = {
+        "optimizer type: revision torch.optim.adamw.AdamW, given torch.optim.sgd.SGD": lambda m: dict(
+            optimizer=torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        ),
+        "scheduler: the revision has no scheduler state": lambda m: dict(
+            scheduler=torch.optim.lr_scheduler.StepLR(torch.optim.AdamW(m.parameters()), 3)
+        ),
+    }
+    for said, given in cases.items():
+        model = _model()
+        kwargs = given(model)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(StateMismatchError, match=said):
+            hubckpt.restore(repo_id, revision="step-0000001", model=model, hub=local_hub.url, **kwargs)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        assert not kwargs.get("optimizer", torch.optim.SGD([torch.zeros(1)])).state
+    with pytest.raises(
+        StateMismatchError,
+        match="dtype of transformer.h.0.attn.c_attn.bias: torch.float32 in the revision, torch.float64 here",
+    ):
+        hubckpt.restore(repo_id, revision="step-0000001", model=_model().double(), hub=local_hub.url)
+
+
 if __name__ == "__main__":
     _rank_main(sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4])

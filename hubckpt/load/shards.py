@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ..errors import RestoreError, StateMismatchError
 from ..formats.untrusted import Source, check_type, load_json, printable
 from ..sharding import Box, as_bytes, box_shape, box_slices, byte_shape, dtensor_box, unwrap
+from .fit import check_keys, check_optimizer
 
 if TYPE_CHECKING:
     import torch
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OPTIMIZER_DOC = "training_state/optimizer.json"
+SCHEDULER_DOC = "training_state/scheduler.json"
 
 
 def _world(group: Any) -> tuple[int, int]:
@@ -148,6 +150,8 @@ def restore_shards(
         for key, value in targets.items():
             if key in stored and tuple(lazy.shape(key)) != tuple(value.shape):
                 problems.append(f"shape of {key}: {tuple(lazy.shape(key))} in the revision, {tuple(value.shape)} here")
+            elif key in stored and lazy.meta(key).torch_dtype != value.dtype:
+                problems.append(f"dtype of {key}: {lazy.meta(key).torch_dtype} in the revision, {value.dtype} here")
         verdicts = _all(problems, group)
         if any(verdicts):
             listed = sorted({p for v in verdicts for p in v})
@@ -202,6 +206,17 @@ def restore_shards(
             boxes[key] = _local(value, key)[1]
             weights[key] = read(meta.file, meta.start, meta.torch_dtype, tuple(meta.shape), boxes[key], key)
 
+        loop = (
+            load_state(local_files["training_state/loop.json"].parent, "loop")
+            if "training_state/loop.json" in local_files
+            else {}
+        )
+        recorded = loop.get("classes") if isinstance(loop, dict) else None
+        classes: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
+        unfit: list[str] = []  # training state that does not fit what was given (the same on every rank)
+        for kind, obj, doc_path in (("optimizer", optimizer, OPTIMIZER_DOC), ("scheduler", scheduler, SCHEDULER_DOC)):
+            if obj is not None and doc_path not in local_files:
+                unfit.append(f"{kind}: the revision has no {kind} state")
         opt_state: dict[str, Any] | None = None
         parts: list[str] = []
         if optimizer is not None and OPTIMIZER_DOC in local_files:
@@ -249,15 +264,18 @@ def restore_shards(
                 state.setdefault(index_of[fqn], {})[key] = value
             groups = [{**g, "params": [index_of[n] for n in g["params"]]} for g in saved_groups]
             opt_state = {"state": state, "param_groups": groups}
+            unfit += check_optimizer(optimizer, opt_state, classes.get("optimizer"))
             parts.append("optimizer")
-        loop = (
-            load_state(local_files["training_state/loop.json"].parent, "loop")
-            if "training_state/loop.json" in local_files
-            else {}
-        )
         sched = None
-        if scheduler is not None and "training_state/scheduler.json" in local_files:
-            sched = load_state(local_files["training_state/scheduler.json"].parent, "scheduler")
+        if scheduler is not None and SCHEDULER_DOC in local_files:
+            sched = load_state(local_files[SCHEDULER_DOC].parent, "scheduler")
+            unfit += check_keys("scheduler", scheduler, sched, classes.get("scheduler"))
+        if unfit:
+            raise StateMismatchError(
+                f"{repo_id}@{name} does not fit what was given ({len(unfit)} difference(s); nothing was restored): "
+                + "; ".join(unfit[:20]),
+                unfit,
+            )
         rng = None
         if same_world and f"{mine_rng}.json" in local_files:
             rng = load_state(local_files[f"{mine_rng}.json"].parent, f"rng-rank-{rank:05d}")

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -571,8 +572,9 @@ def _check_plain_process_restore(repo_id: str, hub: str, tmp_path: Path) -> None
         assert torch.equal(got[k], want_opt[k]), k
 
 
-def _one_rank_revision(repo: str, hub: str, spool: Path):
-    """A multi-rank revision saved in this process: FSDP2 on a gloo world of 1 (no torchrun), step 1."""
+def _one_rank_revision(repo: str, hub: str, spool: Path, scaler: Any = None, then: Any = None) -> Any:
+    """A multi-rank revision saved in this process: FSDP2 on a gloo world of 1 (no torchrun), step 1; then
+    `then()` (a scaler) is restored by a new Checkpointer's restore() in that world, and returned."""
     import torch
     import torch.distributed as dist
 
@@ -582,15 +584,40 @@ def _one_rank_revision(repo: str, hub: str, spool: Path):
     try:
         model = _fsdp(_model(), 1)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        ckpt = hubckpt.Checkpointer(repo, model=model, optimizer=opt, hub=hub, spool_dir=spool)
+        ckpt = hubckpt.Checkpointer(repo, model=model, optimizer=opt, scaler=scaler, hub=hub, spool_dir=spool)
         assert type(ckpt).__name__ == "RankedCheckpointer"
         ids = torch.randint(0, 64, (2, 16))
         model(input_ids=ids, labels=ids).loss.backward()
         opt.step()
         ckpt.save(1)
         ckpt.close()
+        if then is None:
+            return None
+        again = then()
+        ckpt = hubckpt.Checkpointer(repo, model=model, optimizer=opt, scaler=again, hub=hub, spool_dir=spool)
+        assert "scaler" in ckpt.restore().parts
+        ckpt.close()
+        return again
     finally:
         dist.destroy_process_group()
+
+
+def test_the_grad_scaler_is_restored(tmp_path, local_hub, repo_id):
+    """A multi-rank save publishes the scaler's state; both restores put it back (it was dropped, so a resumed
+    mixed-precision run started again from the initial loss scale)."""
+    import torch
+
+    import hubckpt
+
+    def fresh():
+        return torch.amp.GradScaler("cpu", init_scale=2.0)
+
+    saved = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=7)
+    again = _one_rank_revision(repo_id, local_hub.url, tmp_path / "spool", scaler=saved, then=fresh)
+    assert again.get_scale() == 1024.0 and again.get_growth_interval() == 7
+    plain = fresh()
+    resumed = hubckpt.restore(repo_id, revision="step-0000001", model=_model(), scaler=plain, hub=local_hub.url)
+    assert "scaler" in resumed.parts and plain.get_scale() == 1024.0
 
 
 def test_a_tampered_optimizer_json_is_refused_with_nothing_restored(tmp_path, local_hub, api, repo_id):

@@ -195,7 +195,7 @@ def restore(
     from ..conversion.training_state import load_state, restore_rng
     from .shards import restore_shards, under_ranks
 
-    shards = dict(model=model, optimizer=optimizer, scheduler=scheduler, hub=hub, token=token)
+    shards = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, hub=hub, token=token)
     if under_ranks(model):  # collective: every rank reads its own slices (load/shards.py)
         return restore_shards(repo_id, revision, step=step, **shards)
     info, manifest, local = fetch_revision(repo_id, revision, step=step, hub=hub, token=token)

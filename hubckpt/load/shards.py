@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 OPTIMIZER_DOC = "training_state/optimizer.json"
 SCHEDULER_DOC = "training_state/scheduler.json"
+SCALER_DOC = "training_state/scaler.json"
 
 
 def _world(group: Any) -> tuple[int, int]:
@@ -95,6 +96,7 @@ def restore_shards(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
+    scaler: Any = None,
     hub: Any = None,
     token: Any = None,
     group: Any = None,
@@ -214,7 +216,11 @@ def restore_shards(
         recorded = loop.get("classes") if isinstance(loop, dict) else None
         classes: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
         unfit: list[str] = []  # training state that does not fit what was given (the same on every rank)
-        for kind, obj, doc_path in (("optimizer", optimizer, OPTIMIZER_DOC), ("scheduler", scheduler, SCHEDULER_DOC)):
+        for kind, obj, doc_path in (
+            ("optimizer", optimizer, OPTIMIZER_DOC),
+            ("scheduler", scheduler, SCHEDULER_DOC),
+            ("scaler", scaler, SCALER_DOC),
+        ):
             if obj is not None and doc_path not in local_files:
                 unfit.append(f"{kind}: the revision has no {kind} state")
         opt_state: dict[str, Any] | None = None
@@ -270,6 +276,10 @@ def restore_shards(
         if scheduler is not None and SCHEDULER_DOC in local_files:
             sched = load_state(local_files[SCHEDULER_DOC].parent, "scheduler")
             unfit += check_keys("scheduler", scheduler, sched, classes.get("scheduler"))
+        scaled = None
+        if scaler is not None and SCALER_DOC in local_files:
+            scaled = load_state(local_files[SCALER_DOC].parent, "scaler")
+            unfit += check_keys("scaler", scaler, scaled, classes.get("scaler"))
         if unfit:
             raise StateMismatchError(
                 f"{repo_id}@{name} does not fit what was given ({len(unfit)} difference(s); nothing was restored): "
@@ -289,6 +299,9 @@ def restore_shards(
     if sched is not None:
         scheduler.load_state_dict(sched)
         parts.append("scheduler")
+    if scaled is not None:
+        scaler.load_state_dict(scaled)
+        parts.append("scaler")
     if rng is not None:
         restore_rng(rng)
         parts.append("rng")

@@ -1337,6 +1337,7 @@ class RankedCheckpointer(Checkpointer):
             model=self.model,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
+            scaler=self.scaler,
             hub=self._hub,
             token=self._token,
             group=self._ctl,

@@ -704,5 +704,28 @@ def test_another_optimizer_type_a_missing_scheduler_or_another_dtype_is_refused_
         hubckpt.restore(repo_id, revision="step-0000001", model=_model().double(), hub=local_hub.url)
 
 
+def test_a_second_job_on_the_same_spool_is_refused_while_the_first_runs(tmp_path, local_hub, repo_id):
+    """Each rank holds its spool folder for the job's life: a second job with the same spool and world size (a
+    re-run started while ranks of the old one still publish) gets SpoolBusyError at construction, instead of
+    finishing, dropping or overwriting the first job's saves from its journal; after close() it may start."""
+    import torch
+    import torch.distributed as dist
+
+    import hubckpt
+    from hubckpt.errors import SpoolBusyError
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = _fsdp(_model(), 1)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        first = hubckpt.Checkpointer(repo_id, model=model, optimizer=opt, hub=local_hub.url, spool_dir=tmp_path)
+        with pytest.raises(SpoolBusyError, match=r"rank 0: The spool .*rank-00000-of-00001 is in use by pid"):
+            hubckpt.Checkpointer(repo_id, model=model, optimizer=opt, hub=local_hub.url, spool_dir=tmp_path)
+        first.close()
+        hubckpt.Checkpointer(repo_id, model=model, optimizer=opt, hub=local_hub.url, spool_dir=tmp_path).close()
+    finally:
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     _rank_main(sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4])

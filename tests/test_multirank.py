@@ -702,6 +702,17 @@ def test_another_optimizer_type_a_missing_scheduler_or_another_dtype_is_refused_
         match="dtype of transformer.h.0.attn.c_attn.bias: torch.float32 in the revision, torch.float64 here",
     ):
         hubckpt.restore(repo_id, revision="step-0000001", model=_model().double(), hub=local_hub.url)
+    # strict=False (it was ignored: every difference raised): the rest restored, what differs listed
+    model = _model()
+    model.transformer.ln_f = torch.nn.LayerNorm(16)
+    fresh = model.transformer.wte.weight.clone()
+    sched = torch.optim.lr_scheduler.StepLR(torch.optim.AdamW(model.parameters()), 3)
+    resumed = hubckpt.restore(
+        repo_id, revision="step-0000001", model=model, scheduler=sched, hub=local_hub.url, strict=False
+    )
+    assert "shape of transformer.ln_f.weight: (32,) in the revision, (16,) here" in resumed.mismatches
+    assert "scheduler: the revision has no scheduler state" in resumed.mismatches
+    assert not torch.equal(model.transformer.wte.weight, fresh)
 
 
 def test_a_second_job_on_the_same_spool_is_refused_while_the_first_runs(tmp_path, local_hub, repo_id):

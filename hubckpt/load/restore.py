@@ -197,11 +197,11 @@ def restore(
 
     shards = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, hub=hub, token=token)
     if under_ranks(model):  # collective: every rank reads its own slices (load/shards.py)
-        return restore_shards(repo_id, revision, step=step, **shards)
+        return restore_shards(repo_id, revision, step=step, strict=strict, **shards)
     info, manifest, local = fetch_revision(repo_id, revision, step=step, hub=hub, token=token)
     name, commit = info.name, info.commit
     if manifest.get("ranks"):  # published by several ranks: full tensors, optimizer keyed by parameter name
-        return restore_shards(repo_id, commit, **shards)
+        return restore_shards(repo_id, commit, strict=strict, **shards)
     state_dir = local[next(p for p in sorted(local) if p.startswith(f"{TRAINING_STATE_DIR}/"))].parent
     parts = sorted(Path(p).stem for p in local if p.startswith(f"{TRAINING_STATE_DIR}/") and p.endswith(".json"))
     fresh = reader_into_fresh_memory()  # load_state reads only <part>.safetensors beside each part's JSON

@@ -100,8 +100,11 @@ def restore_shards(
     hub: Any = None,
     token: Any = None,
     group: Any = None,
+    strict: bool = True,
 ) -> Restored:
-    """Collective: every rank restores its slices of a (multi-rank) revision (module docstring)."""
+    """Collective: every rank restores its slices of a (multi-rank) revision (module docstring). `strict=False`:
+    weights whose names, shapes or dtypes differ, and training state the revision lacks, are left out and
+    listed in `Restored.mismatches` instead of raising (as `restore` does for one process)."""
     import torch
     import torch.distributed as dist
 
@@ -155,12 +158,20 @@ def restore_shards(
             elif key in stored and lazy.meta(key).torch_dtype != value.dtype:
                 problems.append(f"dtype of {key}: {lazy.meta(key).torch_dtype} in the revision, {value.dtype} here")
         verdicts = _all(problems, group)
+        mismatches: list[str] = []
         if any(verdicts):
             listed = sorted({p for v in verdicts for p in v})
-            raise StateMismatchError(
-                f"{repo_id}@{name} does not fit this model ({len(listed)} differences): " + "; ".join(listed[:20]),
-                listed,
-            )
+            if strict:
+                raise StateMismatchError(
+                    f"{repo_id}@{name} does not fit this model ({len(listed)} differences): " + "; ".join(listed[:20]),
+                    listed,
+                )
+            mismatches = listed  # (the metadata is the same on every rank: so is what is left out)
+            targets = {
+                k: v
+                for k, v in targets.items()
+                if k in stored and tuple(lazy.shape(k)) == tuple(v.shape) and lazy.meta(k).torch_dtype == v.dtype
+            }
 
         def read(meta_file: str, start: int, dtype: Any, full_shape: tuple, box: Box | None, key: str) -> torch.Tensor:
             """This rank's part (`box`; None: all) of the tensor at byte `start` of `meta_file`, by Range reads:
@@ -222,7 +233,7 @@ def restore_shards(
             ("scaler", scaler, SCALER_DOC),
         ):
             if obj is not None and doc_path not in local_files:
-                unfit.append(f"{kind}: the revision has no {kind} state")
+                (unfit if strict else mismatches).append(f"{kind}: the revision has no {kind} state")
         opt_state: dict[str, Any] | None = None
         parts: list[str] = []
         if optimizer is not None and OPTIMIZER_DOC in local_files:
@@ -309,6 +320,8 @@ def restore_shards(
         logger.info(
             "%s@%s was saved on %s ranks, restored on %s: RNG states not restored", repo_id, name, saved_world, world
         )
+    if mismatches:
+        logger.warning("restoring %s@%s without: %s", repo_id, name, "; ".join(mismatches[:20]))
     restored = Restored(
         repo_id,
         name,
@@ -319,6 +332,7 @@ def restore_shards(
         metrics=dict(manifest.get("metrics") or {}),
         extra=loop.get("extra") if isinstance(loop, dict) else None,
         parts=parts + (["loop"] if loop else []),
+        mismatches=mismatches,
     )
     restored.rng_restored = rng is not None
     return restored

@@ -1370,6 +1370,7 @@ class RankedCheckpointer(Checkpointer):
             hub=self._hub,
             token=self._token,
             group=self._ctl,
+            strict=strict,
         )
 
 

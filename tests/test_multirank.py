@@ -618,6 +618,12 @@ def test_the_grad_scaler_is_restored(tmp_path, local_hub, repo_id):
     plain = fresh()
     resumed = hubckpt.restore(repo_id, revision="step-0000001", model=_model(), scaler=plain, hub=local_hub.url)
     assert "scaler" in resumed.parts and plain.get_scale() == 1024.0
+    # A plain process reads the revision by Range too: its weight and optimizer files were downloaded whole
+    # first (unused: then read again by Range), twice the bytes of a resume on one rank.
+    from huggingface_hub import try_to_load_from_cache
+
+    for path in ("model-00001-of-00001.safetensors", "training_state/optimizer-00001-of-00001.safetensors"):
+        assert not isinstance(try_to_load_from_cache(repo_id, path, revision=resumed.commit), str), path
 
 
 def test_a_tampered_optimizer_json_is_refused_with_nothing_restored(tmp_path, local_hub, api, repo_id):

@@ -64,12 +64,15 @@ def fetch_revision(
     token: Any = None,
     weights: bool = True,
     everything: bool = False,
+    ranked_unfetched: bool = False,
 ) -> tuple[Any, dict, dict]:
     """(RevisionInfo pinned to its commit, checkpoint.json or {}, {path in repo: verified local path}).
 
     Fetches `training_state/` and `checkpoint.json` (+ the safetensors weights, or every file with
     `everything=True`) into the shared cache, each checked against its sha256. Raises
     `TrainingStateMissingError`, before downloading any weights, for a revision without training state.
+    `ranked_unfetched`: a revision published by several ranks (`checkpoint.json` has `ranks`) is not
+    fetched (no local paths): `load/shards.py` reads what it needs of it by Range, not whole files.
     """
     from .download import Downloader
 
@@ -83,12 +86,15 @@ def fetch_revision(
             f"{repo_id}@{info.name} has no {TRAINING_STATE_DIR}/ (it was published from weights alone), so training "
             f"cannot resume from it; its weights load with hubckpt.load_state_dict / from_pretrained. {_HOW_TO_PUBLISH}"
         )
+    manifest = dict(files.manifest or {})
+    if ranked_unfetched and manifest.get("ranks"):
+        return info, manifest, {}
     if everything:
         wanted = sorted(files.files)
     else:
         wanted = state_files + ([p for p in files.files if p in WEIGHT_FILES or _SHARD.match(p)] if weights else [])
     local = downloader.fetch_many(files, wanted)
-    return info, dict(files.manifest or {}), local
+    return info, manifest, local
 
 
 # -- the plan: everything checked before anything changes --------------------------------------------
@@ -198,9 +204,9 @@ def restore(
     shards = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, hub=hub, token=token)
     if under_ranks(model):  # collective: every rank reads its own slices (load/shards.py)
         return restore_shards(repo_id, revision, step=step, strict=strict, **shards)
-    info, manifest, local = fetch_revision(repo_id, revision, step=step, hub=hub, token=token)
+    info, manifest, local = fetch_revision(repo_id, revision, step=step, hub=hub, token=token, ranked_unfetched=True)
     name, commit = info.name, info.commit
-    if manifest.get("ranks"):  # published by several ranks: full tensors, optimizer keyed by parameter name
+    if manifest.get("ranks"):  # published by several ranks: read by Range there, only what this model needs
         return restore_shards(repo_id, commit, strict=strict, **shards)
     state_dir = local[next(p for p in sorted(local) if p.startswith(f"{TRAINING_STATE_DIR}/"))].parent
     parts = sorted(Path(p).stem for p in local if p.startswith(f"{TRAINING_STATE_DIR}/") and p.endswith(".json"))

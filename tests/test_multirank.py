@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -569,6 +570,178 @@ def _check_plain_process_restore(repo_id: str, hub: str, tmp_path: Path) -> None
     assert sorted(got) == sorted(want_opt)
     for k in want_opt:
         assert torch.equal(got[k], want_opt[k]), k
+
+
+def _one_rank_revision(repo: str, hub: str, spool: Path, scaler: Any = None, then: Any = None) -> Any:
+    """A multi-rank revision saved in this process: FSDP2 on a gloo world of 1 (no torchrun), step 1; then
+    `then()` (a scaler) is restored by a new Checkpointer's restore() in that world, and returned."""
+    import torch
+    import torch.distributed as dist
+
+    import hubckpt
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = _fsdp(_model(), 1)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        ckpt = hubckpt.Checkpointer(repo, model=model, optimizer=opt, scaler=scaler, hub=hub, spool_dir=spool)
+        assert type(ckpt).__name__ == "RankedCheckpointer"
+        ids = torch.randint(0, 64, (2, 16))
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        ckpt.save(1)
+        ckpt.close()
+        if then is None:
+            return None
+        again = then()
+        ckpt = hubckpt.Checkpointer(repo, model=model, optimizer=opt, scaler=again, hub=hub, spool_dir=spool)
+        assert "scaler" in ckpt.restore().parts
+        ckpt.close()
+        return again
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_grad_scaler_is_restored(tmp_path, local_hub, repo_id):
+    """A multi-rank save publishes the scaler's state; both restores put it back (it was dropped, so a resumed
+    mixed-precision run started again from the initial loss scale)."""
+    import torch
+
+    import hubckpt
+
+    def fresh():
+        return torch.amp.GradScaler("cpu", init_scale=2.0)
+
+    saved = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=7)
+    again = _one_rank_revision(repo_id, local_hub.url, tmp_path / "spool", scaler=saved, then=fresh)
+    assert again.get_scale() == 1024.0 and again.get_growth_interval() == 7
+    plain = fresh()
+    resumed = hubckpt.restore(repo_id, revision="step-0000001", model=_model(), scaler=plain, hub=local_hub.url)
+    assert "scaler" in resumed.parts and plain.get_scale() == 1024.0
+    # A plain process reads the revision by Range too: its weight and optimizer files were downloaded whole
+    # first (unused: then read again by Range), twice the bytes of a resume on one rank.
+    from huggingface_hub import try_to_load_from_cache
+
+    for path in ("model-00001-of-00001.safetensors", "training_state/optimizer-00001-of-00001.safetensors"):
+        assert not isinstance(try_to_load_from_cache(repo_id, path, revision=resumed.commit), str), path
+
+
+def test_a_tampered_optimizer_json_is_refused_with_nothing_restored(tmp_path, local_hub, api, repo_id):
+    """training_state/optimizer.json of a multi-rank revision is untrusted: one naming a parameter the model
+    lacks, not a mapping, or a tensor its file does not hold is refused with `HubContentError` before anything
+    changes (it was a KeyError / AttributeError from inside the restore), even with checkpoint.json rewritten
+    to match it."""
+    import hashlib
+
+    import torch
+    from huggingface_hub import CommitOperationAdd
+
+    import hubckpt
+    from hubckpt.errors import HubContentError
+
+    _one_rank_revision(repo_id, local_hub.url, tmp_path / "spool")
+    rev = "step-0000001"
+    doc = json.loads(Path(api.hf_hub_download(repo_id, "training_state/optimizer.json", revision=rev)).read_text())
+    manifest = json.loads(Path(api.hf_hub_download(repo_id, "checkpoint.json", revision=rev)).read_text())
+    a_file = next(iter(doc["weight_map"].values()))
+    lies = {
+        "a parameter this model does not have": {**doc, "weight_map": {**doc["weight_map"], "nope.exp_avg": a_file}},
+        "weight_map is a list": {**doc, "weight_map": [a_file]},
+        "which does not hold it": {
+            **doc,
+            "weight_map": {**doc["weight_map"], "transformer.wte.weight.exp_avgX": a_file},
+        },
+    }
+    for said, lie in lies.items():
+        body = json.dumps(lie).encode()
+        for f in manifest["files"]:
+            if f["path"] == "training_state/optimizer.json":
+                f.update(sha256=hashlib.sha256(body).hexdigest(), size=len(body))
+        commit = api.create_commit(
+            repo_id,
+            [
+                CommitOperationAdd("training_state/optimizer.json", body),
+                CommitOperationAdd("checkpoint.json", json.dumps(manifest).encode()),
+            ],
+            commit_message="a lying optimizer.json",
+            revision=rev,
+        ).oid
+        model = _model()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(HubContentError, match=said):
+            hubckpt.restore(repo_id, revision=commit, model=model, optimizer=opt, hub=local_hub.url)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and not opt.state
+
+
+def test_another_optimizer_type_a_missing_scheduler_or_another_dtype_is_refused_with_nothing_restored(
+    tmp_path, local_hub, repo_id
+):
+    """A multi-rank revision restored into what does not fit raises StateMismatchError before anything changes,
+    as for one process: AdamW state into SGD (it was loaded, and SGD's next step failed or did other maths), a
+    scheduler the revision has no state for (it was silently left as it was), weights of another dtype (they
+    were cast)."""
+    import torch
+
+    import hubckpt
+    from hubckpt.errors import StateMismatchError
+
+    _one_rank_revision(repo_id, local_hub.url, tmp_path / "spool")
+    cases = {
+        "optimizer type: revision torch.optim.adamw.AdamW, given torch.optim.sgd.SGD": lambda m: dict(
+            optimizer=torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+        ),
+        "scheduler: the revision has no scheduler state": lambda m: dict(
+            scheduler=torch.optim.lr_scheduler.StepLR(torch.optim.AdamW(m.parameters()), 3)
+        ),
+    }
+    for said, given in cases.items():
+        model = _model()
+        kwargs = given(model)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(StateMismatchError, match=said):
+            hubckpt.restore(repo_id, revision="step-0000001", model=model, hub=local_hub.url, **kwargs)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        assert not kwargs.get("optimizer", torch.optim.SGD([torch.zeros(1)])).state
+    with pytest.raises(
+        StateMismatchError,
+        match="dtype of transformer.h.0.attn.c_attn.bias: torch.float32 in the revision, torch.float64 here",
+    ):
+        hubckpt.restore(repo_id, revision="step-0000001", model=_model().double(), hub=local_hub.url)
+    # strict=False (it was ignored: every difference raised): the rest restored, what differs listed
+    model = _model()
+    model.transformer.ln_f = torch.nn.LayerNorm(16)
+    fresh = model.transformer.wte.weight.clone()
+    sched = torch.optim.lr_scheduler.StepLR(torch.optim.AdamW(model.parameters()), 3)
+    resumed = hubckpt.restore(
+        repo_id, revision="step-0000001", model=model, scheduler=sched, hub=local_hub.url, strict=False
+    )
+    assert "shape of transformer.ln_f.weight: (32,) in the revision, (16,) here" in resumed.mismatches
+    assert "scheduler: the revision has no scheduler state" in resumed.mismatches
+    assert not torch.equal(model.transformer.wte.weight, fresh)
+
+
+def test_a_second_job_on_the_same_spool_is_refused_while_the_first_runs(tmp_path, local_hub, repo_id):
+    """Each rank holds its spool folder for the job's life: a second job with the same spool and world size (a
+    re-run started while ranks of the old one still publish) gets SpoolBusyError at construction, instead of
+    finishing, dropping or overwriting the first job's saves from its journal; after close() it may start."""
+    import torch
+    import torch.distributed as dist
+
+    import hubckpt
+    from hubckpt.errors import SpoolBusyError
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = _fsdp(_model(), 1)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        first = hubckpt.Checkpointer(repo_id, model=model, optimizer=opt, hub=local_hub.url, spool_dir=tmp_path)
+        with pytest.raises(SpoolBusyError, match=r"rank 0: The spool .*rank-00000-of-00001 is in use by pid"):
+            hubckpt.Checkpointer(repo_id, model=model, optimizer=opt, hub=local_hub.url, spool_dir=tmp_path)
+        first.close()
+        hubckpt.Checkpointer(repo_id, model=model, optimizer=opt, hub=local_hub.url, spool_dir=tmp_path).close()
+    finally:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -354,3 +354,20 @@ def test_health_names_the_data_folder_only_to_this_machine(tmp_path):
         assert remote == {"status": "ok", "service": "hubckpt-local-hub"}
     finally:
         ctx.store.close()
+
+
+def test_range_reads_on_a_kept_alive_connection_are_not_held_back_by_delayed_acks(local_hub, api, repo_id):
+    """The data plane sends a response's headers and body in separate writes: without TCP_NODELAY the body
+    waited for the client's delayed ACK (~40 ms on Linux loopback) on every request of a kept-alive
+    connection, so a multi-rank restore (one Range read per tensor part) took ~45 ms a tensor."""
+    from hubckpt.hub.reader import HubReader
+
+    api.upload_file(path_or_fileobj=os.urandom(4096), path_in_repo="w.safetensors", repo_id=repo_id)
+    commit = api.repo_info(repo_id).sha
+    reader = HubReader(local_hub.url, repo_id)
+    reader.read_range("w.safetensors", commit, 0, 16)  # (the connections are open)
+    started = time.perf_counter()
+    for k in range(20):
+        raw, _ = reader.read_range("w.safetensors", commit, k, k + 100)
+        assert len(raw) == 100
+    assert time.perf_counter() - started < 0.4  # 20 x 40 ms = 0.8 s when each body waits for an ACK

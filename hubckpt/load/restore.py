@@ -22,6 +22,7 @@ from ..errors import RestoreError, StateMismatchError, TrainingStateMissingError
 from ..formats.manifest import TRAINING_STATE_DIR
 from ..formats.untrusted import Source, check_type, load_json, printable
 from .download import read_capped
+from .fit import check_keys, check_optimizer
 from .read_into import TensorEntry, read_header, read_tensor, reader_into_fresh_memory
 from .resolve import repo_revisions
 from .restored import Restored
@@ -63,12 +64,15 @@ def fetch_revision(
     token: Any = None,
     weights: bool = True,
     everything: bool = False,
+    ranked_unfetched: bool = False,
 ) -> tuple[Any, dict, dict]:
     """(RevisionInfo pinned to its commit, checkpoint.json or {}, {path in repo: verified local path}).
 
     Fetches `training_state/` and `checkpoint.json` (+ the safetensors weights, or every file with
     `everything=True`) into the shared cache, each checked against its sha256. Raises
     `TrainingStateMissingError`, before downloading any weights, for a revision without training state.
+    `ranked_unfetched`: a revision published by several ranks (`checkpoint.json` has `ranks`) is not
+    fetched (no local paths): `load/shards.py` reads what it needs of it by Range, not whole files.
     """
     from .download import Downloader
 
@@ -82,12 +86,15 @@ def fetch_revision(
             f"{repo_id}@{info.name} has no {TRAINING_STATE_DIR}/ (it was published from weights alone), so training "
             f"cannot resume from it; its weights load with hubckpt.load_state_dict / from_pretrained. {_HOW_TO_PUBLISH}"
         )
+    manifest = dict(files.manifest or {})
+    if ranked_unfetched and manifest.get("ranks"):
+        return info, manifest, {}
     if everything:
         wanted = sorted(files.files)
     else:
         wanted = state_files + ([p for p in files.files if p in WEIGHT_FILES or _SHARD.match(p)] if weights else [])
     local = downloader.fetch_many(files, wanted)
-    return info, dict(files.manifest or {}), local
+    return info, manifest, local
 
 
 # -- the plan: everything checked before anything changes --------------------------------------------
@@ -146,69 +153,6 @@ def plan_weights(model: torch.nn.Module, entries: dict[str, TensorEntry]) -> tup
     return reads, mismatches
 
 
-def _class_of(obj: Any) -> str:
-    return f"{type(obj).__module__}.{type(obj).__qualname__}"
-
-
-def check_optimizer(optimizer: torch.optim.Optimizer, saved: dict, recorded_class: str | None) -> list[str]:
-    """Why `saved` (an optimizer state dict) cannot go into `optimizer`; [] when it can."""
-    import torch
-
-    if recorded_class and recorded_class != _class_of(optimizer):
-        return [f"optimizer type: revision {recorded_class}, given {_class_of(optimizer)}"]
-    problems = []
-    groups, saved_groups = optimizer.param_groups, saved.get("param_groups", [])
-    if len(groups) != len(saved_groups):
-        return [f"optimizer param groups: revision {len(saved_groups)}, given {len(groups)}"]
-    for i, (g, s) in enumerate(zip(groups, saved_groups)):
-        if len(g["params"]) != len(s.get("params", [])):
-            problems.append(
-                f"optimizer param group {i}: revision {len(s.get('params', []))} parameters, given {len(g['params'])}"
-            )
-        # Another optimizer type lacks some of this one's options (Trainer checkpoints do not record the
-        # class). Extra keys are normal: schedulers add initial_lr, max_lr, ... to the groups.
-        lacking = sorted(set(optimizer.defaults) - set(s))
-        if lacking:
-            problems.append(
-                f"optimizer param group {i}: the revision's optimizer has no {', '.join(lacking)} "
-                "(another optimizer type?)"
-            )
-    if problems:
-        return problems
-    params = {pid: p for g, s in zip(groups, saved_groups) for pid, p in zip(s["params"], g["params"])}
-    for pid, state in (saved.get("state") or {}).items():
-        param = params.get(pid)
-        if param is None:
-            problems.append(f"optimizer state for parameter {pid}, which no param group lists")
-            continue
-        for key, value in state.items():
-            if (
-                isinstance(value, torch.Tensor)
-                and value.dim() == param.dim()
-                and value.dim() > 0
-                and tuple(value.shape) != tuple(param.shape)
-            ):
-                problems.append(
-                    f"optimizer state {key} of parameter {pid}: shape {tuple(value.shape)}, "
-                    f"parameter {tuple(param.shape)}"
-                )
-    return problems
-
-
-def _check_keys(kind: str, obj: Any, saved: dict, recorded_class: str | None) -> list[str]:
-    if recorded_class and recorded_class != _class_of(obj):
-        return [f"{kind} type: revision {recorded_class}, given {_class_of(obj)}"]
-    ours, theirs = set(obj.state_dict()), set(saved)
-    if kind == "scaler" and ours and not theirs:
-        return ["grad scaler: the revision's scaler state is empty (it was disabled), this one is enabled"]
-    if kind != "scaler" and ours != theirs:
-        return [
-            f"{kind} state keys differ (another {kind} type?): only in the revision {sorted(theirs - ours)}, "
-            f"only here {sorted(ours - theirs)}"
-        ]
-    return []
-
-
 def restore(
     repo_id: str,
     revision: str | None = None,
@@ -257,13 +201,13 @@ def restore(
     from ..conversion.training_state import load_state, restore_rng
     from .shards import restore_shards, under_ranks
 
-    shards = dict(model=model, optimizer=optimizer, scheduler=scheduler, hub=hub, token=token)
+    shards = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, hub=hub, token=token)
     if under_ranks(model):  # collective: every rank reads its own slices (load/shards.py)
-        return restore_shards(repo_id, revision, step=step, **shards)
-    info, manifest, local = fetch_revision(repo_id, revision, step=step, hub=hub, token=token)
+        return restore_shards(repo_id, revision, step=step, strict=strict, **shards)
+    info, manifest, local = fetch_revision(repo_id, revision, step=step, hub=hub, token=token, ranked_unfetched=True)
     name, commit = info.name, info.commit
-    if manifest.get("ranks"):  # published by several ranks: full tensors, optimizer keyed by parameter name
-        return restore_shards(repo_id, commit, **shards)
+    if manifest.get("ranks"):  # published by several ranks: read by Range there, only what this model needs
+        return restore_shards(repo_id, commit, strict=strict, **shards)
     state_dir = local[next(p for p in sorted(local) if p.startswith(f"{TRAINING_STATE_DIR}/"))].parent
     parts = sorted(Path(p).stem for p in local if p.startswith(f"{TRAINING_STATE_DIR}/") and p.endswith(".json"))
     fresh = reader_into_fresh_memory()  # load_state reads only <part>.safetensors beside each part's JSON
@@ -288,7 +232,7 @@ def restore(
         elif kind == "optimizer":
             problems += check_optimizer(obj, state[kind], classes.get(kind))
         else:
-            problems += _check_keys(kind, obj, state[kind], classes.get(kind))
+            problems += check_keys(kind, obj, state[kind], classes.get(kind))
     if problems:
         raise StateMismatchError(
             f"{repo_id}@{name} does not fit what was given ({len(problems)} difference(s); "

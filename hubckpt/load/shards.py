@@ -25,13 +25,14 @@ Without a process group (a plain process), it restores the full tensors into a p
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import RestoreError, StateMismatchError
+from ..formats.untrusted import Source, check_type, load_json, printable
 from ..sharding import Box, as_bytes, box_shape, box_slices, byte_shape, dtensor_box, unwrap
+from .fit import check_keys, check_optimizer
 
 if TYPE_CHECKING:
     import torch
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OPTIMIZER_DOC = "training_state/optimizer.json"
+SCHEDULER_DOC = "training_state/scheduler.json"
+SCALER_DOC = "training_state/scaler.json"
 
 
 def _world(group: Any) -> tuple[int, int]:
@@ -93,11 +96,15 @@ def restore_shards(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
+    scaler: Any = None,
     hub: Any = None,
     token: Any = None,
     group: Any = None,
+    strict: bool = True,
 ) -> Restored:
-    """Collective: every rank restores its slices of a (multi-rank) revision (module docstring)."""
+    """Collective: every rank restores its slices of a (multi-rank) revision (module docstring). `strict=False`:
+    weights whose names, shapes or dtypes differ, and training state the revision lacks, are left out and
+    listed in `Restored.mismatches` instead of raising (as `restore` does for one process)."""
     import torch
     import torch.distributed as dist
 
@@ -148,13 +155,23 @@ def restore_shards(
         for key, value in targets.items():
             if key in stored and tuple(lazy.shape(key)) != tuple(value.shape):
                 problems.append(f"shape of {key}: {tuple(lazy.shape(key))} in the revision, {tuple(value.shape)} here")
+            elif key in stored and lazy.meta(key).torch_dtype != value.dtype:
+                problems.append(f"dtype of {key}: {lazy.meta(key).torch_dtype} in the revision, {value.dtype} here")
         verdicts = _all(problems, group)
+        mismatches: list[str] = []
         if any(verdicts):
             listed = sorted({p for v in verdicts for p in v})
-            raise StateMismatchError(
-                f"{repo_id}@{name} does not fit this model ({len(listed)} differences): " + "; ".join(listed[:20]),
-                listed,
-            )
+            if strict:
+                raise StateMismatchError(
+                    f"{repo_id}@{name} does not fit this model ({len(listed)} differences): " + "; ".join(listed[:20]),
+                    listed,
+                )
+            mismatches = listed  # (the metadata is the same on every rank: so is what is left out)
+            targets = {
+                k: v
+                for k, v in targets.items()
+                if k in stored and tuple(lazy.shape(k)) == tuple(v.shape) and lazy.meta(k).torch_dtype == v.dtype
+            }
 
         def read(meta_file: str, start: int, dtype: Any, full_shape: tuple, box: Box | None, key: str) -> torch.Tensor:
             """This rank's part (`box`; None: all) of the tensor at byte `start` of `meta_file`, by Range reads:
@@ -202,12 +219,28 @@ def restore_shards(
             boxes[key] = _local(value, key)[1]
             weights[key] = read(meta.file, meta.start, meta.torch_dtype, tuple(meta.shape), boxes[key], key)
 
+        loop = (
+            load_state(local_files["training_state/loop.json"].parent, "loop")
+            if "training_state/loop.json" in local_files
+            else {}
+        )
+        recorded = loop.get("classes") if isinstance(loop, dict) else None
+        classes: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
+        unfit: list[str] = []  # training state that does not fit what was given (the same on every rank)
+        for kind, obj, doc_path in (
+            ("optimizer", optimizer, OPTIMIZER_DOC),
+            ("scheduler", scheduler, SCHEDULER_DOC),
+            ("scaler", scaler, SCALER_DOC),
+        ):
+            if obj is not None and doc_path not in local_files:
+                (unfit if strict else mismatches).append(f"{kind}: the revision has no {kind} state")
         opt_state: dict[str, Any] | None = None
         parts: list[str] = []
         if optimizer is not None and OPTIMIZER_DOC in local_files:
-            doc = json.loads(local_files[OPTIMIZER_DOC].read_text())
             names = {id(p): n for n, p in module.named_parameters()}
             by_name = {n: p for n, p in module.named_parameters()}
+            source = Source(repo_id, name, OPTIMIZER_DOC)
+            doc = _optimizer_doc(local_files[OPTIMIZER_DOC], source, set(by_name), set(lazy.rev.files.files))
             index_of: dict[str, int] = {}
             for g in optimizer.param_groups:
                 for p in g["params"]:
@@ -221,7 +254,9 @@ def restore_shards(
             for tensor_name, file in sorted(doc["weight_map"].items()):
                 fqn, _, key = tensor_name.rpartition(".")
                 header, data_start = lazy._header(file)
-                entry = header[tensor_name]
+                entry = header.get(tensor_name)
+                if not isinstance(entry, dict):
+                    raise source.error(f"it maps {printable(tensor_name, 80)!r} to {file}, which does not hold it")
                 param = by_name[fqn]
                 dtype = _dtype(entry["dtype"])
                 full_shape = tuple(entry["shape"])
@@ -246,15 +281,22 @@ def restore_shards(
                 state.setdefault(index_of[fqn], {})[key] = value
             groups = [{**g, "params": [index_of[n] for n in g["params"]]} for g in saved_groups]
             opt_state = {"state": state, "param_groups": groups}
+            unfit += check_optimizer(optimizer, opt_state, classes.get("optimizer"))
             parts.append("optimizer")
-        loop = (
-            load_state(local_files["training_state/loop.json"].parent, "loop")
-            if "training_state/loop.json" in local_files
-            else {}
-        )
         sched = None
-        if scheduler is not None and "training_state/scheduler.json" in local_files:
-            sched = load_state(local_files["training_state/scheduler.json"].parent, "scheduler")
+        if scheduler is not None and SCHEDULER_DOC in local_files:
+            sched = load_state(local_files[SCHEDULER_DOC].parent, "scheduler")
+            unfit += check_keys("scheduler", scheduler, sched, classes.get("scheduler"))
+        scaled = None
+        if scaler is not None and SCALER_DOC in local_files:
+            scaled = load_state(local_files[SCALER_DOC].parent, "scaler")
+            unfit += check_keys("scaler", scaler, scaled, classes.get("scaler"))
+        if unfit:
+            raise StateMismatchError(
+                f"{repo_id}@{name} does not fit what was given ({len(unfit)} difference(s); nothing was restored): "
+                + "; ".join(unfit[:20]),
+                unfit,
+            )
         rng = None
         if same_world and f"{mine_rng}.json" in local_files:
             rng = load_state(local_files[f"{mine_rng}.json"].parent, f"rng-rank-{rank:05d}")
@@ -268,6 +310,9 @@ def restore_shards(
     if sched is not None:
         scheduler.load_state_dict(sched)
         parts.append("scheduler")
+    if scaled is not None:
+        scaler.load_state_dict(scaled)
+        parts.append("scaler")
     if rng is not None:
         restore_rng(rng)
         parts.append("rng")
@@ -275,6 +320,8 @@ def restore_shards(
         logger.info(
             "%s@%s was saved on %s ranks, restored on %s: RNG states not restored", repo_id, name, saved_world, world
         )
+    if mismatches:
+        logger.warning("restoring %s@%s without: %s", repo_id, name, "; ".join(mismatches[:20]))
     restored = Restored(
         repo_id,
         name,
@@ -285,9 +332,36 @@ def restore_shards(
         metrics=dict(manifest.get("metrics") or {}),
         extra=loop.get("extra") if isinstance(loop, dict) else None,
         parts=parts + (["loop"] if loop else []),
+        mismatches=mismatches,
     )
     restored.rng_restored = rng is not None
     return restored
+
+
+def _optimizer_doc(path: Any, source: Source, params: set[str], files: set[str]) -> dict[str, Any]:
+    """`training_state/optimizer.json`, checked (untrusted: read from a hub): param groups naming this model's
+    parameters, and a weight map from `<parameter>.<state key>` to a file of the revision. A
+    `HubContentError` (nothing changed yet) for anything else, not a KeyError from deep in the restore."""
+    from .download import read_capped
+
+    doc = check_type(load_json(read_capped(path, source), source), dict, source, "content")
+    groups = check_type(doc.get("param_groups"), list, source, "param_groups")
+    for group in groups:
+        check_type(group, dict, source, "param group")
+        for fqn in check_type(group.get("params"), list, source, "param group's params"):
+            check_type(fqn, str, source, "parameter name")
+    weight_map = check_type(doc.get("weight_map"), dict, source, "weight_map")
+    for tensor_name, file in weight_map.items():
+        fqn = tensor_name.rpartition(".")[0]
+        if fqn not in params:
+            raise source.error(
+                f"it holds state of {printable(tensor_name, 80)!r}, a parameter this model does not have"
+            )
+        if not isinstance(file, str) or file not in files:
+            raise source.error(
+                f"it maps {printable(tensor_name, 80)!r} to {printable(str(file), 80)!r}, not a file of the revision"
+            )
+    return doc
 
 
 def _dtype(name: str) -> Any:

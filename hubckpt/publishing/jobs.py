@@ -61,6 +61,35 @@ def read_owner(spool: Path) -> dict[str, Any]:
         return {}
 
 
+def lock_spool(spool: Path, hint: str | None = None) -> BaseFileLock:
+    """Hold `spool` for this process (a file lock the OS drops when the process dies), or `SpoolBusyError`
+    naming the process that holds it: one publisher per spool (a Publisher's, or one rank's of a job)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(spool / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        owner = read_owner(spool)
+        who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}" if owner else "another process"
+        if hint is None and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+            hint = "another Publisher of this process holds it: close() that one first"
+        elif hint is None:
+            hint = (
+                "a running publisher, `hubckpt watch` or `resume`: wait for it to finish or stop it; two "
+                "processes on one spool would publish the same jobs"
+            )
+        raise SpoolBusyError(f"The spool {spool} is in use by {who} ({hint}).", pid=owner.get("pid")) from None
+    (spool / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    return lock
+
+
+def release_spool(spool: Path, lock: BaseFileLock) -> None:
+    """Give up what `lock_spool` took."""
+    (spool / OWNER_FILE).unlink(missing_ok=True)
+    lock.release()
+
+
 class JobStore:
     """Journal + spool folders + the spool lock + every job's per-target state."""
 
@@ -79,30 +108,12 @@ class JobStore:
     # -- the lock -----------------------------------------------------------------------------------
 
     def _acquire(self) -> None:
-        from filelock import FileLock, Timeout
-
-        lock = FileLock(str(self.spool / LOCK_FILE), timeout=0)
-        try:
-            lock.acquire()
-        except Timeout:
-            owner = read_owner(self.spool)
-            who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}" if owner else "another process"
-            if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
-                hint = "another Publisher of this process holds it: close() that one first"
-            else:
-                hint = (
-                    "a running publisher, `hubckpt watch` or `resume`: wait for it to finish or stop it; two "
-                    "processes on one spool would publish the same jobs"
-                )
-            raise SpoolBusyError(f"The spool {self.spool} is in use by {who} ({hint}).", pid=owner.get("pid")) from None
-        self._file_lock = lock
-        (self.spool / OWNER_FILE).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+        self._file_lock = lock_spool(self.spool)
 
     def release(self) -> None:
         """Give the spool up (idempotent)."""
         if self._file_lock is not None:
-            (self.spool / OWNER_FILE).unlink(missing_ok=True)
-            self._file_lock.release()
+            release_spool(self.spool, self._file_lock)
             self._file_lock = None
 
     # -- records ------------------------------------------------------------------------------------
@@ -204,4 +215,4 @@ class JobStore:
         shutil.rmtree(self.folder(job_id), ignore_errors=True)
 
 
-__all__ = ["JobStore", "default_spool", "target_key", "read_owner"]
+__all__ = ["JobStore", "default_spool", "lock_spool", "release_spool", "target_key", "read_owner"]

@@ -479,6 +479,8 @@ class RankedCheckpointer(Checkpointer):
         self._ctl = dist.new_group(backend="gloo", timeout=timeout)
         self._bg = dist.new_group(backend="gloo", timeout=dt.timedelta(seconds=self.background_timeout))
         self._bg_broken: str | None = None  # why the backgrounds are out of step (one did not arrive in time)
+        self._broken: str | None = None  # why our collectives are out of step (a rank did not arrive)
+        self._spool_lock = self._lock_spool()
         self._journal = RankJournal(self.spool)
         self._repo_key = target_key(self.target)
         self.companions = [Path(c).resolve() for c in companions]
@@ -496,7 +498,6 @@ class RankedCheckpointer(Checkpointer):
         self._jobs: queue.Queue[tuple | None] = queue.Queue()
         self._failed: list[dict[str, Any]] = []  # saves that failed in the background, not reported yet
         self._closed = False
-        self._broken: str | None = None  # why our collectives are out of step (a rank did not arrive)
         self._published: dict[int, str] = {}
         if self.rank == 0:
             self.target.ensure_repo()
@@ -508,6 +509,29 @@ class RankedCheckpointer(Checkpointer):
         self._recover()  # (queues the jobs the journals can finish: the background runs them first)
         self._thread = threading.Thread(target=self._work, name="hubckpt-ranks", daemon=True)
         self._thread.start()
+
+    def _lock_spool(self) -> Any:
+        """Collective (constructor): hold this rank's spool folder for the job's life, so another job on this
+        host with the same spool and world size (a re-run started while ranks of the old one still run) cannot
+        finish, drop or overwrite this job's saves from the journal. Busy on any rank: `SpoolBusyError` on
+        every rank, naming the ranks and the process holding each folder."""
+        import torch.distributed as dist
+
+        from ..errors import SpoolBusyError
+        from .jobs import lock_spool, release_spool
+
+        lock, busy = None, None
+        try:
+            lock = lock_spool(self.spool, hint="another job's rank on this host still runs: stop it, or wait for it")
+        except SpoolBusyError as e:
+            busy = f"rank {self.rank}: {e}"
+        everyone: list[Any] = [None] * self.world
+        self._collective(lambda: dist.all_gather_object(everyone, busy, group=self._ctl), "whose the spool is")
+        if any(everyone):
+            if lock is not None:
+                release_spool(self.spool, lock)
+            raise SpoolBusyError("; ".join(e for e in everyone if e))
+        return lock
 
     # -- finishing what a killed run left (the journals) ---------------------------------------------------
 
@@ -1301,6 +1325,11 @@ class RankedCheckpointer(Checkpointer):
             self._thread.join(timeout=60)
             if self._hook is not None:
                 self._hook.remove()
+            if not self._thread.is_alive() and self._spool_lock is not None:
+                from .jobs import release_spool
+
+                release_spool(self.spool, self._spool_lock)
+                self._spool_lock = None
         self._raise_if_failed()
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -1337,9 +1366,11 @@ class RankedCheckpointer(Checkpointer):
             model=self.model,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
+            scaler=self.scaler,
             hub=self._hub,
             token=self._token,
             group=self._ctl,
+            strict=strict,
         )
 
 

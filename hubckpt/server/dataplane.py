@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
 import threading
 import time
 import uuid
@@ -241,9 +240,6 @@ class _DataPlaneHTTPServer(ThreadingHTTPServer):
             self.shutdown_request(request)
             return
         request.settimeout(self.timeout_s)
-        # The headers and a sendfile'd body are two writes: with Nagle's algorithm a short body waits for
-        # the client's delayed ACK of the headers (~40 ms per small Range read, e.g. a safetensors header).
-        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             super().process_request(request, client_address)
         except BaseException:

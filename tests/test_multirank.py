@@ -744,5 +744,29 @@ def test_a_second_job_on_the_same_spool_is_refused_while_the_first_runs(tmp_path
         dist.destroy_process_group()
 
 
+def test_leaving_the_with_block_on_an_error_frees_the_spool(tmp_path, local_hub, repo_id):
+    """`__exit__` with an exception gives the spool lock back: a retry in this process may start at once."""
+    import torch
+    import torch.distributed as dist
+
+    import hubckpt
+    from hubckpt.errors import SpoolBusyError
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = _fsdp(_model(), 1)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        with pytest.raises(ValueError, match="the loop failed"):
+            with hubckpt.Checkpointer(repo_id, model=model, optimizer=opt, hub=local_hub.url, spool_dir=tmp_path):
+                raise ValueError("the loop failed")
+        try:
+            again = hubckpt.Checkpointer(repo_id, model=model, optimizer=opt, hub=local_hub.url, spool_dir=tmp_path)
+        except SpoolBusyError as e:
+            pytest.fail(f"the spool stayed locked after __exit__ with an error: {e}")
+        again.close()
+    finally:
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     _rank_main(sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4])

@@ -1325,12 +1325,16 @@ class RankedCheckpointer(Checkpointer):
             self._thread.join(timeout=60)
             if self._hook is not None:
                 self._hook.remove()
-            if not self._thread.is_alive() and self._spool_lock is not None:
-                from .jobs import release_spool
-
-                release_spool(self.spool, self._spool_lock)
-                self._spool_lock = None
+            self._release_spool()
         self._raise_if_failed()
+
+    def _release_spool(self) -> None:
+        """Give the spool lock back once the background has ended (while it runs, it may still write there)."""
+        if not self._thread.is_alive() and self._spool_lock is not None:
+            from .jobs import release_spool
+
+            release_spool(self.spool, self._spool_lock)
+            self._spool_lock = None
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
@@ -1338,6 +1342,19 @@ class RankedCheckpointer(Checkpointer):
             return
         self._closed = True  # the loop failed: the other ranks fail too (torchrun); don't mask the error
         self._jobs.put(None)
+        # The background ends after the job it runs (its collectives bounded by background_timeout; a minute at
+        # most here); then the spool is free for the next Checkpointer of this process (a retry after the error).
+        self._thread.join(timeout=min(self.background_timeout, 60.0))
+        if self._hook is not None:
+            self._hook.remove()
+        self._release_spool()
+        if self._spool_lock is not None:
+            logger.warning(
+                "rank %d: the background of %s did not end; %s stays locked until this process exits",
+                self.rank,
+                self.repo_id,
+                self.spool,
+            )
 
     def restore(self, revision: str | None = None, *, step: int | None = None, strict: bool = True) -> Any:
         """Collective: load the latest published revision (or `revision` / `step`) into this rank's shards of

@@ -768,5 +768,29 @@ def test_leaving_the_with_block_on_an_error_frees_the_spool(tmp_path, local_hub,
         dist.destroy_process_group()
 
 
+def test_journals_of_another_world_size_are_named_in_one_warning_and_kept(tmp_path, local_hub, repo_id, caplog):
+    """A spool folder of another world size (`rank-R-of-3` under a job on 1 rank) is never read by this job:
+    one warning says what is there and how to remove it; nothing is deleted (another job may own it)."""
+    import torch
+    import torch.distributed as dist
+
+    import hubckpt
+
+    other = tmp_path / "rank-00001-of-00003"
+    (other / "step-0000004").mkdir(parents=True)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = _fsdp(_model(), 1)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        for _ in range(2):
+            hubckpt.Checkpointer(repo_id, model=model, optimizer=opt, hub=local_hub.url, spool_dir=tmp_path).close()
+    finally:
+        dist.destroy_process_group()
+    assert (other / "step-0000004").is_dir(), "another job's journal must not be deleted"
+    warned = [r.getMessage() for r in caplog.records if "rank-00001-of-00003" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "1 unfinished save folder(s); no process holds it" in warned[0] and "rm -r" in warned[0]
+
+
 if __name__ == "__main__":
     _rank_main(sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4])

@@ -406,6 +406,50 @@ def assemble(
     return full
 
 
+_WARNED_WORLDS: set[tuple[str, tuple[str, ...]]] = set()  # (spool, folders) said already in this process
+
+
+def _warn_other_worlds(base: Path, world: int, rank: int) -> None:
+    """One warning (once per process and spool) naming the journal folders of another world size in `base`:
+    a re-run on W ranks reads only `rank-*-of-W`, so the saves a job on another world size left unfinished
+    are never finished nor dropped by this one. Never deleted here: another job may own them (its lock says
+    whether one runs on this host now)."""
+    from ..errors import SpoolBusyError
+    from .jobs import lock_spool, release_spool
+
+    others = sorted(
+        p
+        for p in base.glob("rank-*-of-*")
+        if p.is_dir() and p.name.rpartition("-of-")[2].isdigit() and int(p.name.rpartition("-of-")[2]) != world
+    )
+    key = (str(base), tuple(p.name for p in others))
+    if not others or key in _WARNED_WORLDS:
+        return
+    _WARNED_WORLDS.add(key)
+    described = []
+    for folder in others:
+        jobs = sum(1 for p in folder.iterdir() if p.is_dir() and p.name != "model-files")
+        try:
+            lock = lock_spool(folder)
+        except SpoolBusyError as e:
+            described.append(f"{folder.name} ({jobs} unfinished save folder(s); in use: {e})")
+        except OSError as e:
+            described.append(f"{folder.name} ({jobs} unfinished save folder(s); not readable: {e})")
+        else:
+            release_spool(folder, lock)
+            described.append(f"{folder.name} ({jobs} unfinished save folder(s); no process holds it)")
+    logger.warning(
+        "rank %d: %s holds journals of another world size than this job's %d, which this job neither finishes "
+        "nor removes: %s. A job on that world size with this spool resumes them; if none will, remove the "
+        "folders no process holds (rm -r %s/rank-*-of-<W>)",
+        rank,
+        base,
+        world,
+        "; ".join(described),
+        base,
+    )
+
+
 class RankedCheckpointer(Checkpointer):
     """The `Checkpointer` under torch.distributed (module docstring). Built by `Checkpointer(...)` on every rank.
 
@@ -481,6 +525,7 @@ class RankedCheckpointer(Checkpointer):
         self._bg_broken: str | None = None  # why the backgrounds are out of step (one did not arrive in time)
         self._broken: str | None = None  # why our collectives are out of step (a rank did not arrive)
         self._spool_lock = self._lock_spool()
+        _warn_other_worlds(Path(base), self.world, self.rank)
         self._journal = RankJournal(self.spool)
         self._repo_key = target_key(self.target)
         self.companions = [Path(c).resolve() for c in companions]

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import RestoreError, StateMismatchError
 from ..formats.untrusted import Source, check_type, load_json, printable
-from ..sharding import Box, as_bytes, box_shape, box_slices, byte_shape, dtensor_box, unwrap
+from ..sharding import Box, as_bytes, box_shape, box_slices, byte_shape, local_part, unwrap
 from .fit import check_keys, check_optimizer
 
 if TYPE_CHECKING:
@@ -77,15 +77,6 @@ def under_ranks(model: Any) -> bool:
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())
-
-
-def _local(value: torch.Tensor, name: str) -> tuple[torch.Tensor, Box | None]:
-    """(this rank's local tensor of `value`, its box of the full tensor: None for all of it)."""
-    from torch.distributed.tensor import DTensor
-
-    if isinstance(value, DTensor):
-        return value.to_local(), dtensor_box(value, name)
-    return value, None
 
 
 def restore_shards(
@@ -216,7 +207,7 @@ def restore_shards(
         boxes: dict[str, Box | None] = {}
         for key, value in targets.items():
             meta = lazy.meta(key)
-            boxes[key] = _local(value, key)[1]
+            boxes[key] = local_part(value, key)[1]
             weights[key] = read(meta.file, meta.start, meta.torch_dtype, tuple(meta.shape), boxes[key], key)
 
         loop = (
@@ -265,7 +256,7 @@ def restore_shards(
                 # A DTensor parameter's state of its own shape is a DTensor of its layout (any placements): this
                 # rank reads its part. Other state (a step count) is read whole.
                 distributed = isinstance(param, DTensor) and full_shape == tuple(param.shape)
-                box = _local(param, fqn)[1] if distributed else None
+                box = local_part(param, fqn)[1] if distributed else None
                 start = data_start + entry["data_offsets"][0]
                 value = read(file, start, dtype, full_shape, box, tensor_name)
                 if distributed:
@@ -304,7 +295,7 @@ def restore_shards(
     # -- apply: everything was read and checked
     with torch.no_grad():
         for key, value in targets.items():
-            _local(value, key)[0].copy_(weights[key])
+            local_part(value, key)[0].copy_(weights[key])
     if opt_state is not None:
         optimizer.load_state_dict(opt_state)  # type: ignore[union-attr]
     if sched is not None:

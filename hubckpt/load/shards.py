@@ -29,7 +29,7 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any, cast
 
-from ..errors import RestoreError, StateMismatchError
+from ..errors import RankMismatchError, RestoreError, StateMismatchError
 from ..formats.untrusted import Source, check_type, load_json, printable
 from ..sharding import Box, as_bytes, box_shape, box_slices, byte_shape, local_part, unwrap
 from .fit import check_keys, check_optimizer
@@ -54,7 +54,21 @@ def _world(group: Any) -> tuple[int, int]:
     return 0, 1
 
 
-def _all(value: Any, group: Any) -> list[Any]:
+def _together(fn: Any, what: str, repo_id: str, group: Any) -> None:
+    """One collective of restore's: a rank that does not arrive within the group's timeout (it did not call
+    restore, or ended, died or is stuck) makes it raise `RankMismatchError` naming what it waited for, not
+    the process group's own error."""
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - a timeout or a lost peer: one clear error
+        raise RankMismatchError(
+            f"{repo_id}: rank {_world(group)[0]} waited in vain for the other ranks {what} (every rank must call "
+            f"restore(); a rank ended, died, or did not arrive within the process group's timeout): "
+            f"{type(e).__name__}: {e}"
+        ) from e
+
+
+def _all(value: Any, group: Any, what: str, repo_id: str) -> list[Any]:
     """Every rank's `value` (just `[value]` without a process group)."""
     import torch.distributed as dist
 
@@ -62,7 +76,7 @@ def _all(value: Any, group: Any) -> list[Any]:
     if world == 1:
         return [value]
     out: list[Any] = [None] * world
-    dist.all_gather_object(out, value, group=group)
+    _together(lambda: dist.all_gather_object(out, value, group=group), what, repo_id, group)
     return out
 
 
@@ -115,7 +129,10 @@ def restore_shards(
         except Exception as e:  # noqa: BLE001 - told to every rank
             found = [("error", type(e).__name__, str(e))]
     if world > 1:
-        dist.broadcast_object_list(found, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+        src = dist.get_global_rank(group, 0) if group is not None else 0
+        _together(
+            lambda: dist.broadcast_object_list(found, src=src, group=group), "to resolve the revision", repo_id, group
+        )
     kind, name, commit = found[0]
     if kind == "error":
         raise RestoreError(f"{repo_id}: could not resolve the revision to restore: {name}: {commit}")
@@ -148,7 +165,7 @@ def restore_shards(
                 problems.append(f"shape of {key}: {tuple(lazy.shape(key))} in the revision, {tuple(value.shape)} here")
             elif key in stored and lazy.meta(key).torch_dtype != value.dtype:
                 problems.append(f"dtype of {key}: {lazy.meta(key).torch_dtype} in the revision, {value.dtype} here")
-        verdicts = _all(problems, group)
+        verdicts = _all(problems, group, "to compare the names and shapes", repo_id)
         mismatches: list[str] = []
         if any(verdicts):
             listed = sorted({p for v in verdicts for p in v})

@@ -969,11 +969,15 @@ class RankedCheckpointer(Checkpointer):
             received: list[torch.Tensor] = []
             if longest:
                 send = pack(plan, self.rank, staged, longest)
-                if self.rank == owner:
-                    received = [torch.empty(longest, dtype=torch.uint8) for _ in range(self.world)]
-                    dist.gather(send, received, dst=owner, group=self._bg)
-                else:
-                    dist.gather(send, None, dst=owner, group=self._bg)
+                received = (
+                    [torch.empty(longest, dtype=torch.uint8) for _ in range(self.world)] if owner == self.rank else []
+                )
+                self._bg_call(
+                    lambda send=send, received=received, owner=owner: dist.gather(
+                        send, received or None, dst=owner, group=self._bg
+                    ),
+                    f"to send rank {owner} their parts of the tensors it writes",
+                )
             if self.rank == owner:
                 full.update(assemble(layout, owner, staged, received))
         return full

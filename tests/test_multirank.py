@@ -871,6 +871,10 @@ def test_a_fault_on_one_rank_or_on_rank_0s_hub_reads_fails_every_rank_alike_and_
     seen = _launch(tmp_path, repo_id, local_hub.url, "faults", nproc=2)
     lonely = seen[0]["lonely"]
     assert lonely["error"] == "RankMismatchError" and "to resolve the revision" in lonely["message"], lonely
+    for s in seen:
+        failed = s["one_read_fails"]
+        assert failed["error"] == "RestoreError" and "rank 1: OSError: the disk under rank 1" in failed["message"], s
+        assert s["unchanged"], f"rank {s['rank']} applied a restore another rank could not read"
 
 
 if __name__ == "__main__":

@@ -17,7 +17,10 @@ are read whole. The part is the same on the same layout and world size, so that 
 
 The revision is resolved once, on rank 0, and its commit broadcast, so every rank reads the same one.
 Everything is read and checked before anything changes; a parameter-name or shape mismatch raises
-`StateMismatchError` on every rank (their verdicts are exchanged), with the model unchanged. RNG states
+`StateMismatchError` on every rank (their verdicts are exchanged), with the model unchanged. After every
+rank's reads the ranks exchange once more, so a read failing on one rank (hub, network, disk) fails every
+rank's restore with nothing applied anywhere. A rank that does not come to an exchange within the group's
+timeout is a `RankMismatchError` naming what was waited for. RNG states
 are restored only when the world size matches the one that saved (`Restored.rng_restored`).
 
 Without a process group (a plain process), it restores the full tensors into a plain model.
@@ -29,7 +32,7 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any, cast
 
-from ..errors import RankMismatchError, RestoreError, StateMismatchError
+from ..errors import HubckptError, RankMismatchError, RestoreError, StateMismatchError
 from ..formats.untrusted import Source, check_type, load_json, printable
 from ..sharding import Box, as_bytes, box_shape, box_slices, byte_shape, local_part, unwrap
 from .fit import check_keys, check_optimizer
@@ -220,94 +223,113 @@ def restore_shards(
                 at += piece.numel() * item
             return out
 
-        weights: dict[str, torch.Tensor] = {}
-        boxes: dict[str, Box | None] = {}
-        for key, value in targets.items():
-            meta = lazy.meta(key)
-            boxes[key] = local_part(value, key)[1]
-            weights[key] = read(meta.file, meta.start, meta.torch_dtype, tuple(meta.shape), boxes[key], key)
+        # -- read: every rank its parts; then one exchange, so that every rank applies or none does
+        failure: Exception | None = None
+        try:
+            weights: dict[str, torch.Tensor] = {}
+            boxes: dict[str, Box | None] = {}
+            for key, value in targets.items():
+                meta = lazy.meta(key)
+                boxes[key] = local_part(value, key)[1]
+                weights[key] = read(meta.file, meta.start, meta.torch_dtype, tuple(meta.shape), boxes[key], key)
 
-        loop = (
-            load_state(local_files["training_state/loop.json"].parent, "loop")
-            if "training_state/loop.json" in local_files
-            else {}
-        )
-        recorded = loop.get("classes") if isinstance(loop, dict) else None
-        classes: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
-        unfit: list[str] = []  # training state that does not fit what was given (the same on every rank)
-        for kind, obj, doc_path in (
-            ("optimizer", optimizer, OPTIMIZER_DOC),
-            ("scheduler", scheduler, SCHEDULER_DOC),
-            ("scaler", scaler, SCALER_DOC),
-        ):
-            if obj is not None and doc_path not in local_files:
-                (unfit if strict else mismatches).append(f"{kind}: the revision has no {kind} state")
-        opt_state: dict[str, Any] | None = None
-        parts: list[str] = []
-        if optimizer is not None and OPTIMIZER_DOC in local_files:
-            names = {id(p): n for n, p in module.named_parameters()}
-            by_name = {n: p for n, p in module.named_parameters()}
-            source = Source(repo_id, name, OPTIMIZER_DOC)
-            doc = _optimizer_doc(local_files[OPTIMIZER_DOC], source, set(by_name), set(lazy.rev.files.files))
-            index_of: dict[str, int] = {}
-            for g in optimizer.param_groups:
-                for p in g["params"]:
-                    index_of[names[id(p)]] = len(index_of)
-            saved_groups = doc["param_groups"]
-            if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in optimizer.param_groups] or any(
-                n not in index_of for g in saved_groups for n in g["params"]
-            ):
-                raise StateMismatchError(f"{repo_id}@{name}: the optimizer's param groups differ from the saved ones")
-            state: dict[int, dict[str, Any]] = {}
-            for tensor_name, file in sorted(doc["weight_map"].items()):
-                fqn, _, key = tensor_name.rpartition(".")
-                header, data_start = lazy._header(file)
-                entry = header.get(tensor_name)
-                if not isinstance(entry, dict):
-                    raise source.error(f"it maps {printable(tensor_name, 80)!r} to {file}, which does not hold it")
-                param = by_name[fqn]
-                dtype = _dtype(entry["dtype"])
-                full_shape = tuple(entry["shape"])
-                from torch.distributed.tensor import DTensor
-
-                # A DTensor parameter's state of its own shape is a DTensor of its layout (any placements): this
-                # rank reads its part. Other state (a step count) is read whole.
-                distributed = isinstance(param, DTensor) and full_shape == tuple(param.shape)
-                box = local_part(param, fqn)[1] if distributed else None
-                start = data_start + entry["data_offsets"][0]
-                value = read(file, start, dtype, full_shape, box, tensor_name)
-                if distributed:
-                    dparam = cast(Any, param)
-                    value = DTensor.from_local(
-                        value,
-                        dparam.device_mesh,
-                        dparam.placements,
-                        run_check=False,
-                        shape=param.shape,
-                        stride=param.stride(),
-                    )
-                state.setdefault(index_of[fqn], {})[key] = value
-            groups = [{**g, "params": [index_of[n] for n in g["params"]]} for g in saved_groups]
-            opt_state = {"state": state, "param_groups": groups}
-            unfit += check_optimizer(optimizer, opt_state, classes.get("optimizer"))
-            parts.append("optimizer")
-        sched = None
-        if scheduler is not None and SCHEDULER_DOC in local_files:
-            sched = load_state(local_files[SCHEDULER_DOC].parent, "scheduler")
-            unfit += check_keys("scheduler", scheduler, sched, classes.get("scheduler"))
-        scaled = None
-        if scaler is not None and SCALER_DOC in local_files:
-            scaled = load_state(local_files[SCALER_DOC].parent, "scaler")
-            unfit += check_keys("scaler", scaler, scaled, classes.get("scaler"))
-        if unfit:
-            raise StateMismatchError(
-                f"{repo_id}@{name} does not fit what was given ({len(unfit)} difference(s); nothing was restored): "
-                + "; ".join(unfit[:20]),
-                unfit,
+            loop = (
+                load_state(local_files["training_state/loop.json"].parent, "loop")
+                if "training_state/loop.json" in local_files
+                else {}
             )
-        rng = None
-        if same_world and f"{mine_rng}.json" in local_files:
-            rng = load_state(local_files[f"{mine_rng}.json"].parent, f"rng-rank-{rank:05d}")
+            recorded = loop.get("classes") if isinstance(loop, dict) else None
+            classes: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
+            unfit: list[str] = []  # training state that does not fit what was given (the same on every rank)
+            for kind, obj, doc_path in (
+                ("optimizer", optimizer, OPTIMIZER_DOC),
+                ("scheduler", scheduler, SCHEDULER_DOC),
+                ("scaler", scaler, SCALER_DOC),
+            ):
+                if obj is not None and doc_path not in local_files:
+                    (unfit if strict else mismatches).append(f"{kind}: the revision has no {kind} state")
+            opt_state: dict[str, Any] | None = None
+            parts: list[str] = []
+            if optimizer is not None and OPTIMIZER_DOC in local_files:
+                names = {id(p): n for n, p in module.named_parameters()}
+                by_name = {n: p for n, p in module.named_parameters()}
+                source = Source(repo_id, name, OPTIMIZER_DOC)
+                doc = _optimizer_doc(local_files[OPTIMIZER_DOC], source, set(by_name), set(lazy.rev.files.files))
+                index_of: dict[str, int] = {}
+                for g in optimizer.param_groups:
+                    for p in g["params"]:
+                        index_of[names[id(p)]] = len(index_of)
+                saved_groups = doc["param_groups"]
+                if [len(g["params"]) for g in saved_groups] != [
+                    len(g["params"]) for g in optimizer.param_groups
+                ] or any(n not in index_of for g in saved_groups for n in g["params"]):
+                    raise StateMismatchError(
+                        f"{repo_id}@{name}: the optimizer's param groups differ from the saved ones"
+                    )
+                state: dict[int, dict[str, Any]] = {}
+                for tensor_name, file in sorted(doc["weight_map"].items()):
+                    fqn, _, key = tensor_name.rpartition(".")
+                    header, data_start = lazy._header(file)
+                    entry = header.get(tensor_name)
+                    if not isinstance(entry, dict):
+                        raise source.error(f"it maps {printable(tensor_name, 80)!r} to {file}, which does not hold it")
+                    param = by_name[fqn]
+                    dtype = _dtype(entry["dtype"])
+                    full_shape = tuple(entry["shape"])
+                    from torch.distributed.tensor import DTensor
+
+                    # A DTensor parameter's state of its own shape is a DTensor of its layout (any placements): this
+                    # rank reads its part. Other state (a step count) is read whole.
+                    distributed = isinstance(param, DTensor) and full_shape == tuple(param.shape)
+                    box = local_part(param, fqn)[1] if distributed else None
+                    start = data_start + entry["data_offsets"][0]
+                    value = read(file, start, dtype, full_shape, box, tensor_name)
+                    if distributed:
+                        dparam = cast(Any, param)
+                        value = DTensor.from_local(
+                            value,
+                            dparam.device_mesh,
+                            dparam.placements,
+                            run_check=False,
+                            shape=param.shape,
+                            stride=param.stride(),
+                        )
+                    state.setdefault(index_of[fqn], {})[key] = value
+                groups = [{**g, "params": [index_of[n] for n in g["params"]]} for g in saved_groups]
+                opt_state = {"state": state, "param_groups": groups}
+                unfit += check_optimizer(optimizer, opt_state, classes.get("optimizer"))
+                parts.append("optimizer")
+            sched = None
+            if scheduler is not None and SCHEDULER_DOC in local_files:
+                sched = load_state(local_files[SCHEDULER_DOC].parent, "scheduler")
+                unfit += check_keys("scheduler", scheduler, sched, classes.get("scheduler"))
+            scaled = None
+            if scaler is not None and SCALER_DOC in local_files:
+                scaled = load_state(local_files[SCALER_DOC].parent, "scaler")
+                unfit += check_keys("scaler", scaler, scaled, classes.get("scaler"))
+            if unfit:
+                raise StateMismatchError(
+                    f"{repo_id}@{name} does not fit what was given ({len(unfit)} difference(s); nothing was restored): "
+                    + "; ".join(unfit[:20]),
+                    unfit,
+                )
+            rng = None
+            if same_world and f"{mine_rng}.json" in local_files:
+                rng = load_state(local_files[f"{mine_rng}.json"].parent, f"rng-rank-{rank:05d}")
+        except Exception as e:  # noqa: BLE001 - told to every rank before anything is applied
+            failure = e
+    told = _all(
+        None if failure is None else f"rank {rank}: {type(failure).__name__}: {failure}",
+        group,
+        "to say whether they read their parts",
+        repo_id,
+    )
+    if failure is not None and isinstance(failure, HubckptError):
+        raise failure
+    if any(told):
+        raise RestoreError(
+            f"{repo_id}@{name}: nothing was restored on any rank: " + "; ".join(t for t in told if t)
+        ) from failure
 
     # -- apply: everything was read and checked
     with torch.no_grad():

@@ -28,6 +28,7 @@ Without a process group (a plain process), it restores the full tensors into a p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import TYPE_CHECKING, Any, cast
@@ -96,6 +97,23 @@ def under_ranks(model: Any) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
+def _said(failure: Exception | None, rank: int) -> str | None:
+    """What a rank tells the others of its failure (None: it has none)."""
+    return None if failure is None else f"rank {rank}: {type(failure).__name__}: {failure}"
+
+
+def _raise_together(failure: Exception | None, said: list[str | None], where: str) -> None:
+    """After an exchange of `_said`: raise on every rank if any rank failed, before anything is applied. A
+    rank's own hubckpt error is raised as it is; the other ranks (and a failure of another library) raise
+    `RestoreError` naming each rank's failure."""
+    if failure is not None and isinstance(failure, HubckptError):
+        raise failure
+    if any(said):
+        raise RestoreError(
+            f"{where}: nothing was restored on any rank: " + "; ".join(s for s in said if s)
+        ) from failure
+
+
 def restore_shards(
     repo_id: str,
     revision: str | None = None,
@@ -140,35 +158,46 @@ def restore_shards(
     if kind == "error":
         raise RestoreError(f"{repo_id}: could not resolve the revision to restore: {name}: {commit}")
 
-    with open_revision(repo_id, commit, hub=hub, token=token) as lazy:
-        manifest = lazy.rev.reader.read_json("checkpoint.json", commit) or {}
-        saved_world = (manifest.get("ranks") or {}).get("world_size")
-        small = [p for p in lazy.rev.files.files if p.startswith("training_state/") and p.endswith(".json")]
-        mine_rng = f"training_state/rng-rank-{rank:05d}"
-        wanted = [p for p in small if not p.startswith("training_state/rng-rank-")]
-        same_world = saved_world == world
-        if same_world:
-            wanted += [p for p in lazy.rev.files.files if p.startswith(mine_rng)]
-        local_files = lazy.rev.downloader.fetch_many(lazy.rev.files, sorted(wanted))
+    with contextlib.ExitStack() as stack:
+        # -- plan: names and shapes; every rank's verdict (or its failure to read the plan) exchanged
+        failure: Exception | None = None
+        problems: list[str] = []
+        try:
+            lazy = stack.enter_context(open_revision(repo_id, commit, hub=hub, token=token))
+            manifest = lazy.rev.reader.read_json("checkpoint.json", commit) or {}
+            saved_world = (manifest.get("ranks") or {}).get("world_size")
+            small = [p for p in lazy.rev.files.files if p.startswith("training_state/") and p.endswith(".json")]
+            mine_rng = f"training_state/rng-rank-{rank:05d}"
+            wanted = [p for p in small if not p.startswith("training_state/rng-rank-")]
+            same_world = saved_world == world
+            if same_world:
+                wanted += [p for p in lazy.rev.files.files if p.startswith(mine_rng)]
+            local_files = lazy.rev.downloader.fetch_many(lazy.rev.files, sorted(wanted))
 
-        # -- plan: names and shapes, every rank's verdict exchanged before anything changes
-        targets: dict[str, torch.Tensor] = {}
-        seen: set[int] = set()
-        everything = module.state_dict(keep_vars=True)
-        for key, value in everything.items():
-            if id(value) not in seen:
-                seen.add(id(value))
-                targets[key] = value
-        stored = set(lazy.keys())
-        tied = dict(lazy.rev.tied)
-        problems = [f"missing in the revision: {k}" for k in targets if k not in stored and k not in tied]
-        problems += [f"not in the model: {k}" for k in sorted(stored - set(everything) - set(tied))]
-        for key, value in targets.items():
-            if key in stored and tuple(lazy.shape(key)) != tuple(value.shape):
-                problems.append(f"shape of {key}: {tuple(lazy.shape(key))} in the revision, {tuple(value.shape)} here")
-            elif key in stored and lazy.meta(key).torch_dtype != value.dtype:
-                problems.append(f"dtype of {key}: {lazy.meta(key).torch_dtype} in the revision, {value.dtype} here")
-        verdicts = _all(problems, group, "to compare the names and shapes", repo_id)
+            # -- plan: names and shapes, every rank's verdict exchanged before anything changes
+            targets: dict[str, torch.Tensor] = {}
+            seen: set[int] = set()
+            everything = module.state_dict(keep_vars=True)
+            for key, value in everything.items():
+                if id(value) not in seen:
+                    seen.add(id(value))
+                    targets[key] = value
+            stored = set(lazy.keys())
+            tied = dict(lazy.rev.tied)
+            problems = [f"missing in the revision: {k}" for k in targets if k not in stored and k not in tied]
+            problems += [f"not in the model: {k}" for k in sorted(stored - set(everything) - set(tied))]
+            for key, value in targets.items():
+                if key in stored and tuple(lazy.shape(key)) != tuple(value.shape):
+                    problems.append(
+                        f"shape of {key}: {tuple(lazy.shape(key))} in the revision, {tuple(value.shape)} here"
+                    )
+                elif key in stored and lazy.meta(key).torch_dtype != value.dtype:
+                    problems.append(f"dtype of {key}: {lazy.meta(key).torch_dtype} in the revision, {value.dtype} here")
+        except Exception as e:  # noqa: BLE001 - told to every rank before anything changes
+            failure = e
+        told = _all((problems, _said(failure, rank)), group, "to compare the names and shapes", repo_id)
+        _raise_together(failure, [t[1] for t in told], f"{repo_id}@{name}")
+        verdicts = [t[0] for t in told]
         mismatches: list[str] = []
         if any(verdicts):
             listed = sorted({p for v in verdicts for p in v})
@@ -224,7 +253,6 @@ def restore_shards(
             return out
 
         # -- read: every rank its parts; then one exchange, so that every rank applies or none does
-        failure: Exception | None = None
         try:
             weights: dict[str, torch.Tensor] = {}
             boxes: dict[str, Box | None] = {}
@@ -318,18 +346,8 @@ def restore_shards(
                 rng = load_state(local_files[f"{mine_rng}.json"].parent, f"rng-rank-{rank:05d}")
         except Exception as e:  # noqa: BLE001 - told to every rank before anything is applied
             failure = e
-    told = _all(
-        None if failure is None else f"rank {rank}: {type(failure).__name__}: {failure}",
-        group,
-        "to say whether they read their parts",
-        repo_id,
-    )
-    if failure is not None and isinstance(failure, HubckptError):
-        raise failure
-    if any(told):
-        raise RestoreError(
-            f"{repo_id}@{name}: nothing was restored on any rank: " + "; ".join(t for t in told if t)
-        ) from failure
+    said = _all(_said(failure, rank), group, "to say whether they read their parts", repo_id)
+    _raise_together(failure, said, f"{repo_id}@{name}")
 
     # -- apply: everything was read and checked
     with torch.no_grad():

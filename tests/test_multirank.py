@@ -875,6 +875,11 @@ def test_a_fault_on_one_rank_or_on_rank_0s_hub_reads_fails_every_rank_alike_and_
         failed = s["one_read_fails"]
         assert failed["error"] == "RestoreError" and "rank 1: OSError: the disk under rank 1" in failed["message"], s
         assert s["unchanged"], f"rank {s['rank']} applied a restore another rank could not read"
+    for case in ("corrupt_index", "hub_down"):
+        assert seen[0][case]["error"] is not None and seen[0][case]["error"] != "RuntimeError", seen[0][case]
+        for s in seen:
+            assert (s[case]["error"], s[case]["message"]) == (seen[0][case]["error"], seen[0][case]["message"]), case
+            assert s[case]["s"] < 10, (case, s[case])  # not rank_timeout=20
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import HubConfigError, PublishError, PublishFailedError, RankMismatchError
+from ..errors import HubConfigError, PublishError, PublishFailedError, RankMismatchError, RestoreError
 from ..faults import fault
 from ..sharding import Box, box_numel, box_shape, box_slices, local_part, row_range, unwrap
 from .checkpointer import LOOP_FORMAT, Checkpointer, class_name, model_files, publish_options
@@ -394,6 +394,23 @@ def assemble(
     return full
 
 
+def rank0_error(outcome: tuple, failure: Exception | None, fallback: type, context: str) -> Exception:
+    """The error every rank raises for what failed on rank 0 (`outcome`: ("error", class name, message)): the
+    same hubckpt error class and message on every rank (rank 0 raises its own); an error of another library
+    becomes `fallback` naming it."""
+    from .. import errors
+
+    _, kind, message = outcome
+    cls = getattr(errors, kind, None)
+    if isinstance(cls, type) and issubclass(cls, errors.HubckptError):
+        if failure is not None:
+            return failure
+        error = cls.__new__(cls)  # (its own __init__ may want more than the message: the message is what is told)
+        error.args = (message,)
+        return error
+    return fallback(f"{context}: {kind}: {message}")
+
+
 _WARNED_WORLDS: set[tuple[str, tuple[str, ...]]] = set()  # (spool, folders) said already in this process
 
 
@@ -532,13 +549,27 @@ class RankedCheckpointer(Checkpointer):
         self._failed: list[dict[str, Any]] = []  # saves that failed in the background, not reported yet
         self._closed = False
         self._published: dict[int, str] = {}
+        # Rank 0 alone reads the hub; its outcome (what it read, or its error) goes to every rank, so a hub it
+        # cannot reach fails every rank at once with the same error, not the others after rank_timeout.
+        failure: Exception | None = None
+        shared: list[Any] = [("ok", {})]
         if self.rank == 0:
-            self.target.ensure_repo()
-            self._published = self._published_steps()
-            model_files(self._module, self._files_dir, class_name=model_class_name(self._module))
-        shared: list[Any] = [self._published]
-        dist.broadcast_object_list(shared, src=0, group=self._ctl)
-        self._published = dict(shared[0])
+            try:
+                self.target.ensure_repo()
+                shared = [("ok", self._published_steps())]
+                model_files(self._module, self._files_dir, class_name=model_class_name(self._module))
+            except Exception as e:  # noqa: BLE001 - told to every rank, raised on every rank below
+                failure, shared = e, [("error", type(e).__name__, str(e))]
+        try:
+            self._collective(
+                lambda: dist.broadcast_object_list(shared, src=0, group=self._ctl), "what rank 0 read of the hub"
+            )
+            if shared[0][0] == "error":
+                raise rank0_error(shared[0], failure, PublishError, f"{repo_id}: rank 0 could not prepare the repo")
+        except BaseException:
+            self._pool_lock_release()
+            raise
+        self._published = dict(shared[0][1])
         self._recover()  # (queues the jobs the journals can finish: the background runs them first)
         self._thread = threading.Thread(target=self._work, name="hubckpt-ranks", daemon=True)
         self._thread.start()
@@ -1365,6 +1396,14 @@ class RankedCheckpointer(Checkpointer):
             self._release_spool()
         self._raise_if_failed()
 
+    def _pool_lock_release(self) -> None:
+        """The constructor failed: give the spool back (no background runs yet)."""
+        if self._spool_lock is not None:
+            from .jobs import release_spool
+
+            release_spool(self.spool, self._spool_lock)
+            self._spool_lock = None
+
     def _release_spool(self) -> None:
         """Give the spool lock back once the background has ended (while it runs, it may still write there)."""
         if not self._thread.is_alive() and self._spool_lock is not None:
@@ -1405,12 +1444,18 @@ class RankedCheckpointer(Checkpointer):
         from ..load.shards import restore_shards
 
         self.wait()
-        live: list[Any] = [True]
+        live: list[Any] = [("ok", True)]
+        failure: Exception | None = None
         if self.rank == 0 and revision is None and step is None:
-            index = read_index(self.repo_id, hub=self._hub, token=self._token)
-            live = [bool(index is not None and index.live())]
+            try:
+                index = read_index(self.repo_id, hub=self._hub, token=self._token)
+                live = [("ok", bool(index is not None and index.live()))]
+            except Exception as e:  # noqa: BLE001 - told to every rank, raised on every rank below
+                failure, live = e, [("error", type(e).__name__, str(e))]
         self._collective(lambda: dist.broadcast_object_list(live, src=0, group=self._ctl), "restore()")
-        if not live[0]:
+        if live[0][0] == "error":
+            raise rank0_error(live[0], failure, RestoreError, f"{self.repo_id}: rank 0 could not read the index")
+        if not live[0][1]:
             logger.info("%s has no revision yet: starting from scratch", self.repo_id)
             return None
         return restore_shards(

@@ -115,6 +115,22 @@ def row_range(box: Box | None, shape: tuple[int, ...]) -> Run | None:
 _BOXES: dict[tuple, tuple[Any, Box | None]] = {}  # (id(mesh), placements, shape) → (mesh, its box here)
 
 
+def local_part(value: torch.Tensor, name: str) -> tuple[torch.Tensor, Box | None]:
+    """(this rank's part of `value`, detached; which part of the full tensor that is: None for all of it). Any
+    DTensor placement on any mesh; `Partial` is refused with `HubConfigError`. The one helper of publishing (what
+    a rank sends) and restore (what a rank reads, and copies into)."""
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(value, DTensor):
+        return value.detach(), None
+    # Its `_local_tensor` where it has one (what `to_local()` returns, read without `to_local()`'s autograd
+    # function: ~8 µs a tensor, 2.5 ms a save for a 300-tensor state).
+    local = getattr(value, "_local_tensor", None)
+    if local is None:  # pragma: no cover - a torch whose DTensor keeps it elsewhere
+        local = value.to_local()
+    return local.detach(), dtensor_box(value, name)
+
+
 def dtensor_box(value: Any, name: str) -> Box | None:
     """This rank's box of the DTensor `value` (None: it holds the whole tensor). Cached by mesh, placements and
     shape: a save asks for every tensor of the state."""
@@ -176,6 +192,7 @@ def as_bytes(value: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = [
+    "local_part",
     "Box",
     "as_bytes",
     "box_of",

@@ -60,6 +60,9 @@ def _rank_main(repo: str, hub: str, out: Path, mode: str) -> None:
     if mode == "absent":
         _absent_main(repo, hub, out)
         return
+    if mode == "faults":
+        _faults_main(repo, hub, out)
+        return
     model = _model()
     if mode == "fsdp":
         model = _fsdp(model, world)
@@ -265,6 +268,73 @@ LATE = 1.5  # how late rank 1 comes to its first save there
 STUCK = 4.0  # how long rank 1's background is stuck there
 
 
+def _faults_main(repo: str, hub: str, out: Path) -> None:
+    """Faults on one rank (or on rank 0's hub reads) during restore and construction: what each rank raised,
+    how long it took, and whether its model changed."""
+    import datetime as dt
+    import time
+
+    import torch
+    import torch.distributed as dist
+    from huggingface_hub import HfApi
+
+    import hubckpt
+    from hubckpt.hub.reader import HubReader
+    from hubckpt.load.shards import restore_shards
+
+    rank = dist.get_rank()
+    model = _fsdp(_model(), 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    before = {k: v.to_local().clone() for k, v in model.state_dict().items()}
+    seen: dict[str, Any] = {"rank": rank}
+
+    def caught(fn: Any) -> dict[str, Any]:
+        t = time.monotonic()
+        try:
+            fn()
+            return {"error": None, "s": time.monotonic() - t}
+        except Exception as e:  # noqa: BLE001 - what the test checks
+            return {"error": type(e).__name__, "message": str(e), "s": time.monotonic() - t}
+
+    # A rank that never comes to restore_shards (a group with a 3 s timeout): rank 0 gets a typed error.
+    lonely = dist.new_group(backend="gloo", timeout=dt.timedelta(seconds=3))
+    if rank == 0:
+        seen["lonely"] = caught(lambda: restore_shards(repo, model=model, optimizer=opt, hub=hub, group=lonely))
+    dist.barrier()
+    # One rank's reads fail after the names and shapes check: no rank applies anything.
+    ckpt = hubckpt.Checkpointer(repo, model=model, optimizer=opt, hub=hub, rank_timeout=20)
+    real = HubReader.read_range
+    if rank == 1:
+
+        def broken(self: Any, *args: Any, **kwargs: Any) -> Any:
+            raise OSError("the disk under rank 1 failed")
+
+        HubReader.read_range = broken  # type: ignore[method-assign]
+    seen["one_read_fails"] = caught(ckpt.restore)
+    HubReader.read_range = real  # type: ignore[method-assign]
+    seen["unchanged"] = not opt.state and all(
+        torch.equal(before[k], v.to_local()) for k, v in model.state_dict().items()
+    )
+    # Rank 0 alone reads the index at the start of restore(): a corrupt one fails every rank at once, alike.
+    if rank == 0:
+        HfApi(endpoint=hub, token="unused").upload_file(
+            path_or_fileobj=b"{not json", path_in_repo="revisions.json", repo_id=repo
+        )
+    dist.barrier()
+    seen["corrupt_index"] = caught(ckpt.restore)
+    seen["close"] = caught(ckpt.close)  # (a rank out of step before a fix: the launch still ends)
+    # Rank 0 alone reads the hub in the constructor: a hub that is down fails every rank at once, alike.
+    seen["hub_down"] = caught(
+        lambda: hubckpt.Checkpointer(
+            repo, model=model, optimizer=opt, hub="http://127.0.0.1:9", spool_dir=out / "dead", rank_timeout=20
+        )
+    )
+    (out / f"faults-{rank}.json").write_text(json.dumps(seen))
+    dist.barrier()
+    dist.destroy_process_group()
+    os._exit(0)
+
+
 def _no_buffers():
     raise MemoryError("no staging buffers (injected)")
 
@@ -355,7 +425,7 @@ def _launch(tmp_path: Path, repo: str, hub: str, mode: str, nproc: int = 2) -> l
         assert proc.returncode != 0, "the rank was to be killed"
         return []
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-8000:]
-    prefix = {"reshard": "reshard", "crash": "crash", "absent": "absent", "single": "single"}.get(
+    prefix = {"reshard": "reshard", "crash": "crash", "absent": "absent", "single": "single", "faults": "faults"}.get(
         mode.partition(":")[0], "rank"
     )
     return [json.loads((tmp_path / f"{prefix}-{r}.json").read_text()) for r in range(nproc)]
@@ -743,6 +813,74 @@ def test_a_second_job_on_the_same_spool_is_refused_while_the_first_runs(tmp_path
         hubckpt.Checkpointer(repo_id, model=model, optimizer=opt, hub=local_hub.url, spool_dir=tmp_path).close()
     finally:
         dist.destroy_process_group()
+
+
+def test_leaving_the_with_block_on_an_error_frees_the_spool(tmp_path, local_hub, repo_id):
+    """`__exit__` with an exception gives the spool lock back: a retry in this process may start at once."""
+    import torch
+    import torch.distributed as dist
+
+    import hubckpt
+    from hubckpt.errors import SpoolBusyError
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = _fsdp(_model(), 1)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        with pytest.raises(ValueError, match="the loop failed"):
+            with hubckpt.Checkpointer(repo_id, model=model, optimizer=opt, hub=local_hub.url, spool_dir=tmp_path):
+                raise ValueError("the loop failed")
+        try:
+            again = hubckpt.Checkpointer(repo_id, model=model, optimizer=opt, hub=local_hub.url, spool_dir=tmp_path)
+        except SpoolBusyError as e:
+            pytest.fail(f"the spool stayed locked after __exit__ with an error: {e}")
+        again.close()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_journals_of_another_world_size_are_named_in_one_warning_and_kept(tmp_path, local_hub, repo_id, caplog):
+    """A spool folder of another world size (`rank-R-of-3` under a job on 1 rank) is never read by this job:
+    one warning says what is there and how to remove it; nothing is deleted (another job may own it)."""
+    import torch
+    import torch.distributed as dist
+
+    import hubckpt
+
+    other = tmp_path / "rank-00001-of-00003"
+    (other / "step-0000004").mkdir(parents=True)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = _fsdp(_model(), 1)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        for _ in range(2):
+            hubckpt.Checkpointer(repo_id, model=model, optimizer=opt, hub=local_hub.url, spool_dir=tmp_path).close()
+    finally:
+        dist.destroy_process_group()
+    assert (other / "step-0000004").is_dir(), "another job's journal must not be deleted"
+    warned = [r.getMessage() for r in caplog.records if "rank-00001-of-00003" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert "1 unfinished save folder(s); no process holds it" in warned[0] and "rm -r" in warned[0]
+
+
+@pytest.mark.slow
+def test_a_fault_on_one_rank_or_on_rank_0s_hub_reads_fails_every_rank_alike_and_at_once(tmp_path, local_hub, repo_id):
+    """Never a raw gloo error, never a wait of rank_timeout, never one rank restored: a rank that does not come
+    to restore; one rank's reads failing after the names/shapes check; a corrupt index read by rank 0 at the
+    start of restore(); a hub that is down when rank 0 prepares the repo in the constructor."""
+    _one_rank_revision(repo_id, local_hub.url, tmp_path / "one")
+    seen = _launch(tmp_path, repo_id, local_hub.url, "faults", nproc=2)
+    lonely = seen[0]["lonely"]
+    assert lonely["error"] == "RankMismatchError" and "to resolve the revision" in lonely["message"], lonely
+    for s in seen:
+        failed = s["one_read_fails"]
+        assert failed["error"] == "RestoreError" and "rank 1: OSError: the disk under rank 1" in failed["message"], s
+        assert s["unchanged"], f"rank {s['rank']} applied a restore another rank could not read"
+    for case in ("corrupt_index", "hub_down"):
+        assert seen[0][case]["error"] is not None and seen[0][case]["error"] != "RuntimeError", seen[0][case]
+        for s in seen:
+            assert (s[case]["error"], s[case]["message"]) == (seen[0][case]["error"], seen[0][case]["message"]), case
+            assert s[case]["s"] < 10, (case, s[case])  # not rank_timeout=20
 
 
 if __name__ == "__main__":

@@ -188,3 +188,17 @@ def test_parts_that_overlap_or_leave_a_gap_are_refused():
     ]
     with pytest.raises(HubConfigError, match="overlap or leave a gap"):
         build_layout(2, gap, {})
+
+
+def test_a_layouts_digest_is_computed_once(monkeypatch):
+    """Every save journals the layout's digest: the same layout serves every save, so it is serialised once."""
+    from hubckpt.publishing import ranks
+    from hubckpt.publishing.rank_journal import layout_digest
+
+    calls = []
+    monkeypatch.setattr(ranks, "layout_digest", lambda doc: calls.append(1) or layout_digest(doc))
+    signature = (("w", "model", (4, 2), "float32", None),)
+    layout = ranks.build_layout(2, [signature, signature], {})
+    first = layout.digest()
+    assert [layout.digest() for _ in range(3)] == [first] * 3
+    assert first == layout_digest(layout.to_json()) and len(calls) == 1

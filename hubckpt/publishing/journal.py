@@ -98,7 +98,8 @@ class JobRecord:
         )
 
 
-def _now() -> str:
+def record_time() -> str:
+    """The time a journal record carries (UTC, microseconds): the job journal's and each rank's journal's."""
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -193,7 +194,7 @@ class Journal:
         self.lines = 0  # records in the file, as of the last replay plus appends since
 
     def append(self, event: str, job: str, **fields: Any) -> None:
-        record = {"event": event, "job": job, **fields, "time": _now()}
+        record = {"event": event, "job": job, **fields, "time": record_time()}
         line = (json.dumps(record, sort_keys=True) + "\n").encode()
         with self._lock:
             self._appends += 1

@@ -29,7 +29,6 @@ last line, skipped on reading and cut off by the next compaction.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -40,14 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .journal import record_time
+
 logger = logging.getLogger(__name__)
 
 JOURNAL_FILE = "journal.jsonl"
 COMMIT_FOLDER = "commit"  # rank 0: the revision's small files, in the job's folder
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def fsync_files(paths: list[Path]) -> None:
@@ -117,7 +114,7 @@ class RankJournal:
         self._lock = threading.Lock()
 
     def _append(self, record: dict[str, Any]) -> None:
-        line = (json.dumps({**record, "time": _now()}, sort_keys=True) + "\n").encode()
+        line = (json.dumps({**record, "time": record_time()}, sort_keys=True) + "\n").encode()
         with self._lock:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:

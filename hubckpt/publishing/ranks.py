@@ -78,9 +78,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import HubConfigError, PublishError, PublishFailedError, RankMismatchError
+from ..errors import HubConfigError, PublishError, PublishFailedError, RankMismatchError, RestoreError
 from ..faults import fault
-from ..sharding import Box, box_numel, box_shape, box_slices, dtensor_box, row_range, unwrap
+from ..sharding import Box, box_numel, box_shape, box_slices, local_part, row_range, unwrap
 from .checkpointer import LOOP_FORMAT, Checkpointer, class_name, model_files, publish_options
 from .jobs import target_key
 from .rank_journal import COMMIT_FOLDER, Pending, RankJournal, decide, fsync_files, layout_digest
@@ -203,6 +203,7 @@ class Layout:
         default_factory=dict, repr=False
     )
     _json: dict[str, Any] | None = field(default=None, repr=False)
+    _digest: str | None = field(default=None, repr=False)
 
     def files(self, group: str) -> dict[int, str]:
         """owner rank → its file of `group` (owners without tensors of the group have none)."""
@@ -230,6 +231,12 @@ class Layout:
             plan.append((item, parts))
         self._plans[owner] = (plan, sizes)
         return plan, sizes
+
+    def digest(self) -> str:
+        """The layout's identity in the journals (`layout_digest` of `to_json()`), computed once per layout."""
+        if self._digest is None:
+            self._digest = layout_digest(self.to_json())
+        return self._digest
 
     def to_json(self) -> dict[str, Any]:
         """checkpoint.json's `ranks`: per tensor its group, shape, dtype and owner, and which part each rank held:
@@ -297,25 +304,6 @@ class _Recover:
     """A job this rank's journal holds written and every rank can finish (`_recover`)."""
 
     pending: Pending
-
-
-def _local_tensor(value: Any) -> torch.Tensor:
-    """A DTensor's local tensor, detached: its `_local_tensor` where it has one (what `to_local()` returns, read
-    without `to_local()`'s autograd function: ~8 µs a tensor, 2.5 ms a save for a 300-tensor state)."""
-    local = getattr(value, "_local_tensor", None)
-    if local is None:  # pragma: no cover - a torch whose DTensor keeps it elsewhere
-        local = value.to_local()
-    return local.detach()
-
-
-def _local(value: torch.Tensor, name: str) -> tuple[torch.Tensor, Box | None]:
-    """(this rank's part of `value`, which part of the full tensor that is: None for all of it). Any DTensor
-    placement on any mesh (`sharding.py`); `Partial` is refused with `HubConfigError`."""
-    from torch.distributed.tensor import DTensor
-
-    if not isinstance(value, DTensor):
-        return value.detach(), None
-    return _local_tensor(value), dtensor_box(value, name)
 
 
 def build_layout(world: int, everyone: list[tuple], tied: dict[str, str], signature: tuple = ()) -> Layout:
@@ -406,6 +394,67 @@ def assemble(
     return full
 
 
+def rank0_error(outcome: tuple, failure: Exception | None, fallback: type, context: str) -> Exception:
+    """The error every rank raises for what failed on rank 0 (`outcome`: ("error", class name, message)): the
+    same hubckpt error class and message on every rank (rank 0 raises its own); an error of another library
+    becomes `fallback` naming it."""
+    from .. import errors
+
+    _, kind, message = outcome
+    cls = getattr(errors, kind, None)
+    if isinstance(cls, type) and issubclass(cls, errors.HubckptError):
+        if failure is not None:
+            return failure
+        error = cls.__new__(cls)  # (its own __init__ may want more than the message: the message is what is told)
+        error.args = (message,)
+        return error
+    return fallback(f"{context}: {kind}: {message}")
+
+
+_WARNED_WORLDS: set[tuple[str, tuple[str, ...]]] = set()  # (spool, folders) said already in this process
+
+
+def _warn_other_worlds(base: Path, world: int, rank: int) -> None:
+    """One warning (once per process and spool) naming the journal folders of another world size in `base`:
+    a re-run on W ranks reads only `rank-*-of-W`, so the saves a job on another world size left unfinished
+    are never finished nor dropped by this one. Never deleted here: another job may own them (its lock says
+    whether one runs on this host now)."""
+    from ..errors import SpoolBusyError
+    from .jobs import lock_spool, release_spool
+
+    others = sorted(
+        p
+        for p in base.glob("rank-*-of-*")
+        if p.is_dir() and p.name.rpartition("-of-")[2].isdigit() and int(p.name.rpartition("-of-")[2]) != world
+    )
+    key = (str(base), tuple(p.name for p in others))
+    if not others or key in _WARNED_WORLDS:
+        return
+    _WARNED_WORLDS.add(key)
+    described = []
+    for folder in others:
+        jobs = sum(1 for p in folder.iterdir() if p.is_dir() and p.name != "model-files")
+        try:
+            lock = lock_spool(folder)
+        except SpoolBusyError as e:
+            described.append(f"{folder.name} ({jobs} unfinished save folder(s); in use: {e})")
+        except OSError as e:
+            described.append(f"{folder.name} ({jobs} unfinished save folder(s); not readable: {e})")
+        else:
+            release_spool(folder, lock)
+            described.append(f"{folder.name} ({jobs} unfinished save folder(s); no process holds it)")
+    logger.warning(
+        "rank %d: %s holds journals of another world size than this job's %d, which this job neither finishes "
+        "nor removes: %s. A job on that world size with this spool resumes them; if none will, remove the "
+        "folders no process holds (rm -r %s/rank-*-of-<W>)",
+        rank,
+        base,
+        world,
+        "; ".join(described),
+        base,
+    )
+
+
 class RankedCheckpointer(Checkpointer):
     """The `Checkpointer` under torch.distributed (module docstring). Built by `Checkpointer(...)` on every rank.
 
@@ -481,6 +530,7 @@ class RankedCheckpointer(Checkpointer):
         self._bg_broken: str | None = None  # why the backgrounds are out of step (one did not arrive in time)
         self._broken: str | None = None  # why our collectives are out of step (a rank did not arrive)
         self._spool_lock = self._lock_spool()
+        _warn_other_worlds(Path(base), self.world, self.rank)
         self._journal = RankJournal(self.spool)
         self._repo_key = target_key(self.target)
         self.companions = [Path(c).resolve() for c in companions]
@@ -499,13 +549,27 @@ class RankedCheckpointer(Checkpointer):
         self._failed: list[dict[str, Any]] = []  # saves that failed in the background, not reported yet
         self._closed = False
         self._published: dict[int, str] = {}
+        # Rank 0 alone reads the hub; its outcome (what it read, or its error) goes to every rank, so a hub it
+        # cannot reach fails every rank at once with the same error, not the others after rank_timeout.
+        failure: Exception | None = None
+        shared: list[Any] = [("ok", {})]
         if self.rank == 0:
-            self.target.ensure_repo()
-            self._published = self._published_steps()
-            model_files(self._module, self._files_dir, class_name=model_class_name(self._module))
-        shared: list[Any] = [self._published]
-        dist.broadcast_object_list(shared, src=0, group=self._ctl)
-        self._published = dict(shared[0])
+            try:
+                self.target.ensure_repo()
+                shared = [("ok", self._published_steps())]
+                model_files(self._module, self._files_dir, class_name=model_class_name(self._module))
+            except Exception as e:  # noqa: BLE001 - told to every rank, raised on every rank below
+                failure, shared = e, [("error", type(e).__name__, str(e))]
+        try:
+            self._collective(
+                lambda: dist.broadcast_object_list(shared, src=0, group=self._ctl), "what rank 0 read of the hub"
+            )
+            if shared[0][0] == "error":
+                raise rank0_error(shared[0], failure, PublishError, f"{repo_id}: rank 0 could not prepare the repo")
+        except BaseException:
+            self._pool_lock_release()
+            raise
+        self._published = dict(shared[0][1])
         self._recover()  # (queues the jobs the journals can finish: the background runs them first)
         self._thread = threading.Thread(target=self._work, name="hubckpt-ranks", daemon=True)
         self._thread.start()
@@ -798,7 +862,7 @@ class RankedCheckpointer(Checkpointer):
                 return done
         try:
             tensors, tied, groups = self._state()
-            locals_ = {name: _local(value, name) for name, (_, value) in tensors.items()}
+            locals_ = {name: local_part(value, name) for name, (_, value) in tensors.items()}
             signature = self._signature(tensors, locals_)
             staging_set = self._pool.acquire()  # waits while every set is still being sent (backpressure)
             try:
@@ -861,7 +925,7 @@ class RankedCheckpointer(Checkpointer):
         spec = {}
         for name, (g, value) in tensors.items():
             if g == group:
-                local = _local(value, name)[0]
+                local = local_part(value, name)[0]
                 spec[name] = (tuple(local.shape), local.dtype, False)
         return spec
 
@@ -936,11 +1000,15 @@ class RankedCheckpointer(Checkpointer):
             received: list[torch.Tensor] = []
             if longest:
                 send = pack(plan, self.rank, staged, longest)
-                if self.rank == owner:
-                    received = [torch.empty(longest, dtype=torch.uint8) for _ in range(self.world)]
-                    dist.gather(send, received, dst=owner, group=self._bg)
-                else:
-                    dist.gather(send, None, dst=owner, group=self._bg)
+                received = (
+                    [torch.empty(longest, dtype=torch.uint8) for _ in range(self.world)] if owner == self.rank else []
+                )
+                self._bg_call(
+                    lambda send=send, received=received, owner=owner: dist.gather(
+                        send, received or None, dst=owner, group=self._bg
+                    ),
+                    f"to send rank {owner} their parts of the tensors it writes",
+                )
             if self.rank == owner:
                 full.update(assemble(layout, owner, staged, received))
         return full
@@ -1060,7 +1128,7 @@ class RankedCheckpointer(Checkpointer):
                 world=self.world,
                 rank=self.rank,
                 step=job["step"],
-                layout=layout_digest(layout.to_json()),
+                layout=layout.digest(),
                 files=[{"path": rel, "sha256": sha, "size": size} for rel, (sha, size) in sorted(hashes.items())],
                 commit=parts,
             )
@@ -1325,12 +1393,24 @@ class RankedCheckpointer(Checkpointer):
             self._thread.join(timeout=60)
             if self._hook is not None:
                 self._hook.remove()
-            if not self._thread.is_alive() and self._spool_lock is not None:
-                from .jobs import release_spool
-
-                release_spool(self.spool, self._spool_lock)
-                self._spool_lock = None
+            self._release_spool()
         self._raise_if_failed()
+
+    def _pool_lock_release(self) -> None:
+        """The constructor failed: give the spool back (no background runs yet)."""
+        if self._spool_lock is not None:
+            from .jobs import release_spool
+
+            release_spool(self.spool, self._spool_lock)
+            self._spool_lock = None
+
+    def _release_spool(self) -> None:
+        """Give the spool lock back once the background has ended (while it runs, it may still write there)."""
+        if not self._thread.is_alive() and self._spool_lock is not None:
+            from .jobs import release_spool
+
+            release_spool(self.spool, self._spool_lock)
+            self._spool_lock = None
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
@@ -1338,6 +1418,19 @@ class RankedCheckpointer(Checkpointer):
             return
         self._closed = True  # the loop failed: the other ranks fail too (torchrun); don't mask the error
         self._jobs.put(None)
+        # The background ends after the job it runs (its collectives bounded by background_timeout; a minute at
+        # most here); then the spool is free for the next Checkpointer of this process (a retry after the error).
+        self._thread.join(timeout=min(self.background_timeout, 60.0))
+        if self._hook is not None:
+            self._hook.remove()
+        self._release_spool()
+        if self._spool_lock is not None:
+            logger.warning(
+                "rank %d: the background of %s did not end; %s stays locked until this process exits",
+                self.rank,
+                self.repo_id,
+                self.spool,
+            )
 
     def restore(self, revision: str | None = None, *, step: int | None = None, strict: bool = True) -> Any:
         """Collective: load the latest published revision (or `revision` / `step`) into this rank's shards of
@@ -1351,12 +1444,18 @@ class RankedCheckpointer(Checkpointer):
         from ..load.shards import restore_shards
 
         self.wait()
-        live: list[Any] = [True]
+        live: list[Any] = [("ok", True)]
+        failure: Exception | None = None
         if self.rank == 0 and revision is None and step is None:
-            index = read_index(self.repo_id, hub=self._hub, token=self._token)
-            live = [bool(index is not None and index.live())]
+            try:
+                index = read_index(self.repo_id, hub=self._hub, token=self._token)
+                live = [("ok", bool(index is not None and index.live()))]
+            except Exception as e:  # noqa: BLE001 - told to every rank, raised on every rank below
+                failure, live = e, [("error", type(e).__name__, str(e))]
         self._collective(lambda: dist.broadcast_object_list(live, src=0, group=self._ctl), "restore()")
-        if not live[0]:
+        if live[0][0] == "error":
+            raise rank0_error(live[0], failure, RestoreError, f"{self.repo_id}: rank 0 could not read the index")
+        if not live[0][1]:
             logger.info("%s has no revision yet: starting from scratch", self.repo_id)
             return None
         return restore_shards(

@@ -17,12 +17,13 @@ rank calls them in the same order, with the same step. What happens for one save
 3. **split** (background thread): the parameters (and optimizer state tensors, keyed by parameter name) are
    assigned to ranks in groups balanced by bytes, once (again when the state's tensors change), from
    metadata every rank exchanges in the background (each rank's box of each tensor; the distinct parts must
-   tile the tensor). For each owner, the other ranks send their parts of its group in one `gather` (gloo, on
-   a second group of ours, so the background never shares a group with the training thread): each distinct
-   part once, by one of the ranks holding it (replicas take turns; the owner sends nothing it holds itself
-   over the wire); the owner assembles the full values (`assemble`). Whole dim-0 rows of a row-major tensor
-   (FSDP2's shards) are contiguous bytes of the full tensor: one copy each; other parts are copied by their
-   runs. No rank ever holds more than its own group in full.
+   tile the tensor). Every rank sends each owner its parts of the owner's group, point-to-point (gloo, on a
+   second group of ours, so the background never shares a group with the training thread; every pair's both
+   directions at once): each distinct part once, by one of the ranks holding it (replicas take turns; the
+   owner sends nothing it holds itself over the wire). Whole dim-0 rows of a row-major tensor (FSDP2's
+   shards) are contiguous bytes of the full tensor: received straight into their place, sent straight from
+   the staging buffer; other parts are received into a buffer and copied by their runs. No rank ever holds
+   more than its own group in full.
 4. **write and record**: each owner writes `model-0000k-of-0000n.safetensors` (and
    `training_state/optimizer-0000k-of-0000n.safetensors`), every rank its own `training_state/rng-rank-R`
    files, into its own spool folder (`<spool>/rank-0000R-of-0000W/<revision>/`), hashing them; rank 0 also
@@ -96,6 +97,7 @@ logger = logging.getLogger(__name__)
 
 RANKS_FORMAT = "hubckpt.ranks/1"
 DEFAULT_RANK_TIMEOUT = 300.0  # seconds a collective of ours waits for the other ranks
+PARTS_TAG = 1000  # + the tensor's index in the layout: the tag of its part's point-to-point send (`_assemble`)
 HEARTBEAT_S = 0.5  # while ranks upload or commit, their backgrounds tell each other they are alive this often
 WEIGHTS_INDEX = "model.safetensors.index.json"
 
@@ -343,7 +345,7 @@ def build_layout(world: int, everyone: list[tuple], tied: dict[str, str], signat
 
 def pack(plan: list[tuple[Item, list[tuple[int, Box]]]], rank: int, staged: dict[str, torch.Tensor], size: int) -> Any:
     """The bytes `rank` sends to an owner (`Layout.plan`): its part of each tensor it is the sender of, in
-    order, in a buffer of `size` bytes (every rank's the same size, for one gather)."""
+    order, in a buffer of `size` bytes (at least what it sends that owner: `Layout.plan`'s sizes)."""
     import torch
 
     send = torch.empty(size, dtype=torch.uint8)
@@ -988,29 +990,67 @@ class RankedCheckpointer(Checkpointer):
                 self._jobs.task_done()
 
     def _assemble(self, layout: Layout, staged: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The full values of the tensors this rank owns, from every rank's parts (one gather per owner; each
-        distinct part sent once, by one of the ranks holding it: `Layout.plan`)."""
+        """The full values of the tensors this rank owns, from every rank's parts (each distinct part sent once,
+        by one of the ranks holding it: `Layout.plan`). Point-to-point on the background's group, every part
+        straight from its staging buffer into its place in the owner's full tensor where it is whole dim-0 rows
+        (FSDP2's shards; any other part lands in a buffer and is copied by its runs), every pair's both
+        directions in flight together: no packing, no unpacking, and no owner waits for another's turn (one
+        `gather` per owner did). A rank's own parts are copied locally."""
         import torch
         import torch.distributed as dist
 
+        from ..sharding import as_bytes, byte_shape
+
         full: dict[str, torch.Tensor] = {}
+        sends: list[tuple[int, int, torch.Tensor]] = []  # (owner, tag, bytes)
+        recvs: list[tuple[int, int, torch.Tensor]] = []  # (sender, tag, where the bytes land)
+        scattered: list[tuple[torch.Tensor, Item, Box, torch.Tensor]] = []  # (value, item, box, received)
+        index = {id(item): k for k, item in enumerate(layout.items)}
         for owner in range(self.world):
-            plan, sizes = layout.plan(owner)
-            longest = max(sizes)
-            received: list[torch.Tensor] = []
-            if longest:
-                send = pack(plan, self.rank, staged, longest)
-                received = (
-                    [torch.empty(longest, dtype=torch.uint8) for _ in range(self.world)] if owner == self.rank else []
-                )
-                self._bg_call(
-                    lambda send=send, received=received, owner=owner: dist.gather(
-                        send, received or None, dst=owner, group=self._bg
-                    ),
-                    f"to send rank {owner} their parts of the tensors it writes",
-                )
-            if self.rank == owner:
-                full.update(assemble(layout, owner, staged, received))
+            plan, _ = layout.plan(owner)
+            for item, parts in plan:
+                tag = PARTS_TAG + index[id(item)]
+                if owner != self.rank:
+                    for sender, _box in parts:
+                        if sender == self.rank:
+                            sends.append((owner, tag, staged[item.name].contiguous().reshape(-1).view(torch.uint8)))
+                    continue
+                value = torch.empty(item.shape, dtype=getattr(torch, item.dtype))
+                full[item.name] = value
+                flat = value.reshape(-1).view(torch.uint8)
+                for sender, box in parts:
+                    rows = row_range(box, item.shape)
+                    if sender == self.rank:
+                        raw = staged[item.name].contiguous().reshape(-1).view(torch.uint8)
+                        if rows is not None:
+                            flat[rows[0] * item.row_bytes : rows[1] * item.row_bytes] = raw
+                        else:
+                            scattered.append((value, item, box, raw))
+                    elif rows is not None:
+                        recvs.append((sender, tag, flat[rows[0] * item.row_bytes : rows[1] * item.row_bytes]))
+                    else:
+                        raw = torch.empty(box_numel(box) * item.itemsize, dtype=torch.uint8)
+                        recvs.append((sender, tag, raw))
+                        scattered.append((value, item, box, raw))
+        timeout = dt.timedelta(seconds=self.background_timeout)
+
+        def exchange() -> None:
+            works = [dist.irecv(buf, src=r, group=self._bg, tag=tag) for r, tag, buf in recvs]
+            works += [dist.isend(buf, dst=r, group=self._bg, tag=tag) for r, tag, buf in sends]
+            for work in works:
+                if work is not None:  # (None only on a rank outside the group)
+                    work.wait(timeout)
+
+        if sends or recvs:
+            self._bg_call(exchange, "to send one another their parts of the tensors each writes")
+        for value, item, box, raw in scattered:
+            local = raw.reshape(byte_shape(box_shape(box), item.itemsize))
+            target = as_bytes(value)
+            for into, src in box_slices(box, item.itemsize):
+                target[into] = local[src]
+        for item in layout.items:  # held whole here (replicated): a copy, the staging buffers are reused
+            if item.owner == self.rank and item.name not in full:
+                full[item.name] = staged[item.name].clone()
         return full
 
     def _bg_call(self, fn: Any, what: str) -> None:

@@ -986,6 +986,10 @@ class RankedCheckpointer(Checkpointer):
                 future.set_exception(e)
             else:
                 future.set_result(result)
+                try:  # after the Future: its record says "published" already, a compaction only tidies
+                    self._journal.compact()
+                except Exception as e:  # noqa: BLE001 - the next compaction drops the finished record
+                    logger.warning("rank %d: compacting the journal after %s: %s", self.rank, job["name"], e)
             finally:
                 self._jobs.task_done()
 
@@ -1198,7 +1202,7 @@ class RankedCheckpointer(Checkpointer):
             shutil.rmtree(folder, ignore_errors=True)
             raise
         self._journal.finished(name, self._repo_key, "published")
-        self._journal.compact()  # (only unfinished jobs stay: the journal does not grow with the run)
+        # (compacted by _work once the Future is settled: only unfinished jobs stay, the journal does not grow)
         shutil.rmtree(folder, ignore_errors=True)
         return PublishedRevision(self.repo_id, name, job["step"], {target_key(self.target): commit}, skipped=skipped)
 

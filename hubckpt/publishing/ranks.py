@@ -343,57 +343,72 @@ def build_layout(world: int, everyone: list[tuple], tied: dict[str, str], signat
     return Layout(world, items, dict(tied), signature)
 
 
-def pack(plan: list[tuple[Item, list[tuple[int, Box]]]], rank: int, staged: dict[str, torch.Tensor], size: int) -> Any:
-    """The bytes `rank` sends to an owner (`Layout.plan`): its part of each tensor it is the sender of, in
-    order, in a buffer of `size` bytes (at least what it sends that owner: `Layout.plan`'s sizes)."""
-    import torch
+@dataclass
+class Exchange:
+    """What one rank sends and receives to put together the tensors it owns (`route`): point-to-point
+    messages, one per part, tagged with `PARTS_TAG` + the tensor's index in the layout (each rank sends at
+    most one part of a tensor, so (sender, owner, tag) names one message)."""
 
-    send = torch.empty(size, dtype=torch.uint8)
-    at = 0
-    for item, parts in plan:
-        if any(sender == rank for sender, _ in parts):
-            part = staged[item.name].contiguous().reshape(-1).view(torch.uint8)
-            send[at : at + part.numel()] = part
-            at += part.numel()
-    return send
+    full: dict[str, torch.Tensor]  # the tensors this rank owns, filled by the receives and `finish()`
+    sends: list[tuple[int, int, torch.Tensor]]  # (owner, tag, the part's bytes: a view of the staging buffer)
+    recvs: list[tuple[int, int, torch.Tensor]]  # (sender, tag, where the bytes land)
+    scattered: list[tuple[torch.Tensor, Item, Box, torch.Tensor]]  # (full value, item, box, its bytes)
 
+    def finish(self) -> dict[str, torch.Tensor]:
+        """After every receive: the parts that are not whole dim-0 rows copied into place by their runs."""
+        from ..sharding import as_bytes, byte_shape
 
-def assemble(
-    layout: Layout, owner: int, staged: dict[str, torch.Tensor], received: list[torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """`owner`'s tensors in full: those it holds whole copied from its own `staged` parts, the others put
-    together from the bytes each rank sent it (`received[r]`, in `Layout.plan(owner)` order). A part of whole
-    dim-0 rows is one contiguous copy; any other part is copied by its runs on a byte view."""
-    import torch
-
-    from ..sharding import as_bytes, byte_shape
-
-    full: dict[str, torch.Tensor] = {}
-    plans = {id(item): parts for item, parts in layout.plan(owner)[0]}
-    cursor = [0] * layout.world
-    for item in layout.items:
-        if item.owner != owner:
-            continue
-        parts = plans.get(id(item))
-        if parts is None:  # whole here
-            full[item.name] = staged[item.name].clone()
-            continue
-        value = torch.empty(item.shape, dtype=getattr(torch, item.dtype))
-        for sender, box in parts:
-            n = box_numel(box) * item.itemsize
-            raw = received[sender][cursor[sender] : cursor[sender] + n]
-            cursor[sender] += n
-            rows = row_range(box, item.shape)
-            if rows is not None:  # the fast path: contiguous bytes of the full tensor
-                flat = value.reshape(-1).view(torch.uint8)
-                flat[rows[0] * item.row_bytes : rows[1] * item.row_bytes] = raw
-                continue
+        for value, item, box, raw in self.scattered:
             local = raw.reshape(byte_shape(box_shape(box), item.itemsize))
             target = as_bytes(value)
             for into, src in box_slices(box, item.itemsize):
                 target[into] = local[src]
-        full[item.name] = value
-    return full
+        return self.full
+
+
+def route(layout: Layout, rank: int, staged: dict[str, torch.Tensor]) -> Exchange:
+    """`rank`'s part of putting the owners' tensors together (`Layout.plan`: each distinct part sent once, by
+    one of the ranks holding it): each part it sends, straight from its staging buffer; for each tensor it
+    owns, the parts it receives, straight into their place in the full tensor where they are whole dim-0
+    rows (a row-major tensor's rows are contiguous bytes: FSDP2's shards), else into a buffer copied by its
+    runs at `finish()`. Its own parts are copied here, tensors it holds whole cloned (the staging buffers
+    take the next capture)."""
+    import torch
+
+    ex = Exchange({}, [], [], [])
+    index = {id(item): k for k, item in enumerate(layout.items)}
+    for owner in range(layout.world):
+        for item, parts in layout.plan(owner)[0]:
+            tag = PARTS_TAG + index[id(item)]
+            if owner != rank:
+                ex.sends += [(owner, tag, _bytes(staged[item.name])) for sender, _ in parts if sender == rank]
+                continue
+            value = torch.empty(item.shape, dtype=getattr(torch, item.dtype))
+            ex.full[item.name] = value
+            flat = value.reshape(-1).view(torch.uint8)
+            for sender, box in parts:
+                rows = row_range(box, item.shape)
+                into = None if rows is None else flat[rows[0] * item.row_bytes : rows[1] * item.row_bytes]
+                if sender == rank:
+                    if into is not None:
+                        into.copy_(_bytes(staged[item.name]))
+                    else:
+                        ex.scattered.append((value, item, box, _bytes(staged[item.name])))
+                    continue
+                if into is None:
+                    into = torch.empty(box_numel(box) * item.itemsize, dtype=torch.uint8)
+                    ex.scattered.append((value, item, box, into))
+                ex.recvs.append((sender, tag, into))
+    for item in layout.items:  # held whole here (replicated)
+        if item.owner == rank and item.name not in ex.full:
+            ex.full[item.name] = staged[item.name].clone()
+    return ex
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return t.contiguous().reshape(-1).view(torch.uint8)
 
 
 def rank0_error(outcome: tuple, failure: Exception | None, fallback: type, context: str) -> Exception:
@@ -994,68 +1009,25 @@ class RankedCheckpointer(Checkpointer):
                 self._jobs.task_done()
 
     def _assemble(self, layout: Layout, staged: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The full values of the tensors this rank owns, from every rank's parts (each distinct part sent once,
-        by one of the ranks holding it: `Layout.plan`). Point-to-point on the background's group, every part
-        straight from its staging buffer into its place in the owner's full tensor where it is whole dim-0 rows
-        (FSDP2's shards; any other part lands in a buffer and is copied by its runs), every pair's both
-        directions in flight together: no packing, no unpacking, and no owner waits for another's turn (one
-        `gather` per owner did). A rank's own parts are copied locally."""
-        import torch
+        """The full values of the tensors this rank owns, from every rank's parts (`route`): point-to-point
+        on the background's group, every pair's both directions in flight together, straight from the
+        staging buffers into the full tensors (one `gather` per owner moved one owner's bytes at a time,
+        through a packing and an unpacking copy)."""
         import torch.distributed as dist
 
-        from ..sharding import as_bytes, byte_shape
-
-        full: dict[str, torch.Tensor] = {}
-        sends: list[tuple[int, int, torch.Tensor]] = []  # (owner, tag, bytes)
-        recvs: list[tuple[int, int, torch.Tensor]] = []  # (sender, tag, where the bytes land)
-        scattered: list[tuple[torch.Tensor, Item, Box, torch.Tensor]] = []  # (value, item, box, received)
-        index = {id(item): k for k, item in enumerate(layout.items)}
-        for owner in range(self.world):
-            plan, _ = layout.plan(owner)
-            for item, parts in plan:
-                tag = PARTS_TAG + index[id(item)]
-                if owner != self.rank:
-                    for sender, _box in parts:
-                        if sender == self.rank:
-                            sends.append((owner, tag, staged[item.name].contiguous().reshape(-1).view(torch.uint8)))
-                    continue
-                value = torch.empty(item.shape, dtype=getattr(torch, item.dtype))
-                full[item.name] = value
-                flat = value.reshape(-1).view(torch.uint8)
-                for sender, box in parts:
-                    rows = row_range(box, item.shape)
-                    if sender == self.rank:
-                        raw = staged[item.name].contiguous().reshape(-1).view(torch.uint8)
-                        if rows is not None:
-                            flat[rows[0] * item.row_bytes : rows[1] * item.row_bytes] = raw
-                        else:
-                            scattered.append((value, item, box, raw))
-                    elif rows is not None:
-                        recvs.append((sender, tag, flat[rows[0] * item.row_bytes : rows[1] * item.row_bytes]))
-                    else:
-                        raw = torch.empty(box_numel(box) * item.itemsize, dtype=torch.uint8)
-                        recvs.append((sender, tag, raw))
-                        scattered.append((value, item, box, raw))
+        ex = route(layout, self.rank, staged)
         timeout = dt.timedelta(seconds=self.background_timeout)
 
         def exchange() -> None:
-            works = [dist.irecv(buf, src=r, group=self._bg, tag=tag) for r, tag, buf in recvs]
-            works += [dist.isend(buf, dst=r, group=self._bg, tag=tag) for r, tag, buf in sends]
+            works = [dist.irecv(buf, src=r, group=self._bg, tag=tag) for r, tag, buf in ex.recvs]
+            works += [dist.isend(buf, dst=r, group=self._bg, tag=tag) for r, tag, buf in ex.sends]
             for work in works:
                 if work is not None:  # (None only on a rank outside the group)
                     work.wait(timeout)
 
-        if sends or recvs:
+        if ex.sends or ex.recvs:
             self._bg_call(exchange, "to send one another their parts of the tensors each writes")
-        for value, item, box, raw in scattered:
-            local = raw.reshape(byte_shape(box_shape(box), item.itemsize))
-            target = as_bytes(value)
-            for into, src in box_slices(box, item.itemsize):
-                target[into] = local[src]
-        for item in layout.items:  # held whole here (replicated): a copy, the staging buffers are reused
-            if item.owner == self.rank and item.name not in full:
-                full[item.name] = staged[item.name].clone()
-        return full
+        return ex.finish()
 
     def _bg_call(self, fn: Any, what: str) -> None:
         """One collective of the background's group. A rank whose background does not arrive within
@@ -1519,9 +1491,9 @@ class RankedCheckpointer(Checkpointer):
 
 __all__ = [
     "RankedCheckpointer",
-    "assemble",
+    "Exchange",
     "build_layout",
-    "pack",
+    "route",
     "distributed_world",
     "model_class_name",
     "wants_ranks",

@@ -1,5 +1,5 @@
 """Which part of a tensor each rank holds (`hubckpt/sharding.py`), and how the multi-rank publisher puts the
-parts back together (`publishing/ranks.py`: `build_layout`, `Layout.plan`, `pack`, `assemble`), on fabricated
+parts back together (`publishing/ranks.py`: `build_layout`, `Layout.plan`, `route`), on fabricated
 meshes and placements: no process group, so 2-D meshes of 4 and 8 ranks cost milliseconds. The torchrun tests
 (`test_multirank*.py`) run the same code over gloo."""
 
@@ -116,7 +116,7 @@ def test_the_owners_assemble_every_tensor_exactly_each_part_sent_once(mesh):
     holders sends) and puts together exactly the full tensors."""
     import torch
 
-    from hubckpt.publishing.ranks import assemble, build_layout, pack
+    from hubckpt.publishing.ranks import build_layout, route
     from hubckpt.sharding import box_numel, box_of
 
     mesh_shape, *specs = MESHES[mesh]
@@ -148,23 +148,31 @@ def test_the_owners_assemble_every_tensor_exactly_each_part_sent_once(mesh):
         signatures[r].append(("plain", "model", (3, 2), "float32", None))
         staged[r]["plain"] = fulls["plain"].clone()
     layout = build_layout(world, [tuple(s) for s in signatures], {})
+    exchanges = [route(layout, r, staged[r]) for r in range(world)]
+    messages = {(r, owner, tag): buf for r in range(world) for owner, tag, buf in exchanges[r].sends}
+    assert len(messages) == sum(len(ex.sends) for ex in exchanges)  # (sender, owner, tag) names one message
+    sent = [sum(buf.numel() for _, _, buf in ex.sends) for ex in exchanges]
     got = {}
-    sent = [0] * world
-    for owner in range(world):
+    for owner in range(world):  # what gloo's isend / irecv do: each receive gets its sender's message
+        for sender, tag, into in exchanges[owner].recvs:
+            buf = messages.pop((sender, owner, tag))
+            assert buf.numel() == into.numel()
+            into.copy_(buf)
+        got.update(exchanges[owner].finish())
         plan, sizes = layout.plan(owner)
-        longest = max(sizes)
-        received = [pack(plan, r, staged[r], longest) for r in range(world)] if longest else []
         for r in range(world):
-            sent[r] += sizes[r]
-        got.update(assemble(layout, owner, staged[owner], received))
+            if r != owner:
+                assert sum(t.numel() for o, _, t in exchanges[r].sends if o == owner) == sizes[r]
         for item, parts in plan:  # each distinct part once
             assert len({box for _, box in parts}) == len(parts)
             assert sum(box_numel(box) for _, box in parts) == math.prod(item.shape)
+    assert not messages  # every message sent was received
     assert sorted(got) == sorted(fulls)
     for name, full in fulls.items():
         assert torch.equal(got[name], full), name
     distributed = sum(i.nbytes for i in layout.items if i.boxes is not None)
-    assert sum(sent) == distributed  # no replica sent twice, nothing whole sent at all
+    own = sum(layout.plan(o)[1][o] for o in range(world))  # an owner's own parts are not sent
+    assert sum(sent) + own == distributed  # no replica sent twice, nothing whole sent at all
     doc = layout.to_json()
     if mesh == "fsdp":  # the first published layout keeps its format: rows per rank
         assert all(t["rows"] is not None and "layout" not in t for n, t in doc["tensors"].items() if n != "plain")

@@ -17,12 +17,13 @@ rank calls them in the same order, with the same step. What happens for one save
 3. **split** (background thread): the parameters (and optimizer state tensors, keyed by parameter name) are
    assigned to ranks in groups balanced by bytes, once (again when the state's tensors change), from
    metadata every rank exchanges in the background (each rank's box of each tensor; the distinct parts must
-   tile the tensor). For each owner, the other ranks send their parts of its group in one `gather` (gloo, on
-   a second group of ours, so the background never shares a group with the training thread): each distinct
-   part once, by one of the ranks holding it (replicas take turns; the owner sends nothing it holds itself
-   over the wire); the owner assembles the full values (`assemble`). Whole dim-0 rows of a row-major tensor
-   (FSDP2's shards) are contiguous bytes of the full tensor: one copy each; other parts are copied by their
-   runs. No rank ever holds more than its own group in full.
+   tile the tensor). Every rank sends each owner its parts of the owner's group, point-to-point (gloo, on a
+   second group of ours, so the background never shares a group with the training thread; every pair's both
+   directions at once): each distinct part once, by one of the ranks holding it (replicas take turns; the
+   owner sends nothing it holds itself over the wire). Whole dim-0 rows of a row-major tensor (FSDP2's
+   shards) are contiguous bytes of the full tensor: received straight into their place, sent straight from
+   the staging buffer; other parts are received into a buffer and copied by their runs. No rank ever holds
+   more than its own group in full.
 4. **write and record**: each owner writes `model-0000k-of-0000n.safetensors` (and
    `training_state/optimizer-0000k-of-0000n.safetensors`), every rank its own `training_state/rng-rank-R`
    files, into its own spool folder (`<spool>/rank-0000R-of-0000W/<revision>/`), hashing them; rank 0 also
@@ -96,6 +97,7 @@ logger = logging.getLogger(__name__)
 
 RANKS_FORMAT = "hubckpt.ranks/1"
 DEFAULT_RANK_TIMEOUT = 300.0  # seconds a collective of ours waits for the other ranks
+PARTS_TAG = 1000  # + the tensor's index in the layout: the tag of its part's point-to-point send (`_assemble`)
 HEARTBEAT_S = 0.5  # while ranks upload or commit, their backgrounds tell each other they are alive this often
 WEIGHTS_INDEX = "model.safetensors.index.json"
 
@@ -341,57 +343,72 @@ def build_layout(world: int, everyone: list[tuple], tied: dict[str, str], signat
     return Layout(world, items, dict(tied), signature)
 
 
-def pack(plan: list[tuple[Item, list[tuple[int, Box]]]], rank: int, staged: dict[str, torch.Tensor], size: int) -> Any:
-    """The bytes `rank` sends to an owner (`Layout.plan`): its part of each tensor it is the sender of, in
-    order, in a buffer of `size` bytes (every rank's the same size, for one gather)."""
-    import torch
+@dataclass
+class Exchange:
+    """What one rank sends and receives to put together the tensors it owns (`route`): point-to-point
+    messages, one per part, tagged with `PARTS_TAG` + the tensor's index in the layout (each rank sends at
+    most one part of a tensor, so (sender, owner, tag) names one message)."""
 
-    send = torch.empty(size, dtype=torch.uint8)
-    at = 0
-    for item, parts in plan:
-        if any(sender == rank for sender, _ in parts):
-            part = staged[item.name].contiguous().reshape(-1).view(torch.uint8)
-            send[at : at + part.numel()] = part
-            at += part.numel()
-    return send
+    full: dict[str, torch.Tensor]  # the tensors this rank owns, filled by the receives and `finish()`
+    sends: list[tuple[int, int, torch.Tensor]]  # (owner, tag, the part's bytes: a view of the staging buffer)
+    recvs: list[tuple[int, int, torch.Tensor]]  # (sender, tag, where the bytes land)
+    scattered: list[tuple[torch.Tensor, Item, Box, torch.Tensor]]  # (full value, item, box, its bytes)
 
+    def finish(self) -> dict[str, torch.Tensor]:
+        """After every receive: the parts that are not whole dim-0 rows copied into place by their runs."""
+        from ..sharding import as_bytes, byte_shape
 
-def assemble(
-    layout: Layout, owner: int, staged: dict[str, torch.Tensor], received: list[torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """`owner`'s tensors in full: those it holds whole copied from its own `staged` parts, the others put
-    together from the bytes each rank sent it (`received[r]`, in `Layout.plan(owner)` order). A part of whole
-    dim-0 rows is one contiguous copy; any other part is copied by its runs on a byte view."""
-    import torch
-
-    from ..sharding import as_bytes, byte_shape
-
-    full: dict[str, torch.Tensor] = {}
-    plans = {id(item): parts for item, parts in layout.plan(owner)[0]}
-    cursor = [0] * layout.world
-    for item in layout.items:
-        if item.owner != owner:
-            continue
-        parts = plans.get(id(item))
-        if parts is None:  # whole here
-            full[item.name] = staged[item.name].clone()
-            continue
-        value = torch.empty(item.shape, dtype=getattr(torch, item.dtype))
-        for sender, box in parts:
-            n = box_numel(box) * item.itemsize
-            raw = received[sender][cursor[sender] : cursor[sender] + n]
-            cursor[sender] += n
-            rows = row_range(box, item.shape)
-            if rows is not None:  # the fast path: contiguous bytes of the full tensor
-                flat = value.reshape(-1).view(torch.uint8)
-                flat[rows[0] * item.row_bytes : rows[1] * item.row_bytes] = raw
-                continue
+        for value, item, box, raw in self.scattered:
             local = raw.reshape(byte_shape(box_shape(box), item.itemsize))
             target = as_bytes(value)
             for into, src in box_slices(box, item.itemsize):
                 target[into] = local[src]
-        full[item.name] = value
-    return full
+        return self.full
+
+
+def route(layout: Layout, rank: int, staged: dict[str, torch.Tensor]) -> Exchange:
+    """`rank`'s part of putting the owners' tensors together (`Layout.plan`: each distinct part sent once, by
+    one of the ranks holding it): each part it sends, straight from its staging buffer; for each tensor it
+    owns, the parts it receives, straight into their place in the full tensor where they are whole dim-0
+    rows (a row-major tensor's rows are contiguous bytes: FSDP2's shards), else into a buffer copied by its
+    runs at `finish()`. Its own parts are copied here, tensors it holds whole cloned (the staging buffers
+    take the next capture)."""
+    import torch
+
+    ex = Exchange({}, [], [], [])
+    index = {id(item): k for k, item in enumerate(layout.items)}
+    for owner in range(layout.world):
+        for item, parts in layout.plan(owner)[0]:
+            tag = PARTS_TAG + index[id(item)]
+            if owner != rank:
+                ex.sends += [(owner, tag, _bytes(staged[item.name])) for sender, _ in parts if sender == rank]
+                continue
+            value = torch.empty(item.shape, dtype=getattr(torch, item.dtype))
+            ex.full[item.name] = value
+            flat = value.reshape(-1).view(torch.uint8)
+            for sender, box in parts:
+                rows = row_range(box, item.shape)
+                into = None if rows is None else flat[rows[0] * item.row_bytes : rows[1] * item.row_bytes]
+                if sender == rank:
+                    if into is not None:
+                        into.copy_(_bytes(staged[item.name]))
+                    else:
+                        ex.scattered.append((value, item, box, _bytes(staged[item.name])))
+                    continue
+                if into is None:
+                    into = torch.empty(box_numel(box) * item.itemsize, dtype=torch.uint8)
+                    ex.scattered.append((value, item, box, into))
+                ex.recvs.append((sender, tag, into))
+    for item in layout.items:  # held whole here (replicated)
+        if item.owner == rank and item.name not in ex.full:
+            ex.full[item.name] = staged[item.name].clone()
+    return ex
+
+
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    return t.contiguous().reshape(-1).view(torch.uint8)
 
 
 def rank0_error(outcome: tuple, failure: Exception | None, fallback: type, context: str) -> Exception:
@@ -984,34 +1001,33 @@ class RankedCheckpointer(Checkpointer):
                 future.set_exception(e)
             else:
                 future.set_result(result)
+                try:  # after the Future: its record says "published" already, a compaction only tidies
+                    self._journal.compact()
+                except Exception as e:  # noqa: BLE001 - the next compaction drops the finished record
+                    logger.warning("rank %d: compacting the journal after %s: %s", self.rank, job["name"], e)
             finally:
                 self._jobs.task_done()
 
     def _assemble(self, layout: Layout, staged: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The full values of the tensors this rank owns, from every rank's parts (one gather per owner; each
-        distinct part sent once, by one of the ranks holding it: `Layout.plan`)."""
-        import torch
+        """The full values of the tensors this rank owns, from every rank's parts (`route`): point-to-point
+        on the background's group, every pair's both directions in flight together, straight from the
+        staging buffers into the full tensors (one `gather` per owner moved one owner's bytes at a time,
+        through a packing and an unpacking copy)."""
         import torch.distributed as dist
 
-        full: dict[str, torch.Tensor] = {}
-        for owner in range(self.world):
-            plan, sizes = layout.plan(owner)
-            longest = max(sizes)
-            received: list[torch.Tensor] = []
-            if longest:
-                send = pack(plan, self.rank, staged, longest)
-                received = (
-                    [torch.empty(longest, dtype=torch.uint8) for _ in range(self.world)] if owner == self.rank else []
-                )
-                self._bg_call(
-                    lambda send=send, received=received, owner=owner: dist.gather(
-                        send, received or None, dst=owner, group=self._bg
-                    ),
-                    f"to send rank {owner} their parts of the tensors it writes",
-                )
-            if self.rank == owner:
-                full.update(assemble(layout, owner, staged, received))
-        return full
+        ex = route(layout, self.rank, staged)
+        timeout = dt.timedelta(seconds=self.background_timeout)
+
+        def exchange() -> None:
+            works = [dist.irecv(buf, src=r, group=self._bg, tag=tag) for r, tag, buf in ex.recvs]
+            works += [dist.isend(buf, dst=r, group=self._bg, tag=tag) for r, tag, buf in ex.sends]
+            for work in works:
+                if work is not None:  # (None only on a rank outside the group)
+                    work.wait(timeout)
+
+        if ex.sends or ex.recvs:
+            self._bg_call(exchange, "to send one another their parts of the tensors each writes")
+        return ex.finish()
 
     def _bg_call(self, fn: Any, what: str) -> None:
         """One collective of the background's group. A rank whose background does not arrive within
@@ -1158,7 +1174,7 @@ class RankedCheckpointer(Checkpointer):
             shutil.rmtree(folder, ignore_errors=True)
             raise
         self._journal.finished(name, self._repo_key, "published")
-        self._journal.compact()  # (only unfinished jobs stay: the journal does not grow with the run)
+        # (compacted by _work once the Future is settled: only unfinished jobs stay, the journal does not grow)
         shutil.rmtree(folder, ignore_errors=True)
         return PublishedRevision(self.repo_id, name, job["step"], {target_key(self.target): commit}, skipped=skipped)
 
@@ -1475,9 +1491,9 @@ class RankedCheckpointer(Checkpointer):
 
 __all__ = [
     "RankedCheckpointer",
-    "assemble",
+    "Exchange",
     "build_layout",
-    "pack",
+    "route",
     "distributed_world",
     "model_class_name",
     "wants_ranks",
